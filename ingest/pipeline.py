@@ -1,0 +1,236 @@
+"""Ingest one input into Parquet files in a staging directory, streaming in chunks.
+
+Three stages overlap: a reader thread (read, decompress, hash), compiled scans on a
+small thread pool (they release the GIL), and a writer thread (Parquet, zstd).  The
+ordered middle stage - dictionaries, validation, Arrow assembly - runs in the calling
+thread.  Memory is bounded by the chunks in flight, whatever the input size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import scan
+from .perfjson import decode_json
+from .schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, TRACES_SCHEMA
+from .sources import InputError, Source, header_meta, read_chunks
+from .text import DIALECTS, Counts, TextDecoder, scan_chunk
+
+CHUNK = 16 << 20
+_DICT_COLUMNS = ["cpu", "pid", "tid", "comm", "event", "tracepoint", "mm", "error_code", "prot", "flags", "fd", "raw"]
+_DONE = object()
+
+
+@dataclass
+class IngestResult:
+    trace_id: str
+    format: str
+    source: str
+    counts: Counts
+    first_rejects: list = field(default_factory=list)
+    sha256: str = ""
+    bytes_in: int = 0
+    text_bytes: int = 0
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def traces_row(self, tool_version: str, maps_snapshot: str | None = None) -> pa.Table:
+        c = self.counts
+        row = {
+            "trace_id": self.trace_id, "source": self.source, "format": self.format, "sha256": self.sha256,
+            "bytes": self.bytes_in, "ingested_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+            "hostname": self.meta.get("hostname"), "kernel": self.meta.get("kernel"),
+            "nr_cpus": self.meta.get("nr_cpus"), "lines": c.lines, "parsed": c.parsed, "header": c.header,
+            "blank": c.blank, "callchain": c.callchain, "lost_records": c.lost_records,
+            "lost_events": c.lost_events, "malformed": c.malformed, "events": c.parsed,
+            "schema_version": SCHEMA_VERSION, "tool_version": tool_version, "maps_snapshot": maps_snapshot,
+        }
+        return pa.Table.from_pylist([row], schema=TRACES_SCHEMA)
+
+
+class _Writer(threading.Thread):
+    """Writes (events, rejects) batches to two Parquet files off the main thread."""
+
+    def __init__(self, stage: str):
+        super().__init__(daemon=True)
+        self.q: queue.Queue = queue.Queue(maxsize=3)
+        # Dictionary pages only where values repeat; sequence numbers, timestamps and
+        # addresses are near-unique and cost time to dictionary-encode for no gain.
+        self.events = pq.ParquetWriter(os.path.join(stage, "events.parquet"), EVENTS_SCHEMA, compression="zstd",
+                                       use_dictionary=_DICT_COLUMNS)
+        self.rejects = pq.ParquetWriter(os.path.join(stage, "rejects.parquet"), REJECTS_SCHEMA, compression="zstd")
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            while (item := self.q.get()) is not _DONE:
+                ev, rj = item
+                if ev.num_rows:
+                    self.events.write_table(ev)
+                if rj.num_rows:
+                    self.rejects.write_table(rj)
+        except BaseException as e:  # surfaced by close()
+            self.error = e
+            while self.q.get() is not _DONE:
+                pass
+
+    def put(self, item):
+        if self.error:
+            raise self.error
+        self.q.put(item)
+
+    def close(self, metadata: dict[bytes, bytes]):
+        self.q.put(_DONE)
+        self.join()
+        if self.error:
+            raise self.error
+        self.events.add_key_value_metadata(metadata)
+        self.events.close()
+        self.rejects.close()
+
+
+def _reader(src: Source, out: queue.Queue, stop: threading.Event):
+    try:
+        for chunk in read_chunks(src.stream, CHUNK, src.head):
+            if stop.is_set():
+                break
+            out.put(chunk)
+        out.put(_DONE)
+    except Exception as e:  # decompression errors, I/O errors
+        out.put(e)
+
+
+def _first_rejects(rj: pa.Table, have: list, limit: int = 5):
+    if len(have) < limit and rj.num_rows:
+        have.extend(rj.slice(0, limit - len(have)).to_pylist())
+
+
+def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, explicit_format: bool = False,
+              progress=None) -> IngestResult:
+    """Parse ``src`` into ``stage``/events.parquet and rejects.parquet; return the accounting."""
+    t0 = time.perf_counter()
+    res = IngestResult(trace_id, src.format, src.name, Counts(), meta=dict(src.meta))
+    writer = _Writer(stage)
+    writer.start()
+    try:
+        if src.format == "perf-json":
+            _ingest_json(src, res, writer, strict, progress)
+        else:
+            _ingest_text(src, res, writer, strict, explicit_format, progress)
+        src.finish()
+    except BaseException:
+        writer.q.put(_DONE)
+        writer.join()
+        src.close()
+        raise
+    res.sha256 = src.sha256
+    res.bytes_in = src.bytes_in or src.meta.get("bytes", 0)
+    md = {
+        "replay.schema_version": str(SCHEMA_VERSION), "replay.trace_id": trace_id, "replay.format": src.format,
+        "replay.source": src.name, "replay.sha256": res.sha256, "replay.lines": str(res.counts.lines),
+        "replay.parsed": str(res.counts.parsed), "replay.malformed": str(res.counts.malformed),
+        "replay.lost_events": str(res.counts.lost_events),
+    }
+    writer.close({k.encode(): v.encode() for k, v in md.items()})
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _ingest_text(src: Source, res: IngestResult, writer: _Writer, strict: bool, explicit: bool, progress):
+    dialect = DIALECTS[src.format if src.format in DIALECTS else "perf-script"]
+    dec = TextDecoder(dialect)
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(src, chunks, stop), daemon=True)
+    reader.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    inflight: deque = deque()
+    next_line = 1
+    first = True
+    last_chunk_ends_nl = True
+    try:
+        done = False
+        while not done or inflight:
+            while not done and len(inflight) < pool._max_workers + 1:
+                item = chunks.get()
+                if item is _DONE:
+                    done = True
+                    break
+                if isinstance(item, Exception):
+                    raise InputError(f"cannot read {src.name}: {item}")
+                last_chunk_ends_nl = item.endswith(b"\n")
+                inflight.append((pool.submit(scan_chunk, item, dialect), len(item)))
+            if not inflight:
+                break
+            fut, nbytes = inflight.popleft()
+            sc = fut.result()
+            ev, rj, n = dec.assemble(sc, next_line)
+            res.text_bytes += nbytes
+            if first:
+                first = False
+                c = dec.counts
+                if explicit and c.malformed and c.malformed > c.parsed:
+                    raise InputError(
+                        f"{src.name} does not look like {src.format} text: {c.malformed} of the first {c.lines} "
+                        f"lines do not parse (line {rj['line'][0].as_py()}); "
+                        f"auto-detection says {src.meta.get('detected') or 'no known format'}"
+                    )
+            if strict and rj.num_rows:
+                r = rj.slice(0, 1).to_pylist()[0]
+                raise InputError(f"line {r['line']}: {r['reason']}: {(r['text'] or '')[:120]!r} (--strict)")
+            if not inflight and done and not last_chunk_ends_nl and rj.num_rows and rj["line"][-1].as_py() == next_line + n - 1:
+                raise InputError(
+                    f"{src.name} is truncated: its last line ({next_line + n - 1}) ends mid-record without a newline; "
+                    f"cut it off (head -n -1) to ingest the rest"
+                )
+            next_line += n
+            _first_rejects(rj, res.first_rejects)
+            writer.put((ev, rj))
+            if progress:
+                progress(nbytes, src.bytes_in)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        while reader.is_alive():  # unblock the reader if it waits on a full queue
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                reader.join(0.05)
+    res.counts = dec.counts
+    for k, v in header_meta(dec.header_lines).items():
+        res.meta.setdefault(k, v)
+    if res.counts.parsed == 0:
+        raise InputError(f"{src.name}: no event parsed from {res.counts.lines} lines (format {src.format})")
+
+
+def _ingest_json(src: Source, res: IngestResult, writer: _Writer, strict: bool, progress):
+    gen = decode_json(src.stream, head=src.head)
+    try:
+        while True:
+            ev, rj = next(gen)
+            if strict and rj.num_rows:
+                r = rj.slice(0, 1).to_pylist()[0]
+                raise InputError(f"sample {r['line']}: {r['reason']} (--strict)")
+            _first_rejects(rj, res.first_rejects)
+            writer.put((ev, rj))
+            if progress:
+                progress(0, src.bytes_in)
+    except StopIteration as stop:
+        res.counts = stop.value
+    except ValueError as e:
+        raise InputError(f"{src.name}: {e}") from None
+    if res.counts.lines == 0:
+        raise InputError(f"{src.name}: perf JSON with no samples")
+
+
+assert scan.PARSED == 0

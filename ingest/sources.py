@@ -1,0 +1,252 @@
+"""Open an input (file, ``-``, gzip, zstd, perf.data) and tell which trace format it is."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import scan
+
+FORMATS = ("auto", "perf-script", "ftrace", "trace-cmd", "perf-data", "perf-json")
+PERF_MAGIC = b"PERFILE2"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# perf script with every field the events dataset needs, nanosecond timestamps, and
+# lost-event records so that nothing is dropped silently.
+PERF_SCRIPT_ARGS = ["--ns", "-F", "comm,pid,tid,cpu,time,event,trace", "--show-lost-events"]
+
+
+class InputError(Exception):
+    """Bad input: reported as one line on stderr with exit status 1."""
+
+
+class _Hashing(io.RawIOBase):
+    """Pass-through reader that hashes and counts the bytes as given (compressed or not)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        if n:
+            self.sha.update(memoryview(b)[:n])
+            self.nbytes += n
+        return n
+
+
+@dataclass
+class Source:
+    """An opened input: a binary stream of trace text plus what we know about it."""
+
+    name: str
+    format: str
+    stream: io.BufferedIOBase
+    size: int | None  # bytes on disk, when known (for progress)
+    hashing: _Hashing | None
+    proc: subprocess.Popen | None = None
+    stderr_file: object = None
+    meta: dict = field(default_factory=dict)
+    head: bytes = b""  # bytes already read from ``stream`` for format detection
+    _tmp: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.hashing.sha.hexdigest() if self.hashing else self.meta.get("sha256", "")
+
+    @property
+    def bytes_in(self) -> int:
+        return self.hashing.nbytes if self.hashing else 0
+
+    def finish(self) -> None:
+        """Check a perf subprocess ended well; remove temporary files."""
+        try:
+            if self.proc is not None:
+                self.stream.close()
+                rc = self.proc.wait()
+                if rc != 0:
+                    self.stderr_file.seek(0)
+                    lines = [ln.strip() for ln in self.stderr_file.read().decode(errors="replace").splitlines() if ln.strip()]
+                    raise InputError(f"perf script failed on {self.name} (exit {rc}): {lines[-1] if lines else 'no message'}")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._tmp:
+            os.unlink(self._tmp)
+            self._tmp = None
+
+
+def _buffered(raw, size=1 << 20) -> io.BufferedReader:
+    return io.BufferedReader(raw, buffer_size=size)
+
+
+def _looks_binary(head: bytes) -> bool:
+    return b"\x00" in head[:65536]
+
+
+def sniff_text(head: bytes) -> tuple[str | None, dict]:
+    """Pick the text format whose scanner parses the most of the first lines."""
+    from .text import scan_chunk
+
+    stripped = head.lstrip()
+    if stripped.startswith(b"{") and b"linux-perf-json-version" in head[:4096]:
+        return "perf-json", {}
+    cut = head.rfind(b"\n", 0, 1 << 18)
+    sample = head[: cut + 1] if cut >= 0 else head
+    best, best_n = None, 0
+    for fmt, dialect in (("perf-script", scan.DIALECT_PERF), ("ftrace", scan.DIALECT_FTRACE)):
+        n = int(np.count_nonzero(scan_chunk(sample, dialect).status == scan.PARSED))
+        if n > best_n:
+            best, best_n = fmt, n
+    if best == "ftrace" and any(
+        ln.startswith((b"cpus=", b"version = ")) for ln in sample.split(b"\n", 40)[:40]
+    ):
+        best = "trace-cmd"
+    return best, {}
+
+
+def open_source(path: str, fmt: str = "auto") -> Source:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if path == "-":
+        raw = sys.stdin.buffer
+        size = None
+        name = "<stdin>"
+    else:
+        if not os.path.exists(path):
+            raise InputError(f"no such file: {path}")
+        if os.path.isdir(path):
+            raise InputError(f"{path} is a directory, not a trace")
+        raw = open(path, "rb", buffering=0)
+        size = os.fstat(raw.fileno()).st_size
+        name = path
+    hashing = _Hashing(raw)
+    outer = _buffered(hashing)
+    magic = outer.peek(8)[:8]
+
+    if magic.startswith(PERF_MAGIC) or fmt == "perf-data":
+        if not magic.startswith(PERF_MAGIC):
+            raise InputError(f"{name} is not a perf.data file (no PERFILE2 magic); try --format auto")
+        return _open_perf_data(path, name, outer, hashing)
+
+    stream = outer
+    if magic.startswith(GZIP_MAGIC):
+        stream = _buffered(gzip.GzipFile(fileobj=outer, mode="rb"))
+    elif magic.startswith(ZSTD_MAGIC):
+        import zstandard
+
+        stream = _buffered(zstandard.ZstdDecompressor().stream_reader(outer, read_across_frames=True))
+    try:
+        head = stream.read(1 << 18)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"cannot decompress {name}: {e}") from None
+    except Exception as e:  # zstandard.ZstdError
+        raise InputError(f"cannot decompress {name}: {e}") from None
+    if not head:
+        raise InputError(f"{name} is empty")
+    if _looks_binary(head):
+        raise InputError(f"{name} is binary, not trace text (and not perf.data, gzip or zstd)")
+    detected, meta = sniff_text(head)
+    if fmt == "auto":
+        if detected is None:
+            first = head.split(b"\n", 1)[0][:80].decode(errors="replace")
+            raise InputError(
+                f"cannot tell the format of {name}: no line matches perf script, ftrace, trace-cmd report "
+                f"or perf JSON (first line: {first!r}); pass --format"
+            )
+        fmt = detected
+    elif fmt == "perf-json" and detected != "perf-json":
+        raise InputError(f"{name} is not perf JSON (no linux-perf-json-version header); it looks like {detected or 'no known format'}")
+    return Source(name, fmt, stream, size, hashing, head=head, meta={"detected": detected})
+
+
+def _open_perf_data(path: str, name: str, outer, hashing: _Hashing) -> Source:
+    perf = shutil.which("perf")
+    if perf is None:
+        raise InputError(
+            f"{name} is perf.data; reading it needs perf (Debian: apt-get install linux-perf), "
+            f"or run `perf script {' '.join(PERF_SCRIPT_ARGS)}` where perf is and ingest the text"
+        )
+    tmp = None
+    if path == "-":  # perf script needs a seekable file
+        fd, tmp = tempfile.mkstemp(suffix=".perf.data")
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(outer, f, 1 << 20)
+        path = tmp
+    else:
+        while outer.read(1 << 22):  # hash the file as given
+            pass
+    meta = {"sha256": hashing.sha.hexdigest(), "bytes": hashing.nbytes}
+    hdr = subprocess.run([perf, "script", "-i", path, "--header-only", "-f"], capture_output=True, text=True)
+    if hdr.returncode != 0:
+        if tmp:
+            os.unlink(tmp)
+        msg = [ln for ln in hdr.stderr.splitlines() if ln.strip()]
+        raise InputError(f"perf cannot read {name}: {msg[-1].strip() if msg else 'exit ' + str(hdr.returncode)}")
+    meta.update(header_meta(hdr.stdout.splitlines()))
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen([perf, "script", "-i", path, "-f", *PERF_SCRIPT_ARGS], stdout=subprocess.PIPE,
+                            stderr=err, stdin=subprocess.DEVNULL)
+    src = Source(name, "perf-data", _buffered(proc.stdout), os.path.getsize(path), None, proc, err, meta)
+    src._tmp = tmp
+    return src
+
+
+def header_meta(lines) -> dict:
+    """Host, kernel and CPU count from perf --header lines, ftrace's header or trace-cmd's preamble."""
+    meta: dict = {}
+    for ln in lines:
+        s = ln.strip()
+        if s.startswith("# hostname :"):
+            meta["hostname"] = s.split(":", 1)[1].strip()
+        elif s.startswith("# os release :"):
+            meta["kernel"] = s.split(":", 1)[1].strip()
+        elif s.startswith("# nrcpus online :"):
+            meta["nr_cpus"] = int(s.split(":", 1)[1])
+        elif "#P:" in s:
+            try:
+                meta["nr_cpus"] = int(s.rsplit("#P:", 1)[1].split()[0])
+            except ValueError:
+                pass
+        elif s.startswith("cpus="):
+            try:
+                meta["nr_cpus"] = int(s[5:])
+            except ValueError:
+                pass
+    return meta
+
+
+def read_chunks(stream, size: int, head: bytes = b""):
+    """Yield chunks of whole lines (the last may end without a newline)."""
+    rest = head
+    while True:
+        data = stream.read(size)
+        if not data:
+            break
+        if rest:
+            data = rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            continue
+        rest = data[cut + 1:]
+        yield data[: cut + 1]
+    if rest:
+        yield rest

@@ -1,0 +1,277 @@
+"""Turn chunks of trace text into typed Arrow tables (events, rejects) and line counts.
+
+The compiled scanner (``scan.py``) does the per-line work; this module does the
+per-chunk work: it resolves event names and comms through their hashes (one Python
+string per distinct value, not per line), checks each event carries its required
+fields, and assembles Arrow arrays with nulls where a field was absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import scan
+from .schema import EVENT_CODE, EVENTS, EVENTS_SCHEMA, REJECTS_SCHEMA, REQUIRED, canonical_event
+
+_F = scan.F
+_REQ_MASK = np.zeros(len(EVENTS), dtype=np.int32)
+for _name, _fields in REQUIRED.items():
+    for _f in _fields:
+        _REQ_MASK[EVENT_CODE[_name]] |= 1 << _F[_f]
+
+_EVENT_DICT = pa.array(EVENTS, pa.string())
+DIALECTS = {"perf-script": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE, "trace-cmd": scan.DIALECT_FTRACE}
+
+
+@dataclass
+class Counts:
+    lines: int = 0
+    parsed: int = 0
+    header: int = 0
+    blank: int = 0
+    callchain: int = 0
+    lost_records: int = 0
+    lost_events: int = 0
+    malformed: int = 0
+    per_event: dict = field(default_factory=dict)
+
+    def add_status(self, status: np.ndarray) -> None:
+        bc = np.bincount(status, minlength=6)
+        self.lines += int(status.shape[0])
+        self.parsed += int(bc[scan.PARSED])
+        self.header += int(bc[scan.HEADER])
+        self.blank += int(bc[scan.BLANK])
+        self.callchain += int(bc[scan.CALLCHAIN])
+        self.lost_records += int(bc[scan.LOST])
+        self.malformed += int(bc[scan.MALFORMED])
+
+    def accounted(self) -> int:
+        return self.parsed + self.header + self.blank + self.callchain + self.lost_records + self.malformed
+
+
+def _decode(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def _tracepoint_name(buf: np.ndarray, s: int, e: int, hint: int) -> str:
+    """The tracepoint's name: as printed, except ftrace's syscall shapes
+    (``sys_mmap(...)`` / ``sys_mmap -> ret``), which are named as the tracepoints are."""
+    name = _decode(bytes(buf[s:e]))
+    if hint and name.startswith("sys_"):
+        name = ("sys_enter_" if hint == scan.HINT_SYS_ENTER else "sys_exit_") + name[4:]
+    return name
+
+
+class _Interner:
+    """Hash -> dense dictionary code, shared by all chunks of one trace."""
+
+    def __init__(self) -> None:
+        self.tab_h = np.zeros(1 << 12, np.uint64)
+        self.tab_c = np.zeros(1 << 12, np.int32)
+        self.values: list[str | None] = []
+
+    def codes(self, hashes: np.ndarray, example_text) -> np.ndarray:
+        out = np.empty(len(hashes), np.int32)
+        new_rows = np.empty(len(hashes), np.int64)
+        i = 0
+        while True:
+            i, ncodes, nnew = scan.intern(hashes, out, i, self.tab_h, self.tab_c, len(self.values), new_rows)
+            for r in new_rows[:nnew].tolist():
+                self.values.append(example_text(r))
+            if i == len(hashes):
+                return out
+            self._grow()
+
+    def _grow(self) -> None:
+        used = self.tab_h != 0
+        keys, codes = self.tab_h[used], self.tab_c[used]
+        keys = keys[np.argsort(codes)]
+        self.tab_h = np.zeros(len(self.tab_h) * 4, np.uint64)
+        self.tab_c = np.zeros(len(self.tab_c) * 4, np.int32)
+        scan.intern(keys, np.empty(len(keys), np.int32), 0, self.tab_h, self.tab_c, 0, np.empty(len(keys), np.int64))
+
+    def dictionary(self) -> pa.Array:
+        return pa.array(self.values, type=pa.string())
+
+
+def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray) -> pa.Array:
+    data, offs = scan.gather(buf, starts, ends, rows)
+    arr = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offs), pa.py_buffer(data))
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:  # invalid UTF-8 in the input: replace, never fail
+        arr = pa.array([_decode(bytes(data[offs[k]:offs[k + 1]])) for k in range(len(rows))], pa.large_string())
+    return arr.cast(pa.string())
+
+
+@dataclass
+class Scanned:
+    """One chunk after the compiled scan: per-line status, per-event arrays (length k)."""
+
+    buf: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    n: int
+    k: int
+    lost: int
+    status: np.ndarray
+    seq: np.ndarray
+    ts: np.ndarray
+    cpu: np.ndarray
+    pid: np.ndarray
+    tid: np.ndarray
+    comm_s: np.ndarray
+    comm_e: np.ndarray
+    comm_h: np.ndarray
+    ev_s: np.ndarray
+    ev_e: np.ndarray
+    ev_h: np.ndarray
+    hint: np.ndarray
+    pay_s: np.ndarray
+    pay_e: np.ndarray
+    vals: np.ndarray
+    present: np.ndarray
+
+
+def scan_chunk(chunk: bytes | memoryview, dialect: int) -> Scanned:
+    """The stateless, thread-safe half of decoding (the compiled scan releases the GIL)."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    if len(buf) and (len(nl) == 0 or nl[-1] != len(buf) - 1):
+        nl = np.append(nl, len(buf))  # last line without a newline
+    n = len(nl)
+    starts = np.empty(n, np.int64)
+    if n:
+        starts[0] = 0
+        starts[1:] = nl[:-1] + 1
+    ends = nl.astype(np.int64)
+    e = np.empty
+    arrays = [e(n, np.int8), e(n, np.int64), e(n, np.int64), e(n, np.int16), e(n, np.int32), e(n, np.int32),
+              e(n, np.int64), e(n, np.int64), e(n, np.uint64), e(n, np.int64), e(n, np.int64), e(n, np.uint64),
+              e(n, np.int8), e(n, np.int64), e(n, np.int64), e((scan.NFIELDS, n), np.uint64), e(n, np.int32)]
+    k, lost = scan.scan_lines(buf, starts, ends, dialect, *arrays, scan.KEY_HASH, scan.KEY_FIELD, scan.KEY_HEX)
+    per_event = [a[:k] for a in arrays[1:]]
+    per_event[-2] = arrays[-2][:, :k]
+    return Scanned(buf, starts, ends, n, k, lost, arrays[0], *per_event)
+
+
+class TextDecoder:
+    """Stateful decoder for one trace: feed chunks of whole lines in order."""
+
+    def __init__(self, dialect: int) -> None:
+        self.dialect = dialect
+        self.counts = Counts()
+        self.comms = _Interner()
+        self.tracepoints = _Interner()
+        self._tp_event: list[int] = []  # tracepoint dictionary index -> event code
+        self.header_lines: list[str] = []  # the first header lines, for trace metadata
+
+    def decode(self, chunk: bytes | memoryview, first_line: int) -> tuple[pa.Table, pa.Table, int]:
+        """Decode one chunk; ``first_line`` is the 1-based number of its first line.
+
+        Returns (events, rejects, number of lines in the chunk)."""
+        return self.assemble(scan_chunk(chunk, self.dialect), first_line)
+
+    def assemble(self, sc: Scanned, first_line: int) -> tuple[pa.Table, pa.Table, int]:
+        """The ordered, stateful half of decoding: dictionaries, validation, Arrow."""
+        buf, status = sc.buf, sc.status
+        if len(self.header_lines) < 64:
+            for r in np.flatnonzero(status == scan.HEADER)[: 64 - len(self.header_lines)].tolist():
+                self.header_lines.append(_decode(bytes(buf[sc.starts[r]:sc.ends[r]])))
+
+        tp_codes = self.tracepoints.codes(sc.ev_h, lambda i: _tracepoint_name(buf, sc.ev_s[i], sc.ev_e[i], sc.hint[i]))
+        while len(self._tp_event) < len(self.tracepoints.values):
+            self._tp_event.append(EVENT_CODE[canonical_event(self.tracepoints.values[len(self._tp_event)])])
+        ev_code = np.asarray(self._tp_event, dtype=np.int8)[tp_codes]
+
+        # required fields: a page fault without an address is not a page fault
+        missing = _REQ_MASK[ev_code] & ~sc.present
+        bad = np.flatnonzero(missing != 0)
+        rej = np.flatnonzero(status == scan.MALFORMED)
+        reasons = ["not a line of this format"] * len(rej)
+        keep = None
+        if len(bad):
+            for j in bad.tolist():
+                need = [f for f in scan.FIELDS if missing[j] & (1 << scan.F[f])]
+                reasons.append(f"{EVENTS[ev_code[j]]} without {', '.join(need)}")
+            status[sc.seq[bad]] = scan.MALFORMED
+            rej = np.concatenate([rej, sc.seq[bad]])
+            order = np.argsort(rej, kind="stable")
+            rej = rej[order]
+            reasons = [reasons[j] for j in order.tolist()]
+            keep = missing == 0
+            ev_code, tp_codes = ev_code[keep], tp_codes[keep]
+
+        self.counts.add_status(status)
+        self.counts.lost_events += sc.lost
+        if len(ev_code):
+            bc = np.bincount(ev_code, minlength=len(EVENTS))
+            for code in np.flatnonzero(bc).tolist():
+                self.counts.per_event[EVENTS[code]] = self.counts.per_event.get(EVENTS[code], 0) + int(bc[code])
+
+        events = self._events_table(sc, keep, first_line, tp_codes, ev_code)
+        rejects = pa.Table.from_arrays(
+            [pa.array(rej + first_line, pa.int64()), pa.array(reasons, pa.string()), _strings(buf, sc.starts, sc.ends, rej)],
+            schema=REJECTS_SCHEMA,
+        )
+        return events, rejects, sc.n
+
+    def _events_table(self, sc: Scanned, keep, first_line, tp_codes, ev_code) -> pa.Table:
+        buf = sc.buf
+        comm_codes = self.comms.codes(sc.comm_h, lambda i: _decode(bytes(buf[sc.comm_s[i]:sc.comm_e[i]])))
+        sel = (lambda a: a) if keep is None else (lambda a: a[..., keep])
+        comm_codes = sel(comm_codes)
+        pres = sel(sc.present)
+        v = sel(sc.vals)
+        n = len(pres)
+
+        def col(name, typ, conv=None):
+            bit = 1 << scan.F[name]
+            raw = v[scan.F[name]]
+            data = conv(raw) if conv else raw
+            has = (pres & bit) != 0
+            return pa.array(data, typ, mask=None if has.all() else ~has)
+
+        def signed(raw):
+            return raw.view(np.int64)
+
+        def int32(raw):
+            return raw.astype(np.uint32).view(np.int32)
+
+        raw_k = np.flatnonzero((pres & scan.UNMAPPED_BIT) != 0)
+        if len(raw_k):
+            raw_full = np.full(n, None, dtype=object)
+            raw_full[raw_k] = _strings(buf, sel(sc.pay_s), sel(sc.pay_e), raw_k).to_numpy(zero_copy_only=False)
+            raw = pa.array(raw_full, pa.string())
+        else:
+            raw = pa.nulls(n, pa.string())
+        cpu, pid = sel(sc.cpu), sel(sc.pid)
+        arrays = [
+            pa.array(sel(sc.seq) + first_line, pa.int64()),
+            pa.array(sel(sc.ts), pa.int64()),
+            pa.array(cpu, pa.int16(), mask=cpu < 0),
+            pa.array(pid, pa.int32(), mask=pid == -2),
+            pa.array(sel(sc.tid), pa.int32()),
+            pa.DictionaryArray.from_arrays(pa.array(comm_codes, pa.int32(), mask=comm_codes < 0), self.comms.dictionary()),
+            pa.DictionaryArray.from_arrays(pa.array(ev_code, pa.int8()), _EVENT_DICT),
+            pa.DictionaryArray.from_arrays(pa.array(tp_codes, pa.int32()), self.tracepoints.dictionary()),
+            col("mm", pa.uint64()),
+            col("write", pa.bool_(), lambda r: r != 0),
+            col("success", pa.bool_(), lambda r: r != 0),
+            col("address", pa.uint64()),
+            col("ip", pa.uint64()),
+            col("error_code", pa.uint32(), lambda r: r.astype(np.uint32)),
+            col("len", pa.int64(), signed),
+            col("new_len", pa.int64(), signed),
+            col("new_addr", pa.uint64()),
+            col("prot", pa.int32(), int32),
+            col("flags", pa.int64(), signed),
+            col("fd", pa.int32(), int32),
+            col("off", pa.int64(), signed),
+            col("ret", pa.int64(), signed),
+            raw,
+        ]
+        return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)

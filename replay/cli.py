@@ -1,0 +1,227 @@
+"""The ``replay`` command line.
+
+Errors are one line on stderr: exit 1 for bad input, 2 for bad usage; never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(
+    name="replay",
+    help=(
+        "Replay recorded page-fault and mmap_lock traces through kernel locking designs "
+        "(mmap_lock, per-VMA locks, vm_refcnt) on simulated machines.\n\n"
+        "Start with `replay ingest TRACE` (or `replay record -o NAME -- CMD`), then `replay traces`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Fmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class InFmt(str, Enum):
+    auto = "auto"
+    perf_script = "perf-script"
+    ftrace = "ftrace"
+    trace_cmd = "trace-cmd"
+    perf_data = "perf-data"
+    perf_json = "perf-json"
+
+
+class Fail(Exception):
+    """A user-facing error: one line, exit code ``code``."""
+
+    def __init__(self, msg: str, code: int = 1):
+        super().__init__(msg)
+        self.code = code
+
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="REPLAY_WORKSPACE",
+                            help="Workspace directory [default: ./replay-data].")
+FormatOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
+
+
+def _emit(rows: list[dict], columns: list[str], fmt: Fmt, title: str | None = None) -> None:
+    if fmt is Fmt.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt is Fmt.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        t = Table(title=title, title_justify="left")
+        for c in columns:
+            t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+        for r in rows:
+            t.add_row(*("" if r.get(c) is None else f"{r[c]:,}" if isinstance(r.get(c), int) else str(r[c]) for c in columns))
+        out.print(t)
+
+
+def _progress(total: int | None, what: str):
+    """A rich progress bar on stderr for work over a second; silent when not a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    prog = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+    task = prog.add_task(what, total=total)
+
+    def update(_nbytes, consumed):
+        prog.update(task, completed=consumed)
+
+    return prog, update
+
+
+@app.command()
+def ingest(
+    path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, perf JSON) or '-' for stdin."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name [default: the file name without extensions]."),
+    fmt: InFmt = typer.Option(InFmt.auto, "--format", help="Input format; auto detects it from the content."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
+    replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
+    output: Fmt = FormatOpt,
+):
+    """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
+    from .ingesting import run_ingest
+
+    res = run_ingest(path, name, fmt.value, workspace, strict, replace)
+    _print_ingest(res, output)
+
+
+def _print_ingest(res, output: Fmt) -> None:
+    c = res.counts
+    if output is not Fmt.table:
+        rows = [{"trace_id": res.trace_id, "event": k, "count": v} for k, v in sorted(c.per_event.items())]
+        if output is Fmt.json:
+            print(json.dumps({"trace_id": res.trace_id, "format": res.format, "source": res.source,
+                              "sha256": res.sha256, "events": dict(sorted(c.per_event.items())),
+                              "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain",
+                                                                   "lost_records", "malformed")},
+                              "lost_events": c.lost_events, "first_rejects": res.first_rejects,
+                              "path": str(res.where)}, indent=2))
+        else:
+            _emit(rows, ["trace_id", "event", "count"], output)
+        return
+    _emit([{"event": k, "count": v} for k, v in sorted(c.per_event.items())], ["event", "count"], Fmt.table,
+          title=f"{res.trace_id}: {c.parsed:,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)")
+    acct = [
+        {"lines": "parsed events", "count": c.parsed}, {"lines": "header/comment", "count": c.header},
+        {"lines": "blank", "count": c.blank}, {"lines": "callchain frames", "count": c.callchain},
+        {"lines": "lost-event records", "count": c.lost_records}, {"lines": "malformed (kept in rejects)", "count": c.malformed},
+        {"lines": "total", "count": c.lines},
+    ]
+    _emit(acct, ["lines", "count"], Fmt.table, title="line accounting")
+    if c.lost_events:
+        err.print(f"[yellow]warning:[/] the tracer lost {c.lost_events:,} events in {c.lost_records} records; "
+                  "the trace has gaps (a larger buffer helps: perf record -m, tracefs buffer_size_kb)")
+    for r in res.first_rejects:
+        err.print(f"  malformed line {r['line']}: {r['reason']}: {(r['text'] or '')[:100]!r}", markup=False, highlight=False)
+    out.print(f"wrote {res.where}")
+
+
+@app.command()
+def traces(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
+    """List the traces in the workspace."""
+    from .workspace import Workspace
+
+    t = Workspace(workspace).traces()
+    rows = [] if t is None else t.drop_columns(["maps_snapshot"]).to_pylist()
+    for r in rows:
+        r["ingested_at"] = str(r["ingested_at"])
+    cols = ["trace_id", "format", "events", "lines", "malformed", "lost_events", "kernel", "nr_cpus", "source"]
+    if output is Fmt.json:
+        cols = list(rows[0]) if rows else cols
+    if not rows and output is Fmt.table:
+        out.print("no traces yet: replay ingest TRACE, or replay record -o NAME -- CMD")
+        return
+    _emit(rows, cols, output)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def record(
+    ctx: typer.Context,
+    output_name: str = typer.Option(..., "--output", "-o", help="Trace name to ingest the recording as."),
+    events: Optional[str] = typer.Option(None, "--events", "-e", help="Comma-separated tracepoints [default: page faults, mmap_lock, mm syscalls]."),
+    ftrace: bool = typer.Option(False, "--ftrace", help="Record through tracefs instead of perf."),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Also keep the raw recording at this path."),
+    buffer_mb: int = typer.Option(64, "--buffer-mb", help="Ring buffer size per CPU (MiB)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
+):
+    """Record CMD with perf (or tracefs), snapshot its /proc/PID/maps at exec, then ingest.
+
+    Usage: replay record -o NAME [--ftrace] -- CMD [ARGS...]"""
+    from .recording import record_and_ingest
+
+    cmd = list(ctx.args)
+    if not cmd:
+        raise Fail("record needs a command after --, e.g. replay record -o ls -- ls -l", 2)
+    res = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep, buffer_mb,
+                            workspace, replace)
+    _print_ingest(res, Fmt.table)
+
+
+@app.command()
+def version():
+    """Print the version."""
+    print(__version__)
+
+
+def main(argv: List[str] | None = None) -> int:
+    from ingest.sources import InputError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except (Fail, InputError) as e:
+        err.print(f"replay: error: {e}", markup=False, highlight=False)
+        return getattr(e, "code", 1)
+    except KeyboardInterrupt:
+        err.print("replay: interrupted; nothing was written", markup=False)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # click usage errors and the rest
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if os.environ.get("REPLAY_DEBUG"):
+            raise
+        err.print(f"replay: internal error: {type(e).__name__}: {e} (set REPLAY_DEBUG=1 for the traceback)",
+                  markup=False, highlight=False)
+        return 3
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

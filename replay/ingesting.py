@@ -1,0 +1,49 @@
+"""`replay ingest`: source -> staging directory -> workspace, atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ingest.pipeline import IngestResult, ingest_to
+from ingest.sources import InputError, open_source
+
+from . import __version__
+from .workspace import Workspace, check_name
+
+
+def default_name(path: str) -> str:
+    if path == "-":
+        return "stdin"
+    base = os.path.basename(path.rstrip("/"))
+    for ext in (".gz", ".zst", ".txt", ".data", ".json", ".trace", ".dat"):
+        if base.endswith(ext) and len(base) > len(ext):
+            base = base[: -len(ext)]
+    return "".join(ch if ch.isalnum() or ch in "._-+" else "_" for ch in base).lstrip(".") or "trace"
+
+
+def run_ingest(path: str, name: str | None, fmt: str, workspace: str | Path | None, strict: bool,
+               replace: bool, maps_snapshot: str | None = None, quiet: bool = False) -> IngestResult:
+    from .cli import _progress
+
+    ws = Workspace(workspace)
+    name = name or default_name(path)
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if ws.has_trace(name) and not replace:
+        raise InputError(f"trace {name!r} is already in {ws.root}; pass --replace to ingest it again, or --name another")
+    src = open_source(path, fmt)
+    stage = ws.stage()
+    try:
+        prog, update = _progress(src.size, f"ingest {name}")
+        with prog:
+            res = ingest_to(src, stage, name, strict=strict, explicit_format=fmt != "auto", progress=update)
+        ws.commit_trace(name, stage, res.traces_row(__version__, maps_snapshot))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    res.where = ws.partition("events", name)
+    return res

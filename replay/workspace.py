@@ -1,0 +1,105 @@
+"""The workspace: hive-partitioned Parquet datasets under one directory.
+
+Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says otherwise)::
+
+    events/trace_id=NAME/part-0.parquet     one row per trace event
+    rejects/trace_id=NAME/part-0.parquet    malformed lines, with line numbers
+    traces/trace_id=NAME/part-0.parquet     one row: source, sha256, line accounting
+
+Every write goes to a staging directory inside the workspace and is renamed into
+place, so a reader never sees half a file.  The ``traces`` row is the commit record: it
+is written last and removed first, so a trace is listed only when all its data is
+whole.  An interrupted ingest leaves at most a staging directory, removed next time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATASETS = ("events", "rejects", "traces")
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("REPLAY_WORKSPACE", "replay-data"))
+
+
+def check_name(name: str) -> str:
+    if not name or name.startswith(".") or set(name) - _NAME_OK:
+        raise ValueError(f"trace name {name!r}: use letters, digits, '.', '_', '-', '+' (not starting with '.')")
+    return name
+
+
+class Workspace:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_root()
+
+    def partition(self, dataset: str, trace_id: str) -> Path:
+        return self.root / dataset / f"trace_id={trace_id}"
+
+    def has_trace(self, trace_id: str) -> bool:
+        return (self.partition("traces", trace_id) / "part-0.parquet").exists()
+
+    def stage(self) -> str:
+        """A fresh staging directory on the workspace's filesystem (so rename is atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+        return tempfile.mkdtemp(prefix=f".stage-{os.getpid()}-", dir=self.root)
+
+    def _sweep(self):
+        for p in self.root.glob(".stage-*"):
+            try:
+                pid = int(p.name.split("-")[1])
+            except (IndexError, ValueError):
+                pid = None
+            if pid is None or not _alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def commit_trace(self, trace_id: str, stage: str, traces_row: pa.Table) -> None:
+        """Move staged events/rejects into place, then write the traces row (the commit)."""
+        pq.write_table(traces_row, os.path.join(stage, "traces.parquet"), compression="zstd")
+        self.drop_trace(trace_id)
+        for ds in DATASETS:
+            dest = self.partition(ds, trace_id)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if ds == "traces":
+                continue
+            tmp = Path(stage) / f"{ds}.dir"
+            tmp.mkdir()
+            os.replace(os.path.join(stage, f"{ds}.parquet"), tmp / "part-0.parquet")
+            os.replace(tmp, dest)
+        tmp = Path(stage) / "traces.dir"
+        tmp.mkdir()
+        os.replace(os.path.join(stage, "traces.parquet"), tmp / "part-0.parquet")
+        os.replace(tmp, self.partition("traces", trace_id))
+        shutil.rmtree(stage, ignore_errors=True)
+
+    def drop_trace(self, trace_id: str) -> None:
+        for ds in ("traces", "events", "rejects"):  # commit record first
+            p = self.partition(ds, trace_id)
+            if p.exists():
+                trash = Path(tempfile.mkdtemp(prefix=".stage-trash-", dir=self.root))
+                os.replace(p, trash / p.name)
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def traces(self) -> pa.Table | None:
+        files = sorted((self.root / "traces").glob("trace_id=*/part-0.parquet"))
+        if not files:
+            return None
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
