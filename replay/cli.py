@@ -33,6 +33,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
+    out = Console(soft_wrap=True, width=160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -104,12 +106,19 @@ def ingest(
     workspace: Optional[Path] = WorkspaceOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="/proc/PID/maps snapshot taken when the trace started (seeds the VMA tracker)."),
     output: Fmt = FormatOpt,
 ):
     """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
     from .ingesting import run_ingest
 
-    res = run_ingest(path, name, fmt.value, workspace, strict, replace)
+    snapshot = None
+    if maps is not None:
+        try:
+            snapshot = maps.read_text()
+        except OSError as e:
+            raise Fail(f"cannot read --maps {maps}: {e.strerror}")
+    res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot)
     _print_ingest(res, output)
 
 
@@ -168,7 +177,7 @@ def record(
     output_name: str = typer.Option(..., "--output", "-o", help="Trace name to ingest the recording as."),
     events: Optional[str] = typer.Option(None, "--events", "-e", help="Comma-separated tracepoints [default: page faults, mmap_lock, mm syscalls]."),
     ftrace: bool = typer.Option(False, "--ftrace", help="Record through tracefs instead of perf."),
-    keep: Optional[Path] = typer.Option(None, "--keep", help="Also keep the raw recording at this path."),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Also keep the raw recording (perf.data, or ftrace text) at this path, and the maps snapshot at PATH.maps."),
     buffer_mb: int = typer.Option(64, "--buffer-mb", help="Ring buffer size per CPU (MiB)."),
     workspace: Optional[Path] = WorkspaceOpt,
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),

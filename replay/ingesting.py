@@ -24,7 +24,8 @@ def default_name(path: str) -> str:
 
 
 def run_ingest(path: str, name: str | None, fmt: str, workspace: str | Path | None, strict: bool,
-               replace: bool, maps_snapshot: str | None = None, quiet: bool = False) -> IngestResult:
+               replace: bool, maps_snapshot: str | None = None, source_label: str | None = None,
+               extra_meta: dict | None = None) -> IngestResult:
     from .cli import _progress
 
     ws = Workspace(workspace)
@@ -41,6 +42,10 @@ def run_ingest(path: str, name: str | None, fmt: str, workspace: str | Path | No
         prog, update = _progress(src.size, f"ingest {name}")
         with prog:
             res = ingest_to(src, stage, name, strict=strict, explicit_format=fmt != "auto", progress=update)
+        if source_label:
+            res.source = source_label
+        for k, v in (extra_meta or {}).items():
+            res.meta.setdefault(k, v)
         ws.commit_trace(name, stage, res.traces_row(__version__, maps_snapshot))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
