@@ -11,7 +11,9 @@ field sets:
   (arch/x86/mm/fault.c, trace_page_fault_entries).
 * mm + write [+ success]: an mmap_lock event; with ``success`` it is
   acquire_returned, else start_locking or released, told apart by whether this thread
-  holds that lock (the trace_mmap_lock_* calls in include/linux/mmap_lock.h bracket it).
+  holds that lock (the trace_mmap_lock_* calls in include/linux/mmap_lock.h bracket it;
+  mmap_write_downgrade traces a read acquire_returned with no release of the write hold).
+* mm + mt: mmap:exit_mmap.
 * ``__syscall_nr``: a syscalls:sys_enter_*/sys_exit_* event (exit events carry ``ret``);
   x86-64 syscall numbers name it.
 
@@ -54,8 +56,12 @@ def _classify(sample: dict, held: dict) -> str:
         return f"sys_exit_{name}" if "ret" in sample else f"sys_enter_{name}"
     if "address" in sample and "error_code" in sample:
         return "page_fault_user" if _num(sample["error_code"]) & X86_PF_USER else "page_fault_kernel"
+    if "mm" in sample and "mt" in sample:  # mmap:exit_mmap (include/trace/events/mmap.h)
+        return "exit_mmap"
     if "mm" in sample and "write" in sample:
-        key = (sample.get("tid"), sample["mm"], str(sample["write"]))
+        # Keyed by (tid, mm), not by mode: mmap_write_downgrade traces a read acquire
+        # while the write hold is untraced as released, and the read release ends both.
+        key = (sample.get("tid"), sample["mm"])
         if "success" in sample:
             if _num(sample["success"]):
                 held[key] = True

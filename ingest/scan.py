@@ -321,9 +321,8 @@ def _event_and_payload(buf, p, e, r, ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals,
     elif p < e:  # ':'
         ps = p + 1
         pe = e
-    else:
-        ps = e
-        pe = e
+    else:  # no "name:" - a line cut short
+        return False
     while ps < pe and buf[ps] == 32:
         ps += 1
     ev_s[r] = es

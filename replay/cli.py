@@ -107,7 +107,7 @@ def ingest(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="/proc/PID/maps snapshot taken when the trace started (seeds the VMA tracker)."),
-    output: Fmt = FormatOpt,
+    output: Fmt = typer.Option(Fmt.table, "--output-format", "-O", help="How to print the summary (--format is the input's)."),
 ):
     """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
     from .ingesting import run_ingest
@@ -205,7 +205,11 @@ def main(argv: List[str] | None = None) -> int:
     from ingest.sources import InputError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if rc == 130:  # click turns KeyboardInterrupt into Abort, typer into 130
+            raise KeyboardInterrupt
+        if isinstance(rc, int):
+            return rc
     except (Fail, InputError) as e:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
@@ -214,14 +218,13 @@ def main(argv: List[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as e:  # click usage errors and the rest
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
+    except Exception as e:  # click's usage errors (typer vendors click in newer releases) and the rest
+        kind = type(e).__name__
+        if kind == "Exit":
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if kind == "Abort":
             return 130
-        if isinstance(e, click.ClickException):
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # UsageError, BadParameter, ...
             e.show()
             return e.exit_code
         if os.environ.get("REPLAY_DEBUG"):

@@ -1,0 +1,53 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SAMPLES = Path(__file__).parent.parent / "sample_traces"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI as a user would (main() with its error handling); return (rc, out, err)."""
+    from replay.cli import main
+
+    def run(*args):
+        rc = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return rc, cap.out, cap.err
+
+    return run
+
+
+def _perf_works() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    try:
+        r = subprocess.run(["perf", "record", "-q", "-e", "exceptions:page_fault_user", "-o", os.devnull, "--", "true"],
+                           capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def _tracefs_works() -> bool:
+    try:
+        with open("/sys/kernel/tracing/tracing_on", "w") as f:
+            f.write("0")
+        return os.path.exists("/sys/kernel/tracing/events/exceptions/page_fault_user")
+    except OSError:
+        return False
+
+
+PERF_OK = _perf_works()
+TRACEFS_OK = _tracefs_works()
+needs_perf = pytest.mark.skipif(not PERF_OK, reason="perf record is not permitted here")
+needs_tracefs = pytest.mark.skipif(not TRACEFS_OK, reason="tracefs is not writable here")
