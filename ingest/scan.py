@@ -358,7 +358,7 @@ def _perf_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h
         i += 1
     if i == e:
         return BLANK
-    if buf[i] == 35:
+    if buf[s] == 35:  # comments start in column 0; a padded comm may start with '#'
         return HEADER
     # Anchor on the first " secs.frac:" whose left side reads as "comm [pid/]tid [cpu]".
     # comm is at most 15 bytes (TASK_COMM_LEN) and may hold spaces, ':' and '-'.
@@ -456,7 +456,7 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
         i += 1
     if i == e:
         return BLANK
-    if buf[i] == 35:
+    if buf[s] == 35:  # comments start in column 0; a padded comm may start with '#'
         return HEADER
     if _starts_with(buf, i, e, LIT_CPU):
         q = _find(buf, i, e, LIT_LOST_FTRACE)

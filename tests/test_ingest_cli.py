@@ -170,3 +170,16 @@ def test_console_script_help_and_usage_error():
     assert r.returncode == 0 and "ingest" in r.stdout and "record" in r.stdout
     r = subprocess.run([exe, "ingest"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_perf_data_without_perf_and_corrupt(cli, ws, tmp_path, monkeypatch):
+    fake = tmp_path / "x.perf.data"
+    fake.write_bytes(b"PERFILE2" + bytes(4096))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no perf on PATH
+    rc, line = _err(cli, ws, fake)
+    assert "needs perf" in line and "linux-perf" in line
+    monkeypatch.undo()
+    import shutil
+    if shutil.which("perf"):
+        rc, line = _err(cli, ws, fake)
+        assert "perf cannot read" in line or "perf script failed" in line

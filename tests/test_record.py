@@ -1,0 +1,60 @@
+"""`replay record` for real: perf and tracefs on this machine (skipped where not permitted)."""
+
+import json
+import os
+import sys
+
+import polars as pl
+import pytest
+
+from conftest import needs_perf, needs_tracefs
+
+PROG = "import mmap\nm = mmap.mmap(-1, 1 << 22)\nfor i in range(0, 1 << 22, 4096): m[i] = 1\nm.close()\n"
+
+
+def _check(ws, name, fmt):
+    tr = pl.read_parquet(ws / "traces" / f"trace_id={name}").to_dicts()[0]
+    assert tr["format"] == fmt and tr["malformed"] == 0 and tr["lost_events"] == 0
+    snap = tr["maps_snapshot"]
+    assert snap.startswith("# /proc/") and " at exec of: " in snap
+    pid = int(snap.split("/")[2])
+    # at exec: the interpreter binary, the dynamic loader and the stack, nothing mmapped yet
+    assert os.path.realpath(sys.executable) in snap or "python" in snap
+    assert "[stack]" in snap and "ld-linux" in snap and "libc.so" not in snap
+    ev = pl.read_parquet(ws / "events" / f"trace_id={name}")
+    assert ev["tid"][0] == pid  # the trace starts with the child itself
+    faults = ev.filter((pl.col("event") == "page_fault_user") & (pl.col("tid") == pid))
+    # the 4 MiB loop faults 1024 pages; the rest is the interpreter starting up
+    assert faults.height > 1024
+    assert ev.filter(pl.col("event") == "sys_enter_mmap").height > 5
+    assert (ev["pid"] == pid).all()
+    return tr
+
+
+@needs_perf
+def test_record_perf(cli, ws, tmp_path):
+    keep = tmp_path / "r.perf.data"
+    rc, out, err = cli("record", "-w", ws, "-o", "py", "--keep", keep, "--", sys.executable, "-c", PROG)
+    assert rc == 0, err
+    tr = _check(ws, "py", "perf-data")
+    assert tr["kernel"] == os.uname().release and tr["source"].startswith("record: ")
+    assert keep.exists() and (tmp_path / "r.perf.data.maps").read_text() == tr["maps_snapshot"]
+    # the kept perf.data ingests to the same events
+    rc, out, err = cli("ingest", keep, "-w", ws, "--name", "again", "-O", "json")
+    assert rc == 0 and json.loads(out)["lines"]["parsed"] == tr["parsed"]
+
+
+@needs_tracefs
+def test_record_ftrace(cli, ws):
+    rc, out, err = cli("record", "-w", ws, "-o", "pyf", "--ftrace", "--", sys.executable, "-c", PROG)
+    assert rc == 0, err
+    _check(ws, "pyf", "ftrace")
+    with open("/sys/kernel/tracing/set_event") as f:
+        assert f.read().strip() == ""  # tracefs left as found
+
+
+def test_record_errors(cli, ws):
+    rc, out, err = cli("record", "-w", ws, "-o", "x")
+    assert rc == 2 and "needs a command" in err
+    rc, out, err = cli("record", "-w", ws, "-o", "x", "--", "/nonexistent/program")
+    assert rc == 1 and err.startswith("replay: error: cannot run")
