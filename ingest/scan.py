@@ -73,6 +73,7 @@ KEY_HEX = np.zeros(256, dtype=np.bool_)
 for _k, _h in _hashes.items():
     _slot = (_h >> KEY_SHIFT) & 255
     KEY_HASH[_slot], KEY_FIELD[_slot], KEY_HEX[_slot] = _h, KEY_TO_FIELD[_k], _k in KEY_HEX_ALWAYS
+KEY_TABLES = (KEY_HASH, KEY_FIELD, KEY_HEX)
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -613,6 +614,24 @@ def intern(hashes, out, start, tab_h, tab_c, ncodes, new_rows):
                 break
             j = (j + np.uint64(1)) & mask
     return hashes.shape[0], ncodes, nnew
+
+
+@njit(cache=True, nogil=True)
+def split_lines(buf, starts, ends):
+    """Line spans of ``buf`` (the last line may lack its newline)."""
+    k = 0
+    s = 0
+    for i in range(buf.shape[0]):
+        if buf[i] == 10:
+            starts[k] = s
+            ends[k] = i
+            k += 1
+            s = i + 1
+    if s < buf.shape[0]:
+        starts[k] = s
+        ends[k] = buf.shape[0]
+        k += 1
+    return k
 
 
 @njit(cache=True, nogil=True)
