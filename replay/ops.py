@@ -1,0 +1,536 @@
+"""The op builder: a trace's events become per-thread streams of operations.
+
+One op per page fault (a reader of the address space) and per address-space writer
+(mmap, munmap, mprotect, mremap, brk, VMA-changing madvise; exit_mmap).  For each:
+
+* **the thread's address space.**  Threads are attributed to a process by the tgid the
+  format prints (``pid``), else by the ``mm=`` of their own mmap_lock events, else they
+  stay alone (each its own mm) - the rule used and the count left unattributed are
+  reported; ``same_mm=True`` puts every thread in one mm.
+* **syscall pairing.**  ``sys_enter_X`` and the next ``sys_exit_X`` of the same thread
+  make one writer op (start, end, return value); a failed call (negative return) changes
+  nothing; an enter with no exit (trace cut, lost events) keeps ``end_ns`` null.
+* **the VMAs.**  A tracker replays the writers over an interval map, seeded from the
+  ``/proc/PID/maps`` snapshot when the trace has one, so every fault gets the id of the
+  VMA it hits and every writer the ids of the VMAs it write-locks.  Splits keep the
+  lower part in the original vm_area_struct and put the upper part in a new one, as
+  ``__split_vma()`` does for the common new_below=0 case (mm/vma.c); an anonymous
+  private mapping placed right after one with the same protection and flags extends it
+  (``vma_merge_new_range()``), which is how glibc's arenas and the JVM's heap grow.
+  A writer's new layout becomes visible at its ``sys_exit``.  Faults outside every known
+  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.
+* **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
+  emits no mmap_lock event, so a user fault followed on the same thread, before that
+  thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
+  mm fell back to mmap_lock (abort or VM_FAULT_RETRY: the trace cannot tell which).
+  ``mmap_read_trylock()`` (vmf_anon_prepare() on a VMA without anon_vma, since v6.10)
+  traces only acquire_returned and does not count; a fault that takes the lock for
+  write (stack expansion) is counted separately.  Kernel-mode faults never try the VMA
+  lock (arch/x86/mm/fault.c, do_user_addr_fault: ``if (!(flags & FAULT_FLAG_USER))
+  goto lock_mmap``) and have no observed_fallback.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+PAGE = 4096
+GAP_SPLIT = 1 << 20
+
+# x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h)
+X86_PF_WRITE = 1 << 1
+X86_PF_USER = 1 << 2
+X86_PF_INSTR = 1 << 4
+
+# include/uapi/asm-generic/mman-common.h
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_PRIVATE = 0x02
+MAP_SHARED = 0x01
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+# madvise behaviours that change vm_flags, so split/merge VMAs under mmap_write_lock
+# (mm/madvise.c, madvise_need_mmap_write() and madvise_update_vma())
+MADV_VMA_CHANGING = {
+    0: "NORMAL", 1: "RANDOM", 2: "SEQUENTIAL", 10: "DONTFORK", 11: "DOFORK", 12: "MERGEABLE",
+    13: "UNMERGEABLE", 14: "HUGEPAGE", 15: "NOHUGEPAGE", 16: "DONTDUMP", 17: "DODUMP",
+    18: "WIPEONFORK", 19: "KEEPONFORK",
+}
+
+OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
+
+OPS_SCHEMA = {
+    "op_id": pl.Int64, "trace_id": pl.Utf8, "mm": pl.Utf8, "pid": pl.Int32, "tid": pl.Int32,
+    "kind": pl.Enum(OP_KINDS), "seq": pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64,
+    "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
+    "vma_ids": pl.List(pl.Int64), "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
+    "observed_fallback": pl.Boolean, "observed_mmap_write": pl.Boolean, "think_ns": pl.Int64,
+}
+
+
+def page_down(a: int) -> int:
+    return a & ~(PAGE - 1)
+
+
+def page_up(a: int) -> int:
+    return (a + PAGE - 1) & ~(PAGE - 1)
+
+
+@dataclass
+class Vma:
+    id: int
+    start: int
+    end: int
+    prot: str  # "rwxp"-style from maps, or derived from PROT_* bits
+    anon: bool
+    name: str = ""
+    inferred: bool = False
+    created_ns: int | None = None
+    freed_ns: int | None = None
+
+
+def prot_str(prot: int, shared: bool = False) -> str:
+    return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + ("s" if shared else "p")
+
+
+def parse_maps(text: str) -> list[tuple[int, int, str, bool, str]]:
+    """(start, end, perms, anonymous, name) for each line of a /proc/PID/maps snapshot."""
+    out = []
+    for ln in text.splitlines():
+        if not ln.strip() or ln.startswith("#"):
+            continue
+        parts = ln.split(None, 5)
+        lo, hi = parts[0].split("-")
+        name = parts[5].strip() if len(parts) > 5 else ""
+        inode = int(parts[4]) if len(parts) > 4 else 0
+        out.append((int(lo, 16), int(hi, 16), parts[1], inode == 0 and not name.startswith("/"), name))
+    return out
+
+
+class AddressSpace:
+    """One mm's VMAs as a sorted, non-overlapping interval map."""
+
+    def __init__(self, ids: "IdSource"):
+        self.ids = ids
+        self.starts: list[int] = []
+        self.vmas: list[Vma] = []
+        self.all: list[Vma] = []
+
+    # -- primitives ------------------------------------------------------------
+    def _insert(self, v: Vma) -> None:
+        i = bisect.bisect_left(self.starts, v.start)
+        self.starts.insert(i, v.start)
+        self.vmas.insert(i, v)
+
+    def _remove(self, v: Vma, now) -> None:
+        i = self.vmas.index(v)
+        del self.starts[i]
+        del self.vmas[i]
+        v.freed_ns = now
+
+    def new(self, start, end, prot, anon, name="", now=None, inferred=False) -> Vma:
+        v = Vma(self.ids.next(), start, end, prot, anon, name, inferred, created_ns=now)
+        self.all.append(v)
+        self._insert(v)
+        return v
+
+    def overlapping(self, start: int, end: int) -> list[Vma]:
+        i = bisect.bisect_right(self.starts, start) - 1
+        i = max(i, 0)
+        out = []
+        while i < len(self.vmas) and self.vmas[i].start < end:
+            if self.vmas[i].end > start:
+                out.append(self.vmas[i])
+            i += 1
+        return out
+
+    def find(self, addr: int) -> Vma | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and self.vmas[i].end > addr:
+            return self.vmas[i]
+        return None
+
+    def split(self, v: Vma, at: int, now) -> Vma:
+        """__split_vma(new_below=0): v keeps [start, at), a new VMA gets [at, end)."""
+        upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now)
+        self.all.append(upper)
+        v.end = at
+        self._insert(upper)
+        return upper
+
+    # -- writers: each returns the VMAs it write-locks ---------------------------------
+    def unmap(self, start: int, end: int, now) -> list[Vma]:
+        locked = []
+        for v in self.overlapping(start, end):
+            locked.append(v)
+            if v.start < start:
+                v = self.split(v, start, now)
+            if v.end > end:
+                self.split(v, end, now)
+            self._remove(v, now)
+        return locked
+
+    def mmap(self, start: int, end: int, prot: str, anon: bool, name: str, now) -> list[Vma]:
+        locked = self.unmap(start, end, now)  # MAP_FIXED over existing mappings
+        prev = self.find(start - 1)
+        if anon and prev is not None and prev.end == start and prev.anon and prev.prot == prot and not prev.inferred:
+            prev.end = end  # vma_merge_new_range(): extend the previous VMA
+            return locked + [prev]
+        self.new(start, end, prot, anon, name, now)
+        return locked
+
+    def mprotect(self, start: int, end: int, prot: str, now) -> list[Vma]:
+        locked = []
+        for v in self.overlapping(start, end):
+            locked.append(v)
+            if v.start < start:
+                v = self.split(v, start, now)
+            if v.end > end:
+                self.split(v, end, now)
+            v.prot = prot[:3] + v.prot[3]
+        # merge with neighbours that now match (vma_modify_flags() -> vma_merge_existing_range())
+        around = self.overlapping(start - 1, end + 1)
+        v = around[0] if around else None
+        while v is not None and v.start <= end:
+            nxt = self.find(v.end)
+            if nxt is not None and nxt.start == v.end and nxt.prot == v.prot and nxt.anon and v.anon \
+                    and v.name == nxt.name and not v.inferred and not nxt.inferred:
+                for x in (v, nxt):
+                    if x not in locked:
+                        locked.append(x)
+                v.end = nxt.end
+                self._remove(nxt, now)
+            else:
+                v = nxt
+        return locked
+
+    def modify_flags(self, start: int, end: int, now) -> list[Vma]:
+        """madvise that changes vm_flags: split at the range edges, lock what it covers."""
+        locked = []
+        for v in self.overlapping(start, end):
+            locked.append(v)
+            if v.start < start:
+                v = self.split(v, start, now)
+            if v.end > end:
+                self.split(v, end, now)
+        return locked
+
+    def resize(self, addr: int, old_end: int, new_end: int, now) -> list[Vma]:
+        """Grow or shrink the mapping at addr in place (mremap without a move, brk)."""
+        if new_end < old_end:
+            return self.unmap(new_end, old_end, now)
+        v = self.find(addr) or self.find(old_end - 1)
+        if v is None:
+            self.new(page_down(addr), new_end, "rw-p", True, "", now)
+            return []
+        v.end = max(v.end, new_end)
+        return [v]
+
+
+class IdSource:
+    def __init__(self):
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+@dataclass
+class BuildReport:
+    threads: int = 0
+    processes: int = 0
+    rule: str = ""
+    unattributed: int = 0
+    unpaired_enter: int = 0
+    unmatched_exit: int = 0
+    failed_calls: int = 0
+    faults_in_inferred: int = 0
+    inferred_vmas: int = 0
+    seeded_vmas: int = 0
+    notes: list = field(default_factory=list)
+
+
+def attribute_threads(ev: pl.DataFrame, same_mm: bool = False) -> tuple[pl.DataFrame, BuildReport]:
+    """tid -> mm key (``pid:N`` or ``mm:HEX``), with the rule used."""
+    rep = BuildReport()
+    tids = ev.select("tid").unique()
+    rep.threads = tids.height
+    if same_mm:
+        rep.rule = "all threads share one mm (--same-mm)"
+        return tids.with_columns(pl.lit("all").alias("mm"), pl.lit(None, pl.Int32).alias("pid")), rep
+    by_pid = ev.filter(pl.col("pid").is_not_null() & (pl.col("pid") > 0)).group_by("tid").agg(pl.col("pid").mode().first())
+    # a thread's own mm: the mm it takes mmap_lock on most often
+    by_mm = (ev.filter(pl.col("event").cast(pl.Utf8).str.starts_with("mmap_lock") & pl.col("mm").is_not_null())
+             .group_by("tid").agg(pl.col("mm").mode().first().alias("lock_mm")))
+    t = tids.join(by_pid, on="tid", how="left").join(by_mm, on="tid", how="left")
+    # threads with a pid lend it to the other threads on their mm
+    mm_pid = t.filter(pl.col("pid").is_not_null() & pl.col("lock_mm").is_not_null()).group_by("lock_mm").agg(
+        pl.col("pid").mode().first().alias("mm_pid"))
+    t = t.join(mm_pid, on="lock_mm", how="left").with_columns(pl.coalesce("pid", "mm_pid").alias("pid"))
+    t = t.with_columns(
+        pl.when(pl.col("pid").is_not_null()).then(pl.format("pid:{}", pl.col("pid")))
+        .when(pl.col("lock_mm").is_not_null()).then(pl.format("mm:{}", pl.col("lock_mm").map_elements(lambda x: f"{x:x}", return_dtype=pl.Utf8)))
+        .otherwise(pl.format("tid:{}", pl.col("tid"))).alias("mm"))
+    n_pid = t.filter(pl.col("mm").str.starts_with("pid:")).height
+    n_mm = t.filter(pl.col("mm").str.starts_with("mm:")).height
+    rep.unattributed = t.filter(pl.col("mm").str.starts_with("tid:")).height
+    rules = []
+    if n_pid:
+        rules.append(f"{n_pid} by pid/tgid")
+    if n_mm:
+        rules.append(f"{n_mm} by the mm= of their mmap_lock events")
+    if rep.unattributed:
+        rules.append(f"{rep.unattributed} unattributed (each its own mm)")
+        rep.notes.append("this trace has no pid for some threads: record with `perf script -F comm,pid,tid,...` "
+                         "(replay record does), or pass --same-mm if all threads share one address space")
+    rep.rule = "; ".join(rules)
+    return t.select("tid", "mm", pl.col("pid").cast(pl.Int32)), rep
+
+
+def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
+              same_mm: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, BuildReport]:
+    """events of one trace -> (ops, vmas, report)."""
+    ev = ev.sort("seq")
+    threads, rep = attribute_threads(ev, same_mm)
+    # "space": the address-space key (``mm`` in ops); the events' own ``mm`` is the
+    # mmap_lock pointer of that event
+    ev = ev.join(threads.rename({"pid": "proc_pid", "mm": "space"}), on="tid", how="left")
+    ev = ev.with_columns(pl.col("event").cast(pl.Utf8).alias("ev"))
+
+    # -- observed fallback: per thread, the events between one fault/syscall and the next
+    opens = pl.col("ev").str.starts_with("page_fault") | pl.col("ev").str.starts_with("sys_enter")
+    ev = ev.with_columns(opens.cast(pl.Int64).cum_sum().over("tid").alias("_grp"))
+    own_mm = ev.filter(pl.col("ev").str.starts_with("mmap_lock")).group_by("tid").agg(pl.col("mm").mode().first().alias("_own_mm"))
+    ev = ev.join(own_mm, on="tid", how="left")
+    lock_ev = ev.filter((pl.col("ev") == "mmap_lock_start") & (pl.col("mm") == pl.col("_own_mm")))
+    grp_lock = lock_ev.group_by("tid", "_grp").agg(
+        (~pl.col("write")).any().alias("_fb_read"), pl.col("write").any().alias("_fb_write"),
+        pl.col("ts_ns").min().alias("_lock_ts"))
+    rel = ev.filter((pl.col("ev") == "mmap_lock_released") & (pl.col("mm") == pl.col("_own_mm"))).group_by("tid", "_grp").agg(
+        pl.col("ts_ns").max().alias("_rel_ts"))
+
+    faults = ev.filter(pl.col("ev").is_in(["page_fault_user", "page_fault_kernel"])).join(
+        grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left")
+    faults = faults.select(
+        "seq", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"), pl.lit("fault").alias("kind"),
+        pl.col("ts_ns").alias("start_ns"),
+        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts")).otherwise(None).alias("end_ns"),
+        "address", pl.lit(None, pl.Int64).alias("length"), pl.lit(None, pl.Int64).alias("ret"),
+        ((pl.col("error_code") & X86_PF_WRITE) != 0).alias("write"),
+        (pl.col("ev") == "page_fault_kernel").alias("kernel"),
+        pl.lit("read").alias("lock_mode"),
+        pl.when(pl.col("ev") == "page_fault_kernel").then(None).otherwise(pl.col("_fb_read").fill_null(False)).alias("observed_fallback"),
+        pl.col("_fb_write").fill_null(False).alias("observed_mmap_write"),
+    )
+
+    # -- syscalls: pair enter/exit per thread
+    sc = ev.filter(pl.col("ev").str.starts_with("sys_") | (pl.col("ev") == "exit_mmap")).select(
+        "seq", "tid", pl.col("space").alias("mm"), "proc_pid", "ev", "ts_ns", "address", "len", "new_len", "new_addr", "prot", "flags", "ret")
+    writers = _pair_syscalls(sc, rep)
+
+    vmas, fault_vma, writers = _track_vmas(faults, writers, maps_snapshot, rep)
+    faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"))
+    ops = pl.concat([faults.select(_cols(faults)), writers.select(_cols(writers))],
+                    how="vertical_relaxed")
+    ops = ops.sort("seq").with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("op_id"), pl.lit(trace_id).alias("trace_id"))
+    prev_end = pl.coalesce("end_ns", "start_ns").shift(1).over("tid")
+    ops = ops.with_columns((pl.col("start_ns") - prev_end).clip(lower_bound=0).alias("think_ns"))
+    ops = ops.select([pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()])
+    rep.processes = ops["mm"].n_unique()
+    return ops, vmas, rep
+
+
+def _cols(df: pl.DataFrame) -> list[str]:
+    return ["seq", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
+            "lock_mode", "observed_fallback", "observed_mmap_write", "vma_id", "vma_ids"]
+
+
+def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:
+    rows = []
+    open_: dict[tuple[int, str], dict] = {}
+    for r in sc.iter_rows(named=True):
+        ev = r["ev"]
+        if ev == "exit_mmap":
+            rows.append(dict(seq=r["seq"], tid=r["tid"], mm=r["mm"], pid=r["proc_pid"], kind="exit",
+                             start_ns=r["ts_ns"], end_ns=r["ts_ns"], address=None, length=None, ret=0,
+                             args={}))
+            continue
+        d, name = ("enter", ev[10:]) if ev.startswith("sys_enter_") else ("exit", ev[9:])
+        key = (r["tid"], name)
+        if d == "enter":
+            if key in open_:
+                rep.unpaired_enter += 1
+                _close(open_.pop(key), None, None, rows)
+            open_[key] = r
+        else:
+            start = open_.pop(key, None)
+            if start is None:
+                rep.unmatched_exit += 1
+                continue
+            _close(start, r["ts_ns"], r["ret"], rows)
+    for start in open_.values():
+        rep.unpaired_enter += 1
+        _close(start, None, None, rows)
+    if not rows:
+        return pl.DataFrame(schema={"seq": pl.Int64, "tid": pl.Int32, "mm": pl.Utf8, "pid": pl.Int32, "kind": pl.Utf8,
+                                    "start_ns": pl.Int64, "end_ns": pl.Int64, "address": pl.UInt64, "length": pl.Int64,
+                                    "ret": pl.Int64, "args": pl.Object})
+    return pl.DataFrame(rows, schema_overrides={"args": pl.Object, "address": pl.UInt64, "ret": pl.Int64, "end_ns": pl.Int64,
+                                                "length": pl.Int64, "pid": pl.Int32})
+
+
+def _close(enter: dict, end_ns, ret, rows: list) -> None:
+    name = enter["ev"][10:]
+    args = {k: enter[k] for k in ("address", "len", "new_len", "new_addr", "prot", "flags")}
+    rows.append(dict(seq=enter["seq"], tid=enter["tid"], mm=enter["mm"], pid=enter["proc_pid"], kind=name,
+                     start_ns=enter["ts_ns"], end_ns=end_ns, address=enter["address"], length=enter["len"], ret=ret,
+                     args=args))
+
+
+def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep: BuildReport):
+    """Replay writers per mm in order of the time their change lands; give faults VMA ids."""
+    ids = IdSource()
+    spaces: dict[str, AddressSpace] = {}
+    seeded_mm = None
+    if maps_snapshot:
+        # the snapshot belongs to the recorded command: the mm of the first thread
+        first = pl.concat([faults.select("seq", "mm"), writers.select("seq", "mm")]).sort("seq")
+        if first.height:
+            seeded_mm = first["mm"][0]
+            asp = spaces.setdefault(seeded_mm, AddressSpace(ids))
+            for lo, hi, perms, anon, name in parse_maps(maps_snapshot):
+                if lo >= 1 << 47:  # [vsyscall]: not in the mm's VMA tree
+                    continue
+                asp.new(lo, hi, perms, anon, name, None)
+                rep.seeded_vmas += 1
+
+    w_vma_ids: list = [None] * writers.height
+    w_lock: list = ["write"] * writers.height
+    f_vma = np.full(faults.height, -1, dtype=np.int64)
+    f_mm = faults["mm"].to_numpy()
+    f_addr = faults["address"].to_numpy().astype(np.uint64)
+    f_ts = faults["start_ns"].to_numpy()
+    f_kernel = faults["kernel"].to_numpy()
+
+    # writers take effect at their exit (end_ns); unfinished ones never
+    wl = writers.with_row_index("_i").filter(pl.col("end_ns").is_not_null()).sort("end_ns", "seq")
+    order_f = np.argsort(f_ts, kind="stable")
+    fi = 0
+
+    def resolve_faults_until(t_ns):
+        nonlocal fi
+        j = fi
+        while j < len(order_f) and f_ts[order_f[j]] < t_ns:
+            j += 1
+        if j == fi:
+            return
+        idx = order_f[fi:j]
+        fi = j
+        for mm in np.unique(f_mm[idx]):
+            asp = spaces.get(mm)
+            if asp is None or not asp.vmas:
+                continue
+            sel = idx[f_mm[idx] == mm]
+            starts = np.array(asp.starts, dtype=np.uint64)
+            ends = np.array([v.end for v in asp.vmas], dtype=np.uint64)
+            vid = np.array([v.id for v in asp.vmas], dtype=np.int64)
+            pos = np.searchsorted(starts, f_addr[sel], side="right") - 1
+            ok = (pos >= 0) & (f_addr[sel] < ends[np.maximum(pos, 0)])
+            f_vma[sel[ok]] = vid[pos[ok]]
+
+    for r in wl.iter_rows(named=True):
+        resolve_faults_until(r["end_ns"])
+        i = r["_i"]
+        asp = spaces.setdefault(r["mm"], AddressSpace(ids))
+        ret = r["ret"]
+        a = r["args"]
+        kind = r["kind"]
+        now = r["end_ns"]
+        if kind == "exit":
+            locked = list(asp.vmas)
+            for v in locked:
+                asp._remove(v, now)
+            w_vma_ids[i] = [v.id for v in locked]
+            continue
+        if ret is not None and ret < 0 and ret > -4096:
+            rep.failed_calls += 1
+            w_vma_ids[i] = []
+            continue
+        locked: list[Vma] = []
+        if kind == "mmap":
+            start = ret
+            end = page_up(start + (a["len"] or 0))
+            flags = a["flags"] or 0
+            anon = bool(flags & MAP_ANONYMOUS)
+            locked = asp.mmap(start, end, prot_str(a["prot"] or 0, bool(flags & MAP_SHARED)), anon, "", now)
+        elif kind == "munmap":
+            start = page_down(a["address"])
+            locked = asp.unmap(start, page_up(start + (a["len"] or 0)), now)
+        elif kind == "mprotect":
+            start = page_down(a["address"])
+            locked = asp.mprotect(start, page_up(start + (a["len"] or 0)), prot_str(a["prot"] or 0), now)
+        elif kind == "mremap":
+            old = page_down(a["address"])
+            old_end = page_up(old + (a["len"] or 0))
+            new_len = page_up(a["new_len"] or 0)
+            if ret == old:
+                locked = asp.resize(old, old_end, old + new_len, now)
+            else:  # moved: the old range goes, a new VMA takes the pages
+                src = asp.find(old)
+                prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
+                locked = asp.unmap(old, old_end, now) + asp.mmap(ret, ret + new_len, prot, anon, "", now)
+        elif kind == "brk":
+            heap = next((v for v in asp.vmas if v.name == "[heap]"), None)
+            req = a["address"] or 0
+            if heap is not None and req and ret == req:
+                locked = asp.resize(heap.start, heap.end, page_up(ret), now)
+            elif heap is None and req and ret == req and getattr(asp, "brk_start", None):
+                asp.new(asp.brk_start, page_up(ret), "rw-p", True, "[heap]", now)
+            elif not req:
+                asp.brk_start = ret  # brk(0) reports the current break
+                w_lock[i] = "none"
+        elif kind == "madvise":
+            beh = a["flags"]
+            if beh in MADV_VMA_CHANGING:
+                start = page_down(a["address"])
+                locked = asp.modify_flags(start, page_up(start + (a["len"] or 0)), now)
+            else:
+                w_lock[i] = "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
+        w_vma_ids[i] = sorted({v.id for v in locked})
+    resolve_faults_until(np.iinfo(np.int64).max)
+
+    # faults outside every known VMA: infer regions from the faulting pages
+    miss = np.flatnonzero(f_vma < 0)
+    user_miss = miss[~f_kernel[miss]]
+    rep.faults_in_inferred = int(len(user_miss))
+    for mm in np.unique(f_mm[user_miss]) if len(user_miss) else []:
+        asp = spaces.setdefault(mm, AddressSpace(ids))
+        sel = user_miss[f_mm[user_miss] == mm]
+        pages = np.unique(f_addr[sel] & np.uint64(~(PAGE - 1) & (2**64 - 1)))
+        cut = np.flatnonzero(np.diff(pages.astype(np.int64)) > GAP_SPLIT) + 1
+        for grp in np.split(pages, cut):
+            v = Vma(ids.next(), int(grp[0]), int(grp[-1]) + PAGE, "rw-p", True, "", True)
+            asp.all.append(v)
+            rep.inferred_vmas += 1
+            inside = (f_addr[sel] >= np.uint64(v.start)) & (f_addr[sel] < np.uint64(v.end))
+            f_vma[sel[inside]] = v.id
+    f_vma_out = [None if x < 0 else int(x) for x in f_vma.tolist()]
+
+    writers = writers.with_columns(
+        pl.Series("vma_ids", w_vma_ids, pl.List(pl.Int64)), pl.Series("lock_mode", w_lock, pl.Utf8),
+        pl.lit(None, pl.Int64).alias("vma_id"), pl.lit(None, pl.Boolean).alias("write"),
+        pl.lit(False).alias("kernel"), pl.lit(None, pl.Boolean).alias("observed_fallback"),
+        pl.lit(None, pl.Boolean).alias("observed_mmap_write"),
+    ).drop("args")
+    vmas = pl.DataFrame(
+        [dict(vma_id=v.id, mm=mm, start=v.start, end=v.end, prot=v.prot, anon=v.anon, name=v.name,
+              inferred=v.inferred, created_ns=v.created_ns, freed_ns=v.freed_ns)
+         for mm, asp in spaces.items() for v in asp.all],
+        schema={"vma_id": pl.Int64, "mm": pl.Utf8, "start": pl.UInt64, "end": pl.UInt64, "prot": pl.Utf8,
+                "anon": pl.Boolean, "name": pl.Utf8, "inferred": pl.Boolean, "created_ns": pl.Int64, "freed_ns": pl.Int64})
+    return vmas, f_vma_out, writers

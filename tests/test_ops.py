@@ -1,0 +1,158 @@
+"""The op builder: syscall pairing, the VMA tracker, attribution, observed fallback.
+Small hand-built traces (real line formats) so every expected value can be checked by eye."""
+
+import polars as pl
+import pytest
+
+from ingest import scan
+from ingest.text import TextDecoder
+from replay.ops import AddressSpace, IdSource, build_ops, parse_maps
+
+MAPS = """# /proc/100/maps at exec of: ./prog
+55550000-55551000 r-xp 00000000 fe:00 1 /usr/bin/prog
+7fff0000-7fff2000 rw-p 00000000 00:00 0 [stack]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+"""
+
+
+def events(lines: str) -> pl.DataFrame:
+    d = TextDecoder(scan.DIALECT_PERF)
+    ev, rj, _ = d.decode(lines.encode(), 1)
+    assert rj.num_rows == 0, rj.to_pylist()
+    return pl.from_arrow(ev)
+
+
+def L(tid, t, ev, payload, pid=100):
+    return f"            prog {pid:5d}/{tid:<5d} [000] {t:>14.9f}: {ev}: {payload}\n"
+
+
+def pf(tid, t, addr, code=0x6):
+    return L(tid, t, "exceptions:page_fault_user", f"address={addr:#x} ip=0x55550100 error_code={code:#x}")
+
+
+def lock(tid, t, what, write, mm=0xFFFF888100001000, success=None):
+    extra = "" if success is None else f" success={'true' if success else 'false'}"
+    return L(tid, t, f"mmap_lock:mmap_lock_{what}", f"mm={mm:#x} memcg_id=1 write={'true' if write else 'false'}{extra}")
+
+
+def mmap(tid, t0, t1, length, ret, prot=3, flags=0x22, addr=0):
+    return (L(tid, t0, "syscalls:sys_enter_mmap", f"addr: {addr:#010x}, len: {length:#010x}, prot: {prot:#010x}, flags: {flags:#010x}, fd: 0xffffffff, off: 0x00000000")
+            + L(tid, t1, "syscalls:sys_exit_mmap", f"{ret:#x}"))
+
+
+def sc(tid, t0, t1, name, args, ret=0):
+    return L(tid, t0, f"syscalls:sys_enter_{name}", args) + L(tid, t1, f"syscalls:sys_exit_{name}", f"{ret & (2**64 - 1):#x}")
+
+
+def test_address_space_split_and_merge():
+    a = AddressSpace(IdSource())
+    v = a.new(0x10000, 0x20000, "rw-p", True)
+    assert v.id == 1
+    locked = a.mprotect(0x14000, 0x16000, "r--p", 5)
+    # __split_vma keeps the lower part in the original VMA: [1: 10000-14000][2: 14000-16000][3: 16000-20000]
+    assert [(x.id, hex(x.start), hex(x.end), x.prot) for x in a.vmas] == [
+        (1, "0x10000", "0x14000", "rw-p"), (2, "0x14000", "0x16000", "r--p"), (3, "0x16000", "0x20000", "rw-p")]
+    assert [x.id for x in locked] == [1]
+    locked = a.mprotect(0x14000, 0x16000, "rw-p", 6)  # back: the three merge into VMA 1
+    assert [(x.id, hex(x.start), hex(x.end)) for x in a.vmas] == [(1, "0x10000", "0x20000")]
+    assert sorted(x.id for x in locked) == [1, 2, 3]
+    locked = a.unmap(0x18000, 0x19000, 7)  # a hole: split twice, the middle goes
+    assert [(hex(x.start), hex(x.end)) for x in a.vmas] == [("0x10000", "0x18000"), ("0x19000", "0x20000")]
+    assert [x.id for x in locked] == [1]
+    # an anonymous mapping right after one with the same protection extends it
+    locked = a.mmap(0x20000, 0x22000, "rw-p", True, "", 8)
+    assert [(hex(x.start), hex(x.end)) for x in a.vmas][-1] == ("0x19000", "0x22000") and len(a.vmas) == 2
+    assert a.find(0x21fff).id == a.find(0x19000).id and a.find(0x22000) is None
+
+
+def test_parse_maps():
+    m = parse_maps(MAPS)
+    assert m[0] == (0x55550000, 0x55551000, "r-xp", False, "/usr/bin/prog")
+    assert m[1][3] is True and m[1][4] == "[stack]"
+
+
+def test_pairing_vmas_and_fault_ids():
+    text = (mmap(100, 1.0, 1.1, 0x4000, 0x7F0000000000)
+            + pf(100, 1.2, 0x7F0000001008)
+            + pf(101, 1.25, 0x7FFF0100)  # in the seeded stack
+            + sc(100, 1.3, 1.4, "mprotect", "start: 0x7f0000001000, len: 0x00001000, prot: 0x00000001")
+            + pf(101, 1.35, 0x7F0000001010)  # during the mprotect: the old VMA
+            + pf(101, 1.5, 0x7F0000001010)  # after: the split-off middle VMA
+            + pf(101, 1.6, 0x7F0000003010)  # after: the upper part
+            + sc(100, 1.7, 1.8, "munmap", "addr: 0x7f0000000000, len: 0x00004000")
+            + sc(100, 1.9, 2.0, "munmap", "addr: 0x7f0000000000, len: 0x00004000", ret=-22))
+    ops, vmas, rep = build_ops(events(text), "t", MAPS)
+    w = ops.filter(pl.col("kind") != "fault")
+    assert w["kind"].to_list() == ["mmap", "mprotect", "munmap", "munmap"]
+    assert w["start_ns"].to_list()[0] == 1_000_000_000 and w["end_ns"].to_list()[0] == 1_100_000_000
+    assert w["ret"].to_list() == [0x7F0000000000, 0, 0, -22]
+    f = ops.filter(pl.col("kind") == "fault")
+    stack = vmas.filter(pl.col("name") == "[stack]")["vma_id"][0]
+    new = vmas.filter(pl.col("start") == 0x7F0000000000)["vma_id"][0]
+    mid = vmas.filter(pl.col("start") == 0x7F0000001000)["vma_id"][0]
+    upper = vmas.filter(pl.col("start") == 0x7F0000002000)["vma_id"][0]
+    assert f["vma_id"].to_list() == [new, stack, new, mid, upper]
+    # mprotect write-locks the VMA it splits; munmap the three pieces; the failed call nothing
+    assert w["vma_ids"].to_list() == [[], [new], sorted([new, mid, upper]), []]
+    assert rep.failed_calls == 1 and rep.seeded_vmas == 2 and rep.rule == "2 by pid/tgid"
+    assert f["think_ns"].to_list()[0] == 100_000_000  # 1.2 s - the mmap's exit at 1.1 s
+
+
+def test_observed_fallback_rule():
+    text = (pf(100, 1.0, 0x7FFF0100)  # served under the VMA lock: nothing follows
+            + pf(100, 1.1, 0x7FFF0200)  # fell back: read start_locking before the next fault
+            + lock(100, 1.11, "start_locking", False) + lock(100, 1.12, "acquire_returned", False, success=True)
+            + lock(100, 1.13, "released", False)
+            + pf(100, 1.2, 0x7FFF0300)  # vmf_anon_prepare's trylock: acquire only, not a fallback
+            + lock(100, 1.21, "acquire_returned", False, success=True) + lock(100, 1.22, "released", False)
+            + pf(100, 1.3, 0x7FFF0400)  # a lock on another mm (e.g. /proc reads) does not count
+            + lock(100, 1.31, "start_locking", False, mm=0xFFFF888100009000)
+            + pf(100, 1.4, 0x7FFF0500)  # stack expansion: write lock
+            + lock(100, 1.41, "start_locking", True)
+            + L(100, 1.5, "exceptions:page_fault_kernel", "address=0x7fff0600 ip=0xffffffff81000000 error_code=0x2"))
+    ops, _, _ = build_ops(events(text), "t", MAPS)
+    f = ops.filter(pl.col("kind") == "fault")
+    assert f["observed_fallback"].to_list() == [False, True, False, False, False, None]
+    assert f["observed_mmap_write"].to_list() == [False, False, False, False, True, False]
+    assert f["kernel"].to_list() == [False] * 5 + [True]
+    assert f["end_ns"].to_list()[1] == 1_130_000_000  # the fallback ends at its mmap_read_unlock
+
+
+def test_attribution_by_mm_when_no_pid():
+    # default perf script output has no pid: threads join by the mm of their mmap_lock events
+    d = TextDecoder(scan.DIALECT_PERF)
+    text = ("            prog   100 [000]     1.000000: mmap_lock:mmap_lock_start_locking: mm=0xffff888100001000 memcg_id=1 write=false\n"
+            "            prog   101 [001]     1.000001: mmap_lock:mmap_lock_start_locking: mm=0xffff888100001000 memcg_id=1 write=false\n"
+            "            prog   102 [001]     1.000002: exceptions:page_fault_user: address=0x1000 ip=0x1 error_code=0x6\n")
+    ev, _, _ = d.decode(text.encode(), 1)
+    ops, _, rep = build_ops(pl.from_arrow(ev), "t")
+    assert rep.unattributed == 1 and "1 unattributed" in rep.rule and "by the mm=" in rep.rule
+    assert rep.notes and "--same-mm" in rep.notes[0]
+    ops2, _, rep2 = build_ops(pl.from_arrow(ev), "t", same_mm=True)
+    assert ops2["mm"].unique().to_list() == ["all"] and rep2.unattributed == 0
+
+
+def test_madvise_lock_modes_and_brk():
+    text = (sc(100, 1.0, 1.01, "brk", "brk: 0x00000000", ret=0x56000000)
+            + sc(100, 1.1, 1.11, "brk", "brk: 0x56021000", ret=0x56021000)
+            + pf(100, 1.2, 0x56000010)
+            + sc(100, 1.3, 1.31, "madvise", "start: 0x56000000, len_in: 0x00001000, behavior: 0x00000004")  # DONTNEED
+            + sc(100, 1.4, 1.41, "madvise", "start: 0x56000000, len_in: 0x00001000, behavior: 0x0000000e"))  # HUGEPAGE
+    ops, vmas, _ = build_ops(events(text), "t", MAPS)
+    heap, upper = vmas.filter(pl.col("name") == "[heap]").sort("start").to_dicts()
+    # brk made [heap] 56000000-56021000; MADV_HUGEPAGE on its first page split it there
+    assert (heap["start"], heap["end"], upper["start"], upper["end"]) == (0x56000000, 0x56001000, 0x56001000, 0x56021000)
+    f = ops.filter(pl.col("kind") == "fault")
+    assert f["vma_id"][0] == heap["vma_id"]
+    m = ops.filter(pl.col("kind") == "madvise")
+    assert m["lock_mode"].to_list() == ["read", "write"]
+    assert m["vma_ids"].to_list()[1] == [heap["vma_id"]]
+
+
+def test_faults_outside_known_vmas_get_inferred_regions():
+    text = pf(100, 1.0, 0x10000000) + pf(100, 1.1, 0x10001000) + pf(100, 1.2, 0x20000000)
+    ops, vmas, rep = build_ops(events(text), "t")
+    assert rep.inferred_vmas == 2 and rep.faults_in_inferred == 3
+    ids = ops["vma_id"].to_list()
+    assert ids[0] == ids[1] != ids[2]
+    assert vmas.filter(pl.col("inferred"))["end"].to_list() == [0x10002000, 0x20001000]
