@@ -78,10 +78,23 @@ def _emit(rows: list[dict], columns: list[str], fmt: Fmt, title: str | None = No
     else:
         t = Table(title=title, title_justify="left")
         for c in columns:
-            t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+            num = rows and isinstance(rows[0].get(c), (int, float)) and not isinstance(rows[0].get(c), bool)
+            t.add_column(c, justify="right" if num else "left")
         for r in rows:
-            t.add_row(*("" if r.get(c) is None else f"{r[c]:,}" if isinstance(r.get(c), int) else str(r[c]) for c in columns))
+            t.add_row(*(_cell(r.get(c)) for c in columns))
         out.print(t)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    return str(v)
 
 
 def _progress(total: int | None, what: str):
@@ -193,6 +206,78 @@ def record(
     res = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep, buffer_mb,
                             workspace, replace)
     _print_ingest(res, Fmt.table)
+
+
+@app.command()
+def ops(
+    trace: str = typer.Argument(..., help="Trace name in the workspace (see replay traces)."),
+    same_mm: bool = typer.Option(False, "--same-mm", help="Treat every thread as one address space (for traces without pids)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    output: Fmt = FormatOpt,
+):
+    """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
+    import polars as pl
+
+    from .ops import build_ops
+    from .workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.has_trace(trace):
+        raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
+    ev = pl.from_arrow(ws.read("events", trace))
+    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+    ws.write_derived("ops", trace, o.to_arrow())
+    ws.write_derived("vmas", trace, vmas.to_arrow())
+    user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
+    fb = int(user["observed_fallback"].sum() or 0)
+    summary = {
+        "trace_id": trace, "ops": o.height, "threads": rep.threads, "processes": rep.processes,
+        "attribution": rep.rule, "user_faults": user.height, "kernel_faults": int(o.filter(pl.col("kernel")).height),
+        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user.height, 3) if user.height else None,
+        "faults_taking_mmap_write": int(user["observed_mmap_write"].sum() or 0),
+        "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
+        "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
+        "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
+    }
+    kinds = o.group_by("kind").agg(pl.len().alias("ops"), pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
+    if output is Fmt.json:
+        summary["kinds"] = {r["kind"]: r["ops"] for r in kinds.to_dicts()}
+        print(json.dumps(summary, indent=2))
+        return
+    if output is Fmt.csv:
+        _emit([summary], list(summary), output)
+        return
+    _emit([{"kind": r["kind"], "ops": r["ops"], "mean duration ns": None if r["mean_ns"] is None else round(r["mean_ns"])}
+           for r in kinds.to_dicts()], ["kind", "ops", "mean duration ns"], output,
+          title=f"{trace}: {o.height:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
+    _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], output)
+    for n in rep.notes:
+        err.print(f"note: {n}", markup=False, highlight=False)
+
+
+@app.command()
+def machines(output: Fmt = FormatOpt, show: Optional[str] = typer.Argument(None, help="A profile name or .toml path to show in full.")):
+    """List the machine profiles (topology, hand-off latencies, prefetcher); or show one with its sources."""
+    from .machines import MachineError, all_machines, load_machine
+
+    if show:
+        try:
+            m = load_machine(show)
+        except MachineError as e:
+            raise Fail(str(e))
+        rows = [{"parameter": k, "value": v, "source": m.sources.get(k, "")} for k, v in m.latency_ns.items()]
+        rows += [{"parameter": "adjacent_line_prefetch", "value": m.adjacent_line_prefetch, "source": m.sources.get("adjacent_line_prefetch", "")},
+                 {"parameter": "fault_service_ns", "value": m.fault_service_ns, "source": m.sources.get("fault_service_ns", "")}]
+        _emit(rows, ["parameter", "value", "source"], output, title=f"{m.name}: {m.description} ({m.ncpus} CPUs)")
+        return
+    rows = [{"machine": m.name, "cpus": m.ncpus, "topology": f"{m.sockets}x{m.cores_per_socket}x{m.smt}",
+             "smt_ns": m.latency_ns["smt_handoff"], "socket_ns": m.latency_ns["socket_handoff"],
+             "cross_socket_ns": m.latency_ns["cross_socket_handoff"] if m.sockets > 1 else None,
+             "prefetch_128B": m.adjacent_line_prefetch,
+             "estimates": sum("est." in str(v) for v in m.sources.values()), "description": m.description}
+            for m in all_machines()]
+    _emit(rows, list(rows[0]), output)
 
 
 @app.command()

@@ -5,6 +5,8 @@ Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says oth
     events/trace_id=NAME/part-0.parquet     one row per trace event
     rejects/trace_id=NAME/part-0.parquet    malformed lines, with line numbers
     traces/trace_id=NAME/part-0.parquet     one row: source, sha256, line accounting
+    ops/trace_id=NAME/part-0.parquet        faults and address-space writers (replay ops)
+    vmas/trace_id=NAME/part-0.parquet       the VMAs the tracker saw
 
 Every write goes to a staging directory inside the workspace and is renamed into
 place, so a reader never sees half a file.  The ``traces`` row is the commit record: it
@@ -80,8 +82,30 @@ class Workspace:
         os.replace(tmp, self.partition("traces", trace_id))
         shutil.rmtree(stage, ignore_errors=True)
 
+    def write_derived(self, dataset: str, trace_id: str, table: pa.Table) -> Path:
+        """Atomically (re)place one trace's partition of a derived dataset (ops, vmas)."""
+        stage = self.stage()
+        try:
+            tmp = Path(stage) / "dir"
+            tmp.mkdir()
+            pq.write_table(table, tmp / "part-0.parquet", compression="zstd")
+            dest = self.partition(dataset, trace_id)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                os.replace(dest, Path(stage) / "old")
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return dest
+
+    def read(self, dataset: str, trace_id: str) -> pa.Table:
+        p = self.partition(dataset, trace_id) / "part-0.parquet"
+        if not p.exists():
+            raise FileNotFoundError(p)
+        return pq.read_table(p)
+
     def drop_trace(self, trace_id: str) -> None:
-        for ds in ("traces", "events", "rejects"):  # commit record first
+        for ds in ("traces", "events", "rejects", "ops", "vmas"):  # commit record first
             p = self.partition(ds, trace_id)
             if p.exists():
                 trash = Path(tempfile.mkdtemp(prefix=".stage-trash-", dir=self.root))

@@ -1,0 +1,134 @@
+"""Machine profiles: topology and cache-coherence latencies, as data with sources.
+
+A profile is a TOML file (those shipped here, or any path).  Every latency carries a
+source in ``[sources]``; "est." marks an estimate.  ``Machine.cpus()`` numbers CPUs the
+way Linux does on these boxes (all first SMT threads across sockets, then the
+siblings), and ``placement()`` assigns threads to CPUs like the scheduler spreads a
+throughput load: one per physical core across sockets first, then SMT siblings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+LATENCY_KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_read_shared",
+                "socket_read_exclusive", "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
+
+
+class MachineError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cpu:
+    id: int
+    socket: int
+    core: int  # physical core, global
+    thread: int  # SMT thread within the core
+    ccd: int = 0
+
+
+@dataclass
+class Machine:
+    name: str
+    description: str
+    sockets: int
+    cores_per_socket: int
+    smt: int
+    latency_ns: dict
+    adjacent_line_prefetch: bool
+    fault_service_ns: float
+    sources: dict = field(default_factory=dict)
+    ccds: int = 1
+    path: str = ""
+
+    @property
+    def ncpus(self) -> int:
+        return self.sockets * self.cores_per_socket * self.smt
+
+    def cpus(self) -> list[Cpu]:
+        out = []
+        ncores = self.sockets * self.cores_per_socket
+        per_ccd = max(1, self.cores_per_socket // self.ccds)
+        for t in range(self.smt):
+            for c in range(ncores):
+                sock = c // self.cores_per_socket
+                out.append(Cpu(len(out), sock, c, t, (c % self.cores_per_socket) // per_ccd))
+        return out
+
+    def placement(self, nthreads: int, ncpus: int | None = None, policy: str = "spread") -> list[int]:
+        """CPU for each of nthreads on the first ncpus CPUs (threads beyond share)."""
+        cpus = self.cpus()[: ncpus or self.ncpus]
+        if policy == "spread":
+            # one per physical core, alternating sockets, then the SMT siblings
+            order = sorted(cpus, key=lambda c: (c.thread, c.core % self.cores_per_socket, c.socket))
+        elif policy == "packed":
+            order = sorted(cpus, key=lambda c: (c.socket, c.core, c.thread))
+        else:
+            raise MachineError(f"unknown placement {policy!r}: spread or packed")
+        return [order[i % len(order)].id for i in range(nthreads)]
+
+    def handoff_ns(self, a: Cpu, b: Cpu) -> float:
+        """One-way transfer of a Modified line from a's cache to b's."""
+        L = self.latency_ns
+        if a.id == b.id:
+            return L["l1_hit"]
+        if a.core == b.core:
+            return L["smt_handoff"]
+        if a.socket != b.socket:
+            return L["cross_socket_handoff"]
+        if self.ccds > 1 and a.ccd != b.ccd:
+            return L.get("cross_ccd_handoff", L["cross_socket_handoff"])
+        return L["socket_handoff"]
+
+
+def _load(text: str, path: str) -> Machine:
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MachineError(f"{path}: not valid TOML: {e}") from None
+    try:
+        lat = {k: float(v) for k, v in d["latency_ns"].items()}
+        missing = [k for k in LATENCY_KEYS if k not in lat]
+        if missing:
+            raise MachineError(f"{path}: [latency_ns] lacks {', '.join(missing)}")
+        bad = [k for k, v in lat.items() if not v > 0]
+        if bad:
+            raise MachineError(f"{path}: latencies must be positive: {', '.join(bad)}")
+        m = Machine(name=str(d["name"]), description=str(d.get("description", "")), sockets=int(d["sockets"]),
+                    cores_per_socket=int(d["cores_per_socket"]), smt=int(d.get("smt", 1)), latency_ns=lat,
+                    adjacent_line_prefetch=bool(d.get("adjacent_line_prefetch", False)),
+                    fault_service_ns=float(d.get("fault_service_ns", 1000)), sources=dict(d.get("sources", {})),
+                    ccds=int(d.get("ccds", 1)), path=path)
+    except KeyError as e:
+        raise MachineError(f"{path}: missing key {e.args[0]!r}") from None
+    if min(m.sockets, m.cores_per_socket, m.smt, m.ccds) < 1:
+        raise MachineError(f"{path}: sockets, cores_per_socket, smt and ccds must be >= 1")
+    unsourced = [k for k in lat if k not in m.sources]
+    if unsourced:
+        raise MachineError(f"{path}: every latency needs a source in [sources]; missing: {', '.join(unsourced)}")
+    return m
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__package__).iterdir() if p.name.endswith(".toml"))
+
+
+def load_machine(name_or_path: str) -> Machine:
+    """A shipped profile by name, or a TOML file by path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise MachineError(f"no machine profile at {p}")
+        return _load(p.read_text(), str(p))
+    f = resources.files(__package__) / f"{name_or_path}.toml"
+    if not f.is_file():
+        raise MachineError(f"unknown machine {name_or_path!r}; built in: {', '.join(builtin_names())}, or a path to a .toml")
+    return _load(f.read_text(), f"{name_or_path} (built in)")
+
+
+def all_machines() -> list[Machine]:
+    return [load_machine(n) for n in builtin_names()]
