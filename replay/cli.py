@@ -235,6 +235,7 @@ def ops(
         "trace_id": trace, "ops": o.height, "threads": rep.threads, "processes": rep.processes,
         "attribution": rep.rule, "user_faults": user.height, "kernel_faults": int(o.filter(pl.col("kernel")).height),
         "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user.height, 3) if user.height else None,
+        "observed_anon_prepare": int(user["observed_anon_prepare"].sum() or 0),
         "faults_taking_mmap_write": int(user["observed_mmap_write"].sum() or 0),
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,

@@ -22,12 +22,18 @@ One op per page fault (a reader of the address space) and per address-space writ
 * **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
   emits no mmap_lock event, so a user fault followed on the same thread, before that
   thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
-  mm fell back to mmap_lock (abort or VM_FAULT_RETRY: the trace cannot tell which).
-  ``mmap_read_trylock()`` (vmf_anon_prepare() on a VMA without anon_vma, since v6.10)
-  traces only acquire_returned and does not count; a fault that takes the lock for
-  write (stack expansion) is counted separately.  Kernel-mode faults never try the VMA
-  lock (arch/x86/mm/fault.c, do_user_addr_fault: ``if (!(flags & FAULT_FLAG_USER))
-  goto lock_mmap``) and have no observed_fallback.
+  mm fell back to mmap_lock (abort or VM_FAULT_RETRY: the trace cannot tell which;
+  lock_mm_and_find_vma() starts with mmap_read_trylock(), which traces start_locking
+  too - include/linux/mmap_lock.h).  One exception looks the same: since v6.10 the
+  first write fault in a private VMA without an anon_vma takes mmap_read_trylock() in
+  vmf_anon_prepare() (mm/memory.c) and may still complete under the VMA lock.  Such a
+  fault - the first write fault the trace shows in a private VMA - is counted as
+  ``observed_anon_prepare``, not as a fallback.  ``acquire_returned`` with no
+  start_locking is mmap_write_downgrade() (munmap, brk, mremap), not a fault.  A fault
+  that takes the lock for write (stack expansion, lock_mm_and_find_vma()) is counted
+  in ``observed_mmap_write``.  Kernel-mode faults never try the VMA lock
+  (arch/x86/mm/fault.c, do_user_addr_fault: ``if (!(flags & FAULT_FLAG_USER)) goto
+  lock_mmap``) and have no observed_fallback.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ OPS_SCHEMA = {
     "kind": pl.Enum(OP_KINDS), "seq": pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64,
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
     "vma_ids": pl.List(pl.Int64), "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
-    "observed_fallback": pl.Boolean, "observed_mmap_write": pl.Boolean, "think_ns": pl.Int64,
+    "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
+    "think_ns": pl.Int64,
 }
 
 
@@ -334,6 +341,16 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
     vmas, fault_vma, writers = _track_vmas(faults, writers, maps_snapshot, rep)
     faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"))
+    # the first write fault in a private VMA may take mmap_read_trylock in vmf_anon_prepare()
+    private = vmas.filter(pl.col("prot").str.ends_with("p")).select("vma_id")
+    first_write = (faults.filter(pl.col("write") & ~pl.col("kernel") & pl.col("vma_id").is_not_null())
+                   .join(private, on="vma_id").group_by("vma_id").agg(pl.col("seq").min().alias("_first_seq")))
+    faults = faults.join(first_write, on="vma_id", how="left").with_columns(
+        (pl.col("seq") == pl.col("_first_seq")).fill_null(False).alias("_first"))
+    faults = faults.with_columns(
+        (pl.col("observed_fallback") & pl.col("_first")).alias("observed_anon_prepare"),
+        pl.when(pl.col("_first")).then(pl.col("observed_fallback") & False).otherwise(pl.col("observed_fallback")).alias("observed_fallback"),
+    ).drop("_first_seq", "_first")
     ops = pl.concat([faults.select(_cols(faults)), writers.select(_cols(writers))],
                     how="vertical_relaxed")
     ops = ops.sort("seq").with_columns(
@@ -347,7 +364,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
 def _cols(df: pl.DataFrame) -> list[str]:
     return ["seq", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
-            "lock_mode", "observed_fallback", "observed_mmap_write", "vma_id", "vma_ids"]
+            "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids"]
 
 
 def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:
@@ -525,7 +542,7 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
         pl.Series("vma_ids", w_vma_ids, pl.List(pl.Int64)), pl.Series("lock_mode", w_lock, pl.Utf8),
         pl.lit(None, pl.Int64).alias("vma_id"), pl.lit(None, pl.Boolean).alias("write"),
         pl.lit(False).alias("kernel"), pl.lit(None, pl.Boolean).alias("observed_fallback"),
-        pl.lit(None, pl.Boolean).alias("observed_mmap_write"),
+        pl.lit(None, pl.Boolean).alias("observed_anon_prepare"), pl.lit(None, pl.Boolean).alias("observed_mmap_write"),
     ).drop("args")
     vmas = pl.DataFrame(
         [dict(vma_id=v.id, mm=mm, start=v.start, end=v.end, prot=v.prot, anon=v.anon, name=v.name,

@@ -99,11 +99,14 @@ def test_pairing_vmas_and_fault_ids():
 
 
 def test_observed_fallback_rule():
-    text = (pf(100, 1.0, 0x7FFF0100)  # served under the VMA lock: nothing follows
+    text = (pf(100, 1.0, 0x7FFF0100, code=0x4)  # a read fault served under the VMA lock: nothing follows
+            + pf(100, 1.05, 0x7FFF0180)  # first write fault in the private [stack] VMA: vmf_anon_prepare()
+            + lock(100, 1.051, "start_locking", False) + lock(100, 1.052, "acquire_returned", False, success=True)
+            + lock(100, 1.053, "released", False)
             + pf(100, 1.1, 0x7FFF0200)  # fell back: read start_locking before the next fault
             + lock(100, 1.11, "start_locking", False) + lock(100, 1.12, "acquire_returned", False, success=True)
             + lock(100, 1.13, "released", False)
-            + pf(100, 1.2, 0x7FFF0300)  # vmf_anon_prepare's trylock: acquire only, not a fallback
+            + pf(100, 1.2, 0x7FFF0300)  # acquire without start is mmap_write_downgrade(), not a fallback
             + lock(100, 1.21, "acquire_returned", False, success=True) + lock(100, 1.22, "released", False)
             + pf(100, 1.3, 0x7FFF0400)  # a lock on another mm (e.g. /proc reads) does not count
             + lock(100, 1.31, "start_locking", False, mm=0xFFFF888100009000)
@@ -112,10 +115,11 @@ def test_observed_fallback_rule():
             + L(100, 1.5, "exceptions:page_fault_kernel", "address=0x7fff0600 ip=0xffffffff81000000 error_code=0x2"))
     ops, _, _ = build_ops(events(text), "t", MAPS)
     f = ops.filter(pl.col("kind") == "fault")
-    assert f["observed_fallback"].to_list() == [False, True, False, False, False, None]
-    assert f["observed_mmap_write"].to_list() == [False, False, False, False, True, False]
-    assert f["kernel"].to_list() == [False] * 5 + [True]
-    assert f["end_ns"].to_list()[1] == 1_130_000_000  # the fallback ends at its mmap_read_unlock
+    assert f["observed_fallback"].to_list() == [False, False, True, False, False, False, None]
+    assert f["observed_anon_prepare"].to_list() == [False, True, False, False, False, False, False]
+    assert f["observed_mmap_write"].to_list() == [False, False, False, False, False, True, False]
+    assert f["kernel"].to_list() == [False] * 6 + [True]
+    assert f["end_ns"].to_list()[2] == 1_130_000_000  # the fallback ends at its mmap_read_unlock
 
 
 def test_attribution_by_mm_when_no_pid():
@@ -173,7 +177,8 @@ def test_ops_cli_on_a_sample_trace(cli, ws):
     assert s["kinds"]["mprotect"] == ev.filter(pl.col("event") == "sys_enter_mprotect").height
     assert s["attribution"] == "4 by pid/tgid" and s["vmas_inferred"] == 0 and s["vmas_seeded_from_maps"] == 12
     # observed fallback, recounted by hand: a user fault whose next own-thread events (before the
-    # thread's next fault/syscall) include a read mmap_lock_start
+    # thread's next fault/syscall) include a read mmap_lock_start, less the first write fault of
+    # each private VMA (vmf_anon_prepare's trylock)
     evs = ev.sort("seq").to_dicts()
     last_fault = {}
     fb = set()
@@ -183,8 +188,9 @@ def test_ops_cli_on_a_sample_trace(cli, ws):
             last_fault[e["tid"]] = e["seq"] if k == "page_fault_user" else None
         elif k == "mmap_lock_start" and e["write"] is False and last_fault.get(e["tid"]):
             fb.add(last_fault[e["tid"]])
-    assert s["observed_fallbacks"] == len(fb) > 0
-    assert set(ops.filter(pl.col("observed_fallback"))["seq"].to_list()) == fb
+    anon = set(ops.filter(pl.col("observed_anon_prepare"))["seq"].to_list())
+    assert s["observed_fallbacks"] == len(fb - anon) > 0 and s["observed_anon_prepare"] == len(anon)
+    assert set(ops.filter(pl.col("observed_fallback"))["seq"].to_list()) == fb - anon
     assert 0.5 < s["observed_fallback_pct"] < 5
     rc, _, err = cli("ops", "nope", "-w", ws)
     assert rc == 1 and "no trace" in err
