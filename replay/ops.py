@@ -74,7 +74,7 @@ OPS_SCHEMA = {
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
     "vma_ids": pl.List(pl.Int64), "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
-    "think_ns": pl.Int64,
+    "hold_ns": pl.Int64, "think_ns": pl.Int64,
 }
 
 
@@ -323,7 +323,8 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     faults = ev.filter(pl.col("ev").is_in(["page_fault_user", "page_fault_kernel"])).join(
         grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left")
     faults = faults.select(
-        "seq", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"), pl.lit("fault").alias("kind"),
+        "seq", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"),
+        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts") - pl.col("_lock_ts")).otherwise(None).alias("hold_ns"), pl.lit("fault").alias("kind"),
         pl.col("ts_ns").alias("start_ns"),
         pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts")).otherwise(None).alias("end_ns"),
         "address", pl.lit(None, pl.Int64).alias("length"), pl.lit(None, pl.Int64).alias("ret"),
@@ -338,6 +339,14 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     sc = ev.filter(pl.col("ev").str.starts_with("sys_") | (pl.col("ev") == "exit_mmap")).select(
         "seq", "tid", pl.col("space").alias("mm"), "proc_pid", "ev", "ts_ns", "address", "len", "new_len", "new_addr", "prot", "flags", "ret")
     writers = _pair_syscalls(sc, rep)
+    # how long each writer held mmap_lock for write: its own acquire -> release
+    held = ev.filter(pl.col("ev").is_in(["mmap_lock_acquired", "mmap_lock_released"]) & pl.col("write")
+                     & (pl.col("mm") == pl.col("_own_mm"))).group_by("tid", "_grp").agg(
+        (pl.col("ts_ns").filter(pl.col("ev") == "mmap_lock_released").max()
+         - pl.col("ts_ns").filter((pl.col("ev") == "mmap_lock_acquired") & pl.col("success")).min()).alias("hold_ns"))
+    enters = ev.filter(pl.col("ev").str.starts_with("sys_enter")).select("seq", "tid", "_grp")
+    hold = enters.join(held, on=["tid", "_grp"]).select("seq", "hold_ns")
+    writers = writers.join(hold, on="seq", how="left") if writers.height else writers.with_columns(pl.lit(None, pl.Int64).alias("hold_ns"))
 
     vmas, fault_vma, writers = _track_vmas(faults, writers, maps_snapshot, rep)
     faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"))
@@ -364,7 +373,8 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
 def _cols(df: pl.DataFrame) -> list[str]:
     return ["seq", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
-            "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids"]
+            "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids",
+            "hold_ns"]
 
 
 def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:

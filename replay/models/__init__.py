@@ -1,0 +1,36 @@
+"""Lock models, registered by name; out-of-tree ones load through the ``replay.models``
+entry-point group (an entry point resolves to a ``Model``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from .base import Layout, Model
+from .kernels import MODELS as _BUILTIN
+
+
+class ModelError(ValueError):
+    pass
+
+
+def registry() -> dict[str, Model]:
+    models = dict(_BUILTIN)
+    for ep in entry_points(group="replay.models"):
+        try:
+            m = ep.load()
+        except Exception as e:  # a broken plugin must not break the tool
+            raise ModelError(f"model plugin {ep.name!r} failed to load: {e}") from None
+        if not isinstance(m, Model):
+            raise ModelError(f"model plugin {ep.name!r} is not a replay.models.Model")
+        models[m.name] = m
+    return models
+
+
+def get_model(name: str) -> Model:
+    reg = registry()
+    if name not in reg:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(reg))}")
+    return reg[name]
+
+
+__all__ = ["Layout", "Model", "ModelError", "get_model", "registry"]

@@ -1,0 +1,65 @@
+"""What a lock model is: a layout, programs, and semantic parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine.isa import compile_program
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A slab-allocated struct: field offsets (bytes), object size and alignment.
+
+    Objects are packed ``4096 // stride`` to a page, stride = size rounded up to align,
+    so neighbouring objects share cache lines unless align is 64 (SLAB_HWCACHE_ALIGN)."""
+
+    name: str
+    size: int
+    align: int
+    fields: dict
+
+    @property
+    def stride(self) -> int:
+        return -(-self.size // self.align) * self.align
+
+    @property
+    def per_page(self) -> int:
+        return 4096 // self.stride
+
+    def address(self, index: int, base: int) -> int:
+        return base + (index // self.per_page) * 4096 + (index % self.per_page) * self.stride
+
+    def lines_of(self) -> dict[int, list[str]]:
+        """Fields on each 64-byte line of an object at offset 0 (for reports)."""
+        out: dict[int, list[str]] = {}
+        for f, off in sorted(self.fields.items(), key=lambda kv: kv[1]):
+            out.setdefault(off // 64, []).append(f)
+        return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    mm: Struct
+    vma: Struct
+    vma_lock: Struct | None = None  # a separate lock object (pervma)
+    vma_lock_in: str = ""  # "vma_lock" (separate), "vma" (inline rwsem) or "" (no rwsem)
+
+
+@dataclass
+class Model:
+    name: str
+    description: str
+    citations: list
+    layout: Layout
+    fault: list  # the user-fault program
+    kernel_fault: list  # the kernel-mode-fault program
+    writer: list  # the address-space writer program
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.programs = {
+            "fault": compile_program(self.fault),
+            "kernel_fault": compile_program(self.kernel_fault),
+            "writer": compile_program(self.writer),
+        }

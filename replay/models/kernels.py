@@ -1,0 +1,209 @@
+"""The kernel's page-fault locking designs, each as a layout plus micro-op programs.
+
+Every program mirrors the kernel function it models, named in the comments; the
+semantic parameters say what differs between designs.  Sources:
+
+* mmap_lock: arch/x86/mm/fault.c do_user_addr_fault() up to v6.3 (mmap_read_trylock,
+  then mmap_read_lock; ``prefetchw(&mm->mmap_lock)`` at entry until 2025);
+  kernel/locking/rwsem.c since commit 64489e78004c ("locking/rwsem: Implement a new
+  locking scheme", v5.3) for the rw_semaphore.
+* pervma: commit 50ee32537206 ("mm: introduce lock_vma_under_rcu to be used from arch-
+  specific code", v6.4) and the per-VMA lock series it ends: include/linux/mm.h
+  vma_start_read()/vma_start_write()/vma_end_write_all() with ``struct vma_lock``
+  allocated from its own slab (mm/mmap.c vma_lock_cachep) until v6.15.
+* v7, v8: "move per-vma lock into vm_area_struct" (Suren Baghdasaryan), postings v7
+  (Dec 2024) and v8 (Jan 2025): vm_refcnt with VMA_LOCK_OFFSET, SLAB_TYPESAFE_BY_RCU.
+* mainline: v10 of that series as merged for v6.15 ("mm: replace vm_lock and detached
+  flag with a reference count", "mm: move lesser used vma_area_struct members into the
+  last cacheline", "mm: make vma cache SLAB_TYPESAFE_BY_RCU"; hashes differ between the
+  mm tree and mainline, so titles are cited): mm/mmap_lock.c vma_start_read(), __vma_start_write(),
+  lock_vma_under_rcu(); include/linux/mmap_lock.h vma_refcount_put(),
+  is_vma_writer_only(); mm_lock_seq as a seqcount_t (odd while write-locked).
+
+Struct offsets follow include/linux/mm_types.h for x86-64 without debug options; the
+mm_struct offsets of mmap_lock, mm_mt and mm_lock_seq vary with config and are
+approximations (a ``pahole mm_struct`` of the kernel in question should replace them).
+"""
+
+from __future__ import annotations
+
+from ..engine.isa import Op
+from .base import Layout, Model, Struct
+
+VMA_LOCK_OFFSET = 0x40000000
+
+# mm_struct: the maple tree root, mmap_lock (count @+0, owner @+8) and mm_lock_seq with
+# vma_writer_wait after mmlist.  Approximate (see the module docstring).
+MM = Struct("mm_struct", 1024, 64, {
+    "mm_mt": 64, "mmap_lock.count": 120, "mmap_lock.owner": 128, "mm_lock_seq": 256, "vma_writer_wait": 264,
+})
+
+# vm_area_struct before v6.15: 176 bytes from a plain slab (16-byte aligned objects),
+# vm_lock_seq and the vm_lock pointer in the first line with vm_start..vm_flags.
+VMA_PERVMA = Struct("vm_area_struct", 176, 16, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
+    "vm_lock": 48, "anon_vma_chain": 56, "anon_vma": 72, "vm_ops": 80, "vm_pgoff": 88, "vm_file": 96,
+})
+# struct vma_lock { struct rw_semaphore lock; }: 40 bytes, 102 per page, no alignment
+VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8})
+
+# v7/v8: SLAB_HWCACHE_ALIGN, 256 bytes, vm_refcnt ____cacheline_aligned_in_smp at 192
+VMA_V8 = Struct("vm_area_struct", 256, 64, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
+    "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_refcnt": 192,
+})
+# mainline (v6.15): regrouped to 192 bytes / 3 lines; vm_refcnt at 128 with rarely used fields
+VMA_MAINLINE = Struct("vm_area_struct", 192, 64, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
+    "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_private_data": 96,
+    "vm_refcnt": 128, "shared.rb": 136, "anon_name": 168, "vm_userfaultfd_ctx": 176,
+})
+
+
+def _inline_vma(lock_offset: int) -> Struct:
+    f = dict(VMA_PERVMA.fields)
+    del f["vm_lock"]
+    f["lock.count"] = lock_offset
+    f["lock.owner"] = lock_offset + 8
+    return Struct("vm_area_struct", 176 + 40, 16, f)
+
+
+# -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
+def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
+    """do_user_addr_fault() -> lock_mm_and_find_vma(): mmap_read_trylock(), else
+    mmap_read_lock_killable(); find_vma(); handle_mm_fault(); mmap_read_unlock()."""
+    p = []
+    if prefetchw:
+        p.append((Op.PREFETCHW, "mm", "mmap_lock.count"))  # prefetchw(&mm->mmap_lock)
+    return p + [
+        (Op.RWSEM_TRYLOCK_READ, "mmap_lock", f"slow{tag}"),
+        (Op.GOTO, f"locked{tag}"),
+        (Op.LABEL, f"slow{tag}"),
+        (Op.RWSEM_DOWN_READ, "mmap_lock"),
+        (Op.LABEL, f"locked{tag}"),
+        (Op.READ, "mm", "mm_mt"),  # find_vma(): maple tree walk
+        (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags
+        (Op.READ, "vma", "anon_vma"),  # anon_vma, vm_ops
+        (Op.WORK, "fault"),  # handle_mm_fault()
+        (Op.RWSEM_UP_READ, "mmap_lock"),
+    ]
+
+
+MMAP_WRITER = [
+    (Op.RWSEM_DOWN_WRITE, "mmap_lock"),  # mmap_write_lock()
+    (Op.READ, "mm", "mm_mt"),
+    (Op.WORK, "writer"),
+    (Op.RWSEM_UP_WRITE, "mmap_lock"),  # mmap_write_unlock()
+    (Op.END,),
+]
+
+
+def _vma_lock_fault(kind: str) -> list:
+    """lock_vma_under_rcu() + vma_start_read(), then the fault, then vma_end_read();
+    on failure the mmap_lock path.  kind: rwsem (pervma, inline-rwsem) or refcnt."""
+    p = [
+        (Op.LABEL, "walk"),
+        (Op.ATTEMPT,),
+        (Op.READ, "mm", "mm_mt"),  # mas_walk() under rcu_read_lock()
+        (Op.READ, "vma", "vm_start"),  # the VMA's first line
+        (Op.CHECK_SEQ, "abort"),  # vm_lock_seq == mm_lock_seq: write-locked, return NULL
+    ]
+    if kind == "rwsem":
+        p += [
+            (Op.READ, "vma", "vm_lock"),
+            (Op.RWSEM_TRYLOCK_READ, "vma_lock", "abort"),  # down_read_trylock(&vma->vm_lock->lock)
+            (Op.CHECK_SEQ, "abort_unlock"),  # re-check under the lock
+        ]
+    else:
+        p += [
+            (Op.REF_GET, "abort", "detached"),  # __refcount_inc_not_zero_limited_acquire()
+            (Op.CHECK_MM, "abort_put"),  # vma->vm_mm != mm: reused by another mm
+            (Op.CHECK_SEQ, "abort_put"),  # re-check with acquire ordering
+        ]
+    p += [
+        (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
+        (Op.WORK, "fault"),
+        (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,),  # vma_end_read()
+        (Op.OUTCOME, "success"),
+        (Op.END,),
+        (Op.LABEL, "abort_unlock" if kind == "rwsem" else "abort_put"),
+        (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,),
+        (Op.LABEL, "abort"),
+        (Op.OUTCOME, "abort"),  # count_vm_vma_lock_event(VMA_LOCK_ABORT)
+        (Op.FALLBACK,),
+        *_mmap_lock_fault(False, "_fb"),
+        (Op.END,),
+    ]
+    return p
+
+
+def _detached(retry_walk: bool) -> list:
+    if retry_walk:  # mainline: -EAGAIN -> VMA_LOCK_MISS, mas_set(), goto retry
+        return [(Op.LABEL, "detached"), (Op.OUTCOME, "miss"), (Op.GOTO, "walk")]
+    return [(Op.LABEL, "detached"), (Op.GOTO, "abort")]  # v7/v8: NULL -> abort
+
+
+def _vma_writer(seqcount: bool) -> list:
+    p = [(Op.RWSEM_DOWN_WRITE, "mmap_lock")]
+    if seqcount:
+        p.append((Op.MM_SEQ_WRITE_BEGIN,))  # mmap_write_lock(): mm_lock_seqcount_begin()
+    return p + [
+        (Op.READ, "mm", "mm_mt"),
+        (Op.VMA_START_WRITE_ALL,),  # vma_start_write() on every VMA the call modifies
+        (Op.WORK, "writer"),
+        (Op.MM_SEQ_WRITE_END,),  # mmap_write_unlock() -> vma_end_write_all()
+        (Op.RWSEM_UP_WRITE, "mmap_lock"),
+        (Op.END,),
+    ]
+
+
+KERNEL_FAULT = _mmap_lock_fault(False) + [(Op.OUTCOME, "success"), (Op.END,)]
+
+MODELS = {}
+
+
+def _add(m: Model) -> None:
+    MODELS[m.name] = m
+
+
+_add(Model(
+    "mmap_lock", "kernels up to 6.3: every fault read-locks mm->mmap_lock",
+    ["arch/x86/mm/fault.c do_user_addr_fault() (v6.3)", "kernel/locking/rwsem.c (64489e78004c, v5.3)"],
+    Layout(MM, VMA_PERVMA, vma_lock_in=""),
+    fault=_mmap_lock_fault(True) + [(Op.OUTCOME, "success"), (Op.END,)],
+    kernel_fault=_mmap_lock_fault(True) + [(Op.OUTCOME, "success"), (Op.END,)],
+    writer=MMAP_WRITER,
+    params={"vma_lock": None},
+))
+_add(Model(
+    "pervma", "6.4-6.14: per-VMA rw_semaphore in a separate vma_lock slab object",
+    ["mm/memory.c lock_vma_under_rcu() (50ee32537206, v6.4)", "include/linux/mm.h vma_start_read(), vma_start_write() (v6.4-v6.14)"],
+    Layout(MM, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock"),
+    fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
+    params={"vma_lock": "rwsem"},
+))
+_add(Model(
+    "inline-rwsem", "pervma's algorithm with the rwsem inside an unaligned vm_area_struct (lock_offset parameter)",
+    ["Mateusz Guzik's RFC (Aug 2024) and the 2023/2024 experiments: struct rw_semaphore in vm_area_struct"],
+    Layout(MM, _inline_vma(64), vma_lock_in="vma"),
+    fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
+    params={"vma_lock": "rwsem", "lock_offset": 64},
+))
+for _name, _limit, _wake, _desc in (
+    ("v7", VMA_LOCK_OFFSET - 2, "eager", "vm_refcnt in a 256-byte cache-aligned VMA; writers take a count; readers wake the writer on every exit"),
+    ("v8", VMA_LOCK_OFFSET - 1, "last", "vm_refcnt in a 256-byte cache-aligned VMA; the last reader wakes the writer"),
+):
+    _add(Model(
+        _name, _desc, [f"\"move per-vma lock into vm_area_struct\" {_name} (Suren Baghdasaryan, {'Dec 2024' if _name == 'v7' else 'Jan 2025'})"],
+        Layout(MM, VMA_V8, vma_lock_in=""),
+        fault=_vma_lock_fault("refcnt") + _detached(False), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
+        params={"vma_lock": "refcnt", "ref_limit": _limit, "wake": _wake, "writer_ref": 1 if _name == "v7" else 0},
+    ))
+_add(Model(
+    "mainline", "6.15+: vm_refcnt at 128 in a 192-byte VMA; detached means miss and re-walk; mm_lock_seq a seqcount",
+    ["mm/mmap_lock.c vma_start_read(), __vma_start_write(), lock_vma_under_rcu() (v6.15)",
+     "include/linux/mmap_lock.h vma_refcount_put(), is_vma_writer_only() (v6.15)"],
+    Layout(MM, VMA_MAINLINE, vma_lock_in=""),
+    fault=_vma_lock_fault("refcnt") + _detached(True), kernel_fault=KERNEL_FAULT, writer=_vma_writer(True),
+    params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0},
+))
