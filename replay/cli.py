@@ -93,7 +93,7 @@ def _cell(v) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
     return str(v)
 
 
@@ -255,6 +255,108 @@ def ops(
     _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], output)
     for n in rep.notes:
         err.print(f"note: {n}", markup=False, highlight=False)
+
+
+SAMPLE_TRACE = "mprotect-race"
+
+
+def _sample_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+def _ensure_ops(ws, trace: str, same_mm: bool = False):
+    """The trace's ops, built now if they are missing; the bundled sample is ingested on first use."""
+    import polars as pl
+
+    from .ingesting import run_ingest
+    from .ops import build_ops
+
+    if not ws.has_trace(trace):
+        if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
+            raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
+        run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
+                   maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
+    p = ws.partition("ops", trace) / "part-0.parquet"
+    if p.exists() and not same_mm:
+        return pl.read_parquet(p)
+    ev = pl.from_arrow(ws.read("events", trace))
+    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    o, vmas, _ = build_ops(ev, trace, snap, same_mm)
+    ws.write_derived("ops", trace, o.to_arrow())
+    ws.write_derived("vmas", trace, vmas.to_arrow())
+    return o
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="Lock model (replay models lists them)."),
+    trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name [default: the bundled sample, ingested on first use]."),
+    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs [default: all of the machine's]."),
+    seed: int = typer.Option(0, "--seed", help="Seed (recorded; the reference engine is deterministic without it)."),
+    placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler) or packed."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    output: Fmt = FormatOpt,
+):
+    """Replay a trace through a lock model on a simulated machine; print a summary."""
+    import polars as pl
+
+    from .engine import replay
+    from .machines import MachineError, load_machine
+    from .models import ModelError, get_model
+    from .workspace import Workspace
+
+    try:
+        mdl = get_model(model)
+        mach = load_machine(machine)
+    except (ModelError, MachineError) as e:
+        raise Fail(str(e))
+    if placement not in ("spread", "packed"):
+        raise Fail(f"--placement must be spread or packed, not {placement!r}", 2)
+    ws = Workspace(workspace)
+    ops = _ensure_ops(ws, trace)
+    sha = ws.read("traces", trace).column("sha256")[0].as_py()
+    try:
+        r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha)
+    except ValueError as e:
+        raise Fail(str(e))
+    ws.write_run(r)
+    s = r.summary()
+    obs = ops.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
+    s["observed_fallback_pct"] = round(100 * float(obs["observed_fallback"].mean() or 0), 3) if obs.height else None
+    if output is not Fmt.table:
+        if output is Fmt.json:
+            print(json.dumps(s, indent=2))
+        else:
+            _emit([s], list(s), output)
+        return
+    _emit([{"": k, "value": v} for k, v in s.items() if k not in ("run_id",)], ["", "value"], Fmt.table,
+          title=f"run {r.run_id}: {trace} under {mdl.name} on {mach.name} ({s['cpus']} CPUs)")
+    if r.lock_stats.height:
+        top = r.lock_stats.sort(["contentions", "wait_total_ns"], descending=True).head(5)
+        _emit([{"lock": f"{x['lock_class']} {x['lock']}", "acquisitions": x["acquisitions"], "contentions": x["contentions"],
+                "wait_total_us": round(x["wait_total_ns"] / 1e3, 1), "wait_max_us": round(x["wait_max_ns"] / 1e3, 1),
+                "con_bounces": x["con_bounces"]} for x in top.to_dicts()],
+              ["lock", "acquisitions", "contentions", "wait_total_us", "wait_max_us", "con_bounces"], Fmt.table,
+              title="most contended locks")
+    if r.line_stats.height:
+        top = r.line_stats.sort("transfers", descending=True).head(5)
+        _emit([{"line": hex(x["line"]), "transfers": x["transfers"], "invalidations": x["invalidations"], "fields": x["fields"][:70]}
+               for x in top.to_dicts()], ["line", "transfers", "invalidations", "fields"], Fmt.table,
+              title="hottest cache lines")
+
+
+@app.command()
+def models(output: Fmt = FormatOpt):
+    """List the lock models, with the kernel code each follows."""
+    from .models import ModelError, registry
+
+    try:
+        reg = registry()
+    except ModelError as e:
+        raise Fail(str(e))
+    rows = [{"model": m.name, "description": m.description, "follows": "; ".join(m.citations)} for m in reg.values()]
+    _emit(rows, ["model", "description", "follows"], output)
 
 
 @app.command()

@@ -7,6 +7,8 @@ Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says oth
     traces/trace_id=NAME/part-0.parquet     one row: source, sha256, line accounting
     ops/trace_id=NAME/part-0.parquet        faults and address-space writers (replay ops)
     vmas/trace_id=NAME/part-0.parquet       the VMAs the tracker saw
+    results/run_id=ID/part-0.parquet        one row per op per run (replay run)
+    lock_stats/, line_stats/, runs/         per-lock and per-line stats, the run's parameters
 
 Every write goes to a staging directory inside the workspace and is renamed into
 place, so a reader never sees half a file.  The ``traces`` row is the commit record: it
@@ -42,8 +44,8 @@ class Workspace:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else default_root()
 
-    def partition(self, dataset: str, trace_id: str) -> Path:
-        return self.root / dataset / f"trace_id={trace_id}"
+    def partition(self, dataset: str, key: str, keyname: str = "trace_id") -> Path:
+        return self.root / dataset / f"{keyname}={key}"
 
     def has_trace(self, trace_id: str) -> bool:
         return (self.partition("traces", trace_id) / "part-0.parquet").exists()
@@ -82,14 +84,14 @@ class Workspace:
         os.replace(tmp, self.partition("traces", trace_id))
         shutil.rmtree(stage, ignore_errors=True)
 
-    def write_derived(self, dataset: str, trace_id: str, table: pa.Table) -> Path:
-        """Atomically (re)place one trace's partition of a derived dataset (ops, vmas)."""
+    def write_derived(self, dataset: str, key: str, table: pa.Table, keyname: str = "trace_id") -> Path:
+        """Atomically (re)place one partition of a derived dataset (ops, vmas, run outputs)."""
         stage = self.stage()
         try:
             tmp = Path(stage) / "dir"
             tmp.mkdir()
             pq.write_table(table, tmp / "part-0.parquet", compression="zstd")
-            dest = self.partition(dataset, trace_id)
+            dest = self.partition(dataset, key, keyname)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
                 os.replace(dest, Path(stage) / "old")
@@ -111,6 +113,23 @@ class Workspace:
                 trash = Path(tempfile.mkdtemp(prefix=".stage-trash-", dir=self.root))
                 os.replace(p, trash / p.name)
                 shutil.rmtree(trash, ignore_errors=True)
+
+    def write_run(self, run) -> None:
+        """A run's datasets; the ``runs`` row (its commit record) last."""
+        import polars as pl
+
+        for ds, df in (("results", run.results), ("lock_stats", run.lock_stats), ("line_stats", run.line_stats)):
+            self.write_derived(ds, run.run_id, df.to_arrow(), "run_id")
+        from . import __version__
+
+        row = {**run.summary(), **{k: v for k, v in run.params.items()}, "tool_version": __version__}
+        self.write_derived("runs", run.run_id, pl.DataFrame([row]).to_arrow(), "run_id")
+
+    def runs(self):
+        import polars as pl
+
+        files = sorted((self.root / "runs").glob("run_id=*/part-0.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
 
     def traces(self) -> pa.Table | None:
         files = sorted((self.root / "traces").glob("trace_id=*/part-0.parquet"))

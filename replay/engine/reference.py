@@ -106,6 +106,7 @@ class Thread:
     rec: dict | None = None  # the current op's result row
     blocked_at: float | None = None
     done: bool = False
+    reg_prev_unknown: float = 0.0  # simulated duration of the previous op, if the trace lacks its end
 
 
 class Simulation:
@@ -152,6 +153,7 @@ class Simulation:
         self.runq: dict[int, deque] = {c: deque() for c in set(cpus)}
         self.results: list[dict] = []
         self.counters = {"writer_wakeups": 0, "writer_drains": 0, "cas_retries": 0}
+        self.write_holds: list = []  # mmap_lock write hold windows (checked by tests)
 
     # -- addresses --------------------------------------------------------------------
     def _mm_line(self, f: str) -> int:
@@ -179,6 +181,8 @@ class Simulation:
         self._release_cpu(t)
 
     def _release_cpu(self, t: Thread) -> None:
+        if self.cpu_busy[t.cpu] is not t:
+            return
         self.cpu_busy[t.cpu] = None
         if self.runq[t.cpu]:
             nxt = self.runq[t.cpu].popleft()
@@ -259,12 +263,20 @@ class Simulation:
         t.rec = {"op_id": o["op_id"], "tid": t.tid, "kind": kind, "vma_id": o["vma_id"], "sim_cpu": t.cpu,
                  "start_ns": None, "end_ns": None, "lock_wait_ns": 0.0, "cache_ns": 0.0, "line_transfers": 0,
                  "outcome": "success", "fallback": False, "attempts": 0, "_o": o}
-        think = float(o["think_ns"] or 0)
-        t.reg["think"] = think
+        # The trace's gap since the previous op ended; where that op's end is unknown
+        # (a fault served under the VMA lock traces no end), the gap also holds the real
+        # fault's duration, which the simulated fault has just replaced: subtract it.
+        think = float(o["think_ns"] or 0) - t.reg_prev_unknown
+        t.reg["think"] = max(0.0, think)
         return True
 
     def _step(self, t: Thread) -> None:
         """Run t from now until it spends time, blocks, or runs out of ops."""
+        if t.reg.pop("thinking", False):  # back from its gap: needs its CPU again
+            if self.cpu_busy[t.cpu] is not None and self.cpu_busy[t.cpu] is not t:
+                self.runq[t.cpu].append(t)
+                return
+            self.cpu_busy[t.cpu] = t
         while True:
             if t.rec is None or t.reg.get("finished"):
                 if t.rec is not None:
@@ -276,8 +288,12 @@ class Simulation:
                         return
                 if not self._next_op(t):
                     return
-                if t.reg["think"] > 0:  # user time before the op, on this CPU
-                    t.reg["think_done"] = True
+                if t.reg["think"] > 0:
+                    # The gap before the op: user time or sleep, the trace cannot say
+                    # which.  The thread leaves its CPU to others meanwhile (a thread
+                    # sleeping in pthread_join must not hold a CPU for 60 ms).
+                    t.reg["thinking"] = True
+                    self._release_cpu(t)
                     self._at(self.now + t.reg.pop("think"), t)
                     return
             if t.rec["start_ns"] is None:
@@ -296,6 +312,7 @@ class Simulation:
         rec = t.rec
         rec["end_ns"] = self.now
         o = rec.pop("_o")
+        t.reg_prev_unknown = (rec["end_ns"] - rec["start_ns"]) if o.get("end_ns") is None else 0.0
         rec["trace_op_kind"] = o["kind"]
         self.results.append(rec)
 
@@ -494,6 +511,8 @@ class Simulation:
         st = t.reg.get("dw")
         if st == "owner":  # rwsem_set_owner()
             del t.reg["dw"]
+            if lock is self.mmap_lock:
+                self.write_holds.append([self.now, None])
             lock.owner = t.tid
             return self._store(t, lock.owner_line), False
         if st is None:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
@@ -515,10 +534,11 @@ class Simulation:
             t.reg["dw"] = "owner"
             return self._rmw(t, lock.count_line), True
         self._block(t, None)
-        t.reg["dw_lock"] = lock
         return None, True
 
     def _up_write(self, t: Thread, lock: Rwsem) -> float:
+        if lock is self.mmap_lock:
+            self.write_holds[-1][1] = self.now
         lock.owner = 0  # rwsem_clear_owner()
         lock.count -= WRITER_LOCKED
         end = self._rmw(t, lock.count_line)

@@ -1,0 +1,177 @@
+"""The engine's semantics on toys small enough to check by hand."""
+
+import dataclasses
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replay.engine import replay
+from replay.engine.coherence import Coherence
+from replay.engine.reference import Simulation
+from replay.machines import load_machine
+from replay.models import get_model
+
+BDW = load_machine("broadwell-2s")
+PER_VMA = ["pervma", "inline-rwsem", "v7", "v8", "mainline"]
+
+
+def mk(rows):
+    """rows: (tid, kind, vma_id or vma_ids, think_ns, hold_ns) -> op dicts."""
+    out = []
+    for i, (tid, kind, vmas, think, hold) in enumerate(rows):
+        fault = kind == "fault"
+        out.append({"op_id": i, "tid": tid, "mm": "pid:1", "kind": kind, "vma_id": vmas if fault else None,
+                    "vma_ids": None if fault else list(vmas), "kernel": False, "lock_mode": "write",
+                    "think_ns": think, "hold_ns": hold})
+    return out
+
+
+def by_op(results):
+    return {r["op_id"]: r for r in results}
+
+
+@pytest.mark.parametrize("model", PER_VMA)
+def test_writer_makes_faults_on_its_vma_fall_back_others_succeed(model):
+    # T1 mprotects VMA 1 for 50 us; 10 us in, T2 faults on VMA 1 and T3 on VMA 2
+    ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
+    r = by_op(Simulation(get_model(model), BDW, 4, ops).run())
+    writer_end = r[0]["end_ns"]
+    assert r[1]["outcome"] == "abort" and r[1]["fallback"] and r[1]["attempts"] == 1
+    assert r[1]["end_ns"] > writer_end  # it waited for the writer on mmap_lock
+    assert r[1]["lock_wait_ns"] > 30_000
+    assert r[2]["outcome"] == "success" and not r[2]["fallback"] and r[2]["end_ns"] < writer_end
+    assert r[2]["lock_wait_ns"] == 0
+
+
+def test_under_mmap_lock_every_fault_waits_behind_a_writer():
+    ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
+    r = by_op(Simulation(get_model("mmap_lock"), BDW, 4, ops).run())
+    for i in (1, 2):
+        assert r[i]["end_ns"] > r[0]["end_ns"] and r[i]["lock_wait_ns"] > 30_000
+        assert r[i]["outcome"] == "success" and not r[i]["fallback"]
+
+
+def test_waiting_readers_are_woken_together():
+    # three faults queue behind a writer under mmap_lock; up_write() grants all three at once
+    ops = mk([(1, "mprotect", [1], 0, 50_000)] + [(t, "fault", 1, 10_000 + t, None) for t in (2, 3, 4)])
+    sim = Simulation(get_model("mmap_lock"), BDW, 8, ops)
+    r = by_op(sim.run())
+    assert sim.mmap_lock.stats["acquisitions"] == 4 and sim.mmap_lock.count == 0 and not sim.mmap_lock.waiters
+    starts_after = [r[i]["end_ns"] - r[i]["lock_wait_ns"] for i in (1, 2, 3)]
+    woken_at = [r[i]["start_ns"] + r[i]["lock_wait_ns"] for i in (1, 2, 3)]
+    assert max(woken_at) - min(woken_at) < 1_000  # granted together, not one after another
+    assert all(s > 0 for s in starts_after)
+
+
+def _drain_toy(model):
+    # a long fault service time keeps three readers inside VMA 1 while a writer arrives
+    m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
+    ops = mk([(2, "fault", 1, 0, None), (3, "fault", 1, 5_000, None), (4, "fault", 1, 10_000, None),
+              (1, "mprotect", [1], 20_000, 1_000)])
+    sim = Simulation(get_model(model), m, 8, ops)
+    r = by_op(sim.run())
+    return sim, r
+
+
+def test_v8_wakes_the_writer_once_per_drain_v7_on_every_reader_exit():
+    sim8, r8 = _drain_toy("v8")
+    sim7, r7 = _drain_toy("v7")
+    assert sim8.counters["writer_drains"] == 1 and sim8.counters["writer_wakeups"] == 1
+    assert sim7.counters["writer_drains"] == 1 and sim7.counters["writer_wakeups"] == 3
+    for r in (r8, r7):
+        assert all(r[i]["outcome"] == "success" for i in (0, 1, 2))
+        assert r[3]["end_ns"] > max(r[i]["end_ns"] for i in (0, 1, 2))  # the writer waited for all readers
+    for sim in (sim8, sim7):
+        assert sim.vmas[1].refcnt == 1 and sim.writer_waiting is None
+
+
+def test_reader_arriving_during_drain_fails_and_falls_back():
+    m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
+    ops = mk([(2, "fault", 1, 0, None), (1, "mprotect", [1], 20_000, 1_000), (3, "fault", 1, 40_000, None)])
+    for model in ("v8", "mainline"):
+        r = by_op(Simulation(get_model(model), m, 8, ops).run())
+        assert r[0]["outcome"] == "success"
+        assert r[2]["outcome"] == "abort" and r[2]["fallback"]
+
+
+def test_one_hot_line_serves_one_op_per_handoff_whatever_n():
+    rates = {}
+    for n in (2, 4, 8, 13):
+        coh = Coherence(BDW)
+        t = [0.0] * n
+        ops = 0
+        while min(t) < 200_000:
+            c = min(range(n), key=lambda i: (t[i], i))
+            s, cost = coh.write(7, c, t[c])  # CPUs 0..12: one socket
+            t[c] = s + cost
+            ops += 1
+        rates[n] = ops / 200_000 * 1e9
+    expect = 1e9 / (BDW.latency_ns["socket_handoff"] + BDW.latency_ns["owned_atomic"])
+    for n, r in rates.items():
+        assert abs(r - expect) / expect < 0.05, (n, r, expect)
+
+
+def test_adjacent_line_prefetch_invalidates_the_buddy():
+    for prefetch in (True, False):
+        m = dataclasses.replace(BDW, adjacent_line_prefetch=prefetch)
+        coh = Coherence(m)
+        coh.read(11, 1, 0)  # CPU 1 caches line 11 (buddy of 10)
+        assert coh.read(11, 1, 10)[1] == m.latency_ns["l1_hit"]
+        coh.write(10, 0, 20)  # CPU 0 writes line 10
+        again = coh.read(11, 1, 100)[1]
+        if prefetch:
+            assert again > m.latency_ns["l1_hit"] and coh.line(11).invalidations == 1
+        else:
+            assert again == m.latency_ns["l1_hit"] and coh.line(11).invalidations == 0
+
+
+def test_cas_loops_retry_under_contention_xadd_does_not():
+    # many readers trylock one vma_lock at once: pervma's down_read_trylock is a CAS loop
+    ops = mk([(t, "fault", 1, 0, None) for t in range(1, 9)])
+    sim = Simulation(get_model("pervma"), BDW, 8, ops)
+    sim.run()
+    assert sim.counters["cas_retries"] > 0
+    sim2 = Simulation(get_model("mmap_lock"), BDW, 8, mk([(t, "fault", 1, 0, None) for t in range(1, 9)]))
+    sim2.run()
+    # mmap_lock's fault path starts with a trylock too, but its down_read() slow path is an xadd
+    assert sim2.mmap_lock.count == 0
+
+
+ops_strategy = st.lists(
+    st.tuples(st.integers(1, 4), st.sampled_from(["fault", "fault", "fault", "mprotect", "munmap"]),
+              st.integers(1, 3), st.integers(0, 20_000), st.integers(500, 20_000)),
+    min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=ops_strategy, model=st.sampled_from(["mmap_lock", *PER_VMA]), cpus=st.integers(1, 6))
+def test_invariants_on_random_ops(rows, model, cpus):
+    ops = mk([(t, k, v if k == "fault" else [v], think, hold) for t, k, v, think, hold in rows])
+    sim = Simulation(get_model(model), BDW, cpus, ops)
+    res = sim.run()
+    assert sorted(r["op_id"] for r in res) == list(range(len(ops)))  # every op completes exactly once
+    assert sim.mmap_lock.count == 0 and not sim.mmap_lock.waiters
+    for v in sim.vmas.values():
+        assert v.refcnt == 1  # attached, no reader or writer left
+        if v.lock is not None:
+            assert v.lock.count == 0 and not v.lock.waiters
+    # no two writers held the mm's mmap_lock at once
+    holds = sim.write_holds
+    assert len(holds) == sum(k != "fault" for _, k, _, _, _ in rows)
+    assert all(a[1] is not None and a[1] <= b[0] for a, b in zip(holds, holds[1:]))
+    again = Simulation(get_model(model), BDW, cpus, ops).run()
+    assert again == res  # deterministic
+
+
+def test_processes_replay_independently():
+    a = mk([(1, "fault", 1, 0, None), (2, "mprotect", [1], 100, 5_000), (1, "fault", 1, 50, None)])
+    b = mk([(7, "fault", 5, 0, None), (8, "fault", 5, 10, None)])
+    for o in b:
+        o["mm"], o["op_id"] = "pid:2", o["op_id"] + 10
+    ops1 = pl.DataFrame(a + b, infer_schema_length=None)
+    ops2 = pl.DataFrame(b + a, infer_schema_length=None)
+    r1 = replay(ops1, get_model("v8"), BDW, 8).results.sort("op_id")
+    r2 = replay(ops2, get_model("v8"), BDW, 8).results.sort("op_id")
+    assert r1.equals(r2)
