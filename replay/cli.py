@@ -294,7 +294,8 @@ def run(
     machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs [default: all of the machine's]."),
     seed: int = typer.Option(0, "--seed", help="Seed (recorded; the reference engine is deterministic without it)."),
-    placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler) or packed."),
+    placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
+    open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -311,13 +312,13 @@ def run(
         mach = load_machine(machine)
     except (ModelError, MachineError) as e:
         raise Fail(str(e))
-    if placement not in ("spread", "packed"):
-        raise Fail(f"--placement must be spread or packed, not {placement!r}", 2)
+    if placement not in ("spread", "packed", "as-recorded"):
+        raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
     ws = Workspace(workspace)
     ops = _ensure_ops(ws, trace)
     sha = ws.read("traces", trace).column("sha256")[0].as_py()
     try:
-        r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha)
+        r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop)
     except ValueError as e:
         raise Fail(str(e))
     ws.write_run(r)
@@ -341,7 +342,8 @@ def run(
               title="most contended locks")
     if r.line_stats.height:
         top = r.line_stats.sort("transfers", descending=True).head(5)
-        _emit([{"line": hex(x["line"]), "transfers": x["transfers"], "invalidations": x["invalidations"], "fields": x["fields"][:70]}
+        _emit([{"line": hex(x["line"]), "transfers": x["transfers"], "invalidations": x["invalidations"],
+                "fields": x["fields"].replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")}
                for x in top.to_dicts()], ["line", "transfers", "invalidations", "fields"], Fmt.table,
               title="hottest cache lines")
 

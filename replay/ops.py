@@ -74,7 +74,7 @@ OPS_SCHEMA = {
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
     "vma_ids": pl.List(pl.Int64), "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
-    "hold_ns": pl.Int64, "think_ns": pl.Int64,
+    "hold_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
 }
 
 
@@ -366,6 +366,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
         pl.int_range(pl.len(), dtype=pl.Int64).alias("op_id"), pl.lit(trace_id).alias("trace_id"))
     prev_end = pl.coalesce("end_ns", "start_ns").shift(1).over("tid")
     ops = ops.with_columns((pl.col("start_ns") - prev_end).clip(lower_bound=0).alias("think_ns"))
+    ops = ops.join(ev.select("seq", "cpu"), on="seq", how="left")  # the CPU it ran on
     ops = ops.select([pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()])
     rep.processes = ops["mm"].n_unique()
     return ops, vmas, rep

@@ -2,8 +2,9 @@
 
 Each mm (process) replays on its own - processes share no lock, and running them apart
 means reordering independent processes cannot change any process's results.  Within
-an mm, threads run closed-loop: each thread's ops back to back, separated by the think
-time the trace recorded, on the CPUs the placement policy gives them.
+an mm, threads run closed-loop by default: each thread's ops back to back, separated by
+the gaps the trace recorded (during which the thread leaves its CPU), on the CPUs the
+placement policy gives them; open-loop starts each op at its recorded time instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 import polars as pl
 
 from ..machines import Machine
-from ..models.base import Model
-from .reference import Simulation
 
 RESULTS_SCHEMA = {
     "op_id": pl.Int64, "mm": pl.Utf8, "tid": pl.Int32, "kind": pl.Utf8, "vma_id": pl.Int64, "sim_cpu": pl.Int32,
@@ -62,19 +61,23 @@ def run_id_for(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def replay(ops: pl.DataFrame, model: Model, machine: Machine, cpus: int, seed: int = 0,
-           placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None) -> Run:
+def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
+           placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
+           open_loop: bool = False) -> Run:
+    from .reference import Simulation  # here: models import the ISA from this package
+
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
-              "cpus": cpus, "seed": seed, "placement": placement, "engine": "reference"}
+              "cpus": cpus, "seed": seed, "placement": placement, "engine": "reference",
+              "loop": "open" if open_loop else "closed"}
     t0 = time.perf_counter()
     results, locks, lines = [], [], []
     counters: dict = {}
     mms = ops["mm"].unique(maintain_order=True).to_list()
     for i, mm in enumerate(mms):
         rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
-        sim = Simulation(model, machine, cpus, rows, placement)
+        sim = Simulation(model, machine, cpus, rows, placement, open_loop)
         for r in sim.run():
             r["mm"] = mm
             results.append(r)

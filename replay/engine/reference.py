@@ -110,7 +110,8 @@ class Thread:
 
 
 class Simulation:
-    def __init__(self, model: Model, machine: Machine, ncpus: int, ops: list[dict], placement: str = "spread"):
+    def __init__(self, model: Model, machine: Machine, ncpus: int, ops: list[dict], placement: str = "spread",
+                 open_loop: bool = False):
         self.model = model
         self.m = machine
         self.coh = Coherence(machine)
@@ -147,7 +148,17 @@ class Simulation:
         for o in ops:
             by_tid.setdefault(o["tid"], []).append(o)
         tids = sorted(by_tid)
-        cpus = machine.placement(len(tids), ncpus, placement)
+        recorded = None
+        if placement == "as-recorded":
+            recorded = []
+            for tid in tids:
+                seen = [o.get("cpu") for o in by_tid[tid] if o.get("cpu") is not None]
+                recorded.append(max(set(seen), key=seen.count) if seen else None)
+        cpus = machine.placement(len(tids), ncpus, placement, recorded)
+        # open loop: each op starts at its recorded time (relative to the trace's first
+        # op), or when its thread is free, whichever is later
+        self.open_loop = open_loop
+        self.t0 = min((o["start_ns"] for o in ops if o.get("start_ns") is not None), default=0)
         self.threads = [Thread(t, c, by_tid[t]) for t, c in zip(tids, cpus)]
         self.cpu_busy: dict[int, Thread | None] = {c: None for c in set(cpus)}
         self.runq: dict[int, deque] = {c: deque() for c in set(cpus)}
@@ -266,7 +277,10 @@ class Simulation:
         # The trace's gap since the previous op ended; where that op's end is unknown
         # (a fault served under the VMA lock traces no end), the gap also holds the real
         # fault's duration, which the simulated fault has just replaced: subtract it.
-        think = float(o["think_ns"] or 0) - t.reg_prev_unknown
+        if self.open_loop and o.get("start_ns") is not None:
+            think = float(o["start_ns"] - self.t0) - self.now
+        else:
+            think = float(o["think_ns"] or 0) - t.reg_prev_unknown
         t.reg["think"] = max(0.0, think)
         return True
 

@@ -59,16 +59,24 @@ class Machine:
                 out.append(Cpu(len(out), sock, c, t, (c % self.cores_per_socket) // per_ccd))
         return out
 
-    def placement(self, nthreads: int, ncpus: int | None = None, policy: str = "spread") -> list[int]:
-        """CPU for each of nthreads on the first ncpus CPUs (threads beyond share)."""
+    def placement(self, nthreads: int, ncpus: int | None = None, policy: str = "spread",
+                  recorded: list[int] | None = None) -> list[int]:
+        """CPU for each of nthreads on the first ncpus CPUs (threads beyond share).
+
+        ``as-recorded`` keeps each thread on the CPU it ran on most in the trace
+        (``recorded``), folded onto the simulated CPUs."""
         cpus = self.cpus()[: ncpus or self.ncpus]
+        if policy == "as-recorded":
+            if recorded is None:
+                raise MachineError("as-recorded placement needs the trace's CPUs")
+            return [cpus[(c if c is not None and c >= 0 else i) % len(cpus)].id for i, c in enumerate(recorded)]
         if policy == "spread":
             # one per physical core, alternating sockets, then the SMT siblings
             order = sorted(cpus, key=lambda c: (c.thread, c.core % self.cores_per_socket, c.socket))
         elif policy == "packed":
             order = sorted(cpus, key=lambda c: (c.socket, c.core, c.thread))
         else:
-            raise MachineError(f"unknown placement {policy!r}: spread or packed")
+            raise MachineError(f"unknown placement {policy!r}: spread, packed or as-recorded")
         return [order[i % len(order)].id for i in range(nthreads)]
 
     def handoff_ns(self, a: Cpu, b: Cpu) -> float:

@@ -1,0 +1,68 @@
+"""replay run / replay models from the command line, on a real sample trace."""
+
+import json
+
+import polars as pl
+
+from conftest import SAMPLES
+
+
+def _ingest(cli, ws, name="pft-ftrace"):
+    assert cli("ingest", SAMPLES / f"{name}.txt.zst", "-w", ws, "--maps", SAMPLES / f"{name}.maps")[0] == 0
+
+
+def test_models_lists_all_six_with_citations(cli):
+    rc, out, _ = cli("models", "-f", "json")
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert set(rows) >= {"mmap_lock", "pervma", "inline-rwsem", "v7", "v8", "mainline"}
+    assert "mm/mmap_lock.c" in rows["mainline"]["follows"] and "lock_vma_under_rcu" in rows["pervma"]["follows"]
+
+
+def test_run_writes_datasets_and_is_deterministic(cli, ws):
+    _ingest(cli, ws)
+    rc, out, err = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--machine", "local-2vcpu", "-w", ws, "-f", "json")
+    assert rc == 0, err
+    s = json.loads(out)
+    ops = pl.read_parquet(ws / "ops" / "trace_id=pft-ftrace")
+    res = pl.read_parquet(ws / "results" / f"run_id={s['run_id']}")
+    assert res.height == ops.height == s["ops"] and sorted(res["op_id"].to_list()) == sorted(ops["op_id"].to_list())
+    assert s["faults"] == ops.filter(pl.col("kind") == "fault").height
+    assert s["fallback_pct"] == round(100 * res.filter(pl.col("kind") == "fault")["fallback"].mean(), 3)
+    runs = pl.read_parquet(ws / "runs" / f"run_id={s['run_id']}").to_dicts()[0]
+    assert (runs["model"], runs["machine"], runs["cpus"], runs["seed"], runs["trace_id"]) == ("v8", "local-2vcpu", 2, 0, "pft-ftrace")
+    assert runs["trace_sha256"] and runs["engine"] == "reference"
+    rc, out2, _ = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--machine", "local-2vcpu", "-w", ws, "-f", "json")
+    again = pl.read_parquet(ws / "results" / f"run_id={s['run_id']}")
+    assert json.loads(out2)["run_id"] == s["run_id"] and again.equals(res)
+    rc, out, _ = cli("run", "--model", "mmap_lock", "--trace", "pft-ftrace", "--machine", "local-2vcpu", "-w", ws, "-f", "json")
+    m = json.loads(out)
+    assert m["run_id"] != s["run_id"] and m["fallback_pct"] == 0  # nothing to fall back from
+
+
+def test_run_table_and_errors(cli, ws):
+    _ingest(cli, ws)
+    rc, out, _ = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--cpus", "8", "-w", ws)
+    assert rc == 0 and "faults_per_sec" in out and "hottest cache lines" in out and "vma.vm_refcnt" in out
+    rc, _, err = cli("run", "--model", "v9", "-w", ws)
+    assert rc == 1 and "unknown model" in err
+    rc, _, err = cli("run", "--model", "v8", "--trace", "nope", "-w", ws)
+    assert rc == 1 and "no trace" in err
+    rc, _, err = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--cpus", "999", "-w", ws)
+    assert rc == 1 and "--cpus" in err
+
+
+def test_placements_and_open_loop(cli, ws):
+    _ingest(cli, ws)
+    outs = {}
+    for extra in ([], ["--placement", "as-recorded"], ["--open-loop"], ["--placement", "packed"]):
+        rc, out, err = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "broadwell-2s",
+                           "--cpus", "4", "-w", ws, "-f", "json", *extra)
+        assert rc == 0, err
+        outs[" ".join(extra)] = json.loads(out)
+    assert len({o["run_id"] for o in outs.values()}) == 4
+    ops = pl.read_parquet(ws / "ops" / "trace_id=pft-ftrace")
+    res = pl.read_parquet(ws / "results" / f"run_id={outs['--placement as-recorded']['run_id']}")
+    rec = ops.group_by("tid").agg(pl.col("cpu").mode().first().alias("rec"))
+    sim = res.group_by("tid").agg(pl.col("sim_cpu").first())
+    j = rec.join(sim, on="tid")
+    assert (j["rec"].cast(pl.Int32) % 4 == j["sim_cpu"]).all()  # kept on the CPU they ran on
