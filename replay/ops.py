@@ -72,7 +72,9 @@ OPS_SCHEMA = {
     "op_id": pl.Int64, "trace_id": pl.Utf8, "mm": pl.Utf8, "pid": pl.Int32, "tid": pl.Int32,
     "kind": pl.Enum(OP_KINDS), "seq": pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64,
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
-    "vma_ids": pl.List(pl.Int64), "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
+    "vma_ids": pl.List(pl.Int64), "vmas_created": pl.List(pl.Int64), "vmas_freed": pl.List(pl.Int64),
+    "vmas_successor": pl.List(pl.Int64),
+    "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
     "hold_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
 }
@@ -125,6 +127,9 @@ class AddressSpace:
         self.starts: list[int] = []
         self.vmas: list[Vma] = []
         self.all: list[Vma] = []
+        self.created: list[int] = []  # journal of the writer call being replayed
+        self.freed: list[int] = []
+        self.successor: dict[int, int] = {}  # a VMA merged away -> the VMA that absorbed it
 
     # -- primitives ------------------------------------------------------------
     def _insert(self, v: Vma) -> None:
@@ -137,11 +142,13 @@ class AddressSpace:
         del self.starts[i]
         del self.vmas[i]
         v.freed_ns = now
+        self.freed.append(v.id)
 
     def new(self, start, end, prot, anon, name="", now=None, inferred=False) -> Vma:
         v = Vma(self.ids.next(), start, end, prot, anon, name, inferred, created_ns=now)
         self.all.append(v)
         self._insert(v)
+        self.created.append(v.id)
         return v
 
     def overlapping(self, start: int, end: int) -> list[Vma]:
@@ -164,6 +171,7 @@ class AddressSpace:
         """__split_vma(new_below=0): v keeps [start, at), a new VMA gets [at, end)."""
         upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now)
         self.all.append(upper)
+        self.created.append(upper.id)
         v.end = at
         self._insert(upper)
         return upper
@@ -210,6 +218,7 @@ class AddressSpace:
                         locked.append(x)
                 v.end = nxt.end
                 self._remove(nxt, now)
+                self.successor[nxt.id] = v.id
             else:
                 v = nxt
         return locked
@@ -349,7 +358,10 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     writers = writers.join(hold, on="seq", how="left") if writers.height else writers.with_columns(pl.lit(None, pl.Int64).alias("hold_ns"))
 
     vmas, fault_vma, writers = _track_vmas(faults, writers, maps_snapshot, rep)
-    faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"))
+    faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"),
+                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_created"),
+                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_freed"),
+                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_successor"))
     # the first write fault in a private VMA may take mmap_read_trylock in vmf_anon_prepare()
     private = vmas.filter(pl.col("prot").str.ends_with("p")).select("vma_id")
     first_write = (faults.filter(pl.col("write") & ~pl.col("kernel") & pl.col("vma_id").is_not_null())
@@ -375,7 +387,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 def _cols(df: pl.DataFrame) -> list[str]:
     return ["seq", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
             "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids",
-            "hold_ns"]
+            "vmas_created", "vmas_freed", "vmas_successor", "hold_ns"]
 
 
 def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:
@@ -438,6 +450,9 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
                 rep.seeded_vmas += 1
 
     w_vma_ids: list = [None] * writers.height
+    w_created: list = [[] for _ in range(writers.height)]
+    w_freed: list = [[] for _ in range(writers.height)]
+    w_succ: list = [[] for _ in range(writers.height)]
     w_lock: list = ["write"] * writers.height
     f_vma = np.full(faults.height, -1, dtype=np.int64)
     f_mm = faults["mm"].to_numpy()
@@ -475,6 +490,7 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
         resolve_faults_until(r["end_ns"])
         i = r["_i"]
         asp = spaces.setdefault(r["mm"], AddressSpace(ids))
+        asp.created, asp.freed = [], []
         ret = r["ret"]
         a = r["args"]
         kind = r["kind"]
@@ -484,6 +500,8 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             for v in locked:
                 asp._remove(v, now)
             w_vma_ids[i] = [v.id for v in locked]
+            w_freed[i] = [v.id for v in locked]
+            w_succ[i] = [-1] * len(locked)
             continue
         if ret is not None and ret < 0 and ret > -4096:
             rep.failed_calls += 1
@@ -530,6 +548,10 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             else:
                 w_lock[i] = "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
         w_vma_ids[i] = sorted({v.id for v in locked})
+        both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
+        w_created[i] = [x for x in asp.created if x not in both]
+        w_freed[i] = [x for x in asp.freed if x not in both]
+        w_succ[i] = [asp.successor.get(x, -1) for x in w_freed[i]]
     resolve_faults_until(np.iinfo(np.int64).max)
 
     # faults outside every known VMA: infer regions from the faulting pages
@@ -551,6 +573,8 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
 
     writers = writers.with_columns(
         pl.Series("vma_ids", w_vma_ids, pl.List(pl.Int64)), pl.Series("lock_mode", w_lock, pl.Utf8),
+        pl.Series("vmas_created", w_created, pl.List(pl.Int64)), pl.Series("vmas_freed", w_freed, pl.List(pl.Int64)),
+        pl.Series("vmas_successor", w_succ, pl.List(pl.Int64)),
         pl.lit(None, pl.Int64).alias("vma_id"), pl.lit(None, pl.Boolean).alias("write"),
         pl.lit(False).alias("kernel"), pl.lit(None, pl.Boolean).alias("observed_fallback"),
         pl.lit(None, pl.Boolean).alias("observed_anon_prepare"), pl.lit(None, pl.Boolean).alias("observed_mmap_write"),

@@ -18,12 +18,15 @@ PER_VMA = ["pervma", "inline-rwsem", "v7", "v8", "mainline"]
 
 
 def mk(rows):
-    """rows: (tid, kind, vma_id or vma_ids, think_ns, hold_ns) -> op dicts."""
+    """rows: (tid, kind, vma_id or vma_ids, think_ns, hold_ns) -> op dicts.  munmap frees
+    the VMAs it locks; mmap creates VMA 1000 + its op index."""
     out = []
     for i, (tid, kind, vmas, think, hold) in enumerate(rows):
         fault = kind == "fault"
         out.append({"op_id": i, "tid": tid, "mm": "pid:1", "kind": kind, "vma_id": vmas if fault else None,
                     "vma_ids": None if fault else list(vmas), "kernel": False, "lock_mode": "write",
+                    "vmas_freed": list(vmas) if kind == "munmap" else None,
+                    "vmas_created": [1000 + i] if kind == "mmap" else None,
                     "think_ns": think, "hold_ns": hold})
     return out
 
@@ -38,6 +41,7 @@ def test_writer_makes_faults_on_its_vma_fall_back_others_succeed(model):
     ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
     r = by_op(Simulation(get_model(model), BDW, 4, ops).run())
     writer_end = r[0]["end_ns"]
+    assert r[0]["kind"] == "mprotect"
     assert r[1]["outcome"] == "abort" and r[1]["fallback"] and r[1]["attempts"] == 1
     assert r[1]["end_ns"] > writer_end  # it waited for the writer on mmap_lock
     assert r[1]["lock_wait_ns"] > 30_000
@@ -140,7 +144,7 @@ def test_cas_loops_retry_under_contention_xadd_does_not():
 
 
 ops_strategy = st.lists(
-    st.tuples(st.integers(1, 4), st.sampled_from(["fault", "fault", "fault", "mprotect", "munmap"]),
+    st.tuples(st.integers(1, 4), st.sampled_from(["fault", "fault", "fault", "mprotect", "munmap", "mmap"]),
               st.integers(1, 3), st.integers(0, 20_000), st.integers(500, 20_000)),
     min_size=1, max_size=25)
 
@@ -154,7 +158,7 @@ def test_invariants_on_random_ops(rows, model, cpus):
     assert sorted(r["op_id"] for r in res) == list(range(len(ops)))  # every op completes exactly once
     assert sim.mmap_lock.count == 0 and not sim.mmap_lock.waiters
     for v in sim.vmas.values():
-        assert v.refcnt == 1  # attached, no reader or writer left
+        assert v.refcnt == (1 if v.live else 0)  # attached (no reader or writer left), or detached
         if v.lock is not None:
             assert v.lock.count == 0 and not v.lock.waiters
     # no two writers held the mm's mmap_lock at once
@@ -175,3 +179,78 @@ def test_processes_replay_independently():
     r1 = replay(ops1, get_model("v8"), BDW, 8).results.sort("op_id")
     r2 = replay(ops2, get_model("v8"), BDW, 8).results.sort("op_id")
     assert r1.equals(r2)
+
+
+def _fault_until(sim, tid, stop_op):
+    """Start tid's first op and execute it up to and including the first ``stop_op``."""
+    from replay.engine.isa import Op
+
+    t = next(t for t in sim.threads if t.tid == tid)
+    sim.cpu_busy[t.cpu] = t
+    sim._next_op(t)
+    t.reg.pop("think", None)
+    t.rec["start_ns"] = 0.0
+    while True:
+        op = t.prog[t.pc][0]
+        sim.now = sim._exec(t)
+        if op == stop_op:
+            return t
+
+
+def _finish(sim, t):
+    while not t.reg.get("finished"):
+        r = sim._exec(t)
+        assert r is not None, "blocked"
+        sim.now = r
+
+
+@pytest.mark.parametrize("model", ["v8", "mainline"])
+def test_typesafe_by_rcu_reuse_makes_a_stale_reader_abort(model):
+    from replay.engine.isa import Op
+
+    sim = Simulation(get_model(model), BDW, 4, mk([(2, "fault", 1, 0, None), (1, "munmap", [1, 2], 0, 100)]))
+    t = _fault_until(sim, 2, Op.WALK)  # the reader found VMA 1's object under RCU...
+    v1 = sim.vmas[1]
+    v1.live, v1.refcnt = False, 0  # ...munmap detaches and frees it (SLAB_TYPESAFE_BY_RCU: no grace period)
+    sim.freelist.append(v1.slot)
+    v2 = sim._alloc(99)  # ...an mmap reuses the object for another VMA, and unlocks
+    sim.mm_lock_seq += 1
+    assert v2.slot == v1.slot
+    _finish(sim, t)
+    # __refcount_inc_not_zero_limited() succeeds on the new VMA; vm_mm matches (same
+    # mm), so the range check in lock_vma_under_rcu() catches it: put, abort, fall back
+    assert t.rec["outcome"] == "abort" and t.rec["fallback"] and t.rec["attempts"] == 1
+    assert v2.refcnt == 1 and "ref_obj" not in t.reg
+
+
+def test_detached_vma_is_a_miss_and_rewalk_in_mainline_an_abort_in_v8():
+    from replay.engine.isa import Op
+
+    for model, attempts in (("mainline", 2), ("v8", 1), ("pervma", 2)):
+        sim = Simulation(get_model(model), BDW, 4, mk([(2, "fault", 1, 0, None)]))
+        t = _fault_until(sim, 2, Op.WALK)
+        v1 = sim.vmas[1]
+        v1.live = False  # detached under the reader; the object is not reused
+        if model != "pervma":
+            v1.refcnt = 0
+        _finish(sim, t)
+        # mainline: refcnt 0 -> -EAGAIN -> VMA_LOCK_MISS and a new walk, which finds nothing;
+        # pervma: vma->detached after locking -> VMA_LOCK_MISS, retry; v8: NULL -> abort
+        assert t.rec["attempts"] == attempts, model
+        assert t.rec["outcome"] == "abort" and t.rec["fallback"]
+
+
+def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
+    # the closed loop let the merging mprotect land before a fault the trace saw in VMA 2:
+    # the walk finds VMA 1, which absorbed it, and the fault succeeds there
+    ops = mk([(1, "mprotect", [1, 2], 0, 100), (2, "fault", 2, 50_000, None)])
+    ops[0]["vmas_freed"], ops[0]["vmas_successor"] = [2], [1]
+    for model in ("v8", "mainline", "pervma"):
+        sim = Simulation(get_model(model), BDW, 4, ops)
+        r = by_op(sim.run())
+        assert not sim.vmas[2].live and sim.vmas[1].live
+        assert r[1]["outcome"] == "success" and not r[1]["fallback"], model
+        ops_unmapped = [dict(o) for o in ops]
+        ops_unmapped[0]["vmas_successor"] = [-1]  # munmap instead: nothing covers it any more
+        r2 = by_op(Simulation(get_model(model), BDW, 4, ops_unmapped).run())
+        assert r2[1]["outcome"] == "abort" and r2[1]["fallback"]

@@ -56,6 +56,7 @@ def test_address_space_split_and_merge():
     locked = a.mprotect(0x14000, 0x16000, "rw-p", 6)  # back: the three merge into VMA 1
     assert [(x.id, hex(x.start), hex(x.end)) for x in a.vmas] == [(1, "0x10000", "0x20000")]
     assert sorted(x.id for x in locked) == [1, 2, 3]
+    assert a.successor == {2: 1, 3: 1}  # merged away into VMA 1
     locked = a.unmap(0x18000, 0x19000, 7)  # a hole: split twice, the middle goes
     assert [(hex(x.start), hex(x.end)) for x in a.vmas] == [("0x10000", "0x18000"), ("0x19000", "0x20000")]
     assert [x.id for x in locked] == [1]
@@ -95,6 +96,9 @@ def test_pairing_vmas_and_fault_ids():
     # mprotect write-locks the VMA it splits; munmap the three pieces; the failed call nothing
     assert w["vma_ids"].to_list() == [[], [new], sorted([new, mid, upper]), []]
     assert rep.failed_calls == 1 and rep.seeded_vmas == 2 and rep.rule == "2 by pid/tgid"
+    # what each call created and freed (a failed call nothing)
+    assert w["vmas_created"].to_list() == [[new], [mid, upper], [], []]
+    assert w["vmas_freed"].to_list() == [[], [], [new, mid, upper], []]
     assert f["think_ns"].to_list()[0] == 100_000_000  # 1.2 s - the mmap's exit at 1.1 s
 
 

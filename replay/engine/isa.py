@@ -37,6 +37,10 @@ class Op(IntEnum):
     ATTEMPT = 19  # (): one more per-VMA lock attempt
     GOTO = 20  # (label,)
     END = 21  # ()
+    WALK = 22  # (label,): the RCU maple-tree walk: keeps a pointer to the VMA's slab object; none -> goto label
+    CHECK_RANGE = 23  # (label,): address outside vma->vm_start..vm_end (the object was reused) -> goto label
+    CHECK_DETACHED = 24  # (label,): vma->detached (before v6.15) -> goto label
+    VMA_COMMIT = 25  # (): the writer's VMAs appear (attached, write-locked) and vanish (detached, freed)
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -51,7 +55,8 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
             labels[ins[1]] = len(out)
         else:
             out.append(ins)
-    label_args = {Op.CHECK_SEQ: (1,), Op.RWSEM_TRYLOCK_READ: (2,), Op.REF_GET: (1, 2), Op.CHECK_MM: (1,), Op.GOTO: (1,)}
+    label_args = {Op.CHECK_SEQ: (1,), Op.RWSEM_TRYLOCK_READ: (2,), Op.REF_GET: (1, 2), Op.CHECK_MM: (1,), Op.GOTO: (1,),
+                  Op.WALK: (1,), Op.CHECK_RANGE: (1,), Op.CHECK_DETACHED: (1,)}
     resolved = []
     for ins in out:
         ins = list(ins)

@@ -88,9 +88,11 @@ class Rwsem:
 class Vma:
     id: int
     addr: int
+    slot: int
     lock: Rwsem | None = None
     vm_lock_seq: int = -1
     refcnt: int = 1  # attached
+    live: bool = True  # in the tree; False once detached
 
 
 @dataclass
@@ -123,27 +125,37 @@ class Simulation:
         self.mm_lock_seq = 0
         self.mmap_lock = Rwsem("mmap_lock", "mm", self._mm_line("mmap_lock.count"), self._mm_line("mmap_lock.owner"))
         self.writer_waiting: Thread | None = None  # mm->vma_writer_wait (one rcuwait)
-        self.vmas: dict[int, Vma] = {}
-        for idx, vid in enumerate(sorted({o["vma_id"] for o in ops if o["vma_id"] is not None}
-                                         | {v for o in ops for v in (o["vma_ids"] or [])})):
-            v = Vma(vid, lay.vma.address(idx, VMA_SLAB_BASE))
-            if lay.vma_lock_in == "vma_lock":
-                a = lay.vma_lock.address(idx, VMA_LOCK_SLAB_BASE)
-                v.lock = Rwsem("vma_lock", f"vma:{vid}", (a + lay.vma_lock.fields["lock.count"]) // 64,
-                               (a + lay.vma_lock.fields["lock.owner"]) // 64)
-            elif lay.vma_lock_in == "vma":
-                v.lock = Rwsem("vma_lock", f"vma:{vid}", (v.addr + lay.vma.fields["lock.count"]) // 64,
-                               (v.addr + lay.vma.fields["lock.owner"]) // 64)
-            self.vmas[vid] = v
         self.line_names: dict[int, set] = {}
         for f, off in self.mm_fields.items():
             self.line_names.setdefault((MM_BASE + off) // 64, set()).add(f"mm_struct.{f}")
-        for v in self.vmas.values():
-            for f, off in lay.vma.fields.items():
-                self.line_names.setdefault((v.addr + off) // 64, set()).add(f"vm_area_struct.{f}")
-            if lay.vma_lock_in == "vma_lock":
-                self.line_names.setdefault(v.lock.count_line, set()).add("vma_lock.lock.count")
-                self.line_names.setdefault(v.lock.owner_line, set()).add("vma_lock.lock.owner")
+        # VMA objects live in slab slots.  With SLAB_TYPESAFE_BY_RCU (v7, v8, mainline) a
+        # freed slot is reused at once, so a reader may hold a pointer to an object that
+        # has become another VMA; before v6.15 VMAs were freed through call_rcu() and a
+        # slot is not reused while readers could still see it.
+        self.vmas: dict[int, Vma] = {}
+        self.slots: list[Vma] = []
+        self.freelist: list[int] = []
+        created = {x for o in ops for x in (o.get("vmas_created") or [])}
+        # Causal order the closed loop must keep (it drifts from the recorded timeline):
+        # a fault waits for the writer that created its VMA, and a writer waits until
+        # the faults on its VMAs that the trace shows before it have started.  Both
+        # point from later to earlier trace order, so they cannot deadlock; races that
+        # really happened (a fault overlapping the writer) stay races.
+        self.creator_of = {x: o["op_id"] for o in ops for x in (o.get("vmas_created") or [])}
+        self.unstarted: dict[int, list] = {}  # vma -> heap of (seq, op_id) of faults not yet started
+        for o in ops:
+            if o["kind"] == "fault" and o["vma_id"] is not None:
+                self.unstarted.setdefault(o["vma_id"], []).append((o.get("seq", o["op_id"]), o["op_id"]))
+        for h in self.unstarted.values():
+            heapq.heapify(h)
+        self.started_ops: set = set()
+        self.wait_create: dict[int, list] = {}
+        self.successor: dict[int, int] = {}  # merged away -> absorbed by (set at commit)
+        self.wait_start: list = []  # (writer thread, seq, vmas)
+        every = ({o["vma_id"] for o in ops if o["vma_id"] is not None}
+                 | {x for o in ops for k in ("vma_ids", "vmas_freed") for x in (o.get(k) or [])})
+        for vid in sorted(every - created):
+            self._alloc(vid)
         by_tid: dict[int, list] = {}
         for o in ops:
             by_tid.setdefault(o["tid"], []).append(o)
@@ -166,6 +178,35 @@ class Simulation:
         self.counters = {"writer_wakeups": 0, "writer_drains": 0, "cas_retries": 0}
         self.write_holds: list = []  # mmap_lock write hold windows (checked by tests)
 
+    def _alloc(self, vid: int) -> Vma:
+        lay = self.model.layout
+        slot = self.freelist.pop() if self.freelist else len(self.slots)
+        v = Vma(vid, lay.vma.address(slot, VMA_SLAB_BASE), slot)
+        if lay.vma_lock_in == "vma_lock":
+            a = lay.vma_lock.address(slot, VMA_LOCK_SLAB_BASE)
+            v.lock = Rwsem("vma_lock", f"vma:{vid}", (a + lay.vma_lock.fields["lock.count"]) // 64,
+                           (a + lay.vma_lock.fields["lock.owner"]) // 64)
+            self.line_names.setdefault(v.lock.count_line, set()).add("vma_lock.lock.count")
+            self.line_names.setdefault(v.lock.owner_line, set()).add("vma_lock.lock.owner")
+        elif lay.vma_lock_in == "vma":
+            v.lock = Rwsem("vma_lock", f"vma:{vid}", (v.addr + lay.vma.fields["lock.count"]) // 64,
+                           (v.addr + lay.vma.fields["lock.owner"]) // 64)
+        for f, off in lay.vma.fields.items():
+            self.line_names.setdefault((v.addr + off) // 64, set()).add(f"vm_area_struct.{f}")
+        if slot == len(self.slots):
+            self.slots.append(v)
+        else:
+            self.slots[slot] = v
+        self.vmas[vid] = v
+        return v
+
+    def _cur(self, t: "Thread") -> Vma | None:
+        """The VMA object the thread points at: whatever occupies the slot it found."""
+        slot = t.reg.get("slot")
+        if slot is not None:
+            return self.slots[slot]
+        return self.vmas.get(t.rec["vma_id"])
+
     # -- addresses --------------------------------------------------------------------
     def _mm_line(self, f: str) -> int:
         return (MM_BASE + self.mm_fields[f]) // 64
@@ -173,7 +214,9 @@ class Simulation:
     def _line(self, t: Thread, obj: str, f: str) -> int:
         if obj == "mm":
             return self._mm_line(f)
-        v = self.vmas[t.rec["vma_id"]]
+        v = self._cur(t)
+        if v is None:  # a VMA this replay never had: the tree walk's line stands in
+            return self._mm_line("mm_mt")
         if obj == "vma":
             if f == "vm_lock" and "vm_lock" not in self.model.layout.vma.fields:
                 f = "vm_start"
@@ -311,7 +354,11 @@ class Simulation:
                     self._at(self.now + t.reg.pop("think"), t)
                     return
             if t.rec["start_ns"] is None:
+                if not self._gate(t):
+                    return
                 t.rec["start_ns"] = self.now
+                t.rec["lock_wait_ns"] = 0.0  # a causal wait before the op is not a lock wait
+                self._started(t)
             if t.prog is None:
                 t.reg["finished"] = True
                 continue
@@ -321,6 +368,43 @@ class Simulation:
             if r > self.now:
                 self._at(r, t)
                 return
+
+    def _min_unstarted(self, vid: int) -> float:
+        h = self.unstarted.get(vid)
+        while h and h[0][1] in self.started_ops:
+            heapq.heappop(h)
+        return h[0][0] if h else float("inf")
+
+    def _gate(self, t: Thread) -> bool:
+        o = t.rec["_o"]
+        if o["kind"] == "fault":
+            vid = o["vma_id"]
+            if vid is not None and vid in self.creator_of and vid not in self.vmas:
+                self.wait_create.setdefault(vid, []).append(t)
+                self._block(t, None)
+                return False
+            return True
+        seq = o.get("seq", o["op_id"])
+        vids = set(o.get("vma_ids") or []) | set(o.get("vmas_freed") or [])
+        if any(self._min_unstarted(v) < seq for v in vids):
+            self.wait_start.append((t, seq, vids))
+            self._block(t, None)
+            return False
+        return True
+
+    def _started(self, t: Thread) -> None:
+        o = t.rec["_o"]
+        if o["kind"] != "fault":
+            return
+        self.started_ops.add(o["op_id"])
+        if self.wait_start and o["vma_id"] is not None:
+            still = []
+            for w, seq, vids in self.wait_start:
+                if o["vma_id"] in vids and all(self._min_unstarted(v) > seq for v in vids):
+                    self._wake(w)
+                else:
+                    still.append((w, seq, vids))
+            self.wait_start = still
 
     def _finish(self, t: Thread) -> None:
         rec = t.rec
@@ -356,12 +440,37 @@ class Simulation:
                 return self.now + self.m.fault_service_ns
             hold = t.rec["_o"].get("hold_ns")
             return self.now + float(hold if hold else DEFAULT_WRITER_NS)
-        if op == Op.CHECK_MM:  # vm_mm is read; VMA objects are not reused across mms yet
+        if op == Op.CHECK_MM:
+            # each mm replays alone, so a reused object always belongs to this mm here;
+            # reuse by another mm (vm_mm != mm -> abort) needs mms replayed together
             return self._read(t, self._line(t, "vma", "vm_mm"))
+        if op == Op.WALK:
+            end = self._read(t, self._mm_line("mm_mt"))
+            v = self._resolve(t.rec["vma_id"])
+            if v is None:  # unmapped by now in this replay: nothing to lock
+                t.pc = ins[1]
+            else:
+                t.reg["slot"] = v.slot
+                t.reg["found"] = v
+            return end
+        if op == Op.CHECK_RANGE:
+            end = self._read(t, self._line(t, "vma", "vm_start"))
+            if self._cur(t) is not t.reg.get("found"):
+                t.pc = ins[1]  # the object now maps another range: it was freed and reused
+            return end
+        if op == Op.CHECK_DETACHED:
+            end = self._read(t, self._line(t, "vma", "vm_start"))
+            if not self._cur(t).live:
+                t.pc = ins[1]
+            return end
         if op == Op.VMA_START_WRITE_ALL:
             for vid in t.rec["_o"]["vma_ids"] or []:
-                self._queue_start_write(t, self.vmas[vid])
+                v = self.vmas.get(vid)
+                if v is not None and v.live:
+                    self._queue_start_write(t, v)
             return self.now
+        if op == Op.VMA_COMMIT:
+            return self._commit(t)
         if op in (Op.MM_SEQ_WRITE_BEGIN, Op.MM_SEQ_WRITE_END):
             self.mm_lock_seq += 1
             return self._store(t, self._mm_line("mm_lock_seq"))
@@ -402,11 +511,58 @@ class Simulation:
             t.pc -= 1
         return end
 
+    def _resolve(self, vid: int) -> Vma | None:
+        """The live VMA now covering what ``vid`` covered when the trace saw the fault.
+
+        The closed loop drifts from the recorded timeline: a writer can land earlier than
+        it did, so a fault the trace saw in VMA X may, here, come after X was merged into
+        its neighbour; the walk then finds the neighbour (or nothing, if X was unmapped)."""
+        seen = 0
+        v = self.vmas.get(vid)
+        while v is not None and not v.live and seen < 64:
+            nxt = self.successor.get(v.id, -1)
+            v = self.vmas.get(nxt) if nxt >= 0 else None
+            seen += 1
+        return v if v is not None and v.live else None
+
     def _lock(self, t: Thread, which: str) -> Rwsem:
-        return self.mmap_lock if which == "mmap_lock" else self.vmas[t.rec["vma_id"]].lock
+        return self.mmap_lock if which == "mmap_lock" else self._cur(t).lock
+
+    def _commit(self, t: Thread) -> float:
+        """The writer's changes land: removed VMAs are detached (vma_mark_detached():
+        vm_refcnt 1 -> 0; before v6.15 vma->detached = true) and freed; new ones are
+        attached (vm_refcnt = 1) already write-locked (vm_lock_seq = mm_lock_seq)."""
+        o = t.rec["_o"]
+        end = self.now
+        for vid, succ in zip(o.get("vmas_freed") or [], o.get("vmas_successor") or [-1] * len(o.get("vmas_freed") or [])):
+            if succ >= 0:
+                self.successor[vid] = succ
+            v = self.vmas.get(vid)
+            if v is None or not v.live:
+                continue
+            v.live = False
+            if self.model.params["vma_lock"] == "refcnt":
+                v.refcnt -= 1
+                s, c = self.coh.write(self._refline(v), t.cpu, end)
+            else:  # vma->detached = true
+                v.refcnt = 0
+                s, c = self.coh.write((v.addr + self.model.layout.vma.fields["vm_start"]) // 64, t.cpu, end, atomic=False)
+            end = self._cost(t, s, c)
+            if self.model.params.get("typesafe_by_rcu"):
+                self.freelist.append(v.slot)
+        for vid in o.get("vmas_created") or []:
+            if vid in self.vmas and self.vmas[vid].live:
+                continue
+            v = self._alloc(vid)
+            v.vm_lock_seq = self.mm_lock_seq
+            for w in self.wait_create.pop(vid, []):
+                self._wake(w)
+            s, c = self.coh.write((v.addr + self.model.layout.vma.fields["vm_start"]) // 64, t.cpu, end, atomic=False)
+            end = self._cost(t, s, c)
+        return end
 
     def _check_seq(self, t: Thread, label: int):
-        v = self.vmas[t.rec["vma_id"]]
+        v = self._cur(t)
         if "seq" not in t.reg:  # READ_ONCE(vma->vm_lock_seq)
             t.reg["seq"] = 1
             return self._read(t, self._line(t, "vma", "vm_lock_seq")), True
@@ -598,7 +754,7 @@ class Simulation:
         """__refcount_inc_not_zero_limited_acquire(&vma->vm_refcnt, &oldcnt, limit):
         load; loop { if (!old) break; if (i > limit - old) return false; }
         while (!atomic_try_cmpxchg_acquire(&r->refs, &old, old + i))."""
-        v = self.vmas[t.rec["vma_id"]]
+        v = self._cur(t)
         line = self._refline(v)
         ln = self.coh.line(line)
         st = t.reg.get("ref")
@@ -620,12 +776,13 @@ class Simulation:
             return self._rmw(t, line, changes=False), True
         del t.reg["ref"]
         v.refcnt += 1
+        t.reg["ref_obj"] = v  # vma_refcount_put() drops the reference on this object
         return self._rmw(t, line), False
 
     def _ref_put(self, t: Thread) -> float:
         """vma_refcount_put(): __refcount_dec_and_test(); then rcuwait_wake_up() when
         is_vma_writer_only(oldcnt - 1) (v8, mainline) - or whenever a writer waits (v7)."""
-        v = self.vmas[t.rec["vma_id"]]
+        v = t.reg.pop("ref_obj")
         v.refcnt -= 1
         end = self._rmw(t, self._refline(v))
         n = v.refcnt

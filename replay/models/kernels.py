@@ -93,6 +93,7 @@ MMAP_WRITER = [
     (Op.RWSEM_DOWN_WRITE, "mmap_lock"),  # mmap_write_lock()
     (Op.READ, "mm", "mm_mt"),
     (Op.WORK, "writer"),
+    (Op.VMA_COMMIT,),
     (Op.RWSEM_UP_WRITE, "mmap_lock"),  # mmap_write_unlock()
     (Op.END,),
 ]
@@ -104,7 +105,7 @@ def _vma_lock_fault(kind: str) -> list:
     p = [
         (Op.LABEL, "walk"),
         (Op.ATTEMPT,),
-        (Op.READ, "mm", "mm_mt"),  # mas_walk() under rcu_read_lock()
+        (Op.WALK, "abort"),  # mas_walk() under rcu_read_lock(); no VMA -> inval
         (Op.READ, "vma", "vm_start"),  # the VMA's first line
         (Op.CHECK_SEQ, "abort"),  # vm_lock_seq == mm_lock_seq: write-locked, return NULL
     ]
@@ -113,12 +114,15 @@ def _vma_lock_fault(kind: str) -> list:
             (Op.READ, "vma", "vm_lock"),
             (Op.RWSEM_TRYLOCK_READ, "vma_lock", "abort"),  # down_read_trylock(&vma->vm_lock->lock)
             (Op.CHECK_SEQ, "abort_unlock"),  # re-check under the lock
+            (Op.CHECK_RANGE, "abort_unlock"),  # vm_start/vm_end may have changed before we locked
+            (Op.CHECK_DETACHED, "miss_unlock"),  # isolated after we found it: VMA_LOCK_MISS, retry
         ]
     else:
         p += [
             (Op.REF_GET, "abort", "detached"),  # __refcount_inc_not_zero_limited_acquire()
             (Op.CHECK_MM, "abort_put"),  # vma->vm_mm != mm: reused by another mm
             (Op.CHECK_SEQ, "abort_put"),  # re-check with acquire ordering
+            (Op.CHECK_RANGE, "abort_put"),  # lock_vma_under_rcu(): reused for another range -> inval
         ]
     p += [
         (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
@@ -134,6 +138,8 @@ def _vma_lock_fault(kind: str) -> list:
         *_mmap_lock_fault(False, "_fb"),
         (Op.END,),
     ]
+    if kind == "rwsem":
+        p += [(Op.LABEL, "miss_unlock"), (Op.RWSEM_UP_READ, "vma_lock"), (Op.OUTCOME, "miss"), (Op.GOTO, "walk")]
     return p
 
 
@@ -151,6 +157,7 @@ def _vma_writer(seqcount: bool) -> list:
         (Op.READ, "mm", "mm_mt"),
         (Op.VMA_START_WRITE_ALL,),  # vma_start_write() on every VMA the call modifies
         (Op.WORK, "writer"),
+        (Op.VMA_COMMIT,),  # new VMAs attached write-locked; removed ones detached and freed
         (Op.MM_SEQ_WRITE_END,),  # mmap_write_unlock() -> vma_end_write_all()
         (Op.RWSEM_UP_WRITE, "mmap_lock"),
         (Op.END,),
@@ -197,7 +204,8 @@ for _name, _limit, _wake, _desc in (
         _name, _desc, [f"\"move per-vma lock into vm_area_struct\" {_name} (Suren Baghdasaryan, {'Dec 2024' if _name == 'v7' else 'Jan 2025'})"],
         Layout(MM, VMA_V8, vma_lock_in=""),
         fault=_vma_lock_fault("refcnt") + _detached(False), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-        params={"vma_lock": "refcnt", "ref_limit": _limit, "wake": _wake, "writer_ref": 1 if _name == "v7" else 0},
+        params={"vma_lock": "refcnt", "ref_limit": _limit, "wake": _wake, "writer_ref": 1 if _name == "v7" else 0,
+                "typesafe_by_rcu": True},
     ))
 _add(Model(
     "mainline", "6.15+: vm_refcnt at 128 in a 192-byte VMA; detached means miss and re-walk; mm_lock_seq a seqcount",
@@ -205,5 +213,6 @@ _add(Model(
      "include/linux/mmap_lock.h vma_refcount_put(), is_vma_writer_only() (v6.15)"],
     Layout(MM, VMA_MAINLINE, vma_lock_in=""),
     fault=_vma_lock_fault("refcnt") + _detached(True), kernel_fault=KERNEL_FAULT, writer=_vma_writer(True),
-    params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0},
+    params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0,
+            "typesafe_by_rcu": True},
 ))
