@@ -349,6 +349,36 @@ def run(
 
 
 @app.command()
+def synth(
+    workload: str = typer.Argument(..., help="pft (mmtests pft, threads mode) or page_fault1 (will-it-scale)."),
+    threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads."),
+    pages: int = typer.Option(1024, "--pages", help="Pages each thread faults per iteration."),
+    iterations: int = typer.Option(1, "--iterations", help="Map/touch/unmap rounds."),
+    name: Optional[str] = typer.Option(None, "--name", help="Trace name [default: WORKLOAD-tN]."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    replace: bool = typer.Option(True, "--replace/--no-replace", help="Replace a trace of the same name."),
+):
+    """Generate a synthetic trace (perf script text through the real ingester) into the workspace."""
+    import tempfile
+
+    from .ingesting import run_ingest
+    from .synth import WORKLOADS
+
+    if workload not in WORKLOADS:
+        raise Fail(f"unknown workload {workload!r}: {', '.join(WORKLOADS)}", 2)
+    if threads < 1 or pages < 1 or iterations < 1:
+        raise Fail("--threads, --pages and --iterations must be at least 1", 2)
+    text, maps = WORKLOADS[workload](threads, pages, iterations)
+    name = name or f"{workload}-t{threads}"
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(text)
+        f.flush()
+        res = run_ingest(f.name, name, "perf-script", workspace, True, replace, maps_snapshot=maps,
+                         source_label=f"synth: {workload} threads={threads} pages={pages} iterations={iterations}")
+    out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} threads x {pages} pages x {iterations})")
+
+
+@app.command()
 def models(output: Fmt = FormatOpt):
     """List the lock models, with the kernel code each follows."""
     from .models import ModelError, registry

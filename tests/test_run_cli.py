@@ -66,3 +66,21 @@ def test_placements_and_open_loop(cli, ws):
     sim = res.group_by("tid").agg(pl.col("sim_cpu").first())
     j = rec.join(sim, on="tid")
     assert (j["rec"].cast(pl.Int32) % 4 == j["sim_cpu"]).all()  # kept on the CPU they ran on
+
+
+def test_synth_pft_through_the_real_ingester(cli, ws):
+    rc, out, err = cli("synth", "pft", "--threads", "4", "--pages", "50", "--iterations", "2", "-w", ws)
+    assert rc == 0, err
+    ev = pl.read_parquet(ws / "events" / "trace_id=pft-t4")
+    assert ev.filter(pl.col("event") == "page_fault_user").height == 4 * 50 * 2
+    rc, out, err = cli("ops", "pft-t4", "-w", ws, "-f", "json")
+    s = json.loads(out)
+    assert s["kinds"] == {"fault": 400, "mmap": 2, "munmap": 2} and s["vmas_inferred"] == 0
+    ops = pl.read_parquet(ws / "ops" / "trace_id=pft-t4")
+    # each iteration's faults land in that iteration's region VMA
+    assert ops.filter(pl.col("kind") == "fault")["vma_id"].n_unique() == 2
+    rc, out, err = cli("run", "--model", "mainline", "--trace", "pft-t4", "-w", ws, "-f", "json")
+    r = json.loads(out)
+    assert rc == 0 and r["faults"] == 400 and r["fallback_pct"] == 0
+    rc, _, err = cli("synth", "nope", "-w", ws)
+    assert rc == 2 and "unknown workload" in err

@@ -594,14 +594,17 @@ class Simulation:
             t.pc = label
             lock.stats["contentions"] += 1
             return self.now, False
-        if ln.version != st[1]:  # the cmpxchg fails: another CPU wrote since our load
+        extra = 0.0
+        if ln.version != st[1]:
+            # The cmpxchg fails (another CPU wrote since our load) but returns the new
+            # value with the line held exclusively; the loop's retry runs before anyone
+            # can take the line back, so it succeeds if the new value still passes.
             self.counters["cas_retries"] += 1
-            t.reg["try"] = ("cas", ln.version)
-            return self._rmw(t, lock.count_line, changes=False), True
+            extra = self.coh.atomic
         lock.count += READER_BIAS
         self._acquired(lock)
         t.reg["try"] = ("owner",)
-        return self._rmw(t, lock.count_line), True
+        return self._rmw(t, lock.count_line) + extra, True
 
     def _down_read(self, t: Thread, lock: Rwsem):
         st = t.reg.get("dr")
@@ -770,14 +773,14 @@ class Simulation:
             del t.reg["ref"]
             t.pc = fail
             return self.now, False
-        if ln.version != st:  # the cmpxchg lost a race; it returns the new value
+        extra = 0.0
+        if ln.version != st:  # lost a race: retried at once with the line held (see _trylock_read)
             self.counters["cas_retries"] += 1
-            t.reg["ref"] = ln.version
-            return self._rmw(t, line, changes=False), True
+            extra = self.coh.atomic
         del t.reg["ref"]
         v.refcnt += 1
         t.reg["ref_obj"] = v  # vma_refcount_put() drops the reference on this object
-        return self._rmw(t, line), False
+        return self._rmw(t, line) + extra, False
 
     def _ref_put(self, t: Thread) -> float:
         """vma_refcount_put(): __refcount_dec_and_test(); then rcuwait_wake_up() when
