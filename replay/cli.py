@@ -317,8 +317,15 @@ def run(
     ws = Workspace(workspace)
     ops = _ensure_ops(ws, trace)
     sha = ws.read("traces", trace).column("sha256")[0].as_py()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn(f"replay {trace} under {mdl.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("ops"),
+                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+    task = prog.add_task("run", total=ops.height)
     try:
-        r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop)
+        with prog:
+            r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
+                       progress=lambda done: prog.update(task, completed=done))
     except ValueError as e:
         raise Fail(str(e))
     ws.write_run(r)
@@ -376,6 +383,24 @@ def synth(
         res = run_ingest(f.name, name, "perf-script", workspace, True, replace, maps_snapshot=maps,
                          source_label=f"synth: {workload} threads={threads} pages={pages} iterations={iterations}")
     out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} threads x {pages} pages x {iterations})")
+
+
+@app.command()
+def runs(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
+    """List the runs in the workspace (--format json gives everything needed to reproduce each)."""
+    from .workspace import Workspace
+
+    df = Workspace(workspace).runs()
+    if df is None:
+        if output is Fmt.table:
+            out.print("no runs yet: replay run --model v8")
+        else:
+            _emit([], ["run_id"], output)
+        return
+    rows = df.sort("trace_id", "model", "machine", "cpus").to_dicts()
+    cols = list(rows[0]) if output is Fmt.json else ["run_id", "trace_id", "model", "machine", "cpus", "seed", "placement",
+                                                      "faults", "faults_per_sec", "fallback_pct"]
+    _emit(rows, cols, output)
 
 
 @app.command()

@@ -254,3 +254,37 @@ def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
         ops_unmapped[0]["vmas_successor"] = [-1]  # munmap instead: nothing covers it any more
         r2 = by_op(Simulation(get_model(model), BDW, 4, ops_unmapped).run())
         assert r2[1]["outcome"] == "abort" and r2[1]["fallback"]
+
+
+def test_a_writer_starved_4ms_at_the_head_sets_handoff():
+    # readers keep mmap_lock read-held back to back (a slow fault service on mmap_lock);
+    # a writer queued behind them sets RWSEM_FLAG_HANDOFF after RWSEM_WAIT_TIMEOUT (4 ms),
+    # after which new readers can no longer steal the lock and the writer gets it
+    from replay.engine import reference as R
+
+    m = dataclasses.replace(BDW, fault_service_ns=1_500_000.0)
+    rows = [(1, "mprotect", [1], 100_000, 1_000)]
+    for tid in (2, 3):
+        rows += [(tid, "fault", 1, 0, None)] * 6
+    ops = mk(rows)
+    for o in ops:
+        o["kernel"] = o["kind"] == "fault"  # kernel-mode faults take mmap_lock for read
+    sim = Simulation(get_model("v8"), m, 4, ops)
+    seen = []
+    orig = sim._try_write_lock
+
+    def spy(lock, w):
+        ok = orig(lock, w)
+        seen.append((sim.now, bool(lock.count & R.FLAG_HANDOFF), ok))
+        return ok
+
+    sim._try_write_lock = spy
+    r = by_op(sim.run())
+    writer = r[0]
+    assert any(h for _, h, _ in seen), "handoff never set"
+    first_h = min(t for t, h, _ in seen if h)
+    assert first_h - (writer["start_ns"]) >= R.RWSEM_WAIT_TIMEOUT_NS
+    # once handed off, no reader took the lock before the writer
+    got = [t for t, _, ok in seen if ok][0]
+    assert writer["end_ns"] < max(x["end_ns"] for x in r.values())  # readers still behind it
+    assert got >= first_h

@@ -69,6 +69,7 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
+              "machine_sha256": machine.digest(), "model_sha256": model.digest(),
               "cpus": cpus, "seed": seed, "placement": placement, "engine": "reference",
               "loop": "open" if open_loop else "closed"}
     t0 = time.perf_counter()
@@ -78,15 +79,13 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
     for i, mm in enumerate(mms):
         rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
         sim = Simulation(model, machine, cpus, rows, placement, open_loop)
-        for r in sim.run():
+        for r in sim.run(progress):
             r["mm"] = mm
             results.append(r)
         locks += [{"mm": mm, **x} for x in sim.lock_stats()]
         lines += [{"mm": mm, **x} for x in sim.line_stats()]
         for k, v in sim.counters.items():
             counters[k] = counters.get(k, 0) + v
-        if progress:
-            progress(i + 1, len(mms))
     res = pl.DataFrame([{k: r[k] for k in RESULTS_SCHEMA} for r in results], schema=RESULTS_SCHEMA)
     rid = run_id_for(params)
     res = res.with_columns(pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"),

@@ -283,16 +283,20 @@ class Simulation:
         return self._cost(t, s, c)
 
     # -- the loop -----------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def run(self, progress=None) -> list[dict]:
         for t in self.threads:
             if self.cpu_busy[t.cpu] is None:
                 self.cpu_busy[t.cpu] = t
                 self._at(0.0, t)
             else:
                 self.runq[t.cpu].append(t)
+        n = 0
         while self.heap:
             self.now, _, _, t = heapq.heappop(self.heap)
             self._step(t)
+            n += 1
+            if progress and not n & 0xFFFF:
+                progress(len(self.results))
         stuck = [t.tid for t in self.threads if not t.done]
         if stuck:
             raise RuntimeError(f"simulation deadlocked: threads {stuck} never finished")

@@ -45,6 +45,15 @@ class Machine:
     ccds: int = 1
     path: str = ""
 
+    def digest(self) -> str:
+        """Content hash of the profile, so a run names exactly the numbers it used."""
+        import hashlib
+        import json
+
+        d = {k: getattr(self, k) for k in ("sockets", "cores_per_socket", "smt", "latency_ns",
+                                           "adjacent_line_prefetch", "fault_service_ns", "ccds")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
     @property
     def ncpus(self) -> int:
         return self.sockets * self.cores_per_socket * self.smt

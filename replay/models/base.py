@@ -57,6 +57,12 @@ class Model:
     writer: list  # the address-space writer program
     params: dict = field(default_factory=dict)
 
+    def digest(self) -> str:
+        """Content hash of the layout, programs and parameters."""
+        import hashlib
+
+        return hashlib.sha256(repr((self.layout, self.programs, sorted(self.params.items()))).encode()).hexdigest()[:16]
+
     def __post_init__(self):
         self.programs = {
             "fault": compile_program(self.fault),
