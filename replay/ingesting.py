@@ -23,6 +23,16 @@ def default_name(path: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-+" else "_" for ch in base).lstrip(".") or "trace"
 
 
+def claim_name(ws: Workspace, name: str, replace: bool) -> None:
+    """A valid trace name, free in the workspace unless --replace."""
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if ws.has_trace(name) and not replace:
+        raise InputError(f"trace {name!r} is already in {ws.root}; pass --replace to replace it, or choose another name")
+
+
 def run_ingest(path: str, name: str | None, fmt: str, workspace: str | Path | None, strict: bool,
                replace: bool, maps_snapshot: str | None = None, source_label: str | None = None,
                extra_meta: dict | None = None) -> IngestResult:
@@ -30,12 +40,7 @@ def run_ingest(path: str, name: str | None, fmt: str, workspace: str | Path | No
 
     ws = Workspace(workspace)
     name = name or default_name(path)
-    try:
-        check_name(name)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    if ws.has_trace(name) and not replace:
-        raise InputError(f"trace {name!r} is already in {ws.root}; pass --replace to ingest it again, or --name another")
+    claim_name(ws, name, replace)
     src = open_source(path, fmt)
     stage = ws.stage()
     try:

@@ -177,14 +177,22 @@ class AddressSpace:
         return upper
 
     # -- writers: each returns the VMAs it write-locks ---------------------------------
-    def unmap(self, start: int, end: int, now) -> list[Vma]:
-        locked = []
+    def carve(self, start: int, end: int, now) -> tuple[list[Vma], list[Vma]]:
+        """Split the VMAs overlapping [start, end) at its edges.  Returns (the VMAs that
+        were there, write-locked by the writer; the pieces now inside the range)."""
+        locked, inside = [], []
         for v in self.overlapping(start, end):
             locked.append(v)
             if v.start < start:
                 v = self.split(v, start, now)
             if v.end > end:
                 self.split(v, end, now)
+            inside.append(v)
+        return locked, inside
+
+    def unmap(self, start: int, end: int, now) -> list[Vma]:
+        locked, inside = self.carve(start, end, now)
+        for v in inside:
             self._remove(v, now)
         return locked
 
@@ -198,13 +206,8 @@ class AddressSpace:
         return locked
 
     def mprotect(self, start: int, end: int, prot: str, now) -> list[Vma]:
-        locked = []
-        for v in self.overlapping(start, end):
-            locked.append(v)
-            if v.start < start:
-                v = self.split(v, start, now)
-            if v.end > end:
-                self.split(v, end, now)
+        locked, inside = self.carve(start, end, now)
+        for v in inside:
             v.prot = prot[:3] + v.prot[3]
         # merge with neighbours that now match (vma_modify_flags() -> vma_merge_existing_range())
         around = self.overlapping(start - 1, end + 1)
@@ -225,14 +228,7 @@ class AddressSpace:
 
     def modify_flags(self, start: int, end: int, now) -> list[Vma]:
         """madvise that changes vm_flags: split at the range edges, lock what it covers."""
-        locked = []
-        for v in self.overlapping(start, end):
-            locked.append(v)
-            if v.start < start:
-                v = self.split(v, start, now)
-            if v.end > end:
-                self.split(v, end, now)
-        return locked
+        return self.carve(start, end, now)[0]
 
     def resize(self, addr: int, old_end: int, new_end: int, now) -> list[Vma]:
         """Grow or shrink the mapping at addr in place (mremap without a move, brk)."""

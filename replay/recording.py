@@ -202,16 +202,11 @@ def record_ftrace(cmd: list[str], events: list[str], out: str, buffer_mb: int) -
 
 
 def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, replace):
-    from .ingesting import run_ingest
-    from .workspace import Workspace, check_name
+    from .ingesting import claim_name, run_ingest
+    from .workspace import Workspace
 
     ws = Workspace(workspace)
-    try:
-        check_name(name)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    if ws.has_trace(name) and not replace:
-        raise InputError(f"trace {name!r} is already in {ws.root}; pass --replace to record it again")
+    claim_name(ws, name, replace)
     ws.root.mkdir(parents=True, exist_ok=True)
     tmpdir = tempfile.mkdtemp(prefix=f".stage-{os.getpid()}-rec-", dir=ws.root)
     try:
