@@ -296,6 +296,7 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed (recorded; the reference engine is deterministic without it)."),
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
+    fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -325,11 +326,13 @@ def run(
     try:
         with prog:
             r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
-                       progress=lambda done: prog.update(task, completed=done))
+                       progress=lambda done: prog.update(task, completed=done), fault_service=fault_service)
     except ValueError as e:
         raise Fail(str(e))
     ws.write_run(r)
     s = r.summary()
+    s["fault_service_ns"] = r.params["fault_service_ns"]
+    s["fault_service_source"] = r.params["fault_service_source"]
     obs = ops.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
     s["observed_fallback_pct"] = round(100 * float(obs["observed_fallback"].mean() or 0), 3) if obs.height else None
     if output is not Fmt.table:

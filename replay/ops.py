@@ -324,12 +324,15 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
         pl.col("ts_ns").min().alias("_lock_ts"))
     rel = ev.filter((pl.col("ev") == "mmap_lock_released") & (pl.col("mm") == pl.col("_own_mm"))).group_by("tid", "_grp").agg(
         pl.col("ts_ns").max().alias("_rel_ts"))
+    acq = ev.filter((pl.col("ev") == "mmap_lock_acquired") & pl.col("success") & (pl.col("mm") == pl.col("_own_mm"))).group_by(
+        "tid", "_grp").agg(pl.col("ts_ns").min().alias("_acq_ts"))
 
     faults = ev.filter(pl.col("ev").is_in(["page_fault_user", "page_fault_kernel"])).join(
-        grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left")
+        grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left").join(acq, on=["tid", "_grp"], how="left")
     faults = faults.select(
         "seq", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"),
-        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts") - pl.col("_lock_ts")).otherwise(None).alias("hold_ns"), pl.lit("fault").alias("kind"),
+        # how long the fault held mmap_lock (acquired -> released): its service time on that path
+        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts") - pl.col("_acq_ts")).otherwise(None).alias("hold_ns"), pl.lit("fault").alias("kind"),
         pl.col("ts_ns").alias("start_ns"),
         pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts")).otherwise(None).alias("end_ns"),
         "address", pl.lit(None, pl.Int64).alias("length"), pl.lit(None, pl.Int64).alias("ret"),

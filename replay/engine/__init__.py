@@ -56,6 +56,32 @@ class Run:
         }
 
 
+MIN_SERVICE_SAMPLES = 20
+
+
+def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") -> tuple[float, str]:
+    """The time a fault spends being handled once it holds its lock.
+
+    ``trace``: the median mmap_lock hold of the faults the trace shows falling back
+    (acquire_returned -> released around the fault: handle_mm_fault() under the lock),
+    when there are at least MIN_SERVICE_SAMPLES of them; else the profile's default.
+    ``profile``: the machine profile's figure.  A number: that many ns."""
+    if how not in ("trace", "profile"):
+        try:
+            ns = float(how)
+        except ValueError:
+            raise ValueError(f"--fault-service must be trace, profile or a number of ns, not {how!r}") from None
+        if ns < 0:
+            raise ValueError("--fault-service must not be negative")
+        return ns, "given"
+    if how == "trace" and {"hold_ns", "observed_fallback"} <= set(ops.columns):
+        held = ops.filter((pl.col("kind") == "fault") & pl.col("observed_fallback").fill_null(False)
+                          & pl.col("hold_ns").is_not_null())["hold_ns"]
+        if held.len() >= MIN_SERVICE_SAMPLES:
+            return float(held.median()), f"trace: median mmap_lock hold of {held.len()} fallen-back faults"
+    return float(machine.fault_service_ns), f"profile {machine.name}"
+
+
 def run_id_for(params: dict) -> str:
     """Same trace (by content), model, machine, CPUs, seed and placement: same run id."""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -63,22 +89,25 @@ def run_id_for(params: dict) -> str:
 
 def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
-           open_loop: bool = False) -> Run:
+           open_loop: bool = False, fault_service: str = "trace") -> Run:
     from .reference import Simulation  # here: models import the ISA from this package
+
+    service_ns, service_src = fault_service_time(ops, machine, fault_service)
 
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
               "machine_sha256": machine.digest(), "model_sha256": model.digest(),
               "cpus": cpus, "seed": seed, "placement": placement, "engine": "reference",
-              "loop": "open" if open_loop else "closed"}
+              "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
+              "fault_service_source": service_src}
     t0 = time.perf_counter()
     results, locks, lines = [], [], []
     counters: dict = {}
     mms = ops["mm"].unique(maintain_order=True).to_list()
     for i, mm in enumerate(mms):
         rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
-        sim = Simulation(model, machine, cpus, rows, placement, open_loop)
+        sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
         for r in sim.run(progress):
             r["mm"] = mm
             results.append(r)

@@ -113,9 +113,10 @@ class Thread:
 
 class Simulation:
     def __init__(self, model: Model, machine: Machine, ncpus: int, ops: list[dict], placement: str = "spread",
-                 open_loop: bool = False):
+                 open_loop: bool = False, fault_service_ns: float | None = None):
         self.model = model
         self.m = machine
+        self.fault_service_ns = machine.fault_service_ns if fault_service_ns is None else fault_service_ns
         self.coh = Coherence(machine)
         self.now = 0.0
         self.heap: list = []
@@ -441,7 +442,7 @@ class Simulation:
             return self._store(t, self._line(t, ins[1], ins[2]))
         if op == Op.WORK:
             if ins[1] == "fault":
-                return self.now + self.m.fault_service_ns
+                return self.now + self.fault_service_ns
             hold = t.rec["_o"].get("hold_ns")
             return self.now + float(hold if hold else DEFAULT_WRITER_NS)
         if op == Op.CHECK_MM:
