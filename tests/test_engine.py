@@ -51,7 +51,12 @@ def test_writer_makes_faults_on_its_vma_fall_back_others_succeed(model):
 
 def test_under_mmap_lock_every_fault_waits_behind_a_writer():
     ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
-    r = by_op(Simulation(get_model("mmap_lock"), BDW, 4, ops).run())
+    sim = Simulation(get_model("mmap_lock"), BDW, 4, ops)
+    r = by_op(sim.run())
+    st = sim.mmap_lock.stats  # lockstat: 3 acquisitions, 2 contended, the writer held it >= 50 us
+    assert (st["acquisitions"], st["contentions"]) == (3, 2)
+    assert 50_000 <= st["hold_max_ns"] < 51_000 and st["hold_min_ns"] >= BDW.fault_service_ns
+    assert st["wait_max_ns"] > 30_000 and not sim.mmap_lock.held_since
     for i in (1, 2):
         assert r[i]["end_ns"] > r[0]["end_ns"] and r[i]["lock_wait_ns"] > 30_000
         assert r[i]["outcome"] == "success" and not r[i]["fallback"]

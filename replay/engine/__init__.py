@@ -121,7 +121,8 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
                            pl.lit(machine.name).alias("machine"), pl.lit(cpus).alias("cpus"))
     lock_schema = {"mm": pl.Utf8, "lock_class": pl.Utf8, "lock": pl.Utf8, "acquisitions": pl.Int64,
                    "contentions": pl.Int64, "wait_total_ns": pl.Float64, "wait_max_ns": pl.Float64,
-                   "wait_min_ns": pl.Float64, "con_bounces": pl.Int64}
+                   "wait_min_ns": pl.Float64, "hold_total_ns": pl.Float64, "hold_max_ns": pl.Float64,
+                   "hold_min_ns": pl.Float64, "trylock_failures": pl.Int64, "con_bounces": pl.Int64}
     lock_df = pl.DataFrame(locks, schema=lock_schema)
     line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "transfers": pl.Int64, "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)

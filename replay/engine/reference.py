@@ -81,7 +81,10 @@ class Rwsem:
     owner: int = 0
     waiters: deque = field(default_factory=deque)
     stats: dict = field(default_factory=lambda: {"acquisitions": 0, "contentions": 0, "wait_total_ns": 0.0,
-                                                 "wait_max_ns": 0.0, "wait_min_ns": None})
+                                                 "wait_max_ns": 0.0, "wait_min_ns": None, "hold_total_ns": 0.0,
+                                                 "hold_max_ns": 0.0, "hold_min_ns": None,
+                                                 "trylock_failures": 0})
+    held_since: dict = field(default_factory=dict)  # tid -> when it took the lock (lockstat holdtime)
 
 
 @dataclass
@@ -578,8 +581,18 @@ class Simulation:
         return end, False
 
     # -- rw_semaphore ---------------------------------------------------------------------
-    def _acquired(self, lock: Rwsem) -> None:
+    def _acquired(self, lock: Rwsem, t: Thread) -> None:
         lock.stats["acquisitions"] += 1
+        lock.held_since[t.tid] = self.now
+
+    def _released(self, lock: Rwsem, t: Thread) -> None:
+        since = lock.held_since.pop(t.tid, None)
+        if since is not None:
+            h = self.now - since
+            st = lock.stats
+            st["hold_total_ns"] += h
+            st["hold_max_ns"] = max(st["hold_max_ns"], h)
+            st["hold_min_ns"] = h if st["hold_min_ns"] is None else min(st["hold_min_ns"], h)
 
     def _trylock_read(self, t: Thread, lock: Rwsem, label: int):
         """down_read_trylock(): tmp = atomic_long_read(&count); while (!(tmp &
@@ -597,7 +610,7 @@ class Simulation:
         if lock.count & READ_FAILED_MASK:
             del t.reg["try"]
             t.pc = label
-            lock.stats["contentions"] += 1
+            lock.stats["trylock_failures"] += 1  # lockstat counts contention only where it blocks
             return self.now, False
         extra = 0.0
         if ln.version != st[1]:
@@ -607,7 +620,7 @@ class Simulation:
             self.counters["cas_retries"] += 1
             extra = self.coh.atomic
         lock.count += READER_BIAS
-        self._acquired(lock)
+        self._acquired(lock, t)
         t.reg["try"] = ("owner",)
         return self._rmw(t, lock.count_line) + extra, True
 
@@ -627,14 +640,14 @@ class Simulation:
         end = self._rmw(t, lock.count_line)
         cnt = lock.count
         if not cnt & READ_FAILED_MASK:
-            self._acquired(lock)
+            self._acquired(lock, t)
             t.reg["dr"] = "owner"
             return end, True
         # rwsem_down_read_slowpath(sem, count)
         rcnt = cnt >> 8
         if not (lock.owner == READER_OWNED and rcnt > 1 and not cnt & WRITER_LOCKED):
             if not cnt & (WRITER_LOCKED | FLAG_HANDOFF):  # reader optimistic lock stealing
-                self._acquired(lock)
+                self._acquired(lock, t)
                 lock.owner = READER_OWNED
                 if rcnt == 1 and cnt & FLAG_WAITERS and lock.waiters:
                     self._mark_wake(lock, read_owned=True)
@@ -643,7 +656,7 @@ class Simulation:
         adjustment = -READER_BIAS
         if not lock.waiters:
             if not lock.count & WRITER_LOCKED:  # empty queue, no writer: keep the bias
-                self._acquired(lock)
+                self._acquired(lock, t)
                 t.reg["dr"] = "owner"
                 return end, True
             adjustment += FLAG_WAITERS
@@ -662,6 +675,7 @@ class Simulation:
 
     def _up_read(self, t: Thread, lock: Rwsem) -> float:
         """up_read(): xadd -READER_BIAS; rwsem_wake() when only FLAG_WAITERS is left."""
+        self._released(lock, t)
         lock.count -= READER_BIAS
         end = self._rmw(t, lock.count_line)
         if (lock.count & (LOCK_MASK | FLAG_WAITERS)) == FLAG_WAITERS:
@@ -697,7 +711,7 @@ class Simulation:
             end = self._rmw(t, lock.count_line, changes=lock.count == 0)
             if lock.count == 0:
                 lock.count = WRITER_LOCKED
-                self._acquired(lock)
+                self._acquired(lock, t)
                 t.reg["dw"] = "owner"
                 return end, True
             lock.stats["contentions"] += 1
@@ -708,7 +722,7 @@ class Simulation:
             t.reg["dw"] = ("wait", w)
         w = t.reg["dw"][1]
         if self._try_write_lock(lock, w):
-            self._acquired(lock)
+            self._acquired(lock, t)
             t.reg["dw"] = "owner"
             return self._rmw(t, lock.count_line), True
         self._block(t, None)
@@ -717,6 +731,7 @@ class Simulation:
     def _up_write(self, t: Thread, lock: Rwsem) -> float:
         if lock is self.mmap_lock:
             self.write_holds[-1][1] = self.now
+        self._released(lock, t)
         lock.owner = 0  # rwsem_clear_owner()
         lock.count -= WRITER_LOCKED
         end = self._rmw(t, lock.count_line)
@@ -745,7 +760,7 @@ class Simulation:
         for w in woken:
             lock.waiters.remove(w)
             lock.count += READER_BIAS
-            self._acquired(lock)
+            self._acquired(lock, w.thread)
             w.thread.reg["dr"] = "granted"
             self._wake(w.thread, lock)
         if first.handoff_set:
@@ -862,7 +877,7 @@ class Simulation:
         out = []
         for lk in locks:
             s = lk.stats
-            if s["acquisitions"] or s["contentions"]:
+            if s["acquisitions"] or s["contentions"] or s["trylock_failures"]:
                 out.append({"lock_class": lk.name, "lock": lk.key, **s,
                             "con_bounces": self.coh.line(lk.count_line).transfers})
         return out
