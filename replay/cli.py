@@ -62,7 +62,7 @@ class Fail(Exception):
 
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="REPLAY_WORKSPACE",
-                            help="Workspace directory [default: ./replay-data].")
+                            help="Workspace directory (default: ./replay-data).")
 FormatOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 
 
@@ -114,7 +114,7 @@ def _progress(total: int | None, what: str):
 @app.command()
 def ingest(
     path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, perf JSON) or '-' for stdin."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name [default: the file name without extensions]."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name without extensions)."),
     fmt: InFmt = typer.Option(InFmt.auto, "--format", help="Input format; auto detects it from the content."),
     workspace: Optional[Path] = WorkspaceOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
@@ -188,7 +188,7 @@ def traces(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
 def record(
     ctx: typer.Context,
     output_name: str = typer.Option(..., "--output", "-o", help="Trace name to ingest the recording as."),
-    events: Optional[str] = typer.Option(None, "--events", "-e", help="Comma-separated tracepoints [default: page faults, mmap_lock, mm syscalls]."),
+    events: Optional[str] = typer.Option(None, "--events", "-e", help="Comma-separated tracepoints (default: page faults, mmap_lock, mm syscalls)."),
     ftrace: bool = typer.Option(False, "--ftrace", help="Record through tracefs instead of perf."),
     keep: Optional[Path] = typer.Option(None, "--keep", help="Also keep the raw recording (perf.data, or ftrace text) at this path, and the maps snapshot at PATH.maps."),
     buffer_mb: int = typer.Option(64, "--buffer-mb", help="Ring buffer size per CPU (MiB)."),
@@ -290,9 +290,9 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
 @app.command()
 def run(
     model: str = typer.Option(..., "--model", "-m", help="Lock model (replay models lists them)."),
-    trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name [default: the bundled sample, ingested on first use]."),
+    trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name (default: the bundled sample, ingested on first use)."),
     machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
-    cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs [default: all of the machine's]."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
     seed: int = typer.Option(0, "--seed", help="Seed (recorded; the reference engine is deterministic without it)."),
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
@@ -364,7 +364,7 @@ def synth(
     threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads."),
     pages: int = typer.Option(1024, "--pages", help="Pages each thread faults per iteration."),
     iterations: int = typer.Option(1, "--iterations", help="Map/touch/unmap rounds."),
-    name: Optional[str] = typer.Option(None, "--name", help="Trace name [default: WORKLOAD-tN]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Trace name (default: WORKLOAD-tN)."),
     workspace: Optional[Path] = WorkspaceOpt,
     replace: bool = typer.Option(True, "--replace/--no-replace", help="Replace a trace of the same name."),
 ):
