@@ -545,44 +545,73 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
     return MALFORMED
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _line_start(buf, starts, ends, r, k, present, pid, cpu, lost):
+    s = starts[r]
+    e = ends[r]
+    if e > s and buf[e - 1] == 13:
+        e -= 1
+    present[k] = 0
+    pid[k] = -2
+    cpu[k] = -1
+    lost[0] = 0
+    return s, e
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h):
+    """Bookkeeping after a line: returns the next event slot."""
+    if st == PARSED:
+        seq[k] = r
+        ev_h[k] |= np.uint64(1)  # 0 is the interning table's empty slot
+        if comm_s[k] < 0:
+            comm_h[k] = np.uint64(0)  # unknown comm (ftrace "<...>")
+        else:
+            comm_h[k] = _hash(buf, comm_s[k], comm_e[k]) | np.uint64(1)
+        return k + 1
+    return k
+
+
+# One compiled loop per dialect, so that a first run compiles only the one it needs.
 @njit(cache=True, nogil=True)
-def scan_lines(buf, starts, ends, dialect, status, seq, ts, cpu, pid, tid, comm_s, comm_e, comm_h,
-               ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals, present, key_hash, key_field, key_hex):
+def scan_perf_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s, comm_e, comm_h,
+                    ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals, present, key_hash, key_field, key_hex):
+    k = 0
+    lost = np.zeros(1, np.int64)
+    lost_total = 0
+    for r in range(starts.shape[0]):
+        s, e = _line_start(buf, starts, ends, r, k, present, pid, cpu, lost)
+        st = _perf_line(buf, s, e, k, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint,
+                        pay_s, pay_e, vals, present, lost, key_hash, key_field, key_hex)
+        status[r] = st
+        k = _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h)
+        lost_total += lost[0]
+    return k, lost_total
+
+
+@njit(cache=True, nogil=True)
+def scan_ftrace_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s, comm_e, comm_h,
+                      ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals, present, key_hash, key_field, key_hex):
+    k = 0
+    lost = np.zeros(1, np.int64)
+    lost_total = 0
+    for r in range(starts.shape[0]):
+        s, e = _line_start(buf, starts, ends, r, k, present, pid, cpu, lost)
+        st = _ftrace_line(buf, s, e, k, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint,
+                          pay_s, pay_e, vals, present, lost, key_hash, key_field, key_hex)
+        status[r] = st
+        k = _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h)
+        lost_total += lost[0]
+    return k, lost_total
+
+
+def scan_lines(buf, starts, ends, dialect, *arrays):
     """Scan every line ``buf[starts[r]:ends[r]]`` into ``status[r]``; events are packed
     densely into the per-event arrays (slot k holds line ``seq[k]``).
 
     Returns (number of events, lost events reported by lost-event records)."""
-    n = starts.shape[0]
-    k = 0
-    lost = np.zeros(1, np.int64)
-    lost_total = 0
-    for r in range(n):
-        s = starts[r]
-        e = ends[r]
-        if e > s and buf[e - 1] == 13:
-            e -= 1
-        present[k] = 0
-        pid[k] = -2
-        cpu[k] = -1
-        lost[0] = 0
-        if dialect == DIALECT_PERF:
-            st = _perf_line(buf, s, e, k, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint,
-                            pay_s, pay_e, vals, present, lost, key_hash, key_field, key_hex)
-        else:
-            st = _ftrace_line(buf, s, e, k, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint,
-                              pay_s, pay_e, vals, present, lost, key_hash, key_field, key_hex)
-        status[r] = st
-        if st == PARSED:
-            seq[k] = r
-            ev_h[k] |= np.uint64(1)  # 0 is the interning table's empty slot
-            if comm_s[k] < 0:
-                comm_h[k] = np.uint64(0)  # unknown comm (ftrace "<...>")
-            else:
-                comm_h[k] = _hash(buf, comm_s[k], comm_e[k]) | np.uint64(1)
-            k += 1
-        elif st == LOST:
-            lost_total += lost[0]
-    return k, lost_total
+    fn = scan_perf_lines if dialect == DIALECT_PERF else scan_ftrace_lines
+    return fn(buf, starts, ends, *arrays)
 
 
 @njit(cache=True, nogil=True)

@@ -6,15 +6,13 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from . import scan
 
 FORMATS = ("auto", "perf-script", "ftrace", "trace-cmd", "perf-data", "perf-json")
 PERF_MAGIC = b"PERFILE2"
@@ -101,23 +99,25 @@ def _looks_binary(head: bytes) -> bool:
     return b"\x00" in head[:65536]
 
 
-def sniff_text(head: bytes) -> tuple[str | None, dict]:
-    """Pick the text format whose scanner parses the most of the first lines."""
-    from .text import scan_chunk
+# Line shapes for format detection: cheap regular expressions over the first lines, so
+# that detecting a format does not compile the scanner of every dialect (seconds each).
+# The compiled scanner of the chosen format then checks every line for real.
+_PERF_LINE = re.compile(rb"^\s*\S.*?\s(?:-?\d+/)?-?\d+\s+(?:\[\d+\]\s+)?\d+\.\d+:\s+(?:\d+\s+)?\S+:(?:\s|$)")
+_FTRACE_LINE = re.compile(rb"^\s*\S.*-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+(?:\.\d+)?:\s+\S")
 
+
+def sniff_text(head: bytes) -> tuple[str | None, dict]:
+    """Pick the text format whose line shape matches the most of the first lines."""
     stripped = head.lstrip()
     if stripped.startswith(b"{") and b"linux-perf-json-version" in head[:4096]:
         return "perf-json", {}
-    cut = head.rfind(b"\n", 0, 1 << 18)
-    sample = head[: cut + 1] if cut >= 0 else head
-    best, best_n = None, 0
-    for fmt, dialect in (("perf-script", scan.DIALECT_PERF), ("ftrace", scan.DIALECT_FTRACE)):
-        n = int(np.count_nonzero(scan_chunk(sample, dialect).status == scan.PARSED))
-        if n > best_n:
-            best, best_n = fmt, n
-    if best == "ftrace" and any(
-        ln.startswith((b"cpus=", b"version = ")) for ln in sample.split(b"\n", 40)[:40]
-    ):
+    lines = [ln for ln in head.split(b"\n")[:400] if ln.strip() and not ln.startswith(b"#")]
+    perf = sum(1 for ln in lines if _PERF_LINE.match(ln))
+    ftrace = sum(1 for ln in lines if _FTRACE_LINE.match(ln))
+    if not perf and not ftrace:
+        return None, {}
+    best = "ftrace" if ftrace > perf else "perf-script"
+    if best == "ftrace" and any(ln.startswith((b"cpus=", b"version = ")) for ln in head.split(b"\n", 40)[:40]):
         best = "trace-cmd"
     return best, {}
 
