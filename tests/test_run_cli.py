@@ -84,3 +84,45 @@ def test_synth_pft_through_the_real_ingester(cli, ws):
     assert rc == 0 and r["faults"] == 400 and r["fallback_pct"] == 0
     rc, _, err = cli("synth", "nope", "-w", ws)
     assert rc == 2 and "unknown workload" in err
+
+
+def test_out_of_tree_model_through_the_entry_point_group(cli, ws, monkeypatch):
+    # a new model is a new file: here, v8's programs with the adjacent VMA's refcount
+    # placed in line 0 - registered the way a plugin package would register it
+    import dataclasses
+
+    import replay.models as models
+    from replay.models.base import Layout, Model, Struct
+
+    v8 = models.get_model("v8")
+    fields = dict(v8.layout.vma.fields, vm_refcnt=56)
+    plugin = Model("v8-refcnt-in-line0", "v8 with vm_refcnt among the fault-hot fields", ["test plugin"],
+                   Layout(v8.layout.mm, Struct("vm_area_struct", 256, 64, fields)),
+                   v8.fault, v8.kernel_fault, v8.writer, dict(v8.params))
+
+    class EP:
+        name = "v8-refcnt-in-line0"
+
+        def load(self):
+            return plugin
+
+    monkeypatch.setattr(models, "entry_points", lambda group: [EP()] if group == "replay.models" else [])
+    rc, out, _ = cli("models", "-f", "json")
+    assert "v8-refcnt-in-line0" in {r["model"] for r in json.loads(out)}
+    _ingest(cli, ws)
+    rc, out, err = cli("run", "--model", "v8-refcnt-in-line0", "--trace", "pft-ftrace", "--machine", "local-2vcpu",
+                       "-w", ws, "-f", "json")
+    assert rc == 0, err
+    lines = pl.read_parquet(ws / "line_stats" / f"run_id={json.loads(out)['run_id']}")
+    hot = lines.sort("transfers", descending=True).row(0, named=True)
+    assert "vm_refcnt" in hot["fields"] and "vm_start" in hot["fields"]  # now they share a line
+
+    class Broken:
+        name = "broken"
+
+        def load(self):
+            raise ImportError("no module named broken_model")
+
+    monkeypatch.setattr(models, "entry_points", lambda group: [Broken()])
+    rc, _, err = cli("models")
+    assert rc == 1 and "plugin 'broken' failed to load" in err
