@@ -388,6 +388,136 @@ def synth(
     out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} threads x {pages} pages x {iterations})")
 
 
+class QFmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _emit_df(df, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
+    """Print or write a query result."""
+    import os
+    import tempfile
+
+    if fmt is QFmt.parquet and dest is None:
+        raise Fail("--format parquet needs -o FILE", 2)
+    if dest is not None:  # atomic: write beside, then rename
+        dest = Path(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent if str(dest.parent) else ".")
+        os.close(fd)
+        try:
+            if fmt is QFmt.parquet:
+                df.write_parquet(tmp)
+            elif fmt is QFmt.json:
+                Path(tmp).write_text(json.dumps(df.to_dicts(), indent=2, default=str))
+            elif fmt is QFmt.csv:
+                df.write_csv(tmp)
+            else:
+                Path(tmp).write_text(str(df))
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        err.print(f"wrote {df.height:,} rows to {dest}", markup=False)
+        return
+    if fmt is QFmt.csv:
+        sys.stdout.write(df.write_csv())
+    elif fmt is QFmt.json:
+        print(json.dumps(df.to_dicts(), indent=2, default=str))
+    else:
+        rows = df.head(max_rows).to_dicts()
+        _emit(rows, df.columns, Fmt.table)
+        if df.height > max_rows:
+            err.print(f"({df.height - max_rows:,} more rows: use --format csv|json|parquet)", markup=False)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, runs)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    fmt: QFmt = typer.Option(QFmt.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of printing."),
+):
+    """Run read-only SQL (DuckDB) over every trace and run in the workspace."""
+    from queries import QueryError, run_sql
+    from .workspace import default_root
+
+    try:
+        df = run_sql(workspace or default_root(), query)
+    except QueryError as e:
+        raise Fail(f"SQL: {e}")
+    _emit_df(df, fmt, output)
+
+
+@app.command()
+def query(
+    name: Optional[str] = typer.Argument(None, help="A query from the library (replay query --list)."),
+    list_: bool = typer.Option(False, "--list", "-l", help="Print the library: each query's question, parameters and columns."),
+    param: List[str] = typer.Option([], "--param", "-p", help="A parameter as k=v (repeatable)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    fmt: QFmt = typer.Option(QFmt.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of printing."),
+):
+    """Run a named query from the library (contention, retry_rates, throughput, latency, hot_lines, ...)."""
+    from queries import QueryError, catalog, run_query
+    from .workspace import default_root
+
+    if list_ or not name:
+        cat = catalog()
+        if fmt is QFmt.json:
+            print(json.dumps([{"name": q.name, "question": q.question, "needs": q.needs, "params": q.params,
+                               "columns": [{"name": c, "type": t, "doc": d} for c, t, d in q.columns]}
+                              for q in cat.values()], indent=2))
+            return
+        for q in cat.values():
+            out.print(f"[bold]{q.name}[/bold] - {q.question}")
+            out.print(f"  needs: {q.needs}" + (f"; params: {', '.join(f'{k} ({v})' for k, v in q.params.items())}" if q.params else ""),
+                      markup=False, highlight=False)
+            out.print("  columns: " + ", ".join(c for c, _, _ in q.columns), markup=False, highlight=False)
+        return
+    params = {}
+    for p in param:
+        if "=" not in p:
+            raise Fail(f"--param takes k=v, not {p!r}", 2)
+        k, v = p.split("=", 1)
+        params[k.strip()] = v
+    try:
+        df = run_query(workspace or default_root(), name, params)
+    except QueryError as e:
+        raise Fail(str(e))
+    _emit_df(df, fmt, output)
+
+
+@app.command()
+def shell(workspace: Optional[Path] = WorkspaceOpt):
+    """An interactive SQL session over the workspace views (the duckdb CLI when installed)."""
+    import shutil as _sh
+
+    from queries import QueryError, connect, run_sql
+    from .workspace import default_root
+
+    root = workspace or default_root()
+    connect(root).close()  # views up to date in replay.duckdb
+    exe = _sh.which("duckdb")
+    if exe and sys.stdin.isatty():
+        os.execv(exe, [exe, str(Path(root) / "replay.duckdb")])
+    err.print("replay shell: SQL ending in ';' (read-only), .tables, .quit", markup=False)
+    buf = ""
+    for line in sys.stdin:
+        if line.strip() in (".quit", ".exit"):
+            break
+        if line.strip() == ".tables":
+            line = "SELECT view_name AS name FROM duckdb_views() WHERE NOT internal ORDER BY 1;"
+        buf += line
+        if buf.strip().endswith(";"):
+            try:
+                _emit_df(run_sql(root, buf), QFmt.table, None)
+            except QueryError as e:
+                err.print(f"error: {e}", markup=False, highlight=False)
+            buf = ""
+
+
 @app.command()
 def runs(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
     """List the runs in the workspace (--format json gives everything needed to reproduce each)."""

@@ -1,0 +1,139 @@
+"""The query library and `replay sql` on real small runs, checked against values
+computed independently with polars from the same Parquet files."""
+
+import io
+import json
+import sys
+
+import polars as pl
+import pytest
+
+from conftest import SAMPLES
+from queries import QueryError, catalog, run_query, run_sql
+
+
+@pytest.fixture(scope="module")
+def wsq(tmp_path_factory):
+    from replay.cli import main
+
+    ws = tmp_path_factory.mktemp("q") / "ws"
+    for name in ("pft-ftrace", "mprotect-race"):
+        assert main(["ingest", str(SAMPLES / f"{name}.txt.zst"), "-w", str(ws), "--maps", str(SAMPLES / f"{name}.maps"), "-O", "json"]) == 0
+    for model in ("v8", "mmap_lock"):
+        assert main(["run", "--model", model, "--trace", "mprotect-race", "--machine", "local-2vcpu", "-w", str(ws), "-f", "json"]) == 0
+    assert main(["run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "broadwell-2s", "--cpus", "4", "-w", str(ws), "-f", "json"]) == 0
+    return ws
+
+
+def pq(ws, ds):
+    return pl.read_parquet(ws / ds / "*" / "*.parquet", hive_partitioning=True)
+
+
+def test_every_query_documents_its_columns_and_runs(wsq):
+    cat = catalog()
+    assert set(cat) >= {"contention", "retry_rates", "throughput", "latency", "hot_lines", "observed_fallbacks", "timeline"}
+    for name, q in cat.items():
+        assert q.question and q.needs and q.columns, name
+        df = run_query(wsq, name, {})
+        assert df.columns == [c for c, _, _ in q.columns], name
+        assert df.height > 0, name
+
+
+def test_contention_matches_lock_stats(wsq):
+    ls = pq(wsq, "lock_stats")
+    got = run_query(wsq, "contention", {}).filter(pl.col("lock") != "(class)")
+    j = got.join(ls, on=["run_id", "lock_class", "lock"])
+    assert j.height == ls.height
+    assert (j["contentions"] == j["contentions_right"]).all()
+    assert ((j["waittime_total_us"] - j["wait_total_ns"] / 1e3).abs() < 1e-6).all()
+    assert ((j["holdtime_avg_us"] - j["hold_total_ns"] / 1e3 / j["acquisitions"]).abs() < 1e-6).all()
+    cls = run_query(wsq, "contention", {}).filter(pl.col("lock") == "(class)")
+    want = ls.group_by("run_id", "lock_class").agg(pl.col("acquisitions").sum())
+    assert cls.join(want, on=["run_id", "lock_class"]).select((pl.col("acquisitions") == pl.col("acquisitions_right")).all()).item()
+
+
+def test_retry_rates_and_throughput_match_results(wsq):
+    res = pq(wsq, "results")
+    f = res.filter(pl.col("kind") == "fault")
+    want = f.group_by("run_id").agg(pl.len().alias("faults"), pl.col("fallback").sum().alias("fb"),
+                                    (pl.col("outcome") == "abort").sum().alias("ab"), pl.col("attempts").sum().alias("att"))
+    got = run_query(wsq, "retry_rates", {}).filter(pl.col("level") == "run").join(want, on="run_id")
+    assert got.height == 3
+    assert (got["faults"] == got["faults_right"]).all() and (got["faults_fallback"] == got["fb"]).all()
+    assert (got["faults_abort"] == got["ab"]).all() and (got["vma_lock_attempts"] == got["att"]).all()
+    assert ((got["fallback_pct_of_faults"] - 100 * got["fb"] / got["faults"]).abs() < 1e-9).all()
+    span = res.group_by("run_id").agg(((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e9).alias("s"),
+                                      (pl.col("kind") == "fault").sum().alias("n"))
+    tp = run_query(wsq, "throughput", {}).join(span, on="run_id")
+    assert ((tp["faults_per_sec"] - tp["n"] / tp["s"]).abs() / tp["faults_per_sec"] < 1e-9).all()
+    one = run_query(wsq, "throughput", {"run_id": tp["run_id"][0]})
+    assert one.height == 1
+
+
+def test_latency_percentiles(wsq):
+    res = pq(wsq, "results").with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("d"))
+    got = run_query(wsq, "latency", {}).filter(pl.col("kind") == "fault")
+    for r in got.iter_rows(named=True):
+        d = res.filter((pl.col("run_id") == r["run_id"]) & (pl.col("kind") == "fault"))["d"]
+        assert abs(r["p50_ns"] - d.quantile(0.5, interpolation="linear")) < 1e-6
+        assert abs(r["p99_ns"] - d.quantile(0.99, interpolation="linear")) < 1e-6
+        assert r["max_ns"] == d.max() and r["ops"] == d.len()
+
+
+def test_hot_lines_observed_fallbacks_timeline(wsq):
+    ls = pq(wsq, "line_stats")
+    hot = run_query(wsq, "hot_lines", {"top": "3"})
+    for rid in ls["run_id"].unique():
+        want = ls.filter(pl.col("run_id") == rid).sort(["transfers", "line"], descending=[True, False]).head(3)
+        got = hot.filter(pl.col("run_id") == rid)
+        assert got["transfers"].to_list() == want["transfers"].to_list()
+        assert got["line"].to_list() == [f"0x{x:x}" for x in want["line"].to_list()]
+    ops = pq(wsq, "ops")
+    ob = run_query(wsq, "observed_fallbacks", {"trace_id": "mprotect-race", "window_ms": "5"})
+    want = ops.filter((pl.col("trace_id") == "mprotect-race") & (pl.col("kind") == "fault") & ~pl.col("kernel"))
+    assert ob["observed_fallbacks"].sum() == want["observed_fallback"].sum()
+    assert set(ob["window_start_ms"].to_list()) <= {5.0 * k for k in range(100)}
+    tl = run_query(wsq, "timeline", {"bucket_ms": "2"})
+    res = pq(wsq, "results")
+    for rid in res["run_id"].unique():
+        r = res.filter(pl.col("run_id") == rid)
+        t = tl.filter(pl.col("run_id") == rid)
+        assert t["faults"].sum() == r.filter(pl.col("kind") == "fault").height
+        assert t["fallbacks"].sum() == r.filter(pl.col("fallback")).height
+
+
+def test_sql_is_read_only_and_errors_are_one_line(wsq, cli, tmp_path):
+    with pytest.raises(QueryError, match="read-only"):
+        run_sql(wsq, "CREATE TABLE x AS SELECT 1")
+    rc, _, err = cli("sql", "DROP VIEW events", "-w", wsq)
+    assert rc == 1 and err.count("\n") == 1 and "read-only" in err
+    rc, _, err = cli("sql", "SELECT no_such_column FROM results", "-w", wsq)
+    assert rc == 1 and err.startswith("replay: error: SQL:") and "no_such_column" in err and "Traceback" not in err
+    rc, out, _ = cli("sql", "SELECT model, count(*) AS n FROM results GROUP BY model ORDER BY model", "-w", wsq, "-f", "json")
+    rows = json.loads(out)
+    res = pq(wsq, "results")
+    assert {r["model"]: r["n"] for r in rows} == dict(res.group_by("model").len().iter_rows())
+    rc, out, _ = cli("sql", "SELECT trace_id, events FROM traces ORDER BY trace_id", "-w", wsq, "-f", "csv")
+    assert out.splitlines()[0] == "trace_id,events" and out.splitlines()[1].startswith("mprotect-race,")
+    dest = tmp_path / "r.parquet"
+    rc, _, err = cli("sql", "SELECT * FROM results WHERE kind = 'fault'", "-w", wsq, "-f", "parquet", "-o", dest)
+    assert rc == 0 and pl.read_parquet(dest).height == res.filter(pl.col("kind") == "fault").height
+    rc, _, err = cli("sql", "SELECT 1", "-w", wsq, "-f", "parquet")
+    assert rc == 2 and "needs -o" in err
+
+
+def test_query_cli_and_shell(wsq, cli, monkeypatch):
+    rc, out, _ = cli("query", "--list", "-f", "json")
+    assert {q["name"] for q in json.loads(out)} == set(catalog())
+    rc, out, _ = cli("query", "contention", "-w", wsq, "-p", "run_id=nope")
+    assert rc == 0
+    rc, _, err = cli("query", "contention", "-w", wsq, "-p", "colour=red")
+    assert rc == 1 and "takes no parameter colour" in err
+    rc, _, err = cli("query", "nope", "-w", wsq)
+    assert rc == 1 and "no query" in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(".tables\nSELECT count(*) AS n\nFROM traces;\nSELECT nope;\n.quit\n"))
+    rc, out, err = cli("shell", "-w", wsq)
+    import re
+
+    assert rc == 0 and "results" in out and re.search(r"│\s+2\s+│", out)  # .tables, then count(*) = 2 traces
+    assert "error:" in err and "nope" in err
