@@ -519,6 +519,160 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
 
 
 @app.command()
+def compare(
+    run_ids: List[str] = typer.Argument(None, help="Runs to compare (replay runs lists them); the first is the baseline."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Instead of run ids: compare these models (comma-separated), one block per CPU count."),
+    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="With --models: the trace."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="With --models: the machine profile name."),
+    workspace: Optional[Path] = WorkspaceOpt,
+):
+    """mmtests compare-kernels table: Hmean/Amean per metric and CPU count, % change vs the first.
+
+    Significance: each run is cut into 10 equal spans of simulated time, one sample each;
+    a difference is marked * * when the two Student-t 95% confidence intervals of the
+    samples' mean do not overlap, ( ) when they do - mmtests' rule."""
+    import polars as pl
+
+    from .compare import table
+    from .workspace import Workspace
+
+    ws = Workspace(workspace)
+    rs = ws.runs()
+    if rs is None:
+        raise Fail("no runs in the workspace yet: replay run --model v8")
+    groups: list[list[str]] = []
+    if models_:
+        if run_ids:
+            raise Fail("give run ids or --models, not both", 2)
+        names = [m.strip() for m in models_.split(",") if m.strip()]
+        sel = rs.filter(pl.col("model").is_in(names))
+        if trace:
+            sel = sel.filter(pl.col("trace_id") == trace)
+        if machine:
+            sel = sel.filter(pl.col("machine") == machine)
+        if sel["trace_id"].n_unique() > 1 or sel["machine"].n_unique() > 1:
+            raise Fail("those runs span several traces or machines; pick one with --trace and --machine", 2)
+        for c in sorted(sel["cpus"].unique().to_list()):
+            row = []
+            for m in names:
+                hit = sel.filter((pl.col("model") == m) & (pl.col("cpus") == c))
+                if hit.height:
+                    row.append(hit["run_id"][0])
+            if len(row) == len(names):
+                groups.append(row)
+        if not groups:
+            raise Fail(f"no CPU count has a run of every one of {', '.join(names)}")
+    else:
+        if not run_ids or len(run_ids) < 2:
+            raise Fail("compare needs at least two run ids (or --models A,B)", 2)
+        missing = [r for r in run_ids if r not in set(rs["run_id"].to_list())]
+        if missing:
+            raise Fail(f"no run {missing[0]!r} in {ws.root} (replay runs lists them)")
+        groups.append(list(run_ids))
+    info = {r["run_id"]: r for r in rs.to_dicts()}
+    first = True
+    for g in groups:
+        res = pl.concat([pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet") for r in g],
+                        how="diagonal_relaxed")
+        labels = [info[r]["model"] for r in g] if len(set(info[r]["model"] for r in g)) == len(g) else g
+        if first:
+            print("  ".join(f"{lbl}={r} ({info[r]['trace_id']}, {info[r]['machine']})" for lbl, r in zip(labels, g)))
+            first = False
+        for line in table(res, g, labels, {r: info[r]["cpus"] for r in g}):
+            print(line)
+
+
+@app.command()
+def report(run_id: str = typer.Argument(..., help="A run id (replay runs lists them)."),
+           workspace: Optional[Path] = WorkspaceOpt):
+    """One run's summary tables: parameters, outcomes, contention, latency, hot lines."""
+    import polars as pl
+
+    from queries import QueryError, run_query
+    from .workspace import Workspace
+
+    ws = Workspace(workspace)
+    rs = ws.runs()
+    if rs is None or run_id not in set(rs["run_id"].to_list()):
+        raise Fail(f"no run {run_id!r} in {ws.root} (replay runs lists them)")
+    r = rs.filter(pl.col("run_id") == run_id).to_dicts()[0]
+    _emit([{"": k, "value": v} for k, v in r.items() if v is not None], ["", "value"], Fmt.table, title=f"run {run_id}")
+    p = {"run_id": run_id}
+    try:
+        for name, cols, title in (
+            ("retry_rates", ["level", "faults", "faults_success", "faults_abort", "faults_miss", "faults_fallback",
+                             "fallback_pct_of_faults"], "per-VMA lock outcomes"),
+            ("contention", ["lock_class", "lock", "contentions", "waittime_total_us", "waittime_max_us", "acquisitions",
+                            "holdtime_avg_us", "trylock_failures"], "lock_stat"),
+            ("latency", ["kind", "ops", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"], "latency"),
+            ("hot_lines", ["rank", "line", "transfers", "invalidations", "fields"], "hottest cache lines"),
+        ):
+            df = run_query(ws.root, name, p)
+            if name == "retry_rates":
+                df = df.filter(pl.col("level") == "run")
+            _emit(df.select(cols).head(10).to_dicts(), cols, Fmt.table, title=title)
+    except QueryError as e:
+        raise Fail(str(e))
+
+
+@app.command()
+def plot(
+    kind: str = typer.Argument(..., help="throughput (faults/sec vs CPUs per model), latency (fault-latency CDF per run) or timeline."),
+    run_ids: List[str] = typer.Argument(None, help="Runs to draw (default for throughput: every run of --trace)."),
+    output: Path = typer.Option(..., "--output", "-o", help="FILE.png, .svg or .pdf"),
+    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="throughput: the trace whose runs to draw."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="throughput: only runs on this machine."),
+    bucket_ms: float = typer.Option(1.0, "--bucket-ms", help="timeline: bucket width."),
+    workspace: Optional[Path] = WorkspaceOpt,
+):
+    """Draw a plot of runs to a file."""
+    import polars as pl
+
+    from queries import QueryError, run_query
+    from . import plot as P
+    from .workspace import Workspace
+
+    ws = Workspace(workspace)
+    rs = ws.runs()
+    if rs is None:
+        raise Fail("no runs in the workspace yet: replay run --model v8")
+    known = set(rs["run_id"].to_list())
+    for r in run_ids or []:
+        if r not in known:
+            raise Fail(f"no run {r!r} in {ws.root} (replay runs lists them)")
+    info = {r["run_id"]: r for r in rs.to_dicts()}
+    labels = {r: f"{info[r]['model']} {info[r]['machine']} {info[r]['cpus']} CPUs ({r})" for r in run_ids or []}
+    try:
+        if kind == "throughput":
+            tp = run_query(ws.root, "throughput", {})
+            if run_ids:
+                tp = tp.filter(pl.col("run_id").is_in(run_ids))
+            if trace:
+                tp = tp.filter(pl.col("trace_id") == trace)
+            if machine:
+                tp = tp.filter(pl.col("machine") == machine)
+            if tp.height == 0:
+                raise Fail("no runs match; replay runs lists them")
+            P.throughput(tp, output)
+        elif kind == "latency":
+            if not run_ids:
+                raise Fail("latency needs run ids", 2)
+            res = pl.concat([pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet").with_columns(
+                pl.lit(r).alias("run_id")) for r in run_ids], how="diagonal_relaxed")
+            P.latency_cdf(res, labels, output)
+        elif kind == "timeline":
+            if not run_ids:
+                raise Fail("timeline needs run ids", 2)
+            tl = run_query(ws.root, "timeline", {"bucket_ms": str(bucket_ms)}).filter(pl.col("run_id").is_in(run_ids))
+            P.timeline(tl, labels, output)
+        else:
+            raise Fail(f"unknown plot {kind!r}: throughput, latency or timeline", 2)
+    except (QueryError, ValueError) as e:
+        raise Fail(str(e))
+    out.print(f"wrote {output}")
+
+
+@app.command()
 def runs(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
     """List the runs in the workspace (--format json gives everything needed to reproduce each)."""
     from .workspace import Workspace

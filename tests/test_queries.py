@@ -137,3 +137,51 @@ def test_query_cli_and_shell(wsq, cli, monkeypatch):
 
     assert rc == 0 and "results" in out and re.search(r"│\s+2\s+│", out)  # .tables, then count(*) = 2 traces
     assert "error:" in err and "nope" in err
+
+
+def test_compare_marks_significance_like_mmtests(wsq, cli):
+    from replay.compare import samples, stat
+
+    rs = pl.read_parquet(wsq / "runs" / "*" / "*.parquet", hive_partitioning=True)
+    mr = rs.filter(pl.col("trace_id") == "mprotect-race").sort("model")  # mmap_lock, v8
+    a, b = mr.filter(pl.col("model") == "mmap_lock")["run_id"][0], mr.filter(pl.col("model") == "v8")["run_id"][0]
+    rc, out, err = cli("compare", a, b, "-w", wsq)
+    assert rc == 0, err
+    lines = out.splitlines()
+    row = next(ln for ln in lines if ln.startswith("Hmean faults/sec-2"))
+    # recompute: harmonic mean of the 10 windows' faults/sec, % change vs the first run
+    res = pq(wsq, "results").filter(pl.col("run_id").is_in([a, b]))
+    s = samples(res)
+    sa = stat(s.filter(pl.col("run_id") == a)["faults_per_sec"].to_list(), "Hmean")
+    sb = stat(s.filter(pl.col("run_id") == b)["faults_per_sec"].to_list(), "Hmean")
+    assert f"{sa.mean:.2f}" in row and f"{sb.mean:.2f}" in row
+    pct = sb.mean / sa.mean * 100 - 100
+    assert f"{pct:.2f}%" in row
+    sig = sb.lo > sa.hi or sb.hi < sa.lo
+    cell_b = row.split(f"{sb.mean:.2f}", 1)[1]
+    assert cell_b.strip().startswith("*" if sig else "(")
+    lower = next(ln for ln in lines if ln.startswith("Amean fault-ns-2"))
+    assert lower  # lower-is-better metrics have their sign flipped
+    rc, _, err = cli("compare", a, "-w", wsq)
+    assert rc == 2 and "at least two" in err
+    rc, out, err = cli("compare", "--models", "mmap_lock,v8", "--trace", "mprotect-race", "-w", wsq)
+    assert rc == 0 and "Hmean faults/sec-2" in out
+
+
+def test_report_and_plots(wsq, cli, tmp_path):
+    rs = pl.read_parquet(wsq / "runs" / "*" / "*.parquet", hive_partitioning=True)
+    rid = rs["run_id"][0]
+    rc, out, err = cli("report", rid, "-w", wsq)
+    assert rc == 0 and "lock_stat" in out and "latency" in out and "hottest cache lines" in out
+    ids = rs["run_id"].to_list()[:2]
+    for kind, args in (("throughput", []), ("latency", ids), ("timeline", ids)):
+        dest = tmp_path / f"{kind}.png"
+        rc, out, err = cli("plot", kind, *args, "-o", dest, "-w", wsq)
+        assert rc == 0, err
+        assert dest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and dest.stat().st_size > 10_000
+    svg = tmp_path / "t.svg"
+    assert cli("plot", "throughput", "-o", svg, "-w", wsq)[0] == 0 and svg.read_text().lstrip().startswith("<?xml")
+    rc, _, err = cli("plot", "pie", "-o", tmp_path / "x.png", "-w", wsq)
+    assert rc == 2 and "unknown plot" in err
+    rc, _, err = cli("plot", "throughput", "-o", tmp_path / "x.gif", "-w", wsq)
+    assert rc == 1 and ".png" in err

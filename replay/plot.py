@@ -1,0 +1,94 @@
+"""Plots that read without the terminal: throughput vs CPUs per model, fault-latency
+CDF per run, and the fallback/contention timeline of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    import os
+    import tempfile
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"-o must end in .png, .svg or .pdf, not {out.name!r}")
+    fd, tmp = tempfile.mkstemp(suffix=out.suffix, prefix=f".{out.stem}.", dir=str(out.parent) or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def throughput(tp: pl.DataFrame, out: Path) -> None:
+    """tp: the throughput query's rows (model, machine, trace_id, cpus, faults_per_sec)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]
+    for i, ((model,), g) in enumerate(sorted(tp.group_by(["model"]), key=lambda kv: kv[0][0])):
+        g = g.sort("cpus")
+        m, ls = styles[i % len(styles)]
+        ax.plot(g["cpus"], g["faults_per_sec"] / 1e6, marker=m, linestyle=ls, alpha=0.85, label=model)
+    traces = ", ".join(sorted(tp["trace_id"].unique().to_list()))
+    machines = ", ".join(sorted(tp["machine"].unique().to_list()))
+    ax.set_title(f"Simulated page-fault throughput: {traces} on {machines}")
+    ax.set_xlabel("simulated CPUs")
+    ax.set_ylabel("faults per second (millions)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="lock model")
+    _save(fig, out)
+    plt.close(fig)
+
+
+def latency_cdf(res: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
+    """res: results rows of the runs to draw (faults only)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_id, label in labels.items():
+        d = res.filter((pl.col("run_id") == run_id) & (pl.col("kind") == "fault")).select(
+            ((pl.col("end_ns") - pl.col("start_ns")) / 1e3).alias("us")).sort("us")["us"]
+        if d.len() == 0:
+            continue
+        y = [(i + 1) / d.len() for i in range(d.len())]
+        ax.plot(d.to_list(), y, label=label)
+    ax.set_xscale("log")
+    ax.set_title("Fault latency, CDF (lock waits included)")
+    ax.set_xlabel("fault latency (µs, log scale)")
+    ax.set_ylabel("fraction of faults")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="run")
+    _save(fig, out)
+    plt.close(fig)
+
+
+def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
+    """tl: the timeline query's rows."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    for run_id, label in labels.items():
+        g = tl.filter(pl.col("run_id") == run_id).sort("bucket_ms")
+        a1.step(g["bucket_ms"], g["fallbacks"], where="post", label=label)
+        a2.step(g["bucket_ms"], g["lock_wait_ms"], where="post", label=label)
+    a1.set_title("Fallbacks and lock waits over simulated time")
+    a1.set_ylabel("faults falling back\nper bucket")
+    a2.set_ylabel("time blocked on locks\nper bucket (ms)")
+    a2.set_xlabel("simulated time (ms)")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(title="run", fontsize=8)
+    _save(fig, out)
+    plt.close(fig)
