@@ -415,6 +415,9 @@ def _emit_df(df, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
                 df.write_csv(tmp)
             else:
                 Path(tmp).write_text(str(df))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not the result
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):

@@ -28,6 +28,9 @@ def _save(fig, out: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not the result
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
