@@ -86,6 +86,7 @@ def connect(workspace: str | Path, read_only_views: bool = True) -> duckdb.DuckD
     root = Path(workspace)
     root.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(root / "replay.duckdb"))
+    con.execute("SET enable_progress_bar = false")  # results go to stdout; no bar in them
     for ds in DATASETS:
         files = list((root / ds).glob("*/*.parquet"))
         if not files:
