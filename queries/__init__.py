@@ -25,6 +25,39 @@ DATASETS = {
 }
 
 COLUMN_DOCS = {
+    "traces": {
+        "trace_id": "trace name (partition)", "source": "file the trace came from, or the recorded command",
+        "format": "perf-script, ftrace, trace-cmd, perf-data or perf-json", "sha256": "of the input as given",
+        "bytes": "input size", "ingested_at": "when", "hostname": "recording host", "kernel": "recording kernel",
+        "nr_cpus": "CPUs of the recording host", "lines": "input lines (JSON: samples)", "parsed": "events parsed",
+        "header": "header/comment lines", "blank": "blank lines", "callchain": "callchain frame lines",
+        "lost_records": "lost-event records", "lost_events": "events the tracer reported lost",
+        "malformed": "malformed lines (see rejects)", "events": "events in the events dataset",
+        "schema_version": "events schema version", "tool_version": "replay version",
+        "maps_snapshot": "/proc/PID/maps at exec of the recorded command",
+    },
+    "rejects": {"trace_id": "trace name (partition)", "line": "input line number", "reason": "why it was rejected",
+                "text": "the line as it was"},
+    "vmas": {
+        "trace_id": "trace name (partition)", "vma_id": "VMA id (per trace)", "mm": "address space key",
+        "start": "vm_start (final, or when freed)", "end": "vm_end", "prot": "rwxp/s", "anon": "anonymous mapping",
+        "name": "mapping name from the maps snapshot", "inferred": "inferred from faults outside every known VMA",
+        "created_ns": "when the writer that made it returned (null: existed at the start)",
+        "freed_ns": "when the writer that removed it returned",
+    },
+    "runs": {
+        "run_id": "run (partition)", "trace_id": "trace replayed", "trace_sha256": "its input's sha256",
+        "model": "lock model", "model_sha256": "hash of the model's layout, programs and parameters",
+        "machine": "machine profile", "machine_sha256": "hash of the profile's numbers", "cpus": "simulated CPUs",
+        "seed": "seed", "placement": "thread placement", "loop": "closed or open", "engine": "engine that ran it",
+        "fault_service_ns": "fault service time used", "fault_service_source": "where it came from",
+        "ops": "ops replayed", "faults": "faults replayed", "simulated_ms": "simulated span",
+        "faults_per_sec": "faults / simulated span", "fallback_pct": "faults that fell back (%)",
+        "abort_pct": "faults whose last attempt aborted (%)", "retry_pct": "... retried (%)", "miss_pct": "... missed (%)",
+        "mean_fault_ns": "mean fault duration", "lock_wait_ms": "time blocked on locks, all ops",
+        "cas_retries": "failed cmpxchg attempts", "writer_wakeups": "vma_writer_wait wake-ups",
+        "wall_s": "host time the replay took", "tool_version": "replay version",
+    },
     "events": {
         "trace_id": "trace name (partition)", "seq": "input line number (1-based)", "ts_ns": "timestamp, ns",
         "cpu": "CPU the event was recorded on", "pid": "tgid (null when the format has none)", "tid": "thread id",
@@ -124,8 +157,16 @@ def check_read_only(sql: str) -> None:
 
 
 def one_line(e: Exception) -> str:
-    msg = " ".join(str(e).split())
-    return msg
+    """DuckDB's multi-line message as one line, its caret turned into a position."""
+    text = str(e)
+    pos = ""
+    m = re.search(r"\n\s*LINE (\d+): (.*)\n(\s*)\^", text)
+    if m:
+        prefix = len(f"LINE {m.group(1)}: ")
+        col = len(m.group(3)) - prefix + 1
+        pos = f" (line {m.group(1)}, column {max(col, 1)})"
+        text = text[: m.start()]
+    return " ".join(text.split()) + pos
 
 
 def run_sql(workspace, sql: str, params: dict | None = None):

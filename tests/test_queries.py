@@ -31,7 +31,8 @@ def pq(ws, ds):
 
 def test_every_query_documents_its_columns_and_runs(wsq):
     cat = catalog()
-    assert set(cat) >= {"contention", "retry_rates", "throughput", "latency", "hot_lines", "observed_fallbacks", "timeline"}
+    assert set(cat) >= {"contention", "lock_contention", "retry_rates", "throughput", "latency", "hot_lines",
+                        "observed_fallbacks", "timeline"}
     for name, q in cat.items():
         assert q.question and q.needs and q.columns, name
         df = run_query(wsq, name, {})
@@ -185,3 +186,19 @@ def test_report_and_plots(wsq, cli, tmp_path):
     assert rc == 2 and "unknown plot" in err
     rc, _, err = cli("plot", "throughput", "-o", tmp_path / "x.gif", "-w", wsq)
     assert rc == 1 and ".png" in err
+
+
+def test_perf_lock_contention_view_and_column_comments(wsq):
+    res = pq(wsq, "results").filter(pl.col("lock_wait_ns") > 0)
+    got = run_query(wsq, "lock_contention", {})
+    assert got["contended"].sum() == res.height
+    assert abs(got["total_wait_us"].sum() - res["lock_wait_ns"].sum() / 1e3) < 1e-3
+    assert abs(got["max_wait_us"].max() - res["lock_wait_ns"].max() / 1e3) < 1e-9
+    from queries import connect
+
+    con = connect(wsq)
+    undocumented = con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal AND table_name IN "
+        "('events','traces','rejects','ops','vmas','results','lock_stats','line_stats','runs') AND comment IS NULL").fetchall()
+    con.close()
+    assert undocumented == []  # every view's every column carries a comment
