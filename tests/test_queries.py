@@ -108,6 +108,8 @@ def test_sql_is_read_only_and_errors_are_one_line(wsq, cli, tmp_path):
         run_sql(wsq, "CREATE TABLE x AS SELECT 1")
     rc, _, err = cli("sql", "DROP VIEW events", "-w", wsq)
     assert rc == 1 and err.count("\n") == 1 and "read-only" in err
+    rc, _, err = cli("sql", "SELECT count(*) FORM results", "-w", wsq)
+    assert rc == 1 and err.rstrip().endswith("(line 1, column 22)")  # the caret, as a position
     rc, _, err = cli("sql", "SELECT no_such_column FROM results", "-w", wsq)
     assert rc == 1 and err.startswith("replay: error: SQL:") and "no_such_column" in err and "Traceback" not in err
     rc, out, _ = cli("sql", "SELECT model, count(*) AS n FROM results GROUP BY model ORDER BY model", "-w", wsq, "-f", "json")
