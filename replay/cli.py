@@ -397,16 +397,12 @@ class QFmt(str, Enum):
 
 def _emit_df(df, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
     """Print or write a query result."""
-    import os
-    import tempfile
-
     if fmt is QFmt.parquet and dest is None:
         raise Fail("--format parquet needs -o FILE", 2)
-    if dest is not None:  # atomic: write beside, then rename
-        dest = Path(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent if str(dest.parent) else ".")
-        os.close(fd)
-        try:
+    if dest is not None:
+        from .workspace import atomic_output
+
+        with atomic_output(dest) as tmp:
             if fmt is QFmt.parquet:
                 df.write_parquet(tmp)
             elif fmt is QFmt.json:
@@ -415,13 +411,6 @@ def _emit_df(df, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
                 df.write_csv(tmp)
             else:
                 Path(tmp).write_text(str(df))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not the result
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         err.print(f"wrote {df.height:,} rows to {dest}", markup=False)
         return
     if fmt is QFmt.csv:

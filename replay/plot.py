@@ -18,23 +18,13 @@ def _plt():
 
 
 def _save(fig, out: Path) -> None:
-    import os
-    import tempfile
+    from .workspace import atomic_output
 
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"-o must end in .png, .svg or .pdf, not {out.name!r}")
-    fd, tmp = tempfile.mkstemp(suffix=out.suffix, prefix=f".{out.stem}.", dir=str(out.parent) or ".")
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=130, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not the result
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def throughput(tp: pl.DataFrame, out: Path) -> None:

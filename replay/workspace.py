@@ -18,6 +18,7 @@ whole.  An interrupted ingest leaves at most a staging directory, removed next t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -136,6 +137,24 @@ class Workspace:
         if not files:
             return None
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str | Path):
+    """Yield a temporary path beside ``dest``; on success it replaces ``dest`` whole
+    (with ordinary permissions), on failure it vanishes."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=dest.suffix, dir=str(dest.parent) or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not the result
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _alive(pid: int) -> bool:

@@ -188,7 +188,6 @@ def test_processes_replay_independently():
 
 def _fault_until(sim, tid, stop_op):
     """Start tid's first op and execute it up to and including the first ``stop_op``."""
-    from replay.engine.isa import Op
 
     t = next(t for t in sim.threads if t.tid == tid)
     sim.cpu_busy[t.cpu] = t

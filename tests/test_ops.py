@@ -2,7 +2,6 @@
 Small hand-built traces (real line formats) so every expected value can be checked by eye."""
 
 import polars as pl
-import pytest
 
 from ingest import scan
 from ingest.text import TextDecoder

@@ -5,7 +5,6 @@ import os
 import sys
 
 import polars as pl
-import pytest
 
 from conftest import needs_perf, needs_tracefs
 

@@ -89,7 +89,6 @@ def test_synth_pft_through_the_real_ingester(cli, ws):
 def test_out_of_tree_model_through_the_entry_point_group(cli, ws, monkeypatch):
     # a new model is a new file: here, v8's programs with the adjacent VMA's refcount
     # placed in line 0 - registered the way a plugin package would register it
-    import dataclasses
 
     import replay.models as models
     from replay.models.base import Layout, Model, Struct
