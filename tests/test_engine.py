@@ -292,3 +292,27 @@ def test_a_writer_starved_4ms_at_the_head_sets_handoff():
     got = [t for t, _, ok in seen if ok][0]
     assert writer["end_ns"] < max(x["end_ns"] for x in r.values())  # readers still behind it
     assert got >= first_h
+
+
+def test_writers_spin_on_a_running_writer_and_sleep_after_the_reader_budget():
+    from replay.engine import reference as R
+
+    # W2 arrives while W1 (running) holds mmap_lock: it spins and takes the lock the
+    # moment W1 lets go - no sleep, no wake-up latency
+    ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "mprotect", [2], 10_000, 1_000)])
+    sim = Simulation(get_model("v8"), BDW, 4, ops)
+    sim.run()
+    (a0, a1), (b0, b1) = sim.write_holds
+    assert 0 <= b0 - a1 < 200 and b0 - a1 < R.WAKEUP_NS
+    # readers hold it for 100 us: the writer spins rwsem_rspin_threshold() (<= 25 us),
+    # then sleeps in the queue and is woken when the last reader leaves
+    m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
+    ops = mk([(2, "fault", 1, 0, None), (3, "fault", 1, 0, None), (1, "mprotect", [1], 10_000, 1_000)])
+    for o in ops:
+        o["kernel"] = o["kind"] == "fault"
+    sim = Simulation(get_model("v8"), m, 4, ops)
+    r = by_op(sim.run())
+    last_reader = max(r[0]["end_ns"], r[1]["end_ns"])
+    (w0, _), = sim.write_holds
+    assert w0 - last_reader >= 0.9 * R.WAKEUP_NS  # it had gone to sleep: woken, not spinning
+    assert sim.mmap_lock.stats["contentions"] == 1 and not sim.mmap_lock.spinners

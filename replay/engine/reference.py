@@ -21,8 +21,11 @@ Lock algorithms, with the kernel code they follow:
   that has waited RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets HANDOFF.
   rwsem_mark_wake(): a writer at the head is woken to retry; readers at the head get
   the lock together - every queued reader, up to MAX_READERS_WAKEUP (256), writers
-  skipped - unless a writer holds it by then.  Optimistic spinning is not modelled:
-  a writer that cannot take the lock sleeps (lock_stats count it as a contention).
+  skipped - unless a writer holds it by then.  Writers spin first
+  (rwsem_optimistic_spin()): while a writer owner is on a CPU, or on a reader-owned
+  lock for rwsem_rspin_threshold() (10 us + 0.5 us a reader, at most 25 us), taking
+  the lock the moment it is free (rwsem_try_write_lock_unqueued()); they stop when
+  the owner sleeps or another task wants the CPU (need_resched()), then queue.
 * vm_refcnt - mm/mmap_lock.c and include/linux/mmap_lock.h (v6.15) and the v7/v8
   postings: readers __refcount_inc_not_zero_limited() (load + cmpxchg loop; fails
   without writing on 0 = detached or above the limit = writer bit set); writers add
@@ -54,6 +57,7 @@ READER_MASK = ~(READER_BIAS - 1)
 LOCK_MASK = WRITER_LOCKED | READER_MASK
 MAX_READERS_WAKEUP = 0x100
 RWSEM_WAIT_TIMEOUT_NS = 4_000_000
+RSPIN_BASE_NS, RSPIN_PER_READER_NS, RSPIN_MAX_NS = 10_000.0, 500.0, 25_000.0
 READER_OWNED = -1
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
 DEFAULT_WRITER_NS = 2000.0  # est.: when the trace gives no hold time
@@ -85,6 +89,7 @@ class Rwsem:
                                                  "hold_max_ns": 0.0, "hold_min_ns": None,
                                                  "trylock_failures": 0})
     held_since: dict = field(default_factory=dict)  # tid -> when it took the lock (lockstat holdtime)
+    spinners: list = field(default_factory=list)  # writers spinning optimistically, in OSQ order
 
 
 @dataclass
@@ -112,6 +117,7 @@ class Thread:
     blocked_at: float | None = None
     done: bool = False
     reg_prev_unknown: float = 0.0  # simulated duration of the previous op, if the trace lacks its end
+    token: int = 0  # the one scheduled event that is current; an older one is stale
 
 
 class Simulation:
@@ -230,13 +236,18 @@ class Simulation:
     # -- scheduling -------------------------------------------------------------------
     def _at(self, when: float, t: Thread) -> None:
         self.seq += 1
-        heapq.heappush(self.heap, (when, self.seq, t.tid, t))
+        t.token += 1
+        heapq.heappush(self.heap, (when, self.seq, t.tid, t, t.token))
 
     def _block(self, t: Thread, lock: Rwsem | None) -> None:
         t.blocked_at = self.now
         if lock is not None:
             lock.stats["contentions"] += 1
         self._release_cpu(t)
+        # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu)
+        for lk in self._locks_owned_by(t):
+            for sp in lk.spinners:
+                self._at(self.now, sp)
 
     def _release_cpu(self, t: Thread) -> None:
         if self.cpu_busy[t.cpu] is not t:
@@ -264,6 +275,10 @@ class Simulation:
             self._at(when, t)
         else:
             self.runq[t.cpu].append(t)
+            cur = self.cpu_busy[t.cpu]
+            st = cur.reg.get("dw")
+            if isinstance(st, tuple) and st[0] == "spin":  # need_resched(): the spinner yields
+                self._at(self.now, cur)
 
     # -- memory accesses --------------------------------------------------------------
     def _cost(self, t: Thread, start: float, cost: float) -> float:
@@ -296,7 +311,9 @@ class Simulation:
                 self.runq[t.cpu].append(t)
         n = 0
         while self.heap:
-            self.now, _, _, t = heapq.heappop(self.heap)
+            self.now, _, _, t, token = heapq.heappop(self.heap)
+            if token != t.token:  # superseded (a spinner's timeout after it was let in)
+                continue
             self._step(t)
             n += 1
             if progress and not n & 0xFFFF:
@@ -680,6 +697,7 @@ class Simulation:
         end = self._rmw(t, lock.count_line)
         if (lock.count & (LOCK_MASK | FLAG_WAITERS)) == FLAG_WAITERS:
             self._mark_wake(lock)
+        self._let_spinner_in(lock)
         return end
 
     def _try_write_lock(self, lock: Rwsem, w: Waiter) -> bool:
@@ -715,18 +733,75 @@ class Simulation:
                 t.reg["dw"] = "owner"
                 return end, True
             lock.stats["contentions"] += 1
-            w = Waiter(t, True, self.now)  # rwsem_down_write_slowpath(): queue
-            if not lock.waiters:
-                lock.count |= FLAG_WAITERS
-            lock.waiters.append(w)
-            t.reg["dw"] = ("wait", w)
-        w = t.reg["dw"][1]
+            deadline = self._spin_deadline(lock, t)
+            if deadline is not None:  # rwsem_optimistic_spin(): stay on the CPU
+                t.reg["dw"] = ("spin", deadline, self.now)
+                lock.spinners.append(t)
+                if deadline != float("inf"):
+                    self._at(max(deadline, end), t)  # give up then, unless let in before
+                return None, True
+            st = self._queue_writer(t, lock)
+        elif st[0] == "spin":
+            _, deadline, since = st
+            # rwsem_try_write_lock_unqueued(): only with no holder and no handoff
+            if not lock.count & (LOCK_MASK | FLAG_HANDOFF):
+                lock.spinners.remove(t)
+                lock.count |= WRITER_LOCKED
+                t.rec["lock_wait_ns"] += self.now - since
+                self._acquired(lock, t)
+                t.reg["dw"] = "owner"
+                return self._rmw(t, lock.count_line), True
+            if self.now < deadline and self._owner_running(lock) and not self.runq[t.cpu]:
+                return None, True  # keep spinning: a release or the deadline brings it back
+            lock.spinners.remove(t)  # out of budget, or the owner went to sleep: queue
+            t.rec["lock_wait_ns"] += self.now - since
+            st = self._queue_writer(t, lock)
+        w = st[1]
         if self._try_write_lock(lock, w):
             self._acquired(lock, t)
             t.reg["dw"] = "owner"
             return self._rmw(t, lock.count_line), True
         self._block(t, None)
         return None, True
+
+    def _queue_writer(self, t: Thread, lock: Rwsem):
+        """rwsem_down_write_slowpath(): join the wait queue (setting FLAG_WAITERS first)."""
+        w = Waiter(t, True, self.now)
+        if not lock.waiters:
+            lock.count |= FLAG_WAITERS
+        lock.waiters.append(w)
+        t.reg["dw"] = ("wait", w)
+        return t.reg["dw"]
+
+    def _locks_owned_by(self, t: Thread):
+        locks = [self.mmap_lock] + [v.lock for v in self.vmas.values() if v.lock is not None]
+        return [lk for lk in locks if lk.owner == t.tid and lk.spinners]
+
+    def _owner_running(self, lock: Rwsem) -> bool:
+        if lock.owner == READER_OWNED:
+            return True
+        owner = next((x for x in self.threads if x.tid == lock.owner), None)
+        return owner is None or owner.blocked_at is None
+
+    def _spin_deadline(self, lock: Rwsem, t: Thread) -> float | None:
+        """rwsem_can_spin_on_owner() / rwsem_optimistic_spin(): a writer spins while a
+        writer owner runs (no bound), or on a reader-owned lock for
+        rwsem_rspin_threshold(): 10 us + 0.5 us per reader, at most 25 us.  Not when
+        another task waits for this CPU (need_resched())."""
+        if self.runq[t.cpu]:
+            return None
+        if lock.owner == READER_OWNED:
+            readers = lock.count >> 8
+            return self.now + min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
+        if lock.owner and self._owner_running(lock):
+            return float("inf")
+        return None
+
+    def _let_spinner_in(self, lock: Rwsem) -> None:
+        """The lock word just went free: the OSQ head, spinning on it, sees it at once."""
+        if lock.spinners and not lock.count & (LOCK_MASK | FLAG_HANDOFF):
+            s = lock.spinners[0]
+            self._at(self.now + self.m.latency_ns["socket_read_shared"], s)
 
     def _up_write(self, t: Thread, lock: Rwsem) -> float:
         if lock is self.mmap_lock:
@@ -737,6 +812,7 @@ class Simulation:
         end = self._rmw(t, lock.count_line)
         if lock.count & FLAG_WAITERS:
             self._mark_wake(lock)
+        self._let_spinner_in(lock)
         return end
 
     def _mark_wake(self, lock: Rwsem, read_owned: bool = False) -> None:
