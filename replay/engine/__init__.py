@@ -57,6 +57,9 @@ class Run:
 
 
 MIN_SERVICE_SAMPLES = 20
+# Bumped whenever the reference engine's semantics change, so a run id never names two
+# different results.
+REFERENCE_VERSION = 2
 
 
 def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") -> tuple[float, str]:
@@ -98,7 +101,7 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
               "machine_sha256": machine.digest(), "model_sha256": model.digest(),
-              "cpus": cpus, "seed": seed, "placement": placement, "engine": "reference",
+              "cpus": cpus, "seed": seed, "placement": placement, "engine": f"reference-{REFERENCE_VERSION}",
               "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
               "fault_service_source": service_src}
     t0 = time.perf_counter()
