@@ -359,6 +359,57 @@ def run(
 
 
 @app.command()
+def sweep(
+    models_: str = typer.Option(..., "--models", help="Comma-separated lock models."),
+    cpus: str = typer.Option(..., "--cpus", "-c", help="Comma-separated CPU counts, e.g. 1,4,14,28,56."),
+    trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace to replay (replay synth makes pft/page_fault1 ones)."),
+    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
+    seed: int = typer.Option(0, "--seed"),
+    placement: str = typer.Option("spread", "--placement", help="spread, packed or as-recorded."),
+    executor: str = typer.Option("local", "--executor", help="Only local for now: runs one after another here."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    output: Fmt = FormatOpt,
+):
+    """Replay one trace under several models and CPU counts; print faults/sec per model and CPU count."""
+    from .engine import replay
+    from .machines import MachineError, load_machine
+    from .models import ModelError, get_model
+    from .workspace import Workspace
+
+    if executor != "local":
+        raise Fail(f"--executor {executor}: only local is available (distributed executors are not built yet)", 2)
+    try:
+        mdls = [get_model(m.strip()) for m in models_.split(",") if m.strip()]
+        mach = load_machine(machine)
+        counts = [int(c) for c in cpus.split(",") if c.strip()]
+    except (ModelError, MachineError) as e:
+        raise Fail(str(e))
+    except ValueError:
+        raise Fail(f"--cpus takes comma-separated integers, not {cpus!r}", 2)
+    ws = Workspace(workspace)
+    ops = _ensure_ops(ws, trace)
+    sha = ws.read("traces", trace).column("sha256")[0].as_py()
+    rows = []
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
+        task = prog.add_task(f"sweep {trace}", total=len(mdls) * len(counts))
+        for m in mdls:
+            row = {"model": m.name}
+            for c in counts:
+                try:
+                    r = replay(ops, m, mach, c, seed, placement, trace, sha)
+                except ValueError as e:
+                    raise Fail(str(e))
+                ws.write_run(r)
+                row[f"cpus={c}"] = r.summary()["faults_per_sec"]
+                prog.advance(task)
+            rows.append(row)
+    _emit(rows, ["model"] + [f"cpus={c}" for c in counts], output,
+          title=f"faults/sec: {trace} on {mach.name} (runs written; replay compare --models ... for significance)")
+
+
+@app.command()
 def synth(
     workload: str = typer.Argument(..., help="pft (mmtests pft, threads mode) or page_fault1 (will-it-scale)."),
     threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads."),

@@ -125,3 +125,16 @@ def test_out_of_tree_model_through_the_entry_point_group(cli, ws, monkeypatch):
     monkeypatch.setattr(models, "entry_points", lambda group: [Broken()])
     rc, _, err = cli("models")
     assert rc == 1 and "plugin 'broken' failed to load" in err
+
+
+def test_sweep_writes_one_run_per_model_and_cpu_count(cli, ws):
+    _ingest(cli, ws)
+    rc, out, err = cli("sweep", "--models", "v8,mmap_lock", "--cpus", "1,2", "--trace", "pft-ftrace", "-w", ws, "-f", "json")
+    assert rc == 0, err
+    rows = {r["model"]: r for r in json.loads(out)}
+    runs = pl.read_parquet(ws / "runs" / "*" / "*.parquet")
+    assert runs.height == 4
+    for r in runs.iter_rows(named=True):
+        assert rows[r["model"]][f"cpus={r['cpus']}"] == r["faults_per_sec"]
+    rc, _, err = cli("sweep", "--models", "v8", "--cpus", "1,x", "-w", ws)
+    assert rc == 2 and "--cpus" in err
