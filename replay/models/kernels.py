@@ -20,9 +20,9 @@ semantic parameters say what differs between designs.  Sources:
   lock_vma_under_rcu(); include/linux/mmap_lock.h vma_refcount_put(),
   is_vma_writer_only(); mm_lock_seq as a seqcount_t (odd while write-locked).
 
-Struct offsets follow include/linux/mm_types.h for x86-64 without debug options; the
-mm_struct offsets of mmap_lock, mm_mt and mm_lock_seq vary with config and are
-approximations (a ``pahole mm_struct`` of the kernel in question should replace them).
+Struct offsets follow include/linux/mm_types.h for x86-64 without debug options;
+mm_struct and the mainline vm_area_struct are the 6.18 layouts read with pahole from the
+BTF of the kernel on our machines.
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from .base import Layout, Model, Struct
 
 VMA_LOCK_OFFSET = 0x40000000
 
-# mm_struct: the maple tree root, mmap_lock (count @+0, owner @+8) and mm_lock_seq with
-# vma_writer_wait after mmlist.  Approximate (see the module docstring).
-MM = Struct("mm_struct", 1024, 64, {
-    "mm_mt": 64, "mmap_lock.count": 120, "mmap_lock.owner": 128, "mm_lock_seq": 256, "vma_writer_wait": 264,
+# mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
+# /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1;
+# mmap_lock's count at 184 (line 2) and its owner at 192 (line 3), straddling two lines;
+# vma_writer_wait and mm_lock_seq after mmlist, in the same line as the owner.  Older
+# kernels move these by a few fields; the lines they share are the same.
+MM = Struct("mm_struct", 1472, 64, {
+    "mm_mt": 64, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224, "vma_writer_wait": 240,
+    "mm_lock_seq": 248,
 })
 
 # vm_area_struct before v6.15: 176 bytes from a plain slab (16-byte aligned objects),
@@ -52,11 +56,13 @@ VMA_V8 = Struct("vm_area_struct", 256, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
     "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_refcnt": 192,
 })
-# mainline (v6.15): regrouped to 192 bytes / 3 lines; vm_refcnt at 128 with rarely used fields
+# mainline: regrouped to 192 bytes / 3 lines, vm_refcnt at 128 beside rarely used fields;
+# exactly as pahole -C vm_area_struct shows it for Linux 6.18.44 (BTF of our machines)
 VMA_MAINLINE = Struct("vm_area_struct", 192, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
     "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_private_data": 96,
-    "vm_refcnt": 128, "shared.rb": 136, "anon_name": 168, "vm_userfaultfd_ctx": 176,
+    "swap_readahead_info": 104, "vm_policy": 112, "numab_state": 120, "vm_refcnt": 128, "shared.rb": 136,
+    "vm_userfaultfd_ctx": 168, "pfnmap_track_ctx": 176,
 })
 
 
