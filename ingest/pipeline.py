@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import scan
 from .perfjson import decode_json
 from .schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, TRACES_SCHEMA
 from .sources import InputError, Source, header_meta, read_chunks
@@ -242,5 +241,3 @@ def _ingest_json(src: Source, res: IngestResult, writer: _Writer, strict: bool, 
     if res.counts.lines == 0:
         raise InputError(f"{src.name}: perf JSON with no samples")
 
-
-assert scan.PARSED == 0

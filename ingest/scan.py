@@ -20,7 +20,6 @@ from numba import njit
 
 # -- line status ---------------------------------------------------------------------
 PARSED, HEADER, BLANK, CALLCHAIN, LOST, MALFORMED = 0, 1, 2, 3, 4, 5
-STATUS_NAMES = ("parsed", "header", "blank", "callchain", "lost", "malformed")
 
 # -- scanner dialects ----------------------------------------------------------------
 DIALECT_PERF = 0  # `perf script` text: "comm [pid/]tid [cpu] secs.frac: event: payload"

@@ -114,7 +114,7 @@ def _glob(root: Path, ds: str) -> str:
     return str((root / ds).resolve() / "*" / "*.parquet")
 
 
-def connect(workspace: str | Path, read_only_views: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(workspace: str | Path) -> duckdb.DuckDBPyConnection:
     """A connection to the workspace database with every dataset's view refreshed."""
     root = Path(workspace)
     root.mkdir(parents=True, exist_ok=True)

@@ -49,15 +49,10 @@ GAP_SPLIT = 1 << 20
 
 # x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h)
 X86_PF_WRITE = 1 << 1
-X86_PF_USER = 1 << 2
-X86_PF_INSTR = 1 << 4
 
 # include/uapi/asm-generic/mman-common.h
-MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0x20
-MAP_PRIVATE = 0x02
 MAP_SHARED = 0x01
-MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 # madvise behaviours that change vm_flags, so split/merge VMAs under mmap_write_lock
 # (mm/madvise.c, madvise_need_mmap_write() and madvise_update_vma())
 MADV_VMA_CHANGING = {
@@ -130,6 +125,7 @@ class AddressSpace:
         self.created: list[int] = []  # journal of the writer call being replayed
         self.freed: list[int] = []
         self.successor: dict[int, int] = {}  # a VMA merged away -> the VMA that absorbed it
+        self.brk_start: int | None = None  # what brk(0) reported
 
     # -- primitives ------------------------------------------------------------
     def _insert(self, v: Vma) -> None:
@@ -534,7 +530,7 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             req = a["address"] or 0
             if heap is not None and req and ret == req:
                 locked = asp.resize(heap.start, heap.end, page_up(ret), now)
-            elif heap is None and req and ret == req and getattr(asp, "brk_start", None):
+            elif heap is None and req and ret == req and asp.brk_start:
                 asp.new(asp.brk_start, page_up(ret), "rw-p", True, "[heap]", now)
             elif not req:
                 asp.brk_start = ret  # brk(0) reports the current break

@@ -212,7 +212,7 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
     try:
         raw = os.path.join(tmpdir, "trace.txt" if ftrace else "perf.data")
         rec = record_ftrace if ftrace else record_perf
-        maps, pid, rc = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
+        maps, pid, _ = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
         snapshot = f"# /proc/{pid}/maps at exec of: {' '.join(cmd)}\n{maps}"
         if keep:
             shutil.copyfile(raw, keep)
@@ -221,7 +221,6 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
                          maps_snapshot=snapshot, source_label=f"record: {' '.join(cmd)}",
                          extra_meta={"hostname": os.uname().nodename, "kernel": os.uname().release,
                                      "nr_cpus": os.cpu_count()})
-        res.exit_status = rc
         return res
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

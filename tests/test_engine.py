@@ -316,3 +316,14 @@ def test_writers_spin_on_a_running_writer_and_sleep_after_the_reader_budget():
     (w0, _), = sim.write_holds
     assert w0 - last_reader >= 0.9 * R.WAKEUP_NS  # it had gone to sleep: woken, not spinning
     assert sim.mmap_lock.stats["contentions"] == 1 and not sim.mmap_lock.spinners
+
+
+def test_mainline_mm_lock_seq_is_a_seqcount_odd_while_write_locked():
+    # mainline: mmap_write_lock() begins the seqcount (odd) and vma_start_write() stores that
+    # odd value; mmap_write_unlock() ends it (even).  Before v6.15 only the unlock bumped it.
+    ops = mk([(1, "mprotect", [1], 0, 1_000)])
+    for model, seq_end, stored in (("mainline", 2, 1), ("v8", 1, 0), ("pervma", 1, 0)):
+        sim = Simulation(get_model(model), BDW, 2, ops)
+        sim.run()
+        assert (sim.mm_lock_seq, sim.vmas[1].vm_lock_seq) == (seq_end, stored), model
+        assert sim.vmas[1].vm_lock_seq != sim.mm_lock_seq  # unlocked again

@@ -26,8 +26,7 @@ class Line:
     owner: int = -1  # CPU holding it Modified/Exclusive, or -1
     sharers: set = field(default_factory=set)  # CPUs with a valid copy (owner included)
     busy_until: float = 0.0  # an RMW in flight holds the line until then
-    last_write: float = -1.0  # when its value last changed (CAS loops compare against it)
-    version: int = 0  # bumped on every value change
+    version: int = 0  # bumped on every value change (CAS loops compare against it)
     transfers: int = 0  # times the line moved to a CPU that did not hold it
     invalidations: int = 0  # copies killed by writes (buddy invalidations included)
 
@@ -100,7 +99,6 @@ class Coherence:
         if atomic:
             ln.busy_until = start + cost
         if changes:
-            ln.last_write = start
             ln.version += 1
         if self.prefetch_pairs:
             buddy = self.line(n ^ 1)

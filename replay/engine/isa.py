@@ -43,8 +43,6 @@ class Op(IntEnum):
     VMA_COMMIT = 25  # (): the writer's VMAs appear (attached, write-locked) and vanish (detached, freed)
 
 
-OUTCOMES = ("success", "abort", "retry", "miss")
-
 
 def compile_program(prog: list[tuple]) -> list[tuple]:
     """Resolve ("LABEL", name) markers: branch arguments that name labels become indices."""

@@ -30,13 +30,6 @@ class Struct:
     def address(self, index: int, base: int) -> int:
         return base + (index // self.per_page) * 4096 + (index % self.per_page) * self.stride
 
-    def lines_of(self) -> dict[int, list[str]]:
-        """Fields on each 64-byte line of an object at offset 0 (for reports)."""
-        out: dict[int, list[str]] = {}
-        for f, off in sorted(self.fields.items(), key=lambda kv: kv[1]):
-            out.setdefault(off // 64, []).append(f)
-        return out
-
 
 @dataclass(frozen=True)
 class Layout:
