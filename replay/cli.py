@@ -293,10 +293,11 @@ def run(
     trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name (default: the bundled sample, ingested on first use)."),
     machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
-    seed: int = typer.Option(0, "--seed", help="Seed (recorded; the reference engine is deterministic without it)."),
+    seed: int = typer.Option(0, "--seed", help="Seed (recorded; the engine is deterministic without it)."),
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
+    engine: str = typer.Option("compiled", "--engine", help="compiled (numba, the default) or reference (plain Python; same results, ~100x slower)."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -326,7 +327,8 @@ def run(
     try:
         with prog:
             r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
-                       progress=lambda done: prog.update(task, completed=done), fault_service=fault_service)
+                       progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
+                       engine=engine)
     except ValueError as e:
         raise Fail(str(e))
     ws.write_run(r)
@@ -367,6 +369,7 @@ def sweep(
     seed: int = typer.Option(0, "--seed"),
     placement: str = typer.Option("spread", "--placement", help="spread, packed or as-recorded."),
     executor: str = typer.Option("local", "--executor", help="Only local for now: runs one after another here."),
+    engine: str = typer.Option("compiled", "--engine", help="compiled (default) or reference."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -398,7 +401,7 @@ def sweep(
             row = {"model": m.name}
             for c in counts:
                 try:
-                    r = replay(ops, m, mach, c, seed, placement, trace, sha)
+                    r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
                 except ValueError as e:
                     raise Fail(str(e))
                 ws.write_run(r)

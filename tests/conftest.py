@@ -51,3 +51,25 @@ PERF_OK = _perf_works()
 TRACEFS_OK = _tracefs_works()
 needs_perf = pytest.mark.skipif(not PERF_OK, reason="perf record is not permitted here")
 needs_tracefs = pytest.mark.skipif(not TRACEFS_OK, reason="tracefs is not writable here")
+
+
+SAMPLE_NAMES = ["pft-ftrace", "mprotect-race", "jvm-alloc", "pft-2t"]
+
+
+@pytest.fixture(scope="session", params=SAMPLE_NAMES)
+def sample_ops(request, tmp_path_factory):
+    """A bundled sample trace's ops, ingested once per session."""
+    from replay.ingesting import run_ingest
+    from replay.ops import build_ops
+    from replay.workspace import Workspace
+
+    import polars as pl
+
+    name = request.param
+    root = tmp_path_factory.mktemp(f"samples-{name}")
+    run_ingest(str(SAMPLES / f"{name}.txt.zst"), name, "auto", root, False, False,
+               maps_snapshot=(SAMPLES / f"{name}.maps").read_text())
+    ws = Workspace(root)
+    ev = pl.from_arrow(ws.read("events", name))
+    ops, _, _ = build_ops(ev, name, (SAMPLES / f"{name}.maps").read_text())
+    return ops

@@ -57,8 +57,8 @@ class Run:
 
 
 MIN_SERVICE_SAMPLES = 20
-# Bumped whenever the reference engine's semantics change, so a run id never names two
-# different results.
+# Bumped whenever the engines' semantics change (both engines, together), so a run id
+# never names two different results.
 REFERENCE_VERSION = 2
 
 
@@ -86,39 +86,40 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
 
 
 def run_id_for(params: dict) -> str:
-    """Same trace (by content), model, machine, CPUs, seed and placement: same run id."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    """Same trace (by content), model, machine, CPUs, seed and placement: same run id.
+    Which implementation ran it (compiled or reference) is recorded but not hashed:
+    they give identical results."""
+    keyed = {k: v for k, v in params.items() if k != "engine"}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+ENGINES = ("compiled", "reference")
 
 
 def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
-           open_loop: bool = False, fault_service: str = "trace") -> Run:
-    from .reference import Simulation  # here: models import the ISA from this package
-
+           open_loop: bool = False, fault_service: str = "trace", engine: str = "compiled") -> Run:
+    """Replay ``ops`` (one or more mms).  ``engine``: ``compiled`` (numba; the default)
+    or ``reference`` (the plain-Python statement of the semantics; same results)."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     service_ns, service_src = fault_service_time(ops, machine, fault_service)
 
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
               "machine_sha256": machine.digest(), "model_sha256": model.digest(),
-              "cpus": cpus, "seed": seed, "placement": placement, "engine": f"reference-{REFERENCE_VERSION}",
-              "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
+              "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
+              "engine": engine, "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
               "fault_service_source": service_src}
     t0 = time.perf_counter()
-    results, locks, lines = [], [], []
-    counters: dict = {}
     mms = ops["mm"].unique(maintain_order=True).to_list()
-    for i, mm in enumerate(mms):
-        rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
-        sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
-        for r in sim.run(progress):
-            r["mm"] = mm
-            results.append(r)
-        locks += [{"mm": mm, **x} for x in sim.lock_stats()]
-        lines += [{"mm": mm, **x} for x in sim.line_stats()]
-        for k, v in sim.counters.items():
-            counters[k] = counters.get(k, 0) + v
-    res = pl.DataFrame([{k: r[k] for k in RESULTS_SCHEMA} for r in results], schema=RESULTS_SCHEMA)
+    if engine == "reference":
+        res, locks, lines, counters = _replay_reference(ops, mms, model, machine, cpus, placement, open_loop,
+                                                        service_ns, progress)
+    else:
+        res, locks, lines, counters = _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop,
+                                                       service_ns, progress)
     rid = run_id_for(params)
     res = res.with_columns(pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"),
                            pl.lit(machine.name).alias("machine"), pl.lit(cpus).alias("cpus"))
@@ -130,3 +131,68 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
     line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "transfers": pl.Int64, "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)
     return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0)
+
+
+def _replay_reference(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress):
+    from .reference import Simulation  # here: models import the ISA from this package
+
+    results, locks, lines = [], [], []
+    counters: dict = {}
+    for mm in mms:
+        rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
+        sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
+        for r in sim.run(progress):
+            r["mm"] = mm
+            results.append(r)
+        locks += [{"mm": mm, **x} for x in sim.lock_stats()]
+        lines += [{"mm": mm, **x} for x in sim.line_stats()]
+        for k, v in sim.counters.items():
+            counters[k] = counters.get(k, 0) + v
+    res = pl.DataFrame([{k: r[k] for k in RESULTS_SCHEMA} for r in results], schema=RESULTS_SCHEMA)
+    return res, locks, lines, counters
+
+
+def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress):
+    from . import compiled
+
+    parts, locks, lines = [], [], []
+    counters: dict = {}
+    done = 0
+    for mm in mms:
+        sub = ops.filter(pl.col("mm") == mm).sort("op_id")
+        chunks = []
+
+        def tick(n, base=done):
+            if progress:
+                progress(base + n)
+
+        lk, ln, ctr = compiled.simulate(model, machine, cpus, sub, placement, open_loop, service_ns,
+                                        sink=chunks.append, progress=tick)
+        done += sub.height
+        parts.append(compiled_results(sub, chunks, mm))
+        locks += [{"mm": mm, **x} for x in lk]
+        lines += [{"mm": mm, **x} for x in ln]
+        for k, v in ctr.items():
+            counters[k] = counters.get(k, 0) + v
+    res = pl.concat(parts) if parts else pl.DataFrame(schema=RESULTS_SCHEMA)
+    return res, locks, lines, counters
+
+
+def compiled_results(sub: pl.DataFrame, chunks: list, mm: str) -> pl.DataFrame:
+    """The compiled engine's result chunks as rows of the results schema."""
+    import numpy as np
+
+    from .compiled import OUTCOMES
+
+    if not chunks:
+        return pl.DataFrame(schema=RESULTS_SCHEMA)
+    c = {k: np.concatenate([x[k] for x in chunks]) for k in chunks[0]}
+    idx = pl.Series(c["op"])
+    meta = sub.select("op_id", "tid", pl.col("kind").cast(pl.Utf8), "vma_id")[idx]
+    return pl.DataFrame({
+        "op_id": meta["op_id"], "mm": pl.Series([mm] * len(idx), dtype=pl.Utf8), "tid": meta["tid"].cast(pl.Int32),
+        "kind": meta["kind"], "vma_id": meta["vma_id"], "sim_cpu": c["sim_cpu"].astype(np.int32),
+        "start_ns": c["start_ns"], "end_ns": c["end_ns"], "lock_wait_ns": c["lock_wait_ns"], "cache_ns": c["cache_ns"],
+        "line_transfers": c["line_transfers"], "outcome": pl.Series(np.asarray(OUTCOMES)[c["outcome"]]),
+        "fallback": c["fallback"].astype(bool), "attempts": c["attempts"].astype(np.int32),
+    }, schema=RESULTS_SCHEMA)

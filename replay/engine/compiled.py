@@ -1,0 +1,1719 @@
+"""The compiled engine: reference.py's simulation, step for step, over integer arrays.
+
+Same events in the same order, same floating-point operations in the same order, so
+the results are identical to the reference engine's (tests/test_compiled.py checks
+every column, lock and line statistic on toys, random traces and the sample traces);
+the reference stays the readable statement of the semantics and this is what runs.
+
+How the reference's objects became arrays:
+
+* cache lines get dense ids (the mm_struct's page, then the VMA slab, then the
+  vma_lock slab, each region an even number of lines so ``line ^ 1`` is still the
+  128-byte buddy); a line's sharers are a bitmask (words of 64 CPUs) with per-socket
+  counts, so "another socket holds a copy" is a subtraction, not a scan;
+* threads, VMA objects, rw_semaphores are indices; wait queues and OSQ spinner lists
+  are doubly linked lists threaded through per-thread arrays (a thread waits on one
+  lock at a time), run queues singly linked;
+* the event heap is a binary heap of (time, sequence) keys with the reference's
+  stale-token rule; a full heap drops its stale entries before it grows;
+* vma_start_write()'s expanded steps (the reference's ``pending`` deque) live in one
+  buffer, since only the mmap_lock write holder can have any;
+* results leave in chunks (``run_chunk`` returns when its buffer is full), so memory
+  does not grow with the trace.
+
+Every function here mirrors the reference method of the same name; read that one for
+the kernel citations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..models.kernels import VMA_LOCK_OFFSET
+from .isa import Op
+from .reference import (DEFAULT_WRITER_NS, MAX_READERS_WAKEUP, MM_BASE, RSPIN_BASE_NS, RSPIN_MAX_NS,
+                        RSPIN_PER_READER_NS, RWSEM_WAIT_TIMEOUT_NS, VMA_LOCK_SLAB_BASE, VMA_SLAB_BASE, WAKEUP_NS)
+
+WL, FW, HO = 1, 2, 4
+BIAS = 256
+RFM = WL | FW | HO
+LOCK_MASK = WL | ~(BIAS - 1)
+RO = -1  # READER_OWNED
+INF = np.inf
+
+OUTCOMES = ("success", "abort", "retry", "miss")
+
+# integer config (CI) and float config (CF) slots
+(CI_PREFETCH, CI_VLOCK, CI_REF_LIMIT, CI_WAKE_LAST, CI_WRITER_REF, CI_TYPESAFE, CI_OPEN_LOOP, CI_VMA_PER_PAGE,
+ CI_VMA_STRIDE, CI_VL_PER_PAGE, CI_VL_STRIDE, CI_VBASE, CI_LBASE, CI_F_VM_START, CI_F_VM_LOCK_SEQ, CI_F_VM_REFCNT,
+ CI_VL_COUNT, CI_VL_OWNER, CI_VL_IN_VMA, CI_MM_MT, CI_MM_COUNT, CI_MM_OWNER, CI_MM_WWAIT, CI_MM_SEQ, CI_NSOCK,
+ CI_W, CI_NCPU, CI_PLEN, CI_HCAP, CI_NT, CI_N) = range(31)
+CF_L1, CF_LLC, CF_ATOMIC, CF_RSHARED, CF_REXCL, CF_CROSS, CF_SERVICE, CF_N = range(8)
+# mutable scalars: G (int64) and NOW (float64)
+(G_SEQ, G_MM_SEQ, G_WW, G_HEAP, G_NOUT, G_NOBJ, G_NSLOTS, G_NFREE, G_PEND_N, G_PEND_I, G_PEND_STEP, G_PEND_T,
+ G_WS_N, G_WAKEUPS, G_DRAINS, G_CAS, G_ERR, G_NVORDER, G_CHUNK, G_N) = range(20)
+
+# thread register states
+TRY_NONE, TRY_CAS, TRY_OWNER = 0, 1, 2
+DR_NONE, DR_OWNER, DR_WAIT, DR_GRANTED = 0, 1, 2, 3
+DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT = 0, 1, 2, 3
+
+ERR_DEADLOCK, ERR_RUNQ, ERR_WAITER_READER = 1, 2, 3
+
+
+# lock integer stats (lk_i columns) and float stats (lk_f columns)
+LI_ACQ, LI_CON, LI_TF = range(3)
+LF_WT, LF_WMAX, LF_WMIN, LF_HT, LF_HMAX, LF_HMIN = range(6)
+
+# The state is two flat arrays, I (int64) and F (float64): I starts with the scalars G,
+# then the integer config CI, then the offset of every region below; F starts with
+# the clock, then the float config CF.  Per-op data lives in P (compact dtypes).
+CI0 = G_N
+CF0 = 1
+HB = CI0 + CI_N
+I_REGIONS = ('ln_mask', 'ln_nsh', 'sock', 'ln_scnt', 'ln_owner', 'ln_tr', 'ln_inv', 'ln_ver', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
+F_REGIONS = ('handoff', 'ln_busy', 'hp_when', 'th_blocked_at', 'th_wait', 'lk_f', 'th_cache', 'th_hs_mm', 'th_hs_v', 'w_since', 'th_dw_deadline', 'th_dw_since', 'th_start', 'th_prev_unknown', 'th_think', 'out_start', 'out_end', 'out_wait', 'out_cache')
+H_ln_mask = HB + 0
+H_ln_nsh = HB + 1
+H_sock = HB + 2
+H_ln_scnt = HB + 3
+H_ln_owner = HB + 4
+H_ln_tr = HB + 5
+H_ln_inv = HB + 6
+H_ln_ver = HB + 7
+H_hp_seq = HB + 8
+H_hp_t = HB + 9
+H_hp_tok = HB + 10
+H_th_token = HB + 11
+H_th_in_rq = HB + 12
+H_th_rq_next = HB + 13
+H_rq_head = HB + 14
+H_rq_tail = HB + 15
+H_th_cpu = HB + 16
+H_cpu_busy = HB + 17
+H_th_blocked = HB + 18
+H_lk_owner = HB + 19
+H_lk_sh = HB + 20
+H_sp_next = HB + 21
+H_th_wlock = HB + 22
+H_th_dw = HB + 23
+H_th_tr = HB + 24
+H_ob_slot = HB + 25
+H_th_slot = HB + 26
+H_slot_obj = HB + 27
+H_th_vma = HB + 28
+H_vid_obj = HB + 29
+H_freelist = HB + 30
+H_ob_vid = HB + 31
+H_ob_seq = HB + 32
+H_ob_ref = HB + 33
+H_ob_live = HB + 34
+H_lk_count = HB + 35
+H_lk_wh = HB + 36
+H_lk_wt = HB + 37
+H_lk_st = HB + 38
+H_lk_cline = HB + 39
+H_lk_oline = HB + 40
+H_vid_ever = HB + 41
+H_vid_order = HB + 42
+H_vid_succ = HB + 43
+H_lk_i = HB + 44
+H_th_hs_vlock = HB + 45
+H_w_write = HB + 46
+H_w_handoff = HB + 47
+H_w_lock = HB + 48
+H_w_next = HB + 49
+H_w_prev = HB + 50
+H_sp_lock = HB + 51
+H_sp_prev = HB + 52
+H_th_dr = HB + 53
+H_th_try = HB + 54
+H_th_try_ver = HB + 55
+H_th_pc = HB + 56
+H_th_ref_has = HB + 57
+H_th_ref_ver = HB + 58
+H_th_ref_obj = HB + 59
+H_pend_obj = HB + 60
+H_th_op = HB + 61
+H_w_freed_p = HB + 62
+H_w_freed = HB + 63
+H_w_succ = HB + 64
+H_w_created_p = HB + 65
+H_w_created = HB + 66
+H_wc_head = HB + 67
+H_th_wc_next = HB + 68
+H_th_prog = HB + 69
+H_prog = HB + 70
+H_th_w = HB + 71
+H_w_hold = HB + 72
+H_th_found = HB + 73
+H_w_ids_p = HB + 74
+H_w_ids = HB + 75
+H_th_outcome = HB + 76
+H_th_fb = HB + 77
+H_th_att = HB + 78
+H_th_finished = HB + 79
+H_th_seq_has = HB + 80
+H_us_pos = HB + 81
+H_us_p = HB + 82
+H_vid_created = HB + 83
+H_wc_tail = HB + 84
+H_w_gate_p = HB + 85
+H_w_gate = HB + 86
+H_ws = HB + 87
+H_th_i = HB + 88
+H_th_p = HB + 89
+H_th_done = HB + 90
+H_th_thinking = HB + 91
+H_th_rec = HB + 92
+H_out_op = HB + 93
+H_out_cpu = HB + 94
+H_out_tr = HB + 95
+H_out_outcome = HB + 96
+H_out_fb = HB + 97
+H_out_att = HB + 98
+H_handoff = HB + 99
+H_ln_busy = HB + 100
+H_hp_when = HB + 101
+H_th_blocked_at = HB + 102
+H_th_wait = HB + 103
+H_lk_f = HB + 104
+H_th_cache = HB + 105
+H_th_hs_mm = HB + 106
+H_th_hs_v = HB + 107
+H_w_since = HB + 108
+H_th_dw_deadline = HB + 109
+H_th_dw_since = HB + 110
+H_th_start = HB + 111
+H_th_prev_unknown = HB + 112
+H_th_think = HB + 113
+H_out_start = HB + 114
+H_out_end = HB + 115
+H_out_wait = HB + 116
+H_out_cache = HB + 117
+NREG = 118
+
+
+# -- coherence --------------------------------------------------------------------------
+@njit(cache=True)
+def _has(I, F, n, cpu):
+    return (I[I[H_ln_mask] + n * I[CI0 + CI_W] + (cpu >> 6)] >> (cpu & 63)) & 1
+
+
+@njit(cache=True)
+def _add_sharer(I, F, n, cpu):
+    if not _has(I, F, n, cpu):
+        I[I[H_ln_mask] + n * I[CI0 + CI_W] + (cpu >> 6)] |= np.int64(1) << (cpu & 63)
+        I[I[H_ln_nsh] + n] += 1
+        I[I[H_ln_scnt] + n * I[CI0 + CI_NSOCK] + I[I[H_sock] + cpu]] += 1
+
+
+@njit(cache=True)
+def _only_sharer(I, F, n, cpu):
+    W = I[CI0 + CI_W]
+    for w in range(W):
+        I[I[H_ln_mask] + n * W + w] = 0
+    NS = I[CI0 + CI_NSOCK]
+    for s in range(NS):
+        I[I[H_ln_scnt] + n * NS + s] = 0
+    I[I[H_ln_mask] + n * W + (cpu >> 6)] = np.int64(1) << (cpu & 63)
+    I[I[H_ln_nsh] + n] = 1
+    I[I[H_ln_scnt] + n * NS + I[I[H_sock] + cpu]] = 1
+
+
+@njit(cache=True)
+def _fetch_cost(I, F, n, cpu):
+    if I[I[H_ln_owner] + (n)] >= 0:
+        return F[I[H_handoff] + (I[I[H_ln_owner] + (n)]) * I[CI0 + CI_NCPU] + (cpu)]
+    if I[I[H_ln_nsh] + (n)] > 0:
+        return F[CF0 + CF_RSHARED] if I[I[H_ln_scnt] + (n) * I[CI0 + CI_NSOCK] + (I[I[H_sock] + (cpu)])] > 0 else F[CF0 + CF_CROSS]
+    return F[CF0 + CF_LLC]
+
+
+@njit(cache=True)
+def coh_read(I, F, n, cpu, now):
+    start = max(now, F[I[H_ln_busy] + (n)])
+    if _has(I, F, n, cpu):
+        return start, F[CF0 + CF_L1]
+    cost = _fetch_cost(I, F, n, cpu)
+    I[I[H_ln_tr] + (n)] += 1
+    if I[I[H_ln_owner] + (n)] >= 0:
+        I[I[H_ln_owner] + (n)] = -1
+    _add_sharer(I, F, n, cpu)
+    return start, cost
+
+
+@njit(cache=True)
+def coh_write(I, F, n, cpu, now, atomic, changes):
+    start = max(now, F[I[H_ln_busy] + (n)])
+    base = F[CF0 + CF_ATOMIC] if atomic else F[CF0 + CF_L1]
+    has = _has(I, F, n, cpu) != 0
+    own = I[I[H_ln_owner] + (n)]
+    if own == cpu and has and I[I[H_ln_nsh] + (n)] == 1:
+        cost = base
+    else:
+        others = I[I[H_ln_nsh] + (n)] - (1 if has else 0)
+        if own >= 0 and own != cpu:
+            cost = F[I[H_handoff] + (own) * I[CI0 + CI_NCPU] + (cpu)] + base
+        elif others > 0:
+            far = I[I[H_ln_nsh] + (n)] - I[I[H_ln_scnt] + (n) * I[CI0 + CI_NSOCK] + (I[I[H_sock] + (cpu)])] > 0
+            inval = F[CF0 + CF_CROSS] if far else F[CF0 + CF_REXCL]
+            cost = (inval if not has else inval / 2) + base
+        else:
+            cost = F[CF0 + CF_LLC] + base
+        if not has or (own != -1 and own != cpu):
+            I[I[H_ln_tr] + (n)] += 1
+        I[I[H_ln_inv] + (n)] += others
+    I[I[H_ln_owner] + (n)] = cpu
+    _only_sharer(I, F, n, cpu)
+    if atomic:
+        F[I[H_ln_busy] + (n)] = start + cost
+    if changes:
+        I[I[H_ln_ver] + (n)] += 1
+    if I[CI0 + CI_PREFETCH]:
+        b = n ^ 1
+        ob = I[I[H_ln_nsh] + (b)] - (1 if _has(I, F, b, cpu) else 0)
+        if ob > 0:
+            I[I[H_ln_inv] + (b)] += ob
+            I[I[H_ln_tr] + (b)] += 1
+            _only_sharer(I, F, b, cpu)
+            I[I[H_ln_owner] + (b)] = cpu if I[I[H_ln_owner] + (b)] >= 0 else -1
+    return start, cost
+
+
+# -- heap -------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _less(I, F, a, b):
+    return F[I[H_hp_when] + (a)] < F[I[H_hp_when] + (b)] or (F[I[H_hp_when] + (a)] == F[I[H_hp_when] + (b)] and I[I[H_hp_seq] + (a)] < I[I[H_hp_seq] + (b)])
+
+
+@njit(cache=True)
+def _swap(I, F, a, b):
+    F[I[H_hp_when] + (a)], F[I[H_hp_when] + (b)] = F[I[H_hp_when] + (b)], F[I[H_hp_when] + (a)]
+    I[I[H_hp_seq] + (a)], I[I[H_hp_seq] + (b)] = I[I[H_hp_seq] + (b)], I[I[H_hp_seq] + (a)]
+    I[I[H_hp_t] + (a)], I[I[H_hp_t] + (b)] = I[I[H_hp_t] + (b)], I[I[H_hp_t] + (a)]
+    I[I[H_hp_tok] + (a)], I[I[H_hp_tok] + (b)] = I[I[H_hp_tok] + (b)], I[I[H_hp_tok] + (a)]
+
+
+@njit(cache=True)
+def _sift_down(I, F, i, n):
+    while True:
+        l = 2 * i + 1
+        if l >= n:
+            return
+        m = l
+        if l + 1 < n and _less(I, F, l + 1, l):
+            m = l + 1
+        if _less(I, F, m, i):
+            _swap(I, F, m, i)
+            i = m
+        else:
+            return
+
+
+@njit(cache=True)
+def _compact_heap(I, F):
+    """Drop entries whose token is stale (never popped as current anyway); re-heapify."""
+    n = I[G_HEAP]
+    k = 0
+    for i in range(n):
+        t = I[I[H_hp_t] + (i)]
+        if I[I[H_hp_tok] + (i)] == I[I[H_th_token] + (t)]:
+            F[I[H_hp_when] + (k)] = F[I[H_hp_when] + (i)]
+            I[I[H_hp_seq] + (k)] = I[I[H_hp_seq] + (i)]
+            I[I[H_hp_t] + (k)] = t
+            I[I[H_hp_tok] + (k)] = I[I[H_hp_tok] + (i)]
+            k += 1
+    I[G_HEAP] = k
+    for i in range(k // 2 - 1, -1, -1):
+        _sift_down(I, F, i, k)
+
+
+@njit(cache=True)
+def _at(I, F, when, t):
+    I[G_SEQ] += 1
+    I[I[H_th_token] + (t)] += 1
+    if I[G_HEAP] == I[CI0 + CI_HCAP]:
+        _compact_heap(I, F)
+    i = I[G_HEAP]
+    I[G_HEAP] = i + 1
+    F[I[H_hp_when] + (i)] = when
+    I[I[H_hp_seq] + (i)] = I[G_SEQ]
+    I[I[H_hp_t] + (i)] = t
+    I[I[H_hp_tok] + (i)] = I[I[H_th_token] + (t)]
+    while i > 0:
+        p = (i - 1) // 2
+        if _less(I, F, i, p):
+            _swap(I, F, i, p)
+            i = p
+        else:
+            break
+
+
+# -- run queues, blocking, waking -----------------------------------------------------------
+@njit(cache=True)
+def _rq_push(I, F, c, t):
+    if I[I[H_th_in_rq] + (t)]:
+        I[G_ERR] = ERR_RUNQ
+        return
+    I[I[H_th_in_rq] + (t)] = True
+    I[I[H_th_rq_next] + (t)] = -1
+    if I[I[H_rq_head] + (c)] < 0:
+        I[I[H_rq_head] + (c)] = t
+    else:
+        I[I[H_th_rq_next] + (I[I[H_rq_tail] + (c)])] = t
+    I[I[H_rq_tail] + (c)] = t
+
+
+@njit(cache=True)
+def _rq_pop(I, F, c):
+    t = I[I[H_rq_head] + (c)]
+    I[I[H_rq_head] + (c)] = I[I[H_th_rq_next] + (t)]
+    I[I[H_th_in_rq] + (t)] = False
+    return t
+
+
+@njit(cache=True)
+def _release_cpu(I, F, t):
+    c = I[I[H_th_cpu] + (t)]
+    if I[I[H_cpu_busy] + (c)] != t:
+        return
+    I[I[H_cpu_busy] + (c)] = -1
+    if I[I[H_rq_head] + (c)] >= 0:
+        nxt = _rq_pop(I, F, c)
+        I[I[H_cpu_busy] + (c)] = nxt
+        _at(I, F, F[0], nxt)
+
+
+@njit(cache=True)
+def _block(I, F, t):
+    I[I[H_th_blocked] + (t)] = True
+    F[I[H_th_blocked_at] + (t)] = F[0]
+    _release_cpu(I, F, t)
+    # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu)
+    if I[I[H_lk_owner] + (0)] == t + 1:
+        sp = I[I[H_lk_sh] + (0)]
+        while sp >= 0:
+            _at(I, F, F[0], sp)
+            sp = I[I[H_sp_next] + (sp)]
+    lk = I[I[H_th_wlock] + (t)]
+    if lk > 0 and I[I[H_lk_owner] + (lk)] == t + 1:
+        sp = I[I[H_lk_sh] + (lk)]
+        while sp >= 0:
+            _at(I, F, F[0], sp)
+            sp = I[I[H_sp_next] + (sp)]
+
+
+@njit(cache=True)
+def _wake(I, F, t, lock):
+    if not I[I[H_th_blocked] + (t)]:
+        return
+    now = F[0]
+    waited = now - F[I[H_th_blocked_at] + (t)]
+    F[I[H_th_wait] + (t)] += waited
+    if lock >= 0:
+        F[I[H_lk_f] + (lock) * 6 + (LF_WT)] += waited
+        F[I[H_lk_f] + (lock) * 6 + (LF_WMAX)] = max(F[I[H_lk_f] + (lock) * 6 + (LF_WMAX)], waited)
+        F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)] = waited if np.isnan(F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)]) else min(F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)], waited)
+    I[I[H_th_blocked] + (t)] = False
+    when = now + WAKEUP_NS
+    c = I[I[H_th_cpu] + (t)]
+    if I[I[H_cpu_busy] + (c)] < 0:
+        I[I[H_cpu_busy] + (c)] = t
+        _at(I, F, when, t)
+    else:
+        _rq_push(I, F, c, t)
+        cur = I[I[H_cpu_busy] + (c)]
+        if I[I[H_th_dw] + (cur)] == DW_SPIN:  # need_resched(): the spinner yields
+            _at(I, F, now, cur)
+
+
+# -- memory accesses ------------------------------------------------------------------------
+@njit(cache=True)
+def _cost(I, F, t, start, cost):
+    end = start + cost
+    F[I[H_th_cache] + (t)] += end - F[0]
+    if cost > F[CF0 + CF_L1] and cost != F[CF0 + CF_ATOMIC]:
+        I[I[H_th_tr] + (t)] += 1
+    return end
+
+
+@njit(cache=True)
+def _read(I, F, t, line):
+    s, c = coh_read(I, F, line, I[I[H_th_cpu] + (t)], F[0])
+    return _cost(I, F, t, s, c)
+
+
+@njit(cache=True)
+def _rmw(I, F, t, line, changes):
+    s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], True, changes)
+    return _cost(I, F, t, s, c)
+
+
+@njit(cache=True)
+def _store(I, F, t, line):
+    s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], False, True)
+    return _cost(I, F, t, s, c)
+
+
+# -- addresses ------------------------------------------------------------------------------
+@njit(cache=True)
+def _vma_rel(I, F, slot):
+    pp = I[CI0 + CI_VMA_PER_PAGE]
+    return (slot // pp) * 4096 + (slot % pp) * I[CI0 + CI_VMA_STRIDE]
+
+
+@njit(cache=True)
+def _vline(I, F, obj, off):
+    return I[CI0 + CI_VBASE] + (_vma_rel(I, F, I[I[H_ob_slot] + (obj)]) + off) // 64
+
+
+@njit(cache=True)
+def _cur(I, F, t):
+    slot = I[I[H_th_slot] + (t)]
+    if slot >= 0:
+        return I[I[H_slot_obj] + (slot)]
+    vid = I[I[H_th_vma] + (t)]
+    return I[I[H_vid_obj] + (vid)] if vid >= 0 else -1
+
+
+@njit(cache=True)
+def _line(I, F, t, obj, off):
+    if obj == 0:
+        return off  # an mm line id, resolved at load time
+    v = _cur(I, F, t)
+    if v < 0:  # a VMA this replay never had: the tree walk's line stands in
+        return I[CI0 + CI_MM_MT]
+    return _vline(I, F, v, off)
+
+
+@njit(cache=True)
+def _refline(I, F, v):
+    return _vline(I, F, v, I[CI0 + CI_F_VM_REFCNT])
+
+
+# -- VMA objects ------------------------------------------------------------------------------
+@njit(cache=True)
+def _alloc(I, F, vid):
+    if I[G_NFREE] > 0:
+        I[G_NFREE] -= 1
+        slot = I[I[H_freelist] + (I[G_NFREE])]
+    else:
+        slot = I[G_NSLOTS]
+    o = I[G_NOBJ]
+    I[G_NOBJ] += 1
+    I[I[H_ob_vid] + (o)] = vid
+    I[I[H_ob_slot] + (o)] = slot
+    I[I[H_ob_seq] + (o)] = -1
+    I[I[H_ob_ref] + (o)] = 1
+    I[I[H_ob_live] + (o)] = True
+    if I[CI0 + CI_VLOCK] == 1:  # an rwsem: its own slab object, or inside the VMA
+        lk = o + 1
+        I[I[H_lk_count] + (lk)] = 0
+        I[I[H_lk_owner] + (lk)] = 0
+        I[I[H_lk_wh] + (lk)] = -1
+        I[I[H_lk_wt] + (lk)] = -1
+        I[I[H_lk_sh] + (lk)] = -1
+        I[I[H_lk_st] + (lk)] = -1
+        if I[CI0 + CI_VL_IN_VMA]:
+            rel = _vma_rel(I, F, slot)
+            I[I[H_lk_cline] + (lk)] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
+            I[I[H_lk_oline] + (lk)] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
+        else:
+            pp = I[CI0 + CI_VL_PER_PAGE]
+            rel = (slot // pp) * 4096 + (slot % pp) * I[CI0 + CI_VL_STRIDE]
+            I[I[H_lk_cline] + (lk)] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
+            I[I[H_lk_oline] + (lk)] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
+    if slot == I[G_NSLOTS]:
+        I[G_NSLOTS] += 1
+    I[I[H_slot_obj] + (slot)] = o
+    I[I[H_vid_obj] + (vid)] = o
+    if not I[I[H_vid_ever] + (vid)]:
+        I[I[H_vid_ever] + (vid)] = True
+        I[I[H_vid_order] + (I[G_NVORDER])] = vid
+        I[G_NVORDER] += 1
+    return o
+
+
+@njit(cache=True)
+def _resolve(I, F, vid):
+    if vid < 0:
+        return -1
+    seen = 0
+    v = I[I[H_vid_obj] + (vid)]
+    while v >= 0 and not I[I[H_ob_live] + (v)] and seen < 64:
+        nxt = I[I[H_vid_succ] + (I[I[H_ob_vid] + (v)])]
+        v = I[I[H_vid_obj] + (nxt)] if nxt >= 0 else -1
+        seen += 1
+    return v if v >= 0 and I[I[H_ob_live] + (v)] else -1
+
+
+# -- locks --------------------------------------------------------------------------------------
+@njit(cache=True)
+def _acquired(I, F, lock, t):
+    I[I[H_lk_i] + (lock) * 3 + (LI_ACQ)] += 1
+    if lock == 0:
+        F[I[H_th_hs_mm] + (t)] = F[0]
+    else:
+        F[I[H_th_hs_v] + (t)] = F[0]
+        I[I[H_th_hs_vlock] + (t)] = lock
+
+
+@njit(cache=True)
+def _released(I, F, lock, t):
+    since = np.nan
+    if lock == 0:
+        since = F[I[H_th_hs_mm] + (t)]
+        F[I[H_th_hs_mm] + (t)] = np.nan
+    elif I[I[H_th_hs_vlock] + (t)] == lock:
+        since = F[I[H_th_hs_v] + (t)]
+        F[I[H_th_hs_v] + (t)] = np.nan
+        I[I[H_th_hs_vlock] + (t)] = -1
+    if not np.isnan(since):
+        h = F[0] - since
+        F[I[H_lk_f] + (lock) * 6 + (LF_HT)] += h
+        F[I[H_lk_f] + (lock) * 6 + (LF_HMAX)] = max(F[I[H_lk_f] + (lock) * 6 + (LF_HMAX)], h)
+        F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)] = h if np.isnan(F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)]) else min(F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)], h)
+
+
+@njit(cache=True)
+def _w_append(I, F, lock, t, write):
+    I[I[H_w_write] + (t)] = write
+    F[I[H_w_since] + (t)] = F[0]
+    I[I[H_w_handoff] + (t)] = False
+    I[I[H_w_lock] + (t)] = lock
+    I[I[H_w_next] + (t)] = -1
+    I[I[H_w_prev] + (t)] = I[I[H_lk_wt] + (lock)]
+    if I[I[H_lk_wt] + (lock)] >= 0:
+        I[I[H_w_next] + (I[I[H_lk_wt] + (lock)])] = t
+    else:
+        I[I[H_lk_wh] + (lock)] = t
+    I[I[H_lk_wt] + (lock)] = t
+
+
+@njit(cache=True)
+def _w_remove(I, F, lock, t):
+    p, n = I[I[H_w_prev] + (t)], I[I[H_w_next] + (t)]
+    if p >= 0:
+        I[I[H_w_next] + (p)] = n
+    else:
+        I[I[H_lk_wh] + (lock)] = n
+    if n >= 0:
+        I[I[H_w_prev] + (n)] = p
+    else:
+        I[I[H_lk_wt] + (lock)] = p
+    I[I[H_w_lock] + (t)] = -1
+
+
+@njit(cache=True)
+def _sp_append(I, F, lock, t):
+    I[I[H_sp_lock] + (t)] = lock
+    I[I[H_sp_next] + (t)] = -1
+    I[I[H_sp_prev] + (t)] = I[I[H_lk_st] + (lock)]
+    if I[I[H_lk_st] + (lock)] >= 0:
+        I[I[H_sp_next] + (I[I[H_lk_st] + (lock)])] = t
+    else:
+        I[I[H_lk_sh] + (lock)] = t
+    I[I[H_lk_st] + (lock)] = t
+
+
+@njit(cache=True)
+def _sp_remove(I, F, lock, t):
+    p, n = I[I[H_sp_prev] + (t)], I[I[H_sp_next] + (t)]
+    if p >= 0:
+        I[I[H_sp_next] + (p)] = n
+    else:
+        I[I[H_lk_sh] + (lock)] = n
+    if n >= 0:
+        I[I[H_sp_prev] + (n)] = p
+    else:
+        I[I[H_lk_st] + (lock)] = p
+    I[I[H_sp_lock] + (t)] = -1
+
+
+@njit(cache=True)
+def _mark_wake(I, F, lock, read_owned):
+    first = I[I[H_lk_wh] + (lock)]
+    if first < 0:
+        return
+    if I[I[H_w_write] + (first)]:
+        if not read_owned and I[I[H_th_blocked] + (first)]:
+            _wake(I, F, first, lock)  # it retries rwsem_try_write_lock()
+        return
+    if not read_owned and I[I[H_lk_count] + (lock)] & WL:
+        return
+    # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
+    n = 0
+    w = first
+    while w >= 0 and n < MAX_READERS_WAKEUP:
+        nxt = I[I[H_w_next] + (w)]
+        if not I[I[H_w_write] + (w)]:
+            _w_remove(I, F, lock, w)
+            I[I[H_lk_count] + (lock)] += BIAS
+            _acquired(I, F, lock, w)
+            I[I[H_th_dr] + (w)] = DR_GRANTED
+            _wake(I, F, w, lock)
+            n += 1
+        w = nxt
+    if I[I[H_w_handoff] + (first)]:
+        I[I[H_lk_count] + (lock)] &= ~HO
+    if I[I[H_lk_wh] + (lock)] < 0:
+        I[I[H_lk_count] + (lock)] &= ~FW
+    I[I[H_lk_owner] + (lock)] = RO
+
+
+@njit(cache=True)
+def _let_spinner_in(I, F, lock):
+    if I[I[H_lk_sh] + (lock)] >= 0 and not I[I[H_lk_count] + (lock)] & (LOCK_MASK | HO):
+        _at(I, F, F[0] + F[CF0 + CF_RSHARED], I[I[H_lk_sh] + (lock)])
+
+
+@njit(cache=True)
+def _owner_running(I, F, lock):
+    o = I[I[H_lk_owner] + (lock)]
+    if o == RO:
+        return True
+    return not I[I[H_th_blocked] + (o - 1)]
+
+
+@njit(cache=True)
+def _trylock_read(I, F, t, lock, label):
+    ln = I[I[H_lk_cline] + (lock)]
+    st = I[I[H_th_try] + (t)]
+    if st == TRY_NONE:  # the load
+        I[I[H_th_try] + (t)] = TRY_CAS
+        I[I[H_th_try_ver] + (t)] = I[I[H_ln_ver] + (ln)]
+        return _read(I, F, t, ln), True
+    if st == TRY_OWNER:  # rwsem_set_reader_owned()
+        I[I[H_th_try] + (t)] = TRY_NONE
+        I[I[H_lk_owner] + (lock)] = RO
+        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
+    if I[I[H_lk_count] + (lock)] & RFM:
+        I[I[H_th_try] + (t)] = TRY_NONE
+        I[I[H_th_pc] + (t)] = label
+        I[I[H_lk_i] + (lock) * 3 + (LI_TF)] += 1
+        return F[0], False
+    extra = 0.0
+    if I[I[H_ln_ver] + (ln)] != I[I[H_th_try_ver] + (t)]:
+        I[G_CAS] += 1
+        extra = F[CF0 + CF_ATOMIC]
+    I[I[H_lk_count] + (lock)] += BIAS
+    _acquired(I, F, lock, t)
+    I[I[H_th_try] + (t)] = TRY_OWNER
+    return _rmw(I, F, t, ln, True) + extra, True
+
+
+@njit(cache=True)
+def _down_read(I, F, t, lock):
+    st = I[I[H_th_dr] + (t)]
+    if st == DR_GRANTED:
+        I[I[H_th_dr] + (t)] = DR_NONE
+        return F[0], False
+    if st == DR_OWNER:
+        I[I[H_th_dr] + (t)] = DR_NONE
+        I[I[H_lk_owner] + (lock)] = RO
+        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
+    if st == DR_WAIT:
+        I[G_ERR] = ERR_WAITER_READER
+        return -1.0, True
+    I[I[H_lk_count] + (lock)] += BIAS
+    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
+    cnt = I[I[H_lk_count] + (lock)]
+    if not cnt & RFM:
+        _acquired(I, F, lock, t)
+        I[I[H_th_dr] + (t)] = DR_OWNER
+        return end, True
+    rcnt = cnt >> 8
+    if not (I[I[H_lk_owner] + (lock)] == RO and rcnt > 1 and not cnt & WL):
+        if not cnt & (WL | HO):  # reader optimistic lock stealing
+            _acquired(I, F, lock, t)
+            I[I[H_lk_owner] + (lock)] = RO
+            if rcnt == 1 and cnt & FW and I[I[H_lk_wh] + (lock)] >= 0:
+                _mark_wake(I, F, lock, True)
+            return end, False
+    I[I[H_lk_i] + (lock) * 3 + (LI_CON)] += 1
+    adjustment = -BIAS
+    if I[I[H_lk_wh] + (lock)] < 0:
+        if not I[I[H_lk_count] + (lock)] & WL:  # empty queue, no writer: keep the bias
+            _acquired(I, F, lock, t)
+            I[I[H_th_dr] + (t)] = DR_OWNER
+            return end, True
+        adjustment += FW
+    _w_append(I, F, lock, t, False)
+    I[I[H_lk_count] + (lock)] += adjustment
+    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
+    I[I[H_th_dr] + (t)] = DR_WAIT
+    if not I[I[H_lk_count] + (lock)] & LOCK_MASK:
+        _mark_wake(I, F, lock, False)
+    if I[I[H_th_dr] + (t)] == DR_GRANTED:
+        I[I[H_th_dr] + (t)] = DR_NONE
+        return end, False
+    _block(I, F, t)
+    return -1.0, True
+
+
+@njit(cache=True)
+def _up_read(I, F, t, lock):
+    _released(I, F, lock, t)
+    I[I[H_lk_count] + (lock)] -= BIAS
+    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
+    if (I[I[H_lk_count] + (lock)] & (LOCK_MASK | FW)) == FW:
+        _mark_wake(I, F, lock, False)
+    _let_spinner_in(I, F, lock)
+    return end
+
+
+@njit(cache=True)
+def _try_write_lock(I, F, lock, w):
+    first = I[I[H_lk_wh] + (lock)] == w
+    if I[I[H_lk_count] + (lock)] & LOCK_MASK:
+        if first and not I[I[H_lk_count] + (lock)] & HO and F[0] - F[I[H_w_since] + (w)] >= RWSEM_WAIT_TIMEOUT_NS:
+            I[I[H_lk_count] + (lock)] |= HO
+            I[I[H_w_handoff] + (w)] = True
+        return False
+    if I[I[H_lk_count] + (lock)] & HO and not first:
+        return False
+    _w_remove(I, F, lock, w)
+    I[I[H_lk_count] + (lock)] |= WL
+    I[I[H_lk_count] + (lock)] &= ~HO
+    if I[I[H_lk_wh] + (lock)] < 0:
+        I[I[H_lk_count] + (lock)] &= ~FW
+    return True
+
+
+@njit(cache=True)
+def _queue_writer(I, F, t, lock):
+    if I[I[H_lk_wh] + (lock)] < 0:
+        I[I[H_lk_count] + (lock)] |= FW
+    _w_append(I, F, lock, t, True)
+    I[I[H_th_dw] + (t)] = DW_WAIT
+
+
+@njit(cache=True)
+def _down_write(I, F, t, lock):
+    now = F[0]
+    st = I[I[H_th_dw] + (t)]
+    if st == DW_OWNER:  # rwsem_set_owner()
+        I[I[H_th_dw] + (t)] = DW_NONE
+        I[I[H_lk_owner] + (lock)] = t + 1
+        if lock > 0:
+            I[I[H_th_wlock] + (t)] = lock
+        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
+    if st == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
+        free = I[I[H_lk_count] + (lock)] == 0
+        end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], free)
+        if I[I[H_lk_count] + (lock)] == 0:
+            I[I[H_lk_count] + (lock)] = WL
+            _acquired(I, F, lock, t)
+            I[I[H_th_dw] + (t)] = DW_OWNER
+            return end, True
+        I[I[H_lk_i] + (lock) * 3 + (LI_CON)] += 1
+        # _spin_deadline()
+        c = I[I[H_th_cpu] + (t)]
+        can = False
+        deadline = 0.0
+        if I[I[H_rq_head] + (c)] < 0:
+            if I[I[H_lk_owner] + (lock)] == RO:
+                readers = I[I[H_lk_count] + (lock)] >> 8
+                deadline = now + min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
+                can = True
+            elif I[I[H_lk_owner] + (lock)] != 0 and _owner_running(I, F, lock):
+                deadline = INF
+                can = True
+        if can:  # rwsem_optimistic_spin(): stay on the CPU
+            I[I[H_th_dw] + (t)] = DW_SPIN
+            F[I[H_th_dw_deadline] + (t)] = deadline
+            F[I[H_th_dw_since] + (t)] = now
+            _sp_append(I, F, lock, t)
+            if deadline != INF:
+                _at(I, F, max(deadline, end), t)
+            return -1.0, True
+        _queue_writer(I, F, t, lock)
+    elif st == DW_SPIN:
+        since = F[I[H_th_dw_since] + (t)]
+        if not I[I[H_lk_count] + (lock)] & (LOCK_MASK | HO):  # rwsem_try_write_lock_unqueued()
+            _sp_remove(I, F, lock, t)
+            I[I[H_lk_count] + (lock)] |= WL
+            F[I[H_th_wait] + (t)] += now - since
+            _acquired(I, F, lock, t)
+            I[I[H_th_dw] + (t)] = DW_OWNER
+            return _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True), True
+        if now < F[I[H_th_dw_deadline] + (t)] and _owner_running(I, F, lock) and I[I[H_rq_head] + (I[I[H_th_cpu] + (t)])] < 0:
+            return -1.0, True
+        _sp_remove(I, F, lock, t)
+        F[I[H_th_wait] + (t)] += now - since
+        _queue_writer(I, F, t, lock)
+    if _try_write_lock(I, F, lock, t):
+        _acquired(I, F, lock, t)
+        I[I[H_th_dw] + (t)] = DW_OWNER
+        return _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True), True
+    _block(I, F, t)
+    return -1.0, True
+
+
+@njit(cache=True)
+def _up_write(I, F, t, lock):
+    _released(I, F, lock, t)
+    I[I[H_lk_owner] + (lock)] = 0
+    if lock > 0 and I[I[H_th_wlock] + (t)] == lock:
+        I[I[H_th_wlock] + (t)] = 0
+    I[I[H_lk_count] + (lock)] -= WL
+    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
+    if I[I[H_lk_count] + (lock)] & FW:
+        _mark_wake(I, F, lock, False)
+    _let_spinner_in(I, F, lock)
+    return end
+
+
+# -- vm_refcnt -----------------------------------------------------------------------------------
+@njit(cache=True)
+def _ref_get(I, F, t, fail, detached):
+    v = _cur(I, F, t)
+    line = _refline(I, F, v)
+    if not I[I[H_th_ref_has] + (t)]:  # old = refcount_read(r)
+        I[I[H_th_ref_has] + (t)] = True
+        I[I[H_th_ref_ver] + (t)] = I[I[H_ln_ver] + (line)]
+        return _read(I, F, t, line), True
+    old = I[I[H_ob_ref] + (v)]
+    I[I[H_th_ref_has] + (t)] = False
+    if old == 0:
+        I[I[H_th_pc] + (t)] = detached
+        return F[0], False
+    if old + 1 > I[CI0 + CI_REF_LIMIT]:
+        I[I[H_th_pc] + (t)] = fail
+        return F[0], False
+    extra = 0.0
+    if I[I[H_ln_ver] + (line)] != I[I[H_th_ref_ver] + (t)]:
+        I[G_CAS] += 1
+        extra = F[CF0 + CF_ATOMIC]
+    I[I[H_ob_ref] + (v)] += 1
+    I[I[H_th_ref_obj] + (t)] = v
+    return _rmw(I, F, t, line, True) + extra, False
+
+
+@njit(cache=True)
+def _ref_put(I, F, t):
+    v = I[I[H_th_ref_obj] + (t)]
+    I[I[H_th_ref_obj] + (t)] = -1
+    I[I[H_ob_ref] + (v)] -= 1
+    end = _rmw(I, F, t, _refline(I, F, v), True)
+    n = I[I[H_ob_ref] + (v)]
+    if I[CI0 + CI_WAKE_LAST]:
+        wake = (n & VMA_LOCK_OFFSET) != 0 and n <= VMA_LOCK_OFFSET + 1 + I[CI0 + CI_WRITER_REF]
+    else:
+        wake = (n & VMA_LOCK_OFFSET) != 0
+    if wake and I[G_WW] >= 0:
+        I[G_WAKEUPS] += 1
+        w = I[G_WW]
+        I[G_WW] = -1
+        _read(I, F, t, I[CI0 + CI_MM_WWAIT])
+        _wake(I, F, w, -1)
+    return end
+
+
+# -- vma_start_write -----------------------------------------------------------------------------
+@njit(cache=True)
+def _pending_step(I, F, t):
+    """One step of vma_start_write() on the current VMA of the pending buffer."""
+    v = I[I[H_pend_obj] + (I[G_PEND_I])]
+    step = I[G_PEND_STEP]
+    rwsem = I[CI0 + CI_VLOCK] == 1
+    nsteps = 4 if rwsem else 5
+    now = F[0]
+    again = False
+    seqline = _vline(I, F, v, I[CI0 + CI_F_VM_LOCK_SEQ])
+    if step == 0:  # __is_vma_write_locked()
+        end = _read(I, F, t, seqline)
+        if I[I[H_ob_seq] + (v)] == I[G_MM_SEQ]:
+            step = nsteps - 1  # the rest of this VMA's steps go
+    elif rwsem:
+        lk = v + 1
+        if step == 1:
+            end, again = _down_write(I, F, t, lk)
+        elif step == 2:
+            I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
+            end = _store(I, F, t, seqline)
+        else:
+            end = _up_write(I, F, t, lk)
+    else:
+        wr = VMA_LOCK_OFFSET + I[CI0 + CI_WRITER_REF]
+        if step == 1:  # __vma_enter_locked()
+            if I[I[H_ob_ref] + (v)] == 0:  # detached: nothing to wait for
+                end = now
+                step += 1
+            else:
+                I[I[H_ob_ref] + (v)] += wr
+                I[G_DRAINS] += 1
+                end = _rmw(I, F, t, _refline(I, F, v), True)
+        elif step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt)
+            end = _read(I, F, t, _refline(I, F, v))
+            if I[I[H_ob_ref] + (v)] != wr + 1:
+                I[G_WW] = t
+                _block(I, F, t)
+                end = -1.0
+                again = True
+        elif step == 3:
+            I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
+            end = _store(I, F, t, seqline)
+        else:
+            I[I[H_ob_ref] + (v)] -= wr
+            end = _rmw(I, F, t, _refline(I, F, v), True)
+    if not again:
+        step += 1
+        if step >= nsteps:
+            I[G_PEND_I] += 1
+            step = 0
+        I[G_PEND_STEP] = step
+    return end
+
+
+@njit(cache=True)
+def _commit(I, F, t):
+    w = I[I[H_th_w] + t]
+    cpu = I[I[H_th_cpu] + (t)]
+    end = F[0]
+    refcnt = I[CI0 + CI_VLOCK] == 2
+    for k in range(I[I[H_w_freed_p] + (w)], I[I[H_w_freed_p] + (w + 1)]):
+        vid = I[I[H_w_freed] + (k)]
+        succ = I[I[H_w_succ] + (k)]
+        if succ >= 0:
+            I[I[H_vid_succ] + (vid)] = succ
+        v = I[I[H_vid_obj] + (vid)]
+        if v < 0 or not I[I[H_ob_live] + (v)]:
+            continue
+        I[I[H_ob_live] + (v)] = False
+        if refcnt:
+            I[I[H_ob_ref] + (v)] -= 1
+            s, c = coh_write(I, F, _refline(I, F, v), cpu, end, True, True)
+        else:
+            I[I[H_ob_ref] + (v)] = 0
+            s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
+        end = _cost(I, F, t, s, c)
+        if I[CI0 + CI_TYPESAFE]:
+            I[I[H_freelist] + (I[G_NFREE])] = I[I[H_ob_slot] + (v)]
+            I[G_NFREE] += 1
+    for k in range(I[I[H_w_created_p] + (w)], I[I[H_w_created_p] + (w + 1)]):
+        vid = I[I[H_w_created] + (k)]
+        if I[I[H_vid_obj] + (vid)] >= 0 and I[I[H_ob_live] + (I[I[H_vid_obj] + (vid)])]:
+            continue
+        v = _alloc(I, F, vid)
+        I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
+        x = I[I[H_wc_head] + (vid)]
+        I[I[H_wc_head] + (vid)] = -1
+        while x >= 0:
+            nx = I[I[H_th_wc_next] + (x)]
+            _wake(I, F, x, -1)
+            x = nx
+        s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
+        end = _cost(I, F, t, s, c)
+    return end
+
+
+# -- the interpreter ---------------------------------------------------------------------------
+@njit(cache=True)
+def _exec(I, F, t):
+    now = F[0]
+    if I[G_PEND_T] == t and I[G_PEND_I] < I[G_PEND_N]:
+        return _pending_step(I, F, t)
+    p = I[I[H_th_prog] + (t)]
+    pc = I[I[H_th_pc] + (t)]
+    op = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (0)]
+    a1 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (1)]
+    a2 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (2)]
+    I[I[H_th_pc] + (t)] = pc + 1
+    if op == 1:  # READ
+        return _read(I, F, t, _line(I, F, t, a1, a2))
+    if op == 2:  # PREFETCHW
+        return _rmw(I, F, t, _line(I, F, t, a1, a2), False)
+    if op == 3:  # STORE
+        return _store(I, F, t, _line(I, F, t, a1, a2))
+    if op == 4:  # WORK
+        if a1 == 0:
+            return now + F[CF0 + CF_SERVICE]
+        h = I[I[H_w_hold] + (I[I[H_th_w] + (t)])]
+        return now + (h if h else DEFAULT_WRITER_NS)
+    if op == 13:  # CHECK_MM
+        return _read(I, F, t, _line(I, F, t, 1, a2))
+    if op == 22:  # WALK
+        end = _read(I, F, t, I[CI0 + CI_MM_MT])
+        v = _resolve(I, F, I[I[H_th_vma] + (t)])
+        if v < 0:
+            I[I[H_th_pc] + (t)] = a1
+        else:
+            I[I[H_th_slot] + (t)] = I[I[H_ob_slot] + (v)]
+            I[I[H_th_found] + (t)] = v
+        return end
+    if op == 23:  # CHECK_RANGE
+        end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_START]))
+        if _cur(I, F, t) != I[I[H_th_found] + (t)]:
+            I[I[H_th_pc] + (t)] = a1
+        return end
+    if op == 24:  # CHECK_DETACHED
+        end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_START]))
+        if not I[I[H_ob_live] + (_cur(I, F, t))]:
+            I[I[H_th_pc] + (t)] = a1
+        return end
+    if op == 14:  # VMA_START_WRITE_ALL
+        w = I[I[H_th_w] + (t)]
+        n = 0
+        for k in range(I[I[H_w_ids_p] + (w)], I[I[H_w_ids_p] + (w + 1)]):
+            v = I[I[H_vid_obj] + (I[I[H_w_ids] + (k)])]
+            if v >= 0 and I[I[H_ob_live] + (v)]:
+                I[I[H_pend_obj] + (n)] = v
+                n += 1
+        I[G_PEND_T] = t
+        I[G_PEND_N] = n
+        I[G_PEND_I] = 0
+        I[G_PEND_STEP] = 0
+        return now
+    if op == 25:  # VMA_COMMIT
+        return _commit(I, F, t)
+    if op == 15 or op == 16:  # MM_SEQ_WRITE_BEGIN / END
+        I[G_MM_SEQ] += 1
+        return _store(I, F, t, I[CI0 + CI_MM_SEQ])
+    if op == 17:  # OUTCOME
+        I[I[H_th_outcome] + (t)] = a1
+        return now
+    if op == 18:  # FALLBACK
+        I[I[H_th_fb] + (t)] = True
+        return now
+    if op == 19:  # ATTEMPT
+        I[I[H_th_att] + (t)] += 1
+        return now
+    if op == 20:  # GOTO
+        I[I[H_th_pc] + (t)] = a1
+        return now
+    if op == 21:  # END
+        I[I[H_th_finished] + (t)] = True
+        return now
+    again = False
+    if op == 5:  # CHECK_SEQ
+        v = _cur(I, F, t)
+        if not I[I[H_th_seq_has] + (t)]:  # READ_ONCE(vma->vm_lock_seq)
+            I[I[H_th_seq_has] + (t)] = True
+            end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_LOCK_SEQ]))
+            again = True
+        else:  # READ_ONCE(mm->mm_lock_seq)
+            I[I[H_th_seq_has] + (t)] = False
+            end = _read(I, F, t, I[CI0 + CI_MM_SEQ])
+            if I[I[H_ob_seq] + (v)] == I[G_MM_SEQ]:
+                I[I[H_th_pc] + (t)] = a1
+    elif op == 6:  # RWSEM_TRYLOCK_READ
+        end, again = _trylock_read(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1, a2)
+    elif op == 7:
+        end, again = _down_read(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1)
+    elif op == 8:
+        end = _up_read(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1)
+    elif op == 9:
+        end, again = _down_write(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1)
+    elif op == 10:
+        end = _up_write(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1)
+    elif op == 11:
+        end, again = _ref_get(I, F, t, a1, a2)
+    elif op == 12:
+        end = _ref_put(I, F, t)
+    else:
+        end = now
+    if again:
+        I[I[H_th_pc] + (t)] -= 1
+    return end
+
+
+# -- gates (causal order the closed loop keeps; see reference.Simulation.__init__) ---------------
+@njit(cache=True)
+def _min_unstarted(I, F, P, vid):
+    pos = I[I[H_us_pos] + (vid)]
+    end = I[I[H_us_p] + (vid + 1)]
+    while pos < end and (P[0][P[6][pos]] & 16):
+        pos += 1
+    I[I[H_us_pos] + (vid)] = pos
+    return P[4][P[6][pos]] if pos < end else np.iinfo(np.int64).max
+
+
+@njit(cache=True)
+def _gate(I, F, P, t):
+    j = I[I[H_th_op] + (t)]
+    if ((P[0][j] & 3) - 1) == 0 or ((P[0][j] & 3) - 1) == 1:  # a fault
+        vid = P[1][j]
+        if vid >= 0 and I[I[H_vid_created] + (vid)] and not I[I[H_vid_ever] + (vid)]:
+            I[I[H_th_wc_next] + (t)] = -1
+            if I[I[H_wc_head] + (vid)] < 0:
+                I[I[H_wc_head] + (vid)] = t
+            else:
+                I[I[H_th_wc_next] + (I[I[H_wc_tail] + (vid)])] = t
+            I[I[H_wc_tail] + (vid)] = t
+            _block(I, F, t)
+            return False
+        return True
+    w = P[1][j]
+    seq = P[4][j]
+    for k in range(I[I[H_w_gate_p] + (w)], I[I[H_w_gate_p] + (w + 1)]):
+        if _min_unstarted(I, F, P, I[I[H_w_gate] + (k)]) < seq:
+            I[I[H_ws] + (I[G_WS_N])] = t
+            I[G_WS_N] += 1
+            _block(I, F, t)
+            return False
+    return True
+
+
+@njit(cache=True)
+def _started(I, F, P, t):
+    j = I[I[H_th_op] + (t)]
+    if not (((P[0][j] & 3) - 1) == 0 or ((P[0][j] & 3) - 1) == 1):
+        return
+    P[0][j] |= 16
+    vid = P[1][j]
+    n = I[G_WS_N]
+    if n and vid >= 0:
+        k = 0
+        for i in range(n):
+            w = I[I[H_ws] + (i)]
+            jw = I[I[H_th_op] + (w)]
+            ww = P[1][jw]
+            seq = P[4][jw]
+            hit = False
+            ok = True
+            for q in range(I[I[H_w_gate_p] + (ww)], I[I[H_w_gate_p] + (ww + 1)]):
+                if I[I[H_w_gate] + (q)] == vid:
+                    hit = True
+            if hit:
+                for q in range(I[I[H_w_gate_p] + (ww)], I[I[H_w_gate_p] + (ww + 1)]):
+                    if not _min_unstarted(I, F, P, I[I[H_w_gate] + (q)]) > seq:
+                        ok = False
+                        break
+            if hit and ok:
+                _wake(I, F, w, -1)
+            else:
+                I[I[H_ws] + (k)] = w
+                k += 1
+        I[G_WS_N] = k
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _next_op(I, F, P, t):
+    i = I[I[H_th_i] + (t)] + 1
+    I[I[H_th_i] + (t)] = i
+    if I[I[H_th_p] + (t)] + i >= I[I[H_th_p] + (t + 1)]:
+        I[I[H_th_done] + (t)] = True
+        _release_cpu(I, F, t)
+        return False
+    j = P[5][I[I[H_th_p] + (t)] + i]
+    I[I[H_th_op] + (t)] = j
+    prog = (P[0][j] & 3) - 1
+    I[I[H_th_prog] + (t)] = prog
+    I[I[H_th_vma] + t] = P[1][j] if prog == 0 or prog == 1 else -1
+    I[I[H_th_w] + t] = -1 if prog == 0 or prog == 1 else P[1][j]
+    I[I[H_th_pc] + (t)] = 0
+    I[I[H_th_slot] + (t)] = -1
+    I[I[H_th_found] + (t)] = -1
+    I[I[H_th_ref_obj] + (t)] = -1
+    I[I[H_th_ref_has] + (t)] = False
+    I[I[H_th_seq_has] + (t)] = False
+    I[I[H_th_try] + (t)] = TRY_NONE
+    I[I[H_th_dr] + (t)] = DR_NONE
+    I[I[H_th_dw] + (t)] = DW_NONE
+    I[I[H_th_thinking] + (t)] = False
+    I[I[H_th_finished] + (t)] = False
+    I[I[H_th_rec] + (t)] = True
+    F[I[H_th_start] + (t)] = np.nan
+    F[I[H_th_wait] + (t)] = 0.0
+    F[I[H_th_cache] + (t)] = 0.0
+    I[I[H_th_tr] + (t)] = 0
+    I[I[H_th_outcome] + (t)] = 0
+    I[I[H_th_fb] + (t)] = False
+    I[I[H_th_att] + (t)] = 0
+    if I[CI0 + CI_OPEN_LOOP] and (P[0][j] & 4):
+        think = P[3][j] - F[0]
+    else:
+        think = P[2][j] - F[I[H_th_prev_unknown] + (t)]
+    F[I[H_th_think] + (t)] = max(0.0, think)
+    return True
+
+
+@njit(cache=True)
+def _finish(I, F, P, t):
+    j = I[I[H_th_op] + (t)]
+    end = F[0]
+    k = I[G_NOUT]
+    I[G_NOUT] = k + 1
+    I[I[H_out_op] + (k)] = j
+    I[I[H_out_cpu] + (k)] = I[I[H_th_cpu] + (t)]
+    F[I[H_out_start] + (k)] = F[I[H_th_start] + (t)]
+    F[I[H_out_end] + (k)] = end
+    F[I[H_out_wait] + (k)] = F[I[H_th_wait] + (t)]
+    F[I[H_out_cache] + (k)] = F[I[H_th_cache] + (t)]
+    I[I[H_out_tr] + (k)] = I[I[H_th_tr] + (t)]
+    I[I[H_out_outcome] + (k)] = I[I[H_th_outcome] + (t)]
+    I[I[H_out_fb] + (k)] = I[I[H_th_fb] + (t)]
+    I[I[H_out_att] + (k)] = I[I[H_th_att] + (t)]
+    F[I[H_th_prev_unknown] + (t)] = (end - F[I[H_th_start] + (t)]) if not (P[0][j] & 8) else 0.0
+
+
+@njit(cache=True)
+def _step(I, F, P, t):
+    c = I[I[H_th_cpu] + (t)]
+    if I[I[H_th_thinking] + (t)]:  # back from its gap: needs its CPU again
+        I[I[H_th_thinking] + (t)] = False
+        if I[I[H_cpu_busy] + (c)] >= 0 and I[I[H_cpu_busy] + (c)] != t:
+            _rq_push(I, F, c, t)
+            return
+        I[I[H_cpu_busy] + (c)] = t
+    while True:
+        if not I[I[H_th_rec] + (t)] or I[I[H_th_finished] + (t)]:
+            if I[I[H_th_rec] + (t)]:
+                _finish(I, F, P, t)
+                if I[I[H_rq_head] + (c)] >= 0:  # yield the CPU at op boundaries
+                    _rq_push(I, F, c, t)
+                    _release_cpu(I, F, t)
+                    I[I[H_th_rec] + (t)] = False
+                    return
+            if not _next_op(I, F, P, t):
+                return
+            if F[I[H_th_think] + (t)] > 0:
+                I[I[H_th_thinking] + (t)] = True
+                _release_cpu(I, F, t)
+                _at(I, F, F[0] + F[I[H_th_think] + (t)], t)
+                return
+        if np.isnan(F[I[H_th_start] + (t)]):
+            if not _gate(I, F, P, t):
+                return
+            F[I[H_th_start] + (t)] = F[0]
+            F[I[H_th_wait] + (t)] = 0.0
+            _started(I, F, P, t)
+        if I[I[H_th_prog] + (t)] < 0:
+            I[I[H_th_finished] + (t)] = True
+            continue
+        r = _exec(I, F, t)
+        if r < 0:  # blocked
+            return
+        if r > F[0]:
+            _at(I, F, r, t)
+            return
+
+
+@njit(cache=True)
+def _pop(I, F):
+    n = I[G_HEAP] - 1
+    when, t, tok = F[I[H_hp_when] + (0)], I[I[H_hp_t] + (0)], I[I[H_hp_tok] + (0)]
+    I[G_HEAP] = n
+    if n > 0:
+        F[I[H_hp_when] + (0)] = F[I[H_hp_when] + (n)]
+        I[I[H_hp_seq] + (0)] = I[I[H_hp_seq] + (n)]
+        I[I[H_hp_t] + (0)] = I[I[H_hp_t] + (n)]
+        I[I[H_hp_tok] + (0)] = I[I[H_hp_tok] + (n)]
+        _sift_down(I, F, 0, n)
+    return when, t, tok
+
+
+@njit(cache=True)
+def start(I, F, P):
+    for t in range(I[CI0 + CI_NT]):
+        c = I[I[H_th_cpu] + (t)]
+        if I[I[H_cpu_busy] + (c)] < 0:
+            I[I[H_cpu_busy] + (c)] = t
+            _at(I, F, 0.0, t)
+        else:
+            _rq_push(I, F, c, t)
+
+
+@njit(cache=True)
+def run_chunk(I, F, P):
+    """Run until the result buffer is full or the simulation ends.  Returns True when
+    it ended (then check I[G_ERR])."""
+    while I[G_HEAP] > 0:
+        if I[G_NOUT] >= I[G_CHUNK]:  # the buffer keeps room for a step's zero-time ops
+            return False
+        when, t, tok = _pop(I, F)
+        F[0] = when
+        if tok != I[I[H_th_token] + (t)]:
+            continue
+        _step(I, F, P, t)
+        if I[G_ERR]:
+            return True
+    for t in range(I[CI0 + CI_NT]):
+        if not I[I[H_th_done] + (t)]:
+            I[G_ERR] = ERR_DEADLOCK
+            break
+    return True
+
+
+# -- loading: one mm's ops into a State ------------------------------------------------------------
+_LABEL_ARGS = {Op.CHECK_SEQ: (1,), Op.RWSEM_TRYLOCK_READ: (2,), Op.REF_GET: (1, 2), Op.CHECK_MM: (1,), Op.GOTO: (1,),
+               Op.WALK: (1,), Op.CHECK_RANGE: (1,), Op.CHECK_DETACHED: (1,)}
+
+
+def encode_programs(model) -> np.ndarray:
+    """The model's compiled programs as int64 [3, len, 4]: op, then integer arguments
+    (mm fields become dense line ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 =
+    the VMA's, WORK 0 = fault / 1 = writer, outcomes their index)."""
+    lay = model.layout
+    progs = [model.programs[k] for k in ("fault", "kernel_fault", "writer")]
+    out = np.zeros((3, max(len(p) for p in progs), 4), np.int64)
+    for pi, prog in enumerate(progs):
+        for k, ins in enumerate(prog):
+            op = int(ins[0])
+            args = [0, 0, 0]
+            if op in (Op.READ, Op.PREFETCHW, Op.STORE):
+                obj, f = ins[1], ins[2]
+                if obj == "mm":
+                    args = [0, lay.mm.fields[f] // 64, 0]
+                else:
+                    if f == "vm_lock" and "vm_lock" not in lay.vma.fields:
+                        f = "vm_start"
+                    args = [1, lay.vma.fields[f], 0]
+            elif op == Op.CHECK_MM:
+                args = [ins[1], lay.vma.fields["vm_mm"], 0]
+            elif op in (Op.RWSEM_TRYLOCK_READ, Op.RWSEM_DOWN_READ, Op.RWSEM_UP_READ, Op.RWSEM_DOWN_WRITE,
+                        Op.RWSEM_UP_WRITE):
+                args = [0 if ins[1] == "mmap_lock" else 1, ins[2] if op == Op.RWSEM_TRYLOCK_READ else 0, 0]
+            elif op == Op.WORK:
+                args = [0 if ins[1] == "fault" else 1, 0, 0]
+            elif op == Op.OUTCOME:
+                args = [OUTCOMES.index(ins[1]), 0, 0]
+            elif op in _LABEL_ARGS:
+                args = [int(x) for x in ins[1:]] + [0] * (3 - len(ins[1:]))
+            out[pi, k, 0] = op
+            out[pi, k, 1:] = args
+    return out
+
+
+def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(len(lists) + 1, np.int64)
+    flat = []
+    for i, xs in enumerate(lists):
+        xs = [index[x] for x in (xs or [])]
+        flat.extend(xs)
+        ptr[i + 1] = ptr[i] + len(xs)
+    return ptr, np.asarray(flat, np.int64)
+
+
+def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
+         fault_service_ns: float | None = None, chunk: int = 1 << 20):
+    """Build the State for one mm's ops (a polars DataFrame in op_id order, the ops
+    schema's columns).  Returns (state, meta) where meta keeps what the reports need."""
+    import polars as pl
+
+    lay = model.layout
+    prm = model.params
+    n = ops.height
+    kind = ops["kind"].cast(pl.Utf8)
+    is_fault = (kind == "fault").to_numpy()
+    kernel = ops["kernel"].fill_null(False).to_numpy() if "kernel" in ops.columns else np.zeros(n, bool)
+    lock_mode = ops["lock_mode"].cast(pl.Utf8) if "lock_mode" in ops.columns else pl.Series([None] * n, dtype=pl.Utf8)
+    writer = ((lock_mode == "write").fill_null(False) | (kind == "exit")).to_numpy()
+    op_prog = np.where(is_fault, np.where(kernel, 1, 0), np.where(writer, 2, -1)).astype(np.int8)
+
+    def col(name, dtype=pl.Int64):
+        return ops[name] if name in ops.columns else pl.Series(name, [None] * n, dtype=dtype)
+
+    lists = {k: col(k, pl.List(pl.Int64)) for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
+    nf_idx = np.flatnonzero(~is_fault)
+    wl = {k: (v.gather(nf_idx).to_list() if len(nf_idx) else []) for k, v in lists.items()}
+    vma_id = col("vma_id")
+    vids_all = [vma_id.drop_nulls().to_numpy()]
+    for k in wl:
+        for xs in wl[k]:
+            if xs:
+                vids_all.append(np.asarray([x for x in xs if x is not None and x >= 0], np.int64))
+    uniq = np.unique(np.concatenate(vids_all)) if vids_all else np.zeros(0, np.int64)
+    index = {int(v): i for i, v in enumerate(uniq)}
+    nv = len(uniq)
+    vma_np = vma_id.fill_null(-1).to_numpy()
+    op_vma = np.where(vma_np >= 0, np.searchsorted(uniq, np.maximum(vma_np, 0)), -1).astype(np.int32) \
+        if nv else np.full(n, -1, np.int32)
+    op_vma[vma_np < 0] = -1
+
+    # writers (every non-fault op): hold, lists; freed and successor zipped as the reference does
+    freed, succ = [], []
+    for fr, sc in zip(wl["vmas_freed"], wl["vmas_successor"]):
+        fr = fr or []
+        sc = sc if sc else [-1] * len(fr)
+        pairs = list(zip(fr, sc))
+        freed.append([p[0] for p in pairs])
+        succ.append([p[1] for p in pairs])
+    w_ids_p, w_ids = _csr(wl["vma_ids"], index)
+    w_freed_p, w_freed = _csr(freed, index)
+    w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
+    w_created_p, w_created = _csr(wl["vmas_created"], index)
+    gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
+    w_gate_p, w_gate = _csr(gate, index)
+    hold = col("hold_ns").gather(nf_idx).fill_null(0).to_numpy().astype(np.float64) if len(nf_idx) else np.zeros(0)
+    op_w = np.full(n, -1, np.int32)
+    op_w[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)
+
+    created = {index[x] for xs in wl["vmas_created"] for x in (xs or [])}
+    vid_created = np.zeros(nv, bool)
+    vid_created[list(created)] = True
+    every = set(np.unique(op_vma[op_vma >= 0]).tolist())
+    for k in ("vma_ids", "vmas_freed"):
+        for xs in wl[k]:
+            every.update(index[x] for x in (xs or []))
+    initial = sorted(every - created)
+    n_created = sum(len(xs or []) for xs in wl["vmas_created"])
+    max_obj = len(initial) + n_created + 1
+
+    seq = col("seq").fill_null(col("op_id")) if "seq" in ops.columns else col("op_id")
+    op_rank = seq.rank("dense").cast(pl.Int64).to_numpy()
+    op_id = col("op_id").to_numpy()
+    # faults per VMA, ordered by (seq, op_id): the reference's ``unstarted`` heaps
+    fj = np.flatnonzero(is_fault & (op_vma >= 0))
+    order = np.lexsort((op_id[fj], op_rank[fj], op_vma[fj]))
+    us_ops = fj[order].astype(np.int64)
+    us_p = np.zeros(nv + 1, np.int64)
+    np.add.at(us_p, op_vma[fj] + 1, 1)
+    us_p = np.cumsum(us_p)
+
+    tid = col("tid", pl.Int32).to_numpy()
+    tids, tix = np.unique(tid, return_inverse=True)
+    nt = len(tids)
+    th_order = np.argsort(tix, kind="stable")
+    th_p = np.zeros(nt + 1, np.int64)
+    th_p[1:] = np.cumsum(np.bincount(tix, minlength=nt))
+    recorded = None
+    if placement == "as-recorded":
+        recorded = []
+        cpu = col("cpu", pl.Int16)
+        per = pl.DataFrame({"t": tix, "c": cpu}).filter(pl.col("c").is_not_null())
+        for ti in range(nt):
+            seen = per.filter(pl.col("t") == ti)["c"].to_list()
+            recorded.append(max(set(seen), key=seen.count) if seen else None)
+    cpus = machine.placement(nt, ncpus, placement, recorded)
+
+    start_ns = col("start_ns")
+    t0 = start_ns.min() if start_ns.null_count() < n else 0
+    op_rel_start = (start_ns - (t0 or 0)).fill_null(0).cast(pl.Float64).to_numpy()
+    end_known = col("end_ns").is_not_null().to_numpy()
+    think = col("think_ns").fill_null(0).cast(pl.Float64).to_numpy()
+
+    # zero-time ops can finish several in one step: keep that much room in the buffer
+    service = machine.fault_service_ns if fault_service_ns is None else fault_service_ns
+    instant = (op_prog < 0) | ((op_prog <= 1) & (service == 0))
+    slack = 2
+    if instant.any():
+        run = 0
+        for t_i in range(nt):
+            run = 0
+            for j in th_order[th_p[t_i]:th_p[t_i + 1]]:
+                run = run + 1 if instant[j] else 0
+                slack = max(slack, run + 2)
+
+    # lines: the mm_struct's page, the VMA slab, the vma_lock slab (even-sized regions)
+    vma_st = lay.vma
+    vlines = (max_obj // vma_st.per_page + 1) * 64
+    llines = (max_obj // lay.vma_lock.per_page + 1) * 64 if lay.vma_lock_in == "vma_lock" else 0
+    VBASE, LBASE = 64, 64 + vlines
+    nlines = LBASE + llines
+    mcpus = machine.cpus()
+    W = (len(mcpus) + 63) // 64
+    nsock = machine.sockets
+
+    CI = np.zeros(CI_N, np.int64)
+    CI[CI_PREFETCH] = int(machine.adjacent_line_prefetch)
+    CI[CI_VLOCK] = {"rwsem": 1, "refcnt": 2}.get(prm.get("vma_lock"), 0)
+    CI[CI_REF_LIMIT] = prm.get("ref_limit", 0)
+    CI[CI_WAKE_LAST] = int(prm.get("wake") == "last")
+    CI[CI_WRITER_REF] = prm.get("writer_ref", 0)
+    CI[CI_TYPESAFE] = int(bool(prm.get("typesafe_by_rcu")))
+    CI[CI_OPEN_LOOP] = int(open_loop)
+    CI[CI_VMA_PER_PAGE], CI[CI_VMA_STRIDE] = vma_st.per_page, vma_st.stride
+    if lay.vma_lock is not None:
+        CI[CI_VL_PER_PAGE], CI[CI_VL_STRIDE] = lay.vma_lock.per_page, lay.vma_lock.stride
+    CI[CI_VBASE], CI[CI_LBASE] = VBASE, LBASE
+    CI[CI_F_VM_START] = vma_st.fields["vm_start"]
+    CI[CI_F_VM_LOCK_SEQ] = vma_st.fields["vm_lock_seq"]
+    CI[CI_F_VM_REFCNT] = vma_st.fields.get("vm_refcnt", 0)
+    if lay.vma_lock_in == "vma_lock":
+        CI[CI_VL_COUNT], CI[CI_VL_OWNER] = lay.vma_lock.fields["lock.count"], lay.vma_lock.fields["lock.owner"]
+    elif lay.vma_lock_in == "vma":
+        CI[CI_VL_COUNT], CI[CI_VL_OWNER], CI[CI_VL_IN_VMA] = vma_st.fields["lock.count"], vma_st.fields["lock.owner"], 1
+    mmf = lay.mm.fields
+    for slot, f in ((CI_MM_MT, "mm_mt"), (CI_MM_COUNT, "mmap_lock.count"), (CI_MM_OWNER, "mmap_lock.owner"),
+                    (CI_MM_WWAIT, "vma_writer_wait"), (CI_MM_SEQ, "mm_lock_seq")):
+        CI[slot] = mmf[f] // 64
+    CI[CI_NSOCK], CI[CI_W] = nsock, W
+    L = machine.latency_ns
+    CF = np.zeros(CF_N, np.float64)
+    CF[[CF_L1, CF_LLC, CF_ATOMIC, CF_RSHARED, CF_REXCL, CF_CROSS]] = [
+        L["l1_hit"], L["llc_hit"], L["owned_atomic"], L["socket_read_shared"], L["socket_read_exclusive"],
+        L["cross_socket_handoff"]]
+    CF[CF_SERVICE] = service
+    handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
+    sock = np.array([c.socket for c in mcpus], np.int64)
+
+    nlk = max_obj + 1
+    z = np.zeros
+    cap = chunk + slack
+    max_w = int(np.diff(w_ids_p).max()) if len(w_ids_p) > 1 else 0
+    hcap = 4 * nt + 64
+    neg = lambda k: np.full(k, -1, np.int64)  # noqa: E731
+    lk_f = np.tile(np.array([0.0, 0.0, np.nan, 0.0, 0.0, np.nan]), nlk)
+    regs = dict(
+        sock=sock, prog=encode_programs(model).ravel(), w_hold=hold, w_ids_p=w_ids_p, w_ids=w_ids,
+        w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ, w_created_p=w_created_p, w_created=w_created,
+        w_gate_p=w_gate_p, w_gate=w_gate,
+        vid_obj=neg(nv), vid_ever=z(nv), vid_created=vid_created, vid_succ=neg(nv), vid_order=z(nv), us_p=us_p,
+        us_pos=us_p[:-1].copy(), wc_head=neg(nv), wc_tail=neg(nv),
+        th_p=th_p, th_cpu=np.asarray(cpus), th_i=neg(nt), th_pc=z(nt), th_prog=z(nt), th_done=z(nt),
+        th_blocked=z(nt), th_token=z(nt), th_thinking=z(nt), th_finished=z(nt), th_slot=neg(nt), th_found=neg(nt),
+        th_ref_obj=neg(nt), th_ref_has=z(nt), th_ref_ver=z(nt), th_seq_has=z(nt), th_try=z(nt), th_try_ver=z(nt),
+        th_dr=z(nt), th_dw=z(nt), th_rec=z(nt), th_op=z(nt), th_tr=z(nt), th_outcome=z(nt), th_fb=z(nt),
+        th_att=z(nt), th_rq_next=neg(nt), th_in_rq=z(nt), th_hs_vlock=neg(nt), th_wlock=z(nt), th_wc_next=neg(nt),
+        th_vma=neg(nt), th_w=neg(nt),
+        w_next=neg(nt), w_prev=neg(nt), w_write=z(nt), w_handoff=z(nt), w_lock=neg(nt), sp_next=neg(nt),
+        sp_prev=neg(nt), sp_lock=neg(nt),
+        cpu_busy=neg(len(mcpus)), rq_head=neg(len(mcpus)), rq_tail=neg(len(mcpus)),
+        ob_vid=z(max_obj), ob_slot=z(max_obj), ob_seq=z(max_obj), ob_ref=z(max_obj), ob_live=z(max_obj),
+        slot_obj=neg(max_obj), freelist=z(max_obj),
+        lk_count=z(nlk), lk_owner=z(nlk), lk_cline=z(nlk), lk_oline=z(nlk), lk_wh=neg(nlk), lk_wt=neg(nlk),
+        lk_sh=neg(nlk), lk_st=neg(nlk), lk_i=z(nlk * 3),
+        ln_owner=neg(nlines), ln_mask=z(nlines * W), ln_scnt=z(nlines * nsock), ln_nsh=z(nlines), ln_ver=z(nlines),
+        ln_tr=z(nlines), ln_inv=z(nlines),
+        hp_seq=z(hcap), hp_t=z(hcap), hp_tok=z(hcap), pend_obj=z(max_w + 1), ws=z(nt + 1),
+        out_op=z(cap), out_cpu=z(cap), out_tr=z(cap), out_outcome=z(cap), out_fb=z(cap), out_att=z(cap),
+        # float regions
+        handoff=handoff.ravel(), th_blocked_at=z(nt), th_prev_unknown=z(nt), th_think=z(nt), th_dw_deadline=z(nt),
+        th_dw_since=z(nt), th_start=np.full(nt, np.nan), th_wait=z(nt), th_cache=z(nt), th_hs_mm=np.full(nt, np.nan),
+        th_hs_v=np.full(nt, np.nan), w_since=z(nt), lk_f=lk_f, ln_busy=z(nlines), hp_when=z(hcap),
+        out_start=z(cap), out_end=z(cap), out_wait=z(cap), out_cache=z(cap),
+    )
+    CI[CI_NCPU], CI[CI_PLEN], CI[CI_HCAP], CI[CI_NT] = len(mcpus), regs["prog"].size // 12, hcap, nt
+    I, F, where = pack(regs, CI, CF)
+    flags = (op_prog.astype(np.int16) + 1) | (start_ns.is_not_null().to_numpy().astype(np.int16) << 2) \
+        | (end_known.astype(np.int16) << 3)
+    arg = np.where(is_fault, op_vma, op_w).astype(np.int32)
+    P = (flags.astype(np.int8), arg, think, op_rel_start if open_loop else np.zeros(1),
+         op_rank.astype(np.int32), th_order.astype(np.int32), us_ops.astype(np.int32))
+    I[I[H_lk_cline]], I[I[H_lk_oline]] = CI[CI_MM_COUNT], CI[CI_MM_OWNER]
+    I[G_WW] = -1
+    I[G_PEND_T] = -1
+    I[G_CHUNK] = chunk
+    for v in initial:
+        _alloc(I, F, v)
+    meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_id": op_id, "vlines": vlines, "llines": llines,
+            "where": where}
+    return (I, F, P), meta
+
+
+def pack(regs: dict, CI: np.ndarray, CF: np.ndarray):
+    """Lay the regions out in I and F after their headers; returns (I, F, where) with
+    where[name] = (array letter, offset, length)."""
+    ni = HB + NREG + sum(regs[r].size for r in I_REGIONS)
+    nf = 1 + CF_N + sum(regs[r].size for r in F_REGIONS)
+    I = np.zeros(ni, np.int64)
+    F = np.zeros(nf, np.float64)
+    I[CI0:CI0 + CI_N] = CI
+    F[CF0:CF0 + CF_N] = CF
+    where = {}
+    pos = HB + NREG
+    for k, r in enumerate(I_REGIONS):
+        a = regs[r]
+        I[HB + k] = pos
+        I[pos:pos + a.size] = a
+        where[r] = ("I", pos, a.size)
+        pos += a.size
+    fpos = 1 + CF_N
+    for k, r in enumerate(F_REGIONS):
+        a = regs[r]
+        I[HB + len(I_REGIONS) + k] = fpos
+        F[fpos:fpos + a.size] = a
+        where[r] = ("F", fpos, a.size)
+        fpos += a.size
+    return I, F, where
+
+
+def region(state, meta, name):
+    I, F, _ = state
+    arr, off, n = meta["where"][name]
+    return (I if arr == "I" else F)[off:off + n]
+
+
+def lock_stats(state, model, meta) -> list[dict]:
+    I = state[0]
+    R = lambda name: region(state, meta, name)  # noqa: E731
+    lk_i, lk_f, vid_obj, ln_tr, lk_cline = R("lk_i"), R("lk_f"), R("vid_obj"), R("ln_tr"), R("lk_cline")
+    out = []
+    locks = [(0, "mmap_lock", "mm")]
+    if I[CI0 + CI_VLOCK] == 1:
+        locks += [(int(vid_obj[v]) + 1, "vma_lock", f"vma:{int(meta['uniq'][v])}")
+                  for v in R("vid_order")[:I[G_NVORDER]]]
+    for lk, cls, key in locks:
+        acq, con, tf = (int(x) for x in lk_i[lk * 3:lk * 3 + 3])
+        if not (acq or con or tf):
+            continue
+        f = [float(x) for x in lk_f[lk * 6:lk * 6 + 6]]
+        out.append({"lock_class": cls, "lock": key, "acquisitions": acq, "contentions": con, "wait_total_ns": f[0],
+                    "wait_max_ns": f[1], "wait_min_ns": None if np.isnan(f[2]) else f[2], "hold_total_ns": f[3],
+                    "hold_max_ns": f[4], "hold_min_ns": None if np.isnan(f[5]) else f[5], "trylock_failures": tf,
+                    "con_bounces": int(ln_tr[lk_cline[lk]])})
+    return out
+
+
+def line_stats(state, model, meta) -> list[dict]:
+    I = state[0]
+    lay = model.layout
+    names: dict[int, set] = {}
+    for f, off in lay.mm.fields.items():
+        names.setdefault(off // 64, set()).add(f"mm_struct.{f}")
+    nslots = int(I[G_NSLOTS])
+    for slot in range(nslots):
+        rel = lay.vma.address(slot, 0)
+        for f, off in lay.vma.fields.items():
+            names.setdefault(64 + (rel + off) // 64, set()).add(f"vm_area_struct.{f}")
+        if lay.vma_lock_in == "vma_lock":
+            a = lay.vma_lock.address(slot, 0)
+            for f in ("lock.count", "lock.owner"):
+                names.setdefault(64 + meta["vlines"] + (a + lay.vma_lock.fields[f]) // 64, set()).add(f"vma_lock.{f}")
+    ln_tr, ln_inv = region(state, meta, "ln_tr"), region(state, meta, "ln_inv")
+    hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
+    out = []
+    for d in hot.tolist():
+        if d < 64:
+            absl = MM_BASE // 64 + d
+        elif d < 64 + meta["vlines"]:
+            absl = VMA_SLAB_BASE // 64 + d - 64
+        else:
+            absl = VMA_LOCK_SLAB_BASE // 64 + d - 64 - meta["vlines"]
+        out.append({"line": absl * 64, "fields": ", ".join(sorted(names.get(d, {"?"}))),
+                    "transfers": int(ln_tr[d]), "invalidations": int(ln_inv[d])})
+    return out
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+OUT_COLUMNS = {"op": "out_op", "sim_cpu": "out_cpu", "start_ns": "out_start", "end_ns": "out_end",
+               "lock_wait_ns": "out_wait", "cache_ns": "out_cache", "line_transfers": "out_tr",
+               "outcome": "out_outcome", "fallback": "out_fb", "attempts": "out_att"}
+
+
+def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
+             fault_service_ns: float | None = None, chunk: int = 1 << 20, sink=None, progress=None):
+    """Replay one mm.  Each chunk of results goes to ``sink(dict of numpy columns)``
+    as it is produced (op = index into ``ops``); returns (lock_stats, line_stats, counters)."""
+    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk)
+    I, F, P = state
+    start(I, F, P)
+    done_n = 0
+    while True:
+        ended = run_chunk(I, F, P)
+        k = int(I[G_NOUT])
+        if k:
+            sink({c: region(state, meta, r)[:k].copy() for c, r in OUT_COLUMNS.items()})
+            done_n += k
+            I[G_NOUT] = 0
+            if progress:
+                progress(done_n)
+        if ended:
+            break
+    err = int(I[G_ERR])
+    if err == ERR_DEADLOCK:
+        done = region(state, meta, "th_done")
+        stuck = [int(meta["tids"][t]) for t in np.flatnonzero(done == 0)]
+        raise EngineError(f"simulation deadlocked: threads {stuck} never finished")
+    if err:
+        raise EngineError(f"compiled engine invariant broken (code {err})")
+    counters = {"writer_wakeups": int(I[G_WAKEUPS]), "writer_drains": int(I[G_DRAINS]), "cas_retries": int(I[G_CAS])}
+    return lock_stats(state, model, meta), line_stats(state, model, meta), counters
