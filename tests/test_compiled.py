@@ -84,6 +84,10 @@ TOYS["handoff"] = (dataclasses.replace(BDW, fault_service_ns=1_500_000.0), 4,
                    _kernel(mk([(1, "mprotect", [1], 100_000, 1_000)] + [(t, "fault", 1, 0, None) for t in (2, 3)] * 6)))
 TOYS["writer-sleeps-after-reader-budget"] = (SLOW, 4, _kernel(mk([(2, "fault", 1, 0, None), (3, "fault", 1, 0, None),
                                                                   (1, "mprotect", [1], 10_000, 1_000)])))
+# found by the random test: a writer spinning on a lock whose owner field is 0 (a
+# writer took it but has not stored itself as owner yet) must keep spinning
+_stale = mk([(t, k, v if k == "fault" else [v], think, hold) for t, k, v, think, hold in [(1, 'fault', 1, 0, 0), (1, 'mprotect', 1, 2322, 0), (2, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (1, 'fault', 1, 0, 0), (2, 'fault', 1, 0, 0), (2, 'fault', 1, 0, 0), (2, 'mprotect', 2, 0, 0)]])
+TOYS["spin-on-unowned-lock"] = (BDW, 2, _stale)
 _merged = mk([(1, "mprotect", [1, 2], 0, 100), (2, "fault", 2, 50_000, None)])
 _merged[0]["vmas_freed"], _merged[0]["vmas_successor"] = [2], [1]
 TOYS["merged-away"] = (BDW, 4, _merged)

@@ -28,7 +28,9 @@ the kernel citations.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, config, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..models.kernels import VMA_LOCK_OFFSET
 from .isa import Op
@@ -196,7 +198,7 @@ NREG = 118
 
 
 # -- coherence --------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _has(I, F, n, cpu):
     return (I[I[H_ln_mask] + n * I[CI0 + CI_W] + (cpu >> 6)] >> (cpu & 63)) & 1
 
@@ -222,7 +224,7 @@ def _only_sharer(I, F, n, cpu):
     I[I[H_ln_scnt] + n * NS + I[I[H_sock] + cpu]] = 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fetch_cost(I, F, n, cpu):
     if I[I[H_ln_owner] + (n)] >= 0:
         return F[I[H_handoff] + (I[I[H_ln_owner] + (n)]) * I[CI0 + CI_NCPU] + (cpu)]
@@ -430,7 +432,7 @@ def _wake(I, F, t, lock):
 
 
 # -- memory accesses ------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _cost(I, F, t, start, cost):
     end = start + cost
     F[I[H_th_cache] + (t)] += end - F[0]
@@ -439,37 +441,37 @@ def _cost(I, F, t, start, cost):
     return end
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _read(I, F, t, line):
     s, c = coh_read(I, F, line, I[I[H_th_cpu] + (t)], F[0])
     return _cost(I, F, t, s, c)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rmw(I, F, t, line, changes):
     s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], True, changes)
     return _cost(I, F, t, s, c)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _store(I, F, t, line):
     s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], False, True)
     return _cost(I, F, t, s, c)
 
 
 # -- addresses ------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _vma_rel(I, F, slot):
     pp = I[CI0 + CI_VMA_PER_PAGE]
     return (slot // pp) * 4096 + (slot % pp) * I[CI0 + CI_VMA_STRIDE]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _vline(I, F, obj, off):
     return I[CI0 + CI_VBASE] + (_vma_rel(I, F, I[I[H_ob_slot] + (obj)]) + off) // 64
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _cur(I, F, t):
     slot = I[I[H_th_slot] + (t)]
     if slot >= 0:
@@ -478,7 +480,7 @@ def _cur(I, F, t):
     return I[I[H_vid_obj] + (vid)] if vid >= 0 else -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _line(I, F, t, obj, off):
     if obj == 0:
         return off  # an mm line id, resolved at load time
@@ -488,7 +490,7 @@ def _line(I, F, t, obj, off):
     return _vline(I, F, v, off)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _refline(I, F, v):
     return _vline(I, F, v, I[CI0 + CI_F_VM_REFCNT])
 
@@ -672,7 +674,7 @@ def _let_spinner_in(I, F, lock):
 @njit(cache=True)
 def _owner_running(I, F, lock):
     o = I[I[H_lk_owner] + (lock)]
-    if o == RO:
+    if o == RO or o == 0:  # reader-owned, or no owner recorded (the reference's None)
         return True
     return not I[I[H_th_blocked] + (o - 1)]
 
@@ -1307,8 +1309,36 @@ def _pop(I, F):
     return when, t, tok
 
 
+@intrinsic
+def _voidptr(typingctx, addr):
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(addr), codegen
+
+
+@njit(cache=True)
+def _unref(I, F, P):
+    """Views of the state that carry no reference count.  Numba increments and
+    decrements an array's (atomic) reference count around every call that passes it;
+    with a few hundred calls per op, that was most of the run time.  Views made with
+    carray have no meminfo, so those become no-ops; the caller's arrays keep the memory
+    alive for the duration of the call."""
+    Iv = carray(_voidptr(I.ctypes.data), I.shape[0], np.int64)
+    Fv = carray(_voidptr(F.ctypes.data), F.shape[0], np.float64)
+    Pv = (carray(_voidptr(P[0].ctypes.data), P[0].shape[0], np.int8),
+          carray(_voidptr(P[1].ctypes.data), P[1].shape[0], np.int32),
+          carray(_voidptr(P[2].ctypes.data), P[2].shape[0], np.float64),
+          carray(_voidptr(P[3].ctypes.data), P[3].shape[0], np.float64),
+          carray(_voidptr(P[4].ctypes.data), P[4].shape[0], np.int32),
+          carray(_voidptr(P[5].ctypes.data), P[5].shape[0], np.int32),
+          carray(_voidptr(P[6].ctypes.data), P[6].shape[0], np.int32))
+    return Iv, Fv, Pv
+
+
 @njit(cache=True)
 def start(I, F, P):
+    I, F, P = _unref(I, F, P)
     for t in range(I[CI0 + CI_NT]):
         c = I[I[H_th_cpu] + (t)]
         if I[I[H_cpu_busy] + (c)] < 0:
@@ -1322,6 +1352,7 @@ def start(I, F, P):
 def run_chunk(I, F, P):
     """Run until the result buffer is full or the simulation ends.  Returns True when
     it ended (then check I[G_ERR])."""
+    I, F, P = _unref(I, F, P)
     while I[G_HEAP] > 0:
         if I[G_NOUT] >= I[G_CHUNK]:  # the buffer keeps room for a step's zero-time ops
             return False
@@ -1717,3 +1748,8 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
         raise EngineError(f"compiled engine invariant broken (code {err})")
     counters = {"writer_wakeups": int(I[G_WAKEUPS]), "writer_drains": int(I[G_DRAINS]), "cas_retries": int(I[G_CAS])}
     return lock_stats(state, model, meta), line_stats(state, model, meta), counters
+
+
+if config.DISABLE_JIT:  # pure-Python debugging runs: plain arrays are fine
+    def _unref(I, F, P):  # noqa: F811
+        return I, F, P
