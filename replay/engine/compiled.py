@@ -28,7 +28,7 @@ the kernel citations.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, config, njit, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -50,7 +50,8 @@ OUTCOMES = ("success", "abort", "retry", "miss")
 (CI_PREFETCH, CI_VLOCK, CI_REF_LIMIT, CI_WAKE_LAST, CI_WRITER_REF, CI_TYPESAFE, CI_OPEN_LOOP, CI_VMA_PER_PAGE,
  CI_VMA_STRIDE, CI_VL_PER_PAGE, CI_VL_STRIDE, CI_VBASE, CI_LBASE, CI_F_VM_START, CI_F_VM_LOCK_SEQ, CI_F_VM_REFCNT,
  CI_VL_COUNT, CI_VL_OWNER, CI_VL_IN_VMA, CI_MM_MT, CI_MM_COUNT, CI_MM_OWNER, CI_MM_WWAIT, CI_MM_SEQ, CI_NSOCK,
- CI_W, CI_NCPU, CI_PLEN, CI_HCAP, CI_NT, CI_N) = range(31)
+ CI_W, CI_NCPU, CI_PLEN, CI_HCAP, CI_NT, CI_LS, CI_N) = range(32)
+LN_OWNER, LN_NSH, LN_VER, LN_TR, LN_INV, LN_SCNT = range(6)  # line record fields; then masks
 CF_L1, CF_LLC, CF_ATOMIC, CF_RSHARED, CF_REXCL, CF_CROSS, CF_SERVICE, CF_N = range(8)
 # mutable scalars: G (int64) and NOW (float64)
 (G_SEQ, G_MM_SEQ, G_WW, G_HEAP, G_NOUT, G_NOBJ, G_NSLOTS, G_NFREE, G_PEND_N, G_PEND_I, G_PEND_STEP, G_PEND_T,
@@ -74,213 +75,206 @@ LF_WT, LF_WMAX, LF_WMIN, LF_HT, LF_HMAX, LF_HMIN = range(6)
 CI0 = G_N
 CF0 = 1
 HB = CI0 + CI_N
-I_REGIONS = ('ln_mask', 'ln_nsh', 'sock', 'ln_scnt', 'ln_owner', 'ln_tr', 'ln_inv', 'ln_ver', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
+I_REGIONS = ('ln', 'sock', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
 F_REGIONS = ('handoff', 'ln_busy', 'hp_when', 'th_blocked_at', 'th_wait', 'lk_f', 'th_cache', 'th_hs_mm', 'th_hs_v', 'w_since', 'th_dw_deadline', 'th_dw_since', 'th_start', 'th_prev_unknown', 'th_think', 'out_start', 'out_end', 'out_wait', 'out_cache')
-H_ln_mask = HB + 0
-H_ln_nsh = HB + 1
-H_sock = HB + 2
-H_ln_scnt = HB + 3
-H_ln_owner = HB + 4
-H_ln_tr = HB + 5
-H_ln_inv = HB + 6
-H_ln_ver = HB + 7
-H_hp_seq = HB + 8
-H_hp_t = HB + 9
-H_hp_tok = HB + 10
-H_th_token = HB + 11
-H_th_in_rq = HB + 12
-H_th_rq_next = HB + 13
-H_rq_head = HB + 14
-H_rq_tail = HB + 15
-H_th_cpu = HB + 16
-H_cpu_busy = HB + 17
-H_th_blocked = HB + 18
-H_lk_owner = HB + 19
-H_lk_sh = HB + 20
-H_sp_next = HB + 21
-H_th_wlock = HB + 22
-H_th_dw = HB + 23
-H_th_tr = HB + 24
-H_ob_slot = HB + 25
-H_th_slot = HB + 26
-H_slot_obj = HB + 27
-H_th_vma = HB + 28
-H_vid_obj = HB + 29
-H_freelist = HB + 30
-H_ob_vid = HB + 31
-H_ob_seq = HB + 32
-H_ob_ref = HB + 33
-H_ob_live = HB + 34
-H_lk_count = HB + 35
-H_lk_wh = HB + 36
-H_lk_wt = HB + 37
-H_lk_st = HB + 38
-H_lk_cline = HB + 39
-H_lk_oline = HB + 40
-H_vid_ever = HB + 41
-H_vid_order = HB + 42
-H_vid_succ = HB + 43
-H_lk_i = HB + 44
-H_th_hs_vlock = HB + 45
-H_w_write = HB + 46
-H_w_handoff = HB + 47
-H_w_lock = HB + 48
-H_w_next = HB + 49
-H_w_prev = HB + 50
-H_sp_lock = HB + 51
-H_sp_prev = HB + 52
-H_th_dr = HB + 53
-H_th_try = HB + 54
-H_th_try_ver = HB + 55
-H_th_pc = HB + 56
-H_th_ref_has = HB + 57
-H_th_ref_ver = HB + 58
-H_th_ref_obj = HB + 59
-H_pend_obj = HB + 60
-H_th_op = HB + 61
-H_w_freed_p = HB + 62
-H_w_freed = HB + 63
-H_w_succ = HB + 64
-H_w_created_p = HB + 65
-H_w_created = HB + 66
-H_wc_head = HB + 67
-H_th_wc_next = HB + 68
-H_th_prog = HB + 69
-H_prog = HB + 70
-H_th_w = HB + 71
-H_w_hold = HB + 72
-H_th_found = HB + 73
-H_w_ids_p = HB + 74
-H_w_ids = HB + 75
-H_th_outcome = HB + 76
-H_th_fb = HB + 77
-H_th_att = HB + 78
-H_th_finished = HB + 79
-H_th_seq_has = HB + 80
-H_us_pos = HB + 81
-H_us_p = HB + 82
-H_vid_created = HB + 83
-H_wc_tail = HB + 84
-H_w_gate_p = HB + 85
-H_w_gate = HB + 86
-H_ws = HB + 87
-H_th_i = HB + 88
-H_th_p = HB + 89
-H_th_done = HB + 90
-H_th_thinking = HB + 91
-H_th_rec = HB + 92
-H_out_op = HB + 93
-H_out_cpu = HB + 94
-H_out_tr = HB + 95
-H_out_outcome = HB + 96
-H_out_fb = HB + 97
-H_out_att = HB + 98
-H_handoff = HB + 99
-H_ln_busy = HB + 100
-H_hp_when = HB + 101
-H_th_blocked_at = HB + 102
-H_th_wait = HB + 103
-H_lk_f = HB + 104
-H_th_cache = HB + 105
-H_th_hs_mm = HB + 106
-H_th_hs_v = HB + 107
-H_w_since = HB + 108
-H_th_dw_deadline = HB + 109
-H_th_dw_since = HB + 110
-H_th_start = HB + 111
-H_th_prev_unknown = HB + 112
-H_th_think = HB + 113
-H_out_start = HB + 114
-H_out_end = HB + 115
-H_out_wait = HB + 116
-H_out_cache = HB + 117
-NREG = 118
+H_ln = HB + 0
+H_sock = HB + 1
+H_hp_seq = HB + 2
+H_hp_t = HB + 3
+H_hp_tok = HB + 4
+H_th_token = HB + 5
+H_th_in_rq = HB + 6
+H_th_rq_next = HB + 7
+H_rq_head = HB + 8
+H_rq_tail = HB + 9
+H_th_cpu = HB + 10
+H_cpu_busy = HB + 11
+H_th_blocked = HB + 12
+H_lk_owner = HB + 13
+H_lk_sh = HB + 14
+H_sp_next = HB + 15
+H_th_wlock = HB + 16
+H_th_dw = HB + 17
+H_th_tr = HB + 18
+H_ob_slot = HB + 19
+H_th_slot = HB + 20
+H_slot_obj = HB + 21
+H_th_vma = HB + 22
+H_vid_obj = HB + 23
+H_freelist = HB + 24
+H_ob_vid = HB + 25
+H_ob_seq = HB + 26
+H_ob_ref = HB + 27
+H_ob_live = HB + 28
+H_lk_count = HB + 29
+H_lk_wh = HB + 30
+H_lk_wt = HB + 31
+H_lk_st = HB + 32
+H_lk_cline = HB + 33
+H_lk_oline = HB + 34
+H_vid_ever = HB + 35
+H_vid_order = HB + 36
+H_vid_succ = HB + 37
+H_lk_i = HB + 38
+H_th_hs_vlock = HB + 39
+H_w_write = HB + 40
+H_w_handoff = HB + 41
+H_w_lock = HB + 42
+H_w_next = HB + 43
+H_w_prev = HB + 44
+H_sp_lock = HB + 45
+H_sp_prev = HB + 46
+H_th_dr = HB + 47
+H_th_try = HB + 48
+H_th_try_ver = HB + 49
+H_th_pc = HB + 50
+H_th_ref_has = HB + 51
+H_th_ref_ver = HB + 52
+H_th_ref_obj = HB + 53
+H_pend_obj = HB + 54
+H_th_op = HB + 55
+H_w_freed_p = HB + 56
+H_w_freed = HB + 57
+H_w_succ = HB + 58
+H_w_created_p = HB + 59
+H_w_created = HB + 60
+H_wc_head = HB + 61
+H_th_wc_next = HB + 62
+H_th_prog = HB + 63
+H_prog = HB + 64
+H_th_w = HB + 65
+H_w_hold = HB + 66
+H_th_found = HB + 67
+H_w_ids_p = HB + 68
+H_w_ids = HB + 69
+H_th_outcome = HB + 70
+H_th_fb = HB + 71
+H_th_att = HB + 72
+H_th_finished = HB + 73
+H_th_seq_has = HB + 74
+H_us_pos = HB + 75
+H_us_p = HB + 76
+H_vid_created = HB + 77
+H_wc_tail = HB + 78
+H_w_gate_p = HB + 79
+H_w_gate = HB + 80
+H_ws = HB + 81
+H_th_i = HB + 82
+H_th_p = HB + 83
+H_th_done = HB + 84
+H_th_thinking = HB + 85
+H_th_rec = HB + 86
+H_out_op = HB + 87
+H_out_cpu = HB + 88
+H_out_tr = HB + 89
+H_out_outcome = HB + 90
+H_out_fb = HB + 91
+H_out_att = HB + 92
+H_handoff = HB + 93
+H_ln_busy = HB + 94
+H_hp_when = HB + 95
+H_th_blocked_at = HB + 96
+H_th_wait = HB + 97
+H_lk_f = HB + 98
+H_th_cache = HB + 99
+H_th_hs_mm = HB + 100
+H_th_hs_v = HB + 101
+H_w_since = HB + 102
+H_th_dw_deadline = HB + 103
+H_th_dw_since = HB + 104
+H_th_start = HB + 105
+H_th_prev_unknown = HB + 106
+H_th_think = HB + 107
+H_out_start = HB + 108
+H_out_end = HB + 109
+H_out_wait = HB + 110
+H_out_cache = HB + 111
+NREG = 112
 
 
 # -- coherence --------------------------------------------------------------------------
+# A line is a record of int64s in region "ln": owner, sharer count, version, transfers,
+# invalidations, sharers per socket, then the sharer bitmask (one word per 64 CPUs).
 @njit(cache=True, inline="always")
-def _has(I, F, n, cpu):
-    return (I[I[H_ln_mask] + n * I[CI0 + CI_W] + (cpu >> 6)] >> (cpu & 63)) & 1
+def _lrec(I, n):
+    return I[H_ln] + n * I[CI0 + CI_LS]
+
+
+@njit(cache=True, inline="always")
+def _has(I, r, cpu):
+    return (I[r + LN_SCNT + I[CI0 + CI_NSOCK] + (cpu >> 6)] >> (cpu & 63)) & 1
 
 
 @njit(cache=True)
-def _add_sharer(I, F, n, cpu):
-    if not _has(I, F, n, cpu):
-        I[I[H_ln_mask] + n * I[CI0 + CI_W] + (cpu >> 6)] |= np.int64(1) << (cpu & 63)
-        I[I[H_ln_nsh] + n] += 1
-        I[I[H_ln_scnt] + n * I[CI0 + CI_NSOCK] + I[I[H_sock] + cpu]] += 1
-
-
-@njit(cache=True)
-def _only_sharer(I, F, n, cpu):
-    W = I[CI0 + CI_W]
-    for w in range(W):
-        I[I[H_ln_mask] + n * W + w] = 0
+def _only_sharer(I, r, cpu):
     NS = I[CI0 + CI_NSOCK]
-    for s in range(NS):
-        I[I[H_ln_scnt] + n * NS + s] = 0
-    I[I[H_ln_mask] + n * W + (cpu >> 6)] = np.int64(1) << (cpu & 63)
-    I[I[H_ln_nsh] + n] = 1
-    I[I[H_ln_scnt] + n * NS + I[I[H_sock] + cpu]] = 1
-
-
-@njit(cache=True, inline="always")
-def _fetch_cost(I, F, n, cpu):
-    if I[I[H_ln_owner] + (n)] >= 0:
-        return F[I[H_handoff] + (I[I[H_ln_owner] + (n)]) * I[CI0 + CI_NCPU] + (cpu)]
-    if I[I[H_ln_nsh] + (n)] > 0:
-        return F[CF0 + CF_RSHARED] if I[I[H_ln_scnt] + (n) * I[CI0 + CI_NSOCK] + (I[I[H_sock] + (cpu)])] > 0 else F[CF0 + CF_CROSS]
-    return F[CF0 + CF_LLC]
+    for k in range(LN_SCNT, LN_SCNT + NS + I[CI0 + CI_W]):
+        I[r + k] = 0
+    I[r + LN_SCNT + NS + (cpu >> 6)] = np.int64(1) << (cpu & 63)
+    I[r + LN_NSH] = 1
+    I[r + LN_SCNT + I[I[H_sock] + cpu]] = 1
 
 
 @njit(cache=True)
 def coh_read(I, F, n, cpu, now):
-    start = max(now, F[I[H_ln_busy] + (n)])
-    if _has(I, F, n, cpu):
+    start = max(now, F[I[H_ln_busy] + n])
+    r = _lrec(I, n)
+    if _has(I, r, cpu):
         return start, F[CF0 + CF_L1]
-    cost = _fetch_cost(I, F, n, cpu)
-    I[I[H_ln_tr] + (n)] += 1
-    if I[I[H_ln_owner] + (n)] >= 0:
-        I[I[H_ln_owner] + (n)] = -1
-    _add_sharer(I, F, n, cpu)
+    own = I[r + LN_OWNER]
+    sock = I[I[H_sock] + cpu]
+    if own >= 0:
+        cost = F[I[H_handoff] + own * I[CI0 + CI_NCPU] + cpu]
+    elif I[r + LN_NSH] > 0:
+        cost = F[CF0 + CF_RSHARED] if I[r + LN_SCNT + sock] > 0 else F[CF0 + CF_CROSS]
+    else:
+        cost = F[CF0 + CF_LLC]
+    I[r + LN_TR] += 1
+    if own >= 0:
+        I[r + LN_OWNER] = -1
+    I[r + LN_SCNT + I[CI0 + CI_NSOCK] + (cpu >> 6)] |= np.int64(1) << (cpu & 63)
+    I[r + LN_NSH] += 1
+    I[r + LN_SCNT + sock] += 1
     return start, cost
 
 
 @njit(cache=True)
 def coh_write(I, F, n, cpu, now, atomic, changes):
-    start = max(now, F[I[H_ln_busy] + (n)])
+    start = max(now, F[I[H_ln_busy] + n])
     base = F[CF0 + CF_ATOMIC] if atomic else F[CF0 + CF_L1]
-    has = _has(I, F, n, cpu) != 0
-    own = I[I[H_ln_owner] + (n)]
-    if own == cpu and has and I[I[H_ln_nsh] + (n)] == 1:
-        cost = base
+    r = _lrec(I, n)
+    has = _has(I, r, cpu) != 0
+    own = I[r + LN_OWNER]
+    nsh = I[r + LN_NSH]
+    if own == cpu and has and nsh == 1:
+        cost = base  # already exclusive here: the sharer set stays {cpu}
     else:
-        others = I[I[H_ln_nsh] + (n)] - (1 if has else 0)
+        others = nsh - (1 if has else 0)
         if own >= 0 and own != cpu:
-            cost = F[I[H_handoff] + (own) * I[CI0 + CI_NCPU] + (cpu)] + base
+            cost = F[I[H_handoff] + own * I[CI0 + CI_NCPU] + cpu] + base
         elif others > 0:
-            far = I[I[H_ln_nsh] + (n)] - I[I[H_ln_scnt] + (n) * I[CI0 + CI_NSOCK] + (I[I[H_sock] + (cpu)])] > 0
+            far = nsh - I[r + LN_SCNT + I[I[H_sock] + cpu]] > 0
             inval = F[CF0 + CF_CROSS] if far else F[CF0 + CF_REXCL]
             cost = (inval if not has else inval / 2) + base
         else:
             cost = F[CF0 + CF_LLC] + base
         if not has or (own != -1 and own != cpu):
-            I[I[H_ln_tr] + (n)] += 1
-        I[I[H_ln_inv] + (n)] += others
-    I[I[H_ln_owner] + (n)] = cpu
-    _only_sharer(I, F, n, cpu)
+            I[r + LN_TR] += 1
+        I[r + LN_INV] += others
+        I[r + LN_OWNER] = cpu
+        _only_sharer(I, r, cpu)
     if atomic:
-        F[I[H_ln_busy] + (n)] = start + cost
+        F[I[H_ln_busy] + n] = start + cost
     if changes:
-        I[I[H_ln_ver] + (n)] += 1
+        I[r + LN_VER] += 1
     if I[CI0 + CI_PREFETCH]:
-        b = n ^ 1
-        ob = I[I[H_ln_nsh] + (b)] - (1 if _has(I, F, b, cpu) else 0)
+        rb = _lrec(I, n ^ 1)
+        ob = I[rb + LN_NSH] - (1 if _has(I, rb, cpu) else 0)
         if ob > 0:
-            I[I[H_ln_inv] + (b)] += ob
-            I[I[H_ln_tr] + (b)] += 1
-            _only_sharer(I, F, b, cpu)
-            I[I[H_ln_owner] + (b)] = cpu if I[I[H_ln_owner] + (b)] >= 0 else -1
+            I[rb + LN_INV] += ob
+            I[rb + LN_TR] += 1
+            _only_sharer(I, rb, cpu)
+            I[rb + LN_OWNER] = cpu if I[rb + LN_OWNER] >= 0 else -1
     return start, cost
 
 
@@ -290,7 +284,7 @@ def _less(I, F, a, b):
     return F[I[H_hp_when] + (a)] < F[I[H_hp_when] + (b)] or (F[I[H_hp_when] + (a)] == F[I[H_hp_when] + (b)] and I[I[H_hp_seq] + (a)] < I[I[H_hp_seq] + (b)])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _swap(I, F, a, b):
     F[I[H_hp_when] + (a)], F[I[H_hp_when] + (b)] = F[I[H_hp_when] + (b)], F[I[H_hp_when] + (a)]
     I[I[H_hp_seq] + (a)], I[I[H_hp_seq] + (b)] = I[I[H_hp_seq] + (b)], I[I[H_hp_seq] + (a)]
@@ -298,7 +292,7 @@ def _swap(I, F, a, b):
     I[I[H_hp_tok] + (a)], I[I[H_hp_tok] + (b)] = I[I[H_hp_tok] + (b)], I[I[H_hp_tok] + (a)]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _sift_down(I, F, i, n):
     while True:
         l = 2 * i + 1
@@ -332,7 +326,7 @@ def _compact_heap(I, F):
         _sift_down(I, F, i, k)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _at(I, F, when, t):
     I[G_SEQ] += 1
     I[I[H_th_token] + (t)] += 1
@@ -354,7 +348,7 @@ def _at(I, F, when, t):
 
 
 # -- run queues, blocking, waking -----------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rq_push(I, F, c, t):
     if I[I[H_th_in_rq] + (t)]:
         I[G_ERR] = ERR_RUNQ
@@ -368,7 +362,7 @@ def _rq_push(I, F, c, t):
     I[I[H_rq_tail] + (c)] = t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rq_pop(I, F, c):
     t = I[I[H_rq_head] + (c)]
     I[I[H_rq_head] + (c)] = I[I[H_th_rq_next] + (t)]
@@ -376,7 +370,7 @@ def _rq_pop(I, F, c):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _release_cpu(I, F, t):
     c = I[I[H_th_cpu] + (t)]
     if I[I[H_cpu_busy] + (c)] != t:
@@ -552,7 +546,7 @@ def _resolve(I, F, vid):
 
 
 # -- locks --------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _acquired(I, F, lock, t):
     I[I[H_lk_i] + (lock) * 3 + (LI_ACQ)] += 1
     if lock == 0:
@@ -685,7 +679,7 @@ def _trylock_read(I, F, t, lock, label):
     st = I[I[H_th_try] + (t)]
     if st == TRY_NONE:  # the load
         I[I[H_th_try] + (t)] = TRY_CAS
-        I[I[H_th_try_ver] + (t)] = I[I[H_ln_ver] + (ln)]
+        I[I[H_th_try_ver] + (t)] = I[_lrec(I, ln) + LN_VER]
         return _read(I, F, t, ln), True
     if st == TRY_OWNER:  # rwsem_set_reader_owned()
         I[I[H_th_try] + (t)] = TRY_NONE
@@ -697,7 +691,7 @@ def _trylock_read(I, F, t, lock, label):
         I[I[H_lk_i] + (lock) * 3 + (LI_TF)] += 1
         return F[0], False
     extra = 0.0
-    if I[I[H_ln_ver] + (ln)] != I[I[H_th_try_ver] + (t)]:
+    if I[_lrec(I, ln) + LN_VER] != I[I[H_th_try_ver] + (t)]:
         I[G_CAS] += 1
         extra = F[CF0 + CF_ATOMIC]
     I[I[H_lk_count] + (lock)] += BIAS
@@ -875,7 +869,7 @@ def _ref_get(I, F, t, fail, detached):
     line = _refline(I, F, v)
     if not I[I[H_th_ref_has] + (t)]:  # old = refcount_read(r)
         I[I[H_th_ref_has] + (t)] = True
-        I[I[H_th_ref_ver] + (t)] = I[I[H_ln_ver] + (line)]
+        I[I[H_th_ref_ver] + (t)] = I[_lrec(I, line) + LN_VER]
         return _read(I, F, t, line), True
     old = I[I[H_ob_ref] + (v)]
     I[I[H_th_ref_has] + (t)] = False
@@ -886,7 +880,7 @@ def _ref_get(I, F, t, fail, detached):
         I[I[H_th_pc] + (t)] = fail
         return F[0], False
     extra = 0.0
-    if I[I[H_ln_ver] + (line)] != I[I[H_th_ref_ver] + (t)]:
+    if I[_lrec(I, line) + LN_VER] != I[I[H_th_ref_ver] + (t)]:
         I[G_CAS] += 1
         extra = F[CF0 + CF_ATOMIC]
     I[I[H_ob_ref] + (v)] += 1
@@ -1291,11 +1285,19 @@ def _step(I, F, P, t):
         if r < 0:  # blocked
             return
         if r > F[0]:
+            if (I[G_HEAP] == 0 or F[I[H_hp_when]] > r) and I[G_NOUT] < I[G_CHUNK]:
+                # The event would be pushed and popped straight back: nothing else is
+                # due before r (ties go to the older event, so strictly before).  Same
+                # order, same sequence and token numbers, no heap traffic.
+                I[G_SEQ] += 1
+                I[I[H_th_token] + t] += 1
+                F[0] = r
+                continue
             _at(I, F, r, t)
             return
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pop(I, F):
     n = I[G_HEAP] - 1
     when, t, tok = F[I[H_hp_when] + (0)], I[I[H_hp_t] + (0)], I[I[H_hp_tok] + (0)]
@@ -1310,30 +1312,22 @@ def _pop(I, F):
 
 
 @intrinsic
-def _voidptr(typingctx, addr):
+def _data_ptr(typingctx, arr):
+    """The array's data as a raw typed pointer (indexable like the array)."""
     def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
+        return cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0]).data
 
-    return types.voidptr(addr), codegen
+    return types.CPointer(arr.dtype)(arr), codegen
 
 
 @njit(cache=True)
 def _unref(I, F, P):
-    """Views of the state that carry no reference count.  Numba increments and
-    decrements an array's (atomic) reference count around every call that passes it;
-    with a few hundred calls per op, that was most of the run time.  Views made with
-    carray have no meminfo, so those become no-ops; the caller's arrays keep the memory
-    alive for the duration of the call."""
-    Iv = carray(_voidptr(I.ctypes.data), I.shape[0], np.int64)
-    Fv = carray(_voidptr(F.ctypes.data), F.shape[0], np.float64)
-    Pv = (carray(_voidptr(P[0].ctypes.data), P[0].shape[0], np.int8),
-          carray(_voidptr(P[1].ctypes.data), P[1].shape[0], np.int32),
-          carray(_voidptr(P[2].ctypes.data), P[2].shape[0], np.float64),
-          carray(_voidptr(P[3].ctypes.data), P[3].shape[0], np.float64),
-          carray(_voidptr(P[4].ctypes.data), P[4].shape[0], np.int32),
-          carray(_voidptr(P[5].ctypes.data), P[5].shape[0], np.int32),
-          carray(_voidptr(P[6].ctypes.data), P[6].shape[0], np.int32))
-    return Iv, Fv, Pv
+    """The state as raw pointers.  Numba reference-counts every array it passes around
+    (atomic increments and decrements, dozens per step once helpers are inlined), which
+    was most of the run time; pointers carry no count.  The caller's arrays keep the
+    memory alive for the duration of the call.  (Indexing is unchecked either way.)"""
+    return _data_ptr(I), _data_ptr(F), (_data_ptr(P[0]), _data_ptr(P[1]), _data_ptr(P[2]), _data_ptr(P[3]),
+                                        _data_ptr(P[4]), _data_ptr(P[5]), _data_ptr(P[6]))
 
 
 @njit(cache=True)
@@ -1574,6 +1568,9 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     sock = np.array([c.socket for c in mcpus], np.int64)
 
     nlk = max_obj + 1
+    CI[CI_LS] = LN_SCNT + nsock + W
+    ln = np.zeros((nlines, CI[CI_LS]), np.int64)
+    ln[:, LN_OWNER] = -1
     z = np.zeros
     cap = chunk + slack
     max_w = int(np.diff(w_ids_p).max()) if len(w_ids_p) > 1 else 0
@@ -1599,8 +1596,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         slot_obj=neg(max_obj), freelist=z(max_obj),
         lk_count=z(nlk), lk_owner=z(nlk), lk_cline=z(nlk), lk_oline=z(nlk), lk_wh=neg(nlk), lk_wt=neg(nlk),
         lk_sh=neg(nlk), lk_st=neg(nlk), lk_i=z(nlk * 3),
-        ln_owner=neg(nlines), ln_mask=z(nlines * W), ln_scnt=z(nlines * nsock), ln_nsh=z(nlines), ln_ver=z(nlines),
-        ln_tr=z(nlines), ln_inv=z(nlines),
+        ln=ln.ravel(),
         hp_seq=z(hcap), hp_t=z(hcap), hp_tok=z(hcap), pend_obj=z(max_w + 1), ws=z(nt + 1),
         out_op=z(cap), out_cpu=z(cap), out_tr=z(cap), out_outcome=z(cap), out_fb=z(cap), out_att=z(cap),
         # float regions
@@ -1663,7 +1659,8 @@ def region(state, meta, name):
 def lock_stats(state, model, meta) -> list[dict]:
     I = state[0]
     R = lambda name: region(state, meta, name)  # noqa: E731
-    lk_i, lk_f, vid_obj, ln_tr, lk_cline = R("lk_i"), R("lk_f"), R("vid_obj"), R("ln_tr"), R("lk_cline")
+    lk_i, lk_f, vid_obj, lk_cline = R("lk_i"), R("lk_f"), R("vid_obj"), R("lk_cline")
+    ln_tr = R("ln").reshape(-1, I[CI0 + CI_LS])[:, LN_TR]
     out = []
     locks = [(0, "mmap_lock", "mm")]
     if I[CI0 + CI_VLOCK] == 1:
@@ -1696,7 +1693,8 @@ def line_stats(state, model, meta) -> list[dict]:
             a = lay.vma_lock.address(slot, 0)
             for f in ("lock.count", "lock.owner"):
                 names.setdefault(64 + meta["vlines"] + (a + lay.vma_lock.fields[f]) // 64, set()).add(f"vma_lock.{f}")
-    ln_tr, ln_inv = region(state, meta, "ln_tr"), region(state, meta, "ln_inv")
+    ln = region(state, meta, "ln").reshape(-1, I[CI0 + CI_LS])
+    ln_tr, ln_inv = ln[:, LN_TR], ln[:, LN_INV]
     hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
     out = []
     for d in hot.tolist():
