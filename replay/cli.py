@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -264,8 +265,9 @@ def _sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sample_traces"
 
 
-def _ensure_ops(ws, trace: str, same_mm: bool = False):
-    """The trace's ops, built now if they are missing; the bundled sample is ingested on first use."""
+def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
+    """The trace's ops, built now if they are missing; the bundled sample is ingested on
+    first use.  ``lazy``: a scan of the ops Parquet (read column by column as needed)."""
     import polars as pl
 
     from .ingesting import run_ingest
@@ -278,13 +280,13 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
                    maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
     p = ws.partition("ops", trace) / "part-0.parquet"
     if p.exists() and not same_mm:
-        return pl.read_parquet(p)
+        return pl.scan_parquet(p) if lazy else pl.read_parquet(p)
     ev = pl.from_arrow(ws.read("events", trace))
     snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
     o, vmas, _ = build_ops(ev, trace, snap, same_mm)
     ws.write_derived("ops", trace, o.to_arrow())
     ws.write_derived("vmas", trace, vmas.to_arrow())
-    return o
+    return o.lazy() if lazy else o
 
 
 @app.command()
@@ -317,26 +319,31 @@ def run(
     if placement not in ("spread", "packed", "as-recorded"):
         raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
     ws = Workspace(workspace)
-    ops = _ensure_ops(ws, trace)
+    ops = _ensure_ops(ws, trace, lazy=True)
+    nops = ops.select(pl.len()).collect().item()
     sha = ws.read("traces", trace).column("sha256")[0].as_py()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     prog = Progress(TextColumn(f"replay {trace} under {mdl.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("ops"),
                     TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
-    task = prog.add_task("run", total=ops.height)
+    task = prog.add_task("run", total=nops)
+    stage = ws.stage()  # results stream here as the replay runs, then move into place
     try:
         with prog:
             r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
                        progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
-                       engine=engine)
+                       engine=engine, results_path=os.path.join(stage, "results.parquet"))
+        ws.write_run(r)
     except ValueError as e:
         raise Fail(str(e))
-    ws.write_run(r)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     s = r.summary()
     s["fault_service_ns"] = r.params["fault_service_ns"]
     s["fault_service_source"] = r.params["fault_service_source"]
-    obs = ops.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
-    s["observed_fallback_pct"] = round(100 * float(obs["observed_fallback"].mean() or 0), 3) if obs.height else None
+    obs = (ops.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
+           .select(pl.len().alias("n"), pl.col("observed_fallback").mean().alias("m")).collect().row(0))
+    s["observed_fallback_pct"] = round(100 * float(obs[1] or 0), 3) if obs[0] else None
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))
@@ -390,7 +397,7 @@ def sweep(
     except ValueError:
         raise Fail(f"--cpus takes comma-separated integers, not {cpus!r}", 2)
     ws = Workspace(workspace)
-    ops = _ensure_ops(ws, trace)
+    ops = _ensure_ops(ws, trace, lazy=True)
     sha = ws.read("traces", trace).column("sha256")[0].as_py()
     rows = []
     from rich.progress import Progress

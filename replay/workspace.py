@@ -101,6 +101,23 @@ class Workspace:
             shutil.rmtree(stage, ignore_errors=True)
         return dest
 
+    def write_derived_file(self, dataset: str, key: str, src: str | Path, keyname: str = "trace_id") -> Path:
+        """Atomically (re)place one partition with an already written Parquet file
+        (one on this filesystem, such as a file in a staging directory)."""
+        stage = self.stage()
+        try:
+            tmp = Path(stage) / "dir"
+            tmp.mkdir()
+            os.replace(src, tmp / "part-0.parquet")
+            dest = self.partition(dataset, key, keyname)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                os.replace(dest, Path(stage) / "old")
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return dest
+
     def read(self, dataset: str, trace_id: str) -> pa.Table:
         p = self.partition(dataset, trace_id) / "part-0.parquet"
         if not p.exists():
@@ -119,7 +136,11 @@ class Workspace:
         """A run's datasets; the ``runs`` row (its commit record) last."""
         import polars as pl
 
-        for ds, df in (("results", run.results), ("lock_stats", run.lock_stats), ("line_stats", run.line_stats)):
+        if run.results is None:  # streamed to a file as the replay ran
+            self.write_derived_file("results", run.run_id, run.results_path, "run_id")
+        else:
+            self.write_derived("results", run.run_id, run.results.to_arrow(), "run_id")
+        for ds, df in (("lock_stats", run.lock_stats), ("line_stats", run.line_stats)):
             self.write_derived(ds, run.run_id, df.to_arrow(), "run_id")
         from . import __version__
 

@@ -25,33 +25,62 @@ RESULTS_SCHEMA = {
 }
 
 
+class Totals:
+    """What the summary needs, accumulated chunk by chunk as results stream out."""
+
+    def __init__(self):
+        self.ops = self.faults = self.fallback = self.abort = self.retry = self.miss = 0
+        self.start = float("inf")
+        self.end = float("-inf")
+        self.fault_ns = 0.0
+        self.lock_wait_ns = 0.0
+
+    def add(self, r: pl.DataFrame) -> None:
+        if not r.height:
+            return
+        f = r.filter(pl.col("kind") == "fault")
+        a = f.select(pl.col("fallback").sum(), (pl.col("outcome") == "abort").sum().alias("a"),
+                     (pl.col("outcome") == "retry").sum().alias("r"), (pl.col("outcome") == "miss").sum().alias("m"),
+                     (pl.col("end_ns") - pl.col("start_ns")).sum().alias("d")).row(0)
+        self.ops += r.height
+        self.faults += f.height
+        self.fallback += int(a[0] or 0)
+        self.abort += int(a[1] or 0)
+        self.retry += int(a[2] or 0)
+        self.miss += int(a[3] or 0)
+        self.fault_ns += float(a[4] or 0.0)
+        self.start = min(self.start, float(r["start_ns"].min()))
+        self.end = max(self.end, float(r["end_ns"].max()))
+        self.lock_wait_ns += float(r["lock_wait_ns"].sum())
+
+
 @dataclass
 class Run:
     run_id: str
     params: dict
-    results: pl.DataFrame
+    results: pl.DataFrame | None  # None when streamed to results_path
     lock_stats: pl.DataFrame
     line_stats: pl.DataFrame
     counters: dict
     wall_s: float
+    totals: Totals
+    results_path: str | None = None
 
     def summary(self) -> dict:
-        r = self.results
-        faults = r.filter(pl.col("kind") == "fault")
-        span_ns = float(r["end_ns"].max() - r["start_ns"].min()) if r.height else 0.0
-        nf = faults.height
+        t = self.totals
+        span_ns = t.end - t.start if t.ops else 0.0
+        nf = t.faults
 
-        def pct(expr):
-            return round(100 * faults.filter(expr).height / nf, 3) if nf else None
+        def pct(k):
+            return round(100 * k / nf, 3) if nf else None
 
         return {
             "run_id": self.run_id, **{k: self.params[k] for k in ("trace_id", "model", "machine", "cpus", "seed")},
-            "ops": r.height, "faults": nf, "simulated_ms": round(span_ns / 1e6, 3),
+            "ops": t.ops, "faults": nf, "simulated_ms": round(span_ns / 1e6, 3),
             "faults_per_sec": round(nf / span_ns * 1e9) if span_ns else None,
-            "fallback_pct": pct(pl.col("fallback")), "abort_pct": pct(pl.col("outcome") == "abort"),
-            "retry_pct": pct(pl.col("outcome") == "retry"), "miss_pct": pct(pl.col("outcome") == "miss"),
-            "mean_fault_ns": round(float((faults["end_ns"] - faults["start_ns"]).mean()), 1) if nf else None,
-            "lock_wait_ms": round(r["lock_wait_ns"].sum() / 1e6, 3), "cas_retries": self.counters.get("cas_retries", 0),
+            "fallback_pct": pct(t.fallback), "abort_pct": pct(t.abort), "retry_pct": pct(t.retry),
+            "miss_pct": pct(t.miss), "mean_fault_ns": round(t.fault_ns / nf, 1) if nf else None,
+            "lock_wait_ms": round(t.lock_wait_ns / 1e6, 3), "cas_retries": self.counters.get("cas_retries", 0),
             "writer_wakeups": self.counters.get("writer_wakeups", 0), "wall_s": round(self.wall_s, 2),
         }
 
@@ -77,9 +106,10 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
         if ns < 0:
             raise ValueError("--fault-service must not be negative")
         return ns, "given"
-    if how == "trace" and {"hold_ns", "observed_fallback"} <= set(ops.columns):
-        held = ops.filter((pl.col("kind") == "fault") & pl.col("observed_fallback").fill_null(False)
-                          & pl.col("hold_ns").is_not_null())["hold_ns"]
+    lf = ops.lazy()
+    if how == "trace" and {"hold_ns", "observed_fallback"} <= set(lf.collect_schema().names()):
+        held = lf.filter((pl.col("kind") == "fault") & pl.col("observed_fallback").fill_null(False)
+                         & pl.col("hold_ns").is_not_null()).select("hold_ns").collect()["hold_ns"]
         if held.len() >= MIN_SERVICE_SAMPLES:
             return float(held.median()), f"trace: median mmap_lock hold of {held.len()} fallen-back faults"
     return float(machine.fault_service_ns), f"profile {machine.name}"
@@ -96,14 +126,21 @@ def run_id_for(params: dict) -> str:
 ENGINES = ("compiled", "reference")
 
 
-def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
+def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
-           open_loop: bool = False, fault_service: str = "trace", engine: str = "compiled") -> Run:
-    """Replay ``ops`` (one or more mms).  ``engine``: ``compiled`` (numba; the default)
-    or ``reference`` (the plain-Python statement of the semantics; same results)."""
+           open_loop: bool = False, fault_service: str = "trace", engine: str = "compiled",
+           results_path: str | None = None) -> Run:
+    """Replay ``ops`` (a DataFrame, or a LazyFrame such as a scan of the ops Parquet; one
+    or more mms, in op_id order).  ``engine``: ``compiled`` (numba; the default) or
+    ``reference`` (the plain-Python statement of the semantics; same results).  With
+    ``results_path``, results stream to that Parquet file chunk by chunk instead of
+    being kept (``Run.results`` is then None): memory stays bounded whatever the size."""
     if engine not in ENGINES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    service_ns, service_src = fault_service_time(ops, machine, fault_service)
+    if isinstance(ops, pl.DataFrame):
+        ops = ops.sort("op_id")
+    lf = ops.lazy()
+    service_ns, service_src = fault_service_time(lf, machine, fault_service)
 
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
@@ -112,17 +149,45 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
               "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
               "engine": engine, "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
               "fault_service_source": service_src}
-    t0 = time.perf_counter()
-    mms = ops["mm"].unique(maintain_order=True).to_list()
-    if engine == "reference":
-        res, locks, lines, counters = _replay_reference(ops, mms, model, machine, cpus, placement, open_loop,
-                                                        service_ns, progress)
-    else:
-        res, locks, lines, counters = _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop,
-                                                       service_ns, progress)
     rid = run_id_for(params)
-    res = res.with_columns(pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"),
-                           pl.lit(machine.name).alias("machine"), pl.lit(cpus).alias("cpus"))
+    t0 = time.perf_counter()
+    mms = lf.select(pl.col("mm").unique(maintain_order=True)).collect(engine="streaming")["mm"].to_list()
+    totals = Totals()
+    frames: list = []
+    writer = None
+
+    def emit(df: pl.DataFrame) -> None:
+        nonlocal writer
+        totals.add(df)
+        df = df.with_columns(pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"),
+                             pl.lit(machine.name).alias("machine"), pl.lit(cpus, pl.Int32).alias("cpus"))
+        if results_path is None:
+            frames.append(df)
+            return
+        import pyarrow.parquet as pq
+
+        tab = df.to_arrow()
+        if writer is None:
+            writer = pq.ParquetWriter(results_path, tab.schema, compression="zstd")
+        writer.write_table(tab)
+
+    try:
+        if engine == "reference":
+            locks, lines, counters = _replay_reference(lf, mms, model, machine, cpus, placement, open_loop,
+                                                       service_ns, progress, emit)
+        else:
+            locks, lines, counters = _replay_compiled(lf, mms, model, machine, cpus, placement, open_loop,
+                                                      service_ns, progress, emit)
+        if results_path is not None and writer is None:
+            emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
+    finally:
+        if writer is not None:
+            writer.close()
+    res = None
+    if results_path is None:
+        res = pl.concat(frames) if frames else pl.DataFrame(schema=RESULTS_SCHEMA).with_columns(
+            pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"), pl.lit(machine.name).alias("machine"),
+            pl.lit(cpus, pl.Int32).alias("cpus"))
     lock_schema = {"mm": pl.Utf8, "lock_class": pl.Utf8, "lock": pl.Utf8, "acquisitions": pl.Int64,
                    "contentions": pl.Int64, "wait_total_ns": pl.Float64, "wait_max_ns": pl.Float64,
                    "wait_min_ns": pl.Float64, "hold_total_ns": pl.Float64, "hold_max_ns": pl.Float64,
@@ -130,69 +195,50 @@ def replay(ops: pl.DataFrame, model, machine: Machine, cpus: int, seed: int = 0,
     lock_df = pl.DataFrame(locks, schema=lock_schema)
     line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "transfers": pl.Int64, "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)
-    return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0)
+    return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0, totals, results_path)
 
 
-def _replay_reference(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress):
+def _mm_ops(lf, mm, mms):
+    return lf if len(mms) == 1 else lf.filter(pl.col("mm") == mm)
+
+
+def _replay_reference(lf, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
     from .reference import Simulation  # here: models import the ISA from this package
 
-    results, locks, lines = [], [], []
+    locks, lines = [], []
     counters: dict = {}
     for mm in mms:
-        rows = ops.filter(pl.col("mm") == mm).sort("op_id").to_dicts()
+        rows = _mm_ops(lf, mm, mms).collect().to_dicts()
         sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
-        for r in sim.run(progress):
-            r["mm"] = mm
-            results.append(r)
+        res = sim.run(progress)
+        emit(pl.DataFrame([{**{k: r[k] for k in RESULTS_SCHEMA if k != "mm"}, "mm": mm} for r in res],
+                          schema=RESULTS_SCHEMA).select(list(RESULTS_SCHEMA)))
         locks += [{"mm": mm, **x} for x in sim.lock_stats()]
         lines += [{"mm": mm, **x} for x in sim.line_stats()]
         for k, v in sim.counters.items():
             counters[k] = counters.get(k, 0) + v
-    res = pl.DataFrame([{k: r[k] for k in RESULTS_SCHEMA} for r in results], schema=RESULTS_SCHEMA)
-    return res, locks, lines, counters
+    return locks, lines, counters
 
 
-def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress):
+def _replay_compiled(lf, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
     from . import compiled
 
-    parts, locks, lines = [], [], []
+    locks, lines = [], []
     counters: dict = {}
     done = 0
     for mm in mms:
-        sub = ops.filter(pl.col("mm") == mm).sort("op_id")
-        chunks = []
+        sub = _mm_ops(lf, mm, mms)
+        n = sub.select(pl.len()).collect().item()
 
-        def tick(n, base=done):
+        def tick(k, base=done):
             if progress:
-                progress(base + n)
+                progress(base + k)
 
         lk, ln, ctr = compiled.simulate(model, machine, cpus, sub, placement, open_loop, service_ns,
-                                        sink=chunks.append, progress=tick)
-        done += sub.height
-        parts.append(compiled_results(sub, chunks, mm))
+                                        sink=emit, progress=tick, mm=mm)
+        done += n
         locks += [{"mm": mm, **x} for x in lk]
         lines += [{"mm": mm, **x} for x in ln]
         for k, v in ctr.items():
             counters[k] = counters.get(k, 0) + v
-    res = pl.concat(parts) if parts else pl.DataFrame(schema=RESULTS_SCHEMA)
-    return res, locks, lines, counters
-
-
-def compiled_results(sub: pl.DataFrame, chunks: list, mm: str) -> pl.DataFrame:
-    """The compiled engine's result chunks as rows of the results schema."""
-    import numpy as np
-
-    from .compiled import OUTCOMES
-
-    if not chunks:
-        return pl.DataFrame(schema=RESULTS_SCHEMA)
-    c = {k: np.concatenate([x[k] for x in chunks]) for k in chunks[0]}
-    idx = pl.Series(c["op"])
-    meta = sub.select("op_id", "tid", pl.col("kind").cast(pl.Utf8), "vma_id")[idx]
-    return pl.DataFrame({
-        "op_id": meta["op_id"], "mm": pl.Series([mm] * len(idx), dtype=pl.Utf8), "tid": meta["tid"].cast(pl.Int32),
-        "kind": meta["kind"], "vma_id": meta["vma_id"], "sim_cpu": c["sim_cpu"].astype(np.int32),
-        "start_ns": c["start_ns"], "end_ns": c["end_ns"], "lock_wait_ns": c["lock_wait_ns"], "cache_ns": c["cache_ns"],
-        "line_transfers": c["line_transfers"], "outcome": pl.Series(np.asarray(OUTCOMES)[c["outcome"]]),
-        "fallback": c["fallback"].astype(bool), "attempts": c["attempts"].astype(np.int32),
-    }, schema=RESULTS_SCHEMA)
+    return locks, lines, counters

@@ -50,7 +50,7 @@ OUTCOMES = ("success", "abort", "retry", "miss")
 (CI_PREFETCH, CI_VLOCK, CI_REF_LIMIT, CI_WAKE_LAST, CI_WRITER_REF, CI_TYPESAFE, CI_OPEN_LOOP, CI_VMA_PER_PAGE,
  CI_VMA_STRIDE, CI_VL_PER_PAGE, CI_VL_STRIDE, CI_VBASE, CI_LBASE, CI_F_VM_START, CI_F_VM_LOCK_SEQ, CI_F_VM_REFCNT,
  CI_VL_COUNT, CI_VL_OWNER, CI_VL_IN_VMA, CI_MM_MT, CI_MM_COUNT, CI_MM_OWNER, CI_MM_WWAIT, CI_MM_SEQ, CI_NSOCK,
- CI_W, CI_NCPU, CI_PLEN, CI_HCAP, CI_NT, CI_LS, CI_N) = range(32)
+ CI_W, CI_NCPU, CI_PLEN, CI_HCAP, CI_NT, CI_LS, CI_RANK_IS_INDEX, CI_N) = range(33)
 LN_OWNER, LN_NSH, LN_VER, LN_TR, LN_INV, LN_SCNT = range(6)  # line record fields; then masks
 CF_L1, CF_LLC, CF_ATOMIC, CF_RSHARED, CF_REXCL, CF_CROSS, CF_SERVICE, CF_N = range(8)
 # mutable scalars: G (int64) and NOW (float64)
@@ -75,121 +75,122 @@ LF_WT, LF_WMAX, LF_WMIN, LF_HT, LF_HMAX, LF_HMIN = range(6)
 CI0 = G_N
 CF0 = 1
 HB = CI0 + CI_N
-I_REGIONS = ('ln', 'sock', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
+I_REGIONS = ('ln', 'out_t', 'sock', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
 F_REGIONS = ('handoff', 'ln_busy', 'hp_when', 'th_blocked_at', 'th_wait', 'lk_f', 'th_cache', 'th_hs_mm', 'th_hs_v', 'w_since', 'th_dw_deadline', 'th_dw_since', 'th_start', 'th_prev_unknown', 'th_think', 'out_start', 'out_end', 'out_wait', 'out_cache')
 H_ln = HB + 0
-H_sock = HB + 1
-H_hp_seq = HB + 2
-H_hp_t = HB + 3
-H_hp_tok = HB + 4
-H_th_token = HB + 5
-H_th_in_rq = HB + 6
-H_th_rq_next = HB + 7
-H_rq_head = HB + 8
-H_rq_tail = HB + 9
-H_th_cpu = HB + 10
-H_cpu_busy = HB + 11
-H_th_blocked = HB + 12
-H_lk_owner = HB + 13
-H_lk_sh = HB + 14
-H_sp_next = HB + 15
-H_th_wlock = HB + 16
-H_th_dw = HB + 17
-H_th_tr = HB + 18
-H_ob_slot = HB + 19
-H_th_slot = HB + 20
-H_slot_obj = HB + 21
-H_th_vma = HB + 22
-H_vid_obj = HB + 23
-H_freelist = HB + 24
-H_ob_vid = HB + 25
-H_ob_seq = HB + 26
-H_ob_ref = HB + 27
-H_ob_live = HB + 28
-H_lk_count = HB + 29
-H_lk_wh = HB + 30
-H_lk_wt = HB + 31
-H_lk_st = HB + 32
-H_lk_cline = HB + 33
-H_lk_oline = HB + 34
-H_vid_ever = HB + 35
-H_vid_order = HB + 36
-H_vid_succ = HB + 37
-H_lk_i = HB + 38
-H_th_hs_vlock = HB + 39
-H_w_write = HB + 40
-H_w_handoff = HB + 41
-H_w_lock = HB + 42
-H_w_next = HB + 43
-H_w_prev = HB + 44
-H_sp_lock = HB + 45
-H_sp_prev = HB + 46
-H_th_dr = HB + 47
-H_th_try = HB + 48
-H_th_try_ver = HB + 49
-H_th_pc = HB + 50
-H_th_ref_has = HB + 51
-H_th_ref_ver = HB + 52
-H_th_ref_obj = HB + 53
-H_pend_obj = HB + 54
-H_th_op = HB + 55
-H_w_freed_p = HB + 56
-H_w_freed = HB + 57
-H_w_succ = HB + 58
-H_w_created_p = HB + 59
-H_w_created = HB + 60
-H_wc_head = HB + 61
-H_th_wc_next = HB + 62
-H_th_prog = HB + 63
-H_prog = HB + 64
-H_th_w = HB + 65
-H_w_hold = HB + 66
-H_th_found = HB + 67
-H_w_ids_p = HB + 68
-H_w_ids = HB + 69
-H_th_outcome = HB + 70
-H_th_fb = HB + 71
-H_th_att = HB + 72
-H_th_finished = HB + 73
-H_th_seq_has = HB + 74
-H_us_pos = HB + 75
-H_us_p = HB + 76
-H_vid_created = HB + 77
-H_wc_tail = HB + 78
-H_w_gate_p = HB + 79
-H_w_gate = HB + 80
-H_ws = HB + 81
-H_th_i = HB + 82
-H_th_p = HB + 83
-H_th_done = HB + 84
-H_th_thinking = HB + 85
-H_th_rec = HB + 86
-H_out_op = HB + 87
-H_out_cpu = HB + 88
-H_out_tr = HB + 89
-H_out_outcome = HB + 90
-H_out_fb = HB + 91
-H_out_att = HB + 92
-H_handoff = HB + 93
-H_ln_busy = HB + 94
-H_hp_when = HB + 95
-H_th_blocked_at = HB + 96
-H_th_wait = HB + 97
-H_lk_f = HB + 98
-H_th_cache = HB + 99
-H_th_hs_mm = HB + 100
-H_th_hs_v = HB + 101
-H_w_since = HB + 102
-H_th_dw_deadline = HB + 103
-H_th_dw_since = HB + 104
-H_th_start = HB + 105
-H_th_prev_unknown = HB + 106
-H_th_think = HB + 107
-H_out_start = HB + 108
-H_out_end = HB + 109
-H_out_wait = HB + 110
-H_out_cache = HB + 111
-NREG = 112
+H_out_t = HB + 1
+H_sock = HB + 2
+H_hp_seq = HB + 3
+H_hp_t = HB + 4
+H_hp_tok = HB + 5
+H_th_token = HB + 6
+H_th_in_rq = HB + 7
+H_th_rq_next = HB + 8
+H_rq_head = HB + 9
+H_rq_tail = HB + 10
+H_th_cpu = HB + 11
+H_cpu_busy = HB + 12
+H_th_blocked = HB + 13
+H_lk_owner = HB + 14
+H_lk_sh = HB + 15
+H_sp_next = HB + 16
+H_th_wlock = HB + 17
+H_th_dw = HB + 18
+H_th_tr = HB + 19
+H_ob_slot = HB + 20
+H_th_slot = HB + 21
+H_slot_obj = HB + 22
+H_th_vma = HB + 23
+H_vid_obj = HB + 24
+H_freelist = HB + 25
+H_ob_vid = HB + 26
+H_ob_seq = HB + 27
+H_ob_ref = HB + 28
+H_ob_live = HB + 29
+H_lk_count = HB + 30
+H_lk_wh = HB + 31
+H_lk_wt = HB + 32
+H_lk_st = HB + 33
+H_lk_cline = HB + 34
+H_lk_oline = HB + 35
+H_vid_ever = HB + 36
+H_vid_order = HB + 37
+H_vid_succ = HB + 38
+H_lk_i = HB + 39
+H_th_hs_vlock = HB + 40
+H_w_write = HB + 41
+H_w_handoff = HB + 42
+H_w_lock = HB + 43
+H_w_next = HB + 44
+H_w_prev = HB + 45
+H_sp_lock = HB + 46
+H_sp_prev = HB + 47
+H_th_dr = HB + 48
+H_th_try = HB + 49
+H_th_try_ver = HB + 50
+H_th_pc = HB + 51
+H_th_ref_has = HB + 52
+H_th_ref_ver = HB + 53
+H_th_ref_obj = HB + 54
+H_pend_obj = HB + 55
+H_th_op = HB + 56
+H_w_freed_p = HB + 57
+H_w_freed = HB + 58
+H_w_succ = HB + 59
+H_w_created_p = HB + 60
+H_w_created = HB + 61
+H_wc_head = HB + 62
+H_th_wc_next = HB + 63
+H_th_prog = HB + 64
+H_prog = HB + 65
+H_th_w = HB + 66
+H_w_hold = HB + 67
+H_th_found = HB + 68
+H_w_ids_p = HB + 69
+H_w_ids = HB + 70
+H_th_outcome = HB + 71
+H_th_fb = HB + 72
+H_th_att = HB + 73
+H_th_finished = HB + 74
+H_th_seq_has = HB + 75
+H_us_pos = HB + 76
+H_us_p = HB + 77
+H_vid_created = HB + 78
+H_wc_tail = HB + 79
+H_w_gate_p = HB + 80
+H_w_gate = HB + 81
+H_ws = HB + 82
+H_th_i = HB + 83
+H_th_p = HB + 84
+H_th_done = HB + 85
+H_th_thinking = HB + 86
+H_th_rec = HB + 87
+H_out_op = HB + 88
+H_out_cpu = HB + 89
+H_out_tr = HB + 90
+H_out_outcome = HB + 91
+H_out_fb = HB + 92
+H_out_att = HB + 93
+H_handoff = HB + 94
+H_ln_busy = HB + 95
+H_hp_when = HB + 96
+H_th_blocked_at = HB + 97
+H_th_wait = HB + 98
+H_lk_f = HB + 99
+H_th_cache = HB + 100
+H_th_hs_mm = HB + 101
+H_th_hs_v = HB + 102
+H_w_since = HB + 103
+H_th_dw_deadline = HB + 104
+H_th_dw_since = HB + 105
+H_th_start = HB + 106
+H_th_prev_unknown = HB + 107
+H_th_think = HB + 108
+H_out_start = HB + 109
+H_out_end = HB + 110
+H_out_wait = HB + 111
+H_out_cache = HB + 112
+NREG = 113
 
 
 # -- coherence --------------------------------------------------------------------------
@@ -1117,6 +1118,12 @@ def _exec(I, F, t):
 
 
 # -- gates (causal order the closed loop keeps; see reference.Simulation.__init__) ---------------
+@njit(cache=True, inline="always")
+def _rank(I, P, j):
+    """The op's place in trace (seq) order; the op builder numbers ops in that order."""
+    return j if I[CI0 + CI_RANK_IS_INDEX] else P[4][j]
+
+
 @njit(cache=True)
 def _min_unstarted(I, F, P, vid):
     pos = I[I[H_us_pos] + (vid)]
@@ -1124,7 +1131,7 @@ def _min_unstarted(I, F, P, vid):
     while pos < end and (P[0][P[6][pos]] & 16):
         pos += 1
     I[I[H_us_pos] + (vid)] = pos
-    return P[4][P[6][pos]] if pos < end else np.iinfo(np.int64).max
+    return _rank(I, P, P[6][pos]) if pos < end else np.iinfo(np.int64).max
 
 
 @njit(cache=True)
@@ -1143,7 +1150,7 @@ def _gate(I, F, P, t):
             return False
         return True
     w = P[1][j]
-    seq = P[4][j]
+    seq = _rank(I, P, j)
     for k in range(I[I[H_w_gate_p] + (w)], I[I[H_w_gate_p] + (w + 1)]):
         if _min_unstarted(I, F, P, I[I[H_w_gate] + (k)]) < seq:
             I[I[H_ws] + (I[G_WS_N])] = t
@@ -1167,7 +1174,7 @@ def _started(I, F, P, t):
             w = I[I[H_ws] + (i)]
             jw = I[I[H_th_op] + (w)]
             ww = P[1][jw]
-            seq = P[4][jw]
+            seq = _rank(I, P, jw)
             hit = False
             ok = True
             for q in range(I[I[H_w_gate_p] + (ww)], I[I[H_w_gate_p] + (ww + 1)]):
@@ -1235,6 +1242,7 @@ def _finish(I, F, P, t):
     k = I[G_NOUT]
     I[G_NOUT] = k + 1
     I[I[H_out_op] + (k)] = j
+    I[I[H_out_t] + k] = t
     I[I[H_out_cpu] + (k)] = I[I[H_th_cpu] + (t)]
     F[I[H_out_start] + (k)] = F[I[H_th_start] + (t)]
     F[I[H_out_end] + (k)] = end
@@ -1414,48 +1422,121 @@ def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
     return ptr, np.asarray(flat, np.int64)
 
 
+@njit(cache=True)
+def _is_arange(a):
+    for i in range(1, a.shape[0]):
+        if a[i] != a[0] + i:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _is_increasing(a):
+    for i in range(1, a.shape[0]):
+        if a[i] <= a[i - 1]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _group_order(key, nkeys):
+    """Stable counting sort: the indices of ``key`` grouped by key value (int32)."""
+    start = np.zeros(nkeys + 1, np.int64)
+    for k in key:
+        if k >= 0:
+            start[k + 1] += 1
+    for k in range(nkeys):
+        start[k + 1] += start[k]
+    ptr = start[:-1].copy()
+    out = np.empty(start[nkeys], np.int32)
+    for i in range(key.shape[0]):
+        k = key[i]
+        if k >= 0:
+            out[ptr[k]] = i
+            ptr[k] += 1
+    return out, start
+
+
+@njit(cache=True)
+def _longest_instant_run(order, starts, instant):
+    best = 0
+    for t in range(starts.shape[0] - 1):
+        run = 0
+        for q in range(starts[t], starts[t + 1]):
+            run = run + 1 if instant[order[q]] else 0
+            best = max(best, run)
+    return best
+
+
+def _col(lf, expr) -> np.ndarray:
+    """One column of the (lazy) ops, read alone."""
+    import polars as pl
+
+    s = lf.select(expr).collect(engine="streaming").to_series()
+    if s.dtype == pl.Boolean:
+        return s.to_numpy().astype(bool)
+    return s.to_numpy()
+
+
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
          fault_service_ns: float | None = None, chunk: int = 1 << 20):
-    """Build the State for one mm's ops (a polars DataFrame in op_id order, the ops
-    schema's columns).  Returns (state, meta) where meta keeps what the reports need."""
+    """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
+    with the ops schema's columns.  Columns are read one at a time and kept in compact
+    arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
+    whole.  Returns ((I, F, P), meta)."""
     import polars as pl
 
     lay = model.layout
     prm = model.params
-    n = ops.height
-    kind = ops["kind"].cast(pl.Utf8)
-    is_fault = (kind == "fault").to_numpy()
-    kernel = ops["kernel"].fill_null(False).to_numpy() if "kernel" in ops.columns else np.zeros(n, bool)
-    lock_mode = ops["lock_mode"].cast(pl.Utf8) if "lock_mode" in ops.columns else pl.Series([None] * n, dtype=pl.Utf8)
-    writer = ((lock_mode == "write").fill_null(False) | (kind == "exit")).to_numpy()
-    op_prog = np.where(is_fault, np.where(kernel, 1, 0), np.where(writer, 2, -1)).astype(np.int8)
+    lf = ops.lazy()
+    have = set(lf.collect_schema().names())
 
-    def col(name, dtype=pl.Int64):
-        return ops[name] if name in ops.columns else pl.Series(name, [None] * n, dtype=dtype)
+    def c(name, dtype=pl.Int64):
+        return pl.col(name) if name in have else pl.lit(None, dtype).alias(name)
 
-    lists = {k: col(k, pl.List(pl.Int64)) for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
-    nf_idx = np.flatnonzero(~is_fault)
-    wl = {k: (v.gather(nf_idx).to_list() if len(nf_idx) else []) for k, v in lists.items()}
-    vma_id = col("vma_id")
-    vids_all = [vma_id.drop_nulls().to_numpy()]
+    kind = c("kind", pl.Utf8).cast(pl.Utf8)
+    is_fault_e = kind == "fault"
+    prog_e = (pl.when(is_fault_e).then(pl.when(c("kernel", pl.Boolean).fill_null(False)).then(1).otherwise(0))
+              .when((c("lock_mode", pl.Utf8) == "write").fill_null(False) | (kind == "exit")).then(2)
+              .otherwise(-1).cast(pl.Int8))
+    op_prog = _col(lf, prog_e)
+    n = len(op_prog)
+    is_fault = op_prog >= 0
+    is_fault &= op_prog <= 1
+    op_id = _col(lf, c("op_id"))
+    if not _is_increasing(op_id):
+        raise ValueError("ops must be in op_id order")
+    op_base = int(op_id[0]) if n and _is_arange(op_id) else None
+    op_ids = None if op_base is not None else op_id
+    del op_id
+
+    # writers (every non-fault op): few, read whole
+    w = (lf.with_row_index("_j").filter(~is_fault_e)
+         .select("_j", kind.alias("kind"), c("hold_ns"), *(c(k, pl.List(pl.Int64)) for k in
+                                                          ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")))
+         .collect())
+    nf_idx = w["_j"].to_numpy().astype(np.int64)
+    wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
+    w_kind = w["kind"].to_list()
+
+    vma = _col(lf, c("vma_id").fill_null(-1))
+    pieces = [np.unique(vma[vma >= 0])]
     for k in wl:
         for xs in wl[k]:
             if xs:
-                vids_all.append(np.asarray([x for x in xs if x is not None and x >= 0], np.int64))
-    uniq = np.unique(np.concatenate(vids_all)) if vids_all else np.zeros(0, np.int64)
+                pieces.append(np.asarray([x for x in xs if x is not None and x >= 0], np.int64))
+    uniq = np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64)
     index = {int(v): i for i, v in enumerate(uniq)}
     nv = len(uniq)
-    vma_np = vma_id.fill_null(-1).to_numpy()
-    op_vma = np.where(vma_np >= 0, np.searchsorted(uniq, np.maximum(vma_np, 0)), -1).astype(np.int32) \
-        if nv else np.full(n, -1, np.int32)
-    op_vma[vma_np < 0] = -1
+    op_vma = np.searchsorted(uniq, vma).astype(np.int32) if nv else np.zeros(n, np.int32)
+    op_vma[vma < 0] = -1
+    del vma
 
-    # writers (every non-fault op): hold, lists; freed and successor zipped as the reference does
     freed, succ = [], []
     for fr, sc in zip(wl["vmas_freed"], wl["vmas_successor"]):
         fr = fr or []
         sc = sc if sc else [-1] * len(fr)
-        pairs = list(zip(fr, sc))
+        pairs = list(zip(fr, sc))  # zip() as the reference does: the shorter list wins
         freed.append([p[0] for p in pairs])
         succ.append([p[1] for p in pairs])
     w_ids_p, w_ids = _csr(wl["vma_ids"], index)
@@ -1464,14 +1545,15 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_created_p, w_created = _csr(wl["vmas_created"], index)
     gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
     w_gate_p, w_gate = _csr(gate, index)
-    hold = col("hold_ns").gather(nf_idx).fill_null(0).to_numpy().astype(np.float64) if len(nf_idx) else np.zeros(0)
-    op_w = np.full(n, -1, np.int32)
-    op_w[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)
+    hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
+    op_arg = op_vma
+    op_arg[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)  # non-faults: their writer index
+    del op_vma
 
     created = {index[x] for xs in wl["vmas_created"] for x in (xs or [])}
-    vid_created = np.zeros(nv, bool)
-    vid_created[list(created)] = True
-    every = set(np.unique(op_vma[op_vma >= 0]).tolist())
+    vid_created = np.zeros(nv, np.int64)
+    vid_created[list(created)] = 1
+    every = set(np.unique(op_arg[is_fault & (op_arg >= 0)]).tolist())
     for k in ("vma_ids", "vmas_freed"):
         for xs in wl[k]:
             every.update(index[x] for x in (xs or []))
@@ -1479,50 +1561,67 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     n_created = sum(len(xs or []) for xs in wl["vmas_created"])
     max_obj = len(initial) + n_created + 1
 
-    seq = col("seq").fill_null(col("op_id")) if "seq" in ops.columns else col("op_id")
-    op_rank = seq.rank("dense").cast(pl.Int64).to_numpy()
-    op_id = col("op_id").to_numpy()
-    # faults per VMA, ordered by (seq, op_id): the reference's ``unstarted`` heaps
-    fj = np.flatnonzero(is_fault & (op_vma >= 0))
-    order = np.lexsort((op_id[fj], op_rank[fj], op_vma[fj]))
-    us_ops = fj[order].astype(np.int64)
-    us_p = np.zeros(nv + 1, np.int64)
-    np.add.at(us_p, op_vma[fj] + 1, 1)
-    us_p = np.cumsum(us_p)
+    # causal order: seq ranks (the op builder numbers ops in seq order, so usually the
+    # rank is the op's index and needs no array)
+    seq = _col(lf, c("seq").fill_null(c("op_id")) if "seq" in have else c("op_id"))
+    rank_is_index = bool(_is_increasing(seq))
+    op_rank = np.zeros(1, np.int32) if rank_is_index else \
+        pl.Series(seq).rank("dense").cast(pl.Int32).to_numpy() - 1
+    del seq
+    # faults per VMA ordered by (seq, op_id): the reference's ``unstarted`` heaps
+    fvid = np.where(is_fault, op_arg, -1).astype(np.int64)
+    if rank_is_index:
+        us_ops, us_p = _group_order(fvid, nv)
+    else:
+        fj = np.flatnonzero(fvid >= 0)
+        order = np.lexsort((fj, op_rank[fj], fvid[fj]))
+        us_ops = fj[order].astype(np.int32)
+        us_p = np.zeros(nv + 1, np.int64)
+        np.add.at(us_p, fvid[fj] + 1, 1)
+        us_p = np.cumsum(us_p)
+    del fvid
 
-    tid = col("tid", pl.Int32).to_numpy()
-    tids, tix = np.unique(tid, return_inverse=True)
+    tid = _col(lf, c("tid", pl.Int32)).astype(np.int64)
+    tids = np.unique(tid)
     nt = len(tids)
-    th_order = np.argsort(tix, kind="stable")
-    th_p = np.zeros(nt + 1, np.int64)
-    th_p[1:] = np.cumsum(np.bincount(tix, minlength=nt))
+    lut = np.full(int(tids.max()) - int(tids.min()) + 1 if nt else 1, -1, np.int64)
+    lut[tids - (tids.min() if nt else 0)] = np.arange(nt)
+    tix = lut[tid - (tids.min() if nt else 0)]
+    del tid, lut
+    th_order, th_p = _group_order(tix, nt)
     recorded = None
     if placement == "as-recorded":
+        per = (lf.select(c("tid", pl.Int32).alias("t"), c("cpu", pl.Int16).alias("c")).with_row_index("_i")
+               .filter(pl.col("c").is_not_null())
+               .group_by("t", "c").agg(pl.len().alias("k"), pl.col("_i").min().alias("first")).collect())
         recorded = []
-        cpu = col("cpu", pl.Int16)
-        per = pl.DataFrame({"t": tix, "c": cpu}).filter(pl.col("c").is_not_null())
-        for ti in range(nt):
-            seen = per.filter(pl.col("t") == ti)["c"].to_list()
-            recorded.append(max(set(seen), key=seen.count) if seen else None)
+        for tid_v in tids.tolist():
+            rows = per.filter(pl.col("t") == tid_v).sort("first")
+            counts = dict(zip(rows["c"].to_list(), rows["k"].to_list()))
+            # max(set(seen), key=seen.count), exactly: the set built in first-seen order
+            recorded.append(max(set(counts), key=counts.get) if counts else None)
     cpus = machine.placement(nt, ncpus, placement, recorded)
+    del tix
 
-    start_ns = col("start_ns")
-    t0 = start_ns.min() if start_ns.null_count() < n else 0
-    op_rel_start = (start_ns - (t0 or 0)).fill_null(0).cast(pl.Float64).to_numpy()
-    end_known = col("end_ns").is_not_null().to_numpy()
-    think = col("think_ns").fill_null(0).cast(pl.Float64).to_numpy()
+    think = _col(lf, c("think_ns").fill_null(0).cast(pl.Float64))
+    flags = op_prog.astype(np.int16) + 1
+    del op_prog
+    flags |= _col(lf, c("start_ns").is_not_null()).astype(np.int16) << 2
+    flags |= _col(lf, c("end_ns").is_not_null()).astype(np.int16) << 3
+    flags = flags.astype(np.int8)
+    if open_loop:
+        t0 = lf.select(c("start_ns").min()).collect().item()
+        op_rel_start = _col(lf, (c("start_ns") - (t0 or 0)).fill_null(0).cast(pl.Float64))
+    else:
+        op_rel_start = np.zeros(1)
 
     # zero-time ops can finish several in one step: keep that much room in the buffer
     service = machine.fault_service_ns if fault_service_ns is None else fault_service_ns
-    instant = (op_prog < 0) | ((op_prog <= 1) & (service == 0))
-    slack = 2
-    if instant.any():
-        run = 0
-        for t_i in range(nt):
-            run = 0
-            for j in th_order[th_p[t_i]:th_p[t_i + 1]]:
-                run = run + 1 if instant[j] else 0
-                slack = max(slack, run + 2)
+    instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
+    if not service:
+        instant |= is_fault
+    slack = 2 + (_longest_instant_run(th_order, th_p, instant) if instant.any() else 0)
+    del instant, is_fault
 
     # lines: the mm_struct's page, the VMA slab, the vma_lock slab (even-sized regions)
     vma_st = lay.vma
@@ -1598,7 +1697,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         lk_sh=neg(nlk), lk_st=neg(nlk), lk_i=z(nlk * 3),
         ln=ln.ravel(),
         hp_seq=z(hcap), hp_t=z(hcap), hp_tok=z(hcap), pend_obj=z(max_w + 1), ws=z(nt + 1),
-        out_op=z(cap), out_cpu=z(cap), out_tr=z(cap), out_outcome=z(cap), out_fb=z(cap), out_att=z(cap),
+        out_op=z(cap), out_t=z(cap), out_cpu=z(cap), out_tr=z(cap), out_outcome=z(cap), out_fb=z(cap), out_att=z(cap),
         # float regions
         handoff=handoff.ravel(), th_blocked_at=z(nt), th_prev_unknown=z(nt), th_think=z(nt), th_dw_deadline=z(nt),
         th_dw_since=z(nt), th_start=np.full(nt, np.nan), th_wait=z(nt), th_cache=z(nt), th_hs_mm=np.full(nt, np.nan),
@@ -1607,19 +1706,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     )
     CI[CI_NCPU], CI[CI_PLEN], CI[CI_HCAP], CI[CI_NT] = len(mcpus), regs["prog"].size // 12, hcap, nt
     I, F, where = pack(regs, CI, CF)
-    flags = (op_prog.astype(np.int16) + 1) | (start_ns.is_not_null().to_numpy().astype(np.int16) << 2) \
-        | (end_known.astype(np.int16) << 3)
-    arg = np.where(is_fault, op_vma, op_w).astype(np.int32)
-    P = (flags.astype(np.int8), arg, think, op_rel_start if open_loop else np.zeros(1),
-         op_rank.astype(np.int32), th_order.astype(np.int32), us_ops.astype(np.int32))
+    I[CI0 + CI_RANK_IS_INDEX] = int(rank_is_index)
+    P = (flags, op_arg, think, op_rel_start, op_rank.astype(np.int32), th_order, us_ops.astype(np.int32))
     I[I[H_lk_cline]], I[I[H_lk_oline]] = CI[CI_MM_COUNT], CI[CI_MM_OWNER]
     I[G_WW] = -1
     I[G_PEND_T] = -1
     I[G_CHUNK] = chunk
     for v in initial:
         _alloc(I, F, v)
-    meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_id": op_id, "vlines": vlines, "llines": llines,
-            "where": where}
+    meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_base": op_base, "op_ids": op_ids, "vlines": vlines,
+            "llines": llines, "where": where, "w_kind": w_kind}
     return (I, F, P), meta
 
 
@@ -1713,15 +1809,45 @@ class EngineError(RuntimeError):
     pass
 
 
-OUT_COLUMNS = {"op": "out_op", "sim_cpu": "out_cpu", "start_ns": "out_start", "end_ns": "out_end",
+OUT_COLUMNS = {"op": "out_op", "t": "out_t", "sim_cpu": "out_cpu", "start_ns": "out_start", "end_ns": "out_end",
                "lock_wait_ns": "out_wait", "cache_ns": "out_cache", "line_transfers": "out_tr",
                "outcome": "out_outcome", "fallback": "out_fb", "attempts": "out_att"}
 
 
+def results_frame(raw: dict, state, meta, mm: str):
+    """A chunk of raw results as rows of the results schema."""
+    import polars as pl
+
+    from . import RESULTS_SCHEMA
+
+    P = state[2]
+    j = raw["op"]
+    flags, arg = P[0][j], P[1][j].astype(np.int64)
+    prog = (flags & 3).astype(np.int64) - 1
+    fault = (prog == 0) | (prog == 1)
+    op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
+    names = np.asarray(["fault"] + list(meta["w_kind"]), dtype=object)
+    has_vma = fault & (arg >= 0)
+    uniq = meta["uniq"]
+    vma = uniq[np.where(has_vma, arg, 0)] if len(uniq) else np.zeros(len(j), np.int64)
+    df = pl.DataFrame({
+        "op_id": op_id.astype(np.int64), "mm": pl.Series([mm], dtype=pl.Utf8).extend_constant(mm, len(j) - 1)
+        if len(j) else pl.Series([], dtype=pl.Utf8),
+        "tid": meta["tids"][raw["t"]].astype(np.int32), "kind": names[np.where(fault, 0, arg + 1)].astype(str),
+        "vma_id": pl.Series(vma).scatter(np.flatnonzero(~has_vma), None) if len(j) else pl.Series([], dtype=pl.Int64),
+        "sim_cpu": raw["sim_cpu"].astype(np.int32), "start_ns": raw["start_ns"], "end_ns": raw["end_ns"],
+        "lock_wait_ns": raw["lock_wait_ns"], "cache_ns": raw["cache_ns"], "line_transfers": raw["line_transfers"],
+        "outcome": np.asarray(OUTCOMES)[raw["outcome"]], "fallback": raw["fallback"].astype(bool),
+        "attempts": raw["attempts"].astype(np.int32),
+    })
+    return df.cast(RESULTS_SCHEMA).select(list(RESULTS_SCHEMA))
+
+
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-             fault_service_ns: float | None = None, chunk: int = 1 << 20, sink=None, progress=None):
-    """Replay one mm.  Each chunk of results goes to ``sink(dict of numpy columns)``
-    as it is produced (op = index into ``ops``); returns (lock_stats, line_stats, counters)."""
+             fault_service_ns: float | None = None, chunk: int = 1 << 20, sink=None, progress=None, mm=None):
+    """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
+    of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
+    the results schema.  Returns (lock_stats, line_stats, counters)."""
     state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk)
     I, F, P = state
     start(I, F, P)
@@ -1730,7 +1856,8 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
         ended = run_chunk(I, F, P)
         k = int(I[G_NOUT])
         if k:
-            sink({c: region(state, meta, r)[:k].copy() for c, r in OUT_COLUMNS.items()})
+            raw = {c: region(state, meta, r)[:k].copy() for c, r in OUT_COLUMNS.items()}
+            sink(raw if mm is None else results_frame(raw, state, meta, mm))
             done_n += k
             I[G_NOUT] = 0
             if progress:
