@@ -299,7 +299,7 @@ def run(
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
-    engine: str = typer.Option("compiled", "--engine", help="compiled (numba, the default) or reference (plain Python; same results, ~100x slower)."),
+    engine: str = typer.Option("auto", "--engine", help="auto (compiled once numba has cached it; the reference engine on a small trace until then), compiled, or reference (plain Python; same results, ~100x slower)."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -376,7 +376,7 @@ def sweep(
     seed: int = typer.Option(0, "--seed"),
     placement: str = typer.Option("spread", "--placement", help="spread, packed or as-recorded."),
     executor: str = typer.Option("local", "--executor", help="Only local for now: runs one after another here."),
-    engine: str = typer.Option("compiled", "--engine", help="compiled (default) or reference."),
+    engine: str = typer.Option("auto", "--engine", help="auto, compiled or reference (as for replay run)."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):

@@ -73,3 +73,8 @@ def sample_ops(request, tmp_path_factory):
     ev = pl.from_arrow(ws.read("events", name))
     ops, _, _ = build_ops(ev, name, (SAMPLES / f"{name}.maps").read_text())
     return ops
+
+
+# engine="auto" compiles the engine in a background process when numba's cache is cold;
+# tests compile it in-process (test_compiled runs first) and must not leave processes behind
+os.environ.setdefault("REPLAY_NO_BACKGROUND_COMPILE", "1")

@@ -30,7 +30,7 @@ def test_run_writes_datasets_and_is_deterministic(cli, ws):
     assert s["fallback_pct"] == round(100 * res.filter(pl.col("kind") == "fault")["fallback"].mean(), 3)
     runs = pl.read_parquet(ws / "runs" / f"run_id={s['run_id']}").to_dicts()[0]
     assert (runs["model"], runs["machine"], runs["cpus"], runs["seed"], runs["trace_id"]) == ("v8", "local-2vcpu", 2, 0, "pft-ftrace")
-    assert runs["trace_sha256"] and runs["engine"] == "compiled" and runs["semantics"] >= 2
+    assert runs["trace_sha256"] and runs["engine"] in ("compiled", "reference") and runs["semantics"] >= 2
     rc, out2, _ = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--machine", "local-2vcpu", "-w", ws, "-f", "json")
     again = pl.read_parquet(ws / "results" / f"run_id={s['run_id']}")
     assert json.loads(out2)["run_id"] == s["run_id"] and again.equals(res)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -123,12 +124,30 @@ def run_id_for(params: dict) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
-ENGINES = ("compiled", "reference")
+ENGINES = ("auto", "compiled", "reference")
+# auto: below this many ops a cold compiled engine is not worth waiting for (compiling
+# takes 15-20 s once; the reference engine does about 20k ops/s)
+AUTO_REFERENCE_MAX_OPS = 200_000
+
+
+def choose_engine(engine: str, nops: int) -> str:
+    """auto: the compiled engine when numba's cache has it, or when the trace is big
+    enough to be worth compiling for; else the reference engine now (same results) while
+    a background process compiles the engine for next time."""
+    if engine != "auto":
+        return engine
+    from . import warm
+
+    if warm.is_warm() or nops > AUTO_REFERENCE_MAX_OPS:
+        return "compiled"
+    if not os.environ.get("REPLAY_NO_BACKGROUND_COMPILE"):
+        warm.start_background()
+    return "reference"
 
 
 def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
-           open_loop: bool = False, fault_service: str = "trace", engine: str = "compiled",
+           open_loop: bool = False, fault_service: str = "trace", engine: str = "auto",
            results_path: str | None = None) -> Run:
     """Replay ``ops`` (a DataFrame, or a LazyFrame such as a scan of the ops Parquet; one
     or more mms, in op_id order).  ``engine``: ``compiled`` (numba; the default) or
@@ -140,6 +159,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     if isinstance(ops, pl.DataFrame):
         ops = ops.sort("op_id")
     lf = ops.lazy()
+    engine = choose_engine(engine, lf.select(pl.len()).collect().item())
     service_ns, service_src = fault_service_time(lf, machine, fault_service)
 
     if cpus < 1 or cpus > machine.ncpus:
@@ -154,22 +174,16 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     mms = lf.select(pl.col("mm").unique(maintain_order=True)).collect(engine="streaming")["mm"].to_list()
     totals = Totals()
     frames: list = []
-    writer = None
+    writer = _ChunkWriter(results_path) if results_path is not None else None
 
     def emit(df: pl.DataFrame) -> None:
-        nonlocal writer
         totals.add(df)
         df = df.with_columns(pl.lit(rid).alias("run_id"), pl.lit(model.name).alias("model"),
                              pl.lit(machine.name).alias("machine"), pl.lit(cpus, pl.Int32).alias("cpus"))
-        if results_path is None:
-            frames.append(df)
-            return
-        import pyarrow.parquet as pq
-
-        tab = df.to_arrow()
         if writer is None:
-            writer = pq.ParquetWriter(results_path, tab.schema, compression="zstd")
-        writer.write_table(tab)
+            frames.append(df)
+        else:
+            writer.put(df.to_arrow())
 
     try:
         if engine == "reference":
@@ -178,7 +192,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
         else:
             locks, lines, counters = _replay_compiled(lf, mms, model, machine, cpus, placement, open_loop,
                                                       service_ns, progress, emit)
-        if results_path is not None and writer is None:
+        if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
     finally:
         if writer is not None:
@@ -196,6 +210,49 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "transfers": pl.Int64, "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)
     return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0, totals, results_path)
+
+
+class _ChunkWriter:
+    """Writes result chunks to one Parquet file on a thread of its own, so compression
+    and I/O overlap the simulation (run_chunk releases the GIL)."""
+
+    def __init__(self, path: str):
+        import queue
+        import threading
+
+        self.path = path
+        self.q: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few chunks
+        self.started = False
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        import pyarrow.parquet as pq
+
+        w = None
+        try:
+            while (tab := self.q.get()) is not None:
+                if w is None:
+                    w = pq.ParquetWriter(self.path, tab.schema, compression="zstd", compression_level=1)
+                w.write_table(tab)
+        except BaseException as e:  # reported by close()
+            self.error = e
+            while self.q.get() is not None:
+                pass
+        finally:
+            if w is not None:
+                w.close()
+
+    def put(self, tab) -> None:
+        self.started = True
+        self.q.put(tab)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _mm_ops(lf, mm, mms):

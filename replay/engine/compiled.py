@@ -1350,7 +1350,7 @@ def start(I, F, P):
             _rq_push(I, F, c, t)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_chunk(I, F, P):
     """Run until the result buffer is full or the simulation ends.  Returns True when
     it ended (then check I[G_ERR])."""
@@ -1479,7 +1479,7 @@ def _col(lf, expr) -> np.ndarray:
 
 
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-         fault_service_ns: float | None = None, chunk: int = 1 << 20):
+         fault_service_ns: float | None = None, chunk: int = 1 << 18):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
     with the ops schema's columns.  Columns are read one at a time and kept in compact
     arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
@@ -1814,37 +1814,42 @@ OUT_COLUMNS = {"op": "out_op", "t": "out_t", "sim_cpu": "out_cpu", "start_ns": "
                "outcome": "out_outcome", "fallback": "out_fb", "attempts": "out_att"}
 
 
+_OUTCOME_NAMES = None
+
+
 def results_frame(raw: dict, state, meta, mm: str):
     """A chunk of raw results as rows of the results schema."""
     import polars as pl
 
     from . import RESULTS_SCHEMA
 
+    global _OUTCOME_NAMES
+    if _OUTCOME_NAMES is None:
+        _OUTCOME_NAMES = pl.Series(OUTCOMES, dtype=pl.Utf8)
     P = state[2]
     j = raw["op"]
     flags, arg = P[0][j], P[1][j].astype(np.int64)
     prog = (flags & 3).astype(np.int64) - 1
     fault = (prog == 0) | (prog == 1)
     op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
-    names = np.asarray(["fault"] + list(meta["w_kind"]), dtype=object)
+    names = pl.Series(["fault"] + list(meta["w_kind"]), dtype=pl.Utf8)
     has_vma = fault & (arg >= 0)
     uniq = meta["uniq"]
     vma = uniq[np.where(has_vma, arg, 0)] if len(uniq) else np.zeros(len(j), np.int64)
     df = pl.DataFrame({
-        "op_id": op_id.astype(np.int64), "mm": pl.Series([mm], dtype=pl.Utf8).extend_constant(mm, len(j) - 1)
-        if len(j) else pl.Series([], dtype=pl.Utf8),
-        "tid": meta["tids"][raw["t"]].astype(np.int32), "kind": names[np.where(fault, 0, arg + 1)].astype(str),
-        "vma_id": pl.Series(vma).scatter(np.flatnonzero(~has_vma), None) if len(j) else pl.Series([], dtype=pl.Int64),
+        "op_id": op_id.astype(np.int64), "tid": meta["tids"][raw["t"]].astype(np.int32),
+        "kind": names.gather(np.where(fault, 0, arg + 1)), "vma_id": vma, "_has_vma": has_vma,
         "sim_cpu": raw["sim_cpu"].astype(np.int32), "start_ns": raw["start_ns"], "end_ns": raw["end_ns"],
         "lock_wait_ns": raw["lock_wait_ns"], "cache_ns": raw["cache_ns"], "line_transfers": raw["line_transfers"],
-        "outcome": np.asarray(OUTCOMES)[raw["outcome"]], "fallback": raw["fallback"].astype(bool),
+        "outcome": _OUTCOME_NAMES.gather(raw["outcome"]), "fallback": raw["fallback"].astype(bool),
         "attempts": raw["attempts"].astype(np.int32),
-    })
+    }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
+                    pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"))
     return df.cast(RESULTS_SCHEMA).select(list(RESULTS_SCHEMA))
 
 
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-             fault_service_ns: float | None = None, chunk: int = 1 << 20, sink=None, progress=None, mm=None):
+             fault_service_ns: float | None = None, chunk: int = 1 << 18, sink=None, progress=None, mm=None):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
     the results schema.  Returns (lock_stats, line_stats, counters)."""
