@@ -267,11 +267,13 @@ def _sample_dir() -> Path:
 
 def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
     """The trace's ops, built now if they are missing; the bundled sample is ingested on
-    first use.  ``lazy``: a scan of the ops Parquet (read column by column as needed)."""
+    first use.  ``lazy``: the ops Parquet file's path instead (replay() reads it in
+    column batches)."""
     import polars as pl
 
     from .ingesting import run_ingest
     from .ops import build_ops
+    from .workspace import read_ops
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
@@ -280,13 +282,13 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
                    maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
     p = ws.partition("ops", trace) / "part-0.parquet"
     if p.exists() and not same_mm:
-        return pl.scan_parquet(p) if lazy else pl.read_parquet(p)
+        return str(p) if lazy else read_ops(p)
     ev = pl.from_arrow(ws.read("events", trace))
     snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
     o, vmas, _ = build_ops(ev, trace, snap, same_mm)
     ws.write_derived("ops", trace, o.to_arrow())
     ws.write_derived("vmas", trace, vmas.to_arrow())
-    return o.lazy() if lazy else o
+    return str(p) if lazy else o
 
 
 @app.command()
@@ -320,7 +322,9 @@ def run(
         raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
     ws = Workspace(workspace)
     ops = _ensure_ops(ws, trace, lazy=True)
-    nops = ops.select(pl.len()).collect().item()
+    from .engine.source import OpsSource
+
+    nops = OpsSource(ops).n
     sha = ws.read("traces", trace).column("sha256")[0].as_py()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -341,9 +345,12 @@ def run(
     s = r.summary()
     s["fault_service_ns"] = r.params["fault_service_ns"]
     s["fault_service_source"] = r.params["fault_service_source"]
-    obs = (ops.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
-           .select(pl.len().alias("n"), pl.col("observed_fallback").mean().alias("m")).collect().row(0))
-    s["observed_fallback_pct"] = round(100 * float(obs[1] or 0), 3) if obs[0] else None
+    obs = OpsSource(ops).frame(["kind", "kernel", "observed_fallback"], lambda df: df.filter(
+        (pl.col("kind").cast(pl.Utf8) == "fault") & ~pl.col("kernel")).select(
+        pl.len().alias("rows"), pl.col("observed_fallback").count().alias("n"),
+        pl.col("observed_fallback").cast(pl.Int64).sum().alias("k")))
+    rows, n_obs, k_obs = (int(obs[c].sum()) for c in ("rows", "n", "k")) if obs is not None else (0, 0, 0)
+    s["observed_fallback_pct"] = (round(100 * k_obs / n_obs, 3) if n_obs else 0.0) if rows else None
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))

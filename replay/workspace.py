@@ -31,6 +31,24 @@ DATASETS = ("events", "rejects", "traces")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
+def scan_ops(path: str | Path):
+    """A lazy scan of an ops Parquet file, read through pyarrow.
+
+    polars 2.1's own Parquet reader decodes the dictionary-encoded ``kind`` column
+    (a pl.Enum) wrongly now and then when a file has several row groups - the same
+    query gives different kinds on different runs - so ops are read by pyarrow."""
+    import polars as pl
+    import pyarrow.dataset as pads
+
+    return pl.scan_pyarrow_dataset(pads.dataset(str(path), format="parquet"))
+
+
+def read_ops(path: str | Path):
+    import polars as pl
+
+    return pl.from_arrow(pq.read_table(str(path)))
+
+
 def default_root() -> Path:
     return Path(os.environ.get("REPLAY_WORKSPACE", "replay-data"))
 

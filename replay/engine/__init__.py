@@ -107,10 +107,14 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
         if ns < 0:
             raise ValueError("--fault-service must not be negative")
         return ns, "given"
-    lf = ops.lazy()
-    if how == "trace" and {"hold_ns", "observed_fallback"} <= set(lf.collect_schema().names()):
-        held = lf.filter((pl.col("kind") == "fault") & pl.col("observed_fallback").fill_null(False)
-                         & pl.col("hold_ns").is_not_null()).select("hold_ns").collect()["hold_ns"]
+    from .source import OpsSource
+
+    src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
+    if how == "trace" and {"hold_ns", "observed_fallback"} <= src.names:
+        held = src.frame(["kind", "observed_fallback", "hold_ns"], lambda df: df.filter(
+            (pl.col("kind").cast(pl.Utf8) == "fault") & pl.col("observed_fallback").fill_null(False)
+            & pl.col("hold_ns").is_not_null()).select("hold_ns"))
+        held = held["hold_ns"] if held is not None else pl.Series([], dtype=pl.Int64)
         if held.len() >= MIN_SERVICE_SAMPLES:
             return float(held.median()), f"trace: median mmap_lock hold of {held.len()} fallen-back faults"
     return float(machine.fault_service_ns), f"profile {machine.name}"
@@ -149,18 +153,20 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
            open_loop: bool = False, fault_service: str = "trace", engine: str = "auto",
            results_path: str | None = None) -> Run:
-    """Replay ``ops`` (a DataFrame, or a LazyFrame such as a scan of the ops Parquet; one
-    or more mms, in op_id order).  ``engine``: ``compiled`` (numba; the default) or
+    """Replay ``ops`` (a DataFrame or LazyFrame, or the path of an ops Parquet file -
+    read in column batches; one or more mms, in op_id order).  ``engine``: ``compiled`` (numba; the default) or
     ``reference`` (the plain-Python statement of the semantics; same results).  With
     ``results_path``, results stream to that Parquet file chunk by chunk instead of
     being kept (``Run.results`` is then None): memory stays bounded whatever the size."""
     if engine not in ENGINES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    from .source import OpsSource
+
     if isinstance(ops, pl.DataFrame):
         ops = ops.sort("op_id")
-    lf = ops.lazy()
-    engine = choose_engine(engine, lf.select(pl.len()).collect().item())
-    service_ns, service_src = fault_service_time(lf, machine, fault_service)
+    src = OpsSource(ops)
+    engine = choose_engine(engine, src.n)
+    service_ns, service_src = fault_service_time(src, machine, fault_service)
 
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
@@ -171,7 +177,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
               "fault_service_source": service_src}
     rid = run_id_for(params)
     t0 = time.perf_counter()
-    mms = lf.select(pl.col("mm").unique(maintain_order=True)).collect(engine="streaming")["mm"].to_list()
+    mms = src.mms()
     totals = Totals()
     frames: list = []
     writer = _ChunkWriter(results_path) if results_path is not None else None
@@ -187,10 +193,10 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
 
     try:
         if engine == "reference":
-            locks, lines, counters = _replay_reference(lf, mms, model, machine, cpus, placement, open_loop,
+            locks, lines, counters = _replay_reference(ops, mms, model, machine, cpus, placement, open_loop,
                                                        service_ns, progress, emit)
         else:
-            locks, lines, counters = _replay_compiled(lf, mms, model, machine, cpus, placement, open_loop,
+            locks, lines, counters = _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop,
                                                       service_ns, progress, emit)
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
@@ -255,17 +261,19 @@ class _ChunkWriter:
             raise self.error
 
 
-def _mm_ops(lf, mm, mms):
-    return lf if len(mms) == 1 else lf.filter(pl.col("mm") == mm)
+def _mm_ops(ops, mm, mms):
+    from .source import OpsSource
+
+    return OpsSource(ops, None if len(mms) == 1 else mm)
 
 
-def _replay_reference(lf, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
+def _replay_reference(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
     from .reference import Simulation  # here: models import the ISA from this package
 
     locks, lines = [], []
     counters: dict = {}
     for mm in mms:
-        rows = _mm_ops(lf, mm, mms).collect().to_dicts()
+        rows = _mm_ops(ops, mm, mms).collect().to_dicts()
         sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
         res = sim.run(progress)
         emit(pl.DataFrame([{**{k: r[k] for k in RESULTS_SCHEMA if k != "mm"}, "mm": mm} for r in res],
@@ -277,15 +285,15 @@ def _replay_reference(lf, mms, model, machine, cpus, placement, open_loop, servi
     return locks, lines, counters
 
 
-def _replay_compiled(lf, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
+def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
     from . import compiled
 
     locks, lines = [], []
     counters: dict = {}
     done = 0
     for mm in mms:
-        sub = _mm_ops(lf, mm, mms)
-        n = sub.select(pl.len()).collect().item()
+        sub = _mm_ops(ops, mm, mms)
+        n = sub.n
 
         def tick(k, base=done):
             if progress:

@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from ..models.kernels import VMA_LOCK_OFFSET
 from .isa import Op
+from .source import OpsSource
 from .reference import (DEFAULT_WRITER_NS, MAX_READERS_WAKEUP, MM_BASE, RSPIN_BASE_NS, RSPIN_MAX_NS,
                         RSPIN_PER_READER_NS, RWSEM_WAIT_TIMEOUT_NS, VMA_LOCK_SLAB_BASE, VMA_SLAB_BASE, WAKEUP_NS)
 
@@ -1439,6 +1440,33 @@ def _is_increasing(a):
 
 
 @njit(cache=True)
+def _distinct(a):
+    """The distinct non-negative values of a (sorted), without sorting a copy of a."""
+    hi = -1
+    for x in a:
+        hi = max(hi, x)
+    if hi < 0:
+        return np.zeros(0, np.int64)
+    if hi < 1 << 26:
+        seen = np.zeros(hi + 1, np.bool_)
+        for x in a:
+            if x >= 0:
+                seen[x] = True
+        return np.flatnonzero(seen).astype(np.int64)
+    return np.unique(a[a >= 0]).astype(np.int64)
+
+
+@njit(cache=True)
+def _dense(a, uniq):
+    """Each value's index in the sorted uniq (int32), -1 for negatives."""
+    out = np.empty(a.shape[0], np.int32)
+    for i in range(a.shape[0]):
+        x = a[i]
+        out[i] = np.searchsorted(uniq, x) if x >= 0 else -1
+    return out
+
+
+@njit(cache=True)
 def _group_order(key, nkeys):
     """Stable counting sort: the indices of ``key`` grouped by key value (int32)."""
     start = np.zeros(nkeys + 1, np.int64)
@@ -1468,16 +1496,6 @@ def _longest_instant_run(order, starts, instant):
     return best
 
 
-def _col(lf, expr) -> np.ndarray:
-    """One column of the (lazy) ops, read alone."""
-    import polars as pl
-
-    s = lf.select(expr).collect(engine="streaming").to_series()
-    if s.dtype == pl.Boolean:
-        return s.to_numpy().astype(bool)
-    return s.to_numpy()
-
-
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
          fault_service_ns: float | None = None, chunk: int = 1 << 18):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
@@ -1488,22 +1506,14 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     lay = model.layout
     prm = model.params
-    lf = ops.lazy()
-    have = set(lf.collect_schema().names())
-
-    def c(name, dtype=pl.Int64):
-        return pl.col(name) if name in have else pl.lit(None, dtype).alias(name)
-
+    src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
+    c = src.expr
     kind = c("kind", pl.Utf8).cast(pl.Utf8)
-    is_fault_e = kind == "fault"
-    prog_e = (pl.when(is_fault_e).then(pl.when(c("kernel", pl.Boolean).fill_null(False)).then(1).otherwise(0))
-              .when((c("lock_mode", pl.Utf8) == "write").fill_null(False) | (kind == "exit")).then(2)
-              .otherwise(-1).cast(pl.Int8))
-    op_prog = _col(lf, prog_e)
+    op_prog = src.prog()
     n = len(op_prog)
     is_fault = op_prog >= 0
     is_fault &= op_prog <= 1
-    op_id = _col(lf, c("op_id"))
+    op_id = src.column("op_id", np.int64)
     if not _is_increasing(op_id):
         raise ValueError("ops must be in op_id order")
     op_base = int(op_id[0]) if n and _is_arange(op_id) else None
@@ -1511,16 +1521,15 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     del op_id
 
     # writers (every non-fault op): few, read whole
-    w = (lf.with_row_index("_j").filter(~is_fault_e)
-         .select("_j", kind.alias("kind"), c("hold_ns"), *(c(k, pl.List(pl.Int64)) for k in
-                                                          ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")))
-         .collect())
+    w = src.writers(lambda df: df.select(
+        "_j", kind.alias("kind"), c("hold_ns"), *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
+                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
     w_kind = w["kind"].to_list()
 
-    vma = _col(lf, c("vma_id").fill_null(-1))
-    pieces = [np.unique(vma[vma >= 0])]
+    vma = src.column("vma_id", np.int64, -1)
+    pieces = [_distinct(vma)]
     for k in wl:
         for xs in wl[k]:
             if xs:
@@ -1528,8 +1537,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     uniq = np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64)
     index = {int(v): i for i, v in enumerate(uniq)}
     nv = len(uniq)
-    op_vma = np.searchsorted(uniq, vma).astype(np.int32) if nv else np.zeros(n, np.int32)
-    op_vma[vma < 0] = -1
+    op_vma = _dense(vma, uniq)
     del vma
 
     freed, succ = [], []
@@ -1563,13 +1571,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     # causal order: seq ranks (the op builder numbers ops in seq order, so usually the
     # rank is the op's index and needs no array)
-    seq = _col(lf, c("seq").fill_null(c("op_id")) if "seq" in have else c("op_id"))
+    seq = src.col(c("seq").fill_null(c("op_id")), np.int64) if src.path is None or "seq" not in src.names \
+        else src.column("seq", np.int64, -1)
+    if src.path is not None and "seq" in src.names and (seq < 0).any():  # null seqs: the op_id stands in
+        seq = src.col(c("seq").fill_null(c("op_id")), np.int64)
     rank_is_index = bool(_is_increasing(seq))
     op_rank = np.zeros(1, np.int32) if rank_is_index else \
         pl.Series(seq).rank("dense").cast(pl.Int32).to_numpy() - 1
     del seq
     # faults per VMA ordered by (seq, op_id): the reference's ``unstarted`` heaps
-    fvid = np.where(is_fault, op_arg, -1).astype(np.int64)
+    fvid = np.where(is_fault, op_arg, np.int32(-1))
     if rank_is_index:
         us_ops, us_p = _group_order(fvid, nv)
     else:
@@ -1581,19 +1592,21 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         us_p = np.cumsum(us_p)
     del fvid
 
-    tid = _col(lf, c("tid", pl.Int32)).astype(np.int64)
+    tid = src.column("tid", np.int32)
     tids = np.unique(tid)
     nt = len(tids)
-    lut = np.full(int(tids.max()) - int(tids.min()) + 1 if nt else 1, -1, np.int64)
-    lut[tids - (tids.min() if nt else 0)] = np.arange(nt)
-    tix = lut[tid - (tids.min() if nt else 0)]
+    tmin = int(tids.min()) if nt else 0
+    lut = np.full(int(tids.max()) - tmin + 1 if nt else 1, -1, np.int32)
+    lut[tids - tmin] = np.arange(nt)
+    tix = lut[tid - np.int32(tmin)]
     del tid, lut
     th_order, th_p = _group_order(tix, nt)
     recorded = None
     if placement == "as-recorded":
-        per = (lf.select(c("tid", pl.Int32).alias("t"), c("cpu", pl.Int16).alias("c")).with_row_index("_i")
-               .filter(pl.col("c").is_not_null())
-               .group_by("t", "c").agg(pl.len().alias("k"), pl.col("_i").min().alias("first")).collect())
+        per = src.frame(["tid", "cpu"], lambda df: df.select(
+            "_j", c("tid", pl.Int32).alias("t"), c("cpu", pl.Int16).alias("c")).filter(pl.col("c").is_not_null())
+            .group_by("t", "c").agg(pl.len().alias("k"), pl.col("_j").min().alias("first")))
+        per = per.group_by("t", "c").agg(pl.col("k").sum(), pl.col("first").min())
         recorded = []
         for tid_v in tids.tolist():
             rows = per.filter(pl.col("t") == tid_v).sort("first")
@@ -1603,15 +1616,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     cpus = machine.placement(nt, ncpus, placement, recorded)
     del tix
 
-    think = _col(lf, c("think_ns").fill_null(0).cast(pl.Float64))
+    think = src.column("think_ns", np.float64)
     flags = op_prog.astype(np.int16) + 1
     del op_prog
-    flags |= _col(lf, c("start_ns").is_not_null()).astype(np.int16) << 2
-    flags |= _col(lf, c("end_ns").is_not_null()).astype(np.int16) << 3
+    flags |= src.notnull("start_ns").astype(np.int16) << 2
+    flags |= src.notnull("end_ns").astype(np.int16) << 3
     flags = flags.astype(np.int8)
     if open_loop:
-        t0 = lf.select(c("start_ns").min()).collect().item()
-        op_rel_start = _col(lf, (c("start_ns") - (t0 or 0)).fill_null(0).cast(pl.Float64))
+        starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
+        t0 = starts["start_ns"].min() if starts is not None else None
+        op_rel_start = src.col((c("start_ns") - (t0 or 0)).fill_null(0).cast(pl.Float64), np.float64)
     else:
         op_rel_start = np.zeros(1)
 
@@ -1815,6 +1829,7 @@ OUT_COLUMNS = {"op": "out_op", "t": "out_t", "sim_cpu": "out_cpu", "start_ns": "
 
 
 _OUTCOME_NAMES = None
+LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
 
 
 def results_frame(raw: dict, state, meta, mm: str):
@@ -1853,12 +1868,19 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
     the results schema.  Returns (lock_stats, line_stats, counters)."""
+    import time
+
+    t0 = time.perf_counter()
     state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk)
+    LAST_TIMINGS["load_s"] = time.perf_counter() - t0
+    LAST_TIMINGS["run_s"] = 0.0
     I, F, P = state
     start(I, F, P)
     done_n = 0
     while True:
+        t0 = time.perf_counter()
         ended = run_chunk(I, F, P)
+        LAST_TIMINGS["run_s"] += time.perf_counter() - t0
         k = int(I[G_NOUT])
         if k:
             raw = {c: region(state, meta, r)[:k].copy() for c, r in OUT_COLUMNS.items()}

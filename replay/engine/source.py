@@ -1,0 +1,218 @@
+"""Where a replay reads its ops from: a polars frame, or an ops Parquet file read in
+batches of columns (so memory does not grow with the trace)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class OpsSource:
+    """One mm's ops (or all of them), read in batches of columns.
+
+    ``ops`` is a polars DataFrame/LazyFrame, or the path of an ops Parquet file.  A file
+    is read by pyarrow a row batch at a time, only the columns asked for, and each
+    column lands in a preallocated compact array - so a 50 M-op trace never sits in
+    memory whole.  (pyarrow, not polars' own Parquet reader: polars 2.1 sometimes
+    decodes the dictionary-encoded ``kind`` column wrongly in files with several row
+    groups.)"""
+
+    BATCH = 1 << 20
+
+    def __init__(self, ops, mm: str | None = None):
+        import polars as pl
+
+        self.mm = mm
+        if isinstance(ops, (str, os.PathLike)):
+            import pyarrow.parquet as pq
+
+            self.path = str(ops)
+            import pyarrow as pa
+
+            # the system allocator hands freed batches back to the OS; pyarrow's default
+            # pool keeps them, and a 50 M-op load would hold a second copy of its columns
+            pa.set_memory_pool(pa.system_memory_pool())
+            self.pf = pq.ParquetFile(self.path, read_dictionary=["mm", "kind", "lock_mode"])
+            self.names = set(self.pf.schema_arrow.names)
+            self.lf = None
+        else:
+            self.path = None
+            lf = ops.lazy()
+            self.names = set(lf.collect_schema().names())
+            self.lf = lf.filter(pl.col("mm") == mm) if mm is not None and "mm" in self.names else lf
+        self._n = None
+
+    def batches(self, cols):
+        """polars DataFrames of ``cols`` (those the ops have), in op order."""
+        import polars as pl
+
+        cols = [c for c in dict.fromkeys(cols) if c in self.names]
+        if self.path is None:
+            yield self.lf.select(cols).collect() if cols else self.lf.select(pl.len()).collect()
+            return
+        extra = ["mm"] if self.mm is not None and "mm" not in cols else []
+        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=(cols + extra) or ["op_id"], use_threads=True):
+            df = pl.from_arrow(b)
+            if self.mm is not None:
+                df = df.filter(pl.col("mm").cast(pl.Utf8) == self.mm)
+            yield df.drop(extra) if extra else df
+
+    def expr(self, name, dtype=None):
+        import polars as pl
+
+        return pl.col(name) if name in self.names else pl.lit(None, dtype or pl.Int64).alias(name)
+
+    @property
+    def n(self) -> int:
+        if self._n is None:
+            self._n = sum(df.height for df in self.batches(["op_id"]))
+        return self._n
+
+    def col(self, expr, dtype) -> np.ndarray:
+        """One expression over every op, as a numpy array of ``dtype``."""
+        roots = expr.meta.root_names()
+        out = np.empty(self.n, dtype)
+        pos = 0
+        for df in self.batches(roots):
+            v = df.select(expr).to_series().to_numpy()
+            out[pos:pos + len(v)] = v
+            pos += len(v)
+        return out
+
+    def column(self, name: str, dtype, fill=0) -> np.ndarray:
+        """One plain column (nulls as ``fill``) as a numpy array of ``dtype``.  From a
+        file this goes pyarrow -> numpy a batch at a time, without polars."""
+        import polars as pl
+
+        if self.path is None or self.mm is not None or name not in self.names:
+            return self.col(self.expr(name).fill_null(fill), dtype)
+        import pyarrow.compute as pc
+
+        out = np.empty(self.n, dtype)
+        pos = 0
+        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=[name], use_threads=True):
+            a = b.column(0)
+            if a.null_count:
+                a = pc.fill_null(a, fill)
+            v = a.to_numpy(zero_copy_only=False)
+            out[pos:pos + len(v)] = v
+            pos += len(v)
+        del pl
+        return out
+
+    def notnull(self, name: str) -> np.ndarray:
+        import polars as pl
+
+        if self.path is None or self.mm is not None or name not in self.names:
+            return self.col(self.expr(name).is_not_null(), bool)
+        out = np.empty(self.n, bool)
+        pos = 0
+        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=[name], use_threads=True):
+            a = b.column(0)
+            v = a.is_valid().to_numpy(zero_copy_only=False)
+            out[pos:pos + len(v)] = v
+            pos += len(v)
+        del pl
+        return out
+
+    def frame(self, roots, fn):
+        """fn(batch DataFrame with a global row index ``_j``) for every batch, concatenated:
+        for the few rows (writers) or small aggregates the loader needs whole."""
+        import polars as pl
+
+        parts, pos = [], 0
+        for df in self.batches(roots):
+            parts.append(fn(df.with_row_index("_j", offset=pos)))
+            pos += df.height
+        return pl.concat(parts, how="vertical_relaxed") if parts else None
+
+
+    def _file_batches(self, cols):
+        """pyarrow record batches of a file source (no mm filter), with their offsets."""
+        pos = 0
+        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=cols, use_threads=True):
+            yield pos, b
+            pos += b.num_rows
+
+    @staticmethod
+    def _codes(arr, value: str) -> np.ndarray:
+        """Rows of a (dictionary-encoded) string column equal to value, as a bool array."""
+        import pyarrow as pa
+
+        if pa.types.is_dictionary(arr.type):
+            d = arr.dictionary.to_pylist()
+            if value not in d:
+                return np.zeros(len(arr), bool)
+            idx = arr.indices.to_numpy(zero_copy_only=False)
+            hit = idx == d.index(value)
+            if arr.null_count:
+                hit &= arr.is_valid().to_numpy(zero_copy_only=False)
+            return hit
+        return np.asarray(arr.to_pylist(), dtype=object) == value
+
+    def prog(self) -> np.ndarray:
+        """Which program each op runs: 0 user fault, 1 kernel fault, 2 writer (a write-
+        locking syscall, or exit), -1 none - int8."""
+        import polars as pl
+
+        if self.path is None or self.mm is not None:
+            c = self.expr
+            kind = c("kind", pl.Utf8).cast(pl.Utf8)
+            e = (pl.when(kind == "fault").then(pl.when(c("kernel", pl.Boolean).fill_null(False)).then(1).otherwise(0))
+                 .when((c("lock_mode", pl.Utf8).cast(pl.Utf8) == "write").fill_null(False) | (kind == "exit")).then(2)
+                 .otherwise(-1).cast(pl.Int8))
+            return self.col(e, np.int8)
+        cols = [x for x in ("kind", "kernel", "lock_mode") if x in self.names]
+        out = np.empty(self.n, np.int8)
+        for pos, b in self._file_batches(cols):
+            get = dict(zip(b.schema.names, b.columns))
+            m = b.num_rows
+            fault = self._codes(get["kind"], "fault")
+            kern = get["kernel"].to_numpy(zero_copy_only=False).astype(bool) if "kernel" in get and not get["kernel"].null_count \
+                else (np.asarray(get["kernel"].fill_null(False).to_numpy(zero_copy_only=False), bool) if "kernel" in get
+                      else np.zeros(m, bool))
+            writer = self._codes(get["kind"], "exit")
+            if "lock_mode" in get:
+                writer |= self._codes(get["lock_mode"], "write")
+            v = np.where(fault, kern.astype(np.int8), np.where(writer, np.int8(2), np.int8(-1)))
+            out[pos:pos + m] = v
+        return out
+
+    def writers(self, fn):
+        """fn(polars frame of the non-fault ops, with their row index ``_j``): the few
+        rows the loader needs whole.  From a file only those rows reach polars."""
+        import polars as pl
+
+        roots = ["kind", "lock_mode", "hold_ns", "vma_ids", "vmas_created", "vmas_freed", "vmas_successor"]
+        if self.path is None or self.mm is not None:
+            return self.frame(roots, lambda df: fn(df.filter(pl.col("kind").cast(pl.Utf8) != "fault")))
+        cols = [x for x in roots if x in self.names]
+        parts = []
+        for pos, b in self._file_batches(cols):
+            keep = ~self._codes(b.column(0), "fault")
+            if keep.any():
+                import pyarrow as pa
+
+                rows = np.flatnonzero(keep)
+                sub = b.filter(pa.array(keep))
+                parts.append(fn(pl.from_arrow(sub).with_columns(pl.Series("_j", rows + pos, dtype=pl.UInt32))))
+        return pl.concat(parts, how="vertical_relaxed") if parts else fn(pl.DataFrame(
+            {"_j": pl.Series([], dtype=pl.UInt32), "kind": pl.Series([], dtype=pl.Utf8)}))
+
+    def mms(self) -> list[str]:
+        """The mms in order of first appearance."""
+        import polars as pl
+
+        seen: dict = {}
+        for df in self.batches(["mm"]):
+            for m in df["mm"].cast(pl.Utf8).unique(maintain_order=True).to_list():
+                seen.setdefault(m, None)
+        return list(seen)
+
+    def collect(self, cols=None):
+        """The ops whole (for the reference engine and small traces)."""
+        import polars as pl
+
+        parts = list(self.batches(cols or sorted(self.names)))
+        return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
