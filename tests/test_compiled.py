@@ -144,3 +144,25 @@ def test_sample_traces_match_the_reference(sample_ops, model):
     assert a.line_stats.equals(b.line_stats)
     assert a.counters == b.counters
     assert np.isfinite(b.results["end_ns"].to_numpy()).all()
+
+
+def test_replay_from_a_many_row_group_file_equals_in_memory(sample_ops, tmp_path):
+    """An ops Parquet file is read in column batches (pyarrow); row groups and batch
+    boundaries must not matter - nor which engine reads it."""
+    import pyarrow.parquet as pq
+
+    from replay.engine.source import OpsSource
+
+    p = tmp_path / "ops.parquet"
+    pq.write_table(sample_ops.to_arrow(), p, row_group_size=3_000)
+    m = load_machine("local-2vcpu")
+    old = OpsSource.BATCH
+    OpsSource.BATCH = 4_096  # several batches per trace
+    try:
+        a = replay(sample_ops, get_model("mainline"), m, 2, engine="compiled")
+        b = replay(str(p), get_model("mainline"), m, 2, engine="compiled")
+        c = replay(str(p), get_model("mainline"), m, 2, engine="reference")
+    finally:
+        OpsSource.BATCH = old
+    assert a.results.equals(b.results) and a.results.equals(c.results)
+    assert a.lock_stats.equals(b.lock_stats) and a.summary() | {"wall_s": 0} == b.summary() | {"wall_s": 0}
