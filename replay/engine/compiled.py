@@ -15,7 +15,14 @@ How the reference's objects became arrays:
   are doubly linked lists threaded through per-thread arrays (a thread waits on one
   lock at a time), run queues singly linked;
 * the event heap is a binary heap of (time, sequence) keys with the reference's
-  stale-token rule; a full heap drops its stale entries before it grows;
+  stale-token rule; a full heap drops its stale entries (at most one entry a thread
+  is current).  When a thread's next step is due before anything in the heap, it runs
+  at once with the sequence and token numbers a push and pop would have given it - the
+  same order without the heap traffic (two thirds of the steps);
+* all state lives in two flat arrays, I (int64) and F (float64), with a header of
+  region offsets (``H_*``); inside the loop they are raw typed pointers, because numba
+  reference-counts every array passed to a function (atomic increments and
+  decrements, which were most of the run time) and a pointer has no count;
 * vma_start_write()'s expanded steps (the reference's ``pending`` deque) live in one
   buffer, since only the mmap_lock write holder can have any;
 * results leave in chunks (``run_chunk`` returns when its buffer is full), so memory
@@ -34,9 +41,9 @@ from numba.extending import intrinsic
 
 from ..models.kernels import VMA_LOCK_OFFSET
 from .isa import Op
-from .source import OpsSource
 from .reference import (DEFAULT_WRITER_NS, MAX_READERS_WAKEUP, MM_BASE, RSPIN_BASE_NS, RSPIN_MAX_NS,
                         RSPIN_PER_READER_NS, RWSEM_WAIT_TIMEOUT_NS, VMA_LOCK_SLAB_BASE, VMA_SLAB_BASE, WAKEUP_NS)
+from .source import OpsSource
 
 WL, FW, HO = 1, 2, 4
 BIAS = 256
