@@ -338,7 +338,7 @@ def run(
                        progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
                        engine=engine, results_path=os.path.join(stage, "results.parquet"))
         ws.write_run(r)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
         raise Fail(str(e))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -416,7 +416,7 @@ def sweep(
             for c in counts:
                 try:
                     r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
-                except ValueError as e:
+                except (ValueError, RuntimeError) as e:
                     raise Fail(str(e))
                 ws.write_run(r)
                 row[f"cpus={c}"] = r.summary()["faults_per_sec"]
