@@ -290,15 +290,15 @@ def coh_write(I, F, n, cpu, now, atomic, changes):
 # -- heap -------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _less(I, F, a, b):
-    return F[I[H_hp_when] + (a)] < F[I[H_hp_when] + (b)] or (F[I[H_hp_when] + (a)] == F[I[H_hp_when] + (b)] and I[I[H_hp_seq] + (a)] < I[I[H_hp_seq] + (b)])
+    return F[I[H_hp_when] + a] < F[I[H_hp_when] + b] or (F[I[H_hp_when] + a] == F[I[H_hp_when] + b] and I[I[H_hp_seq] + a] < I[I[H_hp_seq] + b])
 
 
 @njit(cache=True, inline="always")
 def _swap(I, F, a, b):
-    F[I[H_hp_when] + (a)], F[I[H_hp_when] + (b)] = F[I[H_hp_when] + (b)], F[I[H_hp_when] + (a)]
-    I[I[H_hp_seq] + (a)], I[I[H_hp_seq] + (b)] = I[I[H_hp_seq] + (b)], I[I[H_hp_seq] + (a)]
-    I[I[H_hp_t] + (a)], I[I[H_hp_t] + (b)] = I[I[H_hp_t] + (b)], I[I[H_hp_t] + (a)]
-    I[I[H_hp_tok] + (a)], I[I[H_hp_tok] + (b)] = I[I[H_hp_tok] + (b)], I[I[H_hp_tok] + (a)]
+    F[I[H_hp_when] + a], F[I[H_hp_when] + b] = F[I[H_hp_when] + b], F[I[H_hp_when] + a]
+    I[I[H_hp_seq] + a], I[I[H_hp_seq] + b] = I[I[H_hp_seq] + b], I[I[H_hp_seq] + a]
+    I[I[H_hp_t] + a], I[I[H_hp_t] + b] = I[I[H_hp_t] + b], I[I[H_hp_t] + a]
+    I[I[H_hp_tok] + a], I[I[H_hp_tok] + b] = I[I[H_hp_tok] + b], I[I[H_hp_tok] + a]
 
 
 @njit(cache=True, inline="always")
@@ -323,12 +323,12 @@ def _compact_heap(I, F):
     n = I[G_HEAP]
     k = 0
     for i in range(n):
-        t = I[I[H_hp_t] + (i)]
-        if I[I[H_hp_tok] + (i)] == I[I[H_th_token] + (t)]:
-            F[I[H_hp_when] + (k)] = F[I[H_hp_when] + (i)]
-            I[I[H_hp_seq] + (k)] = I[I[H_hp_seq] + (i)]
-            I[I[H_hp_t] + (k)] = t
-            I[I[H_hp_tok] + (k)] = I[I[H_hp_tok] + (i)]
+        t = I[I[H_hp_t] + i]
+        if I[I[H_hp_tok] + i] == I[I[H_th_token] + t]:
+            F[I[H_hp_when] + k] = F[I[H_hp_when] + i]
+            I[I[H_hp_seq] + k] = I[I[H_hp_seq] + i]
+            I[I[H_hp_t] + k] = t
+            I[I[H_hp_tok] + k] = I[I[H_hp_tok] + i]
             k += 1
     I[G_HEAP] = k
     for i in range(k // 2 - 1, -1, -1):
@@ -338,15 +338,15 @@ def _compact_heap(I, F):
 @njit(cache=True, inline="always")
 def _at(I, F, when, t):
     I[G_SEQ] += 1
-    I[I[H_th_token] + (t)] += 1
+    I[I[H_th_token] + t] += 1
     if I[G_HEAP] == I[CI0 + CI_HCAP]:
         _compact_heap(I, F)
     i = I[G_HEAP]
     I[G_HEAP] = i + 1
-    F[I[H_hp_when] + (i)] = when
-    I[I[H_hp_seq] + (i)] = I[G_SEQ]
-    I[I[H_hp_t] + (i)] = t
-    I[I[H_hp_tok] + (i)] = I[I[H_th_token] + (t)]
+    F[I[H_hp_when] + i] = when
+    I[I[H_hp_seq] + i] = I[G_SEQ]
+    I[I[H_hp_t] + i] = t
+    I[I[H_hp_tok] + i] = I[I[H_th_token] + t]
     while i > 0:
         p = (i - 1) // 2
         if _less(I, F, i, p):
@@ -359,78 +359,78 @@ def _at(I, F, when, t):
 # -- run queues, blocking, waking -----------------------------------------------------------
 @njit(cache=True, inline="always")
 def _rq_push(I, F, c, t):
-    if I[I[H_th_in_rq] + (t)]:
+    if I[I[H_th_in_rq] + t]:
         I[G_ERR] = ERR_RUNQ
         return
-    I[I[H_th_in_rq] + (t)] = True
-    I[I[H_th_rq_next] + (t)] = -1
-    if I[I[H_rq_head] + (c)] < 0:
-        I[I[H_rq_head] + (c)] = t
+    I[I[H_th_in_rq] + t] = True
+    I[I[H_th_rq_next] + t] = -1
+    if I[I[H_rq_head] + c] < 0:
+        I[I[H_rq_head] + c] = t
     else:
-        I[I[H_th_rq_next] + (I[I[H_rq_tail] + (c)])] = t
-    I[I[H_rq_tail] + (c)] = t
+        I[I[H_th_rq_next] + (I[I[H_rq_tail] + c])] = t
+    I[I[H_rq_tail] + c] = t
 
 
 @njit(cache=True, inline="always")
 def _rq_pop(I, F, c):
-    t = I[I[H_rq_head] + (c)]
-    I[I[H_rq_head] + (c)] = I[I[H_th_rq_next] + (t)]
-    I[I[H_th_in_rq] + (t)] = False
+    t = I[I[H_rq_head] + c]
+    I[I[H_rq_head] + c] = I[I[H_th_rq_next] + t]
+    I[I[H_th_in_rq] + t] = False
     return t
 
 
 @njit(cache=True, inline="always")
 def _release_cpu(I, F, t):
-    c = I[I[H_th_cpu] + (t)]
-    if I[I[H_cpu_busy] + (c)] != t:
+    c = I[I[H_th_cpu] + t]
+    if I[I[H_cpu_busy] + c] != t:
         return
-    I[I[H_cpu_busy] + (c)] = -1
-    if I[I[H_rq_head] + (c)] >= 0:
+    I[I[H_cpu_busy] + c] = -1
+    if I[I[H_rq_head] + c] >= 0:
         nxt = _rq_pop(I, F, c)
-        I[I[H_cpu_busy] + (c)] = nxt
+        I[I[H_cpu_busy] + c] = nxt
         _at(I, F, F[0], nxt)
 
 
 @njit(cache=True)
 def _block(I, F, t):
-    I[I[H_th_blocked] + (t)] = True
-    F[I[H_th_blocked_at] + (t)] = F[0]
+    I[I[H_th_blocked] + t] = True
+    F[I[H_th_blocked_at] + t] = F[0]
     _release_cpu(I, F, t)
     # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu)
-    if I[I[H_lk_owner] + (0)] == t + 1:
-        sp = I[I[H_lk_sh] + (0)]
+    if I[I[H_lk_owner] + 0] == t + 1:
+        sp = I[I[H_lk_sh] + 0]
         while sp >= 0:
             _at(I, F, F[0], sp)
-            sp = I[I[H_sp_next] + (sp)]
-    lk = I[I[H_th_wlock] + (t)]
-    if lk > 0 and I[I[H_lk_owner] + (lk)] == t + 1:
-        sp = I[I[H_lk_sh] + (lk)]
+            sp = I[I[H_sp_next] + sp]
+    lk = I[I[H_th_wlock] + t]
+    if lk > 0 and I[I[H_lk_owner] + lk] == t + 1:
+        sp = I[I[H_lk_sh] + lk]
         while sp >= 0:
             _at(I, F, F[0], sp)
-            sp = I[I[H_sp_next] + (sp)]
+            sp = I[I[H_sp_next] + sp]
 
 
 @njit(cache=True)
 def _wake(I, F, t, lock):
-    if not I[I[H_th_blocked] + (t)]:
+    if not I[I[H_th_blocked] + t]:
         return
     now = F[0]
-    waited = now - F[I[H_th_blocked_at] + (t)]
-    F[I[H_th_wait] + (t)] += waited
+    waited = now - F[I[H_th_blocked_at] + t]
+    F[I[H_th_wait] + t] += waited
     if lock >= 0:
-        F[I[H_lk_f] + (lock) * 6 + (LF_WT)] += waited
-        F[I[H_lk_f] + (lock) * 6 + (LF_WMAX)] = max(F[I[H_lk_f] + (lock) * 6 + (LF_WMAX)], waited)
-        F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)] = waited if np.isnan(F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)]) else min(F[I[H_lk_f] + (lock) * 6 + (LF_WMIN)], waited)
-    I[I[H_th_blocked] + (t)] = False
+        F[I[H_lk_f] + lock * 6 + LF_WT] += waited
+        F[I[H_lk_f] + lock * 6 + LF_WMAX] = max(F[I[H_lk_f] + lock * 6 + LF_WMAX], waited)
+        F[I[H_lk_f] + lock * 6 + LF_WMIN] = waited if np.isnan(F[I[H_lk_f] + lock * 6 + LF_WMIN]) else min(F[I[H_lk_f] + lock * 6 + LF_WMIN], waited)
+    I[I[H_th_blocked] + t] = False
     when = now + WAKEUP_NS
-    c = I[I[H_th_cpu] + (t)]
-    if I[I[H_cpu_busy] + (c)] < 0:
-        I[I[H_cpu_busy] + (c)] = t
+    c = I[I[H_th_cpu] + t]
+    if I[I[H_cpu_busy] + c] < 0:
+        I[I[H_cpu_busy] + c] = t
         _at(I, F, when, t)
     else:
         _rq_push(I, F, c, t)
-        cur = I[I[H_cpu_busy] + (c)]
-        if I[I[H_th_dw] + (cur)] == DW_SPIN:  # need_resched(): the spinner yields
+        cur = I[I[H_cpu_busy] + c]
+        if I[I[H_th_dw] + cur] == DW_SPIN:  # need_resched(): the spinner yields
             _at(I, F, now, cur)
 
 
@@ -438,27 +438,27 @@ def _wake(I, F, t, lock):
 @njit(cache=True, inline="always")
 def _cost(I, F, t, start, cost):
     end = start + cost
-    F[I[H_th_cache] + (t)] += end - F[0]
+    F[I[H_th_cache] + t] += end - F[0]
     if cost > F[CF0 + CF_L1] and cost != F[CF0 + CF_ATOMIC]:
-        I[I[H_th_tr] + (t)] += 1
+        I[I[H_th_tr] + t] += 1
     return end
 
 
 @njit(cache=True, inline="always")
 def _read(I, F, t, line):
-    s, c = coh_read(I, F, line, I[I[H_th_cpu] + (t)], F[0])
+    s, c = coh_read(I, F, line, I[I[H_th_cpu] + t], F[0])
     return _cost(I, F, t, s, c)
 
 
 @njit(cache=True, inline="always")
 def _rmw(I, F, t, line, changes):
-    s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], True, changes)
+    s, c = coh_write(I, F, line, I[I[H_th_cpu] + t], F[0], True, changes)
     return _cost(I, F, t, s, c)
 
 
 @njit(cache=True, inline="always")
 def _store(I, F, t, line):
-    s, c = coh_write(I, F, line, I[I[H_th_cpu] + (t)], F[0], False, True)
+    s, c = coh_write(I, F, line, I[I[H_th_cpu] + t], F[0], False, True)
     return _cost(I, F, t, s, c)
 
 
@@ -471,16 +471,16 @@ def _vma_rel(I, F, slot):
 
 @njit(cache=True, inline="always")
 def _vline(I, F, obj, off):
-    return I[CI0 + CI_VBASE] + (_vma_rel(I, F, I[I[H_ob_slot] + (obj)]) + off) // 64
+    return I[CI0 + CI_VBASE] + (_vma_rel(I, F, I[I[H_ob_slot] + obj]) + off) // 64
 
 
 @njit(cache=True, inline="always")
 def _cur(I, F, t):
-    slot = I[I[H_th_slot] + (t)]
+    slot = I[I[H_th_slot] + t]
     if slot >= 0:
-        return I[I[H_slot_obj] + (slot)]
-    vid = I[I[H_th_vma] + (t)]
-    return I[I[H_vid_obj] + (vid)] if vid >= 0 else -1
+        return I[I[H_slot_obj] + slot]
+    vid = I[I[H_th_vma] + t]
+    return I[I[H_vid_obj] + vid] if vid >= 0 else -1
 
 
 @njit(cache=True, inline="always")
@@ -508,34 +508,34 @@ def _alloc(I, F, vid):
         slot = I[G_NSLOTS]
     o = I[G_NOBJ]
     I[G_NOBJ] += 1
-    I[I[H_ob_vid] + (o)] = vid
-    I[I[H_ob_slot] + (o)] = slot
-    I[I[H_ob_seq] + (o)] = -1
-    I[I[H_ob_ref] + (o)] = 1
-    I[I[H_ob_live] + (o)] = True
+    I[I[H_ob_vid] + o] = vid
+    I[I[H_ob_slot] + o] = slot
+    I[I[H_ob_seq] + o] = -1
+    I[I[H_ob_ref] + o] = 1
+    I[I[H_ob_live] + o] = True
     if I[CI0 + CI_VLOCK] == 1:  # an rwsem: its own slab object, or inside the VMA
         lk = o + 1
-        I[I[H_lk_count] + (lk)] = 0
-        I[I[H_lk_owner] + (lk)] = 0
-        I[I[H_lk_wh] + (lk)] = -1
-        I[I[H_lk_wt] + (lk)] = -1
-        I[I[H_lk_sh] + (lk)] = -1
-        I[I[H_lk_st] + (lk)] = -1
+        I[I[H_lk_count] + lk] = 0
+        I[I[H_lk_owner] + lk] = 0
+        I[I[H_lk_wh] + lk] = -1
+        I[I[H_lk_wt] + lk] = -1
+        I[I[H_lk_sh] + lk] = -1
+        I[I[H_lk_st] + lk] = -1
         if I[CI0 + CI_VL_IN_VMA]:
             rel = _vma_rel(I, F, slot)
-            I[I[H_lk_cline] + (lk)] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
-            I[I[H_lk_oline] + (lk)] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
+            I[I[H_lk_cline] + lk] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
+            I[I[H_lk_oline] + lk] = I[CI0 + CI_VBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
         else:
             pp = I[CI0 + CI_VL_PER_PAGE]
             rel = (slot // pp) * 4096 + (slot % pp) * I[CI0 + CI_VL_STRIDE]
-            I[I[H_lk_cline] + (lk)] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
-            I[I[H_lk_oline] + (lk)] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
+            I[I[H_lk_cline] + lk] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_COUNT]) // 64
+            I[I[H_lk_oline] + lk] = I[CI0 + CI_LBASE] + (rel + I[CI0 + CI_VL_OWNER]) // 64
     if slot == I[G_NSLOTS]:
         I[G_NSLOTS] += 1
-    I[I[H_slot_obj] + (slot)] = o
-    I[I[H_vid_obj] + (vid)] = o
-    if not I[I[H_vid_ever] + (vid)]:
-        I[I[H_vid_ever] + (vid)] = True
+    I[I[H_slot_obj] + slot] = o
+    I[I[H_vid_obj] + vid] = o
+    if not I[I[H_vid_ever] + vid]:
+        I[I[H_vid_ever] + vid] = True
         I[I[H_vid_order] + (I[G_NVORDER])] = vid
         I[G_NVORDER] += 1
     return o
@@ -546,213 +546,213 @@ def _resolve(I, F, vid):
     if vid < 0:
         return -1
     seen = 0
-    v = I[I[H_vid_obj] + (vid)]
-    while v >= 0 and not I[I[H_ob_live] + (v)] and seen < 64:
-        nxt = I[I[H_vid_succ] + (I[I[H_ob_vid] + (v)])]
-        v = I[I[H_vid_obj] + (nxt)] if nxt >= 0 else -1
+    v = I[I[H_vid_obj] + vid]
+    while v >= 0 and not I[I[H_ob_live] + v] and seen < 64:
+        nxt = I[I[H_vid_succ] + (I[I[H_ob_vid] + v])]
+        v = I[I[H_vid_obj] + nxt] if nxt >= 0 else -1
         seen += 1
-    return v if v >= 0 and I[I[H_ob_live] + (v)] else -1
+    return v if v >= 0 and I[I[H_ob_live] + v] else -1
 
 
 # -- locks --------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _acquired(I, F, lock, t):
-    I[I[H_lk_i] + (lock) * 3 + (LI_ACQ)] += 1
+    I[I[H_lk_i] + lock * 3 + LI_ACQ] += 1
     if lock == 0:
-        F[I[H_th_hs_mm] + (t)] = F[0]
+        F[I[H_th_hs_mm] + t] = F[0]
     else:
-        F[I[H_th_hs_v] + (t)] = F[0]
-        I[I[H_th_hs_vlock] + (t)] = lock
+        F[I[H_th_hs_v] + t] = F[0]
+        I[I[H_th_hs_vlock] + t] = lock
 
 
 @njit(cache=True)
 def _released(I, F, lock, t):
     since = np.nan
     if lock == 0:
-        since = F[I[H_th_hs_mm] + (t)]
-        F[I[H_th_hs_mm] + (t)] = np.nan
-    elif I[I[H_th_hs_vlock] + (t)] == lock:
-        since = F[I[H_th_hs_v] + (t)]
-        F[I[H_th_hs_v] + (t)] = np.nan
-        I[I[H_th_hs_vlock] + (t)] = -1
+        since = F[I[H_th_hs_mm] + t]
+        F[I[H_th_hs_mm] + t] = np.nan
+    elif I[I[H_th_hs_vlock] + t] == lock:
+        since = F[I[H_th_hs_v] + t]
+        F[I[H_th_hs_v] + t] = np.nan
+        I[I[H_th_hs_vlock] + t] = -1
     if not np.isnan(since):
         h = F[0] - since
-        F[I[H_lk_f] + (lock) * 6 + (LF_HT)] += h
-        F[I[H_lk_f] + (lock) * 6 + (LF_HMAX)] = max(F[I[H_lk_f] + (lock) * 6 + (LF_HMAX)], h)
-        F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)] = h if np.isnan(F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)]) else min(F[I[H_lk_f] + (lock) * 6 + (LF_HMIN)], h)
+        F[I[H_lk_f] + lock * 6 + LF_HT] += h
+        F[I[H_lk_f] + lock * 6 + LF_HMAX] = max(F[I[H_lk_f] + lock * 6 + LF_HMAX], h)
+        F[I[H_lk_f] + lock * 6 + LF_HMIN] = h if np.isnan(F[I[H_lk_f] + lock * 6 + LF_HMIN]) else min(F[I[H_lk_f] + lock * 6 + LF_HMIN], h)
 
 
 @njit(cache=True)
 def _w_append(I, F, lock, t, write):
-    I[I[H_w_write] + (t)] = write
-    F[I[H_w_since] + (t)] = F[0]
-    I[I[H_w_handoff] + (t)] = False
-    I[I[H_w_lock] + (t)] = lock
-    I[I[H_w_next] + (t)] = -1
-    I[I[H_w_prev] + (t)] = I[I[H_lk_wt] + (lock)]
-    if I[I[H_lk_wt] + (lock)] >= 0:
-        I[I[H_w_next] + (I[I[H_lk_wt] + (lock)])] = t
+    I[I[H_w_write] + t] = write
+    F[I[H_w_since] + t] = F[0]
+    I[I[H_w_handoff] + t] = False
+    I[I[H_w_lock] + t] = lock
+    I[I[H_w_next] + t] = -1
+    I[I[H_w_prev] + t] = I[I[H_lk_wt] + lock]
+    if I[I[H_lk_wt] + lock] >= 0:
+        I[I[H_w_next] + (I[I[H_lk_wt] + lock])] = t
     else:
-        I[I[H_lk_wh] + (lock)] = t
-    I[I[H_lk_wt] + (lock)] = t
+        I[I[H_lk_wh] + lock] = t
+    I[I[H_lk_wt] + lock] = t
 
 
 @njit(cache=True)
 def _w_remove(I, F, lock, t):
-    p, n = I[I[H_w_prev] + (t)], I[I[H_w_next] + (t)]
+    p, n = I[I[H_w_prev] + t], I[I[H_w_next] + t]
     if p >= 0:
-        I[I[H_w_next] + (p)] = n
+        I[I[H_w_next] + p] = n
     else:
-        I[I[H_lk_wh] + (lock)] = n
+        I[I[H_lk_wh] + lock] = n
     if n >= 0:
-        I[I[H_w_prev] + (n)] = p
+        I[I[H_w_prev] + n] = p
     else:
-        I[I[H_lk_wt] + (lock)] = p
-    I[I[H_w_lock] + (t)] = -1
+        I[I[H_lk_wt] + lock] = p
+    I[I[H_w_lock] + t] = -1
 
 
 @njit(cache=True)
 def _sp_append(I, F, lock, t):
-    I[I[H_sp_lock] + (t)] = lock
-    I[I[H_sp_next] + (t)] = -1
-    I[I[H_sp_prev] + (t)] = I[I[H_lk_st] + (lock)]
-    if I[I[H_lk_st] + (lock)] >= 0:
-        I[I[H_sp_next] + (I[I[H_lk_st] + (lock)])] = t
+    I[I[H_sp_lock] + t] = lock
+    I[I[H_sp_next] + t] = -1
+    I[I[H_sp_prev] + t] = I[I[H_lk_st] + lock]
+    if I[I[H_lk_st] + lock] >= 0:
+        I[I[H_sp_next] + (I[I[H_lk_st] + lock])] = t
     else:
-        I[I[H_lk_sh] + (lock)] = t
-    I[I[H_lk_st] + (lock)] = t
+        I[I[H_lk_sh] + lock] = t
+    I[I[H_lk_st] + lock] = t
 
 
 @njit(cache=True)
 def _sp_remove(I, F, lock, t):
-    p, n = I[I[H_sp_prev] + (t)], I[I[H_sp_next] + (t)]
+    p, n = I[I[H_sp_prev] + t], I[I[H_sp_next] + t]
     if p >= 0:
-        I[I[H_sp_next] + (p)] = n
+        I[I[H_sp_next] + p] = n
     else:
-        I[I[H_lk_sh] + (lock)] = n
+        I[I[H_lk_sh] + lock] = n
     if n >= 0:
-        I[I[H_sp_prev] + (n)] = p
+        I[I[H_sp_prev] + n] = p
     else:
-        I[I[H_lk_st] + (lock)] = p
-    I[I[H_sp_lock] + (t)] = -1
+        I[I[H_lk_st] + lock] = p
+    I[I[H_sp_lock] + t] = -1
 
 
 @njit(cache=True)
 def _mark_wake(I, F, lock, read_owned):
-    first = I[I[H_lk_wh] + (lock)]
+    first = I[I[H_lk_wh] + lock]
     if first < 0:
         return
-    if I[I[H_w_write] + (first)]:
-        if not read_owned and I[I[H_th_blocked] + (first)]:
+    if I[I[H_w_write] + first]:
+        if not read_owned and I[I[H_th_blocked] + first]:
             _wake(I, F, first, lock)  # it retries rwsem_try_write_lock()
         return
-    if not read_owned and I[I[H_lk_count] + (lock)] & WL:
+    if not read_owned and I[I[H_lk_count] + lock] & WL:
         return
     # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
     n = 0
     w = first
     while w >= 0 and n < MAX_READERS_WAKEUP:
-        nxt = I[I[H_w_next] + (w)]
-        if not I[I[H_w_write] + (w)]:
+        nxt = I[I[H_w_next] + w]
+        if not I[I[H_w_write] + w]:
             _w_remove(I, F, lock, w)
-            I[I[H_lk_count] + (lock)] += BIAS
+            I[I[H_lk_count] + lock] += BIAS
             _acquired(I, F, lock, w)
-            I[I[H_th_dr] + (w)] = DR_GRANTED
+            I[I[H_th_dr] + w] = DR_GRANTED
             _wake(I, F, w, lock)
             n += 1
         w = nxt
-    if I[I[H_w_handoff] + (first)]:
-        I[I[H_lk_count] + (lock)] &= ~HO
-    if I[I[H_lk_wh] + (lock)] < 0:
-        I[I[H_lk_count] + (lock)] &= ~FW
-    I[I[H_lk_owner] + (lock)] = RO
+    if I[I[H_w_handoff] + first]:
+        I[I[H_lk_count] + lock] &= ~HO
+    if I[I[H_lk_wh] + lock] < 0:
+        I[I[H_lk_count] + lock] &= ~FW
+    I[I[H_lk_owner] + lock] = RO
 
 
 @njit(cache=True)
 def _let_spinner_in(I, F, lock):
-    if I[I[H_lk_sh] + (lock)] >= 0 and not I[I[H_lk_count] + (lock)] & (LOCK_MASK | HO):
-        _at(I, F, F[0] + F[CF0 + CF_RSHARED], I[I[H_lk_sh] + (lock)])
+    if I[I[H_lk_sh] + lock] >= 0 and not I[I[H_lk_count] + lock] & (LOCK_MASK | HO):
+        _at(I, F, F[0] + F[CF0 + CF_RSHARED], I[I[H_lk_sh] + lock])
 
 
 @njit(cache=True)
 def _owner_running(I, F, lock):
-    o = I[I[H_lk_owner] + (lock)]
+    o = I[I[H_lk_owner] + lock]
     if o == RO or o == 0:  # reader-owned, or no owner recorded (the reference's None)
         return True
-    return not I[I[H_th_blocked] + (o - 1)]
+    return not I[I[H_th_blocked] + o - 1]
 
 
 @njit(cache=True)
 def _trylock_read(I, F, t, lock, label):
-    ln = I[I[H_lk_cline] + (lock)]
-    st = I[I[H_th_try] + (t)]
+    ln = I[I[H_lk_cline] + lock]
+    st = I[I[H_th_try] + t]
     if st == TRY_NONE:  # the load
-        I[I[H_th_try] + (t)] = TRY_CAS
-        I[I[H_th_try_ver] + (t)] = I[_lrec(I, ln) + LN_VER]
+        I[I[H_th_try] + t] = TRY_CAS
+        I[I[H_th_try_ver] + t] = I[_lrec(I, ln) + LN_VER]
         return _read(I, F, t, ln), True
     if st == TRY_OWNER:  # rwsem_set_reader_owned()
-        I[I[H_th_try] + (t)] = TRY_NONE
-        I[I[H_lk_owner] + (lock)] = RO
-        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
-    if I[I[H_lk_count] + (lock)] & RFM:
-        I[I[H_th_try] + (t)] = TRY_NONE
-        I[I[H_th_pc] + (t)] = label
-        I[I[H_lk_i] + (lock) * 3 + (LI_TF)] += 1
+        I[I[H_th_try] + t] = TRY_NONE
+        I[I[H_lk_owner] + lock] = RO
+        return _store(I, F, t, I[I[H_lk_oline] + lock]), False
+    if I[I[H_lk_count] + lock] & RFM:
+        I[I[H_th_try] + t] = TRY_NONE
+        I[I[H_th_pc] + t] = label
+        I[I[H_lk_i] + lock * 3 + LI_TF] += 1
         return F[0], False
     extra = 0.0
-    if I[_lrec(I, ln) + LN_VER] != I[I[H_th_try_ver] + (t)]:
+    if I[_lrec(I, ln) + LN_VER] != I[I[H_th_try_ver] + t]:
         I[G_CAS] += 1
         extra = F[CF0 + CF_ATOMIC]
-    I[I[H_lk_count] + (lock)] += BIAS
+    I[I[H_lk_count] + lock] += BIAS
     _acquired(I, F, lock, t)
-    I[I[H_th_try] + (t)] = TRY_OWNER
+    I[I[H_th_try] + t] = TRY_OWNER
     return _rmw(I, F, t, ln, True) + extra, True
 
 
 @njit(cache=True)
 def _down_read(I, F, t, lock):
-    st = I[I[H_th_dr] + (t)]
+    st = I[I[H_th_dr] + t]
     if st == DR_GRANTED:
-        I[I[H_th_dr] + (t)] = DR_NONE
+        I[I[H_th_dr] + t] = DR_NONE
         return F[0], False
     if st == DR_OWNER:
-        I[I[H_th_dr] + (t)] = DR_NONE
-        I[I[H_lk_owner] + (lock)] = RO
-        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
+        I[I[H_th_dr] + t] = DR_NONE
+        I[I[H_lk_owner] + lock] = RO
+        return _store(I, F, t, I[I[H_lk_oline] + lock]), False
     if st == DR_WAIT:
         I[G_ERR] = ERR_WAITER_READER
         return -1.0, True
-    I[I[H_lk_count] + (lock)] += BIAS
-    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
-    cnt = I[I[H_lk_count] + (lock)]
+    I[I[H_lk_count] + lock] += BIAS
+    end = _rmw(I, F, t, I[I[H_lk_cline] + lock], True)
+    cnt = I[I[H_lk_count] + lock]
     if not cnt & RFM:
         _acquired(I, F, lock, t)
-        I[I[H_th_dr] + (t)] = DR_OWNER
+        I[I[H_th_dr] + t] = DR_OWNER
         return end, True
     rcnt = cnt >> 8
-    if not (I[I[H_lk_owner] + (lock)] == RO and rcnt > 1 and not cnt & WL):
+    if not (I[I[H_lk_owner] + lock] == RO and rcnt > 1 and not cnt & WL):
         if not cnt & (WL | HO):  # reader optimistic lock stealing
             _acquired(I, F, lock, t)
-            I[I[H_lk_owner] + (lock)] = RO
-            if rcnt == 1 and cnt & FW and I[I[H_lk_wh] + (lock)] >= 0:
+            I[I[H_lk_owner] + lock] = RO
+            if rcnt == 1 and cnt & FW and I[I[H_lk_wh] + lock] >= 0:
                 _mark_wake(I, F, lock, True)
             return end, False
-    I[I[H_lk_i] + (lock) * 3 + (LI_CON)] += 1
+    I[I[H_lk_i] + lock * 3 + LI_CON] += 1
     adjustment = -BIAS
-    if I[I[H_lk_wh] + (lock)] < 0:
-        if not I[I[H_lk_count] + (lock)] & WL:  # empty queue, no writer: keep the bias
+    if I[I[H_lk_wh] + lock] < 0:
+        if not I[I[H_lk_count] + lock] & WL:  # empty queue, no writer: keep the bias
             _acquired(I, F, lock, t)
-            I[I[H_th_dr] + (t)] = DR_OWNER
+            I[I[H_th_dr] + t] = DR_OWNER
             return end, True
         adjustment += FW
     _w_append(I, F, lock, t, False)
-    I[I[H_lk_count] + (lock)] += adjustment
-    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
-    I[I[H_th_dr] + (t)] = DR_WAIT
-    if not I[I[H_lk_count] + (lock)] & LOCK_MASK:
+    I[I[H_lk_count] + lock] += adjustment
+    end = _rmw(I, F, t, I[I[H_lk_cline] + lock], True)
+    I[I[H_th_dr] + t] = DR_WAIT
+    if not I[I[H_lk_count] + lock] & LOCK_MASK:
         _mark_wake(I, F, lock, False)
-    if I[I[H_th_dr] + (t)] == DR_GRANTED:
-        I[I[H_th_dr] + (t)] = DR_NONE
+    if I[I[H_th_dr] + t] == DR_GRANTED:
+        I[I[H_th_dr] + t] = DR_NONE
         return end, False
     _block(I, F, t)
     return -1.0, True
@@ -761,9 +761,9 @@ def _down_read(I, F, t, lock):
 @njit(cache=True)
 def _up_read(I, F, t, lock):
     _released(I, F, lock, t)
-    I[I[H_lk_count] + (lock)] -= BIAS
-    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
-    if (I[I[H_lk_count] + (lock)] & (LOCK_MASK | FW)) == FW:
+    I[I[H_lk_count] + lock] -= BIAS
+    end = _rmw(I, F, t, I[I[H_lk_cline] + lock], True)
+    if (I[I[H_lk_count] + lock] & (LOCK_MASK | FW)) == FW:
         _mark_wake(I, F, lock, False)
     _let_spinner_in(I, F, lock)
     return end
@@ -771,88 +771,88 @@ def _up_read(I, F, t, lock):
 
 @njit(cache=True)
 def _try_write_lock(I, F, lock, w):
-    first = I[I[H_lk_wh] + (lock)] == w
-    if I[I[H_lk_count] + (lock)] & LOCK_MASK:
-        if first and not I[I[H_lk_count] + (lock)] & HO and F[0] - F[I[H_w_since] + (w)] >= RWSEM_WAIT_TIMEOUT_NS:
-            I[I[H_lk_count] + (lock)] |= HO
-            I[I[H_w_handoff] + (w)] = True
+    first = I[I[H_lk_wh] + lock] == w
+    if I[I[H_lk_count] + lock] & LOCK_MASK:
+        if first and not I[I[H_lk_count] + lock] & HO and F[0] - F[I[H_w_since] + w] >= RWSEM_WAIT_TIMEOUT_NS:
+            I[I[H_lk_count] + lock] |= HO
+            I[I[H_w_handoff] + w] = True
         return False
-    if I[I[H_lk_count] + (lock)] & HO and not first:
+    if I[I[H_lk_count] + lock] & HO and not first:
         return False
     _w_remove(I, F, lock, w)
-    I[I[H_lk_count] + (lock)] |= WL
-    I[I[H_lk_count] + (lock)] &= ~HO
-    if I[I[H_lk_wh] + (lock)] < 0:
-        I[I[H_lk_count] + (lock)] &= ~FW
+    I[I[H_lk_count] + lock] |= WL
+    I[I[H_lk_count] + lock] &= ~HO
+    if I[I[H_lk_wh] + lock] < 0:
+        I[I[H_lk_count] + lock] &= ~FW
     return True
 
 
 @njit(cache=True)
 def _queue_writer(I, F, t, lock):
-    if I[I[H_lk_wh] + (lock)] < 0:
-        I[I[H_lk_count] + (lock)] |= FW
+    if I[I[H_lk_wh] + lock] < 0:
+        I[I[H_lk_count] + lock] |= FW
     _w_append(I, F, lock, t, True)
-    I[I[H_th_dw] + (t)] = DW_WAIT
+    I[I[H_th_dw] + t] = DW_WAIT
 
 
 @njit(cache=True)
 def _down_write(I, F, t, lock):
     now = F[0]
-    st = I[I[H_th_dw] + (t)]
+    st = I[I[H_th_dw] + t]
     if st == DW_OWNER:  # rwsem_set_owner()
-        I[I[H_th_dw] + (t)] = DW_NONE
-        I[I[H_lk_owner] + (lock)] = t + 1
+        I[I[H_th_dw] + t] = DW_NONE
+        I[I[H_lk_owner] + lock] = t + 1
         if lock > 0:
-            I[I[H_th_wlock] + (t)] = lock
-        return _store(I, F, t, I[I[H_lk_oline] + (lock)]), False
+            I[I[H_th_wlock] + t] = lock
+        return _store(I, F, t, I[I[H_lk_oline] + lock]), False
     if st == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
-        free = I[I[H_lk_count] + (lock)] == 0
-        end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], free)
-        if I[I[H_lk_count] + (lock)] == 0:
-            I[I[H_lk_count] + (lock)] = WL
+        free = I[I[H_lk_count] + lock] == 0
+        end = _rmw(I, F, t, I[I[H_lk_cline] + lock], free)
+        if I[I[H_lk_count] + lock] == 0:
+            I[I[H_lk_count] + lock] = WL
             _acquired(I, F, lock, t)
-            I[I[H_th_dw] + (t)] = DW_OWNER
+            I[I[H_th_dw] + t] = DW_OWNER
             return end, True
-        I[I[H_lk_i] + (lock) * 3 + (LI_CON)] += 1
+        I[I[H_lk_i] + lock * 3 + LI_CON] += 1
         # _spin_deadline()
-        c = I[I[H_th_cpu] + (t)]
+        c = I[I[H_th_cpu] + t]
         can = False
         deadline = 0.0
-        if I[I[H_rq_head] + (c)] < 0:
-            if I[I[H_lk_owner] + (lock)] == RO:
-                readers = I[I[H_lk_count] + (lock)] >> 8
+        if I[I[H_rq_head] + c] < 0:
+            if I[I[H_lk_owner] + lock] == RO:
+                readers = I[I[H_lk_count] + lock] >> 8
                 deadline = now + min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
                 can = True
-            elif I[I[H_lk_owner] + (lock)] != 0 and _owner_running(I, F, lock):
+            elif I[I[H_lk_owner] + lock] != 0 and _owner_running(I, F, lock):
                 deadline = INF
                 can = True
         if can:  # rwsem_optimistic_spin(): stay on the CPU
-            I[I[H_th_dw] + (t)] = DW_SPIN
-            F[I[H_th_dw_deadline] + (t)] = deadline
-            F[I[H_th_dw_since] + (t)] = now
+            I[I[H_th_dw] + t] = DW_SPIN
+            F[I[H_th_dw_deadline] + t] = deadline
+            F[I[H_th_dw_since] + t] = now
             _sp_append(I, F, lock, t)
             if deadline != INF:
                 _at(I, F, max(deadline, end), t)
             return -1.0, True
         _queue_writer(I, F, t, lock)
     elif st == DW_SPIN:
-        since = F[I[H_th_dw_since] + (t)]
-        if not I[I[H_lk_count] + (lock)] & (LOCK_MASK | HO):  # rwsem_try_write_lock_unqueued()
+        since = F[I[H_th_dw_since] + t]
+        if not I[I[H_lk_count] + lock] & (LOCK_MASK | HO):  # rwsem_try_write_lock_unqueued()
             _sp_remove(I, F, lock, t)
-            I[I[H_lk_count] + (lock)] |= WL
-            F[I[H_th_wait] + (t)] += now - since
+            I[I[H_lk_count] + lock] |= WL
+            F[I[H_th_wait] + t] += now - since
             _acquired(I, F, lock, t)
-            I[I[H_th_dw] + (t)] = DW_OWNER
-            return _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True), True
-        if now < F[I[H_th_dw_deadline] + (t)] and _owner_running(I, F, lock) and I[I[H_rq_head] + (I[I[H_th_cpu] + (t)])] < 0:
+            I[I[H_th_dw] + t] = DW_OWNER
+            return _rmw(I, F, t, I[I[H_lk_cline] + lock], True), True
+        if now < F[I[H_th_dw_deadline] + t] and _owner_running(I, F, lock) and I[I[H_rq_head] + (I[I[H_th_cpu] + t])] < 0:
             return -1.0, True
         _sp_remove(I, F, lock, t)
-        F[I[H_th_wait] + (t)] += now - since
+        F[I[H_th_wait] + t] += now - since
         _queue_writer(I, F, t, lock)
     if _try_write_lock(I, F, lock, t):
         _acquired(I, F, lock, t)
-        I[I[H_th_dw] + (t)] = DW_OWNER
-        return _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True), True
+        I[I[H_th_dw] + t] = DW_OWNER
+        return _rmw(I, F, t, I[I[H_lk_cline] + lock], True), True
     _block(I, F, t)
     return -1.0, True
 
@@ -860,12 +860,12 @@ def _down_write(I, F, t, lock):
 @njit(cache=True)
 def _up_write(I, F, t, lock):
     _released(I, F, lock, t)
-    I[I[H_lk_owner] + (lock)] = 0
-    if lock > 0 and I[I[H_th_wlock] + (t)] == lock:
-        I[I[H_th_wlock] + (t)] = 0
-    I[I[H_lk_count] + (lock)] -= WL
-    end = _rmw(I, F, t, I[I[H_lk_cline] + (lock)], True)
-    if I[I[H_lk_count] + (lock)] & FW:
+    I[I[H_lk_owner] + lock] = 0
+    if lock > 0 and I[I[H_th_wlock] + t] == lock:
+        I[I[H_th_wlock] + t] = 0
+    I[I[H_lk_count] + lock] -= WL
+    end = _rmw(I, F, t, I[I[H_lk_cline] + lock], True)
+    if I[I[H_lk_count] + lock] & FW:
         _mark_wake(I, F, lock, False)
     _let_spinner_in(I, F, lock)
     return end
@@ -876,34 +876,34 @@ def _up_write(I, F, t, lock):
 def _ref_get(I, F, t, fail, detached):
     v = _cur(I, F, t)
     line = _refline(I, F, v)
-    if not I[I[H_th_ref_has] + (t)]:  # old = refcount_read(r)
-        I[I[H_th_ref_has] + (t)] = True
-        I[I[H_th_ref_ver] + (t)] = I[_lrec(I, line) + LN_VER]
+    if not I[I[H_th_ref_has] + t]:  # old = refcount_read(r)
+        I[I[H_th_ref_has] + t] = True
+        I[I[H_th_ref_ver] + t] = I[_lrec(I, line) + LN_VER]
         return _read(I, F, t, line), True
-    old = I[I[H_ob_ref] + (v)]
-    I[I[H_th_ref_has] + (t)] = False
+    old = I[I[H_ob_ref] + v]
+    I[I[H_th_ref_has] + t] = False
     if old == 0:
-        I[I[H_th_pc] + (t)] = detached
+        I[I[H_th_pc] + t] = detached
         return F[0], False
     if old + 1 > I[CI0 + CI_REF_LIMIT]:
-        I[I[H_th_pc] + (t)] = fail
+        I[I[H_th_pc] + t] = fail
         return F[0], False
     extra = 0.0
-    if I[_lrec(I, line) + LN_VER] != I[I[H_th_ref_ver] + (t)]:
+    if I[_lrec(I, line) + LN_VER] != I[I[H_th_ref_ver] + t]:
         I[G_CAS] += 1
         extra = F[CF0 + CF_ATOMIC]
-    I[I[H_ob_ref] + (v)] += 1
-    I[I[H_th_ref_obj] + (t)] = v
+    I[I[H_ob_ref] + v] += 1
+    I[I[H_th_ref_obj] + t] = v
     return _rmw(I, F, t, line, True) + extra, False
 
 
 @njit(cache=True)
 def _ref_put(I, F, t):
-    v = I[I[H_th_ref_obj] + (t)]
-    I[I[H_th_ref_obj] + (t)] = -1
-    I[I[H_ob_ref] + (v)] -= 1
+    v = I[I[H_th_ref_obj] + t]
+    I[I[H_th_ref_obj] + t] = -1
+    I[I[H_ob_ref] + v] -= 1
     end = _rmw(I, F, t, _refline(I, F, v), True)
-    n = I[I[H_ob_ref] + (v)]
+    n = I[I[H_ob_ref] + v]
     if I[CI0 + CI_WAKE_LAST]:
         wake = (n & VMA_LOCK_OFFSET) != 0 and n <= VMA_LOCK_OFFSET + 1 + I[CI0 + CI_WRITER_REF]
     else:
@@ -930,39 +930,39 @@ def _pending_step(I, F, t):
     seqline = _vline(I, F, v, I[CI0 + CI_F_VM_LOCK_SEQ])
     if step == 0:  # __is_vma_write_locked()
         end = _read(I, F, t, seqline)
-        if I[I[H_ob_seq] + (v)] == I[G_MM_SEQ]:
+        if I[I[H_ob_seq] + v] == I[G_MM_SEQ]:
             step = nsteps - 1  # the rest of this VMA's steps go
     elif rwsem:
         lk = v + 1
         if step == 1:
             end, again = _down_write(I, F, t, lk)
         elif step == 2:
-            I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
+            I[I[H_ob_seq] + v] = I[G_MM_SEQ]
             end = _store(I, F, t, seqline)
         else:
             end = _up_write(I, F, t, lk)
     else:
         wr = VMA_LOCK_OFFSET + I[CI0 + CI_WRITER_REF]
         if step == 1:  # __vma_enter_locked()
-            if I[I[H_ob_ref] + (v)] == 0:  # detached: nothing to wait for
+            if I[I[H_ob_ref] + v] == 0:  # detached: nothing to wait for
                 end = now
                 step += 1
             else:
-                I[I[H_ob_ref] + (v)] += wr
+                I[I[H_ob_ref] + v] += wr
                 I[G_DRAINS] += 1
                 end = _rmw(I, F, t, _refline(I, F, v), True)
         elif step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt)
             end = _read(I, F, t, _refline(I, F, v))
-            if I[I[H_ob_ref] + (v)] != wr + 1:
+            if I[I[H_ob_ref] + v] != wr + 1:
                 I[G_WW] = t
                 _block(I, F, t)
                 end = -1.0
                 again = True
         elif step == 3:
-            I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
+            I[I[H_ob_seq] + v] = I[G_MM_SEQ]
             end = _store(I, F, t, seqline)
         else:
-            I[I[H_ob_ref] + (v)] -= wr
+            I[I[H_ob_ref] + v] -= wr
             end = _rmw(I, F, t, _refline(I, F, v), True)
     if not again:
         step += 1
@@ -976,38 +976,38 @@ def _pending_step(I, F, t):
 @njit(cache=True)
 def _commit(I, F, t):
     w = I[I[H_th_w] + t]
-    cpu = I[I[H_th_cpu] + (t)]
+    cpu = I[I[H_th_cpu] + t]
     end = F[0]
     refcnt = I[CI0 + CI_VLOCK] == 2
-    for k in range(I[I[H_w_freed_p] + (w)], I[I[H_w_freed_p] + (w + 1)]):
-        vid = I[I[H_w_freed] + (k)]
-        succ = I[I[H_w_succ] + (k)]
+    for k in range(I[I[H_w_freed_p] + w], I[I[H_w_freed_p] + w + 1]):
+        vid = I[I[H_w_freed] + k]
+        succ = I[I[H_w_succ] + k]
         if succ >= 0:
-            I[I[H_vid_succ] + (vid)] = succ
-        v = I[I[H_vid_obj] + (vid)]
-        if v < 0 or not I[I[H_ob_live] + (v)]:
+            I[I[H_vid_succ] + vid] = succ
+        v = I[I[H_vid_obj] + vid]
+        if v < 0 or not I[I[H_ob_live] + v]:
             continue
-        I[I[H_ob_live] + (v)] = False
+        I[I[H_ob_live] + v] = False
         if refcnt:
-            I[I[H_ob_ref] + (v)] -= 1
+            I[I[H_ob_ref] + v] -= 1
             s, c = coh_write(I, F, _refline(I, F, v), cpu, end, True, True)
         else:
-            I[I[H_ob_ref] + (v)] = 0
+            I[I[H_ob_ref] + v] = 0
             s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
         end = _cost(I, F, t, s, c)
         if I[CI0 + CI_TYPESAFE]:
-            I[I[H_freelist] + (I[G_NFREE])] = I[I[H_ob_slot] + (v)]
+            I[I[H_freelist] + (I[G_NFREE])] = I[I[H_ob_slot] + v]
             I[G_NFREE] += 1
-    for k in range(I[I[H_w_created_p] + (w)], I[I[H_w_created_p] + (w + 1)]):
-        vid = I[I[H_w_created] + (k)]
-        if I[I[H_vid_obj] + (vid)] >= 0 and I[I[H_ob_live] + (I[I[H_vid_obj] + (vid)])]:
+    for k in range(I[I[H_w_created_p] + w], I[I[H_w_created_p] + w + 1]):
+        vid = I[I[H_w_created] + k]
+        if I[I[H_vid_obj] + vid] >= 0 and I[I[H_ob_live] + (I[I[H_vid_obj] + vid])]:
             continue
         v = _alloc(I, F, vid)
-        I[I[H_ob_seq] + (v)] = I[G_MM_SEQ]
-        x = I[I[H_wc_head] + (vid)]
-        I[I[H_wc_head] + (vid)] = -1
+        I[I[H_ob_seq] + v] = I[G_MM_SEQ]
+        x = I[I[H_wc_head] + vid]
+        I[I[H_wc_head] + vid] = -1
         while x >= 0:
-            nx = I[I[H_th_wc_next] + (x)]
+            nx = I[I[H_th_wc_next] + x]
             _wake(I, F, x, -1)
             x = nx
         s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
@@ -1021,12 +1021,12 @@ def _exec(I, F, t):
     now = F[0]
     if I[G_PEND_T] == t and I[G_PEND_I] < I[G_PEND_N]:
         return _pending_step(I, F, t)
-    p = I[I[H_th_prog] + (t)]
-    pc = I[I[H_th_pc] + (t)]
-    op = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (0)]
-    a1 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (1)]
-    a2 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + (2)]
-    I[I[H_th_pc] + (t)] = pc + 1
+    p = I[I[H_th_prog] + t]
+    pc = I[I[H_th_pc] + t]
+    op = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + 0]
+    a1 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + 1]
+    a2 = I[I[H_prog] + ((p) * I[CI0 + CI_PLEN] + (pc)) * 4 + 2]
+    I[I[H_th_pc] + t] = pc + 1
     if op == 1:  # READ
         return _read(I, F, t, _line(I, F, t, a1, a2))
     if op == 2:  # PREFETCHW
@@ -1036,36 +1036,36 @@ def _exec(I, F, t):
     if op == 4:  # WORK
         if a1 == 0:
             return now + F[CF0 + CF_SERVICE]
-        h = I[I[H_w_hold] + (I[I[H_th_w] + (t)])]
+        h = I[I[H_w_hold] + (I[I[H_th_w] + t])]
         return now + (h if h else DEFAULT_WRITER_NS)
     if op == 13:  # CHECK_MM
         return _read(I, F, t, _line(I, F, t, 1, a2))
     if op == 22:  # WALK
         end = _read(I, F, t, I[CI0 + CI_MM_MT])
-        v = _resolve(I, F, I[I[H_th_vma] + (t)])
+        v = _resolve(I, F, I[I[H_th_vma] + t])
         if v < 0:
-            I[I[H_th_pc] + (t)] = a1
+            I[I[H_th_pc] + t] = a1
         else:
-            I[I[H_th_slot] + (t)] = I[I[H_ob_slot] + (v)]
-            I[I[H_th_found] + (t)] = v
+            I[I[H_th_slot] + t] = I[I[H_ob_slot] + v]
+            I[I[H_th_found] + t] = v
         return end
     if op == 23:  # CHECK_RANGE
         end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_START]))
-        if _cur(I, F, t) != I[I[H_th_found] + (t)]:
-            I[I[H_th_pc] + (t)] = a1
+        if _cur(I, F, t) != I[I[H_th_found] + t]:
+            I[I[H_th_pc] + t] = a1
         return end
     if op == 24:  # CHECK_DETACHED
         end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_START]))
         if not I[I[H_ob_live] + (_cur(I, F, t))]:
-            I[I[H_th_pc] + (t)] = a1
+            I[I[H_th_pc] + t] = a1
         return end
     if op == 14:  # VMA_START_WRITE_ALL
-        w = I[I[H_th_w] + (t)]
+        w = I[I[H_th_w] + t]
         n = 0
-        for k in range(I[I[H_w_ids_p] + (w)], I[I[H_w_ids_p] + (w + 1)]):
-            v = I[I[H_vid_obj] + (I[I[H_w_ids] + (k)])]
-            if v >= 0 and I[I[H_ob_live] + (v)]:
-                I[I[H_pend_obj] + (n)] = v
+        for k in range(I[I[H_w_ids_p] + w], I[I[H_w_ids_p] + w + 1]):
+            v = I[I[H_vid_obj] + (I[I[H_w_ids] + k])]
+            if v >= 0 and I[I[H_ob_live] + v]:
+                I[I[H_pend_obj] + n] = v
                 n += 1
         I[G_PEND_T] = t
         I[G_PEND_N] = n
@@ -1078,32 +1078,32 @@ def _exec(I, F, t):
         I[G_MM_SEQ] += 1
         return _store(I, F, t, I[CI0 + CI_MM_SEQ])
     if op == 17:  # OUTCOME
-        I[I[H_th_outcome] + (t)] = a1
+        I[I[H_th_outcome] + t] = a1
         return now
     if op == 18:  # FALLBACK
-        I[I[H_th_fb] + (t)] = True
+        I[I[H_th_fb] + t] = True
         return now
     if op == 19:  # ATTEMPT
-        I[I[H_th_att] + (t)] += 1
+        I[I[H_th_att] + t] += 1
         return now
     if op == 20:  # GOTO
-        I[I[H_th_pc] + (t)] = a1
+        I[I[H_th_pc] + t] = a1
         return now
     if op == 21:  # END
-        I[I[H_th_finished] + (t)] = True
+        I[I[H_th_finished] + t] = True
         return now
     again = False
     if op == 5:  # CHECK_SEQ
         v = _cur(I, F, t)
-        if not I[I[H_th_seq_has] + (t)]:  # READ_ONCE(vma->vm_lock_seq)
-            I[I[H_th_seq_has] + (t)] = True
+        if not I[I[H_th_seq_has] + t]:  # READ_ONCE(vma->vm_lock_seq)
+            I[I[H_th_seq_has] + t] = True
             end = _read(I, F, t, _line(I, F, t, 1, I[CI0 + CI_F_VM_LOCK_SEQ]))
             again = True
         else:  # READ_ONCE(mm->mm_lock_seq)
-            I[I[H_th_seq_has] + (t)] = False
+            I[I[H_th_seq_has] + t] = False
             end = _read(I, F, t, I[CI0 + CI_MM_SEQ])
-            if I[I[H_ob_seq] + (v)] == I[G_MM_SEQ]:
-                I[I[H_th_pc] + (t)] = a1
+            if I[I[H_ob_seq] + v] == I[G_MM_SEQ]:
+                I[I[H_th_pc] + t] = a1
     elif op == 6:  # RWSEM_TRYLOCK_READ
         end, again = _trylock_read(I, F, t, 0 if a1 == 0 else _cur(I, F, t) + 1, a2)
     elif op == 7:
@@ -1121,7 +1121,7 @@ def _exec(I, F, t):
     else:
         end = now
     if again:
-        I[I[H_th_pc] + (t)] -= 1
+        I[I[H_th_pc] + t] -= 1
     return end
 
 
@@ -1134,33 +1134,33 @@ def _rank(I, P, j):
 
 @njit(cache=True)
 def _min_unstarted(I, F, P, vid):
-    pos = I[I[H_us_pos] + (vid)]
-    end = I[I[H_us_p] + (vid + 1)]
+    pos = I[I[H_us_pos] + vid]
+    end = I[I[H_us_p] + vid + 1]
     while pos < end and (P[0][P[6][pos]] & 16):
         pos += 1
-    I[I[H_us_pos] + (vid)] = pos
+    I[I[H_us_pos] + vid] = pos
     return _rank(I, P, P[6][pos]) if pos < end else np.iinfo(np.int64).max
 
 
 @njit(cache=True)
 def _gate(I, F, P, t):
-    j = I[I[H_th_op] + (t)]
+    j = I[I[H_th_op] + t]
     if ((P[0][j] & 3) - 1) == 0 or ((P[0][j] & 3) - 1) == 1:  # a fault
         vid = P[1][j]
-        if vid >= 0 and I[I[H_vid_created] + (vid)] and not I[I[H_vid_ever] + (vid)]:
-            I[I[H_th_wc_next] + (t)] = -1
-            if I[I[H_wc_head] + (vid)] < 0:
-                I[I[H_wc_head] + (vid)] = t
+        if vid >= 0 and I[I[H_vid_created] + vid] and not I[I[H_vid_ever] + vid]:
+            I[I[H_th_wc_next] + t] = -1
+            if I[I[H_wc_head] + vid] < 0:
+                I[I[H_wc_head] + vid] = t
             else:
-                I[I[H_th_wc_next] + (I[I[H_wc_tail] + (vid)])] = t
-            I[I[H_wc_tail] + (vid)] = t
+                I[I[H_th_wc_next] + (I[I[H_wc_tail] + vid])] = t
+            I[I[H_wc_tail] + vid] = t
             _block(I, F, t)
             return False
         return True
     w = P[1][j]
     seq = _rank(I, P, j)
-    for k in range(I[I[H_w_gate_p] + (w)], I[I[H_w_gate_p] + (w + 1)]):
-        if _min_unstarted(I, F, P, I[I[H_w_gate] + (k)]) < seq:
+    for k in range(I[I[H_w_gate_p] + w], I[I[H_w_gate_p] + w + 1]):
+        if _min_unstarted(I, F, P, I[I[H_w_gate] + k]) < seq:
             I[I[H_ws] + (I[G_WS_N])] = t
             I[G_WS_N] += 1
             _block(I, F, t)
@@ -1170,7 +1170,7 @@ def _gate(I, F, P, t):
 
 @njit(cache=True)
 def _started(I, F, P, t):
-    j = I[I[H_th_op] + (t)]
+    j = I[I[H_th_op] + t]
     if not (((P[0][j] & 3) - 1) == 0 or ((P[0][j] & 3) - 1) == 1):
         return
     P[0][j] |= 16
@@ -1179,24 +1179,24 @@ def _started(I, F, P, t):
     if n and vid >= 0:
         k = 0
         for i in range(n):
-            w = I[I[H_ws] + (i)]
-            jw = I[I[H_th_op] + (w)]
+            w = I[I[H_ws] + i]
+            jw = I[I[H_th_op] + w]
             ww = P[1][jw]
             seq = _rank(I, P, jw)
             hit = False
             ok = True
-            for q in range(I[I[H_w_gate_p] + (ww)], I[I[H_w_gate_p] + (ww + 1)]):
-                if I[I[H_w_gate] + (q)] == vid:
+            for q in range(I[I[H_w_gate_p] + ww], I[I[H_w_gate_p] + ww + 1]):
+                if I[I[H_w_gate] + q] == vid:
                     hit = True
             if hit:
-                for q in range(I[I[H_w_gate_p] + (ww)], I[I[H_w_gate_p] + (ww + 1)]):
-                    if not _min_unstarted(I, F, P, I[I[H_w_gate] + (q)]) > seq:
+                for q in range(I[I[H_w_gate_p] + ww], I[I[H_w_gate_p] + ww + 1]):
+                    if not _min_unstarted(I, F, P, I[I[H_w_gate] + q]) > seq:
                         ok = False
                         break
             if hit and ok:
                 _wake(I, F, w, -1)
             else:
-                I[I[H_ws] + (k)] = w
+                I[I[H_ws] + k] = w
                 k += 1
         I[G_WS_N] = k
 
@@ -1204,98 +1204,98 @@ def _started(I, F, P, t):
 # -- the loop ----------------------------------------------------------------------------------------
 @njit(cache=True)
 def _next_op(I, F, P, t):
-    i = I[I[H_th_i] + (t)] + 1
-    I[I[H_th_i] + (t)] = i
-    if I[I[H_th_p] + (t)] + i >= I[I[H_th_p] + (t + 1)]:
-        I[I[H_th_done] + (t)] = True
+    i = I[I[H_th_i] + t] + 1
+    I[I[H_th_i] + t] = i
+    if I[I[H_th_p] + t] + i >= I[I[H_th_p] + t + 1]:
+        I[I[H_th_done] + t] = True
         _release_cpu(I, F, t)
         return False
-    j = P[5][I[I[H_th_p] + (t)] + i]
-    I[I[H_th_op] + (t)] = j
+    j = P[5][I[I[H_th_p] + t] + i]
+    I[I[H_th_op] + t] = j
     prog = (P[0][j] & 3) - 1
-    I[I[H_th_prog] + (t)] = prog
+    I[I[H_th_prog] + t] = prog
     I[I[H_th_vma] + t] = P[1][j] if prog == 0 or prog == 1 else -1
     I[I[H_th_w] + t] = -1 if prog == 0 or prog == 1 else P[1][j]
-    I[I[H_th_pc] + (t)] = 0
-    I[I[H_th_slot] + (t)] = -1
-    I[I[H_th_found] + (t)] = -1
-    I[I[H_th_ref_obj] + (t)] = -1
-    I[I[H_th_ref_has] + (t)] = False
-    I[I[H_th_seq_has] + (t)] = False
-    I[I[H_th_try] + (t)] = TRY_NONE
-    I[I[H_th_dr] + (t)] = DR_NONE
-    I[I[H_th_dw] + (t)] = DW_NONE
-    I[I[H_th_thinking] + (t)] = False
-    I[I[H_th_finished] + (t)] = False
-    I[I[H_th_rec] + (t)] = True
-    F[I[H_th_start] + (t)] = np.nan
-    F[I[H_th_wait] + (t)] = 0.0
-    F[I[H_th_cache] + (t)] = 0.0
-    I[I[H_th_tr] + (t)] = 0
-    I[I[H_th_outcome] + (t)] = 0
-    I[I[H_th_fb] + (t)] = False
-    I[I[H_th_att] + (t)] = 0
+    I[I[H_th_pc] + t] = 0
+    I[I[H_th_slot] + t] = -1
+    I[I[H_th_found] + t] = -1
+    I[I[H_th_ref_obj] + t] = -1
+    I[I[H_th_ref_has] + t] = False
+    I[I[H_th_seq_has] + t] = False
+    I[I[H_th_try] + t] = TRY_NONE
+    I[I[H_th_dr] + t] = DR_NONE
+    I[I[H_th_dw] + t] = DW_NONE
+    I[I[H_th_thinking] + t] = False
+    I[I[H_th_finished] + t] = False
+    I[I[H_th_rec] + t] = True
+    F[I[H_th_start] + t] = np.nan
+    F[I[H_th_wait] + t] = 0.0
+    F[I[H_th_cache] + t] = 0.0
+    I[I[H_th_tr] + t] = 0
+    I[I[H_th_outcome] + t] = 0
+    I[I[H_th_fb] + t] = False
+    I[I[H_th_att] + t] = 0
     if I[CI0 + CI_OPEN_LOOP] and (P[0][j] & 4):
         think = P[3][j] - F[0]
     else:
-        think = P[2][j] - F[I[H_th_prev_unknown] + (t)]
-    F[I[H_th_think] + (t)] = max(0.0, think)
+        think = P[2][j] - F[I[H_th_prev_unknown] + t]
+    F[I[H_th_think] + t] = max(0.0, think)
     return True
 
 
 @njit(cache=True)
 def _finish(I, F, P, t):
-    j = I[I[H_th_op] + (t)]
+    j = I[I[H_th_op] + t]
     end = F[0]
     k = I[G_NOUT]
     I[G_NOUT] = k + 1
-    I[I[H_out_op] + (k)] = j
+    I[I[H_out_op] + k] = j
     I[I[H_out_t] + k] = t
-    I[I[H_out_cpu] + (k)] = I[I[H_th_cpu] + (t)]
-    F[I[H_out_start] + (k)] = F[I[H_th_start] + (t)]
-    F[I[H_out_end] + (k)] = end
-    F[I[H_out_wait] + (k)] = F[I[H_th_wait] + (t)]
-    F[I[H_out_cache] + (k)] = F[I[H_th_cache] + (t)]
-    I[I[H_out_tr] + (k)] = I[I[H_th_tr] + (t)]
-    I[I[H_out_outcome] + (k)] = I[I[H_th_outcome] + (t)]
-    I[I[H_out_fb] + (k)] = I[I[H_th_fb] + (t)]
-    I[I[H_out_att] + (k)] = I[I[H_th_att] + (t)]
-    F[I[H_th_prev_unknown] + (t)] = (end - F[I[H_th_start] + (t)]) if not (P[0][j] & 8) else 0.0
+    I[I[H_out_cpu] + k] = I[I[H_th_cpu] + t]
+    F[I[H_out_start] + k] = F[I[H_th_start] + t]
+    F[I[H_out_end] + k] = end
+    F[I[H_out_wait] + k] = F[I[H_th_wait] + t]
+    F[I[H_out_cache] + k] = F[I[H_th_cache] + t]
+    I[I[H_out_tr] + k] = I[I[H_th_tr] + t]
+    I[I[H_out_outcome] + k] = I[I[H_th_outcome] + t]
+    I[I[H_out_fb] + k] = I[I[H_th_fb] + t]
+    I[I[H_out_att] + k] = I[I[H_th_att] + t]
+    F[I[H_th_prev_unknown] + t] = (end - F[I[H_th_start] + t]) if not (P[0][j] & 8) else 0.0
 
 
 @njit(cache=True)
 def _step(I, F, P, t):
-    c = I[I[H_th_cpu] + (t)]
-    if I[I[H_th_thinking] + (t)]:  # back from its gap: needs its CPU again
-        I[I[H_th_thinking] + (t)] = False
-        if I[I[H_cpu_busy] + (c)] >= 0 and I[I[H_cpu_busy] + (c)] != t:
+    c = I[I[H_th_cpu] + t]
+    if I[I[H_th_thinking] + t]:  # back from its gap: needs its CPU again
+        I[I[H_th_thinking] + t] = False
+        if I[I[H_cpu_busy] + c] >= 0 and I[I[H_cpu_busy] + c] != t:
             _rq_push(I, F, c, t)
             return
-        I[I[H_cpu_busy] + (c)] = t
+        I[I[H_cpu_busy] + c] = t
     while True:
-        if not I[I[H_th_rec] + (t)] or I[I[H_th_finished] + (t)]:
-            if I[I[H_th_rec] + (t)]:
+        if not I[I[H_th_rec] + t] or I[I[H_th_finished] + t]:
+            if I[I[H_th_rec] + t]:
                 _finish(I, F, P, t)
-                if I[I[H_rq_head] + (c)] >= 0:  # yield the CPU at op boundaries
+                if I[I[H_rq_head] + c] >= 0:  # yield the CPU at op boundaries
                     _rq_push(I, F, c, t)
                     _release_cpu(I, F, t)
-                    I[I[H_th_rec] + (t)] = False
+                    I[I[H_th_rec] + t] = False
                     return
             if not _next_op(I, F, P, t):
                 return
-            if F[I[H_th_think] + (t)] > 0:
-                I[I[H_th_thinking] + (t)] = True
+            if F[I[H_th_think] + t] > 0:
+                I[I[H_th_thinking] + t] = True
                 _release_cpu(I, F, t)
-                _at(I, F, F[0] + F[I[H_th_think] + (t)], t)
+                _at(I, F, F[0] + F[I[H_th_think] + t], t)
                 return
-        if np.isnan(F[I[H_th_start] + (t)]):
+        if np.isnan(F[I[H_th_start] + t]):
             if not _gate(I, F, P, t):
                 return
-            F[I[H_th_start] + (t)] = F[0]
-            F[I[H_th_wait] + (t)] = 0.0
+            F[I[H_th_start] + t] = F[0]
+            F[I[H_th_wait] + t] = 0.0
             _started(I, F, P, t)
-        if I[I[H_th_prog] + (t)] < 0:
-            I[I[H_th_finished] + (t)] = True
+        if I[I[H_th_prog] + t] < 0:
+            I[I[H_th_finished] + t] = True
             continue
         r = _exec(I, F, t)
         if r < 0:  # blocked
@@ -1316,13 +1316,13 @@ def _step(I, F, P, t):
 @njit(cache=True, inline="always")
 def _pop(I, F):
     n = I[G_HEAP] - 1
-    when, t, tok = F[I[H_hp_when] + (0)], I[I[H_hp_t] + (0)], I[I[H_hp_tok] + (0)]
+    when, t, tok = F[I[H_hp_when] + 0], I[I[H_hp_t] + 0], I[I[H_hp_tok] + 0]
     I[G_HEAP] = n
     if n > 0:
-        F[I[H_hp_when] + (0)] = F[I[H_hp_when] + (n)]
-        I[I[H_hp_seq] + (0)] = I[I[H_hp_seq] + (n)]
-        I[I[H_hp_t] + (0)] = I[I[H_hp_t] + (n)]
-        I[I[H_hp_tok] + (0)] = I[I[H_hp_tok] + (n)]
+        F[I[H_hp_when] + 0] = F[I[H_hp_when] + n]
+        I[I[H_hp_seq] + 0] = I[I[H_hp_seq] + n]
+        I[I[H_hp_t] + 0] = I[I[H_hp_t] + n]
+        I[I[H_hp_tok] + 0] = I[I[H_hp_tok] + n]
         _sift_down(I, F, 0, n)
     return when, t, tok
 
@@ -1350,9 +1350,9 @@ def _unref(I, F, P):
 def start(I, F, P):
     I, F, P = _unref(I, F, P)
     for t in range(I[CI0 + CI_NT]):
-        c = I[I[H_th_cpu] + (t)]
-        if I[I[H_cpu_busy] + (c)] < 0:
-            I[I[H_cpu_busy] + (c)] = t
+        c = I[I[H_th_cpu] + t]
+        if I[I[H_cpu_busy] + c] < 0:
+            I[I[H_cpu_busy] + c] = t
             _at(I, F, 0.0, t)
         else:
             _rq_push(I, F, c, t)
@@ -1368,13 +1368,13 @@ def run_chunk(I, F, P):
             return False
         when, t, tok = _pop(I, F)
         F[0] = when
-        if tok != I[I[H_th_token] + (t)]:
+        if tok != I[I[H_th_token] + t]:
             continue
         _step(I, F, P, t)
         if I[G_ERR]:
             return True
     for t in range(I[CI0 + CI_NT]):
-        if not I[I[H_th_done] + (t)]:
+        if not I[I[H_th_done] + t]:
             I[G_ERR] = ERR_DEADLOCK
             break
     return True
@@ -1464,29 +1464,28 @@ def _distinct(a):
 
 
 @njit(cache=True)
-def _dense(a, uniq):
-    """Each value's index in the sorted uniq (int32), -1 for negatives."""
-    out = np.empty(a.shape[0], np.int32)
+def _densify(a, uniq):
+    """In place: each value becomes its index in the sorted uniq; negatives become -1."""
     for i in range(a.shape[0]):
         x = a[i]
-        out[i] = np.searchsorted(uniq, x) if x >= 0 else -1
-    return out
+        a[i] = np.searchsorted(uniq, x) if x >= 0 else -1
 
 
 @njit(cache=True)
-def _group_order(key, nkeys):
-    """Stable counting sort: the indices of ``key`` grouped by key value (int32)."""
+def _group_order(key, mask, nkeys):
+    """Stable counting sort: the indices i with mask[i] and key[i] >= 0, grouped by key
+    value (int32), and each group's start."""
     start = np.zeros(nkeys + 1, np.int64)
-    for k in key:
-        if k >= 0:
-            start[k + 1] += 1
+    for i in range(key.shape[0]):
+        if mask[i] and key[i] >= 0:
+            start[key[i] + 1] += 1
     for k in range(nkeys):
         start[k + 1] += start[k]
     ptr = start[:-1].copy()
     out = np.empty(start[nkeys], np.int32)
     for i in range(key.shape[0]):
         k = key[i]
-        if k >= 0:
+        if mask[i] and k >= 0:
             out[ptr[k]] = i
             ptr[k] += 1
     return out, start
@@ -1516,16 +1515,23 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
     c = src.expr
     kind = c("kind", pl.Utf8).cast(pl.Utf8)
-    op_prog = src.prog()
+    src.prefetch()  # a file: the small per-op columns in one pass; the big ones one at a time
+    op_prog = src.take("prog", src.prog)
     n = len(op_prog)
     is_fault = op_prog >= 0
     is_fault &= op_prog <= 1
-    op_id = src.column("op_id", np.int64)
-    if not _is_increasing(op_id):
+    known = src.order("op_id")
+    if known is not None and known[0] and known[1] is not None:
+        op_base, op_ids = known[1], None
+    else:
+        op_id = src.column("op_id", np.int64)
+        if not _is_increasing(op_id):
+            raise ValueError("ops must be in op_id order")
+        op_base = int(op_id[0]) if n and _is_arange(op_id) else None
+        op_ids = None if op_base is not None else op_id
+        del op_id
+    if known is not None and not known[0]:
         raise ValueError("ops must be in op_id order")
-    op_base = int(op_id[0]) if n and _is_arange(op_id) else None
-    op_ids = None if op_base is not None else op_id
-    del op_id
 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
@@ -1535,7 +1541,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
     w_kind = w["kind"].to_list()
 
-    vma = src.column("vma_id", np.int64, -1)
+    vma = src.take("vma_id", lambda: src.column("vma_id", np.int32, -1))
     pieces = [_distinct(vma)]
     for k in wl:
         for xs in wl[k]:
@@ -1544,7 +1550,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     uniq = np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64)
     index = {int(v): i for i, v in enumerate(uniq)}
     nv = len(uniq)
-    op_vma = _dense(vma, uniq)
+    _densify(vma, uniq)
+    op_vma = vma
     del vma
 
     freed, succ = [], []
@@ -1578,36 +1585,37 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     # causal order: seq ranks (the op builder numbers ops in seq order, so usually the
     # rank is the op's index and needs no array)
-    seq = src.col(c("seq").fill_null(c("op_id")), np.int64) if src.path is None or "seq" not in src.names \
-        else src.column("seq", np.int64, -1)
-    if src.path is not None and "seq" in src.names and (seq < 0).any():  # null seqs: the op_id stands in
+    known = src.order("seq")
+    if known is not None and known[0]:
+        rank_is_index, seq = True, None
+    else:
         seq = src.col(c("seq").fill_null(c("op_id")), np.int64)
-    rank_is_index = bool(_is_increasing(seq))
+        rank_is_index = bool(_is_increasing(seq))
     op_rank = np.zeros(1, np.int32) if rank_is_index else \
         pl.Series(seq).rank("dense").cast(pl.Int32).to_numpy() - 1
     del seq
     # faults per VMA ordered by (seq, op_id): the reference's ``unstarted`` heaps
-    fvid = np.where(is_fault, op_arg, np.int32(-1))
     if rank_is_index:
-        us_ops, us_p = _group_order(fvid, nv)
+        us_ops, us_p = _group_order(op_arg, is_fault, nv)
     else:
+        fvid = np.where(is_fault, op_arg, np.int32(-1))
         fj = np.flatnonzero(fvid >= 0)
         order = np.lexsort((fj, op_rank[fj], fvid[fj]))
         us_ops = fj[order].astype(np.int32)
         us_p = np.zeros(nv + 1, np.int64)
         np.add.at(us_p, fvid[fj] + 1, 1)
         us_p = np.cumsum(us_p)
-    del fvid
 
-    tid = src.column("tid", np.int32)
+    tid = src.take("tid", lambda: src.column("tid", np.int32))
     tids = np.unique(tid)
     nt = len(tids)
     tmin = int(tids.min()) if nt else 0
     lut = np.full(int(tids.max()) - tmin + 1 if nt else 1, -1, np.int32)
     lut[tids - tmin] = np.arange(nt)
-    tix = lut[tid - np.int32(tmin)]
+    tid -= np.int32(tmin)
+    tix = lut[tid]
     del tid, lut
-    th_order, th_p = _group_order(tix, nt)
+    th_order, th_p = _group_order(tix, np.ones(len(tix), np.bool_), nt)
     recorded = None
     if placement == "as-recorded":
         per = src.frame(["tid", "cpu"], lambda df: df.select(
@@ -1623,12 +1631,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     cpus = machine.placement(nt, ncpus, placement, recorded)
     del tix
 
-    think = src.column("think_ns", np.float64)
-    flags = op_prog.astype(np.int16) + 1
+    think = src.take("think_ns", lambda: src.column("think_ns", np.float64))
+    op_prog += 1
+    flags = op_prog  # program + 1 in bits 0-1; then whether the start and end are known
     del op_prog
-    flags |= src.notnull("start_ns").astype(np.int16) << 2
-    flags |= src.notnull("end_ns").astype(np.int16) << 3
-    flags = flags.astype(np.int8)
+    flags |= src.take("start_ns", lambda: src.notnull("start_ns")).view(np.int8) << 2
+    flags |= src.take("end_ns", lambda: src.notnull("end_ns")).view(np.int8) << 3
     if open_loop:
         starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
         t0 = starts["start_ns"].min() if starts is not None else None

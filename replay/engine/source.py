@@ -42,6 +42,8 @@ class OpsSource:
             self.names = set(lf.collect_schema().names())
             self.lf = lf.filter(pl.col("mm") == mm) if mm is not None and "mm" in self.names else lf
         self._n = None
+        self._cache: dict = {}
+        self._order: dict = {}
 
     def batches(self, cols):
         """polars DataFrames of ``cols`` (those the ops have), in op order."""
@@ -66,7 +68,10 @@ class OpsSource:
     @property
     def n(self) -> int:
         if self._n is None:
-            self._n = sum(df.height for df in self.batches(["op_id"]))
+            if self.path is not None and self.mm is None:
+                self._n = self.pf.metadata.num_rows
+            else:
+                self._n = sum(df.height for df in self.batches(["op_id"]))
         return self._n
 
     def col(self, expr, dtype) -> np.ndarray:
@@ -166,17 +171,7 @@ class OpsSource:
         cols = [x for x in ("kind", "kernel", "lock_mode") if x in self.names]
         out = np.empty(self.n, np.int8)
         for pos, b in self._file_batches(cols):
-            get = dict(zip(b.schema.names, b.columns))
-            m = b.num_rows
-            fault = self._codes(get["kind"], "fault")
-            kern = get["kernel"].to_numpy(zero_copy_only=False).astype(bool) if "kernel" in get and not get["kernel"].null_count \
-                else (np.asarray(get["kernel"].fill_null(False).to_numpy(zero_copy_only=False), bool) if "kernel" in get
-                      else np.zeros(m, bool))
-            writer = self._codes(get["kind"], "exit")
-            if "lock_mode" in get:
-                writer |= self._codes(get["lock_mode"], "write")
-            v = np.where(fault, kern.astype(np.int8), np.where(writer, np.int8(2), np.int8(-1)))
-            out[pos:pos + m] = v
+            out[pos:pos + b.num_rows] = self._prog_batch(dict(zip(b.schema.names, b.columns)), b.num_rows)
         return out
 
     def writers(self, fn):
@@ -200,6 +195,102 @@ class OpsSource:
         return pl.concat(parts, how="vertical_relaxed") if parts else fn(pl.DataFrame(
             {"_j": pl.Series([], dtype=pl.UInt32), "kind": pl.Series([], dtype=pl.Utf8)}))
 
+    def prefetch(self, big: bool = False) -> None:
+        """Read the small per-op columns the loader needs (program, whether start and end
+        are known, whether op_id and seq run in order) in one pass over the file - with
+        ``big``, also vma_id, tid and think_ns (faster, but all of them in memory at
+        once).  Only for a file source without an mm filter; otherwise each column is
+        read when asked for."""
+        if self.path is None or self.mm is not None:
+            return
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = self.pf.metadata.num_rows
+        self._n = n
+        want = {"op_id", "seq", "start_ns", "end_ns", "kind", "kernel", "lock_mode"}
+        if big:
+            want |= {"vma_id", "tid", "think_ns"}
+        cols = [c for c in self.pf.schema_arrow.names if c in want]
+        prog = np.empty(n, np.int8)
+        vma = np.full(n if big else 0, -1, np.int32)
+        tid = np.zeros(n if big else 0, np.int32)
+        think = np.zeros(n if big else 0, np.float64)
+        start_ok = np.zeros(n, bool)
+        end_ok = np.zeros(n, bool)
+        order = {k: [True, True, None, None] for k in ("op_id", "seq")}  # increasing, arange, first, last
+        pos = 0
+        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=cols, use_threads=True):
+            get = dict(zip(b.schema.names, b.columns))
+            m = b.num_rows
+            sl = slice(pos, pos + m)
+            prog[sl] = self._prog_batch(get, m)
+            if "vma_id" in get:
+                v = pc.fill_null(get["vma_id"], -1).to_numpy(zero_copy_only=False)
+                if m and v.max() >= 2**31:
+                    raise ValueError("vma ids beyond 2^31 are not supported")
+                vma[sl] = v
+            if "tid" in get:
+                tid[sl] = pc.fill_null(get["tid"], 0).to_numpy(zero_copy_only=False)
+            if "think_ns" in get:
+                think[sl] = pc.fill_null(get["think_ns"], 0).to_numpy(zero_copy_only=False)
+            if "start_ns" in get:
+                start_ok[sl] = get["start_ns"].is_valid().to_numpy(zero_copy_only=False)
+            if "end_ns" in get:
+                end_ok[sl] = get["end_ns"].is_valid().to_numpy(zero_copy_only=False)
+            for k, o in order.items():
+                if k not in get or get[k].null_count:
+                    o[0] = o[1] = False
+                    continue
+                a = get[k].to_numpy(zero_copy_only=False)
+                if not m:
+                    continue
+                if o[3] is not None and a[0] <= o[3]:
+                    o[0] = False
+                if o[3] is not None and a[0] != o[3] + 1:
+                    o[1] = False
+                if m > 1:
+                    d = np.diff(a)
+                    o[0] = o[0] and bool((d > 0).all())
+                    o[1] = o[1] and bool((d == 1).all())
+                if o[2] is None:
+                    o[2] = int(a[0])
+                o[3] = int(a[-1])
+            pos += m
+            del get, b
+        del pa
+        self._cache = {"prog": prog, "start_ns": start_ok, "end_ns": end_ok}
+        if big:
+            self._cache.update({"vma_id": vma, "tid": tid, "think_ns": think})
+        self._order = order
+        _trim()
+
+    def order(self, name: str):
+        """(increasing, first value if it runs first, first+1, ... else None) for op_id or seq;
+        None when unknown (then read the column)."""
+        o = self._order.get(name)
+        if o is None:
+            return None
+        return o[0], (o[2] if o[1] else None)
+
+    def take(self, name: str, default):
+        """A prefetched array (handed over: the source forgets it), or default()."""
+        a = self._cache.pop(name, None)
+        return a if a is not None else default()
+
+    def _prog_batch(self, get, m) -> np.ndarray:
+        fault = self._codes(get["kind"], "fault")
+        if "kernel" in get:
+            k = get["kernel"]
+            kern = np.asarray(k.fill_null(False).to_numpy(zero_copy_only=False) if k.null_count
+                              else k.to_numpy(zero_copy_only=False), bool)
+        else:
+            kern = np.zeros(m, bool)
+        writer = self._codes(get["kind"], "exit")
+        if "lock_mode" in get:
+            writer |= self._codes(get["lock_mode"], "write")
+        return np.where(fault, kern.astype(np.int8), np.where(writer, np.int8(2), np.int8(-1)))
+
     def mms(self) -> list[str]:
         """The mms in order of first appearance."""
         import polars as pl
@@ -216,3 +307,14 @@ class OpsSource:
 
         parts = list(self.batches(cols or sorted(self.names)))
         return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+
+
+def _trim() -> None:
+    """Give the C heap's free memory back to the OS (glibc keeps what the Parquet
+    reader's many small buffers freed: hundreds of MB after a 50 M-row pass)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
