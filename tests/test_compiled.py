@@ -212,3 +212,9 @@ def test_file_with_two_mms_replays_each_as_alone(sample_ops, tmp_path):
     assert first.select(cols).equals(alone.select(cols))
     assert second.select(cols).equals(alone.select(cols))
     assert (second["op_id"] - n).equals(alone["op_id"])
+
+
+def test_writer_commit_of_many_vmas_matches_the_reference():
+    ops = mk([(1, "munmap", list(range(1, 31)), 0, 100)] + [(2, "fault", 40, 0, None)])
+    for model in MODELS:
+        assert_same(*both(get_model(model), BDW, 4, ops))

@@ -327,3 +327,13 @@ def test_mainline_mm_lock_seq_is_a_seqcount_odd_while_write_locked():
         sim.run()
         assert (sim.mm_lock_seq, sim.vmas[1].vm_lock_seq) == (seq_end, stored), model
         assert sim.vmas[1].vm_lock_seq != sim.mm_lock_seq  # unlocked again
+
+
+@pytest.mark.parametrize("model", ["mmap_lock", *PER_VMA])
+def test_cache_time_never_exceeds_the_op(model):
+    # a munmap freeing 30 VMAs makes 30 back-to-back stores in its commit; each op's
+    # cache time is part of its duration, however many lines it touches
+    ops = mk([(1, "munmap", list(range(1, 31)), 0, 100)] + [(2, "fault", 40, 0, None)])
+    r = by_op(Simulation(get_model(model), BDW, 4, ops).run())
+    for x in r.values():
+        assert 0 <= x["cache_ns"] <= x["end_ns"] - x["start_ns"] + 1e-6, (model, x)

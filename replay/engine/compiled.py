@@ -437,8 +437,13 @@ def _wake(I, F, t, lock):
 # -- memory accesses ------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _cost(I, F, t, start, cost):
+    return _cost_since(I, F, t, start, cost, F[0])
+
+
+@njit(cache=True, inline="always")
+def _cost_since(I, F, t, start, cost, since):
     end = start + cost
-    F[I[H_th_cache] + t] += end - F[0]
+    F[I[H_th_cache] + t] += end - since
     if cost > F[CF0 + CF_L1] and cost != F[CF0 + CF_ATOMIC]:
         I[I[H_th_tr] + t] += 1
     return end
@@ -994,7 +999,7 @@ def _commit(I, F, t):
         else:
             I[I[H_ob_ref] + v] = 0
             s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
-        end = _cost(I, F, t, s, c)
+        end = _cost_since(I, F, t, s, c, end)
         if I[CI0 + CI_TYPESAFE]:
             I[I[H_freelist] + (I[G_NFREE])] = I[I[H_ob_slot] + v]
             I[G_NFREE] += 1
@@ -1011,7 +1016,7 @@ def _commit(I, F, t):
             _wake(I, F, x, -1)
             x = nx
         s, c = coh_write(I, F, _vline(I, F, v, I[CI0 + CI_F_VM_START]), cpu, end, False, True)
-        end = _cost(I, F, t, s, c)
+        end = _cost_since(I, F, t, s, c, end)
     return end
 
 

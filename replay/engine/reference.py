@@ -281,10 +281,11 @@ class Simulation:
                 self._at(self.now, cur)
 
     # -- memory accesses --------------------------------------------------------------
-    def _cost(self, t: Thread, start: float, cost: float) -> float:
-        """Account one access; return the time the thread continues."""
+    def _cost(self, t: Thread, start: float, cost: float, since: float | None = None) -> float:
+        """Account one access that the thread began at ``since`` (default: now), with
+        any wait for the line included; return the time the thread continues."""
         end = start + cost
-        t.rec["cache_ns"] += end - self.now
+        t.rec["cache_ns"] += end - (self.now if since is None else since)
         if cost > self.coh.l1 and cost != self.coh.atomic:
             t.rec["line_transfers"] += 1
         return end
@@ -572,7 +573,7 @@ class Simulation:
             else:  # vma->detached = true
                 v.refcnt = 0
                 s, c = self.coh.write((v.addr + self.model.layout.vma.fields["vm_start"]) // 64, t.cpu, end, atomic=False)
-            end = self._cost(t, s, c)
+            end = self._cost(t, s, c, since=end)
             if self.model.params.get("typesafe_by_rcu"):
                 self.freelist.append(v.slot)
         for vid in o.get("vmas_created") or []:
@@ -583,7 +584,7 @@ class Simulation:
             for w in self.wait_create.pop(vid, []):
                 self._wake(w)
             s, c = self.coh.write((v.addr + self.model.layout.vma.fields["vm_start"]) // 64, t.cpu, end, atomic=False)
-            end = self._cost(t, s, c)
+            end = self._cost(t, s, c, since=end)
         return end
 
     def _check_seq(self, t: Thread, label: int):
