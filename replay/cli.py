@@ -320,6 +320,10 @@ def run(
         raise Fail(str(e))
     if placement not in ("spread", "packed", "as-recorded"):
         raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
+    from .engine import ENGINES
+
+    if engine not in ENGINES:
+        raise Fail(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}", 2)
     ws = Workspace(workspace)
     ops = _ensure_ops(ws, trace, lazy=True)
     from .engine.source import OpsSource

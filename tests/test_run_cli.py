@@ -138,3 +138,21 @@ def test_sweep_writes_one_run_per_model_and_cpu_count(cli, ws):
         assert rows[r["model"]][f"cpus={r['cpus']}"] == r["faults_per_sec"]
     rc, _, err = cli("sweep", "--models", "v8", "--cpus", "1,x", "-w", ws)
     assert rc == 2 and "--cpus" in err
+
+
+def test_engines_give_the_same_run_from_the_command_line(cli, ws):
+    _ingest(cli, ws)
+    runs = {}
+    for engine in ("reference", "compiled"):
+        rc, out, err = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "local-2vcpu",
+                           "--engine", engine, "-w", ws, "-f", "json")
+        assert rc == 0, err
+        s = json.loads(out)
+        res = pl.read_parquet(ws / "results" / f"run_id={s['run_id']}")
+        row = pl.read_parquet(ws / "runs" / f"run_id={s['run_id']}").to_dicts()[0]
+        assert row["engine"] == engine
+        runs[engine] = (s["run_id"], res, {k: v for k, v in s.items() if k != "wall_s"})
+    (ra, resa, sa), (rb, resb, sb) = runs["reference"], runs["compiled"]
+    assert ra == rb and resa.equals(resb) and sa == sb
+    rc, _, err = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--engine", "fast", "-w", ws)
+    assert rc == 2 and "--engine must be one of" in err and "Traceback" not in err
