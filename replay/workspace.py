@@ -105,28 +105,19 @@ class Workspace:
 
     def write_derived(self, dataset: str, key: str, table: pa.Table, keyname: str = "trace_id") -> Path:
         """Atomically (re)place one partition of a derived dataset (ops, vmas, run outputs)."""
-        stage = self.stage()
-        try:
-            tmp = Path(stage) / "dir"
-            tmp.mkdir()
-            pq.write_table(table, tmp / "part-0.parquet", compression="zstd")
-            dest = self.partition(dataset, key, keyname)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                os.replace(dest, Path(stage) / "old")
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        return dest
+        return self._place(dataset, key, keyname, lambda f: pq.write_table(table, f, compression="zstd"))
 
     def write_derived_file(self, dataset: str, key: str, src: str | Path, keyname: str = "trace_id") -> Path:
         """Atomically (re)place one partition with an already written Parquet file
         (one on this filesystem, such as a file in a staging directory)."""
+        return self._place(dataset, key, keyname, lambda f: os.replace(src, f))
+
+    def _place(self, dataset: str, key: str, keyname: str, fill) -> Path:
         stage = self.stage()
         try:
             tmp = Path(stage) / "dir"
             tmp.mkdir()
-            os.replace(src, tmp / "part-0.parquet")
+            fill(tmp / "part-0.parquet")
             dest = self.partition(dataset, key, keyname)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():

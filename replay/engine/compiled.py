@@ -83,8 +83,25 @@ LF_WT, LF_WMAX, LF_WMIN, LF_HT, LF_HMAX, LF_HMIN = range(6)
 CI0 = G_N
 CF0 = 1
 HB = CI0 + CI_N
-I_REGIONS = ('ln', 'out_t', 'sock', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next', 'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next', 'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist', 'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline', 'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff', 'w_lock', 'w_next', 'w_prev', 'sp_lock', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has', 'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ', 'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold', 'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has', 'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p', 'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb', 'out_att')
-F_REGIONS = ('handoff', 'ln_busy', 'hp_when', 'th_blocked_at', 'th_wait', 'lk_f', 'th_cache', 'th_hs_mm', 'th_hs_v', 'w_since', 'th_dw_deadline', 'th_dw_since', 'th_start', 'th_prev_unknown', 'th_think', 'out_start', 'out_end', 'out_wait', 'out_cache')
+I_REGIONS = (
+    'ln', 'out_t', 'sock', 'hp_seq', 'hp_t', 'hp_tok', 'th_token', 'th_in_rq', 'th_rq_next',
+    'rq_head', 'rq_tail', 'th_cpu', 'cpu_busy', 'th_blocked', 'lk_owner', 'lk_sh', 'sp_next',
+    'th_wlock', 'th_dw', 'th_tr', 'ob_slot', 'th_slot', 'slot_obj', 'th_vma', 'vid_obj', 'freelist',
+    'ob_vid', 'ob_seq', 'ob_ref', 'ob_live', 'lk_count', 'lk_wh', 'lk_wt', 'lk_st', 'lk_cline',
+    'lk_oline', 'vid_ever', 'vid_order', 'vid_succ', 'lk_i', 'th_hs_vlock', 'w_write', 'w_handoff',
+    'w_next', 'w_prev', 'sp_prev', 'th_dr', 'th_try', 'th_try_ver', 'th_pc', 'th_ref_has',
+    'th_ref_ver', 'th_ref_obj', 'pend_obj', 'th_op', 'w_freed_p', 'w_freed', 'w_succ',
+    'w_created_p', 'w_created', 'wc_head', 'th_wc_next', 'th_prog', 'prog', 'th_w', 'w_hold',
+    'th_found', 'w_ids_p', 'w_ids', 'th_outcome', 'th_fb', 'th_att', 'th_finished', 'th_seq_has',
+    'us_pos', 'us_p', 'vid_created', 'wc_tail', 'w_gate_p', 'w_gate', 'ws', 'th_i', 'th_p',
+    'th_done', 'th_thinking', 'th_rec', 'out_op', 'out_cpu', 'out_tr', 'out_outcome', 'out_fb',
+    'out_att',
+)
+F_REGIONS = (
+    'handoff', 'ln_busy', 'hp_when', 'th_blocked_at', 'th_wait', 'lk_f', 'th_cache', 'th_hs_mm',
+    'th_hs_v', 'w_since', 'th_dw_deadline', 'th_dw_since', 'th_start', 'th_prev_unknown',
+    'th_think', 'out_start', 'out_end', 'out_wait', 'out_cache',
+)
 H_ln = HB + 0
 H_out_t = HB + 1
 H_sock = HB + 2
@@ -128,77 +145,75 @@ H_lk_i = HB + 39
 H_th_hs_vlock = HB + 40
 H_w_write = HB + 41
 H_w_handoff = HB + 42
-H_w_lock = HB + 43
-H_w_next = HB + 44
-H_w_prev = HB + 45
-H_sp_lock = HB + 46
-H_sp_prev = HB + 47
-H_th_dr = HB + 48
-H_th_try = HB + 49
-H_th_try_ver = HB + 50
-H_th_pc = HB + 51
-H_th_ref_has = HB + 52
-H_th_ref_ver = HB + 53
-H_th_ref_obj = HB + 54
-H_pend_obj = HB + 55
-H_th_op = HB + 56
-H_w_freed_p = HB + 57
-H_w_freed = HB + 58
-H_w_succ = HB + 59
-H_w_created_p = HB + 60
-H_w_created = HB + 61
-H_wc_head = HB + 62
-H_th_wc_next = HB + 63
-H_th_prog = HB + 64
-H_prog = HB + 65
-H_th_w = HB + 66
-H_w_hold = HB + 67
-H_th_found = HB + 68
-H_w_ids_p = HB + 69
-H_w_ids = HB + 70
-H_th_outcome = HB + 71
-H_th_fb = HB + 72
-H_th_att = HB + 73
-H_th_finished = HB + 74
-H_th_seq_has = HB + 75
-H_us_pos = HB + 76
-H_us_p = HB + 77
-H_vid_created = HB + 78
-H_wc_tail = HB + 79
-H_w_gate_p = HB + 80
-H_w_gate = HB + 81
-H_ws = HB + 82
-H_th_i = HB + 83
-H_th_p = HB + 84
-H_th_done = HB + 85
-H_th_thinking = HB + 86
-H_th_rec = HB + 87
-H_out_op = HB + 88
-H_out_cpu = HB + 89
-H_out_tr = HB + 90
-H_out_outcome = HB + 91
-H_out_fb = HB + 92
-H_out_att = HB + 93
-H_handoff = HB + 94
-H_ln_busy = HB + 95
-H_hp_when = HB + 96
-H_th_blocked_at = HB + 97
-H_th_wait = HB + 98
-H_lk_f = HB + 99
-H_th_cache = HB + 100
-H_th_hs_mm = HB + 101
-H_th_hs_v = HB + 102
-H_w_since = HB + 103
-H_th_dw_deadline = HB + 104
-H_th_dw_since = HB + 105
-H_th_start = HB + 106
-H_th_prev_unknown = HB + 107
-H_th_think = HB + 108
-H_out_start = HB + 109
-H_out_end = HB + 110
-H_out_wait = HB + 111
-H_out_cache = HB + 112
-NREG = 113
+H_w_next = HB + 43
+H_w_prev = HB + 44
+H_sp_prev = HB + 45
+H_th_dr = HB + 46
+H_th_try = HB + 47
+H_th_try_ver = HB + 48
+H_th_pc = HB + 49
+H_th_ref_has = HB + 50
+H_th_ref_ver = HB + 51
+H_th_ref_obj = HB + 52
+H_pend_obj = HB + 53
+H_th_op = HB + 54
+H_w_freed_p = HB + 55
+H_w_freed = HB + 56
+H_w_succ = HB + 57
+H_w_created_p = HB + 58
+H_w_created = HB + 59
+H_wc_head = HB + 60
+H_th_wc_next = HB + 61
+H_th_prog = HB + 62
+H_prog = HB + 63
+H_th_w = HB + 64
+H_w_hold = HB + 65
+H_th_found = HB + 66
+H_w_ids_p = HB + 67
+H_w_ids = HB + 68
+H_th_outcome = HB + 69
+H_th_fb = HB + 70
+H_th_att = HB + 71
+H_th_finished = HB + 72
+H_th_seq_has = HB + 73
+H_us_pos = HB + 74
+H_us_p = HB + 75
+H_vid_created = HB + 76
+H_wc_tail = HB + 77
+H_w_gate_p = HB + 78
+H_w_gate = HB + 79
+H_ws = HB + 80
+H_th_i = HB + 81
+H_th_p = HB + 82
+H_th_done = HB + 83
+H_th_thinking = HB + 84
+H_th_rec = HB + 85
+H_out_op = HB + 86
+H_out_cpu = HB + 87
+H_out_tr = HB + 88
+H_out_outcome = HB + 89
+H_out_fb = HB + 90
+H_out_att = HB + 91
+H_handoff = HB + 92
+H_ln_busy = HB + 93
+H_hp_when = HB + 94
+H_th_blocked_at = HB + 95
+H_th_wait = HB + 96
+H_lk_f = HB + 97
+H_th_cache = HB + 98
+H_th_hs_mm = HB + 99
+H_th_hs_v = HB + 100
+H_w_since = HB + 101
+H_th_dw_deadline = HB + 102
+H_th_dw_since = HB + 103
+H_th_start = HB + 104
+H_th_prev_unknown = HB + 105
+H_th_think = HB + 106
+H_out_start = HB + 107
+H_out_end = HB + 108
+H_out_wait = HB + 109
+H_out_cache = HB + 110
+NREG = 111
 
 
 # -- coherence --------------------------------------------------------------------------
@@ -588,58 +603,53 @@ def _released(I, F, lock, t):
 
 
 @njit(cache=True)
+def _list_append(I, nxt, prv, head, tail, lock, t):
+    """Append thread t to lock's doubly linked list (wait queue or OSQ spinners): nxt
+    and prv name the per-thread link regions, head and tail the per-lock ends."""
+    last = I[I[tail] + lock]
+    I[I[nxt] + t] = -1
+    I[I[prv] + t] = last
+    if last >= 0:
+        I[I[nxt] + last] = t
+    else:
+        I[I[head] + lock] = t
+    I[I[tail] + lock] = t
+
+
+@njit(cache=True)
+def _list_remove(I, nxt, prv, head, tail, lock, t):
+    p, n = I[I[prv] + t], I[I[nxt] + t]
+    if p >= 0:
+        I[I[nxt] + p] = n
+    else:
+        I[I[head] + lock] = n
+    if n >= 0:
+        I[I[prv] + n] = p
+    else:
+        I[I[tail] + lock] = p
+
+
+@njit(cache=True)
 def _w_append(I, F, lock, t, write):
     I[I[H_w_write] + t] = write
     F[I[H_w_since] + t] = F[0]
     I[I[H_w_handoff] + t] = False
-    I[I[H_w_lock] + t] = lock
-    I[I[H_w_next] + t] = -1
-    I[I[H_w_prev] + t] = I[I[H_lk_wt] + lock]
-    if I[I[H_lk_wt] + lock] >= 0:
-        I[I[H_w_next] + (I[I[H_lk_wt] + lock])] = t
-    else:
-        I[I[H_lk_wh] + lock] = t
-    I[I[H_lk_wt] + lock] = t
+    _list_append(I, H_w_next, H_w_prev, H_lk_wh, H_lk_wt, lock, t)
 
 
 @njit(cache=True)
 def _w_remove(I, F, lock, t):
-    p, n = I[I[H_w_prev] + t], I[I[H_w_next] + t]
-    if p >= 0:
-        I[I[H_w_next] + p] = n
-    else:
-        I[I[H_lk_wh] + lock] = n
-    if n >= 0:
-        I[I[H_w_prev] + n] = p
-    else:
-        I[I[H_lk_wt] + lock] = p
-    I[I[H_w_lock] + t] = -1
+    _list_remove(I, H_w_next, H_w_prev, H_lk_wh, H_lk_wt, lock, t)
 
 
 @njit(cache=True)
 def _sp_append(I, F, lock, t):
-    I[I[H_sp_lock] + t] = lock
-    I[I[H_sp_next] + t] = -1
-    I[I[H_sp_prev] + t] = I[I[H_lk_st] + lock]
-    if I[I[H_lk_st] + lock] >= 0:
-        I[I[H_sp_next] + (I[I[H_lk_st] + lock])] = t
-    else:
-        I[I[H_lk_sh] + lock] = t
-    I[I[H_lk_st] + lock] = t
+    _list_append(I, H_sp_next, H_sp_prev, H_lk_sh, H_lk_st, lock, t)
 
 
 @njit(cache=True)
 def _sp_remove(I, F, lock, t):
-    p, n = I[I[H_sp_prev] + t], I[I[H_sp_next] + t]
-    if p >= 0:
-        I[I[H_sp_next] + p] = n
-    else:
-        I[I[H_lk_sh] + lock] = n
-    if n >= 0:
-        I[I[H_sp_prev] + n] = p
-    else:
-        I[I[H_lk_st] + lock] = p
-    I[I[H_sp_lock] + t] = -1
+    _list_remove(I, H_sp_next, H_sp_prev, H_lk_sh, H_lk_st, lock, t)
 
 
 @njit(cache=True)
@@ -1722,8 +1732,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         th_dr=z(nt), th_dw=z(nt), th_rec=z(nt), th_op=z(nt), th_tr=z(nt), th_outcome=z(nt), th_fb=z(nt),
         th_att=z(nt), th_rq_next=neg(nt), th_in_rq=z(nt), th_hs_vlock=neg(nt), th_wlock=z(nt), th_wc_next=neg(nt),
         th_vma=neg(nt), th_w=neg(nt),
-        w_next=neg(nt), w_prev=neg(nt), w_write=z(nt), w_handoff=z(nt), w_lock=neg(nt), sp_next=neg(nt),
-        sp_prev=neg(nt), sp_lock=neg(nt),
+        w_next=neg(nt), w_prev=neg(nt), w_write=z(nt), w_handoff=z(nt), sp_next=neg(nt),
+        sp_prev=neg(nt),
         cpu_busy=neg(len(mcpus)), rq_head=neg(len(mcpus)), rq_tail=neg(len(mcpus)),
         ob_vid=z(max_obj), ob_slot=z(max_obj), ob_seq=z(max_obj), ob_ref=z(max_obj), ob_live=z(max_obj),
         slot_obj=neg(max_obj), freelist=z(max_obj),
