@@ -1556,7 +1556,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
     w_kind = w["kind"].to_list()
 
-    vma = src.take("vma_id", lambda: src.column("vma_id", np.int32, -1))
+    vma = src.column("vma_id", np.int32, -1)
     pieces = [_distinct(vma)]
     for k in wl:
         for xs in wl[k]:
@@ -1621,7 +1621,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         np.add.at(us_p, fvid[fj] + 1, 1)
         us_p = np.cumsum(us_p)
 
-    tid = src.take("tid", lambda: src.column("tid", np.int32))
+    tid = src.column("tid", np.int32)
     tids = np.unique(tid)
     nt = len(tids)
     tmin = int(tids.min()) if nt else 0
@@ -1646,7 +1646,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     cpus = machine.placement(nt, ncpus, placement, recorded)
     del tix
 
-    think = src.take("think_ns", lambda: src.column("think_ns", np.float64))
+    think = src.column("think_ns", np.float64)
     op_prog += 1
     flags = op_prog  # program + 1 in bits 0-1; then whether the start and end are known
     del op_prog

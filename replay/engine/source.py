@@ -88,8 +88,6 @@ class OpsSource:
     def column(self, name: str, dtype, fill=0) -> np.ndarray:
         """One plain column (nulls as ``fill``) as a numpy array of ``dtype``.  From a
         file this goes pyarrow -> numpy a batch at a time, without polars."""
-        import polars as pl
-
         if self.path is None or self.mm is not None or name not in self.names:
             return self.col(self.expr(name).fill_null(fill), dtype)
         import pyarrow.compute as pc
@@ -103,12 +101,9 @@ class OpsSource:
             v = a.to_numpy(zero_copy_only=False)
             out[pos:pos + len(v)] = v
             pos += len(v)
-        del pl
         return out
 
     def notnull(self, name: str) -> np.ndarray:
-        import polars as pl
-
         if self.path is None or self.mm is not None or name not in self.names:
             return self.col(self.expr(name).is_not_null(), bool)
         out = np.empty(self.n, bool)
@@ -118,7 +113,6 @@ class OpsSource:
             v = a.is_valid().to_numpy(zero_copy_only=False)
             out[pos:pos + len(v)] = v
             pos += len(v)
-        del pl
         return out
 
     def frame(self, roots, fn):
@@ -195,27 +189,18 @@ class OpsSource:
         return pl.concat(parts, how="vertical_relaxed") if parts else fn(pl.DataFrame(
             {"_j": pl.Series([], dtype=pl.UInt32), "kind": pl.Series([], dtype=pl.Utf8)}))
 
-    def prefetch(self, big: bool = False) -> None:
+    def prefetch(self) -> None:
         """Read the small per-op columns the loader needs (program, whether start and end
-        are known, whether op_id and seq run in order) in one pass over the file - with
-        ``big``, also vma_id, tid and think_ns (faster, but all of them in memory at
-        once).  Only for a file source without an mm filter; otherwise each column is
-        read when asked for."""
+        are known, whether op_id and seq run in order) in one pass over the file; the
+        big ones (vma_id, tid, think_ns) are read one at a time by column(), so they are
+        never all in memory at once.  Only for a file source without an mm filter."""
         if self.path is None or self.mm is not None:
             return
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         n = self.pf.metadata.num_rows
         self._n = n
         want = {"op_id", "seq", "start_ns", "end_ns", "kind", "kernel", "lock_mode"}
-        if big:
-            want |= {"vma_id", "tid", "think_ns"}
         cols = [c for c in self.pf.schema_arrow.names if c in want]
         prog = np.empty(n, np.int8)
-        vma = np.full(n if big else 0, -1, np.int32)
-        tid = np.zeros(n if big else 0, np.int32)
-        think = np.zeros(n if big else 0, np.float64)
         start_ok = np.zeros(n, bool)
         end_ok = np.zeros(n, bool)
         order = {k: [True, True, None, None] for k in ("op_id", "seq")}  # increasing, arange, first, last
@@ -225,15 +210,6 @@ class OpsSource:
             m = b.num_rows
             sl = slice(pos, pos + m)
             prog[sl] = self._prog_batch(get, m)
-            if "vma_id" in get:
-                v = pc.fill_null(get["vma_id"], -1).to_numpy(zero_copy_only=False)
-                if m and v.max() >= 2**31:
-                    raise ValueError("vma ids beyond 2^31 are not supported")
-                vma[sl] = v
-            if "tid" in get:
-                tid[sl] = pc.fill_null(get["tid"], 0).to_numpy(zero_copy_only=False)
-            if "think_ns" in get:
-                think[sl] = pc.fill_null(get["think_ns"], 0).to_numpy(zero_copy_only=False)
             if "start_ns" in get:
                 start_ok[sl] = get["start_ns"].is_valid().to_numpy(zero_copy_only=False)
             if "end_ns" in get:
@@ -258,10 +234,7 @@ class OpsSource:
                 o[3] = int(a[-1])
             pos += m
             del get, b
-        del pa
         self._cache = {"prog": prog, "start_ns": start_ok, "end_ns": end_ok}
-        if big:
-            self._cache.update({"vma_id": vma, "tid": tid, "think_ns": think})
         self._order = order
         _trim()
 
