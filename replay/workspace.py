@@ -28,6 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DATASETS = ("events", "rejects", "traces")
+# Which commit record makes a partition visible: a trace's data while its ``traces`` row
+# exists, a run's while its ``runs`` row exists.  Every reader (the SQL views, ``replay
+# traces``/``runs``) sees only committed partitions, so a writer killed half-way leaves
+# nothing a reader can see.
+TRACE_KEYED = ("traces", "events", "rejects", "ops", "vmas")
+RUN_KEYED = ("runs", "results", "lock_stats", "line_stats")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
@@ -65,6 +71,17 @@ class Workspace:
 
     def partition(self, dataset: str, key: str, keyname: str = "trace_id") -> Path:
         return self.root / dataset / f"{keyname}={key}"
+
+    def committed_files(self, dataset: str) -> list[Path]:
+        """The Parquet files of ``dataset`` that a committed record names, sorted."""
+        if dataset in TRACE_KEYED:
+            record, key = "traces", "trace_id"
+        elif dataset in RUN_KEYED:
+            record, key = "runs", "run_id"
+        else:
+            raise ValueError(f"unknown dataset {dataset!r}")
+        live = {p.parent.name for p in (self.root / record).glob(f"{key}=*/part-0.parquet")}
+        return sorted(p for p in (self.root / dataset).glob(f"{key}=*/*.parquet") if p.parent.name in live)
 
     def has_trace(self, trace_id: str) -> bool:
         return (self.partition("traces", trace_id) / "part-0.parquet").exists()
@@ -159,11 +176,11 @@ class Workspace:
     def runs(self):
         import polars as pl
 
-        files = sorted((self.root / "runs").glob("run_id=*/part-0.parquet"))
+        files = self.committed_files("runs")
         return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
 
     def traces(self) -> pa.Table | None:
-        files = sorted((self.root / "traces").glob("trace_id=*/part-0.parquet"))
+        files = self.committed_files("traces")
         if not files:
             return None
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
