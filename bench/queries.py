@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from queries import catalog, connect, run_query  # noqa: E402
+from queries import catalog, close, connect, run_query  # noqa: E402
 
 
 def make(ws: Path, runs: int, n: int) -> int:
@@ -95,7 +95,7 @@ def main() -> None:
         con = connect(ws)
         base = min(timed(lambda: con.execute("SELECT count(*) FROM results").fetchall()) for _ in range(3))
         scan = min(timed(lambda: con.execute("SELECT sum(end_ns - start_ns) FROM results").fetchall()) for _ in range(3))
-        con.close()
+        close(con)
         print(f"\n{rows:,} result rows; COUNT(*) {base:.3f} s; a full-column scan (sum of durations) {scan:.3f} s")
         print(f"{'query':22} {'seconds':>8} {'x COUNT(*)':>11} {'x scan':>8} {'rows out':>10}   target <= 2 s")
         worst = 0.0

@@ -12,12 +12,18 @@ reads the library from those headers.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
 DATASETS = {
     "events": "trace_id", "traces": "trace_id", "rejects": "trace_id", "ops": "trace_id", "vmas": "trace_id",
@@ -111,39 +117,103 @@ COLUMN_DOCS = {
 }
 
 
-def _glob(root: Path, ds: str) -> str:
-    return str((root / ds).resolve() / "*" / "*.parquet")
-
-
-def connect(workspace: str | Path) -> duckdb.DuckDBPyConnection:
-    """A connection to the workspace database with every dataset's view refreshed."""
-    root = Path(workspace)
-    root.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(root / "replay.duckdb"))
-    con.execute("SET enable_progress_bar = false")  # results go to stdout; no bar in them
-    for ds in DATASETS:
-        files = list((root / ds).glob("*/*.parquet"))
-        if not files:
-            con.execute(f"DROP VIEW IF EXISTS {ds}")
-            continue
-        con.execute(f"CREATE OR REPLACE VIEW {ds} AS SELECT * FROM read_parquet('{_glob(root, ds)}', "
-                    f"hive_partitioning = true, union_by_name = true)")
-        cols = {r[0] for r in con.execute(f"DESCRIBE {ds}").fetchall()}
-        for col, doc in COLUMN_DOCS.get(ds, {}).items():
-            if col in cols:
-                con.execute(f"COMMENT ON COLUMN {ds}.\"{col}\" IS '{doc.replace(chr(39), chr(39) * 2)}'")
-    return con
-
-
-WRITES = {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "COPY", "ATTACH", "DETACH", "EXPORT",
-          "LOAD", "TRANSACTION", "VACUUM", "CREATE_FUNC", "SET", "VARIABLE_SET", "MERGE_INTO", "UPDATE_EXTENSIONS"}
-
-
 class QueryError(ValueError):
     pass
 
 
-def check_read_only(sql: str) -> None:
+def connect(workspace: str | Path, tables: dict[str, str | Path] | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection: an in-memory database with one view per dataset.
+
+    Read-only is structural, in three layers:
+
+    - the database is in memory and the workspace is never opened for writing (its old
+      ``replay.duckdb`` file is not used), so nothing a query does outlives it, readers
+      never take a lock, and a read-only or full workspace can be queried;
+    - ``enable_external_access = false`` with ``allowed_paths`` set to exactly the
+      committed Parquet files (``Workspace.committed_files``) and the files named in
+      ``tables``: no other file on the machine can be read, listed or created, no
+      extension loaded; then ``lock_configuration = true``, so no statement can undo it;
+    - statements are checked before they run (``check_read_only``): DuckDB's
+      ``COPY ... TO f (USE_TMP_FILE false)`` can still overwrite an *allowed* file in
+      place, so COPY, EXPORT, ATTACH and the rest are refused by their parsed type, also
+      under ``EXPLAIN ANALYZE``.
+
+    ``tables`` maps extra view names to files (CSV, Parquet, JSON) the user chose to
+    join with the workspace (``replay sql --table name=FILE``); they are read-only too.
+    """
+    from replay.workspace import Workspace
+
+    ws = Workspace(workspace)
+    con = duckdb.connect(":memory:")
+    allowed: list[str] = []
+    con.execute("SET enable_progress_bar = false")  # results go to stdout; no bar in them
+    for ds, key in DATASETS.items():
+        files = [str(f.resolve()) for f in ws.committed_files(ds)]
+        if not files:
+            continue
+        allowed += files
+        con.execute(f"CREATE VIEW {ds} AS SELECT * FROM read_parquet({_sql_list(files)}, "
+                    f"hive_partitioning = true, union_by_name = true)")
+        cols = {r[0] for r in con.execute(f"DESCRIBE {ds}").fetchall()}
+        for col, doc in COLUMN_DOCS.get(ds, {}).items():
+            if col in cols:
+                con.execute(f"COMMENT ON COLUMN {ds}.\"{col}\" IS {_sql_str(doc)}")
+    for name, path in (tables or {}).items():
+        if name in DATASETS or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise QueryError(f"--table {name}: use a new identifier (letters, digits, '_'), not a workspace view")
+        f = Path(path).resolve()
+        if not f.is_file():
+            raise QueryError(f"--table {name}={path}: no such file")
+        reader = {".parquet": "read_parquet", ".json": "read_json_auto", ".ndjson": "read_json_auto",
+                  ".jsonl": "read_json_auto"}.get(f.suffix.lower(), "read_csv_auto")
+        allowed.append(str(f))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM {reader}({_sql_str(str(f))})")
+    import tempfile
+
+    spill = tempfile.mkdtemp(prefix="replay-duckdb-")  # big sorts spill here, not into the cwd
+    con.execute(f"SET temp_directory = {_sql_str(spill)}")
+    con.execute(f"SET allowed_paths = {_sql_list(allowed)}")
+    con.execute(f"SET allowed_directories = [{_sql_str(spill + '/')}]")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    _SPILL[id(con)] = spill
+    return con
+
+
+_SPILL: dict[int, str] = {}
+
+
+def close(con: duckdb.DuckDBPyConnection) -> None:
+    """Close a ``connect()`` connection and remove its spill directory."""
+    import shutil
+
+    con.close()
+    spill = _SPILL.pop(id(con), None)
+    if spill:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join(_sql_str(i) for i in items) + "]"
+
+
+# Statement types that only read.  EXPLAIN is checked again on the statement it explains
+# (EXPLAIN ANALYZE runs it); PRAGMA only where the pragma reads (IMPORT DATABASE is a
+# pragma too, and runs a script).
+READS = {"SELECT", "EXPLAIN", "PRAGMA", "RELATION", "CALL"}
+READ_PRAGMAS = {"show_tables", "show_tables_expanded", "table_info", "show", "version", "database_size",
+                "database_list", "functions", "collations", "platform", "storage_info", "metadata_info",
+                "user_agent", "pragma_version"}
+
+
+def check_read_only(sql: str) -> list:
+    """The statements of ``sql``, or a QueryError naming the first that would write."""
     try:
         stmts = duckdb.extract_statements(sql)
     except duckdb.Error as e:
@@ -151,10 +221,45 @@ def check_read_only(sql: str) -> None:
     if not stmts:
         raise QueryError("no SQL statement given")
     for st in stmts:
-        kind = st.type.name
-        if kind in WRITES or kind not in ("SELECT", "EXPLAIN", "PRAGMA", "RELATION", "CALL"):
-            raise QueryError(f"replay sql is read-only: {kind} statements are refused (query the views; "
-                             f"write results elsewhere with --format parquet -o FILE)")
+        _check_statement(st)
+    return stmts
+
+
+def _check_statement(st) -> None:
+    kind = st.type.name
+    refuse = kind not in READS
+    if kind == "EXPLAIN":
+        inner = _explained(st.query)
+        if inner is None:
+            refuse = True
+        else:
+            for sub in duckdb.extract_statements(inner):
+                _check_statement(sub)
+    elif kind == "PRAGMA":
+        m = re.match(r"\s*(?:PRAGMA\s+)?([A-Za-z_]+)", st.query, re.I)
+        refuse = not m or m.group(1).lower() not in READ_PRAGMAS
+        if m and m.group(1).upper() == "IMPORT":
+            kind = "IMPORT DATABASE"
+    if refuse:
+        raise QueryError(f"replay sql is read-only: {kind} statements are refused (query the views; "
+                         f"write results elsewhere with --format parquet -o FILE)")
+
+
+def _explained(query: str) -> str | None:
+    """The statement that ``EXPLAIN [ANALYZE] [(options)] stmt`` explains, found with
+    DuckDB's own tokenizer (so comments and spacing cannot hide it)."""
+    toks = [t for t in duckdb.tokenize(query) if t[1] != duckdb.token_type.comment]
+    ends = [t[0] for t in toks[1:]] + [len(query)]
+    words = [query[t[0]:e].split("--")[0].split("/*")[0].strip() for t, e in zip(toks, ends)]
+    i, depth = 1, 0  # past EXPLAIN
+    while i < len(toks):
+        w = words[i].upper()
+        if depth or w == "(":  # EXPLAIN (FORMAT json, ANALYZE) stmt
+            depth += w.count("(") - w.count(")")
+        elif w != "ANALYZE":
+            return query[toks[i][0]:]
+        i += 1
+    return None
 
 
 def one_line(e: Exception) -> str:
@@ -170,19 +275,132 @@ def one_line(e: Exception) -> str:
     return " ".join(text.split()) + pos
 
 
-def run_sql(workspace, sql: str, params: dict | None = None):
-    """Run read-only SQL over the workspace views; returns a polars DataFrame."""
-    check_read_only(sql)
-    con = connect(workspace)
+@contextlib.contextmanager
+def open_sql(workspace, sql: str, params: dict | None = None, tables: dict | None = None,
+             batch_rows: int = 65_536) -> Iterator["pa.RecordBatchReader"]:
+    """Run read-only SQL over the workspace views and yield its result as a stream of
+    Arrow record batches (bounded memory however large the result).  Every statement
+    but the last runs first; the last one's rows are streamed.  Ctrl-C interrupts
+    DuckDB itself (see ``interruptible``) and surfaces as KeyboardInterrupt."""
+    stmts = check_read_only(sql)
+    with interruptible() as live:
+        con = connect(workspace, tables)
+        live.append(con)
+        try:
+            _raise_if_interrupted()
+            for st in stmts[:-1]:  # read-only, so only their errors matter
+                con.execute(st.query, params or None)
+                con.complete()
+            last = stmts[-1].query
+            yield _Reader(con.sql(last, params=params or None).to_arrow_reader(batch_rows),
+                          lambda: con.cursor().execute(f"SELECT count(*) FROM ({last}\n)", params or None).fetchone()[0])
+        except Exception as e:
+            raise _translate(e) from None
+        finally:
+            live.clear()
+            close(con)
+
+
+def _translate(e: Exception) -> BaseException:
+    """An error from DuckDB (directly, or re-raised by pyarrow's reader) as the caller
+    should see it: an interrupt as KeyboardInterrupt (DuckDB reports it as
+    InterruptException or, through the Arrow stream, RuntimeError), DuckDB's own
+    errors as QueryError, anything else unchanged."""
+    if isinstance(e, duckdb.InterruptException) or _INTERRUPTED.is_set():
+        return KeyboardInterrupt()
+    if isinstance(e, (duckdb.Error, pa.ArrowException)):
+        msg = one_line(e)
+        if "disabled by configuration" in msg:
+            msg += " (replay sql reads only the workspace; name other files with --table NAME=FILE)"
+        return QueryError(msg)
+    return e
+
+
+def _raise_if_interrupted() -> None:
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+class _Reader:
+    """Record batches from DuckDB, its errors as QueryError and an interrupt as
+    KeyboardInterrupt, while the caller iterates."""
+
+    def __init__(self, reader, count=None):
+        self._r = reader
+        self._count = count
+        self.schema = reader.schema
+
+    def total_rows(self) -> int:
+        """How many rows the whole result has, without streaming them: the same query
+        counted on a second cursor, whose optimizer drops the unused columns."""
+        try:
+            return self._count()
+        except Exception as e:
+            raise _translate(e) from None
+
+    def __iter__(self):
+        while True:
+            try:
+                b = self._r.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as e:
+                raise _translate(e) from None
+            _raise_if_interrupted()
+            yield b
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Let Ctrl-C stop a running DuckDB query; yields a list to put the connection in.
+
+    DuckDB runs a query in C++ without returning to the interpreter, so Python's own
+    SIGINT handler would run only after the query ends.  Python's C-level handler
+    still runs at once, in whichever thread the kernel delivers the signal to, and
+    writes the signal's number to ``signal.set_wakeup_fd``; a watcher thread blocked
+    reading that pipe calls ``interrupt()`` on the connection, DuckDB fails the query,
+    and the caller sees KeyboardInterrupt (the CLI: one line, exit 130)."""
+    live: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield live
+        return
+    _INTERRUPTED.clear()
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    old = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            got = os.read(rfd, 64)
+            if signal.SIGINT in got and not done.is_set():
+                _INTERRUPTED.set()
+                for con in list(live):
+                    con.interrupt()
+
+    w = threading.Thread(target=watch, name="replay-sigint", daemon=True)
+    w.start()
     try:
-        stmts = duckdb.extract_statements(sql)
-        for st in stmts[:-1]:
-            con.execute(st.query, params or None)
-        return con.sql(stmts[-1].query, params=params or None).pl()
-    except duckdb.Error as e:
-        raise QueryError(one_line(e)) from None
+        yield live
     finally:
-        con.close()
+        done.set()
+        os.write(wfd, b"\0")
+        w.join()
+        signal.set_wakeup_fd(old)
+        os.close(rfd)
+        os.close(wfd)
+    _raise_if_interrupted()
+
+
+def run_sql(workspace, sql: str, params: dict | None = None, tables: dict | None = None):
+    """Run read-only SQL over the workspace views; returns a polars DataFrame."""
+    import polars as pl
+
+    with open_sql(workspace, sql, params, tables) as r:
+        return pl.from_arrow(pa.Table.from_batches(list(r), schema=r.schema))
 
 
 @dataclass
@@ -225,7 +443,9 @@ def catalog() -> dict[str, LibraryQuery]:
     return out
 
 
-def run_query(workspace, name: str, params: dict[str, str]):
+def library_sql(name: str, params: dict[str, str]) -> tuple[str, dict, list[str]]:
+    """A library query's SQL (header stripped), the parameters it uses, and the
+    datasets it needs."""
     cat = catalog()
     if name not in cat:
         raise QueryError(f"no query {name!r}; replay query --list shows the library")
@@ -234,18 +454,29 @@ def run_query(workspace, name: str, params: dict[str, str]):
     if unknown:
         raise QueryError(f"{name} takes no parameter {', '.join(sorted(unknown))}; it takes: {', '.join(q.params) or 'none'}")
     values = {p: params.get(p) for p in q.params}
-    needed = [ds.strip() for ds in q.needs.split(",") if ds.strip()]
-    con = connect(workspace)
-    try:
-        have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-        missing = [ds for ds in needed if ds not in have]
-        if missing:
-            raise QueryError(f"{name} needs {', '.join(missing)}, and the workspace has none yet "
-                             f"(replay ingest / replay run make them)")
-        sql = "\n".join(ln for ln in q.sql.splitlines() if not ln.startswith("--"))
-        used = {p: v for p, v in values.items() if f"${p}" in sql}
-        return con.sql(sql, params=used or None).pl()
-    except duckdb.Error as e:
-        raise QueryError(one_line(e)) from None
-    finally:
-        con.close()
+    sql = "\n".join(ln for ln in q.sql.splitlines() if not ln.startswith("--"))
+    used = {p: v for p, v in values.items() if f"${p}" in sql}
+    return sql, used, [ds.strip() for ds in q.needs.split(",") if ds.strip()]
+
+
+@contextlib.contextmanager
+def open_query(workspace, name: str, params: dict[str, str], batch_rows: int = 65_536):
+    """A library query's result as a stream of record batches (see ``open_sql``)."""
+    from replay.workspace import Workspace
+
+    sql, used, needed = library_sql(name, params)
+    ws = Workspace(workspace)
+    missing = [ds for ds in needed if not ws.committed_files(ds)]
+    if missing:
+        raise QueryError(f"{name} needs {', '.join(missing)}, and the workspace has none yet "
+                         f"(replay ingest / replay run make them)")
+    with open_sql(workspace, sql, used, batch_rows=batch_rows) as r:
+        yield r
+
+
+def run_query(workspace, name: str, params: dict[str, str]):
+    """A library query's result as a polars DataFrame."""
+    import polars as pl
+
+    with open_query(workspace, name, params) as r:
+        return pl.from_arrow(pa.Table.from_batches(list(r), schema=r.schema))

@@ -77,13 +77,17 @@ def _emit(rows: list[dict], columns: list[str], fmt: Fmt, title: str | None = No
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        t = Table(title=title, title_justify="left")
-        for c in columns:
-            num = rows and isinstance(rows[0].get(c), (int, float)) and not isinstance(rows[0].get(c), bool)
-            t.add_column(c, justify="right" if num else "left")
-        for r in rows:
-            t.add_row(*(_cell(r.get(c)) for c in columns))
-        out.print(t)
+        out.print(_table(rows, columns, title))
+
+
+def _table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        num = rows and isinstance(rows[0].get(c), (int, float)) and not isinstance(rows[0].get(c), bool)
+        t.add_column(c, justify="right" if num else "left")
+    for r in rows:
+        t.add_row(*(_cell(r.get(c)) for c in columns))
+    return t
 
 
 def _cell(v) -> str:
@@ -464,54 +468,132 @@ class QFmt(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+    ndjson = "ndjson"
     parquet = "parquet"
 
 
-def _emit_df(df, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
-    """Print or write a query result."""
-    if fmt is QFmt.parquet and dest is None:
-        raise Fail("--format parquet needs -o FILE", 2)
-    if dest is not None:
-        from .workspace import atomic_output
+_SUFFIX_FMT = {".csv": QFmt.csv, ".json": QFmt.json, ".ndjson": QFmt.ndjson, ".jsonl": QFmt.ndjson,
+               ".parquet": QFmt.parquet}
 
-        with atomic_output(dest) as tmp:
-            if fmt is QFmt.parquet:
-                df.write_parquet(tmp)
-            elif fmt is QFmt.json:
-                Path(tmp).write_text(json.dumps(df.to_dicts(), indent=2, default=str))
-            elif fmt is QFmt.csv:
-                df.write_csv(tmp)
-            else:
-                Path(tmp).write_text(str(df))
-        err.print(f"wrote {df.height:,} rows to {dest}", markup=False)
+
+def _query_format(fmt: Optional[QFmt], dest: Optional[Path]) -> QFmt:
+    """-f as given; without it, -o FILE's suffix (x.json writes JSON), else a table."""
+    if fmt is not None:
+        return fmt
+    return _SUFFIX_FMT.get(dest.suffix.lower(), QFmt.table) if dest is not None else QFmt.table
+
+
+def _emit_stream(reader, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
+    """Print or write a query result (``queries.open_sql``'s reader) batch by batch, in
+    bounded memory however many rows it has.  The table shows the first ``max_rows``
+    rows and how many followed;
+    csv, json, ndjson and parquet stream every row to ``dest`` (atomically) or stdout."""
+    if fmt is QFmt.table:
+        rows: list[dict] = []
+        full = False
+        for b in reader:
+            rows += b.slice(0, max_rows - len(rows)).to_pylist()
+            if len(rows) >= max_rows:
+                full = True
+                break
+        if dest is not None:
+            from .workspace import atomic_output
+
+            with atomic_output(dest) as tmp, open(tmp, "w") as f:
+                Console(file=f, width=160, soft_wrap=True).print(_table(rows, reader.schema.names))
+        else:
+            _emit(rows, reader.schema.names, Fmt.table)
+        if full and (total := reader.total_rows()) > len(rows):
+            err.print(f"({total - len(rows):,} more rows: use --format csv|json|ndjson|parquet)", markup=False)
         return
+    if dest is None or str(dest) == "-":
+        if fmt is QFmt.parquet and dest is None:
+            raise Fail("--format parquet needs -o FILE (-o - for stdout)", 2)
+        _write_rows(reader, fmt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    from .workspace import atomic_output
+
+    with atomic_output(dest) as tmp, open(tmp, "wb") as f:
+        n = _write_rows(reader, fmt, f)
+    err.print(f"wrote {n:,} rows to {dest}", markup=False)
+
+
+def _write_rows(reader, fmt: QFmt, f) -> int:
+    """Stream record batches to a binary file object as csv, json, ndjson or parquet."""
+    import pyarrow as pa
+
+    n = 0
+    if fmt is QFmt.parquet:
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(f, reader.schema, compression="zstd") as w:
+            for b in reader:
+                w.write_batch(b)
+                n += b.num_rows
+        return n
+    import polars as pl
+
     if fmt is QFmt.csv:
-        sys.stdout.write(df.write_csv())
-    elif fmt is QFmt.json:
-        print(json.dumps(df.to_dicts(), indent=2, default=str))
-    else:
-        rows = df.head(max_rows).to_dicts()
-        _emit(rows, df.columns, Fmt.table)
-        if df.height > max_rows:
-            err.print(f"({df.height - max_rows:,} more rows: use --format csv|json|parquet)", markup=False)
+        nested = [i for i, t in enumerate(reader.schema.types) if pa.types.is_nested(t)]
+        for b in reader:
+            for i in nested:  # CSV has no lists: write them as JSON text
+                b = b.set_column(i, b.schema.names[i], pa.array(
+                    [None if v is None else json.dumps(v, default=str) for v in b.column(i).to_pylist()], pa.string()))
+            f.write(pl.from_arrow(b).write_csv(include_header=n == 0).encode())
+            n += b.num_rows
+        if n == 0:
+            f.write((",".join(reader.schema.names) + "\n").encode())
+        return n
+    first = True  # JSON: an array, one row a line; ndjson: one row a line
+    if fmt is QFmt.json:
+        f.write(b"[")
+    for b in reader:
+        if b.num_rows:
+            lines = pl.from_arrow(b).write_ndjson().encode()
+            if fmt is QFmt.json:
+                lines = (b"\n  " if first else b",\n  ") + lines.rstrip(b"\n").replace(b"\n", b",\n  ")
+            f.write(lines)
+            first = False
+        n += b.num_rows
+    if fmt is QFmt.json:
+        f.write(b"]\n" if first else b"\n]\n")
+    return n
+
+
+QFmtOpt = typer.Option(None, "--format", "-f", help="Output format (default: table, or -o FILE's suffix: .csv .json .ndjson .parquet).")
+QOutOpt = typer.Option(None, "--output", "-o", help="Write to FILE (atomically) instead of printing; - is stdout.")
 
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, runs)."),
+    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, runs); '-' reads it from stdin."),
     workspace: Optional[Path] = WorkspaceOpt,
-    fmt: QFmt = typer.Option(QFmt.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of printing."),
+    fmt: Optional[QFmt] = QFmtOpt,
+    output: Optional[Path] = QOutOpt,
+    table: List[str] = typer.Option([], "--table", "-t", help="NAME=FILE: also a view NAME over a CSV, Parquet or JSON file (repeatable); no other file is readable."),
 ):
-    """Run read-only SQL (DuckDB) over every trace and run in the workspace."""
-    from queries import QueryError, run_sql
+    """Run read-only SQL (DuckDB) over every trace and run in the workspace.
+
+    Example: replay sql "SELECT model, avg(end_ns - start_ns) FROM results GROUP BY model"
+    """
+    from queries import QueryError, open_sql
     from .workspace import default_root
 
+    if query == "-":
+        query = sys.stdin.read()
+    tables = {}
+    for t in table:
+        if "=" not in t:
+            raise Fail(f"--table takes NAME=FILE, not {t!r}", 2)
+        k, v = t.split("=", 1)
+        tables[k.strip()] = v
+    fmt = _query_format(fmt, output)
     try:
-        df = run_sql(workspace or default_root(), query)
+        with open_sql(workspace or default_root(), query, tables=tables) as r:
+            _emit_stream(r, fmt, output)
     except QueryError as e:
         raise Fail(f"SQL: {e}")
-    _emit_df(df, fmt, output)
 
 
 @app.command()
@@ -520,13 +602,17 @@ def query(
     list_: bool = typer.Option(False, "--list", "-l", help="Print the library: each query's question, parameters and columns."),
     param: List[str] = typer.Option([], "--param", "-p", help="A parameter as k=v (repeatable)."),
     workspace: Optional[Path] = WorkspaceOpt,
-    fmt: QFmt = typer.Option(QFmt.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of printing."),
+    fmt: Optional[QFmt] = QFmtOpt,
+    output: Optional[Path] = QOutOpt,
 ):
-    """Run a named query from the library (contention, retry_rates, throughput, latency, hot_lines, ...)."""
-    from queries import QueryError, catalog, run_query
+    """Run a named query from the library (contention, retry_rates, throughput, latency, hot_lines, ...).
+
+    Example: replay query retry_rates -p run_id=edf38520feb5
+    """
+    from queries import QueryError, catalog, open_query
     from .workspace import default_root
 
+    fmt = _query_format(fmt, output)
     if list_ or not name:
         cat = catalog()
         if fmt is QFmt.json:
@@ -547,28 +633,40 @@ def query(
         k, v = p.split("=", 1)
         params[k.strip()] = v
     try:
-        df = run_query(workspace or default_root(), name, params)
+        with open_query(workspace or default_root(), name, params) as r:
+            _emit_stream(r, fmt, output)
     except QueryError as e:
         raise Fail(str(e))
-    _emit_df(df, fmt, output)
 
 
 @app.command()
 def shell(workspace: Optional[Path] = WorkspaceOpt):
-    """An interactive SQL session over the workspace views (the duckdb CLI when installed)."""
-    import shutil as _sh
+    """An interactive read-only SQL session over the workspace views.
 
-    from queries import QueryError, connect, run_sql
+    Statements end with ';'; .tables lists the views, .quit leaves.  Every statement
+    runs as `replay sql` would (same read-only connection), so the shell is as safe.
+    """
+    from queries import QueryError, open_sql
     from .workspace import default_root
 
     root = workspace or default_root()
-    connect(root).close()  # views up to date in replay.duckdb
-    exe = _sh.which("duckdb")
-    if exe and sys.stdin.isatty():
-        os.execv(exe, [exe, str(Path(root) / "replay.duckdb")])
+    tty = sys.stdin.isatty()
+    if tty:
+        import readline  # noqa: F401  line editing and history for input()
     err.print("replay shell: SQL ending in ';' (read-only), .tables, .quit", markup=False)
+
+    def lines():
+        if not tty:
+            yield from sys.stdin
+            return
+        while True:
+            try:
+                yield input("replay> ") + "\n"
+            except EOFError:
+                return
+
     buf = ""
-    for line in sys.stdin:
+    for line in lines():
         if line.strip() in (".quit", ".exit"):
             break
         if line.strip() == ".tables":
@@ -576,9 +674,12 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
         buf += line
         if buf.strip().endswith(";"):
             try:
-                _emit_df(run_sql(root, buf), QFmt.table, None)
+                with open_sql(root, buf) as r:
+                    _emit_stream(r, QFmt.table, None)
             except QueryError as e:
                 err.print(f"error: {e}", markup=False, highlight=False)
+            except KeyboardInterrupt:
+                err.print("interrupted", markup=False)
             buf = ""
 
 
@@ -810,7 +911,7 @@ def main(argv: List[str] | None = None) -> int:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:
-        err.print("replay: interrupted; nothing was written", markup=False)
+        err.print("replay: interrupted; nothing was written to the workspace or to -o FILE", markup=False)
         return 130
     except BrokenPipeError:
         return 0
