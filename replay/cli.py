@@ -278,14 +278,21 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
     """The trace's ops file and the content (sha256) it was built from, built now if
     missing; the bundled sample is ingested on first use.  The hash is read before the
     ops, so a commit checked against it fails if the trace was replaced in between."""
+    from ingest.sources import InputError
+
     from .ingesting import run_ingest
     from .workspace import WorkspaceError
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
             raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-        run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
-                   maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
+        try:
+            run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
+                       maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
+        except InputError:
+            if not ws.has_trace(trace):
+                raise
+            # another command ingested the sample first: theirs is the same content
     sha = ws.trace_sha(trace)
     if sha is None:
         raise WorkspaceError(ws._gone(trace))

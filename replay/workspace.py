@@ -353,10 +353,10 @@ class Workspace:
             if part.exists():
                 shutil.rmtree(part)
 
-    def check_trace(self, trace_id: str, sha256: str) -> None:
+    def check_trace(self, trace_id: str, sha256: str | None) -> None:
         """Under the lock: the trace is still the content a command read."""
         self._holding()
-        if self.trace_sha(trace_id) != sha256:
+        if sha256 is None or self.trace_sha(trace_id) != sha256:
             raise WorkspaceError(self._gone(trace_id))
 
     # -- commits ----------------------------------------------------------------------------

@@ -400,6 +400,7 @@ def test_read_only_workspace(cli, tmpfs):
         _one_line_error(rc, err, str(ws), "Read-only file system")
     rc, out, _ = cli("traces", "-w", ws, "-f", "json")  # readers need no write access
     assert rc == 0 and [r["trace_id"] for r in json.loads(out)] == ["t"]
+    assert cli("runs", "-w", ws)[0] == 0
     remount(ws.parent, "rw")
     assert cli(*RUN, "-w", ws)[0] == 0
 
@@ -471,3 +472,17 @@ def test_an_error_inside_a_commit_leaves_nothing(cli, ws, monkeypatch):
     _one_line_error(rc, err, "No space left on device")
     monkeypatch.delenv("REPLAY_FAULT_POINT")
     assert visible(cli, ws)[1] == {} and leftovers(ws) == []
+
+
+@pytest.mark.slow
+def test_concurrent_first_runs_both_ingest_the_sample(cli, ws):
+    """Two runs on a fresh workspace both ingest the bundled sample on first use: the
+    one that loses the name uses the winner's trace."""
+    args = ("run", "--model", "v8", "--engine", "reference", "--machine", "local-2vcpu", "-f", "json")
+    a = spawn_stopped(ws, *args, point="ingest.staged")
+    b = replay(ws, *args)
+    assert b.returncode == 0, b.stderr
+    rc, out, err = resume(a)
+    assert rc == 0, err
+    _, runs = visible(cli, ws)
+    assert list(runs) == [json.loads(out)["run_id"]] == [json.loads(b.stdout)["run_id"]] and leftovers(ws) == []
