@@ -5,7 +5,6 @@ Errors are one line on stderr: exit 1 for bad input, 2 for bad usage; never a tr
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -281,7 +280,6 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
     from ingest.sources import InputError
 
     from .ingesting import run_ingest
-    from .workspace import WorkspaceError
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
@@ -295,14 +293,26 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
             # another command ingested the sample first: theirs is the same content
     sha = ws.trace_sha(trace)
     if sha is None:
-        raise WorkspaceError(ws._gone(trace))
+        raise ws.gone(trace)
     p = ws.ops_file(trace)
     if p is None or same_mm:
         _build_ops(ws, trace, sha, same_mm)
         p = ws.ops_file(trace)
         if p is None:
-            raise WorkspaceError(ws._gone(trace))
+            raise ws.gone(trace)
     return str(p), sha
+
+
+def _ops_snapshot(ws, trace: str, stage: str):
+    """``_ensure_ops`` with the ops file hard-linked into ``stage``: a replay opens the
+    file several times, and a rebuild meanwhile renames a new file over the original."""
+    ops, sha = _ensure_ops(ws, trace)
+    snap = os.path.join(stage, "ops.parquet")
+    try:
+        os.link(ops, snap)
+    except OSError:  # a filesystem without hard links: the original it is
+        return ops, sha
+    return snap, sha
 
 
 def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine):
@@ -378,10 +388,7 @@ def run(
     ws = Workspace(workspace)
     stage = ws.stage()  # results stream here as the replay runs, then move into place
     try:
-        ops, sha = _ensure_ops(ws, trace)
-        with contextlib.suppress(OSError):  # a snapshot: a rebuild of the ops meanwhile renames over the original
-            os.link(ops, os.path.join(stage, "ops.parquet"))
-            ops = os.path.join(stage, "ops.parquet")
+        ops, sha = _ops_snapshot(ws, trace, stage)
         r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine)
         s = _summary_with_observed(r, ops)
     finally:
@@ -439,11 +446,11 @@ def sweep(
     except ValueError:
         raise Fail(f"--cpus takes comma-separated integers, not {cpus!r}", 2)
     ws = Workspace(workspace)
-    ops, sha = _ensure_ops(ws, trace)
     rows = []
     from rich.progress import Progress
 
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
+    with ws.staging() as stage, Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
+        ops, sha = _ops_snapshot(ws, trace, stage)
         task = prog.add_task(f"sweep {trace}", total=len(mdls) * len(counts))
         for m in mdls:
             row = {"model": m.name}
@@ -452,7 +459,7 @@ def sweep(
                     r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
                 except (ValueError, RuntimeError) as e:
                     raise Fail(str(e))
-                ws.write_run(r)
+                ws.write_run(r, stage)
                 row[f"cpus={c}"] = r.summary()["faults_per_sec"]
                 prog.advance(task)
             rows.append(row)

@@ -221,11 +221,12 @@ class Workspace:
         try:
             return pq.read_table(self.partition(dataset, trace_id) / PART)
         except FileNotFoundError:
-            raise WorkspaceError(self._gone(trace_id)) from None
+            raise self.gone(trace_id) from None
 
-    def _gone(self, trace_id: str) -> str:
-        return (f"trace {trace_id!r} was replaced or removed in {self.root} while this command was using it; "
-                "run the command again")
+    def gone(self, trace_id: str) -> WorkspaceError:
+        """The error for a trace that another command replaced or removed under this one."""
+        return WorkspaceError(f"trace {trace_id!r} was replaced or removed in {self.root} while this command was "
+                              "using it; run the command again")
 
     def runs(self):
         import polars as pl
@@ -357,7 +358,7 @@ class Workspace:
         """Under the lock: the trace is still the content a command read."""
         self._holding()
         if sha256 is None or self.trace_sha(trace_id) != sha256:
-            raise WorkspaceError(self._gone(trace_id))
+            raise self.gone(trace_id)
 
     # -- commits ----------------------------------------------------------------------------
 
