@@ -282,6 +282,10 @@ def test_run_waiting_on_the_lock_of_another_runs_commit(cli, ws):
     assert cli("ingest", OLD, "-n", "t", "-w", ws)[0] == 0
     assert cli("ops", "t", "-w", ws)[0] == 0
     a = spawn_stopped(ws, *RUN, point="run.results_placed")  # holds the lock mid-commit
+    for reader in (("traces",), ("runs", "-f", "json")):  # readers do not wait for it
+        p = replay(ws, *reader)
+        assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == []  # and see none of its commit
     b = subprocess.Popen(_argv(ws, [*RUN[:2], "mmap_lock", *RUN[3:]]), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env(), cwd=ws.parent)
     rc, _, err = resume(a)
