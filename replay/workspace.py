@@ -1,6 +1,6 @@
 """The workspace: hive-partitioned Parquet datasets under one directory, and the rules
-by which commands write it so that readers - and the commands after a crash - only ever
-see whole commits.
+by which commands write it so that readers - and the commands after one that was killed -
+only ever see whole commits.
 
 Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says otherwise)::
 
@@ -42,7 +42,8 @@ holds an ``flock`` on its ``.owner`` file: the kernel drops the lock when the pr
 dies, however it dies, so no pid is guessed at (pids are reused, and differ across pid
 namespaces).  Staging directories are created under the workspace lock, so a cleanup
 never sees one before its ``.owner`` is locked.  A commit that fails half-way (a full
-disk, say) runs the same cleanup before it lets go of the lock.
+disk, say) runs the same cleanup before it lets go of the lock.  Nothing is fsynced: this
+is safety against a process dying, not the machine.
 
 **Errors.**  ``writing(path)`` turns an OS error while writing into a
 ``WorkspaceError`` naming the path and the cause (the CLI prints it as one line, exit 1).
