@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -223,17 +222,12 @@ def ops(
     """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
     import polars as pl
 
-    from .ops import build_ops
     from .workspace import Workspace
 
     ws = Workspace(workspace)
     if not ws.has_trace(trace):
         raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-    ev = pl.from_arrow(ws.read("events", trace))
-    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
-    o, vmas, rep = build_ops(ev, trace, snap, same_mm)
-    ws.write_derived("ops", trace, o.to_arrow())
-    ws.write_derived("vmas", trace, vmas.to_arrow())
+    o, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
     user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
     fb = int(user["observed_fallback"].sum() or 0)
     summary = {
@@ -269,30 +263,100 @@ def _sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sample_traces"
 
 
-def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
-    """The trace's ops, built now if they are missing; the bundled sample is ingested on
-    first use.  ``lazy``: the ops Parquet file's path instead (replay() reads it in
-    column batches)."""
+def _build_ops(ws, trace: str, sha256: str, same_mm: bool):
+    """Build a trace's ops from its events (read after ``sha256``, the content the ops
+    will be committed as: a trace replaced meanwhile fails the commit) and place them."""
     import polars as pl
 
-    from .ingesting import run_ingest
     from .ops import build_ops
-    from .workspace import read_ops
+
+    ev = pl.from_arrow(ws.read("events", trace))
+    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+    ws.write_ops(trace, sha256, o.to_arrow(), vmas.to_arrow())
+    return o, rep
+
+
+def _ensure_ops(ws, trace: str, same_mm: bool = False):
+    """The trace's ops file and the content (sha256) it was built from, built now if
+    missing; the bundled sample is ingested on first use.  The hash is read before the
+    ops, so a commit checked against it fails if the trace was replaced in between."""
+    from ingest.sources import InputError
+
+    from .ingesting import run_ingest
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
             raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-        run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
-                   maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
-    p = ws.partition("ops", trace) / "part-0.parquet"
-    if p.exists() and not same_mm:
-        return str(p) if lazy else read_ops(p)
-    ev = pl.from_arrow(ws.read("events", trace))
-    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
-    o, vmas, _ = build_ops(ev, trace, snap, same_mm)
-    ws.write_derived("ops", trace, o.to_arrow())
-    ws.write_derived("vmas", trace, vmas.to_arrow())
-    return str(p) if lazy else o
+        try:
+            run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
+                       maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
+        except InputError:
+            if not ws.has_trace(trace):
+                raise
+            # another command ingested the sample first: theirs is the same content
+    sha = ws.trace_sha(trace)
+    if sha is None:
+        raise ws.gone(trace)
+    p = ws.ops_file(trace)
+    if p is None or same_mm:
+        _build_ops(ws, trace, sha, same_mm)
+        p = ws.ops_file(trace)
+        if p is None:
+            raise ws.gone(trace)
+    return str(p), sha
+
+
+def _ops_snapshot(ws, trace: str, stage: str):
+    """``_ensure_ops`` with the ops file hard-linked into ``stage``: a replay opens the
+    file several times, and a rebuild meanwhile renames a new file over the original."""
+    ops, sha = _ensure_ops(ws, trace)
+    snap = os.path.join(stage, "ops.parquet")
+    try:
+        os.link(ops, snap)
+    except OSError:  # a filesystem without hard links: the original it is
+        return ops, sha
+    return snap, sha
+
+
+def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine):
+    """One replay with a progress bar, its results streamed into ``stage``, committed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import replay
+    from .engine.source import OpsSource
+    from .workspace import writing
+
+    prog = Progress(TextColumn(f"replay {trace} under {mdl.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("ops"),
+                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+    task = prog.add_task("run", total=OpsSource(ops).n)
+    try:
+        with prog, writing(ws.root):
+            r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
+                       progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
+                       engine=engine, results_path=os.path.join(stage, "results.parquet"))
+    except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
+        raise Fail(str(e))
+    ws.write_run(r, stage)
+    return r
+
+
+def _summary_with_observed(r, ops) -> dict:
+    """The run's summary, with the fault service time used and the trace's own fallback rate."""
+    import polars as pl
+
+    from .engine.source import OpsSource
+
+    s = r.summary()
+    s["fault_service_ns"] = r.params["fault_service_ns"]
+    s["fault_service_source"] = r.params["fault_service_source"]
+    obs = OpsSource(ops).frame(["kind", "kernel", "observed_fallback"], lambda df: df.filter(
+        (pl.col("kind").cast(pl.Utf8) == "fault") & ~pl.col("kernel")).select(
+        pl.len().alias("rows"), pl.col("observed_fallback").count().alias("n"),
+        pl.col("observed_fallback").cast(pl.Int64).sum().alias("k")))
+    rows, n_obs, k_obs = (int(obs[c].sum()) for c in ("rows", "n", "k")) if obs is not None else (0, 0, 0)
+    s["observed_fallback_pct"] = (round(100 * k_obs / n_obs, 3) if n_obs else 0.0) if rows else None
+    return s
 
 
 @app.command()
@@ -310,9 +374,6 @@ def run(
     output: Fmt = FormatOpt,
 ):
     """Replay a trace through a lock model on a simulated machine; print a summary."""
-    import polars as pl
-
-    from .engine import replay
     from .machines import MachineError, load_machine
     from .models import ModelError, get_model
     from .workspace import Workspace
@@ -329,36 +390,13 @@ def run(
     if engine not in ENGINES:
         raise Fail(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}", 2)
     ws = Workspace(workspace)
-    ops = _ensure_ops(ws, trace, lazy=True)
-    from .engine.source import OpsSource
-
-    nops = OpsSource(ops).n
-    sha = ws.read("traces", trace).column("sha256")[0].as_py()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(TextColumn(f"replay {trace} under {mdl.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("ops"),
-                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
-    task = prog.add_task("run", total=nops)
     stage = ws.stage()  # results stream here as the replay runs, then move into place
     try:
-        with prog:
-            r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
-                       progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
-                       engine=engine, results_path=os.path.join(stage, "results.parquet"))
-        ws.write_run(r)
-    except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
-        raise Fail(str(e))
+        ops, sha = _ops_snapshot(ws, trace, stage)
+        r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine)
+        s = _summary_with_observed(r, ops)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    s = r.summary()
-    s["fault_service_ns"] = r.params["fault_service_ns"]
-    s["fault_service_source"] = r.params["fault_service_source"]
-    obs = OpsSource(ops).frame(["kind", "kernel", "observed_fallback"], lambda df: df.filter(
-        (pl.col("kind").cast(pl.Utf8) == "fault") & ~pl.col("kernel")).select(
-        pl.len().alias("rows"), pl.col("observed_fallback").count().alias("n"),
-        pl.col("observed_fallback").cast(pl.Int64).sum().alias("k")))
-    rows, n_obs, k_obs = (int(obs[c].sum()) for c in ("rows", "n", "k")) if obs is not None else (0, 0, 0)
-    s["observed_fallback_pct"] = (round(100 * k_obs / n_obs, 3) if n_obs else 0.0) if rows else None
+        ws.unstage(stage)
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))
@@ -412,12 +450,11 @@ def sweep(
     except ValueError:
         raise Fail(f"--cpus takes comma-separated integers, not {cpus!r}", 2)
     ws = Workspace(workspace)
-    ops = _ensure_ops(ws, trace, lazy=True)
-    sha = ws.read("traces", trace).column("sha256")[0].as_py()
     rows = []
     from rich.progress import Progress
 
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
+    with ws.staging() as stage, Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
+        ops, sha = _ops_snapshot(ws, trace, stage)
         task = prog.add_task(f"sweep {trace}", total=len(mdls) * len(counts))
         for m in mdls:
             row = {"model": m.name}
@@ -426,7 +463,7 @@ def sweep(
                     r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
                 except (ValueError, RuntimeError) as e:
                     raise Fail(str(e))
-                ws.write_run(r)
+                ws.write_run(r, stage)
                 row[f"cpus={c}"] = r.summary()["faults_per_sec"]
                 prog.advance(task)
             rows.append(row)
@@ -901,13 +938,15 @@ def version():
 def main(argv: List[str] | None = None) -> int:
     from ingest.sources import InputError
 
+    from .workspace import WorkspaceError
+
     try:
         rc = app(args=argv, standalone_mode=False)
         if rc == 130:  # click turns KeyboardInterrupt into Abort, typer into 130
             raise KeyboardInterrupt
         if isinstance(rc, int):
             return rc
-    except (Fail, InputError) as e:
+    except (Fail, InputError, WorkspaceError) as e:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:
@@ -915,6 +954,10 @@ def main(argv: List[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the environment (a file, a disk, a permission), not a defect
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"replay: error: {where}{e.strerror or e}", markup=False, highlight=False)
+        return 1
     except Exception as e:  # click's usage errors (typer vendors click in newer releases) and the rest
         kind = type(e).__name__
         if kind == "Exit":

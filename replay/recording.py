@@ -203,24 +203,21 @@ def record_ftrace(cmd: list[str], events: list[str], out: str, buffer_mb: int) -
 
 def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, replace):
     from .ingesting import claim_name, run_ingest
-    from .workspace import Workspace
+    from .workspace import Workspace, atomic_output
 
     ws = Workspace(workspace)
     claim_name(ws, name, replace)
-    ws.root.mkdir(parents=True, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=f".stage-{os.getpid()}-rec-", dir=ws.root)
-    try:
-        raw = os.path.join(tmpdir, "trace.txt" if ftrace else "perf.data")
+    with ws.staging() as stage:  # the raw recording: in the workspace, removed with the staging
+        raw = os.path.join(stage, "trace.txt" if ftrace else "perf.data")
         rec = record_ftrace if ftrace else record_perf
         maps, pid, _ = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
         snapshot = f"# /proc/{pid}/maps at exec of: {' '.join(cmd)}\n{maps}"
         if keep:
-            shutil.copyfile(raw, keep)
-            Path(f"{keep}.maps").write_text(snapshot)
-        res = run_ingest(raw, name, "ftrace" if ftrace else "perf-data", workspace, False, replace,
-                         maps_snapshot=snapshot, source_label=f"record: {' '.join(cmd)}",
-                         extra_meta={"hostname": os.uname().nodename, "kernel": os.uname().release,
-                                     "nr_cpus": os.cpu_count()})
-        return res
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+            with atomic_output(keep) as tmp:
+                shutil.copyfile(raw, tmp)
+            with atomic_output(f"{keep}.maps") as tmp:
+                Path(tmp).write_text(snapshot)
+        return run_ingest(raw, name, "ftrace" if ftrace else "perf-data", workspace, False, replace,
+                          maps_snapshot=snapshot, source_label=f"record: {' '.join(cmd)}",
+                          extra_meta={"hostname": os.uname().nodename, "kernel": os.uname().release,
+                                      "nr_cpus": os.cpu_count()})
