@@ -1,8 +1,9 @@
 """DuckDB over the workspace: views on every dataset, and the library of named queries.
 
-``connect()`` opens ``replay.duckdb`` in the workspace and (re)creates one view per
-hive-partitioned Parquet dataset present, with a comment on every column, so new
-traces and runs appear without any manual step.  Queries only read Parquet.
+``connect()`` builds an in-memory, read-only DuckDB with one view per dataset over the
+workspace's committed Parquet files, with a comment on every column, so new traces and
+runs appear without any manual step.  ``open_sql()`` / ``open_query()`` stream a
+result as Arrow batches; ``run_sql()`` / ``run_query()`` return it as polars.
 
 The library is the ``*.sql`` files beside this module.  Each starts with a header in
 the Perfetto stdlib's manner - what question it answers, which data it needs, its
