@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from replay.jit import notice_compile
+
 from . import scan
 from .schema import EVENT_CODE, EVENTS, EVENTS_SCHEMA, REJECTS_SCHEMA, REQUIRED, canonical_event
 
@@ -180,6 +182,7 @@ def scan_chunk(chunk: bytes | memoryview, dialect: int, pool: BufferPool | None 
     n += chunk.count(b"\n")
     owner = pool.take(n) if pool is not None else ScanBuffers(n)
     starts, ends = owner.starts[:n], owner.ends[:n]
+    notice_compile(scan.scanner(dialect), "the trace scanner", "10")
     scan.split_lines(buf, starts, ends)
     # vals is passed whole ((fields, capacity), C-contiguous: rows stay contiguous when
     # sliced, and the compiled scan keeps its contiguous-array specialisation)

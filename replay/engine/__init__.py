@@ -286,8 +286,10 @@ def _replay_reference(ops, mms, model, machine, cpus, placement, open_loop, serv
 
 
 def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
+    from ..jit import notice_compile
     from . import compiled
 
+    notice_compile(compiled.run_chunk, "the replay engine", "20")
     locks, lines = [], []
     counters: dict = {}
     done = 0

@@ -16,13 +16,10 @@ import sys
 
 def is_warm() -> bool:
     """True when numba's cache holds a compiled run_chunk for the current source."""
-    try:
-        from .compiled import run_chunk
+    from ..jit import is_cached
+    from .compiled import run_chunk
 
-        cache = run_chunk._cache  # numba FunctionCache; _load_index() checks the source stamp
-        return bool(cache._cache_file._load_index())
-    except Exception:  # noqa: BLE001 - an internal API: if it moved, just say cold
-        return False
+    return is_cached(run_chunk)
 
 
 def start_background() -> None:

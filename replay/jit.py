@@ -1,0 +1,53 @@
+"""numba in this project: where its cache lives, and a word when something compiles.
+
+numba caches compiled functions beside their source (``__pycache__``) unless
+``NUMBA_CACHE_DIR`` says otherwise; a source tree is no place for a per-user,
+per-machine artefact (and may be read-only), so ``use_user_cache()`` points numba at
+``$XDG_CACHE_HOME/replay/numba`` (``~/.cache/replay/numba``) unless the user set
+``NUMBA_CACHE_DIR`` already.  It must run before numba is first imported:
+``replay/__init__.py`` and ``ingest/__init__.py`` call it.  (numba mirrors each
+source's full path under that directory, so two checkouts do not share entries.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+
+def user_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "replay", "numba")
+
+
+def use_user_cache() -> None:
+    os.environ.setdefault("NUMBA_CACHE_DIR", user_cache_dir())
+
+
+def is_cached(dispatcher) -> bool:
+    """True when numba's on-disk cache holds ``dispatcher`` compiled for its current
+    source (or it is compiled in this process already)."""
+    if getattr(dispatcher, "signatures", None):
+        return True
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())  # an internal API
+    except Exception:  # noqa: BLE001 - if it moved, say cold: the worst is one extra notice
+        return False
+
+
+_said: set[str] = set()
+_lock = threading.Lock()
+
+
+def notice_compile(dispatcher, what: str, seconds: str) -> None:
+    """Say once per process, on stderr, that ``what`` is about to compile (a fresh
+    install's first use) - so a pause of several seconds is not silence."""
+    if is_cached(dispatcher):
+        return
+    with _lock:
+        if what in _said:
+            return
+        _said.add(what)
+    print(f"replay: compiling {what} (first use only, ~{seconds} s; cached in {os.environ.get('NUMBA_CACHE_DIR')})",
+          file=sys.stderr, flush=True)

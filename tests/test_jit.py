@@ -1,0 +1,49 @@
+"""numba's cache lives in the user's cache directory, and a cold compile is announced."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _py(code, env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+def test_numba_cache_goes_to_xdg_cache_home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    r = _py("import ingest, numba; print(numba.config.CACHE_DIR)", env)  # ingest alone, as bench scripts import it
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "xdg" / "replay" / "numba")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own setting wins
+    r = _py("import replay, numba; print(numba.config.CACHE_DIR)", env)
+    assert r.stdout.strip() == str(tmp_path / "mine")
+
+
+def test_a_cold_compile_is_announced_once_and_cached_outside_the_source(tmp_path):
+    mod = tmp_path / "src" / "toy_jit.py"
+    mod.parent.mkdir()
+    mod.write_text("from numba import njit\n\n@njit(cache=True)\ndef twice(x):\n    return 2 * x\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    env["PYTHONPATH"] = f"{mod.parent}{os.pathsep}{ROOT}"
+    code = """
+        import replay
+        from replay.jit import notice_compile
+        import toy_jit
+        notice_compile(toy_jit.twice, "the toy", "1")
+        notice_compile(toy_jit.twice, "the toy", "1")
+        print(toy_jit.twice(21))
+    """
+    first = _py(code, env)
+    assert first.returncode == 0 and first.stdout.strip() == "42", first.stderr
+    assert first.stderr.count("replay: compiling the toy") == 1
+    second = _py(code, env)
+    assert second.returncode == 0 and "compiling" not in second.stderr  # loaded from the cache
+    assert not list(mod.parent.rglob("*.nbi"))  # nothing beside the source
+    assert list((tmp_path / "xdg" / "replay" / "numba").rglob("*.nbi"))
