@@ -1526,7 +1526,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     import polars as pl
 
     lay = model.layout
-    prm = model.params
+    prm = model.lock
     src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
     c = src.expr
     kind = c("kind", pl.Utf8).cast(pl.Utf8)
@@ -1679,11 +1679,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     CI = np.zeros(CI_N, np.int64)
     CI[CI_PREFETCH] = int(machine.adjacent_line_prefetch)
-    CI[CI_VLOCK] = {"rwsem": 1, "refcnt": 2}.get(prm.get("vma_lock"), 0)
-    CI[CI_REF_LIMIT] = prm.get("ref_limit", 0)
-    CI[CI_WAKE_LAST] = int(prm.get("wake") == "last")
-    CI[CI_WRITER_REF] = prm.get("writer_ref", 0)
-    CI[CI_TYPESAFE] = int(bool(prm.get("typesafe_by_rcu")))
+    CI[CI_VLOCK] = {"rwsem": 1, "refcnt": 2}.get(prm.vma_lock, 0)
+    CI[CI_REF_LIMIT] = prm.ref_limit
+    CI[CI_WAKE_LAST] = int(prm.wake == "last")
+    CI[CI_WRITER_REF] = prm.writer_ref
+    CI[CI_TYPESAFE] = int(prm.typesafe_by_rcu)
     CI[CI_OPEN_LOOP] = int(open_loop)
     CI[CI_VMA_PER_PAGE], CI[CI_VMA_STRIDE] = vma_st.per_page, vma_st.stride
     if lay.vma_lock is not None:

@@ -567,14 +567,14 @@ class Simulation:
             if v is None or not v.live:
                 continue
             v.live = False
-            if self.model.params["vma_lock"] == "refcnt":
+            if self.model.lock.vma_lock == "refcnt":
                 v.refcnt -= 1
                 s, c = self.coh.write(self._refline(v), t.cpu, end)
             else:  # vma->detached = true
                 v.refcnt = 0
                 s, c = self.coh.write((v.addr + self.model.layout.vma.fields["vm_start"]) // 64, t.cpu, end, atomic=False)
             end = self._cost(t, s, c, since=end)
-            if self.model.params.get("typesafe_by_rcu"):
+            if self.model.lock.typesafe_by_rcu:
                 self.freelist.append(v.slot)
         for vid in o.get("vmas_created") or []:
             if vid in self.vmas and self.vmas[vid].live:
@@ -866,7 +866,7 @@ class Simulation:
             del t.reg["ref"]
             t.pc = detached
             return self.now, False
-        if old + 1 > self.model.params["ref_limit"]:  # the writer bit: fail without writing
+        if old + 1 > self.model.lock.ref_limit:  # the writer bit: fail without writing
             del t.reg["ref"]
             t.pc = fail
             return self.now, False
@@ -886,8 +886,8 @@ class Simulation:
         v.refcnt -= 1
         end = self._rmw(t, self._refline(v))
         n = v.refcnt
-        if self.model.params["wake"] == "last":
-            wake = bool(n & VMA_LOCK_OFFSET) and n <= VMA_LOCK_OFFSET + 1 + self.model.params.get("writer_ref", 0)
+        if self.model.lock.wake == "last":
+            wake = bool(n & VMA_LOCK_OFFSET) and n <= VMA_LOCK_OFFSET + 1 + self.model.lock.writer_ref
         else:
             wake = bool(n & VMA_LOCK_OFFSET)
         if wake and self.writer_waiting is not None:
@@ -899,7 +899,7 @@ class Simulation:
 
     # -- vma_start_write --------------------------------------------------------------------
     def _queue_start_write(self, t: Thread, v: Vma) -> None:
-        if self.model.params["vma_lock"] == "rwsem":
+        if self.model.lock.vma_lock == "rwsem":
             # vma_start_write() before v6.15: down_write(&vma->vm_lock->lock);
             # WRITE_ONCE(vma->vm_lock_seq, mm_lock_seq); up_write(&vma->vm_lock->lock)
             steps = [lambda th: self._vsw_check(th, v, 3), lambda th: self._down_write(th, v.lock),
@@ -925,7 +925,7 @@ class Simulation:
         return self._store(t, (v.addr + self.model.layout.vma.fields["vm_lock_seq"]) // 64), False
 
     def _writer_ref(self) -> int:
-        return VMA_LOCK_OFFSET + self.model.params.get("writer_ref", 0)
+        return VMA_LOCK_OFFSET + self.model.lock.writer_ref
 
     def _vsw_ref_add(self, t: Thread, v: Vma):
         if v.refcnt == 0:  # detached: refcount_add_not_zero() fails, nothing to wait for
