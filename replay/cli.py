@@ -598,6 +598,17 @@ def _write_rows(reader, fmt: QFmt, f) -> int:
     return n
 
 
+def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+    """Repeated ``option k=v`` values as a dict; anything else is a usage error."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise Fail(f"{option} takes {form}, not {item!r}", 2)
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
 QFmtOpt = typer.Option(None, "--format", "-f", help="Output format (default: table, or -o FILE's suffix: .csv .json .ndjson .parquet).")
 QOutOpt = typer.Option(None, "--output", "-o", help="Write to FILE (atomically) instead of printing; - is stdout.")
 
@@ -619,12 +630,7 @@ def sql(
 
     if query == "-":
         query = sys.stdin.read()
-    tables = {}
-    for t in table:
-        if "=" not in t:
-            raise Fail(f"--table takes NAME=FILE, not {t!r}", 2)
-        k, v = t.split("=", 1)
-        tables[k.strip()] = v
+    tables = _pairs(table, "--table", "NAME=FILE")
     fmt = _query_format(fmt, output)
     try:
         with open_sql(workspace or default_root(), query, tables=tables) as r:
@@ -663,12 +669,7 @@ def query(
                       markup=False, highlight=False)
             out.print("  columns: " + ", ".join(c for c, _, _ in q.columns), markup=False, highlight=False)
         return
-    params = {}
-    for p in param:
-        if "=" not in p:
-            raise Fail(f"--param takes k=v, not {p!r}", 2)
-        k, v = p.split("=", 1)
-        params[k.strip()] = v
+    params = _pairs(param, "--param", "k=v")
     try:
         with open_query(workspace or default_root(), name, params) as r:
             _emit_stream(r, fmt, output)
