@@ -205,15 +205,15 @@ def test_big_results_stream_in_bounded_memory(wss, tmp_path):
     # 100 M rows of 200 bytes: the table shows the first 200 and counts the rest
     rc, err, mb = _peak_mb(["sql", "SELECT range, repeat('x', 200) AS pad FROM range(100000000)", "-w", str(wss)])
     assert rc == 0 and "99,999,800 more rows" in err, err
-    assert mb < 600, mb  # holding the result took > 6 GB
+    assert mb < 1000, mb  # holding the result took > 6 GB
     dest = tmp_path / "big.csv"
-    rc, err, mb = _peak_mb(["sql", "SELECT range, repeat('x', 200) AS pad FROM range(3000000)", "-w", str(wss),
+    rc, err, mb = _peak_mb(["sql", "SELECT range, repeat('x', 200) AS pad FROM range(6000000)", "-w", str(wss),
                             "-o", str(dest)])
-    assert rc == 0 and "wrote 3,000,000 rows" in err, err
-    assert mb < 600, mb  # 3 M rows held whole: ~2 GB
+    assert rc == 0 and "wrote 6,000,000 rows" in err, err
+    assert mb < 1000, mb  # 6 M rows (1.2 GB of text) held whole: ~4 GB; streamed: ~250 MB on an idle machine
     with open(dest) as f:
         assert f.readline() == "range,pad\n"
-        assert sum(1 for _ in f) == 3_000_000
+        assert sum(1 for _ in f) == 6_000_000
 
 
 def test_ctrl_c_stops_a_query(wss, tmp_path):
