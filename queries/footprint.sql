@@ -9,7 +9,7 @@
 -- column caches VARCHAR: each slab cache's geometry
 -- column peak_vmas BIGINT: most VMAs alive at once
 -- column peak_objects BIGINT: most slab objects allocated at once, every cache (a vma_lock each for pervma; RCU-held ones included)
--- column peak_rcu_held BIGINT: most objects at once waiting for a grace period after their VMA was freed
+-- column peak_rcu_held BIGINT: most freed VMAs at once whose objects (and vma_locks) wait for a grace period
 -- column call_rcu_calls BIGINT: call_rcu() invocations, one per freed VMA (0 when the cache is SLAB_TYPESAFE_BY_RCU)
 -- column peak_slabs BIGINT: most slabs needed at once, packed (a lower bound: SLUB keeps partial and per-CPU slabs too)
 -- column peak_pages BIGINT: most 4 KiB pages those slabs take
@@ -22,7 +22,7 @@
 WITH per_t AS (
     SELECT trace_id, model, machine, t_ns, any_value(free_mode) AS free_mode,
            sum(live) FILTER (WHERE cache = 'vm_area_struct') AS vmas, sum(objects) AS objects,
-           sum(rcu_held) AS rcu_held, max(frees) AS frees, sum(slabs) AS slabs, sum(pages) AS pages,
+           sum(rcu_held) FILTER (WHERE cache = 'vm_area_struct') AS rcu_held, max(frees) AS frees, sum(slabs) AS slabs, sum(pages) AS pages,
            sum(slab_kib) AS kib, sum(payload_kib) AS payload_kib, sum(align_kib) AS align_kib
     FROM footprint
     WHERE ($trace_id IS NULL OR trace_id = $trace_id) AND ($model IS NULL OR model = $model)

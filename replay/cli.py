@@ -307,7 +307,7 @@ def footprint(
         _emit(rows, ["trace_id", "machine", "caches"] + FOOTPRINT_COLUMNS, output)
         return
     gp = mach.rcu_grace_period_ns if grace_period is None else grace_period
-    _emit(rows, FOOTPRINT_COLUMNS, output,
+    _emit(rows, [c for c in FOOTPRINT_COLUMNS if c not in ("align_kib_at_peak", "bytes_per_vma_at_peak")], output,
           title=f"{trace}: VMA slab footprint on {mach.name} ({mach.ncpus} CPUs; call_rcu() delay {gp / 1e6:g} ms; "
                 f"{(t1 - t0) / 1e6:,.1f} ms of trace)")
     _emit([{"model": r["model"], "caches": r["caches"]} for r in rows], ["model", "caches"], output,
