@@ -253,3 +253,29 @@ def test_trace_replace_removes_its_footprint(cli, fws, tmp_path):
     assert ws.committed_files("footprint")
     ws.drop_trace("mprotect-race")
     assert not (fws / "footprint" / "trace_id=mprotect-race").exists()
+
+
+@pytest.mark.parametrize("point", ["footprint.staged", "footprint.committed"])
+def test_footprint_killed_at_each_step(cli, ws, point):
+    """kill -9 while committing a footprint: the footprint already there stays whole
+    (its rows, or its rows and the new ones merged), and the next writer cleans up."""
+    import signal
+
+    from test_workspace_safety import OLD, leftovers, replay
+
+    from replay.workspace import Workspace
+
+    assert cli("ingest", OLD, "-n", "t", "-w", ws)[0] == 0
+    rc, _, err = cli("footprint", "t", "--models", "v8", "-w", ws, "-f", "json")
+    assert rc == 0, err
+    p = replay(ws, "footprint", "t", "--models", "mainline", "-f", "json", fault=point)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    (f,) = Workspace(ws).committed_files("footprint")
+    want = {"v8", "mainline"} if point == "footprint.committed" else {"v8"}
+    assert set(pl.read_parquet(f)["model"]) == want
+    assert leftovers(ws)  # the dead writer's staging
+    rc, _, err = cli("footprint", "t", "--models", "pervma", "-w", ws, "-f", "json")
+    assert rc == 0, err
+    assert leftovers(ws) == []
+    (f,) = Workspace(ws).committed_files("footprint")
+    assert set(pl.read_parquet(f)["model"]) == want | {"pervma"}
