@@ -823,9 +823,6 @@ def compare(
     from .workspace import Workspace
 
     ws = Workspace(workspace)
-    if kind == "footprint":
-        _plot_footprint(ws, trace, machine, output)
-        return
     rs = ws.runs()
     if rs is None:
         raise Fail("no runs in the workspace yet: replay run --model v8")
