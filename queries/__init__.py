@@ -28,6 +28,7 @@ import pyarrow as pa
 
 DATASETS = {
     "events": "trace_id", "traces": "trace_id", "rejects": "trace_id", "ops": "trace_id", "vmas": "trace_id",
+    "footprint": "trace_id",
     "results": "run_id", "lock_stats": "run_id", "line_stats": "run_id", "runs": "run_id",
 }
 
@@ -51,6 +52,20 @@ COLUMN_DOCS = {
         "name": "mapping name from the maps snapshot", "inferred": "inferred from faults outside every known VMA",
         "created_ns": "when the writer that made it returned (null: existed at the start)",
         "freed_ns": "when the writer that removed it returned",
+    },
+    "footprint": {
+        "trace_id": "trace name (partition)", "model": "lock model", "machine": "machine profile (its CPU count sets SLUB's min_objects)",
+        "nr_cpus": "num_present_cpus() of that machine", "cache": "slab cache: vm_area_struct or vma_lock",
+        "free_mode": "how a freed VMA's object returns: typesafe (SLAB_TYPESAFE_BY_RCU, at once), call_rcu (after a grace period) or immediate",
+        "grace_period_ns": "call_rcu() delay used (0 unless call_rcu)", "object_size": "sizeof the struct (bytes)",
+        "slot_size": "s->size: the slot each object takes (alignment and an outside free pointer included)",
+        "align": "the cache's alignment", "objs_per_slab": "objects per slab (SLUB's oo_objects)",
+        "slab_order": "slab page order", "cache_desc": "the cache's geometry in words",
+        "t_ns": "time since the trace's start; the row holds until the next one's", "live": "VMAs that exist",
+        "rcu_held": "freed VMAs whose objects wait for a grace period", "objects": "allocated objects (live + rcu_held)",
+        "frees": "VMAs freed so far", "slabs": "slabs the objects need, packed (a lower bound)", "pages": "4 KiB pages of those slabs",
+        "slab_kib": "slab memory (KiB)", "payload_kib": "objects x object_size (KiB)",
+        "align_kib": "objects x (slot_size - object_size): bytes lost to alignment and free pointer (KiB)",
     },
     "runs": {
         "run_id": "run (partition)", "trace_id": "trace replayed", "trace_sha256": "its input's sha256",

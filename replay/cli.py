@@ -256,6 +256,90 @@ def ops(
         err.print(f"note: {n}", markup=False, highlight=False)
 
 
+FOOTPRINT_COLUMNS = ["model", "free_mode", "peak_vmas", "peak_objects", "peak_rcu_held", "call_rcu_calls", "peak_slabs",
+                     "peak_pages", "peak_kib", "mean_kib", "align_kib_at_peak", "waste_kib_at_peak", "bytes_per_vma_at_peak"]
+FIELD_COLUMNS = ["model", "struct", "line", "bytes", "lock_line", "fields", "fault_touches", "untouched", "transfers_per_fault"]
+
+
+@app.command()
+def footprint(
+    trace: str = typer.Argument(..., help="Trace name in the workspace (the bundled sample is ingested on first use)."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models (default: every model)."),
+    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile: its CPU count sets SLUB's slab order, its rcu_grace_period_ns the call_rcu() delay."),
+    grace_period: Optional[float] = typer.Option(None, "--grace-period", help="call_rcu() delay in ns (default: the profile's rcu_grace_period_ns)."),
+    fields: bool = typer.Option(False, "--fields", help="Instead: per line of each model's VMA, the fields a fault touches, the lock's line, and what could share it."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    output: Fmt = FormatOpt,
+):
+    """The slab memory a trace's VMAs take under each model over the trace (writes the footprint dataset)."""
+    import polars as pl
+
+    from . import footprint as F
+    from .machines import MachineError, load_machine
+    from .models import ModelError, get_model, registry
+    from .workspace import Workspace
+
+    if grace_period is not None and not grace_period >= 0:
+        raise Fail(f"--grace-period must be a number of ns >= 0, not {grace_period}", 2)
+    try:
+        names = [m.strip() for m in models_.split(",") if m.strip()] if models_ else sorted(registry())
+        mdls = [get_model(m) for m in names]
+        mach = load_machine(machine)
+    except (ModelError, MachineError) as e:
+        raise Fail(str(e))
+    ws = Workspace(workspace)
+    if fields:
+        _print_field_lines(ws, trace, mdls, output)
+        return
+    ops, sha = _ensure_ops(ws, trace)
+    vmas = pl.from_arrow(ws.read("vmas", trace))
+    t0, t1 = F.trace_span(ops, vmas)
+    series = pl.concat([F.model_series(m, mach, vmas, t0, t1, grace_period) for m in mdls])
+    ws.write_footprint(trace, sha, series.to_arrow(), ["model", "machine"])
+    from queries import QueryError, run_query
+
+    try:
+        rows = run_query(ws.root, "footprint", {"trace_id": trace}).filter(
+            pl.col("model").is_in(names) & (pl.col("machine") == mach.name)).to_dicts()
+    except QueryError as e:
+        raise Fail(str(e))
+    if output is not Fmt.table:
+        _emit(rows, ["trace_id", "machine", "caches"] + FOOTPRINT_COLUMNS, output)
+        return
+    gp = mach.rcu_grace_period_ns if grace_period is None else grace_period
+    _emit(rows, [c for c in FOOTPRINT_COLUMNS if c not in ("align_kib_at_peak", "bytes_per_vma_at_peak")], output,
+          title=f"{trace}: VMA slab footprint on {mach.name} ({mach.ncpus} CPUs; call_rcu() delay {gp / 1e6:g} ms; "
+                f"{(t1 - t0) / 1e6:,.1f} ms of trace)")
+    _emit([{"model": r["model"], "caches": r["caches"]} for r in rows], ["model", "caches"], output,
+          title="slab caches (SLUB: mm/slub.c calculate_sizes(), calculate_order())")
+
+
+def _print_field_lines(ws, trace: str, mdls, output: Fmt) -> None:
+    """The hot-fields table, with transfers per fault from the trace's run of each model
+    on the most CPUs, where there is one."""
+    import polars as pl
+
+    from . import footprint as F
+
+    runs = ws.runs()
+    if not ws.has_trace(trace) and trace != SAMPLE_TRACE:
+        raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
+    rows = []
+    for m in mdls:
+        ls, faults = None, None
+        if runs is not None and "trace_id" in runs.columns:
+            mine = runs.filter((pl.col("trace_id") == trace) & (pl.col("model") == m.name)).sort(["cpus", "run_id"], descending=True)
+            if mine.height:
+                run = mine.row(0, named=True)
+                p = ws.partition("line_stats", run["run_id"]) / "part-0.parquet"
+                if p.exists():
+                    ls, faults = pl.read_parquet(p), run["faults"]
+        rows += F.field_lines(m, ls, faults)
+    _emit(rows, FIELD_COLUMNS, output,
+          title=f"{trace}: per 64-byte line of each model's per-VMA structs, the fields a fault's fast path touches "
+                "(from the model's program) and transfers per fault (its run on the most CPUs, if any)")
+
+
 SAMPLE_TRACE = "mprotect-race"
 
 
@@ -820,11 +904,11 @@ def report(run_id: str = typer.Argument(..., help="A run id (replay runs lists t
 
 @app.command()
 def plot(
-    kind: str = typer.Argument(..., help="throughput (faults/sec vs CPUs per model), latency (fault-latency CDF per run) or timeline."),
+    kind: str = typer.Argument(..., help="throughput (faults/sec vs CPUs per model), latency (fault-latency CDF per run), timeline, or footprint (VMA slab memory over a trace per model; replay footprint first)."),
     run_ids: List[str] = typer.Argument(None, help="Runs to draw (default for throughput: every run of --trace)."),
     output: Path = typer.Option(..., "--output", "-o", help="FILE.png, .svg or .pdf"),
-    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="throughput: the trace whose runs to draw."),
-    machine: Optional[str] = typer.Option(None, "--machine", help="throughput: only runs on this machine."),
+    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="throughput: the trace whose runs to draw; footprint: the trace."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="throughput: only runs on this machine; footprint: only this machine's footprint."),
     bucket_ms: float = typer.Option(1.0, "--bucket-ms", help="timeline: bucket width."),
     workspace: Optional[Path] = WorkspaceOpt,
 ):
@@ -836,6 +920,9 @@ def plot(
     from .workspace import Workspace
 
     ws = Workspace(workspace)
+    if kind == "footprint":
+        _plot_footprint(ws, trace, machine, output)
+        return
     rs = ws.runs()
     if rs is None:
         raise Fail("no runs in the workspace yet: replay run --model v8")
@@ -869,7 +956,29 @@ def plot(
             tl = run_query(ws.root, "timeline", {"bucket_ms": str(bucket_ms)}).filter(pl.col("run_id").is_in(run_ids))
             P.timeline(tl, labels, output)
         else:
-            raise Fail(f"unknown plot {kind!r}: throughput, latency or timeline", 2)
+            raise Fail(f"unknown plot {kind!r}: throughput, latency, timeline or footprint", 2)
+    except (QueryError, ValueError) as e:
+        raise Fail(str(e))
+    out.print(f"wrote {output}")
+
+
+def _plot_footprint(ws, trace: str | None, machine: str | None, output: Path) -> None:
+    from queries import QueryError, run_sql
+
+    from . import plot as P
+
+    if not trace:
+        raise Fail("footprint needs --trace", 2)
+    if not ws.committed_files("footprint"):
+        raise Fail(f"no footprint in {ws.root} yet: replay footprint {trace}")
+    try:
+        fp = run_sql(ws.root, "SELECT model, machine, t_ns, sum(slab_kib) AS kib, sum(objects) AS objects, "
+                              "sum(rcu_held) AS rcu_held FROM footprint WHERE trace_id = $trace "
+                              "AND ($machine IS NULL OR machine = $machine) GROUP BY ALL ORDER BY model, machine, t_ns",
+                     {"trace": trace, "machine": machine})
+        if fp.height == 0:
+            raise Fail(f"no footprint of trace {trace!r} in {ws.root}: replay footprint {trace}")
+        P.footprint(fp, trace, output)
     except (QueryError, ValueError) as e:
         raise Fail(str(e))
     out.print(f"wrote {output}")

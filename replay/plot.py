@@ -1,5 +1,6 @@
 """Plots that read without the terminal: throughput vs CPUs per model, fault-latency
-CDF per run, and the fallback/contention timeline of a run."""
+CDF per run, the fallback/contention timeline of a run, and the VMA slab footprint of a
+trace per model."""
 
 from __future__ import annotations
 
@@ -83,5 +84,30 @@ def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend(title="run", fontsize=8)
+    _save(fig, out)
+    plt.close(fig)
+
+
+def footprint(fp: pl.DataFrame, trace: str, out: Path) -> None:
+    """fp: per model, machine and t_ns, the slab KiB, objects and RCU-held objects
+    (the footprint dataset summed over a model's caches)."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    styles = ["-", "--", "-.", ":"]
+    groups = sorted(fp.group_by(["model", "machine"]), key=lambda kv: (-kv[1]["kib"].max(), kv[0]))
+    machines = sorted(fp["machine"].unique().to_list())
+    for i, ((model, machine), g) in enumerate(groups):
+        g = g.sort("t_ns")
+        label = model if len(machines) == 1 else f"{model} ({machine})"
+        t = (g["t_ns"] / 1e6).to_list()
+        a1.step(t, g["kib"].to_list(), where="post", linestyle=styles[i % len(styles)], linewidth=1.6, label=label)
+        a2.step(t, g["objects"].to_list(), where="post", linestyle=styles[i % len(styles)], linewidth=1.3, label=label)
+    a1.set_title(f"VMA slab memory over the trace: {trace} ({', '.join(machines)})")
+    a1.set_ylabel("slab memory (KiB)\nvm_area_struct + vma_lock")
+    a2.set_ylabel("slab objects\n(live + awaiting RCU)")
+    a2.set_xlabel("time since the trace's start (ms)")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    a1.legend(title="lock model", fontsize=8, ncol=2)
     _save(fig, out)
     plt.close(fig)

@@ -9,6 +9,7 @@ Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says oth
     traces/trace_id=NAME/part-0.parquet     one row: source, sha256, line accounting
     ops/trace_id=NAME/part-0.parquet        faults and address-space writers (replay ops)
     vmas/trace_id=NAME/part-0.parquet       the VMAs the tracker saw
+    footprint/trace_id=NAME/part-0.parquet  slab memory of those VMAs per model (replay footprint)
     results/run_id=ID/part-0.parquet        one row per op per run (replay run)
     lock_stats/, line_stats/, runs/         per-lock and per-line stats, the run's parameters
     .lock                                   the writers' lock (flock)
@@ -73,7 +74,7 @@ import pyarrow.parquet as pq
 # exists, a run's while its ``runs`` row exists.  Every reader (the SQL views, ``replay
 # traces``/``runs``) sees only committed partitions, so a writer killed half-way leaves
 # nothing a reader can see.
-TRACE_KEYED = ("traces", "events", "rejects", "ops", "vmas")
+TRACE_KEYED = ("traces", "events", "rejects", "ops", "vmas", "footprint")
 RUN_KEYED = ("runs", "results", "lock_stats", "line_stats")
 PART = "part-0.parquet"
 LOCK_FILE = ".lock"
@@ -401,7 +402,7 @@ class Workspace:
             if self.has_trace(trace_id):
                 self._remove("traces", trace_id)
                 fault_point("replace.record_removed")
-            for ds in ("events", "rejects", "ops", "vmas"):
+            for ds in (d for d in TRACE_KEYED if d != "traces"):
                 self._remove(ds, trace_id)
             for run_id in runs:
                 for ds in ("results", "lock_stats", "line_stats"):
@@ -421,6 +422,27 @@ class Workspace:
                 self.check_trace(trace_id, sha256)
                 self._place(files["vmas"], "vmas", trace_id, "ops.vmas_placed")
                 return self._place(files["ops"], "ops", trace_id, "ops.committed")
+
+    def write_footprint(self, trace_id: str, sha256: str, rows: pa.Table, keys: list[str]) -> Path:
+        """Place a trace's footprint rows (``replay footprint``), computed from the trace
+        content ``sha256``.  Rows already there for other values of ``keys`` (model,
+        machine) are kept, so footprints of several machines or model lists add up; the
+        merge happens under the lock, so two footprint commands never lose each other's."""
+        import polars as pl
+
+        with self.staging() as stage:
+            new = pl.from_arrow(rows)
+            with self.lock():
+                self.check_trace(trace_id, sha256)
+                old = self.partition("footprint", trace_id) / PART
+                if old.exists():
+                    kept = pl.read_parquet(old).drop("trace_id", strict=False).join(
+                        new.select(keys).unique(), on=keys, how="anti")
+                    new = pl.concat([kept, new], how="diagonal_relaxed")
+                with writing(self.root):
+                    staged = self.stage_table(new.to_arrow(), stage, "footprint")
+                fault_point("footprint.staged")
+                return self._place(staged, "footprint", trace_id, "footprint.committed")
 
     def write_run(self, run, stage: str | None = None) -> None:
         """A run's datasets, the ``runs`` row (its commit record) last.  ``stage``: the

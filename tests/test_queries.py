@@ -22,6 +22,7 @@ def wsq(tmp_path_factory):
     for model in ("v8", "mmap_lock"):
         assert main(["run", "--model", model, "--trace", "mprotect-race", "--machine", "local-2vcpu", "-w", str(ws), "-f", "json"]) == 0
     assert main(["run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "broadwell-2s", "--cpus", "4", "-w", str(ws), "-f", "json"]) == 0
+    assert main(["footprint", "mprotect-race", "--models", "v8,pervma", "-w", str(ws), "-f", "json"]) == 0
     return ws
 
 
@@ -32,7 +33,7 @@ def pq(ws, ds):
 def test_every_query_documents_its_columns_and_runs(wsq):
     cat = catalog()
     assert set(cat) >= {"contention", "lock_contention", "retry_rates", "throughput", "latency", "hot_lines",
-                        "observed_fallbacks", "timeline"}
+                        "observed_fallbacks", "timeline", "footprint"}
     for name, q in cat.items():
         assert q.question and q.needs and q.columns, name
         df = run_query(wsq, name, {})

@@ -1,7 +1,9 @@
 """Machine profiles: topology and cache-coherence latencies, as data with sources.
 
 A profile is a TOML file (those shipped here, or any path).  Every latency carries a
-source in ``[sources]``; "est." marks an estimate.  ``Machine.cpus()`` numbers CPUs the
+source in ``[sources]``; "est." marks an estimate.  ``rcu_grace_period_ns`` (how long
+a call_rcu()'d object stays allocated; the memory footprint uses it, the replay does
+not, so it is left out of the digest) needs a source too.  ``Machine.cpus()`` numbers CPUs the
 way Linux does on these boxes (all first SMT threads across sockets, then the
 siblings), and ``placement()`` assigns threads to CPUs like the scheduler spreads a
 throughput load: one per physical core across sockets first, then SMT siblings.
@@ -16,6 +18,17 @@ from pathlib import Path
 
 LATENCY_KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_read_shared",
                 "socket_read_exclusive", "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
+
+
+# est.: the delay from call_rcu() to its callback on a busy HZ=1000 box.  A normal grace
+# period ends once every CPU has passed a quiescent state; on a loaded machine that
+# takes until the first force-quiescent-state scan, jiffies_till_first_fqs =
+# RCU_JIFFIES_TILL_FORCE_QS (1 + (HZ > 250) + (HZ > 500) = 3 jiffies) + nr_cpu_ids /
+# RCU_JIFFIES_FQS_DIV (256) (kernel/rcu/tree.h, rcu_init_geometry() in
+# kernel/rcu/tree.c): 3 ms.  A callback queued during a grace period waits for the rest
+# of that one and all of the next (rcu_accelerate_cbs()), 1.5 periods on average:
+# 4.5 ms.  No source gives a measured figure for these machines; hence an estimate.
+DEFAULT_RCU_GP_NS = 4.5e6
 
 
 class MachineError(ValueError):
@@ -44,6 +57,7 @@ class Machine:
     sources: dict = field(default_factory=dict)
     ccds: int = 1
     path: str = ""
+    rcu_grace_period_ns: float = DEFAULT_RCU_GP_NS
 
     def digest(self) -> str:
         """Content hash of the profile, so a run names exactly the numbers it used."""
@@ -119,12 +133,17 @@ def _load(text: str, path: str) -> Machine:
                     cores_per_socket=int(d["cores_per_socket"]), smt=int(d.get("smt", 1)), latency_ns=lat,
                     adjacent_line_prefetch=bool(d.get("adjacent_line_prefetch", False)),
                     fault_service_ns=float(d.get("fault_service_ns", 1000)), sources=dict(d.get("sources", {})),
-                    ccds=int(d.get("ccds", 1)), path=path)
+                    ccds=int(d.get("ccds", 1)), path=path,
+                    rcu_grace_period_ns=float(d.get("rcu_grace_period_ns", DEFAULT_RCU_GP_NS)))
     except KeyError as e:
         raise MachineError(f"{path}: missing key {e.args[0]!r}") from None
     if min(m.sockets, m.cores_per_socket, m.smt, m.ccds) < 1:
         raise MachineError(f"{path}: sockets, cores_per_socket, smt and ccds must be >= 1")
+    if not m.rcu_grace_period_ns >= 0:
+        raise MachineError(f"{path}: rcu_grace_period_ns must not be negative")
     unsourced = [k for k in lat if k not in m.sources]
+    if "rcu_grace_period_ns" in d and "rcu_grace_period_ns" not in m.sources:
+        unsourced.append("rcu_grace_period_ns")
     if unsourced:
         raise MachineError(f"{path}: every latency needs a source in [sources]; missing: {', '.join(unsourced)}")
     return m

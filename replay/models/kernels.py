@@ -20,6 +20,22 @@ semantic parameters say what differs between designs.  Sources:
   lock_vma_under_rcu(); include/linux/mmap_lock.h vma_refcount_put(),
   is_vma_writer_only(); mm_lock_seq as a seqcount_t (odd while write-locked).
 
+Slab caches (``Struct.slab_flags``; replay/slub.py turns them into slab geometry):
+
+* up to v6.14, kernel/fork.c proc_caches_init(): ``vm_area_cachep =
+  KMEM_CACHE(vm_area_struct, SLAB_PANIC|SLAB_ACCOUNT)`` and, from "mm: move vma locks out
+  of vm_area_struct" (v6.4), ``vma_lock_cachep = KMEM_CACHE(vma_lock,
+  SLAB_PANIC|SLAB_ACCOUNT)``; with CONFIG_PER_VMA_LOCK vm_area_free() is
+  ``call_rcu(&vma->vm_rcu, vm_area_free_rcu_cb)``, whose callback frees the vma_lock and
+  the VMA (``Layout.free_after_gp``); without it (up to v6.3) kmem_cache_free() at once.
+* v7/v8 and mainline, "mm: make vma cache SLAB_TYPESAFE_BY_RCU" (v7 16/17, Dec 2024;
+  kernel/fork.c in v6.15, mm/vma_init.c vma_state_init() later):
+  ``kmem_cache_create("vm_area_struct", sizeof(struct vm_area_struct), &args,
+  SLAB_HWCACHE_ALIGN|SLAB_PANIC|SLAB_TYPESAFE_BY_RCU|SLAB_ACCOUNT)`` with
+  ``args.use_freeptr_offset = true, .freeptr_offset = offsetof(struct vm_area_struct,
+  vm_freeptr)`` - vm_freeptr in a union with vm_start/vm_end, so the free pointer stays
+  inside the object (earlier postings, v5, had a constructor, which puts it after).
+
 Struct offsets follow include/linux/mm_types.h for x86-64 without debug options;
 mm_struct and the mainline vm_area_struct are the 6.18 layouts read with pahole from the
 BTF of the kernel on our machines.
@@ -42,20 +58,24 @@ MM = Struct("mm_struct", 1472, 64, {
     "mm_lock_seq": 248,
 })
 
+# kmem_cache_create() flags, as in the kernel sources cited in the module docstring
+PLAIN_SLAB = ("SLAB_PANIC", "SLAB_ACCOUNT")
+TYPESAFE_SLAB = ("SLAB_HWCACHE_ALIGN", "SLAB_PANIC", "SLAB_TYPESAFE_BY_RCU", "SLAB_ACCOUNT")
+
 # vm_area_struct before v6.15: 176 bytes from a plain slab (16-byte aligned objects),
 # vm_lock_seq and the vm_lock pointer in the first line with vm_start..vm_flags.
 VMA_PERVMA = Struct("vm_area_struct", 176, 16, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
     "vm_lock": 48, "anon_vma_chain": 56, "anon_vma": 72, "vm_ops": 80, "vm_pgoff": 88, "vm_file": 96,
-})
+}, slab_flags=PLAIN_SLAB)
 # struct vma_lock { struct rw_semaphore lock; }: 40 bytes, 102 per page, no alignment
-VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8})
+VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8}, slab_flags=PLAIN_SLAB)
 
 # v7/v8: SLAB_HWCACHE_ALIGN, 256 bytes, vm_refcnt ____cacheline_aligned_in_smp at 192
 VMA_V8 = Struct("vm_area_struct", 256, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
     "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_refcnt": 192,
-})
+}, slab_flags=TYPESAFE_SLAB, freeptr_in_object=True)
 # mainline: regrouped to 192 bytes / 3 lines, vm_refcnt at 128 beside rarely used fields;
 # exactly as pahole -C vm_area_struct shows it for Linux 6.18.44 (BTF of our machines)
 VMA_MAINLINE = Struct("vm_area_struct", 192, 64, {
@@ -63,7 +83,7 @@ VMA_MAINLINE = Struct("vm_area_struct", 192, 64, {
     "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_private_data": 96,
     "swap_readahead_info": 104, "vm_policy": 112, "numab_state": 120, "vm_refcnt": 128, "shared.rb": 136,
     "vm_userfaultfd_ctx": 168, "pfnmap_track_ctx": 176,
-})
+}, slab_flags=TYPESAFE_SLAB, freeptr_in_object=True)
 
 
 def _inline_vma(lock_offset: int) -> Struct:
@@ -71,7 +91,8 @@ def _inline_vma(lock_offset: int) -> Struct:
     del f["vm_lock"]
     f["lock.count"] = lock_offset
     f["lock.owner"] = lock_offset + 8
-    return Struct("vm_area_struct", 176 + 40, 16, f)
+    # a hypothetical design: the cache as pervma's, freed through call_rcu() as there
+    return Struct("vm_area_struct", 176 + 40, 16, f, slab_flags=PLAIN_SLAB)
 
 
 # -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
@@ -191,14 +212,14 @@ _add(Model(
 _add(Model(
     "pervma", "6.4-6.14: per-VMA rw_semaphore in a separate vma_lock slab object",
     ["mm/memory.c lock_vma_under_rcu() (50ee32537206, v6.4)", "include/linux/mm.h vma_start_read(), vma_start_write() (v6.4-v6.14)"],
-    Layout(MM, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock"),
+    Layout(MM, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
     params={"vma_lock": "rwsem"},
 ))
 _add(Model(
     "inline-rwsem", "pervma's algorithm with the rwsem inside an unaligned vm_area_struct (lock_offset parameter)",
     ["Mateusz Guzik's RFC (Aug 2024) and the 2023/2024 experiments: struct rw_semaphore in vm_area_struct"],
-    Layout(MM, _inline_vma(64), vma_lock_in="vma"),
+    Layout(MM, _inline_vma(64), vma_lock_in="vma", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
     params={"vma_lock": "rwsem", "lock_offset": 64},
 ))
