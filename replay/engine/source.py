@@ -186,8 +186,11 @@ class OpsSource:
                 rows = np.flatnonzero(keep)
                 sub = b.filter(pa.array(keep))
                 parts.append(fn(pl.from_arrow(sub).with_columns(pl.Series("_j", rows + pos, dtype=pl.UInt32))))
-        return pl.concat(parts, how="vertical_relaxed") if parts else fn(pl.DataFrame(
-            {"_j": pl.Series([], dtype=pl.UInt32), "kind": pl.Series([], dtype=pl.Utf8)}))
+        if parts:
+            return pl.concat(parts, how="vertical_relaxed")
+        # no writer at all (a faults-only trace): fn still selects every column it reads
+        empty = pl.from_arrow(self.pf.schema_arrow.empty_table().select(cols))
+        return fn(empty.with_columns(pl.Series("_j", [], dtype=pl.UInt32)))
 
     def prefetch(self) -> None:
         """Read the small per-op columns the loader needs (program, whether start and end
