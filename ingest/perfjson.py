@@ -19,7 +19,7 @@ field sets:
 
 Samples are streamed one object at a time; memory stays bounded by one sample.
 Samples with no tracepoint fields (perf built without libtraceevent, e.g. perf 6.1 in
-Debian 12) are kept as ``other`` and counted.
+Debian 12) are kept as ``other`` and counted (``Counts.fieldless``; ingest warns).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from .scan import FIELDS, KEY_TO_FIELD
 from .text import Counts
 
 X86_64_SYSCALLS = {9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 25: "mremap", 28: "madvise"}
+# what every sample has, tracepoint or not (data-convert-json.c, process_sample_event())
+SAMPLE_KEYS = frozenset({"timestamp", "cpu", "pid", "tid", "comm", "callchain", "ip", "sym", "dso", "period"})
 X86_PF_USER = 1 << 2
 BATCH = 65536
 
@@ -154,7 +156,7 @@ def decode_json(stream, head: bytes = b""):
                    "tid": smp.get("tid"), "comm": smp.get("comm"), "event": event, "tracepoint": None}
             extra = {}
             for k, v in smp.items():
-                if k in ("timestamp", "cpu", "pid", "tid", "comm", "callchain", "ip", "sym", "dso", "period", "__syscall_nr"):
+                if k in SAMPLE_KEYS or k == "__syscall_nr":
                     if k == "ip" and "address" in smp:
                         row["ip"] = _num(v)
                     continue
@@ -182,6 +184,8 @@ def decode_json(stream, head: bytes = b""):
             continue
         counts.parsed += 1
         counts.per_event[event] = counts.per_event.get(event, 0) + 1
+        if smp.keys() <= SAMPLE_KEYS:
+            counts.fieldless += 1
         rows.append(row)
         if len(rows) >= BATCH:
             yield flush()

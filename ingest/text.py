@@ -38,6 +38,7 @@ class Counts:
     lost_events: int = 0
     malformed: int = 0
     per_event: dict = field(default_factory=dict)
+    fieldless: int = 0  # perf JSON: samples with no tracepoint fields at all
 
     def add_status(self, status: np.ndarray) -> None:
         bc = np.bincount(status, minlength=6)

@@ -128,16 +128,23 @@ def ingest(
 
     snapshot = None
     if maps is not None:
+        from .ops import MapsError, parse_maps
+
         try:
             snapshot = maps.read_text()
+            parse_maps(snapshot)
         except OSError as e:
             raise Fail(f"cannot read --maps {maps}: {e.strerror}")
+        except (MapsError, UnicodeDecodeError) as e:
+            raise Fail(f"--maps {maps}: {e}")
     res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot)
     _print_ingest(res, output)
 
 
 def _print_ingest(res, output: Fmt) -> None:
     c = res.counts
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False)
     if output is not Fmt.table:
         rows = [{"trace_id": res.trace_id, "event": k, "count": v} for k, v in sorted(c.per_event.items())]
         if output is Fmt.json:
@@ -145,7 +152,8 @@ def _print_ingest(res, output: Fmt) -> None:
                               "sha256": res.sha256, "events": dict(sorted(c.per_event.items())),
                               "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain",
                                                                    "lost_records", "malformed")},
-                              "lost_events": c.lost_events, "first_rejects": res.first_rejects,
+                              "lost_events": c.lost_events, "out_of_order": res.out_of_order,
+                              "first_rejects": res.first_rejects, "warnings": res.warnings,
                               "path": str(res.where)}, indent=2))
         else:
             _emit(rows, ["trace_id", "event", "count"], output)
@@ -159,9 +167,6 @@ def _print_ingest(res, output: Fmt) -> None:
         {"lines": "total", "count": c.lines},
     ]
     _emit(acct, ["lines", "count"], Fmt.table, title="line accounting")
-    if c.lost_events:
-        err.print(f"[yellow]warning:[/] the tracer lost {c.lost_events:,} events in {c.lost_records} records; "
-                  "the trace has gaps (a larger buffer helps: perf record -m, tracefs buffer_size_kb)")
     for r in res.first_rejects:
         err.print(f"  malformed line {r['line']}: {r['reason']}: {(r['text'] or '')[:100]!r}", markup=False, highlight=False)
     out.print(f"wrote {res.where}")
@@ -219,17 +224,12 @@ def ops(
     """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
     import polars as pl
 
-    from .ops import build_ops
     from .workspace import Workspace
 
     ws = Workspace(workspace)
     if not ws.has_trace(trace):
         raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-    ev = pl.from_arrow(ws.read("events", trace))
-    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
-    o, vmas, rep = build_ops(ev, trace, snap, same_mm)
-    ws.write_derived("ops", trace, o.to_arrow())
-    ws.write_derived("vmas", trace, vmas.to_arrow())
+    o, rep = _build_ops(ws, trace, same_mm)
     user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
     fb = int(user["observed_fallback"].sum() or 0)
     summary = {
@@ -241,6 +241,8 @@ def ops(
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
         "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
+        "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
+        "out_of_range_calls": rep.out_of_range_calls,
     }
     kinds = o.group_by("kind").agg(pl.len().alias("ops"), pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
     if output is Fmt.json:
@@ -265,14 +267,30 @@ def _sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sample_traces"
 
 
-def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
-    """The trace's ops, built now if they are missing; the bundled sample is ingested on
-    first use.  ``lazy``: the ops Parquet file's path instead (replay() reads it in
-    column batches)."""
+def _build_ops(ws, trace: str, same_mm: bool = False):
+    """Build a trace's ops and VMAs from its events into the workspace: (ops, report)."""
     import polars as pl
 
+    from .ops import MapsError, build_ops, ops_table
+
+    ev = pl.from_arrow(ws.read("events", trace))
+    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    try:
+        o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+    except MapsError as e:
+        raise Fail(f"trace {trace!r}: its /proc/PID/maps snapshot: {e}")
+    ws.write_derived("ops", trace, ops_table(o))
+    ws.write_derived("vmas", trace, vmas.to_arrow())
+    return o, rep
+
+
+def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
+    """The trace's ops, built now if they are missing or an older op builder made them;
+    the bundled sample is ingested on first use.  A trace without a page fault is
+    refused: there is nothing to replay.  ``lazy``: the ops Parquet file's path instead
+    (replay() reads it in column batches)."""
     from .ingesting import run_ingest
-    from .ops import build_ops
+    from .ops import ops_current
     from .workspace import read_ops
 
     if not ws.has_trace(trace):
@@ -281,14 +299,27 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False, lazy: bool = False):
         run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
                    maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())
     p = ws.partition("ops", trace) / "part-0.parquet"
-    if p.exists() and not same_mm:
-        return str(p) if lazy else read_ops(p)
-    ev = pl.from_arrow(ws.read("events", trace))
-    snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
-    o, vmas, _ = build_ops(ev, trace, snap, same_mm)
-    ws.write_derived("ops", trace, o.to_arrow())
-    ws.write_derived("vmas", trace, vmas.to_arrow())
-    return str(p) if lazy else o
+    if same_mm or not (p.exists() and ops_current(p)):
+        _build_ops(ws, trace, same_mm)
+    _require_faults(ws, trace, p)
+    return str(p) if lazy else read_ops(p)
+
+
+def _require_faults(ws, trace: str, ops_path: Path) -> None:
+    """Refuse a trace whose ops hold no page fault, naming what its events were."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for b in pq.ParquetFile(ops_path).iter_batches(columns=["kind"]):
+        if pc.any(pc.equal(pc.cast(b.column(0), pa.string()), "fault")).as_py():
+            return
+    ev = pq.read_table(ws.partition("events", trace) / "part-0.parquet", columns=["event"])
+    kinds = pl.from_arrow(ev)["event"].cast(pl.Utf8).value_counts(sort=True)
+    what = ", ".join(f"{r['count']:,} {r['event']}" for r in kinds.head(4).to_dicts())
+    raise Fail(f"trace {trace!r} has no page faults to replay: its {ev.num_rows:,} events are {what or 'none'} "
+               "(a replay needs exceptions:page_fault_user/kernel events with their fields)")
 
 
 @app.command()
