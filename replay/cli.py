@@ -204,14 +204,18 @@ def record(
     """Record CMD with perf (or tracefs), snapshot its /proc/PID/maps at exec, then ingest.
 
     Usage: replay record -o NAME [--ftrace] -- CMD [ARGS...]"""
-    from .recording import record_and_ingest
+    from .recording import record_and_ingest, workload_failure
 
     cmd = list(ctx.args)
     if not cmd:
         raise Fail("record needs a command after --, e.g. replay record -o ls -- ls -l", 2)
-    res = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep, buffer_mb,
-                            workspace, replace)
+    res, status = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep,
+                                    buffer_mb, workspace, replace)
     _print_ingest(res, Fmt.table)
+    failed = workload_failure(status)
+    if failed is not None:
+        msg, code = failed
+        raise Fail(f"{msg}; what it did until then is recorded and ingested as {res.trace_id!r}", code)
 
 
 @app.command()
