@@ -326,6 +326,21 @@ def _require_faults(ws, trace: str, ops_path: Path) -> None:
                "(a replay needs exceptions:page_fault_user/kernel events with their fields)")
 
 
+def _replay_failed(trace: str, ops_path: str, e: Exception) -> Fail:
+    """The one line for a replay that could not finish.  A deadlock names its cause in
+    the ops when they have one (a fault before the writer that creates its VMA); without
+    one it is the engine's defect."""
+    if not str(e).startswith("simulation deadlocked"):
+        return Fail(str(e))
+    from .ops import causal_violation
+
+    cause = causal_violation(ops_path)
+    if cause:
+        return Fail(f"trace {trace!r}: {e}: its ops are not in causal order ({cause}); rebuild them: replay ops {trace}")
+    return Fail(f"trace {trace!r}: {e}, and its ops are in causal order: a defect in the engine, "
+                "please report it with the trace", 3)
+
+
 @app.command()
 def run(
     model: str = typer.Option(..., "--model", "-m", help="Lock model (replay models lists them)."),
@@ -378,7 +393,7 @@ def run(
                        engine=engine, results_path=os.path.join(stage, "results.parquet"))
         ws.write_run(r)
     except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
-        raise Fail(str(e))
+        raise _replay_failed(trace, ops, e)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     s = r.summary()

@@ -114,6 +114,23 @@ def ops_current(path) -> bool:
     return (pq.read_schema(path).metadata or {}).get(b"replay.ops_version") == str(OPS_VERSION).encode()
 
 
+def causal_violation(path) -> str | None:
+    """The first fault in an ops file that comes before the writer creating its VMA - an
+    order no replay can keep (the fault waits for that writer) - or None.  The op
+    builder never writes one: a writer's VMAs reach only the faults after its exit."""
+    import pyarrow.parquet as pq
+
+    o = pl.from_arrow(pq.read_table(path, columns=["op_id", "kind", "vma_id", "vmas_created"]))
+    made = (o.filter(pl.col("vmas_created").list.len() > 0).select(pl.col("op_id").alias("creator"), "vmas_created")
+            .explode("vmas_created").rename({"vmas_created": "vma_id"}))
+    bad = (o.filter(pl.col("kind").cast(pl.Utf8) == "fault").join(made, on="vma_id")
+           .filter(pl.col("op_id") < pl.col("creator")).sort("op_id"))
+    if not bad.height:
+        return None
+    r = bad.row(0, named=True)
+    return f"fault op {r['op_id']} is on VMA {r['vma_id']}, which the later op {r['creator']} creates"
+
+
 class MapsError(ValueError):
     """A maps snapshot that is not /proc/PID/maps text."""
 

@@ -194,3 +194,76 @@ def test_perf_json_without_fields_is_explained_and_not_replayed(cli, ws):
     # with fields, no warning
     rc, out, err = cli("ingest", DATA / "perf_json_fields.json", "-w", ws)
     assert rc == 0 and "warning" not in err
+
+
+def test_a_timestamp_past_int64_ns_is_malformed_not_wrapped(cli, ws, tmp_path):
+    lines = sample_text("pft-2t", 200)
+    body = [i for i, ln in enumerate(lines) if not ln.startswith("#")]
+    for i, t in ((body[50], "9223372037.000000000"), (body[60], "99999999999999999999.5"),
+                 (body[70], "9223372036.854775807")):  # the last one fits, exactly
+        lines[i] = re.sub(r"\d+\.\d+:", t + ":", lines[i], count=1)
+    rc, out, err = cli("ingest", write(tmp_path, "ts", lines), "-w", ws, "-O", "json")
+    assert rc == 0 and json.loads(out)["lines"]["malformed"] == 2
+    rj = pl.read_parquet(ws / "rejects" / "trace_id=ts")
+    assert rj["line"].to_list() == [body[50] + 1, body[60] + 1] and rj["reason"][0].startswith("timestamp out of range")
+    ev = pl.read_parquet(ws / "events" / "trace_id=ts")
+    assert ev.filter(pl.col("seq") == body[70] + 1)["ts_ns"][0] == 2**63 - 1 and ev["ts_ns"].min() > 0
+
+
+def test_ids_that_do_not_fit_their_columns_are_malformed_not_wrapped(cli, ws, tmp_path):
+    lines = sample_text("pft-2t", 200)
+    body = [i for i, ln in enumerate(lines) if not ln.startswith("#")]
+    lines[body[10]] = lines[body[10]].replace("6450/6450", "6450/4294967297", 1)  # tid 2^32 + 1
+    lines[body[11]] = lines[body[11]].replace("6450/6450", "99999999999999999999999/6450", 1)
+    lines[body[12]] = lines[body[12]].replace("[001]", "[65537]", 1)
+    rc, out, err = cli("ingest", write(tmp_path, "ids", lines), "-w", ws, "-O", "json")
+    assert rc == 0 and json.loads(out)["lines"]["malformed"] == 3
+    assert pl.read_parquet(ws / "rejects" / "trace_id=ids")["line"].to_list() == [body[10] + 1, body[11] + 1, body[12] + 1]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("timestamp", 99999999999999999999), ("timestamp", 1.5), ("pid", 99999999999), ("cpu", 70000), ("cpu", "3"),
+    ("tid", None), ("comm", 5), ("address", "0xffffffffffffffffff"), ("address", "-1"), ("len", "0x1ffffffffffffffff"),
+])
+def test_perf_json_sample_that_does_not_fit_is_rejected_alone(cli, ws, tmp_path, key, value):
+    """One bad sample is a reject with its reason, as a bad text line is, not the end of the file."""
+    d = json.loads((DATA / "perf_json_fields.json").read_text())
+    n = len(d["samples"])
+    hit = next(i for i, smp in enumerate(d["samples"]) if key in smp)
+    d["samples"][hit][key] = value
+    p = tmp_path / "j.json"
+    p.write_text(json.dumps(d))
+    rc, out, err = cli("ingest", p, "-w", ws, "-O", "json")
+    assert rc == 0, err
+    j = json.loads(out)
+    assert (j["lines"]["lines"], j["lines"]["parsed"], j["lines"]["malformed"]) == (n, n - 1, 1)
+    assert j["first_rejects"][0]["line"] == hit + 1
+
+
+def test_a_deadlock_names_its_cause_in_the_ops(cli, ws, tmp_path):
+    """The op builder cannot write ops that deadlock the replay; ops that do (here: a
+    fault before the mmap creating its VMA, on one thread) are named as the cause."""
+    from replay.ops import ops_table
+
+    lines = sample_text("pft-2t", 200)
+    assert cli("ingest", write(tmp_path, "dl", lines), "-w", ws)[0] == 0
+    ops_json(cli, ws, "dl")
+    p = ws / "ops" / "trace_id=dl" / "part-0.parquet"
+    ops = pl.read_parquet(p)
+    w = ops.filter(pl.col("vmas_created").list.len() > 0).row(0, named=True)
+    made = w["vmas_created"][0]
+    # the first op of the writer's thread becomes a fault on the VMA the writer creates
+    first = ops.filter(pl.col("tid") == w["tid"])["op_id"].min()
+    assert first < w["op_id"]
+    bad = ops.with_columns(
+        pl.when(pl.col("op_id") == first).then(pl.lit("fault")).otherwise(pl.col("kind").cast(pl.Utf8)).cast(ops["kind"].dtype).alias("kind"),
+        pl.when(pl.col("op_id") == first).then(made).otherwise(pl.col("vma_id")).alias("vma_id"),
+        pl.when(pl.col("op_id") == first).then(False).otherwise(pl.col("kernel")).alias("kernel"))
+    import pyarrow.parquet as pq
+
+    pq.write_table(ops_table(bad), p)
+    for engine in ("reference", "compiled"):
+        rc, out, err = cli("run", "--model", "v8", "--trace", "dl", "--engine", engine, "-w", ws)
+        line = one_error_line(err)
+        assert rc == 1 and "deadlocked" in line and "not in causal order" in line and f"op {first}" in line
+        assert "replay ops dl" in line
