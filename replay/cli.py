@@ -471,7 +471,7 @@ def sweep(
                 try:
                     r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
                 except (ValueError, RuntimeError) as e:
-                    raise Fail(str(e))
+                    raise _replay_failed(trace, ops, e)
                 ws.write_run(r)
                 row[f"cpus={c}"] = r.summary()["faults_per_sec"]
                 prog.advance(task)

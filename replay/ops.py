@@ -394,7 +394,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
     ev = ev.sort("seq")
     order = TimeOrder()
-    order.feed(*(ev[c].fill_null(-1).to_numpy() for c in ("seq", "ts_ns", "cpu", "tid")))
+    order.feed_table(ev.select("seq", "ts_ns", "cpu", "tid").to_arrow())
     # time order, ties in input order; ``_ord`` is an event's place in it
     ev = ev.sort("ts_ns", maintain_order=True, nulls_last=True).with_row_index("_ord")
     fault_ev = pl.col("event").cast(pl.Utf8).is_in(["page_fault_user", "page_fault_kernel"])
@@ -404,6 +404,12 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     threads, rep = attribute_threads(ev, same_mm)
     rep.out_of_order = order.count
     rep.faults_outside_user_space = n_outside
+    if order.count:
+        rep.notes.append(f"time goes backwards at {order.count:,} events on their CPU or thread (the first at seq "
+                         f"{order.first[0]}): the ops follow the timestamps (a stable sort), not the input order")
+    if n_outside:
+        rep.notes.append(f"{n_outside:,} faults at or above TASK_SIZE_MAX ({TASK_SIZE_MAX:#x}) are no ops: the kernel "
+                         "handles them in do_kern_addr_fault(), without an mm lock")
     # "space": the address-space key (``mm`` in ops); the events' own ``mm`` is the
     # mmap_lock pointer of that event
     ev = ev.join(threads.rename({"pid": "proc_pid", "mm": "space"}), on="tid", how="left")
@@ -543,31 +549,31 @@ def _range(start, length) -> tuple[int, int]:
     return r
 
 
-def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now, lock_mode: str) -> tuple[list[Vma], str]:
+def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[Vma], str]:
     """Replay one successful writer call on ``asp``: (the VMAs it write-locks, its lock
-    mode).  An empty range changes nothing (mprotect and madvise return 0 for len 0
-    without taking the lock; munmap and mmap refuse it)."""
+    mode).  An empty range changes no VMA (the kernel refuses it, or returns at once).
+    Raises _OutOfRange before changing anything."""
     if kind == "mmap":
         lo, hi = _range(ret, a["len"])
         flags = a["flags"] or 0
         prot = prot_str(a["prot"] or 0, bool(flags & MAP_SHARED))
-        return (asp.mmap(lo, hi, prot, bool(flags & MAP_ANONYMOUS), "", now) if lo < hi else []), lock_mode
+        return (asp.mmap(lo, hi, prot, bool(flags & MAP_ANONYMOUS), "", now) if lo < hi else []), "write"
     if kind in ("munmap", "mprotect"):
         lo, hi = _range(a["address"], a["len"])
         if lo == hi:
-            return [], lock_mode
+            return [], "write"
         if kind == "munmap":
-            return asp.unmap(lo, hi, now), lock_mode
-        return asp.mprotect(lo, hi, prot_str(a["prot"] or 0), now), lock_mode
+            return asp.unmap(lo, hi, now), "write"
+        return asp.mprotect(lo, hi, prot_str(a["prot"] or 0), now), "write"
     if kind == "mremap":
         old, old_end = _range(a["address"], a["len"])
         if ret == old:
             _, new_end = _range(old, page_up(a["new_len"] or 0))
-            return asp.resize(old, old_end, new_end, now), lock_mode
+            return asp.resize(old, old_end, new_end, now), "write"
         lo, hi = _range(ret, page_up(a["new_len"] or 0))  # moved: the old range goes, a new VMA takes the pages
         src = asp.find(old)
         prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
-        return asp.unmap(old, old_end, now) + (asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []), lock_mode
+        return asp.unmap(old, old_end, now) + (asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []), "write"
     if kind == "brk":
         heap = next((v for v in asp.vmas if v.name == "[heap]"), None)
         req = a["address"] or 0
@@ -575,21 +581,21 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now, lock_mode: str)
             asp.brk_start = ret  # brk(0) reports the current break
             return [], "none"
         if ret != req:  # the break did not move (brk() returns the old one on failure)
-            return [], lock_mode
+            return [], "write"
         if heap is not None:
             _, new_end = _range(heap.start, ret - heap.start)
-            return asp.resize(heap.start, heap.end, new_end, now), lock_mode
+            return asp.resize(heap.start, heap.end, new_end, now), "write"
         if asp.brk_start:
             _, hi = _range(asp.brk_start, ret - asp.brk_start)
             if asp.brk_start < hi:
                 asp.new(asp.brk_start, hi, "rw-p", True, "[heap]", now)
-        return [], lock_mode
+        return [], "write"
     if kind == "madvise":
         if a["flags"] not in MADV_VMA_CHANGING:
             return [], "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
         lo, hi = _range(a["address"], a["len"])
-        return (asp.modify_flags(lo, hi, now) if lo < hi else []), lock_mode
-    return [], lock_mode
+        return (asp.modify_flags(lo, hi, now) if lo < hi else []), "write"
+    return [], "write"
 
 
 def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep: BuildReport):
@@ -669,7 +675,7 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             w_vma_ids[i] = []
             continue
         try:
-            locked, w_lock[i] = _apply(asp, kind, a, ret, now, w_lock[i])
+            locked, w_lock[i] = _apply(asp, kind, a, ret, now)
         except _OutOfRange:
             rep.out_of_range_calls += 1
             w_vma_ids[i] = []
@@ -680,6 +686,9 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
         w_freed[i] = [x for x in asp.freed if x not in both]
         w_succ[i] = [asp.successor.get(x, -1) for x in w_freed[i]]
     resolve_faults_until(np.iinfo(np.int64).max)
+    if rep.out_of_range_calls:
+        rep.notes.append(f"{rep.out_of_range_calls:,} calls reach outside the user address space, which the kernel "
+                         "refuses: they change no VMA")
 
     # faults outside every known VMA: infer regions from the faulting pages
     miss = np.flatnonzero(f_vma < 0)

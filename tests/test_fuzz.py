@@ -1,15 +1,25 @@
-"""Fuzzing the compiled scanners: no input may crash them, every line is accounted for,
-and lines built from random values parse back to those values."""
+"""Fuzzing: the compiled scanners (no input may crash them, every line is accounted
+for, lines built from random values parse back to those values), and the whole path -
+ingest, ops and a replay under every model - on mutated real traces."""
 
+import hashlib
+import json
+import os
+import re
 import string
+import tempfile
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest import scan
 from ingest.text import TextDecoder, scan_chunk
-from conftest import DATA
+from conftest import DATA, SAMPLES
 
 REAL = [ln for f in ("perf_default.txt", "perf_callchain.txt", "perf_ns_pid_lost.txt", "ftrace_tgid.txt",
                      "ftrace_pipe_lost.txt", "tracecmd_ns.txt")
@@ -111,19 +121,6 @@ def test_gather_roundtrip():
 # either succeeds or fails with one line naming the cause (exit 1) - never exit 3, never
 # a traceback - and ingest accounts for every input line.  An input that ever broke this
 # goes into tests/data/fuzz_regressions/, which test_fuzz_regressions replays.
-
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-from functools import lru_cache  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import zstandard  # noqa: E402
-
-from conftest import SAMPLES  # noqa: E402
 
 REGRESSIONS = DATA / "fuzz_regressions"
 FUZZ_SAMPLES = ("pft-2t", "mprotect-race", "jvm-alloc", "pft-ftrace")
@@ -230,6 +227,7 @@ def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tupl
         steps += [("run", "--model", m, "--trace", "t", "--machine", "local-2vcpu", "--engine", e, "-w", str(ws), "-f", "json")
                   for e in engines for m in _models()]
         done = []
+        faults = n_ops = None  # from replay ops, for the runs
         try:
             for args in steps:
                 rc, out, err = cli(*args)
@@ -267,7 +265,9 @@ def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tupl
     return done
 
 
-FUZZ_EXAMPLES = int(os.environ.get("REPLAY_FUZZ_EXAMPLES", "6"))
+# a few examples by default (about 1.5 s each); REPLAY_FUZZ_EXAMPLES=N for a longer hunt,
+# and -m slow runs 200 through both engines
+FUZZ_EXAMPLES = int(os.environ.get("REPLAY_FUZZ_EXAMPLES", "5"))
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -72,6 +72,8 @@ def test_faults_above_task_size_are_not_user_vma_faults(cli, ws, tmp_path):
     assert cli("ingest", write(tmp_path, "high", lines), "-w", ws)[0] == 0
     s, b = ops_json(cli, ws, "high"), ops_json(cli, ws, "base")
     assert s["faults_outside_user_space"] == 3 and b["faults_outside_user_space"] == 0
+    rc, out, err = cli("ops", "high", "-w", ws)
+    assert rc == 0 and "note: 3 faults at or above TASK_SIZE_MAX" in err
     assert s["user_faults"] == b["user_faults"] - 3
     ops = pl.read_parquet(ws / "ops" / "trace_id=high")
     assert ops.filter(pl.col("kind") == "fault")["address"].max() < 1 << 56
@@ -154,6 +156,8 @@ def test_swapped_lines_are_reported_and_replayed_in_time_order(cli, ws, tmp_path
     assert cli("ingest", orig, "-w", ws)[0] == 0
     s, o = ops_json(cli, ws, "swapped"), ops_json(cli, ws, "orig")
     assert s["out_of_order_events"] == 2 and o["out_of_order_events"] == 0
+    rc, out, err = cli("ops", "swapped", "-w", ws)
+    assert rc == 0 and "out_of_order_events" in out and "note: time goes backwards at 2 events" in err
     # sorted back into time order, the ops are the original's (their input lines aside)
     x, y = (pl.read_parquet(ws / "ops" / f"trace_id={t}").drop("seq", "trace_id") for t in ("swapped", "orig"))
     assert x.equals(y)
