@@ -5,6 +5,9 @@ merges its per-CPU buffers by timestamp, so an event earlier than the previous e
 on its CPU or its thread was delivered late (perf's "N out of order events" warning)
 or the text was edited afterwards.  Ingest keeps the events as given and counts these
 steps back; the op builder (``replay/ops.py``) orders events by timestamp.
+
+The check runs in ingest's ordered stage, so it is one compiled pass per batch: each
+key's latest timestamp lives in an open-addressing table carried across batches.
 """
 
 from __future__ import annotations
@@ -12,27 +15,59 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 
-def _steps_back(key: np.ndarray, ts: np.ndarray, last: dict) -> np.ndarray:
-    """Which events are earlier than the previous event with the same key.  ``last``
-    maps each key to the timestamp of its latest event in earlier batches; it is
-    replaced by the same for this batch too."""
-    carried = np.fromiter(last.keys(), np.int64, len(last))
-    k = np.concatenate([carried, key.astype(np.int64)])
-    t = np.concatenate([np.fromiter(last.values(), np.int64, len(last)), ts.astype(np.int64)])
-    order = np.argsort(k, kind="stable")  # within a key: the carried value, then input order
-    ks, tsorted = k[order], t[order]
-    same = np.zeros(len(k), bool)
-    same[1:] = ks[1:] == ks[:-1]
-    back_sorted = np.zeros(len(k), bool)
-    back_sorted[1:] = same[1:] & (tsorted[1:] < tsorted[:-1])
-    back = np.empty(len(k), bool)
-    back[order] = back_sorted
-    ends = np.flatnonzero(np.append(~same[1:], True))
-    last.clear()
-    last.update(zip(ks[ends].tolist(), tsorted[ends].tolist()))
-    return back[len(carried):]
+@njit(cache=True, nogil=True)
+def _scan(key, ts, start, back, tab_key, tab_last, tab_used, n_used):
+    """From row ``start``: mark in ``back`` the rows earlier than the previous row with
+    their key, recording each key's latest time.  Returns (rows done, keys in the
+    table); stops early when the table is half full (the caller grows it)."""
+    mask = np.uint64(len(tab_key) - 1)
+    for i in range(start, len(key)):
+        k = key[i]
+        h = (np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20) & mask
+        while tab_used[h] and tab_key[h] != k:
+            h = (h + np.uint64(1)) & mask
+        if tab_used[h]:
+            if ts[i] < tab_last[h]:
+                back[i] = True
+        else:
+            if 2 * (n_used + 1) > len(tab_key):
+                return i, n_used
+            tab_used[h] = True
+            tab_key[h] = k
+            n_used += 1
+        tab_last[h] = ts[i]
+    return len(key), n_used
+
+
+class _Latest:
+    """Key -> its latest timestamp, across batches."""
+
+    def __init__(self, capacity: int = 1 << 10):
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.key = np.zeros(capacity, np.int64)
+        self.last = np.zeros(capacity, np.int64)
+        self.used = np.zeros(capacity, np.bool_)
+        self.n = 0
+
+    def steps_back(self, key: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        key, ts = key.astype(np.int64, copy=False), ts.astype(np.int64, copy=False)
+        back = np.zeros(len(key), np.bool_)
+        pos = 0
+        while True:
+            pos, self.n = _scan(key, ts, pos, back, self.key, self.last, self.used, self.n)
+            if pos == len(key):
+                return back
+            self._grow()
+
+    def _grow(self) -> None:
+        keys, last = self.key[self.used], self.last[self.used]
+        self._alloc(len(self.key) * 4)
+        _, self.n = _scan(keys, last, 0, np.zeros(len(keys), np.bool_), self.key, self.last, self.used, 0)
 
 
 class TimeOrder:
@@ -44,17 +79,17 @@ class TimeOrder:
     def __init__(self) -> None:
         self.count = 0
         self.first: list[int] = []  # seq (input line / sample) of the first few
-        self._cpu: dict = {}
-        self._tid: dict = {}
+        self._cpu = _Latest()
+        self._tid = _Latest()
 
     def feed(self, seq: np.ndarray, ts: np.ndarray, cpu: np.ndarray, tid: np.ndarray) -> np.ndarray:
         """One batch (numpy arrays; cpu < 0 where unknown); returns which stepped back."""
-        n = len(seq)
-        back = np.zeros(n, bool)
+        back = self._tid.steps_back(tid, ts)
         known = cpu >= 0
-        if known.any():
-            back[known] = _steps_back(cpu[known], ts[known], self._cpu)
-        back |= _steps_back(tid, ts, self._tid)
+        if known.all():
+            back |= self._cpu.steps_back(cpu, ts)
+        elif known.any():
+            back[known] |= self._cpu.steps_back(cpu[known], ts[known])
         hit = np.flatnonzero(back)
         self.count += len(hit)
         if len(self.first) < self.KEEP and len(hit):

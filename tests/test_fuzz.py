@@ -265,9 +265,9 @@ def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tupl
     return done
 
 
-# a few examples by default (about 1.5 s each); REPLAY_FUZZ_EXAMPLES=N for a longer hunt,
+# a few examples by default (under a second each); REPLAY_FUZZ_EXAMPLES=N for a longer hunt,
 # and -m slow runs 200 through both engines
-FUZZ_EXAMPLES = int(os.environ.get("REPLAY_FUZZ_EXAMPLES", "5"))
+FUZZ_EXAMPLES = int(os.environ.get("REPLAY_FUZZ_EXAMPLES", "8"))
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
