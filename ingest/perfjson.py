@@ -19,7 +19,7 @@ field sets:
 
 Samples are streamed one object at a time; memory stays bounded by one sample.
 Samples with no tracepoint fields (perf built without libtraceevent, e.g. perf 6.1 in
-Debian 12) are kept as ``other`` and counted.
+Debian 12) are kept as ``other`` and counted (``Counts.fieldless``; ingest warns).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from .scan import FIELDS, KEY_TO_FIELD
 from .text import Counts
 
 X86_64_SYSCALLS = {9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 25: "mremap", 28: "madvise"}
+# what every sample has, tracepoint or not (data-convert-json.c, process_sample_event())
+SAMPLE_KEYS = frozenset({"timestamp", "cpu", "pid", "tid", "comm", "callchain", "ip", "sym", "dso", "period"})
 X86_PF_USER = 1 << 2
 BATCH = 65536
 
@@ -46,6 +48,43 @@ def _num(v, hex_always=False):
     if s in ("true", "false"):
         return int(s == "true")
     return int(s, 16) if hex_always and not s.startswith("0x") else int(s, 0)
+
+
+def _int_range(t: pa.DataType):
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if not pa.types.is_integer(t):
+        return None
+    bits = t.bit_width
+    return (0, 1 << bits) if pa.types.is_unsigned_integer(t) else (-(1 << (bits - 1)), 1 << (bits - 1))
+
+
+# integer columns -> [lo, hi) of their Arrow type: a sample's value outside it rejects the
+# sample (as the text scanner rejects a line), instead of failing the whole file
+_RANGE = {f.name: r for f in EVENTS_SCHEMA if (r := _int_range(f.type)) is not None}
+
+
+def _check_row(row: dict) -> None:
+    for k in ("cpu", "pid", "tid"):
+        v = row[k]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"{k} {v!r} is not an integer")
+    if row["tid"] is None:
+        raise ValueError("sample without tid")
+    if row["comm"] is not None and not isinstance(row["comm"], str):
+        raise ValueError(f"comm {row['comm']!r} is not a string")
+    for k, v in row.items():
+        lo_hi = _RANGE.get(k)
+        if lo_hi is not None and v is not None and not lo_hi[0] <= v < lo_hi[1]:
+            raise ValueError(f"{k} {v} out of range")
+    if row["ts_ns"] < 0 or (row["cpu"] is not None and row["cpu"] < 0):
+        raise ValueError("negative timestamp or cpu")
+
+
+def _timestamp(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"timestamp {v!r} is not an integer")
+    return v
 
 
 def _classify(sample: dict, held: dict) -> str:
@@ -150,11 +189,11 @@ def decode_json(stream, head: bytes = b""):
             continue
         try:
             event = _classify(smp, held)
-            row = {"seq": idx, "ts_ns": int(smp["timestamp"]), "cpu": smp.get("cpu"), "pid": smp.get("pid"),
+            row = {"seq": idx, "ts_ns": _timestamp(smp["timestamp"]), "cpu": smp.get("cpu"), "pid": smp.get("pid"),
                    "tid": smp.get("tid"), "comm": smp.get("comm"), "event": event, "tracepoint": None}
             extra = {}
             for k, v in smp.items():
-                if k in ("timestamp", "cpu", "pid", "tid", "comm", "callchain", "ip", "sym", "dso", "period", "__syscall_nr"):
+                if k in SAMPLE_KEYS or k == "__syscall_nr":
                     if k == "ip" and "address" in smp:
                         row["ip"] = _num(v)
                     continue
@@ -176,12 +215,15 @@ def decode_json(stream, head: bytes = b""):
             need = [f for f in REQUIRED.get(event, ()) if row.get(f) is None]
             if need:
                 raise ValueError(f"{event} without {', '.join(need)}")
+            _check_row(row)
         except (KeyError, ValueError, TypeError) as e:
             counts.malformed += 1
             rejects.append((idx, str(e) if isinstance(e, ValueError) else f"missing or bad field {e}", json.dumps(smp)[:400]))
             continue
         counts.parsed += 1
         counts.per_event[event] = counts.per_event.get(event, 0) + 1
+        if smp.keys() <= SAMPLE_KEYS:
+            counts.fieldless += 1
         rows.append(row)
         if len(rows) >= BATCH:
             yield flush()

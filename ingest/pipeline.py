@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .order import TimeOrder
 from .perfjson import decode_json
 from .schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, TRACES_SCHEMA
 from .sources import InputError, Source, header_meta, read_chunks
@@ -43,6 +44,9 @@ class IngestResult:
     text_bytes: int = 0
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    out_of_order: int = 0  # events earlier than the previous one on their CPU or thread
+    out_of_order_first: list = field(default_factory=list)  # their first few lines (JSON: samples)
+    warnings: list = field(default_factory=list)  # one line each, for the user
 
     def traces_row(self, tool_version: str, maps_snapshot: str | None = None) -> pa.Table:
         c = self.counts
@@ -53,6 +57,7 @@ class IngestResult:
             "nr_cpus": self.meta.get("nr_cpus"), "lines": c.lines, "parsed": c.parsed, "header": c.header,
             "blank": c.blank, "callchain": c.callchain, "lost_records": c.lost_records,
             "lost_events": c.lost_events, "malformed": c.malformed, "events": c.parsed,
+            "out_of_order": self.out_of_order,
             "schema_version": SCHEMA_VERSION, "tool_version": tool_version, "maps_snapshot": maps_snapshot,
         }
         return pa.Table.from_pylist([row], schema=TRACES_SCHEMA)
@@ -128,11 +133,12 @@ def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, expl
     res = IngestResult(trace_id, src.format, src.name, Counts(), meta=dict(src.meta))
     writer = _Writer(stage)
     writer.start()
+    order = TimeOrder()
     try:
         if src.format == "perf-json":
-            _ingest_json(src, res, writer, strict, progress)
+            _ingest_json(src, res, writer, order, strict, progress)
         else:
-            _ingest_text(src, res, writer, strict, explicit_format, progress)
+            _ingest_text(src, res, writer, order, strict, explicit_format, progress)
         src.finish()
     except BaseException:
         writer.q.put(_DONE)
@@ -141,6 +147,8 @@ def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, expl
         raise
     res.sha256 = src.sha256
     res.bytes_in = src.bytes_in or src.meta.get("bytes", 0)
+    res.out_of_order, res.out_of_order_first = order.count, order.first
+    res.warnings = warnings(res)
     md = {
         "replay.schema_version": str(SCHEMA_VERSION), "replay.trace_id": trace_id, "replay.format": src.format,
         "replay.source": src.name, "replay.sha256": res.sha256, "replay.lines": str(res.counts.lines),
@@ -152,7 +160,29 @@ def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, expl
     return res
 
 
-def _ingest_text(src: Source, res: IngestResult, writer: _Writer, strict: bool, explicit: bool, progress):
+def warnings(res: IngestResult) -> list[str]:
+    """What the user should know about an ingested trace, one line each."""
+    c, out = res.counts, []
+    if c.lost_events:
+        out.append(f"the tracer lost {c.lost_events:,} events in {c.lost_records} records; the trace has gaps "
+                   "(a larger buffer helps: perf record -m, tracefs buffer_size_kb)")
+    if res.out_of_order:
+        unit = "sample" if res.format == "perf-json" else "line"
+        first = ", ".join(f"{unit} {x}" for x in res.out_of_order_first)
+        more = ", ..." if res.out_of_order > len(res.out_of_order_first) else ""
+        out.append(f"time goes backwards at {res.out_of_order:,} events on their CPU or thread ({first}{more}): "
+                   "the events are kept as recorded; replay ops takes them in timestamp order "
+                   "(a stable sort, as perf orders events)")
+    if c.fieldless:
+        out.append(f"{c.fieldless:,} of {c.lines:,} samples carry no tracepoint fields, so they are kept as `other` "
+                   "and cannot be replayed: this perf's `data convert --to-json` does not write them (perf 6.1 as "
+                   "Debian 12 ships it); ingest the perf.data itself instead (replay ingest perf.data runs perf "
+                   "script), or `perf script --ns -F comm,pid,tid,cpu,time,event,trace` text")
+    return out
+
+
+def _ingest_text(src: Source, res: IngestResult, writer: _Writer, order: TimeOrder, strict: bool, explicit: bool,
+                 progress):
     dialect = DIALECTS[src.format if src.format in DIALECTS else "perf-script"]
     dec = TextDecoder(dialect)
     chunks: queue.Queue = queue.Queue(maxsize=4)
@@ -202,6 +232,7 @@ def _ingest_text(src: Source, res: IngestResult, writer: _Writer, strict: bool, 
                 )
             next_line += n
             _first_rejects(rj, res.first_rejects)
+            order.feed_table(ev)
             owner = sc.owner
             del sc
             writer.put((ev, rj, lambda o=owner: buffers.give(o)))
@@ -222,7 +253,7 @@ def _ingest_text(src: Source, res: IngestResult, writer: _Writer, strict: bool, 
         raise InputError(f"{src.name}: no event parsed from {res.counts.lines} lines (format {src.format})")
 
 
-def _ingest_json(src: Source, res: IngestResult, writer: _Writer, strict: bool, progress):
+def _ingest_json(src: Source, res: IngestResult, writer: _Writer, order: TimeOrder, strict: bool, progress):
     gen = decode_json(src.stream, head=src.head)
     try:
         while True:
@@ -231,6 +262,7 @@ def _ingest_json(src: Source, res: IngestResult, writer: _Writer, strict: bool, 
                 r = rj.slice(0, 1).to_pylist()[0]
                 raise InputError(f"sample {r['line']}: {r['reason']} (--strict)")
             _first_rejects(rj, res.first_rejects)
+            order.feed_table(ev)
             writer.put((ev, rj, None))
             if progress:
                 progress(0, src.bytes_in)

@@ -218,9 +218,12 @@ def _parse_payload(buf, p, e, r, vals, present, key_hash, key_field, key_hex, ba
 
 @njit(cache=True, nogil=True)
 def _parse_time(buf, s, dot, e):
-    """secs[.frac] -> ns; frac of any width (µs from ftrace, ns from --ns/-t)."""
+    """secs[.frac] -> ns; frac of any width (µs from ftrace, ns from --ns/-t).  -1 when
+    the time does not fit in int64 ns (past the year 2262): never a wrapped value."""
     sec = np.int64(0)
     for i in range(s, dot):
+        if sec > 922337203685477579:  # one more digit would overflow
+            return np.int64(-1)
         sec = sec * 10 + (buf[i] - 48)
     if dot >= e:
         return sec  # raw counter clock: keep the integer as is
@@ -233,6 +236,8 @@ def _parse_time(buf, s, dot, e):
     while nd < 9:
         frac *= 10
         nd += 1
+    if sec > (9223372036854775807 - frac) // 1000000000:
+        return np.int64(-1)
     return sec * 1000000000 + frac
 
 
@@ -263,12 +268,19 @@ def _find(buf, s, e, lit):
 
 @njit(cache=True, nogil=True)
 def _read_uint(buf, s, e):
+    """Decimal digits at s -> (value, end); saturates at int64's maximum, never wraps."""
     v = np.int64(0)
     i = s
     while i < e and _isdigit(buf[i]):
-        v = v * 10 + (buf[i] - 48)
+        v = v * 10 + (buf[i] - 48) if v <= 922337203685477579 else np.int64(9223372036854775807)
         i += 1
     return v, i
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ids_fit(c, pid_v, tid_v):
+    """cpu, pid and tid fit their columns (int16, int32): else the prefix is not one."""
+    return c <= 32767 and pid_v <= 2147483647 and tid_v <= 2147483647
 
 
 @njit(cache=True, nogil=True)
@@ -409,6 +421,8 @@ def _perf_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h
                                     t = u
                                 else:
                                     t = -2
+                            if not _ids_fit(c, pid_v, tid_v):
+                                return MALFORMED
                             if t == i - 1 or (t >= i and buf[t] == 32):
                                 ce = t + 1
                                 while ce > i and buf[ce - 1] == 32:
@@ -522,6 +536,8 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
                         while p < e and _isdigit(buf[p]):
                             p += 1
                     if p > t0 and p < e and buf[p] == 58 and dot > t0:
+                        if not _ids_fit(c, tgid, tid_v):
+                            return MALFORMED
                         if _starts_with(buf, i, d, LIT_UNKNOWN_COMM) and d - i == 5:
                             comm_s[r] = -1
                             comm_e[r] = -1

@@ -119,6 +119,8 @@ TRACES_SCHEMA = pa.schema(
         pa.field("lost_events", pa.int64()),
         pa.field("malformed", pa.int64()),
         pa.field("events", pa.int64()),
+        pa.field("out_of_order", pa.int64(), metadata={
+            "doc": "events earlier than the previous event on their CPU or thread (replay ops sorts by time)"}),
         pa.field("schema_version", pa.int32()),
         pa.field("tool_version", pa.string()),
         pa.field("maps_snapshot", pa.string(), metadata={"doc": "/proc/PID/maps text captured at record start"}),

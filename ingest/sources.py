@@ -209,27 +209,34 @@ def _open_perf_data(path: str, name: str, outer, hashing: _Hashing) -> Source:
     return src
 
 
+def _cpu_count(text: str) -> int | None:
+    """A CPU count as a header prints it; None for anything that is not one."""
+    try:
+        n = int(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    return n if 0 < n < 1 << 31 else None
+
+
 def header_meta(lines) -> dict:
-    """Host, kernel and CPU count from perf --header lines, ftrace's header or trace-cmd's preamble."""
+    """Host, kernel and CPU count from perf --header lines, ftrace's header or trace-cmd's
+    preamble.  A field that does not parse is left out."""
     meta: dict = {}
     for ln in lines:
         s = ln.strip()
+        n = None
         if s.startswith("# hostname :"):
             meta["hostname"] = s.split(":", 1)[1].strip()
         elif s.startswith("# os release :"):
             meta["kernel"] = s.split(":", 1)[1].strip()
         elif s.startswith("# nrcpus online :"):
-            meta["nr_cpus"] = int(s.split(":", 1)[1])
+            n = _cpu_count(s.split(":", 1)[1])
         elif "#P:" in s:
-            try:
-                meta["nr_cpus"] = int(s.rsplit("#P:", 1)[1].split()[0])
-            except ValueError:
-                pass
+            n = _cpu_count(s.rsplit("#P:", 1)[1])
         elif s.startswith("cpus="):
-            try:
-                meta["nr_cpus"] = int(s[5:])
-            except ValueError:
-                pass
+            n = _cpu_count(s[5:])
+        if n is not None:
+            meta["nr_cpus"] = n
     return meta
 
 

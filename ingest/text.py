@@ -40,6 +40,7 @@ class Counts:
     lost_events: int = 0
     malformed: int = 0
     per_event: dict = field(default_factory=dict)
+    fieldless: int = 0  # perf JSON: samples with no tracepoint fields at all
 
     def add_status(self, status: np.ndarray) -> None:
         bc = np.bincount(status, minlength=6)
@@ -223,14 +224,19 @@ class TextDecoder:
             self._tp_event.append(EVENT_CODE[canonical_event(self.tracepoints.values[len(self._tp_event)])])
         ev_code = np.asarray(self._tp_event, dtype=np.int8)[tp_codes]
 
-        # required fields: a page fault without an address is not a page fault
+        # required fields: a page fault without an address is not a page fault; and a
+        # time past int64 ns (the scanner's -1) is no time
         missing = _REQ_MASK[ev_code] & ~sc.present
-        bad = np.flatnonzero(missing != 0)
+        bad_ts = sc.ts < 0
+        bad = np.flatnonzero((missing != 0) | bad_ts)
         rej = np.flatnonzero(status == scan.MALFORMED)
         reasons = ["not a line of this format"] * len(rej)
         keep = None
         if len(bad):
             for j in bad.tolist():
+                if bad_ts[j]:
+                    reasons.append("timestamp out of range (past int64 nanoseconds)")
+                    continue
                 need = [f for f in scan.FIELDS if missing[j] & (1 << scan.F[f])]
                 reasons.append(f"{EVENTS[ev_code[j]]} without {', '.join(need)}")
             status[sc.seq[bad]] = scan.MALFORMED
@@ -238,7 +244,7 @@ class TextDecoder:
             order = np.argsort(rej, kind="stable")
             rej = rej[order]
             reasons = [reasons[j] for j in order.tolist()]
-            keep = missing == 0
+            keep = (missing == 0) & ~bad_ts
             ev_code, tp_codes = ev_code[keep], tp_codes[keep]
 
         self.counts.add_status(status)

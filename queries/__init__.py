@@ -43,6 +43,7 @@ COLUMN_DOCS = {
         "malformed": "malformed lines (see rejects)", "events": "events in the events dataset",
         "schema_version": "events schema version", "tool_version": "replay version",
         "maps_snapshot": "/proc/PID/maps at exec of the recorded command",
+        "out_of_order": "events earlier than the previous event on their CPU or thread (replay ops orders events by time)",
     },
     "rejects": {"trace_id": "trace name (partition)", "line": "input line number", "reason": "why it was rejected",
                 "text": "the line as it was"},

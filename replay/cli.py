@@ -131,16 +131,23 @@ def ingest(
 
     snapshot = None
     if maps is not None:
+        from .ops import MapsError, parse_maps
+
         try:
             snapshot = maps.read_text()
+            parse_maps(snapshot)
         except OSError as e:
             raise Fail(f"cannot read --maps {maps}: {e.strerror}")
+        except (MapsError, UnicodeDecodeError) as e:
+            raise Fail(f"--maps {maps}: {e}")
     res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot)
     _print_ingest(res, output)
 
 
 def _print_ingest(res, output: Fmt) -> None:
     c = res.counts
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False)
     if output is not Fmt.table:
         rows = [{"trace_id": res.trace_id, "event": k, "count": v} for k, v in sorted(c.per_event.items())]
         if output is Fmt.json:
@@ -148,7 +155,8 @@ def _print_ingest(res, output: Fmt) -> None:
                               "sha256": res.sha256, "events": dict(sorted(c.per_event.items())),
                               "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain",
                                                                    "lost_records", "malformed")},
-                              "lost_events": c.lost_events, "first_rejects": res.first_rejects,
+                              "lost_events": c.lost_events, "out_of_order": res.out_of_order,
+                              "first_rejects": res.first_rejects, "warnings": res.warnings,
                               "path": str(res.where)}, indent=2))
         else:
             _emit(rows, ["trace_id", "event", "count"], output)
@@ -162,9 +170,6 @@ def _print_ingest(res, output: Fmt) -> None:
         {"lines": "total", "count": c.lines},
     ]
     _emit(acct, ["lines", "count"], Fmt.table, title="line accounting")
-    if c.lost_events:
-        err.print(f"[yellow]warning:[/] the tracer lost {c.lost_events:,} events in {c.lost_records} records; "
-                  "the trace has gaps (a larger buffer helps: perf record -m, tracefs buffer_size_kb)")
     for r in res.first_rejects:
         err.print(f"  malformed line {r['line']}: {r['reason']}: {(r['text'] or '')[:100]!r}", markup=False, highlight=False)
     out.print(f"wrote {res.where}")
@@ -202,14 +207,18 @@ def record(
     """Record CMD with perf (or tracefs), snapshot its /proc/PID/maps at exec, then ingest.
 
     Usage: replay record -o NAME [--ftrace] -- CMD [ARGS...]"""
-    from .recording import record_and_ingest
+    from .recording import record_and_ingest, workload_failure
 
     cmd = list(ctx.args)
     if not cmd:
         raise Fail("record needs a command after --, e.g. replay record -o ls -- ls -l", 2)
-    res = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep, buffer_mb,
-                            workspace, replace)
+    res, status = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep,
+                                    buffer_mb, workspace, replace)
     _print_ingest(res, Fmt.table)
+    failed = workload_failure(status)
+    if failed is not None:
+        msg, code = failed
+        raise Fail(f"{msg}; what it did until then is recorded and ingested as {res.trace_id!r}", code)
 
 
 @app.command()
@@ -239,6 +248,8 @@ def ops(
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
         "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
+        "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
+        "out_of_range_calls": rep.out_of_range_calls,
     }
     kinds = o.group_by("kind").agg(pl.len().alias("ops"), pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
     if output is Fmt.json:
@@ -349,25 +360,32 @@ def _sample_dir() -> Path:
 
 def _build_ops(ws, trace: str, sha256: str, same_mm: bool):
     """Build a trace's ops from its events (read after ``sha256``, the content the ops
-    will be committed as: a trace replaced meanwhile fails the commit) and place them."""
+    will be committed as: a trace replaced meanwhile fails the commit) and place them,
+    stamped with the op builder's version."""
     import polars as pl
 
-    from .ops import build_ops
+    from .ops import MapsError, build_ops, ops_table
 
     ev = pl.from_arrow(ws.read("events", trace))
     snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
-    o, vmas, rep = build_ops(ev, trace, snap, same_mm)
-    ws.write_ops(trace, sha256, o.to_arrow(), vmas.to_arrow())
+    try:
+        o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+    except MapsError as e:
+        raise Fail(f"trace {trace!r}: its /proc/PID/maps snapshot: {e}")
+    ws.write_ops(trace, sha256, ops_table(o), vmas.to_arrow())
     return o, rep
 
 
 def _ensure_ops(ws, trace: str, same_mm: bool = False):
     """The trace's ops file and the content (sha256) it was built from, built now if
-    missing; the bundled sample is ingested on first use.  The hash is read before the
-    ops, so a commit checked against it fails if the trace was replaced in between."""
+    missing or made by an older op builder; the bundled sample is ingested on first
+    use.  The hash is read before the ops, so a commit checked against it fails if the
+    trace was replaced in between.  A trace without a page fault is refused: there is
+    nothing to replay."""
     from ingest.sources import InputError
 
     from .ingesting import run_ingest
+    from .ops import ops_current
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
@@ -383,11 +401,12 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
     if sha is None:
         raise ws.gone(trace)
     p = ws.ops_file(trace)
-    if p is None or same_mm:
+    if p is None or same_mm or not ops_current(p):
         _build_ops(ws, trace, sha, same_mm)
         p = ws.ops_file(trace)
         if p is None:
             raise ws.gone(trace)
+    _require_faults(ws, trace, p)
     return str(p), sha
 
 
@@ -420,7 +439,7 @@ def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, ope
                        progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
                        engine=engine, results_path=os.path.join(stage, "results.parquet"))
     except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
-        raise Fail(str(e))
+        raise _replay_failed(trace, ops, e)
     ws.write_run(r, stage)
     return r
 
@@ -441,6 +460,38 @@ def _summary_with_observed(r, ops) -> dict:
     rows, n_obs, k_obs = (int(obs[c].sum()) for c in ("rows", "n", "k")) if obs is not None else (0, 0, 0)
     s["observed_fallback_pct"] = (round(100 * k_obs / n_obs, 3) if n_obs else 0.0) if rows else None
     return s
+
+
+def _require_faults(ws, trace: str, ops_path: Path) -> None:
+    """Refuse a trace whose ops hold no page fault, naming what its events were."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for b in pq.ParquetFile(ops_path).iter_batches(columns=["kind"]):
+        if pc.any(pc.equal(pc.cast(b.column(0), pa.string()), "fault")).as_py():
+            return
+    ev = pq.read_table(ws.partition("events", trace) / "part-0.parquet", columns=["event"])
+    kinds = pl.from_arrow(ev)["event"].cast(pl.Utf8).value_counts(sort=True)
+    what = ", ".join(f"{r['count']:,} {r['event']}" for r in kinds.head(4).to_dicts())
+    raise Fail(f"trace {trace!r} has no page faults to replay: its {ev.num_rows:,} events are {what or 'none'} "
+               "(a replay needs exceptions:page_fault_user/kernel events with their fields)")
+
+
+def _replay_failed(trace: str, ops_path: str, e: Exception) -> Fail:
+    """The one line for a replay that could not finish.  A deadlock names its cause in
+    the ops when they have one (a fault before the writer that creates its VMA); without
+    one it is the engine's defect."""
+    if not str(e).startswith("simulation deadlocked"):
+        return Fail(str(e))
+    from .ops import causal_violation
+
+    cause = causal_violation(ops_path)
+    if cause:
+        return Fail(f"trace {trace!r}: {e}: its ops are not in causal order ({cause}); rebuild them: replay ops {trace}")
+    return Fail(f"trace {trace!r}: {e}, and its ops are in causal order: a defect in the engine, "
+                "please report it with the trace", 3)
 
 
 @app.command()
@@ -546,7 +597,7 @@ def sweep(
                 try:
                     r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
                 except (ValueError, RuntimeError) as e:
-                    raise Fail(str(e))
+                    raise _replay_failed(trace, ops, e)
                 ws.write_run(r, stage)
                 row[f"cpus={c}"] = r.summary()["faults_per_sec"]
                 prog.advance(task)

@@ -34,6 +34,21 @@ One op per page fault (a reader of the address space) and per address-space writ
   in ``observed_mmap_write``.  Kernel-mode faults never try the VMA lock
   (arch/x86/mm/fault.c, do_user_addr_fault: ``if (!(flags & FAULT_FLAG_USER)) goto
   lock_mmap``) and have no observed_fallback.
+* **time order.**  Events are taken in timestamp order (a stable sort: ties keep their
+  input order), as perf's ordered events deliver them; a trace whose time runs
+  backwards on a CPU or a thread (``ingest/order.py`` counts those steps, reported as
+  ``out_of_order``) is replayed as if it had been printed sorted.  Ops are numbered in
+  that order - it is the causal order the engines keep - and ``seq`` stays the input
+  line of each op's first event.  A writer's change is seen by the faults after its
+  ``sys_exit`` in that order.
+* **the user address space.**  A fault at or above TASK_SIZE_MAX is not a fault on a
+  user VMA: handle_page_fault() sends it to do_kern_addr_fault() (arch/x86/mm/fault.c,
+  fault_in_kernel_space()), which takes neither mmap_lock nor a VMA lock, so it is no
+  op (counted in ``faults_outside_user_space``).  A writer whose range leaves the user
+  address space, or whose "address" return value lies above it, cannot have succeeded
+  (do_vmi_munmap(): ``start > TASK_SIZE || len > TASK_SIZE - start`` is -EINVAL, mm/vma.c;
+  get_unmapped_area() gives -ENOMEM past TASK_SIZE, mm/mmap.c): it changes no VMA, like a
+  failed call, and is counted in ``out_of_range_calls``.
 """
 
 from __future__ import annotations
@@ -46,6 +61,12 @@ import polars as pl
 
 PAGE = 4096
 GAP_SPLIT = 1 << 20
+# TASK_SIZE_MAX, arch/x86/include/asm/page_64_types.h: (1 << __VIRTUAL_MASK_SHIFT) - PAGE_SIZE,
+# the shift 47 with 4-level paging and 56 with 5-level.  The larger one, because a trace
+# does not say which: with 4-level paging nothing lies in between (those addresses are
+# non-canonical and raise #GP, not a page fault), so no real user fault is misjudged.
+TASK_SIZE_MAX = (1 << 56) - PAGE
+MAX_ERRNO = 4095  # include/linux/err.h
 
 # x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h)
 X86_PF_WRITE = 1 << 1
@@ -61,6 +82,11 @@ MADV_VMA_CHANGING = {
     18: "WIPEONFORK", 19: "KEEPONFORK",
 }
 
+# Bumped when the op builder gives other ops for the same events; ops files stamped
+# with an older version are rebuilt before a replay.  2: events in time order, faults
+# and calls outside the user address space dropped.
+OPS_VERSION = 2
+
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
 OPS_SCHEMA = {
@@ -73,6 +99,59 @@ OPS_SCHEMA = {
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
     "hold_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
 }
+
+
+def ops_table(ops: pl.DataFrame):
+    """The ops as an Arrow table stamped with the builder's version."""
+    t = ops.to_arrow()
+    return t.replace_schema_metadata({**(t.schema.metadata or {}), b"replay.ops_version": str(OPS_VERSION).encode()})
+
+
+def ops_current(path) -> bool:
+    """Whether this version of the op builder wrote the ops file at ``path``."""
+    import pyarrow.parquet as pq
+
+    return (pq.read_schema(path).metadata or {}).get(b"replay.ops_version") == str(OPS_VERSION).encode()
+
+
+def causal_violation(path) -> str | None:
+    """The first fault in an ops file that comes before the writer creating its VMA - an
+    order no replay can keep (the fault waits for that writer) - or None.  The op
+    builder never writes one: a writer's VMAs reach only the faults after its exit."""
+    import pyarrow.parquet as pq
+
+    o = pl.from_arrow(pq.read_table(path, columns=["op_id", "kind", "vma_id", "vmas_created"]))
+    made = (o.filter(pl.col("vmas_created").list.len() > 0).select(pl.col("op_id").alias("creator"), "vmas_created")
+            .explode("vmas_created").rename({"vmas_created": "vma_id"}))
+    bad = (o.filter(pl.col("kind").cast(pl.Utf8) == "fault").join(made, on="vma_id")
+           .filter(pl.col("op_id") < pl.col("creator")).sort("op_id"))
+    if not bad.height:
+        return None
+    r = bad.row(0, named=True)
+    return f"fault op {r['op_id']} is on VMA {r['vma_id']}, which the later op {r['creator']} creates"
+
+
+class MapsError(ValueError):
+    """A maps snapshot that is not /proc/PID/maps text."""
+
+
+def is_err_value(ret) -> bool:
+    """IS_ERR_VALUE(): a syscall return in the last page of the address space is -errno."""
+    return ret is not None and -MAX_ERRNO <= ret < 0
+
+
+def is_user_address(a) -> bool:
+    return a is not None and 0 <= a < TASK_SIZE_MAX
+
+
+def user_range(start, length) -> tuple[int, int] | None:
+    """[start, start + length) widened to pages, or None when it leaves the user
+    address space (a negative length included: the kernel reads it as a huge size_t)."""
+    length = length or 0
+    if not is_user_address(start) or length < 0:
+        return None
+    lo, hi = page_down(start), page_up(start + length)
+    return (lo, hi) if hi <= TASK_SIZE_MAX else None
 
 
 def page_down(a: int) -> int:
@@ -103,14 +182,20 @@ def prot_str(prot: int, shared: bool = False) -> str:
 def parse_maps(text: str) -> list[tuple[int, int, str, bool, str]]:
     """(start, end, perms, anonymous, name) for each line of a /proc/PID/maps snapshot."""
     out = []
-    for ln in text.splitlines():
+    for no, ln in enumerate(text.splitlines(), 1):
         if not ln.strip() or ln.startswith("#"):
             continue
         parts = ln.split(None, 5)
-        lo, hi = parts[0].split("-")
+        try:
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            inode = int(parts[4]) if len(parts) > 4 else 0
+            perms = parts[1]
+        except (ValueError, IndexError):
+            raise MapsError(f"line {no} is not a /proc/PID/maps line: {ln[:80]!r}") from None
+        if len(perms) != 4 or lo >= hi:
+            raise MapsError(f"line {no} is not a /proc/PID/maps line: {ln[:80]!r}")
         name = parts[5].strip() if len(parts) > 5 else ""
-        inode = int(parts[4]) if len(parts) > 4 else 0
-        out.append((int(lo, 16), int(hi, 16), parts[1], inode == 0 and not name.startswith("/"), name))
+        out.append((lo, hi, perms, inode == 0 and not name.startswith("/"), name))
     return out
 
 
@@ -256,6 +341,9 @@ class BuildReport:
     unpaired_enter: int = 0
     unmatched_exit: int = 0
     failed_calls: int = 0
+    out_of_range_calls: int = 0
+    faults_outside_user_space: int = 0
+    out_of_order: int = 0
     faults_in_inferred: int = 0
     inferred_vmas: int = 0
     seeded_vmas: int = 0
@@ -302,8 +390,26 @@ def attribute_threads(ev: pl.DataFrame, same_mm: bool = False) -> tuple[pl.DataF
 def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
               same_mm: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, BuildReport]:
     """events of one trace -> (ops, vmas, report)."""
+    from ingest.order import TimeOrder
+
     ev = ev.sort("seq")
+    order = TimeOrder()
+    order.feed_table(ev.select("seq", "ts_ns", "cpu", "tid").to_arrow())
+    # time order, ties in input order; ``_ord`` is an event's place in it
+    ev = ev.sort("ts_ns", maintain_order=True, nulls_last=True).with_row_index("_ord")
+    fault_ev = pl.col("event").cast(pl.Utf8).is_in(["page_fault_user", "page_fault_kernel"])
+    outside = (fault_ev & (pl.col("address") >= TASK_SIZE_MAX)).fill_null(False)
+    n_outside = int(ev.select(outside.sum()).item())
+    ev = ev.filter(~outside)
     threads, rep = attribute_threads(ev, same_mm)
+    rep.out_of_order = order.count
+    rep.faults_outside_user_space = n_outside
+    if order.count:
+        rep.notes.append(f"time goes backwards at {order.count:,} events on their CPU or thread (the first at seq "
+                         f"{order.first[0]}): the ops follow the timestamps (a stable sort), not the input order")
+    if n_outside:
+        rep.notes.append(f"{n_outside:,} faults at or above TASK_SIZE_MAX ({TASK_SIZE_MAX:#x}) are no ops: the kernel "
+                         "handles them in do_kern_addr_fault(), without an mm lock")
     # "space": the address-space key (``mm`` in ops); the events' own ``mm`` is the
     # mmap_lock pointer of that event
     ev = ev.join(threads.rename({"pid": "proc_pid", "mm": "space"}), on="tid", how="left")
@@ -326,7 +432,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     faults = ev.filter(pl.col("ev").is_in(["page_fault_user", "page_fault_kernel"])).join(
         grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left").join(acq, on=["tid", "_grp"], how="left")
     faults = faults.select(
-        "seq", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"),
+        "seq", "_ord", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"),
         # how long the fault held mmap_lock (acquired -> released): its service time on that path
         pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts") - pl.col("_acq_ts")).otherwise(None).alias("hold_ns"), pl.lit("fault").alias("kind"),
         pl.col("ts_ns").alias("start_ns"),
@@ -341,7 +447,7 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
     # -- syscalls: pair enter/exit per thread
     sc = ev.filter(pl.col("ev").str.starts_with("sys_") | (pl.col("ev") == "exit_mmap")).select(
-        "seq", "tid", pl.col("space").alias("mm"), "proc_pid", "ev", "ts_ns", "address", "len", "new_len", "new_addr", "prot", "flags", "ret")
+        "seq", "_ord", "tid", pl.col("space").alias("mm"), "proc_pid", "ev", "ts_ns", "address", "len", "new_len", "new_addr", "prot", "flags", "ret")
     writers = _pair_syscalls(sc, rep)
     # how long each writer held mmap_lock for write: its own acquire -> release
     held = ev.filter(pl.col("ev").is_in(["mmap_lock_acquired", "mmap_lock_released"]) & pl.col("write")
@@ -360,16 +466,16 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
     # the first write fault in a private VMA may take mmap_read_trylock in vmf_anon_prepare()
     private = vmas.filter(pl.col("prot").str.ends_with("p")).select("vma_id")
     first_write = (faults.filter(pl.col("write") & ~pl.col("kernel") & pl.col("vma_id").is_not_null())
-                   .join(private, on="vma_id").group_by("vma_id").agg(pl.col("seq").min().alias("_first_seq")))
+                   .join(private, on="vma_id").group_by("vma_id").agg(pl.col("_ord").min().alias("_first_ord")))
     faults = faults.join(first_write, on="vma_id", how="left").with_columns(
-        (pl.col("seq") == pl.col("_first_seq")).fill_null(False).alias("_first"))
+        (pl.col("_ord") == pl.col("_first_ord")).fill_null(False).alias("_first"))
     faults = faults.with_columns(
         (pl.col("observed_fallback") & pl.col("_first")).alias("observed_anon_prepare"),
         pl.when(pl.col("_first")).then(pl.col("observed_fallback") & False).otherwise(pl.col("observed_fallback")).alias("observed_fallback"),
-    ).drop("_first_seq", "_first")
+    ).drop("_first_ord", "_first")
     ops = pl.concat([faults.select(_cols(faults)), writers.select(_cols(writers))],
                     how="vertical_relaxed")
-    ops = ops.sort("seq").with_columns(
+    ops = ops.sort("_ord").with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("op_id"), pl.lit(trace_id).alias("trace_id"))
     prev_end = pl.coalesce("end_ns", "start_ns").shift(1).over("tid")
     ops = ops.with_columns((pl.col("start_ns") - prev_end).clip(lower_bound=0).alias("think_ns"))
@@ -380,66 +486,131 @@ def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
 
 
 def _cols(df: pl.DataFrame) -> list[str]:
-    return ["seq", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
+    return ["seq", "_ord", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
             "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids",
             "vmas_created", "vmas_freed", "vmas_successor", "hold_ns"]
 
 
 def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:
+    """One row per writer call (enter and exit of one thread paired; ``_end_ord``: the
+    exit's place in time order, where its change lands) and per exit_mmap."""
     rows = []
     open_: dict[tuple[int, str], dict] = {}
     for r in sc.iter_rows(named=True):
         ev = r["ev"]
         if ev == "exit_mmap":
-            rows.append(dict(seq=r["seq"], tid=r["tid"], mm=r["mm"], pid=r["proc_pid"], kind="exit",
-                             start_ns=r["ts_ns"], end_ns=r["ts_ns"], address=None, length=None, ret=0,
-                             args={}))
+            rows.append(dict(seq=r["seq"], _ord=r["_ord"], _end_ord=r["_ord"], tid=r["tid"], mm=r["mm"],
+                             pid=r["proc_pid"], kind="exit", start_ns=r["ts_ns"], end_ns=r["ts_ns"], address=None,
+                             length=None, ret=0, args={}))
             continue
         d, name = ("enter", ev[10:]) if ev.startswith("sys_enter_") else ("exit", ev[9:])
         key = (r["tid"], name)
         if d == "enter":
             if key in open_:
                 rep.unpaired_enter += 1
-                _close(open_.pop(key), None, None, rows)
+                _close(open_.pop(key), None, rows)
             open_[key] = r
         else:
             start = open_.pop(key, None)
             if start is None:
                 rep.unmatched_exit += 1
                 continue
-            _close(start, r["ts_ns"], r["ret"], rows)
+            _close(start, r, rows)
     for start in open_.values():
         rep.unpaired_enter += 1
-        _close(start, None, None, rows)
+        _close(start, None, rows)
     if not rows:
-        return pl.DataFrame(schema={"seq": pl.Int64, "tid": pl.Int32, "mm": pl.Utf8, "pid": pl.Int32, "kind": pl.Utf8,
-                                    "start_ns": pl.Int64, "end_ns": pl.Int64, "address": pl.UInt64, "length": pl.Int64,
-                                    "ret": pl.Int64, "args": pl.Object})
+        return pl.DataFrame(schema={"seq": pl.Int64, "_ord": pl.UInt32, "_end_ord": pl.UInt32, "tid": pl.Int32,
+                                    "mm": pl.Utf8, "pid": pl.Int32, "kind": pl.Utf8, "start_ns": pl.Int64,
+                                    "end_ns": pl.Int64, "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64,
+                                    "args": pl.Object})
     return pl.DataFrame(rows, schema_overrides={"args": pl.Object, "address": pl.UInt64, "ret": pl.Int64, "end_ns": pl.Int64,
-                                                "length": pl.Int64, "pid": pl.Int32})
+                                                "length": pl.Int64, "pid": pl.Int32, "_ord": pl.UInt32,
+                                                "_end_ord": pl.UInt32})
 
 
-def _close(enter: dict, end_ns, ret, rows: list) -> None:
+def _close(enter: dict, exit_: dict | None, rows: list) -> None:
     name = enter["ev"][10:]
     args = {k: enter[k] for k in ("address", "len", "new_len", "new_addr", "prot", "flags")}
-    rows.append(dict(seq=enter["seq"], tid=enter["tid"], mm=enter["mm"], pid=enter["proc_pid"], kind=name,
-                     start_ns=enter["ts_ns"], end_ns=end_ns, address=enter["address"], length=enter["len"], ret=ret,
-                     args=args))
+    rows.append(dict(seq=enter["seq"], _ord=enter["_ord"], _end_ord=None if exit_ is None else exit_["_ord"],
+                     tid=enter["tid"], mm=enter["mm"], pid=enter["proc_pid"], kind=name, start_ns=enter["ts_ns"],
+                     end_ns=None if exit_ is None else exit_["ts_ns"], address=enter["address"], length=enter["len"],
+                     ret=None if exit_ is None else exit_["ret"], args=args))
+
+
+class _OutOfRange(Exception):
+    """A writer call whose range leaves the user address space."""
+
+
+def _range(start, length) -> tuple[int, int]:
+    r = user_range(start, length)
+    if r is None:
+        raise _OutOfRange
+    return r
+
+
+def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[Vma], str]:
+    """Replay one successful writer call on ``asp``: (the VMAs it write-locks, its lock
+    mode).  An empty range changes no VMA (the kernel refuses it, or returns at once).
+    Raises _OutOfRange before changing anything."""
+    if kind == "mmap":
+        lo, hi = _range(ret, a["len"])
+        flags = a["flags"] or 0
+        prot = prot_str(a["prot"] or 0, bool(flags & MAP_SHARED))
+        return (asp.mmap(lo, hi, prot, bool(flags & MAP_ANONYMOUS), "", now) if lo < hi else []), "write"
+    if kind in ("munmap", "mprotect"):
+        lo, hi = _range(a["address"], a["len"])
+        if lo == hi:
+            return [], "write"
+        if kind == "munmap":
+            return asp.unmap(lo, hi, now), "write"
+        return asp.mprotect(lo, hi, prot_str(a["prot"] or 0), now), "write"
+    if kind == "mremap":
+        old, old_end = _range(a["address"], a["len"])
+        if ret == old:
+            _, new_end = _range(old, page_up(a["new_len"] or 0))
+            return asp.resize(old, old_end, new_end, now), "write"
+        lo, hi = _range(ret, page_up(a["new_len"] or 0))  # moved: the old range goes, a new VMA takes the pages
+        src = asp.find(old)
+        prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
+        return asp.unmap(old, old_end, now) + (asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []), "write"
+    if kind == "brk":
+        heap = next((v for v in asp.vmas if v.name == "[heap]"), None)
+        req = a["address"] or 0
+        if not req:
+            asp.brk_start = ret  # brk(0) reports the current break
+            return [], "none"
+        if ret != req:  # the break did not move (brk() returns the old one on failure)
+            return [], "write"
+        if heap is not None:
+            _, new_end = _range(heap.start, ret - heap.start)
+            return asp.resize(heap.start, heap.end, new_end, now), "write"
+        if asp.brk_start:
+            _, hi = _range(asp.brk_start, ret - asp.brk_start)
+            if asp.brk_start < hi:
+                asp.new(asp.brk_start, hi, "rw-p", True, "[heap]", now)
+        return [], "write"
+    if kind == "madvise":
+        if a["flags"] not in MADV_VMA_CHANGING:
+            return [], "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
+        lo, hi = _range(a["address"], a["len"])
+        return (asp.modify_flags(lo, hi, now) if lo < hi else []), "write"
+    return [], "write"
 
 
 def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep: BuildReport):
-    """Replay writers per mm in order of the time their change lands; give faults VMA ids."""
+    """Replay writers per mm in the (time) order their changes land; give faults VMA ids."""
     ids = IdSource()
     spaces: dict[str, AddressSpace] = {}
     seeded_mm = None
     if maps_snapshot:
         # the snapshot belongs to the recorded command: the mm of the first thread
-        first = pl.concat([faults.select("seq", "mm"), writers.select("seq", "mm")]).sort("seq")
+        first = pl.concat([faults.select("_ord", "mm"), writers.select(pl.col("_ord").cast(pl.UInt32), "mm")]).sort("_ord")
         if first.height:
             seeded_mm = first["mm"][0]
             asp = spaces.setdefault(seeded_mm, AddressSpace(ids))
             for lo, hi, perms, anon, name in parse_maps(maps_snapshot):
-                if lo >= 1 << 47:  # [vsyscall]: not in the mm's VMA tree
+                if user_range(lo, hi - lo) is None:  # [vsyscall]: not in the mm's VMA tree
                     continue
                 asp.new(lo, hi, perms, anon, name, None)
                 rep.seeded_vmas += 1
@@ -452,18 +623,19 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
     f_vma = np.full(faults.height, -1, dtype=np.int64)
     f_mm = faults["mm"].to_numpy()
     f_addr = faults["address"].to_numpy().astype(np.uint64)
-    f_ts = faults["start_ns"].to_numpy()
+    f_ord = faults["_ord"].to_numpy().astype(np.int64)
     f_kernel = faults["kernel"].to_numpy()
 
-    # writers take effect at their exit (end_ns); unfinished ones never
-    wl = writers.with_row_index("_i").filter(pl.col("end_ns").is_not_null()).sort("end_ns", "seq")
-    order_f = np.argsort(f_ts, kind="stable")
+    # writers take effect at their exit; unfinished ones never
+    wl = writers.with_row_index("_i").filter(pl.col("_end_ord").is_not_null()).sort("_end_ord")
+    order_f = np.argsort(f_ord, kind="stable")
     fi = 0
 
-    def resolve_faults_until(t_ns):
+    def resolve_faults_until(t_ord):
+        """Give the faults before ``t_ord`` in time order the VMAs they hit now."""
         nonlocal fi
         j = fi
-        while j < len(order_f) and f_ts[order_f[j]] < t_ns:
+        while j < len(order_f) and f_ord[order_f[j]] < t_ord:
             j += 1
         if j == fi:
             return
@@ -482,7 +654,7 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             f_vma[sel[ok]] = vid[pos[ok]]
 
     for r in wl.iter_rows(named=True):
-        resolve_faults_until(r["end_ns"])
+        resolve_faults_until(r["_end_ord"])
         i = r["_i"]
         asp = spaces.setdefault(r["mm"], AddressSpace(ids))
         asp.created, asp.freed = [], []
@@ -498,56 +670,25 @@ def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep:
             w_freed[i] = [v.id for v in locked]
             w_succ[i] = [-1] * len(locked)
             continue
-        if ret is not None and ret < 0 and ret > -4096:
+        if is_err_value(ret):
             rep.failed_calls += 1
             w_vma_ids[i] = []
             continue
-        locked: list[Vma] = []
-        if kind == "mmap":
-            start = ret
-            end = page_up(start + (a["len"] or 0))
-            flags = a["flags"] or 0
-            anon = bool(flags & MAP_ANONYMOUS)
-            locked = asp.mmap(start, end, prot_str(a["prot"] or 0, bool(flags & MAP_SHARED)), anon, "", now)
-        elif kind == "munmap":
-            start = page_down(a["address"])
-            locked = asp.unmap(start, page_up(start + (a["len"] or 0)), now)
-        elif kind == "mprotect":
-            start = page_down(a["address"])
-            locked = asp.mprotect(start, page_up(start + (a["len"] or 0)), prot_str(a["prot"] or 0), now)
-        elif kind == "mremap":
-            old = page_down(a["address"])
-            old_end = page_up(old + (a["len"] or 0))
-            new_len = page_up(a["new_len"] or 0)
-            if ret == old:
-                locked = asp.resize(old, old_end, old + new_len, now)
-            else:  # moved: the old range goes, a new VMA takes the pages
-                src = asp.find(old)
-                prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
-                locked = asp.unmap(old, old_end, now) + asp.mmap(ret, ret + new_len, prot, anon, "", now)
-        elif kind == "brk":
-            heap = next((v for v in asp.vmas if v.name == "[heap]"), None)
-            req = a["address"] or 0
-            if heap is not None and req and ret == req:
-                locked = asp.resize(heap.start, heap.end, page_up(ret), now)
-            elif heap is None and req and ret == req and asp.brk_start:
-                asp.new(asp.brk_start, page_up(ret), "rw-p", True, "[heap]", now)
-            elif not req:
-                asp.brk_start = ret  # brk(0) reports the current break
-                w_lock[i] = "none"
-        elif kind == "madvise":
-            beh = a["flags"]
-            if beh in MADV_VMA_CHANGING:
-                start = page_down(a["address"])
-                locked = asp.modify_flags(start, page_up(start + (a["len"] or 0)), now)
-            else:
-                w_lock[i] = "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
+        try:
+            locked, w_lock[i] = _apply(asp, kind, a, ret, now)
+        except _OutOfRange:
+            rep.out_of_range_calls += 1
+            w_vma_ids[i] = []
+            continue
         w_vma_ids[i] = sorted({v.id for v in locked})
         both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
         w_created[i] = [x for x in asp.created if x not in both]
         w_freed[i] = [x for x in asp.freed if x not in both]
         w_succ[i] = [asp.successor.get(x, -1) for x in w_freed[i]]
     resolve_faults_until(np.iinfo(np.int64).max)
+    if rep.out_of_range_calls:
+        rep.notes.append(f"{rep.out_of_range_calls:,} calls reach outside the user address space, which the kernel "
+                         "refuses: they change no VMA")
 
     # faults outside every known VMA: infer regions from the faulting pages
     miss = np.flatnonzero(f_vma < 0)

@@ -201,7 +201,25 @@ def record_ftrace(cmd: list[str], events: list[str], out: str, buffer_mb: int) -
     return maps, child.pid, rc
 
 
+def workload_failure(rc: int) -> tuple[str, int] | None:
+    """How a workload that did not exit 0 ended, and the status replay record exits
+    with: 1 for a non-zero exit (so replay's own 2 and 3 keep their meaning), 128 + N
+    for death by signal N - what a shell reports for a command killed by it."""
+    if rc == 0:
+        return None
+    if rc < 0:
+        try:
+            sig = signal.Signals(-rc).name
+        except ValueError:
+            sig = f"signal {-rc}"
+        return f"the workload was killed by {sig}", 128 - rc
+    return f"the workload exited with status {rc}", 1
+
+
 def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, replace):
+    """Record and ingest; returns (IngestResult, the workload's wait status as
+    subprocess gives it: negative for a signal).  A failing workload's trace is
+    ingested all the same - it is what the program really did."""
     from .ingesting import claim_name, run_ingest
     from .workspace import Workspace, atomic_output
 
@@ -210,14 +228,21 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
     with ws.staging() as stage:  # the raw recording: in the workspace, removed with the staging
         raw = os.path.join(stage, "trace.txt" if ftrace else "perf.data")
         rec = record_ftrace if ftrace else record_perf
-        maps, pid, _ = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
+        maps, pid, rc = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
         snapshot = f"# /proc/{pid}/maps at exec of: {' '.join(cmd)}\n{maps}"
         if keep:
             with atomic_output(keep) as tmp:
                 shutil.copyfile(raw, tmp)
             with atomic_output(f"{keep}.maps") as tmp:
                 Path(tmp).write_text(snapshot)
-        return run_ingest(raw, name, "ftrace" if ftrace else "perf-data", workspace, False, replace,
-                          maps_snapshot=snapshot, source_label=f"record: {' '.join(cmd)}",
-                          extra_meta={"hostname": os.uname().nodename, "kernel": os.uname().release,
-                                      "nr_cpus": os.cpu_count()})
+        try:
+            res = run_ingest(raw, name, "ftrace" if ftrace else "perf-data", workspace, False, replace,
+                             maps_snapshot=snapshot, source_label=f"record: {' '.join(cmd)}",
+                             extra_meta={"hostname": os.uname().nodename, "kernel": os.uname().release,
+                                         "nr_cpus": os.cpu_count()})
+        except InputError as e:
+            failed = workload_failure(rc)
+            if failed is None:
+                raise
+            raise InputError(f"{failed[0]}, and its recording could not be ingested: {e}") from None
+        return res, rc

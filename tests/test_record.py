@@ -5,6 +5,7 @@ import os
 import sys
 
 import polars as pl
+import pytest
 
 from conftest import needs_perf, needs_tracefs
 
@@ -57,3 +58,21 @@ def test_record_errors(cli, ws):
     assert rc == 2 and "needs a command" in err
     rc, out, err = cli("record", "-w", ws, "-o", "x", "--", "/nonexistent/program")
     assert rc == 1 and err.startswith("replay: error: cannot run")
+
+
+# the workload must not leave a core file behind wherever the tests run
+NO_CORE = "import resource; resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+
+
+@needs_perf
+@pytest.mark.parametrize("tail,status,what", [
+    ("raise SystemExit(3)\n", 1, "the workload exited with status 3"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)\n", 128 + 11, "the workload was killed by SIGSEGV"),
+], ids=["exit-3", "sigsegv"])
+def test_record_a_failing_workload_keeps_its_trace_and_fails(cli, ws, tail, status, what):
+    rc, out, err = cli("record", "-w", ws, "-o", "bad", "--", sys.executable, "-c", NO_CORE + PROG + tail)
+    assert rc == status
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"replay: error: {what}") and "'bad'" in lines[0], err
+    assert "line accounting" in out  # the recording was ingested all the same: it is real data
+    _check(ws, "bad", "perf-data")

@@ -1143,7 +1143,7 @@ def _exec(I, F, t):
 # -- gates (causal order the closed loop keeps; see reference.Simulation.__init__) ---------------
 @njit(cache=True, inline="always")
 def _rank(I, P, j):
-    """The op's place in trace (seq) order; the op builder numbers ops in that order."""
+    """The op's place in trace order: its op order (the op builder numbers ops in time order)."""
     return j if I[CI0 + CI_RANK_IS_INDEX] else P[4][j]
 
 
@@ -1598,28 +1598,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     n_created = sum(len(xs or []) for xs in wl["vmas_created"])
     max_obj = len(initial) + n_created + 1
 
-    # causal order: seq ranks (the op builder numbers ops in seq order, so usually the
-    # rank is the op's index and needs no array)
-    known = src.order("seq")
-    if known is not None and known[0]:
-        rank_is_index, seq = True, None
-    else:
-        seq = src.col(c("seq").fill_null(c("op_id")), np.int64)
-        rank_is_index = bool(_is_increasing(seq))
-    op_rank = np.zeros(1, np.int32) if rank_is_index else \
-        pl.Series(seq).rank("dense").cast(pl.Int32).to_numpy() - 1
-    del seq
-    # faults per VMA ordered by (seq, op_id): the reference's ``unstarted`` heaps
-    if rank_is_index:
-        us_ops, us_p = _group_order(op_arg, is_fault, nv)
-    else:
-        fvid = np.where(is_fault, op_arg, np.int32(-1))
-        fj = np.flatnonzero(fvid >= 0)
-        order = np.lexsort((fj, op_rank[fj], fvid[fj]))
-        us_ops = fj[order].astype(np.int32)
-        us_p = np.zeros(nv + 1, np.int64)
-        np.add.at(us_p, fvid[fj] + 1, 1)
-        us_p = np.cumsum(us_p)
+    # causal order: op order, as the reference keeps it (ops arrive in op_id order, so
+    # an op's rank is its index; seq, an input line, is not consulted)
+    rank_is_index, op_rank = True, np.zeros(1, np.int32)
+    # faults per VMA in op order: the reference's ``unstarted`` heaps
+    us_ops, us_p = _group_order(op_arg, is_fault, nv)
 
     tid = src.column("tid", np.int32)
     tids = np.unique(tid)

@@ -150,12 +150,15 @@ class Simulation:
         # a fault waits for the writer that created its VMA, and a writer waits until
         # the faults on its VMAs that the trace shows before it have started.  Both
         # point from later to earlier trace order, so they cannot deadlock; races that
-        # really happened (a fault overlapping the writer) stay races.
+        # really happened (a fault overlapping the writer) stay races.  Trace order is op
+        # order (op_id), the order each thread runs its ops in: the op builder numbers ops
+        # in time order, while ``seq`` is an input line and runs backwards where the
+        # trace's timestamps did.
         self.creator_of = {x: o["op_id"] for o in ops for x in (o.get("vmas_created") or [])}
-        self.unstarted: dict[int, list] = {}  # vma -> heap of (seq, op_id) of faults not yet started
+        self.unstarted: dict[int, list] = {}  # vma -> heap of op_ids of faults not yet started
         for o in ops:
             if o["kind"] == "fault" and o["vma_id"] is not None:
-                self.unstarted.setdefault(o["vma_id"], []).append((o.get("seq", o["op_id"]), o["op_id"]))
+                self.unstarted.setdefault(o["vma_id"], []).append(o["op_id"])
         for h in self.unstarted.values():
             heapq.heapify(h)
         self.started_ops: set = set()
@@ -397,9 +400,9 @@ class Simulation:
 
     def _min_unstarted(self, vid: int) -> float:
         h = self.unstarted.get(vid)
-        while h and h[0][1] in self.started_ops:
+        while h and h[0] in self.started_ops:
             heapq.heappop(h)
-        return h[0][0] if h else float("inf")
+        return h[0] if h else float("inf")
 
     def _gate(self, t: Thread) -> bool:
         o = t.rec["_o"]
@@ -410,7 +413,7 @@ class Simulation:
                 self._block(t, None)
                 return False
             return True
-        seq = o.get("seq", o["op_id"])
+        seq = o["op_id"]
         vids = set(o.get("vma_ids") or []) | set(o.get("vmas_freed") or [])
         if any(self._min_unstarted(v) < seq for v in vids):
             self.wait_start.append((t, seq, vids))

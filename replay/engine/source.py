@@ -186,24 +186,27 @@ class OpsSource:
                 rows = np.flatnonzero(keep)
                 sub = b.filter(pa.array(keep))
                 parts.append(fn(pl.from_arrow(sub).with_columns(pl.Series("_j", rows + pos, dtype=pl.UInt32))))
-        return pl.concat(parts, how="vertical_relaxed") if parts else fn(pl.DataFrame(
-            {"_j": pl.Series([], dtype=pl.UInt32), "kind": pl.Series([], dtype=pl.Utf8)}))
+        if parts:
+            return pl.concat(parts, how="vertical_relaxed")
+        # no writer at all (a faults-only trace): fn still selects every column it reads
+        empty = pl.from_arrow(self.pf.schema_arrow.empty_table().select(cols))
+        return fn(empty.with_columns(pl.Series("_j", [], dtype=pl.UInt32)))
 
     def prefetch(self) -> None:
         """Read the small per-op columns the loader needs (program, whether start and end
-        are known, whether op_id and seq run in order) in one pass over the file; the
+        are known, whether op_id runs in order) in one pass over the file; the
         big ones (vma_id, tid, think_ns) are read one at a time by column(), so they are
         never all in memory at once.  Only for a file source without an mm filter."""
         if self.path is None or self.mm is not None:
             return
         n = self.pf.metadata.num_rows
         self._n = n
-        want = {"op_id", "seq", "start_ns", "end_ns", "kind", "kernel", "lock_mode"}
+        want = {"op_id", "start_ns", "end_ns", "kind", "kernel", "lock_mode"}
         cols = [c for c in self.pf.schema_arrow.names if c in want]
         prog = np.empty(n, np.int8)
         start_ok = np.zeros(n, bool)
         end_ok = np.zeros(n, bool)
-        order = {k: [True, True, None, None] for k in ("op_id", "seq")}  # increasing, arange, first, last
+        order = {k: [True, True, None, None] for k in ("op_id",)}  # increasing, arange, first, last
         pos = 0
         for b in self.pf.iter_batches(batch_size=self.BATCH, columns=cols, use_threads=True):
             get = dict(zip(b.schema.names, b.columns))
@@ -239,7 +242,7 @@ class OpsSource:
         _trim()
 
     def order(self, name: str):
-        """(increasing, first value if it runs first, first+1, ... else None) for op_id or seq;
+        """(increasing, first value if it runs first, first+1, ... else None) for op_id;
         None when unknown (then read the column)."""
         o = self._order.get(name)
         if o is None:
