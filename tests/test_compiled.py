@@ -26,10 +26,15 @@ RESULT_KEYS = ["op_id", "sim_cpu", "start_ns", "end_ns", "lock_wait_ns", "cache_
                "fallback", "attempts"]
 
 
-def both(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
-    """Run the reference and the compiled engine on the same op dicts; return both sides."""
+def run_reference(model, machine, cpus, rows, placement="spread", open_loop=False, service=None):
+    """The reference engine on op dicts: (results, lock_stats, line_stats, counters)."""
     sim = Simulation(model, machine, cpus, [dict(r) for r in rows], placement, open_loop, service)
     ref = [{k: r[k] for k in RESULT_KEYS} for r in sim.run()]
+    return ref, sim.lock_stats(), sim.line_stats(), sim.counters
+
+
+def run_compiled(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
+    """The compiled engine on the same op dicts, results in the reference's form."""
     df = pl.DataFrame([{k: r.get(k) for k in COLS} for r in rows], schema=COLS)
     chunks = []
     locks, lines, counters = compiled.simulate(model, machine, cpus, df, placement, open_loop, service,
@@ -43,7 +48,13 @@ def both(model, machine, cpus, rows, placement="spread", open_loop=False, servic
                         "cache_ns": float(c["cache_ns"][i]), "line_transfers": int(c["line_transfers"][i]),
                         "outcome": compiled.OUTCOMES[c["outcome"][i]], "fallback": bool(c["fallback"][i]),
                         "attempts": int(c["attempts"][i])})
-    return (ref, sim.lock_stats(), sim.line_stats(), sim.counters), (got, locks, lines, counters)
+    return got, locks, lines, counters
+
+
+def both(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
+    """Run the reference and the compiled engine on the same op dicts; return both sides."""
+    return (run_reference(model, machine, cpus, rows, placement, open_loop, service),
+            run_compiled(model, machine, cpus, rows, placement, open_loop, service, chunk))
 
 
 def assert_same(a, b):
