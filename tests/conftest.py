@@ -78,3 +78,8 @@ def sample_ops(request, tmp_path_factory):
 # engine="auto" compiles the engine in a background process when numba's cache is cold;
 # tests compile it in-process (test_compiled runs first) and must not leave processes behind
 os.environ.setdefault("REPLAY_NO_BACKGROUND_COMPILE", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.json from the current engine instead of comparing")

@@ -26,10 +26,15 @@ RESULT_KEYS = ["op_id", "sim_cpu", "start_ns", "end_ns", "lock_wait_ns", "cache_
                "fallback", "attempts"]
 
 
-def both(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
-    """Run the reference and the compiled engine on the same op dicts; return both sides."""
+def run_reference(model, machine, cpus, rows, placement="spread", open_loop=False, service=None):
+    """The reference engine on op dicts: (results, lock_stats, line_stats, counters)."""
     sim = Simulation(model, machine, cpus, [dict(r) for r in rows], placement, open_loop, service)
     ref = [{k: r[k] for k in RESULT_KEYS} for r in sim.run()]
+    return ref, sim.lock_stats(), sim.line_stats(), sim.counters
+
+
+def run_compiled(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
+    """The compiled engine on the same op dicts, results in the reference's form."""
     df = pl.DataFrame([{k: r.get(k) for k in COLS} for r in rows], schema=COLS)
     chunks = []
     locks, lines, counters = compiled.simulate(model, machine, cpus, df, placement, open_loop, service,
@@ -43,7 +48,13 @@ def both(model, machine, cpus, rows, placement="spread", open_loop=False, servic
                         "cache_ns": float(c["cache_ns"][i]), "line_transfers": int(c["line_transfers"][i]),
                         "outcome": compiled.OUTCOMES[c["outcome"][i]], "fallback": bool(c["fallback"][i]),
                         "attempts": int(c["attempts"][i])})
-    return (ref, sim.lock_stats(), sim.line_stats(), sim.counters), (got, locks, lines, counters)
+    return got, locks, lines, counters
+
+
+def both(model, machine, cpus, rows, placement="spread", open_loop=False, service=None, chunk=7):
+    """Run the reference and the compiled engine on the same op dicts; return both sides."""
+    return (run_reference(model, machine, cpus, rows, placement, open_loop, service),
+            run_compiled(model, machine, cpus, rows, placement, open_loop, service, chunk))
 
 
 def assert_same(a, b):
@@ -121,6 +132,37 @@ def test_random_op_streams_match_the_reference(rows, model, cpus, machine, place
         o["start_ns"] = clock  # for the open loop
     m = MACHINES[machine]
     assert_same(*both(get_model(model), m, min(cpus, m.ncpus), ops, placement, open_loop, service, chunk))
+
+
+@st.composite
+def drain_heavy(draw):
+    """Many faults on one VMA while one writer write-locks it again and again: vm_refcnt
+    drains (readers inside when VMA_LOCK_OFFSET is added), writer wake-ups by the last or
+    every reader, readers failing on the writer bit and falling back - what the uniform
+    streams above produce only now and then."""
+    readers = draw(st.integers(2, 7))
+    rows = []
+    for _ in range(draw(st.integers(2, 6))):  # rounds: a burst of faults, then a writer
+        for t in range(2, 2 + readers):
+            rows += [(t, "fault", 1, draw(st.integers(0, 3_000)), 0, draw(st.booleans()))
+                     for _ in range(draw(st.integers(1, 4)))]
+        rows.append((1, draw(st.sampled_from(["mprotect", "mprotect", "madvise"])), 1, draw(st.integers(0, 5_000)),
+                     draw(st.integers(0, 5_000)), False))
+    return rows
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=drain_heavy(), model=st.sampled_from(MODELS), cpus=st.integers(2, 8), machine=st.sampled_from([0, 2, 3]),
+       service=st.sampled_from([None, 20_000.0, 100_000.0]), chunk=st.integers(1, 9))
+def test_drain_heavy_op_streams_match_the_reference(rows, model, cpus, machine, service, chunk):
+    ops = mk([(t, k, v if k == "fault" else [v], think, hold) for t, k, v, think, hold, _ in rows])
+    for o, (*_, kernel) in zip(ops, rows):
+        o["kernel"] = kernel
+    m = MACHINES[machine]
+    a, b = both(get_model(model), m, min(cpus, m.ncpus), ops, service=service, chunk=chunk)
+    assert_same(a, b)
+    if model in ("v7", "v8", "mainline"):  # the stream does what it is for
+        assert a[3]["writer_drains"] == sum(k != "fault" for _, k, *_ in rows)
 
 
 def test_buffer_keeps_room_for_zero_time_ops():

@@ -30,8 +30,22 @@ def _check(data: bytes, dialect: int) -> None:
     d = TextDecoder(dialect)
     ev, rj, n = d.decode(data, 1)
     c = d.counts
-    assert c.accounted() == c.lines == n == (data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1))
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    assert c.lines == n == len(lines)
+    # every line is exactly one of: an event row, a reject row, or a non-data line
+    # (header, blank, callchain, lost record) - checked against the rows themselves, not
+    # against the counts they were tallied from
+    ev_lines = ev.column("seq").to_pylist()
+    rj_lines = rj.column("line").to_pylist()
     assert ev.num_rows == c.parsed and rj.num_rows == c.malformed
+    assert len(set(ev_lines)) == len(ev_lines) and len(set(rj_lines)) == len(rj_lines)
+    assert not set(ev_lines) & set(rj_lines) and set(ev_lines) | set(rj_lines) <= set(range(1, n + 1))
+    rest = set(range(1, n + 1)) - set(ev_lines) - set(rj_lines)
+    assert len(rest) == c.header + c.blank + c.callchain + c.lost_records
+    blank = {i for i, ln in enumerate(lines, 1) if not ln.strip(b" \t\r")}  # the scanner's whitespace
+    assert blank <= rest  # a blank line is no event and no reject
     ev.validate(full=True)
     rj.validate(full=True)
 

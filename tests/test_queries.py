@@ -165,7 +165,13 @@ def test_compare_marks_significance_like_mmtests(wsq, cli):
     cell_b = row.split(f"{sb.mean:.2f}", 1)[1]
     assert cell_b.strip().startswith("*" if sig else "(")
     lower = next(ln for ln in lines if ln.startswith("Amean fault-ns-2"))
-    assert lower  # lower-is-better metrics have their sign flipped
+    # lower-is-better metrics have their sign flipped: a shorter mean fault is a gain
+    fa = stat(s.filter(pl.col("run_id") == a)["fault_ns"].to_list(), "Amean")
+    fb = stat(s.filter(pl.col("run_id") == b)["fault_ns"].to_list(), "Amean")
+    assert fa.mean != fb.mean  # else the sign would not show
+    flipped = 100 - fb.mean / fa.mean * 100
+    assert f"{fa.mean:.2f}" in lower and f"{fb.mean:.2f}" in lower
+    assert lower.split()[-1].strip("*()%") == f"{flipped:.2f}"
     rc, _, err = cli("compare", a, "-w", wsq)
     assert rc == 2 and "at least two" in err
     rc, out, err = cli("compare", "--models", "mmap_lock,v8", "--trace", "mprotect-race", "-w", wsq)

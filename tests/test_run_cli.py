@@ -51,21 +51,43 @@ def test_run_table_and_errors(cli, ws):
     assert rc == 1 and "--cpus" in err
 
 
+def _cpus_by_thread(res):
+    return [c for _, c in res.group_by("tid").agg(pl.col("sim_cpu").unique().sort()).sort("tid").rows()]
+
+
 def test_placements_and_open_loop(cli, ws):
     _ingest(cli, ws)
     outs = {}
-    for extra in ([], ["--placement", "as-recorded"], ["--open-loop"], ["--placement", "packed"]):
+    for extra in ([], ["--placement", "as-recorded"], ["--open-loop"], ["--placement", "packed", "--cpus", "56"],
+                  ["--cpus", "56"]):
         rc, out, err = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "broadwell-2s",
                            "--cpus", "4", "-w", ws, "-f", "json", *extra)
         assert rc == 0, err
-        outs[" ".join(extra)] = json.loads(out)
-    assert len({o["run_id"] for o in outs.values()}) == 4
-    ops = pl.read_parquet(ws / "ops" / "trace_id=pft-ftrace")
-    res = pl.read_parquet(ws / "results" / f"run_id={outs['--placement as-recorded']['run_id']}")
+        outs[" ".join(extra)] = pl.read_parquet(ws / "results" / f"run_id={json.loads(out)['run_id']}").sort("op_id")
+    ops = pl.read_parquet(ws / "ops" / "trace_id=pft-ftrace").sort("op_id")
+    # placement: pft-ftrace has 5 threads; broadwell-2s numbers socket 0's 14 cores 0-13,
+    # socket 1's 14-27, their SMT siblings 28-55.  spread: one per physical core,
+    # alternating sockets (0, 14, 1, 15, 2); packed: socket 0 first, SMT siblings next
+    # to their cores (0, 28, 1, 29, 2).  Each thread stays on its CPU.
+    assert _cpus_by_thread(outs["--cpus 56"]) == [[0], [14], [1], [15], [2]]
+    assert _cpus_by_thread(outs["--placement packed --cpus 56"]) == [[0], [28], [1], [29], [2]]
+    # --cpus 4 is CPUs 0-3 (one socket): spread puts the fifth thread back on CPU 0
+    assert _cpus_by_thread(outs[""]) == [[0], [1], [2], [3], [0]]
+    res = outs["--placement as-recorded"]
     rec = ops.group_by("tid").agg(pl.col("cpu").mode().first().alias("rec"))
     sim = res.group_by("tid").agg(pl.col("sim_cpu").first())
     j = rec.join(sim, on="tid")
     assert (j["rec"].cast(pl.Int32) % 4 == j["sim_cpu"]).all()  # kept on the CPU they ran on
+    # open loop: each op starts at its recorded time (from the trace's first op) or, if
+    # its thread is still busy with its previous op then, when that op ends - lock waits
+    # and the closed loop's drift do not move it
+    def due(res):
+        j = res.join(ops.select("op_id", (pl.col("start_ns") - pl.col("start_ns").min()).alias("rel")), on="op_id")
+        j = j.with_columns(pl.col("end_ns").shift(1).over("tid", order_by="op_id").fill_null(0.0).alias("prev_end"))
+        return j.select((pl.col("start_ns") == pl.max_horizontal(pl.col("rel").cast(pl.Float64), "prev_end")).all()).item()
+
+    assert due(outs["--open-loop"])
+    assert not due(outs[""])  # the closed loop does drift from the recorded times
 
 
 def test_synth_pft_through_the_real_ingester(cli, ws):
