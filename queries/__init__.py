@@ -350,6 +350,7 @@ class _Reader:
     def total_rows(self) -> int:
         """How many rows the whole result has, without streaming them: the same query
         counted on a second cursor, whose optimizer drops the unused columns."""
+        self._r.close()  # stop the first query: it would go on filling buffers meanwhile
         try:
             return self._count()
         except Exception as e:

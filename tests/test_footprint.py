@@ -279,3 +279,22 @@ def test_footprint_killed_at_each_step(cli, ws, point):
     assert leftovers(ws) == []
     (f,) = Workspace(ws).committed_files("footprint")
     assert set(pl.read_parquet(f)["model"]) == want | {"pervma"}
+
+
+@pytest.mark.parametrize("name", ["pft-ftrace", "jvm-alloc", "pft-2t"])
+def test_footprint_of_every_sample_trace_under_every_model(cli, tmp_path, name):
+    """Issue 13's "footprints for the sample traces under every model": the other samples
+    (mprotect-race is above), each model's peak object count at least its peak VMA count
+    and the footprint of a 256-byte VMA at least that of a 192-byte one."""
+    from replay.models import registry
+
+    ws = tmp_path / "ws"
+    assert cli("ingest", SAMPLES / f"{name}.txt.zst", "-w", ws, "--maps", SAMPLES / f"{name}.maps", "-O", "json")[0] == 0
+    rc, out, err = cli("footprint", name, "-w", ws, "-f", "json")
+    assert rc == 0, err
+    by = {r["model"]: r for r in json.loads(out)}
+    assert set(by) == set(registry())
+    vmas = pl.read_parquet(ws / "vmas" / f"trace_id={name}" / "part-0.parquet")
+    for r in by.values():
+        assert 0 < r["peak_vmas"] <= vmas.height and r["peak_objects"] >= r["peak_vmas"], r
+    assert by["v8"]["peak_kib"] >= by["mainline"]["peak_kib"]
