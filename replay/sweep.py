@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +111,19 @@ def run_job(job: Job) -> dict:
     return {"run_id": job.run_id, "summary": s}
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group; the sweep (the parent) decides what stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["REPLAY_NO_BACKGROUND_COMPILE"] = "1"  # the planner compiled the engine already
+    threading.Thread(target=_die_with, args=(parent,), daemon=True).start()
+
+
+def _die_with(parent: int) -> None:
+    """A pool's workers wait on its queue for ever once the sweep is gone (kill -9 of
+    the sweep): go too.  Dying mid-commit is safe; the next writer cleans up."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- executors ----------------------------------------------------------------------------
@@ -148,7 +159,7 @@ class LocalExecutor:
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(workers or default_workers(), mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init)
+                                        initializer=_worker_init, initargs=(os.getpid(),))
 
     def map(self, jobs: Sequence[Job]) -> Iterator[dict]:
         from concurrent.futures import as_completed
