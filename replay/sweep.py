@@ -86,6 +86,12 @@ def read_sweep_file(path: Path) -> dict:
             d[k] = [d[k]]
         if k in d and not (isinstance(d[k], list) and all(isinstance(x, int if k == "cpus" else str) for x in d[k])):
             raise Fail(f"sweep file {path}: {k} must be a list of {'integers' if k == 'cpus' else 'names'}", 2)
+    for k, types, what in (("iterations", int, "an integer"), ("seed", int, "an integer"),
+                           ("placement", str, "a string"), ("engine", str, "a string"),
+                           ("fault_service", (str, int, float), "trace, profile or a number of ns"),
+                           ("open_loop", bool, "true or false")):
+        if k in d and (not isinstance(d[k], types) or (types is int and isinstance(d[k], bool))):
+            raise Fail(f"sweep file {path}: {k} must be {what}", 2)
     return d
 
 

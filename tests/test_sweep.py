@@ -165,7 +165,8 @@ def test_sweep_errors_are_one_line(cli, sws, args, code, msg):
 def test_bad_sweep_files(cli, sws):
     bad = sws.parent / "bad.toml"
     for text, code, msg in (("models = [\n", 1, "not valid TOML"), ('modles = ["v8"]\n', 2, "unknown setting 'modles'"),
-                            ('cpus = ["one"]\n', 2, "cpus must be a list of integers")):
+                            ('cpus = ["one"]\n', 2, "cpus must be a list of integers"),
+                            ('iterations = "3"\n', 2, "iterations must be an integer")):
         bad.write_text(text)
         rc, _, err = cli("sweep", bad, "-w", sws)
         assert rc == code and str(bad) in err and msg in err and len(err.strip().splitlines()) == 1, err
