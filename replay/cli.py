@@ -532,11 +532,15 @@ def sweep(
                     failed.append(res)
                 else:
                     status[res["run_id"]] = "replayed"
-    except KeyboardInterrupt:
-        raise Fail(f"interrupted; {sum(v == 'replayed' for v in status.values())} runs of this sweep were committed "
-                   "(run it again to resume: finished runs are skipped)", 130)
-    except S.WorkerLost as e:
-        raise Fail(f"a sweep worker died ({e}); {sum(v == 'replayed' for v in status.values())} runs were committed, "
+    except (KeyboardInterrupt, S.WorkerLost) as e:
+        if ex is not None:
+            ex.close()  # first: a worker may commit the run it was finishing
+            ex = None
+        n = len({j.run_id for j in todo} & S.finished(ws))
+        if isinstance(e, KeyboardInterrupt):
+            raise Fail(f"interrupted; {n} of the sweep's {len(todo)} runs to do were committed "
+                       "(run it again to resume: finished runs are skipped)", 130)
+        raise Fail(f"a sweep worker died ({e}); {n} of the sweep's {len(todo)} runs to do were committed, "
                    "run the sweep again to resume")
     finally:
         if ex is not None:

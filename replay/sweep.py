@@ -293,23 +293,22 @@ def plan_commands(jobs: Iterable[Job], spec: Spec, workspace: str) -> list[str]:
     return out
 
 
-def execute(executor: Executor, jobs: Sequence[Job], total: int, done_before: int) -> list[dict]:
+def execute(executor: Executor, jobs: Sequence[Job], total: int, done_before: int) -> Iterator[dict]:
     """Run ``jobs`` on ``executor`` with one progress bar for the whole sweep (``total``
-    runs, ``done_before`` of them already in the workspace); the results as they came."""
+    runs, ``done_before`` of them already in the workspace); yields each result as it
+    comes (so an interrupted sweep knows what it committed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .cli import err
 
-    results = []
     prog = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
     task = prog.add_task("sweep", total=total, completed=done_before)
     with prog:
         for r in executor.map(jobs):
-            results.append(r)
+            yield r
             fault_point("sweep.run_done")
             prog.advance(task)
-    return results
 
 
 # -- the end-of-sweep report ----------------------------------------------------------------

@@ -206,6 +206,17 @@ def test_sweep_killed_then_resumed(sws, clean, point):
     assert not list(Path(sws).glob(".stage-*"))
 
 
+def test_interrupted_sweep_says_what_it_committed(sws):
+    """Ctrl-C (a SIGINT the sweep sends itself after its first finished run): exit 130,
+    one line counting the runs committed - all the workspace has - and no worker left."""
+    p = _cli_proc(*SWEEP, "-w", sws, fault="sweep.run_done:SIGINT")
+    assert p.returncode == 130, p.stderr
+    n = len(_runs(sws))
+    assert n >= 1 and f"interrupted; {n} of the sweep's 4 runs to do were committed" in p.stderr, p.stderr
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
+    assert not _workers_of(sws)
+
+
 def _workers_of(ws):
     """Live processes spawned by a sweep of the test's interpreter (multiprocessing workers)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
