@@ -422,8 +422,10 @@ def _ops_snapshot(ws, trace: str, stage: str):
     return snap, sha
 
 
-def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine):
-    """One replay with a progress bar, its results streamed into ``stage``, committed."""
+def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine,
+               bar: bool = True):
+    """One replay with a progress bar (unless ``bar`` is off), its results streamed into
+    ``stage``, committed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .engine import replay
@@ -431,7 +433,7 @@ def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, ope
     from .workspace import writing
 
     prog = Progress(TextColumn(f"replay {trace} under {mdl.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("ops"),
-                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+                    TimeElapsedColumn(), console=err, transient=True, disable=not (bar and err.is_terminal))
     task = prog.add_task("run", total=OpsSource(ops).n)
     try:
         with prog, writing(ws.root):
@@ -442,6 +444,49 @@ def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, ope
         raise _replay_failed(trace, ops, e)
     ws.write_run(r, stage)
     return r
+
+
+def run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, engine, bar: bool = True,
+            expect_sha: str | None = None):
+    """One run replayed and committed: what ``replay run`` does, and each job of
+    ``replay sweep`` (in whichever process or machine runs it), so both commit alike.
+    ``expect_sha``: the trace content the caller planned the run for; a trace replaced
+    since then fails the run instead of replaying the new content under another id.
+    Returns the Run and its summary."""
+    stage = ws.stage()  # results stream here as the replay runs, then move into place
+    try:
+        ops, sha = _ops_snapshot(ws, trace, stage)
+        if expect_sha is not None and sha != expect_sha:
+            raise ws.gone(trace)
+        r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine,
+                       bar)
+        s = _summary_with_observed(r, ops)
+    finally:
+        ws.unstage(stage)
+    return r, s
+
+
+def model_and_machine(model: str, machine: str):
+    """The lock model and machine profile named on the command line, or a Fail."""
+    from .machines import MachineError, load_machine
+    from .models import ModelError, get_model
+
+    try:
+        return get_model(model), load_machine(machine)
+    except (ModelError, MachineError) as e:
+        raise Fail(str(e))
+
+
+def check_run_options(placement: str, engine: str) -> None:
+    from .engine import ENGINES
+
+    if placement not in PLACEMENTS:
+        raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
+    if engine not in ENGINES:
+        raise Fail(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}", 2)
+
+
+PLACEMENTS = ("spread", "packed", "as-recorded")
 
 
 def _summary_with_observed(r, ops) -> dict:
@@ -509,29 +554,11 @@ def run(
     output: Fmt = FormatOpt,
 ):
     """Replay a trace through a lock model on a simulated machine; print a summary."""
-    from .machines import MachineError, load_machine
-    from .models import ModelError, get_model
     from .workspace import Workspace
 
-    try:
-        mdl = get_model(model)
-        mach = load_machine(machine)
-    except (ModelError, MachineError) as e:
-        raise Fail(str(e))
-    if placement not in ("spread", "packed", "as-recorded"):
-        raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
-    from .engine import ENGINES
-
-    if engine not in ENGINES:
-        raise Fail(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}", 2)
-    ws = Workspace(workspace)
-    stage = ws.stage()  # results stream here as the replay runs, then move into place
-    try:
-        ops, sha = _ops_snapshot(ws, trace, stage)
-        r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine)
-        s = _summary_with_observed(r, ops)
-    finally:
-        ws.unstage(stage)
+    mdl, mach = model_and_machine(model, machine)
+    check_run_options(placement, engine)
+    r, s = run_one(Workspace(workspace), trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, engine)
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))
@@ -555,55 +582,120 @@ def run(
               title="hottest cache lines")
 
 
+def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if as_int:
+        try:
+            return [int(v) for v in items]
+        except ValueError:
+            raise Fail(f"{what} takes comma-separated integers, not {value!r}", 2)
+    return items
+
+
 @app.command()
 def sweep(
-    models_: str = typer.Option(..., "--models", help="Comma-separated lock models."),
-    cpus: str = typer.Option(..., "--cpus", "-c", help="Comma-separated CPU counts, e.g. 1,4,14,28,56."),
-    trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace to replay (replay synth makes pft/page_fault1 ones)."),
-    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
-    seed: int = typer.Option(0, "--seed"),
-    placement: str = typer.Option("spread", "--placement", help="spread, packed or as-recorded."),
-    executor: str = typer.Option("local", "--executor", help="Only local for now: runs one after another here."),
-    engine: str = typer.Option("auto", "--engine", help="auto, compiled or reference (as for replay run)."),
+    sweep_file: Optional[Path] = typer.Argument(None, help="A TOML sweep file (traces, models, machines, cpus, iterations, seed, placement, engine, fault_service, open_loop); options given here override it."),
+    traces: Optional[str] = typer.Option(None, "--traces", "--trace", "-t", help="Comma-separated traces (default: the bundled sample)."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models."),
+    machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help="Comma-separated machine profiles or .toml paths (default: broadwell-2s)."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", "-c", help="Comma-separated CPU counts, e.g. 1,4,14,28,56."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-k", help="Runs per combination, seeds SEED, SEED+1, ... (default 1)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed (default 0)."),
+    placement: Optional[str] = typer.Option(None, "--placement", help="spread (default), packed or as-recorded."),
+    open_loop: Optional[bool] = typer.Option(None, "--open-loop/--closed-loop", help="As for replay run (default closed)."),
+    fault_service: Optional[str] = typer.Option(None, "--fault-service", help="trace (default), profile or ns, as for replay run."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="auto (default), compiled or reference, as for replay run."),
+    executor: str = typer.Option("local", "--executor", "-x", help="local (a process pool on this machine) or dask."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="local: worker processes; dask without --scheduler: LocalCluster workers (default: every core)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask: the scheduler's address, e.g. tcp://host:8786 (default: a LocalCluster here)."),
+    plan_only: bool = typer.Option(False, "--plan", help="Print one `replay run` command per unfinished run (for xargs, GNU parallel, Slurm) and exit."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
-    """Replay one trace under several models and CPU counts; print faults/sec per model and CPU count."""
-    from .engine import replay
-    from .machines import MachineError, load_machine
-    from .models import ModelError, get_model
+    """Replay every combination of traces, models, machines, CPU counts and seeds, in parallel.
+
+    Each combination is an ordinary run (the run id replay run would give); runs already
+    in the workspace are skipped, so an interrupted sweep resumes where it stopped.
+    Prints faults/sec per run and the mmtests comparison of the models."""
+    from . import sweep as S
     from .workspace import Workspace
 
-    if executor != "local":
-        raise Fail(f"--executor {executor}: only local is available (distributed executors are not built yet)", 2)
-    try:
-        mdls = [get_model(m.strip()) for m in models_.split(",") if m.strip()]
-        mach = load_machine(machine)
-        counts = [int(c) for c in cpus.split(",") if c.strip()]
-    except (ModelError, MachineError) as e:
-        raise Fail(str(e))
-    except ValueError:
-        raise Fail(f"--cpus takes comma-separated integers, not {cpus!r}", 2)
-    ws = Workspace(workspace)
-    rows = []
-    from rich.progress import Progress
+    f = S.read_sweep_file(sweep_file) if sweep_file is not None else {}
 
-    with ws.staging() as stage, Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
-        ops, sha = _ops_snapshot(ws, trace, stage)
-        task = prog.add_task(f"sweep {trace}", total=len(mdls) * len(counts))
-        for m in mdls:
-            row = {"model": m.name}
-            for c in counts:
-                try:
-                    r = replay(ops, m, mach, c, seed, placement, trace, sha, engine=engine)
-                except (ValueError, RuntimeError) as e:
-                    raise _replay_failed(trace, ops, e)
-                ws.write_run(r, stage)
-                row[f"cpus={c}"] = r.summary()["faults_per_sec"]
-                prog.advance(task)
-            rows.append(row)
-    _emit(rows, ["model"] + [f"cpus={c}" for c in counts], output,
-          title=f"faults/sec: {trace} on {mach.name} (runs written; replay compare --models ... for significance)")
+    def pick(given, key, default):
+        return given if given is not None else f.get(key, default)
+
+    spec = S.Spec(
+        traces=pick(_csv_list(traces, "--traces"), "traces", [SAMPLE_TRACE]),
+        models=pick(_csv_list(models_, "--models"), "models", None),
+        machines=pick(_csv_list(machines_, "--machines"), "machines", ["broadwell-2s"]),
+        cpus=pick(_csv_list(cpus, "--cpus", as_int=True), "cpus", None),
+        iterations=pick(iterations, "iterations", 1), seed=pick(seed, "seed", 0),
+        placement=pick(placement, "placement", "spread"), engine=pick(engine, "engine", "auto"),
+        fault_service=str(pick(fault_service, "fault_service", "trace")), open_loop=pick(open_loop, "open_loop", False))
+    for key in ("traces", "models", "machines", "cpus"):
+        if not getattr(spec, key):
+            raise Fail(f"sweep needs --{key} (or {key} in a sweep file)", 2)
+    if executor not in ("local", "dask"):
+        raise Fail(f"--executor must be local or dask, not {executor!r}", 2)
+    if scheduler and executor != "dask":
+        raise Fail("--scheduler is for --executor dask", 2)
+    if workers is not None and workers < 1:
+        raise Fail("--workers must be at least 1", 2)
+    ws = Workspace(workspace)
+    jobs = S.plan(ws, spec)
+    done = S.finished(ws)
+    todo = [j for j in jobs if j.run_id not in done]
+    if plan_only:
+        for line in S.plan_commands(todo, spec, str(ws.root)):
+            print(line)
+        if len(todo) < len(jobs):
+            err.print(f"({len(jobs) - len(todo)} of {len(jobs)} runs are in the workspace already and left out)",
+                      markup=False)
+        return
+    status = {j.run_id: "skipped" for j in jobs if j.run_id in done}
+    failed = []
+    ex = None
+    try:
+        if todo:
+            ex = (S.DaskExecutor(scheduler, workers) if executor == "dask"
+                  else S.LocalExecutor(min(workers or S.default_workers(), len(todo))))
+            for res in S.execute(ex, todo, len(jobs), len(jobs) - len(todo)):
+                if "error" in res:
+                    failed.append(res)
+                else:
+                    status[res["run_id"]] = "replayed"
+    except (KeyboardInterrupt, S.WorkerLost) as e:
+        if ex is not None:
+            ex.close()  # first: a worker may commit the run it was finishing
+            ex = None
+        n = len({j.run_id for j in todo} & S.finished(ws))
+        if isinstance(e, KeyboardInterrupt):
+            raise Fail(f"interrupted; {n} of the sweep's {len(todo)} runs to do were committed "
+                       "(run it again to resume: finished runs are skipped)", 130)
+        raise Fail(f"a sweep worker died ({e}); {n} of the sweep's {len(todo)} runs to do were committed, "
+                   "run the sweep again to resume")
+    finally:
+        if ex is not None:
+            ex.close()
+    rep = S.report(ws, [j for j in jobs if j.run_id in status], status)
+    if output is Fmt.json:
+        print(json.dumps({**rep, "replayed": sum(v == "replayed" for v in status.values()),
+                          "skipped": sum(v == "skipped" for v in status.values()), "failed": len(failed)}, indent=2))
+    elif output is Fmt.csv:
+        _emit(rep["runs"], list(rep["runs"][0]) if rep["runs"] else ["run_id"], output)
+    else:
+        _emit(rep["runs"], ["run_id", "trace_id", "model", "machine", "cpus", "seed", "faults", "faults_per_sec",
+                            "fallback_pct", "status"], output,
+              title=f"{len(jobs)} runs: {sum(v == 'replayed' for v in status.values())} replayed, "
+                    f"{sum(v == 'skipped' for v in status.values())} already in the workspace")
+        for line in S.render_report(rep):
+            print(line)
+    if failed:
+        first = failed[0]
+        raise Fail(f"{len(failed)} of {len(jobs)} runs failed; the first: {first['error']}", first.get("code", 1))
 
 
 @app.command()

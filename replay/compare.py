@@ -69,23 +69,45 @@ def stat(values: list[float], kind: str) -> Stat:
     return Stat(mean, am - half, am + half)
 
 
-def table(res: pl.DataFrame, runs: list[str], labels: list[str], cpus: dict[str, int]) -> list[str]:
-    s = samples(res)
-    width = max(14, max(len(x) for x in labels) + 2)
-    lines = [" " * 24 + "".join(f"{x:>{width + 12}}" for x in labels)]
+def run_samples(path, run_id: str) -> pl.DataFrame:
+    """``samples()`` of one run's results file, reading only the columns they need (a
+    sweep compares runs of millions of ops)."""
+    res = pl.read_parquet(path, columns=["kind", "start_ns", "end_ns", "fallback"])
+    return samples(res.with_columns(pl.lit(run_id).alias("run_id")))
+
+
+def compare_stats(s: pl.DataFrame, columns: list[list[str]], labels: list[str]) -> list[dict]:
+    """Per metric and column: the Stat over the samples of the column's runs (one run,
+    or a sweep's iterations pooled), the % change against the first column (sign
+    flipped where lower is better) and whether the difference is significant."""
+    rows = []
     for name, label, kind, higher in METRICS:
-        stats = [stat(s.filter(pl.col("run_id") == r)[name].to_list(), kind) for r in runs]
-        c = {cpus[r] for r in runs}
-        row = f"{kind} {label}-{c.pop() if len(c) == 1 else 'n'}"
-        cells = []
+        stats = [stat(s.filter(pl.col("run_id").is_in(runs))[name].to_list(), kind) for runs in columns]
         base = stats[0]
-        for i, st in enumerate(stats):
+        for i, (st, lbl) in enumerate(zip(stats, labels)):
             if i == 0 or base.mean == 0 or math.isnan(base.mean):
                 pct = 0.0
             else:
                 pct = (st.mean / base.mean * 100 - 100) * (1 if higher else -1)
-            sig = i > 0 and (st.lo > base.hi or st.hi < base.lo)
-            mark = ("*", "*") if sig else ("(", ")")
-            cells.append(f"{st.mean:>{width}.2f} {mark[0]}{pct:>7.2f}%{mark[1]}")
-        lines.append(f"{row:<24}" + "".join(f"{c:>{width + 12}}" for c in cells))
+            rows.append({"metric": label, "mean_kind": kind, "label": lbl, "mean": st.mean, "ci_low": st.lo,
+                         "ci_high": st.hi, "pct_change": pct, "significant": i > 0 and (st.lo > base.hi or st.hi < base.lo)})
+    return rows
+
+
+def render(rows: list[dict], labels: list[str], ncpus) -> list[str]:
+    """``compare_stats`` rows as mmtests compare-kernels lines, one per metric."""
+    width = max(14, max(len(x) for x in labels) + 2)
+    lines = [" " * 24 + "".join(f"{x:>{width + 12}}" for x in labels)]
+    for k in range(0, len(rows), len(labels)):
+        cells = []
+        for r in rows[k:k + len(labels)]:
+            mark = ("*", "*") if r["significant"] else ("(", ")")
+            cells.append(f"{r['mean']:>{width}.2f} {mark[0]}{r['pct_change']:>7.2f}%{mark[1]}")
+        head = f"{rows[k]['mean_kind']} {rows[k]['metric']}-{ncpus}"
+        lines.append(f"{head:<24}" + "".join(f"{c:>{width + 12}}" for c in cells))
     return lines
+
+
+def table(res: pl.DataFrame, runs: list[str], labels: list[str], cpus: dict[str, int]) -> list[str]:
+    c = {cpus[r] for r in runs}
+    return render(compare_stats(samples(res), [[r] for r in runs], labels), labels, c.pop() if len(c) == 1 else "n")

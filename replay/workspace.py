@@ -50,8 +50,8 @@ is safety against a process dying, not the machine.
 ``WorkspaceError`` naming the path and the cause (the CLI prints it as one line, exit 1).
 
 **Fault points.**  ``REPLAY_FAULT_POINT=NAME`` makes the process SIGKILL itself at the
-step ``fault_point(NAME)`` marks (``NAME:stop`` SIGSTOPs it, ``NAME:ENOSPC`` - any errno
-name - raises that error there); the tests kill commands at every step this way.
+step ``fault_point(NAME)`` marks (``NAME:stop`` SIGSTOPs it, ``NAME:SIGINT`` - any signal
+name - sends it that signal, ``NAME:ENOSPC`` - any errno name - raises that error there); the tests kill commands at every step this way.
 """
 
 from __future__ import annotations
@@ -102,6 +102,8 @@ def fault_point(name: str, path: str | Path | None = None) -> None:
         return
     if action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif action.startswith("SIG"):  # SIGINT: a Ctrl-C at exactly this step
+        os.kill(os.getpid(), getattr(signal, action))
     elif action:
         code = getattr(errno, action)
         raise OSError(code, os.strerror(code), None if path is None else str(path))

@@ -153,11 +153,11 @@ def test_sweep_writes_one_run_per_model_and_cpu_count(cli, ws):
     _ingest(cli, ws)
     rc, out, err = cli("sweep", "--models", "v8,mmap_lock", "--cpus", "1,2", "--trace", "pft-ftrace", "-w", ws, "-f", "json")
     assert rc == 0, err
-    rows = {r["model"]: r for r in json.loads(out)}
+    rows = {(r["model"], r["cpus"]): r for r in json.loads(out)["runs"]}
     runs = pl.read_parquet(ws / "runs" / "*" / "*.parquet")
     assert runs.height == 4
     for r in runs.iter_rows(named=True):
-        assert rows[r["model"]][f"cpus={r['cpus']}"] == r["faults_per_sec"]
+        assert rows[r["model"], r["cpus"]]["faults_per_sec"] == r["faults_per_sec"]
     rc, _, err = cli("sweep", "--models", "v8", "--cpus", "1,x", "-w", ws)
     assert rc == 2 and "--cpus" in err
 

@@ -128,6 +128,20 @@ def run_id_for(params: dict) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_params(ops, model, machine: Machine, cpus: int, seed: int, placement: str, trace_id: str,
+               trace_sha256: str, open_loop: bool, fault_service: str, engine: str) -> dict:
+    """A run's parameters (its ``runs`` row, and through ``run_id_for`` its id), known
+    before it runs: ``replay sweep`` skips the runs whose id the workspace already has."""
+    service_ns, service_src = fault_service_time(ops, machine, fault_service)
+    if cpus < 1 or cpus > machine.ncpus:
+        raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
+    return {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
+            "machine_sha256": machine.digest(), "model_sha256": model.digest(),
+            "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
+            "engine": engine, "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
+            "fault_service_source": service_src}
+
+
 ENGINES = ("auto", "compiled", "reference")
 # auto: below this many ops a cold compiled engine is not worth waiting for (compiling
 # takes 15-20 s once; the reference engine does about 20k ops/s)
@@ -166,16 +180,10 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
         ops = ops.sort("op_id")
     src = OpsSource(ops)
     engine = choose_engine(engine, src.n)
-    service_ns, service_src = fault_service_time(src, machine, fault_service)
-
-    if cpus < 1 or cpus > machine.ncpus:
-        raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
-    params = {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
-              "machine_sha256": machine.digest(), "model_sha256": model.digest(),
-              "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
-              "engine": engine, "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
-              "fault_service_source": service_src}
+    params = run_params(src, model, machine, cpus, seed, placement, trace_id, trace_sha256, open_loop,
+                        fault_service, engine)
     rid = run_id_for(params)
+    service_ns = params["fault_service_ns"]
     t0 = time.perf_counter()
     mms = src.mms()
     totals = Totals()
