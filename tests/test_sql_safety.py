@@ -205,12 +205,12 @@ def test_big_results_stream_in_bounded_memory(wss, tmp_path):
     # 100 M rows of 200 bytes: the table shows the first 200 and counts the rest
     rc, err, mb = _peak_mb(["sql", "SELECT range, repeat('x', 200) AS pad FROM range(100000000)", "-w", str(wss)])
     assert rc == 0 and "99,999,800 more rows" in err, err
-    assert mb < 1000, mb  # holding the result took > 6 GB
+    assert mb < 2000, mb  # holding the result took > 6 GB; streaming: ~160 MB idle (allocator arenas grow under load)
     dest = tmp_path / "big.csv"
     rc, err, mb = _peak_mb(["sql", "SELECT range, repeat('x', 200) AS pad FROM range(6000000)", "-w", str(wss),
                             "-o", str(dest)])
     assert rc == 0 and "wrote 6,000,000 rows" in err, err
-    assert mb < 1000, mb  # 6 M rows (1.2 GB of text) held whole: ~4 GB; streamed: ~250 MB on an idle machine
+    assert mb < 2000, mb  # 6 M rows (1.2 GB of text) held whole: ~4 GB; streamed: ~330 MB idle, ~1.1 GB loaded
     with open(dest) as f:
         assert f.readline() == "range,pad\n"
         assert sum(1 for _ in f) == 6_000_000
