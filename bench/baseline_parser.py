@@ -33,7 +33,8 @@ def parse(path: str, out: str) -> int:
                        pid=int(pid) if pid else None, tid=int(tid), comm=comm, event=event)
             pairs = PAIR.findall(payload)
             if not pairs and payload.strip():
-                row["ret"] = int(payload.strip(), 0)
+                ret = int(payload.strip(), 0)  # a long: 0xfffffffffffffff4 is -ENOMEM
+                row["ret"] = ret - (1 << 64) if ret >= 1 << 63 else ret
             for k, v in pairs:
                 if k in ("write", "success"):
                     row[k] = v == "true"
