@@ -87,8 +87,8 @@ class Run:
 
 
 MIN_SERVICE_SAMPLES = 20
-# Bumped whenever the engines' semantics change (both engines, together), so a run id
-# never names two different results.
+# Bumped whenever the engine's semantics change, so a run id never names two different
+# results.
 REFERENCE_VERSION = 3  # 3: a writer's commit counts its cache time once, not once per VMA
 
 
@@ -122,14 +122,14 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
 
 def run_id_for(params: dict) -> str:
     """Same trace (by content), model, machine, CPUs, seed and placement: same run id.
-    Which implementation ran it (compiled or reference) is recorded but not hashed:
-    they give identical results."""
+    Which form of the engine ran it (numba, or the same source as plain Python) is
+    recorded but not hashed: they give identical results."""
     keyed = {k: v for k, v in params.items() if k != "engine"}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_params(ops, model, machine: Machine, cpus: int, seed: int, placement: str, trace_id: str,
-               trace_sha256: str, open_loop: bool, fault_service: str, engine: str) -> dict:
+               trace_sha256: str, open_loop: bool, fault_service: str) -> dict:
     """A run's parameters (its ``runs`` row, and through ``run_id_for`` its id), known
     before it runs: ``replay sweep`` skips the runs whose id the workspace already has."""
     service_ns, service_src = fault_service_time(ops, machine, fault_service)
@@ -138,50 +138,32 @@ def run_params(ops, model, machine: Machine, cpus: int, seed: int, placement: st
     return {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
             "machine_sha256": machine.digest(), "model_sha256": model.digest(),
             "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
-            "engine": engine, "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
+            "engine": engine_name(), "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
             "fault_service_source": service_src}
 
 
-ENGINES = ("auto", "compiled", "reference")
-# auto: below this many ops a cold compiled engine is not worth waiting for (compiling
-# takes 15-20 s once; the reference engine does about 20k ops/s)
-AUTO_REFERENCE_MAX_OPS = 200_000
+def engine_name() -> str:
+    """Which form of the one engine runs: numba's compiled code, or (NUMBA_DISABLE_JIT=1)
+    the same source as plain Python.  Recorded with a run, not hashed: same results."""
+    from numba import config
 
-
-def choose_engine(engine: str, nops: int) -> str:
-    """auto: the compiled engine when numba's cache has it, or when the trace is big
-    enough to be worth compiling for; else the reference engine now (same results) while
-    a background process compiles the engine for next time."""
-    if engine != "auto":
-        return engine
-    from . import warm
-
-    if warm.is_warm() or nops > AUTO_REFERENCE_MAX_OPS:
-        return "compiled"
-    if not os.environ.get("REPLAY_NO_BACKGROUND_COMPILE"):
-        warm.start_background()
-    return "reference"
+    return "python" if config.DISABLE_JIT else "numba"
 
 
 def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
            placement: str = "spread", trace_id: str = "", trace_sha256: str = "", progress=None,
-           open_loop: bool = False, fault_service: str = "trace", engine: str = "auto",
-           results_path: str | None = None) -> Run:
+           open_loop: bool = False, fault_service: str = "trace", results_path: str | None = None) -> Run:
     """Replay ``ops`` (a DataFrame or LazyFrame, or the path of an ops Parquet file -
-    read in column batches; one or more mms, in op_id order).  ``engine``: ``compiled`` (numba; the default) or
-    ``reference`` (the plain-Python statement of the semantics; same results).  With
+    read in column batches; one or more mms, in op_id order).  With
     ``results_path``, results stream to that Parquet file chunk by chunk instead of
     being kept (``Run.results`` is then None): memory stays bounded whatever the size."""
-    if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     from .source import OpsSource
 
     if isinstance(ops, pl.DataFrame):
         ops = ops.sort("op_id")
     src = OpsSource(ops)
-    engine = choose_engine(engine, src.n)
     params = run_params(src, model, machine, cpus, seed, placement, trace_id, trace_sha256, open_loop,
-                        fault_service, engine)
+                        fault_service)
     rid = run_id_for(params)
     service_ns = params["fault_service_ns"]
     t0 = time.perf_counter()
@@ -200,12 +182,8 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
             writer.put(df.to_arrow())
 
     try:
-        if engine == "reference":
-            locks, lines, counters = _replay_reference(ops, mms, model, machine, cpus, placement, open_loop,
-                                                       service_ns, progress, emit)
-        else:
-            locks, lines, counters = _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop,
-                                                      service_ns, progress, emit)
+        locks, lines, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
+                                             service_ns, progress, emit)
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
     finally:
@@ -275,29 +253,11 @@ def _mm_ops(ops, mm, mms):
     return OpsSource(ops, None if len(mms) == 1 else mm)
 
 
-def _replay_reference(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
-    from .reference import Simulation  # here: models import the ISA from this package
-
-    locks, lines = [], []
-    counters: dict = {}
-    for mm in mms:
-        rows = _mm_ops(ops, mm, mms).collect().to_dicts()
-        sim = Simulation(model, machine, cpus, rows, placement, open_loop, service_ns)
-        res = sim.run(progress)
-        emit(pl.DataFrame([{**{k: r[k] for k in RESULTS_SCHEMA if k != "mm"}, "mm": mm} for r in res],
-                          schema=RESULTS_SCHEMA).select(list(RESULTS_SCHEMA)))
-        locks += [{"mm": mm, **x} for x in sim.lock_stats()]
-        lines += [{"mm": mm, **x} for x in sim.line_stats()]
-        for k, v in sim.counters.items():
-            counters[k] = counters.get(k, 0) + v
-    return locks, lines, counters
-
-
-def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
+def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
     from ..jit import notice_compile
-    from . import compiled
+    from . import load, loop
 
-    notice_compile(compiled.run_chunk, "the replay engine", "20")
+    notice_compile(loop.run_chunk, "the replay engine", "20")
     locks, lines = [], []
     counters: dict = {}
     done = 0
@@ -309,7 +269,7 @@ def _replay_compiled(ops, mms, model, machine, cpus, placement, open_loop, servi
             if progress:
                 progress(base + k)
 
-        lk, ln, ctr = compiled.simulate(model, machine, cpus, sub, placement, open_loop, service_ns,
+        lk, ln, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service_ns,
                                         sink=emit, progress=tick, mm=mm)
         done += n
         locks += [{"mm": mm, **x} for x in lk]

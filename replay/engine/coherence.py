@@ -1,111 +1,158 @@
 """The cache-coherence cost model: what one access to one 64-byte line costs, and
 what it does to the line's state.
 
-A line is Modified in one CPU (``owner``), or Shared by a set of CPUs, or in no private
-cache.  Reading a line another CPU has Modified costs a hand-off (SMT sibling, same
-socket, other socket: the machine profile's one-way figures) and leaves both sharing;
-a write (store, xadd, cmpxchg) needs the line exclusively and invalidates every other
-copy.  An atomic read-modify-write occupies the line for its service time (``busy``):
-N CPUs hammering one line queue behind each other, so one hot line serves about one
-operation per hand-off time whatever N is - the contention this tool is about.
+A line is Modified in one CPU (``line.owner``), or Shared by a set of CPUs, or in no
+private cache.  Reading a line another CPU has Modified costs a hand-off (SMT sibling,
+same socket, other socket: the machine profile's one-way figures) and leaves both
+sharing; a write (store, xadd, cmpxchg) needs the line exclusively and invalidates every
+other copy.  An atomic read-modify-write occupies the line for its service time
+(``line.busy_until``): N CPUs hammering one line queue behind each other, so one hot
+line serves about one operation per hand-off time whatever N is - the contention this
+tool is about.
 
 With the adjacent-line prefetcher on (MSR 0x1A4 bit 1 clear on Intel), the unit of
 false sharing is the 128-byte pair: a write to line L also takes L's buddy (L ^ 1)
 away from every other CPU, as the prefetcher pulled the pair into the writer's L2.
+
+A line's sharers are a bitmask (``cfg.mask_words`` words of 64 CPUs) with per-socket
+counts before it, so "another socket holds a copy" is a subtraction, not a scan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import numpy as np
+from numba import njit
 
-from ..machines import Cpu, Machine
-
-
-@dataclass
-class Line:
-    owner: int = -1  # CPU holding it Modified/Exclusive, or -1
-    sharers: set = field(default_factory=set)  # CPUs with a valid copy (owner included)
-    busy_until: float = 0.0  # an RMW in flight holds the line until then
-    version: int = 0  # bumped on every value change (CAS loops compare against it)
-    transfers: int = 0  # times the line moved to a CPU that did not hold it
-    invalidations: int = 0  # copies killed by writes (buddy invalidations included)
+from .state import cfg, cpu, glob, handoff, line, sharers, thread
 
 
-class Coherence:
-    def __init__(self, machine: Machine):
-        self.m = machine
-        self.cpus: list[Cpu] = machine.cpus()
-        self.lines: dict[int, Line] = {}
-        L = machine.latency_ns
-        self.l1 = L["l1_hit"]
-        self.llc = L["llc_hit"]
-        self.atomic = L["owned_atomic"]
-        self.read_shared = L["socket_read_shared"]
-        self.read_excl = L["socket_read_exclusive"]
-        self.prefetch_pairs = machine.adjacent_line_prefetch
+@njit(cache=True, inline="always")
+def _mask_word(S, n, c):
+    k = cfg(S, 0)
+    return n * k.sharer_stride + k.nsock + (c >> 6)
 
-    def line(self, n: int) -> Line:
-        ln = self.lines.get(n)
-        if ln is None:
-            ln = self.lines[n] = Line()
-        return ln
 
-    def _fetch_cost(self, ln: Line, cpu: int) -> float:
-        """Bringing a line this CPU does not hold into its cache."""
-        c = self.cpus[cpu]
-        if ln.owner >= 0:
-            return self.m.handoff_ns(self.cpus[ln.owner], c)
-        if ln.sharers:
-            near = [s for s in ln.sharers if self.cpus[s].socket == c.socket]
-            return self.read_shared if near else self.m.latency_ns["cross_socket_handoff"]
-        return self.llc
+@njit(cache=True, inline="always")
+def holds(S, n, c):
+    """Whether CPU c has a valid copy of line n."""
+    return (sharers(S)[_mask_word(S, n, c)] >> (c & 63)) & 1
 
-    def read(self, n: int, cpu: int, now: float) -> tuple[float, float]:
-        """A load.  Returns (start, cost): it waits for an RMW in flight on the line."""
-        ln = self.line(n)
-        start = max(now, ln.busy_until)
-        if cpu in ln.sharers:
-            return start, self.l1
-        cost = self._fetch_cost(ln, cpu)
-        ln.transfers += 1
-        if ln.owner >= 0:  # M -> S in the old owner
-            ln.owner = -1
-        ln.sharers.add(cpu)
-        return start, cost
 
-    def write(self, n: int, cpu: int, now: float, atomic: bool = True, changes: bool = True) -> tuple[float, float]:
-        """A store or an atomic RMW (xadd, cmpxchg): exclusive ownership, other copies
-        invalidated; an atomic holds the line for its duration.  Returns (start, cost)."""
-        ln = self.line(n)
-        start = max(now, ln.busy_until)
-        base = self.atomic if atomic else self.l1
-        if ln.owner == cpu and ln.sharers == {cpu}:
-            cost = base
+@njit(cache=True)
+def _only_sharer(S, n, c):
+    k = cfg(S, 0)
+    base = n * k.sharer_stride
+    for w in range(k.nsock + k.mask_words):
+        sharers(S)[base + w] = 0
+    sharers(S)[_mask_word(S, n, c)] = np.int64(1) << (c & 63)
+    line(S, n).nsharers = 1
+    sharers(S)[base + cpu(S, c).socket] = 1
+
+
+@njit(cache=True)
+def coh_read(S, n, c, now):
+    """A load of line n by CPU c.  Returns (start, cost): it waits for an RMW in flight."""
+    k = cfg(S, 0)
+    ln = line(S, n)
+    start = max(now, ln.busy_until)
+    if holds(S, n, c):
+        return start, k.l1_hit
+    own = ln.owner
+    sock = cpu(S, c).socket
+    if own >= 0:
+        cost = handoff(S)[own * k.ncpu + c]
+    elif ln.nsharers > 0:
+        cost = k.socket_read_shared if sharers(S)[n * k.sharer_stride + sock] > 0 else k.cross_socket_handoff
+    else:
+        cost = k.llc_hit
+    ln.transfers += 1
+    if own >= 0:  # M -> S in the old owner
+        ln.owner = -1
+    sharers(S)[_mask_word(S, n, c)] |= np.int64(1) << (c & 63)
+    ln.nsharers += 1
+    sharers(S)[n * k.sharer_stride + sock] += 1
+    return start, cost
+
+
+@njit(cache=True)
+def coh_write(S, n, c, now, atomic, changes):
+    """A store (atomic False) or an atomic RMW - xadd, cmpxchg - by CPU c: exclusive
+    ownership, other copies invalidated; an atomic holds the line for its duration;
+    ``changes``: the value changes (CAS loops compare versions).  Returns (start, cost)."""
+    k = cfg(S, 0)
+    ln = line(S, n)
+    start = max(now, ln.busy_until)
+    base = k.owned_atomic if atomic else k.l1_hit
+    has = holds(S, n, c) != 0
+    own = ln.owner
+    nsh = ln.nsharers
+    if own == c and has and nsh == 1:
+        cost = base  # already exclusive here: the sharer set stays {c}
+    else:
+        others = nsh - (1 if has else 0)
+        if own >= 0 and own != c:
+            cost = handoff(S)[own * k.ncpu + c] + base
+        elif others > 0:
+            far = nsh - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
+            inval = k.cross_socket_handoff if far else k.socket_read_exclusive
+            cost = (inval if not has else inval / 2) + base
         else:
-            if ln.owner >= 0 and ln.owner != cpu:
-                cost = self.m.handoff_ns(self.cpus[ln.owner], self.cpus[cpu]) + base
-            elif ln.sharers - {cpu}:
-                c = self.cpus[cpu]
-                far = any(self.cpus[s].socket != c.socket for s in ln.sharers - {cpu})
-                inval = self.m.latency_ns["cross_socket_handoff"] if far else self.read_excl
-                cost = (inval if cpu not in ln.sharers else inval / 2) + base
-            else:
-                cost = self.llc + base
-            if cpu not in ln.sharers or ln.owner not in (-1, cpu):
-                ln.transfers += 1
-            ln.invalidations += len(ln.sharers - {cpu})
-        ln.owner = cpu
-        ln.sharers = {cpu}
-        if atomic:
-            ln.busy_until = start + cost
-        if changes:
-            ln.version += 1
-        if self.prefetch_pairs:
-            buddy = self.line(n ^ 1)
-            others = buddy.sharers - {cpu}
-            if others:
-                buddy.invalidations += len(others)
-                buddy.transfers += 1
-                buddy.sharers = {cpu}
-                buddy.owner = cpu if buddy.owner >= 0 else -1
-        return start, cost
+            cost = k.llc_hit + base
+        if not has or (own != -1 and own != c):
+            ln.transfers += 1
+        ln.invalidations += others
+        ln.owner = c
+        _only_sharer(S, n, c)
+    if atomic:
+        ln.busy_until = start + cost
+    if changes:
+        ln.version += 1
+    if k.prefetch_pairs:
+        b = n ^ 1
+        bl = line(S, b)
+        ob = bl.nsharers - (1 if holds(S, b, c) else 0)
+        if ob > 0:
+            bl.invalidations += ob
+            bl.transfers += 1
+            _only_sharer(S, b, c)
+            bl.owner = c if bl.owner >= 0 else -1
+    return start, cost
+
+
+# -- a thread's accesses: their cost is its cache time ---------------------------------------------
+@njit(cache=True, inline="always")
+def cost_since(S, t, start, cost, since):
+    """Account one access thread t began at ``since`` (any wait for the line included);
+    returns when t continues.  A cost above an L1 hit that is not an owned atomic
+    moved the line: a transfer."""
+    k = cfg(S, 0)
+    end = start + cost
+    th = thread(S, t)
+    th.cache += end - since
+    if cost > k.l1_hit and cost != k.owned_atomic:
+        th.transfers += 1
+    return end
+
+
+@njit(cache=True, inline="always")
+def read(S, t, n):
+    """t loads from line n."""
+    now = glob(S, 0).now
+    s, c = coh_read(S, n, thread(S, t).cpu, now)
+    return cost_since(S, t, s, c, now)
+
+
+@njit(cache=True, inline="always")
+def rmw(S, t, n, changes):
+    """t's atomic read-modify-write on line n."""
+    now = glob(S, 0).now
+    s, c = coh_write(S, n, thread(S, t).cpu, now, True, changes)
+    return cost_since(S, t, s, c, now)
+
+
+@njit(cache=True, inline="always")
+def store(S, t, n):
+    """t's plain store to line n."""
+    now = glob(S, 0).now
+    s, c = coh_write(S, n, thread(S, t).cpu, now, False, True)
+    return cost_since(S, t, s, c, now)

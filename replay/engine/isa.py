@@ -1,47 +1,116 @@
-"""The micro-op set lock models are written in.
+"""The micro-op set lock models are written in: one table.
 
 A model is data: a layout (which struct fields sit on which cache lines) and, per op
 kind, a program of these micro-ops.  Loads and stores cost what the coherence model
-says; the lock micro-ops (RWSEM_*, REF_*, VMA_START_WRITE_ALL) carry the kernel's
-algorithms - trylock CAS loops, reader bias and waiter bits, queued waiters woken
-together, writers that drain readers - parameterised by the model (limits, wake
-policy, what a detached VMA means).  Programs branch to labels; ``compile_program``
-resolves labels to indices so the engine only sees integers.
+says; the lock micro-ops carry the kernel's algorithms - trylock CAS loops, reader bias
+and waiter bits, queued waiters woken together, writers that drain readers -
+parameterised by the model (limits, wake policy, what a detached VMA means).
+
+``MICRO_OPS`` declares each one: its arguments (those that are branch labels marked),
+how its arguments are encoded for the engine, the kernel code it stands for, and its
+handler in ``micro.py``.  A new primitive is its row plus its handler; the engine's
+dispatch (``_dispatch.py``) is generated from this table
+(``python -m replay.engine.isa``; a test checks it is current).  ``compile_program``
+resolves labels to instruction indices, so the engine only sees integers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 
 
 class Op(IntEnum):
-    LABEL = 0  # pseudo-op: a branch target, removed by compile_program
-    READ = 1  # (obj, field): a load
-    PREFETCHW = 2  # (obj, field): x86 prefetchw, an exclusive fetch without a write
-    STORE = 3  # (obj, field): a plain store
-    WORK = 4  # (what,): "fault" service time, "writer" service time
-    CHECK_SEQ = 5  # (label,): vma->vm_lock_seq == mm->mm_lock_seq -> goto label (write-locked)
-    RWSEM_TRYLOCK_READ = 6  # (lock, label): down_read_trylock(); failure -> goto label
-    RWSEM_DOWN_READ = 7  # (lock,): down_read(), sleeping in the slow path
-    RWSEM_UP_READ = 8  # (lock,)
-    RWSEM_DOWN_WRITE = 9  # (lock,)
-    RWSEM_UP_WRITE = 10  # (lock,)
-    REF_GET = 11  # (label_fail, label_detached): __refcount_inc_not_zero_limited(vm_refcnt)
-    REF_PUT = 12  # (): vma_refcount_put(): decrement, wake the writer per the model's policy
-    CHECK_MM = 13  # (label,): vma->vm_mm != mm -> goto label (TYPESAFE_BY_RCU reuse)
-    VMA_START_WRITE_ALL = 14  # (): vma_start_write() on each VMA the writer op modifies
-    MM_SEQ_WRITE_BEGIN = 15  # (): mmap_write_lock's mm_lock_seq bump (seqcount, mainline)
-    MM_SEQ_WRITE_END = 16  # (): vma_end_write_all(): mm_lock_seq bump unlocks every VMA
-    OUTCOME = 17  # (name,): success | abort | retry | miss
-    FALLBACK = 18  # (): the op fell back to the mmap_lock path
-    ATTEMPT = 19  # (): one more per-VMA lock attempt
-    GOTO = 20  # (label,)
-    END = 21  # ()
-    WALK = 22  # (label,): the RCU maple-tree walk: keeps a pointer to the VMA's slab object; none -> goto label
-    CHECK_RANGE = 23  # (label,): address outside vma->vm_start..vm_end (the object was reused) -> goto label
-    CHECK_DETACHED = 24  # (label,): vma->detached (before v6.15) -> goto label
-    VMA_COMMIT = 25  # (): the writer's VMAs appear (attached, write-locked) and vanish (detached, freed)
+    LABEL = 0
+    READ = 1
+    PREFETCHW = 2
+    STORE = 3
+    WORK = 4
+    CHECK_SEQ = 5
+    RWSEM_TRYLOCK_READ = 6
+    RWSEM_DOWN_READ = 7
+    RWSEM_UP_READ = 8
+    RWSEM_DOWN_WRITE = 9
+    RWSEM_UP_WRITE = 10
+    REF_GET = 11
+    REF_PUT = 12
+    CHECK_MM = 13
+    VMA_START_WRITE_ALL = 14
+    MM_SEQ_WRITE_BEGIN = 15
+    MM_SEQ_WRITE_END = 16
+    OUTCOME = 17
+    FALLBACK = 18
+    ATTEMPT = 19
+    GOTO = 20
+    END = 21
+    WALK = 22
+    CHECK_RANGE = 23
+    CHECK_DETACHED = 24
+    VMA_COMMIT = 25
 
+
+OUTCOMES = ("success", "abort", "retry", "miss")
+
+
+@dataclass(frozen=True)
+class MicroOp:
+    op: Op
+    args: tuple  # argument names; a name ending in "?" is a branch label
+    encoding: str  # how encode() turns the arguments into the engine's three integers
+    kernel: str  # what it stands for in the kernel
+    handler: str  # its function in micro.py ("" for LABEL: removed by compile_program)
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Positions (1-based, as in the instruction tuple) of label arguments."""
+        return tuple(i + 1 for i, a in enumerate(self.args) if a.endswith("?"))
+
+
+MICRO_OPS = (
+    MicroOp(Op.LABEL, ("name",), "none", "a branch target", ""),
+    MicroOp(Op.READ, ("obj", "field"), "field", "a load of obj->field", "h_read"),
+    MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a request for ownership without a write "
+            "(x86 exc_page_fault's prefetchw(&mm->mmap_lock))", "h_prefetchw"),
+    MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
+    MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\") or the writer's own work (\"writer\")",
+            "h_work"),
+    MicroOp(Op.CHECK_SEQ, ("locked?",), "labels", "vma->vm_lock_seq == mm->mm_lock_seq: write-locked "
+            "(vma_start_read())", "h_check_seq"),
+    MicroOp(Op.RWSEM_TRYLOCK_READ, ("lock", "failed?"), "lock", "down_read_trylock()", "h_rwsem_trylock_read"),
+    MicroOp(Op.RWSEM_DOWN_READ, ("lock",), "lock", "down_read(), sleeping in rwsem_down_read_slowpath()",
+            "h_rwsem_down_read"),
+    MicroOp(Op.RWSEM_UP_READ, ("lock",), "lock", "up_read()", "h_rwsem_up_read"),
+    MicroOp(Op.RWSEM_DOWN_WRITE, ("lock",), "lock", "down_write(), spinning then sleeping", "h_rwsem_down_write"),
+    MicroOp(Op.RWSEM_UP_WRITE, ("lock",), "lock", "up_write()", "h_rwsem_up_write"),
+    MicroOp(Op.REF_GET, ("failed?", "detached?"), "labels", "__refcount_inc_not_zero_limited_acquire(&vma->vm_refcnt)"
+            " in vma_start_read()", "h_ref_get"),
+    MicroOp(Op.REF_PUT, (), "none", "vma_refcount_put(): decrement, wake the writer per the model's policy",
+            "h_ref_put"),
+    MicroOp(Op.CHECK_MM, ("reused?",), "vm_mm", "vma->vm_mm != mm: reused by another mm (SLAB_TYPESAFE_BY_RCU); "
+            "each mm replays alone, so only the load", "h_check_mm"),
+    MicroOp(Op.VMA_START_WRITE_ALL, (), "none", "vma_start_write() on each VMA the writer modifies",
+            "h_vma_start_write_all"),
+    MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (mainline)",
+            "h_mm_seq_write"),
+    MicroOp(Op.MM_SEQ_WRITE_END, (), "none", "mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq bump "
+            "unlocks every VMA", "h_mm_seq_write"),
+    MicroOp(Op.OUTCOME, ("name",), "outcome", "count_vm_vma_lock_event(): success | abort | retry | miss",
+            "h_outcome"),
+    MicroOp(Op.FALLBACK, (), "none", "the fault falls back to the mmap_lock path", "h_fallback"),
+    MicroOp(Op.ATTEMPT, (), "none", "one more per-VMA lock attempt", "h_attempt"),
+    MicroOp(Op.GOTO, ("target?",), "labels", "a jump", "h_goto"),
+    MicroOp(Op.END, (), "none", "the op is done", "h_end"),
+    MicroOp(Op.WALK, ("none?",), "labels", "mas_walk() under rcu_read_lock(): a pointer to the VMA's slab object; "
+            "none -> goto", "h_walk"),
+    MicroOp(Op.CHECK_RANGE, ("outside?",), "labels", "the address outside vma->vm_start..vm_end (the object was "
+            "reused) -> goto (lock_vma_under_rcu())", "h_check_range"),
+    MicroOp(Op.CHECK_DETACHED, ("detached?",), "labels", "vma->detached (before v6.15) -> goto", "h_check_detached"),
+    MicroOp(Op.VMA_COMMIT, (), "none", "the writer's VMAs appear (attached, write-locked) and vanish (detached, "
+            "freed)", "h_vma_commit"),
+)
+BY_OP = {m.op: m for m in MICRO_OPS}
+assert set(BY_OP) == set(Op), "every Op has its row"
 
 
 def compile_program(prog: list[tuple]) -> list[tuple]:
@@ -53,16 +122,78 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
             labels[ins[1]] = len(out)
         else:
             out.append(ins)
-    label_args = {Op.CHECK_SEQ: (1,), Op.RWSEM_TRYLOCK_READ: (2,), Op.REF_GET: (1, 2), Op.CHECK_MM: (1,), Op.GOTO: (1,),
-                  Op.WALK: (1,), Op.CHECK_RANGE: (1,), Op.CHECK_DETACHED: (1,)}
     resolved = []
     for ins in out:
         ins = list(ins)
-        for k in label_args.get(ins[0], ()):
+        row = BY_OP[Op(ins[0])]
+        if len(ins) - 1 != len(row.args):
+            raise ValueError(f"{row.op.name} takes {len(row.args)} arguments ({', '.join(row.args)}), "
+                             f"not {len(ins) - 1}")
+        for k in row.labels:
             if ins[k] not in labels:
-                raise ValueError(f"undefined label {ins[k]!r} in {Op(ins[0]).name}")
+                raise ValueError(f"undefined label {ins[k]!r} in {row.op.name}")
             ins[k] = labels[ins[k]]
         resolved.append(tuple(ins))
     if not resolved or resolved[-1][0] not in (Op.END, Op.GOTO):
         raise ValueError("a program must end with END or GOTO")
     return resolved
+
+
+def encode(ins: tuple, layout) -> list[int]:
+    """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
+    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = fault /
+    1 = writer, outcomes their index, labels instruction indices."""
+    row = BY_OP[Op(ins[0])]
+    a = list(ins[1:])
+    if row.encoding == "field":
+        obj, f = a
+        if obj == "mm":
+            args = [0, layout.mm.fields[f] // 64]
+        else:
+            if f == "vm_lock" and "vm_lock" not in layout.vma.fields:
+                f = "vm_start"
+            args = [1, layout.vma.fields[f]]
+    elif row.encoding == "vm_mm":
+        args = [a[0], layout.vma.fields["vm_mm"]]
+    elif row.encoding == "lock":
+        args = [0 if a[0] == "mmap_lock" else 1, a[1] if len(a) > 1 else 0]
+    elif row.encoding == "work":
+        args = [0 if a[0] == "fault" else 1]
+    elif row.encoding == "outcome":
+        args = [OUTCOMES.index(a[0])]
+    elif row.encoding == "labels":
+        args = [int(x) for x in a]
+    else:
+        args = []
+    return [int(row.op)] + args + [0] * (3 - len(args))
+
+
+def dispatch_source() -> str:
+    """The engine's dispatch, generated from MICRO_OPS."""
+    rows = [m for m in MICRO_OPS if m.handler]
+    handlers = sorted({m.handler for m in rows})
+    lines = [
+        '"""GENERATED from replay/engine/isa.py MICRO_OPS by `python -m replay.engine.isa`: do not edit."""',
+        "",
+        "from numba import njit",
+        "",
+        "from .micro import (" + ", ".join(handlers) + ")  # noqa: F401",
+        "",
+        "",
+        "@njit(cache=True)",
+        "def dispatch(S, t, op, a1, a2, a3):",
+        '    """Run one micro-op: (the time the thread continues, or < 0 if it blocked;',
+        '    whether to run the same instruction again)."""',
+    ]
+    for m in rows:
+        lines.append(f"    if op == {int(m.op)}:  # {m.op.name}: {m.kernel[:60]}")
+        lines.append(f"        return {m.handler}(S, t, a1, a2, a3)")
+    lines += ["    return -2.0, False  # not an op: the loop reports it", ""]
+    return "\n".join(lines)
+
+
+DISPATCH_PATH = Path(__file__).with_name("_dispatch.py")
+
+if __name__ == "__main__":
+    DISPATCH_PATH.write_text(dispatch_source())
+    print(f"wrote {DISPATCH_PATH}")

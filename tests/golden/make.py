@@ -103,13 +103,13 @@ def load_ops(trace: str, root: Path):
     return build_ops(ev, trace, maps)[0]
 
 
-def replay_one(ops, model: str, engine: str = ENGINE):
+def replay_one(ops, model: str):
     from replay.engine import replay
     from replay.machines import load_machine
     from replay.models import get_model
 
     trace = ops["trace_id"][0]
-    return replay(ops, get_model(model), load_machine(MACHINE), CPUS, seed=SEED, trace_id=trace, engine=engine)
+    return replay(ops, get_model(model), load_machine(MACHINE), CPUS, seed=SEED, trace_id=trace)
 
 
 def header(trace: str) -> dict:
@@ -118,8 +118,8 @@ def header(trace: str) -> dict:
     return {"semantics": REFERENCE_VERSION, "trace": trace, "machine": MACHINE, "cpus": CPUS, "seed": SEED}
 
 
-def compute(trace: str, ops, engine: str = ENGINE) -> dict:
-    return {**header(trace), "runs": {m: summarize(replay_one(ops, m, engine)) for m in MODELS}}
+def compute(trace: str, ops) -> dict:
+    return {**header(trace), "runs": {m: summarize(replay_one(ops, m)) for m in MODELS}}
 
 
 def write(trace: str, golden: dict) -> None:

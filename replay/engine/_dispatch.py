@@ -1,0 +1,62 @@
+"""GENERATED from replay/engine/isa.py MICRO_OPS by `python -m replay.engine.isa`: do not edit."""
+
+from numba import njit
+
+from .micro import (h_attempt, h_check_detached, h_check_mm, h_check_range, h_check_seq, h_end, h_fallback, h_goto, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
+
+
+@njit(cache=True)
+def dispatch(S, t, op, a1, a2, a3):
+    """Run one micro-op: (the time the thread continues, or < 0 if it blocked;
+    whether to run the same instruction again)."""
+    if op == 1:  # READ: a load of obj->field
+        return h_read(S, t, a1, a2, a3)
+    if op == 2:  # PREFETCHW: prefetchw(): a request for ownership without a write (x86 ex
+        return h_prefetchw(S, t, a1, a2, a3)
+    if op == 3:  # STORE: a plain store to obj->field
+        return h_store(S, t, a1, a2, a3)
+    if op == 4:  # WORK: handle_mm_fault() ("fault") or the writer's own work ("write
+        return h_work(S, t, a1, a2, a3)
+    if op == 5:  # CHECK_SEQ: vma->vm_lock_seq == mm->mm_lock_seq: write-locked (vma_start
+        return h_check_seq(S, t, a1, a2, a3)
+    if op == 6:  # RWSEM_TRYLOCK_READ: down_read_trylock()
+        return h_rwsem_trylock_read(S, t, a1, a2, a3)
+    if op == 7:  # RWSEM_DOWN_READ: down_read(), sleeping in rwsem_down_read_slowpath()
+        return h_rwsem_down_read(S, t, a1, a2, a3)
+    if op == 8:  # RWSEM_UP_READ: up_read()
+        return h_rwsem_up_read(S, t, a1, a2, a3)
+    if op == 9:  # RWSEM_DOWN_WRITE: down_write(), spinning then sleeping
+        return h_rwsem_down_write(S, t, a1, a2, a3)
+    if op == 10:  # RWSEM_UP_WRITE: up_write()
+        return h_rwsem_up_write(S, t, a1, a2, a3)
+    if op == 11:  # REF_GET: __refcount_inc_not_zero_limited_acquire(&vma->vm_refcnt) in 
+        return h_ref_get(S, t, a1, a2, a3)
+    if op == 12:  # REF_PUT: vma_refcount_put(): decrement, wake the writer per the model
+        return h_ref_put(S, t, a1, a2, a3)
+    if op == 13:  # CHECK_MM: vma->vm_mm != mm: reused by another mm (SLAB_TYPESAFE_BY_RCU
+        return h_check_mm(S, t, a1, a2, a3)
+    if op == 14:  # VMA_START_WRITE_ALL: vma_start_write() on each VMA the writer modifies
+        return h_vma_start_write_all(S, t, a1, a2, a3)
+    if op == 15:  # MM_SEQ_WRITE_BEGIN: mmap_write_lock()'s mm_lock_seqcount_begin() (mainline)
+        return h_mm_seq_write(S, t, a1, a2, a3)
+    if op == 16:  # MM_SEQ_WRITE_END: mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq 
+        return h_mm_seq_write(S, t, a1, a2, a3)
+    if op == 17:  # OUTCOME: count_vm_vma_lock_event(): success | abort | retry | miss
+        return h_outcome(S, t, a1, a2, a3)
+    if op == 18:  # FALLBACK: the fault falls back to the mmap_lock path
+        return h_fallback(S, t, a1, a2, a3)
+    if op == 19:  # ATTEMPT: one more per-VMA lock attempt
+        return h_attempt(S, t, a1, a2, a3)
+    if op == 20:  # GOTO: a jump
+        return h_goto(S, t, a1, a2, a3)
+    if op == 21:  # END: the op is done
+        return h_end(S, t, a1, a2, a3)
+    if op == 22:  # WALK: mas_walk() under rcu_read_lock(): a pointer to the VMA's sla
+        return h_walk(S, t, a1, a2, a3)
+    if op == 23:  # CHECK_RANGE: the address outside vma->vm_start..vm_end (the object was re
+        return h_check_range(S, t, a1, a2, a3)
+    if op == 24:  # CHECK_DETACHED: vma->detached (before v6.15) -> goto
+        return h_check_detached(S, t, a1, a2, a3)
+    if op == 25:  # VMA_COMMIT: the writer's VMAs appear (attached, write-locked) and vanish
+        return h_vma_commit(S, t, a1, a2, a3)
+    return -2.0, False  # not an op: the loop reports it

@@ -1,0 +1,478 @@
+"""Loading one mm's ops into the engine's state, and reading results and statistics
+back out.
+
+Columns are read one at a time and kept in compact arrays (about 25 bytes an op), so a
+large trace on Parquet never sits in memory whole; the per-VMA, per-thread and
+per-writer tables are small.  Cache lines get dense ids: the mm_struct's page, then the
+VMA slab, then the vma_lock slab, each region an even number of lines so ``line ^ 1``
+is still the 128-byte buddy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import state as st
+from .isa import OUTCOMES, encode
+from .loop import run_chunk, start
+from .sched import ERR_DEADLOCK
+from .source import OpsSource
+from .vma import vma_alloc
+
+# where the simulated objects sit (only for line_stats' addresses)
+MM_BASE = 0xFFFF888100000000
+VMA_SLAB_BASE = 0xFFFF888200000000
+VMA_LOCK_SLAB_BASE = 0xFFFF888300000000
+
+
+def encode_programs(model) -> np.ndarray:
+    """The model's compiled programs as INSN records [3 * plen]: fault, kernel fault, writer."""
+    progs = [model.programs[k] for k in ("fault", "kernel_fault", "writer")]
+    plen = max(len(p) for p in progs)
+    out = np.zeros(3 * plen, st.INSN)
+    for pi, prog in enumerate(progs):
+        for k, ins in enumerate(prog):
+            out[pi * plen + k] = tuple(encode(ins, model.layout))
+    return out, plen
+
+def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(len(lists) + 1, np.int64)
+    flat = []
+    for i, xs in enumerate(lists):
+        xs = [index[x] for x in (xs or [])]
+        flat.extend(xs)
+        ptr[i + 1] = ptr[i] + len(xs)
+    return ptr, np.asarray(flat, np.int64)
+
+
+@njit(cache=True)
+def _is_arange(a):
+    for i in range(1, a.shape[0]):
+        if a[i] != a[0] + i:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _is_increasing(a):
+    for i in range(1, a.shape[0]):
+        if a[i] <= a[i - 1]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _distinct(a):
+    """The distinct non-negative values of a (sorted), without sorting a copy of a."""
+    hi = -1
+    for x in a:
+        hi = max(hi, x)
+    if hi < 0:
+        return np.zeros(0, np.int64)
+    if hi < 1 << 26:
+        seen = np.zeros(hi + 1, np.bool_)
+        for x in a:
+            if x >= 0:
+                seen[x] = True
+        return np.flatnonzero(seen).astype(np.int64)
+    return np.unique(a[a >= 0]).astype(np.int64)
+
+
+@njit(cache=True)
+def _densify(a, uniq):
+    """In place: each value becomes its index in the sorted uniq; negatives become -1."""
+    for i in range(a.shape[0]):
+        x = a[i]
+        a[i] = np.searchsorted(uniq, x) if x >= 0 else -1
+
+
+@njit(cache=True)
+def _group_order(key, mask, nkeys):
+    """Stable counting sort: the indices i with mask[i] and key[i] >= 0, grouped by key
+    value (int32), and each group's start."""
+    start = np.zeros(nkeys + 1, np.int64)
+    for i in range(key.shape[0]):
+        if mask[i] and key[i] >= 0:
+            start[key[i] + 1] += 1
+    for k in range(nkeys):
+        start[k + 1] += start[k]
+    ptr = start[:-1].copy()
+    out = np.empty(start[nkeys], np.int32)
+    for i in range(key.shape[0]):
+        k = key[i]
+        if mask[i] and k >= 0:
+            out[ptr[k]] = i
+            ptr[k] += 1
+    return out, start
+
+
+@njit(cache=True)
+def _longest_instant_run(order, starts, instant):
+    best = 0
+    for t in range(starts.shape[0] - 1):
+        run = 0
+        for q in range(starts[t], starts[t + 1]):
+            run = run + 1 if instant[order[q]] else 0
+            best = max(best, run)
+    return best
+
+
+def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
+         fault_service_ns: float | None = None, chunk: int = 1 << 18):
+    """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
+    with the ops schema's columns.  Columns are read one at a time and kept in compact
+    arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
+    whole.  Returns ((I, F, P), meta)."""
+    import polars as pl
+
+    lay = model.layout
+    prm = model.lock
+    src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
+    c = src.expr
+    kind = c("kind", pl.Utf8).cast(pl.Utf8)
+    src.prefetch()  # a file: the small per-op columns in one pass; the big ones one at a time
+    op_prog = src.take("prog", src.prog)
+    n = len(op_prog)
+    is_fault = op_prog >= 0
+    is_fault &= op_prog <= 1
+    known = src.order("op_id")
+    if known is not None and known[0] and known[1] is not None:
+        op_base, op_ids = known[1], None
+    else:
+        op_id = src.column("op_id", np.int64)
+        if not _is_increasing(op_id):
+            raise ValueError("ops must be in op_id order")
+        op_base = int(op_id[0]) if n and _is_arange(op_id) else None
+        op_ids = None if op_base is not None else op_id
+        del op_id
+    if known is not None and not known[0]:
+        raise ValueError("ops must be in op_id order")
+
+    # writers (every non-fault op): few, read whole
+    w = src.writers(lambda df: df.select(
+        "_j", kind.alias("kind"), c("hold_ns"), *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
+                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
+    nf_idx = w["_j"].to_numpy().astype(np.int64)
+    wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
+    w_kind = w["kind"].to_list()
+
+    vma = src.column("vma_id", np.int32, -1)
+    pieces = [_distinct(vma)]
+    for k in wl:
+        for xs in wl[k]:
+            if xs:
+                pieces.append(np.asarray([x for x in xs if x is not None and x >= 0], np.int64))
+    uniq = np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64)
+    index = {int(v): i for i, v in enumerate(uniq)}
+    nv = len(uniq)
+    _densify(vma, uniq)
+    op_vma = vma
+    del vma
+
+    freed, succ = [], []
+    for fr, sc in zip(wl["vmas_freed"], wl["vmas_successor"]):
+        fr = fr or []
+        sc = sc if sc else [-1] * len(fr)
+        pairs = list(zip(fr, sc))  # zip() as the reference does: the shorter list wins
+        freed.append([p[0] for p in pairs])
+        succ.append([p[1] for p in pairs])
+    w_ids_p, w_ids = _csr(wl["vma_ids"], index)
+    w_freed_p, w_freed = _csr(freed, index)
+    w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
+    w_created_p, w_created = _csr(wl["vmas_created"], index)
+    gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
+    w_gate_p, w_gate = _csr(gate, index)
+    hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
+    op_arg = op_vma
+    op_arg[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)  # non-faults: their writer index
+    del op_vma
+
+    created = {index[x] for xs in wl["vmas_created"] for x in (xs or [])}
+    vid_created = np.zeros(nv, np.int64)
+    vid_created[list(created)] = 1
+    every = set(np.unique(op_arg[is_fault & (op_arg >= 0)]).tolist())
+    for k in ("vma_ids", "vmas_freed"):
+        for xs in wl[k]:
+            every.update(index[x] for x in (xs or []))
+    initial = sorted(every - created)
+    n_created = sum(len(xs or []) for xs in wl["vmas_created"])
+    max_obj = len(initial) + n_created + 1
+
+    # causal order: op order, as the reference keeps it (ops arrive in op_id order, so
+    # an op's rank is its index; seq, an input line, is not consulted)
+    rank_is_index, op_rank = True, np.zeros(1, np.int32)
+    # faults per VMA in op order: the reference's ``unstarted`` heaps
+    us_ops, us_p = _group_order(op_arg, is_fault, nv)
+
+    tid = src.column("tid", np.int32)
+    tids = np.unique(tid)
+    nt = len(tids)
+    tmin = int(tids.min()) if nt else 0
+    lut = np.full(int(tids.max()) - tmin + 1 if nt else 1, -1, np.int32)
+    lut[tids - tmin] = np.arange(nt)
+    tid -= np.int32(tmin)
+    tix = lut[tid]
+    del tid, lut
+    th_order, th_p = _group_order(tix, np.ones(len(tix), np.bool_), nt)
+    recorded = None
+    if placement == "as-recorded":
+        per = src.frame(["tid", "cpu"], lambda df: df.select(
+            "_j", c("tid", pl.Int32).alias("t"), c("cpu", pl.Int16).alias("c")).filter(pl.col("c").is_not_null())
+            .group_by("t", "c").agg(pl.len().alias("k"), pl.col("_j").min().alias("first")))
+        per = per.group_by("t", "c").agg(pl.col("k").sum(), pl.col("first").min())
+        recorded = []
+        for tid_v in tids.tolist():
+            rows = per.filter(pl.col("t") == tid_v).sort("first")
+            counts = dict(zip(rows["c"].to_list(), rows["k"].to_list()))
+            # max(set(seen), key=seen.count), exactly: the set built in first-seen order
+            recorded.append(max(set(counts), key=counts.get) if counts else None)
+    cpus = machine.placement(nt, ncpus, placement, recorded)
+    del tix
+
+    think = src.column("think_ns", np.float64)
+    op_prog += 1
+    flags = op_prog  # program + 1 in bits 0-1; then whether the start and end are known
+    del op_prog
+    flags |= src.take("start_ns", lambda: src.notnull("start_ns")).view(np.int8) << 2
+    flags |= src.take("end_ns", lambda: src.notnull("end_ns")).view(np.int8) << 3
+    if open_loop:
+        starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
+        t0 = starts["start_ns"].min() if starts is not None else None
+        op_rel_start = src.col((c("start_ns") - (t0 or 0)).fill_null(0).cast(pl.Float64), np.float64)
+    else:
+        op_rel_start = np.zeros(1)
+
+    # zero-time ops can finish several in one step: keep that much room in the buffer
+    service = machine.fault_service_ns if fault_service_ns is None else fault_service_ns
+    instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
+    if not service:
+        instant |= is_fault
+    slack = 2 + (_longest_instant_run(th_order, th_p, instant) if instant.any() else 0)
+    del instant, is_fault
+
+    # lines: the mm_struct's page, the VMA slab, the vma_lock slab (even-sized regions)
+    vma_st = lay.vma
+    vlines = (max_obj // vma_st.per_page + 1) * 64
+    llines = (max_obj // lay.vma_lock.per_page + 1) * 64 if lay.vma_lock_in == "vma_lock" else 0
+    VBASE, LBASE = 64, 64 + vlines
+    nlines = LBASE + llines
+    mcpus = machine.cpus()
+    W = (len(mcpus) + 63) // 64
+    nsock = machine.sockets
+
+    k = np.zeros(1, st.CONFIG)[0]
+    k["prefetch_pairs"] = int(machine.adjacent_line_prefetch)
+    k["vma_lock"] = {"rwsem": 1, "refcnt": 2}.get(prm.vma_lock, 0)
+    k["ref_limit"] = prm.ref_limit
+    k["wake_last"] = int(prm.wake == "last")
+    k["writer_ref"] = prm.writer_ref
+    k["typesafe_by_rcu"] = int(prm.typesafe_by_rcu)
+    k["open_loop"] = int(open_loop)
+    k["vma_per_page"], k["vma_stride"] = vma_st.per_page, vma_st.stride
+    if lay.vma_lock is not None:
+        k["vl_per_page"], k["vl_stride"] = lay.vma_lock.per_page, lay.vma_lock.stride
+    k["vma_base"], k["vl_base"] = VBASE, LBASE
+    k["off_vm_start"] = vma_st.fields["vm_start"]
+    k["off_vm_lock_seq"] = vma_st.fields["vm_lock_seq"]
+    k["off_vm_refcnt"] = vma_st.fields.get("vm_refcnt", 0)
+    if lay.vma_lock_in == "vma_lock":
+        k["vl_off_count"], k["vl_off_owner"] = lay.vma_lock.fields["lock.count"], lay.vma_lock.fields["lock.owner"]
+    elif lay.vma_lock_in == "vma":
+        k["vl_off_count"], k["vl_off_owner"] = vma_st.fields["lock.count"], vma_st.fields["lock.owner"]
+        k["vl_in_vma"] = 1
+    mmf = lay.mm.fields
+    for name, f in (("mm_mt", "mm_mt"), ("mm_count", "mmap_lock.count"), ("mm_owner", "mmap_lock.owner"),
+                    ("mm_vma_writer_wait", "vma_writer_wait"), ("mm_lock_seq", "mm_lock_seq")):
+        k[name] = mmf[f] // 64
+    k["nsock"], k["mask_words"] = nsock, W
+    L = machine.latency_ns
+    for name in ("l1_hit", "llc_hit", "owned_atomic", "socket_read_shared", "socket_read_exclusive",
+                 "cross_socket_handoff"):
+        k[name] = L[name]
+    k["fault_service_ns"] = service
+    handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
+
+    nlk = max_obj + 1
+    k["sharer_stride"] = nsock + W
+    cap = chunk + slack
+    max_w = int(np.diff(w_ids_p).max()) if len(w_ids_p) > 1 else 0
+    hcap = 4 * nt + 64
+    prog, plen = encode_programs(model)
+    k["ncpu"], k["plen"], k["heap_cap"], k["nthreads"] = len(mcpus), plen, hcap, nt
+
+    def table(dtype, n, **init):
+        a = np.zeros(n, dtype)
+        for f, v in init.items():
+            a[f] = v
+        return a
+
+    g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, chunk=chunk)
+    th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
+               wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
+               held_mm=np.nan, held_v=np.nan)
+    lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan)
+    lk[0]["count_line"], lk[0]["owner_line"] = k["mm_count"], k["mm_owner"]
+    arrays = dict(
+        g=g, cfg=np.array([k]), th=th, lk=lk,
+        ln=table(st.LINE, nlines, owner=-1), sharers=np.zeros(nlines * (nsock + W), np.int64),
+        ob=table(st.VMA_OBJ, max_obj), vid=table(st.VMA_ID, nv, obj=-1, created=vid_created, successor=-1,
+                                                 wc_head=-1, wc_tail=-1, unstarted=us_p[:-1]),
+        cpus=table(st.CPU, len(mcpus), busy=-1, rq_head=-1, rq_tail=-1, socket=[c.socket for c in mcpus]),
+        handoff=handoff.ravel(), hp=table(st.HEAP, hcap), out=table(st.OUT, cap), prog=prog,
+        slot_obj=np.full(max_obj, -1, np.int64), freelist=np.zeros(max_obj, np.int64),
+        pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
+        vid_order=np.zeros(nv, np.int64),
+        w_hold=hold, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
+        w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
+        us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
+        op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
+    )
+    state = st.State(arrays)
+    _alloc_initial(state.S, np.asarray(initial, np.int64))
+    meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_base": op_base, "op_ids": op_ids, "vlines": vlines,
+            "llines": llines, "w_kind": w_kind}
+    return state, meta
+
+
+@njit(cache=True)
+def _alloc_initial(Sarr, vids):
+    """The VMAs the mm has before the trace's first writer."""
+    S = st.open_state(Sarr)
+    for v in vids:
+        vma_alloc(S, v)
+
+
+def lock_stats(state, model, meta) -> list[dict]:
+    """lockstat-like figures per rw_semaphore that was used."""
+    lk, ln, g = state["lk"], state["ln"], state.g
+    out = []
+    locks = [(0, "mmap_lock", "mm")]
+    if state["cfg"][0]["vma_lock"] == 1:
+        locks += [(int(state["vid"][v]["obj"]) + 1, "vma_lock", f"vma:{int(meta['uniq'][v])}")
+                  for v in state["vid_order"][:g["nvorder"]]]
+    for k, cls, key in locks:
+        r = lk[k]
+        acq, con, tf = int(r["acquisitions"]), int(r["contentions"]), int(r["trylock_failures"])
+        if not (acq or con or tf):
+            continue
+        out.append({"lock_class": cls, "lock": key, "acquisitions": acq, "contentions": con,
+                    "wait_total_ns": float(r["wait_total"]), "wait_max_ns": float(r["wait_max"]),
+                    "wait_min_ns": None if np.isnan(r["wait_min"]) else float(r["wait_min"]),
+                    "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
+                    "hold_min_ns": None if np.isnan(r["hold_min"]) else float(r["hold_min"]),
+                    "trylock_failures": tf, "con_bounces": int(ln[r["count_line"]]["transfers"])})
+    return out
+
+
+def line_stats(state, model, meta) -> list[dict]:
+    """Every line that moved or was invalidated, with the struct fields on it."""
+    lay = model.layout
+    names: dict[int, set] = {}
+    for f, off in lay.mm.fields.items():
+        names.setdefault(off // 64, set()).add(f"mm_struct.{f}")
+    for slot in range(int(state.g["nslots"])):
+        rel = lay.vma.address(slot, 0)
+        for f, off in lay.vma.fields.items():
+            names.setdefault(64 + (rel + off) // 64, set()).add(f"vm_area_struct.{f}")
+        if lay.vma_lock_in == "vma_lock":
+            a = lay.vma_lock.address(slot, 0)
+            for f in ("lock.count", "lock.owner"):
+                names.setdefault(64 + meta["vlines"] + (a + lay.vma_lock.fields[f]) // 64, set()).add(f"vma_lock.{f}")
+    ln = state["ln"]
+    ln_tr, ln_inv = ln["transfers"], ln["invalidations"]
+    hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
+    out = []
+    for d in hot.tolist():
+        if d < 64:
+            absl = MM_BASE // 64 + d
+        elif d < 64 + meta["vlines"]:
+            absl = VMA_SLAB_BASE // 64 + d - 64
+        else:
+            absl = VMA_LOCK_SLAB_BASE // 64 + d - 64 - meta["vlines"]
+        out.append({"line": absl * 64, "fields": ", ".join(sorted(names.get(d, {"?"}))),
+                    "transfers": int(ln_tr[d]), "invalidations": int(ln_inv[d])})
+    return out
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+# results columns <- OUT record fields
+OUT_COLUMNS = {"op": "op", "t": "t", "sim_cpu": "cpu", "start_ns": "start", "end_ns": "end", "lock_wait_ns": "wait",
+               "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "fallback": "fallback",
+               "attempts": "attempts"}
+_OUTCOME_NAMES = None
+LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
+
+
+def results_frame(raw: dict, state, meta, mm: str):
+    """A chunk of raw results as rows of the results schema."""
+    import polars as pl
+
+    from . import RESULTS_SCHEMA
+
+    global _OUTCOME_NAMES
+    if _OUTCOME_NAMES is None:
+        _OUTCOME_NAMES = pl.Series(OUTCOMES, dtype=pl.Utf8)
+    j = raw["op"]
+    flags, arg = state["op_flags"][j], state["op_arg"][j].astype(np.int64)
+    prog = (flags & 3).astype(np.int64) - 1
+    fault = (prog == 0) | (prog == 1)
+    op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
+    names = pl.Series(["fault"] + list(meta["w_kind"]), dtype=pl.Utf8)
+    has_vma = fault & (arg >= 0)
+    uniq = meta["uniq"]
+    vma = uniq[np.where(has_vma, arg, 0)] if len(uniq) else np.zeros(len(j), np.int64)
+    df = pl.DataFrame({
+        "op_id": op_id.astype(np.int64), "tid": meta["tids"][raw["t"]].astype(np.int32),
+        "kind": names.gather(np.where(fault, 0, arg + 1)), "vma_id": vma, "_has_vma": has_vma,
+        "sim_cpu": raw["sim_cpu"].astype(np.int32), "start_ns": raw["start_ns"], "end_ns": raw["end_ns"],
+        "lock_wait_ns": raw["lock_wait_ns"], "cache_ns": raw["cache_ns"], "line_transfers": raw["line_transfers"],
+        "outcome": _OUTCOME_NAMES.gather(raw["outcome"]), "fallback": raw["fallback"].astype(bool),
+        "attempts": raw["attempts"].astype(np.int32),
+    }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
+                    pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"))
+    return df.cast(RESULTS_SCHEMA).select(list(RESULTS_SCHEMA))
+
+
+def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
+             fault_service_ns: float | None = None, chunk: int = 1 << 18, sink=None, progress=None, mm=None):
+    """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
+    of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
+    the results schema.  Returns (lock_stats, line_stats, counters)."""
+    import time
+
+    t0 = time.perf_counter()
+    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk)
+    LAST_TIMINGS["load_s"] = time.perf_counter() - t0
+    LAST_TIMINGS["run_s"] = 0.0
+    start(state.S)
+    g = state.arrays["g"]
+    done_n = 0
+    while True:
+        t0 = time.perf_counter()
+        ended = run_chunk(state.S)
+        LAST_TIMINGS["run_s"] += time.perf_counter() - t0
+        k = int(g[0]["nout"])
+        if k:
+            o = state["out"][:k]
+            raw = {c: o[f].copy() for c, f in OUT_COLUMNS.items()}
+            sink(raw if mm is None else results_frame(raw, state, meta, mm))
+            done_n += k
+            g["nout"][0] = 0
+            if progress:
+                progress(done_n)
+        if ended:
+            break
+    err = int(g[0]["err"])
+    if err == ERR_DEADLOCK:
+        stuck = [int(meta["tids"][t]) for t in np.flatnonzero(state["th"]["done"] == 0)]
+        raise EngineError(f"simulation deadlocked: threads {stuck} never finished")
+    if err:
+        raise EngineError(f"engine invariant broken (code {err})")
+    gg = state.g
+    counters = {"writer_wakeups": int(gg["writer_wakeups"]), "writer_drains": int(gg["writer_drains"]),
+                "cas_retries": int(gg["cas_retries"])}
+    return lock_stats(state, model, meta), line_stats(state, model, meta), counters

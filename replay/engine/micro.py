@@ -1,0 +1,197 @@
+"""The micro-ops' handlers, one per row of isa.MICRO_OPS.
+
+Each takes the state, the thread and the instruction's three integer arguments (isa.encode)
+and returns (when the thread continues - now for an op that takes no time, < 0 if it
+blocked; whether the interpreter runs the same instruction again: multi-step
+operations such as a cmpxchg loop come back after each access).  The thread's ``pc``
+already points past the instruction; a branch sets it.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .coherence import read, rmw, store
+from .rwsem import down_read, down_read_trylock, down_write, up_read, up_write
+from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_ids, w_ids_p
+from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
+
+DEFAULT_WRITER_NS = 2000.0  # est.: a writer's work when the trace gives no hold time
+
+
+@njit(cache=True, inline="always")
+def _lock_index(S, t, which):
+    """Lock 0 is mmap_lock; the VMA's rwsem is lock object + 1."""
+    return 0 if which == 0 else current(S, t) + 1
+
+
+@njit(cache=True)
+def h_read(S, t, obj, off, _):
+    return read(S, t, field_line(S, t, obj, off)), False
+
+
+@njit(cache=True)
+def h_prefetchw(S, t, obj, off, _):
+    return rmw(S, t, field_line(S, t, obj, off), False), False
+
+
+@njit(cache=True)
+def h_store(S, t, obj, off, _):
+    return store(S, t, field_line(S, t, obj, off)), False
+
+
+@njit(cache=True)
+def h_work(S, t, what, _a, _b):
+    now = glob(S, 0).now
+    if what == 0:
+        return now + cfg(S, 0).fault_service_ns, False
+    h = w_hold(S)[thread(S, t).w]
+    return now + (h if h else DEFAULT_WRITER_NS), False
+
+
+@njit(cache=True)
+def h_check_seq(S, t, locked, _a, _b):
+    """vma_start_read(): READ_ONCE(vma->vm_lock_seq), then mm->mm_lock_seq; equal: the
+    VMA is write-locked -> goto locked."""
+    th = thread(S, t)
+    o = current(S, t)
+    k = cfg(S, 0)
+    if not th.seq_has:
+        th.seq_has = True
+        return read(S, t, field_line(S, t, 1, k.off_vm_lock_seq)), True
+    th.seq_has = False
+    end = read(S, t, k.mm_lock_seq)
+    if vobj(S, o).vm_lock_seq == glob(S, 0).mm_lock_seq:
+        th.pc = locked
+    return end, False
+
+
+@njit(cache=True)
+def h_rwsem_trylock_read(S, t, which, failed, _):
+    return down_read_trylock(S, t, _lock_index(S, t, which), failed)
+
+
+@njit(cache=True)
+def h_rwsem_down_read(S, t, which, _a, _b):
+    return down_read(S, t, _lock_index(S, t, which))
+
+
+@njit(cache=True)
+def h_rwsem_up_read(S, t, which, _a, _b):
+    return up_read(S, t, _lock_index(S, t, which)), False
+
+
+@njit(cache=True)
+def h_rwsem_down_write(S, t, which, _a, _b):
+    return down_write(S, t, _lock_index(S, t, which))
+
+
+@njit(cache=True)
+def h_rwsem_up_write(S, t, which, _a, _b):
+    return up_write(S, t, _lock_index(S, t, which)), False
+
+
+@njit(cache=True)
+def h_ref_get(S, t, failed, detached, _):
+    return vma_refcount_get(S, t, failed, detached)
+
+
+@njit(cache=True)
+def h_ref_put(S, t, _a, _b, _c):
+    return vma_refcount_put(S, t), False
+
+
+@njit(cache=True)
+def h_check_mm(S, t, _reused, off, _):
+    return read(S, t, field_line(S, t, 1, off)), False
+
+
+@njit(cache=True)
+def h_walk(S, t, none, _a, _b):
+    """mas_walk(): the maple tree's line; the thread keeps the slot of the object found."""
+    end = read(S, t, cfg(S, 0).mm_mt)
+    th = thread(S, t)
+    o = vma_resolve(S, th.vma)
+    if o < 0:
+        th.pc = none
+    else:
+        th.slot = vobj(S, o).slot
+        th.found = o
+    return end, False
+
+
+@njit(cache=True)
+def h_check_range(S, t, outside, _a, _b):
+    end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if current(S, t) != thread(S, t).found:
+        thread(S, t).pc = outside
+    return end, False
+
+
+@njit(cache=True)
+def h_check_detached(S, t, detached, _a, _b):
+    end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if not vobj(S, current(S, t)).attached:
+        thread(S, t).pc = detached
+    return end, False
+
+
+@njit(cache=True)
+def h_vma_start_write_all(S, t, _a, _b, _c):
+    """The writer's VMAs that are live now go to the pending list vma_start_write()
+    works through (vma.vma_start_write_step)."""
+    g = glob(S, 0)
+    w = thread(S, t).w
+    n = 0
+    for q in range(w_ids_p(S)[w], w_ids_p(S)[w + 1]):
+        o = vmaid(S, w_ids(S)[q]).obj
+        if o >= 0 and vobj(S, o).attached:
+            pend_obj(S)[n] = o
+            n += 1
+    g.pend_t = t
+    g.pend_n = n
+    g.pend_i = 0
+    g.pend_step = 0
+    return g.now, False
+
+
+@njit(cache=True)
+def h_vma_commit(S, t, _a, _b, _c):
+    return vma_commit(S, t), False
+
+
+@njit(cache=True)
+def h_mm_seq_write(S, t, _a, _b, _c):
+    glob(S, 0).mm_lock_seq += 1
+    return store(S, t, cfg(S, 0).mm_lock_seq), False
+
+
+@njit(cache=True)
+def h_outcome(S, t, which, _a, _b):
+    thread(S, t).outcome = which
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def h_fallback(S, t, _a, _b, _c):
+    thread(S, t).fallback = True
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def h_attempt(S, t, _a, _b, _c):
+    thread(S, t).attempts += 1
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def h_goto(S, t, target, _a, _b):
+    thread(S, t).pc = target
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def h_end(S, t, _a, _b, _c):
+    thread(S, t).finished = True
+    return glob(S, 0).now, False
+

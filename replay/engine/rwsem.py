@@ -1,0 +1,392 @@
+"""struct rw_semaphore, as kernel/locking/rwsem.c has it since commit 64489e78004c
+("locking/rwsem: Implement a new locking scheme", v5.3).
+
+``sem->count``: RWSEM_WRITER_LOCKED (bit 0), RWSEM_FLAG_WAITERS (1), RWSEM_FLAG_HANDOFF
+(2), readers in bits 8 and up (RWSEM_READER_BIAS).  ``sem->owner``: the writer task, or
+RWSEM_READER_OWNED.  Lock 0 is the mm's mmap_lock; lock k > 0 is the rwsem of VMA
+object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
+
+* down_read() - xadd READER_BIAS; rwsem_down_read_slowpath() steals the lock when it is
+  neither writer-locked nor handed off (unless it is reader-owned with other readers,
+  rcnt > 1), else queues, and a reader finding an empty queue and no writer keeps its
+  bias.  down_read_trylock(): load + cmpxchg loop, failing at once on any bit of
+  RWSEM_READ_FAILED_MASK.  up_read(): xadd -READER_BIAS, waking when only the waiters
+  bit is left.
+* down_write() - cmpxchg 0 -> WRITER_LOCKED, else rwsem_optimistic_spin(): while a
+  writer owner is on a CPU, or on a reader-owned lock for rwsem_rspin_threshold()
+  (10 us + 0.5 us a reader, at most 25 us), taking the lock the moment it is free
+  (rwsem_try_write_lock_unqueued()); it stops when the owner sleeps or another task
+  wants the CPU (need_resched()), then queues.  A queued writer that has waited
+  RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets HANDOFF (rwsem_try_write_lock()).
+* rwsem_mark_wake() - a writer at the head is woken to retry; readers at the head get
+  the lock together - every queued reader, up to MAX_READERS_WAKEUP, writers skipped -
+  unless a writer holds it by then.
+
+Multi-step operations keep where they are in thread registers (``try_state``, ``dr``,
+``dw``) and return ``again`` so the interpreter re-runs them after their access.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .coherence import read, rmw, store
+from .sched import DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block, wake
+from .state import cfg, cpu, glob, line, lock, thread
+
+RWSEM_WRITER_LOCKED = 1 << 0
+RWSEM_FLAG_WAITERS = 1 << 1
+RWSEM_FLAG_HANDOFF = 1 << 2
+RWSEM_READER_SHIFT = 8
+RWSEM_READER_BIAS = 1 << RWSEM_READER_SHIFT
+RWSEM_READER_MASK = ~(RWSEM_READER_BIAS - 1)
+RWSEM_LOCK_MASK = RWSEM_WRITER_LOCKED | RWSEM_READER_MASK
+RWSEM_READ_FAILED_MASK = RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS | RWSEM_FLAG_HANDOFF
+RWSEM_READER_OWNED = -1  # sem->owner of a reader-owned lock (0: none; else the writer thread + 1)
+MAX_READERS_WAKEUP = 0x100
+RWSEM_WAIT_TIMEOUT_NS = 4_000_000  # DIV_ROUND_UP(HZ, 250) jiffies at HZ=1000
+RSPIN_BASE_NS, RSPIN_PER_READER_NS, RSPIN_MAX_NS = 10_000.0, 500.0, 25_000.0  # rwsem_rspin_threshold()
+
+# thread.try_state: down_read_trylock()'s load, cmpxchg, owner store
+TRY_NONE, TRY_CAS, TRY_OWNER = 0, 1, 2
+# thread.dr: down_read() granted, owner store pending, queued
+DR_NONE, DR_OWNER, DR_WAIT, DR_GRANTED = 0, 1, 2, 3
+
+
+# -- lockstat ------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def acquired(S, k, t):
+    lock(S, k).acquisitions += 1
+    now = glob(S, 0).now
+    th = thread(S, t)
+    if k == 0:
+        th.held_mm = now
+    else:
+        th.held_v = now
+        th.held_vlock = k
+
+
+@njit(cache=True)
+def released(S, k, t):
+    th = thread(S, t)
+    since = np.nan
+    if k == 0:
+        since = th.held_mm
+        th.held_mm = np.nan
+    elif th.held_vlock == k:
+        since = th.held_v
+        th.held_v = np.nan
+        th.held_vlock = -1
+    if not np.isnan(since):
+        lk = lock(S, k)
+        h = glob(S, 0).now - since
+        lk.hold_total += h
+        lk.hold_max = max(lk.hold_max, h)
+        lk.hold_min = h if np.isnan(lk.hold_min) else min(lk.hold_min, h)
+
+
+# -- sem->wait_list and the OSQ of spinning writers: doubly linked through the threads -------------------
+@njit(cache=True)
+def waiter_add(S, k, t, write):
+    """rwsem_add_waiter(): t at the tail of the wait list."""
+    lk, th = lock(S, k), thread(S, t)
+    th.waiter_write = write
+    th.waiter_since = glob(S, 0).now
+    th.waiter_handoff_set = False
+    last = lk.wait_tail
+    th.waiter_next = -1
+    th.waiter_prev = last
+    if last >= 0:
+        thread(S, last).waiter_next = t
+    else:
+        lk.wait_head = t
+    lk.wait_tail = t
+
+
+@njit(cache=True)
+def waiter_del(S, k, t):
+    lk, th = lock(S, k), thread(S, t)
+    p, n = th.waiter_prev, th.waiter_next
+    if p >= 0:
+        thread(S, p).waiter_next = n
+    else:
+        lk.wait_head = n
+    if n >= 0:
+        thread(S, n).waiter_prev = p
+    else:
+        lk.wait_tail = p
+
+
+@njit(cache=True)
+def osq_add(S, k, t):
+    lk, th = lock(S, k), thread(S, t)
+    last = lk.osq_tail
+    th.osq_next = -1
+    th.osq_prev = last
+    if last >= 0:
+        thread(S, last).osq_next = t
+    else:
+        lk.osq_head = t
+    lk.osq_tail = t
+
+
+@njit(cache=True)
+def osq_del(S, k, t):
+    lk, th = lock(S, k), thread(S, t)
+    p, n = th.osq_prev, th.osq_next
+    if p >= 0:
+        thread(S, p).osq_next = n
+    else:
+        lk.osq_head = n
+    if n >= 0:
+        thread(S, n).osq_prev = p
+    else:
+        lk.osq_tail = p
+
+
+# -- waking --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def rwsem_mark_wake(S, k, read_owned):
+    lk = lock(S, k)
+    first = lk.wait_head
+    if first < 0:
+        return
+    if thread(S, first).waiter_write:
+        if not read_owned and thread(S, first).blocked:
+            wake(S, first, k)  # it retries rwsem_try_write_lock()
+        return
+    if not read_owned and lk.count & RWSEM_WRITER_LOCKED:
+        return
+    # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
+    n = 0
+    w = first
+    while w >= 0 and n < MAX_READERS_WAKEUP:
+        nxt = thread(S, w).waiter_next
+        if not thread(S, w).waiter_write:
+            waiter_del(S, k, w)
+            lk.count += RWSEM_READER_BIAS
+            acquired(S, k, w)
+            thread(S, w).dr = DR_GRANTED
+            wake(S, w, k)
+            n += 1
+        w = nxt
+    if thread(S, first).waiter_handoff_set:
+        lk.count &= ~RWSEM_FLAG_HANDOFF
+    if lk.wait_head < 0:
+        lk.count &= ~RWSEM_FLAG_WAITERS
+    lk.owner = RWSEM_READER_OWNED
+
+
+@njit(cache=True)
+def _let_spinner_in(S, k):
+    lk = lock(S, k)
+    if lk.osq_head >= 0 and not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):
+        at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, lk.osq_head)
+
+
+@njit(cache=True)
+def _owner_running(S, k):
+    o = lock(S, k).owner
+    if o == RWSEM_READER_OWNED or o == 0:  # reader-owned, or no owner recorded
+        return True
+    return not thread(S, o - 1).blocked
+
+
+# -- readers -------------------------------------------------------------------------------------------
+@njit(cache=True)
+def down_read_trylock(S, t, k, label):
+    """rwsem_read_trylock()'s cmpxchg loop: load, then cmpxchg count -> count + BIAS
+    unless a RWSEM_READ_FAILED_MASK bit is set (then goto label), then the owner store."""
+    lk, th = lock(S, k), thread(S, t)
+    ln = lk.count_line
+    now = glob(S, 0).now
+    if th.try_state == TRY_NONE:  # the load
+        th.try_state = TRY_CAS
+        th.try_ver = line(S, ln).version
+        return read(S, t, ln), True
+    if th.try_state == TRY_OWNER:  # rwsem_set_reader_owned()
+        th.try_state = TRY_NONE
+        lk.owner = RWSEM_READER_OWNED
+        return store(S, t, lk.owner_line), False
+    if lk.count & RWSEM_READ_FAILED_MASK:
+        th.try_state = TRY_NONE
+        th.pc = label
+        lk.trylock_failures += 1
+        return now, False
+    extra = 0.0
+    if line(S, ln).version != th.try_ver:  # the line changed since the load: the cmpxchg fails once
+        glob(S, 0).cas_retries += 1
+        extra = cfg(S, 0).owned_atomic
+    lk.count += RWSEM_READER_BIAS
+    acquired(S, k, t)
+    th.try_state = TRY_OWNER
+    return rmw(S, t, ln, True) + extra, True
+
+
+@njit(cache=True)
+def down_read(S, t, k):
+    lk, th = lock(S, k), thread(S, t)
+    now = glob(S, 0).now
+    if th.dr == DR_GRANTED:
+        th.dr = DR_NONE
+        return now, False
+    if th.dr == DR_OWNER:
+        th.dr = DR_NONE
+        lk.owner = RWSEM_READER_OWNED
+        return store(S, t, lk.owner_line), False
+    if th.dr == DR_WAIT:
+        glob(S, 0).err = ERR_WAITER_READER
+        return -1.0, True
+    lk.count += RWSEM_READER_BIAS
+    end = rmw(S, t, lk.count_line, True)
+    cnt = lk.count
+    if not cnt & RWSEM_READ_FAILED_MASK:
+        acquired(S, k, t)
+        th.dr = DR_OWNER
+        return end, True
+    # rwsem_down_read_slowpath()
+    rcnt = cnt >> RWSEM_READER_SHIFT
+    if not (lk.owner == RWSEM_READER_OWNED and rcnt > 1 and not cnt & RWSEM_WRITER_LOCKED):
+        if not cnt & (RWSEM_WRITER_LOCKED | RWSEM_FLAG_HANDOFF):  # reader optimistic lock stealing
+            acquired(S, k, t)
+            lk.owner = RWSEM_READER_OWNED
+            if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS and lk.wait_head >= 0:
+                rwsem_mark_wake(S, k, True)
+            return end, False
+    lk.contentions += 1
+    adjustment = -RWSEM_READER_BIAS
+    if lk.wait_head < 0:
+        if not lk.count & RWSEM_WRITER_LOCKED:  # empty queue, no writer: keep the bias
+            acquired(S, k, t)
+            th.dr = DR_OWNER
+            return end, True
+        adjustment += RWSEM_FLAG_WAITERS
+    waiter_add(S, k, t, False)
+    lk.count += adjustment
+    end = rmw(S, t, lk.count_line, True)
+    th.dr = DR_WAIT
+    if not lk.count & RWSEM_LOCK_MASK:
+        rwsem_mark_wake(S, k, False)
+    if th.dr == DR_GRANTED:
+        th.dr = DR_NONE
+        return end, False
+    block(S, t)
+    return -1.0, True
+
+
+@njit(cache=True)
+def up_read(S, t, k):
+    lk = lock(S, k)
+    released(S, k, t)
+    lk.count -= RWSEM_READER_BIAS
+    end = rmw(S, t, lk.count_line, True)
+    if (lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_WAITERS)) == RWSEM_FLAG_WAITERS:
+        rwsem_mark_wake(S, k, False)
+    _let_spinner_in(S, k)
+    return end
+
+
+# -- writers -------------------------------------------------------------------------------------------
+@njit(cache=True)
+def rwsem_try_write_lock(S, k, w):
+    lk = lock(S, k)
+    first = lk.wait_head == w
+    if lk.count & RWSEM_LOCK_MASK:
+        if (first and not lk.count & RWSEM_FLAG_HANDOFF
+                and glob(S, 0).now - thread(S, w).waiter_since >= RWSEM_WAIT_TIMEOUT_NS):
+            lk.count |= RWSEM_FLAG_HANDOFF
+            thread(S, w).waiter_handoff_set = True
+        return False
+    if lk.count & RWSEM_FLAG_HANDOFF and not first:
+        return False
+    waiter_del(S, k, w)
+    lk.count |= RWSEM_WRITER_LOCKED
+    lk.count &= ~RWSEM_FLAG_HANDOFF
+    if lk.wait_head < 0:
+        lk.count &= ~RWSEM_FLAG_WAITERS
+    return True
+
+
+@njit(cache=True)
+def _queue_writer(S, t, k):
+    if lock(S, k).wait_head < 0:
+        lock(S, k).count |= RWSEM_FLAG_WAITERS
+    waiter_add(S, k, t, True)
+    thread(S, t).dw = DW_WAIT
+
+
+@njit(cache=True)
+def down_write(S, t, k):
+    lk, th = lock(S, k), thread(S, t)
+    now = glob(S, 0).now
+    if th.dw == DW_OWNER:  # rwsem_set_owner()
+        th.dw = DW_NONE
+        lk.owner = t + 1
+        if k > 0:
+            th.wlock = k
+        return store(S, t, lk.owner_line), False
+    if th.dw == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
+        free = lk.count == 0
+        end = rmw(S, t, lk.count_line, free)
+        if lk.count == 0:
+            lk.count = RWSEM_WRITER_LOCKED
+            acquired(S, k, t)
+            th.dw = DW_OWNER
+            return end, True
+        lk.contentions += 1
+        # rwsem_can_spin_on_owner(), rwsem_rspin_threshold()
+        can = False
+        deadline = 0.0
+        if cpu(S, th.cpu).rq_head < 0:
+            if lk.owner == RWSEM_READER_OWNED:
+                readers = lk.count >> RWSEM_READER_SHIFT
+                deadline = now + min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
+                can = True
+            elif lk.owner != 0 and _owner_running(S, k):
+                deadline = np.inf
+                can = True
+        if can:  # rwsem_optimistic_spin(): stay on the CPU
+            th.dw = DW_SPIN
+            th.dw_deadline = deadline
+            th.dw_since = now
+            osq_add(S, k, t)
+            if deadline != np.inf:
+                at(S, max(deadline, end), t)
+            return -1.0, True
+        _queue_writer(S, t, k)
+    elif th.dw == DW_SPIN:
+        since = th.dw_since
+        if not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):  # rwsem_try_write_lock_unqueued()
+            osq_del(S, k, t)
+            lk.count |= RWSEM_WRITER_LOCKED
+            th.wait += now - since
+            acquired(S, k, t)
+            th.dw = DW_OWNER
+            return rmw(S, t, lk.count_line, True), True
+        if now < th.dw_deadline and _owner_running(S, k) and cpu(S, th.cpu).rq_head < 0:
+            return -1.0, True
+        osq_del(S, k, t)
+        th.wait += now - since
+        _queue_writer(S, t, k)
+    if rwsem_try_write_lock(S, k, t):
+        acquired(S, k, t)
+        th.dw = DW_OWNER
+        return rmw(S, t, lk.count_line, True), True
+    block(S, t)
+    return -1.0, True
+
+
+@njit(cache=True)
+def up_write(S, t, k):
+    lk, th = lock(S, k), thread(S, t)
+    released(S, k, t)
+    lk.owner = 0
+    if k > 0 and th.wlock == k:
+        th.wlock = 0
+    lk.count -= RWSEM_WRITER_LOCKED
+    end = rmw(S, t, lk.count_line, True)
+    if lk.count & RWSEM_FLAG_WAITERS:
+        rwsem_mark_wake(S, k, False)
+    _let_spinner_in(S, k)
+    return end

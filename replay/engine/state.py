@@ -1,0 +1,238 @@
+"""The simulation's state, declared once: record types and the arrays of them.
+
+Everything the engine knows sits in numpy structured arrays whose dtypes are declared
+here - one record per thread, rw_semaphore, cache line, VMA object, VMA id, CPU, heap
+entry and result row, plus one record of globals and one of configuration - and in a
+few plain arrays (CSR lists, the hand-off matrix, sharer bitmasks).  The engine reads
+them by name: ``th = thread(S, t); th.pc += 1``, ``lock(S, k).count & RWSEM_READ_FAILED_MASK``.
+
+Why records behind accessors rather than arrays passed around: numba reference-counts
+every array a compiled function receives (atomic increments and decrements on every
+call, which were most of an earlier engine's run time), and a tuple of three dozen
+arrays is three dozen counts per call.  So the state is one small record, ``S``, that
+holds each array's address; ``thread(S, t)`` and its siblings are generated from the
+declarations below and compile to an address load and an offset - what
+``I[I[H_th_pc] + t]`` compiled to in the flat-array engine this one replaced, but
+readable.  Under ``NUMBA_DISABLE_JIT=1`` the same functions index plain
+``np.recarray``\\ s, so the same source runs as ordinary Python for debugging (slowly:
+numpy record access costs about a microsecond).
+
+The Python side keeps the arrays alive while compiled code runs (``State.arrays``).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+from numba import config, from_dtype, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from llvmlite import ir
+
+i8, f8 = np.int64, np.float64
+
+
+def _rec(*fields) -> np.dtype:
+    return np.dtype([(f[0], f[1] if len(f) > 1 else i8) for f in fields], align=True)
+
+
+# -- the records ---------------------------------------------------------------------------------
+GLOBALS = _rec(
+    ("now", f8),  # the simulated clock
+    ("seq",),  # events scheduled so far: ties in time run in scheduling order
+    ("mm_lock_seq",),  # mm->mm_lock_seq
+    ("vma_writer_wait",),  # the thread sleeping on mm->vma_writer_wait (one rcuwait), or -1
+    ("heap_n",), ("nout",), ("nobj",), ("nslots",), ("nfree",),
+    ("pend_n",), ("pend_i",), ("pend_step",), ("pend_t",),  # vma_start_write()'s steps of the write holder
+    ("ws_n",),  # writers waiting for the faults before them to start
+    ("writer_wakeups",), ("writer_drains",), ("cas_retries",),
+    ("err",), ("nvorder",), ("chunk",),
+)
+CONFIG = _rec(
+    ("prefetch_pairs",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
+    ("open_loop",), ("vma_per_page",), ("vma_stride",), ("vl_per_page",), ("vl_stride",), ("vma_base",),
+    ("vl_base",), ("off_vm_start",), ("off_vm_lock_seq",), ("off_vm_refcnt",), ("vl_off_count",),
+    ("vl_off_owner",), ("vl_in_vma",), ("mm_mt",), ("mm_count",), ("mm_owner",), ("mm_vma_writer_wait",),
+    ("mm_lock_seq",), ("nsock",), ("mask_words",), ("ncpu",), ("plen",), ("heap_cap",), ("nthreads",),
+    ("sharer_stride",),
+    ("l1_hit", f8), ("llc_hit", f8), ("owned_atomic", f8), ("socket_read_shared", f8),
+    ("socket_read_exclusive", f8), ("cross_socket_handoff", f8), ("fault_service_ns", f8),
+)
+THREAD = _rec(
+    # scheduling
+    ("cpu",), ("token",), ("in_rq",), ("rq_next",), ("blocked",), ("blocked_at", f8), ("done",), ("thinking",),
+    ("think", f8),
+    # the current op and its program
+    ("i",), ("op",), ("prog",), ("pc",), ("w",), ("vma",), ("slot",), ("found",), ("rec",), ("finished",),
+    ("start", f8), ("wait", f8), ("cache", f8), ("transfers",), ("outcome",), ("fallback",), ("attempts",),
+    ("prev_unknown", f8),
+    # registers of multi-step micro-ops
+    ("try_state",), ("try_ver",), ("dr",), ("dw",), ("dw_deadline", f8), ("dw_since", f8), ("ref_has",),
+    ("ref_ver",), ("ref_obj",), ("seq_has",),
+    # lockstat holdtime, and the VMA rwsem this writer owns
+    ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
+    # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
+    ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
+    ("osq_next",), ("osq_prev",),
+    ("wc_next",),  # in the list of faults waiting for their VMA's creator
+)
+LOCK = _rec(
+    ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
+    ("count_line",), ("owner_line",),
+    ("wait_head",), ("wait_tail",), ("osq_head",), ("osq_tail",),
+    ("acquisitions",), ("contentions",), ("trylock_failures",),
+    ("wait_total", f8), ("wait_max", f8), ("wait_min", f8), ("hold_total", f8), ("hold_max", f8), ("hold_min", f8),
+)
+LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
+VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",))
+VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
+CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
+HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
+OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
+           ("outcome",), ("fallback",), ("attempts",))
+INSN = _rec(("op",), ("a1",), ("a2",), ("a3",))
+
+# accessor name -> (array name, record dtype)
+RECORDS = {
+    "glob": ("g", GLOBALS), "cfg": ("cfg", CONFIG), "thread": ("th", THREAD), "lock": ("lk", LOCK),
+    "line": ("ln", LINE), "vobj": ("ob", VMA_OBJ), "vmaid": ("vid", VMA_ID), "cpu": ("cpus", CPU),
+    "heap": ("hp", HEAP), "out": ("out", OUT), "insn": ("prog", INSN),
+}
+# plain arrays: name -> element type
+ARRAYS = {
+    "sharers": i8,  # per line: sharers per socket, then the sharer bitmask (cfg.sharer_stride words a line)
+    "handoff": f8,  # [ncpu * ncpu] one-way hand-off ns, owner CPU x requesting CPU
+    "slot_obj": i8, "freelist": i8, "pend_obj": i8, "waiting_writers": i8, "vid_order": i8,
+    # writers (CSR: w_X_p[w] .. w_X_p[w + 1] index w_X)
+    "w_hold": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
+    "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
+    "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
+    "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
+    # per op: bits 0-1 program + 1, 2 start known, 3 end known, 4 started; its VMA id or writer index
+    "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
+}
+NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
+SIM = np.dtype([(k, np.uint64) for k in NAMES])
+
+
+def _field_ptr(builder, s, S, name):
+    off = S.offset(name)
+    p = builder.gep(s, [cgutils.int32_t(0), cgutils.int32_t(off)], inbounds=True)
+    return builder.load(builder.bitcast(p, ir.IntType(64).as_pointer()))
+
+
+def _record_accessor(arr: str, dtype: np.dtype):
+    if config.DISABLE_JIT:
+        return lambda S, i: getattr(S, arr)[i]
+    rec = from_dtype(dtype)
+
+    @intrinsic
+    def accessor(typingctx, S, i):
+        def codegen(context, builder, sig, args):
+            base = builder.inttoptr(_field_ptr(builder, args[0], S, arr), context.get_data_type(rec).as_pointer())
+            item = builder.gep(base, [args[1]], inbounds=True)
+            return builder.bitcast(item, context.get_value_type(rec))
+
+        return rec(S, i), codegen
+
+    return accessor
+
+
+def _array_accessor(name: str, dt):
+    if config.DISABLE_JIT:
+        return lambda S: getattr(S, name)
+    nt = from_dtype(np.dtype(dt))
+
+    @intrinsic
+    def accessor(typingctx, S):
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(_field_ptr(builder, args[0], S, name), context.get_data_type(nt).as_pointer())
+
+        return types.CPointer(nt)(S), codegen
+
+    return accessor
+
+
+if config.DISABLE_JIT:
+    def open_state(Sarr):
+        return Sarr
+else:
+    @intrinsic
+    def open_state(typingctx, arr):
+        """The state record of a one-element SIM array (as a pointer: no reference count)."""
+        rec = arr.dtype
+
+        def codegen(context, builder, sig, args):
+            data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
+            return builder.bitcast(data, context.get_value_type(rec))
+
+        return rec(arr), codegen
+
+
+glob = _record_accessor("g", GLOBALS)
+cfg = _record_accessor("cfg", CONFIG)
+thread = _record_accessor("th", THREAD)
+lock = _record_accessor("lk", LOCK)
+line = _record_accessor("ln", LINE)
+vobj = _record_accessor("ob", VMA_OBJ)
+vmaid = _record_accessor("vid", VMA_ID)
+cpu = _record_accessor("cpus", CPU)
+heap = _record_accessor("hp", HEAP)
+out = _record_accessor("out", OUT)
+insn = _record_accessor("prog", INSN)
+sharers = _array_accessor("sharers", i8)
+handoff = _array_accessor("handoff", f8)
+slot_obj = _array_accessor("slot_obj", i8)
+freelist = _array_accessor("freelist", i8)
+pend_obj = _array_accessor("pend_obj", i8)
+waiting_writers = _array_accessor("waiting_writers", i8)
+vid_order = _array_accessor("vid_order", i8)
+w_hold = _array_accessor("w_hold", i8)
+w_ids_p = _array_accessor("w_ids_p", i8)
+w_ids = _array_accessor("w_ids", i8)
+w_freed_p = _array_accessor("w_freed_p", i8)
+w_freed = _array_accessor("w_freed", i8)
+w_succ = _array_accessor("w_succ", i8)
+w_created_p = _array_accessor("w_created_p", i8)
+w_created = _array_accessor("w_created", i8)
+w_gate_p = _array_accessor("w_gate_p", i8)
+w_gate = _array_accessor("w_gate", i8)
+us_p = _array_accessor("us_p", i8)
+us_ops = _array_accessor("us_ops", np.int32)
+th_ops_p = _array_accessor("th_ops_p", i8)
+th_order = _array_accessor("th_order", np.int32)
+op_flags = _array_accessor("op_flags", np.int8)
+op_arg = _array_accessor("op_arg", np.int32)
+op_think = _array_accessor("op_think", f8)
+op_start = _array_accessor("op_start", f8)
+
+
+class State:
+    """The arrays of one mm's simulation, and the record the compiled code gets."""
+
+    def __init__(self, arrays: dict):
+        missing = set(NAMES) - set(arrays)
+        if missing:
+            raise ValueError(f"state lacks {sorted(missing)}")
+        want = {a: d for a, d in RECORDS.values()} | {k: np.dtype(v) for k, v in ARRAYS.items()}
+        self.arrays = {}
+        for k in NAMES:
+            a = np.ascontiguousarray(arrays[k], dtype=want[k])
+            if a.size == 0:  # an address must point somewhere
+                a = np.zeros(1, want[k])
+            self.arrays[k] = a
+        if config.DISABLE_JIT:
+            self.S = SimpleNamespace(**{k: (a.view(np.recarray) if a.dtype.names else a)
+                                        for k, a in self.arrays.items()})
+        else:
+            self.S = np.zeros(1, SIM)
+            for k, a in self.arrays.items():
+                self.S[k] = a.ctypes.data
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    @property
+    def g(self):
+        return self.arrays["g"][0]

@@ -1,0 +1,299 @@
+"""VMA objects in their slab, vm_refcnt, vma_start_write() and a writer's commit.
+
+A VMA id (the op builder's) names a VMA over its life; an *object* is one allocation of
+it in a slab slot.  With SLAB_TYPESAFE_BY_RCU (v7, v8, mainline: "mm: make vma cache
+SLAB_TYPESAFE_BY_RCU") a freed slot is reused at once, so a lockless reader may hold a
+pointer to an object that has become another VMA; before v6.15 VMAs were freed through
+call_rcu() and a slot is not reused while readers could still see it.
+
+vm_refcnt - mm/mmap_lock.c and include/linux/mmap_lock.h (v6.15) and the v7/v8 postings:
+readers __refcount_inc_not_zero_limited_acquire() (load + cmpxchg loop; fails without
+writing on 0 = detached or above the limit = writer bit set); writers add
+VMA_LOCK_OFFSET, sleep on mm->vma_writer_wait until vm_refcnt == OFFSET + 1 (readers
+drained), store vm_lock_seq, subtract OFFSET.  vma_refcount_put(): decrement, and wake
+the writer when is_vma_writer_only() (v8, mainline: the last reader) or on every reader
+exit while the writer bit is set (v7).
+
+vm_lock_seq / mm_lock_seq - a VMA is write-locked while its vm_lock_seq equals the mm's
+mm_lock_seq; mmap_write_unlock() -> vma_end_write_all() bumps mm_lock_seq, unlocking
+them all at once.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from ..models.kernels import VMA_LOCK_OFFSET
+from .coherence import coh_write, cost_since, read, rmw, store
+from .rwsem import down_write, up_write
+from .sched import block, wake
+from .state import (cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid, vobj, w_created,
+                    w_created_p, w_freed, w_freed_p, w_succ)
+
+VMA_LOCK_RWSEM, VMA_LOCK_REFCNT = 1, 2  # cfg.vma_lock (0: faults take mmap_lock)
+
+
+# -- addresses -------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _slot_offset(S, slot, per_page, stride):
+    return (slot // per_page) * 4096 + (slot % per_page) * stride
+
+
+@njit(cache=True, inline="always")
+def vma_line(S, o, off):
+    """The line of byte ``off`` of VMA object o."""
+    k = cfg(S, 0)
+    return k.vma_base + (_slot_offset(S, vobj(S, o).slot, k.vma_per_page, k.vma_stride) + off) // 64
+
+
+@njit(cache=True, inline="always")
+def refcnt_line(S, o):
+    return vma_line(S, o, cfg(S, 0).off_vm_refcnt)
+
+
+@njit(cache=True, inline="always")
+def current(S, t):
+    """The VMA object t points at: whatever occupies the slot its walk found."""
+    th = thread(S, t)
+    if th.slot >= 0:
+        return slot_obj(S)[th.slot]
+    return vmaid(S, th.vma).obj if th.vma >= 0 else -1
+
+
+@njit(cache=True, inline="always")
+def field_line(S, t, obj, off):
+    """The line of a program's (obj, field): obj 0 = the mm (off is its line id), 1 = the VMA."""
+    if obj == 0:
+        return off
+    o = current(S, t)
+    if o < 0:  # a VMA this replay never had: the tree walk's line stands in
+        return cfg(S, 0).mm_mt
+    return vma_line(S, o, off)
+
+
+# -- objects -------------------------------------------------------------------------------------------
+@njit(cache=True)
+def vma_alloc(S, vid):
+    """vm_area_alloc(): a new object for VMA id vid, in a free slot (reused at once with
+    SLAB_TYPESAFE_BY_RCU) or a new one; attached (vm_refcnt 1)."""
+    g, k = glob(S, 0), cfg(S, 0)
+    if g.nfree > 0:
+        g.nfree -= 1
+        slot = freelist(S)[g.nfree]
+    else:
+        slot = g.nslots
+    o = g.nobj
+    g.nobj += 1
+    ob = vobj(S, o)
+    ob.vid = vid
+    ob.slot = slot
+    ob.vm_lock_seq = -1
+    ob.vm_refcnt = 1
+    ob.attached = True
+    if k.vma_lock == VMA_LOCK_RWSEM:  # an rwsem: its own slab object, or inside the VMA
+        lk = lock(S, o + 1)
+        lk.count = 0
+        lk.owner = 0
+        lk.wait_head = lk.wait_tail = lk.osq_head = lk.osq_tail = -1
+        if k.vl_in_vma:
+            rel = _slot_offset(S, slot, k.vma_per_page, k.vma_stride)
+            lk.count_line = k.vma_base + (rel + k.vl_off_count) // 64
+            lk.owner_line = k.vma_base + (rel + k.vl_off_owner) // 64
+        else:
+            rel = _slot_offset(S, slot, k.vl_per_page, k.vl_stride)
+            lk.count_line = k.vl_base + (rel + k.vl_off_count) // 64
+            lk.owner_line = k.vl_base + (rel + k.vl_off_owner) // 64
+    if slot == g.nslots:
+        g.nslots += 1
+    slot_obj(S)[slot] = o
+    v = vmaid(S, vid)
+    v.obj = o
+    if not v.ever:
+        v.ever = True
+        vid_order(S)[g.nvorder] = vid
+        g.nvorder += 1
+    return o
+
+
+@njit(cache=True)
+def vma_resolve(S, vid):
+    """The live object for VMA id vid, following merges to the VMA that absorbed it."""
+    if vid < 0:
+        return -1
+    seen = 0
+    o = vmaid(S, vid).obj
+    while o >= 0 and not vobj(S, o).attached and seen < 64:
+        nxt = vmaid(S, vobj(S, o).vid).successor
+        o = vmaid(S, nxt).obj if nxt >= 0 else -1
+        seen += 1
+    return o if o >= 0 and vobj(S, o).attached else -1
+
+
+# -- vm_refcnt -------------------------------------------------------------------------------------------
+@njit(cache=True)
+def vma_refcount_get(S, t, fail, detached):
+    """vma_start_read()'s __refcount_inc_not_zero_limited_acquire(): load, then cmpxchg
+    unless 0 (detached: goto ``detached``) or above ref_limit (a writer: goto ``fail``)."""
+    th = thread(S, t)
+    o = current(S, t)
+    ln = refcnt_line(S, o)
+    g = glob(S, 0)
+    if not th.ref_has:  # old = refcount_read(r)
+        th.ref_has = True
+        th.ref_ver = line_version(S, ln)
+        return read(S, t, ln), True
+    old = vobj(S, o).vm_refcnt
+    th.ref_has = False
+    if old == 0:
+        th.pc = detached
+        return g.now, False
+    if old + 1 > cfg(S, 0).ref_limit:
+        th.pc = fail
+        return g.now, False
+    extra = 0.0
+    if line_version(S, ln) != th.ref_ver:
+        g.cas_retries += 1
+        extra = cfg(S, 0).owned_atomic
+    vobj(S, o).vm_refcnt += 1
+    th.ref_obj = o
+    return rmw(S, t, ln, True) + extra, False
+
+
+@njit(cache=True, inline="always")
+def line_version(S, n):
+    return line(S, n).version
+
+
+@njit(cache=True)
+def vma_refcount_put(S, t):
+    """vma_refcount_put(): decrement; wake the writer per the model's policy."""
+    th = thread(S, t)
+    o = th.ref_obj
+    th.ref_obj = -1
+    ob = vobj(S, o)
+    ob.vm_refcnt -= 1
+    end = rmw(S, t, refcnt_line(S, o), True)
+    n = ob.vm_refcnt
+    k = cfg(S, 0)
+    if k.wake_last:  # is_vma_writer_only()
+        wakeit = (n & VMA_LOCK_OFFSET) != 0 and n <= VMA_LOCK_OFFSET + 1 + k.writer_ref
+    else:
+        wakeit = (n & VMA_LOCK_OFFSET) != 0
+    g = glob(S, 0)
+    if wakeit and g.vma_writer_wait >= 0:
+        g.writer_wakeups += 1
+        w = g.vma_writer_wait
+        g.vma_writer_wait = -1
+        read(S, t, k.mm_vma_writer_wait)  # rcuwait_wake_up()
+        wake(S, w, -1)
+    return end
+
+
+# -- vma_start_write() -------------------------------------------------------------------------------------
+@njit(cache=True)
+def vma_start_write_step(S, t):
+    """One step of vma_start_write() on the current VMA of the write holder's list
+    (glob.pend_*): __is_vma_write_locked(); then the rwsem's down_write, the
+    vm_lock_seq store, up_write (pervma); or __vma_enter_locked()'s add of
+    VMA_LOCK_OFFSET, the wait for readers to drain, the store, the subtract (vm_refcnt)."""
+    g, k = glob(S, 0), cfg(S, 0)
+    o = pend_obj(S)[g.pend_i]
+    ob = vobj(S, o)
+    step = g.pend_step
+    rwsem = k.vma_lock == VMA_LOCK_RWSEM
+    nsteps = 4 if rwsem else 5
+    now = g.now
+    again = False
+    seqline = vma_line(S, o, k.off_vm_lock_seq)
+    if step == 0:  # __is_vma_write_locked()
+        end = read(S, t, seqline)
+        if ob.vm_lock_seq == g.mm_lock_seq:
+            step = nsteps - 1  # the rest of this VMA's steps go
+    elif rwsem:
+        if step == 1:
+            end, again = down_write(S, t, o + 1)
+        elif step == 2:
+            ob.vm_lock_seq = g.mm_lock_seq
+            end = store(S, t, seqline)
+        else:
+            end = up_write(S, t, o + 1)
+    else:
+        wr = VMA_LOCK_OFFSET + k.writer_ref
+        if step == 1:  # __vma_enter_locked()
+            if ob.vm_refcnt == 0:  # detached: nothing to wait for
+                end = now
+                step += 1
+            else:
+                ob.vm_refcnt += wr
+                g.writer_drains += 1
+                end = rmw(S, t, refcnt_line(S, o), True)
+        elif step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt)
+            end = read(S, t, refcnt_line(S, o))
+            if ob.vm_refcnt != wr + 1:
+                g.vma_writer_wait = t
+                block(S, t)
+                end = -1.0
+                again = True
+        elif step == 3:
+            ob.vm_lock_seq = g.mm_lock_seq
+            end = store(S, t, seqline)
+        else:
+            ob.vm_refcnt -= wr
+            end = rmw(S, t, refcnt_line(S, o), True)
+    if not again:
+        step += 1
+        if step >= nsteps:
+            g.pend_i += 1
+            step = 0
+        g.pend_step = step
+    return end
+
+
+# -- the writer's commit -------------------------------------------------------------------------------------
+@njit(cache=True)
+def vma_commit(S, t):
+    """The writer's VMAs vanish (detached: vm_refcnt to 0, or the rwsem's detached
+    flag; freed - reused at once with SLAB_TYPESAFE_BY_RCU) and appear (allocated,
+    attached, write-locked, waking the faults that waited for them)."""
+    g, k = glob(S, 0), cfg(S, 0)
+    th = thread(S, t)
+    w = th.w
+    c = th.cpu
+    end = g.now
+    refcnt = k.vma_lock == VMA_LOCK_REFCNT
+    for q in range(w_freed_p(S)[w], w_freed_p(S)[w + 1]):
+        vid = w_freed(S)[q]
+        succ = w_succ(S)[q]
+        if succ >= 0:
+            vmaid(S, vid).successor = succ
+        o = vmaid(S, vid).obj
+        if o < 0 or not vobj(S, o).attached:
+            continue
+        ob = vobj(S, o)
+        ob.attached = False
+        if refcnt:  # vma_mark_detached()
+            ob.vm_refcnt -= 1
+            s, cost = coh_write(S, refcnt_line(S, o), c, end, True, True)
+        else:
+            ob.vm_refcnt = 0
+            s, cost = coh_write(S, vma_line(S, o, k.off_vm_start), c, end, False, True)
+        end = cost_since(S, t, s, cost, end)
+        if k.typesafe_by_rcu:
+            freelist(S)[g.nfree] = ob.slot
+            g.nfree += 1
+    for q in range(w_created_p(S)[w], w_created_p(S)[w + 1]):
+        vid = w_created(S)[q]
+        v = vmaid(S, vid)
+        if v.obj >= 0 and vobj(S, v.obj).attached:
+            continue
+        o = vma_alloc(S, vid)
+        vobj(S, o).vm_lock_seq = g.mm_lock_seq
+        x = v.wc_head
+        v.wc_head = -1
+        while x >= 0:
+            nx = thread(S, x).wc_next
+            wake(S, x, -1)
+            x = nx
+        s, cost = coh_write(S, vma_line(S, o, k.off_vm_start), c, end, False, True)
+        end = cost_since(S, t, s, cost, end)
+    return end
