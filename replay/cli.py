@@ -422,7 +422,7 @@ def _ops_snapshot(ws, trace: str, stage: str):
     return snap, sha
 
 
-def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine,
+def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service,
                bar: bool = True):
     """One replay with a progress bar (unless ``bar`` is off), its results streamed into
     ``stage``, committed."""
@@ -439,14 +439,14 @@ def _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, ope
         with prog, writing(ws.root):
             r = replay(ops, mdl, mach, cpus or mach.ncpus, seed, placement, trace, sha, open_loop=open_loop,
                        progress=lambda done: prog.update(task, completed=done), fault_service=fault_service,
-                       engine=engine, results_path=os.path.join(stage, "results.parquet"))
+                       results_path=os.path.join(stage, "results.parquet"))
     except (ValueError, RuntimeError) as e:  # bad parameters; an engine that could not finish the replay
         raise _replay_failed(trace, ops, e)
     ws.write_run(r, stage)
     return r
 
 
-def run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, engine, bar: bool = True,
+def run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, bar: bool = True,
             expect_sha: str | None = None):
     """One run replayed and committed: what ``replay run`` does, and each job of
     ``replay sweep`` (in whichever process or machine runs it), so both commit alike.
@@ -458,8 +458,7 @@ def run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_servic
         ops, sha = _ops_snapshot(ws, trace, stage)
         if expect_sha is not None and sha != expect_sha:
             raise ws.gone(trace)
-        r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, engine,
-                       bar)
+        r = _replay_to(ws, stage, ops, mdl, mach, cpus, seed, placement, trace, sha, open_loop, fault_service, bar)
         s = _summary_with_observed(r, ops)
     finally:
         ws.unstage(stage)
@@ -477,13 +476,9 @@ def model_and_machine(model: str, machine: str):
         raise Fail(str(e))
 
 
-def check_run_options(placement: str, engine: str) -> None:
-    from .engine import ENGINES
-
+def check_run_options(placement: str) -> None:
     if placement not in PLACEMENTS:
         raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
-    if engine not in ENGINES:
-        raise Fail(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}", 2)
 
 
 PLACEMENTS = ("spread", "packed", "as-recorded")
@@ -549,7 +544,6 @@ def run(
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
-    engine: str = typer.Option("auto", "--engine", help="auto (compiled once numba has cached it; the reference engine on a small trace until then), compiled, or reference (plain Python; same results, ~100x slower)."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
@@ -557,8 +551,8 @@ def run(
     from .workspace import Workspace
 
     mdl, mach = model_and_machine(model, machine)
-    check_run_options(placement, engine)
-    r, s = run_one(Workspace(workspace), trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, engine)
+    check_run_options(placement)
+    r, s = run_one(Workspace(workspace), trace, mdl, mach, cpus, seed, placement, open_loop, fault_service)
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))
@@ -596,7 +590,7 @@ def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None
 
 @app.command()
 def sweep(
-    sweep_file: Optional[Path] = typer.Argument(None, help="A TOML sweep file (traces, models, machines, cpus, iterations, seed, placement, engine, fault_service, open_loop); options given here override it."),
+    sweep_file: Optional[Path] = typer.Argument(None, help="A TOML sweep file (traces, models, machines, cpus, iterations, seed, placement, fault_service, open_loop); options given here override it."),
     traces: Optional[str] = typer.Option(None, "--traces", "--trace", "-t", help="Comma-separated traces (default: the bundled sample)."),
     models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models."),
     machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help="Comma-separated machine profiles or .toml paths (default: broadwell-2s)."),
@@ -606,7 +600,6 @@ def sweep(
     placement: Optional[str] = typer.Option(None, "--placement", help="spread (default), packed or as-recorded."),
     open_loop: Optional[bool] = typer.Option(None, "--open-loop/--closed-loop", help="As for replay run (default closed)."),
     fault_service: Optional[str] = typer.Option(None, "--fault-service", help="trace (default), profile or ns, as for replay run."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="auto (default), compiled or reference, as for replay run."),
     executor: str = typer.Option("local", "--executor", "-x", help="local (a process pool on this machine) or dask."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="local: worker processes; dask without --scheduler: LocalCluster workers (default: every core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask: the scheduler's address, e.g. tcp://host:8786 (default: a LocalCluster here)."),
@@ -633,7 +626,7 @@ def sweep(
         machines=pick(_csv_list(machines_, "--machines"), "machines", ["broadwell-2s"]),
         cpus=pick(_csv_list(cpus, "--cpus", as_int=True), "cpus", None),
         iterations=pick(iterations, "iterations", 1), seed=pick(seed, "seed", 0),
-        placement=pick(placement, "placement", "spread"), engine=pick(engine, "engine", "auto"),
+        placement=pick(placement, "placement", "spread"),
         fault_service=str(pick(fault_service, "fault_service", "trace")), open_loop=pick(open_loop, "open_loop", False))
     for key in ("traces", "models", "machines", "cpus"):
         if not getattr(spec, key):

@@ -30,8 +30,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 from .workspace import fault_point
 
-SWEEP_KEYS = {"traces", "models", "machines", "cpus", "iterations", "seed", "placement", "engine",
-              "fault_service", "open_loop"}
+SWEEP_KEYS = {"traces", "models", "machines", "cpus", "iterations", "seed", "placement", "fault_service",
+              "open_loop"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,6 @@ class Job:
     placement: str
     open_loop: bool
     fault_service: str
-    engine: str  # compiled or reference, resolved once by the planner
     trace_sha256: str  # the content planned for; a trace replaced meanwhile fails the job
     run_id: str
 
@@ -62,7 +61,6 @@ class Spec:
     iterations: int = 1
     seed: int = 0
     placement: str = "spread"
-    engine: str = "auto"
     fault_service: str = "trace"
     open_loop: bool = False
 
@@ -87,7 +85,7 @@ def read_sweep_file(path: Path) -> dict:
         if k in d and not (isinstance(d[k], list) and all(isinstance(x, int if k == "cpus" else str) for x in d[k])):
             raise Fail(f"sweep file {path}: {k} must be a list of {'integers' if k == 'cpus' else 'names'}", 2)
     for k, types, what in (("iterations", int, "an integer"), ("seed", int, "an integer"),
-                           ("placement", str, "a string"), ("engine", str, "a string"),
+                           ("placement", str, "a string"),
                            ("fault_service", (str, int, float), "trace, profile or a number of ns"),
                            ("open_loop", bool, "true or false")):
         if k in d and (not isinstance(d[k], types) or (types is int and isinstance(d[k], bool))):
@@ -109,7 +107,7 @@ def run_job(job: Job) -> dict:
     try:
         mdl, mach = model_and_machine(job.model, job.machine)
         _, s = run_one(Workspace(job.workspace), job.trace, mdl, mach, job.cpus, job.seed, job.placement,
-                       job.open_loop, job.fault_service, job.engine, bar=False, expect_sha=job.trace_sha256)
+                       job.open_loop, job.fault_service, bar=False, expect_sha=job.trace_sha256)
     except (Fail, InputError, WorkspaceError) as e:
         return {"run_id": job.run_id, "error": str(e), "code": getattr(e, "code", 1)}
     if s["run_id"] != job.run_id:  # the planner and the engine disagree on what the run is: a defect
@@ -120,7 +118,6 @@ def run_job(job: Job) -> dict:
 def _worker_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group; the sweep (the parent) decides what stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["REPLAY_NO_BACKGROUND_COMPILE"] = "1"  # the planner compiled the engine already
     threading.Thread(target=_die_with, args=(parent,), daemon=True).start()
 
 
@@ -237,13 +234,12 @@ class DaskExecutor:
 
 def plan(ws, spec: Spec) -> list[Job]:
     """The sweep's jobs in order (trace, machine, model, CPUs, seed), with their run ids.
-    Builds each trace's ops now, once, and (for the compiled engine) compiles it now,
-    once, so that the workers neither race to build the same ops nor each compile."""
+    Builds each trace's ops now, once, and compiles the engine now, once, so that the workers neither race to build the same ops nor each compile."""
     from .cli import Fail, _ensure_ops, check_run_options, model_and_machine
-    from .engine import choose_engine, run_id_for, run_params, warm
+    from .engine import run_id_for, run_params, warm
     from .engine.source import OpsSource
 
-    check_run_options(spec.placement, spec.engine)
+    check_run_options(spec.placement)
     if spec.iterations < 1:
         raise Fail("--iterations must be at least 1", 2)
     loaded = {(m, x): model_and_machine(m, x) for m in spec.models for x in spec.machines}
@@ -252,8 +248,6 @@ def plan(ws, spec: Spec) -> list[Job]:
     for trace in spec.traces:
         ops, sha = _ensure_ops(ws, trace)
         src = OpsSource(ops)
-        n = len(spec.models) * len(spec.machines) * len(spec.cpus) * spec.iterations
-        engine = choose_engine(spec.engine, src.n * n)
         for x in spec.machines:
             # a machine given as a .toml path must name the same file from a worker's directory
             mach_arg = str(Path(x).resolve()) if x.endswith(".toml") else x
@@ -262,16 +256,16 @@ def plan(ws, spec: Spec) -> list[Job]:
                     for seed in range(spec.seed, spec.seed + spec.iterations):
                         try:
                             p = run_params(src, *loaded[m, x], c, seed, spec.placement, trace, sha,
-                                           spec.open_loop, spec.fault_service, engine)
+                                           spec.open_loop, spec.fault_service)
                         except ValueError as e:
                             raise Fail(str(e))
                         jobs.append(Job(root, trace, m, mach_arg, c, seed, spec.placement, spec.open_loop,
-                                        spec.fault_service, engine, sha, run_id_for(p)))
+                                        spec.fault_service, sha, run_id_for(p)))
     jobs = list({j.run_id: j for j in jobs}.values())  # a model or count named twice is one run
-    if any(j.engine == "compiled" for j in jobs) and not warm.is_warm():
+    if jobs and not warm.is_warm():
         from .cli import err
 
-        err.print("compiling the replay engine once for the workers (~17 s; numba caches it)", markup=False)
+        err.print("compiling the replay engine once for the workers (numba caches it)", markup=False)
         warm.compile_now()
     return jobs
 
@@ -288,7 +282,7 @@ def plan_commands(jobs: Iterable[Job], spec: Spec, workspace: str) -> list[str]:
     for j in jobs:
         argv = ["replay", "run", "--trace", j.trace, "--model", j.model, "--machine", j.machine, "--cpus", str(j.cpus),
                 "--seed", str(j.seed), "--placement", j.placement, "--fault-service", j.fault_service,
-                "--engine", spec.engine, *(["--open-loop"] if j.open_loop else []), "-w", workspace]
+                *(["--open-loop"] if j.open_loop else []), "-w", workspace]
         out.append(shlex.join(argv))
     return out
 

@@ -75,9 +75,6 @@ def sample_ops(request, tmp_path_factory):
     return ops
 
 
-# engine="auto" compiles the engine in a background process when numba's cache is cold;
-# tests compile it in-process (test_compiled runs first) and must not leave processes behind
-os.environ.setdefault("REPLAY_NO_BACKGROUND_COMPILE", "1")
 
 
 def pytest_addoption(parser):

@@ -230,7 +230,7 @@ def _save_failure(name: str, data: bytes) -> Path:
     return p
 
 
-def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tuple[str, int]]:
+def whole_path(cli, name: str, data: bytes) -> list[tuple[str, int]]:
     """ingest -> ops -> run under every model; assert the CLI's contract at each step.
     Returns each step's (command, exit status)."""
     with tempfile.TemporaryDirectory() as d:
@@ -238,8 +238,8 @@ def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tupl
         src.write_bytes(data)
         ws = Path(d) / "ws"
         steps = [("ingest", str(src), "-w", str(ws), "--name", "t", "-O", "json"), ("ops", "t", "-w", str(ws), "-f", "json")]
-        steps += [("run", "--model", m, "--trace", "t", "--machine", "local-2vcpu", "--engine", e, "-w", str(ws), "-f", "json")
-                  for e in engines for m in _models()]
+        steps += [("run", "--model", m, "--trace", "t", "--machine", "local-2vcpu", "-w", str(ws), "-f", "json")
+                  for m in _models()]
         done = []
         faults = n_ops = None  # from replay ops, for the runs
         try:
@@ -280,7 +280,7 @@ def whole_path(cli, name: str, data: bytes, engines=("reference",)) -> list[tupl
 
 
 # a few examples by default (under a second each); REPLAY_FUZZ_EXAMPLES=N for a longer hunt,
-# and -m slow runs 200 through both engines
+# and -m slow runs 200
 FUZZ_EXAMPLES = int(os.environ.get("REPLAY_FUZZ_EXAMPLES", "8"))
 
 
@@ -295,12 +295,12 @@ def test_whole_path_on_mutated_traces(cli, trace):
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(trace=mutated_traces())
-def test_whole_path_on_mutated_traces_many_both_engines(cli, trace):
-    whole_path(cli, *trace, engines=("reference", "compiled"))
+def test_whole_path_on_mutated_traces_many(cli, trace):
+    whole_path(cli, *trace)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in REGRESSIONS.iterdir() if p.name != "README.md"),
                          ids=lambda p: p.name)
 def test_fuzz_regressions(cli, path):
-    """Every input that once broke the path, through both engines."""
-    whole_path(cli, path.name, path.read_bytes(), engines=("reference", "compiled"))
+    """Every input that once broke the path."""
+    whole_path(cli, path.name, path.read_bytes())

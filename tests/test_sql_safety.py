@@ -31,8 +31,7 @@ def wss(tmp_path_factory):
     name = "mprotect-race"
     assert main(["ingest", str(SAMPLES / f"{name}.txt.zst"), "-w", str(ws), "--maps", str(SAMPLES / f"{name}.maps"),
                  "-O", "json"]) == 0
-    assert main(["run", "--model", "v8", "--trace", name, "--machine", "local-2vcpu", "-w", str(ws), "-f", "json",
-                 "--engine", "reference"]) == 0
+    assert main(["run", "--model", "v8", "--trace", name, "--machine", "local-2vcpu", "-w", str(ws), "-f", "json"]) == 0
     return ws
 
 
@@ -163,7 +162,7 @@ def test_readers_take_no_lock(wss, tmp_path):
         procs = [subprocess.Popen(REPLAY + ["sql", "SELECT count(*) FROM results", "-w", str(wss)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         procs.append(subprocess.Popen(REPLAY + ["run", "--model", "mmap_lock", "--trace", "mprotect-race", "--machine",
-                                                "local-2vcpu", "--engine", "reference", "-w", str(wss), "-f", "json"],
+                                                "local-2vcpu", "-w", str(wss), "-f", "json"],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         procs += [subprocess.Popen(REPLAY + ["query", "throughput", "-w", str(wss)], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

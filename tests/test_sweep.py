@@ -1,10 +1,10 @@
 """replay sweep: every combination as ordinary runs, on real worker processes (a spawned
 process pool; a real Dask LocalCluster), resumable, killed for real at named steps.
 
-The replays use the reference engine on a tiny synthetic pft trace (the Dask test: the
-smallest sample trace): a worker process then needs no numba compile, and the sweep
-machinery, not the engine, is what is under test here (the engines give identical
-results: test_compiled).  Most of each test's time is spawning worker processes."""
+The replays are of a tiny synthetic pft trace (the Dask test: the smallest sample
+trace): the sweep machinery, not the engine, is what is under test here.  The planner
+compiles the engine once (numba's cache); workers load it from there.  Most of each
+test's time is spawning worker processes."""
 
 import json
 import os
@@ -22,7 +22,7 @@ import pytest
 from conftest import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = ("sweep", "--trace", "tiny", "--models", "v8,mmap_lock", "--cpus", "1,2", "--engine", "reference", "-j", "2")
+SWEEP = ("sweep", "--trace", "tiny", "--models", "v8,mmap_lock", "--cpus", "1,2", "-j", "2")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_sweep_runs_every_combination_as_the_runs_replay_run_gives(cli, sws, tmp
     solo = tmp_path / "solo"
     shutil.copytree(sws, solo, ignore=shutil.ignore_patterns("runs", "results", "lock_stats", "line_stats"))
     rc, out, err = cli("run", "--trace", "tiny", "--model", "mmap_lock", "--cpus", "2", "--seed", "1",
-                       "--engine", "reference", "-w", solo, "-f", "json")
+                       "-w", solo, "-f", "json")
     assert rc == 0, err
     rid = json.loads(out)["run_id"]
     assert rid in _runs(sws)
@@ -138,7 +138,7 @@ def test_plan_prints_the_replay_run_commands_of_the_unfinished_runs(cli, sws, tm
 
 def test_sweep_file_with_options_overriding_it(cli, sws):
     f = sws.parent / "pft.toml"
-    f.write_text('traces = ["tiny"]\nmodels = ["v8", "mainline"]\ncpus = [1, 2, 4]\nengine = "reference"\n')
+    f.write_text('traces = ["tiny"]\nmodels = ["v8", "mainline"]\ncpus = [1, 2, 4]\n')
     rc, out, err = cli("sweep", f, "--cpus", "2", "-j", "2", "-w", sws, "-f", "json")
     assert rc == 0, err
     assert {(r["model"], r["cpus"]) for r in json.loads(out)["runs"]} == {("v8", 2), ("mainline", 2)}

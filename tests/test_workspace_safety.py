@@ -22,7 +22,7 @@ from conftest import DATA, SAMPLES
 from replay.workspace import RUN_KEYED, TRACE_KEYED, Workspace
 
 OLD, NEW = DATA / "perf_default.txt", DATA / "tracecmd.txt"  # two different traces (different sha256)
-RUN = ("run", "--model", "v8", "--trace", "t", "--machine", "local-2vcpu", "--engine", "reference")
+RUN = ("run", "--model", "v8", "--trace", "t", "--machine", "local-2vcpu")
 
 
 def _env(fault=None, **extra):
@@ -399,7 +399,7 @@ def test_read_only_workspace(cli, tmpfs):
     remount(ws.parent, "ro")
     for args in (("ingest", NEW, "-n", "u"), ("ingest", NEW, "-n", "t", "--replace"), ("ops", "t"), RUN,
                  ("synth", "pft", "--threads", "2", "--pages", "8"),
-                 ("sweep", "--models", "v8", "--cpus", "1", "--trace", "t", "--engine", "reference")):
+                 ("sweep", "--models", "v8", "--cpus", "1", "--trace", "t")):
         rc, _, err = cli(*args, "-w", ws)
         _one_line_error(rc, err, str(ws), "Read-only file system")
     rc, out, _ = cli("traces", "-w", ws, "-f", "json")  # readers need no write access
@@ -482,7 +482,7 @@ def test_an_error_inside_a_commit_leaves_nothing(cli, ws, monkeypatch):
 def test_concurrent_first_runs_both_ingest_the_sample(cli, ws):
     """Two runs on a fresh workspace both ingest the bundled sample on first use: the
     one that loses the name uses the winner's trace."""
-    args = ("run", "--model", "v8", "--engine", "reference", "--machine", "local-2vcpu", "-f", "json")
+    args = ("run", "--model", "v8", "--machine", "local-2vcpu", "-f", "json")
     a = spawn_stopped(ws, *args, point="ingest.staged")
     b = replay(ws, *args)
     assert b.returncode == 0, b.stderr
