@@ -115,7 +115,7 @@ COLUMN_DOCS = {
         "kind": "op kind", "vma_id": "fault's VMA", "sim_cpu": "simulated CPU", "start_ns": "simulated start (ns)",
         "end_ns": "simulated end (ns)", "lock_wait_ns": "time blocked on locks (ns)",
         "cache_ns": "time in memory accesses, queueing on busy lines included (ns)",
-        "line_transfers": "cache-line transfers the op caused", "outcome": "per-VMA lock: success, abort, retry or miss",
+        "line_transfers": "cache-line transfers the op caused", "outcome": "the fault's count_vm_vma_lock_event(): success, abort or retry; null when it never tried the VMA lock (kernel mode, or the mmap_lock model)", "misses": "VMA_LOCK_MISS events: re-walks after finding the VMA detached",
         "fallback": "fell back to the mmap_lock path", "attempts": "per-VMA lock attempts (a miss re-walks)",
         "model": "lock model", "machine": "machine profile", "cpus": "simulated CPUs",
     },

@@ -22,7 +22,7 @@ from ..machines import Machine
 RESULTS_SCHEMA = {
     "op_id": pl.Int64, "mm": pl.Utf8, "tid": pl.Int32, "kind": pl.Utf8, "vma_id": pl.Int64, "sim_cpu": pl.Int32,
     "start_ns": pl.Float64, "end_ns": pl.Float64, "lock_wait_ns": pl.Float64, "cache_ns": pl.Float64,
-    "line_transfers": pl.Int64, "outcome": pl.Utf8, "fallback": pl.Boolean, "attempts": pl.Int32,
+    "line_transfers": pl.Int64, "outcome": pl.Utf8, "misses": pl.Int32, "fallback": pl.Boolean, "attempts": pl.Int32,
 }
 
 
@@ -30,7 +30,7 @@ class Totals:
     """What the summary needs, accumulated chunk by chunk as results stream out."""
 
     def __init__(self):
-        self.ops = self.faults = self.fallback = self.abort = self.retry = self.miss = 0
+        self.ops = self.faults = self.vma_faults = self.fallback = self.abort = self.retry = self.miss = 0
         self.start = float("inf")
         self.end = float("-inf")
         self.fault_ns = 0.0
@@ -41,10 +41,12 @@ class Totals:
             return
         f = r.filter(pl.col("kind") == "fault")
         a = f.select(pl.col("fallback").sum(), (pl.col("outcome") == "abort").sum().alias("a"),
-                     (pl.col("outcome") == "retry").sum().alias("r"), (pl.col("outcome") == "miss").sum().alias("m"),
-                     (pl.col("end_ns") - pl.col("start_ns")).sum().alias("d")).row(0)
+                     (pl.col("outcome") == "retry").sum().alias("r"), pl.col("misses").sum().alias("m"),
+                     (pl.col("end_ns") - pl.col("start_ns")).sum().alias("d"),
+                     pl.col("outcome").is_not_null().sum().alias("v")).row(0)
         self.ops += r.height
         self.faults += f.height
+        self.vma_faults += int(a[5] or 0)
         self.fallback += int(a[0] or 0)
         self.abort += int(a[1] or 0)
         self.retry += int(a[2] or 0)
@@ -71,9 +73,10 @@ class Run:
         t = self.totals
         span_ns = t.end - t.start if t.ops else 0.0
         nf = t.faults
+        nv = t.vma_faults  # the denominators: user faults that tried the VMA lock (kernel-mode ones never do)
 
         def pct(k):
-            return round(100 * k / nf, 3) if nf else None
+            return round(100 * k / nv, 3) if nv else None
 
         return {
             "run_id": self.run_id, **{k: self.params[k] for k in ("trace_id", "model", "machine", "cpus", "seed")},
@@ -89,7 +92,11 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 3  # 3: a writer's commit counts its cache time once, not once per VMA
+REFERENCE_VERSION = 4
+# 3: a writer's commit counts its cache time once, not once per VMA
+# 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
+#    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
+#    detached VMA stores vm_lock_seq and nothing else
 
 
 def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") -> tuple[float, str]:

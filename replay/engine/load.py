@@ -401,8 +401,8 @@ class EngineError(RuntimeError):
 
 # results columns <- OUT record fields
 OUT_COLUMNS = {"op": "op", "t": "t", "sim_cpu": "cpu", "start_ns": "start", "end_ns": "end", "lock_wait_ns": "wait",
-               "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "fallback": "fallback",
-               "attempts": "attempts"}
+               "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "misses": "misses",
+               "fallback": "fallback", "attempts": "attempts"}
 _OUTCOME_NAMES = None
 LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
 
@@ -430,10 +430,12 @@ def results_frame(raw: dict, state, meta, mm: str):
         "kind": names.gather(np.where(fault, 0, arg + 1)), "vma_id": vma, "_has_vma": has_vma,
         "sim_cpu": raw["sim_cpu"].astype(np.int32), "start_ns": raw["start_ns"], "end_ns": raw["end_ns"],
         "lock_wait_ns": raw["lock_wait_ns"], "cache_ns": raw["cache_ns"], "line_transfers": raw["line_transfers"],
-        "outcome": _OUTCOME_NAMES.gather(raw["outcome"]), "fallback": raw["fallback"].astype(bool),
+        "outcome": _OUTCOME_NAMES.gather(np.maximum(raw["outcome"], 0)), "_has_outcome": raw["outcome"] >= 0,
+        "misses": raw["misses"].astype(np.int32), "fallback": raw["fallback"].astype(bool),
         "attempts": raw["attempts"].astype(np.int32),
     }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
-                    pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"))
+                    pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"),
+                    pl.when(pl.col("_has_outcome")).then(pl.col("outcome")).alias("outcome"))
     return df.cast(RESULTS_SCHEMA).select(list(RESULTS_SCHEMA))
 
 

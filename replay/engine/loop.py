@@ -147,7 +147,8 @@ def _next_op(S, t):
     th.wait = 0.0
     th.cache = 0.0
     th.transfers = 0
-    th.outcome = 0
+    th.outcome = -1  # no count_vm_vma_lock_event() yet
+    th.misses = 0
     th.fallback = False
     th.attempts = 0
     # The trace's gap since the previous op ended; where that op's end is unknown (a
@@ -179,6 +180,7 @@ def _finish(S, t):
     r.cache = th.cache
     r.transfers = th.transfers
     r.outcome = th.outcome
+    r.misses = th.misses
     r.fallback = th.fallback
     r.attempts = th.attempts
     th.prev_unknown = (end - th.start) if not (op_flags(S)[j] & F_END_KNOWN) else 0.0

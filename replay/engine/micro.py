@@ -12,10 +12,12 @@ from __future__ import annotations
 from numba import njit
 
 from .coherence import read, rmw, store
+from .isa import OUTCOMES
 from .rwsem import down_read, down_read_trylock, down_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
 
+OUTCOME_MISS = OUTCOMES.index("miss")
 DEFAULT_WRITER_NS = 2000.0  # est.: a writer's work when the trace gives no hold time
 
 
@@ -168,7 +170,15 @@ def h_mm_seq_write(S, t, _a, _b, _c):
 
 @njit(cache=True)
 def h_outcome(S, t, which, _a, _b):
-    thread(S, t).outcome = which
+    """count_vm_vma_lock_event(): VMA_LOCK_MISS once per re-walk in lock_vma_under_rcu(),
+    kept beside the fault's one ABORT (lock_vma_under_rcu() failed), SUCCESS or RETRY
+    (do_user_addr_fault(), after handle_mm_fault()).  A fault that never tries the VMA
+    lock - kernel mode (!FAULT_FLAG_USER: straight to lock_mmap), or a kernel without
+    CONFIG_PER_VMA_LOCK - counts none."""
+    if which == OUTCOME_MISS:
+        thread(S, t).misses += 1
+    else:
+        thread(S, t).outcome = which
     return glob(S, 0).now, False
 
 

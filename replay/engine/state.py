@@ -45,6 +45,7 @@ GLOBALS = _rec(
     ("vma_writer_wait",),  # the thread sleeping on mm->vma_writer_wait (one rcuwait), or -1
     ("heap_n",), ("nout",), ("nobj",), ("nslots",), ("nfree",),
     ("pend_n",), ("pend_i",), ("pend_step",), ("pend_t",),  # vma_start_write()'s steps of the write holder
+    ("pend_locked",),  # __vma_enter_locked() took the VMA (it was attached)
     ("ws_n",),  # writers waiting for the faults before them to start
     ("writer_wakeups",), ("writer_drains",), ("cas_retries",),
     ("err",), ("nvorder",), ("chunk",),
@@ -65,7 +66,7 @@ THREAD = _rec(
     ("think", f8),
     # the current op and its program
     ("i",), ("op",), ("prog",), ("pc",), ("w",), ("vma",), ("slot",), ("found",), ("rec",), ("finished",),
-    ("start", f8), ("wait", f8), ("cache", f8), ("transfers",), ("outcome",), ("fallback",), ("attempts",),
+    ("start", f8), ("wait", f8), ("cache", f8), ("transfers",), ("outcome",), ("misses",), ("fallback",), ("attempts",),
     ("prev_unknown", f8),
     # registers of multi-step micro-ops
     ("try_state",), ("try_ver",), ("dr",), ("dw",), ("dw_deadline", f8), ("dw_since", f8), ("ref_has",),
@@ -90,7 +91,7 @@ VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), (
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
-           ("outcome",), ("fallback",), ("attempts",))
+           ("outcome",), ("misses",), ("fallback",), ("attempts",))
 INSN = _rec(("op",), ("a1",), ("a2",), ("a3",))
 
 # accessor name -> (array name, record dtype)
@@ -113,7 +114,26 @@ ARRAYS = {
     "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
-SIM = np.dtype([(k, np.uint64) for k in NAMES])
+
+
+def _layout_digest() -> str:
+    """A digest of every record layout and of the engine's source.  numba's cache keys a
+    compiled function on its own file and its argument types, not on a dtype or a
+    constant it reads from another module: a field added to THREAD would leave cached
+    code writing to the old offsets.  The digest is a field name of the state record,
+    which every compiled function takes, so any change recompiles them all."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256(repr([(a, d.descr) for a, d in RECORDS.values()] + sorted(ARRAYS.items(), key=str)).encode())
+    here = Path(__file__).parent
+    for p in [*sorted(here.glob("*.py")), here.parent / "models" / "kernels.py"]:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+LAYOUT = _layout_digest()
+SIM = np.dtype([(k, np.uint64) for k in NAMES] + [(f"layout_{LAYOUT}", np.uint64)])
 
 
 def _field_ptr(builder, s, S, name):

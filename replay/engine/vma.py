@@ -195,7 +195,12 @@ def vma_start_write_step(S, t):
     """One step of vma_start_write() on the current VMA of the write holder's list
     (glob.pend_*): __is_vma_write_locked(); then the rwsem's down_write, the
     vm_lock_seq store, up_write (pervma); or __vma_enter_locked()'s add of
-    VMA_LOCK_OFFSET, the wait for readers to drain, the store, the subtract (vm_refcnt)."""
+    VMA_LOCK_OFFSET, the wait for readers to drain, the store, the subtract (vm_refcnt).
+
+    mm/mmap_lock.c __vma_start_write() (v6.15): ``locked = __vma_enter_locked(vma,
+    false)`` - refcount_add_not_zero() fails on a detached VMA (vm_refcnt 0): no add,
+    no wait; ``WRITE_ONCE(vma->vm_lock_seq, mm_lock_seq)`` always; ``if (locked)
+    __vma_exit_locked()`` - so a detached VMA gets the store and nothing else."""
     g, k = glob(S, 0), cfg(S, 0)
     o = pend_obj(S)[g.pend_i]
     ob = vobj(S, o)
@@ -220,10 +225,12 @@ def vma_start_write_step(S, t):
     else:
         wr = VMA_LOCK_OFFSET + k.writer_ref
         if step == 1:  # __vma_enter_locked()
-            if ob.vm_refcnt == 0:  # detached: nothing to wait for
+            if ob.vm_refcnt == 0:  # detached: refcount_add_not_zero() fails, nothing to wait for
+                g.pend_locked = False
                 end = now
                 step += 1
             else:
+                g.pend_locked = True
                 ob.vm_refcnt += wr
                 g.writer_drains += 1
                 end = rmw(S, t, refcnt_line(S, o), True)
@@ -237,9 +244,11 @@ def vma_start_write_step(S, t):
         elif step == 3:
             ob.vm_lock_seq = g.mm_lock_seq
             end = store(S, t, seqline)
-        else:
+        elif g.pend_locked:  # __vma_exit_locked()
             ob.vm_refcnt -= wr
             end = rmw(S, t, refcnt_line(S, o), True)
+        else:
+            end = now
     if not again:
         step += 1
         if step >= nsteps:

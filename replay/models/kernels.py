@@ -191,7 +191,9 @@ def _vma_writer(seqcount: bool) -> list:
     ]
 
 
-KERNEL_FAULT = _mmap_lock_fault(False) + [(Op.OUTCOME, "success"), (Op.END,)]
+# do_user_addr_fault(): "if (!(flags & FAULT_FLAG_USER)) goto lock_mmap;" - a kernel-mode
+# fault never tries the VMA lock and counts no VMA_LOCK_* event
+KERNEL_FAULT = _mmap_lock_fault(False) + [(Op.END,)]
 
 MODELS = {}
 
@@ -204,8 +206,9 @@ _add(Model(
     "mmap_lock", "kernels up to 6.3: every fault read-locks mm->mmap_lock",
     ["arch/x86/mm/fault.c do_user_addr_fault() (v6.3)", "kernel/locking/rwsem.c (64489e78004c, v5.3)"],
     Layout(MM, VMA_PERVMA, vma_lock_in=""),
-    fault=_mmap_lock_fault(True) + [(Op.OUTCOME, "success"), (Op.END,)],
-    kernel_fault=_mmap_lock_fault(True) + [(Op.OUTCOME, "success"), (Op.END,)],
+    # no CONFIG_PER_VMA_LOCK: no VMA_LOCK_* event is counted
+    fault=_mmap_lock_fault(True) + [(Op.END,)],
+    kernel_fault=_mmap_lock_fault(True) + [(Op.END,)],
     writer=MMAP_WRITER,
     params={"vma_lock": None},
 ))

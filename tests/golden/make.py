@@ -72,7 +72,7 @@ def summarize(run) -> dict:
         cols = {c: _agg(part[c].to_list()) for c in numeric}
         cols["duration_ns"] = _agg((part["end_ns"] - part["start_ns"]).to_list())
         cols["fallback"] = int(part["fallback"].sum())
-        cols["outcome"] = dict(sorted(part.group_by("outcome").len().iter_rows()))
+        cols["outcome"] = dict(sorted((k or "none", n) for k, n in part.group_by("outcome").len().iter_rows()))
         per_kind[kind] = cols
     locks = {}
     for cls in sorted(run.lock_stats["lock_class"].unique().to_list()):
