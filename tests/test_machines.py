@@ -65,3 +65,23 @@ def test_machines_cli(cli):
     assert rc == 0 and "nviennot" in out and "MSR 0x1A4" in out
     rc, _, err = cli("machines", "nope")
     assert rc == 1 and "unknown machine" in err
+
+
+def test_spread_on_fewer_cpus_uses_both_sockets_before_any_sibling():
+    # kernel/sched/fair.c: the load balancer moves tasks to a sibling group with spare
+    # capacity (SD_PREFER_SIBLING at the NUMA level too) and select_idle_core() prefers
+    # fully idle cores, so 12 busy threads on a 2 x 14-core, 2-thread Broadwell run on 6
+    # cores of each socket, one thread a core; --cpus 12 is those 12 CPUs.
+    bdw = load_machine("broadwell-2s")
+    cpus = bdw.cpus()
+    p = bdw.placement(12, ncpus=12)
+    assert sorted(cpus[c].socket for c in p) == [0] * 6 + [1] * 6
+    assert len({(cpus[c].socket, cpus[c].core) for c in p}) == 12 and all(cpus[c].thread == 0 for c in p)
+    # 24 threads on those 12 CPUs: two a CPU, never beyond them
+    assert sorted(set(bdw.placement(24, ncpus=12))) == sorted(p)
+    # 30 CPUs: all 28 cores, then two SMT siblings
+    p30 = bdw.placement(30, ncpus=30)
+    assert sum(cpus[c].thread for c in p30) == 2
+    # packed on 12 CPUs: one socket, siblings together
+    k = bdw.placement(12, ncpus=12, policy="packed")
+    assert {cpus[c].socket for c in k} == {0} and len({cpus[c].core for c in k}) == 6

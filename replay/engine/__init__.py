@@ -92,11 +92,62 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 4
+REFERENCE_VERSION = 6
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
 #    detached VMA stores vm_lock_seq and nothing else
+# 5: spread placement on fewer CPUs than the machine has uses idle cores on every
+#    socket before SMT siblings (the CPUs themselves chosen as the scheduler would)
+# 6: replays vary as runs do: each fault's service time drawn from a seeded
+#    distribution (the trace's own holds resampled, or a log-normal around the
+#    profile's figure); threads leave their start barrier in a seeded order
+
+# The spread of handle_mm_fault() times where the trace has none of its own: the
+# robust log-spread ((ln q75 - ln q25) / 1.349) of the 533 fallen-back faults' mmap_lock
+# holds in sample_traces/mprotect-race, recorded on our machine - an estimate.
+PROFILE_SERVICE_SIGMA = 0.24
+
+
+@dataclass(frozen=True)
+class Service:
+    """How long a fault's handle_mm_fault() takes, drawn per fault with the run's seed:
+    ``samples`` (the trace's own fallen-back holds, sorted) resampled, or a log-normal of
+    median ``ns`` and spread ``sigma``; ``sigma`` 0 and no samples: always ``ns``."""
+
+    ns: float
+    source: str
+    samples: object = None  # np.ndarray | None
+    sigma: float = 0.0
+
+
+def _trace_holds(src):
+    import polars as pl
+
+    if not {"hold_ns", "observed_fallback"} <= src.names:
+        return None
+    held = src.frame(["kind", "observed_fallback", "hold_ns"], lambda df: df.filter(
+        (pl.col("kind").cast(pl.Utf8) == "fault") & pl.col("observed_fallback").fill_null(False)
+        & pl.col("hold_ns").is_not_null()).select("hold_ns"))
+    return held["hold_ns"] if held is not None else None
+
+
+def service_for(ops, machine: Machine, how: str = "trace") -> Service:
+    """The run's Service: ``trace`` resamples the trace's fallen-back holds when there
+    are MIN_SERVICE_SAMPLES of them, else (and for ``profile``) a log-normal around the
+    profile's figure with PROFILE_SERVICE_SIGMA; a number is that many ns, always."""
+    import numpy as np
+
+    from .source import OpsSource
+
+    ns, source = fault_service_time(ops, machine, how)
+    if source == "given":
+        return Service(ns, source)
+    if source.startswith("trace"):
+        src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
+        holds = np.sort(_trace_holds(src).to_numpy().astype(np.float64))
+        return Service(ns, source + ", resampled per fault", holds)
+    return Service(ns, source + f", log-normal per fault (sigma {PROFILE_SERVICE_SIGMA})", None, PROFILE_SERVICE_SIGMA)
 
 
 def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") -> tuple[float, str]:
@@ -117,12 +168,9 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
     from .source import OpsSource
 
     src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
-    if how == "trace" and {"hold_ns", "observed_fallback"} <= src.names:
-        held = src.frame(["kind", "observed_fallback", "hold_ns"], lambda df: df.filter(
-            (pl.col("kind").cast(pl.Utf8) == "fault") & pl.col("observed_fallback").fill_null(False)
-            & pl.col("hold_ns").is_not_null()).select("hold_ns"))
-        held = held["hold_ns"] if held is not None else pl.Series([], dtype=pl.Int64)
-        if held.len() >= MIN_SERVICE_SAMPLES:
+    if how == "trace":
+        held = _trace_holds(src)
+        if held is not None and held.len() >= MIN_SERVICE_SAMPLES:
             return float(held.median()), f"trace: median mmap_lock hold of {held.len()} fallen-back faults"
     return float(machine.fault_service_ns), f"profile {machine.name}"
 
@@ -139,7 +187,8 @@ def run_params(ops, model, machine: Machine, cpus: int, seed: int, placement: st
                trace_sha256: str, open_loop: bool, fault_service: str) -> dict:
     """A run's parameters (its ``runs`` row, and through ``run_id_for`` its id), known
     before it runs: ``replay sweep`` skips the runs whose id the workspace already has."""
-    service_ns, service_src = fault_service_time(ops, machine, fault_service)
+    service = service_for(ops, machine, fault_service)
+    service_ns, service_src = service.ns, service.source
     if cpus < 1 or cpus > machine.ncpus:
         raise ValueError(f"--cpus must be between 1 and {machine.ncpus} for {machine.name}")
     return {"trace_id": trace_id, "trace_sha256": trace_sha256, "model": model.name, "machine": machine.name,
@@ -172,7 +221,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     params = run_params(src, model, machine, cpus, seed, placement, trace_id, trace_sha256, open_loop,
                         fault_service)
     rid = run_id_for(params)
-    service_ns = params["fault_service_ns"]
+    service = service_for(src, machine, fault_service)
     t0 = time.perf_counter()
     mms = src.mms()
     totals = Totals()
@@ -190,7 +239,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
 
     try:
         locks, lines, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
-                                             service_ns, progress, emit)
+                                             service, seed, progress, emit)
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
     finally:
@@ -260,7 +309,7 @@ def _mm_ops(ops, mm, mms):
     return OpsSource(ops, None if len(mms) == 1 else mm)
 
 
-def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service_ns, progress, emit):
+def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, seed, progress, emit):
     from ..jit import notice_compile
     from . import load, loop
 
@@ -276,7 +325,7 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service_ns
             if progress:
                 progress(base + k)
 
-        lk, ln, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service_ns,
+        lk, ln, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service, seed=seed,
                                         sink=emit, progress=tick, mm=mm)
         done += n
         locks += [{"mm": mm, **x} for x in lk]

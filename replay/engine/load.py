@@ -16,6 +16,7 @@ from numba import njit
 from . import state as st
 from .isa import OUTCOMES, encode
 from .loop import run_chunk, start
+from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
 from .vma import vma_alloc
@@ -119,7 +120,7 @@ def _longest_instant_run(order, starts, instant):
 
 
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-         fault_service_ns: float | None = None, chunk: int = 1 << 18):
+         fault_service_ns=None, chunk: int = 1 << 18, seed: int = 0):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
     with the ops schema's columns.  Columns are read one at a time and kept in compact
     arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
@@ -244,9 +245,14 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_rel_start = np.zeros(1)
 
     # zero-time ops can finish several in one step: keep that much room in the buffer
-    service = machine.fault_service_ns if fault_service_ns is None else fault_service_ns
+    # the fault service time: a number (always that), or an engine.Service (drawn per fault)
+    svc = fault_service_ns
+    service = float(machine.fault_service_ns if svc is None else getattr(svc, "ns", svc))
+    samples = getattr(svc, "samples", None)
+    sigma = float(getattr(svc, "sigma", 0.0))
+    min_service = float(samples[0]) if samples is not None and len(samples) else service
     instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
-    if not service:
+    if not min_service:
         instant |= is_fault
     slack = 2 + (_longest_instant_run(th_order, th_p, instant) if instant.any() else 0)
     del instant, is_fault
@@ -291,6 +297,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
                  "cross_socket_handoff"):
         k[name] = L[name]
     k["fault_service_ns"] = service
+    k["service_mode"] = SERVICE_SAMPLES if samples is not None and len(samples) else (
+        SERVICE_LOGNORMAL if sigma > 0 else SERVICE_CONSTANT)
+    k["service_sigma"] = sigma
+    k["seed"] = seed
+    k["nsamples"] = len(samples) if samples is not None else 0
+    k["barrier_wake_ns"] = BARRIER_WAKE_NS
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
     nlk = max_obj + 1
@@ -327,6 +339,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
+        service_samples=samples if samples is not None and len(samples) else np.zeros(1),
     )
     state = st.State(arrays)
     _alloc_initial(state.S, np.asarray(initial, np.int64))
@@ -440,14 +453,14 @@ def results_frame(raw: dict, state, meta, mm: str):
 
 
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-             fault_service_ns: float | None = None, chunk: int = 1 << 18, sink=None, progress=None, mm=None):
+             fault_service_ns=None, chunk: int = 1 << 18, sink=None, progress=None, mm=None, seed: int = 0):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
     the results schema.  Returns (lock_stats, line_stats, counters)."""
     import time
 
     t0 = time.perf_counter()
-    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk)
+    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk, seed)
     LAST_TIMINGS["load_s"] = time.perf_counter() - t0
     LAST_TIMINGS["run_s"] = 0.0
     start(state.S)

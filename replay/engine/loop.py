@@ -23,6 +23,7 @@ from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, wake
 from .state import (cfg, cpu, glob, heap, insn, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
                     th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, waiting_writers)
+from .variation import start_offset
 from .vma import vma_start_write_step
 
 # op_flags bits
@@ -159,6 +160,8 @@ def _next_op(S, t):
         think = op_start(S)[j] - glob(S, 0).now
     else:
         think = op_think(S)[j] - th.prev_unknown
+    if i == 0:  # the thread's first op: it leaves the start barrier (variation.py)
+        think += start_offset(S, t)
     th.think = max(0.0, think)
     return True
 

@@ -13,6 +13,7 @@ from numba import njit
 
 from .coherence import read, rmw, store
 from .isa import OUTCOMES
+from .variation import fault_service
 from .rwsem import down_read, down_read_trylock, down_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
@@ -46,7 +47,7 @@ def h_store(S, t, obj, off, _):
 def h_work(S, t, what, _a, _b):
     now = glob(S, 0).now
     if what == 0:
-        return now + cfg(S, 0).fault_service_ns, False
+        return now + fault_service(S, thread(S, t).op), False
     h = w_hold(S)[thread(S, t).w]
     return now + (h if h else DEFAULT_WRITER_NS), False
 

@@ -59,6 +59,8 @@ CONFIG = _rec(
     ("sharer_stride",),
     ("l1_hit", f8), ("llc_hit", f8), ("owned_atomic", f8), ("socket_read_shared", f8),
     ("socket_read_exclusive", f8), ("cross_socket_handoff", f8), ("fault_service_ns", f8),
+    # variation.py: how each fault's service time is drawn, and the start barrier
+    ("service_mode",), ("service_sigma", f8), ("seed",), ("barrier_wake_ns", f8), ("nsamples",),
 )
 THREAD = _rec(
     # scheduling
@@ -112,6 +114,7 @@ ARRAYS = {
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
     # per op: bits 0-1 program + 1, 2 start known, 3 end known, 4 started; its VMA id or writer index
     "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
+    "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -226,6 +229,7 @@ op_flags = _array_accessor("op_flags", np.int8)
 op_arg = _array_accessor("op_arg", np.int32)
 op_think = _array_accessor("op_think", f8)
 op_start = _array_accessor("op_start", f8)
+service_samples = _array_accessor("service_samples", f8)
 
 
 class State:

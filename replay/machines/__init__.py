@@ -84,23 +84,37 @@ class Machine:
 
     def placement(self, nthreads: int, ncpus: int | None = None, policy: str = "spread",
                   recorded: list[int] | None = None) -> list[int]:
-        """CPU for each of nthreads on the first ncpus CPUs (threads beyond share).
+        """CPU for each of nthreads, on ncpus of the machine's CPUs (threads beyond share).
 
+        ``spread`` - a throughput load as the scheduler spreads it: which ncpus CPUs the
+        threads get, and in which order, follow kernel/sched/fair.c's load balancing,
+        which moves tasks to a sibling group with spare capacity while the busiest
+        has more than one task more (SD_PREFER_SIBLING, sched_balance_find_src_group()
+        / calculate_imbalance()'s group_has_spare case, at the NUMA level as between
+        cores), and select_idle_core(), which prefers a core whose SMT siblings are all
+        idle.  So: idle physical cores on every socket, alternating sockets, before any
+        SMT sibling; ``--cpus 12`` on a 2-socket machine is 6 cores on each.  (Not
+        modelled: adjust_numa_imbalance(), which lets a few communicating tasks stay
+        on one node while they are under imb_numa_nr.)
+        ``packed`` - the first ncpus CPUs socket by socket, a core's SMT siblings
+        together (taskset on a contiguous list of one socket's CPUs).
         ``as-recorded`` keeps each thread on the CPU it ran on most in the trace
-        (``recorded``), folded onto the simulated CPUs."""
-        cpus = self.cpus()[: ncpus or self.ncpus]
+        (``recorded``), folded onto the first ncpus CPU ids."""
+        n = ncpus or self.ncpus
+        every = self.cpus()
         if policy == "as-recorded":
             if recorded is None:
                 raise MachineError("as-recorded placement needs the trace's CPUs")
+            cpus = every[:n]
             return [cpus[(c if c is not None and c >= 0 else i) % len(cpus)].id for i, c in enumerate(recorded)]
         if policy == "spread":
-            # one per physical core, alternating sockets, then the SMT siblings
-            order = sorted(cpus, key=lambda c: (c.thread, c.core % self.cores_per_socket, c.socket))
+            order = sorted(every, key=lambda c: (c.thread, c.core % self.cores_per_socket, c.socket))
         elif policy == "packed":
-            order = sorted(cpus, key=lambda c: (c.socket, c.core, c.thread))
+            order = sorted(every, key=lambda c: (c.socket, c.core, c.thread))
         else:
             raise MachineError(f"unknown placement {policy!r}: spread, packed or as-recorded")
-        return [order[i % len(order)].id for i in range(nthreads)]
+        chosen = order[:n]
+        return [chosen[i % n].id for i in range(nthreads)]
 
     def handoff_ns(self, a: Cpu, b: Cpu) -> float:
         """One-way transfer of a Modified line from a's cache to b's."""

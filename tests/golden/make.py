@@ -30,7 +30,6 @@ MODELS = ["mmap_lock", "pervma", "inline-rwsem", "v7", "v8", "mainline"]
 # four CPUs on two sockets (spread placement): cross-socket hand-offs and CPU sharing
 # both occur in the traces with more threads than CPUs
 MACHINE, CPUS, SEED = "broadwell-2s", 4, 0
-ENGINE = "compiled"
 
 
 def golden_path(trace: str) -> Path:
