@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from enum import Enum
@@ -540,19 +541,28 @@ def run(
     trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name (default: the bundled sample, ingested on first use)."),
     machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
-    seed: int = typer.Option(0, "--seed", help="Seed (recorded; the engine is deterministic without it)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the run's service-time draws and start order: the same seed gives the same run, another seed another sample."),
     placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
+    iterations: int = typer.Option(1, "--iterations", "-k", help="Replay K times, seeds SEED..SEED+K-1 (each an ordinary run), and summarise across them as mmtests does."),
     workspace: Optional[Path] = WorkspaceOpt,
     output: Fmt = FormatOpt,
 ):
-    """Replay a trace through a lock model on a simulated machine; print a summary."""
+    """Replay a trace through a lock model on a simulated machine; print a summary.
+
+    Example: replay run --model mainline --trace pft-t56 --cpus 14 --iterations 5"""
     from .workspace import Workspace
 
     mdl, mach = model_and_machine(model, machine)
     check_run_options(placement)
-    r, s = run_one(Workspace(workspace), trace, mdl, mach, cpus, seed, placement, open_loop, fault_service)
+    if iterations < 1:
+        raise Fail("--iterations must be at least 1", 2)
+    ws = Workspace(workspace)
+    if iterations > 1:
+        _run_iterations(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, iterations, output)
+        return
+    r, s = run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service)
     if output is not Fmt.table:
         if output is Fmt.json:
             print(json.dumps(s, indent=2))
@@ -574,6 +584,29 @@ def run(
                 "fields": x["fields"].replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")}
                for x in top.to_dicts()], ["line", "transfers", "invalidations", "fields"], Fmt.table,
               title="hottest cache lines")
+
+
+def _run_iterations(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, k, output) -> None:
+    """replay run --iterations K: K runs, one per seed, and their Hmean/Stddev/CoeffVar."""
+    from . import compare as C
+
+    summaries = []
+    for i in range(k):
+        err.print(f"iteration {i + 1}/{k} (seed {seed + i})", markup=False)
+        summaries.append(run_one(ws, trace, mdl, mach, cpus, seed + i, placement, open_loop, fault_service)[1])
+    if output is not Fmt.table:
+        if output is Fmt.json:
+            print(json.dumps(summaries, indent=2))
+        else:
+            _emit(summaries, list(summaries[0]), output)
+        return
+    cols = ["run_id", "seed", "faults_per_sec", "fallback_pct", "miss_pct", "mean_fault_ns", "lock_wait_ms"]
+    _emit([{c: x[c] for c in cols} for x in summaries], cols, Fmt.table,
+          title=f"{trace} under {mdl.name} on {mach.name} ({summaries[0]['cpus']} CPUs), {k} iterations")
+    ids = [x["run_id"] for x in summaries]
+    for line in C.render(C.compare_stats(C.iteration_metrics(ws, ids), [ids], [mdl.name], summaries[0]["cpus"]),
+                         [mdl.name]):
+        print(line)
 
 
 def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None:
@@ -943,27 +976,31 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
 
 @app.command()
 def compare(
-    run_ids: List[str] = typer.Argument(None, help="Runs to compare (replay runs lists them); the first is the baseline."),
-    models_: Optional[str] = typer.Option(None, "--models", help="Instead of run ids: compare these models (comma-separated), one block per CPU count."),
+    run_ids: List[str] = typer.Argument(None, help="Runs to compare (replay runs lists them); the first is the baseline. Each stands for its iterations: the runs that differ from it only in the seed."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Instead of run ids: compare these models (comma-separated), one line per CPU count."),
     trace: Optional[str] = typer.Option(None, "--trace", "-t", help="With --models: the trace."),
     machine: Optional[str] = typer.Option(None, "--machine", help="With --models: the machine profile name."),
     workspace: Optional[Path] = WorkspaceOpt,
+    output: Fmt = FormatOpt,
 ):
-    """mmtests compare-kernels table: Hmean/Amean per metric and CPU count, % change vs the first.
+    """mmtests compare-kernels table across iterations: Hmean/Amean, Stddev and CoeffVar per metric and CPU count.
 
-    Significance: each run is cut into 10 equal spans of simulated time, one sample each;
-    a difference is marked * * when the two Student-t 95% confidence intervals of the
-    samples' mean do not overlap, ( ) when they do - mmtests' rule."""
+    A run's iterations are the runs of the same configuration with other seeds (replay
+    run --iterations K, replay sweep --iterations K).  % change is against the first
+    column, sign flipped where lower is better.  A mean is marked * * when the Student-t
+    95% confidence intervals of the two columns' iterations do not overlap, ( ) when
+    they do or there is one iteration - mmtests' reading.  Example:
+    replay compare --models pervma,v8 --trace pft-t56 --machine broadwell-2s"""
     import polars as pl
 
-    from .compare import table
+    from . import compare as C
     from .workspace import Workspace
 
     ws = Workspace(workspace)
     rs = ws.runs()
     if rs is None:
         raise Fail("no runs in the workspace yet: replay run --model v8")
-    groups: list[list[str]] = []
+    blocks: list[tuple[int, list[list[str]], list[str]]] = []  # (cpus, columns of run ids, labels)
     if models_:
         if run_ids:
             raise Fail("give run ids or --models, not both", 2)
@@ -976,14 +1013,14 @@ def compare(
         if sel["trace_id"].n_unique() > 1 or sel["machine"].n_unique() > 1:
             raise Fail("those runs span several traces or machines; pick one with --trace and --machine", 2)
         for c in sorted(sel["cpus"].unique().to_list()):
-            row = []
+            cols = []
             for m in names:
-                hit = sel.filter((pl.col("model") == m) & (pl.col("cpus") == c))
+                hit = sel.filter((pl.col("model") == m) & (pl.col("cpus") == c)).sort("seed")
                 if hit.height:
-                    row.append(hit["run_id"][0])
-            if len(row) == len(names):
-                groups.append(row)
-        if not groups:
+                    cols.append(C.iterations_of(rs, hit["run_id"][0]))
+            if len(cols) == len(names):
+                blocks.append((c, cols, names))
+        if not blocks:
             raise Fail(f"no CPU count has a run of every one of {', '.join(names)}")
     else:
         if not run_ids or len(run_ids) < 2:
@@ -991,18 +1028,30 @@ def compare(
         missing = [r for r in run_ids if r not in set(rs["run_id"].to_list())]
         if missing:
             raise Fail(f"no run {missing[0]!r} in {ws.root} (replay runs lists them)")
-        groups.append(list(run_ids))
-    info = {r["run_id"]: r for r in rs.to_dicts()}
-    first = True
-    for g in groups:
-        res = pl.concat([pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet") for r in g],
-                        how="diagonal_relaxed")
-        labels = [info[r]["model"] for r in g] if len(set(info[r]["model"] for r in g)) == len(g) else g
-        if first:
-            print("  ".join(f"{lbl}={r} ({info[r]['trace_id']}, {info[r]['machine']})" for lbl, r in zip(labels, g)))
-            first = False
-        for line in table(res, g, labels, {r: info[r]["cpus"] for r in g}):
-            print(line)
+        info = {r["run_id"]: r for r in rs.to_dicts()}
+        cols = [C.iterations_of(rs, r) for r in run_ids]
+        labels = [info[r]["model"] for r in run_ids]
+        if len(set(labels)) < len(labels):
+            labels = list(run_ids)
+        cpus = {info[r]["cpus"] for r in run_ids}
+        blocks.append((cpus.pop() if len(cpus) == 1 else "n", cols, labels))
+    metrics = C.iteration_metrics(ws, [r for _, cols, _ in blocks for col in cols for r in col])
+    rows = [r for c, cols, labels in blocks for r in C.compare_stats(metrics, cols, labels, c)]
+    if output is not Fmt.table:
+        for r in rows:
+            for k in ("value", "pct_change"):
+                if isinstance(r[k], float) and math.isnan(r[k]):
+                    r[k] = None  # JSON has no NaN
+        if output is Fmt.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _emit(rows, list(rows[0]), output)
+        return
+    first = rs.filter(pl.col("run_id") == blocks[0][1][0][0]).to_dicts()[0]
+    its = sorted({len(col) for _, cols, _ in blocks for col in cols})
+    print(f"{first['trace_id']} on {first['machine']}, iterations per column: {', '.join(map(str, its))}")
+    for line in C.render(rows, blocks[0][2]):
+        print(line)
 
 
 @app.command()

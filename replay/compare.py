@@ -1,12 +1,14 @@
-"""mmtests compare-kernels tables over runs.
+"""mmtests compare-kernels tables over runs, across iterations.
 
-mmtests reports a metric per thread count as the harmonic mean over iterations, the
-% change against the first kernel (sign flipped for lower-is-better metrics), and
-marks a difference significant (``*  *``) when the two 95% confidence intervals do
-not overlap, ``(  )`` when they do.  A replay has no iterations, so each run is cut
-into ``WINDOWS`` equal spans of simulated time and each span is one sample: the
-faults/sec a span achieved, its faults per CPU-second, its mean fault latency, its
-fallback rate.  The interval is the Student t 95% interval of the samples' mean.
+A configuration's iterations are its runs that differ only in the seed (same trace
+content, model, machine, CPU count, placement, loop and fault service): each is one
+sample, as each of mmtests' iterations of pft is.  Per metric and CPU count the table
+gives, for every column, the Hmean (rates) or Amean over the iterations, the Stddev and
+the CoeffVar, and the % change against the first column - the sign flipped where lower
+is better, and for Stddev and CoeffVar, where a smaller spread is the gain.  A mean's
+difference is marked ``*  *`` when the two Student-t 95% confidence intervals of the
+iterations' mean do not overlap, ``(  )`` when they do; one iteration has no interval
+and is never marked.  Never across spans of one run: those are not independent samples.
 """
 
 from __future__ import annotations
@@ -16,98 +18,131 @@ from dataclasses import dataclass
 
 import polars as pl
 
-WINDOWS = 10
 # t(0.975, df) for df = 1..30; above that the normal 1.96
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
-# (name, label, mean kind, higher is better)
+# (column, label, mean kind, higher is better), in mmtests pft's order
 METRICS = [
-    ("faults_per_sec", "faults/sec", "Hmean", True),
     ("faults_per_cpu", "faults/cpu", "Hmean", True),
+    ("faults_per_sec", "faults/sec", "Hmean", True),
     ("fault_ns", "fault-ns", "Amean", False),
     ("fallback_pct", "fallback-pct", "Amean", False),
 ]
+# the configuration a run is an iteration of (runs-dataset columns)
+CONFIG = ("trace_sha256", "model", "machine", "machine_sha256", "model_sha256", "cpus", "placement", "semantics",
+          "loop", "fault_service_source", "fault_service_ns")
 
 
-def samples(res: pl.DataFrame) -> pl.DataFrame:
-    """One row per (run, window) with each metric's value in that window."""
-    res = res.with_columns((pl.col("start_ns") - pl.col("start_ns").min().over("run_id")).alias("t"))
-    span = res.group_by("run_id").agg(pl.col("t").max().alias("span"))
-    res = res.join(span, on="run_id").with_columns(
-        (pl.col("t") * WINDOWS // (pl.col("span") + 1)).cast(pl.Int32).alias("window"))
+def run_metrics(res: pl.DataFrame) -> dict:
+    """One run's metrics from its results: faults/sec over the run's span (as its
+    summary), faults per CPU-second of fault time (pft's faults/cpu: faults over the
+    time the CPUs spent in them), the mean fault, and the fallback rate of the faults
+    that tried the VMA lock."""
+    span = (res["end_ns"].max() or 0) - (res["start_ns"].min() or 0)
     f = res.filter(pl.col("kind") == "fault")
-    return f.group_by("run_id", "window").agg(
-        (pl.len() / (pl.col("span").first() / WINDOWS / 1e9)).alias("faults_per_sec"),
-        (pl.len() / ((pl.col("end_ns") - pl.col("start_ns")).sum() / 1e9)).alias("faults_per_cpu"),
-        (pl.col("end_ns") - pl.col("start_ns")).mean().alias("fault_ns"),
-        (100 * pl.col("fallback").mean()).alias("fallback_pct"),
-    ).sort("run_id", "window")
+    busy = float((f["end_ns"] - f["start_ns"]).sum() or 0)
+    tried = f.filter(pl.col("outcome").is_not_null())
+    return {"faults_per_sec": f.height / span * 1e9 if span else None,
+            "faults_per_cpu": f.height / busy * 1e9 if busy else None,
+            "fault_ns": busy / f.height if f.height else None,
+            "fallback_pct": 100 * float(tried["fallback"].mean()) if tried.height else None}
+
+
+def iteration_metrics(ws, run_ids) -> pl.DataFrame:
+    """``run_metrics`` of each run (reading only the columns they need: a sweep
+    compares runs of millions of ops)."""
+    rows = []
+    for r in dict.fromkeys(run_ids):
+        res = pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet",
+                              columns=["kind", "start_ns", "end_ns", "fallback", "outcome"])
+        rows.append({"run_id": r, **run_metrics(res)})
+    return pl.DataFrame(rows, schema={"run_id": pl.Utf8, **{m[0]: pl.Float64 for m in METRICS}})
+
+
+def iterations_of(runs: pl.DataFrame, run_id: str) -> list[str]:
+    """The run and its siblings that differ only in the seed, in seed order."""
+    me = runs.filter(pl.col("run_id") == run_id)
+    keys = [c for c in CONFIG if c in runs.columns]
+    same = runs.join(me.select(keys), on=keys, how="semi", nulls_equal=True)
+    return same.sort("seed")["run_id"].to_list()
 
 
 @dataclass
 class Stat:
-    mean: float
-    lo: float
-    hi: float
+    mean: float  # Hmean or Amean
+    am: float  # the arithmetic mean: the confidence interval's centre
+    sd: float
+    n: int
+
+    @property
+    def half(self) -> float:
+        """The half-width of the Student t 95% interval of the mean."""
+        if self.n < 2:
+            return float("nan")
+        return (_T975[self.n - 2] if self.n - 1 <= 30 else 1.96) * self.sd / math.sqrt(self.n)
 
 
-def stat(values: list[float], kind: str) -> Stat:
+def stat(values: list, kind: str) -> Stat:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
-        return Stat(float("nan"), float("nan"), float("nan"))
+        return Stat(float("nan"), float("nan"), float("nan"), 0)
     n = len(vals)
-    if kind == "Hmean" and all(v > 0 for v in vals):
-        mean = n / sum(1 / v for v in vals)
-    else:
-        mean = sum(vals) / n
-    if n < 2:
-        return Stat(mean, mean, mean)
     am = sum(vals) / n
-    sd = math.sqrt(sum((v - am) ** 2 for v in vals) / (n - 1))
-    half = (_T975[n - 2] if n - 1 <= 30 else 1.96) * sd / math.sqrt(n)
-    return Stat(mean, am - half, am + half)
+    sd = math.sqrt(sum((v - am) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    mean = n / sum(1 / v for v in vals) if kind == "Hmean" and all(v > 0 for v in vals) else am
+    return Stat(mean, am, sd, n)
 
 
-def run_samples(path, run_id: str) -> pl.DataFrame:
-    """``samples()`` of one run's results file, reading only the columns they need (a
-    sweep compares runs of millions of ops)."""
-    res = pl.read_parquet(path, columns=["kind", "start_ns", "end_ns", "fallback"])
-    return samples(res.with_columns(pl.lit(run_id).alias("run_id")))
+def _pct(value: float, base: float, higher: bool) -> float:
+    if base == 0 or math.isnan(base) or math.isnan(value):
+        return 0.0 if value == base else float("nan")
+    return (value / base * 100 - 100) * (1 if higher else -1)
 
 
-def compare_stats(s: pl.DataFrame, columns: list[list[str]], labels: list[str]) -> list[dict]:
-    """Per metric and column: the Stat over the samples of the column's runs (one run,
-    or a sweep's iterations pooled), the % change against the first column (sign
-    flipped where lower is better) and whether the difference is significant."""
+def compare_stats(m: pl.DataFrame, columns: list[list[str]], labels: list[str], cpus) -> list[dict]:
+    """mmtests' rows for one CPU count: per metric, its mean, Stddev and CoeffVar in
+    every column (a column: one configuration's iterations), each with the % change
+    against the first column and, for means, whether the difference is significant."""
     rows = []
     for name, label, kind, higher in METRICS:
-        stats = [stat(s.filter(pl.col("run_id").is_in(runs))[name].to_list(), kind) for runs in columns]
+        stats = [stat(m.filter(pl.col("run_id").is_in(runs))[name].to_list(), kind) for runs in columns]
         base = stats[0]
         for i, (st, lbl) in enumerate(zip(stats, labels)):
-            if i == 0 or base.mean == 0 or math.isnan(base.mean):
-                pct = 0.0
-            else:
-                pct = (st.mean / base.mean * 100 - 100) * (1 if higher else -1)
-            rows.append({"metric": label, "mean_kind": kind, "label": lbl, "mean": st.mean, "ci_low": st.lo,
-                         "ci_high": st.hi, "pct_change": pct, "significant": i > 0 and (st.lo > base.hi or st.hi < base.lo)})
+            sig = (i > 0 and st.n > 1 and base.n > 1
+                   and (st.am - st.half > base.am + base.half or st.am + st.half < base.am - base.half))
+            cv = 100 * st.sd / st.am if st.n and st.am else float("nan")
+            base_cv = 100 * base.sd / base.am if base.n and base.am else float("nan")
+            for k, v, b, hb in ((kind, st.mean, base.mean, higher), ("Stddev", st.sd, base.sd, False),
+                                ("CoeffVar", cv, base_cv, False)):
+                rows.append({"kind": k, "metric": label, "cpus": cpus, "label": lbl, "value": v,
+                             "pct_change": 0.0 if i == 0 else _pct(v, b, hb),
+                             "significant": bool(sig) if k == kind else False, "iterations": st.n})
     return rows
 
 
-def render(rows: list[dict], labels: list[str], ncpus) -> list[str]:
-    """``compare_stats`` rows as mmtests compare-kernels lines, one per metric."""
-    width = max(14, max(len(x) for x in labels) + 2)
-    lines = [" " * 24 + "".join(f"{x:>{width + 12}}" for x in labels)]
-    for k in range(0, len(rows), len(labels)):
-        cells = []
-        for r in rows[k:k + len(labels)]:
+def render(rows: list[dict], labels: list[str]) -> list[str]:
+    """Rows of one or more CPU counts as compare-kernels prints them: grouped by kind
+    (the means, then Stddev, then CoeffVar) and metric, a line per CPU count; the kind
+    padded to 10, the metric to 17, values with four decimals."""
+    width = max(16, max(len(x) for x in labels) + 2)
+    lines = [" " * 27 + "".join(f"{x:>{width + 11}}" for x in labels)]
+    order = {k: i for i, k in enumerate(("Hmean", "Amean", "Stddev", "CoeffVar"))}
+    metric_order = {m[1]: i for i, m in enumerate(METRICS)}
+    keyed: dict = {}
+    for r in rows:
+        keyed.setdefault((order[r["kind"]] // 2 if r["kind"] in ("Hmean", "Amean") else order[r["kind"]],
+                          metric_order[r["metric"]], r["cpus"], r["kind"]), []).append(r)
+    for (_, _, cpus, kind), cells in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1], _num(kv[0][2]))):
+        out = []
+        for r in cells:
             mark = ("*", "*") if r["significant"] else ("(", ")")
-            cells.append(f"{r['mean']:>{width}.2f} {mark[0]}{r['pct_change']:>7.2f}%{mark[1]}")
-        head = f"{rows[k]['mean_kind']} {rows[k]['metric']}-{ncpus}"
-        lines.append(f"{head:<24}" + "".join(f"{c:>{width + 12}}" for c in cells))
+            v = r["value"]
+            out.append(f"{v:>{width}.4f} {mark[0]}{r['pct_change']:7.2f}%{mark[1]}")
+        metric = f"{cells[0]['metric']}-{cpus}"
+        lines.append(f"{kind:<10}{metric:<17}" + "".join(out))
     return lines
 
 
-def table(res: pl.DataFrame, runs: list[str], labels: list[str], cpus: dict[str, int]) -> list[str]:
-    c = {cpus[r] for r in runs}
-    return render(compare_stats(samples(res), [[r] for r in runs], labels), labels, c.pop() if len(c) == 1 else "n")
+def _num(c):
+    return c if isinstance(c, (int, float)) else float("inf")

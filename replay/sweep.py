@@ -331,11 +331,10 @@ def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
             columns = [[j.run_id for j in group if j.model == m and j.cpus == c] for m in models]
             if not all(columns):
                 continue
-            s = pl.concat([compare.run_samples(ws.partition("results", r) / "part-0.parquet", r)
-                           for col in columns for r in col])
-            stats = compare.compare_stats(s, columns, models)
+            stats = compare.compare_stats(compare.iteration_metrics(ws, [r for col in columns for r in col]),
+                                          columns, models, c)
             for st in stats:
-                for k in ("mean", "ci_low", "ci_high", "pct_change"):
+                for k in ("value", "pct_change"):
                     if isinstance(st[k], float) and math.isnan(st[k]):
                         st[k] = None  # JSON has no NaN
             blocks.append({"trace_id": key[0], "machine": rows[group[0].run_id]["machine"], "cpus": c,
@@ -344,20 +343,20 @@ def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
 
 
 def render_report(rep: dict) -> list[str]:
-    """The comparison as mmtests compare-kernels text, one block per trace, machine and
-    CPU count."""
+    """The comparison as mmtests compare-kernels text, one table per trace and machine
+    (a line per metric and CPU count)."""
     from . import compare
 
     lines = []
-    last = None
+    by: dict = {}
     for b in rep["compare"]:
-        if (b["trace_id"], b["machine"]) != last:
-            last = (b["trace_id"], b["machine"])
-            it = len(b["run_ids"][0])
-            lines.append(f"{b['trace_id']} on {b['machine']}" + (f" ({it} iterations pooled)" if it > 1 else ""))
-        stats = [{**s, **{k: float("nan") if s[k] is None else s[k] for k in ("mean", "pct_change")}}
-                 for s in b["stats"]]
-        lines += compare.render(stats, b["models"], b["cpus"])
+        by.setdefault((b["trace_id"], b["machine"]), []).append(b)
+    for (trace, machine), bs in by.items():
+        its = sorted({len(c) for b in bs for c in b["run_ids"]})
+        lines.append(f"{trace} on {machine}, iterations per column: {', '.join(map(str, its))}")
+        stats = [{**s, **{k: float("nan") if s[k] is None else s[k] for k in ("value", "pct_change")}}
+                 for b in bs for s in b["stats"]]
+        lines += compare.render(stats, bs[0]["models"])
     return lines
 
 

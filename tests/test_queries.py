@@ -143,39 +143,56 @@ def test_query_cli_and_shell(wsq, cli, monkeypatch):
     assert "error:" in err and "nope" in err
 
 
-def test_compare_marks_significance_like_mmtests(wsq, cli):
-    from replay.compare import samples, stat
+def test_compare_across_iterations_like_mmtests(cli, tmp_path):
+    from replay.compare import run_metrics, stat
 
-    rs = pl.read_parquet(wsq / "runs" / "*" / "*.parquet", hive_partitioning=True)
-    mr = rs.filter(pl.col("trace_id") == "mprotect-race").sort("model")  # mmap_lock, v8
-    a, b = mr.filter(pl.col("model") == "mmap_lock")["run_id"][0], mr.filter(pl.col("model") == "v8")["run_id"][0]
-    rc, out, err = cli("compare", a, b, "-w", wsq)
+    ws = tmp_path / "ws"
+    assert cli("ingest", SAMPLES / "pft-ftrace.txt.zst", "-w", ws, "--maps", SAMPLES / "pft-ftrace.maps")[0] == 0
+    its = {}
+    for model in ("mmap_lock", "v8"):
+        rc, out, err = cli("run", "--model", model, "--trace", "pft-ftrace", "--machine", "local-2vcpu",
+                           "--iterations", "3", "-w", ws, "-f", "json")
+        assert rc == 0, err
+        its[model] = json.loads(out)
+        assert [x["seed"] for x in its[model]] == [0, 1, 2] and len({x["faults_per_sec"] for x in its[model]}) == 3
+    ids = {m: [x["run_id"] for x in v] for m, v in its.items()}
+    rc, out, err = cli("compare", ids["mmap_lock"][0], ids["v8"][0], "-w", ws)  # each run stands for its iterations
     assert rc == 0, err
     lines = out.splitlines()
-    row = next(ln for ln in lines if ln.startswith("Hmean faults/sec-2"))
-    # recompute: harmonic mean of the 10 windows' faults/sec, % change vs the first run
-    res = pq(wsq, "results").filter(pl.col("run_id").is_in([a, b]))
-    s = samples(res)
-    sa = stat(s.filter(pl.col("run_id") == a)["faults_per_sec"].to_list(), "Hmean")
-    sb = stat(s.filter(pl.col("run_id") == b)["faults_per_sec"].to_list(), "Hmean")
-    assert f"{sa.mean:.2f}" in row and f"{sb.mean:.2f}" in row
+    assert "iterations per column: 3" in lines[0]
+    row = next(ln for ln in lines if ln.startswith("Hmean     faults/sec-2"))
+    assert row[:10] == "Hmean     " and row[10:27].rstrip() == "faults/sec-2"  # kind padded to 10, metric to 17
+
+    def st(model, metric, kind):
+        return stat([run_metrics(pl.read_parquet(ws / "results" / f"run_id={r}"))[metric] for r in ids[model]], kind)
+
+    sa, sb = st("mmap_lock", "faults_per_sec", "Hmean"), st("v8", "faults_per_sec", "Hmean")
+    assert sa.n == sb.n == 3 and f"{sa.mean:.4f}" in row and f"{sb.mean:.4f}" in row  # four decimals
     pct = sb.mean / sa.mean * 100 - 100
     assert f"{pct:.2f}%" in row
-    sig = sb.lo > sa.hi or sb.hi < sa.lo
-    cell_b = row.split(f"{sb.mean:.2f}", 1)[1]
-    assert cell_b.strip().startswith("*" if sig else "(")
-    lower = next(ln for ln in lines if ln.startswith("Amean fault-ns-2"))
+    sig = sb.am - sb.half > sa.am + sa.half or sb.am + sb.half < sa.am - sa.half
+    assert row.split(f"{sb.mean:.4f}", 1)[1].strip().startswith("*" if sig else "(")
+    sd = next(ln for ln in lines if ln.startswith("Stddev    faults/sec-2"))
+    assert f"{sa.sd:.4f}" in sd and f"{sb.sd:.4f}" in sd
+    cv = next(ln for ln in lines if ln.startswith("CoeffVar  faults/sec-2"))
+    assert f"{100 * sa.sd / sa.am:.4f}" in cv
     # lower-is-better metrics have their sign flipped: a shorter mean fault is a gain
-    fa = stat(s.filter(pl.col("run_id") == a)["fault_ns"].to_list(), "Amean")
-    fb = stat(s.filter(pl.col("run_id") == b)["fault_ns"].to_list(), "Amean")
-    assert fa.mean != fb.mean  # else the sign would not show
-    flipped = 100 - fb.mean / fa.mean * 100
-    assert f"{fa.mean:.2f}" in lower and f"{fb.mean:.2f}" in lower
-    assert lower.split()[-1].strip("*()%") == f"{flipped:.2f}"
-    rc, _, err = cli("compare", a, "-w", wsq)
+    fa, fb = st("mmap_lock", "fault_ns", "Amean"), st("v8", "fault_ns", "Amean")
+    lower = next(ln for ln in lines if ln.startswith("Amean     fault-ns-2"))
+    assert fa.mean != fb.mean and lower.split()[-1].strip("*()%") == f"{100 - fb.mean / fa.mean * 100:.2f}"
+    # two runs of one configuration are the same iterations: no change, never a collapse
+    rc, out, _ = cli("compare", ids["v8"][0], ids["v8"][2], "-w", ws)
+    same = next(ln for ln in out.splitlines() if ln.startswith("Hmean     faults/sec-2"))
+    assert same.count("(   0.00%)") == 2
+    rc, _, err = cli("compare", ids["v8"][0], "-w", ws)
     assert rc == 2 and "at least two" in err
-    rc, out, err = cli("compare", "--models", "mmap_lock,v8", "--trace", "mprotect-race", "-w", wsq)
-    assert rc == 0 and "Hmean faults/sec-2" in out
+    rc, out, err = cli("compare", "--models", "mmap_lock,v8", "--trace", "pft-ftrace", "-w", ws, "-f", "json")
+    rows = json.loads(out)
+    assert rc == 0 and {r["kind"] for r in rows} == {"Hmean", "Amean", "Stddev", "CoeffVar"}
+    assert {r["iterations"] for r in rows if r["metric"] == "faults/sec"} == {3}
+    assert {r["label"] for r in rows} == {"mmap_lock", "v8"}
+    # mmap_lock's faults never try a VMA lock: its fallback rate has no iteration to average
+    assert {r["iterations"] for r in rows if r["metric"] == "fallback-pct" and r["label"] == "mmap_lock"} == {0}
 
 
 def test_report_and_plots(wsq, cli, tmp_path):
