@@ -101,7 +101,7 @@ def run_job(job: Job) -> dict:
     """Replay and commit one run; return ``{"run_id", "summary"}`` or, for a failure the
     user can act on (a bad parameter, a full disk, a trace replaced), ``{"run_id",
     "error", "code"}``.  A pure function of the job: any worker may run it."""
-    from ingest.sources import InputError
+    from .ingest.sources import InputError
 
     from .cli import Fail, model_and_machine, run_one
     from .workspace import Workspace, WorkspaceError
