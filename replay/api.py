@@ -280,7 +280,9 @@ def compare(runs=None, *, models: list[str] | str | None = None, trace: str | No
     ``models=``, those models' runs of ``trace`` on ``machine``, one block per CPU count."""
     import polars as pl
 
-    from . import compare as C
+    import importlib
+
+    C = importlib.import_module("replay.compare")  # replay.compare, the attribute, is the API function
 
     ws = _ws(workspace)
     rs = ws.runs()

@@ -186,7 +186,7 @@ def table_out(dest: Path | None) -> Iterator:
 def print_table(con, rows: list[dict], columns: list[str], title: str | None = None) -> None:
     """A table on ``con``: boxed and fitted to a terminal's width, plain text elsewhere."""
     if con.is_terminal:
-        con.print(_rich_table(rows, columns, title))
+        con.print(_rich_table(rows, columns, title, con.width))
         return
     for line in plain_table(rows, columns, title):
         con.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -197,16 +197,43 @@ def _numeric(rows: list[dict], c: str) -> bool:
     return bool(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
 
 
-def _rich_table(rows: list[dict], columns: list[str], title: str | None):
+def fit_widths(natural: list[int], least: list[int], room: int) -> list[int] | None:
+    """Column widths that fit ``room``: each at least its longest word (``least``), the
+    space left shared in proportion to what each would still like; None when the
+    natural widths fit."""
+    if sum(natural) <= room:
+        return None
+    spare = max(room - sum(least), 0)
+    want = [n - m for n, m in zip(natural, least)]
+    total = sum(want) or 1
+    widths = [m + spare * w // total for m, w in zip(least, want)]
+    for i in sorted(range(len(widths)), key=lambda i: want[i] - (widths[i] - least[i]), reverse=True):
+        if sum(widths) >= min(room, sum(natural)):
+            break
+        widths[i] += 1 if widths[i] < natural[i] else 0
+    return widths
+
+
+def _rich_table(rows: list[dict], columns: list[str], title: str | None, width: int):
+    """Cells wrap between words, never inside one (unless a word is wider than the
+    screen); when the headers are what does not fit, they break after their '_'."""
     from rich.table import Table
 
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    room = width - (3 * len(columns) + 1)  # borders and padding
+    natural = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    headers = list(columns)
+    if sum(natural) > room:
+        headers = [c.replace("_", "_ ") for c in columns]
+    least = [min(max([len(w) for row in cells for w in row[i].split()] + [len(w) for w in headers[i].split()] or [1]),
+                 room) for i in range(len(columns))]
+    widths = fit_widths(natural, least, room)
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        num = _numeric(rows, c)
-        # names fold onto further lines rather than lose their ends to an ellipsis
-        t.add_column(c, justify="right" if num else "left", overflow="fold", no_wrap=num)
-    for r in rows:
-        t.add_row(*(cell(r.get(c)) for c in columns), )
+    for i, c in enumerate(columns):
+        t.add_column(headers[i], justify="right" if _numeric(rows, c) else "left", overflow="fold",
+                     width=None if widths is None else widths[i])
+    for row in cells:
+        t.add_row(*row)
     return t
 
 
