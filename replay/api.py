@@ -122,7 +122,7 @@ def ops(trace: str, *, same_mm: bool = False, workspace=None) -> Ops:
 
     ws = _ws(workspace)
     if not ws.has_trace(trace):
-        raise UsageError(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
+        raise ReplayError(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
     o, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
     user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
     fb = int(user["observed_fallback"].sum() or 0)
@@ -232,7 +232,7 @@ def load_run(run_id: str, workspace=None) -> Run:
     ws = _ws(workspace)
     rs = ws.runs()
     if rs is None or run_id not in set(rs["run_id"].to_list()):
-        raise UsageError(f"no run {run_id!r} in {ws.root} (replay runs lists them)")
+        raise ReplayError(f"no run {run_id!r} in {ws.root} (replay runs lists them)")
     import polars as pl
 
     return Run(run_id, rs.filter(pl.col("run_id") == run_id).to_dicts()[0], ws.root)
@@ -316,7 +316,7 @@ def compare(runs=None, *, models: list[str] | str | None = None, trace: str | No
             raise UsageError("compare needs at least two run ids (or --models A,B)")
         missing = [r for r in ids if r not in set(rs["run_id"].to_list())]
         if missing:
-            raise UsageError(f"no run {missing[0]!r} in {ws.root} (replay runs lists them)")
+            raise ReplayError(f"no run {missing[0]!r} in {ws.root} (replay runs lists them)")
         groups.append(ids)
     info = {r["run_id"]: r for r in rs.to_dicts()}
     lines, frames = [], []

@@ -103,6 +103,14 @@ def test_terminal_tables_fit_80_columns_without_cutting_names(wsr):
     flat = "".join(ch for ch in text if ch not in "│┃ \n")
     for r in rows:  # every name whole, folded onto lines of its cell
         assert all(f.replace(" ", "") in flat for f in r["fields"].split(", "))
+    locks = [{"lock": "mmap_lock mm", "acquisitions": 1431, "contentions": 905, "wait_total_us": 13194.6,
+              "wait_max_us": 421.6, "con_bounces": 1848}]  # replay run's table: its headers need breaking
+    con = Console(force_terminal=True, width=80, record=True, color_system=None)
+    print_table(con, locks, list(locks[0]))
+    text = con.export_text()
+    assert max(len(ln) for ln in text.splitlines()) <= 80
+    for word in ("acquisitions", "contentions", "mmap_lock", "13,194.6", "1,848", "bounces"):
+        assert word in text  # whole: breaks fall between words or after a header's '_'
     plain = plain_table(rows, ["line", "transfers", "fields"])
     assert len(plain) == len(rows) + 1 and plain[1].endswith(rows[0]["fields"])
 
