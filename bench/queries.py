@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from queries import catalog, close, connect, run_query  # noqa: E402
+from replay.queries import catalog, close, connect, run_query  # noqa: E402
 
 
 def make(ws: Path, runs: int, n: int) -> int:

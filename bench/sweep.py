@@ -78,8 +78,7 @@ def main() -> None:
     if not is_warm():
         compile_now()
     models, counts = a.models.split(","), a.cpus.split(",")
-    sweep = ["sweep", "--trace", name, "--models", a.models, "--cpus", a.cpus, "--machine", a.machine,
-             "--engine", "compiled"]
+    sweep = ["sweep", "--trace", name, "--models", a.models, "--cpus", a.cpus, "--machine", a.machine]
     print(f"[2] sweep: {len(models)} models x {len(counts)} CPU counts on {a.machine}, {os.cpu_count()} cores here",
           flush=True)
     rows = {}
@@ -100,7 +99,7 @@ def main() -> None:
         for r in rep["runs"]:
             t = time.perf_counter()
             replay_cmd("run", "--trace", name, "--model", r["model"], "--cpus", str(r["cpus"]), "--machine", a.machine,
-                       "--engine", "compiled", "-w", str(ws), "-f", "json")
+                       "-w", str(ws), "-f", "json")
             single += time.perf_counter() - t
         shutil.rmtree(ws)
     print()

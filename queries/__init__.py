@@ -138,6 +138,19 @@ class QueryError(ValueError):
     pass
 
 
+class ParamError(QueryError):
+    """A library query asked for with a parameter it does not take or a value it
+    cannot use (a usage error)."""
+
+
+# What makes each dataset, for the message when a query needs one the workspace lacks.
+# ops and vmas are not here: replay query builds them itself (replay.api.open_query).
+MADE_BY = {"events": "replay ingest TRACE", "traces": "replay ingest TRACE", "rejects": "replay ingest TRACE",
+           "footprint": "replay footprint TRACE", "results": "replay run --model M", "lock_stats": "replay run --model M",
+           "line_stats": "replay run --model M", "runs": "replay run --model M",
+           "ops": "replay ops TRACE", "vmas": "replay ops TRACE"}
+
+
 def connect(workspace: str | Path, tables: dict[str, str | Path] | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only connection: an in-memory database with one view per dataset.
 
@@ -429,11 +442,15 @@ class LibraryQuery:
     params: dict = field(default_factory=dict)  # name -> doc
     columns: list = field(default_factory=list)  # (name, type, doc)
     sql: str = ""
+    param_types: dict = field(default_factory=dict)  # name -> DOUBLE / INTEGER / VARCHAR
+    param_rules: dict = field(default_factory=dict)  # name -> "> 0" or ("a", "b", ...)
+    layout: str | None = None  # how replay query prints the table: a tool's own layout (queries/layouts.py)
 
 
 _HEADER = re.compile(r"^--\s*(\w+):\s*(.*)$")
 _COLUMN = re.compile(r"^--\s*column\s+(\w+)\s+([A-Z0-9_\[\]]+):\s*(.*)$")
-_PARAM = re.compile(r"^--\s*param\s+(\w+):\s*(.*)$")
+# -- param NAME [TYPE] [> 0 | in (a, b, c)]: doc
+_PARAM = re.compile(r"^--\s*param\s+(\w+)(?:\s+(DOUBLE|INTEGER|VARCHAR))?(?:\s+(> 0|in \([^)]*\)))?:\s*(.*)$")
 
 
 def _parse(name: str, text: str) -> LibraryQuery:
@@ -444,12 +461,20 @@ def _parse(name: str, text: str) -> LibraryQuery:
         if m := _COLUMN.match(ln):
             q.columns.append(m.groups())
         elif m := _PARAM.match(ln):
-            q.params[m.group(1)] = m.group(2)
+            name, typ, rule, doc = m.groups()
+            q.params[name] = doc
+            if typ:
+                q.param_types[name] = typ
+            if rule:
+                q.param_rules[name] = rule if rule == "> 0" else tuple(
+                    v.strip() for v in rule[len("in ("):-1].split(","))
         elif m := _HEADER.match(ln):
             if m.group(1) == "question":
                 q.question = m.group(2)
             elif m.group(1) == "needs":
                 q.needs = m.group(2)
+            elif m.group(1) == "layout":
+                q.layout = m.group(2).strip()
     return q
 
 
@@ -466,15 +491,33 @@ def library_sql(name: str, params: dict[str, str]) -> tuple[str, dict, list[str]
     datasets it needs."""
     cat = catalog()
     if name not in cat:
-        raise QueryError(f"no query {name!r}; replay query --list shows the library")
+        raise ParamError(f"no query {name!r}; replay query --list shows the library: {', '.join(cat)}")
     q = cat[name]
     unknown = set(params) - set(q.params)
     if unknown:
-        raise QueryError(f"{name} takes no parameter {', '.join(sorted(unknown))}; it takes: {', '.join(q.params) or 'none'}")
+        raise ParamError(f"{name} takes no parameter {', '.join(sorted(unknown))}; it takes: {', '.join(q.params) or 'none'}")
     values = {p: params.get(p) for p in q.params}
+    for p, v in values.items():
+        if v is not None:
+            check_param(q, p, v)
     sql = "\n".join(ln for ln in q.sql.splitlines() if not ln.startswith("--"))
     used = {p: v for p, v in values.items() if f"${p}" in sql}
     return sql, used, [ds.strip() for ds in q.needs.split(",") if ds.strip()]
+
+
+def check_param(q: LibraryQuery, name: str, value: str) -> None:
+    """A parameter value against its header's type and rule, or a ParamError."""
+    typ, rule = q.param_types.get(name), q.param_rules.get(name)
+    if typ in ("DOUBLE", "INTEGER"):
+        try:
+            x = float(value) if typ == "DOUBLE" else int(value)
+        except ValueError:
+            raise ParamError(f"{q.name}: {name} takes {'a number' if typ == 'DOUBLE' else 'an integer'}, "
+                             f"not {value!r}") from None
+        if rule == "> 0" and not x > 0:
+            raise ParamError(f"{q.name}: {name} must be > 0, not {value}")
+    if isinstance(rule, tuple) and value not in rule:
+        raise ParamError(f"{q.name}: {name} must be one of {', '.join(rule)}, not {value!r}")
 
 
 @contextlib.contextmanager
@@ -486,8 +529,9 @@ def open_query(workspace, name: str, params: dict[str, str], batch_rows: int = 6
     ws = Workspace(workspace)
     missing = [ds for ds in needed if not ws.committed_files(ds)]
     if missing:
-        raise QueryError(f"{name} needs {', '.join(missing)}, and the workspace has none yet "
-                         f"(replay ingest / replay run make them)")
+        makers = list(dict.fromkeys(MADE_BY.get(ds, "replay run") for ds in missing))
+        raise QueryError(f"{name} needs {', '.join(missing)}, and {ws.root} has none yet: {' / '.join(makers)} makes "
+                         f"{'them' if len(missing) > 1 else 'it'}")
     with open_sql(workspace, sql, used, batch_rows=batch_rows) as r:
         yield r
 

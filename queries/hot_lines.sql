@@ -1,7 +1,7 @@
 -- question: Which cache lines moved between CPUs most, and which struct fields sit on them?
 -- needs: line_stats
 -- param run_id: only this run (default: every run)
--- param top: lines per run (default 10)
+-- param top INTEGER > 0: lines per run (default 10)
 -- column run_id VARCHAR: the run
 -- column rank BIGINT: 1 = most transferred in the run
 -- column line VARCHAR: line address (hex)

@@ -1,7 +1,7 @@
 -- question: In a recorded trace, which faults fell back to mmap_lock - by thread, VMA and time window?
 -- needs: ops
 -- param trace_id: only this trace (default: every trace)
--- param window_ms: width of a time window (default 10)
+-- param window_ms DOUBLE > 0: width of a time window (default 10)
 -- column trace_id VARCHAR: the trace
 -- column tid INTEGER: the faulting thread
 -- column vma_id BIGINT: the VMA faulted on

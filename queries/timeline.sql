@@ -1,7 +1,7 @@
 -- question: When in the replay did contention and fallbacks happen - per time bucket?
 -- needs: results
 -- param run_id: only this run (default: every run)
--- param bucket_ms: bucket width (default 1)
+-- param bucket_ms DOUBLE > 0: bucket width (default 1)
 -- column run_id VARCHAR: the run
 -- column bucket_ms DOUBLE: bucket start, simulated ms
 -- column faults BIGINT: faults that started in the bucket

@@ -5,8 +5,6 @@ Errors are one line on stderr: exit 1 for bad input, 2 for bad usage; never a tr
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -17,9 +15,10 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
+from .api import ReplayError
+from .output import FORMATS, Fmt, OutputError, emit, emit_stream, resolve
 
 app = typer.Typer(
     name="replay",
@@ -34,15 +33,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console(soft_wrap=True)
-if not out.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
-    out = Console(soft_wrap=True, width=160)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class Fmt(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+QFmt = Fmt  # one list of output formats (replay/output.py FORMATS) for every command
 
 
 class InFmt(str, Enum):
@@ -54,52 +46,23 @@ class InFmt(str, Enum):
     perf_json = "perf-json"
 
 
-class Fail(Exception):
-    """A user-facing error: one line, exit code ``code``."""
-
-    def __init__(self, msg: str, code: int = 1):
-        super().__init__(msg)
-        self.code = code
+class Fail(ReplayError):
+    """A user-facing error: one line, exit code ``code`` (the API's ReplayError, so a
+    notebook sees the same sentence)."""
 
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", envvar="REPLAY_WORKSPACE",
                             help="Workspace directory (default: ./replay-data).")
-FormatOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
+# The output switches of every data command, declared once (replay/output.py says how they behave).
+FormatOpt = typer.Option(None, "--format", "-f", help=f"Output format: {', '.join(FORMATS)} (default: table, or -o FILE's suffix: .csv .json .ndjson .parquet).")
+OutOpt = typer.Option(None, "--output", "-o", help="Write to FILE (atomically) instead of printing; - is stdout.")
+QFmtOpt, QOutOpt = FormatOpt, OutOpt
 
 
-def _emit(rows: list[dict], columns: list[str], fmt: Fmt, title: str | None = None) -> None:
-    if fmt is Fmt.json:
-        print(json.dumps(rows, indent=2, default=str))
-    elif fmt is Fmt.csv:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        sys.stdout.write(buf.getvalue())
-    else:
-        out.print(_table(rows, columns, title))
-
-
-def _table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        num = rows and isinstance(rows[0].get(c), (int, float)) and not isinstance(rows[0].get(c), bool)
-        t.add_column(c, justify="right" if num else "left")
-    for r in rows:
-        t.add_row(*(_cell(r.get(c)) for c in columns))
-    return t
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
+def _emit(rows: list[dict], columns: list[str], fmt: Fmt, title: str | None = None, dest: Path | None = None,
+          single: bool = False, con=None) -> None:
+    """Rows in the chosen format (replay/output.py ``emit``)."""
+    emit(rows, columns, fmt, dest, title, single, con)
 
 
 def _progress(total: int | None, what: str):
@@ -116,85 +79,73 @@ def _progress(total: int | None, what: str):
     return prog, update
 
 
-@app.command()
+@app.command(epilog="Example: replay ingest trace.txt.zst --maps trace.maps --name mine")
 def ingest(
     path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, perf JSON) or '-' for stdin."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name without extensions)."),
-    fmt: InFmt = typer.Option(InFmt.auto, "--format", help="Input format; auto detects it from the content."),
+    in_fmt: InFmt = typer.Option(InFmt.auto, "--input-format", help="Input format; auto detects it from the content."),
     workspace: Optional[Path] = WorkspaceOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="/proc/PID/maps snapshot taken when the trace started (seeds the VMA tracker)."),
-    output: Fmt = typer.Option(Fmt.table, "--output-format", "-O", help="How to print the summary (--format is the input's)."),
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
+    old_fmt: Optional[Fmt] = typer.Option(None, "--output-format", "-O", hidden=True, help="Old name of -f."),
 ):
     """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
-    from .ingesting import run_ingest
+    from . import api
 
-    snapshot = None
-    if maps is not None:
-        from .ops import MapsError, parse_maps
-
-        try:
-            snapshot = maps.read_text()
-            parse_maps(snapshot)
-        except OSError as e:
-            raise Fail(f"cannot read --maps {maps}: {e.strerror}")
-        except (MapsError, UnicodeDecodeError) as e:
-            raise Fail(f"--maps {maps}: {e}")
-    res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot)
-    _print_ingest(res, output)
+    fmt = resolve(fmt or old_fmt, output)
+    ing = api.ingest(path, name, format=in_fmt.value, strict=strict, replace=replace, maps=maps, workspace=workspace)
+    _print_ingest(ing.result, fmt, output)
 
 
-def _print_ingest(res, output: Fmt) -> None:
+def _print_ingest(res, fmt: Fmt, dest: Optional[Path] = None) -> None:
+    from . import api
+    from .output import table_out
+
     c = res.counts
     for w in res.warnings:
         err.print(f"warning: {w}", markup=False, highlight=False)
-    if output is not Fmt.table:
-        rows = [{"trace_id": res.trace_id, "event": k, "count": v} for k, v in sorted(c.per_event.items())]
-        if output is Fmt.json:
-            print(json.dumps({"trace_id": res.trace_id, "format": res.format, "source": res.source,
-                              "sha256": res.sha256, "events": dict(sorted(c.per_event.items())),
-                              "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain",
-                                                                   "lost_records", "malformed")},
-                              "lost_events": c.lost_events, "out_of_order": res.out_of_order,
-                              "first_rejects": res.first_rejects, "warnings": res.warnings,
-                              "path": str(res.where)}, indent=2))
-        else:
-            _emit(rows, ["trace_id", "event", "count"], output)
+    if fmt is not Fmt.table:
+        s = api.ingest_summary(res)
+        _emit([s], list(s), fmt, dest=dest, single=True)
         return
-    _emit([{"event": k, "count": v} for k, v in sorted(c.per_event.items())], ["event", "count"], Fmt.table,
-          title=f"{res.trace_id}: {c.parsed:,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)")
     acct = [
         {"lines": "parsed events", "count": c.parsed}, {"lines": "header/comment", "count": c.header},
         {"lines": "blank", "count": c.blank}, {"lines": "callchain frames", "count": c.callchain},
         {"lines": "lost-event records", "count": c.lost_records}, {"lines": "malformed (kept in rejects)", "count": c.malformed},
         {"lines": "total", "count": c.lines},
     ]
-    _emit(acct, ["lines", "count"], Fmt.table, title="line accounting")
+    with table_out(dest) as con:
+        _emit([{"event": k, "count": v} for k, v in sorted(c.per_event.items())], ["event", "count"], Fmt.table,
+              title=f"{res.trace_id}: {c.parsed:,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)",
+              con=con)
+        _emit(acct, ["lines", "count"], Fmt.table, title="line accounting", con=con)
     for r in res.first_rejects:
         err.print(f"  malformed line {r['line']}: {r['reason']}: {(r['text'] or '')[:100]!r}", markup=False, highlight=False)
-    out.print(f"wrote {res.where}")
+    (out if dest is None else err).print(f"wrote {res.where}", markup=False, highlight=False)
 
 
-@app.command()
-def traces(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
+@app.command(epilog="Example: replay traces -f csv -o traces.csv")
+def traces(workspace: Optional[Path] = WorkspaceOpt, fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
     """List the traces in the workspace."""
-    from .workspace import Workspace
+    from . import api
 
-    t = Workspace(workspace).traces()
-    rows = [] if t is None else t.drop_columns(["maps_snapshot"]).to_pylist()
+    fmt = resolve(fmt, output)
+    t = api.traces(workspace)
+    rows = t.to_dicts()
     for r in rows:
         r["ingested_at"] = str(r["ingested_at"])
     cols = ["trace_id", "format", "events", "lines", "malformed", "lost_events", "kernel", "nr_cpus", "source"]
-    if output is Fmt.json:
-        cols = list(rows[0]) if rows else cols
-    if not rows and output is Fmt.table:
+    if not rows and fmt is Fmt.table:
         out.print("no traces yet: replay ingest TRACE, or replay record -o NAME -- CMD")
         return
-    _emit(rows, cols, output)
+    _emit(rows, cols, fmt, dest=output)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Example: sudo replay record -o myrun -- ./my-program args")
 def record(
     ctx: typer.Context,
     output_name: str = typer.Option(..., "--output", "-o", help="Trace name to ingest the recording as."),
@@ -222,49 +173,36 @@ def record(
         raise Fail(f"{msg}; what it did until then is recorded and ingested as {res.trace_id!r}", code)
 
 
-@app.command()
+@app.command(epilog="Example: replay ops mprotect-race -f json")
 def ops(
     trace: str = typer.Argument(..., help="Trace name in the workspace (see replay traces)."),
     same_mm: bool = typer.Option(False, "--same-mm", help="Treat every thread as one address space (for traces without pids)."),
     workspace: Optional[Path] = WorkspaceOpt,
-    output: Fmt = FormatOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
 ):
     """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
     import polars as pl
 
-    from .workspace import Workspace
+    from . import api
+    from .output import table_out
 
-    ws = Workspace(workspace)
-    if not ws.has_trace(trace):
-        raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-    o, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
-    user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
-    fb = int(user["observed_fallback"].sum() or 0)
-    summary = {
-        "trace_id": trace, "ops": o.height, "threads": rep.threads, "processes": rep.processes,
-        "attribution": rep.rule, "user_faults": user.height, "kernel_faults": int(o.filter(pl.col("kernel")).height),
-        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user.height, 3) if user.height else None,
-        "observed_anon_prepare": int(user["observed_anon_prepare"].sum() or 0),
-        "faults_taking_mmap_write": int(user["observed_mmap_write"].sum() or 0),
-        "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
-        "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
-        "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
-        "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
-        "out_of_range_calls": rep.out_of_range_calls,
-    }
-    kinds = o.group_by("kind").agg(pl.len().alias("ops"), pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
-    if output is Fmt.json:
-        summary["kinds"] = {r["kind"]: r["ops"] for r in kinds.to_dicts()}
-        print(json.dumps(summary, indent=2))
-        return
-    if output is Fmt.csv:
-        _emit([summary], list(summary), output)
-        return
-    _emit([{"kind": r["kind"], "ops": r["ops"], "mean duration ns": None if r["mean_ns"] is None else round(r["mean_ns"])}
-           for r in kinds.to_dicts()], ["kind", "ops", "mean duration ns"], output,
-          title=f"{trace}: {o.height:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
-    _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], output)
-    for n in rep.notes:
+    fmt = resolve(fmt, output)
+    built = api.ops(trace, same_mm=same_mm, workspace=workspace)
+    o, summary = built.ops, dict(built.summary)
+    if fmt is not Fmt.table:
+        _emit([summary], list(summary), fmt, dest=output, single=True)
+    else:
+        kinds = o.group_by("kind").agg(pl.len().alias("ops"),
+                                       pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
+        summary.pop("kinds")
+        with table_out(output) as con:
+            _emit([{"kind": r["kind"], "ops": r["ops"], "mean duration ns": None if r["mean_ns"] is None else round(r["mean_ns"])}
+                   for r in kinds.to_dicts()], ["kind", "ops", "mean duration ns"], fmt, con=con,
+                  title=f"{trace}: {o.height:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
+            _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], fmt,
+                  con=con)
+    for n in built.notes:
         err.print(f"note: {n}", markup=False, highlight=False)
 
 
@@ -273,7 +211,7 @@ FOOTPRINT_COLUMNS = ["model", "free_mode", "peak_vmas", "peak_objects", "peak_rc
 FIELD_COLUMNS = ["model", "struct", "line", "bytes", "lock_line", "fields", "fault_touches", "untouched", "transfers_per_fault"]
 
 
-@app.command()
+@app.command(epilog="Example: replay footprint jvm-alloc --models v8,mainline --machine broadwell-2s")
 def footprint(
     trace: str = typer.Argument(..., help="Trace name in the workspace (the bundled sample is ingested on first use)."),
     models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models (default: every model)."),
@@ -281,7 +219,8 @@ def footprint(
     grace_period: Optional[float] = typer.Option(None, "--grace-period", help="call_rcu() delay in ns (default: the profile's rcu_grace_period_ns)."),
     fields: bool = typer.Option(False, "--fields", help="Instead: per line of each model's VMA, the fields a fault touches, the lock's line, and what could share it."),
     workspace: Optional[Path] = WorkspaceOpt,
-    output: Fmt = FormatOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
 ):
     """The slab memory a trace's VMAs take under each model over the trace (writes the footprint dataset)."""
     import polars as pl
@@ -291,6 +230,7 @@ def footprint(
     from .models import ModelError, get_model, registry
     from .workspace import Workspace
 
+    dest, output = output, resolve(fmt, output)
     if grace_period is not None and not grace_period >= 0:
         raise Fail(f"--grace-period must be a number of ns >= 0, not {grace_period}", 2)
     try:
@@ -298,17 +238,17 @@ def footprint(
         mdls = [get_model(m) for m in names]
         mach = load_machine(machine)
     except (ModelError, MachineError) as e:
-        raise Fail(str(e))
+        raise Fail(str(e), 2 if str(e).startswith("unknown ") else 1)
     ws = Workspace(workspace)
     if fields:
-        _print_field_lines(ws, trace, mdls, output)
+        _print_field_lines(ws, trace, mdls, output, dest)
         return
     ops, sha = _ensure_ops(ws, trace)
     vmas = pl.from_arrow(ws.read("vmas", trace))
     t0, t1 = F.trace_span(ops, vmas)
     series = pl.concat([F.model_series(m, mach, vmas, t0, t1, grace_period) for m in mdls])
     ws.write_footprint(trace, sha, series.to_arrow(), ["model", "machine"])
-    from queries import QueryError, run_query
+    from .queries import QueryError, run_query
 
     try:
         rows = run_query(ws.root, "footprint", {"trace_id": trace}).filter(
@@ -316,17 +256,20 @@ def footprint(
     except QueryError as e:
         raise Fail(str(e))
     if output is not Fmt.table:
-        _emit(rows, ["trace_id", "machine", "caches"] + FOOTPRINT_COLUMNS, output)
+        _emit(rows, ["trace_id", "machine", "caches"] + FOOTPRINT_COLUMNS, output, dest=dest)
         return
+    from .output import table_out
+
     gp = mach.rcu_grace_period_ns if grace_period is None else grace_period
-    _emit(rows, [c for c in FOOTPRINT_COLUMNS if c not in ("align_kib_at_peak", "bytes_per_vma_at_peak")], output,
-          title=f"{trace}: VMA slab footprint on {mach.name} ({mach.ncpus} CPUs; call_rcu() delay {gp / 1e6:g} ms; "
-                f"{(t1 - t0) / 1e6:,.1f} ms of trace)")
-    _emit([{"model": r["model"], "caches": r["caches"]} for r in rows], ["model", "caches"], output,
-          title="slab caches (SLUB: mm/slub.c calculate_sizes(), calculate_order())")
+    with table_out(dest) as con:
+        _emit(rows, [c for c in FOOTPRINT_COLUMNS if c not in ("align_kib_at_peak", "bytes_per_vma_at_peak")], output,
+              title=f"{trace}: VMA slab footprint on {mach.name} ({mach.ncpus} CPUs; call_rcu() delay {gp / 1e6:g} ms; "
+                    f"{(t1 - t0) / 1e6:,.1f} ms of trace)", con=con)
+        _emit([{"model": r["model"], "caches": r["caches"]} for r in rows], ["model", "caches"], output,
+              title="slab caches (SLUB: mm/slub.c calculate_sizes(), calculate_order())", con=con)
 
 
-def _print_field_lines(ws, trace: str, mdls, output: Fmt) -> None:
+def _print_field_lines(ws, trace: str, mdls, output: Fmt, dest: Optional[Path] = None) -> None:
     """The hot-fields table, with transfers per fault from the trace's run of each model
     on the most CPUs, where there is one."""
     import polars as pl
@@ -347,12 +290,12 @@ def _print_field_lines(ws, trace: str, mdls, output: Fmt) -> None:
                 if p.exists():
                     ls, faults = pl.read_parquet(p), run["faults"]
         rows += F.field_lines(m, ls, faults)
-    _emit(rows, FIELD_COLUMNS, output,
+    _emit(rows, FIELD_COLUMNS, output, dest=dest,
           title=f"{trace}: per 64-byte line of each model's per-VMA structs, the fields a fault's fast path touches "
                 "(from the model's program) and transfers per fault (its run on the most CPUs, if any)")
 
 
-SAMPLE_TRACE = "mprotect-race"
+from .api import SAMPLE_TRACE  # noqa: E402
 
 
 def _sample_dir() -> Path:
@@ -383,7 +326,7 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
     use.  The hash is read before the ops, so a commit checked against it fails if the
     trace was replaced in between.  A trace without a page fault is refused: there is
     nothing to replay."""
-    from ingest.sources import InputError
+    from .ingest.sources import InputError
 
     from .ingesting import run_ingest
     from .ops import ops_current
@@ -466,23 +409,7 @@ def run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_servic
     return r, s
 
 
-def model_and_machine(model: str, machine: str):
-    """The lock model and machine profile named on the command line, or a Fail."""
-    from .machines import MachineError, load_machine
-    from .models import ModelError, get_model
-
-    try:
-        return get_model(model), load_machine(machine)
-    except (ModelError, MachineError) as e:
-        raise Fail(str(e))
-
-
-def check_run_options(placement: str) -> None:
-    if placement not in PLACEMENTS:
-        raise Fail(f"--placement must be spread, packed or as-recorded, not {placement!r}", 2)
-
-
-PLACEMENTS = ("spread", "packed", "as-recorded")
+from .api import PLACEMENTS, check_run_options, model_and_machine  # noqa: E402  (sweep imports them from here)
 
 
 def _summary_with_observed(r, ops) -> dict:
@@ -535,78 +462,97 @@ def _replay_failed(trace: str, ops_path: str, e: Exception) -> Fail:
                 "please report it with the trace", 3)
 
 
-@app.command()
+def _choices() -> dict[str, str]:
+    """The choices of the enumerated options, for --help, from the registries themselves."""
+    from .machines import builtin_names
+    from .models import ModelError, registry
+
+    try:
+        models = ", ".join(registry())
+    except ModelError:  # a broken plugin: replay models says which
+        models = "see replay models"
+    return {"model": models, "machine": ", ".join(builtin_names()), "placement": ", ".join(PLACEMENTS)}
+
+
+CHOICES = _choices()
+
+
+@app.command(epilog="Example: replay run --model v8 --trace mprotect-race --machine local-2vcpu --cpus 2 -f json")
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="Lock model (replay models lists them)."),
+    model: str = typer.Option(..., "--model", "-m", help=f"Lock model: {CHOICES['model']} (replay models says what each follows)."),
     trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name (default: the bundled sample, ingested on first use)."),
-    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile name or .toml path."),
+    machine: str = typer.Option("broadwell-2s", "--machine", help=f"Machine profile: {CHOICES['machine']}, or a .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the run's service-time draws and start order: the same seed gives the same run, another seed another sample."),
-    placement: str = typer.Option("spread", "--placement", help="Thread placement: spread (like the scheduler), packed, or as-recorded."),
+    placement: str = typer.Option("spread", "--placement", help=f"Thread placement: {CHOICES['placement']} (spread: like the scheduler)."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
-    fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (median hold of the trace's fallen-back faults, if 20+), profile, or ns."),
+    fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (the trace's fallen-back faults' holds, resampled per fault, if 20+), profile (log-normal around its figure), or ns."),
     iterations: int = typer.Option(1, "--iterations", "-k", help="Replay K times, seeds SEED..SEED+K-1 (each an ordinary run), and summarise across them as mmtests does."),
     workspace: Optional[Path] = WorkspaceOpt,
-    output: Fmt = FormatOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
 ):
     """Replay a trace through a lock model on a simulated machine; print a summary.
 
-    Example: replay run --model mainline --trace pft-t56 --cpus 14 --iterations 5"""
-    from .workspace import Workspace
+    With --iterations K: K runs, one per seed, and their Hmean, Stddev and CoeffVar."""
+    from . import api
+    from .output import table_out
 
-    mdl, mach = model_and_machine(model, machine)
-    check_run_options(placement)
-    if iterations < 1:
-        raise Fail("--iterations must be at least 1", 2)
-    ws = Workspace(workspace)
+    fmt = resolve(fmt, output)
     if iterations > 1:
-        _run_iterations(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, iterations, output)
+        _run_iterations(trace, model, machine, cpus, seed, placement, open_loop, fault_service, iterations,
+                        workspace, fmt, output)
         return
-    r, s = run_one(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service)
-    if output is not Fmt.table:
-        if output is Fmt.json:
-            print(json.dumps(s, indent=2))
-        else:
-            _emit([s], list(s), output)
+    r = api.run(trace, model=model, machine=machine, cpus=cpus, seed=seed, placement=placement, open_loop=open_loop,
+                fault_service=fault_service, iterations=iterations, workspace=workspace, progress=True)
+    s = r.summary
+    if fmt is not Fmt.table:
+        _emit([s], list(s), fmt, dest=output, single=True)
         return
-    _emit([{"": k, "value": v} for k, v in s.items() if k not in ("run_id",)], ["", "value"], Fmt.table,
-          title=f"run {r.run_id}: {trace} under {mdl.name} on {mach.name} ({s['cpus']} CPUs)")
-    if r.lock_stats.height:
-        top = r.lock_stats.sort(["contentions", "wait_total_ns"], descending=True).head(5)
-        _emit([{"lock": f"{x['lock_class']} {x['lock']}", "acquisitions": x["acquisitions"], "contentions": x["contentions"],
-                "wait_total_us": round(x["wait_total_ns"] / 1e3, 1), "wait_max_us": round(x["wait_max_ns"] / 1e3, 1),
-                "con_bounces": x["con_bounces"]} for x in top.to_dicts()],
-              ["lock", "acquisitions", "contentions", "wait_total_us", "wait_max_us", "con_bounces"], Fmt.table,
-              title="most contended locks")
-    if r.line_stats.height:
-        top = r.line_stats.sort("transfers", descending=True).head(5)
-        _emit([{"line": hex(x["line"]), "transfers": x["transfers"], "invalidations": x["invalidations"],
-                "fields": x["fields"].replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")}
-               for x in top.to_dicts()], ["line", "transfers", "invalidations", "fields"], Fmt.table,
-              title="hottest cache lines")
+    locks, lines = r.lock_stats, r.line_stats
+    with table_out(output) as con:
+        _emit([{"": k, "value": v} for k, v in s.items() if k not in ("run_id",)], ["", "value"], Fmt.table, con=con,
+              title=f"run {r.run_id}: {trace} under {s['model']} on {s['machine']} ({s['cpus']} CPUs)")
+        if locks.height:
+            top = locks.sort(["contentions", "wait_total_ns"], descending=True).head(5)
+            _emit([{"lock": f"{x['lock_class']} {x['lock']}", "acquisitions": x["acquisitions"],
+                    "contentions": x["contentions"], "wait_total_us": round(x["wait_total_ns"] / 1e3, 1),
+                    "wait_max_us": round(x["wait_max_ns"] / 1e3, 1), "con_bounces": x["con_bounces"]}
+                   for x in top.to_dicts()],
+                  ["lock", "acquisitions", "contentions", "wait_total_us", "wait_max_us", "con_bounces"], Fmt.table,
+                  title="most contended locks", con=con)
+        if lines.height:
+            top = lines.sort("transfers", descending=True).head(5)
+            _emit([{"line": hex(x["line"]), "transfers": x["transfers"], "invalidations": x["invalidations"],
+                    "fields": x["fields"].replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")}
+                   for x in top.to_dicts()], ["line", "transfers", "invalidations", "fields"], Fmt.table,
+                  title="hottest cache lines", con=con)
 
 
-def _run_iterations(ws, trace, mdl, mach, cpus, seed, placement, open_loop, fault_service, k, output) -> None:
+def _run_iterations(trace, model, machine, cpus, seed, placement, open_loop, fault_service, k, workspace, fmt,
+                    output) -> None:
     """replay run --iterations K: K runs, one per seed, and their Hmean/Stddev/CoeffVar."""
-    from . import compare as C
+    import importlib
 
-    summaries = []
-    for i in range(k):
-        err.print(f"iteration {i + 1}/{k} (seed {seed + i})", markup=False)
-        summaries.append(run_one(ws, trace, mdl, mach, cpus, seed + i, placement, open_loop, fault_service)[1])
-    if output is not Fmt.table:
-        if output is Fmt.json:
-            print(json.dumps(summaries, indent=2))
-        else:
-            _emit(summaries, list(summaries[0]), output)
+    from . import api
+    from .output import table_out
+
+    runs = api.run(trace, model=model, machine=machine, cpus=cpus, seed=seed, placement=placement,
+                   open_loop=open_loop, fault_service=fault_service, iterations=k, workspace=workspace, progress=True)
+    summaries = [r.summary for r in runs]
+    if fmt is not Fmt.table:
+        _emit(summaries, list(summaries[0]), fmt, dest=output)
         return
     cols = ["run_id", "seed", "faults_per_sec", "fallback_pct", "miss_pct", "mean_fault_ns", "lock_wait_ms"]
-    _emit([{c: x[c] for c in cols} for x in summaries], cols, Fmt.table,
-          title=f"{trace} under {mdl.name} on {mach.name} ({summaries[0]['cpus']} CPUs), {k} iterations")
-    ids = [x["run_id"] for x in summaries]
-    for line in C.render(C.compare_stats(C.iteration_metrics(ws, ids), [ids], [mdl.name], summaries[0]["cpus"]),
-                         [mdl.name]):
-        print(line)
+    s0 = summaries[0]
+    C = importlib.import_module("replay.compare")  # replay.compare, the attribute, is the API function
+    ids = [r.run_id for r in runs]
+    rows = C.compare_stats(C.iteration_metrics(api._ws(workspace), ids), [ids], [s0["model"]], s0["cpus"])
+    with table_out(output) as con:
+        _emit([{x: s[x] for x in cols} for s in summaries], cols, Fmt.table, con=con,
+              title=f"{trace} under {s0['model']} on {s0['machine']} ({s0['cpus']} CPUs), {k} iterations")
+        for line in C.render(rows, [s0["model"]]):
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None:
@@ -621,16 +567,16 @@ def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None
     return items
 
 
-@app.command()
+@app.command(epilog="Example: replay sweep --trace pft-t56 --models mmap_lock,pervma,v8 --cpus 1,14,28,56")
 def sweep(
     sweep_file: Optional[Path] = typer.Argument(None, help="A TOML sweep file (traces, models, machines, cpus, iterations, seed, placement, fault_service, open_loop); options given here override it."),
     traces: Optional[str] = typer.Option(None, "--traces", "--trace", "-t", help="Comma-separated traces (default: the bundled sample)."),
-    models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models."),
-    machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help="Comma-separated machine profiles or .toml paths (default: broadwell-2s)."),
+    models_: Optional[str] = typer.Option(None, "--models", help=f"Comma-separated lock models: {CHOICES['model']}."),
+    machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help=f"Comma-separated machine profiles ({CHOICES['machine']}) or .toml paths (default: broadwell-2s)."),
     cpus: Optional[str] = typer.Option(None, "--cpus", "-c", help="Comma-separated CPU counts, e.g. 1,4,14,28,56."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-k", help="Runs per combination, seeds SEED, SEED+1, ... (default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (default 0)."),
-    placement: Optional[str] = typer.Option(None, "--placement", help="spread (default), packed or as-recorded."),
+    placement: Optional[str] = typer.Option(None, "--placement", help=f"{CHOICES['placement']} (default spread)."),
     open_loop: Optional[bool] = typer.Option(None, "--open-loop/--closed-loop", help="As for replay run (default closed)."),
     fault_service: Optional[str] = typer.Option(None, "--fault-service", help="trace (default), profile or ns, as for replay run."),
     executor: str = typer.Option("local", "--executor", "-x", help="local (a process pool on this machine) or dask."),
@@ -648,6 +594,7 @@ def sweep(
     from . import sweep as S
     from .workspace import Workspace
 
+    output = resolve(output, None)
     f = S.read_sweep_file(sweep_file) if sweep_file is not None else {}
 
     def pick(given, key, default):
@@ -724,7 +671,7 @@ def sweep(
         raise Fail(f"{len(failed)} of {len(jobs)} runs failed; the first: {first['error']}", first.get("code", 1))
 
 
-@app.command()
+@app.command(epilog="Example: replay synth pft --threads 56 --pages 1000")
 def synth(
     workload: str = typer.Argument(..., help="pft (mmtests pft, threads mode) or page_fault1 (will-it-scale)."),
     threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads."),
@@ -754,101 +701,12 @@ def synth(
     out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} threads x {pages} pages x {iterations})")
 
 
-class QFmt(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    ndjson = "ndjson"
-    parquet = "parquet"
+def _query_format(fmt: Optional[Fmt], dest: Optional[Path]) -> Fmt:
+    return resolve(fmt, dest)
 
 
-_SUFFIX_FMT = {".csv": QFmt.csv, ".json": QFmt.json, ".ndjson": QFmt.ndjson, ".jsonl": QFmt.ndjson,
-               ".parquet": QFmt.parquet}
-
-
-def _query_format(fmt: Optional[QFmt], dest: Optional[Path]) -> QFmt:
-    """-f as given; without it, -o FILE's suffix (x.json writes JSON), else a table."""
-    if fmt is not None:
-        return fmt
-    return _SUFFIX_FMT.get(dest.suffix.lower(), QFmt.table) if dest is not None else QFmt.table
-
-
-def _emit_stream(reader, fmt: QFmt, dest: Optional[Path], max_rows: int = 200) -> None:
-    """Print or write a query result (``queries.open_sql``'s reader) batch by batch, in
-    bounded memory however many rows it has.  The table shows the first ``max_rows``
-    rows and how many followed;
-    csv, json, ndjson and parquet stream every row to ``dest`` (atomically) or stdout."""
-    if fmt is QFmt.table:
-        rows: list[dict] = []
-        full = False
-        for b in reader:
-            rows += b.slice(0, max_rows - len(rows)).to_pylist()
-            if len(rows) >= max_rows:
-                full = True
-                break
-        if dest is not None:
-            from .workspace import atomic_output
-
-            with atomic_output(dest) as tmp, open(tmp, "w") as f:
-                Console(file=f, width=160, soft_wrap=True).print(_table(rows, reader.schema.names))
-        else:
-            _emit(rows, reader.schema.names, Fmt.table)
-        if full and (total := reader.total_rows()) > len(rows):
-            err.print(f"({total - len(rows):,} more rows: use --format csv|json|ndjson|parquet)", markup=False)
-        return
-    if dest is None or str(dest) == "-":
-        if fmt is QFmt.parquet and dest is None:
-            raise Fail("--format parquet needs -o FILE (-o - for stdout)", 2)
-        _write_rows(reader, fmt, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return
-    from .workspace import atomic_output
-
-    with atomic_output(dest) as tmp, open(tmp, "wb") as f:
-        n = _write_rows(reader, fmt, f)
-    err.print(f"wrote {n:,} rows to {dest}", markup=False)
-
-
-def _write_rows(reader, fmt: QFmt, f) -> int:
-    """Stream record batches to a binary file object as csv, json, ndjson or parquet."""
-    import pyarrow as pa
-
-    n = 0
-    if fmt is QFmt.parquet:
-        import pyarrow.parquet as pq
-
-        with pq.ParquetWriter(f, reader.schema, compression="zstd") as w:
-            for b in reader:
-                w.write_batch(b)
-                n += b.num_rows
-        return n
-    import polars as pl
-
-    if fmt is QFmt.csv:
-        nested = [i for i, t in enumerate(reader.schema.types) if pa.types.is_nested(t)]
-        for b in reader:
-            for i in nested:  # CSV has no lists: write them as JSON text
-                b = b.set_column(i, b.schema.names[i], pa.array(
-                    [None if v is None else json.dumps(v, default=str) for v in b.column(i).to_pylist()], pa.string()))
-            f.write(pl.from_arrow(b).write_csv(include_header=n == 0).encode())
-            n += b.num_rows
-        if n == 0:
-            f.write((",".join(reader.schema.names) + "\n").encode())
-        return n
-    first = True  # JSON: an array, one row a line; ndjson: one row a line
-    if fmt is QFmt.json:
-        f.write(b"[")
-    for b in reader:
-        if b.num_rows:
-            lines = pl.from_arrow(b).write_ndjson().encode()
-            if fmt is QFmt.json:
-                lines = (b"\n  " if first else b",\n  ") + lines.rstrip(b"\n").replace(b"\n", b",\n  ")
-            f.write(lines)
-            first = False
-        n += b.num_rows
-    if fmt is QFmt.json:
-        f.write(b"]\n" if first else b"\n]\n")
-    return n
+def _emit_stream(reader, fmt: Fmt, dest: Optional[Path], max_rows: int = 200, layout=None) -> None:
+    emit_stream(reader, fmt, dest, max_rows=max_rows, layout=layout)
 
 
 def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
@@ -862,29 +720,22 @@ def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
     return out
 
 
-QFmtOpt = typer.Option(None, "--format", "-f", help="Output format (default: table, or -o FILE's suffix: .csv .json .ndjson .parquet).")
-QOutOpt = typer.Option(None, "--output", "-o", help="Write to FILE (atomically) instead of printing; - is stdout.")
-
-
-@app.command()
+@app.command(epilog='Example: replay sql "SELECT model, cpus, faults_per_sec FROM runs ORDER BY model, cpus"')
 def sql(
     query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, runs); '-' reads it from stdin."),
     workspace: Optional[Path] = WorkspaceOpt,
-    fmt: Optional[QFmt] = QFmtOpt,
-    output: Optional[Path] = QOutOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
     table: List[str] = typer.Option([], "--table", "-t", help="NAME=FILE: also a view NAME over a CSV, Parquet or JSON file (repeatable); no other file is readable."),
 ):
-    """Run read-only SQL (DuckDB) over every trace and run in the workspace.
-
-    Example: replay sql "SELECT model, avg(end_ns - start_ns) FROM results GROUP BY model"
-    """
-    from queries import QueryError, open_sql
+    """Run read-only SQL (DuckDB) over every trace and run in the workspace."""
+    from .queries import QueryError, open_sql
     from .workspace import default_root
 
     if query == "-":
         query = sys.stdin.read()
     tables = _pairs(table, "--table", "NAME=FILE")
-    fmt = _query_format(fmt, output)
+    fmt = resolve(fmt, output)
     try:
         with open_sql(workspace or default_root(), query, tables=tables) as r:
             _emit_stream(r, fmt, output)
@@ -892,52 +743,58 @@ def sql(
         raise Fail(f"SQL: {e}")
 
 
-@app.command()
+@app.command(epilog="Example: replay query lock_contention -p run_id=edf38520feb5 -p by=task")
 def query(
     name: Optional[str] = typer.Argument(None, help="A query from the library (replay query --list)."),
     list_: bool = typer.Option(False, "--list", "-l", help="Print the library: each query's question, parameters and columns."),
     param: List[str] = typer.Option([], "--param", "-p", help="A parameter as k=v (repeatable)."),
     workspace: Optional[Path] = WorkspaceOpt,
-    fmt: Optional[QFmt] = QFmtOpt,
-    output: Optional[Path] = QOutOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
 ):
-    """Run a named query from the library (contention, retry_rates, throughput, latency, hot_lines, ...).
+    """Run a named query from the library (lock_stat, lock_contention, retry_rates, throughput, latency, ...).
 
-    Example: replay query retry_rates -p run_id=edf38520feb5
-    """
-    from queries import QueryError, catalog, open_query
-    from .workspace import default_root
+    Ops a query needs are built first where the workspace lacks them.  lock_stat and
+    lock_contention print as /proc/lock_stat and perf lock contention do; -f csv|json
+    gives their columns."""
+    from . import api
+    from .queries import catalog
+    from .queries.layouts import LAYOUTS
 
-    fmt = _query_format(fmt, output)
+    fmt = resolve(fmt, output)
     if list_ or not name:
         cat = catalog()
-        if fmt is QFmt.json:
-            print(json.dumps([{"name": q.name, "question": q.question, "needs": q.needs, "params": q.params,
-                               "columns": [{"name": c, "type": t, "doc": d} for c, t, d in q.columns]}
-                              for q in cat.values()], indent=2))
+        rows = [{"name": q.name, "question": q.question, "needs": q.needs,
+                 "params": [{"name": k, "doc": v} for k, v in q.params.items()],
+                 "columns": [{"name": c, "type": t, "doc": d} for c, t, d in q.columns]} for q in cat.values()]
+        if fmt is not Fmt.table:
+            _emit(rows, ["name", "question", "needs", "params", "columns"], fmt, dest=output)
             return
-        for q in cat.values():
-            out.print(f"[bold]{q.name}[/bold] - {q.question}")
-            out.print(f"  needs: {q.needs}" + (f"; params: {', '.join(f'{k} ({v})' for k, v in q.params.items())}" if q.params else ""),
-                      markup=False, highlight=False)
-            out.print("  columns: " + ", ".join(c for c, _, _ in q.columns), markup=False, highlight=False)
+        from .output import table_out
+
+        with table_out(output) as con:
+            for q in cat.values():
+                con.print(f"{q.name} - {q.question}", markup=False, highlight=False, soft_wrap=True)
+                con.print(f"  needs: {q.needs}" + (f"; params: {', '.join(f'{k} ({v})' for k, v in q.params.items())}" if q.params else ""),
+                          markup=False, highlight=False, soft_wrap=True)
+                con.print("  columns: " + ", ".join(c for c, _, _ in q.columns), markup=False, highlight=False,
+                          soft_wrap=True)
         return
     params = _pairs(param, "--param", "k=v")
-    try:
-        with open_query(workspace or default_root(), name, params) as r:
-            _emit_stream(r, fmt, output)
-    except QueryError as e:
-        raise Fail(str(e))
+    layout = catalog().get(name)
+    layout = LAYOUTS.get(layout.layout) if layout is not None and layout.layout else None
+    with api.open_query(name, params, workspace) as r:
+        _emit_stream(r, fmt, output, layout=(lambda rows: layout(rows, params)) if layout else None)
 
 
-@app.command()
+@app.command(epilog="Example: echo 'SELECT count(*) FROM runs;' | replay shell")
 def shell(workspace: Optional[Path] = WorkspaceOpt):
     """An interactive read-only SQL session over the workspace views.
 
     Statements end with ';'; .tables lists the views, .quit leaves.  Every statement
     runs as `replay sql` would (same read-only connection), so the shell is as safe.
     """
-    from queries import QueryError, open_sql
+    from .queries import QueryError, open_sql
     from .workspace import default_root
 
     root = workspace or default_root()
@@ -966,7 +823,7 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
         if buf.strip().endswith(";"):
             try:
                 with open_sql(root, buf) as r:
-                    _emit_stream(r, QFmt.table, None)
+                    _emit_stream(r, Fmt.table, None)
             except QueryError as e:
                 err.print(f"error: {e}", markup=False, highlight=False)
             except KeyboardInterrupt:
@@ -974,14 +831,15 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
             buf = ""
 
 
-@app.command()
+@app.command(epilog="Example: replay compare --models mmap_lock,pervma,v8 --trace pft-t56 --machine broadwell-2s")
 def compare(
     run_ids: List[str] = typer.Argument(None, help="Runs to compare (replay runs lists them); the first is the baseline. Each stands for its iterations: the runs that differ from it only in the seed."),
-    models_: Optional[str] = typer.Option(None, "--models", help="Instead of run ids: compare these models (comma-separated), one line per CPU count."),
+    models_: Optional[str] = typer.Option(None, "--models", help=f"Instead of run ids: compare these models (comma-separated: {CHOICES['model']}), a line per CPU count."),
     trace: Optional[str] = typer.Option(None, "--trace", "-t", help="With --models: the trace."),
-    machine: Optional[str] = typer.Option(None, "--machine", help="With --models: the machine profile name."),
+    machine: Optional[str] = typer.Option(None, "--machine", help=f"With --models: the machine profile ({CHOICES['machine']})."),
     workspace: Optional[Path] = WorkspaceOpt,
-    output: Fmt = FormatOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
 ):
     """mmtests compare-kernels table across iterations: Hmean/Amean, Stddev and CoeffVar per metric and CPU count.
 
@@ -991,103 +849,60 @@ def compare(
     95% confidence intervals of the two columns' iterations do not overlap, ( ) when
     they do or there is one iteration - mmtests' reading.  Example:
     replay compare --models pervma,v8 --trace pft-t56 --machine broadwell-2s"""
-    import polars as pl
+    from . import api
+    from .output import table_out
 
-    from . import compare as C
-    from .workspace import Workspace
-
-    ws = Workspace(workspace)
-    rs = ws.runs()
-    if rs is None:
-        raise Fail("no runs in the workspace yet: replay run --model v8")
-    blocks: list[tuple[int, list[list[str]], list[str]]] = []  # (cpus, columns of run ids, labels)
-    if models_:
-        if run_ids:
-            raise Fail("give run ids or --models, not both", 2)
-        names = [m.strip() for m in models_.split(",") if m.strip()]
-        sel = rs.filter(pl.col("model").is_in(names))
-        if trace:
-            sel = sel.filter(pl.col("trace_id") == trace)
-        if machine:
-            sel = sel.filter(pl.col("machine") == machine)
-        if sel["trace_id"].n_unique() > 1 or sel["machine"].n_unique() > 1:
-            raise Fail("those runs span several traces or machines; pick one with --trace and --machine", 2)
-        for c in sorted(sel["cpus"].unique().to_list()):
-            cols = []
-            for m in names:
-                hit = sel.filter((pl.col("model") == m) & (pl.col("cpus") == c)).sort("seed")
-                if hit.height:
-                    cols.append(C.iterations_of(rs, hit["run_id"][0]))
-            if len(cols) == len(names):
-                blocks.append((c, cols, names))
-        if not blocks:
-            raise Fail(f"no CPU count has a run of every one of {', '.join(names)}")
-    else:
-        if not run_ids or len(run_ids) < 2:
-            raise Fail("compare needs at least two run ids (or --models A,B)", 2)
-        missing = [r for r in run_ids if r not in set(rs["run_id"].to_list())]
-        if missing:
-            raise Fail(f"no run {missing[0]!r} in {ws.root} (replay runs lists them)")
-        info = {r["run_id"]: r for r in rs.to_dicts()}
-        cols = [C.iterations_of(rs, r) for r in run_ids]
-        labels = [info[r]["model"] for r in run_ids]
-        if len(set(labels)) < len(labels):
-            labels = list(run_ids)
-        cpus = {info[r]["cpus"] for r in run_ids}
-        blocks.append((cpus.pop() if len(cpus) == 1 else "n", cols, labels))
-    metrics = C.iteration_metrics(ws, [r for _, cols, _ in blocks for col in cols for r in col])
-    rows = [r for c, cols, labels in blocks for r in C.compare_stats(metrics, cols, labels, c)]
-    if output is not Fmt.table:
-        for r in rows:
-            for k in ("value", "pct_change"):
-                if isinstance(r[k], float) and math.isnan(r[k]):
-                    r[k] = None  # JSON has no NaN
-        if output is Fmt.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            _emit(rows, list(rows[0]), output)
+    fmt = resolve(fmt, output)
+    c = api.compare(run_ids or None, models=models_, trace=trace, machine=machine, workspace=workspace)
+    if fmt is not Fmt.table:
+        _emit(c.frame.to_dicts(), c.frame.columns, fmt, dest=output)
         return
-    first = rs.filter(pl.col("run_id") == blocks[0][1][0][0]).to_dicts()[0]
-    its = sorted({len(col) for _, cols, _ in blocks for col in cols})
-    print(f"{first['trace_id']} on {first['machine']}, iterations per column: {', '.join(map(str, its))}")
-    for line in C.render(rows, blocks[0][2]):
-        print(line)
+    with table_out(output) as con:
+        for line in c.text.splitlines():
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+REPORT_TABLES = (  # (query, columns, title) of replay report
+    ("retry_rates", ["level", "faults", "faults_success", "faults_abort", "faults_miss", "faults_fallback",
+                     "fallback_pct_of_faults"], "per-VMA lock outcomes"),
+    ("contention", ["lock_class", "lock", "contentions", "waittime_total_us", "waittime_max_us", "acquisitions",
+                    "holdtime_avg_us", "trylock_failures"], "lock_stat"),
+    ("latency", ["kind", "ops", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"], "latency"),
+    ("hot_lines", ["rank", "line", "transfers", "invalidations", "fields"], "hottest cache lines"),
+)
+
+
+@app.command(epilog="Example: replay report edf38520feb5 -f json")
 def report(run_id: str = typer.Argument(..., help="A run id (replay runs lists them)."),
-           workspace: Optional[Path] = WorkspaceOpt):
-    """One run's summary tables: parameters, outcomes, contention, latency, hot lines."""
+           workspace: Optional[Path] = WorkspaceOpt, fmt: Optional[Fmt] = FormatOpt,
+           output: Optional[Path] = OutOpt):
+    """One run's summary tables: parameters, outcomes, contention, latency, hot lines
+    (-f json: one object with the run and each table's rows)."""
     import polars as pl
 
-    from queries import QueryError, run_query
-    from .workspace import Workspace
+    from . import api
+    from .output import table_out
 
-    ws = Workspace(workspace)
-    rs = ws.runs()
-    if rs is None or run_id not in set(rs["run_id"].to_list()):
-        raise Fail(f"no run {run_id!r} in {ws.root} (replay runs lists them)")
-    r = rs.filter(pl.col("run_id") == run_id).to_dicts()[0]
-    _emit([{"": k, "value": v} for k, v in r.items() if v is not None], ["", "value"], Fmt.table, title=f"run {run_id}")
-    p = {"run_id": run_id}
-    try:
-        for name, cols, title in (
-            ("retry_rates", ["level", "faults", "faults_success", "faults_abort", "faults_miss", "faults_fallback",
-                             "fallback_pct_of_faults"], "per-VMA lock outcomes"),
-            ("contention", ["lock_class", "lock", "contentions", "waittime_total_us", "waittime_max_us", "acquisitions",
-                            "holdtime_avg_us", "trylock_failures"], "lock_stat"),
-            ("latency", ["kind", "ops", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"], "latency"),
-            ("hot_lines", ["rank", "line", "transfers", "invalidations", "fields"], "hottest cache lines"),
-        ):
-            df = run_query(ws.root, name, p)
-            if name == "retry_rates":
-                df = df.filter(pl.col("level") == "run")
-            _emit(df.select(cols).head(10).to_dicts(), cols, Fmt.table, title=title)
-    except QueryError as e:
-        raise Fail(str(e))
+    fmt = resolve(fmt, output)
+    r = api.load_run(run_id, workspace)
+    tables = []
+    for name, cols, title in REPORT_TABLES:
+        df = api.query(name, workspace, run_id=run_id)
+        if name == "retry_rates":
+            df = df.filter(pl.col("level") == "run")
+        tables.append((name, cols, title, df.select(cols).head(10).to_dicts()))
+    if fmt is not Fmt.table:
+        rec = {"run": {k: v for k, v in r.summary.items() if v is not None}, **{name: rows for name, _, _, rows in tables}}
+        _emit([rec], list(rec), fmt, dest=output, single=True)
+        return
+    with table_out(output) as con:
+        _emit([{"": k, "value": v} for k, v in r.summary.items() if v is not None], ["", "value"], Fmt.table,
+              title=f"run {run_id}", con=con)
+        for _, cols, title, rows in tables:
+            _emit(rows, cols, Fmt.table, title=title, con=con)
 
 
-@app.command()
+@app.command(epilog="Example: replay plot throughput --trace pft-t56 --machine broadwell-2s -o pft.png")
 def plot(
     kind: str = typer.Argument(..., help="throughput (faults/sec vs CPUs per model), latency (fault-latency CDF per run), timeline, or footprint (VMA slab memory over a trace per model; replay footprint first)."),
     run_ids: List[str] = typer.Argument(None, help="Runs to draw (default for throughput: every run of --trace)."),
@@ -1100,7 +915,7 @@ def plot(
     """Draw a plot of runs to a file."""
     import polars as pl
 
-    from queries import QueryError, run_query
+    from .queries import QueryError, run_query
     from . import plot as P
     from .workspace import Workspace
 
@@ -1148,7 +963,7 @@ def plot(
 
 
 def _plot_footprint(ws, trace: str | None, machine: str | None, output: Path) -> None:
-    from queries import QueryError, run_sql
+    from .queries import QueryError, run_sql
 
     from . import plot as P
 
@@ -1169,51 +984,44 @@ def _plot_footprint(ws, trace: str | None, machine: str | None, output: Path) ->
     out.print(f"wrote {output}")
 
 
-@app.command()
-def runs(workspace: Optional[Path] = WorkspaceOpt, output: Fmt = FormatOpt):
-    """List the runs in the workspace (--format json gives everything needed to reproduce each)."""
-    from .workspace import Workspace
+@app.command(epilog="Example: replay runs -f json -o runs.json")
+def runs(workspace: Optional[Path] = WorkspaceOpt, fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
+    """List the runs in the workspace (-f json gives everything needed to reproduce each)."""
+    from . import api
 
-    df = Workspace(workspace).runs()
-    if df is None:
-        if output is Fmt.table:
-            out.print("no runs yet: replay run --model v8")
-        else:
-            _emit([], ["run_id"], output)
+    fmt = resolve(fmt, output)
+    df = api.runs(workspace)
+    if df.height == 0 and fmt is Fmt.table:
+        out.print("no runs yet: replay run --model v8")
         return
-    rows = df.sort("trace_id", "model", "machine", "cpus").to_dicts()
-    cols = list(rows[0]) if output is Fmt.json else ["run_id", "trace_id", "model", "machine", "cpus", "seed", "placement",
-                                                      "faults", "faults_per_sec", "fallback_pct"]
-    _emit(rows, cols, output)
+    rows = df.to_dicts()
+    _emit(rows, ["run_id", "trace_id", "model", "machine", "cpus", "seed", "placement", "faults", "faults_per_sec",
+                 "fallback_pct"], fmt, dest=output)
 
 
-@app.command()
-def models(output: Fmt = FormatOpt):
+@app.command(epilog="Example: replay models -f csv")
+def models(fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
     """List the lock models, with the kernel code each follows."""
-    from .models import ModelError, registry
+    from . import api
 
-    try:
-        reg = registry()
-    except ModelError as e:
-        raise Fail(str(e))
-    rows = [{"model": m.name, "description": m.description, "follows": "; ".join(m.citations)} for m in reg.values()]
-    _emit(rows, ["model", "description", "follows"], output)
+    _emit(api.models().to_dicts(), ["model", "description", "follows"], resolve(fmt, output), dest=output)
 
 
-@app.command()
-def machines(output: Fmt = FormatOpt, show: Optional[str] = typer.Argument(None, help="A profile name or .toml path to show in full.")):
+@app.command(epilog="Example: replay machines broadwell-2s")
+def machines(show: Optional[str] = typer.Argument(None, help=f"A profile ({CHOICES['machine']}) or .toml path to show in full."),
+             fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
     """List the machine profiles (topology, hand-off latencies, prefetcher); or show one with its sources."""
-    from .machines import MachineError, all_machines, load_machine
+    from .machines import all_machines
 
+    fmt = resolve(fmt, output)
     if show:
-        try:
-            m = load_machine(show)
-        except MachineError as e:
-            raise Fail(str(e))
+        from . import api
+
+        m = api.model_and_machine("mmap_lock", show)[1]
         rows = [{"parameter": k, "value": v, "source": m.sources.get(k, "")} for k, v in m.latency_ns.items()]
         rows += [{"parameter": "adjacent_line_prefetch", "value": m.adjacent_line_prefetch, "source": m.sources.get("adjacent_line_prefetch", "")},
                  {"parameter": "fault_service_ns", "value": m.fault_service_ns, "source": m.sources.get("fault_service_ns", "")}]
-        _emit(rows, ["parameter", "value", "source"], output, title=f"{m.name}: {m.description} ({m.ncpus} CPUs)")
+        _emit(rows, ["parameter", "value", "source"], fmt, dest=output, title=f"{m.name}: {m.description} ({m.ncpus} CPUs)")
         return
     rows = [{"machine": m.name, "cpus": m.ncpus, "topology": f"{m.sockets}x{m.cores_per_socket}x{m.smt}",
              "smt_ns": m.latency_ns["smt_handoff"], "socket_ns": m.latency_ns["socket_handoff"],
@@ -1221,17 +1029,29 @@ def machines(output: Fmt = FormatOpt, show: Optional[str] = typer.Argument(None,
              "prefetch_128B": m.adjacent_line_prefetch,
              "estimates": sum("est." in str(v) for v in m.sources.values()), "description": m.description}
             for m in all_machines()]
-    _emit(rows, list(rows[0]), output)
+    _emit(rows, list(rows[0]), fmt, dest=output)
 
 
-@app.command()
+@app.command(epilog="Example: replay version")
 def version():
-    """Print the version."""
+    """Print the version (also: replay --version)."""
     print(__version__)
 
 
+def _version_flag(value: bool):
+    if value:
+        print(f"replay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version_flag, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass  # the help is the app's; this callback only holds --version
+
+
 def main(argv: List[str] | None = None) -> int:
-    from ingest.sources import InputError
+    from .ingest.sources import InputError
 
     from .workspace import WorkspaceError
 
@@ -1241,7 +1061,10 @@ def main(argv: List[str] | None = None) -> int:
             raise KeyboardInterrupt
         if isinstance(rc, int):
             return rc
-    except (Fail, InputError, WorkspaceError) as e:
+    except OutputError as e:
+        err.print(f"replay: error: {e}", markup=False, highlight=False)
+        return 2
+    except (ReplayError, InputError, WorkspaceError) as e:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ingest.pipeline import IngestResult, ingest_to
-from ingest.sources import InputError, open_source
+from .ingest.pipeline import IngestResult, ingest_to
+from .ingest.sources import InputError, open_source
 
 from . import __version__
 from .workspace import Workspace, check_name, fault_point, writing

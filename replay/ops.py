@@ -390,7 +390,7 @@ def attribute_threads(ev: pl.DataFrame, same_mm: bool = False) -> tuple[pl.DataF
 def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
               same_mm: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, BuildReport]:
     """events of one trace -> (ops, vmas, report)."""
-    from ingest.order import TimeOrder
+    from .ingest.order import TimeOrder
 
     ev = ev.sort("seq")
     order = TimeOrder()

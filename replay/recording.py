@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from ingest.sources import InputError
+from .ingest.sources import InputError
 
 DEFAULT_EVENTS = [
     "exceptions:page_fault_user",

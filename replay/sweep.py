@@ -99,7 +99,7 @@ def run_job(job: Job) -> dict:
     """Replay and commit one run; return ``{"run_id", "summary"}`` or, for a failure the
     user can act on (a bad parameter, a full disk, a trace replaced), ``{"run_id",
     "error", "code"}``.  A pure function of the job: any worker may run it."""
-    from ingest.sources import InputError
+    from .ingest.sources import InputError
 
     from .cli import Fail, model_and_machine, run_one
     from .workspace import Workspace, WorkspaceError
@@ -315,7 +315,9 @@ def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
 
     import polars as pl
 
-    from . import compare
+    import importlib
+
+    compare = importlib.import_module("replay.compare")  # the attribute replay.compare is the API function
 
     want = [j.run_id for j in jobs]
     rs = ws.runs()
@@ -345,7 +347,9 @@ def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
 def render_report(rep: dict) -> list[str]:
     """The comparison as mmtests compare-kernels text, one table per trace and machine
     (a line per metric and CPU count)."""
-    from . import compare
+    import importlib
+
+    compare = importlib.import_module("replay.compare")  # the attribute replay.compare is the API function
 
     lines = []
     by: dict = {}

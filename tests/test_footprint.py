@@ -227,7 +227,7 @@ def test_footprint_errors(cli, fws):
     rc, _, err = cli("footprint", "nope", "-w", fws)
     assert rc == 1 and "no trace 'nope'" in err and "Traceback" not in err
     rc, _, err = cli("footprint", "mprotect-race", "-w", fws, "--models", "v8,bogus")
-    assert rc == 1 and "unknown model 'bogus'" in err
+    assert rc == 2 and "unknown model 'bogus'" in err
     rc, _, err = cli("footprint", "mprotect-race", "-w", fws, "--grace-period", "-5")
     assert rc == 2 and "--grace-period" in err
 

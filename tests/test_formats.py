@@ -5,8 +5,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ingest import scan
-from ingest.text import TextDecoder
+from replay.ingest import scan
+from replay.ingest.text import TextDecoder
 from conftest import DATA
 
 
@@ -186,7 +186,7 @@ def test_chunks_agree_with_one_pass():
 
 
 def test_interner_grows_past_table_size():
-    from ingest.text import _Interner
+    from replay.ingest.text import _Interner
 
     it = _Interner()
     hashes = (np.arange(1, 20001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)

@@ -17,8 +17,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import scan
-from ingest.text import TextDecoder, scan_chunk
+from replay.ingest import scan
+from replay.ingest.text import TextDecoder, scan_chunk
 from conftest import DATA, SAMPLES
 
 REAL = [ln for f in ("perf_default.txt", "perf_callchain.txt", "perf_ns_pid_lost.txt", "ftrace_tgid.txt",

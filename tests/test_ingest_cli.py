@@ -97,9 +97,9 @@ def test_bad_inputs_one_line_errors(cli, ws, tmp_path):
     prose = tmp_path / "notes.txt"
     prose.write_text("hello world\nthis is not a trace\n")
     assert "cannot tell the format" in _err(cli, ws, prose)[1]
-    assert "does not look like ftrace" in _err(cli, ws, DATA / "perf_default.txt", "--format", "ftrace")[1]
-    assert "not a perf.data" in _err(cli, ws, DATA / "perf_default.txt", "--format", "perf-data")[1]
-    assert "not perf JSON" in _err(cli, ws, DATA / "perf_default.txt", "--format", "perf-json")[1]
+    assert "does not look like ftrace" in _err(cli, ws, DATA / "perf_default.txt", "--input-format", "ftrace")[1]
+    assert "not a perf.data" in _err(cli, ws, DATA / "perf_default.txt", "--input-format", "perf-data")[1]
+    assert "not perf JSON" in _err(cli, ws, DATA / "perf_default.txt", "--input-format", "perf-json")[1]
     assert "no such file" in _err(cli, ws, tmp_path / "missing.txt")[1]
     bad_gz = tmp_path / "cut.txt.gz"
     bad_gz.write_bytes(gzip.compress((DATA / "perf_default.txt").read_bytes())[:-40])
@@ -132,7 +132,7 @@ def test_malformed_lines_kept_with_line_numbers_and_strict(cli, ws, tmp_path):
 
 
 def test_interrupted_ingest_leaves_nothing(cli, ws, monkeypatch):
-    from ingest import text
+    from replay.ingest import text
 
     real = text.TextDecoder.assemble
 

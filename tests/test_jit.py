@@ -17,7 +17,7 @@ def _py(code, env):
 def test_numba_cache_goes_to_xdg_cache_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
-    r = _py("import ingest, numba; print(numba.config.CACHE_DIR)", env)  # ingest alone, as bench scripts import it
+    r = _py("import replay.ingest, numba; print(numba.config.CACHE_DIR)", env)  # ingest alone, as bench scripts import it
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "xdg" / "replay" / "numba")
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own setting wins

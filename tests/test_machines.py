@@ -64,7 +64,7 @@ def test_machines_cli(cli):
     rc, out, _ = cli("machines", "broadwell-2s")
     assert rc == 0 and "nviennot" in out and "MSR 0x1A4" in out
     rc, _, err = cli("machines", "nope")
-    assert rc == 1 and "unknown machine" in err
+    assert rc == 2 and "unknown machine" in err
 
 
 def test_spread_on_fewer_cpus_uses_both_sockets_before_any_sibling():

@@ -3,8 +3,8 @@ Small hand-built traces (real line formats) so every expected value can be check
 
 import polars as pl
 
-from ingest import scan
-from ingest.text import TextDecoder
+from replay.ingest import scan
+from replay.ingest.text import TextDecoder
 from replay.ops import AddressSpace, IdSource, build_ops, parse_maps
 
 MAPS = """# /proc/100/maps at exec of: ./prog

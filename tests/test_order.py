@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.order import TimeOrder
+from replay.ingest.order import TimeOrder
 
 
 def reference(rows):

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from conftest import SAMPLES
-from queries import QueryError, catalog, run_query, run_sql
+from replay.queries import QueryError, catalog, run_query, run_sql
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +131,19 @@ def test_query_cli_and_shell(wsq, cli, monkeypatch):
     assert {q["name"] for q in json.loads(out)} == set(catalog())
     rc, out, _ = cli("query", "contention", "-w", wsq, "-p", "run_id=nope")
     assert rc == 0
-    rc, _, err = cli("query", "contention", "-w", wsq, "-p", "colour=red")
-    assert rc == 1 and "takes no parameter colour" in err
+    rc, _, err = cli("query", "contention", "-w", wsq, "-p", "colour=red")  # usage errors: exit 2
+    assert rc == 2 and "takes no parameter colour" in err
     rc, _, err = cli("query", "nope", "-w", wsq)
-    assert rc == 1 and "no query" in err
+    assert rc == 2 and "no query" in err
+    rc, _, err = cli("query", "timeline", "-w", wsq, "-p", "bucket_ms=0")
+    assert rc == 2 and err == "replay: error: timeline: bucket_ms must be > 0, not 0\n"
+    rc, _, err = cli("query", "timeline", "-w", wsq, "-p", "bucket_ms=wide")
+    assert rc == 2 and "bucket_ms takes a number, not 'wide'" in err
     monkeypatch.setattr(sys, "stdin", io.StringIO(".tables\nSELECT count(*) AS n\nFROM traces;\nSELECT nope;\n.quit\n"))
     rc, out, err = cli("shell", "-w", wsq)
     import re
 
-    assert rc == 0 and "results" in out and re.search(r"│\s+2\s+│", out)  # .tables, then count(*) = 2 traces
+    assert rc == 0 and "results" in out and re.search(r"^n\n\s*2$", out, re.M)  # .tables, then count(*) = 2 traces
     assert "error:" in err and "nope" in err
 
 
@@ -218,9 +222,16 @@ def test_perf_lock_contention_view_and_column_comments(wsq):
     res = pq(wsq, "results").filter(pl.col("lock_wait_ns") > 0)
     got = run_query(wsq, "lock_contention", {})
     assert got["contended"].sum() == res.height
-    assert abs(got["total_wait_us"].sum() - res["lock_wait_ns"].sum() / 1e3) < 1e-3
-    assert abs(got["max_wait_us"].max() - res["lock_wait_ns"].max() / 1e3) < 1e-9
-    from queries import connect
+    assert abs(got["total_wait_ns"].sum() - res["lock_wait_ns"].sum()) < 1e-3
+    assert abs(got["max_wait_ns"].max() - res["lock_wait_ns"].max()) < 1e-9
+    assert set(got["type"]) <= {"rwsem:R", "rwsem:W"} and got["caller"].null_count() == 0
+    faults = res.filter(pl.col("kind") == "fault")  # faults block only in down_read(mmap_lock): rwsem:R, exact
+    mine = got.filter(pl.col("caller").is_in(["lock_mm_and_find_vma", "do_user_addr_fault"]))
+    assert mine["contended"].sum() == faults.height and set(mine["type"]) == {"rwsem:R"}
+    by_task = run_query(wsq, "lock_contention", {"by": "task"})
+    assert by_task["contended"].sum() == res.height and by_task["comm"].null_count() == 0
+    assert set(by_task["pid"]) == set(res["tid"])
+    from replay.queries import connect
 
     con = connect(wsq)
     undocumented = con.execute(

@@ -47,12 +47,15 @@ def test_run_table_and_errors(cli, ws):
     _ingest(cli, ws)
     rc, out, _ = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--cpus", "8", "-w", ws)
     assert rc == 0 and "faults_per_sec" in out and "hottest cache lines" in out and "vma.vm_refcnt" in out
-    rc, _, err = cli("run", "--model", "v9", "-w", ws)
-    assert rc == 1 and "unknown model" in err
+    rc, _, err = cli("run", "--model", "v9", "-w", ws)  # usage errors exit 2
+    assert rc == 2 and "unknown model" in err
+    rc, _, err = cli("run", "--model", "v8", "--machine", "pdp-11", "-w", ws)
+    assert rc == 2 and "unknown machine" in err
     rc, _, err = cli("run", "--model", "v8", "--trace", "nope", "-w", ws)
     assert rc == 1 and "no trace" in err
-    rc, _, err = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--cpus", "999", "-w", ws)
-    assert rc == 1 and "--cpus" in err
+    for n in ("999", "0"):
+        rc, _, err = cli("run", "--model", "v8", "--trace", "pft-ftrace", "--cpus", n, "-w", ws)
+        assert rc == 2 and "--cpus must be between 1 and 56" in err and err.count("\n") == 1
 
 
 def _cpus_by_thread(res):

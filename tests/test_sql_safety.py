@@ -86,7 +86,7 @@ def test_copy_cannot_overwrite_a_workspace_file_in_place(wss, cli):
 def test_the_connection_itself_cannot_write_or_read_elsewhere(wss, tmp_path):
     """Without the statement check: the connection still writes no file, reads none
     outside the workspace, and cannot be reconfigured."""
-    from queries import close, connect
+    from replay.queries import close, connect
 
     con = connect(wss)
     try:

@@ -145,7 +145,7 @@ def test_sweep_file_with_options_overriding_it(cli, sws):
 
 
 @pytest.mark.parametrize("args, code, msg", [
-    (("--models", "v9"), 1, "unknown model"),
+    (("--models", "v9"), 2, "unknown model"),  # a usage error
     (("--cpus", "1,x"), 2, "--cpus takes comma-separated integers"),
     (("--cpus", "999"), 1, "--cpus must be between 1 and"),
     (("--executor", "ray"), 2, "--executor must be local or dask"),
