@@ -69,6 +69,7 @@ class Counts:
     fault_samples_period: int = 0  # ... whose sample period was over 1 (each stands for several faults)
     fault_samples_max_period: int = 0
     fault_access_unknown: int = 0  # faults whose read/write the trace does not say
+    faults_file_offset: int = 0  # perf trace faults printed as file@offset, not an address (kept as other)
 
     def add_status(self, status: np.ndarray) -> None:
         bc = np.bincount(status, minlength=6)

@@ -50,7 +50,15 @@ class InFmt(str, Enum):
     ftrace = "ftrace"
     trace_cmd = "trace-cmd"
     perf_data = "perf-data"
+    trace_dat = "trace-dat"
     perf_json = "perf-json"
+    perf_trace = "perf-trace"
+
+
+class Arch(str, Enum):
+    x86_64 = "x86_64"
+    arm64 = "arm64"
+    riscv64 = "riscv64"
 
 
 class Fail(Exception):
@@ -117,14 +125,15 @@ def _progress(total: int | None, what: str):
 
 @app.command()
 def ingest(
-    path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, perf JSON) or '-' for stdin."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name without extensions)."),
+    path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, trace.dat, perf JSON, perf trace) or '-' for stdin."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name less .gz/.zst and then one of .txt/.data/.dat/.json/.trace)."),
     fmt: InFmt = typer.Option(InFmt.auto, "--format", help="Input format; auto detects it from the content."),
     workspace: Optional[Path] = WorkspaceOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="/proc/PID/maps snapshot taken when the trace started (seeds the VMA tracker)."),
     output: Fmt = typer.Option(Fmt.table, "--output-format", "-O", help="How to print the summary (--format is the input's)."),
+    arch: Optional[Arch] = typer.Option(None, "--arch", help="Architecture the trace was recorded on (default: the trace's header, else x86_64); decides syscall numbers and what a fault's error code says."),
 ):
     """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
     from .ingesting import run_ingest
@@ -140,7 +149,8 @@ def ingest(
             raise Fail(f"cannot read --maps {maps}: {e.strerror}")
         except (MapsError, UnicodeDecodeError) as e:
             raise Fail(f"--maps {maps}: {e}")
-    res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot)
+    res = run_ingest(path, name, fmt.value, workspace, strict, replace, maps_snapshot=snapshot,
+                     arch=arch.value if arch else None)
     _print_ingest(res, output)
 
 
@@ -152,6 +162,7 @@ def _print_ingest(res, output: Fmt) -> None:
         rows = [{"trace_id": res.trace_id, "event": k, "count": v} for k, v in sorted(c.per_event.items())]
         if output is Fmt.json:
             print(json.dumps({"trace_id": res.trace_id, "format": res.format, "source": res.source,
+                              "arch": res.meta.get("arch"),
                               "sha256": res.sha256, "events": dict(sorted(c.per_event.items())),
                               "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain",
                                                                    "lost_records", "malformed")},
