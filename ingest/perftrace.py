@@ -210,14 +210,16 @@ def decode_perf_trace(stream, head: bytes = b""):
     rejects: list[tuple[int, str, str]] = []
 
     def lines():
-        rest = head
+        rest = b""
+        data = head
         while True:
-            data = stream.read(1 << 20)
             if not data:
-                break
-            data = rest + data
-            parts = data.split(b"\n")
+                data = stream.read(1 << 20)
+                if not data:
+                    break
+            parts = (rest + data).split(b"\n")
             rest = parts.pop()
+            data = b""
             yield from parts
         if rest:
             yield rest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import queue
 import threading
 import time
@@ -137,6 +138,9 @@ def resolve_arch(src: Source, arch: str | None) -> str:
             raise InputError(f"unknown --arch {arch!r}; choose one of {', '.join(archmod.ARCHES)}")
         return got
     said = src.meta.get("arch")
+    if not said and src.format == "perf-json":  # data-convert-json.c writes the header's arch
+        m = re.search(rb'"arch"\s*:\s*"([^"]*)"', src.head[:65536])
+        said = m.group(1).decode("utf-8", "replace") if m else None
     if not said and src.head:
         said = header_meta(ln.decode("utf-8", "replace") for ln in src.head.split(b"\n", 200)[:200]
                            if ln.startswith(b"#")).get("arch")

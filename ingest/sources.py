@@ -68,10 +68,10 @@ class Source:
     hashing: _Hashing | None
     proc: subprocess.Popen | None = None
     stderr_file: object = None
-    tool: str = ""  # the command whose output this is ("perf script", "trace-cmd report")
     meta: dict = field(default_factory=dict)
     head: bytes = b""  # bytes already read from ``stream`` for format detection
     _tmp: str | None = None
+    tool: str = ""  # the command whose output this is ("perf script", "trace-cmd report")
 
     @property
     def sha256(self) -> str:
@@ -275,9 +275,10 @@ def _open_trace_dat(path: str, name: str, outer, hashing: _Hashing) -> Source:
             "or global, mono, boot)")
     if clock:
         meta["trace_clock"] = clock.group(1)
-    uname = ask("report", "--uname", "-i", path).split()  # "Linux HOST RELEASE MACHINE"
-    if len(uname) >= 4 and uname[0] == "Linux":
-        meta.update(hostname=uname[1], kernel=uname[2], arch=uname[3])
+    for line in ask("report", "--uname", "-i", path).splitlines():  # "cpus=2", "Linux HOST RELEASE MACHINE", version
+        uname = line.split()
+        if len(uname) == 4 and uname[0] == "Linux":
+            meta.update(hostname=uname[1], kernel=uname[2], arch=uname[3])
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen([tc, "report", *TRACE_CMD_REPORT_ARGS, "-i", path], stdout=subprocess.PIPE, stderr=err,
                             stdin=subprocess.DEVNULL)

@@ -48,7 +48,8 @@ def is_sampled_fault(tracepoint: str) -> bool:
     return tracepoint.split(":", 1)[0] in SAMPLED_FAULT_EVENTS
 
 _EVENT_DICT = pa.array(EVENTS, pa.string())
-DIALECTS = {"perf-script": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE, "trace-cmd": scan.DIALECT_FTRACE}
+DIALECTS = {"perf-script": scan.DIALECT_PERF, "perf-data": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE,
+            "trace-cmd": scan.DIALECT_FTRACE, "trace-dat": scan.DIALECT_FTRACE}
 
 
 @dataclass
@@ -261,13 +262,16 @@ class TextDecoder:
             self._tp_sampled.append(self.dialect == scan.DIALECT_PERF and is_sampled_fault(name))
         ev_code = np.asarray(self._tp_event, dtype=np.int8)[tp_codes]
         self.counts.raw_clock += sc.raw_clock
+        sampled = None
         if any(self._tp_sampled):
-            ev_code = self._sampled_faults(sc, tp_codes, ev_code)
+            ev_code, sampled = self._sampled_faults(sc, tp_codes, ev_code)
         self._fault_access(sc, ev_code)
 
         # required fields: a page fault without an address is not a page fault; and a
         # time past int64 ns (the scanner's -1) is no time
         missing = self._req_mask[ev_code] & ~sc.present
+        if sampled is not None:  # a sampled fault has an address and no error code
+            missing[sampled] &= ~np.int32(1 << _F["error_code"])
         bad_ts = sc.ts == -1
         bad = np.flatnonzero((missing != 0) | bad_ts)
         rej = np.flatnonzero(status == scan.MALFORMED)
@@ -302,13 +306,13 @@ class TextDecoder:
         )
         return events, rejects, sc.n
 
-    def _sampled_faults(self, sc: Scanned, tp_codes: np.ndarray, ev_code: np.ndarray) -> np.ndarray:
+    def _sampled_faults(self, sc: Scanned, tp_codes: np.ndarray, ev_code: np.ndarray):
         """perf ``page-faults`` samples -> page_fault_user / page_fault_kernel, address from
         the sample addr (perf_sw_event(PERF_COUNT_SW_PAGE_FAULTS, 1, regs, address) in
         each arch's fault handler); a sample printed without addr stays ``other``."""
         rows = np.flatnonzero(np.asarray(self._tp_sampled, dtype=np.bool_)[tp_codes])
         if not len(rows):
-            return ev_code
+            return ev_code, None
         period = np.zeros(len(rows), np.int64)
         scan.sample_payloads(sc.buf, sc.ev_s, sc.pay_s, sc.pay_e, rows, sc.vals, sc.present, period)
         has_addr = (sc.present[rows] & (1 << _F["address"])) != 0
@@ -321,7 +325,7 @@ class TextDecoder:
         c.fault_samples_no_addr += int((~has_addr).sum())
         c.fault_samples_period += int((period > 1).sum())
         c.fault_samples_max_period = max(c.fault_samples_max_period, int(period.max(initial=0)))
-        return ev_code
+        return ev_code, rows
 
     def _fault_access(self, sc: Scanned, ev_code: np.ndarray) -> None:
         """``write`` of each page fault, from its error code as the architecture defines it
