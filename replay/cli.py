@@ -173,7 +173,7 @@ def _print_ingest(res, output: Fmt) -> None:
             _emit(rows, ["trace_id", "event", "count"], output)
         return
     _emit([{"event": k, "count": v} for k, v in sorted(c.per_event.items())], ["event", "count"], Fmt.table,
-          title=f"{res.trace_id}: {c.parsed:,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)")
+          title=f"{res.trace_id}: {sum(c.per_event.values()):,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)")
     acct = [
         {"lines": "parsed events", "count": c.parsed}, {"lines": "header/comment", "count": c.header},
         {"lines": "blank", "count": c.blank}, {"lines": "callchain frames", "count": c.callchain},
