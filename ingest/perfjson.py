@@ -6,16 +6,18 @@ libtraceevent, each tracepoint field as a string (pointers and longs as ``0x…`
 integers in decimal).  There is no event-name key, so events are told apart by their
 field sets:
 
-* address + ip + error_code: a page fault; ``error_code`` bit 2 (X86_PF_USER) says user
-  or kernel mode, which is exactly what separates the two tracepoints
-  (arch/x86/mm/fault.c, trace_page_fault_entries).
+* address + ip + error_code: a page fault.  On x86 ``error_code`` bit 2 (X86_PF_USER)
+  says user or kernel mode, which is exactly what separates the two tracepoints
+  (arch/x86/mm/fault.c, trace_page_fault_entries); elsewhere the error code does not
+  say (RISC-V's is scause), so the ip does: in the kernel's half of the address space
+  (ingest/arch.py) it was a kernel-mode fault.
 * mm + write [+ success]: an mmap_lock event; with ``success`` it is
   acquire_returned, else start_locking or released, told apart by whether this thread
   holds that lock (the trace_mmap_lock_* calls in include/linux/mmap_lock.h bracket it;
   mmap_write_downgrade traces a read acquire_returned with no release of the write hold).
 * mm + mt: mmap:exit_mmap.
 * ``__syscall_nr``: a syscalls:sys_enter_*/sys_exit_* event (exit events carry ``ret``);
-  x86-64 syscall numbers name it.
+  the recording architecture's syscall numbers name it (ingest/arch.py).
 
 Samples are streamed one object at a time; memory stays bounded by one sample.
 Samples with no tracepoint fields (perf built without libtraceevent, e.g. perf 6.1 in
@@ -26,16 +28,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
-from .schema import EVENTS_SCHEMA, REJECTS_SCHEMA, REQUIRED
+from . import arch as archmod
+from .schema import EVENTS_SCHEMA, FAULT_EVENTS, REJECTS_SCHEMA, REQUIRED
 from .scan import FIELDS, KEY_TO_FIELD
 from .text import Counts
 
-X86_64_SYSCALLS = {9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 25: "mremap", 28: "madvise"}
 # what every sample has, tracepoint or not (data-convert-json.c, process_sample_event())
 SAMPLE_KEYS = frozenset({"timestamp", "cpu", "pid", "tid", "comm", "callchain", "ip", "sym", "dso", "period"})
-X86_PF_USER = 1 << 2
 BATCH = 65536
 
 
@@ -87,14 +89,17 @@ def _timestamp(v) -> int:
     return v
 
 
-def _classify(sample: dict, held: dict) -> str:
+def _classify(sample: dict, held: dict, arch: str = archmod.DEFAULT_ARCH) -> str:
     if "__syscall_nr" in sample:
-        name = X86_64_SYSCALLS.get(int(_num(sample["__syscall_nr"])))
+        name = archmod.SYSCALLS[arch].get(int(_num(sample["__syscall_nr"])))
         if name is None:
             return "other"
         return f"sys_exit_{name}" if "ret" in sample else f"sys_enter_{name}"
     if "address" in sample and "error_code" in sample:
-        return "page_fault_user" if _num(sample["error_code"]) & X86_PF_USER else "page_fault_kernel"
+        if arch == "x86_64":
+            return "page_fault_user" if _num(sample["error_code"]) & archmod.X86_PF_USER else "page_fault_kernel"
+        kernel = archmod.kernel_mode_ip(np.array([_num(sample.get("ip", 0))], np.uint64))[0]
+        return "page_fault_kernel" if kernel else "page_fault_user"
     if "mm" in sample and "mt" in sample:  # mmap:exit_mmap (include/trace/events/mmap.h)
         return "exit_mmap"
     if "mm" in sample and "write" in sample:
@@ -160,7 +165,7 @@ def iter_samples(stream, chunk_size: int = 1 << 20, head: bytes = b""):
         yield idx, obj
 
 
-def decode_json(stream, head: bytes = b""):
+def decode_json(stream, head: bytes = b"", arch: str = archmod.DEFAULT_ARCH):
     """Yield (events table, rejects table) batches and return the Counts at the end."""
     counts = Counts()
     held: dict = {}
@@ -188,7 +193,7 @@ def decode_json(stream, head: bytes = b""):
             rejects.append((idx, "sample is not a JSON object", json.dumps(smp)[:400]))
             continue
         try:
-            event = _classify(smp, held)
+            event = _classify(smp, held, arch)
             row = {"seq": idx, "ts_ns": _timestamp(smp["timestamp"]), "cpu": smp.get("cpu"), "pid": smp.get("pid"),
                    "tid": smp.get("tid"), "comm": smp.get("comm"), "event": event, "tracepoint": None}
             extra = {}
@@ -212,6 +217,11 @@ def decode_json(stream, head: bytes = b""):
                     row[name] = val
             if extra:
                 row["raw"] = json.dumps(extra, sort_keys=True)
+            if event in FAULT_EVENTS:
+                w = archmod.fault_write(arch, np.array([row.get("error_code") or 0], np.int64))
+                row["write"] = None if w is None or row.get("error_code") is None else bool(w[0])
+                if row["write"] is None:
+                    counts.fault_access_unknown += 1
             need = [f for f in REQUIRED.get(event, ()) if row.get(f) is None]
             if need:
                 raise ValueError(f"{event} without {', '.join(need)}")

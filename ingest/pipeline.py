@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import queue
 import threading
 import time
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import arch as archmod
 from .order import TimeOrder
 from .perfjson import decode_json
+from .perftrace import decode_perf_trace
 from .schema import EVENTS_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, TRACES_SCHEMA
 from .sources import InputError, Source, header_meta, read_chunks
 from .text import DIALECTS, BufferPool, Counts, TextDecoder, scan_chunk
@@ -54,9 +57,9 @@ class IngestResult:
             "trace_id": self.trace_id, "source": self.source, "format": self.format, "sha256": self.sha256,
             "bytes": self.bytes_in, "ingested_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
             "hostname": self.meta.get("hostname"), "kernel": self.meta.get("kernel"),
-            "nr_cpus": self.meta.get("nr_cpus"), "lines": c.lines, "parsed": c.parsed, "header": c.header,
+            "nr_cpus": self.meta.get("nr_cpus"), "arch": self.meta.get("arch"), "lines": c.lines, "parsed": c.parsed, "header": c.header,
             "blank": c.blank, "callchain": c.callchain, "lost_records": c.lost_records,
-            "lost_events": c.lost_events, "malformed": c.malformed, "events": c.parsed,
+            "lost_events": c.lost_events, "malformed": c.malformed, "events": sum(c.per_event.values()),
             "out_of_order": self.out_of_order,
             "schema_version": SCHEMA_VERSION, "tool_version": tool_version, "maps_snapshot": maps_snapshot,
         }
@@ -126,17 +129,42 @@ def _first_rejects(rj: pa.Table, have: list, limit: int = 5):
         have.extend(rj.slice(0, limit - len(have)).to_pylist())
 
 
+def resolve_arch(src: Source, arch: str | None) -> str:
+    """--arch, else the trace's header (perf's ``# arch :`` in the first lines or the
+    perf.data header; the uname a trace.dat saved), else x86-64, marked assumed."""
+    if arch:
+        got = archmod.canonical_arch(arch)
+        if got is None:
+            raise InputError(f"unknown --arch {arch!r}; choose one of {', '.join(archmod.ARCHES)}")
+        return got
+    said = src.meta.get("arch")
+    if not said and src.format == "perf-json":  # data-convert-json.c writes the header's arch
+        m = re.search(rb'"arch"\s*:\s*"([^"]*)"', src.head[:65536])
+        said = m.group(1).decode("utf-8", "replace") if m else None
+    if not said and src.head:
+        said = header_meta(ln.decode("utf-8", "replace") for ln in src.head.split(b"\n", 200)[:200]
+                           if ln.startswith(b"#")).get("arch")
+    if said:
+        got = archmod.canonical_arch(said)
+        if got is None:
+            raise InputError(f"{src.name} was recorded on {said}, an architecture this tool cannot decode "
+                             f"(it knows {', '.join(archmod.ARCHES)}); pass --arch to decode it as one of them")
+        return got
+    return archmod.DEFAULT_ARCH + " (assumed)"
+
+
 def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, explicit_format: bool = False,
-              progress=None) -> IngestResult:
+              progress=None, arch: str | None = None) -> IngestResult:
     """Parse ``src`` into ``stage``/events.parquet and rejects.parquet; return the accounting."""
     t0 = time.perf_counter()
     res = IngestResult(trace_id, src.format, src.name, Counts(), meta=dict(src.meta))
+    res.meta["arch"] = resolve_arch(src, arch)
     writer = _Writer(stage)
     writer.start()
     order = TimeOrder()
     try:
-        if src.format == "perf-json":
-            _ingest_json(src, res, writer, order, strict, progress)
+        if src.format in ("perf-json", "perf-trace"):
+            _ingest_records(src, res, writer, order, strict, progress)
         else:
             _ingest_text(src, res, writer, order, strict, explicit_format, progress)
         src.finish()
@@ -153,7 +181,7 @@ def ingest_to(src: Source, stage: str, trace_id: str, strict: bool = False, expl
         "replay.schema_version": str(SCHEMA_VERSION), "replay.trace_id": trace_id, "replay.format": src.format,
         "replay.source": src.name, "replay.sha256": res.sha256, "replay.lines": str(res.counts.lines),
         "replay.parsed": str(res.counts.parsed), "replay.malformed": str(res.counts.malformed),
-        "replay.lost_events": str(res.counts.lost_events),
+        "replay.lost_events": str(res.counts.lost_events), "replay.arch": res.meta["arch"],
     }
     writer.close({k.encode(): v.encode() for k, v in md.items()})
     res.seconds = time.perf_counter() - t0
@@ -173,6 +201,21 @@ def warnings(res: IngestResult) -> list[str]:
         out.append(f"time goes backwards at {res.out_of_order:,} events on their CPU or thread ({first}{more}): "
                    "the events are kept as recorded; replay ops takes them in timestamp order "
                    "(a stable sort, as perf orders events)")
+    if c.fault_samples_no_addr:
+        out.append(f"{c.fault_samples_no_addr:,} page-faults samples show no sample address, so they are kept as "
+                   "`other`: record with perf record -e page-faults -d and print the address "
+                   "(perf script -F ...,addr,ip; replay ingest perf.data does)")
+    if c.fault_samples_period:
+        out.append(f"{c.fault_samples_period:,} of {c.fault_samples:,} page-faults samples stand for more than one "
+                   f"fault (sample period up to {c.fault_samples_max_period:,}): perf sampled the faults; record "
+                   "with -c 1 to see every one")
+    if c.faults_file_offset:
+        out.append(f"{c.faults_file_offset:,} perf trace faults are on file-backed mappings, which perf trace prints "
+                   "as file@offset, not as the address: they are kept as `other`; perf record -e page-faults -d "
+                   "gives every fault's address")
+    if c.fault_access_unknown:
+        out.append(f"{c.fault_access_unknown:,} page faults do not say whether they read or wrote (`write` is null: "
+                   f"{_unknown_access_why(res)})")
     if c.fieldless:
         out.append(f"{c.fieldless:,} of {c.lines:,} samples carry no tracepoint fields, so they are kept as `other` "
                    "and cannot be replayed: this perf's `data convert --to-json` does not write them (perf 6.1 as "
@@ -181,10 +224,18 @@ def warnings(res: IngestResult) -> list[str]:
     return out
 
 
+def _unknown_access_why(res: IngestResult) -> str:
+    if res.format == "perf-trace":
+        return "perf trace prints no access type"
+    if res.counts.fault_samples:
+        return "a perf page-faults sample carries no error code"
+    return f"their error code says nothing of it on {res.meta.get('arch')}, or they print none"
+
+
 def _ingest_text(src: Source, res: IngestResult, writer: _Writer, order: TimeOrder, strict: bool, explicit: bool,
                  progress):
     dialect = DIALECTS[src.format if src.format in DIALECTS else "perf-script"]
-    dec = TextDecoder(dialect)
+    dec = TextDecoder(dialect, res.meta["arch"].split()[0])
     chunks: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
     reader = threading.Thread(target=_reader, args=(src, chunks, stop), daemon=True)
@@ -250,17 +301,28 @@ def _ingest_text(src: Source, res: IngestResult, writer: _Writer, order: TimeOrd
     for k, v in header_meta(dec.header_lines).items():
         res.meta.setdefault(k, v)
     if res.counts.parsed == 0:
+        src.check_tool()  # perf script / trace-cmd report failing says why better than we can
         raise InputError(f"{src.name}: no event parsed from {res.counts.lines} lines (format {src.format})")
+    if res.counts.raw_clock:
+        raise InputError(
+            f"{src.name}: the timestamps of {res.counts.raw_clock:,} events are raw trace-clock counts, not time "
+            "(no fraction of a second: ftrace prints them so for trace_clock counter, uptime and x86-tsc, "
+            "kernel/trace/trace_output.c); record with a clock that counts ns (echo local > trace_clock, the default, "
+            "or global, mono, boot)")
 
 
-def _ingest_json(src: Source, res: IngestResult, writer: _Writer, order: TimeOrder, strict: bool, progress):
-    gen = decode_json(src.stream, head=src.head)
+def _ingest_records(src: Source, res: IngestResult, writer: _Writer, order: TimeOrder, strict: bool, progress):
+    """perf JSON (samples) and perf trace (lines): formats decoded in Python, a record at a time."""
+    json = src.format == "perf-json"
+    gen = decode_json(src.stream, head=src.head, arch=res.meta["arch"].split()[0]) if json else \
+        decode_perf_trace(src.stream, head=src.head)
+    unit = "sample" if json else "line"
     try:
         while True:
             ev, rj = next(gen)
             if strict and rj.num_rows:
                 r = rj.slice(0, 1).to_pylist()[0]
-                raise InputError(f"sample {r['line']}: {r['reason']} (--strict)")
+                raise InputError(f"{unit} {r['line']}: {r['reason']} (--strict)")
             _first_rejects(rj, res.first_rejects)
             order.feed_table(ev)
             writer.put((ev, rj, None))
@@ -271,5 +333,7 @@ def _ingest_json(src: Source, res: IngestResult, writer: _Writer, order: TimeOrd
     except ValueError as e:
         raise InputError(f"{src.name}: {e}") from None
     if res.counts.lines == 0:
-        raise InputError(f"{src.name}: perf JSON with no samples")
+        raise InputError(f"{src.name}: perf JSON with no samples" if json else f"{src.name} is empty")
+    if res.counts.parsed == 0 and not json:
+        raise InputError(f"{src.name}: no event parsed from {res.counts.lines} lines (format perf-trace)")
 

@@ -25,8 +25,16 @@ PARSED, HEADER, BLANK, CALLCHAIN, LOST, MALFORMED = 0, 1, 2, 3, 4, 5
 DIALECT_PERF = 0  # `perf script` text: "comm [pid/]tid [cpu] secs.frac: event: payload"
 DIALECT_FTRACE = 1  # ftrace trace/trace_pipe and trace-cmd report: "comm-pid [(tgid)] [cpu] [flags] ts: event: payload"
 
-# -- ftrace syscall-event shape (sys_mmap(...) / sys_mmap -> ret) --------------------
-HINT_NONE, HINT_SYS_ENTER, HINT_SYS_EXIT = 0, 1, 2
+# -- event-name shapes: ftrace's syscall events (sys_mmap(...) / sys_mmap -> ret), and
+# lines that print no event name: the function tracer's "func <-parent" and the
+# function_graph tracer's "CPU) duration | call" (kernel/trace/trace_output.c,
+# trace_fn_trace(); kernel/trace/trace_functions_graph.c, print_graph_*()) ---------
+HINT_NONE, HINT_SYS_ENTER, HINT_SYS_EXIT, HINT_FUNCTION, HINT_FUNCGRAPH = 0, 1, 2, 3, 4
+# the tracepoint name each nameless shape is kept under (ftrace's own event names for them)
+HINT_NAMES = {HINT_FUNCTION: "function", HINT_FUNCGRAPH: "function_graph"}
+
+# -- per-chunk counters the scan returns beside the events (``notes``) ---------------
+NOTE_LOST, NOTE_RAW_CLOCK, NNOTES = 0, 1, 2
 
 # -- typed payload fields (row index into the ``vals`` matrix) ------------------------
 FIELDS = (
@@ -35,12 +43,20 @@ FIELDS = (
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 NFIELDS = len(FIELDS)
+F_ADDRESS, F_IP, F_RET = F["address"], F["ip"], F["ret"]
 UNMAPPED_BIT = np.int32(1 << 30)  # part of the payload did not land in a typed column
 
 # Payload keys as the kernel's TP_printk formats spell them, mapped to typed fields.
-# -1: known and deliberately not stored (memcg identity, syscall number).
+# -1: known and deliberately not stored (memcg_id, a number per boot; syscall number).
+# memcg_path (mmap_lock events before memcg_id replaced it) is not in the table: a key
+# outside it keeps the payload in ``raw``, so the cgroup path is not lost.
 KEY_TO_FIELD = {
     "address": F["address"], "ip": F["ip"], "error_code": F["error_code"],
+    # RISC-V page faults as the posted arch/riscv/include/asm/trace/exceptions.h prints
+    # them ("user page fault, address=%ps epc=%ps cause=0x%lx"): epc is the faulting pc,
+    # cause the scause value; mainline prints scause as error_code (include/trace/events/
+    # exceptions.h, used by arch/riscv/mm/fault.c).  ingest/arch.py decodes it.
+    "epc": F["ip"], "cause": F["error_code"],
     "mm": F["mm"], "write": F["write"], "success": F["success"],
     # syscalls: mmap(addr,len,prot,flags,fd,off), munmap(addr,len), mprotect(start,len,prot),
     # mremap(addr,old_len,new_len,flags,new_addr), brk(brk), madvise(start,len_in,behavior)
@@ -49,7 +65,7 @@ KEY_TO_FIELD = {
     "new_len": F["new_len"], "new_addr": F["new_addr"], "prot": F["prot"],
     "flags": F["flags"], "behavior": F["flags"], "fd": F["fd"], "off": F["off"],
     "pgoff": F["off"], "ret": F["ret"],
-    "memcg_id": -1, "memcg_path": -1, "__syscall_nr": -1,
+    "memcg_id": -1, "__syscall_nr": -1,
 }
 KEY_HEX_ALWAYS = {"mm"}  # ftrace prints the hashed mm pointer as bare hex
 
@@ -300,6 +316,19 @@ def _event_and_payload(buf, p, e, r, ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals,
         p += 1
     es = p
     h = HINT_NONE
+    if ftrace and p < e and buf[p] == 60:  # "<stack trace>", "<user stack trace>" (trace_output.c)
+        while p < e and buf[p] != 62:
+            p += 1
+        if p == e:
+            return False
+        p += 1
+        ev_s[r] = es
+        ev_e[r] = p
+        ev_h[r] = _hash(buf, es, p)
+        hint[r] = HINT_NONE
+        pay_s[r] = p
+        pay_e[r] = p
+        return True
     while p < e:
         c = buf[p]
         if c == 58 and (p + 1 == e or buf[p + 1] == 32):  # "name: "
@@ -328,6 +357,15 @@ def _event_and_payload(buf, p, e, r, ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals,
             h = HINT_SYS_EXIT
             ps = p + 4
             pe = e
+        elif p + 2 < e and buf[p + 1] == 60 and buf[p + 2] == 45:  # function tracer: "func <-parent"
+            ev_s[r] = es
+            ev_e[r] = ee
+            ev_h[r] = FUNCTION_HASH
+            hint[r] = HINT_FUNCTION
+            pay_s[r] = es
+            pay_e[r] = e
+            present[r] |= UNMAPPED_BIT  # the call and its caller: kept in raw
+            return True
         else:
             return False
     elif p < e:  # ':'
@@ -351,6 +389,11 @@ def _event_and_payload(buf, p, e, r, ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals,
     _parse_payload(buf, ps, pe, r, vals, present, key_hash, key_field, key_hex, bare_hex)
     return True
 
+
+FUNCTION_HASH = np.uint64(fnv1a(b"function") ^ 0x3333333333333333)
+FUNCGRAPH_HASH = np.uint64(fnv1a(b"function_graph") ^ 0x3333333333333333)
+NO_TASK = np.int32(-2147483648)  # tid of a line that names no task (function_graph output)
+NO_TIME = np.int64(-2)  # ts of a line without a timestamp (-1: a time past int64 ns)
 
 LIT_LOST_PERF = np.frombuffer(b"PERF_RECORD_LOST", dtype=np.uint8).copy()
 LIT_LOST = np.frombuffer(b"lost ", dtype=np.uint8).copy()
@@ -538,11 +581,24 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
                     if p > t0 and p < e and buf[p] == 58 and dot > t0:
                         if not _ids_fit(c, tgid, tid_v):
                             return MALFORMED
-                        if _starts_with(buf, i, d, LIT_UNKNOWN_COMM) and d - i == 5:
+                        if dot == p:  # no fraction: a clock that does not count ns (trace_clock counter, x86-tsc, uptime)
+                            lost[NOTE_RAW_CLOCK] += 1
+                        cs = i
+                        if d - i > 15:
+                            # longer than any comm (TASK_COMM_LEN - 1): trace-cmd report of
+                            # an instance buffer puts "instance: " first
+                            q = i
+                            while q < d and not (buf[q] == 58 and q + 1 < d and buf[q + 1] == 32):
+                                q += 1
+                            if q < d:
+                                cs = q + 1
+                                while cs < d and buf[cs] == 32:
+                                    cs += 1
+                        if _starts_with(buf, cs, d, LIT_UNKNOWN_COMM) and d - cs == 5:
                             comm_s[r] = -1
                             comm_e[r] = -1
                         else:
-                            comm_s[r] = i
+                            comm_s[r] = cs
                             comm_e[r] = d
                         tid[r] = tid_v
                         pid[r] = tgid
@@ -557,7 +613,64 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
     if _starts_with(buf, i, e, LIT_CPUS) or _starts_with(buf, i, e, LIT_VERSION) or (
             _starts_with(buf, i, e, LIT_CPU) and _find(buf, i, e, LIT_IS_EMPTY) >= 0):
         return HEADER
+    # a stack-trace frame: " => func" after "<stack trace>", " =>  <00007f..>" after
+    # "<user stack trace>" (trace_output.c, trace_stack_print()/trace_user_stack_print())
+    if i > s and i + 2 < e and buf[i] == 61 and buf[i + 1] == 62 and buf[i + 2] == 32:
+        return CALLCHAIN
+    if _funcgraph_line(buf, s, i, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint, pay_s, pay_e,
+                       present):
+        return PARSED
     return MALFORMED
+
+
+@njit(cache=True, nogil=True)
+def _funcgraph_line(buf, s, i, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint, pay_s, pay_e,
+                    present):
+    """A function_graph tracer line (trace_functions_graph.c): `` 3)   4.429 us    |  func();``,
+    `` 2)               |  /* event: payload */``, `` 0)  bash-1 =>  sshd-2``, optionally
+    after an absolute time (``funcgraph-abstime``: ``  2616.730120 |   2)  ...``), or a
+    ``------`` separator.  It names no task and (mostly) no time: an ``other`` event on
+    its CPU, its text in raw."""
+    j = i
+    c = np.int64(-1)
+    if j < e and _isdigit(buf[j]):
+        v, j = _read_uint(buf, j, e)
+        if j < e and buf[j] == 46:  # funcgraph-abstime: "secs.usecs |"
+            j += 1
+            while j < e and _isdigit(buf[j]):
+                j += 1
+            while j < e and buf[j] == 32:
+                j += 1
+            if not (j < e and buf[j] == 124):
+                return False
+            j += 1
+            while j < e and buf[j] == 32:
+                j += 1
+            if not (j < e and _isdigit(buf[j])):
+                return False
+            v, j = _read_uint(buf, j, e)
+        if not (j < e and buf[j] == 41 and v <= 32767):  # "N)"
+            return False
+        c = v
+    else:
+        j = i
+        while j < e and buf[j] == 45:
+            j += 1
+        if j - i < 8 or j != e:  # the context-switch separator: a row of dashes
+            return False
+    ts[r] = NO_TIME
+    cpu[r] = c
+    tid[r] = NO_TASK
+    comm_s[r] = -1
+    comm_e[r] = -1
+    ev_s[r] = i
+    ev_e[r] = i
+    ev_h[r] = FUNCGRAPH_HASH
+    hint[r] = HINT_FUNCGRAPH
+    pay_s[r] = i
+    pay_e[r] = e
+    present[r] = UNMAPPED_BIT
+    return True
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -592,7 +705,7 @@ def _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h):
 def scan_perf_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s, comm_e, comm_h,
                     ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals, present, key_hash, key_field, key_hex):
     k = 0
-    lost = np.zeros(1, np.int64)
+    lost = np.zeros(NNOTES, np.int64)
     lost_total = 0
     for r in range(starts.shape[0]):
         s, e = _line_start(buf, starts, ends, r, k, present, pid, cpu, lost)
@@ -601,14 +714,14 @@ def scan_perf_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s, c
         status[r] = st
         k = _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h)
         lost_total += lost[0]
-    return k, lost_total
+    return k, lost_total, lost[NOTE_RAW_CLOCK]
 
 
 @njit(cache=True, nogil=True)
 def scan_ftrace_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s, comm_e, comm_h,
                       ev_s, ev_e, ev_h, hint, pay_s, pay_e, vals, present, key_hash, key_field, key_hex):
     k = 0
-    lost = np.zeros(1, np.int64)
+    lost = np.zeros(NNOTES, np.int64)
     lost_total = 0
     for r in range(starts.shape[0]):
         s, e = _line_start(buf, starts, ends, r, k, present, pid, cpu, lost)
@@ -617,7 +730,7 @@ def scan_ftrace_lines(buf, starts, ends, status, seq, ts, cpu, pid, tid, comm_s,
         status[r] = st
         k = _line_done(buf, st, r, k, seq, ev_h, comm_s, comm_e, comm_h)
         lost_total += lost[0]
-    return k, lost_total
+    return k, lost_total, lost[NOTE_RAW_CLOCK]
 
 
 def scanner(dialect: int):
@@ -629,7 +742,8 @@ def scan_lines(buf, starts, ends, dialect, *arrays):
     """Scan every line ``buf[starts[r]:ends[r]]`` into ``status[r]``; events are packed
     densely into the per-event arrays (slot k holds line ``seq[k]``).
 
-    Returns (number of events, lost events reported by lost-event records)."""
+    Returns (number of events, lost events reported by lost-event records, lines whose
+    timestamp has no fraction - a trace clock that does not count time)."""
     return scanner(dialect)(buf, starts, ends, *arrays)
 
 
@@ -701,3 +815,56 @@ def gather(buf, starts, ends, rows):
             out[o] = buf[i]
             o += 1
     return out, offs
+
+
+@njit(cache=True, nogil=True)
+def sample_payloads(buf, ev_s, pay_s, pay_e, rows, vals, present, period):
+    """perf script lines of sampled software events (``page-faults``): the payload is
+    ``ADDR IP [sym (dso)]`` in bare hex - ``addr`` and ``ip`` as tools/perf/builtin-script.c
+    prints them (perf_sample__fprintf_addr() before the ip) - and the sample period
+    stands before the event name.  For each row in ``rows``: the two leading hex words
+    become address and ip (one word alone is the ip: perf's default fields have no
+    addr), and ``period[k]`` the period (0 when the line shows none)."""
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        mask = present[r] & ~np.int32((1 << F_RET) | (1 << F_ADDRESS) | (1 << F_IP))
+        words = 0
+        w0 = np.uint64(0)
+        w1 = np.uint64(0)
+        q = pay_s[r]
+        e = pay_e[r]
+        while q < e and words < 2:
+            while q < e and _isspace(buf[q]):
+                q += 1
+            ws = q
+            while q < e and not _isspace(buf[q]):
+                q += 1
+            if q == ws:
+                break
+            ok, v = _parse_number(buf, ws, q, True)
+            if not ok:
+                break
+            if words == 0:
+                w0 = v
+            else:
+                w1 = v
+            words += 1
+        if words == 2:
+            vals[F_ADDRESS, r] = w0
+            vals[F_IP, r] = w1
+            mask |= np.int32((1 << F_ADDRESS) | (1 << F_IP))
+        elif words == 1:
+            vals[F_IP, r] = w0
+            mask |= np.int32(1 << F_IP)
+        present[r] = mask
+        # "...: 1 page-faults:": the digits before the event name
+        b = ev_s[r] - 1
+        while b > 0 and buf[b] == 32:
+            b -= 1
+        t = b
+        while t >= 0 and _isdigit(buf[t]):
+            t -= 1
+        p = np.int64(0)
+        if t < b and t >= 0 and buf[t] == 32:
+            p, _ = _read_uint(buf, t + 1, b + 1)
+        period[k] = p

@@ -29,13 +29,16 @@ EVENTS = (
     "other",
 )
 EVENT_CODE = {name: i for i, name in enumerate(EVENTS)}
+FAULT_EVENTS = ("page_fault_user", "page_fault_kernel")
 
 ALIASES = {
     "mmap_lock_start_locking": "mmap_lock_start",
     "mmap_lock_acquire_returned": "mmap_lock_acquired",
 }
 
-# Fields each event must carry to be usable; a line without them is malformed.
+# Fields each event must carry to be usable; a line without them is malformed.  A
+# fault's error_code is required only on x86, where it is the record of the access
+# (ingest/arch.py); perf page-faults samples and other architectures may lack it.
 REQUIRED = {
     "page_fault_user": ("address", "error_code"),
     "page_fault_kernel": ("address", "error_code"),
@@ -66,19 +69,21 @@ STR_DICT = pa.dictionary(pa.int32(), pa.string())
 EVENTS_SCHEMA = pa.schema(
     [
         pa.field("seq", pa.int64(), nullable=False, metadata={"doc": "input line number (1-based); JSON: sample index"}),
-        pa.field("ts_ns", pa.int64(), metadata={"doc": "timestamp in ns (raw counter value for counter clocks)"}),
+        pa.field("ts_ns", pa.int64(), metadata={"doc": "timestamp in ns (relative to the first event for perf trace); null for function_graph output lines"}),
         pa.field("cpu", pa.int16()),
         pa.field("pid", pa.int32(), metadata={"doc": "tgid; null when the format does not print it"}),
-        pa.field("tid", pa.int32()),
+        pa.field("tid", pa.int32(), metadata={"doc": "thread id; null for function_graph output lines, which name no task"}),
         pa.field("comm", STR_DICT),
         pa.field("event", EVENT_TYPE, nullable=False),
         pa.field("tracepoint", STR_DICT, metadata={"doc": "event name as printed"}),
         pa.field("mm", pa.uint64(), metadata={"doc": "mm_struct pointer as printed (hashed in ftrace)"}),
-        pa.field("write", pa.bool_()),
+        pa.field("write", pa.bool_(), metadata={
+            "doc": "mmap_lock: write lock; page faults: write access from the error code as the arch defines it "
+                   "(ingest/arch.py), null where the trace does not say (perf page-faults samples, perf trace, arm64)"}),
         pa.field("success", pa.bool_()),
         pa.field("address", pa.uint64(), metadata={"doc": "fault address; syscall addr/start/brk"}),
         pa.field("ip", pa.uint64()),
-        pa.field("error_code", pa.uint32()),
+        pa.field("error_code", pa.uint32(), metadata={"doc": "page-fault error code as printed: x86 X86_PF_* bits, RISC-V scause"}),
         pa.field("len", pa.int64(), metadata={"doc": "len / len_in / old_len (mremap)"}),
         pa.field("new_len", pa.int64()),
         pa.field("new_addr", pa.uint64()),
@@ -110,6 +115,8 @@ TRACES_SCHEMA = pa.schema(
         pa.field("hostname", pa.string()),
         pa.field("kernel", pa.string()),
         pa.field("nr_cpus", pa.int32()),
+        pa.field("arch", pa.string(), metadata={
+            "doc": "architecture the trace was decoded for (--arch, the trace's header, or 'x86_64 (assumed)')"}),
         pa.field("lines", pa.int64()),
         pa.field("parsed", pa.int64()),
         pa.field("header", pa.int64()),

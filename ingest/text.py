@@ -16,17 +16,40 @@ import pyarrow as pa
 
 from replay.jit import notice_compile
 
+from . import arch as archmod
 from . import scan
-from .schema import EVENT_CODE, EVENTS, EVENTS_SCHEMA, REJECTS_SCHEMA, REQUIRED, canonical_event
+from .schema import EVENT_CODE, EVENTS, EVENTS_SCHEMA, FAULT_EVENTS, REJECTS_SCHEMA, REQUIRED, canonical_event
 
 _F = scan.F
-_REQ_MASK = np.zeros(len(EVENTS), dtype=np.int32)
-for _name, _fields in REQUIRED.items():
-    for _f in _fields:
-        _REQ_MASK[EVENT_CODE[_name]] |= 1 << _F[_f]
+_FAULT_CODES = np.array([EVENT_CODE[e] for e in FAULT_EVENTS], np.int8)
+
+
+def _required_mask(arch: str) -> np.ndarray:
+    """Per event code, the field bits an event must carry (ingest/arch.py: the error
+    code is required only where it is the record of the access)."""
+    mask = np.zeros(len(EVENTS), dtype=np.int32)
+    for name, fields in REQUIRED.items():
+        for f in fields:
+            if f == "error_code" and name in FAULT_EVENTS and not archmod.error_code_required(arch):
+                continue
+            mask[EVENT_CODE[name]] |= 1 << _F[f]
+    return mask
+
+
+# perf's software page-fault event as perf script names it (tools/perf/util/parse-events.c,
+# event_symbols_sw[PERF_COUNT_SW_PAGE_FAULTS]: "page-faults", alias "faults"), with or
+# without modifiers ("page-faults:u").  minor-faults / major-faults are counted after the
+# fault is handled (mm_account_fault(), mm/memory.c) and would count a fault twice
+# beside page-faults: they stay ``other``.
+SAMPLED_FAULT_EVENTS = ("page-faults", "faults")
+
+
+def is_sampled_fault(tracepoint: str) -> bool:
+    return tracepoint.split(":", 1)[0] in SAMPLED_FAULT_EVENTS
 
 _EVENT_DICT = pa.array(EVENTS, pa.string())
-DIALECTS = {"perf-script": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE, "trace-cmd": scan.DIALECT_FTRACE}
+DIALECTS = {"perf-script": scan.DIALECT_PERF, "perf-data": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE,
+            "trace-cmd": scan.DIALECT_FTRACE, "trace-dat": scan.DIALECT_FTRACE}
 
 
 @dataclass
@@ -41,6 +64,13 @@ class Counts:
     malformed: int = 0
     per_event: dict = field(default_factory=dict)
     fieldless: int = 0  # perf JSON: samples with no tracepoint fields at all
+    raw_clock: int = 0  # ftrace lines whose timestamp is a raw counter, not time
+    fault_samples: int = 0  # perf page-faults samples made into faults
+    fault_samples_no_addr: int = 0  # ... printed without the sample address (kept as other)
+    fault_samples_period: int = 0  # ... whose sample period was over 1 (each stands for several faults)
+    fault_samples_max_period: int = 0
+    fault_access_unknown: int = 0  # faults whose read/write the trace does not say
+    faults_file_offset: int = 0  # perf trace faults printed as file@offset, not an address (kept as other)
 
     def add_status(self, status: np.ndarray) -> None:
         bc = np.bincount(status, minlength=6)
@@ -63,6 +93,8 @@ def _decode(b: bytes) -> str:
 def _tracepoint_name(buf: np.ndarray, s: int, e: int, hint: int) -> str:
     """The tracepoint's name: as printed, except ftrace's syscall shapes
     (``sys_mmap(...)`` / ``sys_mmap -> ret``), which are named as the tracepoints are."""
+    if hint in scan.HINT_NAMES:
+        return scan.HINT_NAMES[hint]
     name = _decode(bytes(buf[s:e]))
     if hint and name.startswith("sys_"):
         name = ("sys_enter_" if hint == scan.HINT_SYS_ENTER else "sys_exit_") + name[4:]
@@ -188,9 +220,10 @@ def scan_chunk(chunk: bytes | memoryview, dialect: int, pool: BufferPool | None 
     # vals is passed whole ((fields, capacity), C-contiguous: rows stay contiguous when
     # sliced, and the compiled scan keeps its contiguous-array specialisation)
     arrays = [a if a.ndim == 2 else a[:n] for a in owner.arrays]
-    k, lost = scan.scan_lines(buf, starts, ends, dialect, *arrays, *scan.KEY_TABLES)
+    k, lost, raw_clock = scan.scan_lines(buf, starts, ends, dialect, *arrays, *scan.KEY_TABLES)
     per_event = [a[:, :k] if a.ndim == 2 else a[:k] for a in arrays[1:]]
     sc = Scanned(buf, starts, ends, n, k, lost, arrays[0], *per_event)
+    sc.raw_clock = raw_clock
     sc.owner = owner if pool is not None else None
     return sc
 
@@ -198,12 +231,15 @@ def scan_chunk(chunk: bytes | memoryview, dialect: int, pool: BufferPool | None 
 class TextDecoder:
     """Stateful decoder for one trace: feed chunks of whole lines in order."""
 
-    def __init__(self, dialect: int) -> None:
+    def __init__(self, dialect: int, arch: str = archmod.DEFAULT_ARCH) -> None:
         self.dialect = dialect
+        self.arch = arch
+        self._req_mask = _required_mask(arch)
         self.counts = Counts()
         self.comms = _Interner()
         self.tracepoints = _Interner()
         self._tp_event: list[int] = []  # tracepoint dictionary index -> event code
+        self._tp_sampled: list[bool] = []  # tracepoint dictionary index -> a perf page-faults sample
         self.header_lines: list[str] = []  # the first header lines, for trace metadata
 
     def decode(self, chunk: bytes | memoryview, first_line: int) -> tuple[pa.Table, pa.Table, int]:
@@ -221,13 +257,22 @@ class TextDecoder:
 
         tp_codes = self.tracepoints.codes(sc.ev_h, lambda i: _tracepoint_name(buf, sc.ev_s[i], sc.ev_e[i], sc.hint[i]))
         while len(self._tp_event) < len(self.tracepoints.values):
-            self._tp_event.append(EVENT_CODE[canonical_event(self.tracepoints.values[len(self._tp_event)])])
+            name = self.tracepoints.values[len(self._tp_event)]
+            self._tp_event.append(EVENT_CODE[canonical_event(name)])
+            self._tp_sampled.append(self.dialect == scan.DIALECT_PERF and is_sampled_fault(name))
         ev_code = np.asarray(self._tp_event, dtype=np.int8)[tp_codes]
+        self.counts.raw_clock += sc.raw_clock
+        sampled = None
+        if any(self._tp_sampled):
+            ev_code, sampled = self._sampled_faults(sc, tp_codes, ev_code)
+        self._fault_access(sc, ev_code)
 
         # required fields: a page fault without an address is not a page fault; and a
         # time past int64 ns (the scanner's -1) is no time
-        missing = _REQ_MASK[ev_code] & ~sc.present
-        bad_ts = sc.ts < 0
+        missing = self._req_mask[ev_code] & ~sc.present
+        if sampled is not None:  # a sampled fault has an address and no error code
+            missing[sampled] &= ~np.int32(1 << _F["error_code"])
+        bad_ts = sc.ts == -1
         bad = np.flatnonzero((missing != 0) | bad_ts)
         rej = np.flatnonzero(status == scan.MALFORMED)
         reasons = ["not a line of this format"] * len(rej)
@@ -261,6 +306,44 @@ class TextDecoder:
         )
         return events, rejects, sc.n
 
+    def _sampled_faults(self, sc: Scanned, tp_codes: np.ndarray, ev_code: np.ndarray):
+        """perf ``page-faults`` samples -> page_fault_user / page_fault_kernel, address from
+        the sample addr (perf_sw_event(PERF_COUNT_SW_PAGE_FAULTS, 1, regs, address) in
+        each arch's fault handler); a sample printed without addr stays ``other``."""
+        rows = np.flatnonzero(np.asarray(self._tp_sampled, dtype=np.bool_)[tp_codes])
+        if not len(rows):
+            return ev_code, None
+        period = np.zeros(len(rows), np.int64)
+        scan.sample_payloads(sc.buf, sc.ev_s, sc.pay_s, sc.pay_e, rows, sc.vals, sc.present, period)
+        has_addr = (sc.present[rows] & (1 << _F["address"])) != 0
+        kernel = archmod.kernel_mode_ip(sc.vals[_F["ip"], rows])
+        ev_code = ev_code.copy()
+        ok = rows[has_addr]
+        ev_code[ok] = np.where(kernel[has_addr], EVENT_CODE["page_fault_kernel"], EVENT_CODE["page_fault_user"])
+        c = self.counts
+        c.fault_samples += int(has_addr.sum())
+        c.fault_samples_no_addr += int((~has_addr).sum())
+        c.fault_samples_period += int((period > 1).sum())
+        c.fault_samples_max_period = max(c.fault_samples_max_period, int(period.max(initial=0)))
+        return ev_code, rows
+
+    def _fault_access(self, sc: Scanned, ev_code: np.ndarray) -> None:
+        """``write`` of each page fault, from its error code as the architecture defines it
+        (ingest/arch.py); null where the trace does not say."""
+        faults = np.flatnonzero(np.isin(ev_code, _FAULT_CODES))
+        if not len(faults):
+            return
+        ec_bit, w_bit = np.int32(1 << _F["error_code"]), np.int32(1 << _F["write"])
+        pres = sc.present[faults]
+        known = (pres & ec_bit) != 0
+        w = archmod.fault_write(self.arch, sc.vals[_F["error_code"], faults])
+        if w is None:
+            known[:] = False
+        else:
+            sc.vals[_F["write"], faults] = w.astype(np.uint64)
+        sc.present[faults] = np.where(known, pres | w_bit, pres & ~w_bit)
+        self.counts.fault_access_unknown += int((~known).sum())
+
     def _events_table(self, sc: Scanned, keep, first_line, tp_codes, ev_code) -> pa.Table:
         buf = sc.buf
         comm_codes = self.comms.codes(sc.comm_h, lambda i: _decode(bytes(buf[sc.comm_s[i]:sc.comm_e[i]])))
@@ -290,13 +373,14 @@ class TextDecoder:
             raw = pa.array(raw_full, pa.string())
         else:
             raw = pa.nulls(n, pa.string())
-        cpu, pid = sel(sc.cpu), sel(sc.pid)
+        cpu, pid, ts, tid = sel(sc.cpu), sel(sc.pid), sel(sc.ts), sel(sc.tid)
+        no_ts, no_tid = ts == scan.NO_TIME, tid == scan.NO_TASK  # function_graph lines
         arrays = [
             pa.array(sel(sc.seq) + first_line, pa.int64()),
-            pa.array(sel(sc.ts), pa.int64()),
+            pa.array(ts, pa.int64(), mask=no_ts if no_ts.any() else None),
             pa.array(cpu, pa.int16(), mask=cpu < 0),
             pa.array(pid, pa.int32(), mask=pid == -2),
-            pa.array(sel(sc.tid), pa.int32()),
+            pa.array(tid, pa.int32(), mask=no_tid if no_tid.any() else None),
             pa.DictionaryArray.from_arrays(pa.array(comm_codes, pa.int32(), mask=comm_codes < 0), self.comms.dictionary()),
             pa.DictionaryArray.from_arrays(pa.array(ev_code, pa.int8()), _EVENT_DICT),
             pa.DictionaryArray.from_arrays(pa.array(tp_codes, pa.int32()), self.tracepoints.dictionary()),

@@ -58,10 +58,13 @@ class Ingested:
 
 
 def ingest(path: str | os.PathLike, name: str | None = None, *, format: str = "auto", strict: bool = False,
-           replace: bool = False, maps: str | os.PathLike | None = None, workspace=None) -> Ingested:
-    """Parse a trace (perf script / ftrace / trace-cmd text, .gz/.zst, perf.data, perf JSON;
-    ``"-"`` is stdin) into the workspace.  ``maps``: the /proc/PID/maps snapshot taken
-    when the trace started.  ``replace``: replace a trace of the same name."""
+           replace: bool = False, maps: str | os.PathLike | None = None, arch: str | None = None,
+           workspace=None) -> Ingested:
+    """Parse a trace (perf script / ftrace / trace-cmd text, .gz/.zst, perf.data, trace.dat,
+    perf JSON, perf trace; ``"-"`` is stdin) into the workspace.  ``maps``: the
+    /proc/PID/maps snapshot taken when the trace started.  ``replace``: replace a trace of
+    the same name.  ``arch``: x86_64, arm64 or riscv64 (default: the trace's header, else
+    x86_64)."""
     from .ingest.sources import InputError
     from .ingesting import run_ingest
 
@@ -77,7 +80,8 @@ def ingest(path: str | os.PathLike, name: str | None = None, *, format: str = "a
         except (MapsError, UnicodeDecodeError) as e:
             raise ReplayError(f"--maps {maps}: {e}") from None
     try:
-        res = run_ingest(str(path), name, format, _ws(workspace).root, strict, replace, maps_snapshot=snapshot)
+        res = run_ingest(str(path), name, format, _ws(workspace).root, strict, replace, maps_snapshot=snapshot,
+                         arch=arch)
     except InputError as e:
         raise ReplayError(str(e)) from None
     return Ingested(res.trace_id, ingest_summary(res), res)
@@ -85,7 +89,8 @@ def ingest(path: str | os.PathLike, name: str | None = None, *, format: str = "a
 
 def ingest_summary(res) -> dict:
     c = res.counts
-    return {"trace_id": res.trace_id, "format": res.format, "source": res.source, "sha256": res.sha256,
+    return {"trace_id": res.trace_id, "format": res.format, "source": res.source, "arch": res.meta.get("arch"),
+            "sha256": res.sha256,
             "events": dict(sorted(c.per_event.items())),
             "lines": {k: getattr(c, k) for k in ("lines", "parsed", "header", "blank", "callchain", "lost_records",
                                                  "malformed")},

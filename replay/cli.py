@@ -43,7 +43,15 @@ class InFmt(str, Enum):
     ftrace = "ftrace"
     trace_cmd = "trace-cmd"
     perf_data = "perf-data"
+    trace_dat = "trace-dat"
     perf_json = "perf-json"
+    perf_trace = "perf-trace"
+
+
+class Arch(str, Enum):
+    x86_64 = "x86_64"
+    arm64 = "arm64"
+    riscv64 = "riscv64"
 
 
 class Fail(ReplayError):
@@ -81,8 +89,8 @@ def _progress(total: int | None, what: str):
 
 @app.command(epilog="Example: replay ingest trace.txt.zst --maps trace.maps --name mine")
 def ingest(
-    path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, perf JSON) or '-' for stdin."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name without extensions)."),
+    path: str = typer.Argument(..., help="Trace file (text, .gz, .zst, perf.data, trace.dat, perf JSON, perf trace) or '-' for stdin."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Trace name (default: the file name less .gz/.zst and then one of .txt/.data/.dat/.json/.trace)."),
     in_fmt: InFmt = typer.Option(InFmt.auto, "--input-format", help="Input format; auto detects it from the content."),
     workspace: Optional[Path] = WorkspaceOpt,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed line instead of keeping it in rejects."),
@@ -91,12 +99,14 @@ def ingest(
     fmt: Optional[Fmt] = FormatOpt,
     output: Optional[Path] = OutOpt,
     old_fmt: Optional[Fmt] = typer.Option(None, "--output-format", "-O", hidden=True, help="Old name of -f."),
+    arch: Optional[Arch] = typer.Option(None, "--arch", help="Architecture the trace was recorded on (default: the trace's header, else x86_64); decides syscall numbers and what a fault's error code says."),
 ):
     """Parse a trace into the workspace's typed Parquet datasets and print per-event counts."""
     from . import api
 
     fmt = resolve(fmt or old_fmt, output)
-    ing = api.ingest(path, name, format=in_fmt.value, strict=strict, replace=replace, maps=maps, workspace=workspace)
+    ing = api.ingest(path, name, format=in_fmt.value, strict=strict, replace=replace, maps=maps,
+                     arch=arch.value if arch else None, workspace=workspace)
     _print_ingest(ing.result, fmt, output)
 
 
@@ -119,7 +129,7 @@ def _print_ingest(res, fmt: Fmt, dest: Optional[Path] = None) -> None:
     ]
     with table_out(dest) as con:
         _emit([{"event": k, "count": v} for k, v in sorted(c.per_event.items())], ["event", "count"], Fmt.table,
-              title=f"{res.trace_id}: {c.parsed:,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)",
+              title=f"{res.trace_id}: {sum(c.per_event.values()):,} events ({res.format}, {res.text_bytes / 1e6:,.1f} MB in {res.seconds:.2f} s)",
               con=con)
         _emit(acct, ["lines", "count"], Fmt.table, title="line accounting", con=con)
     for r in res.first_rejects:
