@@ -93,9 +93,9 @@ def throughput_points(tp: pl.DataFrame, baseline: str | None = None) -> tuple[pl
     return pts.sort(LINE_KEY + ["cpus"]), base
 
 
-def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> None:
+def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> dict:
     """faults/sec and faults/cpu vs CPUs, one line per (trace, model, ...), with the %
-    change against the baseline model beneath each."""
+    change against the baseline model beneath each.  Returns what was drawn."""
     plt = _plt()
     pts, base = throughput_points(tp, baseline)
     # name only the parameters that tell lines apart (a trace's fault service time
@@ -158,8 +158,10 @@ def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> None
                bbox_to_anchor=(1.0, 0.93), fontsize=8, title_fontsize=8)
     fig.text(0.01, -0.01, how, fontsize=8, color="0.3", ha="left", va="top")
     fig.tight_layout()
+    drawn = {"points": pts, "baseline": base, "labels": labels, "xticks": list(axes[1][0].get_xticks()), "note": how}
     _save(fig, out)
     plt.close(fig)
+    return drawn
 
 
 def _short(k: str, v) -> str:
@@ -170,10 +172,11 @@ def _short(k: str, v) -> str:
     return str(v)
 
 
-def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
+def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str], out: Path) -> dict:
     """surv: the latency_survival query's fault rows of the runs; marks: the latency
-    query's fault rows (p50_ns, p99_ns, p999_ns)."""
+    query's fault rows (p50_ns, p99_ns, p999_ns).  Returns the curves and marks drawn."""
     plt = _plt()
+    drawn: dict = {}
     fig, ax = plt.subplots(figsize=(8.5, 5))
     colors = plt.get_cmap("tab10")
     lowest = 1.0
@@ -193,7 +196,7 @@ def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str]
             xs += [a[k]]
             ys += [fr[k]]
             if k + 1 < len(a):
-                xs += [a[k] * step, a[k + 1]]
+                xs += [min(a[k] * step, a[k + 1]), a[k + 1]]  # adjacent bins: the same edge
                 ys += [fr[k + 1], fr[k + 1]]
         lowest = min(lowest, 1 / n)
         m = marks.filter(pl.col("run_id") == run_id)
@@ -203,11 +206,13 @@ def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str]
             txt = "  " + " ".join(f"{nm} {_fmt_us(r[col] / 1e3)}" for col, p, _, nm in shown if n * p >= 1)
         c = colors(i % 10)
         ax.plot(xs, ys, color=c, linewidth=1.4, label=f"{label}{txt}")
+        drawn[run_id] = {"x_us": xs, "y": ys, "marks": []}
         if m.height:
             for col, p, mk, _ in shown:
                 if n * p >= 1:
                     ax.plot([r[col] / 1e3], [p], marker=mk, color=c, markersize=7, markerfacecolor="white",
                             markeredgewidth=1.5, linestyle="none")
+                    drawn[run_id]["marks"].append((r[col] / 1e3, p))
     for _, p, mk, nm in shown:
         ax.axhline(p, color="0.6", linewidth=0.7, linestyle=":")
         ax.annotate(nm, xy=(1.0, p), xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points",
@@ -223,6 +228,7 @@ def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str]
               loc="upper left", bbox_to_anchor=(0, -0.14))
     _save(fig, out)
     plt.close(fig)
+    return drawn
 
 
 def _fmt_us(us: float) -> str:
@@ -246,16 +252,18 @@ def _nbuckets(df: pl.DataFrame, bucket_ms: float) -> int:
     return int(round(df["bucket_ms"].max() / bucket_ms)) + 1 if df.height else 1
 
 
-def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path, bucket_ms: float = 1.0) -> None:
-    """tl: the timeline query's rows, at ``bucket_ms``."""
+def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path, bucket_ms: float = 1.0) -> dict:
+    """tl: the timeline query's rows, at ``bucket_ms``.  Returns the bucket edges and
+    each run's series as drawn."""
     import numpy as np
 
     plt = _plt()
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     nb = _nbuckets(tl, bucket_ms)
     edges = np.arange(nb + 1) * bucket_ms
+    drawn: dict = {"edges": edges}
     for run_id, label in labels.items():
-        v = _filled(tl.filter(pl.col("run_id") == run_id), bucket_ms, nb, ["fallbacks", "lock_wait_ms"])
+        v = drawn[run_id] = _filled(tl.filter(pl.col("run_id") == run_id), bucket_ms, nb, ["fallbacks", "lock_wait_ms"])
         line = a1.stairs(v["fallbacks"], edges, label=label, linewidth=1.3)
         a2.stairs(v["lock_wait_ms"], edges, color=line.get_edgecolor(), linewidth=1.3)
     w = f"{bucket_ms:g} ms"
@@ -271,6 +279,7 @@ def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path, bucket_ms: flo
     fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
+    return drawn
 
 
 def _heat(ax, m, bucket_ms: float, ncpu: int, cmap: str, vmax: float):
@@ -278,8 +287,7 @@ def _heat(ax, m, bucket_ms: float, ncpu: int, cmap: str, vmax: float):
     import numpy as np
     import matplotlib
 
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("white")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
     return ax.imshow(np.ma.masked_equal(m, 0), aspect="auto", origin="lower", interpolation="nearest", cmap=cm, vmin=0,
                      vmax=vmax if vmax > 0 else 1, extent=(0, m.shape[1] * bucket_ms, -0.5, ncpu - 0.5))
 
@@ -300,8 +308,9 @@ def _cpu_ticks(ax, ncpu: int) -> None:
     ax.set_yticks(range(0, ncpu, step))
 
 
-def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: float = 1.0) -> None:
-    """cw: the cpu_lock_wait query's rows; runs: run id -> its runs row (label, cpus)."""
+def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: float = 1.0) -> dict:
+    """cw: the cpu_lock_wait query's rows; runs: run id -> its runs row (label, cpus).
+    Returns each run's CPU x bucket grid (µs) as drawn."""
     plt = _plt()
     nb = _nbuckets(cw, bucket_ms)
     grids = {r: _cpu_grid(cw.filter(pl.col("run_id") == r), "lock_wait_us", bucket_ms, nb, info["cpus"])
@@ -320,6 +329,7 @@ def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: floa
     fig.colorbar(im, ax=axes[:, 0].tolist(), label=f"µs blocked per {bucket_ms:g} ms", fraction=0.03, pad=0.01)
     _save(fig, out)
     plt.close(fig)
+    return grids
 
 
 def short_fields(fields: str) -> str:
@@ -327,11 +337,12 @@ def short_fields(fields: str) -> str:
     return (fields or "").replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")
 
 
-def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms: float = 1.0) -> None:
+def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms: float = 1.0) -> dict:
     """hot: the hot_lines query's rows of one run (rank, line, transfers, invalidations,
     fields); cw: its cpu_lock_wait rows (line transfers per CPU and bucket); info: its
     runs row with a label.  Above, perf c2c's view of the lines - address, how often
-    each moved, the fields on it; below, which CPUs moved lines when."""
+    each moved, the fields on it; below, which CPUs moved lines when.  Returns the
+    rows and labels drawn and the CPU x bucket grid."""
     import matplotlib.transforms as mtransforms
     import numpy as np
 
@@ -383,6 +394,7 @@ def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms:
     fig.suptitle(f"Cache-line traffic: {info['label']}", x=0.02, ha="left", y=0.995)
     _save(fig, out)
     plt.close(fig)
+    return {"lines": hot["line"].to_list(), "fields": ["\n".join(w) for w in wrapped], "grid": m}
 
 
 def footprint(fp: pl.DataFrame, trace: str, out: Path) -> None:
