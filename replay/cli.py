@@ -1155,7 +1155,7 @@ def export_cmd(
     each op a slice (model, VMA, outcome as args), lock waits nested in it, fallbacks
     and retries as instants, each CPU's cache-line transfers as a counter.
 
-    Example: replay export 1a2b3c4d5e6f --trace -o run.json, then open run.json in ui.perfetto.dev"""
+    Example: replay export edf38520feb5 --trace -o run.json, then open run.json in ui.perfetto.dev"""
     import polars as pl
 
     from .export import ExportError, Sources, export

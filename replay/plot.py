@@ -282,46 +282,50 @@ def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path, bucket_ms: flo
     return drawn
 
 
-def _heat(ax, m, bucket_ms: float, ncpu: int, cmap: str, vmax: float):
+def _heat(ax, m, bucket_ms: float, cmap: str, vmax: float):
     """A CPU x time grid; cells with nothing are white, so zero differs from a little."""
     import numpy as np
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
     return ax.imshow(np.ma.masked_equal(m, 0), aspect="auto", origin="lower", interpolation="nearest", cmap=cm, vmin=0,
-                     vmax=vmax if vmax > 0 else 1, extent=(0, m.shape[1] * bucket_ms, -0.5, ncpu - 0.5))
+                     vmax=vmax if vmax > 0 else 1, extent=(0, m.shape[1] * bucket_ms, -0.5, m.shape[0] - 0.5))
 
 
-def _cpu_grid(g: pl.DataFrame, col: str, bucket_ms: float, nb: int, ncpu: int):
+def _cpu_grid(g: pl.DataFrame, col: str, bucket_ms: float, nb: int):
+    """``col`` per CPU (rows: the CPUs that started an op, in order) and bucket."""
     import numpy as np
 
-    m = np.zeros((ncpu, nb))
+    cpus = sorted(g["sim_cpu"].unique().to_list())
+    m = np.zeros((max(len(cpus), 1), nb))
     if g.height:
-        ci = g["sim_cpu"].to_numpy()
+        row = {c: i for i, c in enumerate(cpus)}
+        ci = np.array([row[c] for c in g["sim_cpu"].to_list()])
         bi = (g["bucket_ms"] / bucket_ms).round().cast(pl.Int64).to_numpy()
         np.add.at(m, (ci, bi), g[col].fill_null(0).to_numpy().astype(float))
-    return m
+    return m, cpus
 
 
-def _cpu_ticks(ax, ncpu: int) -> None:
-    step = max(1, math.ceil(ncpu / 16))
-    ax.set_yticks(range(0, ncpu, step))
+def _cpu_ticks(ax, cpus: list[int], total: int) -> None:
+    step = max(1, math.ceil(len(cpus) / 16))
+    ax.set_yticks(range(0, len(cpus), step))
+    ax.set_yticklabels([str(c) for c in cpus[::step]])
+    ax.set_ylabel("simulated CPU" + (f"\n(the {len(cpus)} of {total} that ran ops)" if len(cpus) < total else ""))
 
 
 def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: float = 1.0) -> dict:
     """cw: the cpu_lock_wait query's rows; runs: run id -> its runs row (label, cpus).
-    Returns each run's CPU x bucket grid (µs) as drawn."""
+    Returns each run's CPU x bucket grid (µs) and its rows' CPUs, as drawn."""
     plt = _plt()
     nb = _nbuckets(cw, bucket_ms)
-    grids = {r: _cpu_grid(cw.filter(pl.col("run_id") == r), "lock_wait_us", bucket_ms, nb, info["cpus"])
-             for r, info in runs.items()}
-    vmax = max(float(g.max()) for g in grids.values())
+    grids = {r: _cpu_grid(cw.filter(pl.col("run_id") == r), "lock_wait_us", bucket_ms, nb) for r in runs}
+    vmax = max(float(g.max()) for g, _ in grids.values())
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 2.4 * len(runs)), sharex=True, squeeze=False)
     for ax, (r, info) in zip(axes[:, 0], runs.items()):
-        im = _heat(ax, grids[r], bucket_ms, info["cpus"], "magma_r", vmax)
-        ax.set_title(f"{info['label']}: {grids[r].sum() / 1e3:,.2f} ms blocked in all", fontsize=9, loc="left")
-        ax.set_ylabel("simulated CPU")
-        _cpu_ticks(ax, info["cpus"])
+        m, cpus = grids[r]
+        im = _heat(ax, m, bucket_ms, "magma_r", vmax)
+        ax.set_title(f"{info['label']}: {m.sum() / 1e3:,.2f} ms blocked in all", fontsize=9, loc="left")
+        _cpu_ticks(ax, cpus, info["cpus"])
     axes[-1, 0].set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: no wait); an op's whole wait counts "
                            "in the bucket it started in (results record the total)")
     fig.suptitle("Time blocked on locks per simulated CPU", y=1.0)
@@ -379,14 +383,13 @@ def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms:
     ax.set_xlabel("count over the run (log scale)")
     ax.set_title(f"the {k} most transferred cache lines", fontsize=9, loc="left")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.08 * 6 / top_h), ncol=2)
     box = ax.get_position()
     ax.set_position([box.x0, box.y0, box.width * 0.45, box.height])
     nb = _nbuckets(cw, bucket_ms)
-    m = _cpu_grid(cw, "line_transfers", bucket_ms, nb, info["cpus"])
-    im = _heat(ax2, m, bucket_ms, info["cpus"], "viridis_r", float(m.max()))
-    _cpu_ticks(ax2, info["cpus"])
-    ax2.set_ylabel("simulated CPU")
+    m, cpus = _cpu_grid(cw, "line_transfers", bucket_ms, nb)
+    im = _heat(ax2, m, bucket_ms, "viridis_r", float(m.max()))
+    _cpu_ticks(ax2, cpus, info["cpus"])
     ax2.set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: none)")
     ax2.set_title("line transfers each CPU's ops caused, all lines together: which line a CPU moved is not recorded "
                   "(line_stats counts per line, results per op)", fontsize=9, loc="left")
@@ -394,7 +397,7 @@ def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms:
     fig.suptitle(f"Cache-line traffic: {info['label']}", x=0.02, ha="left", y=0.995)
     _save(fig, out)
     plt.close(fig)
-    return {"lines": hot["line"].to_list(), "fields": ["\n".join(w) for w in wrapped], "grid": m}
+    return {"lines": hot["line"].to_list(), "fields": ["\n".join(w) for w in wrapped], "grid": m, "cpus": cpus}
 
 
 def footprint(fp: pl.DataFrame, trace: str, out: Path) -> None:

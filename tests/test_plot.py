@@ -149,17 +149,19 @@ def test_lockwait_and_lines_heatmaps(wsp, cli, tmp_path):
     rid = run_of(wsp, "mprotect-race", "mainline", 2)
     res = pq(wsp, "results").filter(pl.col("run_id") == rid)
     cw = run_query(wsp, "cpu_lock_wait", {"run_id": rid, "bucket_ms": "2"})
-    grid = P.lockwait(cw, {rid: {"label": "x", "cpus": 2}}, tmp_path / "w.png", 2.0)[rid]
+    grid, cpus = P.lockwait(cw, {rid: {"label": "x", "cpus": 2}}, tmp_path / "w.png", 2.0)[rid]
     per_cpu = res.group_by("sim_cpu").agg((pl.col("lock_wait_ns").sum() / 1e3).alias("us")).sort("sim_cpu")
-    assert grid.shape[0] == 2 and grid.sum() > 0
+    assert cpus == per_cpu["sim_cpu"].to_list() and grid.shape[0] == len(cpus) and grid.sum() > 0
     for c, us in per_cpu.iter_rows():
-        assert math.isclose(grid[c].sum(), us, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(grid[cpus.index(c)].sum(), us, rel_tol=1e-9, abs_tol=1e-9)
     hot = run_query(wsp, "hot_lines", {"run_id": rid, "top": "5"})
     drawn = P.lines(hot, cw, {"label": "x", "cpus": 2}, tmp_path / "c.png", 2.0)
     ls = pq(wsp, "line_stats").filter(pl.col("run_id") == rid).sort(["transfers", "line"], descending=[True, False]).head(5)
     assert drawn["lines"] == [f"0x{x:x}" for x in ls["line"]]
     assert [f.replace("\n", " ") for f in drawn["fields"]] == [P.short_fields(x) for x in ls["fields"]]
     assert drawn["grid"].sum() == res["line_transfers"].sum()
+    for c, n in res.group_by("sim_cpu").agg(pl.col("line_transfers").sum()).iter_rows():
+        assert drawn["grid"][drawn["cpus"].index(c)].sum() == n
     for kind, args in (("lockwait", [rid]), ("lines", [rid]), ("latency", [rid]), ("timeline", [rid])):
         dest = tmp_path / f"{kind}.png"
         rc, out, err = cli("plot", kind, *args, "-o", dest, "-w", wsp, "--bucket-ms", "2")
