@@ -912,14 +912,26 @@ def report(run_id: str = typer.Argument(..., help="A run id (replay runs lists t
             _emit(rows, cols, Fmt.table, title=title, con=con)
 
 
+PLOTS = {
+    "throughput": "faults/sec and faults/cpu vs CPUs, a line per trace and model, iterations as error bars, % vs --baseline",
+    "latency": "fault-latency survival curve (log-log) of RUNs with p50/p99/p99.9 marked",
+    "timeline": "fallbacks and lock waits of RUNs per --bucket-ms",
+    "lockwait": "heatmap of lock wait per simulated CPU and time bucket, a panel per RUN",
+    "lines": "the hottest cache lines of one RUN with the struct fields on each, beside its CPUs' line transfers over time",
+    "footprint": "VMA slab memory over --trace per model (replay footprint first)",
+}
+
+
 @app.command(epilog="Example: replay plot throughput --trace pft-t56 --machine broadwell-2s -o pft.png")
 def plot(
-    kind: str = typer.Argument(..., help="throughput (faults/sec vs CPUs per model), latency (fault-latency CDF per run), timeline, or footprint (VMA slab memory over a trace per model; replay footprint first)."),
-    run_ids: List[str] = typer.Argument(None, help="Runs to draw (default for throughput: every run of --trace)."),
+    kind: str = typer.Argument(..., help="; ".join(f"{k}: {v}" for k, v in PLOTS.items()) + "."),
+    run_ids: List[str] = typer.Argument(None, help="Runs to draw (throughput: default every run, or those of --trace/--machine)."),
     output: Path = typer.Option(..., "--output", "-o", help="FILE.png, .svg or .pdf"),
-    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="throughput: the trace whose runs to draw; footprint: the trace."),
+    trace: Optional[str] = typer.Option(None, "--trace", "-t", help="throughput: only this trace's runs; footprint: the trace."),
     machine: Optional[str] = typer.Option(None, "--machine", help="throughput: only runs on this machine; footprint: only this machine's footprint."),
-    bucket_ms: float = typer.Option(1.0, "--bucket-ms", help="timeline: bucket width."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="throughput: the model the % panels compare against (default mmap_lock when drawn, else the first model by name)."),
+    bucket_ms: float = typer.Option(1.0, "--bucket-ms", help="timeline, lockwait, lines: bucket width (ms)."),
+    top: int = typer.Option(12, "--top", help="lines: how many of the hottest lines."),
     workspace: Optional[Path] = WorkspaceOpt,
 ):
     """Draw a plot of runs to a file."""
@@ -929,6 +941,16 @@ def plot(
     from . import plot as P
     from .workspace import Workspace
 
+    if kind not in PLOTS:
+        raise Fail(f"unknown plot {kind!r}: {', '.join(PLOTS)}", 2)
+    if not bucket_ms > 0:
+        raise Fail("--bucket-ms must be a positive number of ms", 2)
+    if top < 1:
+        raise Fail("--top must be at least 1", 2)
+    try:
+        P.check_suffix(output)
+    except ValueError as e:
+        raise Fail(str(e))
     ws = Workspace(workspace)
     if kind == "footprint":
         _plot_footprint(ws, trace, machine, output)
@@ -941,7 +963,13 @@ def plot(
         if r not in known:
             raise Fail(f"no run {r!r} in {ws.root} (replay runs lists them)")
     info = {r["run_id"]: r for r in rs.to_dicts()}
-    labels = {r: f"{info[r]['model']} {info[r]['machine']} {info[r]['cpus']} CPUs ({r})" for r in run_ids or []}
+    labels = {r: f"{info[r]['model']} {info[r]['trace_id']} {info[r]['machine']} {info[r]['cpus']} CPUs ({r})"
+              for r in run_ids or []}
+    if kind != "throughput" and not run_ids:
+        raise Fail(f"{kind} needs run ids (replay runs lists them)", 2)
+    if kind == "lines" and len(run_ids) != 1:
+        raise Fail("lines draws one run: give one run id", 2)
+    bucket = {"bucket_ms": repr(float(bucket_ms))}
     try:
         if kind == "throughput":
             tp = run_query(ws.root, "throughput", {})
@@ -953,23 +981,78 @@ def plot(
                 tp = tp.filter(pl.col("machine") == machine)
             if tp.height == 0:
                 raise Fail("no runs match; replay runs lists them")
-            P.throughput(tp, output)
+            if baseline and baseline not in set(tp["model"].to_list()):
+                raise Fail(f"--baseline {baseline}: no run of that model among these "
+                           f"({', '.join(sorted(set(tp['model'].to_list())))})", 2)
+            params = rs.select("run_id", "seed", "placement", "loop", "fault_service_ns")
+            P.throughput(tp.join(params, on="run_id"), output, baseline)
         elif kind == "latency":
-            if not run_ids:
-                raise Fail("latency needs run ids", 2)
-            res = pl.concat([pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet").with_columns(
-                pl.lit(r).alias("run_id")) for r in run_ids], how="diagonal_relaxed")
-            P.latency_cdf(res, labels, output)
+            surv = pl.concat([run_query(ws.root, "latency_survival", {"run_id": r}) for r in run_ids])
+            marks = pl.concat([run_query(ws.root, "latency", {"run_id": r}) for r in run_ids])
+            kind_fault = pl.col("kind") == "fault"
+            P.latency_ccdf(surv.filter(kind_fault), marks.filter(kind_fault), labels, output)
         elif kind == "timeline":
-            if not run_ids:
-                raise Fail("timeline needs run ids", 2)
-            tl = run_query(ws.root, "timeline", {"bucket_ms": str(bucket_ms)}).filter(pl.col("run_id").is_in(run_ids))
-            P.timeline(tl, labels, output)
-        else:
-            raise Fail(f"unknown plot {kind!r}: throughput, latency, timeline or footprint", 2)
+            tl = pl.concat([run_query(ws.root, "timeline", {"run_id": r, **bucket}) for r in run_ids])
+            P.timeline(tl, labels, output, bucket_ms)
+        elif kind == "lockwait":
+            cw = pl.concat([run_query(ws.root, "cpu_lock_wait", {"run_id": r, **bucket}) for r in run_ids])
+            P.lockwait(cw, {r: {"label": labels[r], "cpus": info[r]["cpus"]} for r in run_ids}, output, bucket_ms)
+        else:  # lines
+            r = run_ids[0]
+            hot = run_query(ws.root, "hot_lines", {"run_id": r, "top": str(top)})
+            if hot.height == 0:
+                raise Fail(f"run {r} moved no cache line between CPUs: nothing to draw")
+            cw = run_query(ws.root, "cpu_lock_wait", {"run_id": r, **bucket})
+            P.lines(hot, cw, {"label": labels[r], "cpus": info[r]["cpus"]}, output, bucket_ms)
     except (QueryError, ValueError) as e:
         raise Fail(str(e))
     out.print(f"wrote {output}")
+
+
+@app.command("export", epilog="Example: replay export edf38520feb5 --trace -o run.json, then open run.json in ui.perfetto.dev")
+def export_cmd(
+    run_id: str = typer.Argument(..., help="A run id (replay runs lists them)."),
+    output: Path = typer.Option(..., "--output", "-o", help="FILE.json (Chrome trace-event JSON: ui.perfetto.dev, chrome://tracing)."),
+    with_trace: bool = typer.Option(False, "--trace", "-t", help="Also the recorded trace the run replayed, on its real CPUs and times, beside the simulation."),
+    workspace: Optional[Path] = WorkspaceOpt,
+):
+    """Write a run as a trace viewer's timeline: a track per simulated CPU and thread,
+    each op a slice (model, VMA, outcome as args), lock waits nested in it, fallbacks
+    and retries as instants, each CPU's cache-line transfers as a counter."""
+    import polars as pl
+
+    from .export import ExportError, Sources, export
+    from .workspace import Workspace
+
+    if output.suffix.lower() != ".json":
+        raise Fail(f"-o must end in .json, not {output.name!r}", 2)
+    ws = Workspace(workspace)
+    rs = ws.runs()
+    if rs is None or run_id not in set(rs["run_id"].to_list()):
+        raise Fail(f"no run {run_id!r} in {ws.root} (replay runs lists them)")
+    run = rs.filter(pl.col("run_id") == run_id).to_dicts()[0]
+    trace = run["trace_id"]
+    part = {ds: ws.partition(ds, trace) / "part-0.parquet" for ds in ("vmas", "events")}
+    have_ops = ws.ops_file(trace)
+    src = Sources(results=ws.partition("results", run_id) / "part-0.parquet", run=run, ops=have_ops,
+                  vmas=part["vmas"] if have_ops else None,
+                  events=part["events"] if ws.has_trace(trace) and part["events"].exists() else None)
+    try:
+        got = export(src, output, with_trace)
+    except ExportError as e:
+        raise Fail(str(e))
+    c = got["counts"]
+
+    def n(ph, cat, pred=lambda name: True):
+        return sum(v for (p, k, name), v in c.items() if p == ph and k == cat and pred(name))
+
+    line = (f"wrote {output}: {got['events']:,} events: simulated {n('X', 'simulated', lambda x: x != 'lock wait'):,} "
+            f"ops, {n('X', 'simulated', lambda x: x == 'lock wait'):,} lock waits, {n('i', 'simulated'):,} fallbacks "
+            "and retries")
+    if with_trace:
+        line += (f"; recorded {n('X', 'recorded', lambda x: not x.startswith('mmap_lock')) + n('i', 'recorded', lambda x: 'end not traced' in x):,} "
+                 f"ops, {n('X', 'recorded', lambda x: x.startswith('mmap_lock')):,} mmap_lock waits")
+    out.print(line + "; open it in ui.perfetto.dev", markup=False, highlight=False)
 
 
 def _plot_footprint(ws, trace: str | None, machine: str | None, output: Path) -> None:

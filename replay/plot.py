@@ -1,12 +1,29 @@
-"""Plots that read without the terminal: throughput vs CPUs per model, fault-latency
-CDF per run, the fallback/contention timeline of a run, and the VMA slab footprint of a
-trace per model."""
+"""Plots that read without the terminal, each from a library query's rows:
+
+* ``throughput``: faults/sec and faults/cpu against CPUs, one line per trace and model
+  (and machine, placement, ... where those vary), each point the Hmean of its
+  iterations (runs that differ only in seed) with the Student t 95% interval as error
+  bars, and the % change against a baseline model beneath - the panels of mmtests'
+  graphs and compare-kernels (``replay/compare.py`` gives the statistics);
+* ``latency``: the fault-latency survival curve (share of faults taking at least x) on
+  log-log axes, p50/p99/p99.9 marked, so the tail shows;
+* ``timeline``: fallbacks and lock waits per time bucket, empty buckets drawn as zero;
+* ``lockwait``: a heatmap of lock wait per simulated CPU and time bucket;
+* ``lines``: the hottest cache lines with the struct fields on each, as ``perf c2c``
+  lists them, beside a heatmap of the line transfers each CPU caused over time;
+* ``footprint``: the VMA slab footprint of a trace per model.
+"""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import polars as pl
+
+# the parameters a throughput line is drawn per (with cpus the x axis and seed the iterations)
+LINE_KEY = ["trace_id", "model", "machine", "placement", "loop", "fault_service_ns"]
 
 
 def _plt():
@@ -25,67 +42,362 @@ def _save(fig, out: Path) -> None:
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"-o must end in .png, .svg or .pdf, not {out.name!r}")
     with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=out.suffix[1:].lower())
 
 
-def throughput(tp: pl.DataFrame, out: Path) -> None:
-    """tp: the throughput query's rows (model, machine, trace_id, cpus, faults_per_sec)."""
+def check_suffix(out: Path) -> None:
+    """Refuse a file type before any work is done."""
+    if Path(out).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"-o must end in .png, .svg or .pdf, not {Path(out).name!r}")
+
+
+def _cpu_axis(ax, cpus: list[int]) -> None:
+    """Ticks at the CPU counts measured; log2 spacing when they span 8x or more."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    if min(cpus) > 0 and max(cpus) / min(cpus) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(cpus))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(c) for c in cpus]))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def throughput_points(tp: pl.DataFrame, baseline: str | None = None) -> tuple[pl.DataFrame, str]:
+    """Per line (LINE_KEY) and CPU count: the iterations, their Hmean and 95% interval
+    for faults/sec and faults/cpu, and the % change against the same line of the
+    baseline model.  ``tp``: the throughput query's rows joined with their ``runs``
+    rows (seed, placement, loop, fault_service_ns).  Returns the points and the baseline."""
+    from .compare import stat
+
+    models = sorted(tp["model"].unique().to_list())
+    base = baseline or ("mmap_lock" if "mmap_lock" in models else models[0])
+    if base not in models:
+        raise ValueError(f"--baseline {base}: no run of that model among these ({', '.join(models)})")
+    rows = []
+    for key, g in tp.group_by(LINE_KEY + ["cpus"]):
+        d = dict(zip(LINE_KEY + ["cpus"], key))
+        seeds = g["seed"].to_list()
+        if len(set(seeds)) != len(seeds):  # cannot happen: same parameters and seed = same run id
+            raise ValueError(f"two runs of {d} with one seed")
+        for col, name in (("faults_per_sec", "fps"), ("faults_per_cpu_sec", "fpc")):
+            s = stat(g[col].to_list(), "Hmean")
+            d |= {name: s.mean, f"{name}_lo": s.lo, f"{name}_hi": s.hi}
+        d["n"] = g.height
+        rows.append(d)
+    pts = pl.DataFrame(rows)
+    other = [k for k in LINE_KEY if k != "model"]
+    b = pts.filter(pl.col("model") == base).select(other + ["cpus", pl.col("fps").alias("b_fps"), pl.col("fpc").alias("b_fpc")])
+    pts = pts.join(b, on=other + ["cpus"], how="left", nulls_equal=True).with_columns(
+        (100 * (pl.col("fps") / pl.col("b_fps") - 1)).alias("fps_pct"),
+        (100 * (pl.col("fpc") / pl.col("b_fpc") - 1)).alias("fpc_pct"))
+    return pts.sort(LINE_KEY + ["cpus"]), base
+
+
+def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> dict:
+    """faults/sec and faults/cpu vs CPUs, one line per (trace, model, ...), with the %
+    change against the baseline model beneath each.  Returns what was drawn."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]
-    for i, ((model,), g) in enumerate(sorted(tp.group_by(["model"]), key=lambda kv: kv[0][0])):
+    pts, base = throughput_points(tp, baseline)
+    # name only the parameters that tell lines apart (a trace's fault service time
+    # follows from the trace, so it is named only where one trace has several)
+    vary = [k for k in LINE_KEY if k != "model" and pts[k].n_unique() > 1]
+    nlines = pts.select(LINE_KEY).unique().height
+    for k in reversed(list(vary)):
+        if pts.select([c for c in ["model", *vary] if c != k]).unique().height == nlines:
+            vary.remove(k)
+    models = sorted(pts["model"].unique().to_list())
+    variants = sorted({tuple(r[k] for k in vary) for r in pts.iter_rows(named=True)}, key=str)
+    colors = plt.get_cmap("tab10")
+    markers = "osD^vx*P"
+    dashes = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    cpus = sorted(pts["cpus"].unique().to_list())
+    for key, g in sorted(pts.group_by(LINE_KEY), key=lambda kv: [str(x) for x in kv[0]]):
+        d = dict(zip(LINE_KEY, key))
+        mi = models.index(d["model"])
+        vi = variants.index(tuple(d[k] for k in vary))
+        label = d["model"] + "".join(f" · {_short(k, d[k])}" for k in vary)
+        style = dict(color=colors(mi % 10), marker=markers[mi % len(markers)], linestyle=dashes[vi % len(dashes)],
+                     alpha=0.9, capsize=3, markersize=5)
         g = g.sort("cpus")
-        m, ls = styles[i % len(styles)]
-        ax.plot(g["cpus"], g["faults_per_sec"] / 1e6, marker=m, linestyle=ls, alpha=0.85, label=model)
-    traces = ", ".join(sorted(tp["trace_id"].unique().to_list()))
-    machines = ", ".join(sorted(tp["machine"].unique().to_list()))
-    ax.set_title(f"Simulated page-fault throughput: {traces} on {machines}")
-    ax.set_xlabel("simulated CPUs")
-    ax.set_ylabel("faults per second (millions)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="lock model")
+        x = g["cpus"].to_list()
+        for col, (ax, axp) in zip(("fps", "fpc"), zip(axes[0], axes[1])):
+            m = g[col].to_numpy() / 1e6
+            # the interval is of the arithmetic mean (compare.stat, as mmtests): it can
+            # miss the Hmean by a rounding error when the iterations agree
+            err = [(m - g[f"{col}_lo"].to_numpy() / 1e6).clip(0), (g[f"{col}_hi"].to_numpy() / 1e6 - m).clip(0)]
+            ax.errorbar(x, m, yerr=err, label=label if col == "fps" else None, **style)
+            p = g.filter(pl.col(f"{col}_pct").is_not_null())
+            if p.height:
+                axp.plot(p["cpus"].to_list(), p[f"{col}_pct"].to_list(), color=style["color"],
+                         marker=style["marker"], linestyle=style["linestyle"], alpha=0.9, markersize=5)
+    axes[0][0].set_ylabel("faults per second (millions)")
+    axes[0][1].set_ylabel("faults per CPU-second (millions)\n(faults / time inside faults)")
+    axes[0][0].set_title("faults/sec")
+    axes[0][1].set_title("faults/cpu")
+    for axp, what in zip(axes[1], ("faults/sec", "faults/cpu")):
+        axp.axhline(0, color="0.4", linewidth=0.8)
+        axp.set_ylabel(f"{what}, % vs {base}")
+        axp.set_xlabel("simulated CPUs")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        _cpu_axis(ax, cpus)
+    n = pts["n"]
+    if n.max() == 1:
+        how = "one run per point: no error bars (replay sweep --iterations K gives K seeds)"
+    else:
+        how = (f"points: Hmean over {n.min()}-{n.max()} iterations (seeds); bars: Student t 95% interval of the mean"
+               if n.min() != n.max() else f"points: Hmean over {n.max()} iterations (seeds); "
+                                          "bars: Student t 95% interval of the mean")
+        if (pts["fps_hi"] - pts["fps_lo"]).abs().max() == 0:
+            how += " - zero here: the iterations are identical (the engine does not use the seed yet)"
+    fixed = [_short(k, pts[k][0]) for k in LINE_KEY if k != "model" and pts[k].n_unique() == 1]
+    fig.suptitle("Simulated page-fault throughput: " + ", ".join(fixed), y=0.995)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="lock model" + "".join(f" · {k}" for k in vary), loc="upper left",
+               bbox_to_anchor=(1.0, 0.93), fontsize=8, title_fontsize=8)
+    fig.text(0.01, -0.01, how, fontsize=8, color="0.3", ha="left", va="top")
+    fig.tight_layout()
+    drawn = {"points": pts, "baseline": base, "labels": labels, "xticks": list(axes[1][0].get_xticks()), "note": how}
     _save(fig, out)
     plt.close(fig)
+    return drawn
 
 
-def latency_cdf(res: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
-    """res: results rows of the runs to draw (faults only)."""
+def _short(k: str, v) -> str:
+    if k == "fault_service_ns":
+        return f"service {v:g} ns"
+    if k == "loop":
+        return f"{v} loop"
+    return str(v)
+
+
+def latency_ccdf(surv: pl.DataFrame, marks: pl.DataFrame, labels: dict[str, str], out: Path) -> dict:
+    """surv: the latency_survival query's fault rows of the runs; marks: the latency
+    query's fault rows (p50_ns, p99_ns, p999_ns).  Returns the curves and marks drawn."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run_id, label in labels.items():
-        d = res.filter((pl.col("run_id") == run_id) & (pl.col("kind") == "fault")).select(
-            ((pl.col("end_ns") - pl.col("start_ns")) / 1e3).alias("us")).sort("us")["us"]
-        if d.len() == 0:
+    drawn: dict = {}
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    colors = plt.get_cmap("tab10")
+    lowest = 1.0
+    shown = [("p50_ns", 0.5, "o", "p50"), ("p99_ns", 0.01, "s", "p99"), ("p999_ns", 0.001, "^", "p99.9")]
+    for i, (run_id, label) in enumerate(labels.items()):
+        g = surv.filter(pl.col("run_id") == run_id).sort("ge_ns")
+        if g.height == 0:
             continue
-        y = [(i + 1) / d.len() for i in range(d.len())]
-        ax.plot(d.to_list(), y, label=label)
+        n = int(g["ops"].sum())
+        a = (g["ge_ns"] / 1e3).to_list()
+        fr = g["at_least_frac"].to_list()
+        step = 10 ** (1 / 40)
+        # exact at the bin edges: S(a_k) = fr_k; S falls to fr_{k+1} across bin k (its
+        # ops are somewhere in it) and stays there until the next bin with ops
+        xs, ys = [a[0]], [1.0]
+        for k in range(len(a)):
+            xs += [a[k]]
+            ys += [fr[k]]
+            if k + 1 < len(a):
+                xs += [min(a[k] * step, a[k + 1]), a[k + 1]]  # adjacent bins: the same edge
+                ys += [fr[k + 1], fr[k + 1]]
+        lowest = min(lowest, 1 / n)
+        m = marks.filter(pl.col("run_id") == run_id)
+        txt = ""
+        if m.height:
+            r = m.row(0, named=True)
+            txt = "  " + " ".join(f"{nm} {_fmt_us(r[col] / 1e3)}" for col, p, _, nm in shown if n * p >= 1)
+        c = colors(i % 10)
+        ax.plot(xs, ys, color=c, linewidth=1.4, label=f"{label}{txt}")
+        drawn[run_id] = {"x_us": xs, "y": ys, "marks": []}
+        if m.height:
+            for col, p, mk, _ in shown:
+                if n * p >= 1:
+                    ax.plot([r[col] / 1e3], [p], marker=mk, color=c, markersize=7, markerfacecolor="white",
+                            markeredgewidth=1.5, linestyle="none")
+                    drawn[run_id]["marks"].append((r[col] / 1e3, p))
+    for _, p, mk, nm in shown:
+        ax.axhline(p, color="0.6", linewidth=0.7, linestyle=":")
+        ax.annotate(nm, xy=(1.0, p), xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8, color="0.35")
     ax.set_xscale("log")
-    ax.set_title("Fault latency, CDF (lock waits included)")
-    ax.set_xlabel("fault latency (µs, log scale)")
-    ax.set_ylabel("fraction of faults")
+    ax.set_yscale("log")
+    ax.set_ylim(lowest / 2, 1.5)
+    ax.set_title("Fault latency survival: share of faults taking at least x (lock waits included)")
+    ax.set_xlabel("fault latency x (µs, log scale)")
+    ax.set_ylabel("share of faults ≥ x (log scale)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="run")
+    ax.legend(title="run: percentiles marked ○ p50  □ p99  △ p99.9", fontsize=8, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(0, -0.14))
     _save(fig, out)
     plt.close(fig)
+    return drawn
 
 
-def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path) -> None:
-    """tl: the timeline query's rows."""
+def _fmt_us(us: float) -> str:
+    return f"{us * 1e3:.0f} ns" if us < 1 else (f"{us:.2f} µs" if us < 10 else (f"{us:,.0f} µs" if us < 1e4 else f"{us / 1e3:,.1f} ms"))
+
+
+def _filled(g: pl.DataFrame, bucket_ms: float, nb: int, cols: list[str]) -> dict:
+    """Bucket values over 0..nb-1, zero where the query has no row (nothing started there)."""
+    import numpy as np
+
+    idx = (g["bucket_ms"] / bucket_ms).round().cast(pl.Int64).to_numpy()
+    out = {}
+    for c in cols:
+        v = np.zeros(nb)
+        np.add.at(v, idx, g[c].fill_null(0).to_numpy().astype(float))
+        out[c] = v
+    return out
+
+
+def _nbuckets(df: pl.DataFrame, bucket_ms: float) -> int:
+    return int(round(df["bucket_ms"].max() / bucket_ms)) + 1 if df.height else 1
+
+
+def timeline(tl: pl.DataFrame, labels: dict[str, str], out: Path, bucket_ms: float = 1.0) -> dict:
+    """tl: the timeline query's rows, at ``bucket_ms``.  Returns the bucket edges and
+    each run's series as drawn."""
+    import numpy as np
+
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    nb = _nbuckets(tl, bucket_ms)
+    edges = np.arange(nb + 1) * bucket_ms
+    drawn: dict = {"edges": edges}
     for run_id, label in labels.items():
-        g = tl.filter(pl.col("run_id") == run_id).sort("bucket_ms")
-        a1.step(g["bucket_ms"], g["fallbacks"], where="post", label=label)
-        a2.step(g["bucket_ms"], g["lock_wait_ms"], where="post", label=label)
-    a1.set_title("Fallbacks and lock waits over simulated time")
-    a1.set_ylabel("faults falling back\nper bucket")
-    a2.set_ylabel("time blocked on locks\nper bucket (ms)")
-    a2.set_xlabel("simulated time (ms)")
+        v = drawn[run_id] = _filled(tl.filter(pl.col("run_id") == run_id), bucket_ms, nb, ["fallbacks", "lock_wait_ms"])
+        line = a1.stairs(v["fallbacks"], edges, label=label, linewidth=1.3)
+        a2.stairs(v["lock_wait_ms"], edges, color=line.get_edgecolor(), linewidth=1.3)
+    w = f"{bucket_ms:g} ms"
+    a1.set_title(f"Fallbacks and lock waits over simulated time ({w} buckets; empty buckets are zero)")
+    a1.set_ylabel(f"faults falling back\nper {w}")
+    a2.set_ylabel(f"time blocked on locks\nper {w} (ms)")
+    a2.set_xlabel(f"simulated time (ms), {w} buckets; an op counts in the bucket it started in")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-        a.legend(title="run", fontsize=8)
+        a.set_xlim(0, edges[-1])
+        a.set_ylim(bottom=0)
+    fig.legend(title="run", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
+    return drawn
+
+
+def _heat(ax, m, bucket_ms: float, cmap: str, vmax: float):
+    """A CPU x time grid; cells with nothing are white, so zero differs from a little."""
+    import numpy as np
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    return ax.imshow(np.ma.masked_equal(m, 0), aspect="auto", origin="lower", interpolation="nearest", cmap=cm, vmin=0,
+                     vmax=vmax if vmax > 0 else 1, extent=(0, m.shape[1] * bucket_ms, -0.5, m.shape[0] - 0.5))
+
+
+def _cpu_grid(g: pl.DataFrame, col: str, bucket_ms: float, nb: int):
+    """``col`` per CPU (rows: the CPUs that started an op, in order) and bucket."""
+    import numpy as np
+
+    cpus = sorted(g["sim_cpu"].unique().to_list())
+    m = np.zeros((max(len(cpus), 1), nb))
+    if g.height:
+        row = {c: i for i, c in enumerate(cpus)}
+        ci = np.array([row[c] for c in g["sim_cpu"].to_list()])
+        bi = (g["bucket_ms"] / bucket_ms).round().cast(pl.Int64).to_numpy()
+        np.add.at(m, (ci, bi), g[col].fill_null(0).to_numpy().astype(float))
+    return m, cpus
+
+
+def _cpu_ticks(ax, cpus: list[int], total: int) -> None:
+    step = max(1, math.ceil(len(cpus) / 16))
+    ax.set_yticks(range(0, len(cpus), step))
+    ax.set_yticklabels([str(c) for c in cpus[::step]])
+    ax.set_ylabel("simulated CPU" + (f"\n(the {len(cpus)} of {total} that ran ops)" if len(cpus) < total else ""))
+
+
+def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: float = 1.0) -> dict:
+    """cw: the cpu_lock_wait query's rows; runs: run id -> its runs row (label, cpus).
+    Returns each run's CPU x bucket grid (µs) and its rows' CPUs, as drawn."""
+    plt = _plt()
+    nb = _nbuckets(cw, bucket_ms)
+    grids = {r: _cpu_grid(cw.filter(pl.col("run_id") == r), "lock_wait_us", bucket_ms, nb) for r in runs}
+    vmax = max(float(g.max()) for g, _ in grids.values())
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 2.4 * len(runs)), sharex=True, squeeze=False)
+    for ax, (r, info) in zip(axes[:, 0], runs.items()):
+        m, cpus = grids[r]
+        im = _heat(ax, m, bucket_ms, "magma_r", vmax)
+        ax.set_title(f"{info['label']}: {m.sum() / 1e3:,.2f} ms blocked in all", fontsize=9, loc="left")
+        _cpu_ticks(ax, cpus, info["cpus"])
+    axes[-1, 0].set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: no wait); an op's whole wait counts "
+                           "in the bucket it started in (results record the total)")
+    fig.suptitle("Time blocked on locks per simulated CPU", y=1.0)
+    fig.tight_layout()
+    fig.colorbar(im, ax=axes[:, 0].tolist(), label=f"µs blocked per {bucket_ms:g} ms", fraction=0.03, pad=0.01)
+    _save(fig, out)
+    plt.close(fig)
+    return grids
+
+
+def short_fields(fields: str) -> str:
+    """Struct fields as the summary tables print them (vm_area_struct.x -> vma.x)."""
+    return (fields or "").replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")
+
+
+def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms: float = 1.0) -> dict:
+    """hot: the hot_lines query's rows of one run (rank, line, transfers, invalidations,
+    fields); cw: its cpu_lock_wait rows (line transfers per CPU and bucket); info: its
+    runs row with a label.  Above, perf c2c's view of the lines - address, how often
+    each moved, the fields on it; below, which CPUs moved lines when.  Returns the
+    rows and labels drawn and the CPU x bucket grid."""
+    import matplotlib.transforms as mtransforms
+    import numpy as np
+
+    plt = _plt()
+    hot = hot.sort("rank")
+    k = hot.height
+    wrapped = [textwrap.wrap(short_fields(r["fields"]), 70) or ["(no field named)"] for r in hot.iter_rows(named=True)]
+    heights = [max(1, len(w)) for w in wrapped]
+    top_h = 0.22 * sum(heights) + 0.35 * k + 0.8
+    H = top_h + 4.4
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, H), gridspec_kw={"height_ratios": [top_h, 3.0]})
+    fig.subplots_adjust(top=1 - 0.75 / H, bottom=0.55 / H, hspace=1.1 / ((top_h + 3.0) / 2))
+    # rows as tall as their field lists
+    ys, y = [], 0.0
+    for h in heights:
+        ys.append(y - h / 2)
+        y -= h + 0.6
+    ys = np.array(ys)
+    tr, inv = hot["transfers"].to_numpy(), hot["invalidations"].to_numpy()
+    ax.barh(ys + 0.22, np.maximum(tr, 0.5), height=0.42, color="#c0392b", label="transfers: the line moved to a CPU that lacked it")
+    ax.barh(ys - 0.22, np.maximum(inv, 0.5), height=0.42, color="#7f8c8d", label="invalidations: copies killed by writes")
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, max(float(tr.max()), float(inv.max()), 1) * 3)
+    ax.set_ylim(y + 0.3, 0.6)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r["line"] for r in hot.iter_rows(named=True)], family="monospace", fontsize=8)
+    side = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
+    for yy, w, t, i in zip(ys, wrapped, tr, inv):
+        ax.text(1.02, yy, "\n".join(w), transform=side, va="center", ha="left", fontsize=7.5, family="monospace")
+        for v, dy, c in ((t, 0.22, "black"), (i, -0.22, "0.35")):
+            if v:
+                ax.text(v * 1.1, yy + dy, f"{v:,}", va="center", fontsize=7, color=c)
+    ax.text(1.02, 1.0, "fields on the line", transform=ax.transAxes, va="bottom", fontsize=8, weight="bold")
+    ax.set_xlabel("count over the run (log scale)")
+    ax.set_title(f"the {k} most transferred cache lines", fontsize=9, loc="left")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.08 * 6 / top_h), ncol=2)
+    box = ax.get_position()
+    ax.set_position([box.x0, box.y0, box.width * 0.45, box.height])
+    nb = _nbuckets(cw, bucket_ms)
+    m, cpus = _cpu_grid(cw, "line_transfers", bucket_ms, nb)
+    im = _heat(ax2, m, bucket_ms, "viridis_r", float(m.max()))
+    _cpu_ticks(ax2, cpus, info["cpus"])
+    ax2.set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: none)")
+    ax2.set_title("line transfers each CPU's ops caused, all lines together: which line a CPU moved is not recorded "
+                  "(line_stats counts per line, results per op)", fontsize=9, loc="left")
+    fig.colorbar(im, ax=ax2, label=f"transfers per {bucket_ms:g} ms", fraction=0.03, pad=0.01)
+    fig.suptitle(f"Cache-line traffic: {info['label']}", x=0.02, ha="left", y=0.995)
+    _save(fig, out)
+    plt.close(fig)
+    return {"lines": hot["line"].to_list(), "fields": ["\n".join(w) for w in wrapped], "grid": m, "cpus": cpus}
 
 
 def footprint(fp: pl.DataFrame, trace: str, out: Path) -> None:
