@@ -452,6 +452,7 @@ class Workspace:
         import polars as pl
 
         from . import __version__
+        from .engine import SUMMARY_FLOATS
 
         with contextlib.ExitStack() as cleanup:
             if stage is None:
@@ -461,7 +462,8 @@ class Workspace:
                 files = {"results": run.results_path if run.results is None else
                          self.stage_table(run.results.to_arrow(), stage, "results")}
                 for ds, df in (("lock_stats", run.lock_stats), ("line_stats", run.line_stats),
-                               ("runs", pl.DataFrame([row]))):
+                               ("runs", pl.DataFrame([row], schema_overrides={
+                                   k: pl.Float64 for k in SUMMARY_FLOATS if k in row}))):
                     files[ds] = self.stage_table(df.to_arrow(), stage, ds)
             fault_point("run.staged")
             with self.lock():

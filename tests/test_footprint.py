@@ -95,11 +95,13 @@ def test_every_model_has_its_cache_flags_and_free_rule():
 
 def test_cache_flags_leave_run_ids_alone():
     """The slab data describes the allocator, not the simulation: model digests (and so
-    run ids) are what they were before it was added."""
+    run ids) do not depend on it.  (The digests pinned here last changed when the
+    kernel-fault and mmap_lock programs stopped counting a VMA lock event, semantics 4;
+    the slab flags were already there.)"""
     from replay.models import get_model
 
-    assert get_model("v8").digest() == "97f63aacfbd1b0b3"
-    assert get_model("pervma").digest() == "7e2a8de3b1573e90"
+    assert get_model("v8").digest() == "2e215b88c7575463"
+    assert get_model("pervma").digest() == "33f1149eda4b1d4f"
 
 
 # -- lifetimes and the call_rcu() delay, on a toy trace -----------------------------------------

@@ -116,7 +116,7 @@ def test_a_finished_sweep_is_skipped_and_the_table_shows_the_comparison(cli, sws
     rc, out, err = cli(*SWEEP, "--models", "v8,mmap_lock,pervma", "-w", sws)
     assert rc == 0, err
     assert "6 runs: 2 replayed, 4 already in the workspace" in out
-    assert "Hmean faults/sec-1" in out and "Amean fallback-pct-2" in out and "pervma" in out
+    assert "Hmean     faults/sec-1" in out and "Amean     fallback-pct-2" in out and "pervma" in out
     for rid, t in before.items():  # skipped runs were not replayed again
         assert (Path(sws) / "runs" / f"run_id={rid}" / "part-0.parquet").stat().st_mtime_ns == t
 

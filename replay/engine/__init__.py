@@ -57,6 +57,12 @@ class Totals:
         self.lock_wait_ns += float(r["lock_wait_ns"].sum())
 
 
+# summary values that are rates or means: floats, null where they have no denominator
+# (a run whose faults never try a VMA lock has no fallback rate)
+SUMMARY_FLOATS = ("simulated_ms", "faults_per_sec", "fallback_pct", "abort_pct", "retry_pct", "miss_pct",
+                  "mean_fault_ns", "lock_wait_ms", "wall_s")
+
+
 @dataclass
 class Run:
     run_id: str
