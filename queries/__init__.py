@@ -35,9 +35,10 @@ DATASETS = {
 COLUMN_DOCS = {
     "traces": {
         "trace_id": "trace name (partition)", "source": "file the trace came from, or the recorded command",
-        "format": "perf-script, ftrace, trace-cmd, perf-data or perf-json", "sha256": "of the input as given",
+        "format": "perf-script, ftrace, trace-cmd, trace-dat, perf-data, perf-json or perf-trace", "sha256": "of the input as given",
         "bytes": "input size", "ingested_at": "when", "hostname": "recording host", "kernel": "recording kernel",
-        "nr_cpus": "CPUs of the recording host", "lines": "input lines (JSON: samples)", "parsed": "events parsed",
+        "nr_cpus": "CPUs of the recording host", "arch": "architecture the trace was decoded for: from --arch, the trace's header, or x86_64 (assumed)",
+        "lines": "input lines (JSON: samples)", "parsed": "events parsed",
         "header": "header/comment lines", "blank": "blank lines", "callchain": "callchain frame lines",
         "lost_records": "lost-event records", "lost_events": "events the tracer reported lost",
         "malformed": "malformed lines (see rejects)", "events": "events in the events dataset",

@@ -344,7 +344,8 @@ def compare(runs=None, *, models: list[str] | str | None = None, trace: str | No
         cpus = {info[r]["cpus"] for r in ids}
         blocks.append((cpus.pop() if len(cpus) == 1 else "n", [C.iterations_of(rs, r) for r in ids], labels))
     metrics = C.iteration_metrics(ws, [r for _, cols, _ in blocks for col in cols for r in col])
-    rows = [r for c, cols, labels in blocks for r in C.compare_stats(metrics, cols, labels, c)]
+    rows = [{**r, "run_id": cols[labels.index(r["label"])][0]}  # the run given for the column
+            for c, cols, labels in blocks for r in C.compare_stats(metrics, cols, labels, c)]
     first = rs.filter(pl.col("run_id") == blocks[0][1][0][0]).to_dicts()[0]
     its = sorted({len(col) for _, cols, _ in blocks for col in cols})
     lines = [f"{first['trace_id']} on {first['machine']}, iterations per column: {', '.join(map(str, its))}"]

@@ -76,6 +76,15 @@ class Stat:
     n: int
 
     @property
+    def lo(self) -> float:
+        """The 95% interval of the mean (the centre itself with one sample)."""
+        return self.am - (self.half if self.n > 1 else 0.0)
+
+    @property
+    def hi(self) -> float:
+        return self.am + (self.half if self.n > 1 else 0.0)
+
+    @property
     def half(self) -> float:
         """The half-width of the Student t 95% interval of the mean."""
         if self.n < 2:

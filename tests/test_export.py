@@ -126,7 +126,7 @@ def test_simulated_run_follows_the_format_and_matches_the_results(wse, cli, tmp_
         for e in ops:
             r = row[e["args"]["op_id"]]
             assert (e["pid"], e["tid"]) == (SIM_PID + r["sim_cpu"], r["tid"])
-            assert e["args"]["outcome"] == r["outcome"] and e["args"].get("vma_id") == r["vma_id"]
+            assert e["args"].get("outcome") == r["outcome"] and e["args"].get("vma_id") == r["vma_id"]
             assert abs(e["ts"] * 1e3 - r["start_ns"]) <= 0.5 + 1e-6 and abs(e["dur"] * 1e3 - (r["end_ns"] - r["start_ns"])) <= 1
         waits = [e for e in sim if e["name"] == "lock wait"]
         assert len(waits) == res.filter(pl.col("lock_wait_ns").round() > 0).height

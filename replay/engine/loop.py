@@ -160,8 +160,8 @@ def _next_op(S, t):
         think = op_start(S)[j] - glob(S, 0).now
     else:
         think = op_think(S)[j] - th.prev_unknown
-    if i == 0:  # the thread's first op: it leaves the start barrier (variation.py)
-        think += start_offset(S, t)
+    if i == 0 and not cfg(S, 0).open_loop:  # its first op: it leaves the start barrier (variation.py);
+        think += start_offset(S, t)  # open loop keeps the recorded start instead
     th.think = max(0.0, think)
     return True
 
