@@ -107,7 +107,15 @@ def coh_write(S, n, c, now, atomic, changes):
         ln.busy_until = start + cost
     if changes:
         ln.version += 1
-    if k.prefetch_pairs:
+    _buddy(S, n, c)
+    return start, cost
+
+
+@njit(cache=True, inline="always")
+def _buddy(S, n, c):
+    """The adjacent-line prefetcher: CPU c took line n exclusively; its 128-byte buddy's
+    other copies go too."""
+    if cfg(S, 0).prefetch_pairs:
         b = n ^ 1
         bl = line(S, b)
         ob = bl.nsharers - (1 if holds(S, b, c) else 0)
@@ -116,7 +124,26 @@ def coh_write(S, n, c, now, atomic, changes):
             bl.transfers += 1
             _only_sharer(S, b, c)
             bl.owner = c if bl.owner >= 0 else -1
-    return start, cost
+
+
+@njit(cache=True)
+def coh_prefetchw(S, n, c):
+    """PREFETCHW: a request for ownership that neither stalls the core nor holds the
+    line - the core issues it and goes on, and the line comes to c exclusively (other
+    copies invalidated, the buddy as for a write), with no value change and nothing for
+    an RMW in flight to wait on.  Returns whether the line moved to c."""
+    ln = line(S, n)
+    has = holds(S, n, c) != 0
+    if ln.owner == c and has and ln.nsharers == 1:
+        return False
+    moved = not has or (ln.owner != -1 and ln.owner != c)
+    if moved:
+        ln.transfers += 1
+    ln.invalidations += ln.nsharers - (1 if has else 0)
+    ln.owner = c
+    _only_sharer(S, n, c)
+    _buddy(S, n, c)
+    return moved
 
 
 # -- a thread's accesses: their cost is its cache time ---------------------------------------------

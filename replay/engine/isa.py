@@ -70,8 +70,8 @@ class MicroOp:
 MICRO_OPS = (
     MicroOp(Op.LABEL, ("name",), "none", "a branch target", ""),
     MicroOp(Op.READ, ("obj", "field"), "field", "a load of obj->field", "h_read"),
-    MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a request for ownership without a write "
-            "(x86 exc_page_fault's prefetchw(&mm->mmap_lock))", "h_prefetchw"),
+    MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a non-blocking request for ownership "
+            "(x86 exc_page_fault's prefetchw(&current->mm->mmap_lock))", "h_prefetchw"),
     MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
     MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\") or the writer's own work (\"writer\")",
             "h_work"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .coherence import read, rmw, store
+from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES
 from .variation import fault_service
 from .rwsem import down_read, down_read_trylock, down_write, up_read, up_write
@@ -35,7 +35,14 @@ def h_read(S, t, obj, off, _):
 
 @njit(cache=True)
 def h_prefetchw(S, t, obj, off, _):
-    return rmw(S, t, field_line(S, t, obj, off), False), False
+    """prefetchw(): the line moves (coherence.coh_prefetchw) while the thread goes on;
+    it spends an instruction, an L1 hit's time."""
+    th = thread(S, t)
+    if coh_prefetchw(S, field_line(S, t, obj, off), th.cpu):
+        th.transfers += 1
+    k = cfg(S, 0)
+    th.cache += k.l1_hit
+    return glob(S, 0).now + k.l1_hit, False
 
 
 @njit(cache=True)

@@ -4,7 +4,13 @@ Every program mirrors the kernel function it models, named in the comments; the
 semantic parameters say what differs between designs.  Sources:
 
 * mmap_lock: arch/x86/mm/fault.c do_user_addr_fault() up to v6.3 (mmap_read_trylock,
-  then mmap_read_lock; ``prefetchw(&mm->mmap_lock)`` at entry until 2025);
+  then mmap_read_lock).
+* Every x86 fault, user or kernel mode and whatever the lock design, starts in
+  exc_page_fault() with ``prefetchw(&current->mm->mmap_lock)``, until "x86/mm: stop
+  prefetching the mmap semaphore on page faults" (Mateusz Guzik, posted 1 Apr 2025,
+  merged after v6.15): so every model but mainline (whose layouts are 6.18's)
+  prefetches mmap_lock's count line at each fault's entry - the per-VMA designs too,
+  where it moves a line the fault then never uses.
   kernel/locking/rwsem.c since commit 64489e78004c ("locking/rwsem: Implement a new
   locking scheme", v5.3) for the rw_semaphore.
 * pervma: commit 50ee32537206 ("mm: introduce lock_vma_under_rcu to be used from arch-
@@ -126,10 +132,15 @@ MMAP_WRITER = [
 ]
 
 
-def _vma_lock_fault(kind: str) -> list:
+def _entry(prefetchw: bool) -> list:
+    """exc_page_fault()'s ``prefetchw(&current->mm->mmap_lock)`` (see the module docstring)."""
+    return [(Op.PREFETCHW, "mm", "mmap_lock.count")] if prefetchw else []
+
+
+def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
     """lock_vma_under_rcu() + vma_start_read(), then the fault, then vma_end_read();
     on failure the mmap_lock path.  kind: rwsem (pervma, inline-rwsem) or refcnt."""
-    p = [
+    p = _entry(prefetchw) + [
         (Op.LABEL, "walk"),
         (Op.ATTEMPT,),
         (Op.WALK, "abort"),  # mas_walk() under rcu_read_lock(); no VMA -> inval
@@ -191,9 +202,13 @@ def _vma_writer(seqcount: bool) -> list:
     ]
 
 
-# do_user_addr_fault(): "if (!(flags & FAULT_FLAG_USER)) goto lock_mmap;" - a kernel-mode
-# fault never tries the VMA lock and counts no VMA_LOCK_* event
-KERNEL_FAULT = _mmap_lock_fault(False) + [(Op.END,)]
+def _kernel_fault(prefetchw: bool = True) -> list:
+    """do_user_addr_fault(): "if (!(flags & FAULT_FLAG_USER)) goto lock_mmap;" - a
+    kernel-mode fault never tries the VMA lock and counts no VMA_LOCK_* event."""
+    return _mmap_lock_fault(prefetchw) + [(Op.END,)]
+
+
+KERNEL_FAULT = _kernel_fault()
 
 MODELS = {}
 
@@ -242,7 +257,8 @@ _add(Model(
     ["mm/mmap_lock.c vma_start_read(), __vma_start_write(), lock_vma_under_rcu() (v6.15)",
      "include/linux/mmap_lock.h vma_refcount_put(), is_vma_writer_only() (v6.15)"],
     Layout(MM, VMA_MAINLINE, vma_lock_in=""),
-    fault=_vma_lock_fault("refcnt") + _detached(True), kernel_fault=KERNEL_FAULT, writer=_vma_writer(True),
+    fault=_vma_lock_fault("refcnt", prefetchw=False) + _detached(True), kernel_fault=_kernel_fault(prefetchw=False),
+    writer=_vma_writer(True),
     params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0,
             "typesafe_by_rcu": True},
 ))
