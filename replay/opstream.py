@@ -38,6 +38,7 @@ group boundaries of the Parquet file differ.
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 
 import numpy as np
 import pyarrow as pa
@@ -77,28 +78,46 @@ C_UNPAIRED, C_UNMATCHED, C_MISSED = 0, 1, 2  # counters
 PAGE_MASK = np.uint64(~(O.PAGE - 1) & (2**64 - 1))
 PF_WRITE = O.X86_PF_WRITE
 
-EV_DTYPE = np.dtype([
+# One batch of events in time order, a column each (``th``: the thread's index; ``*_ok``:
+# the value is not null; write/success: 1, 0, or -1 for null).
+EV_FIELDS = [
     ("code", np.int8), ("th", np.int32), ("seq", np.int64), ("ts", np.int64), ("ts_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("mm", np.uint64), ("mm_ok", np.bool_),
-    ("write", np.int8), ("success", np.int8),  # -1: null
+    ("write", np.int8), ("success", np.int8),
     ("address", np.uint64), ("addr_ok", np.bool_), ("error_code", np.int64), ("ec_ok", np.bool_),
     ("len", np.int64), ("len_ok", np.bool_), ("new_len", np.int64), ("new_len_ok", np.bool_),
     ("new_addr", np.uint64), ("new_addr_ok", np.bool_), ("prot", np.int64), ("prot_ok", np.bool_),
     ("flags", np.int64), ("flags_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
-])
+]
+Ev = namedtuple("Ev", [f for f, _ in EV_FIELDS])
+EV_TYPES = dict(EV_FIELDS)
 
-# One op as it is being built.  ``fb``: the fault's raw fallback (any read start_locking
-# on its own mm in its window; -1 until the window closes), ``first``: the first write
-# fault the trace shows in its private VMA; ``pend``: parts still to come (a fault's
-# window; a writer's window and its exit).
-OP_DTYPE = np.dtype([
+# Ops as they are being built, a column each.  ``fb``: the fault's raw fallback (a read
+# start_locking on its own mm in its window; -1 until the window closes), ``first``: the
+# first write fault the trace shows in its private VMA; ``pend``: parts still to come (a
+# fault's window; a writer's window and its exit).
+OP_FIELDS = [
     ("seq", np.int64), ("th", np.int32), ("kind", np.int8), ("start", np.int64), ("start_ok", np.bool_),
     ("end", np.int64), ("end_ok", np.bool_), ("address", np.uint64), ("addr_ok", np.bool_),
     ("length", np.int64), ("len_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
     ("write", np.int8), ("kernel", np.bool_), ("lock", np.int8), ("fb", np.int8), ("fbw", np.bool_),
     ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("pend", np.int8),
-])
+]
+Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])
+
+
+def _ops_buffer(n: int) -> Ops:
+    return Ops(*(np.zeros(n, dt) for _, dt in OP_FIELDS))
+
+
+def _ops_slice(o: Ops, a: int, b: int) -> Ops:
+    return Ops(*(x[a:b] for x in o))
+
+
+def _ops_take(o: Ops, idx) -> Ops:
+    return Ops(*(x[idx] for x in o))
+
 
 # Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
 # window of its latest fault or syscall: the op it belongs to and what the window saw.
@@ -120,48 +139,60 @@ SC_DTYPE = np.dtype([
 # -- the compiled step ------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _ref(op, base, rows, late, late_ids):
-    """Where op ``op`` lives: the unwritten rows, or - written before it was complete - ``late``."""
+def _ref(op, base, late_at, late_ids):
+    """Op ``op``'s row: among the unwritten ones, or - written before it was complete -
+    among the late ones, which follow them from row ``late_at`` on."""
     if op >= base:
-        return rows, op - base
-    return late, np.searchsorted(late_ids, op)
+        return op - base
+    return late_at + np.searchsorted(late_ids, op)
 
 
 @njit(cache=True, nogil=True)
-def _close_window(s, base, rows, late, late_ids):
+def _close_window(s, base, o, late_at, late_ids):
     """A thread's fault or syscall window ends (its next fault or syscall, or the trace's
     end): what it saw becomes the op's fallback, end and hold time."""
     if s.grp_op < 0:
         return
-    arr, k = _ref(s.grp_op, base, rows, late, late_ids)
-    r = arr[k]
+    k = _ref(s.grp_op, base, late_at, late_ids)
     if s.grp_fault:
-        r.fb = 1 if (s.has_start and s.fb_read) else 0
-        r.fbw = s.has_start and s.fb_write
+        o.fb[k] = 1 if (s.has_start and s.fb_read) else 0
+        o.fbw[k] = s.has_start and s.fb_write
         if s.has_start:
             # a fallback ends at its mmap_read_unlock; it held the lock acquired -> released
-            r.end, r.end_ok = s.rel_any, s.rel_any_ok
+            o.end[k], o.end_ok[k] = s.rel_any, s.rel_any_ok
             if s.rel_any_ok and s.acq_any_ok:
-                r.hold, r.hold_ok = s.rel_any - s.acq_any, True
+                o.hold[k], o.hold_ok[k] = s.rel_any - s.acq_any, True
     elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
-        r.hold, r.hold_ok = s.rel_w - s.acq_w, True
-    r.pend -= 1
+        o.hold[k], o.hold_ok[k] = s.rel_w - s.acq_w, True
+    o.pend[k] -= 1
     s.grp_op = -1
 
 
 @njit(cache=True, nogil=True)
 def _open_window(s, op, fault):
     s.grp_op, s.grp_fault = op, fault
-    s.has_start = s.fb_read = s.fb_write = False
-    s.rel_any_ok = s.acq_any_ok = s.rel_w_ok = s.acq_w_ok = False
+    s.has_start = False
+    s.fb_read = False
+    s.fb_write = False
+    s.rel_any_ok = False
+    s.acq_any_ok = False
+    s.rel_w_ok = False
+    s.acq_w_ok = False
 
 
 @njit(cache=True, nogil=True)
-def _new_op(r, e, kind):
-    r.seq, r.th, r.kind = e.seq, e.th, kind
-    r.start, r.start_ok, r.cpu, r.cpu_ok = e.ts, e.ts_ok, e.cpu, e.cpu_ok
-    r.end_ok = r.addr_ok = r.len_ok = r.ret_ok = r.hold_ok = r.kernel = r.fbw = r.first = False
-    r.write, r.fb, r.lock, r.vma = -1, -1, M_WRITE, VMA_NONE
+def _new_op(o, k, ev, i, kind, pend):
+    o.seq[k], o.th[k], o.kind[k], o.pend[k] = ev.seq[i], ev.th[i], kind, pend
+    o.start[k], o.start_ok[k], o.cpu[k], o.cpu_ok[k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
+    o.end_ok[k] = False
+    o.addr_ok[k] = False
+    o.len_ok[k] = False
+    o.ret_ok[k] = False
+    o.hold_ok[k] = False
+    o.kernel[k] = False
+    o.fbw[k] = False
+    o.first[k] = False
+    o.write[k], o.fb[k], o.lock[k], o.vma[k] = -1, -1, M_WRITE, VMA_NONE
 
 
 @njit(cache=True, nogil=True)
@@ -176,134 +207,150 @@ def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
 
 
 @njit(cache=True, nogil=True)
-def _advance(ev, i, th, sc, rows, n_rows, base, late, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
+def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
              private, seen_first, miss_space, miss_page, n_miss, need_seed, counters):
     """Run events ``ev[i:]`` (time order) until one needs Python or the batch ends.
 
     Parameters
     ----------
-    ev : EV_DTYPE records, one batch in time order (``th``: thread index).
+    ev : Ev, one batch in time order.
     th, sc : TH_DTYPE per thread; SC_DTYPE per thread and syscall (``th * NSYS + n``).
-    rows : OP_DTYPE, the ops not yet written; ``rows[k]`` is op ``base + k``; n_rows used.
-    late, late_ids : ops written before they were complete, and their op ids (sorted).
+    rows : Ops: rows[:late_at] the ops not yet written (row k is op ``base + k``; n_rows
+        used), then the late ones: written before they were complete, their op ids in
+        ``late_ids`` (ascending).
     lay_* : every address space's VMAs, sorted by start: space s at lay_off[s], lay_n[s] of them.
     private, seen_first : per VMA id: a private mapping; its first write fault is seen.
     miss_space, miss_page : user faults outside every known VMA (n_miss so far).
     need_seed : [1] while the maps snapshot waits for the first op's address space.
 
-    Returns (status, next event, n_rows, n_miss, op): ST_APPLY for a writer's sys_exit
+    Returns (status, next event, n_rows, n_miss, op): ST_APPLY after a writer's sys_exit
     or exit_mmap (op: its id), ST_SEED before the first op, ST_FULL when ``rows`` is
     full, ST_MISS when the miss buffer is, ST_DONE at the batch's end.
     """
-    n = len(ev)
+    n = len(ev.code)
+    cap = late_at
     while i < n:
-        e = ev[i]
-        c = e.code
-        s = th[e.th]
+        c = ev.code[i]
+        t = ev.th[i]
+        s = th[t]
         opens = c == PF_USER or c == PF_KERNEL or (ENTER0 <= c < ENTER0 + NSYS)
-        if need_seed[0] and (opens or c == EXIT_MMAP):
-            return ST_SEED, i, n_rows, n_miss, -1
-        if (opens or c == EXIT_MMAP) and n_rows == len(rows):
-            return ST_FULL, i, n_rows, n_miss, -1
+        if opens or c == EXIT_MMAP:
+            if need_seed[0]:
+                return ST_SEED, i, n_rows, n_miss, -1
+            if n_rows == cap:
+                return ST_FULL, i, n_rows, n_miss, -1
         if c == PF_USER or c == PF_KERNEL:
-            _close_window(s, base, rows, late, late_ids)
-            r = rows[n_rows]
-            _new_op(r, e, K_FAULT)
-            r.address, r.addr_ok = e.address, e.addr_ok
-            r.kernel = c == PF_KERNEL
-            r.lock = M_READ
-            if e.ec_ok:
-                r.write = 1 if (e.error_code & PF_WRITE) != 0 else 0
-            r.pend = 1
+            _close_window(s, base, rows, late_at, late_ids)
+            k = n_rows
+            _new_op(rows, k, ev, i, K_FAULT, 1)
+            addr = ev.address[i]
+            rows.address[k], rows.addr_ok[k] = addr, ev.addr_ok[i]
+            kernel = c == PF_KERNEL
+            rows.kernel[k] = kernel
+            rows.lock[k] = M_READ
+            write = -1
+            if ev.ec_ok[i]:
+                write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
+            rows.write[k] = write
             vid = -1
-            if s.space >= 0 and e.addr_ok:
-                vid = _find_vma(e.address, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
+            if s.space >= 0 and ev.addr_ok[i]:
+                vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
             missed = False
             if vid >= 0:
-                r.vma = vid
+                rows.vma[k] = vid
                 # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
-                if r.write == 1 and not r.kernel and private[vid] and not seen_first[vid]:
+                if write == 1 and not kernel and private[vid] and not seen_first[vid]:
                     seen_first[vid] = True
-                    r.first = True
-            elif not r.kernel and e.addr_ok and s.space >= 0:
-                r.vma = VMA_MISS
+                    rows.first[k] = True
+            elif not kernel and ev.addr_ok[i] and s.space >= 0:
+                rows.vma[k] = VMA_MISS
                 miss_space[n_miss] = s.space
-                miss_page[n_miss] = np.int64(e.address & PAGE_MASK)
+                miss_page[n_miss] = np.int64(addr & PAGE_MASK)
                 counters[C_MISSED] += 1
                 n_miss += 1
                 missed = True
-            _open_window(s, base + n_rows, True)
+            _open_window(s, base + k, True)
             n_rows += 1
             if missed and n_miss == len(miss_page):
                 return ST_MISS, i + 1, n_rows, n_miss, -1
         elif c == LOCK_START:
-            if s.grp_op >= 0 and s.own_ok and e.mm_ok and e.mm == s.own_mm:
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
                 s.has_start = True
-                if e.write == 0:
+                if ev.write[i] == 0:
                     s.fb_read = True
-                elif e.write == 1:
+                elif ev.write[i] == 1:
                     s.fb_write = True
         elif c == LOCK_ACQ:
-            if s.grp_op >= 0 and s.own_ok and e.mm_ok and e.mm == s.own_mm and e.success == 1 and e.ts_ok:
-                if not s.acq_any_ok or e.ts < s.acq_any:
-                    s.acq_any, s.acq_any_ok = e.ts, True
-                if e.write == 1 and (not s.acq_w_ok or e.ts < s.acq_w):
-                    s.acq_w, s.acq_w_ok = e.ts, True
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
+                    and ev.ts_ok[i]:
+                ts = ev.ts[i]
+                if not s.acq_any_ok or ts < s.acq_any:
+                    s.acq_any, s.acq_any_ok = ts, True
+                if ev.write[i] == 1 and (not s.acq_w_ok or ts < s.acq_w):
+                    s.acq_w, s.acq_w_ok = ts, True
         elif c == LOCK_REL:
-            if s.grp_op >= 0 and s.own_ok and e.mm_ok and e.mm == s.own_mm and e.ts_ok:
-                if not s.rel_any_ok or e.ts > s.rel_any:
-                    s.rel_any, s.rel_any_ok = e.ts, True
-                if e.write == 1 and (not s.rel_w_ok or e.ts > s.rel_w):
-                    s.rel_w, s.rel_w_ok = e.ts, True
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.ts_ok[i]:
+                ts = ev.ts[i]
+                if not s.rel_any_ok or ts > s.rel_any:
+                    s.rel_any, s.rel_any_ok = ts, True
+                if ev.write[i] == 1 and (not s.rel_w_ok or ts > s.rel_w):
+                    s.rel_w, s.rel_w_ok = ts, True
         elif ENTER0 <= c < ENTER0 + NSYS:
             x = c - ENTER0
-            _close_window(s, base, rows, late, late_ids)
-            q = sc[e.th * NSYS + x]
+            _close_window(s, base, rows, late_at, late_ids)
+            q = sc[t * NSYS + x]
             if q.op >= 0:  # an enter with no exit before the next enter of that call: never finished
                 counters[C_UNPAIRED] += 1
-                arr, k = _ref(q.op, base, rows, late, late_ids)
-                arr[k].pend -= 1
-            r = rows[n_rows]
-            _new_op(r, e, K_SYS0 + x)
-            r.address, r.addr_ok, r.length, r.len_ok = e.address, e.addr_ok, e.len, e.len_ok
-            r.pend = 2
-            q.op = base + n_rows
-            q.address, q.addr_ok, q.len, q.len_ok = e.address, e.addr_ok, e.len, e.len_ok
-            q.new_len, q.new_len_ok, q.new_addr, q.new_addr_ok = e.new_len, e.new_len_ok, e.new_addr, e.new_addr_ok
-            q.prot, q.prot_ok, q.flags, q.flags_ok = e.prot, e.prot_ok, e.flags, e.flags_ok
-            _open_window(s, base + n_rows, False)
+                rows.pend[_ref(q.op, base, late_at, late_ids)] -= 1
+            k = n_rows
+            _new_op(rows, k, ev, i, K_SYS0 + x, 2)
+            rows.address[k], rows.addr_ok[k], rows.length[k], rows.len_ok[k] = \
+                ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
+            q.op = base + k
+            q.address, q.addr_ok, q.len, q.len_ok = ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
+            q.new_len, q.new_len_ok, q.new_addr, q.new_addr_ok = \
+                ev.new_len[i], ev.new_len_ok[i], ev.new_addr[i], ev.new_addr_ok[i]
+            q.prot, q.prot_ok, q.flags, q.flags_ok = ev.prot[i], ev.prot_ok[i], ev.flags[i], ev.flags_ok[i]
+            _open_window(s, base + k, False)
             n_rows += 1
         elif EXIT0 <= c < EXIT0 + NSYS:
-            q = sc[e.th * NSYS + (c - EXIT0)]
+            q = sc[t * NSYS + (c - EXIT0)]
             if q.op < 0:
                 counters[C_UNMATCHED] += 1
             else:
                 op = q.op
                 q.op = -1  # the arguments stay for the caller to apply
-                arr, k = _ref(op, base, rows, late, late_ids)
-                arr[k].end, arr[k].end_ok, arr[k].ret, arr[k].ret_ok = e.ts, e.ts_ok, e.ret, e.ret_ok
+                j = _ref(op, base, late_at, late_ids)
+                rows.end[j], rows.end_ok[j], rows.ret[j], rows.ret_ok[j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
                 return ST_APPLY, i + 1, n_rows, n_miss, op
         elif c == EXIT_MMAP:
-            r = rows[n_rows]
-            _new_op(r, e, K_EXIT)
-            r.end, r.end_ok, r.ret, r.ret_ok = e.ts, e.ts_ok, 0, True
-            r.pend = 1
+            k = n_rows
+            _new_op(rows, k, ev, i, K_EXIT, 1)
+            rows.end[k], rows.end_ok[k], rows.ret[k], rows.ret_ok[k] = ev.ts[i], ev.ts_ok[i], 0, True
             n_rows += 1
-            return ST_APPLY, i + 1, n_rows, n_miss, base + n_rows - 1
+            return ST_APPLY, i + 1, n_rows, n_miss, base + k
         i += 1
     return ST_DONE, i, n_rows, n_miss, -1
 
 
 @njit(cache=True, nogil=True)
-def _finish(th, sc, rows, base, late, late_ids, counters):
+def _done_prefix(pend, start, n):
+    """How many ops from the front are complete (scanning on from ``start``)."""
+    k = start
+    while k < n and pend[k] == 0:
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _finish(th, sc, rows, base, late_at, late_ids, counters):
     """The trace's end: every window closes; every enter still open never finished."""
     for t in range(len(th)):
-        _close_window(th[t], base, rows, late, late_ids)
+        _close_window(th[t], base, rows, late_at, late_ids)
     for j in range(len(sc)):
         if sc[j].op >= 0:
             counters[C_UNPAIRED] += 1
-            arr, k = _ref(sc[j].op, base, rows, late, late_ids)
-            arr[k].pend -= 1
+            rows.pend[_ref(sc[j].op, base, late_at, late_ids)] -= 1
             sc[j].op = -1
 
 
@@ -577,6 +624,19 @@ class _Layout:
         self.n[s] = m
 
 
+def _arrow(values: np.ndarray, ok: np.ndarray | None, typ: pa.DataType) -> pa.Array:
+    """A numpy column (and where it is valid) as an Arrow array that owns its memory:
+    the op buffers it comes from are reused."""
+    n = len(values)
+    nulls = 0 if ok is None else n - int(np.count_nonzero(ok))
+    validity = pa.py_buffer(np.packbits(ok, bitorder="little")) if nulls else None
+    if pa.types.is_boolean(typ):
+        data = pa.py_buffer(np.packbits(values.astype(np.bool_, copy=False), bitorder="little"))
+    else:
+        data = pa.py_buffer(np.array(values, dtype=typ.to_pandas_dtype(), copy=True))
+    return pa.Array.from_buffers(typ, n, [validity, data], null_count=nulls)
+
+
 def _pyint(v, ok):
     return int(v) if ok else None
 
@@ -619,9 +679,10 @@ class Builder:
         self.th_pid = threads["pid"]
         self.sc = np.zeros(T * NSYS, SC_DTYPE)
         self.sc["op"] = -1
-        self.rows = np.zeros(min(max(events.rows, 16), 2 * ROW_GROUP + 1), OP_DTYPE)
+        self.cap = min(max(events.rows, 16), 2 * ROW_GROUP + 1)  # rows[:cap] unwritten ops, then the late ones
+        self.rows = _ops_buffer(self.cap + 16)
+        self.done = 0  # rows[:done] are complete
         self.n_rows, self.base = 0, 0
-        self.late = np.zeros(16, OP_DTYPE)
         self.late_ids = np.zeros(16, np.int64)
         self.n_late = 0
         self.lists: dict[int, tuple] = {}  # writer op -> (vma_ids, created, freed, successor)
@@ -639,7 +700,7 @@ class Builder:
         self.op_spaces: set[int] = set()
         self.prev = np.zeros(T, np.int64)
         self.prev_ok = np.full(T, -1, np.int8)
-        self.written = 0
+        self.ones = np.ones(0, np.bool_)
 
     # -- the stepping loop --
     def _keep(self, b: pa.RecordBatch) -> np.ndarray:
@@ -649,27 +710,26 @@ class Builder:
         out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
         return ~out & (code <= RELEVANT)
 
-    def _batch(self, t: pa.Table) -> np.ndarray:
-        ev = np.zeros(t.num_rows, EV_DTYPE)
+    def _batch(self, t: pa.Table) -> Ev:
         c = {name: t.column(name) for name in STEP_COLUMNS}
-        ev["code"] = _codes(c["event"])
+        n = t.num_rows
+        if len(self.ones) < n:
+            self.ones = np.ones(n, np.bool_)
+        ones = self.ones[:n]
         tid = c["tid"]
         th = np.searchsorted(self.tids, _np(tid, 0, np.int64)).astype(np.int32)
         if tid.null_count:
             th[~_ok(tid)] = len(self.tids)
-        ev["th"] = th
-        ev["seq"] = _np(c["seq"], 0, np.int64)
-        for name, col in (("ts", "ts_ns"), ("cpu", "cpu"), ("mm", "mm"), ("address", "address"),
-                          ("error_code", "error_code"), ("len", "len"), ("new_len", "new_len"),
-                          ("new_addr", "new_addr"), ("prot", "prot"), ("flags", "flags"), ("ret", "ret")):
-            ev[name] = _np(c[col], 0)
-        for name, col in (("ts_ok", "ts_ns"), ("cpu_ok", "cpu"), ("mm_ok", "mm"), ("addr_ok", "address"),
-                          ("ec_ok", "error_code"), ("len_ok", "len"), ("new_len_ok", "new_len"),
-                          ("new_addr_ok", "new_addr"), ("prot_ok", "prot"), ("flags_ok", "flags"), ("ret_ok", "ret")):
-            ev[name] = _ok(c[col])
-        ev["write"] = _tri(c["write"])
-        ev["success"] = _tri(c["success"])
-        return ev
+        f = {"code": _codes(c["event"]), "th": th, "seq": _np(c["seq"], 0, np.int64),
+             "write": _tri(c["write"]), "success": _tri(c["success"])}
+        for name, col, ok in (("ts", "ts_ns", "ts_ok"), ("cpu", "cpu", "cpu_ok"), ("mm", "mm", "mm_ok"),
+                              ("address", "address", "addr_ok"), ("error_code", "error_code", "ec_ok"),
+                              ("len", "len", "len_ok"), ("new_len", "new_len", "new_len_ok"),
+                              ("new_addr", "new_addr", "new_addr_ok"), ("prot", "prot", "prot_ok"),
+                              ("flags", "flags", "flags_ok"), ("ret", "ret", "ret_ok")):
+            f[name] = _np(c[col], 0, EV_TYPES[name])
+            f[ok] = _ok(c[col]) if c[col].null_count else ones
+        return Ev(**f)
 
     def run(self) -> None:
         from .jit import notice_compile
@@ -682,7 +742,7 @@ class Builder:
             i = 0
             while True:
                 st, i, self.n_rows, self.n_miss, op = _advance(
-                    ev, i, self.th, self.sc, self.rows, self.n_rows, self.base, self.late[: self.n_late],
+                    ev, i, self.th, self.sc, self.rows, self.n_rows, self.base, self.cap,
                     self.late_ids[: self.n_late], self.layout.start, self.layout.end, self.layout.id, self.layout.off,
                     self.layout.n, self.private, self.seen_first, self.miss_space, self.miss_page, self.n_miss,
                     self.need_seed, self.counters)
@@ -691,13 +751,13 @@ class Builder:
                 if st == ST_APPLY:
                     self._apply(op)
                 elif st == ST_SEED:
-                    self._seed(int(ev[i]["th"]))
+                    self._seed(int(ev.th[i]))
                 elif st == ST_FULL:
                     self._flush(force=True)
                 elif st == ST_MISS:
                     self._merge_misses()
             self._flush()
-        _finish(self.th, self.sc, self.rows, self.base, self.late[: self.n_late], self.late_ids[: self.n_late],
+        _finish(self.th, self.sc, self.rows, self.base, self.cap, self.late_ids[: self.n_late],
                 self.counters)
         self._merge_misses()
         self._flush(all_rows=True)
@@ -705,10 +765,8 @@ class Builder:
         self.rep.unpaired_enter = int(self.counters[C_UNPAIRED])
         self.rep.unmatched_exit = int(self.counters[C_UNMATCHED])
 
-    def _row(self, op: int):
-        if op >= self.base:
-            return self.rows, op - self.base
-        return self.late, int(np.searchsorted(self.late_ids[: self.n_late], op))
+    def _row(self, op: int) -> int:
+        return int(_ref(op, self.base, self.cap, self.late_ids[: self.n_late]))
 
     def _space(self, s: int) -> O.AddressSpace:
         return self.spaces.setdefault(self.space_names[s], O.AddressSpace(self.ids))
@@ -749,25 +807,24 @@ class Builder:
 
     def _apply(self, op: int) -> None:
         """A writer's change lands (its sys_exit, or exit_mmap): replay it on the tracker."""
-        arr, k = self._row(op)
-        r = arr[k]
-        kind = O.OP_KINDS[int(r["kind"])]
-        t = int(r["th"])
+        o, k = self.rows, self._row(op)
+        kind = O.OP_KINDS[int(o.kind[k])]
+        t = int(o.th[k])
         s = int(self.th[t]["space"])
         asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids))
-        now = _pyint(r["end"], r["end_ok"])
+        now = _pyint(o.end[k], o.end_ok[k])
         if kind == "exit":
             res = O.apply_writer(asp, kind, {}, 0, now, self.rep)
         else:
-            q = self.sc[t * NSYS + int(r["kind"]) - K_SYS0]
+            q = self.sc[t * NSYS + int(o.kind[k]) - K_SYS0]
             a = {"address": _pyint(q["address"], q["addr_ok"]), "len": _pyint(q["len"], q["len_ok"]),
                  "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
                  "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
-            res = O.apply_writer(asp, kind, a, _pyint(r["ret"], r["ret_ok"]), now, self.rep)
+            res = O.apply_writer(asp, kind, a, _pyint(o.ret[k], o.ret_ok[k]), now, self.rep)
         vma_ids, created, freed, succ, lock = res
-        arr["lock"][k] = LOCK_MODES.index(lock)
+        o.lock[k] = LOCK_MODES.index(lock)
         self.lists[op] = (vma_ids, created, freed, succ)
-        arr["pend"][k] -= 1
+        o.pend[k] -= 1
         self._mark(asp, created)
         if s >= 0:
             self.layout.set(s, asp)
@@ -803,58 +860,58 @@ class Builder:
         buffer is full): write the oldest row group whatever its state; ``all_rows``:
         the trace has ended, write everything."""
         while self.n_rows:
-            n = self.n_rows
-            pend = self.rows["pend"][:n] != 0
-            done = int(np.argmax(pend)) if pend.any() else n
-            if all_rows or force or done >= ROW_GROUP:
-                k = min(ROW_GROUP, n)
-            else:
+            self.done = _done_prefix(self.rows.pend, self.done, self.n_rows)
+            if not (all_rows or force or self.done >= ROW_GROUP):
                 return
             force = False
-            self._write(k)
+            self._write(min(ROW_GROUP, self.n_rows))
 
     def _write(self, k: int) -> None:
-        seg = self.rows[:k]
+        seg = _ops_slice(self.rows, 0, k)
         ops = np.arange(self.base, self.base + k, dtype=np.int64)
-        inc = np.flatnonzero(seg["pend"] != 0)
+        inc = np.flatnonzero(seg.pend != 0)
         if len(inc):  # written before complete: kept aside, finished there, put in place by the second pass
             need = self.n_late + len(inc)
-            if need > len(self.late):
-                size = max(2 * len(self.late), need)
-                self.late = np.resize(self.late, size)
-                self.late_ids = np.resize(self.late_ids, size)
-            self.late[self.n_late:need] = seg[inc]
+            if self.cap + need > len(self.rows.seq):
+                size = self.cap + max(2 * (len(self.rows.seq) - self.cap), need)
+                self.rows = Ops(*(np.resize(x, size) for x in self.rows))
+                seg = _ops_slice(self.rows, 0, k)
+            if need > len(self.late_ids):
+                self.late_ids = np.resize(self.late_ids, max(2 * len(self.late_ids), need))
+            for x in self.rows:
+                x[self.cap + self.n_late:self.cap + need] = x[:k][inc]
             self.late_ids[self.n_late:need] = ops[inc]
             self.n_late = need
         think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
-        _think(seg["th"], seg["start"], seg["start_ok"], seg["end"], seg["end_ok"], self.prev, self.prev_ok,
-               think, think_ok)
+        _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
         self.sink(self.table(seg, ops, think, think_ok, pop=True))
         n = self.n_rows
-        self.rows[: n - k] = self.rows[k:n]
+        for x in self.rows:
+            x[: n - k] = x[k:n]
         self.n_rows -= k
         self.base += k
+        self.done = max(self.done - k, 0)
 
-    def table(self, seg: np.ndarray, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
+    def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
         """Ops rows as the ops table (OPS_ARROW schema)."""
-        n = len(seg)
-        fault = seg["kind"] == K_FAULT
-        kernel = seg["kernel"]
-        th = seg["th"].astype(np.int64)
+        n = len(seg.seq)
+        fault = seg.kind == K_FAULT
+        kernel = seg.kernel
+        th = seg.th.astype(np.int64)
         space = self.th["space"][th]
         self.op_spaces.update(np.unique(space).tolist())
         names = pa.array(self.space_names + [None], pa.large_string())
         # derived flags (ops docstring): a user fault's window fell back unless the
         # first-write trylock explains it; writers have none of these
-        fb = seg["fb"] == 1
-        fallback = fb & ~seg["first"]
-        anon = fb & seg["first"] & ~kernel
+        fb = seg.fb == 1
+        fallback = fb & ~seg.first
+        anon = fb & seg.first & ~kernel
         lists = [[], [], [], []]
         valid = [np.zeros(n, np.bool_) for _ in range(4)]
         lengths = [np.zeros(n, np.int64) for _ in range(4)]
         for j in np.flatnonzero(~fault).tolist():
             op = int(ops[j])
-            done = seg["pend"][j] == 0
+            done = seg.pend[j] == 0
             got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
             vals = got if got is not None else (None, [], [], [])
             for c in range(4):
@@ -869,38 +926,38 @@ class Builder:
             return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], pa.int64()),
                                                  mask=pa.array(~valid[c]))
 
-        def arr(v, ok, typ):
-            return pa.array(v, typ, mask=None if ok is None else ~ok)
+        arr = _arrow
 
         tid_null = self.th_tid.is_null().to_numpy()
         tid_vals = self.th_tid.fill_null(0).to_numpy().astype(np.int32)
         pid_null = self.th_pid.is_null().to_numpy()
         pid_vals = self.th_pid.fill_null(0).to_numpy().astype(np.int32)
-        vma = seg["vma"]
+        vma = seg.vma
         cols = {
-            "op_id": pa.array(ops, pa.int64()),
+            "op_id": _arrow(ops, None, pa.int64()),
             "trace_id": pa.array([self.trace_id], pa.large_string()).take(pa.array(np.zeros(n, np.int64))),
             "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
             "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
             "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
-            "kind": pa.DictionaryArray.from_arrays(pa.array(seg["kind"].astype(np.uint8)), KINDS, ordered=True),
-            "seq": pa.array(seg["seq"], pa.int64()),
-            "start_ns": arr(seg["start"], seg["start_ok"], pa.int64()),
-            "end_ns": arr(seg["end"], seg["end_ok"], pa.int64()),
-            "address": arr(seg["address"], seg["addr_ok"], pa.uint64()),
-            "length": arr(seg["length"], seg["len_ok"], pa.int64()),
-            "ret": arr(seg["ret"], seg["ret_ok"], pa.int64()),
+            "kind": pa.DictionaryArray.from_arrays(_arrow(seg.kind.astype(np.uint8), None, pa.uint8()), KINDS,
+                                                   ordered=True),
+            "seq": _arrow(seg.seq, None, pa.int64()),
+            "start_ns": arr(seg.start, seg.start_ok, pa.int64()),
+            "end_ns": arr(seg.end, seg.end_ok, pa.int64()),
+            "address": arr(seg.address, seg.addr_ok, pa.uint64()),
+            "length": arr(seg.length, seg.len_ok, pa.int64()),
+            "ret": arr(seg.ret, seg.ret_ok, pa.int64()),
             "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
             "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
-            "write": arr(seg["write"] == 1, seg["write"] >= 0, pa.bool_()),
-            "kernel": pa.array(kernel, pa.bool_()),
-            "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg["lock"].astype(np.int64))),
+            "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
+            "kernel": _arrow(kernel, None, pa.bool_()),
+            "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg.lock.astype(np.int64))),
             "observed_fallback": arr(fallback, fault & ~kernel, pa.bool_()),
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
-            "observed_mmap_write": arr(seg["fbw"], fault, pa.bool_()),
-            "hold_ns": arr(seg["hold"], seg["hold_ok"], pa.int64()),
+            "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
+            "hold_ns": arr(seg.hold, seg.hold_ok, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
-            "cpu": arr(seg["cpu"], seg["cpu_ok"], pa.int16()),
+            "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
         }
         return pa.Table.from_arrays([cols[f.name] for f in OPS_ARROW], schema=OPS_ARROW)
 
@@ -965,7 +1022,7 @@ class _Patch:
         self.seen: set[int] = set()
         n = b.n_late
         self.late_ids = b.late_ids[:n].copy()
-        self.late = b.late[:n].copy()
+        self.late = _ops_slice(b.rows, b.cap, b.cap + n)
         self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
             if n else None
         T = len(b.th)
