@@ -51,7 +51,7 @@ from ingest.schema import EVENT_CODE, SYSCALLS
 from . import ops as O
 
 BATCH = 1 << 18  # events per read
-ROW_GROUP = 1 << 20  # ops per Parquet row group (pyarrow's default for one table)
+ROW_GROUP = 1 << 19  # ops per Parquet row group
 MISS_CAP = 1 << 16  # faults outside every known VMA, between merges into clusters
 
 # -- event codes (ingest/schema.py EVENTS) --------------------------------------------
@@ -92,10 +92,12 @@ EV_FIELDS = [
 Ev = namedtuple("Ev", [f for f, _ in EV_FIELDS])
 EV_TYPES = dict(EV_FIELDS)
 
-# Ops as they are being built, a column each.  ``fb``: the fault's raw fallback (a read
-# start_locking on its own mm in its window; -1 until the window closes), ``first``: the
-# first write fault the trace shows in its private VMA; ``pend``: parts still to come (a
-# fault's window; a writer's window and its exit).
+# Ops as they are being built: one int64 row per field of a [field, op] matrix (a
+# single array keeps the compiled helpers' calls cheap; each field's values stay
+# contiguous for writing).  ``fb``: the fault's raw fallback (a read start_locking on its
+# own mm in its window; -1 until the window closes), ``first``: the first write fault the
+# trace shows in its private VMA; ``pend``: parts still to come (a fault's window; a
+# writer's window and its exit).  ``address`` holds the uint64's bits.
 OP_FIELDS = [
     ("seq", np.int64), ("th", np.int32), ("kind", np.int8), ("start", np.int64), ("start_ok", np.bool_),
     ("end", np.int64), ("end_ok", np.bool_), ("address", np.uint64), ("addr_ok", np.bool_),
@@ -104,19 +106,19 @@ OP_FIELDS = [
     ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("pend", np.int8),
 ]
-Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])
+(R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
+ R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_CPU, R_CPU_OK,
+ R_PEND) = range(len(OP_FIELDS))
+Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
 
 
-def _ops_buffer(n: int) -> Ops:
-    return Ops(*(np.zeros(n, dt) for _, dt in OP_FIELDS))
+def _ops_buffer(n: int) -> np.ndarray:
+    return np.zeros((len(OP_FIELDS), n), np.int64)
 
 
-def _ops_slice(o: Ops, a: int, b: int) -> Ops:
-    return Ops(*(x[a:b] for x in o))
-
-
-def _ops_take(o: Ops, idx) -> Ops:
-    return Ops(*(x[idx] for x in o))
+def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
+    return Ops(*(R[i, a:b].view(np.uint64) if dt == np.uint64 else R[i, a:b].astype(dt)
+                 for i, (_, dt) in enumerate(OP_FIELDS)))
 
 
 # Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
@@ -138,7 +140,7 @@ SC_DTYPE = np.dtype([
 
 # -- the compiled step ------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _ref(op, base, late_at, late_ids):
     """Op ``op``'s row: among the unwritten ones, or - written before it was complete -
     among the late ones, which follow them from row ``late_at`` on."""
@@ -147,7 +149,7 @@ def _ref(op, base, late_at, late_ids):
     return late_at + np.searchsorted(late_ids, op)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _close_window(s, base, o, late_at, late_ids):
     """A thread's fault or syscall window ends (its next fault or syscall, or the trace's
     end): what it saw becomes the op's fallback, end and hold time."""
@@ -155,20 +157,20 @@ def _close_window(s, base, o, late_at, late_ids):
         return
     k = _ref(s.grp_op, base, late_at, late_ids)
     if s.grp_fault:
-        o.fb[k] = 1 if (s.has_start and s.fb_read) else 0
-        o.fbw[k] = s.has_start and s.fb_write
+        o[R_FB, k] = 1 if (s.has_start and s.fb_read) else 0
+        o[R_FBW, k] = s.has_start and s.fb_write
         if s.has_start:
             # a fallback ends at its mmap_read_unlock; it held the lock acquired -> released
-            o.end[k], o.end_ok[k] = s.rel_any, s.rel_any_ok
+            o[R_END, k], o[R_END_OK, k] = s.rel_any, s.rel_any_ok
             if s.rel_any_ok and s.acq_any_ok:
-                o.hold[k], o.hold_ok[k] = s.rel_any - s.acq_any, True
+                o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
     elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
-        o.hold[k], o.hold_ok[k] = s.rel_w - s.acq_w, True
-    o.pend[k] -= 1
+        o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_w - s.acq_w, True
+    o[R_PEND, k] -= 1
     s.grp_op = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _open_window(s, op, fault):
     s.grp_op, s.grp_fault = op, fault
     s.has_start = False
@@ -180,22 +182,22 @@ def _open_window(s, op, fault):
     s.acq_w_ok = False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _new_op(o, k, ev, i, kind, pend):
-    o.seq[k], o.th[k], o.kind[k], o.pend[k] = ev.seq[i], ev.th[i], kind, pend
-    o.start[k], o.start_ok[k], o.cpu[k], o.cpu_ok[k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
-    o.end_ok[k] = False
-    o.addr_ok[k] = False
-    o.len_ok[k] = False
-    o.ret_ok[k] = False
-    o.hold_ok[k] = False
-    o.kernel[k] = False
-    o.fbw[k] = False
-    o.first[k] = False
-    o.write[k], o.fb[k], o.lock[k], o.vma[k] = -1, -1, M_WRITE, VMA_NONE
+    o[R_SEQ, k], o[R_TH, k], o[R_KIND, k], o[R_PEND, k] = ev.seq[i], ev.th[i], kind, pend
+    o[R_START, k], o[R_START_OK, k], o[R_CPU, k], o[R_CPU_OK, k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
+    o[R_END_OK, k] = False
+    o[R_ADDR_OK, k] = False
+    o[R_LEN_OK, k] = False
+    o[R_RET_OK, k] = False
+    o[R_HOLD_OK, k] = False
+    o[R_KERNEL, k] = False
+    o[R_FBW, k] = False
+    o[R_FIRST, k] = False
+    o[R_WRITE, k], o[R_FB, k], o[R_LOCK, k], o[R_VMA, k] = -1, -1, M_WRITE, VMA_NONE
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
     """The id of the VMA holding ``addr`` among a space's n VMAs at lay_*[lo:lo+n], or -1."""
     if n == 0:
@@ -244,26 +246,26 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             k = n_rows
             _new_op(rows, k, ev, i, K_FAULT, 1)
             addr = ev.address[i]
-            rows.address[k], rows.addr_ok[k] = addr, ev.addr_ok[i]
+            rows[R_ADDRESS, k], rows[R_ADDR_OK, k] = np.int64(addr), ev.addr_ok[i]
             kernel = c == PF_KERNEL
-            rows.kernel[k] = kernel
-            rows.lock[k] = M_READ
+            rows[R_KERNEL, k] = kernel
+            rows[R_LOCK, k] = M_READ
             write = -1
             if ev.ec_ok[i]:
                 write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
-            rows.write[k] = write
+            rows[R_WRITE, k] = write
             vid = -1
             if s.space >= 0 and ev.addr_ok[i]:
                 vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
             missed = False
             if vid >= 0:
-                rows.vma[k] = vid
+                rows[R_VMA, k] = vid
                 # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
                 if write == 1 and not kernel and private[vid] and not seen_first[vid]:
                     seen_first[vid] = True
-                    rows.first[k] = True
+                    rows[R_FIRST, k] = True
             elif not kernel and ev.addr_ok[i] and s.space >= 0:
-                rows.vma[k] = VMA_MISS
+                rows[R_VMA, k] = VMA_MISS
                 miss_space[n_miss] = s.space
                 miss_page[n_miss] = np.int64(addr & PAGE_MASK)
                 counters[C_MISSED] += 1
@@ -301,11 +303,11 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             q = sc[t * NSYS + x]
             if q.op >= 0:  # an enter with no exit before the next enter of that call: never finished
                 counters[C_UNPAIRED] += 1
-                rows.pend[_ref(q.op, base, late_at, late_ids)] -= 1
+                rows[R_PEND, _ref(q.op, base, late_at, late_ids)] -= 1
             k = n_rows
             _new_op(rows, k, ev, i, K_SYS0 + x, 2)
-            rows.address[k], rows.addr_ok[k], rows.length[k], rows.len_ok[k] = \
-                ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
+            rows[R_ADDRESS, k], rows[R_ADDR_OK, k], rows[R_LENGTH, k], rows[R_LEN_OK, k] = \
+                np.int64(ev.address[i]), ev.addr_ok[i], ev.len[i], ev.len_ok[i]
             q.op = base + k
             q.address, q.addr_ok, q.len, q.len_ok = ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
             q.new_len, q.new_len_ok, q.new_addr, q.new_addr_ok = \
@@ -321,12 +323,12 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                 op = q.op
                 q.op = -1  # the arguments stay for the caller to apply
                 j = _ref(op, base, late_at, late_ids)
-                rows.end[j], rows.end_ok[j], rows.ret[j], rows.ret_ok[j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
+                rows[R_END, j], rows[R_END_OK, j], rows[R_RET, j], rows[R_RET_OK, j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
                 return ST_APPLY, i + 1, n_rows, n_miss, op
         elif c == EXIT_MMAP:
             k = n_rows
             _new_op(rows, k, ev, i, K_EXIT, 1)
-            rows.end[k], rows.end_ok[k], rows.ret[k], rows.ret_ok[k] = ev.ts[i], ev.ts_ok[i], 0, True
+            rows[R_END, k], rows[R_END_OK, k], rows[R_RET, k], rows[R_RET_OK, k] = ev.ts[i], ev.ts_ok[i], 0, True
             n_rows += 1
             return ST_APPLY, i + 1, n_rows, n_miss, base + k
         i += 1
@@ -350,7 +352,7 @@ def _finish(th, sc, rows, base, late_at, late_ids, counters):
     for j in range(len(sc)):
         if sc[j].op >= 0:
             counters[C_UNPAIRED] += 1
-            rows.pend[_ref(sc[j].op, base, late_at, late_ids)] -= 1
+            rows[R_PEND, _ref(sc[j].op, base, late_at, late_ids)] -= 1
             sc[j].op = -1
 
 
@@ -807,24 +809,24 @@ class Builder:
 
     def _apply(self, op: int) -> None:
         """A writer's change lands (its sys_exit, or exit_mmap): replay it on the tracker."""
-        o, k = self.rows, self._row(op)
-        kind = O.OP_KINDS[int(o.kind[k])]
-        t = int(o.th[k])
+        R, k = self.rows, self._row(op)
+        kind = O.OP_KINDS[int(R[R_KIND, k])]
+        t = int(R[R_TH, k])
         s = int(self.th[t]["space"])
         asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids))
-        now = _pyint(o.end[k], o.end_ok[k])
+        now = _pyint(R[R_END, k], R[R_END_OK, k])
         if kind == "exit":
             res = O.apply_writer(asp, kind, {}, 0, now, self.rep)
         else:
-            q = self.sc[t * NSYS + int(o.kind[k]) - K_SYS0]
+            q = self.sc[t * NSYS + int(R[R_KIND, k]) - K_SYS0]
             a = {"address": _pyint(q["address"], q["addr_ok"]), "len": _pyint(q["len"], q["len_ok"]),
                  "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
                  "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
-            res = O.apply_writer(asp, kind, a, _pyint(o.ret[k], o.ret_ok[k]), now, self.rep)
+            res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
         vma_ids, created, freed, succ, lock = res
-        o.lock[k] = LOCK_MODES.index(lock)
+        R[R_LOCK, k] = LOCK_MODES.index(lock)
         self.lists[op] = (vma_ids, created, freed, succ)
-        o.pend[k] -= 1
+        R[R_PEND, k] -= 1
         self._mark(asp, created)
         if s >= 0:
             self.layout.set(s, asp)
@@ -860,7 +862,7 @@ class Builder:
         buffer is full): write the oldest row group whatever its state; ``all_rows``:
         the trace has ended, write everything."""
         while self.n_rows:
-            self.done = _done_prefix(self.rows.pend, self.done, self.n_rows)
+            self.done = _done_prefix(self.rows[R_PEND], self.done, self.n_rows)
             if not (all_rows or force or self.done >= ROW_GROUP):
                 return
             force = False
@@ -872,22 +874,21 @@ class Builder:
         inc = np.flatnonzero(seg.pend != 0)
         if len(inc):  # written before complete: kept aside, finished there, put in place by the second pass
             need = self.n_late + len(inc)
-            if self.cap + need > len(self.rows.seq):
-                size = self.cap + max(2 * (len(self.rows.seq) - self.cap), need)
-                self.rows = Ops(*(np.resize(x, size) for x in self.rows))
-                seg = _ops_slice(self.rows, 0, k)
+            width = self.rows.shape[1]
+            if self.cap + need > width:
+                grown = _ops_buffer(self.cap + max(2 * (width - self.cap), need))
+                grown[:, :width] = self.rows
+                self.rows = grown
             if need > len(self.late_ids):
                 self.late_ids = np.resize(self.late_ids, max(2 * len(self.late_ids), need))
-            for x in self.rows:
-                x[self.cap + self.n_late:self.cap + need] = x[:k][inc]
+            self.rows[:, self.cap + self.n_late:self.cap + need] = self.rows[:, inc]
             self.late_ids[self.n_late:need] = ops[inc]
             self.n_late = need
         think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
         self.sink(self.table(seg, ops, think, think_ok, pop=True))
         n = self.n_rows
-        for x in self.rows:
-            x[: n - k] = x[k:n]
+        self.rows[:, : n - k] = self.rows[:, k:n]
         self.n_rows -= k
         self.base += k
         self.done = max(self.done - k, 0)
