@@ -229,39 +229,37 @@ def ops(
     output: Fmt = FormatOpt,
 ):
     """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
-    import polars as pl
-
+    from .ops import ops_summary
     from .workspace import Workspace
 
     ws = Workspace(workspace)
     if not ws.has_trace(trace):
         raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-    o, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
-    user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
-    fb = int(user["observed_fallback"].sum() or 0)
+    path, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
+    c = ops_summary(path)  # read back a batch at a time: a trace's ops need not fit in memory
+    user, fb = c["user_faults"], c["observed_fallbacks"]
     summary = {
-        "trace_id": trace, "ops": o.height, "threads": rep.threads, "processes": rep.processes,
-        "attribution": rep.rule, "user_faults": user.height, "kernel_faults": int(o.filter(pl.col("kernel")).height),
-        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user.height, 3) if user.height else None,
-        "observed_anon_prepare": int(user["observed_anon_prepare"].sum() or 0),
-        "faults_taking_mmap_write": int(user["observed_mmap_write"].sum() or 0),
+        "trace_id": trace, "ops": c["ops"], "threads": rep.threads, "processes": rep.processes,
+        "attribution": rep.rule, "user_faults": user, "kernel_faults": c["kernel_faults"],
+        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user, 3) if user else None,
+        "observed_anon_prepare": c["observed_anon_prepare"],
+        "faults_taking_mmap_write": c["faults_taking_mmap_write"],
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
         "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
         "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
         "out_of_range_calls": rep.out_of_range_calls,
     }
-    kinds = o.group_by("kind").agg(pl.len().alias("ops"), pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
     if output is Fmt.json:
-        summary["kinds"] = {r["kind"]: r["ops"] for r in kinds.to_dicts()}
+        summary["kinds"] = {k: n for k, (n, _) in c["kinds"].items()}
         print(json.dumps(summary, indent=2))
         return
     if output is Fmt.csv:
         _emit([summary], list(summary), output)
         return
-    _emit([{"kind": r["kind"], "ops": r["ops"], "mean duration ns": None if r["mean_ns"] is None else round(r["mean_ns"])}
-           for r in kinds.to_dicts()], ["kind", "ops", "mean duration ns"], output,
-          title=f"{trace}: {o.height:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
+    _emit([{"kind": k, "ops": n, "mean duration ns": None if mean is None else round(mean)}
+           for k, (n, mean) in c["kinds"].items()], ["kind", "ops", "mean duration ns"], output,
+          title=f"{trace}: {c['ops']:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
     _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], output)
     for n in rep.notes:
         err.print(f"note: {n}", markup=False, highlight=False)
@@ -361,19 +359,20 @@ def _sample_dir() -> Path:
 def _build_ops(ws, trace: str, sha256: str, same_mm: bool):
     """Build a trace's ops from its events (read after ``sha256``, the content the ops
     will be committed as: a trace replaced meanwhile fails the commit) and place them,
-    stamped with the op builder's version."""
-    import polars as pl
+    stamped with the op builder's version.  The events are streamed from their Parquet
+    file and the ops written a row group at a time.  Returns (ops path, BuildReport)."""
+    from .ops import MapsError, build_ops_file
+    from .workspace import PART
 
-    from .ops import MapsError, build_ops, ops_table
-
-    ev = pl.from_arrow(ws.read("events", trace))
+    events = ws.partition("events", trace) / PART
     snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    if not events.exists():
+        raise ws.gone(trace)
     try:
-        o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+        return ws.build_ops(trace, sha256, lambda ops, vmas, meta: build_ops_file(
+            events, trace, snap, same_mm, ops, vmas, meta))
     except MapsError as e:
         raise Fail(f"trace {trace!r}: its /proc/PID/maps snapshot: {e}")
-    ws.write_ops(trace, sha256, ops_table(o), vmas.to_arrow())
-    return o, rep
 
 
 def _ensure_ops(ws, trace: str, same_mm: bool = False):

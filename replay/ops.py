@@ -57,6 +57,7 @@ import bisect
 from dataclasses import dataclass, field
 
 import polars as pl
+import pyarrow as pa
 
 PAGE = 4096
 GAP_SPLIT = 1 << 20
@@ -371,6 +372,38 @@ def build_ops_file(events_path, trace_id: str, maps_snapshot: str | None, same_m
     from .opstream import Events, build
 
     return build(Events(events_path), trace_id, maps_snapshot, same_mm, ops_path, vmas_path, metadata)
+
+
+def ops_summary(path) -> dict:
+    """Counts over an ops file, read a batch at a time: ops, user and kernel faults, the
+    observed fallbacks, and per kind (in OP_KINDS order) the ops and their mean duration."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    s = {"ops": 0, "user_faults": 0, "kernel_faults": 0, "observed_fallbacks": 0, "observed_anon_prepare": 0,
+         "faults_taking_mmap_write": 0}
+    kinds = {k: [0, 0, 0] for k in OP_KINDS}  # ops, durations known, their sum
+    cols = ["kind", "kernel", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "start_ns", "end_ns"]
+    for b in pq.ParquetFile(str(path)).iter_batches(batch_size=1 << 18, columns=cols):
+        s["ops"] += b.num_rows
+        kind = pc.cast(b.column("kind"), "string")
+        fault = pc.equal(kind, "fault")
+        user = pc.and_(fault, pc.invert(b.column("kernel")))
+        s["user_faults"] += pc.sum(user).as_py() or 0
+        s["kernel_faults"] += pc.sum(b.column("kernel")).as_py() or 0
+        for key, col in (("observed_fallbacks", "observed_fallback"), ("observed_anon_prepare", "observed_anon_prepare"),
+                         ("faults_taking_mmap_write", "observed_mmap_write")):
+            s[key] += pc.sum(pc.filter(b.column(col), user)).as_py() or 0
+        dur = pc.subtract(b.column("end_ns"), b.column("start_ns"))
+        g = pa.table({"kind": kind, "dur": dur}).group_by("kind").aggregate(
+            [([], "count_all"), ("dur", "count"), ("dur", "sum")]).to_pylist()
+        for r in g:
+            k = kinds[r["kind"]]
+            k[0] += r["count_all"]
+            k[1] += r["dur_count"]
+            k[2] += r["dur_sum"] or 0
+    s["kinds"] = {k: (n, (tot / known) if known else None) for k, (n, known, tot) in kinds.items() if n}
+    return s
 
 
 def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildReport):

@@ -418,18 +418,20 @@ class Events:
 
     def __init__(self, source: str | os.PathLike | pa.Table):
         self.table = source if isinstance(source, pa.Table) else None
-        self.path = None if self.table is not None else str(source)
-        self.rows = self.table.num_rows if self.table is not None else pq.ParquetFile(self.path).metadata.num_rows
+        # the file is opened once: both passes read the same file even if a new ingest
+        # renames another over it meanwhile (the commit then fails on the trace's hash)
+        self.file = None if self.table is not None else pq.ParquetFile(str(source))
+        self.rows = self.table.num_rows if self.table is not None else self.file.metadata.num_rows
 
     def sort_by_seq(self) -> None:
-        t = self.table if self.table is not None else pq.read_table(self.path)
-        self.table, self.path = t.take(pc.sort_indices(t, [("seq", "ascending")])), None
+        t = self.table if self.table is not None else self.file.read()
+        self.table, self.file = t.take(pc.sort_indices(t, [("seq", "ascending")])), None
 
     def batches(self, columns):
         if self.table is not None:
             yield from self.table.select(columns).to_batches(max_chunksize=BATCH)
         else:
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH, columns=columns)
+            yield from self.file.iter_batches(batch_size=BATCH, columns=columns)
 
 
 # -- pass 1: the survey -----------------------------------------------------------------------
