@@ -717,10 +717,13 @@ def synth(
         raise Fail(f"unknown workload {workload!r}: {', '.join(WORKLOADS)}", 2)
     if threads < 1 or pages < 1 or iterations < 1:
         raise Fail("--threads, --pages and --iterations must be at least 1", 2)
-    text, maps = WORKLOADS[workload](threads, pages, iterations)
     name = name or f"{workload}-t{threads}"
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        f.write(text)
+        if workload == "pft":  # written as it is made: a big trace need not fit in memory
+            _, maps = WORKLOADS[workload](threads, pages, iterations, out=f)
+        else:
+            text, maps = WORKLOADS[workload](threads, pages, iterations)
+            f.write(text)
         f.flush()
         res = run_ingest(f.name, name, "perf-script", workspace, True, replace, maps_snapshot=maps,
                          source_label=f"synth: {workload} threads={threads} pages={pages} iterations={iterations}")
