@@ -108,45 +108,50 @@ def traces(workspace=None):
 
 @dataclass
 class Ops:
-    """A trace's ops: ``summary`` (dict: threads, attribution, observed fallbacks, ...),
-    ``ops`` and ``vmas`` (polars), and the op builder's ``notes``."""
+    """A trace's ops: ``summary`` (dict: threads, attribution, observed fallbacks, ops
+    per kind, ...), ``ops`` and ``vmas`` (polars LazyFrames over the committed files: a
+    trace's ops need not fit in memory; ``.collect()`` them), ``kinds`` (ops and mean
+    duration per kind) and the op builder's ``notes``."""
 
     trace_id: str
     summary: dict
     ops: object = field(repr=False)
     vmas: object = field(repr=False)
     notes: list = field(default_factory=list)
+    kinds: dict = field(default_factory=dict, repr=False)
 
 
 def ops(trace: str, *, same_mm: bool = False, workspace=None) -> Ops:
     """Build (again) a trace's ops: faults and address-space writers, with their VMAs,
-    thread attribution and the fallbacks the trace itself shows."""
+    thread attribution and the fallbacks the trace itself shows.  Streams: the events
+    are read and the ops written a batch at a time."""
     import polars as pl
 
     from .cli import _build_ops
+    from .ops import ops_summary
+    from .workspace import PART
 
     ws = _ws(workspace)
     if not ws.has_trace(trace):
         raise ReplayError(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
-    o, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
-    user = o.filter((pl.col("kind") == "fault") & ~pl.col("kernel"))
-    fb = int(user["observed_fallback"].sum() or 0)
-    kinds = o.group_by("kind").agg(pl.len().alias("ops")).sort("kind")
+    path, rep = _build_ops(ws, trace, ws.trace_sha(trace), same_mm)
+    c = ops_summary(path)  # read back a batch at a time
+    user, fb = c["user_faults"], c["observed_fallbacks"]
     summary = {
-        "trace_id": trace, "ops": o.height, "threads": rep.threads, "processes": rep.processes,
-        "attribution": rep.rule, "user_faults": user.height, "kernel_faults": int(o.filter(pl.col("kernel")).height),
-        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user.height, 3) if user.height else None,
-        "observed_anon_prepare": int(user["observed_anon_prepare"].sum() or 0),
-        "faults_taking_mmap_write": int(user["observed_mmap_write"].sum() or 0),
+        "trace_id": trace, "ops": c["ops"], "threads": rep.threads, "processes": rep.processes,
+        "attribution": rep.rule, "user_faults": user, "kernel_faults": c["kernel_faults"],
+        "observed_fallbacks": fb, "observed_fallback_pct": round(100 * fb / user, 3) if user else None,
+        "observed_anon_prepare": c["observed_anon_prepare"],
+        "faults_taking_mmap_write": c["faults_taking_mmap_write"],
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
         "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
         "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
         "out_of_range_calls": rep.out_of_range_calls,
-        "kinds": {r["kind"]: r["ops"] for r in kinds.to_dicts()},
+        "kinds": {k: n for k, (n, _) in c["kinds"].items()},
     }
-    vmas = pl.from_arrow(ws.read("vmas", trace))
-    return Ops(trace, summary, o, vmas, list(rep.notes))
+    return Ops(trace, summary, pl.scan_parquet(str(path)), pl.scan_parquet(str(ws.partition("vmas", trace) / PART)),
+               list(rep.notes), dict(c["kinds"]))
 
 
 def ensure_ops(trace: str, workspace=None) -> str:

@@ -192,24 +192,20 @@ def ops(
     output: Optional[Path] = OutOpt,
 ):
     """Build a trace's ops (faults and address-space writers, with VMAs and observed fallbacks)."""
-    import polars as pl
-
     from . import api
     from .output import table_out
 
     fmt = resolve(fmt, output)
     built = api.ops(trace, same_mm=same_mm, workspace=workspace)
-    o, summary = built.ops, dict(built.summary)
+    summary = dict(built.summary)
     if fmt is not Fmt.table:
         _emit([summary], list(summary), fmt, dest=output, single=True)
     else:
-        kinds = o.group_by("kind").agg(pl.len().alias("ops"),
-                                       pl.col("end_ns").sub(pl.col("start_ns")).mean().alias("mean_ns")).sort("kind")
         summary.pop("kinds")
         with table_out(output) as con:
-            _emit([{"kind": r["kind"], "ops": r["ops"], "mean duration ns": None if r["mean_ns"] is None else round(r["mean_ns"])}
-                   for r in kinds.to_dicts()], ["kind", "ops", "mean duration ns"], fmt, con=con,
-                  title=f"{trace}: {o.height:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
+            _emit([{"kind": k, "ops": n, "mean duration ns": None if mean is None else round(mean)}
+                   for k, (n, mean) in built.kinds.items()], ["kind", "ops", "mean duration ns"], fmt, con=con,
+                  title=f"{trace}: {summary['ops']:,} ops (durations: syscalls enter->exit; faults only where they fell back)")
             _emit([{"": k, "value": v} for k, v in summary.items() if k not in ("trace_id", "ops")], ["", "value"], fmt,
                   con=con)
     for n in built.notes:
@@ -315,19 +311,20 @@ def _sample_dir() -> Path:
 def _build_ops(ws, trace: str, sha256: str, same_mm: bool):
     """Build a trace's ops from its events (read after ``sha256``, the content the ops
     will be committed as: a trace replaced meanwhile fails the commit) and place them,
-    stamped with the op builder's version."""
-    import polars as pl
+    stamped with the op builder's version.  The events are streamed from their Parquet
+    file and the ops written a row group at a time.  Returns (ops path, BuildReport)."""
+    from .ops import MapsError, build_ops_file
+    from .workspace import PART
 
-    from .ops import MapsError, build_ops, ops_table
-
-    ev = pl.from_arrow(ws.read("events", trace))
+    events = ws.partition("events", trace) / PART
     snap = ws.read("traces", trace).column("maps_snapshot")[0].as_py()
+    if not events.exists():
+        raise ws.gone(trace)
     try:
-        o, vmas, rep = build_ops(ev, trace, snap, same_mm)
+        return ws.build_ops(trace, sha256, lambda ops, vmas, meta: build_ops_file(
+            events, trace, snap, same_mm, ops, vmas, meta))
     except MapsError as e:
         raise Fail(f"trace {trace!r}: its /proc/PID/maps snapshot: {e}")
-    ws.write_ops(trace, sha256, ops_table(o), vmas.to_arrow())
-    return o, rep
 
 
 def _ensure_ops(ws, trace: str, same_mm: bool = False):
@@ -701,10 +698,13 @@ def synth(
         raise Fail(f"unknown workload {workload!r}: {', '.join(WORKLOADS)}", 2)
     if threads < 1 or pages < 1 or iterations < 1:
         raise Fail("--threads, --pages and --iterations must be at least 1", 2)
-    text, maps = WORKLOADS[workload](threads, pages, iterations)
     name = name or f"{workload}-t{threads}"
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        f.write(text)
+        if workload == "pft":  # written as it is made: a big trace need not fit in memory
+            _, maps = WORKLOADS[workload](threads, pages, iterations, out=f)
+        else:
+            text, maps = WORKLOADS[workload](threads, pages, iterations)
+            f.write(text)
         f.flush()
         res = run_ingest(f.name, name, "perf-script", workspace, True, replace, maps_snapshot=maps,
                          source_label=f"synth: {workload} threads={threads} pages={pages} iterations={iterations}")

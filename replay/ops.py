@@ -56,8 +56,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-import numpy as np
 import polars as pl
+import pyarrow as pa
 
 PAGE = 4096
 GAP_SPLIT = 1 << 20
@@ -101,17 +101,22 @@ OPS_SCHEMA = {
 }
 
 
+VMAS_SCHEMA = {"vma_id": pl.Int64, "mm": pl.Utf8, "start": pl.UInt64, "end": pl.UInt64, "prot": pl.Utf8,
+               "anon": pl.Boolean, "name": pl.Utf8, "inferred": pl.Boolean, "created_ns": pl.Int64, "freed_ns": pl.Int64}
+OPS_VERSION_KEY = b"replay.ops_version"
+
+
 def ops_table(ops: pl.DataFrame):
     """The ops as an Arrow table stamped with the builder's version."""
     t = ops.to_arrow()
-    return t.replace_schema_metadata({**(t.schema.metadata or {}), b"replay.ops_version": str(OPS_VERSION).encode()})
+    return t.replace_schema_metadata({**(t.schema.metadata or {}), OPS_VERSION_KEY: str(OPS_VERSION).encode()})
 
 
 def ops_current(path) -> bool:
     """Whether this version of the op builder wrote the ops file at ``path``."""
     import pyarrow.parquet as pq
 
-    return (pq.read_schema(path).metadata or {}).get(b"replay.ops_version") == str(OPS_VERSION).encode()
+    return (pq.read_schema(path).metadata or {}).get(OPS_VERSION_KEY) == str(OPS_VERSION).encode()
 
 
 def causal_violation(path) -> str | None:
@@ -350,192 +355,80 @@ class BuildReport:
     notes: list = field(default_factory=list)
 
 
-def attribute_threads(ev: pl.DataFrame, same_mm: bool = False) -> tuple[pl.DataFrame, BuildReport]:
-    """tid -> mm key (``pid:N`` or ``mm:HEX``), with the rule used."""
-    rep = BuildReport()
-    tids = ev.select("tid").unique()
-    rep.threads = tids.height
-    if same_mm:
-        rep.rule = "all threads share one mm (--same-mm)"
-        return tids.with_columns(pl.lit("all").alias("mm"), pl.lit(None, pl.Int32).alias("pid")), rep
-    by_pid = ev.filter(pl.col("pid").is_not_null() & (pl.col("pid") > 0)).group_by("tid").agg(pl.col("pid").mode().first())
-    # a thread's own mm: the mm it takes mmap_lock on most often
-    by_mm = (ev.filter(pl.col("event").cast(pl.Utf8).str.starts_with("mmap_lock") & pl.col("mm").is_not_null())
-             .group_by("tid").agg(pl.col("mm").mode().first().alias("lock_mm")))
-    t = tids.join(by_pid, on="tid", how="left").join(by_mm, on="tid", how="left")
-    # threads with a pid lend it to the other threads on their mm
-    mm_pid = t.filter(pl.col("pid").is_not_null() & pl.col("lock_mm").is_not_null()).group_by("lock_mm").agg(
-        pl.col("pid").mode().first().alias("mm_pid"))
-    t = t.join(mm_pid, on="lock_mm", how="left").with_columns(pl.coalesce("pid", "mm_pid").alias("pid"))
-    t = t.with_columns(
-        pl.when(pl.col("pid").is_not_null()).then(pl.format("pid:{}", pl.col("pid")))
-        .when(pl.col("lock_mm").is_not_null()).then(pl.format("mm:{}", pl.col("lock_mm").map_elements(lambda x: f"{x:x}", return_dtype=pl.Utf8)))
-        .otherwise(pl.format("tid:{}", pl.col("tid"))).alias("mm"))
-    n_pid = t.filter(pl.col("mm").str.starts_with("pid:")).height
-    n_mm = t.filter(pl.col("mm").str.starts_with("mm:")).height
-    rep.unattributed = t.filter(pl.col("mm").str.starts_with("tid:")).height
-    rules = []
-    if n_pid:
-        rules.append(f"{n_pid} by pid/tgid")
-    if n_mm:
-        rules.append(f"{n_mm} by the mm= of their mmap_lock events")
-    if rep.unattributed:
-        rules.append(f"{rep.unattributed} unattributed (each its own mm)")
-        rep.notes.append("this trace has no pid for some threads: record with `perf script -F comm,pid,tid,...` "
-                         "(replay record does), or pass --same-mm if all threads share one address space")
-    rep.rule = "; ".join(rules)
-    return t.select("tid", "mm", pl.col("pid").cast(pl.Int32)), rep
-
-
 def build_ops(ev: pl.DataFrame, trace_id: str, maps_snapshot: str | None = None,
               same_mm: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, BuildReport]:
-    """events of one trace -> (ops, vmas, report)."""
-    from .ingest.order import TimeOrder
+    """events of one trace (in memory) -> (ops, vmas, report).  The streaming builder
+    (``replay/opstream.py``) over the frame; ``build_ops_file`` reads and writes Parquet."""
+    from .opstream import build_in_memory
 
-    ev = ev.sort("seq")
-    order = TimeOrder()
-    order.feed_table(ev.select("seq", "ts_ns", "cpu", "tid").to_arrow())
-    # time order, ties in input order; ``_ord`` is an event's place in it
-    ev = ev.sort("ts_ns", maintain_order=True, nulls_last=True).with_row_index("_ord")
-    fault_ev = pl.col("event").cast(pl.Utf8).is_in(["page_fault_user", "page_fault_kernel"])
-    outside = (fault_ev & (pl.col("address") >= TASK_SIZE_MAX)).fill_null(False)
-    n_outside = int(ev.select(outside.sum()).item())
-    ev = ev.filter(~outside)
-    threads, rep = attribute_threads(ev, same_mm)
-    rep.out_of_order = order.count
-    rep.faults_outside_user_space = n_outside
-    if order.count:
-        rep.notes.append(f"time goes backwards at {order.count:,} events on their CPU or thread (the first at seq "
-                         f"{order.first[0]}): the ops follow the timestamps (a stable sort), not the input order")
-    if n_outside:
-        rep.notes.append(f"{n_outside:,} faults at or above TASK_SIZE_MAX ({TASK_SIZE_MAX:#x}) are no ops: the kernel "
-                         "handles them in do_kern_addr_fault(), without an mm lock")
-    # "space": the address-space key (``mm`` in ops); the events' own ``mm`` is the
-    # mmap_lock pointer of that event
-    ev = ev.join(threads.rename({"pid": "proc_pid", "mm": "space"}), on="tid", how="left")
-    ev = ev.with_columns(pl.col("event").cast(pl.Utf8).alias("ev"))
-
-    # -- observed fallback: per thread, the events between one fault/syscall and the next
-    opens = pl.col("ev").str.starts_with("page_fault") | pl.col("ev").str.starts_with("sys_enter")
-    ev = ev.with_columns(opens.cast(pl.Int64).cum_sum().over("tid").alias("_grp"))
-    own_mm = ev.filter(pl.col("ev").str.starts_with("mmap_lock")).group_by("tid").agg(pl.col("mm").mode().first().alias("_own_mm"))
-    ev = ev.join(own_mm, on="tid", how="left")
-    lock_ev = ev.filter((pl.col("ev") == "mmap_lock_start") & (pl.col("mm") == pl.col("_own_mm")))
-    grp_lock = lock_ev.group_by("tid", "_grp").agg(
-        (~pl.col("write")).any().alias("_fb_read"), pl.col("write").any().alias("_fb_write"),
-        pl.col("ts_ns").min().alias("_lock_ts"))
-    rel = ev.filter((pl.col("ev") == "mmap_lock_released") & (pl.col("mm") == pl.col("_own_mm"))).group_by("tid", "_grp").agg(
-        pl.col("ts_ns").max().alias("_rel_ts"))
-    acq = ev.filter((pl.col("ev") == "mmap_lock_acquired") & pl.col("success") & (pl.col("mm") == pl.col("_own_mm"))).group_by(
-        "tid", "_grp").agg(pl.col("ts_ns").min().alias("_acq_ts"))
-
-    faults = ev.filter(pl.col("ev").is_in(["page_fault_user", "page_fault_kernel"])).join(
-        grp_lock, on=["tid", "_grp"], how="left").join(rel, on=["tid", "_grp"], how="left").join(acq, on=["tid", "_grp"], how="left")
-    faults = faults.select(
-        "seq", "_ord", "tid", pl.col("space").alias("mm"), pl.col("proc_pid").alias("pid"),
-        # how long the fault held mmap_lock (acquired -> released): its service time on that path
-        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts") - pl.col("_acq_ts")).otherwise(None).alias("hold_ns"), pl.lit("fault").alias("kind"),
-        pl.col("ts_ns").alias("start_ns"),
-        pl.when(pl.col("_fb_read") | pl.col("_fb_write")).then(pl.col("_rel_ts")).otherwise(None).alias("end_ns"),
-        "address", pl.lit(None, pl.Int64).alias("length"), pl.lit(None, pl.Int64).alias("ret"),
-        ((pl.col("error_code") & X86_PF_WRITE) != 0).alias("write"),
-        (pl.col("ev") == "page_fault_kernel").alias("kernel"),
-        pl.lit("read").alias("lock_mode"),
-        pl.when(pl.col("ev") == "page_fault_kernel").then(None).otherwise(pl.col("_fb_read").fill_null(False)).alias("observed_fallback"),
-        pl.col("_fb_write").fill_null(False).alias("observed_mmap_write"),
-    )
-
-    # -- syscalls: pair enter/exit per thread
-    sc = ev.filter(pl.col("ev").str.starts_with("sys_") | (pl.col("ev") == "exit_mmap")).select(
-        "seq", "_ord", "tid", pl.col("space").alias("mm"), "proc_pid", "ev", "ts_ns", "address", "len", "new_len", "new_addr", "prot", "flags", "ret")
-    writers = _pair_syscalls(sc, rep)
-    # how long each writer held mmap_lock for write: its own acquire -> release
-    held = ev.filter(pl.col("ev").is_in(["mmap_lock_acquired", "mmap_lock_released"]) & pl.col("write")
-                     & (pl.col("mm") == pl.col("_own_mm"))).group_by("tid", "_grp").agg(
-        (pl.col("ts_ns").filter(pl.col("ev") == "mmap_lock_released").max()
-         - pl.col("ts_ns").filter((pl.col("ev") == "mmap_lock_acquired") & pl.col("success")).min()).alias("hold_ns"))
-    enters = ev.filter(pl.col("ev").str.starts_with("sys_enter")).select("seq", "tid", "_grp")
-    hold = enters.join(held, on=["tid", "_grp"]).select("seq", "hold_ns")
-    writers = writers.join(hold, on="seq", how="left") if writers.height else writers.with_columns(pl.lit(None, pl.Int64).alias("hold_ns"))
-
-    vmas, fault_vma, writers = _track_vmas(faults, writers, maps_snapshot, rep)
-    faults = faults.with_columns(pl.Series("vma_id", fault_vma, pl.Int64), pl.lit(None, pl.List(pl.Int64)).alias("vma_ids"),
-                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_created"),
-                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_freed"),
-                                 pl.lit(None, pl.List(pl.Int64)).alias("vmas_successor"))
-    # the first write fault in a private VMA may take mmap_read_trylock in vmf_anon_prepare()
-    private = vmas.filter(pl.col("prot").str.ends_with("p")).select("vma_id")
-    first_write = (faults.filter(pl.col("write") & ~pl.col("kernel") & pl.col("vma_id").is_not_null())
-                   .join(private, on="vma_id").group_by("vma_id").agg(pl.col("_ord").min().alias("_first_ord")))
-    faults = faults.join(first_write, on="vma_id", how="left").with_columns(
-        (pl.col("_ord") == pl.col("_first_ord")).fill_null(False).alias("_first"))
-    faults = faults.with_columns(
-        (pl.col("observed_fallback") & pl.col("_first")).alias("observed_anon_prepare"),
-        pl.when(pl.col("_first")).then(pl.col("observed_fallback") & False).otherwise(pl.col("observed_fallback")).alias("observed_fallback"),
-    ).drop("_first_ord", "_first")
-    ops = pl.concat([faults.select(_cols(faults)), writers.select(_cols(writers))],
-                    how="vertical_relaxed")
-    ops = ops.sort("_ord").with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("op_id"), pl.lit(trace_id).alias("trace_id"))
-    prev_end = pl.coalesce("end_ns", "start_ns").shift(1).over("tid")
-    ops = ops.with_columns((pl.col("start_ns") - prev_end).clip(lower_bound=0).alias("think_ns"))
-    ops = ops.join(ev.select("seq", "cpu"), on="seq", how="left")  # the CPU it ran on
-    ops = ops.select([pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()])
-    rep.processes = ops["mm"].n_unique()
-    return ops, vmas, rep
+    ops, vmas, rep = build_in_memory(ev.to_arrow(), trace_id, maps_snapshot, same_mm)
+    return pl.from_arrow(ops), vmas, rep
 
 
-def _cols(df: pl.DataFrame) -> list[str]:
-    return ["seq", "_ord", "tid", "mm", "pid", "kind", "start_ns", "end_ns", "address", "length", "ret", "write", "kernel",
-            "lock_mode", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "vma_id", "vma_ids",
-            "vmas_created", "vmas_freed", "vmas_successor", "hold_ns"]
+def build_ops_file(events_path, trace_id: str, maps_snapshot: str | None, same_mm: bool, ops_path: str,
+                   vmas_path: str, metadata: dict | None = None) -> BuildReport:
+    """An events Parquet file -> ops and vmas Parquet files, in bounded memory (the
+    events are read a batch at a time, the ops written a row group at a time)."""
+    from .opstream import Events, build
+
+    return build(Events(events_path), trace_id, maps_snapshot, same_mm, ops_path, vmas_path, metadata)
 
 
-def _pair_syscalls(sc: pl.DataFrame, rep: BuildReport) -> pl.DataFrame:
-    """One row per writer call (enter and exit of one thread paired; ``_end_ord``: the
-    exit's place in time order, where its change lands) and per exit_mmap."""
-    rows = []
-    open_: dict[tuple[int, str], dict] = {}
-    for r in sc.iter_rows(named=True):
-        ev = r["ev"]
-        if ev == "exit_mmap":
-            rows.append(dict(seq=r["seq"], _ord=r["_ord"], _end_ord=r["_ord"], tid=r["tid"], mm=r["mm"],
-                             pid=r["proc_pid"], kind="exit", start_ns=r["ts_ns"], end_ns=r["ts_ns"], address=None,
-                             length=None, ret=0, args={}))
-            continue
-        d, name = ("enter", ev[10:]) if ev.startswith("sys_enter_") else ("exit", ev[9:])
-        key = (r["tid"], name)
-        if d == "enter":
-            if key in open_:
-                rep.unpaired_enter += 1
-                _close(open_.pop(key), None, rows)
-            open_[key] = r
-        else:
-            start = open_.pop(key, None)
-            if start is None:
-                rep.unmatched_exit += 1
-                continue
-            _close(start, r, rows)
-    for start in open_.values():
-        rep.unpaired_enter += 1
-        _close(start, None, rows)
-    if not rows:
-        return pl.DataFrame(schema={"seq": pl.Int64, "_ord": pl.UInt32, "_end_ord": pl.UInt32, "tid": pl.Int32,
-                                    "mm": pl.Utf8, "pid": pl.Int32, "kind": pl.Utf8, "start_ns": pl.Int64,
-                                    "end_ns": pl.Int64, "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64,
-                                    "args": pl.Object})
-    return pl.DataFrame(rows, schema_overrides={"args": pl.Object, "address": pl.UInt64, "ret": pl.Int64, "end_ns": pl.Int64,
-                                                "length": pl.Int64, "pid": pl.Int32, "_ord": pl.UInt32,
-                                                "_end_ord": pl.UInt32})
+def ops_summary(path) -> dict:
+    """Counts over an ops file, read a batch at a time: ops, user and kernel faults, the
+    observed fallbacks, and per kind (in OP_KINDS order) the ops and their mean duration."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    s = {"ops": 0, "user_faults": 0, "kernel_faults": 0, "observed_fallbacks": 0, "observed_anon_prepare": 0,
+         "faults_taking_mmap_write": 0}
+    kinds = {k: [0, 0, 0] for k in OP_KINDS}  # ops, durations known, their sum
+    cols = ["kind", "kernel", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "start_ns", "end_ns"]
+    for b in pq.ParquetFile(str(path)).iter_batches(batch_size=1 << 18, columns=cols):
+        s["ops"] += b.num_rows
+        kind = pc.cast(b.column("kind"), "string")
+        fault = pc.equal(kind, "fault")
+        user = pc.and_(fault, pc.invert(b.column("kernel")))
+        s["user_faults"] += pc.sum(user).as_py() or 0
+        s["kernel_faults"] += pc.sum(b.column("kernel")).as_py() or 0
+        for key, col in (("observed_fallbacks", "observed_fallback"), ("observed_anon_prepare", "observed_anon_prepare"),
+                         ("faults_taking_mmap_write", "observed_mmap_write")):
+            s[key] += pc.sum(pc.filter(b.column(col), user)).as_py() or 0
+        dur = pc.subtract(b.column("end_ns"), b.column("start_ns"))
+        g = pa.table({"kind": kind, "dur": dur}).group_by("kind").aggregate(
+            [([], "count_all"), ("dur", "count"), ("dur", "sum")]).to_pylist()
+        for r in g:
+            k = kinds[r["kind"]]
+            k[0] += r["count_all"]
+            k[1] += r["dur_count"]
+            k[2] += r["dur_sum"] or 0
+    s["kinds"] = {k: (n, (tot / known) if known else None) for k, (n, known, tot) in kinds.items() if n}
+    return s
 
 
-def _close(enter: dict, exit_: dict | None, rows: list) -> None:
-    name = enter["ev"][10:]
-    args = {k: enter[k] for k in ("address", "len", "new_len", "new_addr", "prot", "flags")}
-    rows.append(dict(seq=enter["seq"], _ord=enter["_ord"], _end_ord=None if exit_ is None else exit_["_ord"],
-                     tid=enter["tid"], mm=enter["mm"], pid=enter["proc_pid"], kind=name, start_ns=enter["ts_ns"],
-                     end_ns=None if exit_ is None else exit_["ts_ns"], address=enter["address"], length=enter["len"],
-                     ret=None if exit_ is None else exit_["ret"], args=args))
+def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildReport):
+    """Replay one writer on ``asp`` at its exit (exit_mmap: at the event): (the VMAs it
+    write-locks, the VMAs it created, freed, what each freed one merged into (-1: none),
+    its lock mode).  A failed call and one outside the user address space change nothing."""
+    asp.created, asp.freed = [], []
+    if kind == "exit":
+        locked = list(asp.vmas)
+        for v in locked:
+            asp._remove(v, now)
+        ids = [v.id for v in locked]
+        return ids, [], list(ids), [-1] * len(locked), "write"
+    if is_err_value(ret):
+        rep.failed_calls += 1
+        return [], [], [], [], "write"
+    try:
+        locked, lock = _apply(asp, kind, a, ret, now)
+    except _OutOfRange:
+        rep.out_of_range_calls += 1
+        return [], [], [], [], "write"
+    both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
+    created = [x for x in asp.created if x not in both]
+    freed = [x for x in asp.freed if x not in both]
+    return sorted({v.id for v in locked}), created, freed, [asp.successor.get(x, -1) for x in freed], lock
 
 
 class _OutOfRange(Exception):
@@ -596,129 +489,3 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
         lo, hi = _range(a["address"], a["len"])
         return (asp.modify_flags(lo, hi, now) if lo < hi else []), "write"
     return [], "write"
-
-
-def _track_vmas(faults: pl.DataFrame, writers: pl.DataFrame, maps_snapshot, rep: BuildReport):
-    """Replay writers per mm in the (time) order their changes land; give faults VMA ids."""
-    ids = IdSource()
-    spaces: dict[str, AddressSpace] = {}
-    seeded_mm = None
-    if maps_snapshot:
-        # the snapshot belongs to the recorded command: the mm of the first thread
-        first = pl.concat([faults.select("_ord", "mm"), writers.select(pl.col("_ord").cast(pl.UInt32), "mm")]).sort("_ord")
-        if first.height:
-            seeded_mm = first["mm"][0]
-            asp = spaces.setdefault(seeded_mm, AddressSpace(ids))
-            for lo, hi, perms, anon, name in parse_maps(maps_snapshot):
-                if user_range(lo, hi - lo) is None:  # [vsyscall]: not in the mm's VMA tree
-                    continue
-                asp.new(lo, hi, perms, anon, name, None)
-                rep.seeded_vmas += 1
-
-    w_vma_ids: list = [None] * writers.height
-    w_created: list = [[] for _ in range(writers.height)]
-    w_freed: list = [[] for _ in range(writers.height)]
-    w_succ: list = [[] for _ in range(writers.height)]
-    w_lock: list = ["write"] * writers.height
-    f_vma = np.full(faults.height, -1, dtype=np.int64)
-    f_mm = faults["mm"].to_numpy()
-    f_addr = faults["address"].to_numpy().astype(np.uint64)
-    f_ord = faults["_ord"].to_numpy().astype(np.int64)
-    f_kernel = faults["kernel"].to_numpy()
-
-    # writers take effect at their exit; unfinished ones never
-    wl = writers.with_row_index("_i").filter(pl.col("_end_ord").is_not_null()).sort("_end_ord")
-    order_f = np.argsort(f_ord, kind="stable")
-    fi = 0
-
-    def resolve_faults_until(t_ord):
-        """Give the faults before ``t_ord`` in time order the VMAs they hit now."""
-        nonlocal fi
-        j = fi
-        while j < len(order_f) and f_ord[order_f[j]] < t_ord:
-            j += 1
-        if j == fi:
-            return
-        idx = order_f[fi:j]
-        fi = j
-        for mm in np.unique(f_mm[idx]):
-            asp = spaces.get(mm)
-            if asp is None or not asp.vmas:
-                continue
-            sel = idx[f_mm[idx] == mm]
-            starts = np.array(asp.starts, dtype=np.uint64)
-            ends = np.array([v.end for v in asp.vmas], dtype=np.uint64)
-            vid = np.array([v.id for v in asp.vmas], dtype=np.int64)
-            pos = np.searchsorted(starts, f_addr[sel], side="right") - 1
-            ok = (pos >= 0) & (f_addr[sel] < ends[np.maximum(pos, 0)])
-            f_vma[sel[ok]] = vid[pos[ok]]
-
-    for r in wl.iter_rows(named=True):
-        resolve_faults_until(r["_end_ord"])
-        i = r["_i"]
-        asp = spaces.setdefault(r["mm"], AddressSpace(ids))
-        asp.created, asp.freed = [], []
-        ret = r["ret"]
-        a = r["args"]
-        kind = r["kind"]
-        now = r["end_ns"]
-        if kind == "exit":
-            locked = list(asp.vmas)
-            for v in locked:
-                asp._remove(v, now)
-            w_vma_ids[i] = [v.id for v in locked]
-            w_freed[i] = [v.id for v in locked]
-            w_succ[i] = [-1] * len(locked)
-            continue
-        if is_err_value(ret):
-            rep.failed_calls += 1
-            w_vma_ids[i] = []
-            continue
-        try:
-            locked, w_lock[i] = _apply(asp, kind, a, ret, now)
-        except _OutOfRange:
-            rep.out_of_range_calls += 1
-            w_vma_ids[i] = []
-            continue
-        w_vma_ids[i] = sorted({v.id for v in locked})
-        both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
-        w_created[i] = [x for x in asp.created if x not in both]
-        w_freed[i] = [x for x in asp.freed if x not in both]
-        w_succ[i] = [asp.successor.get(x, -1) for x in w_freed[i]]
-    resolve_faults_until(np.iinfo(np.int64).max)
-    if rep.out_of_range_calls:
-        rep.notes.append(f"{rep.out_of_range_calls:,} calls reach outside the user address space, which the kernel "
-                         "refuses: they change no VMA")
-
-    # faults outside every known VMA: infer regions from the faulting pages
-    miss = np.flatnonzero(f_vma < 0)
-    user_miss = miss[~f_kernel[miss]]
-    rep.faults_in_inferred = int(len(user_miss))
-    for mm in np.unique(f_mm[user_miss]) if len(user_miss) else []:
-        asp = spaces.setdefault(mm, AddressSpace(ids))
-        sel = user_miss[f_mm[user_miss] == mm]
-        pages = np.unique(f_addr[sel] & np.uint64(~(PAGE - 1) & (2**64 - 1)))
-        cut = np.flatnonzero(np.diff(pages.astype(np.int64)) > GAP_SPLIT) + 1
-        for grp in np.split(pages, cut):
-            v = Vma(ids.next(), int(grp[0]), int(grp[-1]) + PAGE, "rw-p", True, "", True)
-            asp.all.append(v)
-            rep.inferred_vmas += 1
-            inside = (f_addr[sel] >= np.uint64(v.start)) & (f_addr[sel] < np.uint64(v.end))
-            f_vma[sel[inside]] = v.id
-    f_vma_out = [None if x < 0 else int(x) for x in f_vma.tolist()]
-
-    writers = writers.with_columns(
-        pl.Series("vma_ids", w_vma_ids, pl.List(pl.Int64)), pl.Series("lock_mode", w_lock, pl.Utf8),
-        pl.Series("vmas_created", w_created, pl.List(pl.Int64)), pl.Series("vmas_freed", w_freed, pl.List(pl.Int64)),
-        pl.Series("vmas_successor", w_succ, pl.List(pl.Int64)),
-        pl.lit(None, pl.Int64).alias("vma_id"), pl.lit(None, pl.Boolean).alias("write"),
-        pl.lit(False).alias("kernel"), pl.lit(None, pl.Boolean).alias("observed_fallback"),
-        pl.lit(None, pl.Boolean).alias("observed_anon_prepare"), pl.lit(None, pl.Boolean).alias("observed_mmap_write"),
-    ).drop("args")
-    vmas = pl.DataFrame(
-        [dict(vma_id=v.id, mm=mm, start=v.start, end=v.end, prot=v.prot, anon=v.anon, name=v.name,
-              inferred=v.inferred, created_ns=v.created_ns, freed_ns=v.freed_ns)
-         for mm, asp in spaces.items() for v in asp.all],
-        schema={"vma_id": pl.Int64, "mm": pl.Utf8, "start": pl.UInt64, "end": pl.UInt64, "prot": pl.Utf8,
-                "anon": pl.Boolean, "name": pl.Utf8, "inferred": pl.Boolean, "created_ns": pl.Int64, "freed_ns": pl.Int64})
-    return vmas, f_vma_out, writers

@@ -45,9 +45,11 @@ def _mmap_args(length):
             f"fd: 0xffffffff, off: 0x00000000")
 
 
-def pft(threads: int, pages_per_thread: int, iterations: int = 1, gap_ns: int = 200) -> tuple[str, str]:
-    """Returns (perf script text, /proc/PID/maps snapshot)."""
-    out = io.StringIO()
+def pft(threads: int, pages_per_thread: int, iterations: int = 1, gap_ns: int = 200, out=None) -> tuple[str | None, str]:
+    """Returns (perf script text, /proc/PID/maps snapshot); with ``out`` (a text file)
+    the text goes there as it is made, for traces bigger than memory, and None comes back."""
+    given = out is not None
+    out = out if given else io.StringIO()
     t = 1_000_000_000
     size = threads * pages_per_thread * PAGE
     main = PID
@@ -59,7 +61,7 @@ def pft(threads: int, pages_per_thread: int, iterations: int = 1, gap_ns: int = 
                 _pf(out, PID + 1 + k, t + p * gap_ns + k, BASE + (k * pages_per_thread + p) * PAGE)
         t += pages_per_thread * gap_ns + threads + 1000
         t = _syscall(out, main, t, "munmap", f"addr: {BASE:#x}, len: {size:#010x}", 0)
-    return out.getvalue(), _maps()
+    return None if given else out.getvalue(), _maps()
 
 
 def page_fault1(threads: int, pages: int = 32768, iterations: int = 1, gap_ns: int = 200) -> tuple[str, str]:

@@ -414,16 +414,27 @@ class Workspace:
     def write_ops(self, trace_id: str, sha256: str, ops: pa.Table, vmas: pa.Table) -> Path:
         """Place a trace's ops and vmas, built from the content ``sha256``, as one build:
         vmas first, then ops (see the module docstring for what a reader sees)."""
-        build = uuid.uuid4().hex.encode()
+        def stage(ops_path, vmas_path, meta):
+            for t, path in ((vmas, vmas_path), (ops, ops_path)):
+                pq.write_table(t.replace_schema_metadata({**(t.schema.metadata or {}), **meta}), path, compression="zstd")
+
+        return self.build_ops(trace_id, sha256, stage)[0]
+
+    def build_ops(self, trace_id: str, sha256: str, build):
+        """Build a trace's ops and vmas into staging - ``build(ops_path, vmas_path,
+        metadata)`` writes the two Parquet files, ``metadata`` (the build's id) in both
+        schemas - then place them as one build, vmas first.  Returns (ops path, what
+        ``build`` returned)."""
+        meta = {BUILD_KEY: uuid.uuid4().hex.encode()}
         with self.staging() as stage:
+            files = {name: os.path.join(stage, f"{name}.parquet") for name in ("vmas", "ops")}
             with writing(self.root):
-                files = {name: self.stage_table(t.replace_schema_metadata({**(t.schema.metadata or {}), BUILD_KEY: build}),
-                                                stage, name) for name, t in (("vmas", vmas), ("ops", ops))}
+                got = build(files["ops"], files["vmas"], meta)
             fault_point("ops.staged")
             with self.lock():
                 self.check_trace(trace_id, sha256)
                 self._place(files["vmas"], "vmas", trace_id, "ops.vmas_placed")
-                return self._place(files["ops"], "ops", trace_id, "ops.committed")
+                return self._place(files["ops"], "ops", trace_id, "ops.committed"), got
 
     def write_footprint(self, trace_id: str, sha256: str, rows: pa.Table, keys: list[str]) -> Path:
         """Place a trace's footprint rows (``replay footprint``), computed from the trace

@@ -1,0 +1,1136 @@
+"""The op builder's streaming driver: events Parquet in, ops Parquet out, in bounded memory.
+
+``replay/ops.py`` says what an op is (pairing, the VMA tracker, observed fallback, time
+order); this module makes ops that way from a trace of any size without holding it.
+
+* **Pass 1 (a survey).**  One read of eight narrow columns: the time-order check
+  (``ingest/order.py``), the faults outside the user address space, which threads
+  there are and, per thread, how often it prints each tgid and takes mmap_lock on each
+  ``mm=``.  Thread attribution (``attribute``) needs all of it before the first op.
+  It also finds whether the events are already in time order (perf's ordered events
+  and ftrace's merged buffers give that) and each batch's earliest timestamp.
+* **Pass 2.**  The events again, batch by batch in time order - as read when they are
+  sorted already; otherwise through a merge buffer that lets an event go once no later
+  batch holds an earlier one (the earliest-timestamp list above) - through one
+  compiled step per event (``_advance``).  What persists across batches is only what
+  must: per thread its open fault or syscall (the events until its next fault or
+  syscall decide a fault's fallback and a writer's hold time), per thread and syscall
+  the open ``sys_enter`` and its arguments, the VMA layout of each address space
+  (flat arrays the step searches; the tracker itself, ``ops.AddressSpace``, runs in
+  Python at each writer's ``sys_exit``, which is rare next to faults), and the ops not
+  yet written.
+* **Writing.**  Ops are numbered in time order, so they are written in that order, a
+  row group at a time, as soon as every op before them is complete.  A fault stays
+  incomplete until its thread's next fault or syscall, which may be the end of the
+  trace (an idle thread); when more than ``2 * ROW_GROUP`` ops wait behind one, the
+  oldest row group is written with what is known and the incomplete ops in it are kept
+  aside (``late``) and finished there.  Faults outside every known VMA get their
+  inferred VMA only at the end (the clusters depend on every such fault's page).
+  Either way a second pass over the ops file (``_patch``) puts the final values in
+  place; a trace that needs neither is written once.  The two files are written into
+  the caller's staging directory; the workspace renames them into place.
+
+The output is the same, row for row and type for type, as building the ops in one
+piece (the behaviour ``tests/test_ops.py`` and the golden replays pin); only the row
+group boundaries of the Parquet file differ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from numba import njit
+
+from .ingest.schema import EVENT_CODE, SYSCALLS
+
+from . import ops as O
+
+BATCH = 1 << 18  # events per read
+ROW_GROUP = 1 << 19  # ops per Parquet row group
+MISS_CAP = 1 << 16  # faults outside every known VMA, between merges into clusters
+
+# -- event codes (ingest/schema.py EVENTS) --------------------------------------------
+PF_USER, PF_KERNEL = EVENT_CODE["page_fault_user"], EVENT_CODE["page_fault_kernel"]
+LOCK_START, LOCK_ACQ, LOCK_REL = (EVENT_CODE[f"mmap_lock_{x}"] for x in ("start", "acquired", "released"))
+ENTER0, EXIT0 = EVENT_CODE[f"sys_enter_{SYSCALLS[0]}"], EVENT_CODE[f"sys_exit_{SYSCALLS[0]}"]
+NSYS = len(SYSCALLS)
+EXIT_MMAP = EVENT_CODE["exit_mmap"]
+assert [EVENT_CODE[f"sys_enter_{s}"] - ENTER0 for s in SYSCALLS] == list(range(NSYS))
+assert [EVENT_CODE[f"sys_exit_{s}"] - EXIT0 for s in SYSCALLS] == list(range(NSYS))
+RELEVANT = max(EXIT_MMAP, ENTER0 + NSYS - 1, EXIT0 + NSYS - 1)  # codes above this make no op and touch none
+
+# -- op kinds and lock modes as the step stores them ------------------------------------
+K_FAULT, K_EXIT = O.OP_KINDS.index("fault"), O.OP_KINDS.index("exit")
+K_SYS0 = O.OP_KINDS.index(SYSCALLS[0])
+assert [O.OP_KINDS.index(s) - K_SYS0 for s in SYSCALLS] == list(range(NSYS))
+LOCK_MODES = ("read", "write", "none")
+M_READ, M_WRITE = 0, 1
+VMA_NONE, VMA_MISS = -1, -2  # no VMA (kernel fault outside every VMA, writers); an inferred one, known at the end
+
+# -- step status ------------------------------------------------------------------------
+ST_DONE, ST_APPLY, ST_SEED, ST_FULL, ST_MISS = 0, 1, 2, 3, 4
+C_UNPAIRED, C_UNMATCHED, C_MISSED = 0, 1, 2  # counters
+PAGE_MASK = np.uint64(~(O.PAGE - 1) & (2**64 - 1))
+PF_WRITE = O.X86_PF_WRITE
+
+# One batch of events in time order, a column each (``th``: the thread's index; ``*_ok``:
+# the value is not null; write/success: 1, 0, or -1 for null).
+EV_FIELDS = [
+    ("code", np.int8), ("th", np.int32), ("seq", np.int64), ("ts", np.int64), ("ts_ok", np.bool_),
+    ("cpu", np.int16), ("cpu_ok", np.bool_), ("mm", np.uint64), ("mm_ok", np.bool_),
+    ("write", np.int8), ("success", np.int8),
+    ("address", np.uint64), ("addr_ok", np.bool_), ("error_code", np.int64), ("ec_ok", np.bool_),
+    ("len", np.int64), ("len_ok", np.bool_), ("new_len", np.int64), ("new_len_ok", np.bool_),
+    ("new_addr", np.uint64), ("new_addr_ok", np.bool_), ("prot", np.int64), ("prot_ok", np.bool_),
+    ("flags", np.int64), ("flags_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
+]
+Ev = namedtuple("Ev", [f for f, _ in EV_FIELDS])
+EV_TYPES = dict(EV_FIELDS)
+
+# Ops as they are being built: one int64 row per field of a [field, op] matrix (a
+# single array keeps the compiled helpers' calls cheap; each field's values stay
+# contiguous for writing).  ``fb``: the fault's raw fallback (a read start_locking on its
+# own mm in its window; -1 until the window closes), ``first``: the first write fault the
+# trace shows in its private VMA; ``pend``: parts still to come (a fault's window; a
+# writer's window and its exit).  ``address`` holds the uint64's bits.
+OP_FIELDS = [
+    ("seq", np.int64), ("th", np.int32), ("kind", np.int8), ("start", np.int64), ("start_ok", np.bool_),
+    ("end", np.int64), ("end_ok", np.bool_), ("address", np.uint64), ("addr_ok", np.bool_),
+    ("length", np.int64), ("len_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
+    ("write", np.int8), ("kernel", np.bool_), ("lock", np.int8), ("fb", np.int8), ("fbw", np.bool_),
+    ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
+    ("cpu", np.int16), ("cpu_ok", np.bool_), ("pend", np.int8),
+]
+(R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
+ R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_CPU, R_CPU_OK,
+ R_PEND) = range(len(OP_FIELDS))
+Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
+
+
+def _ops_buffer(n: int) -> np.ndarray:
+    return np.zeros((len(OP_FIELDS), n), np.int64)
+
+
+def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
+    return Ops(*(R[i, a:b].view(np.uint64) if dt == np.uint64 else R[i, a:b].astype(dt)
+                 for i, (_, dt) in enumerate(OP_FIELDS)))
+
+
+# Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
+# window of its latest fault or syscall: the op it belongs to and what the window saw.
+TH_DTYPE = np.dtype([
+    ("space", np.int32), ("own_mm", np.uint64), ("own_ok", np.bool_),
+    ("grp_op", np.int64), ("grp_fault", np.bool_), ("has_start", np.bool_), ("fb_read", np.bool_),
+    ("fb_write", np.bool_), ("rel_any", np.int64), ("rel_any_ok", np.bool_), ("acq_any", np.int64),
+    ("acq_any_ok", np.bool_), ("rel_w", np.int64), ("rel_w_ok", np.bool_), ("acq_w", np.int64), ("acq_w_ok", np.bool_),
+])
+
+# Per thread and syscall: the open sys_enter (its op, -1 when none) and its arguments.
+SC_DTYPE = np.dtype([
+    ("op", np.int64), ("address", np.uint64), ("addr_ok", np.bool_), ("len", np.int64), ("len_ok", np.bool_),
+    ("new_len", np.int64), ("new_len_ok", np.bool_), ("new_addr", np.uint64), ("new_addr_ok", np.bool_),
+    ("prot", np.int64), ("prot_ok", np.bool_), ("flags", np.int64), ("flags_ok", np.bool_),
+])
+
+
+# -- the compiled step ------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True, inline="always")
+def _ref(op, base, late_at, late_ids):
+    """Op ``op``'s row: among the unwritten ones, or - written before it was complete -
+    among the late ones, which follow them from row ``late_at`` on."""
+    if op >= base:
+        return op - base
+    return late_at + np.searchsorted(late_ids, op)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _close_window(s, base, o, late_at, late_ids):
+    """A thread's fault or syscall window ends (its next fault or syscall, or the trace's
+    end): what it saw becomes the op's fallback, end and hold time."""
+    if s.grp_op < 0:
+        return
+    k = _ref(s.grp_op, base, late_at, late_ids)
+    if s.grp_fault:
+        o[R_FB, k] = 1 if (s.has_start and s.fb_read) else 0
+        o[R_FBW, k] = s.has_start and s.fb_write
+        if s.has_start:
+            # a fallback ends at its mmap_read_unlock; it held the lock acquired -> released
+            o[R_END, k], o[R_END_OK, k] = s.rel_any, s.rel_any_ok
+            if s.rel_any_ok and s.acq_any_ok:
+                o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
+    elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
+        o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_w - s.acq_w, True
+    o[R_PEND, k] -= 1
+    s.grp_op = -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _open_window(s, op, fault):
+    s.grp_op, s.grp_fault = op, fault
+    s.has_start = False
+    s.fb_read = False
+    s.fb_write = False
+    s.rel_any_ok = False
+    s.acq_any_ok = False
+    s.rel_w_ok = False
+    s.acq_w_ok = False
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _new_op(o, k, ev, i, kind, pend):
+    o[R_SEQ, k], o[R_TH, k], o[R_KIND, k], o[R_PEND, k] = ev.seq[i], ev.th[i], kind, pend
+    o[R_START, k], o[R_START_OK, k], o[R_CPU, k], o[R_CPU_OK, k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
+    o[R_END_OK, k] = False
+    o[R_ADDR_OK, k] = False
+    o[R_LEN_OK, k] = False
+    o[R_RET_OK, k] = False
+    o[R_HOLD_OK, k] = False
+    o[R_KERNEL, k] = False
+    o[R_FBW, k] = False
+    o[R_FIRST, k] = False
+    o[R_WRITE, k], o[R_FB, k], o[R_LOCK, k], o[R_VMA, k] = -1, -1, M_WRITE, VMA_NONE
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
+    """The id of the VMA holding ``addr`` among a space's n VMAs at lay_*[lo:lo+n], or -1."""
+    if n == 0:
+        return -1
+    j = np.searchsorted(lay_start[lo:lo + n], addr, side="right") - 1
+    if j >= 0 and addr < lay_end[lo + j]:
+        return lay_id[lo + j]
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
+             private, seen_first, miss_space, miss_page, n_miss, need_seed, counters):
+    """Run events ``ev[i:]`` (time order) until one needs Python or the batch ends.
+
+    Parameters
+    ----------
+    ev : Ev, one batch in time order.
+    th, sc : TH_DTYPE per thread; SC_DTYPE per thread and syscall (``th * NSYS + n``).
+    rows : Ops: rows[:late_at] the ops not yet written (row k is op ``base + k``; n_rows
+        used), then the late ones: written before they were complete, their op ids in
+        ``late_ids`` (ascending).
+    lay_* : every address space's VMAs, sorted by start: space s at lay_off[s], lay_n[s] of them.
+    private, seen_first : per VMA id: a private mapping; its first write fault is seen.
+    miss_space, miss_page : user faults outside every known VMA (n_miss so far).
+    need_seed : [1] while the maps snapshot waits for the first op's address space.
+
+    Returns (status, next event, n_rows, n_miss, op): ST_APPLY after a writer's sys_exit
+    or exit_mmap (op: its id), ST_SEED before the first op, ST_FULL when ``rows`` is
+    full, ST_MISS when the miss buffer is, ST_DONE at the batch's end.
+    """
+    n = len(ev.code)
+    cap = late_at
+    while i < n:
+        c = ev.code[i]
+        t = ev.th[i]
+        s = th[t]
+        opens = c == PF_USER or c == PF_KERNEL or (ENTER0 <= c < ENTER0 + NSYS)
+        if opens or c == EXIT_MMAP:
+            if need_seed[0]:
+                return ST_SEED, i, n_rows, n_miss, -1
+            if n_rows == cap:
+                return ST_FULL, i, n_rows, n_miss, -1
+        if c == PF_USER or c == PF_KERNEL:
+            _close_window(s, base, rows, late_at, late_ids)
+            k = n_rows
+            _new_op(rows, k, ev, i, K_FAULT, 1)
+            addr = ev.address[i]
+            rows[R_ADDRESS, k], rows[R_ADDR_OK, k] = np.int64(addr), ev.addr_ok[i]
+            kernel = c == PF_KERNEL
+            rows[R_KERNEL, k] = kernel
+            rows[R_LOCK, k] = M_READ
+            write = -1
+            if ev.ec_ok[i]:
+                write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
+            rows[R_WRITE, k] = write
+            vid = -1
+            if s.space >= 0 and ev.addr_ok[i]:
+                vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
+            missed = False
+            if vid >= 0:
+                rows[R_VMA, k] = vid
+                # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
+                if write == 1 and not kernel and private[vid] and not seen_first[vid]:
+                    seen_first[vid] = True
+                    rows[R_FIRST, k] = True
+            elif not kernel and ev.addr_ok[i] and s.space >= 0:
+                rows[R_VMA, k] = VMA_MISS
+                miss_space[n_miss] = s.space
+                miss_page[n_miss] = np.int64(addr & PAGE_MASK)
+                counters[C_MISSED] += 1
+                n_miss += 1
+                missed = True
+            _open_window(s, base + k, True)
+            n_rows += 1
+            if missed and n_miss == len(miss_page):
+                return ST_MISS, i + 1, n_rows, n_miss, -1
+        elif c == LOCK_START:
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
+                s.has_start = True
+                if ev.write[i] == 0:
+                    s.fb_read = True
+                elif ev.write[i] == 1:
+                    s.fb_write = True
+        elif c == LOCK_ACQ:
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
+                    and ev.ts_ok[i]:
+                ts = ev.ts[i]
+                if not s.acq_any_ok or ts < s.acq_any:
+                    s.acq_any, s.acq_any_ok = ts, True
+                if ev.write[i] == 1 and (not s.acq_w_ok or ts < s.acq_w):
+                    s.acq_w, s.acq_w_ok = ts, True
+        elif c == LOCK_REL:
+            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.ts_ok[i]:
+                ts = ev.ts[i]
+                if not s.rel_any_ok or ts > s.rel_any:
+                    s.rel_any, s.rel_any_ok = ts, True
+                if ev.write[i] == 1 and (not s.rel_w_ok or ts > s.rel_w):
+                    s.rel_w, s.rel_w_ok = ts, True
+        elif ENTER0 <= c < ENTER0 + NSYS:
+            x = c - ENTER0
+            _close_window(s, base, rows, late_at, late_ids)
+            q = sc[t * NSYS + x]
+            if q.op >= 0:  # an enter with no exit before the next enter of that call: never finished
+                counters[C_UNPAIRED] += 1
+                rows[R_PEND, _ref(q.op, base, late_at, late_ids)] -= 1
+            k = n_rows
+            _new_op(rows, k, ev, i, K_SYS0 + x, 2)
+            rows[R_ADDRESS, k], rows[R_ADDR_OK, k], rows[R_LENGTH, k], rows[R_LEN_OK, k] = \
+                np.int64(ev.address[i]), ev.addr_ok[i], ev.len[i], ev.len_ok[i]
+            q.op = base + k
+            q.address, q.addr_ok, q.len, q.len_ok = ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
+            q.new_len, q.new_len_ok, q.new_addr, q.new_addr_ok = \
+                ev.new_len[i], ev.new_len_ok[i], ev.new_addr[i], ev.new_addr_ok[i]
+            q.prot, q.prot_ok, q.flags, q.flags_ok = ev.prot[i], ev.prot_ok[i], ev.flags[i], ev.flags_ok[i]
+            _open_window(s, base + k, False)
+            n_rows += 1
+        elif EXIT0 <= c < EXIT0 + NSYS:
+            q = sc[t * NSYS + (c - EXIT0)]
+            if q.op < 0:
+                counters[C_UNMATCHED] += 1
+            else:
+                op = q.op
+                q.op = -1  # the arguments stay for the caller to apply
+                j = _ref(op, base, late_at, late_ids)
+                rows[R_END, j], rows[R_END_OK, j], rows[R_RET, j], rows[R_RET_OK, j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
+                return ST_APPLY, i + 1, n_rows, n_miss, op
+        elif c == EXIT_MMAP:
+            k = n_rows
+            _new_op(rows, k, ev, i, K_EXIT, 1)
+            rows[R_END, k], rows[R_END_OK, k], rows[R_RET, k], rows[R_RET_OK, k] = ev.ts[i], ev.ts_ok[i], 0, True
+            n_rows += 1
+            return ST_APPLY, i + 1, n_rows, n_miss, base + k
+        i += 1
+    return ST_DONE, i, n_rows, n_miss, -1
+
+
+@njit(cache=True, nogil=True)
+def _done_prefix(pend, start, n):
+    """How many ops from the front are complete (scanning on from ``start``)."""
+    k = start
+    while k < n and pend[k] == 0:
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _finish(th, sc, rows, base, late_at, late_ids, counters):
+    """The trace's end: every window closes; every enter still open never finished."""
+    for t in range(len(th)):
+        _close_window(th[t], base, rows, late_at, late_ids)
+    for j in range(len(sc)):
+        if sc[j].op >= 0:
+            counters[C_UNPAIRED] += 1
+            rows[R_PEND, _ref(sc[j].op, base, late_at, late_ids)] -= 1
+            sc[j].op = -1
+
+
+@njit(cache=True, nogil=True)
+def _think(th, start, start_ok, end, end_ok, prev, prev_ok, out, out_ok):
+    """think_ns in op order: the gap since the thread's previous op ended (its start when
+    it has no end), at least 0; none for a thread's first op.  ``prev``/``prev_ok`` carry
+    each thread's last end across calls (prev_ok: -1 no op yet, 0 an op without a time)."""
+    for k in range(len(th)):
+        t = th[k]
+        out_ok[k] = start_ok[k] and prev_ok[t] == 1
+        if out_ok[k]:
+            out[k] = max(start[k] - prev[t], 0)
+        if end_ok[k]:
+            prev[t], prev_ok[t] = end[k], 1
+        elif start_ok[k]:
+            prev[t], prev_ok[t] = start[k], 1
+        else:
+            prev_ok[t] = 0
+
+
+# -- reading events --------------------------------------------------------------------------
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The event column as EVENT_CODE codes."""
+    if isinstance(col, pa.ChunkedArray):
+        return np.concatenate([_codes(c) for c in col.chunks]) if col.num_chunks else np.zeros(0, np.int8)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    other = EVENT_CODE["other"]
+    lut = np.array([EVENT_CODE.get(x, other) for x in col.dictionary.to_pylist()] + [other], dtype=np.int8)
+    idx = pc.fill_null(col.indices, len(lut) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lut[idx]
+
+
+def _np(col, fill=0, dtype=None):
+    a = pc.fill_null(col, fill).to_numpy(zero_copy_only=False)
+    return a if dtype is None else a.astype(dtype, copy=False)
+
+
+def _ok(col) -> np.ndarray:
+    return pc.is_valid(col).to_numpy(zero_copy_only=False) if col.null_count else np.ones(len(col), np.bool_)
+
+
+def _tri(col) -> np.ndarray:
+    """A boolean column as int8: 1, 0, or -1 for null."""
+    v = _np(col, False).astype(np.int8)
+    if col.null_count:
+        v[~_ok(col)] = -1
+    return v
+
+
+SURVEY_TYPES = {"tid": pa.int32(), "pid": pa.int32(), "mm": pa.uint64()}
+SURVEY_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "pid", "event", "mm", "address"]
+STEP_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "event", "mm", "write", "success", "address", "error_code", "len",
+                "new_len", "new_addr", "prot", "flags", "ret"]
+
+
+class Events:
+    """A trace's events as batches in input (line) order, twice over: from a Parquet file
+    (read a batch at a time) or from a table in memory.  A file whose ``seq`` does not
+    ascend (ingest writes it in order; something else may not) is read whole and sorted."""
+
+    def __init__(self, source: str | os.PathLike | pa.Table):
+        self.table = source if isinstance(source, pa.Table) else None
+        # the file is opened once: both passes read the same file even if a new ingest
+        # renames another over it meanwhile (the commit then fails on the trace's hash)
+        self.file = None if self.table is not None else pq.ParquetFile(str(source))
+        self.rows = self.table.num_rows if self.table is not None else self.file.metadata.num_rows
+
+    def sort_by_seq(self) -> None:
+        t = self.table if self.table is not None else self.file.read()
+        self.table, self.file = t.take(pc.sort_indices(t, [("seq", "ascending")])), None
+
+    def batches(self, columns):
+        if self.table is not None:
+            yield from self.table.select(columns).to_batches(max_chunksize=BATCH)
+        else:
+            yield from self.file.iter_batches(batch_size=BATCH, columns=columns)
+
+
+# -- pass 1: the survey -----------------------------------------------------------------------
+
+class Survey:
+    """What the op builder must know before its first op (see the module docstring)."""
+
+    def __init__(self, events: Events):
+        from .ingest.order import TimeOrder
+
+        self.order = TimeOrder()
+        self.outside = 0
+        self.min_ts: list[int | None] = []  # per batch, the earliest timestamp of an event that matters
+        self.batch_rows: list[int] = []
+        self.in_time_order = True
+        self.seq_ascending = True
+        last_ts, last_seq, row0 = None, None, 0
+        tid_parts, pid_parts, mm_parts = [], [], []
+        for b in events.batches(SURVEY_COLUMNS):
+            n = b.num_rows
+            seq = _np(b.column("seq"), 0, np.int64)
+            if n and ((last_seq is not None and seq[0] <= last_seq) or (n > 1 and not (np.diff(seq) > 0).all())):
+                self.seq_ascending = False
+                return
+            last_seq = int(seq[-1]) if n else last_seq
+            self.order.feed_table(pa.Table.from_batches([b]))
+            code = _codes(b.column("event"))
+            addr = b.column("address")
+            fault = (code == PF_USER) | (code == PF_KERNEL)
+            out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+            self.outside += int(out.sum())
+            keep = ~out
+            rowno = np.arange(row0, row0 + n, dtype=np.int64)
+            row0 += n
+            kept = pa.table({"tid": b.column("tid"), "pid": b.column("pid"), "mm": b.column("mm"),
+                             "row": rowno, "lock": (code >= LOCK_START) & (code <= LOCK_REL)}).filter(keep)
+            tid_parts.append(kept.group_by("tid").aggregate([("row", "min")]))
+            p = kept.filter(pc.and_(pc.is_valid(kept["pid"]), pc.greater(kept["pid"], 0)))
+            pid_parts.append(p.group_by(["tid", "pid"]).aggregate([("row", "count"), ("row", "min")]))
+            m = kept.filter(pc.and_(kept["lock"], pc.is_valid(kept["mm"])))
+            mm_parts.append(m.group_by(["tid", "mm"]).aggregate([("row", "count"), ("row", "min")]))
+            # the events pass 2 steps through, for the time-order merge
+            rel = keep & (code <= RELEVANT)
+            ts = b.column("ts_ns").filter(pa.array(rel))
+            if ts.null_count:
+                self.in_time_order = False
+            tsn = _np(ts, 0, np.int64)
+            if len(tsn):
+                if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (np.diff(tsn) < 0).any()):
+                    self.in_time_order = False
+                last_ts = int(tsn[-1])
+            valid = tsn[_ok(ts)] if ts.null_count else tsn
+            self.min_ts.append(int(valid.min()) if len(valid) else None)
+            self.batch_rows.append(n)
+        import polars as pl
+
+        def merged(parts, keys, count):
+            if not parts:
+                parts = [pa.table({**{k: pa.array([], SURVEY_TYPES[k]) for k in keys}, "row_min": pa.array([], pa.int64()),
+                                   **({"row_count": pa.array([], pa.int64())} if count else {})})]
+            t = pl.from_arrow(pa.concat_tables(parts))
+            if count:
+                t = t.group_by(keys).agg(pl.col("row_count").sum().alias("n"), pl.col("row_min").min().alias("first"))
+            else:
+                t = t.group_by(keys).agg(pl.col("row_min").min().alias("first"))
+            return t
+
+        self.tids = merged(tid_parts, ["tid"], False)
+        self.pids = merged(pid_parts, ["tid", "pid"], True)
+        self.mms = merged(mm_parts, ["tid", "mm"], True)
+
+
+def _mode(counts, key: str, value: str):
+    """Per ``key``, the ``value`` seen most often; a tie goes to the one seen first."""
+    import polars as pl
+
+    return (counts.sort([key, "n", "first"], descending=[False, True, False], nulls_last=True)
+            .group_by(key, maintain_order=True).agg(pl.col(value).first()))
+
+
+def attribute(sv: Survey, same_mm: bool, rep: O.BuildReport):
+    """Threads -> (tid, address-space key ``pid:N`` / ``mm:HEX`` / ``tid:N`` / ``all``,
+    pid, own mm) as a polars frame, tids ascending with a null tid last; the rule used
+    goes into ``rep``.  A thread's pid is the tgid it prints most; else the pid most
+    threads on its own mm print; its own mm is the mm= it takes mmap_lock on most."""
+    import polars as pl
+
+    t = sv.tids.select("tid", "first")
+    rep.threads = t.height
+    lock_mm = _mode(sv.mms, "tid", "mm").rename({"mm": "own_mm"}) if sv.mms.height else \
+        pl.DataFrame(schema={"tid": t["tid"].dtype, "own_mm": pl.UInt64})
+    t = t.join(lock_mm, on="tid", how="left")
+    if same_mm:
+        rep.rule = "all threads share one mm (--same-mm)"
+        t = t.with_columns(pl.when(pl.col("tid").is_not_null()).then(pl.lit("all")).alias("mm"),
+                           pl.lit(None, pl.Int32).alias("pid"))
+    else:
+        by_pid = _mode(sv.pids, "tid", "pid") if sv.pids.height else pl.DataFrame(schema={"tid": t["tid"].dtype,
+                                                                                         "pid": pl.Int32})
+        t = t.join(by_pid, on="tid", how="left")
+        # threads with a pid lend it to the other threads on their mm
+        lend = t.filter(pl.col("pid").is_not_null() & pl.col("own_mm").is_not_null()).group_by("own_mm", "pid").agg(
+            pl.len().alias("n"), pl.col("first").min())
+        mm_pid = _mode(lend, "own_mm", "pid").rename({"pid": "mm_pid"}) if lend.height else \
+            pl.DataFrame(schema={"own_mm": pl.UInt64, "mm_pid": pl.Int32})
+        t = t.join(mm_pid, on="own_mm", how="left").with_columns(pl.coalesce("pid", "mm_pid").cast(pl.Int32).alias("pid"))
+        t = t.with_columns(
+            pl.when(pl.col("tid").is_null()).then(None)
+            .when(pl.col("pid").is_not_null()).then(pl.format("pid:{}", pl.col("pid")))
+            .when(pl.col("own_mm").is_not_null()).then(
+                pl.format("mm:{}", pl.col("own_mm").map_elements(lambda x: f"{x:x}", return_dtype=pl.Utf8)))
+            .otherwise(pl.format("tid:{}", pl.col("tid"))).alias("mm"))
+        t = t.with_columns(pl.when(pl.col("tid").is_null()).then(None).otherwise(pl.col("pid")).alias("pid"))
+        n_pid = t.filter(pl.col("mm").str.starts_with("pid:")).height
+        n_mm = t.filter(pl.col("mm").str.starts_with("mm:")).height
+        rep.unattributed = t.filter(pl.col("mm").str.starts_with("tid:")).height
+        rules = []
+        if n_pid:
+            rules.append(f"{n_pid} by pid/tgid")
+        if n_mm:
+            rules.append(f"{n_mm} by the mm= of their mmap_lock events")
+        if rep.unattributed:
+            rules.append(f"{rep.unattributed} unattributed (each its own mm)")
+            rep.notes.append("this trace has no pid for some threads: record with `perf script -F comm,pid,tid,...` "
+                             "(replay record does), or pass --same-mm if all threads share one address space")
+        rep.rule = "; ".join(rules)
+    return t.select("tid", "mm", pl.col("pid").cast(pl.Int32), "own_mm").sort("tid", nulls_last=True)
+
+
+# -- pass 2 ---------------------------------------------------------------------------------
+
+def _in_time_order(events: Events, sv: Survey, keep_fn):
+    """The events that matter, batch by batch in time order (stable: ties keep input
+    order; no timestamp last).  ``keep_fn(batch) -> mask``.  Unsorted input goes
+    through a buffer: after reading up to row r, an event may go once its timestamp is
+    at most the earliest of every survey batch that ends past r."""
+    ends = np.cumsum(sv.batch_rows) if sv.batch_rows else np.zeros(0, np.int64)
+    suffix: list = [None] * (len(sv.min_ts) + 1)
+    for k in range(len(sv.min_ts) - 1, -1, -1):
+        cur, nxt = sv.min_ts[k], suffix[k + 1]
+        suffix[k] = cur if nxt is None else (nxt if cur is None else min(cur, nxt))
+    pending, read = None, 0
+    for b in events.batches(STEP_COLUMNS):
+        read += b.num_rows
+        t = pa.Table.from_batches([b]).filter(pa.array(keep_fn(b)))
+        if sv.in_time_order:
+            yield t
+            continue
+        pending = t if pending is None else pa.concat_tables([pending, t])
+        pending = pending.take(pc.sort_indices(pending, sort_keys=[("ts_ns", "ascending", "at_end")]))
+        bound = suffix[int(np.searchsorted(ends, read, side="right"))]
+        ts = pending.column("ts_ns")
+        n_valid = pending.num_rows - ts.null_count
+        if bound is None:
+            cut = n_valid
+        else:
+            cut = int(np.searchsorted(_np(ts.slice(0, n_valid), 0, np.int64), bound, side="right"))
+        yield pending.slice(0, cut)
+        pending = pending.slice(cut)
+    if pending is not None and pending.num_rows:
+        yield pending
+
+
+class _Layout:
+    """Every address space's VMAs as flat sorted arrays the compiled step searches; a
+    space's slot is rewritten in place after each writer, moved to the end when it outgrows it."""
+
+    def __init__(self, nspaces: int):
+        self.start = np.zeros(64, np.uint64)
+        self.end = np.zeros(64, np.uint64)
+        self.id = np.zeros(64, np.int64)
+        self.off = np.zeros(max(nspaces, 1), np.int64)
+        self.cap = np.zeros(max(nspaces, 1), np.int64)
+        self.n = np.zeros(max(nspaces, 1), np.int64)
+        self.used = 0
+
+    def set(self, s: int, asp: O.AddressSpace) -> None:
+        m = len(asp.vmas)
+        if m > self.cap[s]:
+            cap = max(8, 2 * m)
+            if self.used + cap > len(self.start):
+                size = max(2 * len(self.start), self.used + cap)
+                for name in ("start", "end", "id"):
+                    a = getattr(self, name)
+                    b = np.zeros(size, a.dtype)
+                    b[: self.used] = a[: self.used]
+                    setattr(self, name, b)
+            self.off[s], self.cap[s] = self.used, cap
+            self.used += cap
+        lo = self.off[s]
+        self.start[lo:lo + m] = asp.starts
+        self.end[lo:lo + m] = [v.end for v in asp.vmas]
+        self.id[lo:lo + m] = [v.id for v in asp.vmas]
+        self.n[s] = m
+
+
+def _arrow(values: np.ndarray, ok: np.ndarray | None, typ: pa.DataType) -> pa.Array:
+    """A numpy column (and where it is valid) as an Arrow array that owns its memory:
+    the op buffers it comes from are reused."""
+    n = len(values)
+    nulls = 0 if ok is None else n - int(np.count_nonzero(ok))
+    validity = pa.py_buffer(np.packbits(ok, bitorder="little")) if nulls else None
+    if pa.types.is_boolean(typ):
+        data = pa.py_buffer(np.packbits(values.astype(np.bool_, copy=False), bitorder="little"))
+    else:
+        data = pa.py_buffer(np.array(values, dtype=typ.to_pandas_dtype(), copy=True))
+    return pa.Array.from_buffers(typ, n, [validity, data], null_count=nulls)
+
+
+def _pyint(v, ok):
+    return int(v) if ok else None
+
+
+class Builder:
+    """One build: ``run()`` steps through the events and hands finished row groups to
+    ``sink``; ``finish()`` returns what the second pass needs."""
+
+    def __init__(self, events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, sink):
+        self.events, self.trace_id, self.maps, self.sink = events, trace_id, maps_snapshot, sink
+        sv = Survey(events)
+        if not sv.seq_ascending:
+            events.sort_by_seq()
+            sv = Survey(events)
+        self.sv = sv
+        self.rep = rep = O.BuildReport()
+        threads = attribute(sv, same_mm, rep)
+        rep.out_of_order = sv.order.count
+        rep.faults_outside_user_space = sv.outside
+        if sv.order.count:
+            rep.notes.append(f"time goes backwards at {sv.order.count:,} events on their CPU or thread (the first at "
+                             f"seq {sv.order.first[0]}): the ops follow the timestamps (a stable sort), not the input order")
+        if sv.outside:
+            rep.notes.append(f"{sv.outside:,} faults at or above TASK_SIZE_MAX ({O.TASK_SIZE_MAX:#x}) are no ops: the "
+                             "kernel handles them in do_kern_addr_fault(), without an mm lock")
+        tids = threads["tid"]
+        self.null_tid = tids.null_count() > 0
+        self.tids = tids.drop_nulls().to_numpy().astype(np.int64)
+        names = threads["mm"].to_list()
+        self.space_names = list(dict.fromkeys(x for x in names if x is not None))
+        sidx = {x: i for i, x in enumerate(self.space_names)}
+        T = len(names)
+        self.th = np.zeros(T, TH_DTYPE)
+        self.th["space"] = [sidx[x] if x is not None else -1 for x in names]
+        own = threads["own_mm"]
+        self.th["own_ok"] = own.is_not_null().to_numpy()
+        self.th["own_mm"] = own.fill_null(0).to_numpy().astype(np.uint64)
+        self.th["grp_op"] = -1
+        self.th_tid = tids  # polars Series, th order
+        self.th_pid = threads["pid"]
+        self.sc = np.zeros(T * NSYS, SC_DTYPE)
+        self.sc["op"] = -1
+        self.cap = min(max(events.rows, 16), 2 * ROW_GROUP + 1)  # rows[:cap] unwritten ops, then the late ones
+        self.rows = _ops_buffer(self.cap + 16)
+        self.done = 0  # rows[:done] are complete
+        self.n_rows, self.base = 0, 0
+        self.late_ids = np.zeros(16, np.int64)
+        self.n_late = 0
+        self.lists: dict[int, tuple] = {}  # writer op -> (vma_ids, created, freed, successor)
+        self.layout = _Layout(len(self.space_names))
+        self.private = np.zeros(1024, np.bool_)
+        self.seen_first = np.zeros(1024, np.bool_)
+        self.miss_space = np.zeros(MISS_CAP, np.int32)
+        self.miss_page = np.zeros(MISS_CAP, np.int64)
+        self.n_miss = 0
+        self.clusters: dict[int, np.ndarray] = {}  # space -> [[lo page, hi page], ...] of missed pages
+        self.need_seed = np.array([bool(maps_snapshot)])
+        self.counters = np.zeros(3, np.int64)
+        self.ids = O.IdSource()
+        self.spaces: dict[str, O.AddressSpace] = {}
+        self.op_spaces: set[int] = set()
+        self.prev = np.zeros(T, np.int64)
+        self.prev_ok = np.full(T, -1, np.int8)
+        self.ones = np.ones(0, np.bool_)
+
+    # -- the stepping loop --
+    def _keep(self, b: pa.RecordBatch) -> np.ndarray:
+        code = _codes(b.column("event"))
+        addr = b.column("address")
+        fault = (code == PF_USER) | (code == PF_KERNEL)
+        out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+        return ~out & (code <= RELEVANT)
+
+    def _batch(self, t: pa.Table) -> Ev:
+        c = {name: t.column(name) for name in STEP_COLUMNS}
+        n = t.num_rows
+        if len(self.ones) < n:
+            self.ones = np.ones(n, np.bool_)
+        ones = self.ones[:n]
+        tid = c["tid"]
+        th = np.searchsorted(self.tids, _np(tid, 0, np.int64)).astype(np.int32)
+        if tid.null_count:
+            th[~_ok(tid)] = len(self.tids)
+        f = {"code": _codes(c["event"]), "th": th, "seq": _np(c["seq"], 0, np.int64),
+             "write": _tri(c["write"]), "success": _tri(c["success"])}
+        for name, col, ok in (("ts", "ts_ns", "ts_ok"), ("cpu", "cpu", "cpu_ok"), ("mm", "mm", "mm_ok"),
+                              ("address", "address", "addr_ok"), ("error_code", "error_code", "ec_ok"),
+                              ("len", "len", "len_ok"), ("new_len", "new_len", "new_len_ok"),
+                              ("new_addr", "new_addr", "new_addr_ok"), ("prot", "prot", "prot_ok"),
+                              ("flags", "flags", "flags_ok"), ("ret", "ret", "ret_ok")):
+            f[name] = _np(c[col], 0, EV_TYPES[name])
+            f[ok] = _ok(c[col]) if c[col].null_count else ones
+        return Ev(**f)
+
+    def run(self) -> None:
+        from .jit import notice_compile
+
+        notice_compile(_advance, "the op builder", "15")
+        for t in _in_time_order(self.events, self.sv, self._keep):
+            if not t.num_rows:
+                continue
+            ev = self._batch(t)
+            i = 0
+            while True:
+                st, i, self.n_rows, self.n_miss, op = _advance(
+                    ev, i, self.th, self.sc, self.rows, self.n_rows, self.base, self.cap,
+                    self.late_ids[: self.n_late], self.layout.start, self.layout.end, self.layout.id, self.layout.off,
+                    self.layout.n, self.private, self.seen_first, self.miss_space, self.miss_page, self.n_miss,
+                    self.need_seed, self.counters)
+                if st == ST_DONE:
+                    break
+                if st == ST_APPLY:
+                    self._apply(op)
+                elif st == ST_SEED:
+                    self._seed(int(ev.th[i]))
+                elif st == ST_FULL:
+                    self._flush(force=True)
+                elif st == ST_MISS:
+                    self._merge_misses()
+            self._flush()
+        _finish(self.th, self.sc, self.rows, self.base, self.cap, self.late_ids[: self.n_late],
+                self.counters)
+        self._merge_misses()
+        self._flush(all_rows=True)
+        self.rep.faults_in_inferred = int(self.counters[C_MISSED])
+        self.rep.unpaired_enter = int(self.counters[C_UNPAIRED])
+        self.rep.unmatched_exit = int(self.counters[C_UNMATCHED])
+
+    def _row(self, op: int) -> int:
+        return int(_ref(op, self.base, self.cap, self.late_ids[: self.n_late]))
+
+    def _space(self, s: int) -> O.AddressSpace:
+        return self.spaces.setdefault(self.space_names[s], O.AddressSpace(self.ids))
+
+    def _ids_fit(self) -> None:
+        if self.ids.n >= len(self.private):
+            size = max(2 * len(self.private), self.ids.n + 1)
+            for name in ("private", "seen_first"):
+                a = np.zeros(size, np.bool_)
+                a[: len(getattr(self, name))] = getattr(self, name)
+                setattr(self, name, a)
+
+    def _mark(self, asp: O.AddressSpace, ids) -> None:
+        self._ids_fit()
+        by_id = {v.id: v for v in asp.vmas}
+        for i in ids:
+            v = by_id.get(i)
+            if v is not None:
+                self.private[i] = v.prot.endswith("p")
+
+    def _seed(self, t: int) -> None:
+        """The snapshot belongs to the recorded command: the address space of the first op."""
+        self.need_seed[0] = False
+        s = int(self.th[t]["space"])
+        if s < 0:
+            asp = self.spaces.setdefault(None, O.AddressSpace(self.ids))
+        else:
+            asp = self._space(s)
+        for lo, hi, perms, anon, name in O.parse_maps(self.maps):
+            if O.user_range(lo, hi - lo) is None:  # [vsyscall]: not in the mm's VMA tree
+                continue
+            v = asp.new(lo, hi, perms, anon, name, None)
+            self.rep.seeded_vmas += 1
+            self._ids_fit()
+            self.private[v.id] = perms.endswith("p")
+        if s >= 0:
+            self.layout.set(s, asp)
+
+    def _apply(self, op: int) -> None:
+        """A writer's change lands (its sys_exit, or exit_mmap): replay it on the tracker."""
+        R, k = self.rows, self._row(op)
+        kind = O.OP_KINDS[int(R[R_KIND, k])]
+        t = int(R[R_TH, k])
+        s = int(self.th[t]["space"])
+        asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids))
+        now = _pyint(R[R_END, k], R[R_END_OK, k])
+        if kind == "exit":
+            res = O.apply_writer(asp, kind, {}, 0, now, self.rep)
+        else:
+            q = self.sc[t * NSYS + int(R[R_KIND, k]) - K_SYS0]
+            a = {"address": _pyint(q["address"], q["addr_ok"]), "len": _pyint(q["len"], q["len_ok"]),
+                 "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
+                 "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
+            res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
+        vma_ids, created, freed, succ, lock = res
+        R[R_LOCK, k] = LOCK_MODES.index(lock)
+        self.lists[op] = (vma_ids, created, freed, succ)
+        R[R_PEND, k] -= 1
+        self._mark(asp, created)
+        if s >= 0:
+            self.layout.set(s, asp)
+
+    def _merge_misses(self) -> None:
+        """Fold the buffered missed pages into each space's clusters (pages no more than
+        GAP_SPLIT apart, as ``ops`` infers VMAs from them)."""
+        n = self.n_miss
+        if not n:
+            return
+        sp, pg = self.miss_space[:n], self.miss_page[:n]
+        for s in np.unique(sp):
+            pages = np.unique(pg[sp == s])
+            cut = np.flatnonzero(np.diff(pages) > O.GAP_SPLIT) + 1
+            lo = pages[np.r_[0, cut]]
+            hi = pages[np.r_[cut - 1, len(pages) - 1]]
+            new = np.stack([lo, hi], axis=1)
+            old = self.clusters.get(int(s))
+            allc = new if old is None else np.concatenate([old, new])
+            allc = allc[np.argsort(allc[:, 0], kind="stable")]
+            out = [list(allc[0])]
+            for a, b in allc[1:]:
+                if a - out[-1][1] <= O.GAP_SPLIT:
+                    out[-1][1] = max(out[-1][1], b)
+                else:
+                    out.append([a, b])
+            self.clusters[int(s)] = np.array(out, np.int64)
+        self.n_miss = 0
+
+    # -- writing --
+    def _flush(self, force: bool = False, all_rows: bool = False) -> None:
+        """Write the complete ops at the front, a row group at a time.  ``force`` (the
+        buffer is full): write the oldest row group whatever its state; ``all_rows``:
+        the trace has ended, write everything."""
+        while self.n_rows:
+            self.done = _done_prefix(self.rows[R_PEND], self.done, self.n_rows)
+            if not (all_rows or force or self.done >= ROW_GROUP):
+                return
+            force = False
+            self._write(min(ROW_GROUP, self.n_rows))
+
+    def _write(self, k: int) -> None:
+        seg = _ops_slice(self.rows, 0, k)
+        ops = np.arange(self.base, self.base + k, dtype=np.int64)
+        inc = np.flatnonzero(seg.pend != 0)
+        if len(inc):  # written before complete: kept aside, finished there, put in place by the second pass
+            need = self.n_late + len(inc)
+            width = self.rows.shape[1]
+            if self.cap + need > width:
+                grown = _ops_buffer(self.cap + max(2 * (width - self.cap), need))
+                grown[:, :width] = self.rows
+                self.rows = grown
+            if need > len(self.late_ids):
+                self.late_ids = np.resize(self.late_ids, max(2 * len(self.late_ids), need))
+            self.rows[:, self.cap + self.n_late:self.cap + need] = self.rows[:, inc]
+            self.late_ids[self.n_late:need] = ops[inc]
+            self.n_late = need
+        think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
+        _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
+        self.sink(self.table(seg, ops, think, think_ok, pop=True))
+        n = self.n_rows
+        self.rows[:, : n - k] = self.rows[:, k:n]
+        self.n_rows -= k
+        self.base += k
+        self.done = max(self.done - k, 0)
+
+    def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
+        """Ops rows as the ops table (OPS_ARROW schema)."""
+        n = len(seg.seq)
+        fault = seg.kind == K_FAULT
+        kernel = seg.kernel
+        th = seg.th.astype(np.int64)
+        space = self.th["space"][th]
+        self.op_spaces.update(np.unique(space).tolist())
+        names = pa.array(self.space_names + [None], pa.large_string())
+        # derived flags (ops docstring): a user fault's window fell back unless the
+        # first-write trylock explains it; writers have none of these
+        fb = seg.fb == 1
+        fallback = fb & ~seg.first
+        anon = fb & seg.first & ~kernel
+        lists = [[], [], [], []]
+        valid = [np.zeros(n, np.bool_) for _ in range(4)]
+        lengths = [np.zeros(n, np.int64) for _ in range(4)]
+        for j in np.flatnonzero(~fault).tolist():
+            op = int(ops[j])
+            done = seg.pend[j] == 0
+            got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
+            vals = got if got is not None else (None, [], [], [])
+            for c in range(4):
+                if vals[c] is not None:
+                    valid[c][j] = True
+                    lengths[c][j] = len(vals[c])
+                    lists[c].extend(vals[c])
+
+        def lst(c):
+            off = np.zeros(n + 1, np.int64)
+            np.cumsum(lengths[c], out=off[1:])
+            return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], pa.int64()),
+                                                 mask=pa.array(~valid[c]))
+
+        arr = _arrow
+
+        tid_null = self.th_tid.is_null().to_numpy()
+        tid_vals = self.th_tid.fill_null(0).to_numpy().astype(np.int32)
+        pid_null = self.th_pid.is_null().to_numpy()
+        pid_vals = self.th_pid.fill_null(0).to_numpy().astype(np.int32)
+        vma = seg.vma
+        cols = {
+            "op_id": _arrow(ops, None, pa.int64()),
+            "trace_id": pa.array([self.trace_id], pa.large_string()).take(pa.array(np.zeros(n, np.int64))),
+            "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
+            "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
+            "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
+            "kind": pa.DictionaryArray.from_arrays(_arrow(seg.kind.astype(np.uint8), None, pa.uint8()), KINDS,
+                                                   ordered=True),
+            "seq": _arrow(seg.seq, None, pa.int64()),
+            "start_ns": arr(seg.start, seg.start_ok, pa.int64()),
+            "end_ns": arr(seg.end, seg.end_ok, pa.int64()),
+            "address": arr(seg.address, seg.addr_ok, pa.uint64()),
+            "length": arr(seg.length, seg.len_ok, pa.int64()),
+            "ret": arr(seg.ret, seg.ret_ok, pa.int64()),
+            "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
+            "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
+            "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
+            "kernel": _arrow(kernel, None, pa.bool_()),
+            "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg.lock.astype(np.int64))),
+            "observed_fallback": arr(fallback, fault & ~kernel, pa.bool_()),
+            "observed_anon_prepare": arr(anon, fault, pa.bool_()),
+            "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
+            "hold_ns": arr(seg.hold, seg.hold_ok, pa.int64()),
+            "think_ns": arr(think, think_ok, pa.int64()),
+            "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
+        }
+        return pa.Table.from_arrays([cols[f.name] for f in OPS_ARROW], schema=OPS_ARROW)
+
+    # -- the second pass --
+    def needs_patch(self) -> bool:
+        return bool(self.n_late or self.clusters)
+
+    def inferred(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The inferred VMAs (ids after every tracked one, spaces by name, then by address),
+        as space -> (starts, ends, ids); they join the tracker's lists for the vmas table."""
+        out = {}
+        by_name = sorted(self.clusters, key=lambda s: self.space_names[s])
+        for s in by_name:
+            asp = self._space(s)
+            c = self.clusters[s]
+            ids = []
+            for lo, hi in c.tolist():
+                v = O.Vma(self.ids.next(), lo, hi + O.PAGE, "rw-p", True, "", True)
+                asp.all.append(v)
+                self.rep.inferred_vmas += 1
+                ids.append(v.id)
+            out[s] = (c[:, 0].astype(np.uint64), (c[:, 1] + O.PAGE).astype(np.uint64), np.array(ids, np.int64))
+        return out
+
+    def vmas(self):
+        import polars as pl
+
+        return pl.DataFrame(
+            [dict(vma_id=v.id, mm=mm, start=v.start, end=v.end, prot=v.prot, anon=v.anon, name=v.name,
+                  inferred=v.inferred, created_ns=v.created_ns, freed_ns=v.freed_ns)
+             for mm, asp in self.spaces.items() for v in asp.all],
+            schema=O.VMAS_SCHEMA)
+
+
+def _ops_arrow() -> pa.Schema:
+    import polars as pl
+
+    return pl.DataFrame(schema=O.OPS_SCHEMA).to_arrow().schema
+
+
+OPS_ARROW = _ops_arrow()
+KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
+
+
+def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:
+    """``col`` with the rows at ``pos`` replaced by ``values``."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    idx = np.arange(len(col), dtype=np.int64)
+    idx[pos] = len(col) + np.arange(len(pos))
+    return pa.concat_arrays([col, values.cast(col.type)]).take(pa.array(idx))
+
+
+class _Patch:
+    """The second pass over a written ops file: the late ops' final values, the inferred
+    VMAs of faults outside every known VMA (and which of them is its VMA's first write
+    fault), and think times again when a late op's end moved."""
+
+    def __init__(self, b: Builder):
+        self.b = b
+        self.inferred = b.inferred()
+        self.space_of = {name: i for i, name in enumerate(b.space_names)}
+        self.seen: set[int] = set()
+        n = b.n_late
+        self.late_ids = b.late_ids[:n].copy()
+        self.late = _ops_slice(b.rows, b.cap, b.cap + n)
+        self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
+            if n else None
+        T = len(b.th)
+        self.prev = np.zeros(T, np.int64)
+        self.prev_ok = np.full(T, -1, np.int8)
+
+    def __call__(self, t: pa.Table) -> pa.Table:
+        b = self.b
+        t = t.cast(OPS_ARROW)  # as read back: dictionary<string>, list items named "element"
+        op = t.column("op_id").to_numpy()
+        a, z = int(op[0]), int(op[-1]) + 1
+        if self.late_table is not None:
+            lo, hi = np.searchsorted(self.late_ids, [a, z])
+            if hi > lo:
+                pos = self.late_ids[lo:hi] - a
+                part = self.late_table.slice(lo, hi - lo)
+                t = pa.Table.from_arrays([_scatter(t.column(f.name), pos, part.column(f.name).combine_chunks())
+                                          if f.name not in ("op_id", "think_ns") else t.column(f.name)
+                                          for f in OPS_ARROW], schema=OPS_ARROW)
+        if self.inferred:
+            vma = _np(t.column("vma_id"), VMA_NONE, np.int64)
+            miss = np.flatnonzero(vma == VMA_MISS)
+            if len(miss):
+                take = pa.array(miss)
+                mm = pc.dictionary_encode(t.column("mm").take(take)).combine_chunks()
+                code = mm.indices.to_numpy(zero_copy_only=False)
+                addr = _np(t.column("address").take(take), 0, np.uint64)
+                ids = np.zeros(len(miss), np.int64)
+                for c, name in enumerate(mm.dictionary.to_pylist()):
+                    sel = code == c
+                    starts, _, vids = self.inferred[self.space_of[name]]
+                    ids[sel] = vids[np.searchsorted(starts, addr[sel], side="right") - 1]
+                write = _np(t.column("write").take(take), False, np.bool_)
+                fb = t.column("observed_fallback").take(take)
+                fbv = _np(fb, False, np.bool_)
+                # inferred VMAs are private: each one's first write fault (op order) may be the trylock
+                w = np.flatnonzero(write)
+                uniq, at = np.unique(ids[w], return_index=True)
+                new = ~np.isin(uniq, np.fromiter(self.seen, np.int64, len(self.seen)))
+                first = np.zeros(len(miss), np.bool_)
+                first[w[at[new]]] = True
+                self.seen.update(uniq[new].tolist())
+                cols = {"vma_id": pa.array(ids, pa.int64()),
+                        "observed_fallback": pa.array(fbv & ~first, pa.bool_(), mask=~_ok(fb)),
+                        "observed_anon_prepare": pa.array(fbv & first, pa.bool_())}
+                t = pa.Table.from_arrays([_scatter(t.column(f.name), miss, cols[f.name]) if f.name in cols
+                                          else t.column(f.name) for f in OPS_ARROW], schema=OPS_ARROW)
+        if self.late_table is not None:
+            tid = t.column("tid")
+            th = np.searchsorted(b.tids, _np(tid, 0, np.int64)).astype(np.int32)
+            if tid.null_count:
+                th[~_ok(tid)] = len(b.tids)
+            s, e = t.column("start_ns"), t.column("end_ns")
+            think, think_ok = np.zeros(t.num_rows, np.int64), np.zeros(t.num_rows, np.bool_)
+            _think(th, _np(s, 0, np.int64), _ok(s), _np(e, 0, np.int64), _ok(e), self.prev, self.prev_ok, think, think_ok)
+            t = t.set_column(OPS_ARROW.get_field_index("think_ns"), OPS_ARROW.field("think_ns"),
+                             pa.array(think, pa.int64(), mask=~think_ok))
+        return t
+
+
+def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, ops_path: str, vmas_path: str,
+          metadata: dict[bytes, bytes] | None = None) -> O.BuildReport:
+    """Build a trace's ops into ``ops_path`` and its VMAs into ``vmas_path`` (Parquet,
+    ``metadata`` added to both schemas' key-value metadata)."""
+    meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
+    schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
+    first = ops_path + ".part"
+    writer = pq.ParquetWriter(first, schema, compression="zstd")
+    try:
+        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda t: writer.write_table(t.replace_schema_metadata(schema.metadata)))
+        b.run()
+    finally:
+        writer.close()
+    if b.needs_patch():
+        patch = _Patch(b)
+        with pq.ParquetWriter(ops_path, schema, compression="zstd") as w:
+            f = pq.ParquetFile(first)
+            for g in range(f.num_row_groups):
+                w.write_table(patch(f.read_row_group(g)).replace_schema_metadata(schema.metadata))
+        os.unlink(first)
+    else:
+        os.replace(first, ops_path)
+    _finish_report(b)
+    vt = b.vmas().to_arrow()
+    pq.write_table(vt.replace_schema_metadata({**(vt.schema.metadata or {}), **(metadata or {})}), vmas_path,
+                   compression="zstd")
+    return b.rep
+
+
+def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same_mm: bool):
+    """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
+    parts: list[pa.Table] = []
+    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, parts.append)
+    b.run()
+    if b.needs_patch():
+        patch = _Patch(b)
+        parts = [patch(t) for t in parts]
+    _finish_report(b)
+    ops = pa.concat_tables(parts) if parts else OPS_ARROW.empty_table()
+    return ops, b.vmas(), b.rep
+
+
+def _finish_report(b: Builder) -> None:
+    rep = b.rep
+    rep.processes = len(b.op_spaces)
+    if rep.out_of_range_calls:
+        rep.notes.append(f"{rep.out_of_range_calls:,} calls reach outside the user address space, which the kernel "
+                         "refuses: they change no VMA")

@@ -1,0 +1,93 @@
+"""The streaming op builder: memory bounded by its buffers, not by the trace, and the same
+ops whatever the batch and row-group sizes (which decide how many ops are written before
+they are complete and put in place by the second pass)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Build ops from an events file in a child process with small buffers (rows per batch and
+# per row group), print the child's own peak RSS.
+CHILD = """
+import json, resource, sys
+import replay.opstream as S
+S.BATCH = S.ROW_GROUP = int(sys.argv[5])
+from replay.ops import build_ops_file
+rep = build_ops_file(sys.argv[1], "t", open(sys.argv[2]).read(), False, sys.argv[3], sys.argv[4])
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "unpaired": rep.unpaired_enter}))
+"""
+
+
+def _trace(tmp_path, pages: int) -> tuple[Path, Path]:
+    """A pft trace of 56 threads x ``pages`` faults (replay synth's generator) through the real ingester."""
+    from replay.ingesting import run_ingest
+    from replay.synth import pft
+    from replay.workspace import Workspace
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    text = tmp_path / f"pft-{pages}.txt"
+    with open(text, "w") as f:
+        _, maps = pft(56, pages, out=f)
+    ws = tmp_path / "ws"
+    run_ingest(str(text), f"p{pages}", "perf-script", ws, True, False, maps_snapshot=maps)
+    text.unlink()
+    (tmp_path / "maps").write_text(maps)
+    return Workspace(ws).partition("events", f"p{pages}") / "part-0.parquet", tmp_path / "maps"
+
+
+def _build(events: Path, maps: Path, out: Path, rows: int) -> int:
+    """Peak RSS (MB) of a child building ops for ``events``, measured by wait4 for that child alone."""
+    p = subprocess.Popen([sys.executable, "-c", CHILD, str(events), str(maps), str(out / "ops.parquet"),
+                          str(out / "vmas.parquet"), str(rows)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, ru = os.wait4(p.pid, 0)
+    out_text, err = p.stdout.read(), p.stderr.read()
+    assert os.waitstatus_to_exitcode(status) == 0, err.decode()
+    assert json.loads(out_text)["maxrss_kb"] <= ru.ru_maxrss  # wait4 sees the child to its end
+    return ru.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_trace(tmp_path):
+    # 8x the events, about the same peak: a builder that held the trace (the old one took
+    # ~900 bytes per op) would need ~1.6 GB more for the bigger one
+    small, maps = _trace(tmp_path / "a", 4_500)
+    big, _ = _trace(tmp_path / "b", 36_000)
+    assert pq.ParquetFile(big).metadata.num_rows > 2_000_000
+    for d in ("oa", "ob"):
+        (tmp_path / d).mkdir()
+    rss_small = _build(small, maps, tmp_path / "oa", 1 << 14)
+    rss_big = _build(big, maps, tmp_path / "ob", 1 << 14)
+    print(f"peak RSS {rss_small:.0f} MB, {rss_big:.0f} MB")
+    assert rss_big - rss_small < 150, (rss_small, rss_big)
+    assert rss_big < 1024
+    ops = pq.ParquetFile(tmp_path / "ob" / "ops.parquet")
+    assert ops.metadata.num_rows == 56 * 36_000 + 2  # every fault, the mmap and the munmap
+    assert ops.metadata.num_row_groups > 50  # written as it went
+
+
+def test_the_same_ops_whatever_the_buffer_sizes(tmp_path):
+    # 2,000 faults of 56 threads in row groups of 64 ops: the main thread's mmap stays
+    # incomplete (its window lasts until its munmap) and so do each thread's faults
+    # between row groups - all written before complete and put right in the second pass
+    events, maps = _trace(tmp_path, 40)
+    outs = []
+    for rows in (64, 1 << 20):
+        d = tmp_path / f"o{rows}"
+        d.mkdir()
+        _build(events, maps, d, rows)
+        outs.append(pl.from_arrow(pq.read_table(d / "ops.parquet")))
+        assert pq.ParquetFile(d / "ops.parquet").metadata.num_row_groups == (-(-outs[-1].height // rows))
+    small, whole = outs
+    assert small.equals(whole)
+    mmap = whole.filter(pl.col("kind") == "mmap").row(0, named=True)
+    assert mmap["op_id"] == 0 and mmap["hold_ns"] == 500  # synth's mmap holds mmap_lock 500 ns
+    assert whole.filter(pl.col("kind") == "fault")["think_ns"].null_count() == 56  # each thread's first op
