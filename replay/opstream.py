@@ -250,8 +250,10 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             kernel = c == PF_KERNEL
             rows[R_KERNEL, k] = kernel
             rows[R_LOCK, k] = M_READ
-            write = -1
-            if ev.ec_ok[i]:
+            write = -1  # the event's own write flag (ingest decodes it per architecture), else x86's bit 1
+            if ev.write[i] >= 0:
+                write = ev.write[i]
+            elif ev.ec_ok[i]:
                 write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
             rows[R_WRITE, k] = write
             vid = -1
@@ -520,7 +522,7 @@ def attribute(sv: Survey, same_mm: bool, rep: O.BuildReport):
     import polars as pl
 
     t = sv.tids.select("tid", "first")
-    rep.threads = t.height
+    rep.threads = t.filter(pl.col("tid").is_not_null()).height  # function_graph lines name no thread
     lock_mm = _mode(sv.mms, "tid", "mm").rename({"mm": "own_mm"}) if sv.mms.height else \
         pl.DataFrame(schema={"tid": t["tid"].dtype, "own_mm": pl.UInt64})
     t = t.join(lock_mm, on="tid", how="left")
