@@ -48,7 +48,9 @@ from numba import njit
 
 from .ingest.schema import EVENT_CODE, SYSCALLS
 
-from . import ops as O
+import importlib
+
+O = importlib.import_module("replay.ops")  # the attribute replay.ops is the API function
 
 BATCH = 1 << 18  # events per read
 ROW_GROUP = 1 << 19  # ops per Parquet row group
