@@ -54,7 +54,7 @@ SPEC = "https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsK
 SIM_PID = 1  # + simulated CPU
 REC_PID = 100_001  # + recorded CPU
 MEMORY_LIMIT = "1GB"  # DuckDB's, for the sorts; beyond it they spill to disk
-BATCH = 65_536
+BATCH = 8_192  # rows a batch: Python holds one batch of output lines at a time
 
 SIM, REC = "simulated", "recorded"  # the events' categories ("cat"): a viewer can hide either
 # event names (the tests count them against the results)

@@ -457,7 +457,8 @@ class Survey:
         for b in events.batches(SURVEY_COLUMNS):
             n = b.num_rows
             seq = _np(b.column("seq"), 0, np.int64)
-            if n and ((last_seq is not None and seq[0] <= last_seq) or (n > 1 and not (np.diff(seq) > 0).all())):
+            # non-decreasing: a perf trace syscall's enter and exit share one seq (its line)
+            if n and ((last_seq is not None and seq[0] < last_seq) or (n > 1 and not (np.diff(seq) >= 0).all())):
                 self.seq_ascending = False
                 return
             last_seq = int(seq[-1]) if n else last_seq

@@ -150,7 +150,7 @@ def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> dict
                if n.min() != n.max() else f"points: Hmean over {n.max()} iterations (seeds); "
                                           "bars: Student t 95% interval of the mean")
         if (pts["fps_hi"] - pts["fps_lo"]).abs().max() == 0:
-            how += " - zero here: the iterations are identical (the engine does not use the seed yet)"
+            how += " - zero here: the iterations gave identical results"
     fixed = [_short(k, pts[k][0]) for k in LINE_KEY if k != "model" and pts[k].n_unique() == 1]
     fig.suptitle("Simulated page-fault throughput: " + ", ".join(fixed), y=0.995)
     handles, labels = axes[0][0].get_legend_handles_labels()
