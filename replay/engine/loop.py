@@ -279,26 +279,40 @@ def start(Sarr):
             rq_push(S, c, t)
 
 
-@njit(cache=True, nogil=True)
-def run_chunk(Sarr):
-    """Run until the result buffer is full or the simulation ends.  Returns True when
-    it ended (then check glob.err)."""
-    S = open_state(Sarr)
+@njit(cache=True, inline="always")
+def _events(S, n, chunked):
+    """Pop and run at most n events in time order; with ``chunked``, stop when the result
+    buffer is full (it keeps room for a step's zero-time ops).  Returns True when the
+    simulation ended (no event left, or glob.err set)."""
     g = glob(S, 0)
-    while g.heap_n > 0:
-        if g.nout >= g.chunk:  # the buffer keeps room for a step's zero-time ops
+    k = 0
+    while g.heap_n > 0 and k < n:
+        if chunked and g.nout >= g.chunk:
             return False
         when, t, tok = pop(S)
         g.now = when
-        if tok != thread(S, t).token:
+        k += 1
+        if tok != thread(S, t).token:  # superseded (a spinner's timeout after it was let in)
             continue
         _step(S, t)
         if g.err:
             return True
-    for t in range(cfg(S, 0).nthreads):
-        if not thread(S, t).done:
-            g.err = ERR_DEADLOCK
-            break
+    return g.heap_n == 0
+
+
+@njit(cache=True, nogil=True)
+def run_chunk(Sarr):
+    """Run until the result buffer is full or the simulation ends.  Returns True when
+    it ended (then check glob.err: a thread left unfinished is a deadlock)."""
+    S = open_state(Sarr)
+    if not _events(S, np.iinfo(np.int64).max, True):
+        return False
+    g = glob(S, 0)
+    if not g.err:
+        for t in range(cfg(S, 0).nthreads):
+            if not thread(S, t).done:
+                g.err = ERR_DEADLOCK
+                break
     return True
 
 
@@ -306,16 +320,4 @@ def run_chunk(Sarr):
 def run_events(Sarr, n):
     """Run at most n events (for stepping through a replay by hand: tests, debugging).
     Returns True when the simulation ended."""
-    S = open_state(Sarr)
-    g = glob(S, 0)
-    for _ in range(n):
-        if g.heap_n == 0:
-            return True
-        when, t, tok = pop(S)
-        g.now = when
-        if tok != thread(S, t).token:
-            continue
-        _step(S, t)
-        if g.err:
-            return True
-    return g.heap_n == 0
+    return _events(open_state(Sarr), n, False)
