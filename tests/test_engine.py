@@ -294,3 +294,42 @@ def test_cache_time_never_exceeds_the_op(model):
     r = by_op(Replay(model, BDW, 4, ops).run())
     for x in r.values():
         assert 0 <= x["cache_ns"] <= x["end_ns"] - x["start_ns"] + 1e-6, (model, x)
+
+
+def _cpus_by_thread(res):
+    return [sorted({x["sim_cpu"] for x in res if x["tid"] == tid}) for tid in sorted({x["tid"] for x in res})]
+
+
+def test_placements_and_the_open_loop():
+    # five threads, three faults each on its own VMA (no lock contention).  Recorded start
+    # times, per thread: 0, 300 ns (before the first fault can have ended) and 40 us;
+    # the recorded gaps (think_ns) say 100 ns, and each fault's end is known (its gap
+    # holds no fault time to take out).
+    rows = [(tid, "fault", tid, 100, None) for _ in range(3) for tid in range(1, 6)]
+    ops = mk(rows)
+    for o in ops:
+        o["start_ns"] = 1_000_000 + 1_000 * o["tid"] + (0, 300, 40_000)[o["op_id"] // 5]
+        o["end_ns"] = o["start_ns"] + 200
+    # placement: broadwell-2s numbers socket 0's 14 cores 0-13, socket 1's 14-27, their SMT
+    # siblings 28-55.  spread: one per physical core, alternating sockets (0, 14, 1, 15, 2);
+    # packed: socket 0 first, SMT siblings next to their cores (0, 28, 1, 29, 2).  Each
+    # thread stays on its CPU; with 4 CPUs (0-3, one socket) spread puts the fifth back on 0.
+    assert _cpus_by_thread(Replay("mainline", BDW, 56, ops).run()) == [[0], [14], [1], [15], [2]]
+    assert _cpus_by_thread(Replay("mainline", BDW, 56, ops, placement="packed").run()) == [[0], [28], [1], [29], [2]]
+    assert _cpus_by_thread(Replay("mainline", BDW, 4, ops).run()) == [[0], [1], [2], [3], [0]]
+    # open loop: each op starts at its recorded time (from the trace's first op) or, if
+    # its thread is still busy with its previous op then, when that op ends; the closed
+    # loop keeps the recorded gaps instead
+    t0 = min(o["start_ns"] for o in ops)
+    for open_loop in (True, False):
+        res = by_op(Replay("mainline", BDW, 8, ops, open_loop=open_loop).run())
+        prev_end = {}
+        for o in ops:
+            x = res[o["op_id"]]
+            due = (max(o["start_ns"] - t0, prev_end.get(o["tid"], 0.0)) if open_loop
+                   else prev_end.get(o["tid"], 0.0) + o["think_ns"])
+            assert x["start_ns"] == due, (open_loop, x)
+            prev_end[o["tid"]] = x["end_ns"]
+        if open_loop:  # both cases occur: the previous op's end, and the recorded time
+            assert all(res[i]["start_ns"] == res[i - 5]["end_ns"] > ops[i]["start_ns"] - t0 for i in range(5, 10))
+            assert all(res[i]["start_ns"] == ops[i]["start_ns"] - t0 > res[i - 5]["end_ns"] for i in range(10, 15))
