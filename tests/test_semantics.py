@@ -18,7 +18,7 @@ import pytest
 from replay.engine import fault_service_time, replay
 from replay.engine.rwsem import (DR_GRANTED, DR_OWNER, DR_WAIT, RWSEM_FLAG_HANDOFF, RWSEM_FLAG_WAITERS,
                                  RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED, down_read,
-                                 rwsem_mark_wake, waiter_add)
+                                 down_read_trylock, rwsem_mark_wake, waiter_add)
 from replay.engine.vma import vma_start_write_step
 from replay.models import get_model
 from replay.models.kernels import VMA_LOCK_OFFSET
@@ -168,6 +168,15 @@ class Box:
     def down_read(self, i):
         return down_read(self.r.S, i, 0)
 
+    def trylock(self, i, failed):
+        """down_read_trylock() by thread i to the end: (where it went on, its pc)."""
+        while True:
+            end, again = down_read_trylock(self.r.S, i, 0, failed)
+            assert end >= 0
+            if not again:
+                return end, int(self.th[i]["pc"])
+            self.r.g["now"] = end
+
     def mark_wake(self):
         rwsem_mark_wake(self.r.S, 0, False)  # RWSEM_WAKE_ANY
 
@@ -209,6 +218,27 @@ def test_uncontended_down_read_takes_the_fast_path():
     assert end >= 0 and again  # one more step: rwsem_set_reader_owned()
     assert b.count() == RWSEM_READER_BIAS and b.granted(0) and b.waiting() == []
     assert (b.stat("acquisitions"), b.stat("contentions")) == (1, 0)
+
+
+@pytest.mark.parametrize("bit", ["WRITER_LOCKED", "FLAG_WAITERS", "FLAG_HANDOFF"])
+def test_read_trylock_fails_on_each_bit_of_the_read_failed_mask(bit):
+    # rwsem_read_trylock() via down_read_trylock(): "while (!(tmp & RWSEM_READ_FAILED_MASK))
+    # { if (atomic_long_try_cmpxchg_acquire(&sem->count, &tmp, tmp + RWSEM_READER_BIAS))
+    # ... return 1; }  return 0;" - RWSEM_READ_FAILED_MASK is WRITER_MASK | FLAG_WAITERS |
+    # FLAG_HANDOFF | FLAG_READFAIL.  Each bit alone fails it: no cmpxchg, count unchanged,
+    # branch to the failure label.  (From op streams HANDOFF comes only with WAITERS -
+    # a queued writer sets it - so only this test sees HANDOFF do it on its own.)
+    failed = 17
+    flag = {"WRITER_LOCKED": RWSEM_WRITER_LOCKED, "FLAG_WAITERS": RWSEM_FLAG_WAITERS,
+            "FLAG_HANDOFF": RWSEM_FLAG_HANDOFF}[bit]
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(flag)
+    assert b.trylock(0, failed)[1] == failed
+    assert b.count() == flag and b.stat("trylock_failures") == 1 and b.stat("acquisitions") == 0
+    b = Box("mmap_lock", THREE_READERS)  # free: the cmpxchg adds its bias
+    b.set(0)
+    assert b.trylock(0, failed)[1] != failed
+    assert b.count() == RWSEM_READER_BIAS and b.stat("trylock_failures") == 0 and b.stat("acquisitions") == 1
 
 
 def test_down_read_slowpath_with_an_empty_queue_keeps_its_bias():
