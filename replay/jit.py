@@ -7,18 +7,42 @@ per-machine artefact (and may be read-only), so ``use_user_cache()`` points numb
 ``NUMBA_CACHE_DIR`` already.  It must run before numba is first imported:
 ``replay/__init__.py`` and ``ingest/__init__.py`` call it.  (numba mirrors each
 source's full path under that directory, so two checkouts do not share entries.)
+
+numba checks a cached function against the stamp of its own source file only ("changes
+in other files are not detected", numba's caching notes), so a cached
+``loop.run_chunk`` would go on running the code it compiled in from ``rwsem.py`` after
+``rwsem.py`` changed.  The engine spans several files, so the cache directory is one per
+version of the compiled sources: ``$XDG_CACHE_HOME/replay/numba/<sources_digest()>``.
+A ``NUMBA_CACHE_DIR`` of the user's own is used as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
 
+PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILED_SOURCES = ("replay/engine", "ingest")  # the directories of every module numba compiles
+
+
+def sources_digest(root: str = PACKAGES) -> str:
+    """A digest of the Python files numba compiles (COMPILED_SOURCES under root)."""
+    h = hashlib.sha256()
+    for d in COMPILED_SOURCES:
+        p = os.path.join(root, d)
+        for name in sorted(os.listdir(p)) if os.path.isdir(p) else ():
+            if name.endswith(".py"):
+                h.update(f"{d}/{name}\0".encode())
+                with open(os.path.join(p, name), "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:16]
+
 
 def user_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "replay", "numba")
+    return os.path.join(base, "replay", "numba", sources_digest())
 
 
 def use_user_cache() -> None:

@@ -1,45 +1,31 @@
-"""The engine's semantics on toys small enough to check by hand."""
+"""The engine's semantics on toys small enough to check by hand (tests/engine_harness.py
+runs them: to the end, event by event, or one thread's micro-ops by hand)."""
 
 import dataclasses
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replay.engine import replay
-from replay.engine.coherence import Coherence
-from replay.engine.reference import Simulation
-from replay.machines import load_machine
+from replay.engine.coherence import coh_read, coh_write
+from replay.engine.isa import Op
+from replay.engine.rwsem import RWSEM_FLAG_HANDOFF, RWSEM_WAIT_TIMEOUT_NS, RWSEM_WRITER_LOCKED
+from replay.engine.sched import WAKEUP_NS
+from replay.engine.vma import vma_alloc
 from replay.models import get_model
 
-BDW = load_machine("broadwell-2s")
-PER_VMA = ["pervma", "inline-rwsem", "v7", "v8", "mainline"]
-
-
-def mk(rows):
-    """rows: (tid, kind, vma_id or vma_ids, think_ns, hold_ns) -> op dicts.  munmap frees
-    the VMAs it locks; mmap creates VMA 1000 + its op index."""
-    out = []
-    for i, (tid, kind, vmas, think, hold) in enumerate(rows):
-        fault = kind == "fault"
-        out.append({"op_id": i, "tid": tid, "mm": "pid:1", "kind": kind, "vma_id": vmas if fault else None,
-                    "vma_ids": None if fault else list(vmas), "kernel": False, "lock_mode": "write",
-                    "vmas_freed": list(vmas) if kind == "munmap" else None,
-                    "vmas_created": [1000 + i] if kind == "mmap" else None,
-                    "think_ns": think, "hold_ns": hold})
-    return out
-
-
-def by_op(results):
-    return {r["op_id"]: r for r in results}
+from engine_harness import (BDW, PER_VMA, Replay, WriteHolds, assert_one_writer_at_a_time, assert_quiescent,
+                            by_op, kernel_faults, mk)
 
 
 @pytest.mark.parametrize("model", PER_VMA)
 def test_writer_makes_faults_on_its_vma_fall_back_others_succeed(model):
     # T1 mprotects VMA 1 for 50 us; 10 us in, T2 faults on VMA 1 and T3 on VMA 2
     ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
-    r = by_op(Simulation(get_model(model), BDW, 4, ops).run())
+    r = by_op(Replay(model, BDW, 4, ops).run())
     writer_end = r[0]["end_ns"]
     assert r[0]["kind"] == "mprotect"
     assert r[1]["outcome"] == "abort" and r[1]["fallback"] and r[1]["attempts"] == 1
@@ -51,12 +37,12 @@ def test_writer_makes_faults_on_its_vma_fall_back_others_succeed(model):
 
 def test_under_mmap_lock_every_fault_waits_behind_a_writer():
     ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "fault", 1, 10_000, None), (3, "fault", 2, 10_000, None)])
-    sim = Simulation(get_model("mmap_lock"), BDW, 4, ops)
+    sim = Replay("mmap_lock", BDW, 4, ops)
     r = by_op(sim.run())
-    st = sim.mmap_lock.stats  # lockstat: 3 acquisitions, 2 contended, the writer held it >= 50 us
+    st = sim.lock_stats()["mm"]  # lockstat: 3 acquisitions, 2 contended, the writer held it >= 50 us
     assert (st["acquisitions"], st["contentions"]) == (3, 2)
     assert 50_000 <= st["hold_max_ns"] < 51_000 and st["hold_min_ns"] >= BDW.fault_service_ns
-    assert st["wait_max_ns"] > 30_000 and not sim.mmap_lock.held_since
+    assert st["wait_max_ns"] > 30_000 and np.isnan(sim.state["th"]["held_mm"]).all()  # nobody holds it
     for i in (1, 2):
         assert r[i]["end_ns"] > r[0]["end_ns"] and r[i]["lock_wait_ns"] > 30_000
         assert r[i]["outcome"] == "success" and not r[i]["fallback"]
@@ -65,9 +51,9 @@ def test_under_mmap_lock_every_fault_waits_behind_a_writer():
 def test_waiting_readers_are_woken_together():
     # three faults queue behind a writer under mmap_lock; up_write() grants all three at once
     ops = mk([(1, "mprotect", [1], 0, 50_000)] + [(t, "fault", 1, 10_000 + t, None) for t in (2, 3, 4)])
-    sim = Simulation(get_model("mmap_lock"), BDW, 8, ops)
+    sim = Replay("mmap_lock", BDW, 8, ops)
     r = by_op(sim.run())
-    assert sim.mmap_lock.stats["acquisitions"] == 4 and sim.mmap_lock.count == 0 and not sim.mmap_lock.waiters
+    assert sim.lock_stats()["mm"]["acquisitions"] == 4 and sim.mmap_lock["count"] == 0 and sim.waiters(0) == []
     starts_after = [r[i]["end_ns"] - r[i]["lock_wait_ns"] for i in (1, 2, 3)]
     woken_at = [r[i]["start_ns"] + r[i]["lock_wait_ns"] for i in (1, 2, 3)]
     assert max(woken_at) - min(woken_at) < 1_000  # granted together, not one after another
@@ -79,7 +65,7 @@ def _drain_toy(model):
     m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
     ops = mk([(2, "fault", 1, 0, None), (3, "fault", 1, 5_000, None), (4, "fault", 1, 10_000, None),
               (1, "mprotect", [1], 20_000, 1_000)])
-    sim = Simulation(get_model(model), m, 8, ops)
+    sim = Replay(model, m, 8, ops)
     r = by_op(sim.run())
     return sim, r
 
@@ -93,59 +79,67 @@ def test_v8_wakes_the_writer_once_per_drain_v7_on_every_reader_exit():
         assert all(r[i]["outcome"] == "success" for i in (0, 1, 2))
         assert r[3]["end_ns"] > max(r[i]["end_ns"] for i in (0, 1, 2))  # the writer waited for all readers
     for sim in (sim8, sim7):
-        assert sim.vmas[1].refcnt == 1 and sim.writer_waiting is None
+        assert sim.vma(1)["vm_refcnt"] == 1 and sim.g["vma_writer_wait"] == -1
 
 
 def test_reader_arriving_during_drain_fails_and_falls_back():
     m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
     ops = mk([(2, "fault", 1, 0, None), (1, "mprotect", [1], 20_000, 1_000), (3, "fault", 1, 40_000, None)])
     for model in ("v8", "mainline"):
-        r = by_op(Simulation(get_model(model), m, 8, ops).run())
+        r = by_op(Replay(model, m, 8, ops).run())
         assert r[0]["outcome"] == "success"
         assert r[2]["outcome"] == "abort" and r[2]["fallback"]
+
+
+def _coherence_state(machine):
+    """A loaded state whose cache lines no access has touched yet (the toy is never run)."""
+    r = Replay("mmap_lock", machine, 1, mk([(1, "fault", 1, 0, None)]))
+    assert not r.state["ln"]["transfers"].any() and (r.state["ln"]["owner"] == -1).all()
+    return r
 
 
 def test_one_hot_line_serves_one_op_per_handoff_whatever_n():
     rates = {}
     for n in (2, 4, 8, 13):
-        coh = Coherence(BDW)
+        r = _coherence_state(BDW)  # kept: S holds the addresses of its arrays, not the arrays
+        S = r.S
         t = [0.0] * n
         ops = 0
         while min(t) < 200_000:
             c = min(range(n), key=lambda i: (t[i], i))
-            s, cost = coh.write(7, c, t[c])  # CPUs 0..12: one socket
+            s, cost = coh_write(S, 7, c, t[c], True, True)  # atomics by CPUs 0..12: one socket
             t[c] = s + cost
             ops += 1
         rates[n] = ops / 200_000 * 1e9
     expect = 1e9 / (BDW.latency_ns["socket_handoff"] + BDW.latency_ns["owned_atomic"])
-    for n, r in rates.items():
-        assert abs(r - expect) / expect < 0.05, (n, r, expect)
+    for n, rate in rates.items():
+        assert abs(rate - expect) / expect < 0.05, (n, rate, expect)
 
 
 def test_adjacent_line_prefetch_invalidates_the_buddy():
     for prefetch in (True, False):
         m = dataclasses.replace(BDW, adjacent_line_prefetch=prefetch)
-        coh = Coherence(m)
-        coh.read(11, 1, 0)  # CPU 1 caches line 11 (buddy of 10)
-        assert coh.read(11, 1, 10)[1] == m.latency_ns["l1_hit"]
-        coh.write(10, 0, 20)  # CPU 0 writes line 10
-        again = coh.read(11, 1, 100)[1]
+        r = _coherence_state(m)
+        coh_read(r.S, 11, 1, 0.0)  # CPU 1 caches line 11 (buddy of 10)
+        assert coh_read(r.S, 11, 1, 10.0)[1] == m.latency_ns["l1_hit"]
+        coh_write(r.S, 10, 0, 20.0, True, True)  # CPU 0 writes line 10
+        again = coh_read(r.S, 11, 1, 100.0)[1]
         if prefetch:
-            assert again > m.latency_ns["l1_hit"] and coh.line(11).invalidations == 1
+            assert again > m.latency_ns["l1_hit"] and r.line(11)["invalidations"] == 1
         else:
-            assert again == m.latency_ns["l1_hit"] and coh.line(11).invalidations == 0
+            assert again == m.latency_ns["l1_hit"] and r.line(11)["invalidations"] == 0
 
 
 def test_cas_loops_retry_under_contention_xadd_does_not():
     # many readers trylock one vma_lock at once: pervma's down_read_trylock is a CAS loop
     ops = mk([(t, "fault", 1, 0, None) for t in range(1, 9)])
-    sim = Simulation(get_model("pervma"), BDW, 8, ops)
+    sim = Replay("pervma", BDW, 8, ops)
     sim.run()
     assert sim.counters["cas_retries"] > 0
-    sim2 = Simulation(get_model("mmap_lock"), BDW, 8, mk([(t, "fault", 1, 0, None) for t in range(1, 9)]))
+    sim2 = Replay("mmap_lock", BDW, 8, mk([(t, "fault", 1, 0, None) for t in range(1, 9)]))
     sim2.run()
     # mmap_lock's fault path starts with a trylock too, but its down_read() slow path is an xadd
-    assert sim2.mmap_lock.count == 0
+    assert sim2.mmap_lock["count"] == 0
 
 
 ops_strategy = st.lists(
@@ -158,20 +152,15 @@ ops_strategy = st.lists(
 @given(rows=ops_strategy, model=st.sampled_from(["mmap_lock", *PER_VMA]), cpus=st.integers(1, 6))
 def test_invariants_on_random_ops(rows, model, cpus):
     ops = mk([(t, k, v if k == "fault" else [v], think, hold) for t, k, v, think, hold in rows])
-    sim = Simulation(get_model(model), BDW, cpus, ops)
-    res = sim.run()
+    sim = Replay(model, BDW, cpus, ops, chunk=len(ops))
+    holds = WriteHolds()
+    res = sim.run_stepped(holds)
     assert sorted(r["op_id"] for r in res) == list(range(len(ops)))  # every op completes exactly once
-    assert sim.mmap_lock.count == 0 and not sim.mmap_lock.waiters
-    for v in sim.vmas.values():
-        assert v.refcnt == (1 if v.live else 0)  # attached (no reader or writer left), or detached
-        if v.lock is not None:
-            assert v.lock.count == 0 and not v.lock.waiters
+    assert_quiescent(sim)  # locks free, vm_refcnt 1 if attached (no reader or writer left) else 0
     # no two writers held the mm's mmap_lock at once
-    holds = sim.write_holds
-    assert len(holds) == sum(k != "fault" for _, k, _, _, _ in rows)
-    assert all(a[1] is not None and a[1] <= b[0] for a, b in zip(holds, holds[1:]))
-    again = Simulation(get_model(model), BDW, cpus, ops).run()
-    assert again == res  # deterministic
+    assert_one_writer_at_a_time(holds, sum(k != "fault" for _, k, _, _, _ in rows))
+    again = Replay(model, BDW, cpus, ops).run()
+    assert again == res  # deterministic (and stepping event by event changes nothing)
 
 
 def test_processes_replay_independently():
@@ -186,62 +175,39 @@ def test_processes_replay_independently():
     assert r1.equals(r2)
 
 
-def _fault_until(sim, tid, stop_op):
-    """Start tid's first op and execute it up to and including the first ``stop_op``."""
-
-    t = next(t for t in sim.threads if t.tid == tid)
-    sim.cpu_busy[t.cpu] = t
-    sim._next_op(t)
-    t.reg.pop("think", None)
-    t.rec["start_ns"] = 0.0
-    while True:
-        op = t.prog[t.pc][0]
-        sim.now = sim._exec(t)
-        if op == stop_op:
-            return t
-
-
-def _finish(sim, t):
-    while not t.reg.get("finished"):
-        r = sim._exec(t)
-        assert r is not None, "blocked"
-        sim.now = r
-
-
 @pytest.mark.parametrize("model", ["v8", "mainline"])
 def test_typesafe_by_rcu_reuse_makes_a_stale_reader_abort(model):
-    from replay.engine.isa import Op
-
-    sim = Simulation(get_model(model), BDW, 4, mk([(2, "fault", 1, 0, None), (1, "munmap", [1, 2], 0, 100)]))
-    t = _fault_until(sim, 2, Op.WALK)  # the reader found VMA 1's object under RCU...
-    v1 = sim.vmas[1]
-    v1.live, v1.refcnt = False, 0  # ...munmap detaches and frees it (SLAB_TYPESAFE_BY_RCU: no grace period)
-    sim.freelist.append(v1.slot)
-    v2 = sim._alloc(99)  # ...an mmap reuses the object for another VMA, and unlocks
-    sim.mm_lock_seq += 1
-    assert v2.slot == v1.slot
-    _finish(sim, t)
+    sim = Replay(model, BDW, 4, mk([(2, "fault", 1, 0, None), (1, "mmap", [], 0, 100)]))
+    t = sim.run_until(2, Op.WALK)  # the reader found VMA 1's object under RCU...
+    v1 = sim.vma(1)
+    v1["attached"], v1["vm_refcnt"] = False, 0  # ...munmap detaches and frees it (SLAB_TYPESAFE_BY_RCU: no grace period)
+    g = sim.g
+    sim.state["freelist"][g["nfree"]] = v1["slot"]
+    g["nfree"] += 1
+    vma_alloc(sim.S, sim.vid(1001))  # ...an mmap reuses the object for another VMA, and unlocks
+    g["mm_lock_seq"] += 1
+    v2 = sim.vma(1001)
+    assert v2["slot"] == v1["slot"]
+    rec = sim.finish(t)
     # __refcount_inc_not_zero_limited() succeeds on the new VMA; vm_mm matches (same
     # mm), so the range check in lock_vma_under_rcu() catches it: put, abort, fall back
-    assert t.rec["outcome"] == "abort" and t.rec["fallback"] and t.rec["attempts"] == 1
-    assert v2.refcnt == 1 and "ref_obj" not in t.reg
+    assert rec == {"outcome": "abort", "fallback": True, "attempts": 1}
+    assert v2["vm_refcnt"] == 1 and sim.state["th"][t]["ref_obj"] == -1
 
 
 def test_detached_vma_is_a_miss_and_rewalk_in_mainline_an_abort_in_v8():
-    from replay.engine.isa import Op
-
     for model, attempts in (("mainline", 2), ("v8", 1), ("pervma", 2)):
-        sim = Simulation(get_model(model), BDW, 4, mk([(2, "fault", 1, 0, None)]))
-        t = _fault_until(sim, 2, Op.WALK)
-        v1 = sim.vmas[1]
-        v1.live = False  # detached under the reader; the object is not reused
+        sim = Replay(model, BDW, 4, mk([(2, "fault", 1, 0, None)]))
+        t = sim.run_until(2, Op.WALK)
+        v1 = sim.vma(1)
+        v1["attached"] = False  # detached under the reader; the object is not reused
         if model != "pervma":
-            v1.refcnt = 0
-        _finish(sim, t)
+            v1["vm_refcnt"] = 0
+        rec = sim.finish(t)
         # mainline: refcnt 0 -> -EAGAIN -> VMA_LOCK_MISS and a new walk, which finds nothing;
         # pervma: vma->detached after locking -> VMA_LOCK_MISS, retry; v8: NULL -> abort
-        assert t.rec["attempts"] == attempts, model
-        assert t.rec["outcome"] == "abort" and t.rec["fallback"]
+        assert rec["attempts"] == attempts, model
+        assert rec["outcome"] == "abort" and rec["fallback"]
 
 
 def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
@@ -250,13 +216,13 @@ def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
     ops = mk([(1, "mprotect", [1, 2], 0, 100), (2, "fault", 2, 50_000, None)])
     ops[0]["vmas_freed"], ops[0]["vmas_successor"] = [2], [1]
     for model in ("v8", "mainline", "pervma"):
-        sim = Simulation(get_model(model), BDW, 4, ops)
+        sim = Replay(model, BDW, 4, ops)
         r = by_op(sim.run())
-        assert not sim.vmas[2].live and sim.vmas[1].live
+        assert not sim.vma(2)["attached"] and sim.vma(1)["attached"]
         assert r[1]["outcome"] == "success" and not r[1]["fallback"], model
         ops_unmapped = [dict(o) for o in ops]
         ops_unmapped[0]["vmas_successor"] = [-1]  # munmap instead: nothing covers it any more
-        r2 = by_op(Simulation(get_model(model), BDW, 4, ops_unmapped).run())
+        r2 = by_op(Replay(model, BDW, 4, ops_unmapped).run())
         assert r2[1]["outcome"] == "abort" and r2[1]["fallback"]
 
 
@@ -264,58 +230,49 @@ def test_a_writer_starved_4ms_at_the_head_sets_handoff():
     # readers keep mmap_lock read-held back to back (a slow fault service on mmap_lock);
     # a writer queued behind them sets RWSEM_FLAG_HANDOFF after RWSEM_WAIT_TIMEOUT (4 ms),
     # after which new readers can no longer steal the lock and the writer gets it
-    from replay.engine import reference as R
-
     m = dataclasses.replace(BDW, fault_service_ns=1_500_000.0)
     rows = [(1, "mprotect", [1], 100_000, 1_000)]
     for tid in (2, 3):
         rows += [(tid, "fault", 1, 0, None)] * 6
-    ops = mk(rows)
-    for o in ops:
-        o["kernel"] = o["kind"] == "fault"  # kernel-mode faults take mmap_lock for read
-    sim = Simulation(get_model("v8"), m, 4, ops)
-    seen = []
-    orig = sim._try_write_lock
+    ops = kernel_faults(mk(rows))  # kernel-mode faults take mmap_lock for read
+    sim = Replay("v8", m, 4, ops, chunk=len(ops))
+    seen = []  # after each event: (now, HANDOFF set, write-locked, acquisitions so far)
 
-    def spy(lock, w):
-        ok = orig(lock, w)
-        seen.append((sim.now, bool(lock.count & R.FLAG_HANDOFF), ok))
-        return ok
+    def spy(s):
+        lk = s.mmap_lock
+        seen.append((s.now, bool(lk["count"] & RWSEM_FLAG_HANDOFF), bool(lk["count"] & RWSEM_WRITER_LOCKED),
+                     int(lk["acquisitions"])))
 
-    sim._try_write_lock = spy
-    r = by_op(sim.run())
+    r = by_op(sim.run_stepped(spy))
     writer = r[0]
-    assert any(h for _, h, _ in seen), "handoff never set"
-    first_h = min(t for t, h, _ in seen if h)
-    assert first_h - (writer["start_ns"]) >= R.RWSEM_WAIT_TIMEOUT_NS
+    assert any(h for _, h, _, _ in seen), "handoff never set"
+    first_h = next(i for i, x in enumerate(seen) if x[1])
+    got = next(i for i, x in enumerate(seen) if x[2])
+    assert seen[first_h][0] - writer["start_ns"] >= RWSEM_WAIT_TIMEOUT_NS
     # once handed off, no reader took the lock before the writer
-    got = [t for t, _, ok in seen if ok][0]
+    assert got > first_h and seen[got][3] == seen[first_h][3] + 1
     assert writer["end_ns"] < max(x["end_ns"] for x in r.values())  # readers still behind it
-    assert got >= first_h
 
 
 def test_writers_spin_on_a_running_writer_and_sleep_after_the_reader_budget():
-    from replay.engine import reference as R
-
     # W2 arrives while W1 (running) holds mmap_lock: it spins and takes the lock the
     # moment W1 lets go - no sleep, no wake-up latency
     ops = mk([(1, "mprotect", [1], 0, 50_000), (2, "mprotect", [2], 10_000, 1_000)])
-    sim = Simulation(get_model("v8"), BDW, 4, ops)
-    sim.run()
-    (a0, a1), (b0, b1) = sim.write_holds
-    assert 0 <= b0 - a1 < 200 and b0 - a1 < R.WAKEUP_NS
+    holds = WriteHolds()
+    Replay("v8", BDW, 4, ops, chunk=len(ops)).run_stepped(holds)
+    (a0, a1), (b0, b1) = holds.windows
+    assert 0 <= b0 - a1 < 200 and b0 - a1 < WAKEUP_NS
     # readers hold it for 100 us: the writer spins rwsem_rspin_threshold() (<= 25 us),
     # then sleeps in the queue and is woken when the last reader leaves
     m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
-    ops = mk([(2, "fault", 1, 0, None), (3, "fault", 1, 0, None), (1, "mprotect", [1], 10_000, 1_000)])
-    for o in ops:
-        o["kernel"] = o["kind"] == "fault"
-    sim = Simulation(get_model("v8"), m, 4, ops)
-    r = by_op(sim.run())
+    ops = kernel_faults(mk([(2, "fault", 1, 0, None), (3, "fault", 1, 0, None), (1, "mprotect", [1], 10_000, 1_000)]))
+    sim = Replay("v8", m, 4, ops, chunk=len(ops))
+    holds = WriteHolds()
+    r = by_op(sim.run_stepped(holds))
     last_reader = max(r[0]["end_ns"], r[1]["end_ns"])
-    (w0, _), = sim.write_holds
-    assert w0 - last_reader >= 0.9 * R.WAKEUP_NS  # it had gone to sleep: woken, not spinning
-    assert sim.mmap_lock.stats["contentions"] == 1 and not sim.mmap_lock.spinners
+    (w0, _), = holds.windows
+    assert w0 - last_reader >= 0.9 * WAKEUP_NS  # it had gone to sleep: woken, not spinning
+    assert sim.lock_stats()["mm"]["contentions"] == 1 and sim.spinners(0) == []
 
 
 def test_mainline_mm_lock_seq_is_a_seqcount_odd_while_write_locked():
@@ -323,10 +280,10 @@ def test_mainline_mm_lock_seq_is_a_seqcount_odd_while_write_locked():
     # odd value; mmap_write_unlock() ends it (even).  Before v6.15 only the unlock bumped it.
     ops = mk([(1, "mprotect", [1], 0, 1_000)])
     for model, seq_end, stored in (("mainline", 2, 1), ("v8", 1, 0), ("pervma", 1, 0)):
-        sim = Simulation(get_model(model), BDW, 2, ops)
+        sim = Replay(model, BDW, 2, ops)
         sim.run()
-        assert (sim.mm_lock_seq, sim.vmas[1].vm_lock_seq) == (seq_end, stored), model
-        assert sim.vmas[1].vm_lock_seq != sim.mm_lock_seq  # unlocked again
+        assert (sim.g["mm_lock_seq"], sim.vma(1)["vm_lock_seq"]) == (seq_end, stored), model
+        assert sim.vma(1)["vm_lock_seq"] != sim.g["mm_lock_seq"]  # unlocked again
 
 
 @pytest.mark.parametrize("model", ["mmap_lock", *PER_VMA])
@@ -334,6 +291,45 @@ def test_cache_time_never_exceeds_the_op(model):
     # a munmap freeing 30 VMAs makes 30 back-to-back stores in its commit; each op's
     # cache time is part of its duration, however many lines it touches
     ops = mk([(1, "munmap", list(range(1, 31)), 0, 100)] + [(2, "fault", 40, 0, None)])
-    r = by_op(Simulation(get_model(model), BDW, 4, ops).run())
+    r = by_op(Replay(model, BDW, 4, ops).run())
     for x in r.values():
         assert 0 <= x["cache_ns"] <= x["end_ns"] - x["start_ns"] + 1e-6, (model, x)
+
+
+def _cpus_by_thread(res):
+    return [sorted({x["sim_cpu"] for x in res if x["tid"] == tid}) for tid in sorted({x["tid"] for x in res})]
+
+
+def test_placements_and_the_open_loop():
+    # five threads, three faults each on its own VMA (no lock contention).  Recorded start
+    # times, per thread: 0, 300 ns (before the first fault can have ended) and 40 us;
+    # the recorded gaps (think_ns) say 100 ns, and each fault's end is known (its gap
+    # holds no fault time to take out).
+    rows = [(tid, "fault", tid, 100, None) for _ in range(3) for tid in range(1, 6)]
+    ops = mk(rows)
+    for o in ops:
+        o["start_ns"] = 1_000_000 + 1_000 * o["tid"] + (0, 300, 40_000)[o["op_id"] // 5]
+        o["end_ns"] = o["start_ns"] + 200
+    # placement: broadwell-2s numbers socket 0's 14 cores 0-13, socket 1's 14-27, their SMT
+    # siblings 28-55.  spread: one per physical core, alternating sockets (0, 14, 1, 15, 2);
+    # packed: socket 0 first, SMT siblings next to their cores (0, 28, 1, 29, 2).  Each
+    # thread stays on its CPU; with 4 CPUs (0-3, one socket) spread puts the fifth back on 0.
+    assert _cpus_by_thread(Replay("mainline", BDW, 56, ops).run()) == [[0], [14], [1], [15], [2]]
+    assert _cpus_by_thread(Replay("mainline", BDW, 56, ops, placement="packed").run()) == [[0], [28], [1], [29], [2]]
+    assert _cpus_by_thread(Replay("mainline", BDW, 4, ops).run()) == [[0], [1], [2], [3], [0]]
+    # open loop: each op starts at its recorded time (from the trace's first op) or, if
+    # its thread is still busy with its previous op then, when that op ends; the closed
+    # loop keeps the recorded gaps instead
+    t0 = min(o["start_ns"] for o in ops)
+    for open_loop in (True, False):
+        res = by_op(Replay("mainline", BDW, 8, ops, open_loop=open_loop).run())
+        prev_end = {}
+        for o in ops:
+            x = res[o["op_id"]]
+            due = (max(o["start_ns"] - t0, prev_end.get(o["tid"], 0.0)) if open_loop
+                   else prev_end.get(o["tid"], 0.0) + o["think_ns"])
+            assert x["start_ns"] == due, (open_loop, x)
+            prev_end[o["tid"]] = x["end_ns"]
+        if open_loop:  # both cases occur: the previous op's end, and the recorded time
+            assert all(res[i]["start_ns"] == res[i - 5]["end_ns"] > ops[i]["start_ns"] - t0 for i in range(5, 10))
+            assert all(res[i]["start_ns"] == ops[i]["start_ns"] - t0 > res[i - 5]["end_ns"] for i in range(10, 15))

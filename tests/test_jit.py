@@ -6,6 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from replay.jit import COMPILED_SOURCES, sources_digest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,7 +21,7 @@ def test_numba_cache_goes_to_xdg_cache_home(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     r = _py("import replay.ingest, numba; print(numba.config.CACHE_DIR)", env)  # ingest alone, as bench scripts import it
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(tmp_path / "xdg" / "replay" / "numba")
+    assert r.stdout.strip() == str(tmp_path / "xdg" / "replay" / "numba" / sources_digest())
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own setting wins
     r = _py("import replay, numba; print(numba.config.CACHE_DIR)", env)
     assert r.stdout.strip() == str(tmp_path / "mine")
@@ -47,3 +49,22 @@ def test_a_cold_compile_is_announced_once_and_cached_outside_the_source(tmp_path
     assert second.returncode == 0 and "compiling" not in second.stderr  # loaded from the cache
     assert not list(mod.parent.rglob("*.nbi"))  # nothing beside the source
     assert list((tmp_path / "xdg" / "replay" / "numba").rglob("*.nbi"))
+
+
+def test_the_cache_directory_follows_every_compiled_source(tmp_path):
+    # numba would keep a cached loop.run_chunk after an edit of rwsem.py (it checks only
+    # loop.py's stamp): any change to any compiled source must name another directory
+    import shutil
+
+    for d in COMPILED_SOURCES:
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    here = sources_digest(str(tmp_path))
+    assert here == sources_digest(str(ROOT))
+    rwsem = tmp_path / "replay" / "engine" / "rwsem.py"
+    src = rwsem.read_text()
+    rwsem.write_text(src.replace("MAX_READERS_WAKEUP = 0x100", "MAX_READERS_WAKEUP = 0x1000"))
+    assert sources_digest(str(tmp_path)) != here
+    rwsem.write_text(src)
+    assert sources_digest(str(tmp_path)) == here
+    (tmp_path / "ingest" / "new_scanner.py").write_text("")
+    assert sources_digest(str(tmp_path)) != here

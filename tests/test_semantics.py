@@ -1,49 +1,35 @@
 """Hand-checkable tests of the lock paths no sample trace and no other test reaches,
-each on both engines, with the expected numbers derived in comments from the kernel
-code (kernel/locking/rwsem.c, mm/mmap_lock.c, include/linux/mmap_lock.h, v6.15).
+with the expected numbers derived in comments from the kernel code
+(kernel/locking/rwsem.c, mm/mmap_lock.c, include/linux/mmap_lock.h, v6.15).
 
-Some paths cannot be reached from any op stream: the engines run a lock routine's
+Some paths cannot be reached from any op stream: the engine runs a lock routine's
 decisions at one simulated instant, so state that the kernel can see change between
 two steps (a writer leaving between a failed mmap_read_trylock() and down_read()'s
-xadd) never changes here.  Those are tested white-box: the lock is put into the state
-by hand and the routine called directly - the reference's method and the compiled
-engine's function of the same name, on a state the compiled loader built.
+xadd) never changes here.  Those are tested white-box: the lock is put into a state the
+loader built, by hand, and the routine called directly (rwsem.down_read(),
+rwsem.rwsem_mark_wake(), vma.vma_start_write_step()).
 """
 
-import dataclasses
 import json
 
-import numpy as np
 import polars as pl
 import pytest
 
-from replay.engine import compiled as C
 from replay.engine import fault_service_time, replay
-from replay.engine import reference as R
-from replay.engine.reference import Simulation
-from replay.machines import load_machine
+from replay.engine.rwsem import (DR_GRANTED, DR_OWNER, DR_WAIT, RWSEM_FLAG_HANDOFF, RWSEM_FLAG_WAITERS,
+                                 RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED, down_read,
+                                 down_read_trylock, rwsem_mark_wake, waiter_add)
+from replay.engine.vma import vma_start_write_step
 from replay.models import get_model
 from replay.models.kernels import VMA_LOCK_OFFSET
 
-from test_compiled import COLS, run_compiled, run_reference
-from test_engine import BDW, PER_VMA, mk
-
-ENGINES = ["reference", "compiled"]
-REFCNT = ["v7", "v8", "mainline"]
-
-
-def run(engine, model, machine, cpus, rows, **kw):
-    """(results by op_id, lock_stats by lock, counters) of one engine."""
-    res, locks, _, counters = (run_reference if engine == "reference" else run_compiled)(
-        get_model(model), machine, cpus, rows, **kw)
-    return {r["op_id"]: r for r in res}, {lk["lock"]: lk for lk in locks}, counters
+from engine_harness import BDW, PER_VMA, REFCNT, SLOW, Replay, frame, mk, run
 
 
 # -- MAX_READERS_WAKEUP -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_readers_are_woken_at_most_max_readers_wakeup_at_a_time(engine):
+def test_readers_are_woken_at_most_max_readers_wakeup_at_a_time():
     # A writer holds mmap_lock for 500 us; 300 readers (mmap_lock faults) arrive 10 us in,
     # fail mmap_read_trylock(), and queue in down_read() (writer-locked: no stealing).
     # up_write() -> rwsem_wake() -> rwsem_mark_wake(RWSEM_WAKE_ANY) moves readers off
@@ -53,9 +39,9 @@ def test_readers_are_woken_at_most_max_readers_wakeup_at_a_time(engine):
     # The 256 each hold the lock for the 100 us fault service time (8 CPUs: 32 of them run
     # one after another on each), so the 44 wait at least 100 us more than the writer's
     # hold; the 256 only for the writer (< 500 us).
-    m = dataclasses.replace(BDW, fault_service_ns=100_000.0)
+    m = SLOW  # fault service 100 us
     rows = mk([(1, "mprotect", [1], 0, 500_000)] + [(t, "fault", 1, 10_000, None) for t in range(2, 302)])
-    r, locks, _ = run(engine, "mmap_lock", m, 8, rows)
+    r, locks, _ = run("mmap_lock", m, 8, rows)
     waits = sorted(r[i]["lock_wait_ns"] for i in range(1, 301))
     assert waits[255] < 500_000 and waits[256] > 500_000 + 100_000
     assert locks["mm"]["acquisitions"] == 301 and locks["mm"]["contentions"] >= 300
@@ -64,9 +50,8 @@ def test_readers_are_woken_at_most_max_readers_wakeup_at_a_time(engine):
 # -- vma_start_write() on a VMA already write-locked ------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model", PER_VMA)
-def test_vma_start_write_on_an_already_locked_vma_returns_at_once(engine, model):
+def test_vma_start_write_on_an_already_locked_vma_returns_at_once(model):
     # vma_start_write(): if (__is_vma_write_locked(vma, &mm_lock_seq)) return; - the VMA's
     # vm_lock_seq equals mm->mm_lock_seq once this mmap_write_lock() cycle locked it, so a
     # second call (a split VMA modified again in the same syscall) neither takes the
@@ -74,7 +59,7 @@ def test_vma_start_write_on_an_already_locked_vma_returns_at_once(engine, model)
     once = mk([(1, "mprotect", [1], 0, 1_000)])
     twice = mk([(1, "mprotect", [1, 1], 0, 1_000)])
     for rows, n in ((once, 1), (twice, 2)):
-        _, locks, counters = run(engine, model, BDW, 2, rows)
+        _, locks, counters = run(model, BDW, 2, rows)
         if model in REFCNT:
             assert counters["writer_drains"] == 1, n  # __vma_enter_locked() once, not twice
         else:
@@ -93,10 +78,9 @@ def _moving_mremap():
     return rows
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model", ["mmap_lock", *PER_VMA])
-def test_a_moving_mremap_frees_the_old_vma_and_creates_the_new(engine, model):
-    r, _, _ = run(engine, model, BDW, 4, _moving_mremap())
+def test_a_moving_mremap_frees_the_old_vma_and_creates_the_new(model):
+    r, _, _ = run(model, BDW, 4, _moving_mremap())
     mremap, new, old = r[0], r[1], r[2]
     # the fault in the new VMA waits (causally, not on a lock) for the call that creates it
     assert new["start_ns"] >= mremap["start_ns"] + 20_000 and new["outcome"] == "success"
@@ -126,13 +110,11 @@ def test_trace_fault_service_is_the_median_hold_of_fallen_back_faults():
     assert fault_service_time(_service_ops([5] * 30), BDW, "1234") == (1234.0, "given")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_numeric_fault_service_is_each_uncontended_faults_work(engine):
+def test_a_numeric_fault_service_is_each_uncontended_faults_work():
     # one thread, mmap_lock: every fault's duration is its cache accesses plus exactly the
     # given handle_mm_fault() time (no lock wait: nothing else runs)
-    ops = pl.DataFrame([{k: r.get(k) for k in COLS} for r in mk([(1, "fault", 1, 0, None)] * 3)], schema=COLS)
-    run_ = replay(ops.with_columns(pl.lit("pid:1").alias("mm")), get_model("mmap_lock"), BDW, 2,
-                  fault_service="1234", engine=engine)
+    ops = frame(mk([(1, "fault", 1, 0, None)] * 3))
+    run_ = replay(ops, get_model("mmap_lock"), BDW, 2, fault_service="1234")
     assert run_.params["fault_service_ns"] == 1234.0 and run_.params["fault_service_source"] == "given"
     res = run_.results
     assert (res["end_ns"] - res["start_ns"] - res["cache_ns"]).to_list() == [1234.0] * 3
@@ -157,190 +139,158 @@ def test_run_fault_service_numeric_from_the_command_line(cli, ws):
 # -- white-box: the paths no op stream reaches -------------------------------------------------------
 
 
-class RefBox:
-    """mmap_lock of a reference Simulation, every thread started on its first op."""
+class Box:
+    """mmap_lock (lock 0) of a state the loader built; no thread has started."""
 
     def __init__(self, model, rows, cpus=4):
-        self.sim = Simulation(get_model(model), BDW, cpus, rows)
-        for t in self.sim.threads:
-            self.sim._next_op(t)
-            t.reg.pop("think", None)
-        self.lock = self.sim.mmap_lock
+        self.r = Replay(model, BDW, cpus, rows)
+        self.lock = self.r.mmap_lock
+        self.th = self.r.state["th"]
 
     def set(self, count, reader_owned=False):
-        self.lock.count = count
-        self.lock.owner = R.READER_OWNED if reader_owned else 0
+        self.lock["count"] = count
+        self.lock["owner"] = RWSEM_READER_OWNED if reader_owned else 0
 
     def count(self):
-        return self.lock.count
+        return int(self.lock["count"])
 
     def queue(self, i, write, handoff=False):
-        t = self.sim.threads[i]
-        self.lock.waiters.append(R.Waiter(t, write, 0.0, handoff))
-        t.blocked_at = 0.0
+        """Thread i asleep on the wait list (rwsem_add_waiter(), then schedule())."""
+        waiter_add(self.r.S, 0, i, write)
+        self.th[i]["waiter_handoff_set"] = handoff
+        self.th[i]["blocked"] = True
         if not write:
-            t.reg["dr"] = "wait"
+            self.th[i]["dr"] = DR_WAIT
 
     def waiting(self):
-        return [self.sim.threads.index(w.thread) for w in self.lock.waiters]
+        return self.r.waiters(0)
 
     def down_read(self, i):
-        return self.sim._down_read(self.sim.threads[i], self.lock)
+        return down_read(self.r.S, i, 0)
+
+    def trylock(self, i, failed):
+        """down_read_trylock() by thread i to the end: (where it went on, its pc)."""
+        while True:
+            end, again = down_read_trylock(self.r.S, i, 0, failed)
+            assert end >= 0
+            if not again:
+                return end, int(self.th[i]["pc"])
+            self.r.g["now"] = end
 
     def mark_wake(self):
-        self.sim._mark_wake(self.lock)
+        rwsem_mark_wake(self.r.S, 0, False)  # RWSEM_WAKE_ANY
 
     def granted(self, i):  # holds the lock for read (down_read() returns to it with it)
-        return self.sim.threads[i].reg.get("dr") in ("owner", "granted")
+        return self.th[i]["dr"] in (DR_OWNER, DR_GRANTED)
 
     def stat(self, k):
-        return self.lock.stats[k]
+        return int(self.lock[k])
 
     def start_write_detached(self, vid):
-        """Detach VMA vid (vm_refcnt 0) and run vma_start_write() on it to the end."""
-        t = self.sim.threads[0]
-        v = self.sim.vmas[vid]
-        v.refcnt = 0
-        self.sim._queue_start_write(t, v)
-        while t.pending:
-            end = self.sim._exec(t)
-            assert end is not None, "vma_start_write() blocked on a detached VMA"
-        return v.refcnt, v.vm_lock_seq, self.sim.mm_lock_seq, self.sim.counters["writer_drains"]
-
-
-class CompiledBox:
-    """mmap_lock (lock 0) of a state the compiled engine's loader built."""
-
-    def __init__(self, model, rows, cpus=4):
-        df = pl.DataFrame([{k: r.get(k) for k in COLS} for r in rows], schema=COLS)
-        (self.I, self.F, self.P), self.meta = C.load(get_model(model), BDW, cpus, df, "spread", False, None, 64)
-        self.lock = 0
-
-    def _at(self, region, i):
-        return self.I[self.I[region] + i]
-
-    def _set(self, region, i, x):
-        self.I[self.I[region] + i] = x
-
-    def set(self, count, reader_owned=False):
-        self._set(C.H_lk_count, self.lock, count)
-        self._set(C.H_lk_owner, self.lock, C.RO if reader_owned else 0)
-
-    def count(self):
-        return int(self._at(C.H_lk_count, self.lock))
-
-    def queue(self, i, write, handoff=False):
-        C._w_append(self.I, self.F, self.lock, i, write)
-        self._set(C.H_w_handoff, i, handoff)
-        self._set(C.H_th_blocked, i, True)
-        if not write:
-            self._set(C.H_th_dr, i, C.DR_WAIT)
-
-    def waiting(self):
-        out, w = [], self._at(C.H_lk_wh, self.lock)
-        while w >= 0:
-            out.append(int(w))
-            w = self._at(C.H_w_next, w)
-        return out
-
-    def down_read(self, i):
-        return C._down_read(self.I, self.F, i, self.lock)
-
-    def mark_wake(self):
-        C._mark_wake(self.I, self.F, self.lock, False)
-
-    def granted(self, i):
-        return self._at(C.H_th_dr, i) in (C.DR_OWNER, C.DR_GRANTED)
-
-    def stat(self, k):
-        return int(self._at(C.H_lk_i, self.lock * 3 + {"acquisitions": C.LI_ACQ, "contentions": C.LI_CON}[k]))
-
-    def start_write_detached(self, vid):
-        v = int(self._at(C.H_vid_obj, int(np.searchsorted(self.meta["uniq"], vid))))
-        self._set(C.H_ob_ref, v, 0)
-        self._set(C.H_pend_obj, 0, v)
-        self.I[C.G_PEND_T], self.I[C.G_PEND_N], self.I[C.G_PEND_I], self.I[C.G_PEND_STEP] = 0, 1, 0, 0
-        while self.I[C.G_PEND_I] < 1:
-            end = C._pending_step(self.I, self.F, 0)
+        """Detach VMA vid (vm_refcnt 0) and run vma_start_write() on it to the end, as
+        thread 0 holding mmap_lock for write would (VMA_START_WRITE_ALL's pending list)."""
+        r, g = self.r, self.r.g
+        o = r.obj(vid)
+        r.vma(vid)["vm_refcnt"] = 0
+        r.state["pend_obj"][0] = o
+        g["pend_t"], g["pend_n"], g["pend_i"], g["pend_step"] = 0, 1, 0, 0
+        while g["pend_i"] < 1:
+            end = vma_start_write_step(r.S, 0)
             assert end >= 0, "vma_start_write() blocked on a detached VMA"
-            self.F[0] = end
-        return (int(self._at(C.H_ob_ref, v)), int(self._at(C.H_ob_seq, v)), int(self.I[C.G_MM_SEQ]),
-                int(self.I[C.G_DRAINS]))
+            g["now"] = end
+        return (int(r.vma(vid)["vm_refcnt"]), int(r.vma(vid)["vm_lock_seq"]), int(g["mm_lock_seq"]),
+                int(g["writer_drains"]))
 
 
-BOX = {"reference": RefBox, "compiled": CompiledBox}
 THREE_READERS = mk([(t, "fault", 1, 0, None) for t in (1, 2, 3)])
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_uncontended_down_read_takes_the_fast_path(engine):
+def test_uncontended_down_read_takes_the_fast_path():
     # __down_read_common() -> rwsem_read_trylock(): count = atomic_long_add_return_acquire(
     # RWSEM_READER_BIAS); no WRITER_LOCKED/FLAG_WAITERS/FLAG_HANDOFF in it -> the lock is
     # ours (then rwsem_set_reader_owned()): count 0 -> 256, no contention, no queueing,
     # one more step (the owner store) and no sleep.  (Unreachable from op streams: a
     # fault only calls down_read() right after mmap_read_trylock() failed, at the same
     # instant, so the fast path would fail too.)
-    b = BOX[engine]("mmap_lock", THREE_READERS)
+    b = Box("mmap_lock", THREE_READERS)
     b.set(0)
     end, again = b.down_read(0)
-    assert end is not None and end >= 0 and again  # one more step: rwsem_set_reader_owned()
-    assert b.count() == R.READER_BIAS and b.granted(0) and b.waiting() == []
+    assert end >= 0 and again  # one more step: rwsem_set_reader_owned()
+    assert b.count() == RWSEM_READER_BIAS and b.granted(0) and b.waiting() == []
     assert (b.stat("acquisitions"), b.stat("contentions")) == (1, 0)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_down_read_slowpath_with_an_empty_queue_keeps_its_bias(engine):
+@pytest.mark.parametrize("bit", ["WRITER_LOCKED", "FLAG_WAITERS", "FLAG_HANDOFF"])
+def test_read_trylock_fails_on_each_bit_of_the_read_failed_mask(bit):
+    # rwsem_read_trylock() via down_read_trylock(): "while (!(tmp & RWSEM_READ_FAILED_MASK))
+    # { if (atomic_long_try_cmpxchg_acquire(&sem->count, &tmp, tmp + RWSEM_READER_BIAS))
+    # ... return 1; }  return 0;" - RWSEM_READ_FAILED_MASK is WRITER_MASK | FLAG_WAITERS |
+    # FLAG_HANDOFF | FLAG_READFAIL.  Each bit alone fails it: no cmpxchg, count unchanged,
+    # branch to the failure label.  (From op streams HANDOFF comes only with WAITERS -
+    # a queued writer sets it - so only this test sees HANDOFF do it on its own.)
+    failed = 17
+    flag = {"WRITER_LOCKED": RWSEM_WRITER_LOCKED, "FLAG_WAITERS": RWSEM_FLAG_WAITERS,
+            "FLAG_HANDOFF": RWSEM_FLAG_HANDOFF}[bit]
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(flag)
+    assert b.trylock(0, failed)[1] == failed
+    assert b.count() == flag and b.stat("trylock_failures") == 1 and b.stat("acquisitions") == 0
+    b = Box("mmap_lock", THREE_READERS)  # free: the cmpxchg adds its bias
+    b.set(0)
+    assert b.trylock(0, failed)[1] != failed
+    assert b.count() == RWSEM_READER_BIAS and b.stat("trylock_failures") == 0 and b.stat("acquisitions") == 1
+
+
+def test_down_read_slowpath_with_an_empty_queue_keeps_its_bias():
     # rwsem_down_read_slowpath(): the reader's xadd saw RWSEM_FLAG_HANDOFF (no stealing),
     # but under wait_lock: "if (list_empty(&sem->wait_list)) { if (!(count &
     # RWSEM_WRITER_MASK)) { ... rwsem_set_reader_owned(sem); return sem; }" - its
     # RWSEM_READER_BIAS stays in the count and it holds the lock without queueing:
     # count HANDOFF -> HANDOFF + 256; counted as a contention (it took the slow path).
-    b = BOX[engine]("mmap_lock", THREE_READERS)
-    b.set(R.FLAG_HANDOFF)
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(RWSEM_FLAG_HANDOFF)
     end, again = b.down_read(0)
-    assert end is not None and end >= 0 and again
-    assert b.count() == R.FLAG_HANDOFF + R.READER_BIAS and b.granted(0) and b.waiting() == []
+    assert end >= 0 and again
+    assert b.count() == RWSEM_FLAG_HANDOFF + RWSEM_READER_BIAS and b.granted(0) and b.waiting() == []
     assert (b.stat("acquisitions"), b.stat("contentions")) == (1, 1)
     # the same with a writer holding it: the reader must queue, setting FLAG_WAITERS
-    b = BOX[engine]("mmap_lock", THREE_READERS)
-    b.set(R.WRITER_LOCKED)
-    assert b.down_read(0)[0] in (None, -1.0)  # blocked
-    assert b.count() == R.WRITER_LOCKED | R.FLAG_WAITERS and b.waiting() == [0] and not b.granted(0)
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(RWSEM_WRITER_LOCKED)
+    assert b.down_read(0)[0] == -1.0  # blocked
+    assert b.count() == RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS and b.waiting() == [0] and not b.granted(0)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_mark_wake_granting_readers_clears_handoff(engine):
+def test_mark_wake_granting_readers_clears_handoff():
     # rwsem_mark_wake(): "} else if (woken) { /* When we've woken a reader, we no longer
     # need to force writers to give up the lock and we can clear HANDOFF. */ if (oldcount
     # & RWSEM_FLAG_HANDOFF) adjustment -= RWSEM_FLAG_HANDOFF; }" and, the queue now empty,
     # FLAG_WAITERS goes too: count WAITERS|HANDOFF -> one reader's bias, 256.  (A reader at
-    # the head with handoff_set is the only way here; the engines never set it for a reader
+    # the head with handoff_set is the only way here; the engine never sets it for a reader
     # - see tests/README.md - so no op stream reaches this.)
-    b = BOX[engine]("mmap_lock", THREE_READERS)
-    b.set(R.FLAG_WAITERS | R.FLAG_HANDOFF)
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(RWSEM_FLAG_WAITERS | RWSEM_FLAG_HANDOFF)
     b.queue(0, write=False, handoff=True)
     b.mark_wake()
-    assert b.count() == R.READER_BIAS and b.waiting() == [] and b.granted(0)
+    assert b.count() == RWSEM_READER_BIAS and b.waiting() == [] and b.granted(0)
     # a writer behind the reader keeps FLAG_WAITERS, and HANDOFF still goes
-    b = BOX[engine]("mmap_lock", THREE_READERS)
-    b.set(R.FLAG_WAITERS | R.FLAG_HANDOFF)
+    b = Box("mmap_lock", THREE_READERS)
+    b.set(RWSEM_FLAG_WAITERS | RWSEM_FLAG_HANDOFF)
     b.queue(0, write=False, handoff=True)
     b.queue(1, write=True)
     b.mark_wake()
-    assert b.count() == R.READER_BIAS | R.FLAG_WAITERS and b.waiting() == [1]
+    assert b.count() == RWSEM_READER_BIAS | RWSEM_FLAG_WAITERS and b.waiting() == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="both engines subtract VMA_LOCK_OFFSET from a detached VMA's vm_refcnt "
-                   "in vma_start_write() although they never added it (reference _vsw_ref_add skips only the wait, "
-                   "compiled _pending_step the same); unreachable today (VMA_START_WRITE_ALL skips detached VMAs)")
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.xfail(strict=True, reason="vma_start_write_step() subtracts VMA_LOCK_OFFSET from a detached VMA's "
+                   "vm_refcnt although its __vma_enter_locked() step never added it (it skips only the wait); "
+                   "unreachable today (VMA_START_WRITE_ALL skips detached VMAs)")
 @pytest.mark.parametrize("model", REFCNT)
-def test_vma_start_write_on_a_detached_vma_stores_the_seq_and_leaves_the_refcount(engine, model):
+def test_vma_start_write_on_a_detached_vma_stores_the_seq_and_leaves_the_refcount(model):
     # __vma_start_write(): locked = __vma_enter_locked(vma, false) - refcount_add_not_zero(
     # VMA_LOCK_OFFSET, &vma->vm_refcnt) fails on 0 (detached): return false, no wait; then
     # WRITE_ONCE(vma->vm_lock_seq, mm_lock_seq); "if (locked)" __vma_exit_locked() - not
     # here.  So vm_refcnt stays 0, vm_lock_seq = mm_lock_seq, no drain counted.
-    b = BOX[engine](model, mk([(1, "mprotect", [1], 0, 1_000)]))
+    b = Box(model, mk([(1, "mprotect", [1], 0, 1_000)]))
     refcnt, seq, mm_seq, drains = b.start_write_detached(1)
     assert (seq, drains) == (mm_seq, 0)
     assert refcnt == 0, f"vm_refcnt {refcnt} (-VMA_LOCK_OFFSET = {-VMA_LOCK_OFFSET})"
