@@ -86,12 +86,17 @@ class Replay:
     """One mm's engine state, loaded from op dicts."""
 
     def __init__(self, model, machine, cpus, rows, placement="spread", open_loop=False, service=None,
-                 chunk=1 << 18):
+                 chunk=1 << 18, seed=0, barrier=False):
         self.model = get_model(model) if isinstance(model, str) else model
         self.machine = machine
         self.rows = [dict(r) for r in rows]
         self.state, self.meta = load.load(self.model, machine, cpus, frame(self.rows), placement, open_loop,
-                                          service, chunk)
+                                          service, chunk, seed)
+        if not barrier:
+            # A toy's threads start together, so its timings can be checked by hand; the
+            # seeded barrier exit (variation.py) has its own tests (test_variation.py).
+            # The service time is one number here unless ``service`` is an engine.Service.
+            self.state["cfg"]["barrier_wake_ns"][0] = 0.0
         # what the engine's functions take as S (plain Python under NUMBA_DISABLE_JIT)
         self.S = self.state.S if config.DISABLE_JIT else self.state.S[0]
         self.results: list[dict] = []

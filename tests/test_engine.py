@@ -45,7 +45,8 @@ def test_under_mmap_lock_every_fault_waits_behind_a_writer():
     assert st["wait_max_ns"] > 30_000 and np.isnan(sim.state["th"]["held_mm"]).all()  # nobody holds it
     for i in (1, 2):
         assert r[i]["end_ns"] > r[0]["end_ns"] and r[i]["lock_wait_ns"] > 30_000
-        assert r[i]["outcome"] == "success" and not r[i]["fallback"]
+        # no CONFIG_PER_VMA_LOCK: no VMA_LOCK_* event is counted (count_vm_vma_lock_event())
+        assert r[i]["outcome"] is None and r[i]["misses"] == 0 and not r[i]["fallback"]
 
 
 def test_waiting_readers_are_woken_together():
@@ -313,10 +314,11 @@ def test_placements_and_the_open_loop():
     # placement: broadwell-2s numbers socket 0's 14 cores 0-13, socket 1's 14-27, their SMT
     # siblings 28-55.  spread: one per physical core, alternating sockets (0, 14, 1, 15, 2);
     # packed: socket 0 first, SMT siblings next to their cores (0, 28, 1, 29, 2).  Each
-    # thread stays on its CPU; with 4 CPUs (0-3, one socket) spread puts the fifth back on 0.
+    # thread stays on its CPU.
     assert _cpus_by_thread(Replay("mainline", BDW, 56, ops).run()) == [[0], [14], [1], [15], [2]]
     assert _cpus_by_thread(Replay("mainline", BDW, 56, ops, placement="packed").run()) == [[0], [28], [1], [29], [2]]
-    assert _cpus_by_thread(Replay("mainline", BDW, 4, ops).run()) == [[0], [1], [2], [3], [0]]
+    # 4 CPUs are the ones spread would use: two cores on each socket (kernel/sched/fair.c)
+    assert _cpus_by_thread(Replay("mainline", BDW, 4, ops).run()) == [[0], [14], [1], [15], [0]]
     # open loop: each op starts at its recorded time (from the trace's first op) or, if
     # its thread is still busy with its previous op then, when that op ends; the closed
     # loop keeps the recorded gaps instead

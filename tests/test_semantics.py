@@ -83,9 +83,10 @@ def test_a_moving_mremap_frees_the_old_vma_and_creates_the_new(model):
     r, _, _ = run(model, BDW, 4, _moving_mremap())
     mremap, new, old = r[0], r[1], r[2]
     # the fault in the new VMA waits (causally, not on a lock) for the call that creates it
-    assert new["start_ns"] >= mremap["start_ns"] + 20_000 and new["outcome"] == "success"
+    assert new["start_ns"] >= mremap["start_ns"] + 20_000
+    assert new["outcome"] == (None if model == "mmap_lock" else "success")  # mmap_lock counts no VMA lock event
     if model == "mmap_lock":  # find_vma() under mmap_lock: a fault in the hole is still served
-        assert old["outcome"] == "success" and not old["fallback"]
+        assert old["outcome"] is None and not old["fallback"]  # no VMA lock: no VMA_LOCK_* event
     else:  # lock_vma_under_rcu(): mas_walk() finds nothing -> VMA_LOCK_ABORT, mmap_lock path
         assert old["outcome"] == "abort" and old["fallback"] and old["attempts"] == 1
         assert not new["fallback"]
@@ -117,7 +118,7 @@ def test_a_numeric_fault_service_is_each_uncontended_faults_work():
     run_ = replay(ops, get_model("mmap_lock"), BDW, 2, fault_service="1234")
     assert run_.params["fault_service_ns"] == 1234.0 and run_.params["fault_service_source"] == "given"
     res = run_.results
-    assert (res["end_ns"] - res["start_ns"] - res["cache_ns"]).to_list() == [1234.0] * 3
+    assert (res["end_ns"] - res["start_ns"] - res["cache_ns"]).to_list() == pytest.approx([1234.0] * 3)
     assert res["lock_wait_ns"].to_list() == [0.0] * 3
 
 
@@ -281,9 +282,6 @@ def test_mark_wake_granting_readers_clears_handoff():
     assert b.count() == RWSEM_READER_BIAS | RWSEM_FLAG_WAITERS and b.waiting() == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="vma_start_write_step() subtracts VMA_LOCK_OFFSET from a detached VMA's "
-                   "vm_refcnt although its __vma_enter_locked() step never added it (it skips only the wait); "
-                   "unreachable today (VMA_START_WRITE_ALL skips detached VMAs)")
 @pytest.mark.parametrize("model", REFCNT)
 def test_vma_start_write_on_a_detached_vma_stores_the_seq_and_leaves_the_refcount(model):
     # __vma_start_write(): locked = __vma_enter_locked(vma, false) - refcount_add_not_zero(

@@ -11,7 +11,7 @@ def dispatch(S, t, op, a1, a2, a3):
     whether to run the same instruction again)."""
     if op == 1:  # READ: a load of obj->field
         return h_read(S, t, a1, a2, a3)
-    if op == 2:  # PREFETCHW: prefetchw(): a request for ownership without a write (x86 ex
+    if op == 2:  # PREFETCHW: prefetchw(): a non-blocking request for ownership (x86 exc_p
         return h_prefetchw(S, t, a1, a2, a3)
     if op == 3:  # STORE: a plain store to obj->field
         return h_store(S, t, a1, a2, a3)
