@@ -463,7 +463,7 @@ class Workspace:
         import polars as pl
 
         from . import __version__
-        from .engine import SUMMARY_FLOATS
+        from .engine import SUMMARY_TYPES
 
         with contextlib.ExitStack() as cleanup:
             if stage is None:
@@ -474,7 +474,7 @@ class Workspace:
                          self.stage_table(run.results.to_arrow(), stage, "results")}
                 for ds, df in (("lock_stats", run.lock_stats), ("line_stats", run.line_stats),
                                ("runs", pl.DataFrame([row], schema_overrides={
-                                   k: pl.Float64 for k in SUMMARY_FLOATS if k in row}))):
+                                   k: t for k, t in SUMMARY_TYPES.items() if k in row}))):
                     files[ds] = self.stage_table(df.to_arrow(), stage, ds)
             fault_point("run.staged")
             with self.lock():

@@ -57,10 +57,10 @@ class Totals:
         self.lock_wait_ns += float(r["lock_wait_ns"].sum())
 
 
-# summary values that are rates or means: floats, null where they have no denominator
-# (a run whose faults never try a VMA lock has no fallback rate)
-SUMMARY_FLOATS = ("simulated_ms", "faults_per_sec", "fallback_pct", "abort_pct", "retry_pct", "miss_pct",
-                  "mean_fault_ns", "lock_wait_ms", "wall_s")
+# the types of the summary values that can be null (a run whose faults never try a VMA
+# lock has no fallback rate; an empty run no rate at all), so runs of every model read together
+SUMMARY_TYPES = {"faults_per_sec": pl.Int64, **{k: pl.Float64 for k in (
+    "simulated_ms", "fallback_pct", "abort_pct", "retry_pct", "miss_pct", "mean_fault_ns", "lock_wait_ms", "wall_s")}}
 
 
 @dataclass
