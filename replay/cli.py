@@ -6,7 +6,6 @@ Errors are one line on stderr: exit 1 for bad input, 2 for bad usage; never a tr
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from enum import Enum

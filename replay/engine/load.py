@@ -200,10 +200,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     n_created = sum(len(xs or []) for xs in wl["vmas_created"])
     max_obj = len(initial) + n_created + 1
 
-    # causal order: op order, as the reference keeps it (ops arrive in op_id order, so
-    # an op's rank is its index; seq, an input line, is not consulted)
-    rank_is_index, op_rank = True, np.zeros(1, np.int32)
-    # faults per VMA in op order: the reference's ``unstarted`` heaps
+    # causal order is op order (ops arrive in op_id order, so an op's rank is its index;
+    # seq, an input line, is not consulted): the faults per VMA in op order
     us_ops, us_p = _group_order(op_arg, is_fault, nv)
 
     tid = src.column("tid", np.int32)
