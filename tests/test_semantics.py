@@ -18,7 +18,7 @@ import pytest
 from replay.engine import fault_service_time, replay
 from replay.engine.rwsem import (DR_GRANTED, DR_OWNER, DR_WAIT, RWSEM_FLAG_HANDOFF, RWSEM_FLAG_WAITERS,
                                  RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED, down_read,
-                                 down_read_trylock, rwsem_mark_wake, waiter_add)
+                                 down_read_trylock, rwsem_mark_wake, waiter_add, RWSEM_WAIT_TIMEOUT_NS)
 from replay.engine.vma import vma_start_write_step
 from replay.models import get_model
 from replay.models.kernels import VMA_LOCK_OFFSET
@@ -261,13 +261,31 @@ def test_down_read_slowpath_with_an_empty_queue_keeps_its_bias():
     assert b.count() == RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS and b.waiting() == [0] and not b.granted(0)
 
 
+def test_a_reader_starved_past_the_timeout_sets_handoff():
+    # rwsem_mark_wake(), the reader branch, when a writer got the lock first
+    # (oldcount & RWSEM_WRITER_MASK): "if (time_after(jiffies, waiter->timeout)) { if
+    # (!(oldcount & RWSEM_FLAG_HANDOFF)) adjustment -= RWSEM_FLAG_HANDOFF; ...
+    # waiter->handoff_set = true; }" - waiter->timeout is RWSEM_WAIT_TIMEOUT after it
+    # queued.  Then no writer may steal the lock (rwsem_try_write_lock(): HANDOFF and not
+    # first; the optimistic spinners check it too) until the readers get it.
+    for waited, want in ((RWSEM_WAIT_TIMEOUT_NS - 1, False), (RWSEM_WAIT_TIMEOUT_NS, True)):
+        b = Box("mmap_lock", THREE_READERS)
+        b.set(RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS)
+        b.queue(0, write=False)  # queued at time 0
+        b.r.g["now"] = float(waited)
+        b.mark_wake()
+        assert bool(b.count() & RWSEM_FLAG_HANDOFF) == want and bool(b.th[0]["waiter_handoff_set"]) == want
+        assert b.waiting() == [0] and not b.granted(0)  # the writer still holds it: nobody is woken
+    # and granting the readers later clears it again (below)
+
+
 def test_mark_wake_granting_readers_clears_handoff():
     # rwsem_mark_wake(): "} else if (woken) { /* When we've woken a reader, we no longer
     # need to force writers to give up the lock and we can clear HANDOFF. */ if (oldcount
     # & RWSEM_FLAG_HANDOFF) adjustment -= RWSEM_FLAG_HANDOFF; }" and, the queue now empty,
     # FLAG_WAITERS goes too: count WAITERS|HANDOFF -> one reader's bias, 256.  (A reader at
-    # the head with handoff_set is the only way here; the engine never sets it for a reader
-    # - see tests/README.md - so no op stream reaches this.)
+    # the head with handoff_set is the only way here: one that waited RWSEM_WAIT_TIMEOUT
+    # behind a writer, as in the test above.)
     b = Box("mmap_lock", THREE_READERS)
     b.set(RWSEM_FLAG_WAITERS | RWSEM_FLAG_HANDOFF)
     b.queue(0, write=False, handoff=True)

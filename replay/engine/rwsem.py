@@ -157,6 +157,13 @@ def rwsem_mark_wake(S, k, read_owned):
             wake(S, first, k)  # it retries rwsem_try_write_lock()
         return
     if not read_owned and lk.count & RWSEM_WRITER_LOCKED:
+        # rwsem_mark_wake(): a writer took the lock before the readers could be granted
+        # it; "When we've been waiting "too" long (for writers to give up the lock),
+        # request a HANDOFF to force the issue": if time_after(jiffies, waiter->timeout),
+        # set RWSEM_FLAG_HANDOFF (unless set) and waiter->handoff_set
+        if glob(S, 0).now - thread(S, first).waiter_since >= RWSEM_WAIT_TIMEOUT_NS:
+            lk.count |= RWSEM_FLAG_HANDOFF
+            thread(S, first).waiter_handoff_set = True
         return
     # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
     n = 0
