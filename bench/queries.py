@@ -2,7 +2,7 @@
 """Query-library latency over a results dataset of >= 50 M rows, against a plain
 COUNT(*) scan of the same data measured in the same run.
 
-The dataset is synthetic (a replay of 50 M ops takes the reference engine hours): ten
+The dataset is synthetic (50 M ops, built directly rather than replayed): ten
 runs of 5 M ops each, with the results schema and plausible distributions (faults with
 ~1 % fallbacks, writers, lock waits, 56 CPUs), plus their runs, lock_stats and
 line_stats rows, and a 5 M-op ops dataset for observed_fallbacks.  Every query runs

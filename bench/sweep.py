@@ -7,7 +7,7 @@ this run.
 1. A pft-style trace (``replay synth pft``: perf script text through the real ingester
    and op builder) of ``--faults-per-run`` faults; its ops built once.
 2. The sweep ``--models`` x ``--cpus`` (3 x 8 = 24 runs, over 20 M faults replayed in
-   all by default) on the compiled engine, each time as ``replay sweep`` in a fresh
+   all by default), each time as ``replay sweep`` in a fresh
    copy of the workspace (so no run is skipped), timed from the outside:
    with 1 local worker (the baseline), 2 local workers, and a Dask LocalCluster of 2
    workers.  Scaling = baseline wall / wall.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def replay_cmd(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "REPLAY_NO_BACKGROUND_COMPILE": "1"}
+    env = dict(os.environ)
     p = subprocess.run([sys.executable, "-m", "replay", *args], capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode:
         sys.exit(f"replay {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")

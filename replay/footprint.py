@@ -18,7 +18,7 @@ over the trace's lifetime, and which vm_area_struct fields a fault touches on wh
   partial slabs, so a real cache holds more - and it is the same bound for every model.
 * **Hot fields.**  ``field_lines`` reads the model's fault program along its fast path
   (every check passing) and lists the struct fields each micro-op touches, as the
-  engines do (reference.py is the statement), line by line of the object, with the
+  engine does (replay/engine/micro.py and the lock routines), line by line of the object, with the
   lock's line marked and, from a run's ``line_stats``, the transfers per fault on each.
 """
 
@@ -151,8 +151,8 @@ def _lock_fields(model, lock: str) -> list[tuple[str, str]]:
 
 def touches(model, ins) -> list[tuple[str, str, str]]:
     """(object, field, access) an instruction touches - what the engine's micro-op
-    loads, stores or changes atomically (replay/engine/reference.py, _exec and the lock
-    routines): access is read, rmw (atomic) or store."""
+    loads, stores or changes atomically (replay/engine/micro.py's handlers and the lock
+    routines in rwsem.py and vma.py): access is read, rmw (atomic) or store."""
     op = ins[0]
     vma_fields = model.layout.vma.fields
     if op in (Op.READ, Op.PREFETCHW, Op.STORE):

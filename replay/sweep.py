@@ -205,7 +205,7 @@ class DaskExecutor:
             except (OSError, TimeoutError) as e:
                 raise Fail(f"cannot reach the Dask scheduler at {scheduler}: {e}")
             return
-        env = {"REPLAY_NO_BACKGROUND_COMPILE": "1"}
+        env = {}
         if os.environ.get("NUMBA_CACHE_DIR"):  # the cache the planner warmed
             env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
         self.cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,

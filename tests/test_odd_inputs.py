@@ -51,7 +51,7 @@ def run_json(cli, ws, trace, model="v8"):
 
 def test_faults_only_trace_replays(cli, ws, tmp_path):
     """`replay record --events exceptions:page_fault_user`: no writer at all.  The
-    compiled engine's loader once read the (empty) writers' columns from a file and
+    engine's loader once read the (empty) writers' columns from a file and
     crashed; every fault is replayed, alike on a second run."""
     lines = [ln for ln in sample_text("pft-2t", 3000) if ln.startswith("#") or "page_fault_user" in ln]
     assert cli("ingest", write(tmp_path, "faults", lines), "-w", ws)[0] == 0

@@ -158,7 +158,7 @@ def test_readers_take_no_lock(wss, tmp_path):
     replay that writes a new run."""
     lock = duckdb.connect(str(wss / "replay.duckdb"))  # DuckDB's exclusive file lock
     try:
-        env = dict(os.environ, REPLAY_NO_BACKGROUND_COMPILE="1")
+        env = dict(os.environ)
         procs = [subprocess.Popen(REPLAY + ["sql", "SELECT count(*) FROM results", "-w", str(wss)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         procs.append(subprocess.Popen(REPLAY + ["run", "--model", "mmap_lock", "--trace", "mprotect-race", "--machine",

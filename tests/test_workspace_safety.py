@@ -27,7 +27,6 @@ RUN = ("run", "--model", "v8", "--trace", "t", "--machine", "local-2vcpu")
 
 def _env(fault=None, **extra):
     env = {k: v for k, v in os.environ.items() if k != "REPLAY_FAULT_POINT"}
-    env["REPLAY_NO_BACKGROUND_COMPILE"] = "1"
     if fault:
         env["REPLAY_FAULT_POINT"] = fault
     env.update(extra)

@@ -278,7 +278,7 @@ class OpsSource:
         return list(seen)
 
     def collect(self, cols=None):
-        """The ops whole (for the reference engine and small traces)."""
+        """The ops whole (small traces; tests)."""
         import polars as pl
 
         parts = list(self.batches(cols or sorted(self.names)))
