@@ -16,8 +16,14 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   writer owner is on a CPU, or on a reader-owned lock for rwsem_rspin_threshold()
   (10 us + 0.5 us a reader, at most 25 us), taking the lock the moment it is free
   (rwsem_try_write_lock_unqueued()); it stops when the owner sleeps or another task
-  wants the CPU (need_resched()), then queues.  A queued writer that has waited
-  RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets HANDOFF (rwsem_try_write_lock()).
+  wants the CPU (need_resched()), then queues.  A spinner whose reader-owned threshold
+  runs out sets RWSEM_NONSPINNABLE in sem->owner (rwsem_set_nonspinnable()): no writer
+  spins on the lock again (rwsem_can_spin_on_owner(), rwsem_spin_on_owner()) until a
+  writer owns it (rwsem_set_owner() and rwsem_clear_owner() store the owner whole;
+  readers keep the bit, __rwsem_set_reader_owned()).  The threshold starts each time
+  the owner turns from a writer to readers ("prev_owner_state != OWNER_READER").
+  A queued writer that has waited RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets
+  HANDOFF (rwsem_try_write_lock()).
 * rwsem_mark_wake() - a writer at the head is woken to retry; readers at the head get
   the lock together - every queued reader, up to MAX_READERS_WAKEUP, writers skipped -
   unless a writer holds it by then.
@@ -32,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from .coherence import read, rmw, store
-from .sched import DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block, wake
+from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block, wake
 from .state import cfg, cpu, glob, line, lock, thread
 
 RWSEM_WRITER_LOCKED = 1 << 0
@@ -187,9 +193,35 @@ def rwsem_mark_wake(S, k, read_owned):
 
 @njit(cache=True)
 def _let_spinner_in(S, k):
+    """The OSQ head (the one writer spinning on the owner; the rest spin on their own
+    OSQ nodes) sees the release: a free lock it tries to take, and a lock readers now
+    own starts its reader-owned threshold (rwsem_optimistic_spin()'s loop re-reads the
+    owner each time round)."""
     lk = lock(S, k)
-    if lk.osq_head >= 0 and not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):
-        at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, lk.osq_head)
+    h = lk.osq_head
+    if h < 0:
+        return
+    free = not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF)
+    if free or (lk.owner == RWSEM_READER_OWNED and thread(S, h).dw_deadline == np.inf):
+        at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, h)
+
+
+@njit(cache=True, inline="always")
+def _rspin_threshold(S, k):
+    """rwsem_rspin_threshold(): (20 + readers) * NSEC_PER_USEC / 2, readers at most 30."""
+    readers = lock(S, k).count >> RWSEM_READER_SHIFT
+    return min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
+
+
+@njit(cache=True)
+def rwsem_set_nonspinnable(S, t, k):
+    """rwsem_set_nonspinnable(): cmpxchg RWSEM_NONSPINNABLE into sem->owner while it is
+    still RWSEM_READER_OWNED; an atomic on the owner's line."""
+    lk = lock(S, k)
+    if lk.owner != RWSEM_READER_OWNED or lk.nonspinnable:
+        return read(S, t, lk.owner_line)
+    lk.nonspinnable = 1
+    return rmw(S, t, lk.owner_line, True)
 
 
 @njit(cache=True)
@@ -327,9 +359,10 @@ def _queue_writer(S, t, k):
 def down_write(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     now = glob(S, 0).now
-    if th.dw == DW_OWNER:  # rwsem_set_owner()
+    if th.dw == DW_OWNER:  # rwsem_set_owner(): atomic_long_set(&sem->owner, current) - flags gone
         th.dw = DW_NONE
         lk.owner = t + 1
+        lk.nonspinnable = 0
         if k > 0:
             th.wlock = k
         return store(S, t, lk.owner_line), False
@@ -342,13 +375,14 @@ def down_write(S, t, k):
             th.dw = DW_OWNER
             return end, True
         lk.contentions += 1
-        # rwsem_can_spin_on_owner(), rwsem_rspin_threshold()
+        # rwsem_can_spin_on_owner() - not when need_resched(), nor "if ((flags &
+        # RWSEM_NONSPINNABLE) || (owner && !(flags & RWSEM_READER_OWNED) &&
+        # !owner_on_cpu(owner)))" - then rwsem_rspin_threshold() on a reader-owned lock
         can = False
         deadline = 0.0
-        if cpu(S, th.cpu).rq_head < 0:
+        if cpu(S, th.cpu).rq_head < 0 and not lk.nonspinnable:
             if lk.owner == RWSEM_READER_OWNED:
-                readers = lk.count >> RWSEM_READER_SHIFT
-                deadline = now + min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
+                deadline = now + _rspin_threshold(S, k)
                 can = True
             elif lk.owner != 0 and _owner_running(S, k):
                 deadline = np.inf
@@ -371,10 +405,31 @@ def down_write(S, t, k):
             acquired(S, k, t)
             th.dw = DW_OWNER
             return rmw(S, t, lk.count_line, True), True
-        if now < th.dw_deadline and _owner_running(S, k) and cpu(S, th.cpu).rq_head < 0:
+        # rwsem_optimistic_spin()'s loop, the owner as it is now (rwsem_spin_on_owner())
+        spin = cpu(S, th.cpu).rq_head < 0  # need_resched() ends it
+        gave_up = False
+        if lk.owner == RWSEM_READER_OWNED:
+            if lk.nonspinnable:  # OWNER_NONSPINNABLE
+                spin = False
+            elif th.dw_deadline == np.inf:  # prev_owner_state != OWNER_READER: a new threshold
+                th.dw_deadline = now + _rspin_threshold(S, k)
+            elif now >= th.dw_deadline:  # sched_clock() > rspin_threshold
+                gave_up = spin
+                spin = False
+        else:
+            th.dw_deadline = np.inf  # a writer owner: spin while it is on a CPU
+            spin = spin and _owner_running(S, k)
+        if spin:
+            if th.dw_deadline != np.inf:
+                at(S, th.dw_deadline, t)  # re-armed: this event may have superseded it
             return -1.0, True
         osq_del(S, k, t)
         th.wait += now - since
+        if gave_up:  # rwsem_set_nonspinnable(), then out of the loop to the slow path
+            th.dw = DW_NONSPIN
+            return rwsem_set_nonspinnable(S, t, k), True
+        _queue_writer(S, t, k)
+    elif th.dw == DW_NONSPIN:
         _queue_writer(S, t, k)
     if rwsem_try_write_lock(S, k, t):
         acquired(S, k, t)
@@ -388,7 +443,8 @@ def down_write(S, t, k):
 def up_write(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     released(S, k, t)
-    lk.owner = 0
+    lk.owner = 0  # rwsem_clear_owner(): atomic_long_set(&sem->owner, 0)
+    lk.nonspinnable = 0
     if k > 0 and th.wlock == k:
         th.wlock = 0
     lk.count -= RWSEM_WRITER_LOCKED

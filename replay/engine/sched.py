@@ -18,7 +18,7 @@ WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idl
 ERR_DEADLOCK, ERR_RUNQ, ERR_WAITER_READER = 1, 2, 3
 
 # thread.dw: where a down_write() is (see rwsem.py)
-DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT = 0, 1, 2, 3
+DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, DW_NONSPIN = 0, 1, 2, 3, 4
 
 
 # -- the heap -------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ THREAD = _rec(
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
+    ("nonspinnable",),  # sem->owner's RWSEM_NONSPINNABLE bit
     ("count_line",), ("owner_line",),
     ("wait_head",), ("wait_tail",), ("osq_head",), ("osq_tail",),
     ("acquisitions",), ("contentions",), ("trylock_failures",),
