@@ -1102,7 +1102,7 @@ def models(fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
 @app.command(epilog="Example: replay machines broadwell-2s")
 def machines(show: Optional[str] = typer.Argument(None, help=f"A profile ({CHOICES['machine']}) or .toml path to show in full."),
              fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
-    """List the machine profiles (topology, hand-off latencies, prefetcher); or show one with its sources."""
+    """List the machine profiles (topology, hand-off latencies, prefetcher, estimated and fitted counts); or show one with each number's source or what it was fitted to."""
     from .machines import all_machines
 
     fmt = resolve(fmt, output)
@@ -1110,16 +1110,17 @@ def machines(show: Optional[str] = typer.Argument(None, help=f"A profile ({CHOIC
         from . import api
 
         m = api.model_and_machine("mmap_lock", show)[1]
-        rows = [{"parameter": k, "value": v, "source": m.sources.get(k, "")} for k, v in m.latency_ns.items()]
-        rows += [{"parameter": "adjacent_line_prefetch", "value": m.adjacent_line_prefetch, "source": m.sources.get("adjacent_line_prefetch", "")},
-                 {"parameter": "fault_service_ns", "value": m.fault_service_ns, "source": m.sources.get("fault_service_ns", "")}]
-        _emit(rows, ["parameter", "value", "source"], fmt, dest=output, title=f"{m.name}: {m.description} ({m.ncpus} CPUs)")
+        _emit(m.parameters(), ["parameter", "value", "fitted", "source"], fmt, dest=output,
+              title=f"{m.name}: {m.description} ({m.ncpus} CPUs)")
         return
-    rows = [{"machine": m.name, "cpus": m.ncpus, "topology": f"{m.sockets}x{m.cores_per_socket}x{m.smt}",
+    rows = [{"machine": m.name, "cpus": m.ncpus,
+             "topology": f"{m.sockets}x{m.cores_per_socket}x{m.smt}" + (f" ({m.ccds} CCDs/socket)" if m.ccds > 1 else ""),
              "smt_ns": m.latency_ns["smt_handoff"], "socket_ns": m.latency_ns["socket_handoff"],
+             "cross_ccd_ns": m.latency_ns["cross_ccd_handoff"] if m.ccds > 1 else None,
              "cross_socket_ns": m.latency_ns["cross_socket_handoff"] if m.sockets > 1 else None,
              "prefetch_128B": m.adjacent_line_prefetch,
-             "estimates": sum("est." in str(v) for v in m.sources.values()), "description": m.description}
+             "estimates": sum("est." in p["source"] for p in m.parameters()),
+             "fitted": sum(p["fitted"] for p in m.parameters()), "description": m.description}
             for m in all_machines()]
     _emit(rows, list(rows[0]), fmt, dest=output)
 

@@ -8,7 +8,8 @@ from replay.machines import MachineError, all_machines, builtin_names, load_mach
 
 
 def test_builtin_profiles_load_with_sources():
-    assert {"broadwell-2s", "skylake-2s", "spr-1s", "zen4-1s", "local-2vcpu"} <= set(builtin_names())
+    assert {"broadwell-2s", "skylake-2s", "spr-1s", "zen4-1s", "local-2vcpu", "icelake-2s", "zen5-2s",
+            "ivybridge-2s"} <= set(builtin_names())
     for m in all_machines():
         assert all(k in m.sources for k in m.latency_ns), m.name
     bdw = load_machine("broadwell-2s")
@@ -85,3 +86,89 @@ def test_spread_on_fewer_cpus_uses_both_sockets_before_any_sibling():
     # packed on 12 CPUs: one socket, siblings together
     k = bdw.placement(12, ncpus=12, policy="packed")
     assert {cpus[c].socket for c in k} == {0} and len({cpus[c].core for c in k}) == 6
+
+
+# The development set's machines as ../shared/validation/published.json describes them
+# (ids punit-2023-02-15-pft-single-vma, shivank-2025-01-28-zen5-v9,
+# bueso-2018-02-05-pft-range-mmap_lock): sockets, cores per socket, SMT, logical CPUs.
+DEVELOPMENT_SET_MACHINES = {
+    "icelake-2s": (2, 16, 2, 64),  # Xeon 8336C: 2 sockets, cores_total 32, SMT, 64 logical CPUs
+    "zen5-2s": (2, 64, 2, 256),  # Zen 5 EPYC: 2 x 64 cores x 2
+    "ivybridge-2s": (2, 10, 2, 40),  # "40-core (ht)", read as 40 logical CPUs
+}
+
+
+def test_development_set_profiles_match_the_published_machines():
+    for name, (sockets, cores, smt, ncpus) in DEVELOPMENT_SET_MACHINES.items():
+        m = load_machine(name)
+        assert (m.sockets, m.cores_per_socket, m.smt, m.ncpus, len(m.cpus())) == (sockets, cores, smt, ncpus, ncpus), name
+        # every number has a provenance, and nothing in them is fitted (yet)
+        assert all(p["source"].strip() for p in m.parameters()), name
+        assert m.fitted == {} and not any(p["fitted"] or p["source"].startswith("fitted") for p in m.parameters()), name
+        # rcu_grace_period_ns follows DEFAULT_RCU_GP_NS's method: 1.5 grace periods of
+        # RCU_JIFFIES_TILL_FORCE_QS (3 at HZ=1000) + nr_cpu_ids / 256 jiffies
+        assert m.rcu_grace_period_ns == 1.5 * (3 + m.ncpus // 256) * 1e6, name
+    zen = load_machine("zen5-2s")
+    assert zen.ccds == 8 and {c.ccd for c in zen.cpus()} == set(range(8))
+
+
+def test_zen5_handoffs_by_distance_and_spread_over_ccds():
+    zen = load_machine("zen5-2s")
+    c = zen.cpus()
+    L = zen.latency_ns
+    assert (c[64].socket, c[128].core, c[8].ccd) == (1, 0, 1)  # CPUs 0-63 socket 0, 64-127 socket 1, then siblings
+    assert zen.handoff_ns(c[0], c[128]) == L["smt_handoff"]
+    assert zen.handoff_ns(c[0], c[7]) == L["socket_handoff"]  # same CCD
+    assert zen.handoff_ns(c[0], c[8]) == L["cross_ccd_handoff"] == 100
+    assert zen.handoff_ns(c[0], c[64]) == L["cross_socket_handoff"] == 195
+    # spread: 16 threads take a core on each of the 16 CCDs before a second core on any
+    p = zen.placement(16)
+    assert len({(c[i].socket, c[i].ccd) for i in p}) == 16 and sorted(c[i].socket for i in p) == [0] * 8 + [1] * 8
+    assert len({(c[i].socket, c[i].ccd) for i in zen.placement(4)}) == 4
+    z4 = load_machine("zen4-1s")
+    assert {z4.cpus()[i].ccd for i in z4.placement(2)} == {0, 1}
+
+
+def _profile(tmp_path, old, new, base="local-2vcpu", fitted=None):
+    """A shipped profile with one line replaced and, if given, a [fitted] table appended."""
+    from importlib import resources
+    text = (resources.files("replay.machines") / f"{base}.toml").read_text()
+    assert old in text
+    p = tmp_path / "fit.toml"
+    p.write_text(text.replace(old, new) + (f"\n[fitted]\n{fitted}\n" if fitted else ""))
+    return p
+
+
+def test_fitted_parameters_name_what_they_were_fitted_to(tmp_path, cli):
+    src = 'fault_service_ns = "est. (MACHINES.md); real traces supply their own gaps"\n'
+    to = "development set: pft 1-thread faults/sec (docs/validation.md)"
+    p = _profile(tmp_path, src, "", fitted=f'fault_service_ns = "{to}"')
+    m = load_machine(str(p))
+    assert m.fitted == {"fault_service_ns": to} and m.provenance("fault_service_ns") == f"fitted to {to}"
+    rc, out, _ = cli("machines", str(p), "-f", "json")
+    rows = {r["parameter"]: r for r in json.loads(out)}
+    assert rc == 0 and rows["fault_service_ns"]["fitted"] is True and rows["fault_service_ns"]["source"] == f"fitted to {to}"
+    assert rows["socket_handoff"]["fitted"] is False
+    rc, out, _ = cli("machines", "-f", "json")
+    assert {r["machine"]: r["fitted"] for r in json.loads(out)}["broadwell-2s"] == 0
+    bad = {  # (replacement for the source line, [fitted] table) -> the one-line error
+        ("", 'fault_service_ns = ""'): "fault_service_ns must name what it was fitted to",
+        ("", "fault_service_ns = true"): "fault_service_ns must name what it was fitted to",
+        ('fault_service_ns = "fitted"\n', None): "marked fitted in [sources]",
+        (src, f'fault_service_ns = "{to}"'): "both in [sources] and [fitted]",
+        ("", f'sockets = "{to}"'): "sockets: not a parameter that can be fitted",
+        ("", None): "missing: fault_service_ns",
+    }
+    for (new, fitted), msg in bad.items():
+        p = _profile(tmp_path, src, new, fitted=fitted)
+        with pytest.raises(MachineError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            load_machine(str(p))
+        rc, out, err = cli("machines", str(p))
+        assert rc == 1 and out == "" and err.count("\n") == 1 and err.startswith("replay: ") and msg in err, (new, err)
+
+
+def test_ccd_topology_is_checked(tmp_path):
+    with pytest.raises(MachineError, match="3 ccds do not divide 16 cores_per_socket"):
+        load_machine(str(_profile(tmp_path, "ccds = 2", "ccds = 3", base="zen4-1s")))
+    with pytest.raises(MachineError, match="needs \\[latency_ns\\] cross_ccd_handoff"):
+        load_machine(str(_profile(tmp_path, "cross_ccd_handoff = 73\n", "", base="zen4-1s")))

@@ -3,7 +3,11 @@
 A profile is a TOML file (those shipped here, or any path).  Every latency carries a
 source in ``[sources]``; "est." marks an estimate.  ``rcu_grace_period_ns`` (how long
 a call_rcu()'d object stays allocated; the memory footprint uses it, the replay does
-not, so it is left out of the digest) needs a source too.  ``Machine.cpus()`` numbers CPUs the
+not, so it is left out of the digest) and ``fault_service_ns`` need a source too.  A
+parameter no source gives may instead be fitted: it is then named in ``[fitted]``
+with what it was fitted to (``fault_service_ns = "development set: ..."``), and
+not in ``[sources]`` - each number has one provenance, and ``parameters()`` is
+what ``replay machines`` prints it from.  ``Machine.cpus()`` numbers CPUs the
 way Linux does on these boxes (all first SMT threads across sockets, then the
 siblings), and ``placement()`` assigns threads to CPUs like the scheduler spreads a
 throughput load: one per physical core across sockets first, then SMT siblings.
@@ -29,6 +33,10 @@ LATENCY_KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", 
 # of that one and all of the next (rcu_accelerate_cbs()), 1.5 periods on average:
 # 4.5 ms.  No source gives a measured figure for these machines; hence an estimate.
 DEFAULT_RCU_GP_NS = 4.5e6
+
+
+# parameters besides the latencies that carry a provenance (a source, or what they were fitted to)
+SOURCED_SCALARS = ("fault_service_ns", "rcu_grace_period_ns")
 
 
 class MachineError(ValueError):
@@ -58,6 +66,7 @@ class Machine:
     ccds: int = 1
     path: str = ""
     rcu_grace_period_ns: float = DEFAULT_RCU_GP_NS
+    fitted: dict = field(default_factory=dict)  # parameter -> what it was fitted to
 
     def digest(self) -> str:
         """Content hash of the profile, so a run names exactly the numbers it used."""
@@ -67,6 +76,19 @@ class Machine:
         d = {k: getattr(self, k) for k in ("sockets", "cores_per_socket", "smt", "latency_ns",
                                            "adjacent_line_prefetch", "fault_service_ns", "ccds")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def provenance(self, key: str) -> str:
+        """Where a parameter's value comes from: its source, or "fitted to ..."."""
+        if key in self.fitted:
+            return f"fitted to {self.fitted[key]}"
+        return str(self.sources.get(key, ""))
+
+    def parameters(self) -> list[dict]:
+        """Every modelled number with its provenance, as ``replay machines NAME`` shows them."""
+        vals = dict(self.latency_ns, adjacent_line_prefetch=self.adjacent_line_prefetch,
+                    fault_service_ns=self.fault_service_ns, rcu_grace_period_ns=self.rcu_grace_period_ns)
+        return [{"parameter": k, "value": v, "fitted": k in self.fitted, "source": self.provenance(k)}
+                for k, v in vals.items()]
 
     @property
     def ncpus(self) -> int:
@@ -93,7 +115,12 @@ class Machine:
         / calculate_imbalance()'s group_has_spare case, at the NUMA level as between
         cores), and select_idle_core(), which prefers a core whose SMT siblings are all
         idle.  So: idle physical cores on every socket, alternating sockets, before any
-        SMT sibling; ``--cpus 12`` on a 2-socket machine is 6 cores on each.  (Not
+        SMT sibling; ``--cpus 12`` on a 2-socket machine is 6 cores on each.  Within
+        a socket of several CCDs the same holds one level down: each CCD is an LLC
+        (MC) sched domain, whose SD_PREFER_SIBLING (set by sd_init() in
+        kernel/sched/topology.c for every level but NUMA) makes the package-level
+        balancer spread tasks over the CCDs, so threads take the CCDs in turn, a
+        first core on each before any second one.  (Not
         modelled: adjust_numa_imbalance(), which lets a few communicating tasks stay
         on one node while they are under imb_numa_nr.)
         ``packed`` - the first ncpus CPUs socket by socket, a core's SMT siblings
@@ -108,7 +135,8 @@ class Machine:
             cpus = every[:n]
             return [cpus[(c if c is not None and c >= 0 else i) % len(cpus)].id for i, c in enumerate(recorded)]
         if policy == "spread":
-            order = sorted(every, key=lambda c: (c.thread, c.core % self.cores_per_socket, c.socket))
+            per_ccd = self.cores_per_socket // self.ccds
+            order = sorted(every, key=lambda c: (c.thread, c.core % per_ccd, c.ccd, c.socket))
         elif policy == "packed":
             order = sorted(every, key=lambda c: (c.socket, c.core, c.thread))
         else:
@@ -148,19 +176,45 @@ def _load(text: str, path: str) -> Machine:
                     adjacent_line_prefetch=bool(d.get("adjacent_line_prefetch", False)),
                     fault_service_ns=float(d.get("fault_service_ns", 1000)), sources=dict(d.get("sources", {})),
                     ccds=int(d.get("ccds", 1)), path=path,
-                    rcu_grace_period_ns=float(d.get("rcu_grace_period_ns", DEFAULT_RCU_GP_NS)))
+                    rcu_grace_period_ns=float(d.get("rcu_grace_period_ns", DEFAULT_RCU_GP_NS)),
+                    fitted=dict(d.get("fitted", {})))
     except KeyError as e:
         raise MachineError(f"{path}: missing key {e.args[0]!r}") from None
     if min(m.sockets, m.cores_per_socket, m.smt, m.ccds) < 1:
         raise MachineError(f"{path}: sockets, cores_per_socket, smt and ccds must be >= 1")
+    if m.cores_per_socket % m.ccds:
+        raise MachineError(f"{path}: {m.ccds} ccds do not divide {m.cores_per_socket} cores_per_socket")
+    if m.ccds > 1 and "cross_ccd_handoff" not in lat:
+        raise MachineError(f"{path}: ccds = {m.ccds} needs [latency_ns] cross_ccd_handoff")
     if not m.rcu_grace_period_ns >= 0:
         raise MachineError(f"{path}: rcu_grace_period_ns must not be negative")
-    unsourced = [k for k in lat if k not in m.sources]
-    if "rcu_grace_period_ns" in d and "rcu_grace_period_ns" not in m.sources:
-        unsourced.append("rcu_grace_period_ns")
+    _check_fitted(m, lat, path)
+    given = list(lat) + [k for k in SOURCED_SCALARS if k in d]
+    unsourced = [k for k in given if k not in m.sources and k not in m.fitted]
     if unsourced:
-        raise MachineError(f"{path}: every latency needs a source in [sources]; missing: {', '.join(unsourced)}")
+        raise MachineError(f"{path}: every latency needs a source in [sources] (or a [fitted] entry); "
+                           f"missing: {', '.join(unsourced)}")
     return m
+
+
+def _check_fitted(m: Machine, lat: dict, path: str) -> None:
+    """[fitted] names modelled parameters, each with a non-empty account of what it was
+    fitted to; a fitted parameter has no [sources] entry, and a source may not claim
+    "fitted" without that account."""
+    fittable = set(lat) | set(SOURCED_SCALARS)
+    for k, to in m.fitted.items():
+        if k not in fittable:
+            raise MachineError(f"{path}: [fitted] {k}: not a parameter that can be fitted "
+                               f"(a [latency_ns] key, {' or '.join(SOURCED_SCALARS)})")
+        if not isinstance(to, str) or not to.strip():
+            raise MachineError(f'{path}: [fitted] {k} must name what it was fitted to ({k} = "development set: ...")')
+        if k in m.sources:
+            raise MachineError(f"{path}: {k} is both in [sources] and [fitted]; a fitted parameter's "
+                               f"provenance is its [fitted] entry alone")
+    for k, src in m.sources.items():
+        if k not in m.fitted and str(src).strip().lower().startswith("fitted"):
+            raise MachineError(f'{path}: {k} is marked fitted in [sources]; name what it was fitted to in '
+                               f'[fitted] instead ({k} = "development set: ...")')
 
 
 def builtin_names() -> list[str]:
