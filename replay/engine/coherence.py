@@ -10,9 +10,25 @@ other copy.  An atomic read-modify-write occupies the line for its service time
 line serves about one operation per hand-off time whatever N is - the contention this
 tool is about.
 
-With the adjacent-line prefetcher on (MSR 0x1A4 bit 1 clear on Intel), the unit of
-false sharing is the 128-byte pair: a write to line L also takes L's buddy (L ^ 1)
-away from every other CPU, as the prefetcher pulled the pair into the writer's L2.
+A plain store's request for ownership occupies the line as an atomic's does, but the
+store itself retires into the store buffer: the storing thread goes on at once, its
+stores commit in order, and its next locked instruction waits for them to drain (Intel
+SDM vol. 3A, "Memory Ordering in P6 and More Recent Processor Families": reads and
+writes are not reordered with locked instructions).  So the rwsem's reader-owner store
+after its xadd is a second transfer of a contended line, as on hardware, that costs
+the next CPU in line rather than the storer.
+
+With the adjacent-line prefetcher on (MSR 0x1A4 bit 1 clear on Intel), a line fetched
+into a core's L2 brings its 128-byte pair with it: "Spatial Prefetcher: This
+prefetcher strives to complete every cache line fetched to the L2 cache with the pair
+line that completes it to a 128-byte aligned chunk" (Intel 64 and IA-32 Architectures
+Optimization Reference Manual, "Data Prefetch to the L2 and Last Level Cache").  It is
+a hardware prefetch, which asks for a copy, not for ownership (Intel documents no RFO
+prefetch from it; an estimate of ours, stated as such in README): the buddy (L ^ 1)
+arrives Shared, a core holding it Modified keeps a Shared copy (its next write must
+invalidate ours), Shared holders keep theirs.  It runs on a fill only - a demand
+miss, an RFO that fetched the line, a prefetchw - never on a hit or an upgrade of a
+line already held.  False sharing between a hot line and its buddy comes out of that.
 
 A line's sharers are a bitmask (``cfg.mask_words`` words of 64 CPUs) with per-socket
 counts before it, so "another socket holds a copy" is a subtraction, not a scan.
@@ -55,8 +71,8 @@ def coh_read(S, n, c, now):
     k = cfg(S, 0)
     ln = line(S, n)
     start = max(now, ln.busy_until)
-    if holds(S, n, c):
-        return start, k.l1_hit
+    if holds(S, n, c):  # its own store in flight is forwarded from the store buffer
+        return (now if ln.owner == c else start), k.l1_hit
     own = ln.owner
     sock = cpu(S, c).socket
     if own >= 0:
@@ -68,10 +84,17 @@ def coh_read(S, n, c, now):
     ln.transfers += 1
     if own >= 0:  # M -> S in the old owner
         ln.owner = -1
-    sharers(S)[_mask_word(S, n, c)] |= np.int64(1) << (c & 63)
-    ln.nsharers += 1
-    sharers(S)[n * k.sharer_stride + sock] += 1
+    _add_sharer(S, n, c)
+    _buddy(S, n, c)
     return start, cost
+
+
+@njit(cache=True, inline="always")
+def _add_sharer(S, n, c):
+    k = cfg(S, 0)
+    sharers(S)[_mask_word(S, n, c)] |= np.int64(1) << (c & 63)
+    line(S, n).nsharers += 1
+    sharers(S)[n * k.sharer_stride + cpu(S, c).socket] += 1
 
 
 @njit(cache=True)
@@ -103,27 +126,28 @@ def coh_write(S, n, c, now, atomic, changes):
         ln.invalidations += others
         ln.owner = c
         _only_sharer(S, n, c)
-    if atomic:
-        ln.busy_until = start + cost
+        if not has:  # fetched: the spatial prefetcher completes the pair
+            _buddy(S, n, c)
+    ln.busy_until = start + cost  # an atomic holds the line; a store's RFO occupies it as long
     if changes:
         ln.version += 1
-    _buddy(S, n, c)
     return start, cost
 
 
 @njit(cache=True, inline="always")
 def _buddy(S, n, c):
-    """The adjacent-line prefetcher: CPU c took line n exclusively; its 128-byte buddy's
-    other copies go too."""
+    """The spatial prefetcher: line n was fetched into CPU c's L2; its 128-byte pair
+    (n ^ 1) comes too, as a read - Shared in c, a Modified copy elsewhere downgraded to
+    Shared, nobody invalidated.  It costs c nothing (the prefetch is not waited for)."""
     if cfg(S, 0).prefetch_pairs:
         b = n ^ 1
+        if holds(S, b, c):
+            return
         bl = line(S, b)
-        ob = bl.nsharers - (1 if holds(S, b, c) else 0)
-        if ob > 0:
-            bl.invalidations += ob
-            bl.transfers += 1
-            _only_sharer(S, b, c)
-            bl.owner = c if bl.owner >= 0 else -1
+        bl.transfers += 1
+        if bl.owner >= 0:  # M -> S in its owner
+            bl.owner = -1
+        _add_sharer(S, b, c)
 
 
 @njit(cache=True)
@@ -142,7 +166,8 @@ def coh_prefetchw(S, n, c):
     ln.invalidations += ln.nsharers - (1 if has else 0)
     ln.owner = c
     _only_sharer(S, n, c)
-    _buddy(S, n, c)
+    if not has:
+        _buddy(S, n, c)
     return moved
 
 
@@ -170,16 +195,36 @@ def read(S, t, n):
 
 
 @njit(cache=True, inline="always")
+def rmw_from(S, t, n, changes, since):
+    """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
+    first waits for t's store buffer to drain (thread.sb_until)."""
+    th = thread(S, t)
+    s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
+    return cost_since(S, t, s, c, since)
+
+
+@njit(cache=True, inline="always")
 def rmw(S, t, n, changes):
     """t's atomic read-modify-write on line n."""
-    now = glob(S, 0).now
-    s, c = coh_write(S, n, thread(S, t).cpu, now, True, changes)
-    return cost_since(S, t, s, c, now)
+    return rmw_from(S, t, n, changes, glob(S, 0).now)
+
+
+@njit(cache=True, inline="always")
+def store_from(S, t, n, since):
+    """t's plain store to line n, issued at ``since``: it retires into the store buffer
+    (an instruction's time, an L1 hit) and commits in order after t's earlier stores;
+    its request for ownership occupies the line meanwhile (coh_write)."""
+    k = cfg(S, 0)
+    th = thread(S, t)
+    s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), False, True)
+    th.sb_until = s + c
+    th.cache += k.l1_hit
+    if c > k.l1_hit:
+        th.transfers += 1
+    return since + k.l1_hit
 
 
 @njit(cache=True, inline="always")
 def store(S, t, n):
     """t's plain store to line n."""
-    now = glob(S, 0).now
-    s, c = coh_write(S, n, thread(S, t).cpu, now, False, True)
-    return cost_since(S, t, s, c, now)
+    return store_from(S, t, n, glob(S, 0).now)

@@ -75,6 +75,7 @@ THREAD = _rec(
     ("ref_ver",), ("ref_obj",), ("seq_has",),
     # lockstat holdtime, and the VMA rwsem this writer owns
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
+    ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),

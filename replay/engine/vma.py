@@ -24,7 +24,7 @@ from __future__ import annotations
 from numba import njit
 
 from ..models.kernels import VMA_LOCK_OFFSET
-from .coherence import coh_write, cost_since, read, rmw, store
+from .coherence import read, rmw, rmw_from, store, store_from
 from .rwsem import down_write, up_write
 from .sched import block, wake
 from .state import (cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid, vobj, w_created,
@@ -267,7 +267,6 @@ def vma_commit(S, t):
     g, k = glob(S, 0), cfg(S, 0)
     th = thread(S, t)
     w = th.w
-    c = th.cpu
     end = g.now
     refcnt = k.vma_lock == VMA_LOCK_REFCNT
     for q in range(w_freed_p(S)[w], w_freed_p(S)[w + 1]):
@@ -282,11 +281,10 @@ def vma_commit(S, t):
         ob.attached = False
         if refcnt:  # vma_mark_detached()
             ob.vm_refcnt -= 1
-            s, cost = coh_write(S, refcnt_line(S, o), c, end, True, True)
+            end = rmw_from(S, t, refcnt_line(S, o), True, end)
         else:
             ob.vm_refcnt = 0
-            s, cost = coh_write(S, vma_line(S, o, k.off_vm_start), c, end, False, True)
-        end = cost_since(S, t, s, cost, end)
+            end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
         if k.typesafe_by_rcu:
             freelist(S)[g.nfree] = ob.slot
             g.nfree += 1
@@ -303,6 +301,5 @@ def vma_commit(S, t):
             nx = thread(S, x).wc_next
             wake(S, x, -1)
             x = nx
-        s, cost = coh_write(S, vma_line(S, o, k.off_vm_start), c, end, False, True)
-        end = cost_since(S, t, s, cost, end)
+        end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
     return end
