@@ -23,7 +23,7 @@ from conftest import SAMPLES
 def _struct(size, align, flags=("SLAB_PANIC", "SLAB_ACCOUNT"), freeptr_in_object=False):
     from replay.models.base import Struct
 
-    return Struct("toy", size, align, {}, slab_flags=flags, freeptr_in_object=freeptr_in_object)
+    return Struct("toy", size, align, {}, sizes={}, slab_flags=flags, freeptr_in_object=freeptr_in_object)
 
 
 @pytest.mark.parametrize("size,align,flags,freeptr,cpus,want_size,want_objs,want_order", [
