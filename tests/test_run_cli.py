@@ -124,9 +124,9 @@ def test_out_of_tree_model_through_the_entry_point_group(cli, ws, monkeypatch):
     from replay.models.base import Layout, Model, Struct
 
     v8 = models.get_model("v8")
-    fields = dict(v8.layout.vma.fields, vm_refcnt=56)
+    fields = dict(v8.layout.vma.fields, vm_refcnt=44)  # the hole after vm_lock_seq
     plugin = Model("v8-refcnt-in-line0", "v8 with vm_refcnt among the fault-hot fields", ["test plugin"],
-                   Layout(v8.layout.mm, Struct("vm_area_struct", 256, 64, fields)),
+                   Layout(v8.layout.mm, Struct("vm_area_struct", 256, 64, fields, sizes=v8.layout.vma.sizes)),
                    v8.fault, v8.kernel_fault, v8.writer, dict(v8.params))
 
     class EP:

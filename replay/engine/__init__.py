@@ -97,7 +97,7 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 10
+REFERENCE_VERSION = 11
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
@@ -110,6 +110,9 @@ REFERENCE_VERSION = 10
 # 7: prefetchw(&mm->mmap_lock) at every fault's entry for the kernels that had it (all
 #    models but mainline), as a non-blocking request for ownership, not an atomic
 # 8: a reader queued past RWSEM_WAIT_TIMEOUT behind a writer sets HANDOFF (rwsem_mark_wake())
+# 9: layouts per kernel (replay/models/kernels.py): 6.3's mm_struct and vm_area_struct for
+#    mmap_lock, 6.4's for pervma, v8 02/16's rwsem placement for inline-rwsem, v8's struct
+#    with its shared field; VMA objects packed at their real sizes
 
 # The spread of handle_mm_fault() times where the trace has none of its own: the
 # robust log-spread ((ln q75 - ln q25) / 1.349) of the 533 fallen-back faults' mmap_lock

@@ -278,7 +278,10 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         k["vl_per_page"], k["vl_stride"] = lay.vma_lock.per_page, lay.vma_lock.stride
     k["vma_base"], k["vl_base"] = VBASE, LBASE
     k["off_vm_start"] = vma_st.fields["vm_start"]
-    k["off_vm_lock_seq"] = vma_st.fields["vm_lock_seq"]
+    # absent where the kernel has no such field (6.3: no vm_lock_seq, mm_lock_seq or
+    # vma_writer_wait); Model refuses a layout lacking one its programs use
+    # (replay/models/base.py needed_fields()), so the 0 is never read
+    k["off_vm_lock_seq"] = vma_st.fields.get("vm_lock_seq", 0)
     k["off_vm_refcnt"] = vma_st.fields.get("vm_refcnt", 0)
     if lay.vma_lock_in == "vma_lock":
         k["vl_off_count"], k["vl_off_owner"] = lay.vma_lock.fields["lock.count"], lay.vma_lock.fields["lock.owner"]
@@ -288,7 +291,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     mmf = lay.mm.fields
     for name, f in (("mm_mt", "mm_mt"), ("mm_count", "mmap_lock.count"), ("mm_owner", "mmap_lock.owner"),
                     ("mm_vma_writer_wait", "vma_writer_wait"), ("mm_lock_seq", "mm_lock_seq")):
-        k[name] = mmf[f] // 64
+        k[name] = mmf.get(f, 0) // 64
     k["nsock"], k["mask_words"] = nsock, W
     L = machine.latency_ns
     for name in ("l1_hit", "llc_hit", "owned_atomic", "socket_read_shared", "socket_read_exclusive",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..engine.isa import compile_program
+from ..engine.isa import BY_OP, Op, compile_program
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,11 @@ class Struct:
     (That packing is the engine's address map; the memory footprint uses SLUB's own
     rules, replay/slub.py.)
 
+    ``sizes`` gives each field's size in bytes (``fields`` keeps the offsets, so every
+    reader of ``fields`` is unchanged); a struct whose fields overlap one another or run
+    past ``size``, or whose ``sizes`` do not name exactly its fields, is rejected when it is
+    built, with one line (a plugin gets it as "model plugin 'x' failed to load: ...").
+
     ``slab_flags`` and ``freeptr_in_object`` say how the struct's kmem_cache is created:
     the kmem_cache_create() flags, and whether kmem_cache_args gives a free-pointer
     offset inside the object (use_freeptr_offset).  They describe the allocator, not
@@ -26,8 +31,29 @@ class Struct:
     size: int
     align: int
     fields: dict
+    sizes: dict = field(default=None, repr=False)
     slab_flags: tuple = field(default=(), repr=False)
     freeptr_in_object: bool = field(default=False, repr=False)
+
+    def __post_init__(self):
+        where = f"struct {self.name}"
+        if not isinstance(self.sizes, dict):
+            raise ValueError(f"{where}: no field sizes (Struct(..., sizes={{field: bytes}}))")
+        if set(self.sizes) != set(self.fields):
+            odd = sorted(set(self.sizes) ^ set(self.fields))
+            raise ValueError(f"{where}: fields and sizes must name the same fields; differ in {', '.join(odd)}")
+        if self.size <= 0 or self.align <= 0 or self.align & (self.align - 1):
+            raise ValueError(f"{where}: size {self.size} and alignment {self.align} must be positive, "
+                             f"the alignment a power of two")
+        spans = sorted((off, off + self.sizes[f], f) for f, off in self.fields.items())
+        for off, end, f in spans:
+            if off < 0 or end <= off:
+                raise ValueError(f"{where}: field {f} at {off} with size {end - off} is not a byte range")
+            if end > self.size:
+                raise ValueError(f"{where}: field {f} ({off}..{end - 1}) runs past the struct's {self.size} bytes")
+        for (a, a_end, fa), (b, b_end, fb) in zip(spans, spans[1:]):
+            if b < a_end:
+                raise ValueError(f"{where}: fields {fa} ({a}..{a_end - 1}) and {fb} ({b}..{b_end - 1}) overlap")
 
     @property
     def stride(self) -> int:
@@ -132,3 +158,45 @@ class Model:
             "kernel_fault": compile_program(self.kernel_fault),
             "writer": compile_program(self.writer),
         }
+        missing = sorted(f"{o}.{f}" for o, f in needed_fields(self)
+                         if getattr(self.layout, o) is None or f not in getattr(self.layout, o).fields)
+        if missing:
+            raise ValueError(f"model {self.name!r}: its programs need {', '.join(missing)}, which its layout lacks")
+
+
+# Fields the engine reads for an op without the program naming them (replay/engine/load.py
+# turns them into offsets and line ids; micro.py, rwsem.py and vma.py use them).
+_IMPLICIT = {
+    Op.WALK: (("mm", "mm_mt"),),
+    Op.CHECK_SEQ: (("vma", "vm_lock_seq"), ("mm", "mm_lock_seq")),
+    Op.VMA_START_WRITE_ALL: (("vma", "vm_lock_seq"), ("mm", "mm_lock_seq")),
+    Op.MM_SEQ_WRITE_BEGIN: (("mm", "mm_lock_seq"),),
+    Op.MM_SEQ_WRITE_END: (("mm", "mm_lock_seq"),),
+    Op.CHECK_RANGE: (("vma", "vm_start"),),
+    Op.CHECK_DETACHED: (("vma", "vm_start"),),
+}
+
+
+def needed_fields(model: "Model") -> set[tuple[str, str]]:
+    """(object, field) pairs a model's programs make the engine read, so that a layout
+    without one (6.3 has no mm_lock_seq, no vm_lock_seq) fails when the model loads
+    rather than reading offset 0.  The fields a program names (READ vma anon_vma) and
+    those its ops imply; ``READ vma vm_lock`` with the lock inline (no vm_lock pointer)
+    reads vm_start, as replay/engine/isa.py encode() does."""
+    need = {("mm", "mmap_lock.count"), ("mm", "mmap_lock.owner"), ("vma", "vm_start")}
+    for prog in (model.fault, model.kernel_fault, model.writer):
+        for ins in prog:
+            op = Op(ins[0])
+            enc = BY_OP[op].encoding
+            if enc == "field" and not (ins[1] == "vma" and ins[2] == "vm_lock" and model.layout.vma_lock_in == "vma"):
+                need.add((ins[1], ins[2]))
+            elif enc == "vm_mm":
+                need.add(("vma", "vm_mm"))
+            need.update(_IMPLICIT.get(op, ()))
+    if model.lock.vma_lock == "refcnt":  # vma_start_read(), vma_refcount_put()'s rcuwait_wake_up()
+        need |= {("vma", "vm_refcnt"), ("mm", "vma_writer_wait")}
+    if model.layout.vma_lock_in == "vma_lock":
+        need |= {("vma_lock", "lock.count"), ("vma_lock", "lock.owner")}
+    elif model.layout.vma_lock_in == "vma":
+        need |= {("vma", "lock.count"), ("vma", "lock.owner")}
+    return need

@@ -42,9 +42,11 @@ Slab caches (``Struct.slab_flags``; replay/slub.py turns them into slab geometry
   vm_freeptr)`` - vm_freeptr in a union with vm_start/vm_end, so the free pointer stays
   inside the object (earlier postings, v5, had a constructor, which puts it after).
 
-Struct offsets follow include/linux/mm_types.h for x86-64 without debug options;
-mm_struct and the mainline vm_area_struct are the 6.18 layouts read with pahole from the
-BTF of the kernel on our machines.
+Struct offsets follow include/linux/mm_types.h for x86-64 without debug options, per
+kernel: mmap_lock has 6.3's mm_struct and vm_area_struct, pervma 6.4's, inline-rwsem and
+v7/v8 the structs their postings produce, mainline the 6.18 layouts read with pahole from
+the BTF of the kernel on our machines (v7/v8 use that mm_struct too).  The config
+assumptions and the arithmetic are with the structs below.
 """
 
 from __future__ import annotations
@@ -54,51 +56,164 @@ from .base import Layout, Model, Struct
 
 VMA_LOCK_OFFSET = 0x40000000
 
+# -- layouts ---------------------------------------------------------------------------------
+# x86-64 without debug options (no LOCKDEP, DEBUG_SPINLOCK, DEBUG_RWSEMS, RANDSTRUCT: spinlock_t
+# and raw_spinlock_t are 4 bytes, struct rw_semaphore is 40: count 0, owner 8, osq 16,
+# wait_lock 20, wait_list 24) and, for what the structs depend on, the config of the kernel
+# on our machines (6.18.44, /proc/config.gz), which distro configs share:
+# CONFIG_PER_VMA_LOCK=y (from 6.4), CONFIG_NUMA=y, CONFIG_NUMA_BALANCING=y, CONFIG_SWAP=y,
+# CONFIG_USERFAULTFD=y, CONFIG_MMU=y, CONFIG_MEMBARRIER=y, CONFIG_SCHED_MM_CID=y (def_bool
+# y on SMP && RSEQ), CONFIG_COMPAT=y (so HAVE_ARCH_COMPAT_MMAP_BASES), and
+# CONFIG_ANON_VMA_NAME not set - Fedora and Ubuntu set it, adding 8 bytes (anon_name) after
+# vm_private_data: every offset below from swap_readahead_info on moves by 8, the fields
+# the engine uses do not.  Offsets are computed by hand from include/linux/mm_types.h of
+# each release (the arithmetic is in the comments); sizes are each field's own bytes.
+# Sources read: Linux 6.3.8, 6.4.6, 6.5, 6.8.1, 6.9, 6.11.11, 6.12.19, 6.13.7 and 6.14
+# source trees (the stable updates change none of these structs), and the patch postings
+# cited at each struct.  Union members (vm_rcu, vm_freeptr over vm_start/vm_end) are not
+# listed: a layout never has two fields on the same bytes (Struct checks it).
+
+# mm_struct up to v6.3, before "mm: move mm_count into its own cache line" (Mathieu
+# Desnoyers, v6.4): mm_mt 0 (struct maple_tree: ma_lock 0, ma_root 8, ma_flags 16 -> 24),
+# get_unmapped_area 24, mmap_base 32, mmap_legacy_base 40, mmap_compat_base 48,
+# mmap_compat_legacy_base 56, task_size 64, pgd 72, membarrier_state 80, mm_users 84,
+# mm_count 88, cid_lock 92 (SCHED_MM_CID, 6.3 only), pgtables_bytes 96, map_count 104,
+# page_table_lock 108, mmap_lock 112 (count 112, owner 120), mmlist 152.  So mmap_lock's
+# count and owner share line 1 with mm_users and mm_count, and the maple tree has line 0.
+# No mm_lock_seq (CONFIG_PER_VMA_LOCK came with 6.4).  size: the 192 bytes through mmlist's
+# line, the part modelled - mm_struct is one object per mm, so nothing packs after it.
+MM_63 = Struct("mm_struct", 192, 64, {
+    "mm_mt": 0, "mm_users": 84, "mm_count": 88, "mmap_lock.count": 112, "mmap_lock.owner": 120, "mmlist": 152,
+}, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16})
+
+# mm_struct at v6.4: mm_count alone in line 0 (struct { atomic_t mm_count; }
+# ____cacheline_aligned_in_smp), mm_mt 64 (24), get_unmapped_area 88, mmap_base 96,
+# mmap_legacy_base 104, mmap_compat_base 112, mmap_compat_legacy_base 120, task_size 128,
+# pgd 136, membarrier_state 144, mm_users 148, pcpu_cid 152, mm_cid_next_scan 160,
+# pgtables_bytes 168, map_count 176, page_table_lock 180, mmap_lock 184 (count 184 in line
+# 2, owner 192 in line 3), mmlist 224, mm_lock_seq 240 (int, CONFIG_PER_VMA_LOCK).  Later
+# releases change the fields before mmap_lock but not where it lands: v6.14 (mm_mt 16
+# bytes, no get_unmapped_area, three more SCHED_MM_CID fields) has count 184, owner 192,
+# mmlist 224 and mm_lock_seq (now a seqcount_t) 240 too, as does 6.18's BTF below.
+# 6.4-6.14 have no vma_writer_wait.  size: through mm_lock_seq's line.
+MM_64 = Struct("mm_struct", 256, 64, {
+    "mm_count": 0, "mm_mt": 64, "mm_users": 148, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224,
+    "mm_lock_seq": 240,
+}, sizes={"mm_count": 4, "mm_mt": 24, "mm_users": 4, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16,
+          "mm_lock_seq": 4})
+
 # mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
-# /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1;
-# mmap_lock's count at 184 (line 2) and its owner at 192 (line 3), straddling two lines;
-# vma_writer_wait and mm_lock_seq after mmlist, in the same line as the owner.  Older
-# kernels move these by a few fields; the lines they share are the same.
+# /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1 (struct
+# maple_tree is 16 bytes since ma_flags moved before ma_root); mmap_lock's count at 184
+# (line 2) and its owner at 192 (line 3), straddling two lines; vma_writer_wait (struct
+# rcuwait, 8) and mm_lock_seq (seqcount_t, 4) after mmlist, in the same line as the owner.
+# v7/v8 (mm-unstable, Jan 2025) add vma_writer_wait in the same place; their mm_struct is
+# not derived separately.
 MM = Struct("mm_struct", 1472, 64, {
     "mm_mt": 64, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224, "vma_writer_wait": 240,
     "mm_lock_seq": 248,
-})
+}, sizes={"mm_mt": 16, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16, "vma_writer_wait": 8,
+          "mm_lock_seq": 4})
 
 # kmem_cache_create() flags, as in the kernel sources cited in the module docstring
 PLAIN_SLAB = ("SLAB_PANIC", "SLAB_ACCOUNT")
 TYPESAFE_SLAB = ("SLAB_HWCACHE_ALIGN", "SLAB_PANIC", "SLAB_TYPESAFE_BY_RCU", "SLAB_ACCOUNT")
 
-# vm_area_struct before v6.15: 176 bytes from a plain slab (16-byte aligned objects),
-# vm_lock_seq and the vm_lock pointer in the first line with vm_start..vm_flags.
-VMA_PERVMA = Struct("vm_area_struct", 176, 16, {
+# the fields every vm_area_struct here shares, with their sizes
+_VMA_SIZES = {
+    "vm_start": 8, "vm_end": 8, "vm_mm": 8, "vm_page_prot": 8, "vm_flags": 8, "vm_lock_seq": 4, "vm_lock": 8,
+    "detached": 1, "shared.rb": 24, "anon_vma_chain": 16, "anon_vma": 8, "vm_ops": 8, "vm_pgoff": 8, "vm_file": 8,
+    "vm_private_data": 8, "swap_readahead_info": 8, "vm_policy": 8, "numab_state": 8, "vm_refcnt": 4,
+    "vm_userfaultfd_ctx": 8, "pfnmap_track_ctx": 8, "lock.count": 8, "lock.owner": 8,
+}
+
+
+def _vma(size: int, align: int, offsets: dict, **kw) -> Struct:
+    return Struct("vm_area_struct", size, align, offsets, sizes={f: _VMA_SIZES[f] for f in offsets}, **kw)
+
+
+# vm_area_struct at v6.3 (no per-VMA lock): vm_start 0, vm_end 8, vm_mm 16, vm_page_prot
+# 24, vm_flags 32, shared 40 (rb 24 + rb_subtree_last 8), anon_vma_chain 72, anon_vma 88,
+# vm_ops 96, vm_pgoff 104, vm_file 112, vm_private_data 120, swap_readahead_info 128,
+# vm_policy 136, vm_userfaultfd_ctx 144 -> 152 bytes (no numab_state yet).
+# KMEM_CACHE(vm_area_struct, SLAB_PANIC|SLAB_ACCOUNT): aligned to __alignof__, 8.
+VMA_63 = _vma(152, 8, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "shared.rb": 40,
+    "anon_vma_chain": 72, "anon_vma": 88, "vm_ops": 96, "vm_pgoff": 104, "vm_file": 112, "vm_private_data": 120,
+    "swap_readahead_info": 128, "vm_policy": 136, "vm_userfaultfd_ctx": 144,
+}, slab_flags=PLAIN_SLAB)
+
+# vm_area_struct at v6.4 (same through v6.9): after vm_flags 32, CONFIG_PER_VMA_LOCK's
+# vm_lock_seq 40 (int; 4-byte hole), vm_lock 48 (struct vma_lock *), detached 56 (bool;
+# 7-byte hole), so shared starts line 1 at 64 (rb 64, rb_subtree_last 88), anon_vma_chain
+# 96, anon_vma 112, vm_ops 120, vm_pgoff 128, vm_file 136, vm_private_data 144,
+# swap_readahead_info 152, vm_policy 160, numab_state 168 (NUMA_BALANCING, from 6.4),
+# vm_userfaultfd_ctx 176 -> 184 bytes; KMEM_CACHE(), aligned to 8.  Commit 3b612c8f069f
+# ("mm: optimize CONFIG_PER_VMA_LOCK member placement in vm_area_struct", David
+# Hildenbrand, v6.10) moves detached to 40 and vm_lock_seq to 44 (vm_lock stays at 48),
+# pulling everything after it 8 bytes down: shared 56, anon_vma_chain 88, anon_vma 104,
+# vm_ops 112, vm_pgoff 120, vm_file 128 -> 176 bytes, through v6.14 (v6.14 makes
+# vm_lock_seq unsigned, same size).  The lines the engine uses do not change (vm_start,
+# vm_lock_seq, vm_lock in line 0; anon_vma, vm_ops in line 1); the size does.
+VMA_PERVMA = _vma(184, 8, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
-    "vm_lock": 48, "anon_vma_chain": 56, "anon_vma": 72, "vm_ops": 80, "vm_pgoff": 88, "vm_file": 96,
+    "vm_lock": 48, "detached": 56, "shared.rb": 64, "anon_vma_chain": 96, "anon_vma": 112, "vm_ops": 120,
+    "vm_pgoff": 128, "vm_file": 136, "vm_private_data": 144, "swap_readahead_info": 152, "vm_policy": 160,
+    "numab_state": 168, "vm_userfaultfd_ctx": 176,
 }, slab_flags=PLAIN_SLAB)
 # struct vma_lock { struct rw_semaphore lock; }: 40 bytes, 102 per page, no alignment
-VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8}, slab_flags=PLAIN_SLAB)
+VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8}, sizes={"lock.count": 8, "lock.owner": 8},
+                  slab_flags=PLAIN_SLAB)
 
-# v7/v8: SLAB_HWCACHE_ALIGN, 256 bytes, vm_refcnt ____cacheline_aligned_in_smp at 192
-VMA_V8 = Struct("vm_area_struct", 256, 64, {
+# The rwsem inside vm_area_struct, as posted: "[PATCH v8 02/16] mm: move per-vma lock into
+# vm_area_struct" (Suren Baghdasaryan, 9 Jan 2025,
+# <20250109023025.2242447-3-surenb@google.com>; the same patch opens v5-v10), on its own:
+# ``struct vma_lock vm_lock ____cacheline_aligned_in_smp`` after vm_userfaultfd_ctx, the
+# vm_lock pointer gone, the cache ``KMEM_CACHE(vm_area_struct, SLAB_HWCACHE_ALIGN|
+# SLAB_NO_MERGE|SLAB_PANIC|SLAB_ACCOUNT)`` and freeing still through call_rcu().  On the
+# mm-unstable base it applies to (the 6.13/6.14 order): detached 40, vm_lock_seq 44,
+# shared 48 (rb 48, rb_subtree_last 72), anon_vma_chain 80, anon_vma 96, vm_ops 104,
+# vm_pgoff 112, vm_file 120, vm_private_data 128, swap_readahead_info 136, vm_policy 144,
+# numab_state 152, vm_userfaultfd_ctx 160, then the lock at the next line, 192 (count 192,
+# owner 200, to 232) -> sizeof 256 with __alignof__ 64 - the patch's own slabinfo
+# ("vm_area_struct ... 256 32 2").  The patch cites an Aug 2024 investigation
+# (lore.kernel.org/all/ZsQyI%2F087V34JoIt@xsang-OptiPlex-9020/, the kernel test robot's
+# runs of the lock moved back in); that mail is not in the sources available here, so the
+# placement is the one posted in the series.
+VMA_INLINE_RWSEM = _vma(256, 64, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "detached": 40,
+    "vm_lock_seq": 44, "shared.rb": 48, "anon_vma_chain": 80, "anon_vma": 96, "vm_ops": 104, "vm_pgoff": 112,
+    "vm_file": 120, "vm_private_data": 128, "swap_readahead_info": 136, "vm_policy": 144, "numab_state": 152,
+    "vm_userfaultfd_ctx": 160, "lock.count": 192, "lock.owner": 200,
+}, slab_flags=("SLAB_HWCACHE_ALIGN", "SLAB_NO_MERGE", "SLAB_PANIC", "SLAB_ACCOUNT"))
+INLINE_LOCK_OFFSET = VMA_INLINE_RWSEM.fields["lock.count"]
+
+# v8 ("move per-vma lock into vm_area_struct", <20250109023025.2242447-1-surenb@google.com>):
+# patch 11/16 ("mm: replace vm_lock and detached flag with a reference count",
+# <20250109023025.2242447-12-surenb@google.com>) removes detached and puts
+# ``refcount_t vm_refcnt ____cacheline_aligned_in_smp`` where vm_lock was; 15/16 ("mm: make
+# vma cache SLAB_TYPESAFE_BY_RCU", <20250109023025.2242447-16-surenb@google.com>) puts
+# ``freeptr_t vm_freeptr`` in the union with vm_start/vm_end and creates the cache with
+# SLAB_HWCACHE_ALIGN|SLAB_PANIC|SLAB_TYPESAFE_BY_RCU|SLAB_ACCOUNT and freeptr_offset.  v8
+# has no regrouping patch (that came with v9 after review of v8's 00/16), so:
+# vm_lock_seq 40 (4-byte hole), shared 48, anon_vma_chain 80, anon_vma 96, vm_ops 104,
+# vm_pgoff 112, vm_file 120, vm_private_data 128, swap_readahead_info 136, vm_policy 144,
+# numab_state 152, vm_userfaultfd_ctx 160, vm_refcnt alone in line 3 at 192 -> 256 bytes.
+# v7 (<20241226170710.1159679-1-surenb@google.com>) makes the same struct changes.
+VMA_V8 = _vma(256, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
-    "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_refcnt": 192,
+    "shared.rb": 48, "anon_vma_chain": 80, "anon_vma": 96, "vm_ops": 104, "vm_pgoff": 112, "vm_file": 120,
+    "vm_private_data": 128, "swap_readahead_info": 136, "vm_policy": 144, "numab_state": 152,
+    "vm_userfaultfd_ctx": 160, "vm_refcnt": 192,
 }, slab_flags=TYPESAFE_SLAB, freeptr_in_object=True)
 # mainline: regrouped to 192 bytes / 3 lines, vm_refcnt at 128 beside rarely used fields;
 # exactly as pahole -C vm_area_struct shows it for Linux 6.18.44 (BTF of our machines)
-VMA_MAINLINE = Struct("vm_area_struct", 192, 64, {
+VMA_MAINLINE = _vma(192, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
     "anon_vma_chain": 48, "anon_vma": 64, "vm_ops": 72, "vm_pgoff": 80, "vm_file": 88, "vm_private_data": 96,
     "swap_readahead_info": 104, "vm_policy": 112, "numab_state": 120, "vm_refcnt": 128, "shared.rb": 136,
     "vm_userfaultfd_ctx": 168, "pfnmap_track_ctx": 176,
 }, slab_flags=TYPESAFE_SLAB, freeptr_in_object=True)
-
-
-def _inline_vma(lock_offset: int) -> Struct:
-    f = dict(VMA_PERVMA.fields)
-    del f["vm_lock"]
-    f["lock.count"] = lock_offset
-    f["lock.owner"] = lock_offset + 8
-    # a hypothetical design: the cache as pervma's, freed through call_rcu() as there
-    return Struct("vm_area_struct", 176 + 40, 16, f, slab_flags=PLAIN_SLAB)
 
 
 # -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
@@ -220,7 +335,7 @@ def _add(m: Model) -> None:
 _add(Model(
     "mmap_lock", "kernels up to 6.3: every fault read-locks mm->mmap_lock",
     ["arch/x86/mm/fault.c do_user_addr_fault() (v6.3)", "kernel/locking/rwsem.c (64489e78004c, v5.3)"],
-    Layout(MM, VMA_PERVMA, vma_lock_in=""),
+    Layout(MM_63, VMA_63, vma_lock_in=""),
     # no CONFIG_PER_VMA_LOCK: no VMA_LOCK_* event is counted
     fault=_mmap_lock_fault(True) + [(Op.END,)],
     kernel_fault=_mmap_lock_fault(True) + [(Op.END,)],
@@ -230,16 +345,18 @@ _add(Model(
 _add(Model(
     "pervma", "6.4-6.14: per-VMA rw_semaphore in a separate vma_lock slab object",
     ["mm/memory.c lock_vma_under_rcu() (50ee32537206, v6.4)", "include/linux/mm.h vma_start_read(), vma_start_write() (v6.4-v6.14)"],
-    Layout(MM, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
+    Layout(MM_64, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
     params={"vma_lock": "rwsem"},
 ))
 _add(Model(
-    "inline-rwsem", "pervma's algorithm with the rwsem inside an unaligned vm_area_struct (lock_offset parameter)",
-    ["Mateusz Guzik's RFC (Aug 2024) and the 2023/2024 experiments: struct rw_semaphore in vm_area_struct"],
-    Layout(MM, _inline_vma(64), vma_lock_in="vma", free_after_gp=True),
+    "inline-rwsem", "pervma's algorithm with the rwsem in its own line of a 256-byte cache-aligned vm_area_struct",
+    ["\"[PATCH v8 02/16] mm: move per-vma lock into vm_area_struct\" (Suren Baghdasaryan, Jan 2025, "
+     "<20250109023025.2242447-3-surenb@google.com>) applied alone: struct vma_lock vm_lock "
+     "____cacheline_aligned_in_smp in vm_area_struct, freed through call_rcu()"],
+    Layout(MM_64, VMA_INLINE_RWSEM, vma_lock_in="vma", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-    params={"vma_lock": "rwsem", "lock_offset": 64},
+    params={"vma_lock": "rwsem", "lock_offset": INLINE_LOCK_OFFSET},
 ))
 for _name, _limit, _wake, _desc in (
     ("v7", VMA_LOCK_OFFSET - 2, "eager", "vm_refcnt in a 256-byte cache-aligned VMA; writers take a count; readers wake the writer on every exit"),
