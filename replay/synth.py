@@ -22,7 +22,12 @@ Workloads (``WORKLOADS``), each following its benchmark's source:
   ``alloc_test_memory()`` reserves ``bytes + (nr_tests + 1) * pagesize``, unmaps its
   first page, then per test unmaps ``bytes_per_test + pagesize`` and maps
   ``bytes_per_test`` MAP_FIXED at its start - separate VMAs and anon_vmas with a
-  one-page hole between them, so none merge.
+  one-page hole between them, so none merge.  pft measures from after that setup
+  (``pft_loop()``'s ``wall_start``), so the trace starts there: the first iteration's
+  VMAs are in the /proc/PID/maps snapshot, as ``replay record`` would have found them;
+  later iterations make them with those 2 x threads + 2 calls (inside the replay's
+  span: the replay starts every thread at once, and faults racing a long setup would
+  measure the setup, not pft).
 * will-it-scale (antonblanchard/will-it-scale ``tests/*.c``; each task runs
   ``testcase()`` forever, 128 MiB = ``MEMSIZE``), here ``iterations`` rounds of it:
   ``page_fault1`` (mmap anonymous private, write each page, munmap), ``page_fault2``
@@ -123,12 +128,14 @@ def _pft_events(threads: int, pages_per_thread: int, iterations: int, gap_ns: in
     workers = tasks(threads, "thread", "pft")
     t = 1_000_000_000
     bpt = pages_per_thread * PAGE
-    for _ in range(iterations):
+    for it in range(iterations):
         if not multimap:
             size = threads * bpt
             ev, t = _syscall(main, t, "mmap", _mmap_args(size), BASE)
             yield from ev
             slices = [BASE + k * bpt for k in range(threads)]
+        elif it == 0:  # pft -M's first: the per-test VMAs as alloc_test_memory() left them (the snapshot's)
+            slices, size = _multimap_slices(threads, bpt), threads * bpt + (threads + 1) * PAGE
         else:  # pft.c alloc_test_memory(), multimap
             abytes = threads * bpt + (threads + 1) * PAGE
             ev, t = _syscall(main, t, "mmap", _mmap_args(abytes), BASE)
@@ -151,6 +158,11 @@ def _pft_events(threads: int, pages_per_thread: int, iterations: int, gap_ns: in
         t += pages_per_thread * gap_ns + threads + 1000
         ev, t = _syscall(main, t, "munmap", _munmap_args(BASE, size), 0)
         yield from ev
+
+
+def _multimap_slices(threads: int, bpt: int) -> list[int]:
+    """Where pft -M puts each test's region: one page above the last one's end."""
+    return [BASE + PAGE + k * (bpt + PAGE) for k in range(threads)]
 
 
 def _pft(threads: int, pages: int, iterations: int = 1, mode: str = "thread", gap_ns: int = 200):
@@ -226,11 +238,12 @@ def _brk_loop(own: bool):
     return body
 
 
-def _maps(comm: str = "pft", heap: bool = False) -> str:
+def _maps(comm: str = "pft", heap: bool = False, regions: tuple = ()) -> str:
     return (f"# synthetic: /proc/{PID}/maps\n"
             f"00400000-00401000 r--p 00000000 00:00 1 /synthetic/{comm}\n"
             f"00401000-00402000 r-xp 00001000 00:00 1 /synthetic/{comm}\n"
             + (f"{HEAP[0]:08x}-{HEAP[1]:08x} rw-p 00000000 00:00 0 [heap]\n" if heap else "")
+            + "".join(f"{lo:x}-{hi:x} rw-p 00000000 00:00 0\n" for lo, hi in regions)
             + "7ffff7fd0000-7ffff7ff0000 rw-p 00000000 00:00 0 [stack]\n")
 
 
@@ -280,4 +293,7 @@ def generate(workload: str, threads: int, pages: int | None = None, iterations: 
     sink = out if given else io.StringIO()
     for _, line in w.events(threads, pages or w.default_pages, iterations, mode, gap_ns=gap_ns):
         sink.write(line)
-    return None if given else sink.getvalue(), _maps(w.comm, w.heap)
+    pages = pages or w.default_pages
+    regions = tuple((a, a + pages * PAGE) for a in _multimap_slices(threads, pages * PAGE)) \
+        if workload == "pft-multimap" else ()
+    return None if given else sink.getvalue(), _maps(w.comm, w.heap, regions)

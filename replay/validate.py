@@ -287,8 +287,8 @@ def render_table(tb: Table) -> list[str]:
         lines.append(f"{tb.id}: error (predicted - published: % change in points; absolute value in %)")
         width = max(16, max(len(x) for x in present) + 2)  # compare.render's
         lines.append(" " * 27 + "".join(f"{x:>{width + 11}}" for x in present))
-        for n in tb.threads:
-            for metric in METRICS:
+        for metric in METRICS:  # compare.render's order: metric, then thread count
+            for n in tb.threads:
                 cells = []
                 for d in present:
                     r = next((x for x in rows if x["threads"] == n and x["metric"] == metric and x["design"] == d), None)
@@ -556,8 +556,9 @@ def write_doc(res: dict, doc: Path, image: Path | None, command: str) -> None:
             L.append("")
             continue
         s = summary_of(tb)
-        L.append(f"Replayed on `{tb.profile}`.  % change within 5 points of published: {s['within_5pp']} of "
-                 f"{s['of_pp']} (worst {s['max_abs_error_pp']:.1f} pp); absolute values within 15 %: "
+        pp = (f"% change within 5 points of published: {s['within_5pp']} of {s['of_pp']} "
+              f"(worst {s['max_abs_error_pp']:.1f} pp)" if s["of_pp"] else "no % change to compare (one design modelled)")
+        L.append(f"Replayed on `{tb.profile}`.  {pp}; absolute values within 15 %: "
                  f"{s['within_15pct']} of {s['of_values']} (worst {s['max_abs_value_error_pct']:.0f} %).")
         L += ["", "```"] + render_table(tb) + ["```", ""]
     L += ["## Our machine: pft measured for real", ""]
