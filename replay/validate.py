@@ -434,8 +434,9 @@ def plot(tables: list[Table], local_rows: list[dict] | None, out: Path) -> dict:
         axp.set_ylabel("faults/sec, % vs the baseline")
         axp.set_title(f"% change against {tb.designs[0]}", fontsize=8)
         axp.axhline(0, color="0.4", linewidth=0.8)
-        axp.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
-                   title="designs sharing a model coincide", title_fontsize=7)
+        shared = len({m for m in tb.models.values() if m}) < sum(1 for m in tb.models.values() if m)
+        axp.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3),
+                   title="designs of one model coincide" if shared else None, title_fontsize=7)
         for a in (ax, axp):
             _cpu_axis(a, tb.threads)
             a.grid(alpha=0.3)
@@ -455,7 +456,7 @@ def plot(tables: list[Table], local_rows: list[dict] | None, out: Path) -> dict:
         ax.set_ylabel("millions (Hmean)")
         axp.set_ylabel("predicted vs measured, %")
         axp.axhline(0, color="0.4", linewidth=0.8)
-        axp.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+        axp.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
         for a in (ax, axp):
             a.set_xticks(list(LOCAL_THREADS))
             a.set_xlabel("threads")

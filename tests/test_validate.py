@@ -192,3 +192,27 @@ def test_measure_local_runs_pft_for_real():
     p = m["points"][0]
     assert p["faults"] == 16 * 256 and len(p["faults_per_sec"]) == 2 and p["hmean_faults_per_sec"] > 0
     assert m["kernel"] and m["cpu"]
+
+
+def test_quick_takes_the_first_three_thread_counts_and_json_says_so(cli, ws):
+    rc, out, err = cli("validate", "--quick", "--tables", ICE, "-f", "json", "-w", ws)
+    assert rc == 0, err
+    j = json.loads(out)
+    assert j["faults_per_iteration"] == 2048 and j["iterations"] == 2 and j["fitted"] == []
+    t = j["tables"][0]
+    assert t["threads"] == [1, 4, 7] and t["status"].startswith("machine profile icelake-2s")
+    assert t["models"] == {"mm-unstable-20230210": "mmap_lock", "pvl-v2": "pervma", "pvl-v2+opt": "pervma"}
+    assert cli("validate", "--format", "csv", "-w", ws)[0] == 2
+
+
+def test_a_design_without_a_model_is_published_only(ws):
+    B = "bueso-2018-02-05-pft-range-mmap_lock"
+    res = V.run_validation(Workspace(ws), [B], [1], iterations=1, pages=64, machines={B: "local-2vcpu"})
+    tb = res["tables"][0]
+    rows = V.rows_of(tb)
+    rng = [r for r in rows if r["design"] == "range-mmap_lock-v1"]
+    assert rng and all(r["predicted"] is None and r["error_pp"] is None for r in rng)
+    text = V.render_table(tb)
+    i = next(k for k, x in enumerate(text) if ": predicted on local-2vcpu" in x)
+    assert "range-mmap_lock-v1=no model" in text[i] and text[i + 1].split() == ["v4.15-rc8"]
+    assert V.summary_of(tb)["of_pp"] == 0
