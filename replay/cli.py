@@ -741,8 +741,6 @@ def validate(
     from .workspace import Workspace
 
     fmt = resolve(fmt, output)
-    if fmt not in (Fmt.table, Fmt.json):
-        raise Fail("validate prints a table or --format json", 2)
     want = _csv_list(tables, "--tables")
     ths = _csv_list(threads_, "--threads", as_int=True)
     k = iterations if iterations is not None else (2 if quick else 3)
@@ -770,6 +768,10 @@ def validate(
             V.write_doc(res, doc, doc.with_suffix(".png"), cmd)
     except V.ValidateError as e:
         raise Fail(str(e))
+    if fmt not in (Fmt.table, Fmt.json):  # csv, ndjson, parquet: the rows, one per table, thread count, metric, design
+        rows = [r for tb in res["tables"] if tb.status == "ok" for r in V.rows_of(tb)]
+        _emit(rows, V.ROW_COLUMNS, fmt, dest=output)
+        return
     if fmt is Fmt.json:
         text = json.dumps(V.as_json(res), indent=1, default=str) + "\n"
     else:

@@ -224,6 +224,11 @@ def _pct(v, base):
     return (v / base - 1) * 100 if v is not None and base and not math.isnan(v) and not math.isnan(base) else None
 
 
+ROW_COLUMNS = ["table", "threads", "metric", "design", "model", "published", "published_pct", "published_significant",
+               "predicted", "predicted_pct", "predicted_stddev", "predicted_significant", "iterations", "error_pp",
+               "abs_error_pct"]
+
+
 def rows_of(tb: Table) -> list[dict]:
     """Per thread count, metric and design: published and predicted value, each's %
     change against the baseline design, the % change's error in points and the
