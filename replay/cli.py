@@ -679,11 +679,12 @@ def sweep(
 
 @app.command(epilog="Example: replay synth pft --threads 56 --pages 1000")
 def synth(
-    workload: str = typer.Argument(..., help="pft (mmtests pft, threads mode) or page_fault1 (will-it-scale)."),
-    threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads."),
-    pages: int = typer.Option(1024, "--pages", help="Pages each thread faults per iteration."),
+    workload: str = typer.Argument(..., help="pft, pft-multimap (mmtests pft, one VMA / one per thread), page_fault1/2/3, brk1/2, mmap1/2 (will-it-scale)."),
+    threads: int = typer.Option(4, "--threads", "-n", help="Faulting threads (or processes, with --mode process)."),
+    pages: Optional[int] = typer.Option(None, "--pages", help="Pages each task faults (maps) per iteration (default: pft 1024, will-it-scale 128 MiB)."),
     iterations: int = typer.Option(1, "--iterations", help="Map/touch/unmap rounds."),
-    name: Optional[str] = typer.Option(None, "--name", help="Trace name (default: WORKLOAD-tN)."),
+    mode: str = typer.Option("thread", "--mode", help="thread (one process, one mm) or process (one mm per task; will-it-scale only)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Trace name (default: WORKLOAD-tN, WORKLOAD-pN in process mode)."),
     workspace: Optional[Path] = WorkspaceOpt,
     replace: bool = typer.Option(True, "--replace/--no-replace", help="Replace a trace of the same name."),
 ):
@@ -691,23 +692,97 @@ def synth(
     import tempfile
 
     from .ingesting import run_ingest
-    from .synth import WORKLOADS
+    from .synth import PROCESS_NOTE, WORKLOADS, generate
 
     if workload not in WORKLOADS:
         raise Fail(f"unknown workload {workload!r}: {', '.join(WORKLOADS)}", 2)
+    w = WORKLOADS[workload]
+    if mode not in w.modes:
+        raise Fail(f"--mode {mode}: {workload} is synthesised in {' or '.join(w.modes)} mode only", 2)
+    pages = pages if pages is not None else w.default_pages
     if threads < 1 or pages < 1 or iterations < 1:
         raise Fail("--threads, --pages and --iterations must be at least 1", 2)
-    name = name or f"{workload}-t{threads}"
+    name = name or f"{workload}-{'t' if mode == 'thread' else 'p'}{threads}"
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        if workload == "pft":  # written as it is made: a big trace need not fit in memory
-            _, maps = WORKLOADS[workload](threads, pages, iterations, out=f)
-        else:
-            text, maps = WORKLOADS[workload](threads, pages, iterations)
-            f.write(text)
+        _, maps = generate(workload, threads, pages, iterations, mode, out=f)  # written as made
         f.flush()
         res = run_ingest(f.name, name, "perf-script", workspace, True, replace, maps_snapshot=maps,
-                         source_label=f"synth: {workload} threads={threads} pages={pages} iterations={iterations}")
-    out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} threads x {pages} pages x {iterations})")
+                         source_label=f"synth: {workload} {mode}={threads} pages={pages} iterations={iterations}")
+    tasks = {"thread": "threads", "process": "processes"}[mode]
+    out.print(f"{name}: {res.counts.parsed:,} events ({workload}, {threads} {tasks} x {pages} pages x {iterations})")
+    if mode == "process":
+        err.print(f"replay: note: {PROCESS_NOTE}", markup=False)
+    if not w.faults:
+        err.print(f"replay: note: {workload} faults nothing (will-it-scale's test changes the address space without "
+                  "touching it): its trace has writers only, and replay run refuses a trace without page faults", markup=False)
+
+
+@app.command(epilog="Example: replay validate --quick --tables punit-2023-02-15-pft-single-vma")
+def validate(
+    tables: Optional[str] = typer.Option(None, "--tables", help="Comma-separated table ids of published.json (default: all, and the local measurement)."),
+    threads_: Optional[str] = typer.Option(None, "--threads", help="Only these thread counts, e.g. 1,4."),
+    quick: bool = typer.Option(False, "--quick", help="A fast subset: the first three thread counts of each table, 2,048 faults per iteration, 2 iterations."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-k", help="Seeds (mmtests iterations) per point (default 3; --quick 2)."),
+    pages: Optional[int] = typer.Option(None, "--pages", help="Faults per iteration, all threads together (default 16,384; --quick 2,048)."),
+    measure_local: bool = typer.Option(False, "--measure-local", help="Build and run pft.c here for real at 1 and 2 threads, and cache the result in docs/validation-local.json."),
+    local_json: Path = typer.Option(None, "--local-json", help="The local measurement's cache (default: docs/validation-local.json)."),
+    published: Optional[Path] = typer.Option(None, "--published", help="The published tables (default: ../shared/validation/published.json, or $REPLAY_PUBLISHED)."),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="Write the report as Markdown to DOC (atomically), with its plot beside it (DOC's name, .png)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    fmt: Optional[Fmt] = FormatOpt,
+    output: Optional[Path] = OutOpt,
+):
+    """Replay the published pft benchmarks under the models of their designs and print predicted beside published."""
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import validate as V
+    from .workspace import Workspace
+
+    fmt = resolve(fmt, output)
+    want = _csv_list(tables, "--tables")
+    ths = _csv_list(threads_, "--threads", as_int=True)
+    k = iterations if iterations is not None else (2 if quick else 3)
+    n = pages if pages is not None else (V.QUICK_PAGES if quick else V.FULL_PAGES)
+    if k < 1 or n < 1:
+        raise Fail("--iterations and --pages must be at least 1", 2)
+    try:
+        pub = V.load_published(published)
+        plan = V.plan(pub, want, ths)
+        if quick and not ths:
+            ths = sorted({t for tb in plan for t in tb.threads[:3]})
+            plan = V.plan(pub, want, ths)
+        ws = Workspace(workspace)
+        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+        task = prog.add_task("validate", total=V.count_runs(plan) + (len(V.LOCAL_THREADS) if want is None else 0))
+        with prog:
+            res = V.run_validation(ws, want, ths, k, n, measure_local, local_path=local_json or V.LOCAL_JSON,
+                                   published=pub, progress=lambda what: prog.update(task, advance=1, description=what))
+        if doc is not None:
+            given = [("--tables", tables), ("--threads", threads_), ("--quick", quick), ("--iterations", iterations),
+                     ("--pages", pages), ("--measure-local", measure_local), ("--doc", doc)]
+            cmd = " ".join(["replay validate"] + [o if v is True else f"{o} {shlex.quote(str(v))}"
+                                                  for o, v in given if v not in (None, False)])
+            V.write_doc(res, doc, doc.with_suffix(".png"), cmd)
+    except V.ValidateError as e:
+        raise Fail(str(e))
+    if fmt not in (Fmt.table, Fmt.json):  # csv, ndjson, parquet: the rows, one per table, thread count, metric, design
+        rows = [r for tb in res["tables"] if tb.status == "ok" for r in V.rows_of(tb)]
+        _emit(rows, V.ROW_COLUMNS, fmt, dest=output)
+        return
+    if fmt is Fmt.json:
+        text = json.dumps(V.as_json(res), indent=1, default=str) + "\n"
+    else:
+        text = "\n".join(V.text_lines(res) + [f"({res['wall_s']:.0f} s)"]) + "\n"
+    if output is not None and str(output) != "-":
+        from .workspace import atomic_output
+
+        with atomic_output(output) as tmp:
+            Path(tmp).write_text(text)
+    else:
+        sys.stdout.write(text)
 
 
 def _query_format(fmt: Optional[Fmt], dest: Optional[Path]) -> Fmt:
