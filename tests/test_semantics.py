@@ -310,3 +310,64 @@ def test_vma_start_write_on_a_detached_vma_stores_the_seq_and_leaves_the_refcoun
     refcnt, seq, mm_seq, drains = b.start_write_detached(1)
     assert (seq, drains) == (mm_seq, 0)
     assert refcnt == 0, f"vm_refcnt {refcnt} (-VMA_LOCK_OFFSET = {-VMA_LOCK_OFFSET})"
+
+
+# -- vm_refcnt writers: v7's three atomics, vma_mark_detached() waiting -------------------------------
+
+
+@pytest.mark.parametrize("model, atomics", [("v7", 3), ("v8", 2), ("mainline", 2)])
+def test_the_writers_atomics_on_vm_refcnt(model, atomics):
+    # __vma_start_write() on an attached VMA with no readers: v7 12/17 (Dec 2024)
+    # __vma_enter_locked(): refcount_inc_not_zero(), refcount_add(VMA_LOCK_OFFSET); then
+    # __vma_exit_locked(): refcount_sub_and_test(VMA_LOCK_OFFSET + 1) - three atomics that
+    # change the line.  v8 and v6.15: refcount_add_not_zero(VMA_LOCK_OFFSET) and
+    # refcount_sub_and_test(VMA_LOCK_OFFSET) - two.  (A line's version counts its changes.)
+    from replay.engine.vma import refcnt_line
+
+    r = Replay(model, BDW, 2, mk([(1, "mprotect", [1], 0, 1_000)]))
+    n = int(refcnt_line(r.S, r.obj(1)))
+    before = int(r.line(n)["version"])
+    r.run()
+    assert int(r.line(n)["version"]) - before == atomics
+    assert int(r.vma(1)["vm_refcnt"]) == 1  # attached, no readers, no writer
+
+
+@pytest.mark.parametrize("model", REFCNT)
+def test_vma_mark_detached_waits_for_a_readers_passing_reference(model):
+    # vma_mark_detached() (v7 12/17, v10 12/18 as merged in v6.15): "if
+    # (unlikely(!refcount_dec_and_test(&vma->vm_refcnt))) { /* Wait until vma is detached
+    # with no readers. */ if (__vma_enter_locked(vma, true)) __vma_exit_locked(...); }" -
+    # a fault raised vm_refcnt before it saw the VMA write-locked.  The munmap's commit
+    # drops the tree's reference (2 -> 1), adds VMA_LOCK_OFFSET (v7: and its own), sleeps
+    # until vm_refcnt is VMA_LOCK_OFFSET (v7: + 1); the reader's vma_refcount_put() wakes
+    # it (is_vma_writer_only()); it subtracts and the VMA is detached (0) and only then
+    # freed.
+    from replay.engine import loop
+    from replay.engine.isa import Op
+    from replay.engine.vma import vma_refcount_put
+
+    r = Replay(model, BDW, 2, mk([(1, "munmap", [1], 0, 1_000), (2, "fault", 1, 500_000, None)]))
+    w, reader = r.run_until(1, Op.VMA_START_WRITE_ALL), r.t(2)
+    while r.next_insn(w) != Op.VMA_COMMIT or r.g["pend_i"] < r.g["pend_n"]:
+        r.exec(w)  # vma_start_write()'s steps, the writer's work
+    o = r.obj(1)
+    r.vma(1)["vm_refcnt"] += 1  # the reader's passing reference
+    r.state["th"][reader]["ref_obj"] = o
+    drains, nfree = int(r.g["writer_drains"]), int(r.g["nfree"])
+    wr = VMA_LOCK_OFFSET + (1 if model == "v7" else 0)
+    blocked = False
+    for _ in range(8):
+        end = loop._exec(r.S, w)
+        if end < 0:  # asleep on mm->vma_writer_wait
+            assert int(r.vma(1)["vm_refcnt"]) == wr + 1 and int(r.g["vma_writer_wait"]) == w
+            assert int(r.g["nfree"]) == nfree, "freed while a reader held a reference"
+            blocked = True
+            vma_refcount_put(r.S, reader)  # the reader leaves: it wakes the writer
+            assert int(r.vma(1)["vm_refcnt"]) == wr and not r.state["th"][w]["blocked"]
+            continue
+        r.g["now"] = end
+        if r.next_insn(w) != Op.VMA_COMMIT:
+            break
+    assert blocked, "vma_mark_detached() did not wait for the reader"
+    assert int(r.vma(1)["vm_refcnt"]) == 0 and int(r.g["writer_drains"]) == drains + 1
+    assert int(r.g["nfree"]) == nfree + 1 and int(r.g["commit_q"]) == -1

@@ -320,7 +320,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
             a[f] = v
         return a
 
-    g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, chunk=chunk)
+    g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
                held_mm=np.nan, held_v=np.nan)

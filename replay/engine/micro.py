@@ -167,7 +167,7 @@ def h_vma_start_write_all(S, t, _a, _b, _c):
 
 @njit(cache=True)
 def h_vma_commit(S, t, _a, _b, _c):
-    return vma_commit(S, t), False
+    return vma_commit(S, t)
 
 
 @njit(cache=True)

@@ -46,6 +46,7 @@ GLOBALS = _rec(
     ("heap_n",), ("nout",), ("nobj",), ("nslots",), ("nfree",),
     ("pend_n",), ("pend_i",), ("pend_step",), ("pend_t",),  # vma_start_write()'s steps of the write holder
     ("pend_locked",),  # __vma_enter_locked() took the VMA (it was attached)
+    ("commit_q",), ("commit_step",),  # vma_commit()'s place: the freed VMA it is at (-1: none), its step
     ("ws_n",),  # writers waiting for the faults before them to start
     ("writer_wakeups",), ("writer_drains",), ("cas_retries",),
     ("err",), ("nvorder",), ("chunk",),

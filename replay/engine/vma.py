@@ -191,11 +191,29 @@ def vma_refcount_put(S, t):
 
 # -- vma_start_write() -------------------------------------------------------------------------------------
 @njit(cache=True)
+def vma_enter_locked(S, t, o, since):
+    """__vma_enter_locked()'s atomics on an attached VMA's vm_refcnt, issued at since:
+    from v8 (and in v6.15) one refcount_add_not_zero(VMA_LOCK_OFFSET); in v7 (12/17,
+    Dec 2024) refcount_inc_not_zero() - the writer's own reference (writer_ref) - then
+    refcount_add(VMA_LOCK_OFFSET).  With __vma_exit_locked()'s subtract, v7's writer
+    makes three atomics on the line, v8's two."""
+    k = cfg(S, 0)
+    ln = refcnt_line(S, o)
+    end = since
+    if k.writer_ref:
+        vobj(S, o).vm_refcnt += k.writer_ref
+        end = rmw_from(S, t, ln, True, end)
+    vobj(S, o).vm_refcnt += VMA_LOCK_OFFSET
+    return rmw_from(S, t, ln, True, end)
+
+
+@njit(cache=True)
 def vma_start_write_step(S, t):
     """One step of vma_start_write() on the current VMA of the write holder's list
     (glob.pend_*): __is_vma_write_locked(); then the rwsem's down_write, the
     vm_lock_seq store, up_write (pervma); or __vma_enter_locked()'s add of
-    VMA_LOCK_OFFSET, the wait for readers to drain, the store, the subtract (vm_refcnt).
+    VMA_LOCK_OFFSET (vma_enter_locked()), the wait for readers to drain, the store, the
+    subtract (vm_refcnt).
 
     mm/mmap_lock.c __vma_start_write() (v6.15): ``locked = __vma_enter_locked(vma,
     false)`` - refcount_add_not_zero() fails on a detached VMA (vm_refcnt 0): no add,
@@ -231,9 +249,8 @@ def vma_start_write_step(S, t):
                 step += 1
             else:
                 g.pend_locked = True
-                ob.vm_refcnt += wr
                 g.writer_drains += 1
-                end = rmw(S, t, refcnt_line(S, o), True)
+                end = vma_enter_locked(S, t, o, now)
         elif step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt)
             end = read(S, t, refcnt_line(S, o))
             if ob.vm_refcnt != wr + 1:
@@ -263,31 +280,70 @@ def vma_start_write_step(S, t):
 def vma_commit(S, t):
     """The writer's VMAs vanish (detached: vm_refcnt to 0, or the rwsem's detached
     flag; freed - reused at once with SLAB_TYPESAFE_BY_RCU) and appear (allocated,
-    attached, write-locked, waking the faults that waited for them)."""
+    attached, write-locked, waking the faults that waited for them).  Returns (when t
+    goes on, < 0 if it sleeps; whether to run again), keeping its place in
+    glob.commit_q / commit_step.
+
+    vma_mark_detached() (mm/mmap_lock.c, v6.15; the same in v7 12/17 and v10 12/18 of
+    "mm: replace vm_lock and detached flag with a reference count"): "if
+    (unlikely(!refcount_dec_and_test(&vma->vm_refcnt))) { /* Wait until vma is detached
+    with no readers. */ if (__vma_enter_locked(vma, true)) { __vma_exit_locked(vma,
+    &detached); } }" - a reader that raised vm_refcnt for a moment (before it saw the
+    VMA write-locked) holds the writer up: it adds VMA_LOCK_OFFSET (and v7 its own
+    reference) and sleeps on mm->vma_writer_wait until vm_refcnt is VMA_LOCK_OFFSET (v7:
+    + 1), then subtracts them."""
     g, k = glob(S, 0), cfg(S, 0)
-    th = thread(S, t)
-    w = th.w
+    w = thread(S, t).w
     end = g.now
     refcnt = k.vma_lock == VMA_LOCK_REFCNT
-    for q in range(w_freed_p(S)[w], w_freed_p(S)[w + 1]):
+    wr = VMA_LOCK_OFFSET + k.writer_ref
+    if g.commit_q < 0:
+        g.commit_q = w_freed_p(S)[w]
+        g.commit_step = 0
+    while g.commit_q < w_freed_p(S)[w + 1]:
+        q = g.commit_q
         vid = w_freed(S)[q]
-        succ = w_succ(S)[q]
-        if succ >= 0:
-            vmaid(S, vid).successor = succ
         o = vmaid(S, vid).obj
-        if o < 0 or not vobj(S, o).attached:
-            continue
-        ob = vobj(S, o)
-        ob.attached = False
-        if refcnt:  # vma_mark_detached()
-            ob.vm_refcnt -= 1
+        if g.commit_step == 0:
+            succ = w_succ(S)[q]
+            if succ >= 0:
+                vmaid(S, vid).successor = succ
+            if o < 0 or not vobj(S, o).attached:
+                g.commit_q += 1
+                continue
+            ob = vobj(S, o)
+            ob.attached = False
+            if refcnt:  # vma_mark_detached(): refcount_dec_and_test()
+                ob.vm_refcnt -= 1
+                end = rmw_from(S, t, refcnt_line(S, o), True, end)
+                if ob.vm_refcnt != 0:  # a reader's passing reference: wait until it is gone
+                    g.commit_step = 1
+                    return end, True
+            else:
+                ob.vm_refcnt = 0
+                end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
+        elif g.commit_step == 1:  # __vma_enter_locked(vma, true)
+            if vobj(S, o).vm_refcnt != 0:  # else refcount_add_not_zero() fails: the readers left
+                g.writer_drains += 1
+                g.commit_step = 2
+                return vma_enter_locked(S, t, o, end), True
+        elif g.commit_step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt_refcnt)
+            end = read(S, t, refcnt_line(S, o))
+            if vobj(S, o).vm_refcnt != wr:
+                g.vma_writer_wait = t
+                block(S, t)
+                return -1.0, True
+            g.commit_step = 3
+            return end, True
+        else:  # __vma_exit_locked(): refcount_sub_and_test() - detached
+            vobj(S, o).vm_refcnt -= wr
             end = rmw_from(S, t, refcnt_line(S, o), True, end)
-        else:
-            ob.vm_refcnt = 0
-            end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
         if k.typesafe_by_rcu:
-            freelist(S)[g.nfree] = ob.slot
+            freelist(S)[g.nfree] = vobj(S, o).slot
             g.nfree += 1
+        g.commit_step = 0
+        g.commit_q += 1
+    g.commit_q = -1
     for q in range(w_created_p(S)[w], w_created_p(S)[w + 1]):
         vid = w_created(S)[q]
         v = vmaid(S, vid)
@@ -302,4 +358,4 @@ def vma_commit(S, t):
             wake(S, x, -1)
             x = nx
         end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
-    return end
+    return end, False
