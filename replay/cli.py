@@ -726,7 +726,7 @@ def validate(
     pages: Optional[int] = typer.Option(None, "--pages", help="Faults per iteration, all threads together (default 16,384; --quick 2,048)."),
     measure_local: bool = typer.Option(False, "--measure-local", help="Build and run pft.c here for real at 1 and 2 threads, and cache the result in docs/validation-local.json."),
     local_json: Path = typer.Option(None, "--local-json", help="The local measurement's cache (default: docs/validation-local.json)."),
-    published: Optional[Path] = typer.Option(None, "--published", help="The published tables (default: ../shared/validation/published.json, or $REPLAY_PUBLISHED)."),
+    published: Optional[Path] = typer.Option(None, "--published", help="The published tables (default: docs/validation/published.json, or $REPLAY_PUBLISHED)."),
     doc: Optional[Path] = typer.Option(None, "--doc", help="Write the report as Markdown to DOC (atomically), with its plot beside it (DOC's name, .png)."),
     workspace: Optional[Path] = WorkspaceOpt,
     fmt: Optional[Fmt] = FormatOpt,

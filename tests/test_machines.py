@@ -88,7 +88,7 @@ def test_spread_on_fewer_cpus_uses_both_sockets_before_any_sibling():
     assert {cpus[c].socket for c in k} == {0} and len({cpus[c].core for c in k}) == 6
 
 
-# The development set's machines as ../shared/validation/published.json describes them
+# The development set's machines as docs/validation/published.json describes them
 # (ids punit-2023-02-15-pft-single-vma, shivank-2025-01-28-zen5-v9,
 # bueso-2018-02-05-pft-range-mmap_lock): sockets, cores per socket, SMT, logical CPUs.
 DEVELOPMENT_SET_MACHINES = {
