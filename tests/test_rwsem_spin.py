@@ -80,3 +80,38 @@ def test_the_threshold_starts_when_readers_take_over_from_a_writer():
     assert 50_000 < handed < 52_000, res[2]
     assert THRESHOLD_1 <= left - handed < THRESHOLD_1 + 1_000, (first, left, handed)
     assert any(bit for now, owner, bit in w.nonspinnable if owner == RWSEM_READER_OWNED)
+
+
+# -- mmap_write_downgrade() -----------------------------------------------------------------------
+
+
+def _downgrading(read_hold):
+    """tid 1's munmap write-locks mmap_lock at 0: 10 us of write-locked work then, with
+    read_hold, mmap_write_downgrade() and read_hold of zapping under the read lock (else
+    it holds it for write the whole 110 us).  tid 2's fault comes at 5 us and queues;
+    tid 3's at 20 us."""
+    rows = mk([(1, "munmap", [1], 0, 10_000 if read_hold else 110_000), (2, "fault", 2, 5_000, None),
+               (3, "fault", 2, 20_000, None)])
+    rows[0]["read_hold_ns"] = read_hold
+    r = Replay("mmap_lock", SLOW, 4, rows)
+    states = []
+    r.run_stepped(lambda r: states.append((r.now, int(r.mmap_lock["count"]), int(r.mmap_lock["owner"]))))
+    return {x["tid"]: x for x in r.results}, states
+
+
+def test_a_downgraded_writer_lets_readers_in_while_it_zaps():
+    # __downgrade_write(): count += READER_BIAS - WRITER_LOCKED, owner reader-owned, and
+    # rwsem_downgrade_wake() grants the queued readers (RWSEM_WAKE_READ_OWNED): tid 2,
+    # queued at 5 us, gets the lock at the downgrade (~10 us), not at the end (110 us);
+    # tid 3 at 20 us takes it at once (mmap_read_trylock() on a reader-owned lock).
+    res, states = _downgrading(100_000)
+    assert res[2]["lock_wait_ns"] < 10_000, res[2]
+    assert res[3]["lock_wait_ns"] == 0, res[3]
+    from replay.engine.rwsem import RWSEM_READER_BIAS
+
+    during = [(c, o) for now, c, o in states if 12_000 < now < 19_000]
+    assert during and all(o == RWSEM_READER_OWNED and c >= 2 * RWSEM_READER_BIAS for c, o in during), during
+    # write-locked for the whole 110 us, both wait for the writer
+    res, _ = _downgrading(None)
+    assert res[2]["lock_wait_ns"] > 100_000 and res[3]["lock_wait_ns"] > 80_000, (res[2], res[3])
+    assert res[1]["end_ns"] - res[1]["start_ns"] >= 110_000

@@ -48,6 +48,7 @@ class Op(IntEnum):
     CHECK_RANGE = 23
     CHECK_DETACHED = 24
     VMA_COMMIT = 25
+    RWSEM_DOWNGRADE_WRITE = 26
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -73,8 +74,8 @@ MICRO_OPS = (
     MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a non-blocking request for ownership "
             "(x86 exc_page_fault's prefetchw(&current->mm->mmap_lock))", "h_prefetchw"),
     MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
-    MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\") or the writer's own work (\"writer\")",
-            "h_work"),
+    MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\"), the writer's work under the write lock "
+            "(\"writer\") or after mmap_write_downgrade() (\"zap\": unmap_region() under the read lock)", "h_work"),
     MicroOp(Op.CHECK_SEQ, ("locked?",), "labels", "vma->vm_lock_seq == mm->mm_lock_seq: write-locked "
             "(vma_start_read())", "h_check_seq"),
     MicroOp(Op.RWSEM_TRYLOCK_READ, ("lock", "failed?"), "lock", "down_read_trylock()", "h_rwsem_trylock_read"),
@@ -108,6 +109,9 @@ MICRO_OPS = (
     MicroOp(Op.CHECK_DETACHED, ("detached?",), "labels", "vma->detached (before v6.15) -> goto", "h_check_detached"),
     MicroOp(Op.VMA_COMMIT, (), "none", "the writer's VMAs appear (attached, write-locked) and vanish (detached, "
             "freed)", "h_vma_commit"),
+    MicroOp(Op.RWSEM_DOWNGRADE_WRITE, ("lock", "no_downgrade?"), "lock", "mmap_write_downgrade() -> "
+            "downgrade_write() where the writer downgraded (munmap, brk, mremap: the trace's read hold after it); "
+            "else goto", "h_rwsem_downgrade_write"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
@@ -142,7 +146,7 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
 def encode(ins: tuple, layout) -> list[int]:
     """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
     ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = fault /
-    1 = writer, outcomes their index, labels instruction indices."""
+    1 = writer / 2 = zap, outcomes their index, labels instruction indices."""
     row = BY_OP[Op(ins[0])]
     a = list(ins[1:])
     if row.encoding == "field":
@@ -158,7 +162,7 @@ def encode(ins: tuple, layout) -> list[int]:
     elif row.encoding == "lock":
         args = [0 if a[0] == "mmap_lock" else 1, a[1] if len(a) > 1 else 0]
     elif row.encoding == "work":
-        args = [0 if a[0] == "fault" else 1]
+        args = [("fault", "writer", "zap").index(a[0])]
     elif row.encoding == "outcome":
         args = [OUTCOMES.index(a[0])]
     elif row.encoding == "labels":

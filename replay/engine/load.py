@@ -152,7 +152,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
-        "_j", kind.alias("kind"), c("hold_ns"), *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
+        "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
@@ -185,6 +185,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
     w_gate_p, w_gate = _csr(gate, index)
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
+    hold_read = w["read_hold_ns"].fill_null(0).to_numpy().astype(np.int64)  # after mmap_write_downgrade()
     op_arg = op_vma
     op_arg[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)  # non-faults: their writer index
     del op_vma
@@ -336,7 +337,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         slot_obj=np.full(max_obj, -1, np.int64), freelist=np.zeros(max_obj, np.int64),
         pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
         vid_order=np.zeros(nv, np.int64),
-        w_hold=hold, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
+        w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,

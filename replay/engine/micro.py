@@ -14,8 +14,8 @@ from numba import njit
 from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES
 from .variation import fault_service
-from .rwsem import down_read, down_read_trylock, down_write, up_read, up_write
-from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_ids, w_ids_p
+from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
+from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
 
 OUTCOME_MISS = OUTCOMES.index("miss")
@@ -55,6 +55,8 @@ def h_work(S, t, what, _a, _b):
     now = glob(S, 0).now
     if what == 0:
         return now + fault_service(S, thread(S, t).op), False
+    if what == 2:  # after mmap_write_downgrade(): the trace's read-locked hold
+        return now + w_hold_read(S)[thread(S, t).w], False
     h = w_hold(S)[thread(S, t).w]
     return now + (h if h else DEFAULT_WRITER_NS), False
 
@@ -99,6 +101,15 @@ def h_rwsem_down_write(S, t, which, _a, _b):
 @njit(cache=True)
 def h_rwsem_up_write(S, t, which, _a, _b):
     return up_write(S, t, _lock_index(S, t, which)), False
+
+
+@njit(cache=True)
+def h_rwsem_downgrade_write(S, t, which, no_downgrade, _):
+    """mmap_write_downgrade() if the writer did (the trace shows its read hold), else goto."""
+    if w_hold_read(S)[thread(S, t).w] <= 0:
+        thread(S, t).pc = no_downgrade
+        return glob(S, 0).now, False
+    return downgrade_write(S, t, _lock_index(S, t, which))
 
 
 @njit(cache=True)

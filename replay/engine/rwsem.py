@@ -24,6 +24,7 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   the owner turns from a writer to readers ("prev_owner_state != OWNER_READER").
   A queued writer that has waited RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets
   HANDOFF (rwsem_try_write_lock()).
+* downgrade_write() - the writer becomes a reader and wakes the readers at the head.
 * rwsem_mark_wake() - a writer at the head is woken to retry; readers at the head get
   the lock together - every queued reader, up to MAX_READERS_WAKEUP, writers skipped -
   unless a writer holds it by then.
@@ -64,6 +65,11 @@ DR_NONE, DR_OWNER, DR_WAIT, DR_GRANTED = 0, 1, 2, 3
 @njit(cache=True, inline="always")
 def acquired(S, k, t):
     lock(S, k).acquisitions += 1
+    hold_begins(S, k, t)
+
+
+@njit(cache=True, inline="always")
+def hold_begins(S, k, t):
     now = glob(S, 0).now
     th = thread(S, t)
     if k == 0:
@@ -437,6 +443,32 @@ def down_write(S, t, k):
         return rmw(S, t, lk.count_line, True), True
     block(S, t)
     return -1.0, True
+
+
+@njit(cache=True)
+def downgrade_write(S, t, k):
+    """__downgrade_write(): "tmp = atomic_long_fetch_add_release(-RWSEM_WRITER_LOCKED +
+    RWSEM_READER_BIAS, &sem->count); rwsem_set_reader_owned(sem); if (tmp &
+    RWSEM_FLAG_WAITERS) rwsem_downgrade_wake(sem);" - the writer keeps the lock as a
+    reader, and the readers at the head of the queue join it (__rwsem_mark_wake(sem,
+    RWSEM_WAKE_READ_OWNED): a writer at the head is not woken).  Two steps: the xadd,
+    then the owner store.  Returns (end, again)."""
+    lk, th = lock(S, k), thread(S, t)
+    if th.dw == DW_OWNER:  # back for the owner store (the NONSPINNABLE bit stays)
+        th.dw = DW_NONE
+        return store(S, t, lk.owner_line), False
+    released(S, k, t)  # lockstat: the write hold ends, a read hold begins (lock_downgrade(): no new acquisition)
+    hold_begins(S, k, t)
+    if k > 0 and th.wlock == k:
+        th.wlock = 0
+    lk.count += RWSEM_READER_BIAS - RWSEM_WRITER_LOCKED
+    end = rmw(S, t, lk.count_line, True)
+    lk.owner = RWSEM_READER_OWNED
+    if lk.count & RWSEM_FLAG_WAITERS:
+        rwsem_mark_wake(S, k, True)
+    _let_spinner_in(S, k)
+    th.dw = DW_OWNER
+    return end, True
 
 
 @njit(cache=True)

@@ -173,7 +173,7 @@ class OpsSource:
         rows the loader needs whole.  From a file only those rows reach polars."""
         import polars as pl
 
-        roots = ["kind", "lock_mode", "hold_ns", "vma_ids", "vmas_created", "vmas_freed", "vmas_successor"]
+        roots = ["kind", "lock_mode", "hold_ns", "read_hold_ns", "vma_ids", "vmas_created", "vmas_freed", "vmas_successor"]
         if self.path is None or self.mm is not None:
             return self.frame(roots, lambda df: fn(df.filter(pl.col("kind").cast(pl.Utf8) != "fault")))
         cols = [x for x in roots if x in self.names]

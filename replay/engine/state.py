@@ -111,7 +111,7 @@ ARRAYS = {
     "handoff": f8,  # [ncpu * ncpu] one-way hand-off ns, owner CPU x requesting CPU
     "slot_obj": i8, "freelist": i8, "pend_obj": i8, "waiting_writers": i8, "vid_order": i8,
     # writers (CSR: w_X_p[w] .. w_X_p[w + 1] index w_X)
-    "w_hold": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
+    "w_hold": i8, "w_hold_read": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
     "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
@@ -215,6 +215,7 @@ pend_obj = _array_accessor("pend_obj", i8)
 waiting_writers = _array_accessor("waiting_writers", i8)
 vid_order = _array_accessor("vid_order", i8)
 w_hold = _array_accessor("w_hold", i8)
+w_hold_read = _array_accessor("w_hold_read", i8)
 w_ids_p = _array_accessor("w_ids_p", i8)
 w_ids = _array_accessor("w_ids", i8)
 w_freed_p = _array_accessor("w_freed_p", i8)

@@ -237,13 +237,30 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
     ]
 
 
+def _unlock_or_downgrade() -> list:
+    """munmap, brk and mremap end with mmap_write_downgrade() when they may (mm/vma.c
+    vms_complete_munmap_vmas(), earlier do_vmi_align_munmap()/__do_munmap(): "if
+    (unlock) mmap_write_downgrade(mm);" after the VMAs are detached from the tree), zap
+    the pages and free the page tables (unmap_region()) under the read lock, then
+    mmap_read_unlock(); the trace shows which did (a read acquire_returned with no
+    start_locking; the op's read_hold_ns).  The rest: mmap_write_unlock()."""
+    return [
+        (Op.RWSEM_DOWNGRADE_WRITE, "mmap_lock", "write_unlock"),
+        (Op.WORK, "zap"),
+        (Op.RWSEM_UP_READ, "mmap_lock"),
+        (Op.END,),
+        (Op.LABEL, "write_unlock"),
+        (Op.RWSEM_UP_WRITE, "mmap_lock"),  # mmap_write_unlock()
+        (Op.END,),
+    ]
+
+
 MMAP_WRITER = [
     (Op.RWSEM_DOWN_WRITE, "mmap_lock"),  # mmap_write_lock()
     (Op.READ, "mm", "mm_mt"),
     (Op.WORK, "writer"),
     (Op.VMA_COMMIT,),
-    (Op.RWSEM_UP_WRITE, "mmap_lock"),  # mmap_write_unlock()
-    (Op.END,),
+    *_unlock_or_downgrade(),
 ]
 
 
@@ -311,9 +328,8 @@ def _vma_writer(seqcount: bool) -> list:
         (Op.VMA_START_WRITE_ALL,),  # vma_start_write() on every VMA the call modifies
         (Op.WORK, "writer"),
         (Op.VMA_COMMIT,),  # new VMAs attached write-locked; removed ones detached and freed
-        (Op.MM_SEQ_WRITE_END,),  # mmap_write_unlock() -> vma_end_write_all()
-        (Op.RWSEM_UP_WRITE, "mmap_lock"),
-        (Op.END,),
+        (Op.MM_SEQ_WRITE_END,),  # mmap_write_unlock() / mmap_write_downgrade() -> vma_end_write_all()
+        *_unlock_or_downgrade(),
     ]
 
 
