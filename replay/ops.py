@@ -58,7 +58,9 @@ One op per page fault (a reader of the address space) and per address-space writ
   own cost and lock_vma_under_rcu() (about 0.1-0.3 µs of a few µs here: the
   instrument's error, on the high side).  A fault without a ``fault_end`` (a trace
   recorded without them, a fault ending in an error or a signal) has ``service_ns``
-  null and the engine draws its time as before.
+  null and the engine draws its time as before.  A ``fault_end`` also closes the
+  fault's share of its window: an mmap_lock start or acquire after it is not the
+  fault's fallback (the fault is done; its mmap_read_unlock() may still follow).
 * **time order.**  Events are taken in timestamp order (a stable sort: ties keep their
   input order), as perf's ordered events deliver them; a trace whose time runs
   backwards on a CPU or a thread (``ingest/order.py`` counts those steps, reported as

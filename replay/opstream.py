@@ -285,14 +285,15 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             if missed and n_miss == len(miss_page):
                 return ST_MISS, i + 1, n_rows, n_miss, -1
         elif c == LOCK_START:
-            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
+            # (once its fault_end is seen, the fault takes no more locks: a later start is not its fallback)
+            if s.grp_op >= 0 and not s.ended and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
                 s.has_start = True
                 if ev.write[i] == 0:
                     s.fb_read = True
                 elif ev.write[i] == 1:
                     s.fb_write = True
         elif c == LOCK_ACQ:
-            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
+            if s.grp_op >= 0 and not s.ended and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
                     and ev.ts_ok[i]:
                 ts = ev.ts[i]
                 s.acq_last = max(s.acq_last, ts) if s.acq_any_ok else ts
