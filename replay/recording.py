@@ -255,7 +255,9 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
             maps, pid, rc = record_ftrace(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
         else:
             maps, pid, rc = record_perf(cmd, events or DEFAULT_EVENTS, raw, buffer_mb, fault_times)
-        snapshot = f"# /proc/{pid}/maps at exec of: {' '.join(cmd)}\n{maps}"
+        # one comment line: an argument with a newline (python -c "...") must not end it
+        shown = " ".join(cmd).replace("\\", "\\\\").replace("\n", "\\n")
+        snapshot = f"# /proc/{pid}/maps at exec of: {shown}\n{maps}"
         if keep:
             with atomic_output(keep) as tmp:
                 shutil.copyfile(raw, tmp)
