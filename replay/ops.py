@@ -41,7 +41,9 @@ One op per page fault (a reader of the address space) and per address-space writ
   the thread in the fault's window (until its next fault or syscall), at the fault's
   address, is the fault's; any other - a second one, one in a syscall's window, at
   another address - is counted (``fault_ends_unpaired``) and attached to nothing.  What
-  it measures follows do_user_addr_fault() (arch/x86/mm/fault.c, v6.18), which calls
+  it measures follows do_user_addr_fault() (arch/x86/mm/fault.c, read in a recent
+  mainline copy: the per-VMA-lock path 6.18 has; handle_mm_fault() in mm/memory.c ends
+  ``out: mm_account_fault(mm, regs, address, flags, ret); return ret;``), which calls
   handle_mm_fault() once under the VMA lock (``flags | FAULT_FLAG_VMA_LOCK``) and, if
   that returns VM_FAULT_RETRY or the VMA lock was not had (``goto lock_mmap``), again
   after lock_mm_and_find_vma() takes mmap_lock, and again after each VM_FAULT_RETRY
