@@ -56,9 +56,14 @@ One op per page fault (a reader of the address space) and per address-space writ
   included - left out (the engine simulates the wait; the abandoned attempt is work the
   engine does not model, and the trace cannot tell a retry from an abort); for a fault
   served under the VMA lock, the fault's entry (exceptions:page_fault_user, traced in
-  handle_page_fault() before do_user_addr_fault()), so it includes that tracepoint's
-  own cost and lock_vma_under_rcu() (about 0.1-0.3 µs of a few µs here: the
-  instrument's error, on the high side).  A fault without a ``fault_end`` (a trace
+  handle_page_fault() before do_user_addr_fault()), so it includes lock_vma_under_rcu()
+  (so too for the first write fault of a private VMA, whose mmap_lock events are
+  vmf_anon_prepare()'s trylock inside handle_mm_fault(): see observed fallback).
+  Either way one recorded event's own cost lies inside it (page_fault_user's or
+  acquire_returned's: 1-1.4 us an event on our VM, measured as an uncontended
+  mmap_read_trylock()'s start_locking -> acquire_returned gap) - the instrument's error,
+  on the high side, as it is in ``hold_ns`` - and, being wall time, any sleep or
+  preemption inside handle_mm_fault().  A fault without a ``fault_end`` (a trace
   recorded without them, a fault ending in an error or a signal) has ``service_ns``
   null and the engine draws its time as before.  A ``fault_end`` also closes the
   fault's share of its window: an mmap_lock start or acquire after it is not the
