@@ -25,6 +25,9 @@ EVENTS = (
     *(f"sys_enter_{s}" for s in SYSCALLS),
     *(f"sys_exit_{s}" for s in SYSCALLS),
     "exit_mmap",
+    # perf's minor-faults / major-faults software events (ingest/text.py FAULT_END_EVENTS):
+    # mm_account_fault() emits one as the completing handle_mm_fault() call returns
+    "fault_end",
     "vm_unmapped_area",
     "other",
 )

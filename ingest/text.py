@@ -38,14 +38,23 @@ def _required_mask(arch: str) -> np.ndarray:
 
 # perf's software page-fault event as perf script names it (tools/perf/util/parse-events.c,
 # event_symbols_sw[PERF_COUNT_SW_PAGE_FAULTS]: "page-faults", alias "faults"), with or
-# without modifiers ("page-faults:u").  minor-faults / major-faults are counted after the
-# fault is handled (mm_account_fault(), mm/memory.c) and would count a fault twice
-# beside page-faults: they stay ``other``.
+# without modifiers ("page-faults:u").
 SAMPLED_FAULT_EVENTS = ("page-faults", "faults")
+# minor-faults / major-faults are not more faults: mm_account_fault() (mm/memory.c, the
+# last call in handle_mm_fault()) emits one as the call that completes a fault returns -
+# not for a call returning VM_FAULT_RETRY ("Incomplete faults will be accounted upon
+# completion"), nor an error, nor get_user_pages() (no regs) - with the fault's address.
+# They become ``fault_end`` events, which the op builder pairs with the thread's fault
+# (replay/ops.py, service time); ``replay record`` records them (replay/recording.py).
+FAULT_END_EVENTS = ("minor-faults", "major-faults")
 
 
 def is_sampled_fault(tracepoint: str) -> bool:
     return tracepoint.split(":", 1)[0] in SAMPLED_FAULT_EVENTS
+
+
+def is_fault_end(tracepoint: str) -> bool:
+    return tracepoint.split(":", 1)[0] in FAULT_END_EVENTS
 
 _EVENT_DICT = pa.array(EVENTS, pa.string())
 DIALECTS = {"perf-script": scan.DIALECT_PERF, "perf-data": scan.DIALECT_PERF, "ftrace": scan.DIALECT_FTRACE,
@@ -240,6 +249,7 @@ class TextDecoder:
         self.tracepoints = _Interner()
         self._tp_event: list[int] = []  # tracepoint dictionary index -> event code
         self._tp_sampled: list[bool] = []  # tracepoint dictionary index -> a perf page-faults sample
+        self._tp_end: list[bool] = []  # tracepoint dictionary index -> a perf minor-/major-faults sample
         self.header_lines: list[str] = []  # the first header lines, for trace metadata
 
     def decode(self, chunk: bytes | memoryview, first_line: int) -> tuple[pa.Table, pa.Table, int]:
@@ -260,11 +270,14 @@ class TextDecoder:
             name = self.tracepoints.values[len(self._tp_event)]
             self._tp_event.append(EVENT_CODE[canonical_event(name)])
             self._tp_sampled.append(self.dialect == scan.DIALECT_PERF and is_sampled_fault(name))
+            self._tp_end.append(self.dialect == scan.DIALECT_PERF and is_fault_end(name))
         ev_code = np.asarray(self._tp_event, dtype=np.int8)[tp_codes]
         self.counts.raw_clock += sc.raw_clock
         sampled = None
         if any(self._tp_sampled):
             ev_code, sampled = self._sampled_faults(sc, tp_codes, ev_code)
+        if any(self._tp_end):
+            ev_code = self._fault_ends(sc, tp_codes, ev_code)
         self._fault_access(sc, ev_code)
 
         # required fields: a page fault without an address is not a page fault; and a
@@ -326,6 +339,18 @@ class TextDecoder:
         c.fault_samples_period += int((period > 1).sum())
         c.fault_samples_max_period = max(c.fault_samples_max_period, int(period.max(initial=0)))
         return ev_code, rows
+
+    def _fault_ends(self, sc: Scanned, tp_codes: np.ndarray, ev_code: np.ndarray) -> np.ndarray:
+        """perf ``minor-faults`` / ``major-faults`` samples -> ``fault_end``, the address
+        from the sample addr as for page-faults samples (perf_sw_event(..., regs, address)
+        in mm_account_fault()); printed without one, the address is null."""
+        rows = np.flatnonzero(np.asarray(self._tp_end, dtype=np.bool_)[tp_codes])
+        if not len(rows):
+            return ev_code
+        scan.sample_payloads(sc.buf, sc.ev_s, sc.pay_s, sc.pay_e, rows, sc.vals, sc.present, np.zeros(len(rows), np.int64))
+        ev_code = ev_code.copy()
+        ev_code[rows] = EVENT_CODE["fault_end"]
+        return ev_code
 
     def _fault_access(self, sc: Scanned, ev_code: np.ndarray) -> None:
         """``write`` of each page fault, from its error code as the architecture defines it

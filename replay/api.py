@@ -146,6 +146,7 @@ def ops(trace: str, *, same_mm: bool = False, workspace=None) -> Ops:
         "vmas_seeded_from_maps": rep.seeded_vmas, "vmas_inferred": rep.inferred_vmas,
         "faults_in_inferred_vmas": rep.faults_in_inferred, "failed_calls": rep.failed_calls,
         "unpaired_enters": rep.unpaired_enter, "unmatched_exits": rep.unmatched_exit,
+        "faults_with_service": c["faults_with_service"], "fault_ends_unpaired": rep.fault_ends_unpaired,
         "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
         "out_of_range_calls": rep.out_of_range_calls,
         "kinds": {k: n for k, (n, _) in c["kinds"].items()},

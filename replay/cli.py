@@ -164,6 +164,7 @@ def record(
     buffer_mb: int = typer.Option(64, "--buffer-mb", help="Ring buffer size per CPU (MiB)."),
     workspace: Optional[Path] = WorkspaceOpt,
     replace: bool = typer.Option(False, "--replace", help="Replace a trace of the same name."),
+    no_fault_times: bool = typer.Option(False, "--no-fault-times", help="perf: leave out the minor-/major-faults events that time each fault."),
 ):
     """Record CMD with perf (or tracefs), snapshot its /proc/PID/maps at exec, then ingest.
 
@@ -174,7 +175,7 @@ def record(
     if not cmd:
         raise Fail("record needs a command after --, e.g. replay record -o ls -- ls -l", 2)
     res, status = record_and_ingest(cmd, output_name, events.split(",") if events else None, ftrace, keep,
-                                    buffer_mb, workspace, replace)
+                                    buffer_mb, workspace, replace, fault_times=not no_fault_times)
     _print_ingest(res, Fmt.table)
     failed = workload_failure(status)
     if failed is not None:

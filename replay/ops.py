@@ -34,6 +34,40 @@ One op per page fault (a reader of the address space) and per address-space writ
   in ``observed_mmap_write``.  Kernel-mode faults never try the VMA lock
   (arch/x86/mm/fault.c, do_user_addr_fault: ``if (!(flags & FAULT_FLAG_USER)) goto
   lock_mmap``) and have no observed_fallback.
+* **service time.**  ``service_ns``: the fault's handle_mm_fault() time, where the trace
+  has the fault's ``fault_end`` (perf's minor-faults / major-faults software events, which
+  mm_account_fault() emits as the handle_mm_fault() call that completes the fault
+  returns; ``replay record`` records them, ingest/text.py).  The first ``fault_end`` of
+  the thread in the fault's window (until its next fault or syscall), at the fault's
+  address, is the fault's; any other - a second one, one in a syscall's window, at
+  another address - is counted (``fault_ends_unpaired``) and attached to nothing.  What
+  it measures follows do_user_addr_fault() (arch/x86/mm/fault.c, read in a recent
+  mainline copy: the per-VMA-lock path 6.18 has; handle_mm_fault() in mm/memory.c ends
+  ``out: mm_account_fault(mm, regs, address, flags, ret); return ret;``), which calls
+  handle_mm_fault() once under the VMA lock (``flags | FAULT_FLAG_VMA_LOCK``) and, if
+  that returns VM_FAULT_RETRY or the VMA lock was not had (``goto lock_mmap``), again
+  after lock_mm_and_find_vma() takes mmap_lock, and again after each VM_FAULT_RETRY
+  (``goto retry``).  mm_account_fault() skips a call returning VM_FAULT_RETRY
+  ("Incomplete faults will be accounted upon completion"), so the end is always the
+  completing call's.  Its start: for a fault whose window shows it acquiring mmap_lock,
+  the latest such acquire (mmap_lock_acquire_returned: the completing call ran under
+  it, after lock_mm_and_find_vma()'s VMA lookup), so the time is that call's, the
+  lock wait and any earlier attempt - the VMA-lock call that returned VM_FAULT_RETRY
+  included - left out (the engine simulates the wait; the abandoned attempt is work the
+  engine does not model, and the trace cannot tell a retry from an abort); for a fault
+  served under the VMA lock, the fault's entry (exceptions:page_fault_user, traced in
+  handle_page_fault() before do_user_addr_fault()), so it includes lock_vma_under_rcu()
+  (so too for the first write fault of a private VMA, whose mmap_lock events are
+  vmf_anon_prepare()'s trylock inside handle_mm_fault(): see observed fallback).
+  Either way one recorded event's own cost lies inside it (page_fault_user's or
+  acquire_returned's: 1-1.4 us an event on our VM, measured as an uncontended
+  mmap_read_trylock()'s start_locking -> acquire_returned gap) - the instrument's error,
+  on the high side, as it is in ``hold_ns`` - and, being wall time, any sleep or
+  preemption inside handle_mm_fault().  A fault without a ``fault_end`` (a trace
+  recorded without them, a fault ending in an error or a signal) has ``service_ns``
+  null and the engine draws its time as before.  A ``fault_end`` also closes the
+  fault's share of its window: an mmap_lock start or acquire after it is not the
+  fault's fallback (the fault is done; its mmap_read_unlock() may still follow).
 * **time order.**  Events are taken in timestamp order (a stable sort: ties keep their
   input order), as perf's ordered events deliver them; a trace whose time runs
   backwards on a CPU or a thread (``ingest/order.py`` counts those steps, reported as
@@ -84,8 +118,8 @@ MADV_VMA_CHANGING = {
 
 # Bumped when the op builder gives other ops for the same events; ops files stamped
 # with an older version are rebuilt before a replay.  2: events in time order, faults
-# and calls outside the user address space dropped.
-OPS_VERSION = 2
+# and calls outside the user address space dropped.  3: service_ns.
+OPS_VERSION = 3  # 3: service_ns
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
@@ -97,7 +131,7 @@ OPS_SCHEMA = {
     "vmas_successor": pl.List(pl.Int64),
     "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
-    "hold_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
+    "hold_ns": pl.Int64, "service_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
 }
 
 
@@ -345,6 +379,7 @@ class BuildReport:
     unattributed: int = 0
     unpaired_enter: int = 0
     unmatched_exit: int = 0
+    fault_ends_unpaired: int = 0  # fault_end events paired with no fault (see service time)
     failed_calls: int = 0
     out_of_range_calls: int = 0
     faults_outside_user_space: int = 0
@@ -381,11 +416,13 @@ def ops_summary(path) -> dict:
     import pyarrow.parquet as pq
 
     s = {"ops": 0, "user_faults": 0, "kernel_faults": 0, "observed_fallbacks": 0, "observed_anon_prepare": 0,
-         "faults_taking_mmap_write": 0}
+         "faults_taking_mmap_write": 0, "faults_with_service": 0}
     kinds = {k: [0, 0, 0] for k in OP_KINDS}  # ops, durations known, their sum
-    cols = ["kind", "kernel", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "start_ns", "end_ns"]
+    cols = ["kind", "kernel", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "start_ns", "end_ns",
+            "service_ns"]
     for b in pq.ParquetFile(str(path)).iter_batches(batch_size=1 << 18, columns=cols):
         s["ops"] += b.num_rows
+        s["faults_with_service"] += b.num_rows - b.column("service_ns").null_count
         kind = pc.cast(b.column("kind"), "string")
         fault = pc.equal(kind, "fault")
         user = pc.and_(fault, pc.invert(b.column("kernel")))

@@ -62,9 +62,10 @@ LOCK_START, LOCK_ACQ, LOCK_REL = (EVENT_CODE[f"mmap_lock_{x}"] for x in ("start"
 ENTER0, EXIT0 = EVENT_CODE[f"sys_enter_{SYSCALLS[0]}"], EVENT_CODE[f"sys_exit_{SYSCALLS[0]}"]
 NSYS = len(SYSCALLS)
 EXIT_MMAP = EVENT_CODE["exit_mmap"]
+FAULT_END = EVENT_CODE["fault_end"]
 assert [EVENT_CODE[f"sys_enter_{s}"] - ENTER0 for s in SYSCALLS] == list(range(NSYS))
 assert [EVENT_CODE[f"sys_exit_{s}"] - EXIT0 for s in SYSCALLS] == list(range(NSYS))
-RELEVANT = max(EXIT_MMAP, ENTER0 + NSYS - 1, EXIT0 + NSYS - 1)  # codes above this make no op and touch none
+RELEVANT = max(EXIT_MMAP, FAULT_END, ENTER0 + NSYS - 1, EXIT0 + NSYS - 1)  # codes above this make no op and touch none
 
 # -- op kinds and lock modes as the step stores them ------------------------------------
 K_FAULT, K_EXIT = O.OP_KINDS.index("fault"), O.OP_KINDS.index("exit")
@@ -76,7 +77,7 @@ VMA_NONE, VMA_MISS = -1, -2  # no VMA (kernel fault outside every VMA, writers);
 
 # -- step status ------------------------------------------------------------------------
 ST_DONE, ST_APPLY, ST_SEED, ST_FULL, ST_MISS = 0, 1, 2, 3, 4
-C_UNPAIRED, C_UNMATCHED, C_MISSED = 0, 1, 2  # counters
+C_UNPAIRED, C_UNMATCHED, C_MISSED, C_END_ALONE, NCOUNTERS = 0, 1, 2, 3, 4  # counters
 PAGE_MASK = np.uint64(~(O.PAGE - 1) & (2**64 - 1))
 PF_WRITE = O.X86_PF_WRITE
 
@@ -106,11 +107,11 @@ OP_FIELDS = [
     ("length", np.int64), ("len_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
     ("write", np.int8), ("kernel", np.bool_), ("lock", np.int8), ("fb", np.int8), ("fbw", np.bool_),
     ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
-    ("cpu", np.int16), ("cpu_ok", np.bool_), ("pend", np.int8),
+    ("cpu", np.int16), ("cpu_ok", np.bool_), ("svc", np.int64), ("svc_ok", np.bool_), ("pend", np.int8),
 ]
 (R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
  R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_CPU, R_CPU_OK,
- R_PEND) = range(len(OP_FIELDS))
+ R_SVC, R_SVC_OK, R_PEND) = range(len(OP_FIELDS))
 Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
 
 
@@ -124,12 +125,14 @@ def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
 
 
 # Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
-# window of its latest fault or syscall: the op it belongs to and what the window saw.
+# window of its latest fault or syscall: the op it belongs to and what the window saw
+# (``acq_last``: its latest mmap_lock acquire; ``ended``: a fault_end was paired with it).
 TH_DTYPE = np.dtype([
     ("space", np.int32), ("own_mm", np.uint64), ("own_ok", np.bool_),
     ("grp_op", np.int64), ("grp_fault", np.bool_), ("has_start", np.bool_), ("fb_read", np.bool_),
     ("fb_write", np.bool_), ("rel_any", np.int64), ("rel_any_ok", np.bool_), ("acq_any", np.int64),
     ("acq_any_ok", np.bool_), ("rel_w", np.int64), ("rel_w_ok", np.bool_), ("acq_w", np.int64), ("acq_w_ok", np.bool_),
+    ("acq_last", np.int64), ("ended", np.bool_),
 ])
 
 # Per thread and syscall: the open sys_enter (its op, -1 when none) and its arguments.
@@ -182,6 +185,7 @@ def _open_window(s, op, fault):
     s.acq_any_ok = False
     s.rel_w_ok = False
     s.acq_w_ok = False
+    s.ended = False
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -193,6 +197,7 @@ def _new_op(o, k, ev, i, kind, pend):
     o[R_LEN_OK, k] = False
     o[R_RET_OK, k] = False
     o[R_HOLD_OK, k] = False
+    o[R_SVC_OK, k] = False
     o[R_KERNEL, k] = False
     o[R_FBW, k] = False
     o[R_FIRST, k] = False
@@ -280,16 +285,18 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             if missed and n_miss == len(miss_page):
                 return ST_MISS, i + 1, n_rows, n_miss, -1
         elif c == LOCK_START:
-            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
+            # (once its fault_end is seen, the fault takes no more locks: a later start is not its fallback)
+            if s.grp_op >= 0 and not s.ended and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
                 s.has_start = True
                 if ev.write[i] == 0:
                     s.fb_read = True
                 elif ev.write[i] == 1:
                     s.fb_write = True
         elif c == LOCK_ACQ:
-            if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
+            if s.grp_op >= 0 and not s.ended and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.success[i] == 1 \
                     and ev.ts_ok[i]:
                 ts = ev.ts[i]
+                s.acq_last = max(s.acq_last, ts) if s.acq_any_ok else ts
                 if not s.acq_any_ok or ts < s.acq_any:
                     s.acq_any, s.acq_any_ok = ts, True
                 if ev.write[i] == 1 and (not s.acq_w_ok or ts < s.acq_w):
@@ -319,6 +326,23 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             q.prot, q.prot_ok, q.flags, q.flags_ok = ev.prot[i], ev.prot_ok[i], ev.flags[i], ev.flags_ok[i]
             _open_window(s, base + k, False)
             n_rows += 1
+        elif c == FAULT_END:
+            # the end of the call that completed the thread's open fault (mm_account_fault());
+            # its service: since the fault's latest mmap_lock acquire (the completing call ran
+            # under it) or, having none, since the fault's entry (ops.py, service time)
+            k = -1
+            if s.grp_op >= 0 and s.grp_fault and not s.ended and ev.ts_ok[i]:
+                k = _ref(s.grp_op, base, late_at, late_ids)
+                if ev.addr_ok[i] and rows[R_ADDR_OK, k] and np.uint64(rows[R_ADDRESS, k]) != ev.address[i]:
+                    k = -1
+            if k < 0:
+                counters[C_END_ALONE] += 1
+            else:
+                s.ended = True
+                if s.acq_any_ok and not rows[R_FIRST, k]:  # (not vmf_anon_prepare()'s trylock)
+                    rows[R_SVC, k], rows[R_SVC_OK, k] = ev.ts[i] - s.acq_last, True
+                elif rows[R_START_OK, k]:
+                    rows[R_SVC, k], rows[R_SVC_OK, k] = ev.ts[i] - rows[R_START, k], True
         elif EXIT0 <= c < EXIT0 + NSYS:
             q = sc[t * NSYS + (c - EXIT0)]
             if q.op < 0:
@@ -703,7 +727,7 @@ class Builder:
         self.n_miss = 0
         self.clusters: dict[int, np.ndarray] = {}  # space -> [[lo page, hi page], ...] of missed pages
         self.need_seed = np.array([bool(maps_snapshot)])
-        self.counters = np.zeros(3, np.int64)
+        self.counters = np.zeros(NCOUNTERS, np.int64)
         self.ids = O.IdSource()
         self.spaces: dict[str, O.AddressSpace] = {}
         self.op_spaces: set[int] = set()
@@ -773,6 +797,7 @@ class Builder:
         self.rep.faults_in_inferred = int(self.counters[C_MISSED])
         self.rep.unpaired_enter = int(self.counters[C_UNPAIRED])
         self.rep.unmatched_exit = int(self.counters[C_UNMATCHED])
+        self.rep.fault_ends_unpaired = int(self.counters[C_END_ALONE])
 
     def _row(self, op: int) -> int:
         return int(_ref(op, self.base, self.cap, self.late_ids[: self.n_late]))
@@ -964,6 +989,7 @@ class Builder:
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
             "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
             "hold_ns": arr(seg.hold, seg.hold_ok, pa.int64()),
+            "service_ns": arr(seg.svc, seg.svc_ok, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
         }

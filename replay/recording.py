@@ -6,6 +6,21 @@ the kernel stops a traced child with SIGTRAP once exec succeeds), so that
 loader, the stack, vdso/vvar - before any mmap the trace will show.  The tracer is
 attached to that pid (perf record -p / tracefs set_event_pid with event-fork), then the
 child is detached and runs.  Threads and children it creates are followed.
+
+**Each fault's time.**  With perf, the recording also carries perf's ``minor-faults``
+and ``major-faults`` software events, every one (``-c 1``) with its address (``-d``):
+mm_account_fault() (mm/memory.c) emits one as the handle_mm_fault() call that
+completes a fault returns, so beside the fault's entry and its mmap_lock events it
+gives the fault's handle_mm_fault() time (the op builder's ``service_ns``, replay/ops.py;
+the engine replays it, engine/variation.py).  Not a return probe on handle_mm_fault():
+kprobe events (``perf probe -a 'handle_mm_fault%return'``, tracefs ``kprobe_events``)
+need CONFIG_KPROBE_EVENTS, and BPF fexit programs a kernel that lets them load; the
+6.18 kernel we record on has neither (built without CONFIG_KPROBES; under lockdown,
+loading an fentry/fexit program on handle_mm_fault fails with EPERM), while the
+software events need nothing but perf.  tracefs has no software events, so ``--ftrace``
+recordings carry no fault times (a one-line note says so); ``--no-fault-times`` leaves
+them out of a perf recording.  They cost a sample per fault: about as much as the
+page-fault tracepoint itself.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import time
 from pathlib import Path
 
 from .ingest.sources import InputError
+from .ingest.text import FAULT_END_EVENTS
 
 DEFAULT_EVENTS = [
     "exceptions:page_fault_user",
@@ -32,6 +48,9 @@ DEFAULT_EVENTS = [
     *(f"syscalls:sys_{d}_{s}" for s in ("mmap", "munmap", "mprotect", "mremap", "brk", "madvise") for d in ("enter", "exit")),
     "mmap:exit_mmap",
 ]
+# perf record's switches for the fault-end events: every event sampled (-c 1: a
+# software event is otherwise sampled at perf's default frequency) with its address (-d)
+FAULT_TIME_ARGS = ["-c", "1", "-d", *(a for e in FAULT_END_EVENTS for a in ("-e", e))]
 TRACEFS = Path("/sys/kernel/tracing")
 PTRACE_TRACEME, PTRACE_DETACH = 0, 17
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -73,8 +92,10 @@ def _open_fifo(path: str, flags: int, proc: subprocess.Popen) -> int | None:
     return None
 
 
-def record_perf(cmd: list[str], events: list[str], out: str, buffer_mb: int) -> tuple[str, int, int]:
-    """perf record -p the stopped child; returns (maps at exec, pid, exit status)."""
+def record_perf(cmd: list[str], events: list[str], out: str, buffer_mb: int,
+                fault_times: bool = True) -> tuple[str, int, int]:
+    """perf record -p the stopped child (with the fault-end events unless not
+    ``fault_times``); returns (maps at exec, pid, exit status)."""
     perf = shutil.which("perf")
     if perf is None:
         raise InputError("replay record needs perf (Debian: apt-get install linux-perf), or use --ftrace")
@@ -92,6 +113,8 @@ def record_perf(cmd: list[str], events: list[str], out: str, buffer_mb: int) -> 
             "-p", str(child.pid), "-o", out]
     for e in events:
         args += ["-e", e]
+    if fault_times:
+        args += FAULT_TIME_ARGS
     rec = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
     def perf_failed():
@@ -216,10 +239,11 @@ def workload_failure(rc: int) -> tuple[str, int] | None:
     return f"the workload exited with status {rc}", 1
 
 
-def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, replace):
+def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, replace, fault_times: bool = True):
     """Record and ingest; returns (IngestResult, the workload's wait status as
     subprocess gives it: negative for a signal).  A failing workload's trace is
-    ingested all the same - it is what the program really did."""
+    ingested all the same - it is what the program really did.  ``fault_times``: with
+    perf, record each fault's end too (see the module docstring)."""
     from .ingesting import claim_name, run_ingest
     from .workspace import Workspace, atomic_output
 
@@ -227,9 +251,13 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
     claim_name(ws, name, replace)
     with ws.staging() as stage:  # the raw recording: in the workspace, removed with the staging
         raw = os.path.join(stage, "trace.txt" if ftrace else "perf.data")
-        rec = record_ftrace if ftrace else record_perf
-        maps, pid, rc = rec(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
-        snapshot = f"# /proc/{pid}/maps at exec of: {' '.join(cmd)}\n{maps}"
+        if ftrace:
+            maps, pid, rc = record_ftrace(cmd, events or DEFAULT_EVENTS, raw, buffer_mb)
+        else:
+            maps, pid, rc = record_perf(cmd, events or DEFAULT_EVENTS, raw, buffer_mb, fault_times)
+        # one comment line: an argument with a newline (python -c "...") must not end it
+        shown = " ".join(cmd).replace("\\", "\\\\").replace("\n", "\\n")
+        snapshot = f"# /proc/{pid}/maps at exec of: {shown}\n{maps}"
         if keep:
             with atomic_output(keep) as tmp:
                 shutil.copyfile(raw, tmp)
@@ -245,4 +273,7 @@ def record_and_ingest(cmd, name, events, ftrace, keep, buffer_mb, workspace, rep
             if failed is None:
                 raise
             raise InputError(f"{failed[0]}, and its recording could not be ingested: {e}") from None
+        if ftrace and fault_times:
+            res.warnings.append("no per-fault times in an --ftrace recording: tracefs has no perf software events "
+                                "(record with perf for them)")
         return res, rc

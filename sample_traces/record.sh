@@ -11,7 +11,11 @@ gcc -O2 -Wall -pthread -o "$work/pft" programs/pft.c
 gcc -O2 -Wall -pthread -o "$work/mprotect_race" programs/mprotect_race.c
 javac -d "$work" programs/Alloc.java
 ws="$work/ws"
-PERF_FIELDS="--ns -F comm,pid,tid,cpu,time,event,trace --show-lost-events --header"
+# per-type field lists, as replay ingest perf.data prints them (ingest/sources.py
+# PERF_SCRIPT_ARGS): the minor-/major-faults software events replay record adds to time
+# each fault have no tracepoint fields, and a plain -F list naming `trace` prints nothing
+# for them
+PERF_FIELDS="--ns -F trace:comm,pid,tid,cpu,time,event,trace -F sw:comm,pid,tid,cpu,time,period,event,addr,ip --show-lost-events --header"
 
 perf_trace() {  # NAME CMD...
   local name=$1; shift

@@ -216,10 +216,12 @@ def test_a_timestamp_past_int64_ns_is_malformed_not_wrapped(cli, ws, tmp_path):
 
 def test_ids_that_do_not_fit_their_columns_are_malformed_not_wrapped(cli, ws, tmp_path):
     lines = sample_text("pft-2t", 200)
-    body = [i for i, ln in enumerate(lines) if not ln.startswith("#")]
-    lines[body[10]] = lines[body[10]].replace("6450/6450", "6450/4294967297", 1)  # tid 2^32 + 1
-    lines[body[11]] = lines[body[11]].replace("6450/6450", "99999999999999999999999/6450", 1)
-    lines[body[12]] = lines[body[12]].replace("[001]", "[65537]", 1)
+    # tracepoint lines (perf prints no [cpu] for the minor-faults software events)
+    body = [i for i, ln in enumerate(lines) if not ln.startswith("#") and re.search(r"\[\d+\]", ln)]
+    pid = re.search(r" (\d+)/\1 ", lines[body[10]]).group(1)
+    lines[body[10]] = lines[body[10]].replace(f"{pid}/{pid}", f"{pid}/4294967297", 1)  # tid 2^32 + 1
+    lines[body[11]] = lines[body[11]].replace(f"{pid}/{pid}", f"99999999999999999999999/{pid}", 1)
+    lines[body[12]] = re.sub(r"\[\d+\]", "[65537]", lines[body[12]], count=1)
     rc, out, err = cli("ingest", write(tmp_path, "ids", lines), "-w", ws, "-O", "json")
     assert rc == 0 and json.loads(out)["lines"]["malformed"] == 3
     assert pl.read_parquet(ws / "rejects" / "trace_id=ids")["line"].to_list() == [body[10] + 1, body[11] + 1, body[12] + 1]

@@ -44,11 +44,36 @@ def test_record_perf(cli, ws, tmp_path):
     assert rc == 0 and json.loads(out)["lines"]["parsed"] == tr["parsed"]
 
 
+@needs_perf
+def test_record_perf_times_every_fault(cli, ws):
+    """The fault_end events (perf minor-/major-faults, replay/recording.py): one per
+    fault that completed, at its address, so every fault of the mmap loop gets its
+    service time; --no-fault-times records none."""
+    rc, out, err = cli("record", "-w", ws, "-o", "timed", "--", sys.executable, "-c", PROG)
+    assert rc == 0, err
+    ev = pl.read_parquet(ws / "events" / "trace_id=timed")
+    ends = ev.filter(pl.col("event") == "fault_end")
+    assert set(ends["tracepoint"].unique().to_list()) <= {"minor-faults", "major-faults"}
+    nfaults = ev.filter(pl.col("event").is_in(["page_fault_user", "page_fault_kernel"])).height
+    assert ends.height == nfaults  # every fault of this program completes
+    rc, out, err = cli("ops", "timed", "-w", ws, "-f", "json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["faults_with_service"] == s["user_faults"] + s["kernel_faults"] and s["fault_ends_unpaired"] == 0
+    ops = pl.read_parquet(ws / "ops" / "trace_id=timed").filter(pl.col("kind") == "fault")
+    assert ops["service_ns"].min() > 0 and ops["service_ns"].median() < 100_000
+    rc, out, err = cli("record", "-w", ws, "-o", "untimed", "--no-fault-times", "--", sys.executable, "-c", PROG)
+    assert rc == 0, err
+    ev = pl.read_parquet(ws / "events" / "trace_id=untimed")
+    assert ev.filter(pl.col("event") == "fault_end").height == 0 and ev.filter(pl.col("event") == "other").height == 0
+
+
 @needs_tracefs
 def test_record_ftrace(cli, ws):
     rc, out, err = cli("record", "-w", ws, "-o", "pyf", "--ftrace", "--", sys.executable, "-c", PROG)
     assert rc == 0, err
     _check(ws, "pyf", "ftrace")
+    assert "warning: no per-fault times in an --ftrace recording" in err
     with open("/sys/kernel/tracing/set_event") as f:
         assert f.read().strip() == ""  # tracefs left as found
 

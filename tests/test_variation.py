@@ -49,6 +49,29 @@ def test_trace_holds_are_resampled_fault_by_fault():
     assert abs(np.median(got) - 2200) <= 100
 
 
+def test_a_recorded_fault_time_is_that_faults_service_exactly():
+    """ops service_ns (replay record's fault_end events): a fault that has one is
+    served exactly that long, whatever the seed; one without keeps its draw (the
+    trace's holds resampled, here), and the same fault gets the same draw it would get
+    in a trace without any recorded time.  One thread, mmap_lock: no contention."""
+    holds = [1000 + 100 * k for k in range(25)]
+    base = _ops(60, holds=holds)
+    timed = base.with_columns(service_ns=pl.Series([7_000 + 10 * i if i % 2 else None for i in range(60)],
+                                                   dtype=pl.Int64))
+    svc = service_for(timed, BDW, "trace")
+    assert svc.recorded and svc.source.startswith("recorded handle_mm_fault() time for 30 faults; the rest: trace")
+    for seed in (0, 4):
+        got = _service(replay(timed, get_model("mmap_lock"), BDW, 1, seed=seed).results.sort("op_id"))
+        want = _service(replay(base, get_model("mmap_lock"), BDW, 1, seed=seed).results.sort("op_id"))
+        odd = np.arange(60) % 2 == 1
+        assert np.allclose(got[odd], 7_000 + 10 * np.arange(60)[odd])  # 7010, 7030, ...: exactly the recording
+        assert np.allclose(got[~odd], want[~odd], rtol=0, atol=1e-6)  # the others: today's draw, unchanged
+        assert set(np.round(got[~odd], 6)) <= set(float(h) for h in holds)
+    # the recorded times are the trace's: --fault-service profile or a number ignores them
+    assert not service_for(timed, BDW, "profile").recorded
+    assert np.allclose(_service(replay(timed, get_model("mmap_lock"), BDW, 1, fault_service="1234").results), 1234.0)
+
+
 def test_profile_service_is_log_normal_around_the_profile_figure():
     ops = _ops(6000)
     svc = service_for(ops, BDW, "trace")  # no holds in this trace: the profile's figure
@@ -83,6 +106,8 @@ def test_same_seed_same_run_other_seed_other_sample(sample_ops, model):
     assert a.results.equals(b.results) and a.run_id == b.run_id
     assert a.run_id != c.run_id and not a.results["end_ns"].equals(c.results["end_ns"])
     sa, sc = a.summary(), c.summary()
-    assert sa["faults"] == sc["faults"] and sa["faults_per_sec"] != sc["faults_per_sec"]
+    assert sa["faults"] == sc["faults"]
+    if not sample_ops["service_ns"].is_not_null().any():  # (a recorded fault's time is no draw)
+        assert sa["faults_per_sec"] != sc["faults_per_sec"]
     # another sample of the same run, not another run: within a few percent
     assert abs(sa["faults_per_sec"] / sc["faults_per_sec"] - 1) < 0.05

@@ -124,12 +124,15 @@ PROFILE_SERVICE_SIGMA = 0.24
 class Service:
     """How long a fault's handle_mm_fault() takes, drawn per fault with the run's seed:
     ``samples`` (the trace's own fallen-back holds, sorted) resampled, or a log-normal of
-    median ``ns`` and spread ``sigma``; ``sigma`` 0 and no samples: always ``ns``."""
+    median ``ns`` and spread ``sigma``; ``sigma`` 0 and no samples: always ``ns``.
+    ``recorded``: a fault with its own recorded time (ops ``service_ns``) takes it
+    instead (variation.py)."""
 
     ns: float
     source: str
     samples: object = None  # np.ndarray | None
     sigma: float = 0.0
+    recorded: bool = False
 
 
 def _trace_holds(src):
@@ -154,11 +157,25 @@ def service_for(ops, machine: Machine, how: str = "trace") -> Service:
     ns, source = fault_service_time(ops, machine, how)
     if source == "given":
         return Service(ns, source)
+    src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
+    # ``trace``: the faults the trace timed (replay record's fault_end events) take their own time
+    own = _recorded_services(src) if how == "trace" else 0
+    mine = f"recorded handle_mm_fault() time for {own:,} faults; the rest: " if own else ""
     if source.startswith("trace"):
-        src = ops if isinstance(ops, OpsSource) else OpsSource(ops)
         holds = np.sort(_trace_holds(src).to_numpy().astype(np.float64))
-        return Service(ns, source + ", resampled per fault", holds)
-    return Service(ns, source + f", log-normal per fault (sigma {PROFILE_SERVICE_SIGMA})", None, PROFILE_SERVICE_SIGMA)
+        return Service(ns, mine + source + ", resampled per fault", holds, recorded=bool(own))
+    return Service(ns, mine + source + f", log-normal per fault (sigma {PROFILE_SERVICE_SIGMA})", None,
+                   PROFILE_SERVICE_SIGMA, recorded=bool(own))
+
+
+def _recorded_services(src) -> int:
+    """How many faults have their own recorded service time (ops ``service_ns``)."""
+    import polars as pl
+
+    if "service_ns" not in src.names:
+        return 0
+    n = src.frame(["service_ns"], lambda df: df.select(pl.col("service_ns").is_not_null().sum().alias("n")))
+    return int(n["n"].sum()) if n is not None else 0
 
 
 def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") -> tuple[float, str]:

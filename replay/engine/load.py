@@ -250,6 +250,14 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     samples = getattr(svc, "samples", None)
     sigma = float(getattr(svc, "sigma", 0.0))
     min_service = float(samples[0]) if samples is not None and len(samples) else service
+    # each fault's recorded handle_mm_fault() time where the service comes from the trace
+    recorded = bool(getattr(svc, "recorded", False)) and "service_ns" in src.names
+    op_service = np.full(1, np.nan)
+    if recorded:
+        op_service = src.column("service_ns", np.float64, 0)
+        op_service[~src.notnull("service_ns")] = np.nan
+    if recorded and not np.isnan(op_service).all():
+        min_service = min(min_service, float(np.nanmin(op_service)))
     instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
     if not min_service:
         instant |= is_fault
@@ -304,6 +312,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["service_sigma"] = sigma
     k["seed"] = seed
     k["nsamples"] = len(samples) if samples is not None else 0
+    k["recorded_service"] = int(recorded)
     k["barrier_wake_ns"] = BARRIER_WAKE_NS
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
@@ -342,6 +351,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
+        op_service=op_service,
     )
     state = st.State(arrays)
     _alloc_initial(state.S, np.asarray(initial, np.int64))

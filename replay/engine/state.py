@@ -62,6 +62,7 @@ CONFIG = _rec(
     ("socket_read_exclusive", f8), ("cross_socket_handoff", f8), ("fault_service_ns", f8),
     # variation.py: how each fault's service time is drawn, and the start barrier
     ("service_mode",), ("service_sigma", f8), ("seed",), ("barrier_wake_ns", f8), ("nsamples",),
+    ("recorded_service",),  # 1: a fault with a recorded time (op_service not NaN) takes it
 )
 THREAD = _rec(
     # scheduling
@@ -118,6 +119,7 @@ ARRAYS = {
     # per op: bits 0-1 program + 1, 2 start known, 3 end known, 4 started; its VMA id or writer index
     "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
+    "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -234,6 +236,7 @@ op_arg = _array_accessor("op_arg", np.int32)
 op_think = _array_accessor("op_think", f8)
 op_start = _array_accessor("op_start", f8)
 service_samples = _array_accessor("service_samples", f8)
+op_service = _array_accessor("op_service", f8)
 
 
 class State:

@@ -6,6 +6,11 @@ v8 get/put pair on one vm_refcnt line then costs about one transfer per fault, w
 real runs pay two - so each fault's handle_mm_fault() time is drawn from a
 distribution, and the threads leave their start barrier in a random order:
 
+* a fault's own recorded time (ops ``service_ns``, replay/ops.py), where the trace has
+  one and the service comes from the trace (``recorded_service``): exactly that, no
+  draw - it is this fault's measurement, not a sample of a distribution, so replaying
+  it as recorded is what "from the trace" means, and it keeps the run a pure function
+  of trace, model, machine and seed;
 * ``SERVICE_SAMPLES`` - the trace's own: the mmap_lock holds of the faults it shows
   falling back (engine.service_for), resampled (a bootstrap draw per fault);
 * ``SERVICE_LOGNORMAL`` - around the profile's figure (median ``fault_service_ns``,
@@ -29,7 +34,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .state import cfg, service_samples
+from .state import cfg, op_service, service_samples
 
 SERVICE_CONSTANT, SERVICE_SAMPLES, SERVICE_LOGNORMAL = 0, 1, 2
 BARRIER_WAKE_NS = 1000.0  # est.: futex_wake() -> try_to_wake_up() per waiter, one after another
@@ -61,6 +66,10 @@ def uniform(seed, stream, i):
 def fault_service(S, j):
     """handle_mm_fault()'s time for the fault that is op j."""
     k = cfg(S, 0)
+    if k.recorded_service:
+        d = op_service(S)[j]
+        if d == d:  # not NaN: the fault's own time
+            return d
     if k.service_mode == SERVICE_SAMPLES:
         n = k.nsamples
         return service_samples(S)[min(n - 1, int(uniform(k.seed, STREAM_SERVICE, j) * n))]
