@@ -4,6 +4,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Tests stay deterministic: Hypothesis draws the same examples on every run (a seed
+# derived from each test's name) and keeps no example database between runs.
+settings.register_profile("replay", derandomize=True, database=None)
+settings.load_profile("replay")
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = Path(__file__).parent.parent / "sample_traces"

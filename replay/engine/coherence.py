@@ -187,11 +187,16 @@ def cost_since(S, t, start, cost, since):
 
 
 @njit(cache=True, inline="always")
+def read_from(S, t, n, since):
+    """t loads from line n, issued at ``since``."""
+    s, c = coh_read(S, n, thread(S, t).cpu, since)
+    return cost_since(S, t, s, c, since)
+
+
+@njit(cache=True, inline="always")
 def read(S, t, n):
     """t loads from line n."""
-    now = glob(S, 0).now
-    s, c = coh_read(S, n, thread(S, t).cpu, now)
-    return cost_since(S, t, s, c, now)
+    return read_from(S, t, n, glob(S, 0).now)
 
 
 @njit(cache=True, inline="always")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .coherence import read, rmw, store
+from .coherence import read, rmw, rmw_from, store
 from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block, wake
 from .state import cfg, cpu, glob, line, lock, thread
 
@@ -309,7 +309,7 @@ def down_read(S, t, k):
         adjustment += RWSEM_FLAG_WAITERS
     waiter_add(S, k, t, False)
     lk.count += adjustment
-    end = rmw(S, t, lk.count_line, True)
+    end = rmw_from(S, t, lk.count_line, True, end)  # after the xadd above
     th.dr = DR_WAIT
     if not lk.count & RWSEM_LOCK_MASK:
         rwsem_mark_wake(S, k, False)
@@ -372,9 +372,11 @@ def down_write(S, t, k):
         if k > 0:
             th.wlock = k
         return store(S, t, lk.owner_line), False
+    issued = now  # when this call's next atomic issues: after the failed cmpxchg, if there was one
     if th.dw == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
         free = lk.count == 0
         end = rmw(S, t, lk.count_line, free)
+        issued = end
         if lk.count == 0:
             lk.count = RWSEM_WRITER_LOCKED
             acquired(S, k, t)
@@ -440,7 +442,7 @@ def down_write(S, t, k):
     if rwsem_try_write_lock(S, k, t):
         acquired(S, k, t)
         th.dw = DW_OWNER
-        return rmw(S, t, lk.count_line, True), True
+        return rmw_from(S, t, lk.count_line, True, issued), True
     block(S, t)
     return -1.0, True
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from numba import njit
 
 from ..models.kernels import VMA_LOCK_OFFSET
-from .coherence import read, rmw, rmw_from, store, store_from
+from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .rwsem import down_write, up_write
 from .sched import block, wake
 from .state import (cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid, vobj, w_created,
@@ -184,7 +184,7 @@ def vma_refcount_put(S, t):
         g.writer_wakeups += 1
         w = g.vma_writer_wait
         g.vma_writer_wait = -1
-        read(S, t, k.mm_vma_writer_wait)  # rcuwait_wake_up()
+        end = read_from(S, t, k.mm_vma_writer_wait, end)  # rcuwait_wake_up(), after the decrement
         wake(S, w, -1)
     return end
 
