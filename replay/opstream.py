@@ -121,7 +121,8 @@ def _ops_buffer(n: int) -> np.ndarray:
 
 
 def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
-    return Ops(*(R[i, a:b].view(np.uint64) if dt == np.uint64 else R[i, a:b].astype(dt)
+    """Rows a:b of the op buffer, typed, each column a copy of its own (the buffer is reused)."""
+    return Ops(*(R[i, a:b].view(np.uint64).copy() if dt == np.uint64 else R[i, a:b].astype(dt)
                  for i, (_, dt) in enumerate(OP_FIELDS)))
 
 
@@ -651,7 +652,10 @@ def _in_time_order(events: Events, sv: Survey, keep_fn):
     pending, read = None, 0
     for b in events.batches(STEP_COLUMNS):
         read += b.num_rows
-        t = pa.Table.from_batches([b]).filter(pa.array(keep_fn(b)))
+        keep = keep_fn(b)
+        t = pa.Table.from_batches([b])
+        if not keep.all():  # most traces keep every event: no copy then
+            t = t.filter(pa.array(keep))
         if sv.in_time_order:
             yield t
             continue
@@ -704,16 +708,24 @@ class _Layout:
 
 
 def _arrow(values: np.ndarray, ok: np.ndarray | None, typ: pa.DataType) -> pa.Array:
-    """A numpy column (and where it is valid) as an Arrow array that owns its memory:
-    the op buffers it comes from are reused."""
+    """A numpy column (and where it is valid) as an Arrow array over the same memory,
+    or a converted copy: ``values`` must be the caller's own, never a view of the op
+    buffer (``_ops_slice`` copies out of it), as the writer thread reads it later."""
     n = len(values)
     nulls = 0 if ok is None else n - int(np.count_nonzero(ok))
     validity = pa.py_buffer(np.packbits(ok, bitorder="little")) if nulls else None
     if pa.types.is_boolean(typ):
         data = pa.py_buffer(np.packbits(values.astype(np.bool_, copy=False), bitorder="little"))
     else:
-        data = pa.py_buffer(np.array(values, dtype=typ.to_pandas_dtype(), copy=True))
+        data = pa.py_buffer(np.ascontiguousarray(values, dtype=typ.to_pandas_dtype()))
     return pa.Array.from_buffers(typ, n, [validity, data], null_count=nulls)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """``text`` n times as a large_string array, built from its buffers (a take costs 5x)."""
+    b = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(b)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b * n)])
 
 
 def _pyint(v, ok):
@@ -1019,7 +1031,7 @@ class Builder:
         vma = seg.vma
         cols = {
             "op_id": _arrow(ops, None, pa.int64()),
-            "trace_id": pa.array([self.trace_id], pa.large_string()).take(pa.array(np.zeros(n, np.int64))),
+            "trace_id": _repeat(self.trace_id, n),
             "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
             "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
             "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
