@@ -6,7 +6,7 @@ order); this module makes ops that way from a trace of any size without holding 
 * **Pass 1 (a survey).**  One read of eight narrow columns: the time-order check
   (``ingest/order.py``), the faults outside the user address space, which threads
   there are and, per thread, how often it prints each tgid and takes mmap_lock on each
-  ``mm=``.  Thread attribution (``attribute``) needs all of it before the first op.
+  ``mm=`` (counted in a compiled pass per batch, ``_tally``).  Thread attribution (``attribute``) needs all of it before the first op.
   It also finds whether the events are already in time order (perf's ordered events
   and ftrace's merged buffers give that) and each batch's earliest timestamp.
 * **Pass 2.**  The events again, batch by batch in time order - as read when they are
@@ -26,13 +26,16 @@ order); this module makes ops that way from a trace of any size without holding 
   oldest row group is written with what is known and the incomplete ops in it are kept
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
-  Either way a second pass over the ops file (``_patch``) puts the final values in
-  place; a trace that needs neither is written once.  The two files are written into
-  the caller's staging directory; the workspace renames them into place.
+  Either way the row groups from the first such one on go to an Arrow IPC spill
+  beside the ops file, and at the end through a second pass (``_Patch``) that puts the
+  final values in place and appends them to the ops file; the row groups before it
+  are final and go straight in, so each op is Parquet-encoded once.  The writes run on
+  a thread of their own (``_Behind``), overlapping the step.  The files are written
+  into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
 piece (the behaviour ``tests/test_ops.py`` and the golden replays pin); only the row
-group boundaries of the Parquet file differ.
+group boundaries and the column encodings (``OPS_PARQUET``) of the Parquet file differ.
 """
 
 from __future__ import annotations
