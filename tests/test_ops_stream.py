@@ -168,3 +168,31 @@ def test_a_failed_write_fails_the_build(tmp_path, monkeypatch):
         with pytest.raises(OSError, match="No space left"):
             build_ops_file(events, "m", maps, False, str(tmp_path / "ops.parquet"), str(tmp_path / "vmas.parquet"))
         assert not (tmp_path / "ops.parquet.spill").exists()
+
+
+def test_survey_tallies_are_a_group_by():
+    # the survey counts (thread, pid) and (thread, mm) keys in a compiled hash table that
+    # grows as it fills: against a plain group_by (the oracle), over batches, with many
+    # more keys than its first capacity and events that name no thread
+    import numpy as np
+    import pyarrow as pa
+    from replay.opstream import NO_TID, _Tally
+
+    rng = np.random.default_rng(7)
+    t = _Tally(capacity=8)
+    parts, row0 = [], 0
+    for n in (50, 1, 3000, 700):
+        k1 = rng.integers(1, 400, n).astype(np.int64)
+        k1[rng.random(n) < 0.05] = NO_TID
+        mm = rng.integers(0, 3, n).astype(np.uint64) * np.uint64(1 << 62) + np.uint64(0x1000)  # the top bit set too
+        sel = rng.random(n) < 0.8
+        t.add(k1, mm.view(np.int64), sel, row0)  # as the survey passes an mm
+        parts.append(pl.DataFrame({"k1": k1, "mm": mm, "row": np.arange(row0, row0 + n)}).filter(pl.Series(sel)))
+        row0 += n
+    want = (pl.concat(parts).with_columns(pl.when(pl.col("k1") == NO_TID).then(None).otherwise(pl.col("k1"))
+                                          .cast(pl.Int32).alias("tid"))
+            .group_by("tid", "mm").agg(pl.len().cast(pl.Int64).alias("n"), pl.col("row").min().alias("first")))
+    got = t.frame("mm", pa.uint64(), True)
+    assert got.height > 8 * 50  # grown many times
+    assert got.schema == {"tid": pl.Int32, "mm": pl.UInt64, "n": pl.Int64, "first": pl.Int64}
+    assert got.sort("tid", "mm").equals(want.sort("tid", "mm"))
