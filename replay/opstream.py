@@ -6,7 +6,8 @@ order); this module makes ops that way from a trace of any size without holding 
 * **Pass 1 (a survey).**  One read of eight narrow columns: the time-order check
   (``ingest/order.py``), the faults outside the user address space, which threads
   there are and, per thread, how often it prints each tgid and takes mmap_lock on each
-  ``mm=``.  Thread attribution (``attribute``) needs all of it before the first op.
+  ``mm=`` (counted in a compiled pass per batch, ``_tally``).  Thread attribution
+  (``attribute``) needs all of it before the first op.
   It also finds whether the events are already in time order (perf's ordered events
   and ftrace's merged buffers give that) and each batch's earliest timestamp.
 * **Pass 2.**  The events again, batch by batch in time order - as read when they are
@@ -26,18 +27,23 @@ order); this module makes ops that way from a trace of any size without holding 
   oldest row group is written with what is known and the incomplete ops in it are kept
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
-  Either way a second pass over the ops file (``_patch``) puts the final values in
-  place; a trace that needs neither is written once.  The two files are written into
-  the caller's staging directory; the workspace renames them into place.
+  Either way the row groups from the first such one on go to an Arrow IPC spill
+  beside the ops file, and at the end through a second pass (``_Patch``) that puts the
+  final values in place and appends them to the ops file; the row groups before it
+  are final and go straight in, so each op is Parquet-encoded once.  The writes run on
+  a thread of their own (``_Behind``), overlapping the step.  The files are written
+  into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
 piece (the behaviour ``tests/test_ops.py`` and the golden replays pin); only the row
-group boundaries of the Parquet file differ.
+group boundaries and the column encodings (``OPS_PARQUET``) of the Parquet file differ.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import namedtuple
 
 import numpy as np
@@ -120,7 +126,8 @@ def _ops_buffer(n: int) -> np.ndarray:
 
 
 def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
-    return Ops(*(R[i, a:b].view(np.uint64) if dt == np.uint64 else R[i, a:b].astype(dt)
+    """Rows a:b of the op buffer, typed, each column a copy of its own (the buffer is reused)."""
+    return Ops(*(R[i, a:b].view(np.uint64).copy() if dt == np.uint64 else R[i, a:b].astype(dt)
                  for i, (_, dt) in enumerate(OP_FIELDS)))
 
 
@@ -433,7 +440,6 @@ def _tri(col) -> np.ndarray:
     return v
 
 
-SURVEY_TYPES = {"tid": pa.int32(), "pid": pa.int32(), "mm": pa.uint64()}
 SURVEY_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "pid", "event", "mm", "address"]
 STEP_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "event", "mm", "write", "success", "address", "error_code", "len",
                 "new_len", "new_addr", "prot", "flags", "ret"]
@@ -464,6 +470,83 @@ class Events:
 
 # -- pass 1: the survey -----------------------------------------------------------------------
 
+NO_TID = np.int64(-1 << 40)  # the thread key of events that name no thread (outside int32)
+
+
+@njit(cache=True, nogil=True)
+def _tally(k1, k2, sel, n, first, start, tab_k1, tab_k2, tab_n, tab_first, tab_used, n_used):
+    """From row ``start``, for each row with ``sel``: add ``n`` to its key's (k1, k2)
+    count and keep the least of ``first`` for it, in an open-addressing table carried
+    across batches.  Returns (rows done, keys in the table); stops early when the table
+    is half full (the caller grows it)."""
+    mask = np.uint64(len(tab_k1) - 1)
+    for i in range(start, len(k1)):
+        if not sel[i]:
+            continue
+        a, b = k1[i], k2[i]
+        h = ((np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(b) * np.uint64(0xC2B2AE3D27D4EB4F))) \
+            >> np.uint64(17) & mask
+        while tab_used[h] and (tab_k1[h] != a or tab_k2[h] != b):
+            h = (h + np.uint64(1)) & mask
+        if not tab_used[h]:
+            if 2 * (n_used + 1) > len(tab_k1):
+                return i, n_used
+            tab_used[h] = True
+            tab_k1[h], tab_k2[h], tab_n[h], tab_first[h] = a, b, 0, first[i]
+            n_used += 1
+        tab_n[h] += n[i]
+        tab_first[h] = min(tab_first[h], first[i])
+    return len(k1), n_used
+
+
+class _Tally:
+    """(thread, value) -> how many events, the first row: what a ``group_by`` of the
+    events on those keys would count, one batch at a time in a compiled pass."""
+
+    def __init__(self, capacity: int = 1 << 8):
+        self._alloc(capacity)
+        self.ones = np.ones(0, np.int64)
+
+    def _alloc(self, capacity: int) -> None:
+        self.k1, self.k2 = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        self.n, self.first = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        self.used = np.zeros(capacity, np.bool_)
+        self.size = 0
+
+    def _put(self, k1, k2, sel, n, first) -> None:
+        pos = 0
+        while True:
+            pos, self.size = _tally(k1, k2, sel, n, first, pos, self.k1, self.k2, self.n, self.first, self.used,
+                                    self.size)
+            if pos == len(k1):
+                return
+            u = self.used
+            old = self.k1[u], self.k2[u], self.n[u], self.first[u]
+            self._alloc(len(self.k1) * 4)
+            self._put(*old[:2], np.ones(len(old[0]), np.bool_), *old[2:])
+
+    def add(self, k1: np.ndarray, k2: np.ndarray, sel: np.ndarray, row0: int) -> None:
+        """Rows ``row0 + i`` of the trace: each one with ``sel`` counts once for its key."""
+        if len(self.ones) < len(k1):
+            self.ones = np.ones(len(k1), np.int64)
+        self._put(k1, k2, sel, self.ones[: len(k1)], np.arange(row0, row0 + len(k1), dtype=np.int64))
+
+    def frame(self, value: str | None, typ: pa.DataType | None, count: bool):
+        """The keys as a polars frame: tid (Int32, null for NO_TID), [value], [n], first."""
+        import polars as pl
+
+        u = self.used
+        k1 = self.k1[u]
+        cols = {"tid": pa.array(k1.astype(np.int32), pa.int32(), mask=k1 == NO_TID)}
+        if value is not None:
+            v = self.k2[u]
+            cols[value] = pa.array(v.view(np.uint64) if typ == pa.uint64() else v.astype(typ.to_pandas_dtype()), typ)
+        if count:
+            cols["n"] = pa.array(self.n[u], pa.int64())
+        cols["first"] = pa.array(self.first[u], pa.int64())
+        return pl.from_arrow(pa.table(cols))
+
+
 class Survey:
     """What the op builder must know before its first op (see the module docstring)."""
 
@@ -477,7 +560,7 @@ class Survey:
         self.in_time_order = True
         self.seq_ascending = True
         last_ts, last_seq, row0 = None, None, 0
-        tid_parts, pid_parts, mm_parts = [], [], []
+        tids, pids, mms = _Tally(), _Tally(), _Tally()
         for b in events.batches(SURVEY_COLUMNS):
             n = b.num_rows
             seq = _np(b.column("seq"), 0, np.int64)
@@ -486,51 +569,42 @@ class Survey:
                 self.seq_ascending = False
                 return
             last_seq = int(seq[-1]) if n else last_seq
-            self.order.feed_table(pa.Table.from_batches([b]))
+            ts_col, tid_col, pid_col, mm_col = (b.column(c) for c in ("ts_ns", "tid", "pid", "mm"))
+            ts_ok = _ok(ts_col)
+            ts = _np(ts_col, 0, np.int64)
+            tid = _np(tid_col, -1, np.int64)
+            # as TimeOrder.feed_table: rows without a timestamp are skipped
+            sel = (lambda x: x) if ts_ok.all() else (lambda x: x[ts_ok])
+            if n:
+                self.order.feed(sel(seq), sel(ts), sel(_np(b.column("cpu"), -1, np.int64)), sel(tid))
             code = _codes(b.column("event"))
             addr = b.column("address")
             fault = (code == PF_USER) | (code == PF_KERNEL)
             out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
             self.outside += int(out.sum())
             keep = ~out
-            rowno = np.arange(row0, row0 + n, dtype=np.int64)
+            thread = np.where(_ok(tid_col), tid, NO_TID)
+            tids.add(thread, np.zeros(n, np.int64), keep, row0)
+            pid = _np(pid_col, 0, np.int64)
+            pids.add(thread, pid, keep & _ok(pid_col) & (pid > 0), row0)
+            lock = (code >= LOCK_START) & (code <= LOCK_REL)
+            mms.add(thread, _np(mm_col, 0, np.uint64).view(np.int64), keep & lock & _ok(mm_col), row0)
             row0 += n
-            kept = pa.table({"tid": b.column("tid"), "pid": b.column("pid"), "mm": b.column("mm"),
-                             "row": rowno, "lock": (code >= LOCK_START) & (code <= LOCK_REL)}).filter(keep)
-            tid_parts.append(kept.group_by("tid").aggregate([("row", "min")]))
-            p = kept.filter(pc.and_(pc.is_valid(kept["pid"]), pc.greater(kept["pid"], 0)))
-            pid_parts.append(p.group_by(["tid", "pid"]).aggregate([("row", "count"), ("row", "min")]))
-            m = kept.filter(pc.and_(kept["lock"], pc.is_valid(kept["mm"])))
-            mm_parts.append(m.group_by(["tid", "mm"]).aggregate([("row", "count"), ("row", "min")]))
             # the events pass 2 steps through, for the time-order merge
             rel = keep & (code <= RELEVANT)
-            ts = b.column("ts_ns").filter(pa.array(rel))
-            if ts.null_count:
+            if not ts_ok[rel].all():
                 self.in_time_order = False
-            tsn = _np(ts, 0, np.int64)
+            tsn = ts[rel]
             if len(tsn):
                 if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (np.diff(tsn) < 0).any()):
                     self.in_time_order = False
                 last_ts = int(tsn[-1])
-            valid = tsn[_ok(ts)] if ts.null_count else tsn
+            valid = tsn[ts_ok[rel]]
             self.min_ts.append(int(valid.min()) if len(valid) else None)
             self.batch_rows.append(n)
-        import polars as pl
-
-        def merged(parts, keys, count):
-            if not parts:
-                parts = [pa.table({**{k: pa.array([], SURVEY_TYPES[k]) for k in keys}, "row_min": pa.array([], pa.int64()),
-                                   **({"row_count": pa.array([], pa.int64())} if count else {})})]
-            t = pl.from_arrow(pa.concat_tables(parts))
-            if count:
-                t = t.group_by(keys).agg(pl.col("row_count").sum().alias("n"), pl.col("row_min").min().alias("first"))
-            else:
-                t = t.group_by(keys).agg(pl.col("row_min").min().alias("first"))
-            return t
-
-        self.tids = merged(tid_parts, ["tid"], False)
-        self.pids = merged(pid_parts, ["tid", "pid"], True)
-        self.mms = merged(mm_parts, ["tid", "mm"], True)
+        self.tids = tids.frame(None, None, False)
+        self.pids = pids.frame("pid", pa.int32(), True)
+        self.mms = mms.frame("mm", pa.uint64(), True)
 
 
 def _mode(counts, key: str, value: str):
@@ -605,7 +679,10 @@ def _in_time_order(events: Events, sv: Survey, keep_fn):
     pending, read = None, 0
     for b in events.batches(STEP_COLUMNS):
         read += b.num_rows
-        t = pa.Table.from_batches([b]).filter(pa.array(keep_fn(b)))
+        keep = keep_fn(b)
+        t = pa.Table.from_batches([b])
+        if not keep.all():  # most traces keep every event: no copy then
+            t = t.filter(pa.array(keep))
         if sv.in_time_order:
             yield t
             continue
@@ -658,16 +735,24 @@ class _Layout:
 
 
 def _arrow(values: np.ndarray, ok: np.ndarray | None, typ: pa.DataType) -> pa.Array:
-    """A numpy column (and where it is valid) as an Arrow array that owns its memory:
-    the op buffers it comes from are reused."""
+    """A numpy column (and where it is valid) as an Arrow array over the same memory,
+    or a converted copy: ``values`` must be the caller's own, never a view of the op
+    buffer (``_ops_slice`` copies out of it), as the writer thread reads it later."""
     n = len(values)
     nulls = 0 if ok is None else n - int(np.count_nonzero(ok))
     validity = pa.py_buffer(np.packbits(ok, bitorder="little")) if nulls else None
     if pa.types.is_boolean(typ):
         data = pa.py_buffer(np.packbits(values.astype(np.bool_, copy=False), bitorder="little"))
     else:
-        data = pa.py_buffer(np.array(values, dtype=typ.to_pandas_dtype(), copy=True))
+        data = pa.py_buffer(np.ascontiguousarray(values, dtype=typ.to_pandas_dtype()))
     return pa.Array.from_buffers(typ, n, [validity, data], null_count=nulls)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """``text`` n times as a large_string array, built from its buffers (a take costs 5x)."""
+    b = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(b)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b * n)])
 
 
 def _pyint(v, ok):
@@ -733,6 +818,7 @@ class Builder:
         self.op_spaces: set[int] = set()
         self.prev = np.zeros(T, np.int64)
         self.prev_ok = np.full(T, -1, np.int8)
+        self.patch_from = None  # (first op, prev, prev_ok) of the first row group the second pass must see
         self.ones = np.ones(0, np.bool_)
 
     # -- the stepping loop --
@@ -916,9 +1002,14 @@ class Builder:
             self.rows[:, self.cap + self.n_late:self.cap + need] = self.rows[:, inc]
             self.late_ids[self.n_late:need] = ops[inc]
             self.n_late = need
+        if self.patch_from is None and (len(inc) or (seg.vma == VMA_MISS).any()):
+            # from this row group on the second pass has work: every op before it is final
+            # (a patch changes late ops, the faults in inferred VMAs and the think times
+            # after a late op - all at or after the first of them)
+            self.patch_from = (self.base, self.prev.copy(), self.prev_ok.copy())
         think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
-        self.sink(self.table(seg, ops, think, think_ok, pop=True))
+        self.sink(self.table(seg, ops, think, think_ok, pop=True), self.patch_from is None)
         n = self.n_rows
         self.rows[:, : n - k] = self.rows[:, k:n]
         self.n_rows -= k
@@ -968,7 +1059,7 @@ class Builder:
         vma = seg.vma
         cols = {
             "op_id": _arrow(ops, None, pa.int64()),
-            "trace_id": pa.array([self.trace_id], pa.large_string()).take(pa.array(np.zeros(n, np.int64))),
+            "trace_id": _repeat(self.trace_id, n),
             "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
             "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
             "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
@@ -997,7 +1088,7 @@ class Builder:
 
     # -- the second pass --
     def needs_patch(self) -> bool:
-        return bool(self.n_late or self.clusters)
+        return self.patch_from is not None
 
     def inferred(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The inferred VMAs (ids after every tracked one, spaces by name, then by address),
@@ -1059,9 +1150,7 @@ class _Patch:
         self.late = _ops_slice(b.rows, b.cap, b.cap + n)
         self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
             if n else None
-        T = len(b.th)
-        self.prev = np.zeros(T, np.int64)
-        self.prev_ok = np.full(T, -1, np.int8)
+        _, self.prev, self.prev_ok = b.patch_from  # each thread's last end before the first row group it sees
 
     def __call__(self, t: pa.Table) -> pa.Table:
         b = self.b
@@ -1117,28 +1206,107 @@ class _Patch:
         return t
 
 
+# How the ops file is encoded (its values do not depend on it): dictionary pages only
+# for the columns with a handful of values (a dictionary tried and abandoned on every
+# int64 column cost about half the write time), and delta encoding for the 64-bit
+# numbers: a 2 M-op pft ops file is 0.34 MB instead of 11.9 MB; on random addresses and
+# think times, measured on 2 M values, about the size of plain + zstd and 1.4-2.5x
+# faster to write.
+OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "lock_mode", "pid", "tid"],
+               "column_encoding": {c: "DELTA_BINARY_PACKED" for c in (
+                   "op_id", "seq", "start_ns", "end_ns", "address", "length", "ret", "vma_id", "hold_ns", "think_ns")}}
+
+
+class _Behind:
+    """Calls run in order on one thread, at most one waiting: the Parquet and IPC writes
+    (which release the GIL) overlap the step of the next events.  What a call writes must
+    be its own (``Builder.table`` copies out of the reused op buffer)."""
+
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue(1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="replay-ops-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (call := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    call()
+                except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                    self.error = e
+
+    def __call__(self, fn, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(lambda: fn(*args))
+
+    def stop(self) -> None:
+        """Wait for every call (one that failed skips the rest)."""
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+
+    def join(self) -> None:
+        """Wait for every call; raise the first one's error."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+
 def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, ops_path: str, vmas_path: str,
           metadata: dict[bytes, bytes] | None = None) -> O.BuildReport:
     """Build a trace's ops into ``ops_path`` and its VMAs into ``vmas_path`` (Parquet,
-    ``metadata`` added to both schemas' key-value metadata)."""
+    ``metadata`` added to both schemas' key-value metadata).  Row groups that are final
+    when made go straight into the ops file; from the first one the second pass must see,
+    they go to an Arrow IPC file beside it (lz4: cheap to write and read back, unlike a
+    Parquet encoding, which so happens once per op) and through the patch at the end.
+    Both files are written on a thread of their own."""
     meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
     schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
-    first = ops_path + ".part"
-    writer = pq.ParquetWriter(first, schema, compression="zstd")
+    spill_path = ops_path + ".spill"
+    files: dict[str, object] = {}
+    behind = _Behind()
+
+    def write(t: pa.Table) -> None:
+        files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
+
+    def spill(t: pa.Table) -> None:
+        if "spill" not in files:
+            files["spill_file"] = pa.OSFile(spill_path, "wb")
+            files["spill"] = pa.ipc.new_file(files["spill_file"], OPS_ARROW,
+                                             options=pa.ipc.IpcWriteOptions(compression="lz4"))
+        files["spill"].write_table(t)
+
+    def close_spill() -> None:
+        if "spill" in files:
+            files.pop("spill").close()
+            files.pop("spill_file").close()
+
     try:
-        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda t: writer.write_table(t.replace_schema_metadata(schema.metadata)))
+        files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
+        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda t, final: behind(write if final else spill, t))
         b.run()
+        behind(close_spill)
+        if b.needs_patch():
+            patch = _Patch(b)
+            behind.join()
+            behind = _Behind()
+            with pa.OSFile(spill_path, "rb") as f:
+                r = pa.ipc.open_file(f)
+                for g in range(r.num_record_batches):
+                    behind(write, patch(pa.Table.from_batches([r.get_batch(g)])))
+                behind.join()
+        else:
+            behind.join()
+        files.pop("ops").close()
     finally:
-        writer.close()
-    if b.needs_patch():
-        patch = _Patch(b)
-        with pq.ParquetWriter(ops_path, schema, compression="zstd") as w:
-            f = pq.ParquetFile(first)
-            for g in range(f.num_row_groups):
-                w.write_table(patch(f.read_row_group(g)).replace_schema_metadata(schema.metadata))
-        os.unlink(first)
-    else:
-        os.replace(first, ops_path)
+        behind.stop()
+        close_spill()
+        if "ops" in files:
+            files.pop("ops").close()
+        if os.path.exists(spill_path):
+            os.unlink(spill_path)
     _finish_report(b)
     vt = b.vmas().to_arrow()
     pq.write_table(vt.replace_schema_metadata({**(vt.schema.metadata or {}), **(metadata or {})}), vmas_path,
@@ -1148,13 +1316,15 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 
 def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same_mm: bool):
     """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
-    parts: list[pa.Table] = []
-    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, parts.append)
+    final: list[pa.Table] = []
+    rest: list[pa.Table] = []
+    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda t, ok: (final if ok else rest).append(t))
     b.run()
-    if b.needs_patch():
+    if rest:
         patch = _Patch(b)
-        parts = [patch(t) for t in parts]
+        rest = [patch(t) for t in rest]
     _finish_report(b)
+    parts = final + rest
     ops = pa.concat_tables(parts) if parts else OPS_ARROW.empty_table()
     return ops, b.vmas(), b.rep
 

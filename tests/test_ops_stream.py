@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -91,3 +92,107 @@ def test_the_same_ops_whatever_the_buffer_sizes(tmp_path):
     mmap = whole.filter(pl.col("kind") == "mmap").row(0, named=True)
     assert mmap["op_id"] == 0 and mmap["hold_ns"] == 500  # synth's mmap holds mmap_lock 500 ns
     assert whole.filter(pl.col("kind") == "fault")["think_ns"].null_count() == 56  # each thread's first op
+
+
+def _sample(tmp_path, name: str) -> tuple[Path, str]:
+    """A bundled sample recording through the real ingester: (its events file, its maps snapshot)."""
+    from replay.ingesting import run_ingest
+    from replay.workspace import Workspace
+
+    samples = ROOT / "sample_traces"
+    maps = (samples / f"{name}.maps").read_text()
+    run_ingest(str(samples / f"{name}.txt.zst"), name, "auto", tmp_path / "ws", False, False, maps_snapshot=maps)
+    return Workspace(tmp_path / "ws").partition("events", name) / "part-0.parquet", maps
+
+
+@pytest.mark.parametrize("name", ["mprotect-race", "jvm-alloc"])
+def test_row_groups_final_when_made_go_straight_into_the_file(tmp_path, monkeypatch, name):
+    # In row groups of 64 ops these recordings' first row groups are final when made (no
+    # op in them incomplete, no fault outside a known VMA) and go straight into the ops
+    # file; from the first that is not, the rest go through the spill and the patch, whose
+    # think times carry on from each thread's last op before it (jvm-alloc has faults in
+    # inferred VMAs too).  The ops are those of one row group holding the whole trace.
+    import replay.opstream as S
+    from replay.ops import build_ops_file
+
+    events, maps = _sample(tmp_path, name)
+    first_patched = []
+
+    class Spy(S._Patch):
+        def __init__(self, b):
+            first_patched.append(b.patch_from[0])
+            super().__init__(b)
+
+    monkeypatch.setattr(S, "_Patch", Spy)
+    outs = []
+    for rows in (64, 1 << 20):
+        monkeypatch.setattr(S, "BATCH", rows)
+        monkeypatch.setattr(S, "ROW_GROUP", rows)
+        d = tmp_path / f"o{rows}"
+        d.mkdir()
+        build_ops_file(events, name, maps, False, str(d / "ops.parquet"), str(d / "vmas.parquet"))
+        assert sorted(os.listdir(d)) == ["ops.parquet", "vmas.parquet"]  # the spill is gone
+        outs.append(pq.read_table(d / "ops.parquet"))
+    assert first_patched[0] > 0  # a final prefix, then the spill
+    assert outs[0].num_rows > 20_000 and outs[0].equals(outs[1])
+    assert outs[0].schema.equals(outs[1].schema, check_metadata=True)
+
+
+def test_a_failed_write_fails_the_build(tmp_path, monkeypatch):
+    # the ops are written on a thread of their own: its error is the build's - the last
+    # write's too, which nothing is queued behind - and the spill goes with it
+    import replay.opstream as S
+    from replay.ops import build_ops_file
+
+    events, maps = _sample(tmp_path, "mprotect-race")
+    monkeypatch.setattr(S, "BATCH", 4096)
+    monkeypatch.setattr(S, "ROW_GROUP", 4096)
+    real = pq.ParquetWriter.write_table
+    calls, fail_at = [], [0]
+
+    def write_table(self, table, *a, **k):
+        if threading.current_thread().name != "replay-ops-writer":  # the vmas file
+            return real(self, table, *a, **k)
+        calls.append(table.num_rows)
+        if len(calls) == fail_at[0]:
+            raise OSError(28, "No space left on device")
+        return real(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table)
+    build_ops_file(events, "m", maps, False, str(tmp_path / "ops.parquet"), str(tmp_path / "vmas.parquet"))
+    n = len(calls)
+    assert n > 3
+    for k in (2, n):
+        calls.clear()
+        fail_at[0] = k
+        with pytest.raises(OSError, match="No space left"):
+            build_ops_file(events, "m", maps, False, str(tmp_path / "ops.parquet"), str(tmp_path / "vmas.parquet"))
+        assert not (tmp_path / "ops.parquet.spill").exists()
+
+
+def test_survey_tallies_are_a_group_by():
+    # the survey counts (thread, pid) and (thread, mm) keys in a compiled hash table that
+    # grows as it fills: against a plain group_by (the oracle), over batches, with many
+    # more keys than its first capacity and events that name no thread
+    import numpy as np
+    import pyarrow as pa
+    from replay.opstream import NO_TID, _Tally
+
+    rng = np.random.default_rng(7)
+    t = _Tally(capacity=8)
+    parts, row0 = [], 0
+    for n in (50, 1, 3000, 700):
+        k1 = rng.integers(1, 400, n).astype(np.int64)
+        k1[rng.random(n) < 0.05] = NO_TID
+        mm = rng.integers(0, 3, n).astype(np.uint64) * np.uint64(1 << 62) + np.uint64(0x1000)  # the top bit set too
+        sel = rng.random(n) < 0.8
+        t.add(k1, mm.view(np.int64), sel, row0)  # as the survey passes an mm
+        parts.append(pl.DataFrame({"k1": k1, "mm": mm, "row": np.arange(row0, row0 + n)}).filter(pl.Series(sel)))
+        row0 += n
+    want = (pl.concat(parts).with_columns(pl.when(pl.col("k1") == NO_TID).then(None).otherwise(pl.col("k1"))
+                                          .cast(pl.Int32).alias("tid"))
+            .group_by("tid", "mm").agg(pl.len().cast(pl.Int64).alias("n"), pl.col("row").min().alias("first")))
+    got = t.frame("mm", pa.uint64(), True)
+    assert got.height > 8 * 50  # grown many times
+    assert got.schema == {"tid": pl.Int32, "mm": pl.UInt64, "n": pl.Int64, "first": pl.Int64}
+    assert got.sort("tid", "mm").equals(want.sort("tid", "mm"))
