@@ -292,6 +292,11 @@ def test_fallbacks_cli_rows_and_tables_alone(cli, ws):
     assert rc == 0 and lines[0] == ",".join(V.FALLBACK_COLUMNS), err
     names = V.sample_names()
     assert [tuple(x.split(",")[i] for i in (0, 6)) for x in lines[1:]] == [(n, c) for n in names for c in V.VMA_CLASSES]
+    rows = pl.read_csv(out.encode())
+    race = rows.filter((pl.col("trace") == "mprotect-race") & (pl.col("vmas") == "anonymous")).to_dicts()[0]
+    # mprotect-race's faults abort on the VMA its mprotect() write-locks, in the trace and in the engine
+    assert race["observed"] > 100 and race["target"] == "±25%" and race["simulated"] > 0
+    assert race["simulated_abort"] + race["simulated_retry"] == race["simulated"]
     rc, out, err = cli("validate", "--fallbacks", "-k", "1", "-w", ws)
     assert rc == 0 and out.startswith("fallbacks: observed in the sample traces") and "mprotect-race" in out, err
     rc, out, _ = cli("validate", "--quick", "--tables", ICE, "--threads", "1", "-f", "json", "-w", ws)
