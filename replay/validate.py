@@ -580,7 +580,7 @@ def plan_samples(ws, names: list[str] | None = None) -> list[SampleTrace]:
                 known = {k for k in known if all(k)}
             if len(known) == 1:
                 (s.kernel, s.cpus), = known
-                s.kernel_source = "the other samples' headers (an ftrace text has none; record.sh recorded them together)"
+                s.kernel_source = "the other samples' headers (an ftrace text has none; record.sh recorded all in one run)"
             else:
                 s.status = "the trace does not say which kernel and CPUs it was recorded on"
                 continue
@@ -699,7 +699,7 @@ def fallback_doc(res: dict) -> list[str]:
     return ["## Our machine: the sample traces' fallbacks", "",
             "Each bundled trace (`sample_traces/`, recorded by `sample_traces/record.sh`) is ingested as "
             "`val-sample-NAME` and replayed under the model of the kernel it was recorded on (from the trace's "
-            "header; " + " ".join(f"{x.name}: {x.kernel_source}." for x in fb if x.kernel_source != "the trace's header")
+            "header" + "".join(f"; {x.name}: {x.kernel_source}" for x in fb if x.kernel_source != "the trace's header")
             + f") on `{SAMPLE_MACHINE}` - the profile of that machine - with the trace's own CPU count and "
             f"`{SAMPLE_PLACEMENT}` placement, {res['iterations']} iterations (seeds); simulated counts are the "
             "Amean of the iterations.", "",
@@ -712,7 +712,7 @@ def fallback_doc(res: dict) -> list[str]:
             "the rates compared are fallbacks (abort + retry) against the simulation's `fallback` (`results`, the "
             "same rate as the run summary's `fallback_pct`), split by what the trace does tell: the VMA the fault "
             "hit - anonymous, or file-backed / a special mapping (`[vdso]`, `[vvar]`: vm_ops without "
-            "->map_pages, which 6.18's vmf_can_call_fault() in mm/memory.c sends back with VM_FAULT_RETRY; a "
+            "->map_pages, which vmf_can_call_fault() in mm/memory.c sends back with VM_FAULT_RETRY; a "
             "page-cache miss in filemap_fault() drops the VMA lock to wait for I/O the same way) - and whether a "
             "writer that write-locks that VMA was in flight (between its sys_enter and sys_exit) during the "
             "fault (`writer`): an abort on a write-locked VMA needs one, so a fallback without one is a retry "
