@@ -729,6 +729,7 @@ def validate(
     local_json: Path = typer.Option(None, "--local-json", help="The local measurement's cache (default: docs/validation-local.json)."),
     published: Optional[Path] = typer.Option(None, "--published", help="The published tables (default: docs/validation/published.json, or $REPLAY_PUBLISHED)."),
     doc: Optional[Path] = typer.Option(None, "--doc", help="Write the report as Markdown to DOC (atomically), with its plot beside it (DOC's name, .png)."),
+    fallbacks: bool = typer.Option(False, "--fallbacks", help="Only the sample traces' observed fallbacks against simulated ones (with --tables: those tables too; without --tables every run includes them)."),
     workspace: Optional[Path] = WorkspaceOpt,
     fmt: Optional[Fmt] = FormatOpt,
     output: Optional[Path] = OutOpt,
@@ -757,19 +758,27 @@ def validate(
         ws = Workspace(workspace)
         prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not err.is_terminal)
-        task = prog.add_task("validate", total=V.count_runs(plan) + (len(V.LOCAL_THREADS) if want is None else 0))
+        only = fallbacks and want is None
+        total = (0 if only else V.count_runs(plan) + (len(V.LOCAL_THREADS) if want is None else 0)) \
+            + (len(V.sample_names()) if fallbacks or want is None else 0)
+        task = prog.add_task("validate", total=total)
         with prog:
             res = V.run_validation(ws, want, ths, k, n, measure_local, local_path=local_json or V.LOCAL_JSON,
-                                   published=pub, progress=lambda what: prog.update(task, advance=1, description=what))
+                                   published=pub, fallbacks=True if fallbacks else None,
+                                   progress=lambda what: prog.update(task, advance=1, description=what))
         if doc is not None:
             given = [("--tables", tables), ("--threads", threads_), ("--quick", quick), ("--iterations", iterations),
-                     ("--pages", pages), ("--measure-local", measure_local), ("--doc", doc)]
+                     ("--pages", pages), ("--measure-local", measure_local), ("--fallbacks", fallbacks), ("--doc", doc)]
             cmd = " ".join(["replay validate"] + [o if v is True else f"{o} {shlex.quote(str(v))}"
                                                   for o, v in given if v not in (None, False)])
             V.write_doc(res, doc, doc.with_suffix(".png"), cmd)
     except V.ValidateError as e:
         raise Fail(str(e))
     if fmt not in (Fmt.table, Fmt.json):  # csv, ndjson, parquet: the rows, one per table, thread count, metric, design
+        if only:  # or, with --fallbacks alone, one per sample trace and VMA class
+            _emit([r for x in res["fallbacks"] if x.status == "ok" for r in V.fallback_rows(x)], V.FALLBACK_COLUMNS,
+                  fmt, dest=output)
+            return
         rows = [r for tb in res["tables"] if tb.status == "ok" for r in V.rows_of(tb)]
         _emit(rows, V.ROW_COLUMNS, fmt, dest=output)
         return

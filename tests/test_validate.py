@@ -4,6 +4,7 @@ The synthetic traces go through the real ingester and op builder; validation rep
 them with the real engine and reads the runs back with DuckDB/Parquet.  The published
 tables are the shared development set (docs/validation/published.json)."""
 
+import importlib
 import json
 
 import polars as pl
@@ -225,3 +226,78 @@ def test_a_design_without_a_model_is_published_only(ws):
     i = next(k for k, x in enumerate(text) if ": predicted on local-2vcpu" in x)
     assert "range-mmap_lock-v1=no model" in text[i] and text[i + 1].split() == ["v4.15-rc8"]
     assert V.summary_of(tb)["of_pp"] == 0
+
+
+def test_fallbacks_of_one_sample_end_to_end(cli, ws):
+    """pft-ftrace (the smallest sample) ingested from sample_traces/, replayed under the
+    model of its kernel; the observed counts are the op builder's own, per VMA class."""
+    res = V.run_validation(Workspace(ws), fallbacks=True, samples=["pft-ftrace"], iterations=2)
+    assert res["tables"] == [] and res["local"] is None  # --fallbacks alone: nothing else
+    (s,) = res["fallbacks"]
+    assert s.status == "ok" and s.trace == "val-sample-pft-ftrace"
+    # an ftrace text has no header: the kernel and CPUs are the ones the perf-recorded samples give
+    assert s.kernel.startswith("6.18.") and s.cpus == 2 and "other samples" in s.kernel_source
+    assert s.model == "mainline" and len(s.runs) == 2
+    rows = {r["vmas"]: r for r in V.fallback_rows(s)}
+    assert all(list(r) == V.FALLBACK_COLUMNS for r in rows.values())
+    # observed: what `replay ops` counts from the same ops (ops_summary)
+    rc, out, err = cli("ops", s.trace, "-w", ws, "-f", "json")
+    assert rc == 0, err
+    summ = json.loads(out)
+    a = rows["all"]
+    assert a["observed"] == summ["observed_fallbacks"] == 3 and a["user_faults"] == summ["user_faults"]
+    assert rows["anonymous"]["observed"] + rows["file/special"]["observed"] == a["observed"]
+    # the classes from the VMAs each fallback hit: pft's 3 are [vdso], [vvar] and a file's text
+    ops = pl.read_parquet(ws / "ops" / f"trace_id={s.trace}").filter(pl.col("observed_fallback").fill_null(False)
+                                                                      & ~pl.col("kernel"))
+    vmas = pl.read_parquet(ws / "vmas" / f"trace_id={s.trace}")
+    hit = ops.join(vmas, on="vma_id")
+    assert sorted(hit["name"].to_list()) == sorted(["[vdso]", "[vvar]", hit.filter(~pl.col("anon"))["name"][0]])
+    assert rows["file/special"]["observed"] == 3 and rows["anonymous"]["observed"] == 0
+    # a writer of the fault's VMA in flight: checked against a plain loop over the ops
+    all_ops = pl.read_parquet(ws / "ops" / f"trace_id={s.trace}")
+    writers = all_ops.filter(pl.col("kind").cast(pl.Utf8) != "fault").to_dicts()
+    naive = sum(any(f["vma_id"] in (w["vma_ids"] or []) and w["mm"] == f["mm"] and w["start_ns"] <= f["end_ns"]
+                    and (w["end_ns"] if w["end_ns"] is not None else w["start_ns"]) >= f["start_ns"] for w in writers)
+                for f in ops.to_dicts())
+    assert a["observed_writer_in_flight"] == naive
+    # simulated: the same rate as compare.py's fallback-pct (and the run summary's)
+    C = importlib.import_module("replay.compare")
+    m = C.iteration_metrics(Workspace(ws), s.runs)
+    assert a["simulated_pct"] == pytest.approx(sum(m["fallback_pct"]) / 2)
+    got = pl.concat([pl.read_parquet(ws / "results" / f"run_id={r}") for r in s.runs])
+    assert a["simulated"] == got.filter(pl.col("kind") == "fault")["fallback"].sum() / 2
+    assert a["simulated_abort"] + a["simulated_retry"] == a["simulated"]
+    assert a["target"] == "x2" and a["meets"] == V.meets(3, a["simulated"])
+    text = V.fallback_lines(res["fallbacks"])
+    assert text[1].split()[:4] == ["trace", "vmas", "faults", "observed"]
+    assert text[2].split()[:5] == ["pft-ftrace", "all", f"{a['user_faults']:,}", "3", f"{a['observed_pct']:.3f}%"]
+
+
+def test_fallback_targets_and_kernel_models():
+    assert V.meets(100, 125) and not V.meets(100, 126) and V.meets(200, 150) and not V.meets(200, 149)
+    assert V.meets(99, 198) and not V.meets(99, 199) and V.meets(8, 4) and not V.meets(8, 3.9)
+    assert V.meets(0, 0) and not V.meets(0, 1)
+    assert V.model_for_kernel("6.18.44-fc-v669") == "mainline" and V.model_for_kernel("6.15.0") == "mainline"
+    assert V.model_for_kernel("6.14.2") == "pervma" and V.model_for_kernel("6.4.0") == "pervma"
+    assert V.model_for_kernel("6.3.13") == "mmap_lock" and V.model_for_kernel("5.15.0") == "mmap_lock"
+    assert V.model_for_kernel("") is None
+    assert V.vma_class(True, "[vdso]") == "file/special" and V.vma_class(True, "[heap]") == "anonymous"
+    assert V.vma_class(False, "/usr/lib/libc.so.6") == "file/special"
+
+
+def test_fallbacks_cli_rows_and_tables_alone(cli, ws):
+    rc, out, err = cli("validate", "--fallbacks", "-k", "1", "-f", "csv", "-w", ws)  # every sample, one seed
+    lines = out.splitlines()
+    assert rc == 0 and lines[0] == ",".join(V.FALLBACK_COLUMNS), err
+    names = V.sample_names()
+    assert [tuple(x.split(",")[i] for i in (0, 6)) for x in lines[1:]] == [(n, c) for n in names for c in V.VMA_CLASSES]
+    rows = pl.read_csv(out.encode())
+    race = rows.filter((pl.col("trace") == "mprotect-race") & (pl.col("vmas") == "anonymous")).to_dicts()[0]
+    # mprotect-race's faults abort on the VMA its mprotect() write-locks, in the trace and in the engine
+    assert race["observed"] > 100 and race["target"] == "±25%" and race["simulated"] > 0
+    assert race["simulated_abort"] + race["simulated_retry"] == race["simulated"]
+    rc, out, err = cli("validate", "--fallbacks", "-k", "1", "-w", ws)
+    assert rc == 0 and out.startswith("fallbacks: observed in the sample traces") and "mprotect-race" in out, err
+    rc, out, _ = cli("validate", "--quick", "--tables", ICE, "--threads", "1", "-f", "json", "-w", ws)
+    assert json.loads(out)["fallbacks"] is None  # --tables alone: not the fallbacks
