@@ -119,7 +119,7 @@ MADV_VMA_CHANGING = {
 # Bumped when the op builder gives other ops for the same events; ops files stamped
 # with an older version are rebuilt before a replay.  2: events in time order, faults
 # and calls outside the user address space dropped.  3: service_ns.
-OPS_VERSION = 3  # 3: service_ns
+OPS_VERSION = 4  # 3: service_ns; 4: read_hold_ns
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
@@ -131,7 +131,7 @@ OPS_SCHEMA = {
     "vmas_successor": pl.List(pl.Int64),
     "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
-    "hold_ns": pl.Int64, "service_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
+    "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
 }
 
 

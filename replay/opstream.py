@@ -113,10 +113,11 @@ OP_FIELDS = [
     ("length", np.int64), ("len_ok", np.bool_), ("ret", np.int64), ("ret_ok", np.bool_),
     ("write", np.int8), ("kernel", np.bool_), ("lock", np.int8), ("fb", np.int8), ("fbw", np.bool_),
     ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
+    ("rhold", np.int64), ("rhold_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("svc", np.int64), ("svc_ok", np.bool_), ("pend", np.int8),
 ]
 (R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
- R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_CPU, R_CPU_OK,
+ R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_RHOLD, R_RHOLD_OK, R_CPU, R_CPU_OK,
  R_SVC, R_SVC_OK, R_PEND) = range(len(OP_FIELDS))
 Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
 
@@ -140,6 +141,7 @@ TH_DTYPE = np.dtype([
     ("fb_write", np.bool_), ("rel_any", np.int64), ("rel_any_ok", np.bool_), ("acq_any", np.int64),
     ("acq_any_ok", np.bool_), ("rel_w", np.int64), ("rel_w_ok", np.bool_), ("acq_w", np.int64), ("acq_w_ok", np.bool_),
     ("acq_last", np.int64), ("ended", np.bool_),
+    ("dg", np.int64), ("dg_ok", np.bool_), ("rel_r", np.int64), ("rel_r_ok", np.bool_),  # a writer's downgrade
 ])
 
 # Per thread and syscall: the open sys_enter (its op, -1 when none) and its arguments.
@@ -176,6 +178,12 @@ def _close_window(s, base, o, late_at, late_ids):
             o[R_END, k], o[R_END_OK, k] = s.rel_any, s.rel_any_ok
             if s.rel_any_ok and s.acq_any_ok:
                 o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
+    elif s.dg_ok and s.acq_w_ok:
+        # mmap_write_downgrade(): write-locked from its acquire to the downgrade, then
+        # read-locked to its mmap_read_unlock()
+        o[R_HOLD, k], o[R_HOLD_OK, k] = s.dg - s.acq_w, True
+        if s.rel_r_ok:
+            o[R_RHOLD, k], o[R_RHOLD_OK, k] = s.rel_r - s.dg, True
     elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
         o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_w - s.acq_w, True
     o[R_PEND, k] -= 1
@@ -192,6 +200,8 @@ def _open_window(s, op, fault):
     s.acq_any_ok = False
     s.rel_w_ok = False
     s.acq_w_ok = False
+    s.dg_ok = False
+    s.rel_r_ok = False
     s.ended = False
 
 
@@ -204,6 +214,7 @@ def _new_op(o, k, ev, i, kind, pend):
     o[R_LEN_OK, k] = False
     o[R_RET_OK, k] = False
     o[R_HOLD_OK, k] = False
+    o[R_RHOLD_OK, k] = False
     o[R_SVC_OK, k] = False
     o[R_KERNEL, k] = False
     o[R_FBW, k] = False
@@ -308,6 +319,12 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                     s.acq_any, s.acq_any_ok = ts, True
                 if ev.write[i] == 1 and (not s.acq_w_ok or ts < s.acq_w):
                     s.acq_w, s.acq_w_ok = ts, True
+                elif (ev.write[i] == 0 and not s.grp_fault and s.acq_w_ok and not s.rel_w_ok and not s.dg_ok
+                      and ts >= s.acq_w):
+                    # a read acquire_returned while the writer holds it for write, with no
+                    # start_locking: mmap_write_downgrade() traces just that
+                    # (__mmap_lock_trace_acquire_returned(mm, false, true), include/linux/mmap_lock.h)
+                    s.dg, s.dg_ok = ts, True
         elif c == LOCK_REL:
             if s.grp_op >= 0 and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm and ev.ts_ok[i]:
                 ts = ev.ts[i]
@@ -315,6 +332,8 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                     s.rel_any, s.rel_any_ok = ts, True
                 if ev.write[i] == 1 and (not s.rel_w_ok or ts > s.rel_w):
                     s.rel_w, s.rel_w_ok = ts, True
+                elif ev.write[i] == 0 and s.dg_ok and ts >= s.dg and (not s.rel_r_ok or ts > s.rel_r):
+                    s.rel_r, s.rel_r_ok = ts, True
         elif ENTER0 <= c < ENTER0 + NSYS:
             x = c - ENTER0
             _close_window(s, base, rows, late_at, late_ids)
@@ -1080,6 +1099,7 @@ class Builder:
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
             "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
             "hold_ns": arr(seg.hold, seg.hold_ok, pa.int64()),
+            "read_hold_ns": arr(seg.rhold, seg.rhold_ok, pa.int64()),
             "service_ns": arr(seg.svc, seg.svc_ok, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),

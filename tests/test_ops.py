@@ -197,3 +197,27 @@ def test_ops_cli_on_a_sample_trace(cli, ws):
     assert 0.5 < s["observed_fallback_pct"] < 5
     rc, _, err = cli("ops", "nope", "-w", ws)
     assert rc == 1 and "no trace" in err
+
+
+DOWNGRADING_MUNMAP = """\
+   mprotect_race  6473/6473  [001]  1306.758530917:            syscalls:sys_enter_munmap: addr: 0x7fe7e42e3000, len: 0x00008827
+   mprotect_race  6473/6473  [001]  1306.758531598:    mmap_lock:mmap_lock_start_locking: mm=0xffff88810006be80 memcg_id=2939 write=true
+   mprotect_race  6473/6473  [001]  1306.758531800: mmap_lock:mmap_lock_acquire_returned: mm=0xffff88810006be80 memcg_id=2939 write=true success=true
+   mprotect_race  6473/6473  [001]  1306.758532683: mmap_lock:mmap_lock_acquire_returned: mm=0xffff88810006be80 memcg_id=2939 write=false success=true
+   mprotect_race  6473/6473  [001]  1306.758551700:         mmap_lock:mmap_lock_released: mm=0xffff88810006be80 memcg_id=2939 write=false
+   mprotect_race  6473/6473  [001]  1306.758552348:             syscalls:sys_exit_munmap: 0x0
+"""  # sample_traces/mprotect-race, lines as recorded (Linux 6.18)
+
+
+def test_a_downgrading_writer_has_a_write_hold_and_a_read_hold():
+    # mmap_write_downgrade() traces a read acquire_returned with no start_locking
+    # (include/linux/mmap_lock.h: __mmap_lock_trace_acquire_returned(mm, false, true)):
+    # the munmap held mmap_lock for write 1306.758531800 -> .758532683 (883 ns), then for
+    # read to mmap_read_unlock() at .758551700 (19,017 ns).  A writer that never
+    # downgrades keeps its whole hold and no read hold.
+    ops, _, _ = build_ops(events(DOWNGRADING_MUNMAP), "t")
+    w = ops.filter(pl.col("kind") == "munmap").row(0, named=True)
+    assert (w["hold_ns"], w["read_hold_ns"]) == (883, 19_017)
+    plain = DOWNGRADING_MUNMAP.replace("1306.758532683: mmap_lock:mmap_lock_acquire_returned: mm=0xffff88810006be80 memcg_id=2939 write=false success=true\n", "").replace("released: mm=0xffff88810006be80 memcg_id=2939 write=false", "released: mm=0xffff88810006be80 memcg_id=2939 write=true")
+    w = build_ops(events(plain), "t")[0].filter(pl.col("kind") == "munmap").row(0, named=True)
+    assert (w["hold_ns"], w["read_hold_ns"]) == (19_900, None)
