@@ -564,8 +564,9 @@ def _header(name: str) -> dict:
 def plan_samples(ws, names: list[str] | None = None) -> list[SampleTrace]:
     """Each sample ingested, with the kernel and CPUs it was recorded on (the ingested
     trace's, from its header) and the model of that kernel.  A trace whose text has no
-    header (ftrace's) takes the kernel and CPU count the other samples' headers agree on:
-    record.sh recorded them all in one run on one machine."""
+    header (ftrace's) takes the kernel and CPU count the other samples' headers agree on
+    (record.sh recorded them on one machine; builds of one release that one model covers
+    agree)."""
     out = []
     for name in names or sample_names():
         st = SampleTrace(name, _ingest_sample(ws, name))
@@ -578,8 +579,10 @@ def plan_samples(ws, names: list[str] | None = None) -> list[SampleTrace]:
             if known is None:
                 known = {(h.get("kernel"), h.get("nr_cpus")) for h in map(_header, sample_names())}
                 known = {k for k in known if all(k)}
-            if len(known) == 1:
-                (s.kernel, s.cpus), = known
+            # one kernel and CPU count, or builds of one release the same model covers
+            # (pft-2t was re-recorded on a later build of 6.18.44)
+            if len({(model_for_kernel(k), c) for k, c in known}) == 1:
+                s.kernel, s.cpus = sorted(known)[0]
                 s.kernel_source = "the other samples' headers (an ftrace text has none; record.sh recorded all in one run)"
             else:
                 s.status = "the trace does not say which kernel and CPUs it was recorded on"
