@@ -47,6 +47,13 @@ def user_cache_dir() -> str:
 
 def use_user_cache() -> None:
     os.environ.setdefault("NUMBA_CACHE_DIR", user_cache_dir())
+    # numba reads NUMBA_CACHE_DIR once, when it is first imported; a caller that imported
+    # numba before replay (a notebook, a script that imports numba first) would
+    # otherwise cache beside the sources.  Cache locators read config.CACHE_DIR when each
+    # @njit(cache=True) function is defined, so setting it here is in time for ours.
+    cfg = sys.modules.get("numba.core.config")
+    if cfg is not None and not getattr(cfg, "CACHE_DIR", ""):
+        cfg.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 
 def is_cached(dispatcher) -> bool:

@@ -68,3 +68,17 @@ def test_the_cache_directory_follows_every_compiled_source(tmp_path):
     assert sources_digest(str(tmp_path)) == here
     (tmp_path / "ingest" / "new_scanner.py").write_text("")
     assert sources_digest(str(tmp_path)) != here
+
+
+def test_numba_imported_first_still_caches_in_the_user_cache(tmp_path):
+    # a script or notebook that imports numba before replay: numba has read its
+    # environment already, so replay.jit sets config.CACHE_DIR itself
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", "import numba; import replay; from numba.core import config; "
+                          "print(config.CACHE_DIR)"], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().startswith(str(tmp_path / "replay" / "numba")), out
