@@ -24,7 +24,9 @@ import sys
 import threading
 
 PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPILED_SOURCES = ("replay/engine", "ingest")  # the directories of every module numba compiles
+# every module numba compiles, and the modules whose constants compiled code bakes in
+# (the op builder's step reads replay/ops.py's OP_KINDS, PAGE, ...): directories or files
+COMPILED_SOURCES = ("replay/engine", "ingest", "replay/opstream.py", "replay/ops.py")
 
 
 def sources_digest(root: str = PACKAGES) -> str:
@@ -32,11 +34,15 @@ def sources_digest(root: str = PACKAGES) -> str:
     h = hashlib.sha256()
     for d in COMPILED_SOURCES:
         p = os.path.join(root, d)
-        for name in sorted(os.listdir(p)) if os.path.isdir(p) else ():
-            if name.endswith(".py"):
-                h.update(f"{d}/{name}\0".encode())
-                with open(os.path.join(p, name), "rb") as f:
-                    h.update(f.read())
+        if os.path.isfile(p):
+            files = [(d, p)]
+        else:
+            files = [(f"{d}/{n}", os.path.join(p, n)) for n in sorted(os.listdir(p)) if n.endswith(".py")] \
+                if os.path.isdir(p) else []
+        for name, path in files:
+            h.update(f"{name}\0".encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
     return h.hexdigest()[:16]
 
 

@@ -57,7 +57,11 @@ def test_the_cache_directory_follows_every_compiled_source(tmp_path):
     import shutil
 
     for d in COMPILED_SOURCES:
-        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+        if (ROOT / d).is_file():
+            (tmp_path / d).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / d, tmp_path / d)
+        else:
+            shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
     here = sources_digest(str(tmp_path))
     assert here == sources_digest(str(ROOT))
     rwsem = tmp_path / "replay" / "engine" / "rwsem.py"
@@ -68,6 +72,11 @@ def test_the_cache_directory_follows_every_compiled_source(tmp_path):
     assert sources_digest(str(tmp_path)) == here
     (tmp_path / "ingest" / "new_scanner.py").write_text("")
     assert sources_digest(str(tmp_path)) != here
+    # a constant the compiled op builder bakes in from replay/ops.py
+    ops = tmp_path / "replay" / "ops.py"
+    before = sources_digest(str(tmp_path))
+    ops.write_text(ops.read_text().replace("PAGE = 4096", "PAGE = 8192"))
+    assert sources_digest(str(tmp_path)) != before
 
 
 def test_numba_imported_first_still_caches_in_the_user_cache(tmp_path):
