@@ -35,16 +35,22 @@ CONFIG = ("trace_sha256", "model", "machine", "machine_sha256", "model_sha256", 
 
 
 def run_metrics(res: pl.DataFrame) -> dict:
-    """One run's metrics from its results: faults/sec over the run's span (as its
-    summary), faults per CPU-second of fault time (pft's faults/cpu: faults over the
-    time the CPUs spent in them), the mean fault, and the fallback rate of the faults
-    that tried the VMA lock."""
-    span = (res["end_ns"].max() or 0) - (res["start_ns"].min() or 0)
+    """One run's metrics from its results, as pft computes its own (gormanm/pft pft.c
+    main(): ``faults_per_sec = pages / elapsed_time``, ``faults_per_sec_per_cpu = pages /
+    (user_time + sys_time)``): faults/sec over the span from the first fault's start to
+    the last fault's end (pft's wall interval, the earliest thread start to the latest
+    thread end of its touch loops - the mmap before and the munmap after are outside it);
+    faults/cpu over the faults' on-CPU time (pft sums each thread's
+    getrusage(RUSAGE_THREAD) user + system time over its loop: time asleep on a lock or
+    waiting for a CPU does not count, spinning does); the mean fault, and the fallback
+    rate of the faults that tried the VMA lock."""
     f = res.filter(pl.col("kind") == "fault")
+    span = ((f["end_ns"].max() or 0) - (f["start_ns"].min() or 0)) if f.height else 0
     busy = float((f["end_ns"] - f["start_ns"]).sum() or 0)
+    on_cpu = busy - float(f["sleep_ns"].sum() or 0) if "sleep_ns" in f.columns else busy
     tried = f.filter(pl.col("outcome").is_not_null())
     return {"faults_per_sec": f.height / span * 1e9 if span else None,
-            "faults_per_cpu": f.height / busy * 1e9 if busy else None,
+            "faults_per_cpu": f.height / on_cpu * 1e9 if on_cpu > 0 else None,
             "fault_ns": busy / f.height if f.height else None,
             "fallback_pct": 100 * float(tried["fallback"].mean()) if tried.height else None}
 
@@ -55,7 +61,7 @@ def iteration_metrics(ws, run_ids) -> pl.DataFrame:
     rows = []
     for r in dict.fromkeys(run_ids):
         res = pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet",
-                              columns=["kind", "start_ns", "end_ns", "fallback", "outcome"])
+                              columns=["kind", "start_ns", "end_ns", "fallback", "outcome", "sleep_ns"])
         rows.append({"run_id": r, **run_metrics(res)})
     return pl.DataFrame(rows, schema={"run_id": pl.Utf8, **{m[0]: pl.Float64 for m in METRICS}})
 

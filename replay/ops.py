@@ -122,6 +122,8 @@ MADV_VMA_CHANGING = {
 OPS_VERSION = 4  # 3: service_ns; 4: read_hold_ns
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
+# what handle_mm_fault() does for a fault (ops ``fault_kind``; replay/engine/faultpath.py runs each)
+FAULT_KINDS = ("anon", "zero", "cow", "file", "file_io", "other")
 
 OPS_SCHEMA = {
     "op_id": pl.Int64, "trace_id": pl.Utf8, "mm": pl.Utf8, "pid": pl.Int32, "tid": pl.Int32,

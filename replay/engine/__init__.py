@@ -22,6 +22,13 @@ RESULTS_SCHEMA = {
     "op_id": pl.Int64, "mm": pl.Utf8, "tid": pl.Int32, "kind": pl.Utf8, "vma_id": pl.Int64, "sim_cpu": pl.Int32,
     "start_ns": pl.Float64, "end_ns": pl.Float64, "lock_wait_ns": pl.Float64, "cache_ns": pl.Float64,
     "line_transfers": pl.Int64, "outcome": pl.Utf8, "misses": pl.Int32, "fallback": pl.Boolean, "attempts": pl.Int32,
+    # a fault's time in handle_mm_fault(): its own work (the fault path's fixed part and
+    # clearing the page, or the one service time), and in the shared resources
+    # (faultpath.py), of which waiting for another CPU's hold
+    "service_ns": pl.Float64, "resource_ns": pl.Float64, "resource_wait_ns": pl.Float64,
+    # the op's time off its CPU: asleep on a lock, then waiting to run again (the rest of
+    # end - start is on-CPU time, which pft's faults/cpu counts)
+    "sleep_ns": pl.Float64,
 }
 
 
@@ -97,7 +104,10 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 15
+REFERENCE_VERSION = 16
+# 16: handle_mm_fault() on profiles with a [fault_path]: the page allocator's pcp refills
+#     under zone->lock, the memcg charge, clearing the page, the rss counter, the LRU
+#     batch under lru_lock, a PTE page per 512 faults, per fault kind (faultpath.py)
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
@@ -200,6 +210,10 @@ def fault_service_time(ops: pl.DataFrame, machine: Machine, how: str = "trace") 
         held = _trace_holds(src)
         if held is not None and held.len() >= MIN_SERVICE_SAMPLES:
             return float(held.median()), f"trace: median mmap_lock hold of {held.len()} fallen-back faults"
+    if machine.fault_path is not None:
+        return (float(machine.fault_path["fixed_ns"]),
+                f"profile {machine.name}: the fault path (fixed part {machine.fault_path['fixed_ns']:g} ns, "
+                f"then the shared resources)")
     return float(machine.fault_service_ns), f"profile {machine.name}"
 
 
@@ -223,7 +237,7 @@ def run_params(ops, model, machine: Machine, cpus: int, seed: int, placement: st
             "machine_sha256": machine.digest(), "model_sha256": model.digest(),
             "cpus": cpus, "seed": seed, "placement": placement, "semantics": REFERENCE_VERSION,
             "engine": engine_name(), "loop": "open" if open_loop else "closed", "fault_service_ns": service_ns,
-            "fault_service_source": service_src}
+            "fault_service_source": service_src, "kernel": model.release}
 
 
 def engine_name() -> str:
@@ -267,7 +281,7 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
 
     try:
         locks, lines, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
-                                             service, seed, progress, emit)
+                                             service, seed, progress, emit, params["kernel"])
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
     finally:
@@ -337,7 +351,7 @@ def _mm_ops(ops, mm, mms):
     return OpsSource(ops, None if len(mms) == 1 else mm)
 
 
-def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, seed, progress, emit):
+def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, seed, progress, emit, release=None):
     from ..jit import notice_compile
     from . import load, loop
 
@@ -354,7 +368,7 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, s
                 progress(base + k)
 
         lk, ln, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service, seed=seed,
-                                        sink=emit, progress=tick, mm=mm)
+                                        sink=emit, progress=tick, mm=mm, release=release)
         done += n
         locks += [{"mm": mm, **x} for x in lk]
         lines += [{"mm": mm, **x} for x in ln]

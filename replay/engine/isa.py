@@ -49,9 +49,11 @@ class Op(IntEnum):
     CHECK_DETACHED = 24
     VMA_COMMIT = 25
     RWSEM_DOWNGRADE_WRITE = 26
+    HANDLE_MM_FAULT = 27
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
+WORK_KINDS = ("writer", "zap")
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ MICRO_OPS = (
     MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a non-blocking request for ownership "
             "(x86 exc_page_fault's prefetchw(&current->mm->mmap_lock))", "h_prefetchw"),
     MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
-    MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\"), the writer's work under the write lock "
-            "(\"writer\") or after mmap_write_downgrade() (\"zap\": unmap_region() under the read lock)", "h_work"),
+    MicroOp(Op.WORK, ("what",), "work", "the writer's work under the write lock (\"writer\") or after "
+            "mmap_write_downgrade() (\"zap\": unmap_region() under the read lock)", "h_work"),
     MicroOp(Op.CHECK_SEQ, ("locked?",), "labels", "vma->vm_lock_seq == mm->mm_lock_seq: write-locked "
             "(vma_start_read())", "h_check_seq"),
     MicroOp(Op.RWSEM_TRYLOCK_READ, ("lock", "failed?"), "lock", "down_read_trylock()", "h_rwsem_trylock_read"),
@@ -112,6 +114,8 @@ MICRO_OPS = (
     MicroOp(Op.RWSEM_DOWNGRADE_WRITE, ("lock", "no_downgrade?"), "lock", "mmap_write_downgrade() -> "
             "downgrade_write() where the writer downgraded (munmap, brk, mremap: the trace's read hold after it); "
             "else goto", "h_rwsem_downgrade_write"),
+    MicroOp(Op.HANDLE_MM_FAULT, (), "none", "handle_mm_fault(): the fault's own work and the resources it shares "
+            "(page allocator, memcg, rss, LRU, page tables: faultpath.py)", "h_handle_mm_fault"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
@@ -145,8 +149,8 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
 
 def encode(ins: tuple, layout) -> list[int]:
     """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
-    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = fault /
-    1 = writer / 2 = zap, outcomes their index, labels instruction indices."""
+    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = writer /
+    1 = zap, outcomes their index, labels instruction indices."""
     row = BY_OP[Op(ins[0])]
     a = list(ins[1:])
     if row.encoding == "field":
@@ -162,7 +166,7 @@ def encode(ins: tuple, layout) -> list[int]:
     elif row.encoding == "lock":
         args = [0 if a[0] == "mmap_lock" else 1, a[1] if len(a) > 1 else 0]
     elif row.encoding == "work":
-        args = [("fault", "writer", "zap").index(a[0])]
+        args = [WORK_KINDS.index(a[0])]
     elif row.encoding == "outcome":
         args = [OUTCOMES.index(a[0])]
     elif row.encoding == "labels":

@@ -19,12 +19,14 @@ from .loop import run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
+from .faultpath import Plan
 from .vma import vma_alloc
 
 # where the simulated objects sit (only for line_stats' addresses)
 MM_BASE = 0xFFFF888100000000
 VMA_SLAB_BASE = 0xFFFF888200000000
 VMA_LOCK_SLAB_BASE = 0xFFFF888300000000
+FAULT_PATH_BASE = 0xFFFF888400000000  # the fault path's own lines (zone, lruvec, page_counter)
 
 
 def encode_programs(model) -> np.ndarray:
@@ -36,6 +38,25 @@ def encode_programs(model) -> np.ndarray:
         for k, ins in enumerate(prog):
             out[pi * plen + k] = tuple(encode(ins, model.layout))
     return out, plen
+
+def fault_kinds(src, c) -> np.ndarray:
+    """Each op's fault kind code (faultpath.py K_*, replay/ops.py FAULT_KINDS order): the
+    ops' ``fault_kind``, else from the write flag - an anonymous first write, or a read
+    of the zero page - for ops written before the column existed."""
+    import polars as pl
+
+    from ..ops import FAULT_KINDS
+
+    if "fault_kind" in src.names:
+        e = c("fault_kind", pl.Utf8).cast(pl.Utf8).replace_strict(
+            {k: i for i, k in enumerate(FAULT_KINDS)}, default=FAULT_KINDS.index("other"), return_dtype=pl.Int8
+        ).fill_null(FAULT_KINDS.index("other"))
+        return src.col(e, np.int8)
+    if "write" not in src.names:
+        return np.full(src.n, FAULT_KINDS.index("anon"), np.int8)
+    w = src.col(pl.col("write").fill_null(True), np.bool_)
+    return np.where(w, FAULT_KINDS.index("anon"), FAULT_KINDS.index("zero")).astype(np.int8)
+
 
 def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
     ptr = np.zeros(len(lists) + 1, np.int64)
@@ -120,7 +141,7 @@ def _longest_instant_run(order, starts, instant):
 
 
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-         fault_service_ns=None, chunk: int = 1 << 18, seed: int = 0):
+         fault_service_ns=None, chunk: int = 1 << 18, seed: int = 0, release: str | None = None):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
     with the ops schema's columns.  Columns are read one at a time and kept in compact
     arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
@@ -258,6 +279,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_service[~src.notnull("service_ns")] = np.nan
     if recorded and not np.isnan(op_service).all():
         min_service = min(min_service, float(np.nanmin(op_service)))
+    op_fkind = fault_kinds(src, c)
     instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
     if not min_service:
         instant |= is_fault
@@ -271,6 +293,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     VBASE, LBASE = 64, 64 + vlines
     nlines = LBASE + llines
     mcpus = machine.cpus()
+    plan = None
+    # the fault path runs where the service comes from the profile (engine.service_for);
+    # a trace's own times, a number given, or no Service (tests: one number) run none
+    if machine.fault_path is not None and str(getattr(svc, "source", "")).startswith("profile"):
+        plan = Plan(machine, lay, release or model.release, nlines, len(mcpus), mcpus, len(mcpus))
+        nlines = plan.nlines
     W = (len(mcpus) + 63) // 64
     nsock = machine.sockets
 
@@ -314,6 +342,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["nsamples"] = len(samples) if samples is not None else 0
     k["recorded_service"] = int(recorded)
     k["barrier_wake_ns"] = BARRIER_WAKE_NS
+    for name, v in (plan.cfg if plan is not None else {}).items():
+        k[name] = v
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
     nlk = max_obj + 1
@@ -351,12 +381,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
-        op_service=op_service,
+        op_service=op_service, op_fkind=op_fkind,
+        res=plan.res if plan is not None else np.zeros(1, st.RES),
+        fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
+        fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),
+        fp_hold_b=plan.hold_b if plan is not None else np.ones(1), fp_hold_ns=plan.hold_ns if plan is not None else np.ones(1),
     )
     state = st.State(arrays)
     _alloc_initial(state.S, np.asarray(initial, np.int64))
     meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_base": op_base, "op_ids": op_ids, "vlines": vlines,
-            "llines": llines, "w_kind": w_kind}
+            "llines": llines, "w_kind": w_kind, "plan": plan}
     return state, meta
 
 
@@ -387,6 +421,16 @@ def lock_stats(state, model, meta) -> list[dict]:
                     "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
                     "hold_min_ns": None if np.isnan(r["hold_min"]) else float(r["hold_min"]),
                     "trylock_failures": tf, "con_bounces": int(ln[r["count_line"]]["transfers"])})
+    plan = meta.get("plan")
+    if plan is not None:  # the fault path's spinlocks (faultpath.py): no trylock, no separate count line
+        for r, (cls, key) in zip(state["res"], plan.resource_names):  # the spinlocks, not the counters after them
+            acq = int(r["acquisitions"])
+            if not acq:
+                continue
+            out.append({"lock_class": cls, "lock": key, "acquisitions": acq, "contentions": int(r["contentions"]),
+                        "wait_total_ns": float(r["wait_total"]), "wait_max_ns": float(r["wait_max"]),
+                        "wait_min_ns": None, "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
+                        "hold_min_ns": None, "trylock_failures": 0, "con_bounces": int(ln[r["line"]]["transfers"])})
     return out
 
 
@@ -404,6 +448,10 @@ def line_stats(state, model, meta) -> list[dict]:
             a = lay.vma_lock.address(slot, 0)
             for f in ("lock.count", "lock.owner"):
                 names.setdefault(64 + meta["vlines"] + (a + lay.vma_lock.fields[f]) // 64, set()).add(f"vma_lock.{f}")
+    plan = meta.get("plan")
+    fp_base = 64 + meta["vlines"] + meta["llines"]
+    for d, nm in (plan.names.items() if plan is not None else ()):
+        names.setdefault(d, set()).add(nm)
     ln = state["ln"]
     ln_tr, ln_inv = ln["transfers"], ln["invalidations"]
     hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
@@ -413,8 +461,10 @@ def line_stats(state, model, meta) -> list[dict]:
             absl = MM_BASE // 64 + d
         elif d < 64 + meta["vlines"]:
             absl = VMA_SLAB_BASE // 64 + d - 64
-        else:
+        elif d < fp_base:
             absl = VMA_LOCK_SLAB_BASE // 64 + d - 64 - meta["vlines"]
+        else:
+            absl = FAULT_PATH_BASE // 64 + d - fp_base
         out.append({"line": absl * 64, "fields": ", ".join(sorted(names.get(d, {"?"}))),
                     "transfers": int(ln_tr[d]), "invalidations": int(ln_inv[d])})
     return out
@@ -427,7 +477,8 @@ class EngineError(RuntimeError):
 # results columns <- OUT record fields
 OUT_COLUMNS = {"op": "op", "t": "t", "sim_cpu": "cpu", "start_ns": "start", "end_ns": "end", "lock_wait_ns": "wait",
                "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "misses": "misses",
-               "fallback": "fallback", "attempts": "attempts"}
+               "fallback": "fallback", "attempts": "attempts", "service_ns": "svc", "resource_ns": "res",
+               "resource_wait_ns": "rwait", "sleep_ns": "sleep"}
 _OUTCOME_NAMES = None
 LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
 
@@ -457,7 +508,8 @@ def results_frame(raw: dict, state, meta, mm: str):
         "lock_wait_ns": raw["lock_wait_ns"], "cache_ns": raw["cache_ns"], "line_transfers": raw["line_transfers"],
         "outcome": _OUTCOME_NAMES.gather(np.maximum(raw["outcome"], 0)), "_has_outcome": raw["outcome"] >= 0,
         "misses": raw["misses"].astype(np.int32), "fallback": raw["fallback"].astype(bool),
-        "attempts": raw["attempts"].astype(np.int32),
+        "attempts": raw["attempts"].astype(np.int32), "service_ns": raw["service_ns"],
+        "resource_ns": raw["resource_ns"], "resource_wait_ns": raw["resource_wait_ns"], "sleep_ns": raw["sleep_ns"],
     }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
                     pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"),
                     pl.when(pl.col("_has_outcome")).then(pl.col("outcome")).alias("outcome"))
@@ -465,14 +517,15 @@ def results_frame(raw: dict, state, meta, mm: str):
 
 
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-             fault_service_ns=None, chunk: int = 1 << 18, sink=None, progress=None, mm=None, seed: int = 0):
+             fault_service_ns=None, chunk: int = 1 << 18, sink=None, progress=None, mm=None, seed: int = 0,
+             release: str | None = None):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
     the results schema.  Returns (lock_stats, line_stats, counters)."""
     import time
 
     t0 = time.perf_counter()
-    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk, seed)
+    state, meta = load(model, machine, ncpus, ops, placement, open_loop, fault_service_ns, chunk, seed, release)
     LAST_TIMINGS["load_s"] = time.perf_counter() - t0
     LAST_TIMINGS["run_s"] = 0.0
     start(state.S)

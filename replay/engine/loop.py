@@ -152,6 +152,11 @@ def _next_op(S, t):
     th.misses = 0
     th.fallback = False
     th.attempts = 0
+    th.fp_step = 0
+    th.fp_res = 0.0
+    th.fp_rwait = 0.0
+    th.fp_svc = 0.0
+    th.sleep = 0.0
     # The trace's gap since the previous op ended; where that op's end is unknown (a
     # fault served under the VMA lock traces no end), the gap also holds the real
     # fault's duration, which the simulated fault has just replaced: subtract it.
@@ -186,6 +191,10 @@ def _finish(S, t):
     r.misses = th.misses
     r.fallback = th.fallback
     r.attempts = th.attempts
+    r.svc = th.fp_svc
+    r.res = th.fp_res
+    r.rwait = th.fp_rwait
+    r.sleep = th.sleep
     th.prev_unknown = (end - th.start) if not (op_flags(S)[j] & F_END_KNOWN) else 0.0
 
 
@@ -241,6 +250,7 @@ def _step(S, t):
                 return
             th.start = g.now
             th.wait = 0.0  # a causal wait before the op is not a lock wait
+            th.sleep = 0.0
             _started(S, t)
         if th.prog < 0:
             th.finished = True

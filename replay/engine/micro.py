@@ -12,13 +12,14 @@ from __future__ import annotations
 from numba import njit
 
 from .coherence import coh_prefetchw, read, store
-from .isa import OUTCOMES
-from .variation import fault_service
+from .isa import OUTCOMES, WORK_KINDS
+from .faultpath import handle_mm_fault
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
 
 OUTCOME_MISS = OUTCOMES.index("miss")
+WORK_ZAP = WORK_KINDS.index("zap")
 DEFAULT_WRITER_NS = 2000.0  # est.: a writer's work when the trace gives no hold time
 
 
@@ -53,12 +54,15 @@ def h_store(S, t, obj, off, _):
 @njit(cache=True)
 def h_work(S, t, what, _a, _b):
     now = glob(S, 0).now
-    if what == 0:
-        return now + fault_service(S, thread(S, t).op), False
-    if what == 2:  # after mmap_write_downgrade(): the trace's read-locked hold
+    if what == WORK_ZAP:  # after mmap_write_downgrade(): the trace's read-locked hold
         return now + w_hold_read(S)[thread(S, t).w], False
     h = w_hold(S)[thread(S, t).w]
     return now + (h if h else DEFAULT_WRITER_NS), False
+
+
+@njit(cache=True)
+def h_handle_mm_fault(S, t, _a, _b, _c):
+    return handle_mm_fault(S, t)
 
 
 @njit(cache=True)

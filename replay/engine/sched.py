@@ -143,12 +143,18 @@ def release_cpu(S, t):
     if q.rq_head >= 0:
         nxt = _rq_pop(S, c)
         q.busy = nxt
-        at(S, glob(S, 0).now, nxt)
+        now = glob(S, 0).now
+        tn = thread(S, nxt)
+        if tn.rq_woken:  # woken mid-op onto a busy CPU: off it until now
+            tn.rq_woken = False
+            tn.sleep += now - tn.blocked_at
+        at(S, now, nxt)
 
 
 @njit(cache=True)
 def block(S, t):
-    """t sleeps (schedule()): it leaves its CPU until wake()."""
+    """t sleeps (schedule()): it leaves its CPU until wake() (``thread.sleep`` counts the
+    time off it: pft's faults/cpu counts only on-CPU time, getrusage(RUSAGE_THREAD))."""
     now = glob(S, 0).now
     th = thread(S, t)
     th.blocked = True
@@ -188,8 +194,10 @@ def wake(S, t, k):
     q = cpu(S, c)
     if q.busy < 0:
         q.busy = t
+        th.sleep += when - th.blocked_at  # off its CPU until it runs
         at(S, when, t)
     else:
+        th.rq_woken = True
         rq_push(S, c, t)
         cur = q.busy
         if thread(S, cur).dw == DW_SPIN:  # need_resched(): the spinner yields

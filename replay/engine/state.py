@@ -63,6 +63,11 @@ CONFIG = _rec(
     # variation.py: how each fault's service time is drawn, and the start barrier
     ("service_mode",), ("service_sigma", f8), ("seed",), ("barrier_wake_ns", f8), ("nsamples",),
     ("recorded_service",),  # 1: a fault with a recorded time (op_service not NaN) takes it
+    # faultpath.py: handle_mm_fault()'s shared resources (0 in fp_on: one service time, as before)
+    ("fp_on",), ("fp_pcp_batch",), ("fp_scale_max",), ("fp_lru_batch",), ("fp_memcg_batch",),
+    ("fp_memcg_levels",), ("fp_rss_batch",), ("fp_rss_per_task",), ("fp_pte_ptrs",), ("fp_nhold",),
+    ("fp_r_zone",), ("fp_r_lru",), ("fp_r_rss",), ("fp_memcg_line",), ("fp_pgtables_line",),
+    ("fp_clear_ns", f8), ("fp_copy_ns", f8), ("fp_lru_folio_ns", f8), ("fp_fold_ns", f8),
 )
 THREAD = _rec(
     # scheduling
@@ -82,6 +87,13 @@ THREAD = _rec(
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
     ("wc_next",),  # in the list of faults waiting for their VMA's creator
+    # faultpath.py: the step handle_mm_fault() is at, this fault's time in the shared
+    # resources (of which waiting for another CPU's hold) and in its own work; faults
+    # since its last PTE page, and since its last rss sync (4.15's per-task counters)
+    ("fp_step",), ("fp_res", f8), ("fp_rwait", f8), ("fp_svc", f8), ("fp_pte_n",), ("fp_rss_n",),
+    # the op's time off its CPU (asleep on a lock, then until it runs again), and whether
+    # it is runnable in a run queue now, off its CPU since blocked_at (sched.py)
+    ("sleep", f8), ("rq_woken",),
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -97,14 +109,22 @@ VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), (
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
-           ("outcome",), ("misses",), ("fallback",), ("attempts",))
+           ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
+           ("sleep", f8))
+# faultpath.py: a spinlock of the fault path (zone->lock, lruvec->lru_lock, the rss
+# counter's lock) - its line, its data lines, when its last holder releases it, lockstat
+RES = _rec(("line",), ("data",), ("ndata",), ("free_at", f8), ("acquisitions",), ("contentions",),
+           ("wait_total", f8), ("wait_max", f8), ("hold_total", f8), ("hold_max", f8))
+# faultpath.py: per CPU - pages left on its pcp list, nr_pcp_alloc()'s alloc_factor, its
+# memcg stock, folios in its LRU batch, its rss counter's local count, its NUMA node
+FPCPU = _rec(("pcp",), ("alloc_factor",), ("stock",), ("lru_n",), ("rss_n",), ("node",))
 INSN = _rec(("op",), ("a1",), ("a2",), ("a3",))
 
 # accessor name -> (array name, record dtype)
 RECORDS = {
     "glob": ("g", GLOBALS), "cfg": ("cfg", CONFIG), "thread": ("th", THREAD), "lock": ("lk", LOCK),
     "line": ("ln", LINE), "vobj": ("ob", VMA_OBJ), "vmaid": ("vid", VMA_ID), "cpu": ("cpus", CPU),
-    "heap": ("hp", HEAP), "out": ("out", OUT), "insn": ("prog", INSN),
+    "heap": ("hp", HEAP), "out": ("out", OUT), "insn": ("prog", INSN), "res": ("res", RES), "fpcpu": ("fpcpu", FPCPU),
 }
 # plain arrays: name -> element type
 ARRAYS = {
@@ -120,6 +140,9 @@ ARRAYS = {
     "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
+    "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
+    "fp_hold_b": f8, "fp_hold_ns": f8,  # zone->lock hold by refill size: pages, ns (interpolated)
+    "fp_lines": i8,  # the fault path's locks' data lines (res.data .. res.data + res.ndata index it)
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -209,6 +232,8 @@ cpu = _record_accessor("cpus", CPU)
 heap = _record_accessor("hp", HEAP)
 out = _record_accessor("out", OUT)
 insn = _record_accessor("prog", INSN)
+res = _record_accessor("res", RES)
+fpcpu = _record_accessor("fpcpu", FPCPU)
 sharers = _array_accessor("sharers", i8)
 handoff = _array_accessor("handoff", f8)
 slot_obj = _array_accessor("slot_obj", i8)
@@ -237,6 +262,10 @@ op_think = _array_accessor("op_think", f8)
 op_start = _array_accessor("op_start", f8)
 service_samples = _array_accessor("service_samples", f8)
 op_service = _array_accessor("op_service", f8)
+op_fkind = _array_accessor("op_fkind", np.int8)
+fp_hold_b = _array_accessor("fp_hold_b", f8)
+fp_hold_ns = _array_accessor("fp_hold_ns", f8)
+fp_lines = _array_accessor("fp_lines", i8)
 
 
 class State:

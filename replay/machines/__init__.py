@@ -37,6 +37,9 @@ DEFAULT_RCU_GP_NS = 4.5e6
 
 # parameters besides the latencies that carry a provenance (a source, or what they were fitted to)
 SOURCED_SCALARS = ("fault_service_ns", "rcu_grace_period_ns")
+# [fault_path]: handle_mm_fault()'s costs on this machine (replay/engine/faultpath.py); each
+# needs a provenance under its dotted name ("fault_path.fixed_ns") in [sources] or [fitted]
+FAULT_PATH_KEYS = ("fixed_ns", "clear_page_ns", "zone_lock_hold_ns", "lru_folio_ns")
 
 
 class MachineError(ValueError):
@@ -67,6 +70,14 @@ class Machine:
     path: str = ""
     rcu_grace_period_ns: float = DEFAULT_RCU_GP_NS
     fitted: dict = field(default_factory=dict)  # parameter -> what it was fitted to
+    # handle_mm_fault()'s costs (FAULT_PATH_KEYS; zone_lock_hold_ns a list of [pages, ns]),
+    # or None: a fault is one service time (fault_service_ns), nothing in it shared
+    fault_path: dict | None = None
+    numa_nodes: int = 0  # 0: one per socket
+
+    def __post_init__(self):
+        if not self.numa_nodes:
+            self.numa_nodes = self.sockets
 
     def digest(self) -> str:
         """Content hash of the profile, so a run names exactly the numbers it used."""
@@ -75,6 +86,8 @@ class Machine:
 
         d = {k: getattr(self, k) for k in ("sockets", "cores_per_socket", "smt", "latency_ns",
                                            "adjacent_line_prefetch", "fault_service_ns", "ccds")}
+        if self.fault_path is not None:  # so profiles without one keep their digest
+            d |= {"fault_path": self.fault_path, "numa_nodes": self.numa_nodes}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def provenance(self, key: str) -> str:
@@ -87,6 +100,8 @@ class Machine:
         """Every modelled number with its provenance, as ``replay machines NAME`` shows them."""
         vals = dict(self.latency_ns, adjacent_line_prefetch=self.adjacent_line_prefetch,
                     fault_service_ns=self.fault_service_ns, rcu_grace_period_ns=self.rcu_grace_period_ns)
+        for k, v in (self.fault_path or {}).items():
+            vals[f"fault_path.{k}"] = ", ".join(f"{int(b)}: {h:g}" for b, h in v) if k == "zone_lock_hold_ns" else v
         return [{"parameter": k, "value": v, "fitted": k in self.fitted, "source": self.provenance(k)}
                 for k, v in vals.items()]
 
@@ -174,10 +189,11 @@ def _load(text: str, path: str) -> Machine:
         m = Machine(name=str(d["name"]), description=str(d.get("description", "")), sockets=int(d["sockets"]),
                     cores_per_socket=int(d["cores_per_socket"]), smt=int(d.get("smt", 1)), latency_ns=lat,
                     adjacent_line_prefetch=bool(d.get("adjacent_line_prefetch", False)),
-                    fault_service_ns=float(d.get("fault_service_ns", 1000)), sources=dict(d.get("sources", {})),
+                    fault_service_ns=float(d.get("fault_service_ns", 1000)), sources=_flat(d.get("sources", {})),
                     ccds=int(d.get("ccds", 1)), path=path,
                     rcu_grace_period_ns=float(d.get("rcu_grace_period_ns", DEFAULT_RCU_GP_NS)),
-                    fitted=dict(d.get("fitted", {})))
+                    fitted=_flat(d.get("fitted", {})), fault_path=_fault_path(d.get("fault_path"), path),
+                    numa_nodes=int(d.get("numa_nodes", 0)))
     except KeyError as e:
         raise MachineError(f"{path}: missing key {e.args[0]!r}") from None
     if min(m.sockets, m.cores_per_socket, m.smt, m.ccds) < 1:
@@ -186,10 +202,12 @@ def _load(text: str, path: str) -> Machine:
         raise MachineError(f"{path}: {m.ccds} ccds do not divide {m.cores_per_socket} cores_per_socket")
     if m.ccds > 1 and "cross_ccd_handoff" not in lat:
         raise MachineError(f"{path}: ccds = {m.ccds} needs [latency_ns] cross_ccd_handoff")
+    if m.numa_nodes % m.sockets or m.cores_per_socket % (m.numa_nodes // m.sockets):
+        raise MachineError(f"{path}: numa_nodes = {m.numa_nodes} must split the sockets' cores evenly")
     if not m.rcu_grace_period_ns >= 0:
         raise MachineError(f"{path}: rcu_grace_period_ns must not be negative")
     _check_fitted(m, lat, path)
-    given = list(lat) + [k for k in SOURCED_SCALARS if k in d]
+    given = list(lat) + [k for k in SOURCED_SCALARS if k in d] + [f"fault_path.{k}" for k in (m.fault_path or {})]
     unsourced = [k for k in given if k not in m.sources and k not in m.fitted]
     if unsourced:
         raise MachineError(f"{path}: every latency needs a source in [sources] (or a [fitted] entry); "
@@ -197,11 +215,50 @@ def _load(text: str, path: str) -> Machine:
     return m
 
 
+def _flat(t: dict) -> dict:
+    """[sources] and [fitted] with dotted keys written either way (``fault_path.fixed_ns =``
+    makes a sub-table in TOML; ``"fault_path.fixed_ns" =`` does not): one level, dotted."""
+    out = {}
+    for k, v in dict(t).items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _fault_path(t, path: str) -> dict | None:
+    """The [fault_path] table, checked: every key, positive costs, the zone->lock holds
+    as [pages, ns] pairs in increasing pages."""
+    if t is None:
+        return None
+    if not isinstance(t, dict):
+        raise MachineError(f"{path}: [fault_path] must be a table")
+    odd = sorted(set(t) ^ set(FAULT_PATH_KEYS))
+    if odd:
+        raise MachineError(f"{path}: [fault_path] needs exactly {', '.join(FAULT_PATH_KEYS)}; differs in {', '.join(odd)}")
+    out = {}
+    try:
+        for k in ("fixed_ns", "clear_page_ns", "lru_folio_ns"):
+            out[k] = float(t[k])
+            if not out[k] >= 0:
+                raise MachineError(f"{path}: [fault_path] {k} must not be negative")
+        holds = [(float(b), float(h)) for b, h in t["zone_lock_hold_ns"]]
+    except (TypeError, ValueError):
+        raise MachineError(f"{path}: [fault_path] costs must be numbers, zone_lock_hold_ns a list of "
+                           f"[pages, ns] pairs") from None
+    if not holds or any(b <= 0 or h <= 0 for b, h in holds) or any(b2 <= b1 for (b1, _), (b2, _) in zip(holds, holds[1:])):
+        raise MachineError(f"{path}: [fault_path] zone_lock_hold_ns must be [pages, ns] pairs, both positive, "
+                           f"pages increasing")
+    out["zone_lock_hold_ns"] = holds
+    return out
+
+
 def _check_fitted(m: Machine, lat: dict, path: str) -> None:
     """[fitted] names modelled parameters, each with a non-empty account of what it was
     fitted to; a fitted parameter has no [sources] entry, and a source may not claim
     "fitted" without that account."""
-    fittable = set(lat) | set(SOURCED_SCALARS)
+    fittable = set(lat) | set(SOURCED_SCALARS) | {f"fault_path.{k}" for k in FAULT_PATH_KEYS}
     for k, to in m.fitted.items():
         if k not in fittable:
             raise MachineError(f"{path}: [fitted] {k}: not a parameter that can be fitted "

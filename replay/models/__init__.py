@@ -27,10 +27,25 @@ def registry() -> dict[str, Model]:
 
 
 def get_model(name: str) -> Model:
+    """A model by name; ``NAME@RELEASE`` (``pervma@6.2``) is that lock design on another
+    release's fault path (replay/models/kernels.py FAULT_PATH_KERNELS: batch sizes), as
+    when a design was measured as patches on another kernel."""
+    import dataclasses
+
+    from .kernels import fault_path_kernel
+
+    base, _, release = name.partition("@")
     reg = registry()
-    if name not in reg:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(reg))}")
-    return reg[name]
+    if base not in reg:
+        raise ModelError(f"unknown model {base!r}; known: {', '.join(sorted(reg))}")
+    if not release:
+        return reg[base]
+    try:
+        fault_path_kernel(release)
+    except ValueError as e:
+        raise ModelError(f"unknown model {name!r}: {e}") from None
+    m = reg[base]
+    return dataclasses.replace(m, name=name, release=release)
 
 
 __all__ = ["Layout", "Model", "ModelError", "get_model", "registry"]

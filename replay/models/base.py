@@ -144,12 +144,16 @@ class Model:
     kernel_fault: list  # the kernel-mode-fault program
     writer: list  # the address-space writer program
     params: dict = field(default_factory=dict)
+    # the release whose fault-path rules (batch sizes: replay/models/kernels.py
+    # FAULT_PATH_KERNELS) a replay follows unless the run names another
+    release: str = "6.18"
 
     def digest(self) -> str:
-        """Content hash of the layout, programs and parameters."""
+        """Content hash of the layout, programs, parameters and release."""
         import hashlib
 
-        return hashlib.sha256(repr((self.layout, self.programs, sorted(self.params.items()))).encode()).hexdigest()[:16]
+        return hashlib.sha256(repr((self.layout, self.programs, sorted(self.params.items()), self.release))
+                              .encode()).hexdigest()[:16]
 
     def __post_init__(self):
         self.lock = LockParams.parse(self.name, self.params)  # what the engines read

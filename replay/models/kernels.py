@@ -51,6 +51,8 @@ assumptions and the arithmetic are with the structs below.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..engine.isa import Op
 from .base import Layout, Model, Struct
 
@@ -83,8 +85,10 @@ VMA_LOCK_OFFSET = 0x40000000
 # No mm_lock_seq (CONFIG_PER_VMA_LOCK came with 6.4).  size: the 192 bytes through mmlist's
 # line, the part modelled - mm_struct is one object per mm, so nothing packs after it.
 MM_63 = Struct("mm_struct", 192, 64, {
-    "mm_mt": 0, "mm_users": 84, "mm_count": 88, "mmap_lock.count": 112, "mmap_lock.owner": 120, "mmlist": 152,
-}, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16})
+    "mm_mt": 0, "mm_users": 84, "mm_count": 88, "pgtables_bytes": 96, "mmap_lock.count": 112, "mmap_lock.owner": 120,
+    "mmlist": 152,
+}, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
+          "mmlist": 16})
 
 # mm_struct at v6.4: mm_count alone in line 0 (struct { atomic_t mm_count; }
 # ____cacheline_aligned_in_smp), mm_mt 64 (24), get_unmapped_area 88, mmap_base 96,
@@ -97,10 +101,10 @@ MM_63 = Struct("mm_struct", 192, 64, {
 # mmlist 224 and mm_lock_seq (now a seqcount_t) 240 too, as does 6.18's BTF below.
 # 6.4-6.14 have no vma_writer_wait.  size: through mm_lock_seq's line.
 MM_64 = Struct("mm_struct", 256, 64, {
-    "mm_count": 0, "mm_mt": 64, "mm_users": 148, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224,
-    "mm_lock_seq": 240,
-}, sizes={"mm_count": 4, "mm_mt": 24, "mm_users": 4, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16,
-          "mm_lock_seq": 4})
+    "mm_count": 0, "mm_mt": 64, "mm_users": 148, "pgtables_bytes": 168, "mmap_lock.count": 184,
+    "mmap_lock.owner": 192, "mmlist": 224, "mm_lock_seq": 240,
+}, sizes={"mm_count": 4, "mm_mt": 24, "mm_users": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
+          "mmlist": 16, "mm_lock_seq": 4})
 
 # mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
 # /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1 (struct
@@ -108,12 +112,19 @@ MM_64 = Struct("mm_struct", 256, 64, {
 # (line 2) and its owner at 192 (line 3), straddling two lines; vma_writer_wait (struct
 # rcuwait, 8) and mm_lock_seq (seqcount_t, 4) after mmlist, in the same line as the owner.
 # v7/v8 (mm-unstable, Jan 2025) add vma_writer_wait in the same place; their mm_struct is
-# not derived separately.
+# not derived separately.  pgtables_bytes (atomic_long_t, mm_inc_nr_ptes()) at 168 shares
+# the count's line; rss_stat[NR_MM_COUNTERS] (4 x struct percpu_counter of 40 bytes: lock 0,
+# count 8, list 16, counters 32) at 968, so rss_stat[MM_ANONPAGES] (= 1) has its lock at
+# 1008 and count at 1016, in line 15 with rss_stat[MM_FILEPAGES] - the fault path's
+# (replay/engine/faultpath.py) rss counter.  MM_63 and MM_64 carry pgtables_bytes at the
+# offsets above; their rss_stat offset was not derived, so the fault path gives it a line
+# of its own there.
 MM = Struct("mm_struct", 1472, 64, {
-    "mm_mt": 64, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224, "vma_writer_wait": 240,
-    "mm_lock_seq": 248,
-}, sizes={"mm_mt": 16, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16, "vma_writer_wait": 8,
-          "mm_lock_seq": 4})
+    "mm_mt": 64, "pgtables_bytes": 168, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224,
+    "vma_writer_wait": 240, "mm_lock_seq": 248, "rss_stat": 968,
+}, sizes={"mm_mt": 16, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16,
+          "vma_writer_wait": 8, "mm_lock_seq": 4, "rss_stat": 160})
+MM_ANONPAGES_LOCK = 40  # offsetof rss_stat[MM_ANONPAGES].lock within rss_stat
 
 # kmem_cache_create() flags, as in the kernel sources cited in the module docstring
 PLAIN_SLAB = ("SLAB_PANIC", "SLAB_ACCOUNT")
@@ -216,6 +227,73 @@ VMA_MAINLINE = _vma(192, 64, {
 }, slab_flags=TYPESAFE_SLAB, freeptr_in_object=True)
 
 
+# -- the fault path's rules by release (replay/engine/faultpath.py; docs/fault-path.md) ---------
+@dataclass(frozen=True)
+class FaultPathKernel:
+    """What the kernel decides in handle_mm_fault()'s shared resources: batch sizes and
+    which counters exist.  The machine gives the costs (its profile's [fault_path])."""
+
+    release: str
+    pcp_batch: int
+    """zone_batchsize() for a zone of 1 GiB or more (mm/page_alloc.c): min(managed >> 10,
+    SZ_1M / PAGE_SIZE) / 4, then rounddown_pow_of_two(batch + batch / 2) - 1 = 63; 31
+    before d8a759b57035 ("mm, page_alloc: double zone's batchsize", 4.19)."""
+    pcp_scale_max: int
+    """CONFIG_PCP_BATCH_SCALE_MAX (mm/Kconfig, default 5): nr_pcp_alloc() refills
+    batch << alloc_factor and grows the factor up to it - the series "mm: PCP high
+    auto-tuning" (Huang Ying, 6.7); 0 before: every refill is pcp->batch pages."""
+    lru_batch: int
+    """PAGEVEC_SIZE (include/linux/pagevec.h): 15, 31 from 9cecde80aae0 ("mm: increase
+    folio batch size", 6.9)."""
+    memcg_batch: int
+    """MEMCG_CHARGE_BATCH (include/linux/memcontrol.h): 64 from 1813e51eece0 (6.1), 32
+    before."""
+    rss_per_task: bool
+    """Before f1a7941243c1 ("mm: convert mm's rss stats into percpu_counter", 6.2),
+    SPLIT_RSS_COUNTING: the task's own counts, synced into mm->rss_stat by
+    sync_mm_rss() every TASK_RSS_EVENTS_THRESH (64) faults (mm/memory.c
+    check_sync_rss_stat()); from 6.2 a percpu_counter whose batch is
+    percpu_counter_batch = max(32, 2 x online CPUs) (lib/percpu_counter.c
+    compute_batch_value())."""
+    pte_ptrs: int = 512  # PTRS_PER_PTE (arch/x86/include/asm/pgtable_64_types.h)
+
+
+TASK_RSS_EVENTS_THRESH = 64
+
+# the release each entry starts at; a run follows the newest entry not after its release
+FAULT_PATH_KERNELS = {k.release: k for k in (
+    # 4.15 (the IvyBridge table's kernel): pcp batch 31 (the message of 97334162e4d7,
+    # Aaron Lu: "pcp->batch(default=31 ...)"), MEMCG_CHARGE_BATCH 32, per-task rss,
+    # PAGEVEC_SIZE 14 ("/* 14 pointers + two long's align the pagevec structure to a power
+    # of two */"; Matthew Wilcox's patch making it 15, "15 pointers + header", is quoted in
+    # Michal Hocko's reply of 6 Dec 2017 on linux-mm, so after 4.15)
+    FaultPathKernel("4.15", pcp_batch=31, pcp_scale_max=0, lru_batch=14, memcg_batch=32, rss_per_task=True),
+    FaultPathKernel("4.19", pcp_batch=63, pcp_scale_max=0, lru_batch=15, memcg_batch=32, rss_per_task=True),
+    FaultPathKernel("6.1", pcp_batch=63, pcp_scale_max=0, lru_batch=15, memcg_batch=64, rss_per_task=True),
+    FaultPathKernel("6.2", pcp_batch=63, pcp_scale_max=0, lru_batch=15, memcg_batch=64, rss_per_task=False),
+    FaultPathKernel("6.7", pcp_batch=63, pcp_scale_max=5, lru_batch=15, memcg_batch=64, rss_per_task=False),
+    FaultPathKernel("6.9", pcp_batch=63, pcp_scale_max=5, lru_batch=31, memcg_batch=64, rss_per_task=False),
+)}
+
+
+def _release_key(r: str) -> tuple:
+    try:
+        return tuple(int(x) for x in r.split("-")[0].split(".")[:2])
+    except ValueError:
+        raise ValueError(f"kernel release {r!r} is not MAJOR.MINOR (e.g. 6.8)") from None
+
+
+def fault_path_kernel(release: str) -> FaultPathKernel:
+    """The fault-path rules of ``release`` (e.g. "6.8", "6.2-rc4"): the newest entry of
+    FAULT_PATH_KERNELS at or before it."""
+    want = _release_key(release)
+    older = [k for k in FAULT_PATH_KERNELS if _release_key(k) <= want]
+    if not older:
+        raise ValueError(f"kernel release {release!r} is older than the oldest fault path modelled "
+                         f"({min(FAULT_PATH_KERNELS, key=_release_key)})")
+    return FAULT_PATH_KERNELS[max(older, key=_release_key)]
+
+
 # -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
 def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
     """do_user_addr_fault() -> lock_mm_and_find_vma(): mmap_read_trylock(), else
@@ -232,7 +310,7 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
         (Op.READ, "mm", "mm_mt"),  # find_vma(): maple tree walk
         (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags
         (Op.READ, "vma", "anon_vma"),  # anon_vma, vm_ops
-        (Op.WORK, "fault"),  # handle_mm_fault()
+        (Op.HANDLE_MM_FAULT,),
         (Op.RWSEM_UP_READ, "mmap_lock"),
     ]
 
@@ -296,7 +374,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
         ]
     p += [
         (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
-        (Op.WORK, "fault"),
+        (Op.HANDLE_MM_FAULT,),
         (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,),  # vma_end_read()
         (Op.OUTCOME, "success"),
         (Op.END,),
@@ -356,14 +434,14 @@ _add(Model(
     fault=_mmap_lock_fault(True) + [(Op.END,)],
     kernel_fault=_mmap_lock_fault(True) + [(Op.END,)],
     writer=MMAP_WRITER,
-    params={"vma_lock": None},
+    params={"vma_lock": None}, release="6.3",
 ))
 _add(Model(
     "pervma", "6.4-6.14: per-VMA rw_semaphore in a separate vma_lock slab object",
     ["mm/memory.c lock_vma_under_rcu() (50ee32537206, v6.4)", "include/linux/mm.h vma_start_read(), vma_start_write() (v6.4-v6.14)"],
     Layout(MM_64, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-    params={"vma_lock": "rwsem"},
+    params={"vma_lock": "rwsem"}, release="6.4",
 ))
 _add(Model(
     "inline-rwsem", "pervma's algorithm with the rwsem in its own line of a 256-byte cache-aligned vm_area_struct",
@@ -372,7 +450,7 @@ _add(Model(
      "____cacheline_aligned_in_smp in vm_area_struct, freed through call_rcu()"],
     Layout(MM_64, VMA_INLINE_RWSEM, vma_lock_in="vma", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-    params={"vma_lock": "rwsem", "lock_offset": INLINE_LOCK_OFFSET},
+    params={"vma_lock": "rwsem", "lock_offset": INLINE_LOCK_OFFSET}, release="6.13",
 ))
 for _name, _limit, _wake, _desc in (
     ("v7", VMA_LOCK_OFFSET - 2, "eager", "vm_refcnt in a 256-byte cache-aligned VMA; writers take a count; readers wake the writer on every exit"),
@@ -383,7 +461,7 @@ for _name, _limit, _wake, _desc in (
         Layout(MM, VMA_V8, vma_lock_in=""),
         fault=_vma_lock_fault("refcnt") + _detached(False), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
         params={"vma_lock": "refcnt", "ref_limit": _limit, "wake": _wake, "writer_ref": 1 if _name == "v7" else 0,
-                "typesafe_by_rcu": True},
+                "typesafe_by_rcu": True}, release="6.13",
     ))
 _add(Model(
     "mainline", "6.15+: vm_refcnt at 128 in a 192-byte VMA; detached means miss and re-walk; mm_lock_seq a seqcount",
@@ -393,5 +471,5 @@ _add(Model(
     fault=_vma_lock_fault("refcnt", prefetchw=False) + _detached(True), kernel_fault=_kernel_fault(prefetchw=False),
     writer=_vma_writer(True),
     params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0,
-            "typesafe_by_rcu": True},
+            "typesafe_by_rcu": True}, release="6.18",
 ))

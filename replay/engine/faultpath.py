@@ -1,0 +1,377 @@
+"""handle_mm_fault() on the simulated machine: the fault's own work and the resources it
+shares with every other faulting CPU.
+
+docs/fault-path.md takes the anonymous write fault (do_anonymous_page(), mm/memory.c)
+resource by resource, with the kernel code and the published figures; this is that
+design running.  What a fault does here depends on its kind (ops ``fault_kind``,
+replay/ops.py FAULT_KINDS) and on the kernel whose rules the run follows
+(replay/models/kernels.py FAULT_PATH_KERNELS: batch sizes by release); the machine
+gives the costs (the profile's ``[fault_path]`` table).  In kernel order, for an
+anonymous first write:
+
+1. **a PTE page** when the thread has walked into a PMD with no page table
+   (``__pte_alloc()``: ``pte_alloc_one()`` - a page from the allocator, zeroed,
+   charged with ``__GFP_ACCOUNT`` - then ``pmd_install()``: ``mm_inc_nr_ptes()``, an
+   ``atomic_long_add()`` on ``mm->pgtables_bytes``, which shares the mmap_lock count's
+   line in the mm_struct layouts here).  One per ``PTRS_PER_PTE`` = 512 faults of a
+   thread: each thread is taken to fault its own run of consecutive pages (pft's
+   slices); the engine does not see addresses.
+2. **the page** from the CPU's pcp list (``rmqueue_pcplist()``); an empty list is
+   refilled under the node's ``zone->lock`` (``rmqueue_bulk()``), ``pcp->batch``
+   pages before 6.7, ``nr_pcp_alloc()``'s growing refills (63 << alloc_factor, the
+   factor up to ``CONFIG_PCP_BATCH_SCALE_MAX``) after.  The hold per refill is the
+   profile's table (Huang Ying's measurements by refill size), interpolated.
+3. **the memcg charge** (``try_charge_memcg()``): the CPU's stock, refilled with
+   ``MEMCG_CHARGE_BATCH`` pages by one ``page_counter_try_charge()`` walk - an atomic
+   on each level's ``usage`` line and a store to its watermark line, up the hierarchy.
+4. **clearing the page** (``clear_page()``, ``rep stosb`` over 4 KiB): the profile's
+   per-core time; twice that to copy one (CoW, ``__wp_page_copy_user()``: est.).
+5. **the rss counter** (``add_mm_counter()``, a percpu_counter since 6.2): the CPU's
+   local count, folded into ``mm->rss_stat[]`` under its spinlock every
+   ``max(32, 2 x online CPUs)`` increments (``percpu_counter_add_batch()``); before 6.2
+   per-task counts synced with one atomic every ``TASK_RSS_EVENTS_THRESH`` faults.
+6. **the LRU** (``folio_add_lru_vma()``): the CPU's folio batch, moved under the node's
+   ``lruvec->lru_lock`` when full (``folio_batch_move_lru()``), the list head's line,
+   ``lru_zone_size``'s and the previous head folio's struct page written under it.
+7. **the rest** - exception entry and exit, the page-table walk, rmap, ``set_pte_at()``,
+   the user's own loop - as one per-fault time, ``[fault_path] fixed_ns``, the one
+   fitted parameter (docs/validation.md), drawn per fault as the service time is
+   (variation.py).
+
+A spinlock here is a queued spinlock taken in arrival order (qspinlock's MCS queue:
+kernel/locking/qspinlock.c): a CPU that finds it held spins until the holder releases
+it, its lock word's line then coming over from the holder; with interrupts off
+(``spin_lock_irqsave()``), nothing preempts the holder.  The engine processes arrivals
+in time order, so taking the lock is one calculation: acquired at ``max(arrival,
+release of the one before)`` plus the line's transfer, held for its hold time and its
+data lines' transfers, released by a store.  Kinds without these steps skip them: the
+zero page (a read of a never-touched anonymous page) maps a PTE and allocates nothing;
+a CoW allocates and copies but needs no page table; a file-backed fault (a page-cache
+hit, ``filemap_map_pages()``) maps existing pages.
+
+The fault path runs when a fault's time comes from the machine profile (``replay run
+--fault-service profile``, or a trace with no times of its own, as ``replay synth``'s
+and the validation's).  A fault whose time comes from the trace (its own recorded
+handle_mm_fault() time, or the trace's fallen-back holds resampled) takes that time
+and none of the steps - it was measured with the recording machine's resources in it
+- and so does one given as a number.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .coherence import coh_write
+from .state import cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_fkind, op_service, res, thread
+from .variation import fault_service
+
+# ops fault_kind codes (replay/ops.py FAULT_KINDS order)
+K_ANON, K_ZERO, K_COW, K_FILE, K_FILE_IO, K_OTHER = 0, 1, 2, 3, 4, 5
+
+# the steps, in kernel order (see the docstring); fp_step 0: not started
+S_PTE_ALLOC, S_PTE_CHARGE, S_PTE_CLEAR, S_PTE_INSTALL, S_ALLOC, S_CHARGE, S_CLEAR, S_RSS, S_LRU, S_FIXED, S_DONE = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+
+
+@njit(cache=True, inline="always")
+def _has_step(kind, s):
+    """Which steps a fault kind takes."""
+    if s == S_FIXED:
+        return True
+    if s <= S_PTE_INSTALL:  # a missing PTE: anonymous, zero page, file
+        return kind == K_ANON or kind == K_ZERO or kind == K_FILE
+    if s == S_ALLOC or s == S_CHARGE or s == S_CLEAR or s == S_LRU:
+        return kind == K_ANON or kind == K_COW
+    if s == S_RSS:
+        return kind == K_ANON or kind == K_COW or kind == K_FILE
+    return False
+
+
+@njit(cache=True)
+def zone_hold(S, pages):
+    """The zone->lock hold of one refill of ``pages`` pages: the profile's table,
+    linear between its points and beyond its ends (the published holds grow
+    linearly with the batch)."""
+    n = cfg(S, 0).fp_nhold
+    b, h = fp_hold_b(S), fp_hold_ns(S)
+    if n == 1:
+        return h[0] * pages / b[0]
+    i = 1
+    while i < n - 1 and b[i] < pages:
+        i += 1
+    return h[i - 1] + (h[i] - h[i - 1]) * (pages - b[i - 1]) / (b[i] - b[i - 1])
+
+
+@njit(cache=True)
+def spin_lock_held(S, t, r, since, hold):
+    """Thread t takes spinlock r at ``since``, holds it for ``hold`` ns plus its data
+    lines' transfers, and releases it; returns when it releases.  FIFO: the lock is
+    acquired when the holder before releases (qspinlock's queue), by an atomic on its
+    line - which comes from the releasing CPU."""
+    th = thread(S, t)
+    c = th.cpu
+    rr = res(S, r)
+    at = max(since, rr.free_at)
+    s, cost = coh_write(S, rr.line, c, at, True, True)  # atomic_try_cmpxchg_acquire(&lock->val, ...)
+    got = s + cost
+    end = got
+    for d in range(rr.ndata):  # the data written under the lock, in order
+        s, cost = coh_write(S, fp_lines(S)[rr.data + d], c, end, False, True)
+        end = s + cost
+    end += hold
+    s, cost = coh_write(S, rr.line, c, end, False, True)  # smp_store_release(&lock->locked, 0)
+    end = s + cost
+    rr.free_at = end
+    rr.acquisitions += 1
+    waited = at - since
+    if waited > 0:
+        rr.contentions += 1
+        rr.wait_total += waited
+        rr.wait_max = max(rr.wait_max, waited)
+        th.fp_rwait += waited
+    held = end - got
+    rr.hold_total += held
+    rr.hold_max = max(rr.hold_max, held)
+    th.fp_res += end - since
+    return end
+
+
+@njit(cache=True)
+def _alloc(S, t, now):
+    """One order-0 page from t's CPU's pcp list; an empty list is refilled under the
+    node's zone->lock first (rmqueue_bulk())."""
+    k = cfg(S, 0)
+    p = fpcpu(S, thread(S, t).cpu)
+    if p.pcp > 0:
+        p.pcp -= 1
+        return now
+    n = k.fp_pcp_batch
+    if k.fp_scale_max > 0:  # nr_pcp_alloc(): batch << alloc_factor, then the factor grows
+        n = n << p.alloc_factor
+        if p.alloc_factor < k.fp_scale_max:
+            p.alloc_factor += 1
+    end = spin_lock_held(S, t, k.fp_r_zone + p.node, now, zone_hold(S, n))
+    p.pcp = n - 1
+    return end
+
+
+@njit(cache=True)
+def _charge(S, t, now):
+    """try_charge_memcg() for one page: the CPU's stock, else one page_counter walk
+    charging MEMCG_CHARGE_BATCH - per level an atomic on usage (its own line) and the
+    watermark store (the next line: usage set a new high in a run that only allocates)."""
+    k = cfg(S, 0)
+    if k.fp_memcg_levels <= 0:  # the root memcg: try_charge() returns at once
+        return now
+    p = fpcpu(S, thread(S, t).cpu)
+    if p.stock > 0:
+        p.stock -= 1
+        return now
+    c = thread(S, t).cpu
+    end = now
+    for lv in range(k.fp_memcg_levels):
+        line_n = k.fp_memcg_line + 2 * lv
+        s, cost = coh_write(S, line_n, c, end, True, True)  # atomic_long_add_return(nr_pages, &c->usage)
+        end = s + cost
+        s, cost = coh_write(S, line_n + 1, c, end, False, True)  # WRITE_ONCE(c->watermark, new)
+        end = s + cost
+    p.stock = k.fp_memcg_batch - 1
+    thread(S, t).fp_res += end - now
+    res(S, k.fp_r_rss + 1).acquisitions += 1  # one more page_counter walk
+    return end
+
+
+@njit(cache=True)
+def _rss(S, t, now):
+    """add_mm_counter(): percpu_counter_add_batch() folds the CPU's count into
+    fbc->count under fbc->lock when it reaches the batch; before 6.2, the task's own
+    count synced by one atomic_long_add() every TASK_RSS_EVENTS_THRESH faults."""
+    k = cfg(S, 0)
+    th = thread(S, t)
+    if k.fp_rss_per_task:
+        th.fp_rss_n += 1
+        if th.fp_rss_n < k.fp_rss_batch:
+            return now
+        th.fp_rss_n = 0
+        s, cost = coh_write(S, res(S, k.fp_r_rss).line, th.cpu, now, True, True)
+        th.fp_res += s + cost - now
+        return s + cost
+    p = fpcpu(S, th.cpu)
+    p.rss_n += 1
+    if p.rss_n < k.fp_rss_batch:
+        return now
+    p.rss_n = 0
+    return spin_lock_held(S, t, k.fp_r_rss, now, k.fp_fold_ns)
+
+
+@njit(cache=True)
+def _lru(S, t, now):
+    """folio_add_lru(): into the CPU's folio batch; a full batch moves to the node's
+    lruvec under lru_lock (lruvec_add_folio() per folio)."""
+    k = cfg(S, 0)
+    p = fpcpu(S, thread(S, t).cpu)
+    p.lru_n += 1
+    if p.lru_n < k.fp_lru_batch:
+        return now
+    p.lru_n = 0
+    return spin_lock_held(S, t, k.fp_r_lru + p.node, now, k.fp_lru_batch * k.fp_lru_folio_ns)
+
+
+@njit(cache=True)
+def _own_time(S, j):
+    """Whether fault op j has its own recorded time (which the fault path would count
+    twice: the recording machine's resources are in it)."""
+    if cfg(S, 0).recorded_service:
+        d = op_service(S)[j]
+        return d == d
+    return False
+
+
+@njit(cache=True)
+def handle_mm_fault(S, t):
+    """One step of handle_mm_fault() for t's fault: (when t continues, whether there
+    are more steps).  Zero-time steps return now and come straight back."""
+    th = thread(S, t)
+    now = glob(S, 0).now
+    j = th.op
+    k = cfg(S, 0)
+    if th.fp_step == 0:
+        if not k.fp_on or _own_time(S, j):
+            d = fault_service(S, j)
+            th.fp_svc += d
+            return now + d, False
+        th.fp_step = S_PTE_ALLOC
+        if _has_step(op_fkind(S)[j], S_PTE_ALLOC):  # a missing PTE: one more of the PTE page's
+            th.fp_pte_n += 1
+            if th.fp_pte_n > k.fp_pte_ptrs:
+                th.fp_pte_n = 1
+    kind = op_fkind(S)[j]
+    s = th.fp_step
+    while s < S_DONE and not _has_step(kind, s):
+        s += 1
+    if s <= S_PTE_INSTALL and th.fp_pte_n != 1:
+        s = S_ALLOC  # the PMD already has its page table
+        while s < S_DONE and not _has_step(kind, s):
+            s += 1
+    th.fp_step = s + 1
+    if s == S_PTE_ALLOC or s == S_ALLOC:
+        end = _alloc(S, t, now)
+    elif s == S_PTE_CHARGE or s == S_CHARGE:
+        end = _charge(S, t, now)
+    elif s == S_PTE_CLEAR or s == S_CLEAR:
+        d = k.fp_copy_ns if (kind == K_COW and s == S_CLEAR) else k.fp_clear_ns
+        th.fp_svc += d
+        end = now + d
+    elif s == S_PTE_INSTALL:  # pmd_install(): mm_inc_nr_ptes()
+        cs, cost = coh_write(S, k.fp_pgtables_line, th.cpu, now, True, True)
+        end = cs + cost
+        th.fp_res += end - now
+        res(S, k.fp_r_rss + 2).acquisitions += 1  # one more PTE page
+    elif s == S_RSS:
+        end = _rss(S, t, now)
+    elif s == S_LRU:
+        end = _lru(S, t, now)
+    elif s == S_FIXED:
+        d = fault_service(S, j)
+        th.fp_svc += d
+        end = now + d
+    else:
+        end = now
+    if th.fp_step >= S_DONE:
+        th.fp_step = 0
+        return end, False
+    return end, True
+
+
+def node_of(machine, c) -> int:
+    """The NUMA node of CPU c: the socket's nodes split its cores evenly."""
+    per = machine.numa_nodes // machine.sockets
+    return c.socket * per + (c.core % machine.cores_per_socket) * per // machine.cores_per_socket
+
+
+
+# est.: the memcg levels a charge walks.  A login session under systemd runs in
+# user.slice/user-N.slice/session-M.scope, and page_counter_try_charge() walks every
+# counter up to the root memcg's (``for (c = counter; c; c = c->parent)``): 4 usage
+# lines.  The published runs' cgroup is not stated (docs/fault-path.md, open question 6).
+MEMCG_LEVELS = 4
+
+
+class Plan:
+    """The fault path of one replay as the engine's data: its config values, its
+    spinlocks (RES records), its per-CPU state and the cache lines it adds after
+    ``base`` (the lines the layouts already use), with their names for line_stats."""
+
+    def __init__(self, machine, layout, release: str, base: int, ncpu: int, cpus, online: int):
+        import numpy as np
+
+        from ..models.kernels import MM_ANONPAGES_LOCK, TASK_RSS_EVENTS_THRESH, fault_path_kernel
+        from . import state as st
+
+        fp = machine.fault_path
+        self.kernel = fault_path_kernel(release)
+        kern = self.kernel
+        nn = machine.numa_nodes
+        self.names: dict[int, str] = {}
+        line = base
+
+        def lines(n, *names):
+            nonlocal line
+            first = line
+            for i, nm in enumerate(names):
+                self.names[first + i] = nm
+            line += n
+            return first
+
+        # the spinlocks (zone->lock and lru_lock per node, the rss counter's), then two
+        # counters kept in the same records: page_counter walks, PTE pages installed
+        res = np.zeros(2 * nn + 3, st.RES)
+        data = []
+        for n in range(nn):  # struct zone's lock, alone in its line (after CACHELINE_PADDING(_pad1_))
+            z = lines(2, f"zone[node{n}].lock")
+            res[n]["line"] = z
+        for n in range(nn):  # struct lruvec: lists[] (line 0), lru_lock at 80 (line 1); lru_zone_size; a folio's page
+            lv = lines(4, f"lruvec[node{n}].lists", f"lruvec[node{n}].lru_lock",
+                       f"mem_cgroup_per_node[node{n}].lru_zone_size", f"page[lruvec{n}.head].lru")
+            r = res[nn + n]
+            r["line"], r["data"], r["ndata"] = lv + 1, len(data), 3
+            data += [lv, lv + 2, lv + 3]
+        mmf = layout.mm.fields
+        if "rss_stat" in mmf:  # the mm_struct's own line
+            rss_line = (mmf["rss_stat"] + MM_ANONPAGES_LOCK) // 64
+        else:
+            rss_line = lines(2, "mm_struct.rss_stat[MM_ANONPAGES]")  # its offset not derived for this release
+        res[2 * nn]["line"] = rss_line
+        levels = MEMCG_LEVELS
+        memcg = lines(2 * levels, *[x for lv in range(levels) for x in (
+            f"page_counter[level{lv}].usage", f"page_counter[level{lv}].watermark")])
+        pgt = (mmf["pgtables_bytes"] // 64 if "pgtables_bytes" in mmf
+               else lines(2, "mm_struct.pgtables_bytes"))  # not in this layout
+        if line % 2:
+            line += 1
+        self.nlines = line
+        self.res = res
+        self.lines = np.asarray(data or [0], np.int64)
+        holds = fp["zone_lock_hold_ns"]
+        self.hold_b = np.asarray([b for b, _ in holds], np.float64)
+        self.hold_ns = np.asarray([h for _, h in holds], np.float64)
+        fc = np.zeros(ncpu, st.FPCPU)
+        fc["node"] = [node_of(machine, c) for c in cpus]
+        self.fpcpu = fc
+        L = machine.latency_ns
+        self.cfg = {
+            "fp_on": 1, "fp_pcp_batch": kern.pcp_batch, "fp_scale_max": kern.pcp_scale_max,
+            "fp_lru_batch": kern.lru_batch, "fp_memcg_batch": kern.memcg_batch, "fp_memcg_levels": levels,
+            "fp_rss_batch": TASK_RSS_EVENTS_THRESH if kern.rss_per_task else max(32, 2 * online),
+            "fp_rss_per_task": int(kern.rss_per_task), "fp_pte_ptrs": kern.pte_ptrs, "fp_nhold": len(holds),
+            "fp_r_zone": 0, "fp_r_lru": nn, "fp_r_rss": 2 * nn, "fp_memcg_line": memcg,
+            "fp_pgtables_line": pgt,
+            "fp_clear_ns": fp["clear_page_ns"], "fp_copy_ns": 2 * fp["clear_page_ns"],
+            "fp_lru_folio_ns": fp["lru_folio_ns"],
+            # the fold under fbc->lock: fbc->count += count (an add on the lock's own line, owned)
+            "fp_fold_ns": L["owned_atomic"],
+        }
+        self.resource_names = ([("zone->lock", f"node{n}") for n in range(nn)]
+                               + [("lruvec->lru_lock", f"node{n}") for n in range(nn)]
+                               + [("mm->rss_stat[MM_ANONPAGES].lock" if not kern.rss_per_task
+                                   else "mm->rss_stat (sync_mm_rss)", "mm")])
