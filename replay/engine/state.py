@@ -120,6 +120,9 @@ ARRAYS = {
     "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
+    # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
+    # kind (coherence.RX_NAMES); zeroed pages are mapped lazily, so only lines that move cost memory
+    "line_cpu": i8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -237,6 +240,7 @@ op_think = _array_accessor("op_think", f8)
 op_start = _array_accessor("op_start", f8)
 service_samples = _array_accessor("service_samples", f8)
 op_service = _array_accessor("op_service", f8)
+line_cpu = _array_accessor("line_cpu", i8)
 
 
 class State:
