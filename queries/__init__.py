@@ -29,7 +29,7 @@ import pyarrow as pa
 DATASETS = {
     "events": "trace_id", "traces": "trace_id", "rejects": "trace_id", "ops": "trace_id", "vmas": "trace_id",
     "footprint": "trace_id",
-    "results": "run_id", "lock_stats": "run_id", "line_stats": "run_id", "runs": "run_id",
+    "results": "run_id", "lock_stats": "run_id", "line_stats": "run_id", "line_cpu": "run_id", "runs": "run_id",
 }
 
 COLUMN_DOCS = {
@@ -138,8 +138,20 @@ COLUMN_DOCS = {
     },
     "line_stats": {
         "run_id": "run (partition)", "mm": "address space", "line": "line address",
-        "fields": "struct fields on the line", "transfers": "times it moved to another CPU",
+        "fields": "struct fields on the line",
+        "offsets": "each field's byte offset in the line and name (0x08 mm_struct.mmap_lock.owner, ...), as perf c2c's Pareto lists offsets",
+        "transfers": "times it moved to another CPU",
         "invalidations": "copies killed by writes",
+    },
+    "line_cpu": {  # the kinds: replay/engine/coherence.py RX_NAMES (perf c2c's classes, util/mem-events.c c2c_decode_stats())
+        "run_id": "run (partition)", "mm": "address space", "line": "line address (line_stats.line)",
+        "cpu": "simulated CPU that received the line", "socket": "that CPU's socket",
+        "lcl_hitm": "loads (locked RMWs' included) that found the line Modified in another CPU of this socket",
+        "rmt_hitm": "loads that found it Modified in a CPU of another socket",
+        "lcl_hit": "loads served by a Shared copy on this socket or by the LLC",
+        "rmt_hit": "loads served by a Shared copy only on another socket",
+        "store_miss": "plain stores that fetched the line (perf c2c: Stores L1Miss)",
+        "prefetch": "prefetchw and adjacent-line prefetcher fills: moves perf c2c cannot sample",
     },
 }
 
@@ -157,7 +169,7 @@ class ParamError(QueryError):
 # ops and vmas are not here: replay query builds them itself (replay.api.open_query).
 MADE_BY = {"events": "replay ingest TRACE", "traces": "replay ingest TRACE", "rejects": "replay ingest TRACE",
            "footprint": "replay footprint TRACE", "results": "replay run --model M", "lock_stats": "replay run --model M",
-           "line_stats": "replay run --model M", "runs": "replay run --model M",
+           "line_stats": "replay run --model M", "line_cpu": "replay run --model M", "runs": "replay run --model M",
            "ops": "replay ops TRACE", "vmas": "replay ops TRACE"}
 
 

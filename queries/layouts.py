@@ -9,6 +9,8 @@ A library query whose header says ``-- layout: NAME`` prints its table through
 - ``lock_contention``: ``perf lock contention``, as tools/perf/builtin-lock.c prints it
   (``print_header_stdio()``, ``print_lock_stat_stdio()``, ``lock_stat_key_print_time()``),
   with perf 6.1's default keys: contended, total wait, max wait, avg wait.
+- ``c2c``: ``perf c2c report --stdio``'s Shared Data Cache Line Table
+  (tools/perf/builtin-c2c.c), with only the columns a replay counts.
 """
 
 from __future__ import annotations
@@ -133,4 +135,70 @@ def lock_contention(rows: list[dict], params: dict) -> list[str]:
     return out[:-1] if out else out
 
 
-LAYOUTS = {"lock_stat": lock_stat, "lock_contention": lock_contention}
+# perf c2c ------------------------------------------------------------------------------------
+# perf c2c report --stdio's Shared Data Cache Line Table (tools/perf/builtin-c2c.c
+# perf_c2c__hists_fprintf(); the column groups as perf 6.x heads them), with only the
+# columns a replay counts: (group, header, row key, width)
+C2C_COLUMNS = (("Load Hitm", "Total", "hitm", 8), ("Load Hitm", "LclHitm", "lcl_hitm", 8),
+               ("Load Hitm", "RmtHitm", "rmt_hitm", 8), ("Stores", "L1Miss", "store_miss", 8),
+               ("LLC Load Hit", "LclHit", "lcl_hit", 8), ("LLC Load Hit", "LclHitm", "lcl_hitm", 8),
+               ("RMT Load Hit", "RmtHit", "rmt_hit", 8), ("RMT Load Hit", "RmtHitm", "rmt_hitm", 8),
+               ("Pfetch", "fills", "prefetch", 8), ("Total", "xfers", "transfers", 8), ("cpu", "cnt", "cpu_cnt", 5))
+C2C_SHOWN = {"tot": ("Tot", "Hitm"), "rmt": ("Rmt", "Hitm"), "lcl": ("Lcl", "Hitm"), "transfers": ("Xfer", "share")}
+C2C_BANNER = ["=================================================",
+              "           Shared Data Cache Line Table          ",
+              "================================================="]
+
+
+def _c2c_groups() -> tuple[str, str]:
+    """Two header lines: each run of columns of one group under a dashed group title."""
+    top, sub = "", ""
+    i = 0
+    while i < len(C2C_COLUMNS):
+        g = C2C_COLUMNS[i][0]
+        j = i
+        while j < len(C2C_COLUMNS) and C2C_COLUMNS[j][0] == g:
+            j += 1
+        cols = C2C_COLUMNS[i:j]
+        width = sum(w for *_, w in cols) + len(cols) - 1
+        title = f" {g} " if j - i > 1 else g
+        top += "  " + (title.center(width, "-") if j - i > 1 else f"{title:>{width}}")
+        sub += "".join(f"  {h:>{w}}" if k == 0 else f" {h:>{w}}" for k, (_, h, _, w) in enumerate(cols))
+        i = j
+    return top, sub
+
+
+def c2c(rows: list[dict], params: dict) -> list[str]:
+    """The ``c2c`` query's rows as perf c2c report --stdio's Shared Data Cache Line Table,
+    each line followed by its fields at their offsets (the Pareto's Data address Offset)."""
+    shown = C2C_SHOWN[params.get("display") or "tot"]
+    top, sub = _c2c_groups()
+    out: list[str] = []
+    runs = list(dict.fromkeys(r["run_id"] for r in rows))
+    for run in runs:
+        mine = [r for r in rows if r["run_id"] == run]
+        if len(runs) > 1 or not params.get("run_id"):
+            out.append(f"run {run}:")
+        out += [*C2C_BANNER, "#",
+                f"#        ----------- Cacheline ----------------------  {shown[0]:>8}" + top,
+                f"# Index             Address            mm  {shown[1]:>8}" + sub + "  Node{cpu list}", "#"]
+        if all(r["hitm"] is None for r in mine):
+            out.append(f"# run {run} was replayed before the engine counted transfers per CPU: replay run it again")
+            continue
+        for r in mine:
+            pct = "-" if r["pct"] is None else f"{r['pct']:.2f}%"
+            cells = "".join(f"  {_count(r[k]).strip():>{w}}" if n == 0 or C2C_COLUMNS[n - 1][0] != g
+                            else f" {_count(r[k]).strip():>{w}}" for n, (g, _, k, w) in enumerate(C2C_COLUMNS))
+            out.append(f"  {r['idx']:>5}  {r['line']:>18}  {r['mm']:>12}  {pct:>8}" + cells + f"  {r['nodes'] or ''}")
+            for off in (r["offsets"] or r["fields"] or "").split(", "):
+                out.append(f"{'':>29}{off}")
+        out.append("")
+    out += ["# replay: every transfer of a line is counted, not sampled, so hits are not: no Total records/Loads/",
+            "# Stores, Core Load Hit, Stores L1Hit, Load Dram (memory is not modelled), PA cnt, cycles, or code",
+            "# address.  A locked RMW counts as a load (Load Hitm), a plain store as a store; Pfetch fills",
+            "# (prefetchw, adjacent-line prefetch) and Total xfers are not perf columns; nodes are sockets; an SMT",
+            "# sibling's Modified copy counts as a LclHitm (replay query --list shows c2c's columns)."]
+    return out
+
+
+LAYOUTS = {"lock_stat": lock_stat, "lock_contention": lock_contention, "c2c": c2c}

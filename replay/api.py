@@ -3,7 +3,7 @@
     import replay
     t = replay.ingest("trace.txt.zst", name="mine")      # or the bundled sample: replay.run(model=...)
     r = replay.run("mine", model="v8", machine="broadwell-2s", cpus=14)
-    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats   # dict, polars frames
+    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats; r.line_cpu   # dict, polars frames
     replay.compare([r, replay.run("mine", model="mmap_lock", cpus=14)])
     replay.sql("SELECT model, faults_per_sec FROM runs")                 # polars
 
@@ -169,7 +169,8 @@ class Run:
     """A committed run: ``run_id``, ``summary`` (dict, as ``replay run -f json``), and
     its datasets as polars frames, read from the workspace when first asked for:
     ``results`` (one row per op), ``lock_stats`` (per lock), ``line_stats`` (per cache
-    line, with the struct fields on it)."""
+    line, with the struct fields on it), ``line_cpu`` (per line and CPU that received
+    it: the transfers by perf c2c's kinds)."""
 
     run_id: str
     summary: dict
@@ -193,6 +194,10 @@ class Run:
     @property
     def line_stats(self):
         return self._read("line_stats")
+
+    @property
+    def line_cpu(self):
+        return self._read("line_cpu")
 
 
 def model_and_machine(model: str, machine: str):

@@ -816,7 +816,7 @@ def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
 
 @app.command(epilog='Example: replay sql "SELECT model, cpus, faults_per_sec FROM runs ORDER BY model, cpus"')
 def sql(
-    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, runs); '-' reads it from stdin."),
+    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, line_cpu, runs); '-' reads it from stdin."),
     workspace: Optional[Path] = WorkspaceOpt,
     fmt: Optional[Fmt] = FormatOpt,
     output: Optional[Path] = OutOpt,
@@ -848,8 +848,9 @@ def query(
 ):
     """Run a named query from the library (lock_stat, lock_contention, retry_rates, throughput, latency, ...).
 
-    Ops a query needs are built first where the workspace lacks them.  lock_stat and
-    lock_contention print as /proc/lock_stat and perf lock contention do; -f csv|json
+    Ops a query needs are built first where the workspace lacks them.  lock_stat,
+    lock_contention and c2c print as /proc/lock_stat, perf lock contention and perf c2c
+    report --stdio do; -f csv|json
     gives their columns."""
     from . import api
     from .queries import catalog
@@ -1001,7 +1002,7 @@ PLOTS = {
     "latency": "fault-latency survival curve (log-log) of RUNs with p50/p99/p99.9 marked",
     "timeline": "fallbacks and lock waits of RUNs per --bucket-ms",
     "lockwait": "heatmap of lock wait per simulated CPU and time bucket, a panel per RUN",
-    "lines": "the hottest cache lines of one RUN with the struct fields on each, beside its CPUs' line transfers over time",
+    "lines": "perf c2c's view of one RUN: its hottest cache lines (the struct fields on each) x the CPUs that took them, HITMs or all transfers (--count), above its CPUs' line transfers over time",
     "footprint": "VMA slab memory over --trace per model (replay footprint first)",
 }
 
@@ -1016,6 +1017,7 @@ def plot(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="throughput: the model the % panels compare against (default mmap_lock when drawn, else the first model by name)."),
     bucket_ms: float = typer.Option(1.0, "--bucket-ms", help="timeline, lockwait, lines: bucket width (ms)."),
     top: int = typer.Option(12, "--top", help="lines: how many of the hottest lines."),
+    count: str = typer.Option("hitm", "--count", help="lines: what colours a line x CPU cell and picks the lines: hitm (loads finding the line Modified in another CPU, perf c2c's sort) or all (every transfer)."),
     workspace: Optional[Path] = WorkspaceOpt,
 ):
     """Draw a plot of runs to a file."""
@@ -1031,6 +1033,8 @@ def plot(
         raise Fail("--bucket-ms must be a positive number of ms", 2)
     if top < 1:
         raise Fail("--top must be at least 1", 2)
+    if count not in P.LINE_COUNTS:
+        raise Fail(f"--count must be one of {', '.join(P.LINE_COUNTS)}, not {count!r}", 2)
     try:
         P.check_suffix(output)
     except ValueError as e:
@@ -1083,11 +1087,15 @@ def plot(
             P.lockwait(cw, {r: {"label": labels[r], "cpus": info[r]["cpus"]} for r in run_ids}, output, bucket_ms)
         else:  # lines
             r = run_ids[0]
-            hot = run_query(ws.root, "hot_lines", {"run_id": r, "top": str(top)})
+            hot = run_query(ws.root, "c2c", {"run_id": r, "top": str(top),
+                                             "display": "tot" if count == "hitm" else "transfers"})
             if hot.height == 0:
                 raise Fail(f"run {r} moved no cache line between CPUs: nothing to draw")
+            if hot["hitm"].is_null().all():
+                raise Fail(f"run {r} was replayed before the engine counted transfers per CPU: replay run it again")
+            lc = run_query(ws.root, "line_cpu", {"run_id": r})
             cw = run_query(ws.root, "cpu_lock_wait", {"run_id": r, **bucket})
-            P.lines(hot, cw, {"label": labels[r], "cpus": info[r]["cpus"]}, output, bucket_ms)
+            P.lines(hot, lc, cw, {"label": labels[r], "cpus": info[r]["cpus"]}, output, bucket_ms, count)
     except (QueryError, ValueError) as e:
         raise Fail(str(e))
     out.print(f"wrote {output}")

@@ -10,7 +10,8 @@
 * ``timeline``: fallbacks and lock waits per time bucket, empty buckets drawn as zero;
 * ``lockwait``: a heatmap of lock wait per simulated CPU and time bucket;
 * ``lines``: the hottest cache lines with the struct fields on each, as ``perf c2c``
-  lists them, beside a heatmap of the line transfers each CPU caused over time;
+  lists them, as a line x CPU heatmap (HITMs or all transfers into each CPU, CPUs
+  grouped by socket), above a heatmap of the line transfers each CPU caused over time;
 * ``footprint``: the VMA slab footprint of a trace per model.
 """
 
@@ -341,63 +342,106 @@ def short_fields(fields: str) -> str:
     return (fields or "").replace("vm_area_struct.", "vma.").replace("mm_struct.", "mm.")
 
 
-def lines(hot: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms: float = 1.0) -> dict:
-    """hot: the hot_lines query's rows of one run (rank, line, transfers, invalidations,
-    fields); cw: its cpu_lock_wait rows (line transfers per CPU and bucket); info: its
-    runs row with a label.  Above, perf c2c's view of the lines - address, how often
-    each moved, the fields on it; below, which CPUs moved lines when.  Returns the
-    rows and labels drawn and the CPU x bucket grid."""
-    import matplotlib.transforms as mtransforms
+LINE_COUNTS = {"hitm": "HITM (loads finding the line Modified in another CPU)", "all": "transfers (every move)"}
+
+
+def _socket_columns(lc: pl.DataFrame) -> list[tuple[int, int]]:
+    """The (socket, CPU) pairs that received a line, grouped by socket."""
+    return sorted(set(zip(lc["socket"].to_list(), lc["cpu"].to_list())))
+
+
+def lines(hot: pl.DataFrame, lc: pl.DataFrame, cw: pl.DataFrame, info: dict, out: Path, bucket_ms: float = 1.0,
+          count: str = "hitm") -> dict:
+    """hot: the c2c query's rows of one run (idx, mm, line, fields, hitm, transfers,
+    invalidations), the lines to draw; lc: its line_cpu query's rows; cw: its
+    cpu_lock_wait rows; info: its runs row with a label.  Above, perf c2c's view as a
+    heatmap: a row per line (its address and the struct fields on it), a column per
+    simulated CPU that received one of them (grouped by socket), the colour how many
+    times the CPU took the line - ``count`` hitm or all transfers, log scale; beside each
+    row its totals.  Below, which CPUs moved lines when.  Returns what was drawn: the
+    lines, their labels, the line x CPU matrix and its columns, the CPU x time grid."""
+    import matplotlib
+    import matplotlib.colors as mcolors
     import numpy as np
 
+    if count not in LINE_COUNTS:
+        raise ValueError(f"--count must be one of {', '.join(LINE_COUNTS)}, not {count!r}")
     plt = _plt()
-    hot = hot.sort("rank")
+    hot = hot.sort("idx")
     k = hot.height
-    wrapped = [textwrap.wrap(short_fields(r["fields"]), 70) or ["(no field named)"] for r in hot.iter_rows(named=True)]
-    heights = [max(1, len(w)) for w in wrapped]
-    top_h = 0.22 * sum(heights) + 0.35 * k + 0.8
-    H = top_h + 4.4
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, H), gridspec_kw={"height_ratios": [top_h, 3.0]})
-    fig.subplots_adjust(top=1 - 0.75 / H, bottom=0.55 / H, hspace=1.1 / ((top_h + 3.0) / 2))
-    # rows as tall as their field lists
-    ys, y = [], 0.0
-    for h in heights:
-        ys.append(y - h / 2)
-        y -= h + 0.6
-    ys = np.array(ys)
-    tr, inv = hot["transfers"].to_numpy(), hot["invalidations"].to_numpy()
-    ax.barh(ys + 0.22, np.maximum(tr, 0.5), height=0.42, color="#c0392b", label="transfers: the line moved to a CPU that lacked it")
-    ax.barh(ys - 0.22, np.maximum(inv, 0.5), height=0.42, color="#7f8c8d", label="invalidations: copies killed by writes")
-    ax.set_xscale("log")
-    ax.set_xlim(0.8, max(float(tr.max()), float(inv.max()), 1) * 3)
-    ax.set_ylim(y + 0.3, 0.6)
-    ax.set_yticks(ys)
-    ax.set_yticklabels([r["line"] for r in hot.iter_rows(named=True)], family="monospace", fontsize=8)
-    side = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
-    for yy, w, t, i in zip(ys, wrapped, tr, inv):
-        ax.text(1.02, yy, "\n".join(w), transform=side, va="center", ha="left", fontsize=7.5, family="monospace")
-        for v, dy, c in ((t, 0.22, "black"), (i, -0.22, "0.35")):
-            if v:
-                ax.text(v * 1.1, yy + dy, f"{v:,}", va="center", fontsize=7, color=c)
-    ax.text(1.02, 1.0, "fields on the line", transform=ax.transAxes, va="bottom", fontsize=8, weight="bold")
-    ax.set_xlabel("count over the run (log scale)")
-    ax.set_title(f"the {k} most transferred cache lines", fontsize=9, loc="left")
-    ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.08 * 6 / top_h), ncol=2)
-    box = ax.get_position()
-    ax.set_position([box.x0, box.y0, box.width * 0.45, box.height])
+    keys = list(zip(hot["mm"].to_list(), hot["line"].to_list()))
+    mine = lc.join(hot.select("mm", "line"), on=["mm", "line"], how="semi")
+    cols = _socket_columns(mine)
+    col = {c: i for i, (_, c) in enumerate(cols)}
+    row = {key: i for i, key in enumerate(keys)}
+    mat = np.zeros((k, max(len(cols), 1)))
+    metric = "hitm" if count == "hitm" else "transfers"
+    for r in mine.iter_rows(named=True):
+        mat[row[(r["mm"], r["line"])], col[r["cpu"]]] += r[metric]
+    several_mms = hot["mm"].n_unique() > 1
+    wrapped = []
+    for r in hot.iter_rows(named=True):
+        w = textwrap.wrap(short_fields(r["fields"]), 58) or ["(no field named)"]
+        head = r["line"] + (f" ({r['mm']})" if several_mms else "")
+        wrapped.append([head] + w)
+    per_row = max(len(w) for w in wrapped)
+    row_h = 0.16 * per_row + 0.12
+    top_h = row_h * k + 2.0
+    ncol = max(len(cols), 1)
+    width = min(max(11.0, 5.2 + 0.22 * ncol + 3.2), 24.0)
+    H = top_h + 4.2
+    fig = plt.figure(figsize=(width, H))
+    gs = fig.add_gridspec(2, 1, height_ratios=[top_h, 3.0], hspace=1.6 / ((top_h + 3.0) / 2))
+    ax = fig.add_subplot(gs[0])
+    ax2 = fig.add_subplot(gs[1])
+    fig.subplots_adjust(left=0.36, right=0.80, top=1 - 0.8 / H, bottom=0.55 / H)
+    cm = matplotlib.colormaps["inferno_r"].with_extremes(bad="white")
+    vmax = max(float(mat.max()), 1.0)
+    im = ax.imshow(np.ma.masked_equal(mat, 0), aspect="auto", interpolation="nearest", cmap=cm,
+                   norm=mcolors.LogNorm(vmin=1, vmax=vmax if vmax > 1 else 10), extent=(-0.5, ncol - 0.5, k - 0.5, -0.5))
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(["\n".join(w) for w in wrapped], family="monospace", fontsize=7)
+    step = max(1, math.ceil(ncol / 40))
+    ax.set_xticks(range(0, len(cols), step))
+    ax.set_xticklabels([str(c) for _, c in cols[::step]], fontsize=7)
+    ax.set_xlabel("simulated CPU that received the line" + (f" (the {len(cols)} of {info['cpus']} that took one)"
+                                                            if len(cols) < info["cpus"] else ""))
+    for i in range(1, k):
+        ax.axhline(i - 0.5, color="0.85", linewidth=0.6)
+    sockets = [s for s, _ in cols]
+    for s in sorted(set(sockets)):
+        lo, hi = sockets.index(s), len(sockets) - 1 - sockets[::-1].index(s)
+        if lo:
+            ax.axvline(lo - 0.5, color="black", linewidth=1.2)
+        ax.text((lo + hi) / 2, -0.5, f"socket {s}", ha="center", va="bottom", fontsize=8,
+                transform=ax.transData, clip_on=False)
+    heads = (("HITM", "hitm"), ("xfers", "transfers"), ("inval", "invalidations"))
+    for j, (h, c) in enumerate(heads):  # the line's totals, in columns a fixed width apart right of the grid
+        at = dict(xycoords=("axes fraction", "data"), textcoords="offset points", ha="right", annotation_clip=False)
+        ax.annotate(h, (1, -0.5), xytext=(44 + 48 * j, 2), va="bottom", fontsize=7.5, weight="bold", **at)
+        for i, r in enumerate(hot.iter_rows(named=True)):
+            v = r[c]
+            ax.annotate("-" if v is None else f"{v:,}", (1, i), xytext=(44 + 48 * j, 0), va="center", fontsize=7,
+                        family="monospace", **at)
+    what = LINE_COUNTS[count]
+    ax.set_title(f"the {k} lines with the most {'HITMs' if count == 'hitm' else 'transfers'}: how often each CPU took "
+                 f"each, counted as {what}; white: never", fontsize=9, loc="left", pad=16)
+    cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.6 / (row_h * k + 0.6), aspect=50,
+                      pad=0.75 / (row_h * k + 0.6))
+    cb.set_label(f"{'HITMs' if count == 'hitm' else 'transfers'} into the CPU (log scale)", fontsize=8)
     nb = _nbuckets(cw, bucket_ms)
     m, cpus = _cpu_grid(cw, "line_transfers", bucket_ms, nb)
-    im = _heat(ax2, m, bucket_ms, "viridis_r", float(m.max()))
+    im2 = _heat(ax2, m, bucket_ms, "viridis_r", float(m.max()))
     _cpu_ticks(ax2, cpus, info["cpus"])
     ax2.set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: none)")
-    ax2.set_title("line transfers each CPU's ops caused, all lines together: which line a CPU moved is not recorded "
-                  "(line_stats counts per line, results per op)", fontsize=9, loc="left")
-    fig.colorbar(im, ax=ax2, label=f"transfers per {bucket_ms:g} ms", fraction=0.03, pad=0.01)
-    fig.suptitle(f"Cache-line traffic: {info['label']}", x=0.02, ha="left", y=0.995)
+    ax2.set_title("line transfers each CPU's ops caused over time, all lines together (an op counts in the bucket it "
+                  "started in)", fontsize=9, loc="left")
+    fig.colorbar(im2, ax=ax2, label=f"transfers per {bucket_ms:g} ms", fraction=0.03, pad=0.01)
+    fig.suptitle(f"Cache-line traffic, as perf c2c reads it: {info['label']}", x=0.02, ha="left", y=0.995)
     _save(fig, out)
     plt.close(fig)
-    return {"lines": hot["line"].to_list(), "fields": ["\n".join(w) for w in wrapped], "grid": m, "cpus": cpus}
+    return {"lines": [line for _, line in keys], "fields": ["\n".join(w[1:]) for w in wrapped], "matrix": mat,
+            "matrix_cpus": [c for _, c in cols], "matrix_sockets": sockets, "count": count, "grid": m, "cpus": cpus}
 
 
 def footprint(fp: pl.DataFrame, trace: str, out: Path) -> None:

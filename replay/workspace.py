@@ -12,6 +12,7 @@ Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says oth
     footprint/trace_id=NAME/part-0.parquet  slab memory of those VMAs per model (replay footprint)
     results/run_id=ID/part-0.parquet        one row per op per run (replay run)
     lock_stats/, line_stats/, runs/         per-lock and per-line stats, the run's parameters
+    line_cpu/run_id=ID/part-0.parquet       per line and CPU that received it: transfers by kind
     .lock                                   the writers' lock (flock)
     .stage-PID-*/                           a writer's staging directory
 
@@ -75,7 +76,8 @@ import pyarrow.parquet as pq
 # traces``/``runs``) sees only committed partitions, so a writer killed half-way leaves
 # nothing a reader can see.
 TRACE_KEYED = ("traces", "events", "rejects", "ops", "vmas", "footprint")
-RUN_KEYED = ("runs", "results", "lock_stats", "line_stats")
+RUN_KEYED = ("runs", "results", "lock_stats", "line_stats", "line_cpu")
+RUN_DATA = RUN_KEYED[1:]  # what a run's ``runs`` row commits
 PART = "part-0.parquet"
 LOCK_FILE = ".lock"
 STAGE_PREFIX = ".stage-"
@@ -407,7 +409,7 @@ class Workspace:
             for ds in (d for d in TRACE_KEYED if d != "traces"):
                 self._remove(ds, trace_id)
             for run_id in runs:
-                for ds in ("results", "lock_stats", "line_stats"):
+                for ds in RUN_DATA:
                     self._remove(ds, run_id)
             fault_point("replace.data_removed")
 
@@ -473,13 +475,14 @@ class Workspace:
                 files = {"results": run.results_path if run.results is None else
                          self.stage_table(run.results.to_arrow(), stage, "results")}
                 for ds, df in (("lock_stats", run.lock_stats), ("line_stats", run.line_stats),
+                               ("line_cpu", run.line_cpu),
                                ("runs", pl.DataFrame([row], schema_overrides={
                                    k: t for k, t in SUMMARY_TYPES.items() if k in row}))):
                     files[ds] = self.stage_table(df.to_arrow(), stage, ds)
             fault_point("run.staged")
             with self.lock():
                 self.check_trace(run.params["trace_id"], run.params["trace_sha256"])
-                for ds in ("results", "lock_stats", "line_stats"):
+                for ds in RUN_DATA:
                     self._place(files[ds], ds, run.run_id, f"run.{ds}_placed")
                 self._place(files["runs"], "runs", run.run_id, "run.committed")
 

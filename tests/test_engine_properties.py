@@ -180,7 +180,7 @@ def test_causal_order_is_op_order_not_the_input_line():
 def _same(a, b):
     assert a.results.equals(b.results)
     assert a.lock_stats.equals(b.lock_stats) and a.line_stats.equals(b.line_stats) and a.counters == b.counters
-    assert a.run_id == b.run_id
+    assert a.line_cpu.equals(b.line_cpu) and a.run_id == b.run_id
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -156,11 +156,28 @@ def test_lockwait_and_lines_heatmaps(wsp, cli, tmp_path):
     assert cpus == per_cpu["sim_cpu"].to_list() and grid.shape[0] == len(cpus) and grid.sum() > 0
     for c, us in per_cpu.iter_rows():
         assert math.isclose(grid[cpus.index(c)].sum(), us, rel_tol=1e-9, abs_tol=1e-9)
-    hot = run_query(wsp, "hot_lines", {"run_id": rid, "top": "5"})
-    drawn = P.lines(hot, cw, {"label": "x", "cpus": 2}, tmp_path / "c.png", 2.0)
-    ls = pq(wsp, "line_stats").filter(pl.col("run_id") == rid).sort(["transfers", "line"], descending=[True, False]).head(5)
-    assert drawn["lines"] == [f"0x{x:x}" for x in ls["line"]]
-    assert [f.replace("\n", " ") for f in drawn["fields"]] == [P.short_fields(x) for x in ls["fields"]]
+    lc_rows = run_query(wsp, "line_cpu", {"run_id": rid})
+    lc = pq(wsp, "line_cpu").filter(pl.col("run_id") == rid)
+    for count, col in (("hitm", "hitm"), ("all", "transfers")):
+        hot = run_query(wsp, "c2c", {"run_id": rid, "top": "5", "display": "tot" if count == "hitm" else "transfers"})
+        drawn = P.lines(hot, lc_rows, cw, {"label": "x", "cpus": 2}, tmp_path / f"c-{count}.png", 2.0, count)
+        ls = pq(wsp, "line_stats").filter(pl.col("run_id") == rid).join(
+            lc.group_by("line").agg((pl.col("lcl_hitm") + pl.col("rmt_hitm")).sum().alias("hitm")), on="line")
+        ls = ls.sort([col, "transfers", "line"], descending=[True, True, False]).head(5)
+        assert drawn["lines"] == [f"0x{x:x}" for x in ls["line"]]  # the rows: the hottest lines, in order
+        assert [f.replace("\n", " ") for f in drawn["fields"]] == [P.short_fields(x) for x in ls["fields"]]
+        # a cell: how often that CPU took that line (HITMs, or every transfer); columns by socket, then CPU
+        assert drawn["matrix"].shape == (5, len(drawn["matrix_cpus"]))
+        assert drawn["matrix_sockets"] == sorted(drawn["matrix_sockets"])
+        for i, line in enumerate(ls["line"]):
+            for j, c in enumerate(drawn["matrix_cpus"]):
+                r = lc.filter((pl.col("line") == line) & (pl.col("cpu") == c))
+                want = 0 if r.height == 0 else (r["lcl_hitm"] + r["rmt_hitm"] if count == "hitm" else
+                                                 r.select(pl.sum_horizontal("lcl_hitm", "rmt_hitm", "lcl_hit", "rmt_hit",
+                                                                            "store_miss", "prefetch")).to_series())[0]
+                assert drawn["matrix"][i, j] == want, (count, line, c)
+        if count == "all":
+            assert (drawn["matrix"].sum(axis=1) == ls["transfers"].to_numpy()).all()
     assert drawn["grid"].sum() == res["line_transfers"].sum()
     for c, n in res.group_by("sim_cpu").agg(pl.col("line_transfers").sum()).iter_rows():
         assert drawn["grid"][drawn["cpus"].index(c)].sum() == n
@@ -177,7 +194,7 @@ def test_plot_usage_errors(wsp, cli, tmp_path):
     for args, msg in ((("lines", rid, other), "one run"), (("lockwait",), "needs run ids"),
                       (("timeline", rid, "--bucket-ms", "0"), "--bucket-ms"),
                       (("throughput", "--baseline", "nope"), "--baseline nope"), (("pie",), "unknown plot"),
-                      (("lines", rid, "--top", "0"), "--top")):
+                      (("lines", rid, "--top", "0"), "--top"), (("lines", rid, "--count", "some"), "--count")):
         rc, _, err = cli("plot", *args, "-o", tmp_path / "x.png", "-w", wsp)
         assert rc == 2 and msg in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "x.png").exists()

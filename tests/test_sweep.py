@@ -74,7 +74,7 @@ def _runs(ws):
 
 def _tables(ws, run_id):
     return {ds: pq.read_table(Path(ws) / ds / f"run_id={run_id}" / "part-0.parquet")
-            for ds in ("results", "lock_stats", "line_stats")}
+            for ds in ("results", "lock_stats", "line_stats", "line_cpu")}
 
 
 def _same_runs(ws_a, ws_b):
@@ -100,7 +100,7 @@ def test_sweep_runs_every_combination_as_the_runs_replay_run_gives(cli, sws, tmp
     assert {s["metric"] for s in rep["compare"][0]["stats"]} == {"faults/sec", "faults/cpu", "fault-ns", "fallback-pct"}
     # a sweep's run is replay run's run: same id, same tables
     solo = tmp_path / "solo"
-    shutil.copytree(sws, solo, ignore=shutil.ignore_patterns("runs", "results", "lock_stats", "line_stats"))
+    shutil.copytree(sws, solo, ignore=shutil.ignore_patterns("runs", "results", "lock_stats", "line_stats", "line_cpu"))
     rc, out, err = cli("run", "--trace", "tiny", "--model", "mmap_lock", "--cpus", "2", "--seed", "1",
                        "-w", solo, "-f", "json")
     assert rc == 0, err

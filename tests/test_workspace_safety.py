@@ -66,7 +66,7 @@ def visible(cli, ws):
     """What a reader sees, checked whole: ({trace_id: traces row}, {run_id: runs row}).
 
     Every listed trace has its events and rejects, ops and vmas come as a pair, every
-    listed run has its results, lock_stats and line_stats, and names a listed trace by
+    listed run has its results, lock_stats, line_stats and line_cpu, and names a listed trace by
     the content (sha256) it was replayed from."""
     w = Workspace(ws)
     rc, out, err = cli("traces", "-w", ws, "-f", "json")
@@ -176,7 +176,8 @@ def test_replace_drops_the_old_traces_runs_and_ops(cli, ws):
     assert not Workspace(ws).committed_files("ops") and leftovers(ws) == []
 
 
-RUN_POINTS = ["run.staged", "run.results_placed", "run.lock_stats_placed", "run.line_stats_placed", "run.committed"]
+RUN_POINTS = ["run.staged", "run.results_placed", "run.lock_stats_placed", "run.line_stats_placed",
+              "run.line_cpu_placed", "run.committed"]
 
 
 @pytest.mark.parametrize("point", RUN_POINTS)

@@ -32,6 +32,15 @@ RESULTS_SCHEMA = {
 }
 
 
+def line_cpu_schema() -> dict:
+    """The line_cpu table: per mm, line and simulated CPU (and its socket), the transfers
+    of the line into that CPU by kind - perf c2c's classes of the access that moved it,
+    named once in engine/coherence.py RX_NAMES."""
+    from .coherence import RX_NAMES
+
+    return {"mm": pl.Utf8, "line": pl.UInt64, "cpu": pl.Int32, "socket": pl.Int32, **{k: pl.Int64 for k in RX_NAMES}}
+
+
 class Totals:
     """What the summary needs, accumulated chunk by chunk as results stream out."""
 
@@ -80,6 +89,7 @@ class Run:
     wall_s: float
     totals: Totals
     results_path: str | None = None
+    line_cpu: pl.DataFrame | None = None  # per line and CPU that received it: transfers by kind (line_cpu_schema())
 
     def summary(self) -> dict:
         t = self.totals
@@ -280,8 +290,8 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
             writer.put(df.to_arrow())
 
     try:
-        locks, lines, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
-                                             service, seed, progress, emit, params["kernel"])
+        locks, lines, line_cpu, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
+                                                       service, seed, progress, emit, params["kernel"])
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
     finally:
@@ -297,9 +307,12 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
                    "wait_min_ns": pl.Float64, "hold_total_ns": pl.Float64, "hold_max_ns": pl.Float64,
                    "hold_min_ns": pl.Float64, "trylock_failures": pl.Int64, "con_bounces": pl.Int64}
     lock_df = pl.DataFrame(locks, schema=lock_schema)
-    line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "transfers": pl.Int64, "invalidations": pl.Int64}
+    line_schema = {"mm": pl.Utf8, "line": pl.UInt64, "fields": pl.Utf8, "offsets": pl.Utf8, "transfers": pl.Int64,
+                   "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)
-    return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0, totals, results_path)
+    line_cpu_df = pl.DataFrame(line_cpu, schema=line_cpu_schema())
+    return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0, totals, results_path,
+               line_cpu_df)
 
 
 class _ChunkWriter:
@@ -356,7 +369,7 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, s
     from . import load, loop
 
     notice_compile(loop.run_chunk, "the replay engine", "20")
-    locks, lines = [], []
+    locks, lines, line_cpu = [], [], []
     counters: dict = {}
     done = 0
     for mm in mms:
@@ -367,11 +380,12 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, s
             if progress:
                 progress(base + k)
 
-        lk, ln, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service, seed=seed,
+        lk, ln, lc, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service, seed=seed,
                                         sink=emit, progress=tick, mm=mm, release=release)
         done += n
         locks += [{"mm": mm, **x} for x in lk]
         lines += [{"mm": mm, **x} for x in ln]
+        line_cpu += [{"mm": mm, **x} for x in lc]
         for k, v in ctr.items():
             counters[k] = counters.get(k, 0) + v
-    return locks, lines, counters
+    return locks, lines, line_cpu, counters

@@ -32,6 +32,18 @@ line already held.  False sharing between a hot line and its buddy comes out of 
 
 A line's sharers are a bitmask (``cfg.mask_words`` words of 64 CPUs) with per-socket
 counts before it, so "another socket holds a copy" is a subtraction, not a scan.
+
+Every transfer (``line.transfers``) is also counted on the CPU that received the line,
+by kind (``line_cpu``), in ``perf c2c``'s classes of the access that caused it
+(tools/perf/util/mem-events.c c2c_decode_stats(), perf c2c since v4.10): a load - or the
+load half of a locked RMW (perf counts those as loads, flagged PERF_MEM_LOCK_LOCKED) -
+that found the line Modified in another CPU's cache is a HITM, local or remote by the
+owner's socket (an SMT sibling's too: siblings keep copies of their own here, where on
+hardware they share an L1 and perf would see an L1 hit); one
+served by a Shared copy or the LLC on its own socket an LLC hit (LclHit), by a Shared
+copy only on another socket a remote hit (RmtHit); a plain store that fetched the line is
+a store L1 miss; a prefetch (prefetchw, the adjacent-line prefetcher's buddy fill) moves
+the line without an access perf could sample.  The kinds sum to ``line.transfers``.
 """
 
 from __future__ import annotations
@@ -39,7 +51,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .state import cfg, cpu, glob, handoff, line, sharers, thread
+from .state import cfg, cpu, glob, handoff, line, line_cpu, sharers, thread
+
+# what each transfer into a CPU was (line_cpu's kinds, and the line_cpu table's columns)
+RX_NAMES = ("lcl_hitm", "rmt_hitm", "lcl_hit", "rmt_hit", "store_miss", "prefetch")
+RX_LCL_HITM, RX_RMT_HITM, RX_LCL_HIT, RX_RMT_HIT, RX_STORE, RX_PREFETCH = range(len(RX_NAMES))
+RX_KINDS = len(RX_NAMES)
 
 
 @njit(cache=True, inline="always")
@@ -65,6 +82,24 @@ def _only_sharer(S, n, c):
     sharers(S)[base + cpu(S, c).socket] = 1
 
 
+@njit(cache=True, inline="always")
+def _received(S, n, c, kind):
+    """Line n moved into CPU c (a transfer): counted on c, as ``kind`` (RX_*)."""
+    line_cpu(S)[(n * cfg(S, 0).ncpu + c) * RX_KINDS + kind] += 1
+
+
+@njit(cache=True, inline="always")
+def _load_kind(S, n, c):
+    """The c2c class of a load by CPU c of line n, which c does not hold (before the line's
+    state changes): HITM when another CPU has it Modified, else where a copy is."""
+    own = line(S, n).owner
+    if own >= 0:
+        return RX_LCL_HITM if cpu(S, own).socket == cpu(S, c).socket else RX_RMT_HITM
+    if line(S, n).nsharers > 0 and sharers(S)[n * cfg(S, 0).sharer_stride + cpu(S, c).socket] == 0:
+        return RX_RMT_HIT
+    return RX_LCL_HIT  # a Shared copy on c's socket, or only the LLC's
+
+
 @njit(cache=True)
 def coh_read(S, n, c, now):
     """A load of line n by CPU c.  Returns (start, cost): it waits for an RMW in flight."""
@@ -82,6 +117,7 @@ def coh_read(S, n, c, now):
     else:
         cost = k.llc_hit
     ln.transfers += 1
+    _received(S, n, c, _load_kind(S, n, c))
     if own >= 0:  # M -> S in the old owner
         ln.owner = -1
     _add_sharer(S, n, c)
@@ -123,6 +159,7 @@ def coh_write(S, n, c, now, atomic, changes):
             cost = k.llc_hit + base
         if not has or (own != -1 and own != c):
             ln.transfers += 1
+            _received(S, n, c, _load_kind(S, n, c) if atomic else RX_STORE)
         ln.invalidations += others
         ln.owner = c
         _only_sharer(S, n, c)
@@ -145,6 +182,7 @@ def _buddy(S, n, c):
             return
         bl = line(S, b)
         bl.transfers += 1
+        _received(S, b, c, RX_PREFETCH)
         if bl.owner >= 0:  # M -> S in its owner
             bl.owner = -1
         _add_sharer(S, b, c)
@@ -163,6 +201,7 @@ def coh_prefetchw(S, n, c):
     moved = not has or (ln.owner != -1 and ln.owner != c)
     if moved:
         ln.transfers += 1
+        _received(S, n, c, RX_PREFETCH)
     ln.invalidations += ln.nsharers - (1 if has else 0)
     ln.owner = c
     _only_sharer(S, n, c)

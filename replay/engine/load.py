@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from . import state as st
+from .coherence import RX_KINDS, RX_NAMES
 from .isa import OUTCOMES, encode
 from .loop import run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
@@ -386,6 +387,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
         fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),
         fp_hold_b=plan.hold_b if plan is not None else np.ones(1), fp_hold_ns=plan.hold_ns if plan is not None else np.ones(1),
+        line_cpu=np.zeros(nlines * len(mcpus) * RX_KINDS, np.int64),  # calloc: pages mapped as lines move
     )
     state = st.State(arrays)
     _alloc_initial(state.S, np.asarray(initial, np.int64))
@@ -437,36 +439,64 @@ def lock_stats(state, model, meta) -> list[dict]:
 def line_stats(state, model, meta) -> list[dict]:
     """Every line that moved or was invalidated, with the struct fields on it."""
     lay = model.layout
-    names: dict[int, set] = {}
+    names: dict[int, set] = {}  # line -> {(offset in the line, struct.field)}
+
+    def put(addr, name):
+        names.setdefault(addr // 64, set()).add((addr % 64, name))
+
     for f, off in lay.mm.fields.items():
-        names.setdefault(off // 64, set()).add(f"mm_struct.{f}")
+        put(off, f"mm_struct.{f}")
     for slot in range(int(state.g["nslots"])):
         rel = lay.vma.address(slot, 0)
         for f, off in lay.vma.fields.items():
-            names.setdefault(64 + (rel + off) // 64, set()).add(f"vm_area_struct.{f}")
+            put(64 * 64 + rel + off, f"vm_area_struct.{f}")
         if lay.vma_lock_in == "vma_lock":
             a = lay.vma_lock.address(slot, 0)
             for f in ("lock.count", "lock.owner"):
-                names.setdefault(64 + meta["vlines"] + (a + lay.vma_lock.fields[f]) // 64, set()).add(f"vma_lock.{f}")
+                put((64 + meta["vlines"]) * 64 + a + lay.vma_lock.fields[f], f"vma_lock.{f}")
     plan = meta.get("plan")
-    fp_base = 64 + meta["vlines"] + meta["llines"]
-    for d, nm in (plan.names.items() if plan is not None else ()):
-        names.setdefault(d, set()).add(nm)
+    for d, nm in (plan.names.items() if plan is not None else ()):  # the fault path's own lines
+        put(d * 64, nm)
     ln = state["ln"]
     ln_tr, ln_inv = ln["transfers"], ln["invalidations"]
     hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
     out = []
     for d in hot.tolist():
-        if d < 64:
-            absl = MM_BASE // 64 + d
-        elif d < 64 + meta["vlines"]:
-            absl = VMA_SLAB_BASE // 64 + d - 64
-        elif d < fp_base:
-            absl = VMA_LOCK_SLAB_BASE // 64 + d - 64 - meta["vlines"]
-        else:
-            absl = FAULT_PATH_BASE // 64 + d - fp_base
-        out.append({"line": absl * 64, "fields": ", ".join(sorted(names.get(d, {"?"}))),
+        on = names.get(d, set())
+        out.append({"line": _line_address(d, meta), "fields": ", ".join(sorted({n for _, n in on})) or "?",
+                    "offsets": ", ".join(f"0x{o:02x} {n}" for o, n in sorted(on)) or "?",
                     "transfers": int(ln_tr[d]), "invalidations": int(ln_inv[d])})
+    return out
+
+
+def _line_address(d: int, meta) -> int:
+    """The simulated address of dense line d: the mm_struct's page, the VMA slab, the
+    vma_lock slab, the fault path's lines (zone, lruvec, page_counter)."""
+    if d < 64:
+        return (MM_BASE // 64 + d) * 64
+    if d < 64 + meta["vlines"]:
+        return (VMA_SLAB_BASE // 64 + d - 64) * 64
+    fp_base = 64 + meta["vlines"] + meta["llines"]
+    if d < fp_base:
+        return (VMA_LOCK_SLAB_BASE // 64 + d - 64 - meta["vlines"]) * 64
+    return (FAULT_PATH_BASE // 64 + d - fp_base) * 64
+
+
+def line_cpu_stats(state, meta) -> list[dict]:
+    """Per line that moved and CPU that received it: the transfers into that CPU, by kind
+    (coherence.RX_NAMES: perf c2c's classes).  Summed over CPUs and kinds, a line's rows
+    give its line_stats transfers."""
+    ncpu = int(state["cfg"][0]["ncpu"])
+    per = state["line_cpu"].reshape(-1, ncpu, RX_KINDS)
+    hot = np.flatnonzero(state["ln"]["transfers"] > 0)  # reads only the rows of lines that moved
+    sockets = state["cpus"]["socket"]
+    out = []
+    for d in hot.tolist():
+        m = per[d]
+        addr = _line_address(d, meta)
+        for c in np.flatnonzero(m.any(axis=1)).tolist():
+            out.append({"line": addr, "cpu": c, "socket": int(sockets[c]),
+                        **{k: int(v) for k, v in zip(RX_NAMES, m[c].tolist())}})
     return out
 
 
@@ -521,7 +551,7 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
              release: str | None = None):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
-    the results schema.  Returns (lock_stats, line_stats, counters)."""
+    the results schema.  Returns (lock_stats, line_stats, line_cpu, counters)."""
     import time
 
     t0 = time.perf_counter()
@@ -555,4 +585,4 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
     gg = state.g
     counters = {"writer_wakeups": int(gg["writer_wakeups"]), "writer_drains": int(gg["writer_drains"]),
                 "cas_retries": int(gg["cas_retries"])}
-    return lock_stats(state, model, meta), line_stats(state, model, meta), counters
+    return lock_stats(state, model, meta), line_stats(state, model, meta), line_cpu_stats(state, meta), counters

@@ -143,6 +143,9 @@ ARRAYS = {
     "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
     "fp_hold_b": f8, "fp_hold_ns": f8,  # zone->lock hold by refill size: pages, ns (interpolated)
     "fp_lines": i8,  # the fault path's locks' data lines (res.data .. res.data + res.ndata index it)
+    # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
+    # kind (coherence.RX_NAMES); zeroed pages are mapped lazily, so only lines that move cost memory
+    "line_cpu": i8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -266,6 +269,7 @@ op_fkind = _array_accessor("op_fkind", np.int8)
 fp_hold_b = _array_accessor("fp_hold_b", f8)
 fp_hold_ns = _array_accessor("fp_hold_ns", f8)
 fp_lines = _array_accessor("fp_lines", i8)
+line_cpu = _array_accessor("line_cpu", i8)
 
 
 class State:
