@@ -49,9 +49,12 @@ class Op(IntEnum):
     CHECK_DETACHED = 24
     VMA_COMMIT = 25
     RWSEM_DOWNGRADE_WRITE = 26
+    MADV_VMA_LOCK = 27
+    CHECK_SPAN = 28
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
+WORKS = ("fault", "writer", "zap", "madvise")  # WORK's argument, encoded as its index
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ MICRO_OPS = (
             "(x86 exc_page_fault's prefetchw(&current->mm->mmap_lock))", "h_prefetchw"),
     MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
     MicroOp(Op.WORK, ("what",), "work", "handle_mm_fault() (\"fault\"), the writer's work under the write lock "
-            "(\"writer\") or after mmap_write_downgrade() (\"zap\": unmap_region() under the read lock)", "h_work"),
+            "(\"writer\") or after mmap_write_downgrade() (\"zap\": unmap_region() under the read lock), or a "
+            "read-mode madvise's behaviour on its VMAs (\"madvise\": the op's hold_ns)", "h_work"),
     MicroOp(Op.CHECK_SEQ, ("locked?",), "labels", "vma->vm_lock_seq == mm->mm_lock_seq: write-locked "
             "(vma_start_read())", "h_check_seq"),
     MicroOp(Op.RWSEM_TRYLOCK_READ, ("lock", "failed?"), "lock", "down_read_trylock()", "h_rwsem_trylock_read"),
@@ -92,7 +96,8 @@ MICRO_OPS = (
             "each mm replays alone, so only the load", "h_check_mm"),
     MicroOp(Op.VMA_START_WRITE_ALL, (), "none", "vma_start_write() on each VMA the writer modifies",
             "h_vma_start_write_all"),
-    MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (mainline)",
+    MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (a seqcount "
+            "mm_lock_seq: v6.14+, the v7/v8 postings)",
             "h_mm_seq_write"),
     MicroOp(Op.MM_SEQ_WRITE_END, (), "none", "mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq bump "
             "unlocks every VMA", "h_mm_seq_write"),
@@ -112,6 +117,11 @@ MICRO_OPS = (
     MicroOp(Op.RWSEM_DOWNGRADE_WRITE, ("lock", "no_downgrade?"), "lock", "mmap_write_downgrade() -> "
             "downgrade_write() where the writer downgraded (munmap, brk, mremap: the trace's read hold after it); "
             "else goto", "h_rwsem_downgrade_write"),
+    MicroOp(Op.MADV_VMA_LOCK, ("mmap_lock?",), "labels", "mm/madvise.c get_lock_mode() (v6.17): the madvise is "
+            "not MADV_DONTNEED, MADV_DONTNEED_LOCKED or MADV_FREE (not MADVISE_VMA_READ_LOCK) -> goto",
+            "h_madv_vma_lock"),
+    MicroOp(Op.CHECK_SPAN, ("spans?",), "labels", "try_vma_read_lock(): ``range.end > vma->vm_end`` - the "
+            "madvise covers more than the VMA it locked -> goto", "h_check_span"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
@@ -145,8 +155,8 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
 
 def encode(ins: tuple, layout) -> list[int]:
     """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
-    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = fault /
-    1 = writer / 2 = zap, outcomes their index, labels instruction indices."""
+    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK its index in
+    WORKS, outcomes their index, labels instruction indices."""
     row = BY_OP[Op(ins[0])]
     a = list(ins[1:])
     if row.encoding == "field":
@@ -162,7 +172,7 @@ def encode(ins: tuple, layout) -> list[int]:
     elif row.encoding == "lock":
         args = [0 if a[0] == "mmap_lock" else 1, a[1] if len(a) > 1 else 0]
     elif row.encoding == "work":
-        args = [("fault", "writer", "zap").index(a[0])]
+        args = [WORKS.index(a[0])]
     elif row.encoding == "outcome":
         args = [OUTCOMES.index(a[0])]
     elif row.encoding == "labels":
