@@ -68,6 +68,13 @@ One op per page fault (a reader of the address space) and per address-space writ
   null and the engine draws its time as before.  A ``fault_end`` also closes the
   fault's share of its window: an mmap_lock start or acquire after it is not the
   fault's fallback (the fault is done; its mmap_read_unlock() may still follow).
+* **read-mode madvise.**  A madvise whose behaviour changes no vm_flags (MADV_DONTNEED,
+  MADV_FREE, MADV_WILLNEED, ...: lock_mode "read") gets the VMAs its range covers
+  (``vma_ids``, none write-locked), the VMA at the range's start (``vma_id``: the one
+  lock_vma_under_rcu(mm, start) finds in v6.17's try_vma_read_lock()), its behaviour
+  (``advice``), and as ``hold_ns`` its mmap_lock read hold (acquire_returned -> released)
+  where the trace shows one, else sys_enter -> sys_exit (a v6.17+ kernel traces no
+  mmap_lock event for one under the VMA lock).
 * **time order.**  Events are taken in timestamp order (a stable sort: ties keep their
   input order), as perf's ordered events deliver them; a trace whose time runs
   backwards on a CPU or a thread (``ingest/order.py`` counts those steps, reported as
@@ -119,7 +126,7 @@ MADV_VMA_CHANGING = {
 # Bumped when the op builder gives other ops for the same events; ops files stamped
 # with an older version are rebuilt before a replay.  2: events in time order, faults
 # and calls outside the user address space dropped.  3: service_ns.
-OPS_VERSION = 4  # 3: service_ns; 4: read_hold_ns
+OPS_VERSION = 5  # 3: service_ns; 4: read_hold_ns; 5: read-mode madvise's VMAs, hold and advice
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 # what handle_mm_fault() does for a fault (ops ``fault_kind``; replay/engine/faultpath.py runs each)
@@ -134,6 +141,7 @@ OPS_SCHEMA = {
     "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
     "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
+    "advice": pl.Int32,  # madvise's behaviour argument (MADV_*); null for every other op
 }
 
 
@@ -524,7 +532,10 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
         return [], "write"
     if kind == "madvise":
         if a["flags"] not in MADV_VMA_CHANGING:
-            return [], "read"  # e.g. MADV_DONTNEED zaps pages under mmap_read_lock
+            # e.g. MADV_DONTNEED zaps pages under mmap_read_lock (up to v6.16) or one VMA's
+            # lock (v6.17): the VMAs its range covers, none of them write-locked
+            lo, hi = _range(a["address"], a["len"])
+            return (asp.overlapping(lo, hi) if lo < hi else []), "read"
         lo, hi = _range(a["address"], a["len"])
         return (asp.modify_flags(lo, hi, now) if lo < hi else []), "write"
     return [], "write"

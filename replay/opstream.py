@@ -75,6 +75,7 @@ RELEVANT = max(EXIT_MMAP, FAULT_END, ENTER0 + NSYS - 1, EXIT0 + NSYS - 1)  # cod
 
 # -- op kinds and lock modes as the step stores them ------------------------------------
 K_FAULT, K_EXIT = O.OP_KINDS.index("fault"), O.OP_KINDS.index("exit")
+K_MADVISE = O.OP_KINDS.index("madvise")
 K_SYS0 = O.OP_KINDS.index(SYSCALLS[0])
 assert [O.OP_KINDS.index(s) - K_SYS0 for s in SYSCALLS] == list(range(NSYS))
 LOCK_MODES = ("read", "write", "none")
@@ -186,6 +187,9 @@ def _close_window(s, base, o, late_at, late_ids):
             o[R_RHOLD, k], o[R_RHOLD_OK, k] = s.rel_r - s.dg, True
     elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
         o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_w - s.acq_w, True
+    elif o[R_KIND, k] == K_MADVISE and s.acq_any_ok and s.rel_any_ok and s.rel_any >= s.acq_any:
+        # a read-mode madvise's mmap_read_lock() hold (before it, _apply gave it sys_enter -> sys_exit)
+        o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
     o[R_PEND, k] -= 1
     s.grp_op = -1
 
@@ -823,6 +827,7 @@ class Builder:
         self.late_ids = np.zeros(16, np.int64)
         self.n_late = 0
         self.lists: dict[int, tuple] = {}  # writer op -> (vma_ids, created, freed, successor)
+        self.advice: dict[int, int | None] = {}  # madvise op -> its behaviour argument
         self.layout = _Layout(len(self.space_names))
         self.private = np.zeros(1024, np.bool_)
         self.seen_first = np.zeros(1024, np.bool_)
@@ -962,6 +967,13 @@ class Builder:
             res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
         vma_ids, created, freed, succ, lock = res
         R[R_LOCK, k] = LOCK_MODES.index(lock)
+        if kind == "madvise":
+            self.advice[op] = a["flags"]
+            if lock == "read":  # the VMA at its start; held sys_enter -> sys_exit unless a read hold shows
+                v = asp.find(O.page_down(a["address"])) if O.is_user_address(a["address"]) else None
+                R[R_VMA, k] = v.id if v is not None else VMA_NONE
+                if R[R_START_OK, k] and R[R_END_OK, k]:
+                    R[R_HOLD, k], R[R_HOLD_OK, k] = R[R_END, k] - R[R_START, k], True
         self.lists[op] = (vma_ids, created, freed, succ)
         R[R_PEND, k] -= 1
         self._mark(asp, created)
@@ -1052,9 +1064,14 @@ class Builder:
         lists = [[], [], [], []]
         valid = [np.zeros(n, np.bool_) for _ in range(4)]
         lengths = [np.zeros(n, np.int64) for _ in range(4)]
+        advice = np.zeros(n, np.int64)
+        advice_ok = np.zeros(n, np.bool_)
         for j in np.flatnonzero(~fault).tolist():
             op = int(ops[j])
             done = seg.pend[j] == 0
+            adv = self.advice.pop(op, None) if pop and done else self.advice.get(op)
+            if adv is not None:
+                advice[j], advice_ok[j] = adv, True
             got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
             vals = got if got is not None else (None, [], [], [])
             for c in range(4):
@@ -1103,6 +1120,7 @@ class Builder:
             "service_ns": arr(seg.svc, seg.svc_ok, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
+            "advice": arr(advice, advice_ok, pa.int32()),
         }
         return pa.Table.from_arrays([cols[f.name] for f in OPS_ARROW], schema=OPS_ARROW)
 

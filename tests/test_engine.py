@@ -277,10 +277,13 @@ def test_writers_spin_on_a_running_writer_and_sleep_after_the_reader_budget():
 
 
 def test_mainline_mm_lock_seq_is_a_seqcount_odd_while_write_locked():
-    # mainline: mmap_write_lock() begins the seqcount (odd) and vma_start_write() stores that
-    # odd value; mmap_write_unlock() ends it (even).  Before v6.15 only the unlock bumped it.
+    # a seqcount mm_lock_seq ("mm: convert mm_lock_seq to a proper seqcount", v6.14, under
+    # the v7/v8 postings and "move per-vma lock into vm_area_struct" too): mmap_write_lock()
+    # begins it (odd), vma_start_write() stores that odd value, mmap_write_unlock() ends it
+    # (even).  pervma keeps 6.4-6.13's int, which only vma_end_write_all() bumps.
     ops = mk([(1, "mprotect", [1], 0, 1_000)])
-    for model, seq_end, stored in (("mainline", 2, 1), ("v8", 1, 0), ("pervma", 1, 0)):
+    for model, seq_end, stored in (("mainline", 2, 1), ("v8", 2, 1), ("v7", 2, 1), ("inline-rwsem", 2, 1),
+                                   ("pervma", 1, 0)):
         sim = Replay(model, BDW, 2, ops)
         sim.run()
         assert (sim.g["mm_lock_seq"], sim.vma(1)["vm_lock_seq"]) == (seq_end, stored), model

@@ -154,6 +154,11 @@ def test_madvise_lock_modes_and_brk():
     m = ops.filter(pl.col("kind") == "madvise")
     assert m["lock_mode"].to_list() == ["read", "write"]
     assert m["vma_ids"].to_list()[1] == [heap["vma_id"]]
+    # the read-mode DONTNEED: the VMA its range covers (and starts in), its behaviour, and
+    # with no mmap_lock event in its window, sys_enter -> sys_exit as its hold
+    assert m["vma_ids"].to_list()[0] == [heap["vma_id"]] and m["vma_id"][0] == heap["vma_id"]
+    assert m["advice"].to_list() == [4, 14]
+    assert m["hold_ns"][0] == 10_000_000
 
 
 def test_faults_outside_known_vmas_get_inferred_regions():
@@ -221,3 +226,23 @@ def test_a_downgrading_writer_has_a_write_hold_and_a_read_hold():
     plain = DOWNGRADING_MUNMAP.replace("1306.758532683: mmap_lock:mmap_lock_acquire_returned: mm=0xffff88810006be80 memcg_id=2939 write=false success=true\n", "").replace("released: mm=0xffff88810006be80 memcg_id=2939 write=false", "released: mm=0xffff88810006be80 memcg_id=2939 write=true")
     w = build_ops(events(plain), "t")[0].filter(pl.col("kind") == "munmap").row(0, named=True)
     assert (w["hold_ns"], w["read_hold_ns"]) == (19_900, None)
+
+
+JVM_DONTNEED = """\
+         alloc-1  6493/6511  [000]  1314.528516354:           syscalls:sys_enter_madvise: start: 0x7fe821f2b000, len_in: 0x000fa000, behavior: 0x00000004
+         alloc-1  6493/6511  [000]  1314.528518368:    mmap_lock:mmap_lock_start_locking: mm=0xffff88810006cb00 memcg_id=2939 write=false
+         alloc-1  6493/6511  [000]  1314.528518821: mmap_lock:mmap_lock_acquire_returned: mm=0xffff88810006cb00 memcg_id=2939 write=false success=true
+         alloc-1  6493/6511  [000]  1314.528563944:         mmap_lock:mmap_lock_released: mm=0xffff88810006cb00 memcg_id=2939 write=false
+         alloc-1  6493/6511  [000]  1314.528564891:            syscalls:sys_exit_madvise: 0x0
+"""  # sample_traces/jvm-alloc, lines as recorded (Linux 6.18: this DONTNEED fell back to mmap_read_lock())
+
+
+def test_a_read_mode_madvise_holds_its_mmap_read_lock_or_else_its_call():
+    # where the trace shows mmap_read_lock() -> mmap_read_unlock() in the call, that is its
+    # hold (1314.528518821 -> .528563944: 45,123 ns); without the lock events, sys_enter ->
+    # sys_exit (48,537 ns), as a v6.17+ DONTNEED under the VMA lock traces
+    m = build_ops(events(JVM_DONTNEED), "t")[0].filter(pl.col("kind") == "madvise").row(0, named=True)
+    assert (m["lock_mode"], m["advice"], m["hold_ns"]) == ("read", 4, 45_123)
+    bare = "".join(ln + "\n" for ln in JVM_DONTNEED.splitlines() if "mmap_lock:" not in ln)
+    m = build_ops(events(bare), "t")[0].filter(pl.col("kind") == "madvise").row(0, named=True)
+    assert m["hold_ns"] == 48_537

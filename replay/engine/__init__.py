@@ -114,10 +114,14 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 16
-# 16: handle_mm_fault() on profiles with a [fault_path]: the page allocator's pcp refills
+# 16: a read-mode madvise runs the model's madvise program (mmap_read_lock() up to v6.16;
+# mainline's VMA read lock for MADV_DONTNEED/MADV_FREE on one VMA, v6.17) for its hold,
+# where before it took no lock and no time; inline-rwsem, v7 and v8 keep mm_lock_seq as a
+# seqcount (mmap_write_lock() makes it odd), as their kernels do.
+# 17: handle_mm_fault() on profiles with a [fault_path]: the page allocator's pcp refills
 #     under zone->lock, the memcg charge, clearing the page, the rss counter, the LRU
 #     batch under lru_lock, a PTE page per 512 faults, per fault kind (faultpath.py)
+REFERENCE_VERSION = 17
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

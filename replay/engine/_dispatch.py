@@ -2,7 +2,7 @@
 
 from numba import njit
 
-from .micro import (h_attempt, h_check_detached, h_check_mm, h_check_range, h_check_seq, h_end, h_fallback, h_goto, h_handle_mm_fault, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
+from .micro import (h_attempt, h_check_detached, h_check_mm, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
 
 
 @njit(cache=True)
@@ -15,7 +15,7 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_prefetchw(S, t, a1, a2, a3)
     if op == 3:  # STORE: a plain store to obj->field
         return h_store(S, t, a1, a2, a3)
-    if op == 4:  # WORK: the writer's work under the write lock ("writer") or after m
+    if op == 4:  # WORK: the writer's work under the write lock ("writer"), after mma
         return h_work(S, t, a1, a2, a3)
     if op == 5:  # CHECK_SEQ: vma->vm_lock_seq == mm->mm_lock_seq: write-locked (vma_start
         return h_check_seq(S, t, a1, a2, a3)
@@ -37,7 +37,7 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_check_mm(S, t, a1, a2, a3)
     if op == 14:  # VMA_START_WRITE_ALL: vma_start_write() on each VMA the writer modifies
         return h_vma_start_write_all(S, t, a1, a2, a3)
-    if op == 15:  # MM_SEQ_WRITE_BEGIN: mmap_write_lock()'s mm_lock_seqcount_begin() (mainline)
+    if op == 15:  # MM_SEQ_WRITE_BEGIN: mmap_write_lock()'s mm_lock_seqcount_begin() (a seqcount mm_
         return h_mm_seq_write(S, t, a1, a2, a3)
     if op == 16:  # MM_SEQ_WRITE_END: mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq 
         return h_mm_seq_write(S, t, a1, a2, a3)
@@ -63,4 +63,8 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_rwsem_downgrade_write(S, t, a1, a2, a3)
     if op == 27:  # HANDLE_MM_FAULT: handle_mm_fault(): the fault's own work and the resources it
         return h_handle_mm_fault(S, t, a1, a2, a3)
+    if op == 28:  # MADV_VMA_LOCK: mm/madvise.c get_lock_mode() (v6.17): the madvise is not MAD
+        return h_madv_vma_lock(S, t, a1, a2, a3)
+    if op == 29:  # CHECK_SPAN: try_vma_read_lock(): ``range.end > vma->vm_end`` - the madvi
+        return h_check_span(S, t, a1, a2, a3)
     return -2.0, False  # not an op: the loop reports it

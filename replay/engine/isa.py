@@ -50,10 +50,12 @@ class Op(IntEnum):
     VMA_COMMIT = 25
     RWSEM_DOWNGRADE_WRITE = 26
     HANDLE_MM_FAULT = 27
+    MADV_VMA_LOCK = 28
+    CHECK_SPAN = 29
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
-WORK_KINDS = ("writer", "zap")
+WORK_KINDS = ("writer", "zap", "madvise")  # WORK's argument, encoded as its index
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ MICRO_OPS = (
     MicroOp(Op.PREFETCHW, ("obj", "field"), "field", "prefetchw(): a non-blocking request for ownership "
             "(x86 exc_page_fault's prefetchw(&current->mm->mmap_lock))", "h_prefetchw"),
     MicroOp(Op.STORE, ("obj", "field"), "field", "a plain store to obj->field", "h_store"),
-    MicroOp(Op.WORK, ("what",), "work", "the writer's work under the write lock (\"writer\") or after "
-            "mmap_write_downgrade() (\"zap\": unmap_region() under the read lock)", "h_work"),
+    MicroOp(Op.WORK, ("what",), "work", "the writer's work under the write lock (\"writer\"), after "
+            "mmap_write_downgrade() (\"zap\": unmap_region() under the read lock), or a read-mode madvise's "
+            "behaviour on its VMAs (\"madvise\": the op's hold_ns)", "h_work"),
     MicroOp(Op.CHECK_SEQ, ("locked?",), "labels", "vma->vm_lock_seq == mm->mm_lock_seq: write-locked "
             "(vma_start_read())", "h_check_seq"),
     MicroOp(Op.RWSEM_TRYLOCK_READ, ("lock", "failed?"), "lock", "down_read_trylock()", "h_rwsem_trylock_read"),
@@ -94,7 +97,8 @@ MICRO_OPS = (
             "each mm replays alone, so only the load", "h_check_mm"),
     MicroOp(Op.VMA_START_WRITE_ALL, (), "none", "vma_start_write() on each VMA the writer modifies",
             "h_vma_start_write_all"),
-    MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (mainline)",
+    MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (a seqcount "
+            "mm_lock_seq: v6.14+, the v7/v8 postings)",
             "h_mm_seq_write"),
     MicroOp(Op.MM_SEQ_WRITE_END, (), "none", "mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq bump "
             "unlocks every VMA", "h_mm_seq_write"),
@@ -116,6 +120,11 @@ MICRO_OPS = (
             "else goto", "h_rwsem_downgrade_write"),
     MicroOp(Op.HANDLE_MM_FAULT, (), "none", "handle_mm_fault(): the fault's own work and the resources it shares "
             "(page allocator, memcg, rss, LRU, page tables: faultpath.py)", "h_handle_mm_fault"),
+    MicroOp(Op.MADV_VMA_LOCK, ("mmap_lock?",), "labels", "mm/madvise.c get_lock_mode() (v6.17): the madvise is "
+            "not MADV_DONTNEED, MADV_DONTNEED_LOCKED or MADV_FREE (not MADVISE_VMA_READ_LOCK) -> goto",
+            "h_madv_vma_lock"),
+    MicroOp(Op.CHECK_SPAN, ("spans?",), "labels", "try_vma_read_lock(): ``range.end > vma->vm_end`` - the "
+            "madvise covers more than the VMA it locked -> goto", "h_check_span"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
@@ -149,8 +158,8 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
 
 def encode(ins: tuple, layout) -> list[int]:
     """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
-    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK 0 = writer /
-    1 = zap, outcomes their index, labels instruction indices."""
+    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK its index in
+    WORK_KINDS, outcomes their index, labels instruction indices."""
     row = BY_OP[Op(ins[0])]
     a = list(ins[1:])
     if row.encoding == "field":

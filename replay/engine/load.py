@@ -16,7 +16,7 @@ from numba import njit
 from . import state as st
 from .coherence import RX_KINDS, RX_NAMES
 from .isa import OUTCOMES, encode
-from .loop import run_chunk, start
+from .loop import F_END_KNOWN, F_PROG, F_START_KNOWN, run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
@@ -31,10 +31,11 @@ FAULT_PATH_BASE = 0xFFFF888400000000  # the fault path's own lines (zone, lruvec
 
 
 def encode_programs(model) -> np.ndarray:
-    """The model's compiled programs as INSN records [3 * plen]: fault, kernel fault, writer."""
-    progs = [model.programs[k] for k in ("fault", "kernel_fault", "writer")]
+    """The model's compiled programs as INSN records [len(Model.PROGRAMS) * plen]: fault,
+    kernel fault, writer, read-mode madvise."""
+    progs = [model.programs[k] for k in model.PROGRAMS]
     plen = max(len(p) for p in progs)
-    out = np.zeros(3 * plen, st.INSN)
+    out = np.zeros(len(progs) * plen, st.INSN)
     for pi, prog in enumerate(progs):
         for k, ins in enumerate(prog):
             out[pi * plen + k] = tuple(encode(ins, model.layout))
@@ -174,7 +175,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
-        "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
+        "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
+        *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
@@ -208,6 +210,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_gate_p, w_gate = _csr(gate, index)
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
     hold_read = w["read_hold_ns"].fill_null(0).to_numpy().astype(np.int64)  # after mmap_write_downgrade()
+    w_advice = w["advice"].fill_null(-1).to_numpy().astype(np.int64)
+    w_vma = np.asarray([index.get(int(x), -1) if x is not None else -1 for x in w["vma_id"].to_list()], np.int64)
     op_arg = op_vma
     op_arg[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)  # non-faults: their writer index
     del op_vma
@@ -254,10 +258,10 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     think = src.column("think_ns", np.float64)
     op_prog += 1
-    flags = op_prog  # program + 1 in bits 0-1; then whether the start and end are known
+    flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
-    flags |= src.take("start_ns", lambda: src.notnull("start_ns")).view(np.int8) << 2
-    flags |= src.take("end_ns", lambda: src.notnull("end_ns")).view(np.int8) << 3
+    flags[src.take("start_ns", lambda: src.notnull("start_ns"))] |= F_START_KNOWN
+    flags[src.take("end_ns", lambda: src.notnull("end_ns"))] |= F_END_KNOWN
     if open_loop:
         starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
         t0 = starts["start_ns"].min() if starts is not None else None
@@ -281,7 +285,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     if recorded and not np.isnan(op_service).all():
         min_service = min(min_service, float(np.nanmin(op_service)))
     op_fkind = fault_kinds(src, c)
-    instant = (flags & 3) == 0  # neither fault nor writer: no program, no time
+    instant = (flags & F_PROG) == 0  # no program, no time
     if not min_service:
         instant |= is_fault
     slack = 2 + (_longest_instant_run(th_order, th_p, instant) if instant.any() else 0)
@@ -382,7 +386,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
-        op_service=op_service, op_fkind=op_fkind,
+        op_service=op_service, op_fkind=op_fkind, w_advice=w_advice, w_vma=w_vma,
         res=plan.res if plan is not None else np.zeros(1, st.RES),
         fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
         fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),
@@ -524,7 +528,7 @@ def results_frame(raw: dict, state, meta, mm: str):
         _OUTCOME_NAMES = pl.Series(OUTCOMES, dtype=pl.Utf8)
     j = raw["op"]
     flags, arg = state["op_flags"][j], state["op_arg"][j].astype(np.int64)
-    prog = (flags & 3).astype(np.int64) - 1
+    prog = (flags & F_PROG).astype(np.int64) - 1
     fault = (prog == 0) | (prog == 1)
     op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
     names = pl.Series(["fault"] + list(meta["w_kind"]), dtype=pl.Utf8)

@@ -22,14 +22,14 @@ from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, wake
 from .state import (cfg, cpu, glob, heap, insn, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
-                    th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, waiting_writers)
+                    th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, w_vma, waiting_writers)
 from .variation import start_offset
 from .vma import vma_start_write_step
 
-# op_flags bits
-F_PROG = 3  # program + 1: 1 user fault, 2 kernel fault, 3 writer, 0 none (an op that takes no time)
-F_START_KNOWN, F_END_KNOWN, F_STARTED = 4, 8, 16
-PROG_FAULT, PROG_KERNEL_FAULT, PROG_WRITER = 0, 1, 2
+# op_flags bits (int16)
+F_PROG = 7  # program + 1: 1 user fault, 2 kernel fault, 3 writer, 4 read-mode madvise, 0 none (no time)
+F_START_KNOWN, F_END_KNOWN, F_STARTED = 8, 16, 32
+PROG_FAULT, PROG_KERNEL_FAULT, PROG_WRITER, PROG_MADVISE = 0, 1, 2, 3  # Model.PROGRAMS order
 
 
 @njit(cache=True, inline="always")
@@ -132,6 +132,8 @@ def _next_op(S, t):
     fault = prog == PROG_FAULT or prog == PROG_KERNEL_FAULT
     th.vma = op_arg(S)[j] if fault else -1
     th.w = -1 if fault else op_arg(S)[j]
+    if prog == PROG_MADVISE:  # lock_vma_under_rcu(mm, range.start): the VMA there
+        th.vma = w_vma(S)[th.w]
     th.pc = 0
     th.slot = -1
     th.found = -1

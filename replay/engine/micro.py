@@ -15,7 +15,7 @@ from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
-from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_hold, w_hold_read, w_ids, w_ids_p
+from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
 
 OUTCOME_MISS = OUTCOMES.index("miss")
@@ -56,7 +56,7 @@ def h_work(S, t, what, _a, _b):
     now = glob(S, 0).now
     if what == WORK_ZAP:  # after mmap_write_downgrade(): the trace's read-locked hold
         return now + w_hold_read(S)[thread(S, t).w], False
-    h = w_hold(S)[thread(S, t).w]
+    h = w_hold(S)[thread(S, t).w]  # a writer, or a read-mode madvise: the op's hold_ns
     return now + (h if h else DEFAULT_WRITER_NS), False
 
 
@@ -228,3 +228,30 @@ def h_end(S, t, _a, _b, _c):
     thread(S, t).finished = True
     return glob(S, 0).now, False
 
+
+
+# madvise behaviours get_lock_mode() gives MADVISE_VMA_READ_LOCK (mm/madvise.c, v6.17;
+# include/uapi/asm-generic/mman-common.h): MADV_DONTNEED 4, MADV_FREE 8, MADV_DONTNEED_LOCKED 24
+MADV_DONTNEED, MADV_FREE, MADV_DONTNEED_LOCKED = 4, 8, 24
+
+
+@njit(cache=True)
+def h_madv_vma_lock(S, t, mmap_lock, _a, _b):
+    """get_lock_mode(): not MADVISE_VMA_READ_LOCK -> goto (the mmap_read_lock path)."""
+    a = w_advice(S)[thread(S, t).w]
+    if a != MADV_DONTNEED and a != MADV_FREE and a != MADV_DONTNEED_LOCKED:
+        thread(S, t).pc = mmap_lock
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def h_check_span(S, t, spans, _a, _b):
+    """try_vma_read_lock(): ``range.end > vma->vm_end`` (vm_end is in the line the VMA lock's
+    checks already read).  A successful madvise's range has no gap (madvise_walk_vmas()
+    returns -ENOMEM on one), so it runs past the VMA iff the op builder found it over more
+    than one VMA."""
+    w = thread(S, t).w
+    end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if w_ids_p(S)[w + 1] - w_ids_p(S)[w] > 1:
+        thread(S, t).pc = spans
+    return end, False

@@ -152,7 +152,7 @@ class OpsSource:
 
     def prog(self) -> np.ndarray:
         """Which program each op runs: 0 user fault, 1 kernel fault, 2 writer (a write-
-        locking syscall, or exit), -1 none - int8."""
+        locking syscall, or exit), 3 a read-mode madvise (MADV_DONTNEED, ...), -1 none - int8."""
         import polars as pl
 
         if self.path is None or self.mm is not None:
@@ -160,6 +160,7 @@ class OpsSource:
             kind = c("kind", pl.Utf8).cast(pl.Utf8)
             e = (pl.when(kind == "fault").then(pl.when(c("kernel", pl.Boolean).fill_null(False)).then(1).otherwise(0))
                  .when((c("lock_mode", pl.Utf8).cast(pl.Utf8) == "write").fill_null(False) | (kind == "exit")).then(2)
+                 .when((kind == "madvise") & (c("lock_mode", pl.Utf8).cast(pl.Utf8) == "read").fill_null(False)).then(3)
                  .otherwise(-1).cast(pl.Int8))
             return self.col(e, np.int8)
         cols = [x for x in ("kind", "kernel", "lock_mode") if x in self.names]
@@ -173,7 +174,8 @@ class OpsSource:
         rows the loader needs whole.  From a file only those rows reach polars."""
         import polars as pl
 
-        roots = ["kind", "lock_mode", "hold_ns", "read_hold_ns", "vma_ids", "vmas_created", "vmas_freed", "vmas_successor"]
+        roots = ["kind", "lock_mode", "hold_ns", "read_hold_ns", "advice", "vma_id", "vma_ids", "vmas_created",
+                 "vmas_freed", "vmas_successor"]
         if self.path is None or self.mm is not None:
             return self.frame(roots, lambda df: fn(df.filter(pl.col("kind").cast(pl.Utf8) != "fault")))
         cols = [x for x in roots if x in self.names]
@@ -263,9 +265,12 @@ class OpsSource:
         else:
             kern = np.zeros(m, bool)
         writer = self._codes(get["kind"], "exit")
+        madvise = np.zeros(m, bool)
         if "lock_mode" in get:
             writer |= self._codes(get["lock_mode"], "write")
-        return np.where(fault, kern.astype(np.int8), np.where(writer, np.int8(2), np.int8(-1)))
+            madvise = self._codes(get["kind"], "madvise") & self._codes(get["lock_mode"], "read")
+        return np.where(fault, kern.astype(np.int8), np.where(writer, np.int8(2),
+                                                              np.where(madvise, np.int8(3), np.int8(-1))))
 
     def mms(self) -> list[str]:
         """The mms in order of first appearance."""

@@ -136,8 +136,8 @@ ARRAYS = {
     "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
-    # per op: bits 0-1 program + 1, 2 start known, 3 end known, 4 started; its VMA id or writer index
-    "op_flags": np.int8, "op_arg": np.int32, "op_think": f8, "op_start": f8,
+    # per op: bits 0-2 program + 1, 3 start known, 4 end known, 5 started (loop.F_*); its VMA id or writer index
+    "op_flags": np.int16, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
     "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
@@ -146,6 +146,9 @@ ARRAYS = {
     # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
     # kind (coherence.RX_NAMES); zeroed pages are mapped lazily, so only lines that move cost memory
     "line_cpu": i8,
+    # per writer (every non-fault op): a madvise's behaviour (ops advice, -1: none) and the VMA
+    # id at its range's start (ops vma_id, -1: none) - the read-mode madvise program's
+    "w_advice": i8, "w_vma": i8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -259,7 +262,7 @@ us_p = _array_accessor("us_p", i8)
 us_ops = _array_accessor("us_ops", np.int32)
 th_ops_p = _array_accessor("th_ops_p", i8)
 th_order = _array_accessor("th_order", np.int32)
-op_flags = _array_accessor("op_flags", np.int8)
+op_flags = _array_accessor("op_flags", np.int16)
 op_arg = _array_accessor("op_arg", np.int32)
 op_think = _array_accessor("op_think", f8)
 op_start = _array_accessor("op_start", f8)
@@ -270,6 +273,8 @@ fp_hold_b = _array_accessor("fp_hold_b", f8)
 fp_hold_ns = _array_accessor("fp_hold_ns", f8)
 fp_lines = _array_accessor("fp_lines", i8)
 line_cpu = _array_accessor("line_cpu", i8)
+w_advice = _array_accessor("w_advice", i8)
+w_vma = _array_accessor("w_vma", i8)
 
 
 class State:

@@ -80,6 +80,7 @@ class Layout:
 
 VMA_LOCKS = (None, "rwsem", "refcnt")
 WAKES = ("last", "eager")
+MM_LOCK_SEQS = (None, "int", "seqcount")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,19 @@ class LockParams:
     lock_offset: int | None = None
     """inline-rwsem: the rwsem's offset in vm_area_struct (documentation; the layout
     carries the fields)."""
+    mm_lock_seq: str | None = None
+    """How the kernel keeps mm->mm_lock_seq (None: no CONFIG_PER_VMA_LOCK, <= 6.3).  "int":
+    6.4-6.13, ``int mm_lock_seq`` bumped only by vma_end_write_all() (``WRITE_ONCE(mm->mm_lock_seq,
+    mm->mm_lock_seq + 1)``, later smp_store_release()); vma_start_read() compares
+    ``READ_ONCE(vma->vm_mm->mm_lock_seq)`` and, after the trylock, the same load
+    (smp_load_acquire() from 6.9).  "seqcount": ``seqcount_t mm_lock_seq`` ("mm: convert
+    mm_lock_seq to a proper seqcount", Suren Baghdasaryan, v6.14; under the v7/v8 postings
+    and "move per-vma lock into vm_area_struct" in mm-unstable): mmap_write_lock() ->
+    mm_lock_seqcount_begin() makes it odd, vma_end_write_all() -> mm_lock_seqcount_end() even
+    again; vma_start_read() compares ``READ_ONCE(mm_lock_seq.sequence)`` and then
+    ``raw_read_seqcount()``.  The compare is the same; a seqcount model's writer program has
+    MM_SEQ_WRITE_BEGIN (one more store to mm_lock_seq's line per write-locked section) and
+    an "int" one must not (Model checks it where the parameter is given)."""
 
     @classmethod
     def parse(cls, model: str, given: dict) -> "LockParams":
@@ -118,7 +132,7 @@ class LockParams:
             raise ValueError(f"model {model!r}: unknown parameter {', '.join(unknown)}; known: {', '.join(known)}")
         for k, v in given.items():
             want = {"vma_lock": (str, type(None)), "ref_limit": int, "wake": str, "writer_ref": int,
-                    "typesafe_by_rcu": bool, "lock_offset": (int, type(None))}[k]
+                    "typesafe_by_rcu": bool, "lock_offset": (int, type(None)), "mm_lock_seq": (str, type(None))}[k]
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise ValueError(f"model {model!r}: parameter {k} = {v!r} has the wrong type")
         p = cls(**given)
@@ -131,6 +145,10 @@ class LockParams:
                              f"VMA_LOCK_OFFSET - 1 in v6.15), not {p.ref_limit}")
         if p.ref_limit < 0 or p.writer_ref < 0:
             raise ValueError(f"model {model!r}: ref_limit and writer_ref cannot be negative")
+        if p.mm_lock_seq not in MM_LOCK_SEQS:
+            raise ValueError(f"model {model!r}: mm_lock_seq must be one of {MM_LOCK_SEQS}, not {p.mm_lock_seq!r}")
+        if p.vma_lock is None and p.mm_lock_seq is not None:
+            raise ValueError(f"model {model!r}: mm_lock_seq without a per-VMA lock (mmap_lock alone has none)")
         return p
 
 
@@ -147,6 +165,7 @@ class Model:
     # the release whose fault-path rules (batch sizes: replay/models/kernels.py
     # FAULT_PATH_KERNELS) a replay follows unless the run names another
     release: str = "6.18"
+    madvise: list | None = None  # a read-mode madvise (MADV_DONTNEED, MADV_FREE, ...); None: MADVISE_MMAP_READ
 
     def digest(self) -> str:
         """Content hash of the layout, programs, parameters and release."""
@@ -155,18 +174,41 @@ class Model:
         return hashlib.sha256(repr((self.layout, self.programs, sorted(self.params.items()), self.release))
                               .encode()).hexdigest()[:16]
 
+    PROGRAMS = ("fault", "kernel_fault", "writer", "madvise")  # the engine's program numbers, in order
+
     def __post_init__(self):
         self.lock = LockParams.parse(self.name, self.params)  # what the engines read
         self.programs = {
             "fault": compile_program(self.fault),
             "kernel_fault": compile_program(self.kernel_fault),
             "writer": compile_program(self.writer),
+            "madvise": compile_program(self.madvise if self.madvise is not None else MADVISE_MMAP_READ),
         }
+        begins = any(ins[0] == Op.MM_SEQ_WRITE_BEGIN for ins in self.writer)
+        if self.lock.mm_lock_seq is not None and begins != (self.lock.mm_lock_seq == "seqcount"):
+            raise ValueError(f"model {self.name!r}: mm_lock_seq {self.lock.mm_lock_seq!r} but its writer "
+                             f"{'has' if begins else 'lacks'} MM_SEQ_WRITE_BEGIN (mmap_write_lock()'s "
+                             f"mm_lock_seqcount_begin())")
         missing = sorted(f"{o}.{f}" for o, f in needed_fields(self)
                          if getattr(self.layout, o) is None or f not in getattr(self.layout, o).fields)
         if missing:
             raise ValueError(f"model {self.name!r}: its programs need {', '.join(missing)}, which its layout lacks")
 
+
+# A read-mode madvise up to v6.16, mm/madvise.c do_madvise(): madvise_need_mmap_write() is 0
+# for MADV_DONTNEED, MADV_FREE, MADV_WILLNEED, MADV_COLD, MADV_PAGEOUT, MADV_REMOVE, ... so
+# ``mmap_read_lock(mm)`` (not a trylock), find_vma_prev() and the VMA walk, the behaviour on
+# each VMA, ``mmap_read_unlock(mm)``.  The work under the lock is the trace's (WORK "madvise":
+# the op's hold_ns - its mmap_lock read hold, or sys_enter -> sys_exit where the trace has no
+# lock events).  v6.17 takes the VMA lock instead for some (kernels.py, mainline).
+MADVISE_MMAP_READ = [
+    (Op.RWSEM_DOWN_READ, "mmap_lock"),  # mmap_read_lock()
+    (Op.READ, "mm", "mm_mt"),  # find_vma_prev(): the maple tree
+    (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags of each VMA in the range
+    (Op.WORK, "madvise"),  # madvise_vma_behavior() on each VMA: zap_page_range_single(), ...
+    (Op.RWSEM_UP_READ, "mmap_lock"),  # mmap_read_unlock()
+    (Op.END,),
+]
 
 # Fields the engine reads for an op without the program naming them (replay/engine/load.py
 # turns them into offsets and line ids; micro.py, rwsem.py and vma.py use them).
@@ -188,7 +230,7 @@ def needed_fields(model: "Model") -> set[tuple[str, str]]:
     those its ops imply; ``READ vma vm_lock`` with the lock inline (no vm_lock pointer)
     reads vm_start, as replay/engine/isa.py encode() does."""
     need = {("mm", "mmap_lock.count"), ("mm", "mmap_lock.owner"), ("vma", "vm_start")}
-    for prog in (model.fault, model.kernel_fault, model.writer):
+    for prog in (model.fault, model.kernel_fault, model.writer, model.madvise or MADVISE_MMAP_READ):
         for ins in prog:
             op = Op(ins[0])
             enc = BY_OP[op].encoding

@@ -54,7 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.isa import Op
-from .base import Layout, Model, Struct
+from .base import MADVISE_MMAP_READ, Layout, Model, Struct
 
 VMA_LOCK_OFFSET = 0x40000000
 
@@ -419,6 +419,45 @@ def _kernel_fault(prefetchw: bool = True) -> list:
 
 KERNEL_FAULT = _kernel_fault()
 
+
+def _madvise_vma_lock() -> list:
+    """A read-mode madvise from v6.17 ("mm: use per_vma lock for MADV_DONTNEED" and "mm:
+    madvise: use per_vma lock for MADV_FREE", Barry Song, in "[GIT PULL] MM updates for
+    6.17-rc1" <20250730152806.16f5c618e3af0d3b8dea3159@linux-foundation.org>), as 6.18's
+    mm/madvise.c has it: get_lock_mode() returns MADVISE_VMA_READ_LOCK for MADV_DONTNEED,
+    MADV_DONTNEED_LOCKED and MADV_FREE (MADVISE_MMAP_READ_LOCK for the other read-mode
+    behaviours), madvise_lock() then takes no lock, and madvise_walk_vmas() calls
+    try_vma_read_lock(): ``vma = lock_vma_under_rcu(mm, madv_behavior->range.start); if
+    (!vma) goto take_mmap_read_lock;`` and ``if (madv_behavior->range.end > vma->vm_end ||
+    current->mm != mm || userfaultfd_armed(vma)) { vma_end_read(vma); goto
+    take_mmap_read_lock; }`` - a single VMA under its VMA lock, else ``mmap_read_lock(mm)``
+    and the walk.  lock_vma_under_rcu() (mm/mmap_lock.c) is the fault's: mas_walk(),
+    vma_start_read(), a detached VMA re-walked (VMA_LOCK_MISS), the range check.  It
+    counts VMA_LOCK_ABORT / VMA_LOCK_MISS in vmstat for madvise as for faults; the
+    engine's outcome columns are the faults' and this program records none."""
+    return [
+        (Op.MADV_VMA_LOCK, "m_mmap"),  # get_lock_mode() != MADVISE_VMA_READ_LOCK
+        (Op.LABEL, "m_walk"),
+        (Op.WALK, "m_mmap"),  # lock_vma_under_rcu(mm, range.start): mas_walk(); none -> inval
+        (Op.READ, "vma", "vm_start"),
+        (Op.CHECK_SEQ, "m_mmap"),  # vma_start_read(): write-locked -> NULL
+        (Op.REF_GET, "m_mmap", "m_detached"),
+        (Op.CHECK_MM, "m_put"),
+        (Op.CHECK_SEQ, "m_put"),
+        (Op.CHECK_RANGE, "m_put"),  # address outside vm_start..vm_end -> vma_end_read(), inval
+        (Op.CHECK_SPAN, "m_put"),  # range.end > vma->vm_end -> vma_end_read(), mmap_read_lock()
+        (Op.WORK, "madvise"),  # madvise_vma_behavior() on the one VMA
+        (Op.REF_PUT,),  # vma_end_read()
+        (Op.END,),
+        (Op.LABEL, "m_detached"),  # vma_start_read() -> -EAGAIN: VMA_LOCK_MISS, mas_set(), retry
+        (Op.GOTO, "m_walk"),
+        (Op.LABEL, "m_put"),
+        (Op.REF_PUT,),  # vma_end_read()
+        (Op.LABEL, "m_mmap"),
+        *MADVISE_MMAP_READ,  # take_mmap_read_lock: mmap_read_lock(mm), the walk, mmap_read_unlock()
+    ]
+
+
 MODELS = {}
 
 
@@ -441,7 +480,8 @@ _add(Model(
     ["mm/memory.c lock_vma_under_rcu() (50ee32537206, v6.4)", "include/linux/mm.h vma_start_read(), vma_start_write() (v6.4-v6.14)"],
     Layout(MM_64, VMA_PERVMA, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-    params={"vma_lock": "rwsem"}, release="6.4",
+    # mm_lock_seq an int, as 6.4-6.13 have it (6.14 has the seqcount: see LockParams.mm_lock_seq)
+    params={"vma_lock": "rwsem", "mm_lock_seq": "int"}, release="6.4",
 ))
 _add(Model(
     "inline-rwsem", "pervma's algorithm with the rwsem in its own line of a 256-byte cache-aligned vm_area_struct",
@@ -449,8 +489,11 @@ _add(Model(
      "<20250109023025.2242447-3-surenb@google.com>) applied alone: struct vma_lock vm_lock "
      "____cacheline_aligned_in_smp in vm_area_struct, freed through call_rcu()"],
     Layout(MM_64, VMA_INLINE_RWSEM, vma_lock_in="vma", free_after_gp=True),
-    fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
-    params={"vma_lock": "rwsem", "lock_offset": INLINE_LOCK_OFFSET}, release="6.13",
+    # the patch applies over "mm: convert mm_lock_seq to a proper seqcount": its context lines
+    # are ``READ_ONCE(vma->vm_mm->mm_lock_seq.sequence)`` and ``raw_read_seqcount(&vma->vm_mm->
+    # mm_lock_seq)`` (v4 2/5, <20241120000826.335387-3-surenb@google.com>, as in v8 02/16)
+    fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(True),
+    params={"vma_lock": "rwsem", "lock_offset": INLINE_LOCK_OFFSET, "mm_lock_seq": "seqcount"}, release="6.13",
 ))
 for _name, _limit, _wake, _desc in (
     ("v7", VMA_LOCK_OFFSET - 2, "eager", "vm_refcnt in a 256-byte cache-aligned VMA; writers take a count; readers wake the writer on every exit"),
@@ -459,9 +502,13 @@ for _name, _limit, _wake, _desc in (
     _add(Model(
         _name, _desc, [f"\"move per-vma lock into vm_area_struct\" {_name} (Suren Baghdasaryan, {'Dec 2024' if _name == 'v7' else 'Jan 2025'})"],
         Layout(MM, VMA_V8, vma_lock_in=""),
-        fault=_vma_lock_fault("refcnt") + _detached(False), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
+        # mm_lock_seq a seqcount: v7 12/17 (<20241226170710.1159679-13-surenb@google.com>) reads
+        # ``READ_ONCE(vma->vm_mm->mm_lock_seq.sequence)`` and ``raw_read_seqcount(&vma->vm_mm->
+        # mm_lock_seq)``; "mm: convert mm_lock_seq to a proper seqcount" sat under the series in
+        # mm-unstable (linux-next, 9 Dec 2024 and 6 Jan 2025, <20250106140928.50569876@canb.auug.org.au>)
+        fault=_vma_lock_fault("refcnt") + _detached(False), kernel_fault=KERNEL_FAULT, writer=_vma_writer(True),
         params={"vma_lock": "refcnt", "ref_limit": _limit, "wake": _wake, "writer_ref": 1 if _name == "v7" else 0,
-                "typesafe_by_rcu": True}, release="6.13",
+                "typesafe_by_rcu": True, "mm_lock_seq": "seqcount"}, release="6.13",
     ))
 _add(Model(
     "mainline", "6.15+: vm_refcnt at 128 in a 192-byte VMA; detached means miss and re-walk; mm_lock_seq a seqcount",
@@ -469,7 +516,7 @@ _add(Model(
      "include/linux/mmap_lock.h vma_refcount_put(), is_vma_writer_only() (v6.15)"],
     Layout(MM, VMA_MAINLINE, vma_lock_in=""),
     fault=_vma_lock_fault("refcnt", prefetchw=False) + _detached(True), kernel_fault=_kernel_fault(prefetchw=False),
-    writer=_vma_writer(True),
+    writer=_vma_writer(True), madvise=_madvise_vma_lock(),
     params={"vma_lock": "refcnt", "ref_limit": VMA_LOCK_OFFSET - 1, "wake": "last", "writer_ref": 0,
-            "typesafe_by_rcu": True}, release="6.18",
+            "typesafe_by_rcu": True, "mm_lock_seq": "seqcount"}, release="6.18",
 ))
