@@ -4,7 +4,7 @@
 -- param run_id: only this run (default: every run)
 -- column run_id VARCHAR: the run
 -- column section VARCHAR: class (a class's statistics line) or contention_point (a call site that waited, listed under its class)
--- column class_name VARCHAR: the class as lockdep names it: &mm->mmap_lock (init_rwsem(&mm->mmap_lock), include/linux/mmap_lock.h mmap_init_lock()), &vma->vm_lock->lock (pervma: init_rwsem() in kernel/fork.c vma_lock_alloc(), v6.4), &vma->vm_lock.lock (inline-rwsem: the rwsem inside vm_area_struct, as in the first step of "move per-vma lock into vm_area_struct"), vm_lock (the vm_refcnt "lock": lockdep_init_map(&vma->vmlock_dep_map, "vm_lock", ...) in vma_lock_init(), v6.15)
+-- column class_name VARCHAR: the class as lockdep names it: &mm->mmap_lock (init_rwsem(&mm->mmap_lock), include/linux/mmap_lock.h mmap_init_lock()), &vma->vm_lock->lock (pervma: init_rwsem() in kernel/fork.c vma_lock_alloc(), v6.4), &vma->vm_lock.lock (inline-rwsem: the rwsem inside vm_area_struct, as in the first step of "move per-vma lock into vm_area_struct"), vm_lock (the vm_refcnt "lock": lockdep_init_map(&vma->vmlock_dep_map, "vm_lock", ...) in vma_lock_init(), v6.15); the fault path's spinlocks where it ran (replay/engine/faultpath.py): &zone->lock, &lruvec->lru_lock, &mm->rss_stat[MM_ANONPAGES].lock
 -- column rw VARCHAR: R+W (reads and writes together), R (reads only); lockdep prints -W and -R lines where a class has both
 -- column con_bounces BIGINT: transfers of the lock word's cache line between CPUs (lockdep: contentions that involved another CPU's data)
 -- column contentions BIGINT: acquisitions that blocked
@@ -39,6 +39,7 @@ WITH runs_m AS (SELECT run_id, model FROM runs WHERE $run_id IS NULL OR run_id =
 classes AS (
     SELECT s.run_id,
            CASE WHEN s.lock_class = 'mmap_lock' THEN '&mm->mmap_lock'
+                WHEN s.lock_class <> 'vma_lock' THEN '&' || s.lock_class  -- the fault path's spinlocks
                 WHEN m.model = 'inline-rwsem' THEN '&vma->vm_lock.lock'
                 ELSE '&vma->vm_lock->lock' END AS class_name,
            'R+W' AS rw,

@@ -218,6 +218,7 @@ def _rich_table(rows: list[dict], columns: list[str], title: str | None, width: 
     """Cells wrap between words, never inside one (unless a word is wider than the
     screen); when the headers are what does not fit, they break after their '_'."""
     from rich.table import Table
+    from rich.text import Text
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     room = width - (3 * len(columns) + 1)  # borders and padding
@@ -232,8 +233,8 @@ def _rich_table(rows: list[dict], columns: list[str], title: str | None, width: 
     for i, c in enumerate(columns):
         t.add_column(headers[i], justify="right" if _numeric(rows, c) else "left", overflow="fold",
                      width=None if widths is None else widths[i])
-    for row in cells:
-        t.add_row(*row)
+    for row in cells:  # data, never rich markup: "lruvec[node0].lists", a comm "[kworker/0:1]"
+        t.add_row(*(Text(x) for x in row))
     return t
 
 

@@ -37,7 +37,10 @@ from replay.engine.rwsem import RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED
 from replay.machines import load_machine
 from replay.models import get_model
 
-BDW = load_machine("broadwell-2s")
+# the lock semantics are tested with one service time per fault, as before the fault path
+# existed; the fault path (handle_mm_fault()'s shared resources) has its own tests,
+# tests/test_fault_path.py, on toy profiles
+BDW = dataclasses.replace(load_machine("broadwell-2s"), fault_path=None)
 SLOW = dataclasses.replace(BDW, fault_service_ns=100_000.0)
 PER_VMA = ["pervma", "inline-rwsem", "v7", "v8", "mainline"]
 MODELS = ["mmap_lock", *PER_VMA]
