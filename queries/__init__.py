@@ -109,6 +109,7 @@ COLUMN_DOCS = {
         "observed_fallback": "user fault that took mmap_lock for read in the trace",
         "observed_anon_prepare": "first write fault of a private VMA whose mmap_read_trylock looked like a fallback",
         "observed_mmap_write": "fault that took mmap_lock for write (stack expansion)",
+        "advice": "madvise: its behaviour (MADV_*; null for other ops)",
         "hold_ns": "recorded mmap_lock hold (acquired -> released; a downgrading writer's: acquired -> mmap_write_downgrade())",
         "read_hold_ns": "a writer that called mmap_write_downgrade() (munmap, brk, mremap): its read-locked hold after it, to mmap_read_unlock()",
         "service_ns": "fault: its recorded handle_mm_fault() time, to its fault_end (from its latest mmap_lock "
