@@ -97,7 +97,7 @@ class Run:
 MIN_SERVICE_SAMPLES = 20
 # Bumped whenever the engine's semantics change, so a run id never names two different
 # results.
-REFERENCE_VERSION = 15
+REFERENCE_VERSION = 16
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
@@ -113,6 +113,11 @@ REFERENCE_VERSION = 15
 # 9: layouts per kernel (replay/models/kernels.py): 6.3's mm_struct and vm_area_struct for
 #    mmap_lock, 6.4's for pervma, v8 02/16's rwsem placement for inline-rwsem, v8's struct
 #    with its shared field; VMA objects packed at their real sizes
+# 16: sem->wait_lock (offset 20 of every rwsem, on its own line in each layout) taken as a
+#    spinlock around every wait-list change - the slow paths' queueing and each retry of a
+#    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
+#    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
+#    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
 
 # The spread of handle_mm_fault() times where the trace has none of its own: the
 # robust log-spread ((ln q75 - ln q25) / 1.349) of the 533 fallen-back faults' mmap_lock

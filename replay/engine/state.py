@@ -63,6 +63,9 @@ CONFIG = _rec(
     # variation.py: how each fault's service time is drawn, and the start barrier
     ("service_mode",), ("service_sigma", f8), ("seed",), ("barrier_wake_ns", f8), ("nsamples",),
     ("recorded_service",),  # 1: a fault with a recorded time (op_service not NaN) takes it
+    # rwsem.py: sem->wait_lock's line (mmap_lock's, and its offset in a VMA's rwsem), and
+    # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
+    ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
 )
 THREAD = _rec(
     # scheduling
@@ -82,6 +85,8 @@ THREAD = _rec(
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
     ("wc_next",),  # in the list of faults waiting for their VMA's creator
+    ("wake_q_next",),  # in a waker's wake_q (rwsem.wake_q_add())
+    ("waking",),  # woken by a wake_up_q() step still to come: runnable when its event fires (sched.wake_at)
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -90,6 +95,9 @@ LOCK = _rec(
     ("wait_head",), ("wait_tail",), ("osq_head",), ("osq_tail",),
     ("acquisitions",), ("contentions",), ("trylock_failures",),
     ("wait_total", f8), ("wait_max", f8), ("wait_min", f8), ("hold_total", f8), ("hold_max", f8), ("hold_min", f8),
+    # sem->wait_lock: its line, and when its holder's unlock commits (a spinlock: a taker waits until then)
+    ("wait_lock_line",), ("wait_lock_until", f8),
+    ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
 LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
 VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",))
