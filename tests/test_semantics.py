@@ -18,7 +18,8 @@ import pytest
 from replay.engine import fault_service_time, replay
 from replay.engine.rwsem import (DR_GRANTED, DR_OWNER, DR_WAIT, RWSEM_FLAG_HANDOFF, RWSEM_FLAG_WAITERS,
                                  RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED, down_read,
-                                 down_read_trylock, rwsem_mark_wake, waiter_add, RWSEM_WAIT_TIMEOUT_NS)
+                                 down_read_trylock, rwsem_mark_wake, waiter_add, wake_up_q, RWSEM_WAIT_TIMEOUT_NS)
+from replay.engine.variation import BARRIER_WAKE_NS
 from replay.engine.vma import vma_start_write_step
 from replay.models import get_model
 from replay.models.kernels import VMA_LOCK_OFFSET
@@ -36,14 +37,17 @@ def test_readers_are_woken_at_most_max_readers_wakeup_at_a_time():
     # the queue and stops at woken >= MAX_READERS_WAKEUP (0x100 = 256).  The other
     # 300 - 256 = 44 stay queued with RWSEM_FLAG_WAITERS set, until the last of the 256
     # calls up_read() and finds count == FLAG_WAITERS: that rwsem_wake() grants them.
-    # The 256 each hold the lock for the 100 us fault service time (8 CPUs: 32 of them run
-    # one after another on each), so the 44 wait at least 100 us more than the writer's
-    # hold; the 256 only for the writer (< 500 us).
+    # The writer's wake_up_q() wakes the 256 one after another, one wake cost (W =
+    # BARRIER_WAKE_NS) apart, so all 256 are awake by 500 us + 256 W; the last of them
+    # then holds the lock for the 100 us fault service time, so none of the 44 is woken
+    # before 500 us + 255 W + 100 us.  (A reader's lock wait ends at its wake-up, and it
+    # began its op at most a few hundred ns before it slept.)
     m = SLOW  # fault service 100 us
     rows = mk([(1, "mprotect", [1], 0, 500_000)] + [(t, "fault", 1, 10_000, None) for t in range(2, 302)])
     r, locks, _ = run("mmap_lock", m, 8, rows)
-    waits = sorted(r[i]["lock_wait_ns"] for i in range(1, 301))
-    assert waits[255] < 500_000 and waits[256] > 500_000 + 100_000
+    woken = sorted(r[i]["start_ns"] + r[i]["lock_wait_ns"] for i in range(1, 301))
+    assert woken[0] > 500_000 and woken[255] < 500_000 + 256 * BARRIER_WAKE_NS
+    assert woken[256] > 500_000 + 255 * BARRIER_WAKE_NS + 100_000
     assert locks["mm"]["acquisitions"] == 301 and locks["mm"]["contentions"] >= 300
 
 
@@ -179,7 +183,11 @@ class Box:
             self.r.g["now"] = end
 
     def mark_wake(self):
-        rwsem_mark_wake(self.r.S, 0, False)  # RWSEM_WAKE_ANY
+        """rwsem_mark_wake(RWSEM_WAKE_ANY) by the last thread (which none of these tests
+        queues), then its wake_up_q()."""
+        waker = len(self.th) - 1
+        end = rwsem_mark_wake(self.r.S, waker, 0, False, self.r.now)
+        wake_up_q(self.r.S, waker, 0, end)
 
     def granted(self, i):  # holds the lock for read (down_read() returns to it with it)
         return self.th[i]["dr"] in (DR_OWNER, DR_GRANTED)

@@ -121,7 +121,12 @@ MIN_SERVICE_SAMPLES = 20
 # 17: handle_mm_fault() on profiles with a [fault_path]: the page allocator's pcp refills
 #     under zone->lock, the memcg charge, clearing the page, the rss counter, the LRU
 #     batch under lru_lock, a PTE page per 512 faults, per fault kind (faultpath.py)
-REFERENCE_VERSION = 17
+# 18: sem->wait_lock (offset 20 of every rwsem, on its own line in each layout) taken as a
+#    spinlock around every wait-list change - the slow paths' queueing and each retry of a
+#    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
+#    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
+#    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
+REFERENCE_VERSION = 18
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
@@ -137,7 +142,6 @@ REFERENCE_VERSION = 17
 # 9: layouts per kernel (replay/models/kernels.py): 6.3's mm_struct and vm_area_struct for
 #    mmap_lock, 6.4's for pervma, v8 02/16's rwsem placement for inline-rwsem, v8's struct
 #    with its shared field; VMA objects packed at their real sizes
-
 # The spread of handle_mm_fault() times where the trace has none of its own: the
 # robust log-spread ((ln q75 - ln q25) / 1.349) of the 533 fallen-back faults' mmap_lock
 # holds in sample_traces/mprotect-race, recorded on our machine - an estimate.

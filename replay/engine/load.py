@@ -325,14 +325,15 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     # (replay/models/base.py needed_fields()), so the 0 is never read
     k["off_vm_lock_seq"] = vma_st.fields.get("vm_lock_seq", 0)
     k["off_vm_refcnt"] = vma_st.fields.get("vm_refcnt", 0)
-    if lay.vma_lock_in == "vma_lock":
-        k["vl_off_count"], k["vl_off_owner"] = lay.vma_lock.fields["lock.count"], lay.vma_lock.fields["lock.owner"]
-    elif lay.vma_lock_in == "vma":
-        k["vl_off_count"], k["vl_off_owner"] = vma_st.fields["lock.count"], vma_st.fields["lock.owner"]
-        k["vl_in_vma"] = 1
+    if lay.vma_lock_in in ("vma_lock", "vma"):
+        vl = lay.vma_lock if lay.vma_lock_in == "vma_lock" else vma_st
+        k["vl_off_count"], k["vl_off_owner"] = vl.fields["lock.count"], vl.fields["lock.owner"]
+        k["vl_off_wait_lock"] = vl.fields["lock.wait_lock"]
+        k["vl_in_vma"] = int(lay.vma_lock_in == "vma")
     mmf = lay.mm.fields
     for name, f in (("mm_mt", "mm_mt"), ("mm_count", "mmap_lock.count"), ("mm_owner", "mmap_lock.owner"),
-                    ("mm_vma_writer_wait", "vma_writer_wait"), ("mm_lock_seq", "mm_lock_seq")):
+                    ("mm_wait_lock", "mmap_lock.wait_lock"), ("mm_vma_writer_wait", "vma_writer_wait"),
+                    ("mm_lock_seq", "mm_lock_seq")):
         k[name] = mmf.get(f, 0) // 64
     k["nsock"], k["mask_words"] = nsock, W
     L = machine.latency_ns
@@ -349,6 +350,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["barrier_wake_ns"] = BARRIER_WAKE_NS
     for name, v in (plan.cfg if plan is not None else {}).items():
         k[name] = v
+    k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
     nlk = max_obj + 1
@@ -369,8 +371,9 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
                held_mm=np.nan, held_v=np.nan)
-    lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan)
-    lk[0]["count_line"], lk[0]["owner_line"] = k["mm_count"], k["mm_owner"]
+    lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
+               wake_q_head=-1, wake_q_tail=-1)
+    lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
     arrays = dict(
         g=g, cfg=np.array([k]), th=th, lk=lk,
         ln=table(st.LINE, nlines, owner=-1), sharers=np.zeros(nlines * (nsock + W), np.int64),
@@ -456,7 +459,7 @@ def line_stats(state, model, meta) -> list[dict]:
             put(64 * 64 + rel + off, f"vm_area_struct.{f}")
         if lay.vma_lock_in == "vma_lock":
             a = lay.vma_lock.address(slot, 0)
-            for f in ("lock.count", "lock.owner"):
+            for f in ("lock.count", "lock.owner", "lock.wait_lock"):
                 put((64 + meta["vlines"]) * 64 + a + lay.vma_lock.fields[f], f"vma_lock.{f}")
     plan = meta.get("plan")
     for d, nm in (plan.names.items() if plan is not None else ()):  # the fault path's own lines

@@ -20,7 +20,7 @@ from numba import njit
 
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
-from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, wake
+from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
 from .state import (cfg, cpu, glob, heap, insn, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
                     th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, w_vma, waiting_writers)
 from .variation import start_offset
@@ -222,6 +222,10 @@ def _step(S, t):
     g = glob(S, 0)
     c = th.cpu
     q = cpu(S, c)
+    if th.waking:  # its wake_up_q() step has come (sched.wake_at): it wants its CPU
+        th.waking = False
+        runnable(S, t)
+        return
     if th.thinking:  # back from its gap: needs its CPU again
         th.thinking = False
         if q.busy >= 0 and q.busy != t:

@@ -28,6 +28,18 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
 * rwsem_mark_wake() - a writer at the head is woken to retry; readers at the head get
   the lock together - every queued reader, up to MAX_READERS_WAKEUP, writers skipped -
   unless a writer holds it by then.
+* sem->wait_lock (a raw spinlock, at the rwsem's offset 20: on the count's line for a
+  40-byte rwsem at a line start, elsewhere in mm_struct - replay/models/kernels.py) is
+  taken (an atomic on its line) by every change of the wait list: queueing in
+  rwsem_down_read_slowpath()/rwsem_down_write_slowpath() - a queued writer takes it
+  again at each retry - and rwsem_wake()/rwsem_downgrade_wake() (and a stealing reader
+  waking the readers behind it) around rwsem_mark_wake(), whose atomics run under it.
+  A CPU taking it while another holds it spins until the holder's unlock commits.
+  The same in v6.4 and v6.18 (kernel/locking/rwsem.c).
+* wake-ups go through a wake_q: rwsem_mark_wake() queues the waiters and the waker,
+  after dropping wait_lock, runs wake_up_q() - one try_to_wake_up() per waiter, one
+  after another, so waiter i is woken i wake costs after the first and the waker pays
+  them all (wake_up_q() below).
 
 Multi-step operations keep where they are in thread registers (``try_state``, ``dr``,
 ``dw``) and return ``again`` so the interpreter re-runs them after their access.
@@ -38,8 +50,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .coherence import read, rmw, rmw_from, store
-from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block, wake
+from .coherence import read, read_from, rmw, rmw_from, store, store_from
+from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block_at, wake_at
 from .state import cfg, cpu, glob, line, lock, thread
 
 RWSEM_WRITER_LOCKED = 1 << 0
@@ -157,26 +169,103 @@ def osq_del(S, k, t):
         lk.osq_tail = p
 
 
+# -- sem->wait_lock and the wake_q -----------------------------------------------------------------
+@njit(cache=True)
+def wait_lock_lock(S, t, k, since):
+    """raw_spin_lock_irq(&sem->wait_lock), issued at ``since``: queued_spin_lock()'s
+    "atomic_try_cmpxchg_acquire(&lock->val, &val, _Q_LOCKED_VAL)"
+    (include/asm-generic/qspinlock.h), an atomic on the wait_lock's line; while another
+    CPU holds it (until ``lock.wait_lock_until``) t spins in queued_spin_lock_slowpath()
+    - FIFO, as its MCS queue is - and that spin is the op's lock wait.  Returns when t
+    holds it."""
+    lk, th = lock(S, k), thread(S, t)
+    begin = max(since, lk.wait_lock_until)
+    th.wait += begin - since
+    return rmw_from(S, t, lk.wait_lock_line, True, begin)
+
+
+@njit(cache=True)
+def wait_lock_unlock(S, t, k, since):
+    """raw_spin_unlock_irq(): queued_spin_unlock() is "smp_store_release(&lock->locked,
+    0)", a plain store on x86: t goes on at once (coherence.store_from), and the lock is
+    free for the next taker when the store commits (its store buffer drained)."""
+    end = store_from(S, t, lock(S, k).wait_lock_line, since)
+    lock(S, k).wait_lock_until = thread(S, t).sb_until
+    return end
+
+
+@njit(cache=True)
+def wake_q_add(S, k, w):
+    """wake_q_add(): w joins the waker's wake_q (kept on the lock: rwsem_mark_wake()
+    fills it and wake_up_q() empties it in the same call)."""
+    lk = lock(S, k)
+    thread(S, w).wake_q_next = -1
+    if lk.wake_q_head < 0:
+        lk.wake_q_head = w
+    else:
+        thread(S, lk.wake_q_tail).wake_q_next = w
+    lk.wake_q_tail = w
+
+
+@njit(cache=True)
+def wake_up_q(S, t, k, since):
+    """wake_up_q() (kernel/sched/core.c), run by the waker t after it dropped wait_lock:
+    "while (node != WAKE_Q_TAIL) { ... wake_up_process(task); ... }" - one
+    try_to_wake_up() after another, each ``cfg.wake_q_ns`` of t's time (one figure with
+    the start barrier's futex_wake(), which empties a wake_q the same way:
+    variation.BARRIER_WAKE_NS).  The i-th wakee (from 0) is woken i wake costs after
+    the first, at ``since`` + i * wake_q_ns; t goes on when the last is done.  A wakee
+    that is not asleep (t itself, granted by its own rwsem_mark_wake(), or one granted
+    before it slept) costs nothing: try_to_wake_up() finds it running.  Returns when t
+    goes on."""
+    lk = lock(S, k)
+    cost = cfg(S, 0).wake_q_ns
+    w = lk.wake_q_head
+    lk.wake_q_head = -1
+    lk.wake_q_tail = -1
+    when = since
+    while w >= 0:
+        nxt = thread(S, w).wake_q_next
+        thread(S, w).wake_q_next = -1
+        if w != t and thread(S, w).blocked:
+            wake_at(S, w, k, when)
+            when += cost
+        w = nxt
+    return when
+
+
 # -- waking --------------------------------------------------------------------------------------------
 @njit(cache=True)
-def rwsem_mark_wake(S, k, read_owned):
+def rwsem_mark_wake(S, t, k, read_owned, since):
+    """rwsem_mark_wake(), run by t holding sem->wait_lock from ``since``: the waiters to
+    wake go on the wake_q (wake_up_q() wakes them after the unlock).  Its atomics are
+    t's: for RWSEM_WAKE_ANY a reader grant starts with "oldcount =
+    atomic_long_fetch_add(adjustment, &sem->count)" (and gives the bias back with
+    atomic_long_add() if a writer got there first), then __rwsem_set_reader_owned()
+    stores the owner, and "if (adjustment) atomic_long_add(adjustment, &sem->count)"
+    settles the readers' biases and the flags.  Returns when t is done."""
     lk = lock(S, k)
     first = lk.wait_head
     if first < 0:
-        return
+        return since
+    end = since
     if thread(S, first).waiter_write:
         if not read_owned and thread(S, first).blocked:
-            wake(S, first, k)  # it retries rwsem_try_write_lock()
-        return
-    if not read_owned and lk.count & RWSEM_WRITER_LOCKED:
-        # rwsem_mark_wake(): a writer took the lock before the readers could be granted
-        # it; "When we've been waiting "too" long (for writers to give up the lock),
-        # request a HANDOFF to force the issue": if time_after(jiffies, waiter->timeout),
-        # set RWSEM_FLAG_HANDOFF (unless set) and waiter->handoff_set
-        if glob(S, 0).now - thread(S, first).waiter_since >= RWSEM_WAIT_TIMEOUT_NS:
-            lk.count |= RWSEM_FLAG_HANDOFF
-            thread(S, first).waiter_handoff_set = True
-        return
+            wake_q_add(S, k, first)  # it retries rwsem_try_write_lock()
+        return end
+    c0 = lk.count
+    if not read_owned:
+        end = rmw_from(S, t, lk.count_line, True, end)  # atomic_long_fetch_add(RWSEM_READER_BIAS)
+        if lk.count & RWSEM_WRITER_LOCKED:
+            # rwsem_mark_wake(): a writer took the lock before the readers could be granted
+            # it; "When we've been waiting "too" long (for writers to give up the lock),
+            # request a HANDOFF to force the issue": if time_after(jiffies, waiter->timeout),
+            # set RWSEM_FLAG_HANDOFF (unless set) and waiter->handoff_set
+            if glob(S, 0).now - thread(S, first).waiter_since >= RWSEM_WAIT_TIMEOUT_NS:
+                lk.count |= RWSEM_FLAG_HANDOFF
+                thread(S, first).waiter_handoff_set = True
+            return rmw_from(S, t, lk.count_line, True, end)  # atomic_long_add(-adjustment)
+        end = store_from(S, t, lk.owner_line, end)  # __rwsem_set_reader_owned()
     # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
     n = 0
     w = first
@@ -187,7 +276,7 @@ def rwsem_mark_wake(S, k, read_owned):
             lk.count += RWSEM_READER_BIAS
             acquired(S, k, w)
             thread(S, w).dr = DR_GRANTED
-            wake(S, w, k)
+            wake_q_add(S, k, w)
             n += 1
         w = nxt
     if thread(S, first).waiter_handoff_set:
@@ -195,6 +284,25 @@ def rwsem_mark_wake(S, k, read_owned):
     if lk.wait_head < 0:
         lk.count &= ~RWSEM_FLAG_WAITERS
     lk.owner = RWSEM_READER_OWNED
+    # the count moved by more than the first reader's fetch_add: "if (adjustment)
+    # atomic_long_add(adjustment, &sem->count)"
+    if lk.count - c0 != (0 if read_owned else RWSEM_READER_BIAS):
+        end = rmw_from(S, t, lk.count_line, True, end)
+    return end
+
+
+@njit(cache=True)
+def rwsem_wake(S, t, k, read_owned, since):
+    """rwsem_wake() (from up_read() and up_write()) and rwsem_downgrade_wake()
+    (``read_owned``; also the stealing reader's wake-up in rwsem_down_read_slowpath()):
+    "raw_spin_lock_irqsave(&sem->wait_lock, flags); if (!list_empty(&sem->wait_list))
+    rwsem_mark_wake(sem, ..., &wake_q); raw_spin_unlock_irqrestore(&sem->wait_lock,
+    flags); wake_up_q(&wake_q);" - issued by t at ``since``; returns when t goes on."""
+    end = wait_lock_lock(S, t, k, since)
+    if lock(S, k).wait_head >= 0:
+        end = rwsem_mark_wake(S, t, k, read_owned, end)
+    end = wait_lock_unlock(S, t, k, end)
+    return wake_up_q(S, t, k, end)
 
 
 @njit(cache=True)
@@ -296,27 +404,33 @@ def down_read(S, t, k):
         if not cnt & (RWSEM_WRITER_LOCKED | RWSEM_FLAG_HANDOFF):  # reader optimistic lock stealing
             acquired(S, k, t)
             lk.owner = RWSEM_READER_OWNED
-            if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS and lk.wait_head >= 0:
-                rwsem_mark_wake(S, k, True)
+            if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS:  # "Wake up other readers in the wait queue
+                end = rwsem_wake(S, t, k, True, end)  # if it is the first reader", under wait_lock
             return end, False
     lk.contentions += 1
+    # queue: "raw_spin_lock_irq(&sem->wait_lock); if (list_empty(&sem->wait_list)) ...;
+    # rwsem_add_waiter(); count = atomic_long_add_return(adjustment, &sem->count);
+    # rwsem_cond_wake_waiter(); raw_spin_unlock_irq(&sem->wait_lock); wake_up_q();"
+    end = wait_lock_lock(S, t, k, end)  # after the xadd above
     adjustment = -RWSEM_READER_BIAS
     if lk.wait_head < 0:
         if not lk.count & RWSEM_WRITER_LOCKED:  # empty queue, no writer: keep the bias
             acquired(S, k, t)
             th.dr = DR_OWNER
-            return end, True
+            return wait_lock_unlock(S, t, k, end), True
         adjustment += RWSEM_FLAG_WAITERS
     waiter_add(S, k, t, False)
     lk.count += adjustment
-    end = rmw_from(S, t, lk.count_line, True, end)  # after the xadd above
+    end = rmw_from(S, t, lk.count_line, True, end)
     th.dr = DR_WAIT
     if not lk.count & RWSEM_LOCK_MASK:
-        rwsem_mark_wake(S, k, False)
+        end = rwsem_mark_wake(S, t, k, False, end)
+    end = wait_lock_unlock(S, t, k, end)
+    end = wake_up_q(S, t, k, end)
     if th.dr == DR_GRANTED:
         th.dr = DR_NONE
         return end, False
-    block(S, t)
+    block_at(S, t, end)
     return -1.0, True
 
 
@@ -327,7 +441,7 @@ def up_read(S, t, k):
     lk.count -= RWSEM_READER_BIAS
     end = rmw(S, t, lk.count_line, True)
     if (lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_WAITERS)) == RWSEM_FLAG_WAITERS:
-        rwsem_mark_wake(S, k, False)
+        end = rwsem_wake(S, t, k, False, end)
     _let_spinner_in(S, k)
     return end
 
@@ -373,6 +487,7 @@ def down_write(S, t, k):
             th.wlock = k
         return store(S, t, lk.owner_line), False
     issued = now  # when this call's next atomic issues: after the failed cmpxchg, if there was one
+    queue = False  # into the slow path's queue (else DW_WAIT: woken, it retries)
     if th.dw == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
         free = lk.count == 0
         end = rmw(S, t, lk.count_line, free)
@@ -403,7 +518,7 @@ def down_write(S, t, k):
             if deadline != np.inf:
                 at(S, max(deadline, end), t)
             return -1.0, True
-        _queue_writer(S, t, k)
+        queue = True
     elif th.dw == DW_SPIN:
         since = th.dw_since
         if not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):  # rwsem_try_write_lock_unqueued()
@@ -436,14 +551,32 @@ def down_write(S, t, k):
         if gave_up:  # rwsem_set_nonspinnable(), then out of the loop to the slow path
             th.dw = DW_NONSPIN
             return rwsem_set_nonspinnable(S, t, k), True
-        _queue_writer(S, t, k)
+        queue = True
     elif th.dw == DW_NONSPIN:
+        queue = True
+    # rwsem_down_write_slowpath(), under sem->wait_lock: "raw_spin_lock_irq(&sem->wait_lock);
+    # rwsem_add_waiter(sem, &waiter);" and, first in the queue, "atomic_long_or(
+    # RWSEM_FLAG_WAITERS, &sem->count)"; then "for (;;) { if (rwsem_try_write_lock(sem,
+    # &waiter)) break; raw_spin_unlock_irq(&sem->wait_lock); ... schedule_preempt_disabled();
+    # ... trylock_again: raw_spin_lock_irq(&sem->wait_lock); }" - so a woken writer
+    # (DW_WAIT) takes wait_lock again to retry.
+    end = wait_lock_lock(S, t, k, issued)
+    if queue:
+        was_empty = lk.wait_head < 0
         _queue_writer(S, t, k)
+        if was_empty:
+            end = rmw_from(S, t, lk.count_line, True, end)  # atomic_long_or(RWSEM_FLAG_WAITERS)
+    before = lk.count
     if rwsem_try_write_lock(S, k, t):
         acquired(S, k, t)
         th.dw = DW_OWNER
-        return rmw_from(S, t, lk.count_line, True, issued), True
-    block(S, t)
+        end = rmw_from(S, t, lk.count_line, True, end)  # its cmpxchg
+        return wait_lock_unlock(S, t, k, end), True
+    if lk.count != before:  # it set HANDOFF: a cmpxchg
+        end = rmw_from(S, t, lk.count_line, True, end)
+    else:  # atomic_long_read(&sem->count) and no cmpxchg
+        end = read_from(S, t, lk.count_line, end)
+    block_at(S, t, wait_lock_unlock(S, t, k, end))
     return -1.0, True
 
 
@@ -452,13 +585,17 @@ def downgrade_write(S, t, k):
     """__downgrade_write(): "tmp = atomic_long_fetch_add_release(-RWSEM_WRITER_LOCKED +
     RWSEM_READER_BIAS, &sem->count); rwsem_set_reader_owned(sem); if (tmp &
     RWSEM_FLAG_WAITERS) rwsem_downgrade_wake(sem);" - the writer keeps the lock as a
-    reader, and the readers at the head of the queue join it (__rwsem_mark_wake(sem,
+    reader, and the readers at the head of the queue join it (rwsem_mark_wake(sem,
     RWSEM_WAKE_READ_OWNED): a writer at the head is not woken).  Two steps: the xadd,
-    then the owner store.  Returns (end, again)."""
+    then the owner store and rwsem_downgrade_wake() (wait_lock, the wake_q).  Returns
+    (end, again)."""
     lk, th = lock(S, k), thread(S, t)
     if th.dw == DW_OWNER:  # back for the owner store (the NONSPINNABLE bit stays)
         th.dw = DW_NONE
-        return store(S, t, lk.owner_line), False
+        end = store(S, t, lk.owner_line)
+        if lk.count & RWSEM_FLAG_WAITERS:
+            end = rwsem_wake(S, t, k, True, end)
+        return end, False
     released(S, k, t)  # lockstat: the write hold ends, a read hold begins (lock_downgrade(): no new acquisition)
     hold_begins(S, k, t)
     if k > 0 and th.wlock == k:
@@ -466,8 +603,6 @@ def downgrade_write(S, t, k):
     lk.count += RWSEM_READER_BIAS - RWSEM_WRITER_LOCKED
     end = rmw(S, t, lk.count_line, True)
     lk.owner = RWSEM_READER_OWNED
-    if lk.count & RWSEM_FLAG_WAITERS:
-        rwsem_mark_wake(S, k, True)
     _let_spinner_in(S, k)
     th.dw = DW_OWNER
     return end, True
@@ -484,6 +619,6 @@ def up_write(S, t, k):
     lk.count -= RWSEM_WRITER_LOCKED
     end = rmw(S, t, lk.count_line, True)
     if lk.count & RWSEM_FLAG_WAITERS:
-        rwsem_mark_wake(S, k, False)
+        end = rwsem_wake(S, t, k, False, end)
     _let_spinner_in(S, k)
     return end

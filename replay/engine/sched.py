@@ -5,6 +5,31 @@ superseded (a spinner's timeout after it was let in) and is skipped when popped.
 in time run in scheduling order (``glob.seq``), so a replay is deterministic.  Each
 simulated CPU runs one thread at a time; a woken thread whose CPU is busy waits in that
 CPU's run queue, and a spinning writer yields to it (need_resched()).
+
+A woken thread does not preempt one that is in the middle of an op; it gets the CPU at
+that op's end (loop._step) or when the op sleeps (block_at()).  From the source (Linux
+6.18; the same in 6.6-6.17): try_to_wake_up() -> wakeup_preempt() ->
+check_preempt_wakeup_fair() (kernel/sched/fair.c) only sets TIF_NEED_RESCHED
+(resched_curr_lazy()), and only if __pick_eevdf() returns the wakee - with RUN_TO_PARITY
+(kernel/sched/features.h, on by default) __pick_eevdf() returns the running task while
+it is eligible and inside its protected slice (protect_slice(): se->vprot, set to its
+deadline by set_next_entity(); in 6.6-6.11 "curr->vlag == curr->deadline", "run a task
+until it either becomes non-eligible or until it gets a new slice"), and a slice
+(sysctl_sched_base_slice, 0.7 ms scaled by 1 + ilog2(CPUs), at most x4) is hundreds of
+our ops.  And the running thread is in the kernel - a page fault or an mm syscall is
+what an op is - where the flag is acted on only at a preemption point: with
+preempt=none (__sched_dynamic_update(): might_resched, preempt_schedule and
+irqentry_exit_cond_resched disabled; "Dynamic Preempt: none" on the kernel the sample
+traces were recorded on) only at cond_resched() or schedule() - the op sleeping - and at
+the return to user mode (exit_to_user_mode_loop(), kernel/entry/common.c: "if (ti_work
+& (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZY)) schedule();"), the op's end; with
+preempt=lazy the fair class sets TIF_NEED_RESCHED_LAZY (get_lazy_tif_bit()), which
+waits for the same return or the next tick.  So the engine preempts nothing mid-op
+(tests/test_rwsem_wake.py pins it).  Not modelled: preempt=voluntary's
+might_resched() points and preempt=full, where a running task that is no longer
+eligible can lose its CPU to a wakee at once.  (The other way round, the engine is
+more eager than EEVDF: a thread yields at every op end while another waits for its
+CPU, where RUN_TO_PARITY would keep it running to the end of its slice.)
 """
 
 from __future__ import annotations
@@ -133,8 +158,8 @@ def _rq_pop(S, c):
 
 
 @njit(cache=True, inline="always")
-def release_cpu(S, t):
-    """t leaves its CPU; the first thread queued there runs."""
+def release_cpu_at(S, t, when):
+    """t leaves its CPU at ``when`` (>= now); the first thread queued there runs then."""
     c = thread(S, t).cpu
     q = cpu(S, c)
     if q.busy != t:
@@ -143,45 +168,60 @@ def release_cpu(S, t):
     if q.rq_head >= 0:
         nxt = _rq_pop(S, c)
         q.busy = nxt
-        now = glob(S, 0).now
         tn = thread(S, nxt)
-        if tn.rq_woken:  # woken mid-op onto a busy CPU: off it until now
+        if tn.rq_woken:  # woken mid-op onto a busy CPU: off it until it runs now
             tn.rq_woken = False
-            tn.sleep += now - tn.blocked_at
-        at(S, now, nxt)
+            tn.sleep += when - tn.blocked_at
+        at(S, when, nxt)
+
+
+@njit(cache=True, inline="always")
+def release_cpu(S, t):
+    """t leaves its CPU; the first thread queued there runs."""
+    release_cpu_at(S, t, glob(S, 0).now)
 
 
 @njit(cache=True)
-def block(S, t):
-    """t sleeps (schedule()): it leaves its CPU until wake() (``thread.sleep`` counts the
-    time off it: pft's faults/cpu counts only on-CPU time, getrusage(RUSAGE_THREAD))."""
-    now = glob(S, 0).now
+def block_at(S, t, when):
+    """t sleeps (schedule()) from ``when`` (>= now: the rest of its slow path - dropping
+    sem->wait_lock - runs until then): it leaves its CPU until wake_at().  The time off
+    it, until it runs again, is ``thread.sleep``: pft's faults/cpu counts on-CPU time
+    only (getrusage(RUSAGE_THREAD))."""
     th = thread(S, t)
     th.blocked = True
-    th.blocked_at = now
-    release_cpu(S, t)
+    th.blocked_at = when
+    release_cpu_at(S, t, when)
     # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu)
     if lock(S, 0).owner == t + 1:
         sp = lock(S, 0).osq_head
         while sp >= 0:
-            at(S, now, sp)
+            at(S, when, sp)
             sp = thread(S, sp).osq_next
     k = th.wlock
     if k > 0 and lock(S, k).owner == t + 1:
         sp = lock(S, k).osq_head
         while sp >= 0:
-            at(S, now, sp)
+            at(S, when, sp)
             sp = thread(S, sp).osq_next
 
 
 @njit(cache=True)
-def wake(S, t, k):
-    """Wake t (try_to_wake_up()); its wait counts against lock k (-1: no lock)."""
+def block(S, t):
+    """t sleeps (schedule()) now."""
+    block_at(S, t, glob(S, 0).now)
+
+
+@njit(cache=True)
+def wake_at(S, t, k, when):
+    """try_to_wake_up() of t at ``when`` (>= now: a wake_up_q() step the waker reaches
+    later, rwsem.wake_up_q()); its wait counts against lock k (-1: no lock).  Until then
+    t is no longer asleep (nobody wakes it twice) but not yet runnable (``waking``: its
+    event at ``when`` makes it so, loop._step)."""
     th = thread(S, t)
     if not th.blocked:  # granted before it went to sleep: it will see it
         return
-    now = glob(S, 0).now
-    waited = now - th.blocked_at
+    when = max(when, th.blocked_at)  # not before it slept (block_at())
+    waited = when - th.blocked_at
     th.wait += waited
     if k >= 0:
         lk = lock(S, k)
@@ -189,13 +229,32 @@ def wake(S, t, k):
         lk.wait_max = max(lk.wait_max, waited)
         lk.wait_min = waited if np.isnan(lk.wait_min) else min(lk.wait_min, waited)
     th.blocked = False
-    when = now + WAKEUP_NS
+    if when > glob(S, 0).now:
+        th.waking = True
+        at(S, when, t)
+        return
+    runnable(S, t)
+
+
+@njit(cache=True)
+def wake(S, t, k):
+    """Wake t now (try_to_wake_up()); its wait counts against lock k (-1: no lock)."""
+    wake_at(S, t, k, glob(S, 0).now)
+
+
+@njit(cache=True)
+def runnable(S, t):
+    """t, woken, wants its CPU: an idle CPU runs it after the wake-up latency; a busy
+    one queues it - a spinning writer yields to it (rwsem_optimistic_spin()'s
+    need_resched()), anything else runs its op to the end first (the module docstring)."""
+    th = thread(S, t)
+    now = glob(S, 0).now
     c = th.cpu
     q = cpu(S, c)
     if q.busy < 0:
         q.busy = t
-        th.sleep += when - th.blocked_at  # off its CPU until it runs
-        at(S, when, t)
+        th.sleep += now + WAKEUP_NS - th.blocked_at  # off its CPU until it runs
+        at(S, now + WAKEUP_NS, t)
     else:
         th.rq_woken = True
         rq_push(S, c, t)

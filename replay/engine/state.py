@@ -68,6 +68,9 @@ CONFIG = _rec(
     ("fp_memcg_levels",), ("fp_rss_batch",), ("fp_rss_per_task",), ("fp_pte_ptrs",), ("fp_nhold",),
     ("fp_r_zone",), ("fp_r_lru",), ("fp_r_rss",), ("fp_memcg_line",), ("fp_pgtables_line",),
     ("fp_clear_ns", f8), ("fp_copy_ns", f8), ("fp_lru_folio_ns", f8), ("fp_fold_ns", f8),
+    # rwsem.py: sem->wait_lock's line (mmap_lock's, and its offset in a VMA's rwsem), and
+    # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
+    ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
 )
 THREAD = _rec(
     # scheduling
@@ -94,6 +97,8 @@ THREAD = _rec(
     # the op's time off its CPU (asleep on a lock, then until it runs again), and whether
     # it is runnable in a run queue now, off its CPU since blocked_at (sched.py)
     ("sleep", f8), ("rq_woken",),
+    ("wake_q_next",),  # in a waker's wake_q (rwsem.wake_q_add())
+    ("waking",),  # woken by a wake_up_q() step still to come: runnable when its event fires (sched.wake_at)
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -102,6 +107,9 @@ LOCK = _rec(
     ("wait_head",), ("wait_tail",), ("osq_head",), ("osq_tail",),
     ("acquisitions",), ("contentions",), ("trylock_failures",),
     ("wait_total", f8), ("wait_max", f8), ("wait_min", f8), ("hold_total", f8), ("hold_max", f8), ("hold_min", f8),
+    # sem->wait_lock: its line, and when its holder's unlock commits (a spinlock: a taker waits until then)
+    ("wait_lock_line",), ("wait_lock_until", f8),
+    ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
 LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
 VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",))

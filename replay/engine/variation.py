@@ -37,7 +37,10 @@ from numba import njit
 from .state import cfg, op_service, service_samples
 
 SERVICE_CONSTANT, SERVICE_SAMPLES, SERVICE_LOGNORMAL = 0, 1, 2
-BARRIER_WAKE_NS = 1000.0  # est.: futex_wake() -> try_to_wake_up() per waiter, one after another
+# est.: one try_to_wake_up() in a wake_up_q() loop (kernel/sched/core.c), the waker's time
+# per task it wakes, one after another: futex_wake() (kernel/futex/waitwake.c) empties its
+# wake_q so at the barrier, and so do the rwsem's wake-ups (rwsem.wake_up_q(): cfg.wake_q_ns)
+BARRIER_WAKE_NS = 1000.0
 STREAM_SERVICE, STREAM_NORMAL, STREAM_START = 1, 2, 3
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -95,14 +95,16 @@ def vma_alloc(S, vid):
         lk.count = 0
         lk.owner = 0
         lk.wait_head = lk.wait_tail = lk.osq_head = lk.osq_tail = -1
+        lk.wake_q_head = lk.wake_q_tail = -1
         if k.vl_in_vma:
             rel = _slot_offset(S, slot, k.vma_per_page, k.vma_stride)
-            lk.count_line = k.vma_base + (rel + k.vl_off_count) // 64
-            lk.owner_line = k.vma_base + (rel + k.vl_off_owner) // 64
+            base = k.vma_base
         else:
             rel = _slot_offset(S, slot, k.vl_per_page, k.vl_stride)
-            lk.count_line = k.vl_base + (rel + k.vl_off_count) // 64
-            lk.owner_line = k.vl_base + (rel + k.vl_off_owner) // 64
+            base = k.vl_base
+        lk.count_line = base + (rel + k.vl_off_count) // 64
+        lk.owner_line = base + (rel + k.vl_off_owner) // 64
+        lk.wait_lock_line = base + (rel + k.vl_off_wait_lock) // 64
     if slot == g.nslots:
         g.nslots += 1
     slot_obj(S)[slot] = o

@@ -229,7 +229,7 @@ def needed_fields(model: "Model") -> set[tuple[str, str]]:
     rather than reading offset 0.  The fields a program names (READ vma anon_vma) and
     those its ops imply; ``READ vma vm_lock`` with the lock inline (no vm_lock pointer)
     reads vm_start, as replay/engine/isa.py encode() does."""
-    need = {("mm", "mmap_lock.count"), ("mm", "mmap_lock.owner"), ("vma", "vm_start")}
+    need = {("mm", "mmap_lock.count"), ("mm", "mmap_lock.owner"), ("mm", "mmap_lock.wait_lock"), ("vma", "vm_start")}
     for prog in (model.fault, model.kernel_fault, model.writer, model.madvise or MADVISE_MMAP_READ):
         for ins in prog:
             op = Op(ins[0])
@@ -242,7 +242,7 @@ def needed_fields(model: "Model") -> set[tuple[str, str]]:
     if model.lock.vma_lock == "refcnt":  # vma_start_read(), vma_refcount_put()'s rcuwait_wake_up()
         need |= {("vma", "vm_refcnt"), ("mm", "vma_writer_wait")}
     if model.layout.vma_lock_in == "vma_lock":
-        need |= {("vma_lock", "lock.count"), ("vma_lock", "lock.owner")}
+        need |= {("vma_lock", "lock.count"), ("vma_lock", "lock.owner"), ("vma_lock", "lock.wait_lock")}
     elif model.layout.vma_lock_in == "vma":
-        need |= {("vma", "lock.count"), ("vma", "lock.owner")}
+        need |= {("vma", "lock.count"), ("vma", "lock.owner"), ("vma", "lock.wait_lock")}
     return need

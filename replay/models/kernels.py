@@ -61,8 +61,9 @@ VMA_LOCK_OFFSET = 0x40000000
 # -- layouts ---------------------------------------------------------------------------------
 # x86-64 without debug options (no LOCKDEP, DEBUG_SPINLOCK, DEBUG_RWSEMS, RANDSTRUCT: spinlock_t
 # and raw_spinlock_t are 4 bytes, struct rw_semaphore is 40: count 0, owner 8, osq 16,
-# wait_lock 20, wait_list 24) and, for what the structs depend on, the config of the kernel
-# on our machines (6.18.44, /proc/config.gz), which distro configs share:
+# wait_lock 20, wait_list 24 - pahole -C rw_semaphore on 6.18.44's BTF; every rwsem below
+# lists wait_lock, its count + 20, which the slow paths and wake-ups take) and, for what
+# the structs depend on, the config of the kernel on our machines (6.18.44, /proc/config.gz), which distro configs share:
 # CONFIG_PER_VMA_LOCK=y (from 6.4), CONFIG_NUMA=y, CONFIG_NUMA_BALANCING=y, CONFIG_SWAP=y,
 # CONFIG_USERFAULTFD=y, CONFIG_MMU=y, CONFIG_MEMBARRIER=y, CONFIG_SCHED_MM_CID=y (def_bool
 # y on SMP && RSEQ), CONFIG_COMPAT=y (so HAVE_ARCH_COMPAT_MMAP_BASES), and
@@ -80,37 +81,41 @@ VMA_LOCK_OFFSET = 0x40000000
 # get_unmapped_area 24, mmap_base 32, mmap_legacy_base 40, mmap_compat_base 48,
 # mmap_compat_legacy_base 56, task_size 64, pgd 72, membarrier_state 80, mm_users 84,
 # mm_count 88, cid_lock 92 (SCHED_MM_CID, 6.3 only), pgtables_bytes 96, map_count 104,
-# page_table_lock 108, mmap_lock 112 (count 112, owner 120), mmlist 152.  So mmap_lock's
-# count and owner share line 1 with mm_users and mm_count, and the maple tree has line 0.
+# page_table_lock 108, mmap_lock 112 (count 112, owner 120, wait_lock 132), mmlist 152.
+# So mmap_lock's count and owner share line 1 with mm_users and mm_count, its wait_lock
+# (and wait_list) is in line 2 with mmlist, and the maple tree has line 0.
 # No mm_lock_seq (CONFIG_PER_VMA_LOCK came with 6.4).  size: the 192 bytes through mmlist's
 # line, the part modelled - mm_struct is one object per mm, so nothing packs after it.
 MM_63 = Struct("mm_struct", 192, 64, {
     "mm_mt": 0, "mm_users": 84, "mm_count": 88, "pgtables_bytes": 96, "mmap_lock.count": 112, "mmap_lock.owner": 120,
-    "mmlist": 152,
+    "mmap_lock.wait_lock": 132, "mmlist": 152,
 }, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
-          "mmlist": 16})
+          "mmap_lock.wait_lock": 4, "mmlist": 16})
 
 # mm_struct at v6.4: mm_count alone in line 0 (struct { atomic_t mm_count; }
 # ____cacheline_aligned_in_smp), mm_mt 64 (24), get_unmapped_area 88, mmap_base 96,
 # mmap_legacy_base 104, mmap_compat_base 112, mmap_compat_legacy_base 120, task_size 128,
 # pgd 136, membarrier_state 144, mm_users 148, pcpu_cid 152, mm_cid_next_scan 160,
 # pgtables_bytes 168, map_count 176, page_table_lock 180, mmap_lock 184 (count 184 in line
-# 2, owner 192 in line 3), mmlist 224, mm_lock_seq 240 (int, CONFIG_PER_VMA_LOCK).  Later
+# 2, owner 192 and wait_lock 204 in line 3), mmlist 224, mm_lock_seq 240 (int,
+# CONFIG_PER_VMA_LOCK) - so wait_lock shares a line with mm_lock_seq, which every
+# per-VMA fault reads.  Later
 # releases change the fields before mmap_lock but not where it lands: v6.14 (mm_mt 16
 # bytes, no get_unmapped_area, three more SCHED_MM_CID fields) has count 184, owner 192,
 # mmlist 224 and mm_lock_seq (now a seqcount_t) 240 too, as does 6.18's BTF below.
 # 6.4-6.14 have no vma_writer_wait.  size: through mm_lock_seq's line.
 MM_64 = Struct("mm_struct", 256, 64, {
     "mm_count": 0, "mm_mt": 64, "mm_users": 148, "pgtables_bytes": 168, "mmap_lock.count": 184,
-    "mmap_lock.owner": 192, "mmlist": 224, "mm_lock_seq": 240,
+    "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204, "mmlist": 224, "mm_lock_seq": 240,
 }, sizes={"mm_count": 4, "mm_mt": 24, "mm_users": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
-          "mmlist": 16, "mm_lock_seq": 4})
+          "mmap_lock.wait_lock": 4, "mmlist": 16, "mm_lock_seq": 4})
 
 # mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
 # /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1 (struct
 # maple_tree is 16 bytes since ma_flags moved before ma_root); mmap_lock's count at 184
-# (line 2) and its owner at 192 (line 3), straddling two lines; vma_writer_wait (struct
-# rcuwait, 8) and mm_lock_seq (seqcount_t, 4) after mmlist, in the same line as the owner.
+# (line 2) and its owner at 192 and wait_lock at 204 (line 3), straddling two lines;
+# vma_writer_wait (struct rcuwait, 8) and mm_lock_seq (seqcount_t, 4) after mmlist, in
+# the same line as the owner and wait_lock.
 # v7/v8 (mm-unstable, Jan 2025) add vma_writer_wait in the same place; their mm_struct is
 # not derived separately.  pgtables_bytes (atomic_long_t, mm_inc_nr_ptes()) at 168 shares
 # the count's line; rss_stat[NR_MM_COUNTERS] (4 x struct percpu_counter of 40 bytes: lock 0,
@@ -120,10 +125,10 @@ MM_64 = Struct("mm_struct", 256, 64, {
 # offsets above; their rss_stat offset was not derived, so the fault path gives it a line
 # of its own there.
 MM = Struct("mm_struct", 1472, 64, {
-    "mm_mt": 64, "pgtables_bytes": 168, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmlist": 224,
-    "vma_writer_wait": 240, "mm_lock_seq": 248, "rss_stat": 968,
-}, sizes={"mm_mt": 16, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmlist": 16,
-          "vma_writer_wait": 8, "mm_lock_seq": 4, "rss_stat": 160})
+    "mm_mt": 64, "pgtables_bytes": 168, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204,
+    "mmlist": 224, "vma_writer_wait": 240, "mm_lock_seq": 248, "rss_stat": 968,
+}, sizes={"mm_mt": 16, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmap_lock.wait_lock": 4,
+          "mmlist": 16, "vma_writer_wait": 8, "mm_lock_seq": 4, "rss_stat": 160})
 MM_ANONPAGES_LOCK = 40  # offsetof rss_stat[MM_ANONPAGES].lock within rss_stat
 
 # kmem_cache_create() flags, as in the kernel sources cited in the module docstring
@@ -135,7 +140,7 @@ _VMA_SIZES = {
     "vm_start": 8, "vm_end": 8, "vm_mm": 8, "vm_page_prot": 8, "vm_flags": 8, "vm_lock_seq": 4, "vm_lock": 8,
     "detached": 1, "shared.rb": 24, "anon_vma_chain": 16, "anon_vma": 8, "vm_ops": 8, "vm_pgoff": 8, "vm_file": 8,
     "vm_private_data": 8, "swap_readahead_info": 8, "vm_policy": 8, "numab_state": 8, "vm_refcnt": 4,
-    "vm_userfaultfd_ctx": 8, "pfnmap_track_ctx": 8, "lock.count": 8, "lock.owner": 8,
+    "vm_userfaultfd_ctx": 8, "pfnmap_track_ctx": 8, "lock.count": 8, "lock.owner": 8, "lock.wait_lock": 4,
 }
 
 
@@ -173,8 +178,8 @@ VMA_PERVMA = _vma(184, 8, {
     "numab_state": 168, "vm_userfaultfd_ctx": 176,
 }, slab_flags=PLAIN_SLAB)
 # struct vma_lock { struct rw_semaphore lock; }: 40 bytes, 102 per page, no alignment
-VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8}, sizes={"lock.count": 8, "lock.owner": 8},
-                  slab_flags=PLAIN_SLAB)
+VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8, "lock.wait_lock": 20},
+                  sizes={"lock.count": 8, "lock.owner": 8, "lock.wait_lock": 4}, slab_flags=PLAIN_SLAB)
 
 # The rwsem inside vm_area_struct, as posted: "[PATCH v8 02/16] mm: move per-vma lock into
 # vm_area_struct" (Suren Baghdasaryan, 9 Jan 2025,
@@ -186,7 +191,7 @@ VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8}, sizes={
 # shared 48 (rb 48, rb_subtree_last 72), anon_vma_chain 80, anon_vma 96, vm_ops 104,
 # vm_pgoff 112, vm_file 120, vm_private_data 128, swap_readahead_info 136, vm_policy 144,
 # numab_state 152, vm_userfaultfd_ctx 160, then the lock at the next line, 192 (count 192,
-# owner 200, to 232) -> sizeof 256 with __alignof__ 64 - the patch's own slabinfo
+# owner 200, wait_lock 212, to 232) -> sizeof 256 with __alignof__ 64 - the patch's own slabinfo
 # ("vm_area_struct ... 256 32 2").  The patch cites an Aug 2024 investigation
 # (lore.kernel.org/all/ZsQyI%2F087V34JoIt@xsang-OptiPlex-9020/, the kernel test robot's
 # runs of the lock moved back in); that mail is not in the sources available here, so the
@@ -195,7 +200,7 @@ VMA_INLINE_RWSEM = _vma(256, 64, {
     "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "detached": 40,
     "vm_lock_seq": 44, "shared.rb": 48, "anon_vma_chain": 80, "anon_vma": 96, "vm_ops": 104, "vm_pgoff": 112,
     "vm_file": 120, "vm_private_data": 128, "swap_readahead_info": 136, "vm_policy": 144, "numab_state": 152,
-    "vm_userfaultfd_ctx": 160, "lock.count": 192, "lock.owner": 200,
+    "vm_userfaultfd_ctx": 160, "lock.count": 192, "lock.owner": 200, "lock.wait_lock": 212,
 }, slab_flags=("SLAB_HWCACHE_ALIGN", "SLAB_NO_MERGE", "SLAB_PANIC", "SLAB_ACCOUNT"))
 INLINE_LOCK_OFFSET = VMA_INLINE_RWSEM.fields["lock.count"]
 
