@@ -114,8 +114,11 @@ def test_first_try_is_entry_to_the_first_start_locking_of_a_fallback():
             + pf(100, 2.3, A, 0x6)  # the VMA's first write fault: vmf_anon_prepare()'s trylock, inside the call
             + lock(100, 2.3000003, "start_locking", False)
             + lock(100, 2.3000004, "acquire_returned", False, success=True) + lock(100, 2.3000005, "released", False)
-            + pf(100, 2.4, A + 0x3000, 0x6)  # a later write fault falls back
-            + lock(100, 2.4000025, "start_locking", False))
+            # a later write fault falls back and finds mmap_lock taken: get_mmap_lock_carefully()'s
+            # mmap_read_trylock() fails, then mmap_read_lock_killable() - the first try ends at the first
+            + pf(100, 2.4, A + 0x3000, 0x6)
+            + lock(100, 2.4000025, "start_locking", False) + lock(100, 2.4000026, "acquire_returned", False, success=False)
+            + lock(100, 2.4000027, "start_locking", False) + lock(100, 2.4000090, "acquire_returned", False, success=True))
     f = faults(MAPPINGS + text)
     assert f["observed_fallback"].to_list() == [True, False, None, False, True]
     assert f["observed_anon_prepare"].to_list() == [False, False, False, True, False]
