@@ -93,12 +93,16 @@ One op per page fault (a reader of the address space) and per address-space writ
     shmem_zero_setup(vma)``; vma_is_anonymous() is ``!vma->vm_ops``), so its faults are
     ``file`` too.  "Shared" is maps' ``s`` (VM_MAYSHARE, fs/proc/task_mmu.c).
   - ``file_io``: a file-backed or shared VMA, major - the page had to be read:
-    filemap_fault() found no uptodate folio (``ret = VM_FAULT_MAJOR``), waited for the
-    read with the lock dropped (lock_folio_maybe_drop_mmap(), maybe_unlock_mmap_for_io())
-    and returned VM_FAULT_RETRY under FAULT_FLAG_ALLOW_RETRY; mm_account_fault() counts
-    the completing call major (``(ret & VM_FAULT_MAJOR) || (flags & FAULT_FLAG_TRIED)``;
-    do_user_addr_fault() sets FAULT_FLAG_TRIED after a VMA-lock attempt that returned
-    VM_FAULT_RETRY | VM_FAULT_MAJOR, and after every retry under mmap_lock).
+    filemap_fault() found no folio in the page cache (``ret = VM_FAULT_MAJOR``), waited
+    for the read with the lock dropped (lock_folio_maybe_drop_mmap(),
+    maybe_unlock_mmap_for_io()) and returned VM_FAULT_RETRY under FAULT_FLAG_ALLOW_RETRY;
+    mm_account_fault() counts the completing call major (``(ret & VM_FAULT_MAJOR) ||
+    (flags & FAULT_FLAG_TRIED)``; do_user_addr_fault() sets FAULT_FLAG_TRIED after a
+    VMA-lock attempt that returned VM_FAULT_RETRY | VM_FAULT_MAJOR, and after every
+    retry under mmap_lock).  A fault that waited for a read already in flight (its folio
+    in the cache, locked or not uptodate) returns VM_FAULT_RETRY without VM_FAULT_MAJOR
+    from the VMA-lock attempt, completes minor and is ``file``: its wait shows only in
+    ``first_try_ns``.
   - ``other``: everything else - a present page read or fetched (an access error:
     SIGSEGV, protection keys), a major fault on an anonymous VMA (do_swap_page()'s
     swap-in sets VM_FAULT_MAJOR; a retry under mmap_lock - userfaultfd, a locked swap
