@@ -18,7 +18,9 @@ row says so (``arch`` ends in ``(assumed)``).
   (EXC_STORE_PAGE_FAULT) is a write, 13 a load and 12 an instruction fetch
   (arch/riscv/mm/fault.c: ``if (cause == EXC_STORE_PAGE_FAULT) flags |= FAULT_FLAG_WRITE``);
   the earlier posted form ``user page fault, address=%ps epc=%ps cause=0x%lx`` carries
-  the same scause.  arm64 has no page-fault tracepoint in mainline
+  the same scause.  Only x86's says whether the page was present (X86_PF_PROT, bit 0)
+  and whether it was an instruction fetch (X86_PF_INSTR, bit 4), which the op builder's
+  fault kinds read (replay/ops.py).  arm64 has no page-fault tracepoint in mainline
   (arch/arm64/mm/fault.c calls none): its faults come from perf's ``page-faults``
   software event, and a page_fault line in an arm64 trace is kept as a fault whose
   access is unknown.
@@ -41,8 +43,11 @@ _X86_64_SYSCALLS = {9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 25: "mre
 _GENERIC_SYSCALLS = {214: "brk", 215: "munmap", 216: "mremap", 222: "mmap", 226: "mprotect", 233: "madvise"}
 SYSCALLS = {"x86_64": _X86_64_SYSCALLS, "arm64": _GENERIC_SYSCALLS, "riscv64": _GENERIC_SYSCALLS}
 
-X86_PF_WRITE = 1 << 1  # arch/x86/include/asm/trap_pf.h
+# arch/x86/include/asm/trap_pf.h, enum x86_pf_error_code
+X86_PF_PROT = 1 << 0  # 0: no page found, 1: protection fault (the page is present)
+X86_PF_WRITE = 1 << 1
 X86_PF_USER = 1 << 2
+X86_PF_INSTR = 1 << 4
 RISCV_EXC_STORE_PAGE_FAULT = 15  # arch/riscv/include/asm/csr.h
 
 
@@ -69,6 +74,13 @@ def fault_write(arch: str, error_code: np.ndarray) -> np.ndarray | None:
         # 15: set), so a RISC-V trace decoded as x86 loses nothing here; this says why
         return error_code == RISCV_EXC_STORE_PAGE_FAULT
     return None
+
+
+def error_code_is_x86(arch: str) -> bool:
+    """Whether a fault's error code carries x86's X86_PF_PROT (present) and
+    X86_PF_INSTR bits: RISC-V's is scause, which says load, store or fetch and nothing
+    of whether the page was present; arm64 prints none."""
+    return arch == "x86_64"
 
 
 def kernel_mode_ip(ip: np.ndarray) -> np.ndarray:

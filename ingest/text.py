@@ -47,6 +47,19 @@ SAMPLED_FAULT_EVENTS = ("page-faults", "faults")
 # They become ``fault_end`` events, which the op builder pairs with the thread's fault
 # (replay/ops.py, service time); ``replay record`` records them (replay/recording.py).
 FAULT_END_EVENTS = ("minor-faults", "major-faults")
+# Which of the two: mm_account_fault() counts a fault major when the completing call
+# returned VM_FAULT_MAJOR (the page was read: filemap_fault(), do_swap_page()) or the
+# fault had retried (FAULT_FLAG_TRIED), and emits PERF_COUNT_SW_PAGE_FAULTS_MAJ
+# ("major-faults") for it, else _MIN.  perf trace's --pf lines are those same events,
+# printed "majfault" / "minfault" (tools/perf/builtin-trace.c, trace__pgfault()).  The
+# events keep the name as printed (``tracepoint``); the op builder reads it there
+# (replay/ops.py, fault kind).
+FAULT_MAJOR = {"major-faults": 1, "minor-faults": 0, "majfault": 1, "minfault": 0}
+
+
+def fault_major(tracepoint: str | None) -> int:
+    """1 for a major fault's accounting event, 0 for a minor one's, -1 for any other event."""
+    return FAULT_MAJOR.get((tracepoint or "").split(":", 1)[0], -1)
 
 
 def is_sampled_fault(tracepoint: str) -> bool:

@@ -105,7 +105,10 @@ COLUMN_DOCS = {
         "vma_id": "fault: the VMA it hit", "vma_ids": "writer: the VMAs it write-locks",
         "vmas_created": "writer: VMAs it created", "vmas_freed": "writer: VMAs it freed",
         "vmas_successor": "writer: for each freed VMA, the VMA that absorbed it (-1: none)",
-        "write": "write fault", "kernel": "kernel-mode fault", "lock_mode": "writer: write, read or none",
+        "write": "write fault", "kernel": "kernel-mode fault",
+        "fault_kind": "fault: anon, zero, cow, file, file_io or other - the handle_pte_fault() path that served it "
+                      "(replay/ops.py); null for writers and where the trace cannot tell",
+        "lock_mode": "writer: write, read or none",
         "observed_fallback": "user fault that took mmap_lock for read in the trace",
         "observed_anon_prepare": "first write fault of a private VMA whose mmap_read_trylock looked like a fallback",
         "observed_mmap_write": "fault that took mmap_lock for write (stack expansion)",
@@ -114,6 +117,8 @@ COLUMN_DOCS = {
         "read_hold_ns": "a writer that called mmap_write_downgrade() (munmap, brk, mremap): its read-locked hold after it, to mmap_read_unlock()",
         "service_ns": "fault: its recorded handle_mm_fault() time, to its fault_end (from its latest mmap_lock "
                       "acquire, else its entry); null without one",
+        "first_try_ns": "observed fallback: its entry to lock_mm_and_find_vma()'s mmap_lock start_locking (the "
+                        "attempt under the VMA lock, a VM_FAULT_RETRY's I/O wait included); null otherwise",
         "think_ns": "gap since the thread's previous op",
         "cpu": "CPU it was recorded on",
     },

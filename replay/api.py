@@ -150,6 +150,7 @@ def ops(trace: str, *, same_mm: bool = False, workspace=None) -> Ops:
         "out_of_order_events": rep.out_of_order, "faults_outside_user_space": rep.faults_outside_user_space,
         "out_of_range_calls": rep.out_of_range_calls,
         "kinds": {k: n for k, (n, _) in c["kinds"].items()},
+        "fault_kinds": c["fault_kinds"],
     }
     return Ops(trace, summary, pl.scan_parquet(str(path)), pl.scan_parquet(str(ws.partition("vmas", trace) / PART)),
                list(rep.notes), dict(c["kinds"]))

@@ -202,6 +202,7 @@ def ops(
         _emit([summary], list(summary), fmt, dest=output, single=True)
     else:
         summary.pop("kinds")
+        summary.update({f"faults {k}": n for k, n in summary.pop("fault_kinds").items()})  # ops.FAULT_KINDS
         with table_out(output) as con:
             _emit([{"kind": k, "ops": n, "mean duration ns": None if mean is None else round(mean)}
                    for k, (n, mean) in built.kinds.items()], ["kind", "ops", "mean duration ns"], fmt, con=con,

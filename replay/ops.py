@@ -75,6 +75,69 @@ One op per page fault (a reader of the address space) and per address-space writ
   (``advice``), and as ``hold_ns`` its mmap_lock read hold (acquire_returned -> released)
   where the trace shows one, else sys_enter -> sys_exit (a v6.17+ kernel traces no
   mmap_lock event for one under the VMA lock).
+* **fault kind** (``fault_kind``, null for writers): which of handle_mm_fault()'s paths
+  served the fault, read off the x86 error code the fault's tracepoint prints
+  (arch/x86/include/asm/trap_pf.h: X86_PF_PROT, bit 0, the page was present; X86_PF_WRITE,
+  bit 1; X86_PF_INSTR, bit 4), the fault's VMA and whether perf accounted the fault as
+  major (its ``fault_end`` was a ``major-faults`` sample; perf trace prints ``majfault``
+  on the fault itself: ingest/text.py FAULT_MAJOR).  Read in 6.18's mm/memory.c
+  (handle_pte_fault(), do_pte_missing(), do_anonymous_page(), do_fault(), do_wp_page(),
+  mm_account_fault()) and mm/filemap.c (filemap_fault()); ``fault_kind()`` below is the
+  rule, one line a branch:
+
+  - ``anon``: page not present, anonymous private VMA, write - do_anonymous_page()
+    allocates a zeroed page (vmf_anon_prepare(), alloc_anon_folio()).
+  - ``zero``: page not present, anonymous private VMA, read or instruction fetch -
+    do_anonymous_page() maps the shared zero page (``if (!(vmf->flags &
+    FAULT_FLAG_WRITE) && !mm_forbids_zeropage(...))``, my_zero_pfn()).
+  - ``cow``: page present, write, private VMA (anonymous or file) - do_wp_page():
+    wp_page_copy(), or wp_page_reuse() where the anonymous page is this mm's alone.
+  - ``file``: a file-backed or shared VMA, not major: page not present - do_fault():
+    do_read_fault(), do_cow_fault() (write, private), do_shared_fault() (write,
+    shared) - a page-cache hit; or present, write, shared - do_wp_page():
+    wp_page_shared(), the file system's page_mkwrite.  A shared anonymous mapping is a
+    shmem file (__mmap_new_vma(), mm/vma.c: ``else if (map->vm_flags & VM_SHARED)
+    shmem_zero_setup(vma)``; vma_is_anonymous() is ``!vma->vm_ops``), so its faults are
+    ``file`` too.  "Shared" is maps' ``s`` (VM_MAYSHARE, fs/proc/task_mmu.c).
+  - ``file_io``: a file-backed or shared VMA, major - the page had to be read:
+    filemap_fault() found no folio in the page cache (``ret = VM_FAULT_MAJOR``), waited
+    for the read with the lock dropped (lock_folio_maybe_drop_mmap(),
+    maybe_unlock_mmap_for_io()) and returned VM_FAULT_RETRY under FAULT_FLAG_ALLOW_RETRY;
+    mm_account_fault() counts the completing call major (``(ret & VM_FAULT_MAJOR) ||
+    (flags & FAULT_FLAG_TRIED)``; do_user_addr_fault() sets FAULT_FLAG_TRIED after a
+    VMA-lock attempt that returned VM_FAULT_RETRY | VM_FAULT_MAJOR, and after every
+    retry under mmap_lock).  A fault that waited for a read already in flight (its folio
+    in the cache, locked or not uptodate) returns VM_FAULT_RETRY without VM_FAULT_MAJOR
+    from the VMA-lock attempt, completes minor and is ``file``: its wait shows only in
+    ``first_try_ns``.
+  - ``other``: everything else - a present page read or fetched (an access error:
+    SIGSEGV, protection keys), a major fault on an anonymous VMA (do_swap_page()'s
+    swap-in sets VM_FAULT_MAJOR; a retry under mmap_lock - userfaultfd, a locked swap
+    folio - sets FAULT_FLAG_TRIED: neither is file I/O, and the engine has no swap),
+    a fault in a special mapping (``[vdso]``, ``[vvar]``, ``[uprobes]``:
+    _install_special_mapping(), mm/mmap.c, with vm_ops of their own; having no
+    ->map_pages, a read there returns VM_FAULT_RETRY under the VMA lock at once:
+    do_read_fault(), vmf_can_call_fault()).
+
+  Inferred VMAs count as anonymous private; a kernel-mode fault outside every known VMA
+  (which gets no inferred VMA) has a null kind.  What the trace cannot tell: a not-present
+  fault on an anonymous VMA whose PTE holds a swap entry that the swap cache still had
+  (do_swap_page(), minor) or a NUMA-hinting PTE (do_numa_page(); X86_PF_PROT is clear
+  for PROT_NONE PTEs) is classed ``anon``/``zero``; a huge-page fault
+  (do_huge_pmd_anonymous_page()) is classed as its base-page counterpart.  Without a
+  ``fault_end`` - a trace recorded without them (ftrace, ``--no-fault-times``), a fault
+  that ended in an error - a fault is taken as not major: its file-backed faults are
+  ``file``, none ``file_io``.  Without an x86 error code (perf page-faults samples, perf
+  trace, RISC-V's scause, arm64) the present bit is unknown, and the kind is null
+  unless the fault was major or is in a special mapping.
+* **first try** (``first_try_ns``): for an observed fallback (above), the time from the
+  fault's entry (page_fault_user) to the first mmap_lock start_locking in its window -
+  lock_mm_and_find_vma()'s mmap_read_trylock(): the attempt under the VMA lock
+  (lock_vma_under_rcu(), and for a VM_FAULT_RETRY the handle_mm_fault() call that
+  returned it, filemap_fault()'s I/O wait included) before the fault went to
+  ``lock_mmap``.  Null for every other op (a kernel-mode fault takes mmap_lock first;
+  observed_anon_prepare's trylock is inside the one call under the VMA lock).  Each
+  recorded event's cost (see service time) lies inside it.
 * **time order.**  Events are taken in timestamp order (a stable sort: ties keep their
   input order), as perf's ordered events deliver them; a trace whose time runs
   backwards on a CPU or a thread (``ingest/order.py`` counts those steps, reported as
@@ -100,6 +163,8 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
+from .ingest.arch import X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE  # noqa: F401 - the error code's bits, for the builder
+
 PAGE = 4096
 GAP_SPLIT = 1 << 20
 # TASK_SIZE_MAX, arch/x86/include/asm/page_64_types.h: (1 << __VIRTUAL_MASK_SHIFT) - PAGE_SIZE,
@@ -109,8 +174,6 @@ GAP_SPLIT = 1 << 20
 TASK_SIZE_MAX = (1 << 56) - PAGE
 MAX_ERRNO = 4095  # include/linux/err.h
 
-# x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h)
-X86_PF_WRITE = 1 << 1
 
 # include/uapi/asm-generic/mman-common.h
 MAP_ANONYMOUS = 0x20
@@ -126,11 +189,19 @@ MADV_VMA_CHANGING = {
 # Bumped when the op builder gives other ops for the same events; ops files stamped
 # with an older version are rebuilt before a replay.  2: events in time order, faults
 # and calls outside the user address space dropped.  3: service_ns.
-OPS_VERSION = 5  # 3: service_ns; 4: read_hold_ns; 5: read-mode madvise's VMAs, hold and advice
+# 4: read_hold_ns.  5: read-mode madvise's VMAs, hold and advice.  6: fault_kind and
+# first_try_ns.
+OPS_VERSION = 6
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
-# what handle_mm_fault() does for a fault (ops ``fault_kind``; replay/engine/faultpath.py runs each)
+
+# A fault's kind (module docstring, fault kind; ``fault_kind()``; replay/engine/faultpath.py
+# runs each)
 FAULT_KINDS = ("anon", "zero", "cow", "file", "file_io", "other")
+FK_ANON, FK_ZERO, FK_COW, FK_FILE, FK_FILE_IO, FK_OTHER = range(len(FAULT_KINDS))
+FK_NULL = -1
+# What a fault's VMA is, for its kind (``vma_class()``)
+VC_NONE, VC_ANON, VC_FILE, VC_SHARED, VC_SPECIAL = range(5)  # no VMA; anonymous private; file private; shared; special
 
 OPS_SCHEMA = {
     "op_id": pl.Int64, "trace_id": pl.Utf8, "mm": pl.Utf8, "pid": pl.Int32, "tid": pl.Int32,
@@ -138,9 +209,10 @@ OPS_SCHEMA = {
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
     "vma_ids": pl.List(pl.Int64), "vmas_created": pl.List(pl.Int64), "vmas_freed": pl.List(pl.Int64),
     "vmas_successor": pl.List(pl.Int64),
-    "write": pl.Boolean, "kernel": pl.Boolean, "lock_mode": pl.Utf8,
+    "write": pl.Boolean, "kernel": pl.Boolean, "fault_kind": pl.Enum(FAULT_KINDS), "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
-    "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "think_ns": pl.Int64, "cpu": pl.Int16,
+    "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "first_try_ns": pl.Int64,
+    "think_ns": pl.Int64, "cpu": pl.Int16,
     "advice": pl.Int32,  # madvise's behaviour argument (MADV_*); null for every other op
 }
 
@@ -178,6 +250,43 @@ def causal_violation(path) -> str | None:
         return None
     r = bad.row(0, named=True)
     return f"fault op {r['op_id']} is on VMA {r['vma_id']}, which the later op {r['creator']} creates"
+
+
+def vma_class(anon: bool, prot: str, name: str) -> int:
+    """A VMA as the fault path sees it (VC_*): anonymous private (vma_is_anonymous(): no
+    vm_ops), file-backed private, shared (VM_MAYSHARE: a file's, or a shmem file's for a
+    shared anonymous mapping), or a special mapping - a bracketed maps name other than
+    the anonymous ones (``[heap]``, ``[stack]``, ``[anon:NAME]``; ``[anon_shmem:NAME]``
+    is shmem, shared)."""
+    if name.startswith("[") and not (name in ("[heap]", "[stack]") or name.startswith("[anon:")):
+        return VC_SHARED if name.startswith("[anon_shmem:") else VC_SPECIAL
+    if prot.endswith("s"):
+        return VC_SHARED
+    return VC_ANON if anon else VC_FILE
+
+
+def fault_kind(present: int, write: int, instr: int, vma: int, major: int) -> int:
+    """The fault's kind as an index into FAULT_KINDS, or FK_NULL (module docstring,
+    fault kind).  ``present``, ``write``, ``instr``: the error code's X86_PF_PROT,
+    X86_PF_WRITE and X86_PF_INSTR (1, 0, or -1 unknown); ``vma``: its VC_* class;
+    ``major``: 1 when perf accounted the fault major, else 0 or -1.  (Compiled into the
+    op builder's step as it is: ints only.)"""
+    if vma == VC_NONE:  # the trace shows no VMA: which path is unknown
+        return FK_NULL
+    file = vma == VC_FILE or vma == VC_SHARED
+    if major == 1:  # mm_account_fault(): VM_FAULT_MAJOR or FAULT_FLAG_TRIED
+        return FK_FILE_IO if file else FK_OTHER
+    if not file and vma != VC_ANON:  # a special mapping
+        return FK_OTHER
+    if present < 0:
+        return FK_NULL
+    if present == 1:  # handle_pte_fault(): a present PTE
+        if write == 1 and instr != 1:  # do_wp_page()
+            return FK_FILE if vma == VC_SHARED else FK_COW  # wp_page_shared() / wp_page_copy()
+        return FK_OTHER
+    if file:  # do_pte_missing() -> do_fault()
+        return FK_FILE
+    return FK_ANON if write == 1 else FK_ZERO  # do_anonymous_page()
 
 
 class MapsError(ValueError):
@@ -421,15 +530,17 @@ def build_ops_file(events_path, trace_id: str, maps_snapshot: str | None, same_m
 
 def ops_summary(path) -> dict:
     """Counts over an ops file, read a batch at a time: ops, user and kernel faults, the
-    observed fallbacks, and per kind (in OP_KINDS order) the ops and their mean duration."""
+    observed fallbacks, per kind (in OP_KINDS order) the ops and their mean duration,
+    and the faults of each fault kind."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     s = {"ops": 0, "user_faults": 0, "kernel_faults": 0, "observed_fallbacks": 0, "observed_anon_prepare": 0,
          "faults_taking_mmap_write": 0, "faults_with_service": 0}
     kinds = {k: [0, 0, 0] for k in OP_KINDS}  # ops, durations known, their sum
+    fault_kinds = dict.fromkeys((*FAULT_KINDS, "unknown"), 0)
     cols = ["kind", "kernel", "observed_fallback", "observed_anon_prepare", "observed_mmap_write", "start_ns", "end_ns",
-            "service_ns"]
+            "service_ns", "fault_kind"]
     for b in pq.ParquetFile(str(path)).iter_batches(batch_size=1 << 18, columns=cols):
         s["ops"] += b.num_rows
         s["faults_with_service"] += b.num_rows - b.column("service_ns").null_count
@@ -441,6 +552,10 @@ def ops_summary(path) -> dict:
         for key, col in (("observed_fallbacks", "observed_fallback"), ("observed_anon_prepare", "observed_anon_prepare"),
                          ("faults_taking_mmap_write", "observed_mmap_write")):
             s[key] += pc.sum(pc.filter(b.column(col), user)).as_py() or 0
+        fk = pc.filter(pc.cast(b.column("fault_kind"), "string"), fault)
+        fault_kinds["unknown"] += fk.null_count
+        for r in pc.value_counts(fk.drop_null()).to_pylist():
+            fault_kinds[r["values"]] += r["counts"]
         dur = pc.subtract(b.column("end_ns"), b.column("start_ns"))
         g = pa.table({"kind": kind, "dur": dur}).group_by("kind").aggregate(
             [([], "count_all"), ("dur", "count"), ("dur", "sum")]).to_pylist()
@@ -450,6 +565,7 @@ def ops_summary(path) -> dict:
             k[1] += r["dur_count"]
             k[2] += r["dur_sum"] or 0
     s["kinds"] = {k: (n, (tot / known) if known else None) for k, (n, known, tot) in kinds.items() if n}
+    s["fault_kinds"] = {k: n for k, n in fault_kinds.items() if n}  # FAULT_KINDS order; "unknown": null kinds
     return s
 
 

@@ -52,7 +52,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numba import njit
 
+from .ingest.arch import DEFAULT_ARCH, canonical_arch, error_code_is_x86
 from .ingest.schema import EVENT_CODE, SYSCALLS
+from .ingest.text import fault_major
 
 import importlib
 
@@ -86,14 +88,17 @@ VMA_NONE, VMA_MISS = -1, -2  # no VMA (kernel fault outside every VMA, writers);
 ST_DONE, ST_APPLY, ST_SEED, ST_FULL, ST_MISS = 0, 1, 2, 3, 4
 C_UNPAIRED, C_UNMATCHED, C_MISSED, C_END_ALONE, NCOUNTERS = 0, 1, 2, 3, 4  # counters
 PAGE_MASK = np.uint64(~(O.PAGE - 1) & (2**64 - 1))
-PF_WRITE = O.X86_PF_WRITE
+PF_WRITE, PF_PROT, PF_INSTR = O.X86_PF_WRITE, O.X86_PF_PROT, O.X86_PF_INSTR
+_fault_kind = njit(cache=True, nogil=True, inline="always")(O.fault_kind)  # the rule, as ops.py writes it
 
 # One batch of events in time order, a column each (``th``: the thread's index; ``*_ok``:
-# the value is not null; write/success: 1, 0, or -1 for null).
+# the value is not null; write/success: 1, 0, or -1 for null; ``major``: the event is a
+# major (1) or minor (0) fault's accounting event by its name, else -1 - ingest/text.py
+# fault_major()).
 EV_FIELDS = [
     ("code", np.int8), ("th", np.int32), ("seq", np.int64), ("ts", np.int64), ("ts_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("mm", np.uint64), ("mm_ok", np.bool_),
-    ("write", np.int8), ("success", np.int8),
+    ("write", np.int8), ("success", np.int8), ("major", np.int8),
     ("address", np.uint64), ("addr_ok", np.bool_), ("error_code", np.int64), ("ec_ok", np.bool_),
     ("len", np.int64), ("len_ok", np.bool_), ("new_len", np.int64), ("new_len_ok", np.bool_),
     ("new_addr", np.uint64), ("new_addr_ok", np.bool_), ("prot", np.int64), ("prot_ok", np.bool_),
@@ -107,7 +112,10 @@ EV_TYPES = dict(EV_FIELDS)
 # contiguous for writing).  ``fb``: the fault's raw fallback (a read start_locking on its
 # own mm in its window; -1 until the window closes), ``first``: the first write fault the
 # trace shows in its private VMA; ``pend``: parts still to come (a fault's window; a
-# writer's window and its exit).  ``address`` holds the uint64's bits.
+# writer's window and its exit).  ``address`` holds the uint64's bits.  A fault's
+# ``present``/``instr`` (its error code's bits: 1, 0, -1 unknown) and ``vclass`` (its VMA's
+# ops.VC_*) make its ``fkind`` when its window closes (ops.FAULT_KINDS index, -1 null);
+# ``first_try``: entry to the window's first mmap_lock start_locking.
 OP_FIELDS = [
     ("seq", np.int64), ("th", np.int32), ("kind", np.int8), ("start", np.int64), ("start_ok", np.bool_),
     ("end", np.int64), ("end_ok", np.bool_), ("address", np.uint64), ("addr_ok", np.bool_),
@@ -116,10 +124,12 @@ OP_FIELDS = [
     ("first", np.bool_), ("vma", np.int64), ("hold", np.int64), ("hold_ok", np.bool_),
     ("rhold", np.int64), ("rhold_ok", np.bool_),
     ("cpu", np.int16), ("cpu_ok", np.bool_), ("svc", np.int64), ("svc_ok", np.bool_), ("pend", np.int8),
+    ("present", np.int8), ("instr", np.int8), ("vclass", np.int8), ("fkind", np.int8),
+    ("first_try", np.int64), ("first_try_ok", np.bool_),
 ]
 (R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
  R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_RHOLD, R_RHOLD_OK, R_CPU, R_CPU_OK,
- R_SVC, R_SVC_OK, R_PEND) = range(len(OP_FIELDS))
+ R_SVC, R_SVC_OK, R_PEND, R_PRESENT, R_INSTR, R_VCLASS, R_FKIND, R_TRY, R_TRY_OK) = range(len(OP_FIELDS))
 Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
 
 
@@ -135,13 +145,15 @@ def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
 
 # Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
 # window of its latest fault or syscall: the op it belongs to and what the window saw
-# (``acq_last``: its latest mmap_lock acquire; ``ended``: a fault_end was paired with it).
+# (``acq_last``: its latest mmap_lock acquire; ``ended``: a fault_end was paired with it;
+# ``major``: the fault was accounted major (1), minor (0) or neither is known (-1);
+# ``try_ts``: its first mmap_lock start_locking).
 TH_DTYPE = np.dtype([
     ("space", np.int32), ("own_mm", np.uint64), ("own_ok", np.bool_),
     ("grp_op", np.int64), ("grp_fault", np.bool_), ("has_start", np.bool_), ("fb_read", np.bool_),
     ("fb_write", np.bool_), ("rel_any", np.int64), ("rel_any_ok", np.bool_), ("acq_any", np.int64),
     ("acq_any_ok", np.bool_), ("rel_w", np.int64), ("rel_w_ok", np.bool_), ("acq_w", np.int64), ("acq_w_ok", np.bool_),
-    ("acq_last", np.int64), ("ended", np.bool_),
+    ("acq_last", np.int64), ("ended", np.bool_), ("major", np.int8), ("try_ts", np.int64), ("try_ok", np.bool_),
     ("dg", np.int64), ("dg_ok", np.bool_), ("rel_r", np.int64), ("rel_r_ok", np.bool_),  # a writer's downgrade
 ])
 
@@ -174,6 +186,12 @@ def _close_window(s, base, o, late_at, late_ids):
     if s.grp_fault:
         o[R_FB, k] = 1 if (s.has_start and s.fb_read) else 0
         o[R_FBW, k] = s.has_start and s.fb_write
+        o[R_FKIND, k] = _fault_kind(o[R_PRESENT, k], o[R_WRITE, k], o[R_INSTR, k], o[R_VCLASS, k], s.major)
+        # a fallback's first try: from its entry to lock_mm_and_find_vma()'s trylock (the
+        # table keeps it for observed fallbacks only: not a kernel-mode fault, not the trylock
+        # of vmf_anon_prepare())
+        if s.fb_read and s.try_ok and o[R_START_OK, k]:
+            o[R_TRY, k], o[R_TRY_OK, k] = s.try_ts - o[R_START, k], True
         if s.has_start:
             # a fallback ends at its mmap_read_unlock; it held the lock acquired -> released
             o[R_END, k], o[R_END_OK, k] = s.rel_any, s.rel_any_ok
@@ -207,6 +225,8 @@ def _open_window(s, op, fault):
     s.dg_ok = False
     s.rel_r_ok = False
     s.ended = False
+    s.major = -1
+    s.try_ok = False
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -223,7 +243,9 @@ def _new_op(o, k, ev, i, kind, pend):
     o[R_KERNEL, k] = False
     o[R_FBW, k] = False
     o[R_FIRST, k] = False
+    o[R_TRY_OK, k] = False
     o[R_WRITE, k], o[R_FB, k], o[R_LOCK, k], o[R_VMA, k] = -1, -1, M_WRITE, VMA_NONE
+    o[R_PRESENT, k], o[R_INSTR, k], o[R_VCLASS, k], o[R_FKIND, k] = -1, -1, O.VC_NONE, O.FK_NULL
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -239,7 +261,7 @@ def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
 
 @njit(cache=True, nogil=True)
 def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
-             private, seen_first, miss_space, miss_page, n_miss, need_seed, counters):
+             private, seen_first, vclass, x86, miss_space, miss_page, n_miss, need_seed, counters):
     """Run events ``ev[i:]`` (time order) until one needs Python or the batch ends.
 
     Parameters
@@ -250,7 +272,9 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
         used), then the late ones: written before they were complete, their op ids in
         ``late_ids`` (ascending).
     lay_* : every address space's VMAs, sorted by start: space s at lay_off[s], lay_n[s] of them.
-    private, seen_first : per VMA id: a private mapping; its first write fault is seen.
+    private, seen_first, vclass : per VMA id: a private mapping; its first write fault is
+        seen; its ops.VC_* class.
+    x86 : the error codes carry x86's X86_PF_PROT and X86_PF_INSTR bits.
     miss_space, miss_page : user faults outside every known VMA (n_miss so far).
     need_seed : [1] while the maps snapshot waits for the first op's address space.
 
@@ -285,24 +309,30 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             elif ev.ec_ok[i]:
                 write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
             rows[R_WRITE, k] = write
+            if x86 and ev.ec_ok[i]:
+                rows[R_PRESENT, k] = 1 if (ev.error_code[i] & PF_PROT) != 0 else 0
+                rows[R_INSTR, k] = 1 if (ev.error_code[i] & PF_INSTR) != 0 else 0
             vid = -1
             if s.space >= 0 and ev.addr_ok[i]:
                 vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
             missed = False
             if vid >= 0:
                 rows[R_VMA, k] = vid
+                rows[R_VCLASS, k] = vclass[vid]
                 # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
                 if write == 1 and not kernel and private[vid] and not seen_first[vid]:
                     seen_first[vid] = True
                     rows[R_FIRST, k] = True
             elif not kernel and ev.addr_ok[i] and s.space >= 0:
                 rows[R_VMA, k] = VMA_MISS
+                rows[R_VCLASS, k] = O.VC_ANON  # inferred VMAs are anonymous private
                 miss_space[n_miss] = s.space
                 miss_page[n_miss] = np.int64(addr & PAGE_MASK)
                 counters[C_MISSED] += 1
                 n_miss += 1
                 missed = True
             _open_window(s, base + k, True)
+            s.major = ev.major[i]  # perf trace's majfault / minfault lines are the accounting event
             n_rows += 1
             if missed and n_miss == len(miss_page):
                 return ST_MISS, i + 1, n_rows, n_miss, -1
@@ -310,6 +340,8 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             # (once its fault_end is seen, the fault takes no more locks: a later start is not its fallback)
             if s.grp_op >= 0 and not s.ended and s.own_ok and ev.mm_ok[i] and ev.mm[i] == s.own_mm:
                 s.has_start = True
+                if not s.try_ok and ev.ts_ok[i]:
+                    s.try_ts, s.try_ok = ev.ts[i], True
                 if ev.write[i] == 0:
                     s.fb_read = True
                 elif ev.write[i] == 1:
@@ -369,6 +401,7 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                 counters[C_END_ALONE] += 1
             else:
                 s.ended = True
+                s.major = ev.major[i]
                 if s.acq_any_ok and not rows[R_FIRST, k]:  # (not vmf_anon_prepare()'s trylock)
                     rows[R_SVC, k], rows[R_SVC_OK, k] = ev.ts[i] - s.acq_last, True
                 elif rows[R_START_OK, k]:
@@ -465,7 +498,25 @@ def _tri(col) -> np.ndarray:
 
 SURVEY_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "pid", "event", "mm", "address"]
 STEP_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "event", "mm", "write", "success", "address", "error_code", "len",
-                "new_len", "new_addr", "prot", "flags", "ret"]
+                "new_len", "new_addr", "prot", "flags", "ret", "tracepoint"]
+
+
+def _majors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The tracepoint column as ingest/text.py fault_major() says: 1, 0, or -1 (int8),
+    looked up once per distinct name."""
+    if isinstance(col, pa.ChunkedArray):
+        return np.concatenate([_majors(c) for c in col.chunks]) if col.num_chunks else np.zeros(0, np.int8)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    lut = np.array([fault_major(x) for x in col.dictionary.to_pylist()] + [-1], dtype=np.int8)
+    idx = pc.fill_null(col.indices, len(lut) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lut[idx]
+
+
+def _arch(name: str | None) -> str:
+    """The architecture an events file was decoded for (its ``replay.arch``, as the
+    traces row has it: ``x86_64 (assumed)`` included); x86-64 when it does not say."""
+    return canonical_arch((name or "").split(" ", 1)[0]) or DEFAULT_ARCH
 
 
 class Events:
@@ -479,6 +530,8 @@ class Events:
         # renames another over it meanwhile (the commit then fails on the trace's hash)
         self.file = None if self.table is not None else pq.ParquetFile(str(source))
         self.rows = self.table.num_rows if self.table is not None else self.file.metadata.num_rows
+        meta = (self.table.schema if self.table is not None else self.file.schema_arrow).metadata or {}
+        self.arch = _arch(meta.get(b"replay.arch", b"").decode())  # ingest/pipeline.py writes it
 
     def sort_by_seq(self) -> None:
         t = self.table if self.table is not None else self.file.read()
@@ -831,6 +884,8 @@ class Builder:
         self.layout = _Layout(len(self.space_names))
         self.private = np.zeros(1024, np.bool_)
         self.seen_first = np.zeros(1024, np.bool_)
+        self.vclass = np.zeros(1024, np.int8)
+        self.x86 = error_code_is_x86(events.arch)
         self.miss_space = np.zeros(MISS_CAP, np.int32)
         self.miss_page = np.zeros(MISS_CAP, np.int64)
         self.n_miss = 0
@@ -864,7 +919,7 @@ class Builder:
         if tid.null_count:
             th[~_ok(tid)] = len(self.tids)
         f = {"code": _codes(c["event"]), "th": th, "seq": _np(c["seq"], 0, np.int64),
-             "write": _tri(c["write"]), "success": _tri(c["success"])}
+             "write": _tri(c["write"]), "success": _tri(c["success"]), "major": _majors(c["tracepoint"])}
         for name, col, ok in (("ts", "ts_ns", "ts_ok"), ("cpu", "cpu", "cpu_ok"), ("mm", "mm", "mm_ok"),
                               ("address", "address", "addr_ok"), ("error_code", "error_code", "ec_ok"),
                               ("len", "len", "len_ok"), ("new_len", "new_len", "new_len_ok"),
@@ -887,7 +942,8 @@ class Builder:
                 st, i, self.n_rows, self.n_miss, op = _advance(
                     ev, i, self.th, self.sc, self.rows, self.n_rows, self.base, self.cap,
                     self.late_ids[: self.n_late], self.layout.start, self.layout.end, self.layout.id, self.layout.off,
-                    self.layout.n, self.private, self.seen_first, self.miss_space, self.miss_page, self.n_miss,
+                    self.layout.n, self.private, self.seen_first, self.vclass, self.x86, self.miss_space, self.miss_page,
+                    self.n_miss,
                     self.need_seed, self.counters)
                 if st == ST_DONE:
                     break
@@ -918,8 +974,8 @@ class Builder:
     def _ids_fit(self) -> None:
         if self.ids.n >= len(self.private):
             size = max(2 * len(self.private), self.ids.n + 1)
-            for name in ("private", "seen_first"):
-                a = np.zeros(size, np.bool_)
+            for name in ("private", "seen_first", "vclass"):
+                a = np.zeros(size, getattr(self, name).dtype)
                 a[: len(getattr(self, name))] = getattr(self, name)
                 setattr(self, name, a)
 
@@ -930,6 +986,7 @@ class Builder:
             v = by_id.get(i)
             if v is not None:
                 self.private[i] = v.prot.endswith("p")
+                self.vclass[i] = O.vma_class(v.anon, v.prot, v.name)
 
     def _seed(self, t: int) -> None:
         """The snapshot belongs to the recorded command: the address space of the first op."""
@@ -946,6 +1003,7 @@ class Builder:
             self.rep.seeded_vmas += 1
             self._ids_fit()
             self.private[v.id] = perms.endswith("p")
+            self.vclass[v.id] = O.vma_class(anon, perms, name)
         if s >= 0:
             self.layout.set(s, asp)
 
@@ -1111,6 +1169,8 @@ class Builder:
             "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
             "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
             "kernel": _arrow(kernel, None, pa.bool_()),
+            "fault_kind": pa.DictionaryArray.from_arrays(
+                _arrow(np.maximum(seg.fkind, 0).astype(np.uint8), seg.fkind >= 0, pa.uint8()), FAULT_KINDS, ordered=True),
             "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg.lock.astype(np.int64))),
             "observed_fallback": arr(fallback, fault & ~kernel, pa.bool_()),
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
@@ -1118,6 +1178,7 @@ class Builder:
             "hold_ns": arr(seg.hold, seg.hold_ok, pa.int64()),
             "read_hold_ns": arr(seg.rhold, seg.rhold_ok, pa.int64()),
             "service_ns": arr(seg.svc, seg.svc_ok, pa.int64()),
+            "first_try_ns": arr(seg.first_try, seg.first_try_ok & fallback & ~kernel, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
             "advice": arr(advice, advice_ok, pa.int32()),
@@ -1163,6 +1224,7 @@ def _ops_arrow() -> pa.Schema:
 
 OPS_ARROW = _ops_arrow()
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
+FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
 
 
 def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:
@@ -1226,9 +1288,11 @@ class _Patch:
                 first = np.zeros(len(miss), np.bool_)
                 first[w[at[new]]] = True
                 self.seen.update(uniq[new].tolist())
+                try_ = t.column("first_try_ns").take(take)  # a fallback's only (the trylock's is not)
                 cols = {"vma_id": pa.array(ids, pa.int64()),
                         "observed_fallback": pa.array(fbv & ~first, pa.bool_(), mask=~_ok(fb)),
-                        "observed_anon_prepare": pa.array(fbv & first, pa.bool_())}
+                        "observed_anon_prepare": pa.array(fbv & first, pa.bool_()),
+                        "first_try_ns": pa.array(_np(try_, 0, np.int64), pa.int64(), mask=~_ok(try_) | first)}
                 t = pa.Table.from_arrays([_scatter(t.column(f.name), miss, cols[f.name]) if f.name in cols
                                           else t.column(f.name) for f in OPS_ARROW], schema=OPS_ARROW)
         if self.late_table is not None:
@@ -1250,7 +1314,7 @@ class _Patch:
 # numbers: a 2 M-op pft ops file is 0.34 MB instead of 11.9 MB; on random addresses and
 # think times, measured on 2 M values, about the size of plain + zstd and 1.4-2.5x
 # faster to write.
-OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "lock_mode", "pid", "tid"],
+OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "fault_kind", "lock_mode", "pid", "tid"],
                "column_encoding": {c: "DELTA_BINARY_PACKED" for c in (
                    "op_id", "seq", "start_ns", "end_ns", "address", "length", "ret", "vma_id", "hold_ns", "think_ns")}}
 

@@ -43,21 +43,23 @@ def encode_programs(model) -> np.ndarray:
 
 def fault_kinds(src, c) -> np.ndarray:
     """Each op's fault kind code (faultpath.py K_*, replay/ops.py FAULT_KINDS order): the
-    ops' ``fault_kind``, else from the write flag - an anonymous first write, or a read
-    of the zero page - for ops written before the column existed."""
+    ops' ``fault_kind``; where it is null (no error code in the trace) or absent (ops
+    written before the column), from the write flag - an anonymous first write, or a
+    read of the zero page."""
     import polars as pl
 
     from ..ops import FAULT_KINDS
 
-    if "fault_kind" in src.names:
-        e = c("fault_kind", pl.Utf8).cast(pl.Utf8).replace_strict(
-            {k: i for i, k in enumerate(FAULT_KINDS)}, default=FAULT_KINDS.index("other"), return_dtype=pl.Int8
-        ).fill_null(FAULT_KINDS.index("other"))
-        return src.col(e, np.int8)
-    if "write" not in src.names:
+    by_write = pl.when(c("write", pl.Boolean).fill_null(True)).then(pl.lit(FAULT_KINDS.index("anon"), pl.Int8)) \
+        .otherwise(pl.lit(FAULT_KINDS.index("zero"), pl.Int8))
+    if "fault_kind" not in src.names and "write" not in src.names:
         return np.full(src.n, FAULT_KINDS.index("anon"), np.int8)
-    w = src.col(pl.col("write").fill_null(True), np.bool_)
-    return np.where(w, FAULT_KINDS.index("anon"), FAULT_KINDS.index("zero")).astype(np.int8)
+    if "fault_kind" not in src.names:
+        return src.col(by_write, np.int8)
+    e = pl.col("fault_kind").cast(pl.Utf8).replace_strict(
+        {k: i for i, k in enumerate(FAULT_KINDS)}, default=None, return_dtype=pl.Int8)
+    return src.col(pl.coalesce(e, by_write) if "write" in src.names else e.fill_null(FAULT_KINDS.index("anon")),
+                   np.int8)
 
 
 def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
