@@ -173,11 +173,11 @@ def test_validate_end_to_end_on_one_table_and_two_thread_counts(ws, tmp_path):
     doc = tmp_path / "validation.md"
     V.write_doc(res, doc, tmp_path / "validation.png", "replay validate --tables x")
     md = doc.read_text()
-    assert "**Fitted parameters.** None" in md and "256 faults per iteration" in md
+    assert "**Fitted parameters.** fault_path.fixed_ns" in md and "256 faults per iteration" in md
     assert f"Replayed on `broadwell-2s`" in md and "\n".join(text) in md
     assert (tmp_path / "validation.png").stat().st_size > 10_000
     j = V.as_json(res)
-    assert j["fitted"] == [] and j["tables"][0]["rows"][0]["table"] == ICE
+    assert j["fitted"] == ["fault_path.fixed_ns"] and j["tables"][0]["rows"][0]["table"] == ICE
 
 
 def test_local_rows_compare_measured_and_predicted(ws):
