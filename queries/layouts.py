@@ -53,14 +53,20 @@ def lock_stat_header() -> list[str]:
              "-" * LOCK_STAT_WIDTH, ""])
 
 
+def _by_run(rows: list[dict], params: dict):
+    """Each run's rows in order, with the ``run X:`` line a printout of several runs (or of
+    every run) starts each block with."""
+    runs = list(dict.fromkeys(r["run_id"] for r in rows))
+    for run in runs:
+        yield run, [r for r in rows if r["run_id"] == run], (
+            [f"run {run}:"] if len(runs) > 1 or not params.get("run_id") else [])
+
+
 def lock_stat(rows: list[dict], params: dict) -> list[str]:
     """The ``lock_stat`` query's rows as /proc/lock_stat, one block per run."""
     out: list[str] = []
-    runs = list(dict.fromkeys(r["run_id"] for r in rows))
-    for run in runs:
-        mine = [r for r in rows if r["run_id"] == run]
-        if len(runs) > 1 or not params.get("run_id"):
-            out.append(f"run {run}:")
+    for run, mine, title in _by_run(rows, params):
+        out += title
         out += lock_stat_header()
         for cls in dict.fromkeys(r["class_name"] for r in mine if r["section"] == "class"):
             c = next(r for r in mine if r["section"] == "class" and r["class_name"] == cls)
@@ -174,11 +180,8 @@ def c2c(rows: list[dict], params: dict) -> list[str]:
     shown = C2C_SHOWN[params.get("display") or "tot"]
     top, sub = _c2c_groups()
     out: list[str] = []
-    runs = list(dict.fromkeys(r["run_id"] for r in rows))
-    for run in runs:
-        mine = [r for r in rows if r["run_id"] == run]
-        if len(runs) > 1 or not params.get("run_id"):
-            out.append(f"run {run}:")
+    for run, mine, title in _by_run(rows, params):
+        out += title
         out += [*C2C_BANNER, "#",
                 f"#        ----------- Cacheline ----------------------  {shown[0]:>8}" + top,
                 f"# Index             Address            mm  {shown[1]:>8}" + sub + "  Node{cpu list}", "#"]
