@@ -133,7 +133,7 @@ def throughput(tp: pl.DataFrame, out: Path, baseline: str | None = None) -> dict
                 axp.plot(p["cpus"].to_list(), p[f"{col}_pct"].to_list(), color=style["color"],
                          marker=style["marker"], linestyle=style["linestyle"], alpha=0.9, markersize=5)
     axes[0][0].set_ylabel("faults per second (millions)")
-    axes[0][1].set_ylabel("faults per CPU-second (millions)\n(faults / time inside faults)")
+    axes[0][1].set_ylabel("faults per CPU-second (millions)\n(faults / on-CPU time in faults, as pft)")
     axes[0][0].set_title("faults/sec")
     axes[0][1].set_title("faults/cpu")
     for axp, what in zip(axes[1], ("faults/sec", "faults/cpu")):

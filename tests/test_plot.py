@@ -47,9 +47,10 @@ def test_throughput_a_line_per_trace_and_model_with_iterations_and_baseline(wsp,
 
     res = pq(wsp, "results").join(pq(wsp, "runs").select("run_id", "trace_id", "seed"), on="run_id")
     f = res.filter(pl.col("kind") == "fault")
+    # pft's figures: the faults' span, and their on-CPU time (durations less time off the CPU)
     per_run = f.group_by("run_id", "trace_id", "model", "cpus", "seed").agg(
-        pl.len().alias("faults"), (pl.col("end_ns") - pl.col("start_ns")).sum().alias("in_faults"))
-    span = res.group_by("run_id").agg((pl.col("end_ns").max() - pl.col("start_ns").min()).alias("span"))
+        pl.len().alias("faults"), (pl.col("end_ns") - pl.col("start_ns") - pl.col("sleep_ns")).sum().alias("in_faults"))
+    span = f.group_by("run_id").agg((pl.col("end_ns").max() - pl.col("start_ns").min()).alias("span"))
     per_run = per_run.join(span, on="run_id").with_columns(
         (pl.col("faults") / pl.col("span") * 1e9).alias("fps"), (pl.col("faults") / pl.col("in_faults") * 1e9).alias("fpc"))
     tp = run_query(wsp, "throughput", {}).join(pq(wsp, "runs").select("run_id", "seed", "placement", "loop",
@@ -199,3 +200,21 @@ def test_plot_usage_errors(wsp, cli, tmp_path):
         rc, _, err = cli("plot", *args, "-o", tmp_path / "x.png", "-w", wsp)
         assert rc == 2 and msg in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_throughput_query_is_compare_run_metrics(wsp):
+    """One definition of pft's faults/sec and faults/cpu: the throughput query (the plot's)
+    gives replay compare's figures (compare.run_metrics: the touch loops' span, on-CPU
+    time) for every run."""
+    import importlib
+
+    from replay.queries import run_query
+
+    C = importlib.import_module("replay.compare")
+    tp = run_query(wsp, "throughput", {})
+    res = pq(wsp, "results")
+    assert tp.height >= 2
+    for r in tp.iter_rows(named=True):
+        m = C.run_metrics(res.filter(pl.col("run_id") == r["run_id"]))
+        assert math.isclose(r["faults_per_sec"], m["faults_per_sec"], rel_tol=1e-9), r["run_id"]
+        assert math.isclose(r["faults_per_cpu_sec"], m["faults_per_cpu"], rel_tol=1e-9), r["run_id"]
