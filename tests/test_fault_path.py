@@ -252,3 +252,20 @@ def test_model_at_release():
     with pytest.raises(ModelError):
         get_model("pervma@2.6")
     assert math.isfinite(float(b.release))
+
+
+@pytest.mark.parametrize("kind,refills,pte_pages,drains", [
+    ("cow", 10, 0, 40),  # wp_page_copy(): a page (600: 10 refills of 63), copied; the PTE exists
+    ("file", 1, 2, 0),  # filemap_map_pages(): page-cache pages, nothing allocated but the 2 PTE pages
+    ("anon", 10, 2, 40),  # 602 pages with the PTE pages: still 10 refills
+    ("zero", 1, 2, 0),
+])
+def test_the_fault_kind_picks_the_steps(tmp_path, kind, refills, pte_pages, drains):
+    """ops fault_kind (replay/ops.py) chooses handle_mm_fault()'s steps: a CoW allocates
+    and fills the LRU but needs no page table; a page-cache hit allocates nothing but the
+    page table; 600 faults of one CPU, 6.3 rules (LRU batch 15: 40 drains)."""
+    rows = faults(1, 600)
+    for r in rows:
+        r["fault_kind"] = kind
+    r, _ = replay("mmap_lock@6.3", toy(tmp_path), 1, rows)
+    assert (zone_acquisitions(r), counter(r, "pte"), lock_acq(r, "lruvec->lru_lock")) == (refills, pte_pages, drains)
