@@ -65,8 +65,8 @@ from .coherence import coh_write
 from .state import cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_fkind, op_service, res, thread
 from .variation import fault_service
 
-# ops fault_kind codes (replay/ops.py FAULT_KINDS order)
-K_ANON, K_ZERO, K_COW, K_FILE, K_FILE_IO, K_OTHER = 0, 1, 2, 3, 4, 5
+# ops fault_kind codes: replay/ops.py's (FAULT_KINDS order), the op builder's own
+from ..ops import FK_ANON as K_ANON, FK_COW as K_COW, FK_FILE as K_FILE, FK_ZERO as K_ZERO  # noqa: E402
 
 # the steps, in kernel order (see the docstring); fp_step 0: not started
 S_PTE_ALLOC, S_PTE_CHARGE, S_PTE_CLEAR, S_PTE_INSTALL, S_ALLOC, S_CHARGE, S_CLEAR, S_RSS, S_LRU, S_FIXED, S_DONE = (
