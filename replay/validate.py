@@ -937,6 +937,19 @@ def local_lines(res: dict) -> list[str]:
     return out
 
 
+def fitted_lines() -> list[str]:
+    """The fitted parameters' values, profile by profile, with what each was fitted to
+    (the profiles' own [fitted] entries: one source)."""
+    from .machines import all_machines
+
+    out = ["| profile | parameter | value | fitted to |", "|---|---|---|---|"]
+    for m in all_machines():
+        for p in m.parameters():
+            if p["fitted"]:
+                out.append(f"| `{m.name}` | {p['parameter']} | {p['value']:g} | {m.fitted[p['parameter']]} |")
+    return out
+
+
 def write_doc(res: dict, doc: Path, image: Path | None, command: str) -> None:
     """docs/validation.md from a run, atomically; the plot beside it."""
     from .workspace import atomic_output
@@ -962,6 +975,7 @@ def write_doc(res: dict, doc: Path, image: Path | None, command: str) -> None:
          "local-2vcpu, to our own 1-thread pft measurement. Everything else comes from its source: every other "
          "thread count, and every other design's 1-thread point, is a prediction. `replay machines PROFILE` "
          "shows each fitted value with what it was fitted to.", "",
+         *fitted_lines(), "",
          "**The Ice Lake machine has 128 CPUs**, not the 64 `published.json` gives it: Punit's \"2-socket 32 core "
          "(64 threads)\" is per socket. pft clips its threads to the CPUs it may use, so faults/sec / faults/cpu "
          "(the threads on a CPU at once) cannot exceed the CPU count, and it reaches 116 at 128 threads; "
