@@ -174,6 +174,10 @@ def test_validate_end_to_end_on_one_table_and_two_thread_counts(ws, tmp_path):
     V.write_doc(res, doc, tmp_path / "validation.png", "replay validate --tables x")
     md = doc.read_text()
     assert "**Fitted parameters.** fault_path.fixed_ns" in md and "256 faults per iteration" in md
+    # each fitted value, from its profile, with what it was fitted to
+    from replay.machines import load_machine
+    ice = load_machine("icelake-2s")
+    assert f"| `icelake-2s` | fault_path.fixed_ns | {ice.fault_path['fixed_ns']:g} | {ice.fitted['fault_path.fixed_ns']} |" in md
     assert f"Replayed on `broadwell-2s`" in md and "\n".join(text) in md
     assert (tmp_path / "validation.png").stat().st_size > 10_000
     j = V.as_json(res)
