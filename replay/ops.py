@@ -114,10 +114,15 @@ One op per page fault (a reader of the address space) and per address-space writ
     SIGSEGV, protection keys), a major fault on an anonymous VMA (do_swap_page()'s
     swap-in sets VM_FAULT_MAJOR; a retry under mmap_lock - userfaultfd, a locked swap
     folio - sets FAULT_FLAG_TRIED: neither is file I/O, and the engine has no swap),
-    a fault in a special mapping (``[vdso]``, ``[vvar]``, ``[uprobes]``:
-    _install_special_mapping(), mm/mmap.c, with vm_ops of their own; having no
-    ->map_pages, a read there returns VM_FAULT_RETRY under the VMA lock at once:
-    do_read_fault(), vmf_can_call_fault()).
+    a present page in a special mapping (an access error there).
+  - ``special``: a special mapping's page not present (or the present bit unknown) -
+    ``[vdso]``, ``[vvar]``, ``[uprobes]``: _install_special_mapping(), mm/mmap.c, whose
+    vm_ops have a ->fault (special_mapping_fault(), vvar_fault()) but no ->map_pages, so
+    do_read_fault() / do_cow_fault() / do_shared_fault() return VM_FAULT_RETRY under the
+    VMA lock at once (vmf_can_call_fault(), mm/memory.c: "if (vma->vm_ops->map_pages ||
+    !(vmf->flags & FAULT_FLAG_VMA_LOCK)) return 0; vma_end_read(vma); return
+    VM_FAULT_RETRY;") and the fault is served under mmap_lock (the engine's retry:
+    replay/engine/retry.py).
 
   Inferred VMAs count as anonymous private; a kernel-mode fault outside every known VMA
   (which gets no inferred VMA) has a null kind.  What the trace cannot tell: a not-present
@@ -190,15 +195,15 @@ MADV_VMA_CHANGING = {
 # with an older version are rebuilt before a replay.  2: events in time order, faults
 # and calls outside the user address space dropped.  3: service_ns.
 # 4: read_hold_ns.  5: read-mode madvise's VMAs, hold and advice.  6: fault_kind and
-# first_try_ns.
-OPS_VERSION = 6
+# first_try_ns.  7: fault kind ``special`` (a special mapping's page not present).
+OPS_VERSION = 7
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
 # A fault's kind (module docstring, fault kind; ``fault_kind()``; replay/engine/faultpath.py
 # runs each)
-FAULT_KINDS = ("anon", "zero", "cow", "file", "file_io", "other")
-FK_ANON, FK_ZERO, FK_COW, FK_FILE, FK_FILE_IO, FK_OTHER = range(len(FAULT_KINDS))
+FAULT_KINDS = ("anon", "zero", "cow", "file", "file_io", "other", "special")
+FK_ANON, FK_ZERO, FK_COW, FK_FILE, FK_FILE_IO, FK_OTHER, FK_SPECIAL = range(len(FAULT_KINDS))
 FK_NULL = -1
 # What a fault's VMA is, for its kind (``vma_class()``)
 VC_NONE, VC_ANON, VC_FILE, VC_SHARED, VC_SPECIAL = range(5)  # no VMA; anonymous private; file private; shared; special
@@ -276,8 +281,8 @@ def fault_kind(present: int, write: int, instr: int, vma: int, major: int) -> in
     file = vma == VC_FILE or vma == VC_SHARED
     if major == 1:  # mm_account_fault(): VM_FAULT_MAJOR or FAULT_FLAG_TRIED
         return FK_FILE_IO if file else FK_OTHER
-    if not file and vma != VC_ANON:  # a special mapping
-        return FK_OTHER
+    if not file and vma != VC_ANON:  # a special mapping: do_fault() -> ->fault(), or an access error
+        return FK_OTHER if present == 1 else FK_SPECIAL
     if present < 0:
         return FK_NULL
     if present == 1:  # handle_pte_fault(): a present PTE
@@ -291,6 +296,26 @@ def fault_kind(present: int, write: int, instr: int, vma: int, major: int) -> in
 
 class MapsError(ValueError):
     """A maps snapshot that is not /proc/PID/maps text."""
+
+
+def writer_in_flight(faults: "pl.DataFrame", writers: "pl.DataFrame", on=("vma_id",)) -> "pl.Series":
+    """For each fault (columns ``on``, ``start_ns``, ``end_ns``), whether a writer that
+    write-locks its VMA (``lock_mode`` "write", the fault's VMA among its ``vma_ids``)
+    was in flight during it - between the writer's sys_enter and sys_exit (``start_ns``,
+    ``end_ns``; a writer without an end counts at its start; a fault without an end, at
+    its start).  That is the shape of a VMA-lock abort (vma_start_read() found the VMA
+    write-locked); a fallback without one is VM_FAULT_RETRY or a fault that found no
+    VMA.  The op builder's fallbacks, the engine's page-cache retries
+    (replay/engine/retry.py) and ``replay validate`` read it here."""
+    on = list(on)
+    w = (writers.filter(pl.col("lock_mode").cast(pl.Utf8) == "write")
+         .select(*[c for c in on if c != "vma_id"], pl.col("start_ns").alias("_ws"), pl.col("end_ns").alias("_we"),
+                 pl.col("vma_ids").alias("vma_id")).explode("vma_id"))
+    f = faults.select(*on, "start_ns", "end_ns").with_row_index("_i")
+    hit = f.join(w, on=on, how="inner").filter(
+        (pl.col("_ws") <= pl.col("end_ns").fill_null(pl.col("start_ns")))
+        & (pl.col("_we").fill_null(pl.col("_ws")) >= pl.col("start_ns")))["_i"].unique()
+    return f["_i"].is_in(hit.implode()).alias("writer")
 
 
 def is_err_value(ret) -> bool:

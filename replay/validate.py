@@ -557,18 +557,17 @@ def observe(ws, trace: str) -> tuple[int, dict, dict, list]:
     import polars as pl
 
     from .api import ensure_ops
+    from .ops import writer_in_flight
 
     ops = pl.read_parquet(ensure_ops(trace, ws.root))
     cls = _classes(pl.from_arrow(ws.read("vmas", trace)))
     user = ops.filter((pl.col("kind").cast(pl.Utf8) == "fault") & ~pl.col("kernel"))
     fb = user.filter(pl.col("observed_fallback").fill_null(False)).join(cls, on="vma_id", how="left").with_columns(
         pl.col("vmas").fill_null("file/special"))
-    writers = (ops.filter(pl.col("kind").cast(pl.Utf8) != "fault").select("mm", "start_ns", "end_ns", "vma_ids")
-               .explode("vma_ids").rename({"vma_ids": "vma_id", "start_ns": "w_start", "end_ns": "w_end"}))
-    hit = fb.join(writers, on=["mm", "vma_id"], how="inner").filter(
-        (pl.col("w_start") <= pl.col("end_ns").fill_null(pl.col("start_ns")))
-        & (pl.col("w_end").fill_null(pl.col("w_start")) >= pl.col("start_ns")))["op_id"].unique()
-    fb = fb.with_columns(pl.col("op_id").is_in(hit.implode()).alias("writer"))
+    wr = ops.filter(pl.col("kind").cast(pl.Utf8) != "fault")
+    fb = fb.with_columns(writer_in_flight(fb, wr, on=("mm", "vma_id")))
+    writers = (wr.filter(pl.col("lock_mode").cast(pl.Utf8) == "write").select("mm", "vma_ids")
+               .explode("vma_ids").rename({"vma_ids": "vma_id"}))
     observed = {"all": fb.height, **{c: fb.filter(pl.col("vmas") == c).height for c in VMA_CLASSES[1:]}}
     writer = {"all": int(fb["writer"].sum()),
               **{c: int(fb.filter(pl.col("vmas") == c)["writer"].sum()) for c in VMA_CLASSES[1:]}}

@@ -79,7 +79,7 @@ def test_each_branch_of_the_rule():
             # kernel mode, outside every known VMA (no inferred VMA): which path is unknown
             + L(100, 2.60, "exceptions:page_fault_kernel", "address=0x20000000 ip=0xffffffff81000000 error_code=0x2"))
     assert kinds_of(text) == ["anon", "zero", "cow", "zero", "other", "other", "file", "cow", "file", "file", "file",
-                              "file", "other", "anon", "anon", "zero", None]
+                              "file", "special", "anon", "anon", "zero", None]
 
 
 def test_a_major_fault_is_file_io_on_a_file_and_other_on_anonymous_memory():
@@ -97,9 +97,9 @@ def test_without_an_x86_error_code_only_what_the_vma_says():
             + pf(100, 2.1, F, 0xD)  # a load
             + pf(100, 2.2, F + 0x1000, 0xD) + end(100, 2.2001, F + 0x1000, major=True)
             + pf(100, 2.3, 0x7FF000002100, 0xC))  # [vdso]
-    assert kinds_of(text, arch="riscv64") == [None, None, "file_io", "other"]
+    assert kinds_of(text, arch="riscv64") == [None, None, "file_io", "special"]
     # the same lines read as x86 (0xf: present, write, user, reserved bit): what the bits say
-    assert kinds_of(text, arch="x86_64 (assumed)") == ["cow", "other", "file_io", "other"]
+    assert kinds_of(text, arch="x86_64 (assumed)") == ["cow", "other", "file_io", "special"]
 
 
 def test_first_try_is_entry_to_the_first_start_locking_of_a_fallback():
@@ -142,8 +142,8 @@ def test_the_rule_itself():
             ((1, 1, 0, VC_ANON, 0), "cow"), ((1, 1, 0, VC_FILE, 0), "cow"), ((1, 1, 0, VC_SHARED, 0), "file"),
             ((0, 0, 0, VC_FILE, 0), "file"), ((0, 1, 0, VC_SHARED, -1), "file"), ((0, 0, 0, VC_FILE, 1), "file_io"),
             ((-1, -1, -1, VC_SHARED, 1), "file_io"), ((0, 0, 0, VC_ANON, 1), "other"), ((1, 0, 0, VC_ANON, 0), "other"),
-            ((1, 0, 1, VC_FILE, 0), "other"), ((0, 1, 0, VC_SPECIAL, 0), "other"), ((0, 0, 0, VC_NONE, 0), None),
-            ((-1, 1, -1, VC_ANON, 0), None), ((-1, 0, -1, VC_FILE, -1), None), ((-1, -1, -1, VC_SPECIAL, -1), "other"), ((0, 0, 0, VC_NONE, 1), None)]
+            ((1, 0, 1, VC_FILE, 0), "other"), ((0, 1, 0, VC_SPECIAL, 0), "special"), ((1, 0, 0, VC_SPECIAL, 0), "other"), ((0, 0, 0, VC_NONE, 0), None),
+            ((-1, 1, -1, VC_ANON, 0), None), ((-1, 0, -1, VC_FILE, -1), None), ((-1, -1, -1, VC_SPECIAL, -1), "special"), ((0, 0, 0, VC_NONE, 1), None)]
     for args, want in rows:
         got = fault_kind(*args)
         assert (FAULT_KINDS[got] if got >= 0 else None) == want, args
@@ -176,12 +176,12 @@ def test_one_fault_of_each_kind_recorded():
     # .356644081), whose special mapping has no ->map_pages, so do_read_fault()'s
     # vmf_can_call_fault() returns VM_FAULT_RETRY under the VMA lock at once
     assert f.filter(pl.col("first_try_ns").is_not_null())["seq"].to_list() == [76, 372]
-    assert by_seq[76]["fault_kind"] == "other" and by_seq[76]["first_try_ns"] == 356644081 - 356641706 == 2375
-    assert f.filter(pl.col("fault_kind") == "other")["seq"].to_list() == [76]
+    assert by_seq[76]["fault_kind"] == "special" and by_seq[76]["first_try_ns"] == 356644081 - 356641706 == 2375
+    assert f.filter(pl.col("fault_kind") == "special")["seq"].to_list() == [76]
     # at exit, an instruction fetch in libc's text (mapped by ld.so, traced)
     assert by_seq[409]["fault_kind"] == "file"
     assert f["fault_kind"].value_counts().sort("fault_kind").rows() == [
-        ("anon", 73), ("zero", 2), ("cow", 6), ("file", 34), ("file_io", 1), ("other", 1)]
+        ("anon", 73), ("zero", 2), ("cow", 6), ("file", 34), ("file_io", 1), ("special", 1)]
 
 
 def test_the_events_keep_which_accounting_event_it_was():
@@ -207,10 +207,10 @@ def test_perf_trace_faults_have_no_error_code(cli, ws, tmp_path):
 # -- the sample traces -------------------------------------------------------------------------
 
 SAMPLE_KINDS = {
-    "pft-2t": {"anon": 24591, "zero": 1, "cow": 7, "file": 39, "other": 2},
-    "pft-ftrace": {"anon": 8206, "zero": 1, "cow": 4, "file": 41, "other": 2},
-    "jvm-alloc": {"anon": 17590, "zero": 371, "cow": 421, "file": 3114, "other": 2},
-    "mprotect-race": {"anon": 49169, "zero": 1, "cow": 7, "file": 38, "other": 1},
+    "pft-2t": {"anon": 24591, "zero": 1, "cow": 7, "file": 39, "special": 2},
+    "pft-ftrace": {"anon": 8206, "zero": 1, "cow": 4, "file": 41, "special": 2},
+    "jvm-alloc": {"anon": 17590, "zero": 371, "cow": 421, "file": 3114, "special": 2},
+    "mprotect-race": {"anon": 49169, "zero": 1, "cow": 7, "file": 38, "special": 1},
 }
 
 
@@ -221,8 +221,8 @@ def test_sample_trace_kinds(sample_ops):
     got = dict(f["fault_kind"].value_counts().rows())
     assert got == SAMPLE_KINDS[name]
     assert ops.filter(pl.col("kind") != "fault")["fault_kind"].null_count() == ops.height - f.height
-    # every fault has an x86 error code and a kind; the other faults are [vdso]/[vvar]
-    assert f["fault_kind"].null_count() == 0 and got["other"] <= 2
+    # every fault has an x86 error code and a kind; the special ones are [vdso]/[vvar]
+    assert f["fault_kind"].null_count() == 0 and got["special"] <= 2 and "other" not in got
     if name.startswith("pft") or name == "mprotect-race":  # one anonymous VMA written page by page
         assert got["anon"] / f.height > 0.99
     if name == "jvm-alloc":  # the JVM's libraries, CDS archive and perf-data file
@@ -233,4 +233,4 @@ def test_sample_trace_kinds(sample_ops):
     assert (f.filter(pl.col("observed_fallback"))["first_try_ns"] > 0).all()
     if name == "mprotect-race":  # mprotect's write-locked anonymous window
         fb = f.filter(pl.col("observed_fallback"))
-        assert dict(fb["fault_kind"].value_counts().rows()) == {"anon": 531, "file": 1, "other": 1}
+        assert dict(fb["fault_kind"].value_counts().rows()) == {"anon": 531, "file": 1, "special": 1}

@@ -126,7 +126,11 @@ MIN_SERVICE_SAMPLES = 20
 #    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
 #    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
 #    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
-REFERENCE_VERSION = 18
+# 19: VM_FAULT_RETRY (retry.py): a special mapping's fault (fault kind special) returns it
+#     under the VMA lock (vmf_can_call_fault()); a major file fault, and a file fault the
+#     trace shows falling back with no writer of its VMA in flight, drop either lock to wait
+#     for the page cache (their recorded first try, asleep) and retry under mmap_lock
+REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -52,6 +52,8 @@ class Op(IntEnum):
     HANDLE_MM_FAULT = 27
     MADV_VMA_LOCK = 28
     CHECK_SPAN = 29
+    FAULT_RETRY = 30
+    RETRY_WAIT = 31
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -125,6 +127,11 @@ MICRO_OPS = (
             "h_madv_vma_lock"),
     MicroOp(Op.CHECK_SPAN, ("spans?",), "labels", "try_vma_read_lock(): ``range.end > vma->vm_end`` - the "
             "madvise covers more than the VMA it locked -> goto", "h_check_span"),
+    MicroOp(Op.FAULT_RETRY, ("lock", "retry?"), "lock", "handle_mm_fault() returns VM_FAULT_RETRY under this lock "
+            "(vmf_can_call_fault() under the VMA lock; the page cache's maybe_unlock_mmap_for_io() under either, "
+            "first attempt only): retry.py -> goto", "h_fault_retry"),
+    MicroOp(Op.RETRY_WAIT, (), "none", "the wait inside that call with the lock dropped (__folio_lock_killable(), "
+            "the read): the fault sleeps off its CPU (retry.py)", "h_retry_wait"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"

@@ -21,6 +21,7 @@ from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SER
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
 from .faultpath import Plan
+from .retry import retry_causes
 from .vma import vma_alloc
 
 # where the simulated objects sit (only for line_stats' addresses)
@@ -287,6 +288,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     if recorded and not np.isnan(op_service).all():
         min_service = min(min_service, float(np.nanmin(op_service)))
     op_fkind = fault_kinds(src, c)
+    op_retry, retry_ops, retry_wait = retry_causes(src, c, op_fkind)
     instant = (flags & F_PROG) == 0  # no program, no time
     if not min_service:
         instant |= is_fault
@@ -352,6 +354,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["barrier_wake_ns"] = BARRIER_WAKE_NS
     for name, v in (plan.cfg if plan is not None else {}).items():
         k[name] = v
+    k["nretry"] = len(retry_ops)
     k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
@@ -392,6 +395,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
         op_service=op_service, op_fkind=op_fkind, w_advice=w_advice, w_vma=w_vma,
+        op_retry=op_retry, retry_ops=retry_ops if len(retry_ops) else np.full(1, -1, np.int64),
+        retry_wait=retry_wait if len(retry_wait) else np.zeros(1),
         res=plan.res if plan is not None else np.zeros(1, st.RES),
         fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
         fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),

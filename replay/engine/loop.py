@@ -155,6 +155,7 @@ def _next_op(S, t):
     th.fallback = False
     th.attempts = 0
     th.fp_step = 0
+    th.retried = False
     th.fp_res = 0.0
     th.fp_rwait = 0.0
     th.fp_svc = 0.0

@@ -14,6 +14,7 @@ from numba import njit
 from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
+from .retry import fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
@@ -255,3 +256,13 @@ def h_check_span(S, t, spans, _a, _b):
     if w_ids_p(S)[w + 1] - w_ids_p(S)[w] > 1:
         thread(S, t).pc = spans
     return end, False
+
+
+@njit(cache=True)
+def h_fault_retry(S, t, which, retry, _):
+    return fault_retry(S, t, which, retry)
+
+
+@njit(cache=True)
+def h_retry_wait(S, t, _a, _b, _c):
+    return retry_wait_step(S, t)

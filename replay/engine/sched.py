@@ -206,6 +206,18 @@ def block_at(S, t, when):
 
 
 @njit(cache=True)
+def sleep_for(S, t, d):
+    """t sleeps ``d`` ns off its CPU on no lock (an I/O wait: io_schedule()), then wants
+    its CPU back (runnable()); the time counts in ``thread.sleep``, not as a lock wait."""
+    now = glob(S, 0).now
+    block_at(S, t, now)
+    th = thread(S, t)
+    th.blocked = False
+    th.waking = True
+    at(S, now + d, t)
+
+
+@njit(cache=True)
 def block(S, t):
     """t sleeps (schedule()) now."""
     block_at(S, t, glob(S, 0).now)

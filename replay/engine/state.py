@@ -71,6 +71,7 @@ CONFIG = _rec(
     # rwsem.py: sem->wait_lock's line (mmap_lock's, and its offset in a VMA's rwsem), and
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
+    ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
 )
 THREAD = _rec(
     # scheduling
@@ -99,6 +100,7 @@ THREAD = _rec(
     ("sleep", f8), ("rq_woken",),
     ("wake_q_next",),  # in a waker's wake_q (rwsem.wake_q_add())
     ("waking",),  # woken by a wake_up_q() step still to come: runnable when its event fires (sched.wake_at)
+    ("retried",),  # its fault returned VM_FAULT_RETRY once (retry.py): FAULT_FLAG_TRIED, no second wait
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -149,6 +151,8 @@ ARRAYS = {
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
     "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
+    "op_retry": np.int8,  # per op: why its first handle_mm_fault() returns VM_FAULT_RETRY (retry.RETRY_*)
+    "retry_ops": i8, "retry_wait": f8,  # the ops that wait in that call (sorted) and their waits, ns
     "fp_hold_b": f8, "fp_hold_ns": f8,  # zone->lock hold by refill size: pages, ns (interpolated)
     "fp_lines": i8,  # the fault path's locks' data lines (res.data .. res.data + res.ndata index it)
     # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
@@ -277,6 +281,9 @@ op_start = _array_accessor("op_start", f8)
 service_samples = _array_accessor("service_samples", f8)
 op_service = _array_accessor("op_service", f8)
 op_fkind = _array_accessor("op_fkind", np.int8)
+op_retry = _array_accessor("op_retry", np.int8)
+retry_ops = _array_accessor("retry_ops", i8)
+retry_wait = _array_accessor("retry_wait", f8)
 fp_hold_b = _array_accessor("fp_hold_b", f8)
 fp_hold_ns = _array_accessor("fp_hold_ns", f8)
 fp_lines = _array_accessor("fp_lines", i8)

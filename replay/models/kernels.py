@@ -301,12 +301,17 @@ def fault_path_kernel(release: str) -> FaultPathKernel:
 
 # -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
 def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
-    """do_user_addr_fault() -> lock_mm_and_find_vma(): mmap_read_trylock(), else
-    mmap_read_lock_killable(); find_vma(); handle_mm_fault(); mmap_read_unlock()."""
+    """do_user_addr_fault()'s ``lock_mmap: retry:`` -> lock_mm_and_find_vma():
+    mmap_read_trylock(), else mmap_read_lock_killable(); find_vma(); handle_mm_fault();
+    mmap_read_unlock() - the fault's end.  A first call that drops mmap_lock for the page
+    cache (replay/engine/retry.py: maybe_unlock_mmap_for_io() -> release_fault_lock())
+    returns VM_FAULT_RETRY with the lock released: ``if (unlikely(fault &
+    VM_FAULT_RETRY)) { flags |= FAULT_FLAG_TRIED; goto retry; }``."""
     p = []
     if prefetchw:
         p.append((Op.PREFETCHW, "mm", "mmap_lock.count"))  # prefetchw(&mm->mmap_lock)
     return p + [
+        (Op.LABEL, f"lock_mmap{tag}"),
         (Op.RWSEM_TRYLOCK_READ, "mmap_lock", f"slow{tag}"),
         (Op.GOTO, f"locked{tag}"),
         (Op.LABEL, f"slow{tag}"),
@@ -315,8 +320,14 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
         (Op.READ, "mm", "mm_mt"),  # find_vma(): maple tree walk
         (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags
         (Op.READ, "vma", "anon_vma"),  # anon_vma, vm_ops
+        (Op.FAULT_RETRY, "mmap_lock", f"mm_retry{tag}"),  # the first call drops mmap_lock: VM_FAULT_RETRY
         (Op.HANDLE_MM_FAULT,),
         (Op.RWSEM_UP_READ, "mmap_lock"),
+        (Op.END,),
+        (Op.LABEL, f"mm_retry{tag}"),
+        (Op.RWSEM_UP_READ, "mmap_lock"),  # release_fault_lock(): mmap_read_unlock()
+        (Op.RETRY_WAIT,),  # the page cache's wait, lock dropped
+        (Op.GOTO, f"lock_mmap{tag}"),  # FAULT_FLAG_TRIED; goto retry
     ]
 
 
@@ -377,19 +388,28 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
             (Op.CHECK_SEQ, "abort_put"),  # re-check with acquire ordering
             (Op.CHECK_RANGE, "abort_put"),  # lock_vma_under_rcu(): reused for another range -> inval
         ]
+    unlock = (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,)  # vma_end_read()
     p += [
         (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
+        # handle_mm_fault(..., flags | FAULT_FLAG_VMA_LOCK) returns VM_FAULT_RETRY, the VMA
+        # lock dropped (replay/engine/retry.py)
+        (Op.FAULT_RETRY, "vma_lock", "retry"),
         (Op.HANDLE_MM_FAULT,),
-        (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,),  # vma_end_read()
+        unlock,
         (Op.OUTCOME, "success"),
         (Op.END,),
+        (Op.LABEL, "retry"),
+        unlock,  # vmf_can_call_fault() / release_fault_lock(): vma_end_read()
+        (Op.RETRY_WAIT,),  # the page cache's wait, lock dropped (none for vmf_can_call_fault())
+        (Op.OUTCOME, "retry"),  # count_vm_vma_lock_event(VMA_LOCK_RETRY)
+        (Op.FALLBACK,),  # lock_mmap:
+        (Op.GOTO, "lock_mmap_fb"),
         (Op.LABEL, "abort_unlock" if kind == "rwsem" else "abort_put"),
-        (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,),
+        unlock,
         (Op.LABEL, "abort"),
         (Op.OUTCOME, "abort"),  # count_vm_vma_lock_event(VMA_LOCK_ABORT)
         (Op.FALLBACK,),
         *_mmap_lock_fault(False, "_fb"),
-        (Op.END,),
     ]
     if kind == "rwsem":
         p += [(Op.LABEL, "miss_unlock"), (Op.RWSEM_UP_READ, "vma_lock"), (Op.OUTCOME, "miss"), (Op.GOTO, "walk")]
@@ -419,7 +439,7 @@ def _vma_writer(seqcount: bool) -> list:
 def _kernel_fault(prefetchw: bool = True) -> list:
     """do_user_addr_fault(): "if (!(flags & FAULT_FLAG_USER)) goto lock_mmap;" - a
     kernel-mode fault never tries the VMA lock and counts no VMA_LOCK_* event."""
-    return _mmap_lock_fault(prefetchw) + [(Op.END,)]
+    return _mmap_lock_fault(prefetchw)
 
 
 KERNEL_FAULT = _kernel_fault()
@@ -475,8 +495,8 @@ _add(Model(
     ["arch/x86/mm/fault.c do_user_addr_fault() (v6.3)", "kernel/locking/rwsem.c (64489e78004c, v5.3)"],
     Layout(MM_63, VMA_63, vma_lock_in=""),
     # no CONFIG_PER_VMA_LOCK: no VMA_LOCK_* event is counted
-    fault=_mmap_lock_fault(True) + [(Op.END,)],
-    kernel_fault=_mmap_lock_fault(True) + [(Op.END,)],
+    fault=_mmap_lock_fault(True),
+    kernel_fault=_mmap_lock_fault(True),
     writer=MMAP_WRITER,
     params={"vma_lock": None}, release="6.3",
 ))
