@@ -718,7 +718,8 @@ def why(r: dict, s: SampleTrace) -> str | None:
     obs, sim, writer = r["observed"], r["simulated"], r["observed_writer_in_flight"]
     if sim < obs and obs - writer >= (obs - sim) / 2 and not r["simulated_retry"]:
         return (f"{obs - writer} of {obs} had no writer of their VMA in flight, so no abort on a write-locked VMA: "
-                f"VM_FAULT_RETRY (or no VMA found), which the engine lacks (issue 10 item 1); its {sim:g} are aborts")
+                f"VM_FAULT_RETRY or no VMA found, of a kind the engine does not retry (replay/engine/retry.py: "
+                f"special mappings, page-cache waits of file faults); its {sim:g} are aborts")
     if sim < obs:
         return (f"{writer} of {obs} came while a writer of their VMA was in flight (those writers: "
                 f"{s.writer_ms[0]:.1f} ms from sys_enter to sys_exit recorded, {s.writer_ms[1]:.1f} ms simulated - "
@@ -784,7 +785,14 @@ def fallback_doc(res: dict) -> list[str]:
             "writer that write-locks that VMA was in flight (between its sys_enter and sys_exit) during the "
             "fault (`writer`): an abort on a write-locked VMA needs one, so a fallback without one is a retry "
             "or a fault that found no VMA.  The file/special row is where the JVM trace's file-backed retries "
-            "are.  The simulation's fallbacks are split into its aborts and retries (`abort`, `retry`).  Not "
+            "are.  The simulation's fallbacks are split into its aborts and retries (`abort`, `retry`).  "
+            "What is predicted and what is replayed: the engine retries a special mapping's fault by the kernel's "
+            "rule (fault kind `special`: vmf_can_call_fault()) and a major file fault by filemap_fault()'s, both "
+            "predictions; a minor file fault's page-cache wait (a folio locked by a read in flight, or marked for "
+            "readahead) is the page cache's state, which the trace records and no lock design changes, so a file "
+            "fault the trace shows falling back with no writer of its VMA in flight is replayed as a retry with "
+            "its recorded first try as its wait (replay/engine/retry.py) - its count in the file/special row is "
+            "the trace's, not a prediction; the aborts, and which faults meet a write-locked VMA, are.  Not "
             "counted as fallbacks: `observed_anon_prepare` (the first write fault of a private VMA, whose "
             "vmf_anon_prepare() trylock traces alike and may still finish under the VMA lock) and kernel-mode "
             "faults, which never try the VMA lock.", "",
