@@ -30,7 +30,7 @@ def replay(model, rows, cpus=2):
     return res, r.lock_stats()
 
 
-@pytest.mark.parametrize("model", PER_VMA)
+@pytest.mark.parametrize("model", [m for m in PER_VMA if m != "pervma"] + ["pervma@6.7"])
 def test_a_special_mapping_fault_retries_under_the_vma_lock_at_once(model):
     """[vdso]/[vvar]: vmf_can_call_fault() - VM_FAULT_RETRY, no wait; then mmap_lock."""
     res, lk = replay(model, ops(fault(1, 1, "special")))
@@ -47,7 +47,7 @@ def test_a_special_mapping_fault_does_not_retry_under_mmap_lock():
     assert lk["mm"]["acquisitions"] == 1
 
 
-@pytest.mark.parametrize("model", ["mainline", "pervma"])
+@pytest.mark.parametrize("model", ["mainline", "pervma@6.7"])
 def test_a_page_cache_wait_drops_the_vma_lock_sleeps_and_retries(model):
     """A file fault the trace shows falling back with no writer in flight: its recorded
     first try (300 us) asleep with the VMA lock dropped, RETRY, then one mmap_lock call."""
@@ -108,3 +108,33 @@ def test_a_major_fault_waits_once():
     assert res[0]["sleep_ns"] == pytest.approx(FT + 2000.0)
     assert res[1]["sleep_ns"] == 0  # no first try recorded: no wait known
     assert lk["mm"]["acquisitions"] == 2
+
+
+# -- the per-VMA lock's coverage by release (retry.py) -------------------------------------------
+
+def test_up_to_6_5_a_vma_that_is_not_anonymous_aborts():
+    """6.4's lock_vma_under_rcu(): "if (!vma_is_anonymous(vma)) goto inval;" - an ABORT,
+    no VMA lock taken; the page cache's wait then comes under mmap_lock (2 acquisitions)."""
+    rows = ops(fault(1, 1, "special"), fault(1, 2, "file"), fault(1, 3, "file_io", first_try_ns=FT), fault(1, 4, "anon"))
+    res, lk = replay("pervma", rows)  # release 6.4
+    assert [res[i]["outcome"] for i in range(4)] == ["abort", "abort", "abort", "success"]
+    assert lk["mm"]["acquisitions"] == 4  # 1 + 1 + 2: the major fault drops mmap_lock for its read
+    assert res[2]["sleep_ns"] == pytest.approx(FT + 2000.0)
+    assert not any(k.startswith("vma") and v["acquisitions"] and k != "vma:4" for k, v in lk.items())
+    res, _ = replay("pervma@6.2", rows)  # a posting measured on 6.2: the same test
+    assert res[1]["outcome"] == "abort"
+
+
+def test_in_6_6_file_writes_and_misses_retry_at_once_and_fault_around_hits_stay():
+    """6.6's do_read_fault() maps what fault-around finds, else returns VM_FAULT_RETRY before
+    ->fault(); do_cow_fault()/do_shared_fault() return it at once.  A major fault thus
+    retries twice: at once under the VMA lock, then dropping mmap_lock for its read."""
+    rows = ops(fault(1, 1, "file"), {**fault(1, 1, "file"), "write": True}, fault(1, 2, "file_io", first_try_ns=FT))
+    res, lk = replay("pervma@6.6", rows)
+    assert [res[i]["outcome"] for i in range(3)] == ["success", "retry", "retry"]
+    assert res[1]["sleep_ns"] == 0
+    assert res[2]["sleep_ns"] == pytest.approx(FT + 2000.0)
+    assert lk["mm"]["acquisitions"] == 1 + 2
+    res, lk = replay("pervma@6.7", rows)  # vmf_can_call_fault(): all three under the VMA lock
+    assert [res[i]["outcome"] for i in range(3)] == ["success", "success", "retry"]
+    assert lk["mm"]["acquisitions"] == 1

@@ -129,7 +129,10 @@ MIN_SERVICE_SAMPLES = 20
 # 19: VM_FAULT_RETRY (retry.py): a special mapping's fault (fault kind special) returns it
 #     under the VMA lock (vmf_can_call_fault()); a major file fault, and a file fault the
 #     trace shows falling back with no writer of its VMA in flight, drop either lock to wait
-#     for the page cache (their recorded first try, asleep) and retry under mmap_lock
+#     for the page cache (their recorded first try, asleep) and retry under mmap_lock;
+#     the per-VMA lock's coverage by release: up to 6.5 a VMA that is not anonymous aborts
+#     in lock_vma_under_rcu() (which up to 6.9 reads vm_ops/anon_vma), 6.6 retries file
+#     faults fault-around cannot serve, 6.7+ vmf_can_call_fault()
 REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the

@@ -54,6 +54,7 @@ class Op(IntEnum):
     CHECK_SPAN = 29
     FAULT_RETRY = 30
     RETRY_WAIT = 31
+    CHECK_ANON = 32
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -132,6 +133,8 @@ MICRO_OPS = (
             "first attempt only): retry.py -> goto", "h_fault_retry"),
     MicroOp(Op.RETRY_WAIT, (), "none", "the wait inside that call with the lock dropped (__folio_lock_killable(), "
             "the read): the fault sleeps off its CPU (retry.py)", "h_retry_wait"),
+    MicroOp(Op.CHECK_ANON, ("refused?",), "labels", "lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and "
+            "vma->anon_vma; up to 6.5 \"if (!vma_is_anonymous(vma)) goto inval;\" -> goto (retry.py)", "h_check_anon"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"

@@ -21,7 +21,8 @@ from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SER
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
 from .faultpath import Plan
-from .retry import retry_causes
+from .retry import LVUR_ANON_CHECK_UNTIL, retry_causes
+from .retry import _release as retry_release
 from .vma import vma_alloc
 
 # where the simulated objects sit (only for line_stats' addresses)
@@ -288,7 +289,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     if recorded and not np.isnan(op_service).all():
         min_service = min(min_service, float(np.nanmin(op_service)))
     op_fkind = fault_kinds(src, c)
-    op_retry, retry_ops, retry_wait = retry_causes(src, c, op_fkind)
+    op_retry, retry_ops, retry_wait = retry_causes(src, c, op_fkind, release or model.release)
     instant = (flags & F_PROG) == 0  # no program, no time
     if not min_service:
         instant |= is_fault
@@ -355,6 +356,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     for name, v in (plan.cfg if plan is not None else {}).items():
         k[name] = v
     k["nretry"] = len(retry_ops)
+    k["lvur_anon_check"] = int(retry_release(release or model.release) < LVUR_ANON_CHECK_UNTIL)
+    k["off_anon_vma"] = vma_st.fields.get("anon_vma", 0)
     k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 

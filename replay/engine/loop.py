@@ -156,6 +156,7 @@ def _next_op(S, t):
     th.attempts = 0
     th.fp_step = 0
     th.retried = False
+    th.wait_due = False
     th.fp_res = 0.0
     th.fp_rwait = 0.0
     th.fp_svc = 0.0

@@ -71,25 +71,72 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .coherence import read
 from .sched import sleep_for
+from .vma import field_line
 from .state import cfg, glob, op_retry, retry_ops, retry_wait, thread
 
-RETRY_NONE, RETRY_NO_MAP_PAGES, RETRY_PAGE_CACHE = 0, 1, 2
-RETRY_CAUSES = ("none", "no_map_pages", "page_cache")
+# op_retry bits
+RETRY_NO_MAP_PAGES = 1  # VM_FAULT_RETRY under the VMA lock at once, no wait
+RETRY_PAGE_CACHE = 2  # the first call (either lock) drops it to wait on the page cache
+NOT_ANON = 4  # lock_vma_under_rcu() refuses the VMA: not anonymous (before 6.6)
 LOCK_VMA = 1  # FAULT_RETRY's lock argument (isa.encode: 0 mmap_lock, 1 the VMA's)
 
 
-def retry_causes(src, c, kinds: np.ndarray):
-    """Per op its RETRY_* cause (int8), and for the ops that wait, their op indices
+def _release(r: str) -> tuple:
+    from ..models.kernels import _release_key
+
+    return _release_key(r)
+
+
+# The per-VMA lock's coverage by release (the kernel the design runs on: Model.release, or
+# NAME@RELEASE), each step read in that release's mm/memory.c:
+# * up to 6.5, lock_vma_under_rcu(): "/* Only anonymous vmas are supported for now */ if
+#   (!vma_is_anonymous(vma)) goto inval;" (v6.4; v6.5 adds "&& !vma_is_tcp(vma)"), so a
+#   fault on a file-backed or special mapping counts VMA_LOCK_ABORT and takes mmap_lock.
+#   Before 6.4 the release is the base a posting of the series was measured on (pervma@6.2),
+#   whose lock_vma_under_rcu() had the same test.
+# * 6.6, "mm: Allow per-VMA locks on file-backed VMAs" (Matthew Wilcox) and "mm: Run the
+#   fault-around code under the VMA lock": any VMA is locked, but do_read_fault() maps under
+#   it only what fault-around finds in the page cache and returns "if (vmf->flags &
+#   FAULT_FLAG_VMA_LOCK) { vma_end_read(vmf->vma); return VM_FAULT_RETRY; }" before
+#   calling ->fault(); do_cow_fault() and do_shared_fault() (write faults on a file) begin
+#   with that test, and so does do_wp_page() for a shared mapping's write.
+# * 6.7, "Handle more faults under the VMA lock" (Matthew Wilcox; "mm: handle read faults
+#   under the VMA lock", 12214eba1992, and its siblings for COW, shared and RO-write faults):
+#   the test becomes vmf_can_call_fault() - only vm_ops without ->map_pages retry - and
+#   filemap_fault() drops the VMA lock itself to wait (lock_folio_maybe_drop_mmap() made
+#   VMA-lock aware), as in 6.18.
+# Not modelled: 6.4-6.9's "vma_is_anonymous(vma) && !vma->anon_vma" abort (an anonymous
+# VMA's faults before its first write fault set anon_vma: the engine does not track
+# anon_vma), and a CoW fault on a file-backed private VMA before 6.6 (fault kind ``cow``
+# does not say which VMA it is on: taken as anonymous).
+FILE_VMAS_LOCKED = (6, 6)
+FILE_FAULTS_UNDER_VMA_LOCK = (6, 7)
+# lock_vma_under_rcu() reads vm_ops and anon_vma until "mm: delay the check for a NULL
+# anon_vma" (Matthew Wilcox, 6.10) moved the anon_vma test into vmf_anon_prepare()
+LVUR_ANON_CHECK_UNTIL = (6, 10)
+
+
+def retry_causes(src, c, kinds: np.ndarray, release: str):
+    """Per op its op_retry bits (int8), and for the ops that wait, their op indices
     (sorted) and waits in ns - the few faults that have one.  ``kinds``: the ops' fault
-    kind codes (load.fault_kinds())."""
+    kind codes (load.fault_kinds()); ``release``: the kernel the design runs on."""
     import polars as pl
 
     from ..ops import FK_FILE, FK_FILE_IO, FK_SPECIAL, writer_in_flight
 
+    rel = _release(release)
     cause = np.zeros(src.n, np.int8)
-    cause[kinds == FK_SPECIAL] = RETRY_NO_MAP_PAGES
-    cause[kinds == FK_FILE_IO] = RETRY_PAGE_CACHE
+    not_anon = (kinds == FK_SPECIAL) | (kinds == FK_FILE) | (kinds == FK_FILE_IO)
+    if rel < FILE_VMAS_LOCKED:
+        cause[not_anon] |= NOT_ANON
+    elif rel < FILE_FAULTS_UNDER_VMA_LOCK:  # 6.6: only fault-around's page-cache hits stay
+        write = src.col(c("write", pl.Boolean).fill_null(False), bool)
+        cause[(kinds == FK_SPECIAL) | (kinds == FK_FILE_IO) | ((kinds == FK_FILE) & write)] |= RETRY_NO_MAP_PAGES
+    else:
+        cause[kinds == FK_SPECIAL] |= RETRY_NO_MAP_PAGES
+    cause[kinds == FK_FILE_IO] |= RETRY_PAGE_CACHE
     is_fault = c("kind", pl.Utf8).cast(pl.Utf8) == "fault"
     if "observed_fallback" in src.names:
         cand = src.frame(["kind", "observed_fallback", "kernel", "vma_id", "start_ns", "end_ns"], lambda df: df.filter(
@@ -100,8 +147,8 @@ def retry_causes(src, c, kinds: np.ndarray):
             w = src.writers(lambda df: df.select(c("lock_mode", pl.Utf8).cast(pl.Utf8), c("start_ns"), c("end_ns"),
                                                  c("vma_ids", pl.List(pl.Int64)).cast(pl.List(pl.Int64))))
             mine = cand.filter(~writer_in_flight(cand, w))["_j"].to_numpy().astype(np.int64)
-            cause[mine] = RETRY_PAGE_CACHE
-    waits = np.flatnonzero(cause == RETRY_PAGE_CACHE).astype(np.int64)
+            cause[mine] |= RETRY_PAGE_CACHE
+    waits = np.flatnonzero(cause & RETRY_PAGE_CACHE).astype(np.int64)
     wait_ns = np.zeros(len(waits), np.float64)
     if len(waits) and "first_try_ns" in src.names:
         ft = src.column("first_try_ns", np.float64, 0)
@@ -113,13 +160,34 @@ def retry_causes(src, c, kinds: np.ndarray):
 @njit(cache=True)
 def fault_retry(S, t, which, retry):
     """FAULT_RETRY: whether this call of handle_mm_fault() under lock ``which`` returns
-    VM_FAULT_RETRY (-> goto retry).  Zero time: the call's work is the completing one's."""
+    VM_FAULT_RETRY (-> goto retry).  Under the VMA lock a fault that cannot be served there
+    returns before it would wait (6.6's FAULT_FLAG_VMA_LOCK tests, vmf_can_call_fault());
+    else the page cache's wait drops whichever lock it holds, once (``retried``: the
+    wait's RETRY_WAIT is then due).  Zero time: the call's work is the completing one's."""
     th = thread(S, t)
     c = op_retry(S)[th.op]
-    if not th.retried and (c == RETRY_PAGE_CACHE or (c == RETRY_NO_MAP_PAGES and which == LOCK_VMA)):
+    if which == LOCK_VMA and (c & RETRY_NO_MAP_PAGES):
+        th.pc = retry
+    elif (c & RETRY_PAGE_CACHE) and not th.retried:
         th.retried = True
+        th.wait_due = True
         th.pc = retry
     return glob(S, 0).now, False
+
+
+@njit(cache=True)
+def check_anon(S, t, refused):
+    """CHECK_ANON: lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and vma->anon_vma (one
+    line) before vma_start_read(); up to 6.5 a VMA that is not anonymous -> goto (abort)."""
+    th = thread(S, t)
+    k = cfg(S, 0)
+    now = glob(S, 0).now
+    if not k.lvur_anon_check:
+        return now, False
+    end = read(S, t, field_line(S, t, 1, k.off_anon_vma))
+    if op_retry(S)[th.op] & NOT_ANON:
+        th.pc = refused
+    return end, False
 
 
 @njit(cache=True)
@@ -141,7 +209,11 @@ def wait_of(S, j):
 @njit(cache=True)
 def retry_wait_step(S, t):
     """RETRY_WAIT: the fault sleeps its recorded wait off its CPU (sched.sleep_for)."""
-    d = wait_of(S, thread(S, t).op)
+    th = thread(S, t)
+    if not th.wait_due:  # a retry that waits for nothing (vmf_can_call_fault())
+        return glob(S, 0).now, False
+    th.wait_due = False
+    d = wait_of(S, th.op)
     if d <= 0.0:
         return glob(S, 0).now, False
     sleep_for(S, t, d)

@@ -72,6 +72,7 @@ CONFIG = _rec(
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
     ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
+    ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.9, and the field it reads
 )
 THREAD = _rec(
     # scheduling
@@ -101,6 +102,7 @@ THREAD = _rec(
     ("wake_q_next",),  # in a waker's wake_q (rwsem.wake_q_add())
     ("waking",),  # woken by a wake_up_q() step still to come: runnable when its event fires (sched.wake_at)
     ("retried",),  # its fault returned VM_FAULT_RETRY once (retry.py): FAULT_FLAG_TRIED, no second wait
+    ("wait_due",),  # that retry's page-cache wait is still to be slept (retry.retry_wait_step)
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1

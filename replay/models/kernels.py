@@ -370,6 +370,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
         (Op.LABEL, "walk"),
         (Op.ATTEMPT,),
         (Op.WALK, "abort"),  # mas_walk() under rcu_read_lock(); no VMA -> inval
+        (Op.CHECK_ANON, "abort"),  # up to 6.9: vm_ops, anon_vma; up to 6.5 not anonymous -> inval
         (Op.READ, "vma", "vm_start"),  # the VMA's first line
         (Op.CHECK_SEQ, "abort"),  # vm_lock_seq == mm_lock_seq: write-locked, return NULL
     ]
