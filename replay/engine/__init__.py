@@ -126,7 +126,10 @@ MIN_SERVICE_SAMPLES = 20
 #    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
 #    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
 #    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
-REFERENCE_VERSION = 18
+# 19: clear_page()'s DRAM traffic (faultpath.CLEAR_DRAM_BYTES, the read for ownership and
+#    the write-back) queued FIFO on its NUMA node's memory channels at the profile's
+#    [fault_path] dram_gbps: a clear ends at the later of its per-core time and that
+REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
