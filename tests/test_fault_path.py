@@ -30,6 +30,7 @@ fixed_ns = 1000
 clear_page_ns = {clear}
 zone_lock_hold_ns = [[63, 2000]]
 lru_folio_ns = 0
+dram_gbps = {dram}
 
 [sources]
 {src}
@@ -39,14 +40,15 @@ fixed_ns = "test"
 clear_page_ns = "test"
 zone_lock_hold_ns = "test"
 lru_folio_ns = "test"
+dram_gbps = "test"
 """
 KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_read_shared", "socket_read_exclusive",
         "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
 
 
-def toy(tmp_path, sockets=1, cores=1, nodes=0, clear=0, lat=0.001):
-    p = tmp_path / f"toy-{sockets}-{cores}-{nodes}-{clear}.toml"
-    p.write_text(TOY.format(sockets=sockets, cores=cores, clear=clear,
+def toy(tmp_path, sockets=1, cores=1, nodes=0, clear=0, lat=0.001, dram=1e9):
+    p = tmp_path / f"toy-{sockets}-{cores}-{nodes}-{clear}-{dram:g}.toml"
+    p.write_text(TOY.format(sockets=sockets, cores=cores, clear=clear, dram=dram,
                             nodes=f"numa_nodes = {nodes}" if nodes else "",
                             lat="\n".join(f"{k} = {lat}" for k in KEYS),
                             src="\n".join(f'{k} = "test"\nfault_service_ns = "test"' if k == "l1_hit" else f'{k} = "test"'
@@ -269,3 +271,56 @@ def test_the_fault_kind_picks_the_steps(tmp_path, kind, refills, pte_pages, drai
         r["fault_kind"] = kind
     r, _ = replay("mmap_lock@6.3", toy(tmp_path), 1, rows)
     assert (zone_acquisitions(r), counter(r, "pte"), lock_acq(r, "lruvec->lru_lock")) == (refills, pte_pages, drains)
+
+
+def bw(r):
+    """The memory channels' records (faultpath._clear), one per node, after the counters."""
+    nn = r.machine.numa_nodes
+    return r.state["res"][2 * nn + 3:3 * nn + 3]
+
+
+def test_clear_page_bandwidth_shared_per_node(tmp_path):
+    """clear_page()'s DRAM traffic (CLEAR_DRAM_BYTES = 8 KiB: the read for ownership and
+    the write-back) queues FIFO on its node's channels.  A fault is 1000 ns fixed + a
+    1000 ns clear + 2000 ns of zone lock per 63 pages (~2032 ns); at 81.92 GB/s a clear
+    holds the channels 8192 / 81.92 = 100 ns, so a socket clears at most 10 M pages/s.
+    8 CPUs ask 3.9 M/s: at most 8 x 100 = 800 ns queued, under the 1000 ns clear -
+    unchanged, no wait at all.  64 CPUs ask 31 M/s: saturated, one clear per 100 ns -
+    600 faults and 2 PTE pages per thread, 9.97 M faults/s, each fault taking 64 x
+    100 ns x 602 / 600.  Two sockets of 32 CPUs: twice that; one socket as two nodes:
+    each node half the socket's bandwidth, the socket still 10 M/s."""
+    def run(machine, cpus, n):
+        r, res = replay("mmap_lock@6.3", machine, cpus, faults(cpus, n))
+        f = [x for x in res if x["kind"] == "fault"]
+        rate = len(f) / (max(x["end_ns"] for x in f) - min(x["start_ns"] for x in f)) * 1e9
+        return r, f, rate
+
+    fast = dict(clear=1000)  # the toy's default bandwidth: a clear holds the channels ~0 ns
+    slow = dict(clear=1000, dram=81.92)
+    for cpus in (1, 8):
+        r, _, rate = run(toy(tmp_path, cores=64, **slow), cpus, 600)
+        _, _, unlimited = run(toy(tmp_path, cores=64, **fast), cpus, 600)
+        assert rate == pytest.approx(unlimited, rel=1e-9)
+        assert bw(r)[0]["wait_total"] == 0 and bw(r)[0]["acquisitions"] == cpus * 602
+        assert bw(r)[0]["hold_total"] == pytest.approx(cpus * 602 * 100.0)
+    r, f, one = run(toy(tmp_path, cores=64, **slow), 64, 600)
+    assert one == pytest.approx(600 / (602 * 100e-9), rel=0.03)
+    steady = sorted(x["end_ns"] - x["start_ns"] for x in f)[len(f) // 2]  # the median fault
+    assert steady == pytest.approx(64 * 100 * 602 / 600, rel=0.03)
+    assert bw(r)[0]["wait_total"] > 0.5 * sum(x["resource_ns"] for x in f)  # what the faults wait for, mostly
+    # every wait is some resource's: the channels' and the spinlocks' (zone->lock's here)
+    assert sum(x["resource_wait_ns"] for x in f) == pytest.approx(r.state["res"]["wait_total"].sum(), rel=1e-9)
+    _, _, two = run(toy(tmp_path, sockets=2, cores=32, **slow), 64, 600)
+    assert two == pytest.approx(2 * one, rel=0.03)
+    r, _, nodes = run(toy(tmp_path, cores=64, nodes=2, **slow), 64, 600)
+    assert nodes == pytest.approx(one, rel=0.03)
+    assert all(x["hold_total"] == pytest.approx(32 * 602 * 200.0) for x in bw(r))
+
+
+@pytest.mark.parametrize("dram", [0, -1])
+def test_dram_bandwidth_must_be_positive(tmp_path, dram):
+    """A socket without bandwidth would hold every clear forever: a clear one-line error."""
+    from replay.machines import MachineError
+
+    with pytest.raises(MachineError, match=r"\[fault_path\] dram_gbps must be positive"):
+        toy(tmp_path, dram=dram)

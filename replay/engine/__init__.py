@@ -133,7 +133,10 @@ MIN_SERVICE_SAMPLES = 20
 #     the per-VMA lock's coverage by release: up to 6.5 a VMA that is not anonymous aborts
 #     in lock_vma_under_rcu() (which up to 6.9 reads vm_ops/anon_vma), 6.6 retries file
 #     faults fault-around cannot serve, 6.7+ vmf_can_call_fault()
-REFERENCE_VERSION = 19
+# 20: clear_page()'s DRAM traffic (faultpath.CLEAR_DRAM_BYTES, the read for ownership and
+#    the write-back) queued FIFO on its NUMA node's memory channels at the profile's
+#    [fault_path] dram_gbps: a clear ends at the later of its per-core time and that
+REFERENCE_VERSION = 20
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

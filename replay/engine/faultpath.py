@@ -25,7 +25,13 @@ anonymous first write:
    ``MEMCG_CHARGE_BATCH`` pages by one ``page_counter_try_charge()`` walk - an atomic
    on each level's ``usage`` line and a store to its watermark line, up the hierarchy.
 4. **clearing the page** (``clear_page()``, ``rep stosb`` over 4 KiB): the profile's
-   per-core time; twice that to copy one (CoW, ``__wp_page_copy_user()``: est.).
+   per-core time; twice that to copy one (CoW, ``__wp_page_copy_user()``: est.).  The
+   clear's DRAM traffic - ``CLEAR_DRAM_BYTES``, the 4 KiB read for ownership and
+   written back - also passes through the node's memory channels, one FIFO queue per
+   NUMA node at the profile's ``dram_gbps`` (a socket's, split over its nodes): the
+   clear holds the channels for bytes / bandwidth from when the clears before it let
+   go, and ends at the later of its per-core time and that; below saturation nothing
+   changes, saturated a node clears one page per bytes / bandwidth.
 5. **the rss counter** (``add_mm_counter()``, a percpu_counter since 6.2): the CPU's
    local count, folded into ``mm->rss_stat[]`` under its spinlock every
    ``max(32, 2 x online CPUs)`` increments (``percpu_counter_add_batch()``); before 6.2
@@ -133,6 +139,32 @@ def spin_lock_held(S, t, r, since, hold):
     rr.hold_total += held
     rr.hold_max = max(rr.hold_max, held)
     th.fp_res += end - since
+    return end
+
+
+@njit(cache=True)
+def _clear(S, t, now, d, occ):
+    """clear_page() (or a CoW's copy) on t's CPU at ``now``: ``d`` ns of the core's own,
+    and ``occ`` ns of its node's memory channels, queued FIFO behind the clears before
+    it (the one-shot pattern of spin_lock_held(): arrivals come in time order).  Ends at
+    the later of the two; the channels' lateness is resource wait."""
+    th = thread(S, t)
+    th.fp_svc += d
+    end = now + d
+    rr = res(S, cfg(S, 0).fp_r_bw + fpcpu(S, th.cpu).node)
+    done = max(now, rr.free_at) + occ
+    rr.free_at = done
+    rr.acquisitions += 1
+    rr.hold_total += occ
+    rr.hold_max = max(rr.hold_max, occ)
+    if done > end:  # the channels finish after the core would have
+        late = done - end
+        rr.contentions += 1
+        rr.wait_total += late
+        rr.wait_max = max(rr.wait_max, late)
+        th.fp_rwait += late
+        th.fp_res += late
+        end = done
     return end
 
 
@@ -259,9 +291,10 @@ def handle_mm_fault(S, t):
     elif s == S_PTE_CHARGE or s == S_CHARGE:
         end = _charge(S, t, now)
     elif s == S_PTE_CLEAR or s == S_CLEAR:
-        d = k.fp_copy_ns if (kind == K_COW and s == S_CLEAR) else k.fp_clear_ns
-        th.fp_svc += d
-        end = now + d
+        if kind == K_COW and s == S_CLEAR:
+            end = _clear(S, t, now, k.fp_copy_ns, k.fp_bw_copy_ns)
+        else:
+            end = _clear(S, t, now, k.fp_clear_ns, k.fp_bw_clear_ns)
     elif s == S_PTE_INSTALL:  # pmd_install(): mm_inc_nr_ptes()
         cs, cost = coh_write(S, k.fp_pgtables_line, th.cpu, now, True, True)
         end = cs + cost
@@ -288,6 +321,21 @@ def node_of(machine, c) -> int:
     per = machine.numa_nodes // machine.sockets
     return c.socket * per + (c.core % machine.cores_per_socket) * per // machine.cores_per_socket
 
+
+
+# The DRAM traffic of one clear_page(): the 4 KiB read for ownership and written back.
+# `rep stosb` allocates every line it writes on Skylake-SP and Ice Lake-SP (Ankur Arora,
+# "[PATCH 4/8] x86/asm: add clear_page_nt()", 20201014083300.19077-5-ankur.a.arora@oracle.com:
+# one L1D replacement per line written on Skylakex, "unlike REP; STOSB, MOVNTI does not
+# result in a write-allocate"), and "Intel Skylake, Icelakex don't [forgo cacheline
+# allocation] at all; AMD Milan does for extents > ~LLC-size" (the v3 clear_pages()
+# cover, 20220606203725.1313715-2-ankur.a.arora@oracle.com) - a 4 KiB clear is far
+# below that, so AMD allocates too (est. for Zen 4/5 and the older Intel cores).  That
+# the allocation reads DRAM rather than being satisfied without data is est.: the L1D
+# counts cannot tell (docs/fault-path.md 2.4).
+CLEAR_DRAM_BYTES = 2 * 4096
+# est.: a CoW copy reads the source page and allocates and writes back the new one
+COPY_DRAM_BYTES = 3 * 4096
 
 
 # est.: the memcg levels a charge walks.  A login session under systemd runs in
@@ -325,7 +373,7 @@ class Plan:
 
         # the spinlocks (zone->lock and lru_lock per node, the rss counter's), then two
         # counters kept in the same records: page_counter walks, PTE pages installed
-        res = np.zeros(2 * nn + 3, st.RES)
+        res = np.zeros(3 * nn + 3, st.RES)  # then each node's memory channels (faultpath._clear)
         data = []
         for n in range(nn):  # struct zone's lock, alone in its line (after CACHELINE_PADDING(_pad1_))
             z = lines(2, f"zone[node{n}].lock")
@@ -368,6 +416,10 @@ class Plan:
             "fp_pgtables_line": pgt,
             "fp_clear_ns": fp["clear_page_ns"], "fp_copy_ns": 2 * fp["clear_page_ns"],
             "fp_lru_folio_ns": fp["lru_folio_ns"],
+            # a node's channels: dram_gbps (bytes per ns) is the socket's, its nodes share it
+            "fp_r_bw": 2 * nn + 3,
+            "fp_bw_clear_ns": CLEAR_DRAM_BYTES * nn / (machine.sockets * fp["dram_gbps"]),
+            "fp_bw_copy_ns": COPY_DRAM_BYTES * nn / (machine.sockets * fp["dram_gbps"]),
             # the fold under fbc->lock: fbc->count += count (an add on the lock's own line, owned)
             "fp_fold_ns": L["owned_atomic"],
         }

@@ -68,6 +68,7 @@ CONFIG = _rec(
     ("fp_memcg_levels",), ("fp_rss_batch",), ("fp_rss_per_task",), ("fp_pte_ptrs",), ("fp_nhold",),
     ("fp_r_zone",), ("fp_r_lru",), ("fp_r_rss",), ("fp_memcg_line",), ("fp_pgtables_line",),
     ("fp_clear_ns", f8), ("fp_copy_ns", f8), ("fp_lru_folio_ns", f8), ("fp_fold_ns", f8),
+    ("fp_r_bw",), ("fp_bw_clear_ns", f8), ("fp_bw_copy_ns", f8),  # the nodes' DRAM: first RES, ns a clear/copy holds it
     # rwsem.py: sem->wait_lock's line (mmap_lock's, and its offset in a VMA's rwsem), and
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),

@@ -39,7 +39,8 @@ DEFAULT_RCU_GP_NS = 4.5e6
 SOURCED_SCALARS = ("fault_service_ns", "rcu_grace_period_ns")
 # [fault_path]: handle_mm_fault()'s costs on this machine (replay/engine/faultpath.py); each
 # needs a provenance under its dotted name ("fault_path.fixed_ns") in [sources] or [fitted]
-FAULT_PATH_KEYS = ("fixed_ns", "clear_page_ns", "zone_lock_hold_ns", "lru_folio_ns")
+# (dram_gbps: a socket's DRAM bandwidth in GB/s = bytes per ns, which its NUMA nodes split)
+FAULT_PATH_KEYS = ("fixed_ns", "clear_page_ns", "zone_lock_hold_ns", "lru_folio_ns", "dram_gbps")
 
 
 class MachineError(ValueError):
@@ -243,6 +244,7 @@ def _fault_path(t, path: str) -> dict | None:
             out[k] = float(t[k])
             if not out[k] >= 0:
                 raise MachineError(f"{path}: [fault_path] {k} must not be negative")
+        out["dram_gbps"] = float(t["dram_gbps"])
         holds = [(float(b), float(h)) for b, h in t["zone_lock_hold_ns"]]
     except (TypeError, ValueError):
         raise MachineError(f"{path}: [fault_path] costs must be numbers, zone_lock_hold_ns a list of "
@@ -250,6 +252,8 @@ def _fault_path(t, path: str) -> dict | None:
     if not holds or any(b <= 0 or h <= 0 for b, h in holds) or any(b2 <= b1 for (b1, _), (b2, _) in zip(holds, holds[1:])):
         raise MachineError(f"{path}: [fault_path] zone_lock_hold_ns must be [pages, ns] pairs, both positive, "
                            f"pages increasing")
+    if not out["dram_gbps"] > 0:  # (outside the try: MachineError is a ValueError)
+        raise MachineError(f"{path}: [fault_path] dram_gbps must be positive")
     out["zone_lock_hold_ns"] = holds
     return out
 
