@@ -171,7 +171,8 @@ class Run:
     its datasets as polars frames, read from the workspace when first asked for:
     ``results`` (one row per op), ``lock_stats`` (per lock), ``line_stats`` (per cache
     line, with the struct fields on it), ``line_cpu`` (per line and CPU that received
-    it: the transfers by perf c2c's kinds)."""
+    it: the transfers by perf c2c's kinds), ``waits`` (one row per lock wait: the
+    lock, mode, start and end)."""
 
     run_id: str
     summary: dict
@@ -199,6 +200,10 @@ class Run:
     @property
     def line_cpu(self):
         return self._read("line_cpu")
+
+    @property
+    def waits(self):
+        return self._read("waits")
 
 
 def model_and_machine(model: str, machine: str):
