@@ -144,3 +144,26 @@ def test_a_run_writes_its_waits_table(tmp_path, cli):
     assert results["lock_wait_ns"].sum() > 0
     rc, out, err = cli("sql", f"SELECT count(*) AS n FROM waits WHERE run_id = '{rid}'", "-w", ws, "-f", "csv")
     assert rc == 0 and out.split() == ["n", str(waits.height)], err
+
+    # the heatmap's query: each wait's time in the buckets it touches, split at their edges
+    from replay.queries import run_query
+
+    b = 0.05  # ms: narrower than the longest waits, so some span buckets
+    assert (waits["wait_ns"] > 2 * b * 1e6).any()
+    want: dict = {}
+    for w in waits.filter(pl.col("counted_in") == "lock_wait_ns").iter_rows(named=True):
+        i = int(w["start_ns"] // (b * 1e6))
+        while i * b * 1e6 < w["end_ns"]:
+            part = min(w["end_ns"], (i + 1) * b * 1e6) - max(w["start_ns"], i * b * 1e6)
+            if part > 0:
+                want[(w["sim_cpu"], i)] = want.get((w["sim_cpu"], i), 0.0) + part / 1e3
+            i += 1
+    cw = run_query(ws, "cpu_lock_wait", {"run_id": rid, "bucket_ms": str(b)})
+    got = {(c, round(m / b)): us for c, m, us in cw.select("sim_cpu", "bucket_ms", "lock_wait_us").iter_rows() if us}
+    assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in want)
+    assert cw["ops"].sum() == results.height
+    # the longest waits, with their ops
+    top = run_query(ws, "waits", {"run_id": rid, "top": "3"})
+    longest = waits.sort("wait_ns", descending=True).head(3)
+    assert top["op_id"].to_list() == longest["op_id"].to_list()
+    assert top["wait_us"].to_list() == (longest["wait_ns"] / 1e3).to_list()
