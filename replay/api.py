@@ -3,7 +3,7 @@
     import replay
     t = replay.ingest("trace.txt.zst", name="mine")      # or the bundled sample: replay.run(model=...)
     r = replay.run("mine", model="v8", machine="broadwell-2s", cpus=14)
-    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats; r.line_cpu   # dict, polars frames
+    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats; r.line_cpu; r.waits   # dict, polars
     replay.compare([r, replay.run("mine", model="mmap_lock", cpus=14)])
     replay.sql("SELECT model, faults_per_sec FROM runs")                 # polars
 
