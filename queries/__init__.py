@@ -29,7 +29,8 @@ import pyarrow as pa
 DATASETS = {
     "events": "trace_id", "traces": "trace_id", "rejects": "trace_id", "ops": "trace_id", "vmas": "trace_id",
     "footprint": "trace_id",
-    "results": "run_id", "lock_stats": "run_id", "line_stats": "run_id", "line_cpu": "run_id", "runs": "run_id",
+    "results": "run_id", "lock_stats": "run_id", "line_stats": "run_id", "line_cpu": "run_id", "waits": "run_id",
+    "runs": "run_id",
 }
 
 COLUMN_DOCS = {
@@ -149,6 +150,20 @@ COLUMN_DOCS = {
         "transfers": "times it moved to another CPU",
         "invalidations": "copies killed by writes",
     },
+    "waits": {  # replay/engine/waits.py records them; the schema: replay/engine WAITS_SCHEMA
+        "run_id": "run (partition)", "op_id": "op that waited (results.op_id)", "mm": "address space",
+        "tid": "thread", "sim_cpu": "simulated CPU it waited on",
+        "lock_class": "mmap_lock, vma_lock (an rw_semaphore); mmap_lock.wait_lock, vma_lock.wait_lock (its "
+                      "sem->wait_lock spinlock); vm_refcnt (a writer waiting for the VMA's readers to drain); "
+                      "or a fault-path spinlock (zone->lock, lruvec->lru_lock, the rss counter's) - lock_stats' classes",
+        "lock": "instance, as lock_stats names it: mm, vma:ID, node0, ...",
+        "mode": "read or write (the rwsem's, or write for vm_refcnt's writer); null for a spinlock",
+        "how": "sleep (schedule() until woken) or spin (on the owner, or in the spinlock's queue)",
+        "start_ns": "simulated time the wait began (ns)", "end_ns": "simulated time it ended: woken, or the lock taken (ns)",
+        "wait_ns": "end_ns - start_ns",
+        "counted_in": "the results column it is part of: lock_wait_ns, or resource_wait_ns for a fault-path spinlock; "
+                      "an op's waits of one counted_in add up to it",
+    },
     "line_cpu": {  # the kinds: replay/engine/coherence.py RX_NAMES (perf c2c's classes, util/mem-events.c c2c_decode_stats())
         "run_id": "run (partition)", "mm": "address space", "line": "line address (line_stats.line)",
         "cpu": "simulated CPU that received the line", "socket": "that CPU's socket",
@@ -175,7 +190,8 @@ class ParamError(QueryError):
 # ops and vmas are not here: replay query builds them itself (replay.api.open_query).
 MADE_BY = {"events": "replay ingest TRACE", "traces": "replay ingest TRACE", "rejects": "replay ingest TRACE",
            "footprint": "replay footprint TRACE", "results": "replay run --model M", "lock_stats": "replay run --model M",
-           "line_stats": "replay run --model M", "line_cpu": "replay run --model M", "runs": "replay run --model M",
+           "line_stats": "replay run --model M", "line_cpu": "replay run --model M", "waits": "replay run --model M",
+           "runs": "replay run --model M",
            "ops": "replay ops TRACE", "vmas": "replay ops TRACE"}
 
 

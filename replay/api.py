@@ -3,7 +3,7 @@
     import replay
     t = replay.ingest("trace.txt.zst", name="mine")      # or the bundled sample: replay.run(model=...)
     r = replay.run("mine", model="v8", machine="broadwell-2s", cpus=14)
-    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats; r.line_cpu   # dict, polars frames
+    r.summary["faults_per_sec"]; r.results; r.lock_stats; r.line_stats; r.line_cpu; r.waits   # dict, polars
     replay.compare([r, replay.run("mine", model="mmap_lock", cpus=14)])
     replay.sql("SELECT model, faults_per_sec FROM runs")                 # polars
 
@@ -171,7 +171,8 @@ class Run:
     its datasets as polars frames, read from the workspace when first asked for:
     ``results`` (one row per op), ``lock_stats`` (per lock), ``line_stats`` (per cache
     line, with the struct fields on it), ``line_cpu`` (per line and CPU that received
-    it: the transfers by perf c2c's kinds)."""
+    it: the transfers by perf c2c's kinds), ``waits`` (one row per lock wait: the
+    lock, mode, start and end)."""
 
     run_id: str
     summary: dict
@@ -199,6 +200,10 @@ class Run:
     @property
     def line_cpu(self):
         return self._read("line_cpu")
+
+    @property
+    def waits(self):
+        return self._read("waits")
 
 
 def model_and_machine(model: str, machine: str):

@@ -817,7 +817,7 @@ def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
 
 @app.command(epilog='Example: replay sql "SELECT model, cpus, faults_per_sec FROM runs ORDER BY model, cpus"')
 def sql(
-    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, line_cpu, runs); '-' reads it from stdin."),
+    query: str = typer.Argument(..., help="SQL over the workspace views (events, traces, rejects, ops, vmas, results, lock_stats, line_stats, line_cpu, waits, runs); '-' reads it from stdin."),
     workspace: Optional[Path] = WorkspaceOpt,
     fmt: Optional[Fmt] = FormatOpt,
     output: Optional[Path] = OutOpt,
@@ -1127,7 +1127,9 @@ def export_cmd(
     trace = run["trace_id"]
     part = {ds: ws.partition(ds, trace) / "part-0.parquet" for ds in ("vmas", "events")}
     have_ops = ws.ops_file(trace)
+    waits = ws.partition("waits", run_id) / "part-0.parquet"  # none for a run replayed before waits were recorded
     src = Sources(results=ws.partition("results", run_id) / "part-0.parquet", run=run, ops=have_ops,
+                  waits=waits if waits.exists() else None,
                   vmas=part["vmas"] if have_ops else None,
                   events=part["events"] if ws.has_trace(trace) and part["events"].exists() else None)
     try:

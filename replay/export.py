@@ -26,14 +26,17 @@ Perfetto keys a thread by (pid, tid) (src/trace_processor/importers/common/
 process_tracker.cc, ``ProcessTracker::UpdateThread``), so a recorded thread that
 migrated between CPUs appears once under each CPU it ran an op on.
 
-What the results record and what they do not.  Each op's start, end, total lock wait,
-outcome, fallback flag and attempts are in ``results``; *when* within the op the wait
-happened, and which lock, is not: the wait slice is drawn from the op's start (for a
-writer that is where mmap_write_lock() waits; a fallen-back fault first spends its
-per-VMA attempt's cache time), and fallbacks and retries are instants at the op's start.
-The recorded side needs no such guess: its lock waits are ``mmap_lock_start_locking`` to
-the next ``mmap_lock_acquire_returned`` of the same thread (include/trace/events/
-mmap_lock.h), placed on the track of the op they happen in.
+Lock waits.  Each wait in the run's ``waits`` table (replay/engine/waits.py: asleep on
+an rwsem, a writer spinning on the owner, a spin on sem->wait_lock, a writer waiting for
+vm_refcnt's readers, a fault-path spinlock) is a slice at the time it happened, nested
+in its op, named as the recorded side names its own (``mmap_lock wait (read)``;
+``... spin`` for a spin), with the lock, mode and length as args.  An op's outcome,
+fallback flag and attempts are in ``results`` with no time of their own: fallbacks and
+retries are instants at the op's start.  A run replayed before the engine recorded
+waits has no waits table: its ops are drawn without wait slices, and otherData says so.
+The recorded side's lock waits are ``mmap_lock_start_locking`` to the next
+``mmap_lock_acquire_returned`` of the same thread (include/trace/events/mmap_lock.h),
+placed on the track of the op they happen in.
 
 Memory stays bounded: the rows come from DuckDB sorted per track (an external sort
 under ``MEMORY_LIMIT``, spilling to a temporary directory) as Arrow batches, and the
@@ -175,10 +178,12 @@ def _tuples(con, sql: str):
 
 @dataclass
 class Sources:
-    """The files an export reads: the run's results and ``runs`` row, and its trace's
-    ops, vmas and events (None where the workspace has none: the export says less)."""
+    """The files an export reads: the run's results, waits and ``runs`` row, and its
+    trace's ops, vmas and events (None where the workspace has none: the export says
+    less)."""
     results: Path
     run: dict
+    waits: Path | None = None
     ops: Path | None = None
     vmas: Path | None = None
     events: Path | None = None
@@ -250,34 +255,35 @@ def _simulated(con, src: Sources, out: _Out, notes: dict, comm: dict) -> None:
                f"(SELECT op_id, vma_ids FROM read_parquet({_q(src.ops)}) WHERE CAST(kind AS VARCHAR) <> 'fault')")
     model = json.dumps(run["model"])
     head = '\'"pid":\' || pid || \',"tid":\' || tid || \',"ts":\' || us(s)'
+    wait_cte, wait_union = _wait_rows(src, head)
     sql = f"""
         WITH r AS (
             SELECT r.*, {SIM_PID} + r.sim_cpu AS pid, CAST(round(r.start_ns) AS BIGINT) AS s,
                    CAST(round(r.end_ns) AS BIGINT) AS e, CAST(round(r.lock_wait_ns) AS BIGINT) AS wait,
                    v.js AS vma, w.vma_ids AS writes
             FROM {res} r LEFT JOIN vtext v ON v.vma_id = r.vma_id LEFT JOIN {writers} w ON w.op_id = r.op_id),
-        x AS (SELECT *, e - s AS d, least(wait, e - s) AS wd FROM r)
-        SELECT pid, tid, s, d, kind, wd, outcome,
+        x AS (SELECT *, e - s AS d FROM r){wait_cte},
+        ops AS (
+        SELECT pid, tid, s, s AS os, 0 AS what, op_id, 0::BIGINT AS n, d, kind, outcome,
             '{{"ph":"X",' || {head} || ',"dur":' || us(d) || ',"name":' || jstr(kind)
               || ',"cat":"{SIM}","args":{{' || concat_ws(',', kv('model', '{model}'), kv('op_id', op_id::VARCHAR),
                  kv('mm', jstr(mm)), kv('vma_id', vma_id::VARCHAR), kv('vma', vma), kv('vma_ids', jlist(writes)),
                  kv('outcome', jstr(outcome)), kv('fallback', jbool(fallback)), kv('attempts', attempts::VARCHAR),
                  kv('lock_wait_ns', wait::VARCHAR), kv('cache_ns', printf('%.1f', cache_ns)),
                  kv('line_transfers', line_transfers::VARCHAR)) || '}}}}' AS op_line,
-            CASE WHEN wd > 0 THEN '{{"ph":"X",' || {head} || ',"dur":' || us(wd) || ',"name":"{WAIT}","cat":"{SIM}",'
-                 || '"args":{{"op_id":' || op_id || ',"lock_wait_ns":' || wait
-                 || ',"placed":"from the op''s start: results hold the total"}}}}' END AS wait_line,
             CASE WHEN fallback THEN '{{"ph":"i","s":"t",' || {head} || ',"name":"{FALLBACK}","cat":"{SIM}",'
                  || '"args":{{"op_id":' || op_id || ',"outcome":' || jstr(outcome) || '}}}}' END AS fb_line,
             CASE WHEN outcome IN {OUTCOME_INSTANTS} THEN '{{"ph":"i","s":"t",' || {head} || ',"name":' || jstr(outcome)
                  || ',"cat":"{SIM}","args":{{"op_id":' || op_id || ',"attempts":' || attempts || '}}}}' END AS oc_line
-        FROM x
-        ORDER BY pid, tid, s, op_id"""
-    for pid, tid, s, d, kind, wd, outcome, op_line, wait_line, fb_line, oc_line in _tuples(con, sql):
+        FROM x{wait_union})
+        SELECT pid, tid, s, d, what, kind, outcome, op_line, fb_line, oc_line FROM ops
+        ORDER BY pid, tid, s, os, what, op_id, n"""
+    for pid, tid, s, d, what, kind, outcome, op_line, fb_line, oc_line in _tuples(con, sql):
         track = (pid, tid)
+        if what:  # a lock wait, nested in its op (which comes first at its start: os, what)
+            out.put(track, s, d, op_line, ("X", SIM, WAIT))
+            continue
         out.put(track, s, d, op_line, ("X", SIM, kind))
-        if wait_line is not None:
-            out.put(track, s, wd, wait_line, ("X", SIM, WAIT))
         if fb_line is not None:
             out.put(track, s, None, fb_line, ("i", SIM, FALLBACK))
         if oc_line is not None:
@@ -294,8 +300,41 @@ def _simulated(con, src: Sources, out: _Out, notes: dict, comm: dict) -> None:
     for pid, e, line in _tuples(con, sql):
         out.put((pid, "C"), e, None, line, ("C", SIM, TRANSFERS))
     notes["simulated"] = (f"one process per simulated CPU (pid = {SIM_PID} + CPU), a thread track per thread on it; "
-                          "each op's lock wait is a slice from its start, fallbacks and retries instants at its "
-                          "start: the results record an op's total wait and outcome, not when in the op they happened")
+                          "each lock wait a slice nested in its op at the time it happened (the run's waits table); "
+                          "fallbacks and retries instants at the op's start: the results record an op's outcome, "
+                          "not when in the op it happened")
+    if src.waits is None:
+        notes["simulated_waits"] = ("the run was replayed before the engine recorded each wait (it has no waits "
+                                    "table): no lock wait slices; replay run it again for them")
+
+
+def _wait_rows(src: Sources, head: str) -> tuple[str, str]:
+    """The SQL of the simulated lock waits - a CTE, and its rows to ``UNION ALL`` onto the
+    ops' (none without a waits table): each on its op's track, ordered after the op at
+    the op's start (``os``, ``what``), then in the order they were recorded (``n``, the
+    row in the file).  Rounded to whole ns as the ops are, a wait stays inside its op:
+    rounding keeps order."""
+    if src.waits is None:
+        return "", ""
+    cte = f""",
+        wt AS (
+            SELECT w.*, w.file_row_number AS n, {SIM_PID} + w.sim_cpu AS pid, CAST(round(w.start_ns) AS BIGINT) AS s,
+                   CAST(round(w.end_ns) AS BIGINT) - CAST(round(w.start_ns) AS BIGINT) AS d,
+                   CAST(round(r.start_ns) AS BIGINT) AS os,
+                   w.lock_class || CASE WHEN w.how = 'spin' THEN ' spin' ELSE ' wait' END
+                     || coalesce(' (' || w.mode || ')', '') AS name
+            FROM read_parquet({_q(src.waits)}, file_row_number = true) w
+            JOIN read_parquet({_q(src.results)}) r ON r.mm = w.mm AND r.op_id = w.op_id)"""
+    union = f"""
+        UNION ALL
+        SELECT pid, tid, s, os, 1, op_id, n, d, NULL::VARCHAR, NULL::VARCHAR,
+            '{{"ph":"X",' || {head} || ',"dur":' || us(d) || ',"name":' || jstr(name) || ',"cat":"{SIM}","args":{{'
+              || concat_ws(',', kv('op_id', op_id::VARCHAR), kv('lock', jstr(lock)), kv('mode', jstr(mode)),
+                           kv('how', jstr(how)), kv('wait_ns', printf('%.1f', wait_ns)),
+                           kv('counted_in', jstr(counted_in))) || '}}}}',
+            NULL::VARCHAR, NULL::VARCHAR
+        FROM wt"""
+    return cte, union
 
 
 def _recorded(con, src: Sources, out: _Out, notes: dict, comm: dict) -> None:

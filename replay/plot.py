@@ -327,8 +327,8 @@ def lockwait(cw: pl.DataFrame, runs: dict[str, dict], out: Path, bucket_ms: floa
         im = _heat(ax, m, bucket_ms, "magma_r", vmax)
         ax.set_title(f"{info['label']}: {m.sum() / 1e3:,.2f} ms blocked in all", fontsize=9, loc="left")
         _cpu_ticks(ax, cpus, info["cpus"])
-    axes[-1, 0].set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: no wait); an op's whole wait counts "
-                           "in the bucket it started in (results record the total)")
+    axes[-1, 0].set_xlabel(f"simulated time (ms), {bucket_ms:g} ms buckets (white: no wait); each lock wait in the "
+                           "buckets it happened in (the run's waits)")
     fig.suptitle("Time blocked on locks per simulated CPU", y=1.0)
     fig.tight_layout()
     fig.colorbar(im, ax=axes[:, 0].tolist(), label=f"µs blocked per {bucket_ms:g} ms", fraction=0.03, pad=0.01)

@@ -13,6 +13,7 @@ Layout (``./replay-data`` unless ``--workspace`` / ``REPLAY_WORKSPACE`` says oth
     results/run_id=ID/part-0.parquet        one row per op per run (replay run)
     lock_stats/, line_stats/, runs/         per-lock and per-line stats, the run's parameters
     line_cpu/run_id=ID/part-0.parquet       per line and CPU that received it: transfers by kind
+    waits/run_id=ID/part-0.parquet          one row per lock wait of an op: lock, mode, start, end
     .lock                                   the writers' lock (flock)
     .stage-PID-*/                           a writer's staging directory
 
@@ -76,7 +77,7 @@ import pyarrow.parquet as pq
 # traces``/``runs``) sees only committed partitions, so a writer killed half-way leaves
 # nothing a reader can see.
 TRACE_KEYED = ("traces", "events", "rejects", "ops", "vmas", "footprint")
-RUN_KEYED = ("runs", "results", "lock_stats", "line_stats", "line_cpu")
+RUN_KEYED = ("runs", "results", "lock_stats", "line_stats", "line_cpu", "waits")
 RUN_DATA = RUN_KEYED[1:]  # what a run's ``runs`` row commits
 PART = "part-0.parquet"
 LOCK_FILE = ".lock"
@@ -473,7 +474,9 @@ class Workspace:
             row = {**run.summary(), **run.params, "tool_version": __version__}
             with writing(self.root):
                 files = {"results": run.results_path if run.results is None else
-                         self.stage_table(run.results.to_arrow(), stage, "results")}
+                         self.stage_table(run.results.to_arrow(), stage, "results"),
+                         "waits": run.waits_path if run.waits is None else
+                         self.stage_table(run.waits.to_arrow(), stage, "waits")}
                 for ds, df in (("lock_stats", run.lock_stats), ("line_stats", run.line_stats),
                                ("line_cpu", run.line_cpu),
                                ("runs", pl.DataFrame([row], schema_overrides={

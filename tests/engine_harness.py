@@ -4,7 +4,8 @@
 the engine's own functions to run it:
 
 * ``run()``: to the end, ``loop.run_chunk`` chunk by chunk as ``load.simulate`` does;
-  results as dicts in the results schema (``load.results_frame``).
+  results as dicts in the results schema (``load.results_frame``), and ``.waits`` the
+  waits table's rows (``load.waits_frame``).
 * ``run_stepped(observe)``: ``loop.run_events(S, 1)`` event by event, calling
   ``observe(replay)`` after each.  The loop runs a thread on without the heap while
   nothing else is due (``_step``'s shortcut, taken only while ``glob.nout < glob.chunk``);
@@ -105,6 +106,7 @@ class Replay:
         # what the engine's functions take as S (plain Python under NUMBA_DISABLE_JIT)
         self.S = self.state.S if config.DISABLE_JIT else self.state.S[0]
         self.results: list[dict] = []
+        self.waits: list[dict] = []  # the waits table's rows (load.waits_frame), in the order recorded
         self.started = False
 
     # -- state by name -------------------------------------------------------------------------------
@@ -194,6 +196,14 @@ class Replay:
             raw = {c: o[f].copy() for c, f in load.OUT_COLUMNS.items()}
             self.results += load.results_frame(raw, self.state, self.meta, MM).to_dicts()
             g["nout"][0] = 0
+        self._collect_waits()
+
+    def _collect_waits(self):
+        g = self.state["g"]
+        k = int(g[0]["nwait"])
+        if k:
+            self.waits += load.waits_frame(self.state["wt"][:k].copy(), self.state, self.meta, MM).to_dicts()
+            g["nwait"][0] = 0
 
     def _check(self):
         err = int(self.g["err"])
@@ -215,7 +225,9 @@ class Replay:
     def step(self) -> bool:
         """One event (loop.run_events); True when the simulation has ended."""
         self._start()
-        return bool(loop.run_events(self.state.S, 1))
+        ended = bool(loop.run_events(self.state.S, 1))
+        self._collect_waits()  # run_events does not stop for a full waits buffer: empty it each event
+        return ended
 
     def run_stepped(self, observe=None) -> list[dict]:
         """To the end one event at a time, each at one instant; observe(self) after each."""

@@ -25,6 +25,8 @@ def test_ingest_ops_run_compare_sql(api_ws, cli):
     assert isinstance(a.summary, dict) and a.summary["run_id"] == a.run_id != b.run_id
     assert a.results.height == a.summary["ops"] and a.results["run_id"].unique().to_list() == [a.run_id]
     assert a.lock_stats["acquisitions"].sum() > 0 and b.line_stats["transfers"].sum() > 0
+    assert a.waits["run_id"].unique().to_list() == [a.run_id] and a.waits.filter(
+        pl.col("counted_in") == "lock_wait_ns")["wait_ns"].sum() == pytest.approx(a.results["lock_wait_ns"].sum())
     # the CLI is the same function: the same run id and summary
     rc, out, _ = cli("run", "--model", "v8", "--trace", "pft", "--machine", "local-2vcpu", "--cpus", "2", "-w", api_ws,
                      "-f", "json")

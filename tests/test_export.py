@@ -34,6 +34,15 @@ def results(ws, run_id):
     return pl.read_parquet(ws / "results" / f"run_id={run_id}" / "part-0.parquet")
 
 
+def waits_of(ws, run_id):
+    return pl.read_parquet(ws / "waits" / f"run_id={run_id}" / "part-0.parquet")
+
+
+def is_wait(e) -> bool:
+    """A simulated lock wait slice (its args name the results column it is part of)."""
+    return e["ph"] == "X" and e.get("cat") == "simulated" and "counted_in" in e.get("args", {})
+
+
 # -- an independent checker of the format's rules ------------------------------------------
 
 PHASES = {"X", "B", "E", "i", "I", "C", "M"}
@@ -116,7 +125,7 @@ def test_simulated_run_follows_the_format_and_matches_the_results(wse, cli, tmp_
         res = results(ws, runs[key])
         sim = [e for e in doc["traceEvents"] if e.get("cat") == "simulated"]
         assert not [e for e in doc["traceEvents"] if e.get("cat") == "recorded"]
-        ops = [e for e in sim if e["ph"] == "X" and e["name"] != "lock wait"]
+        ops = [e for e in sim if e["ph"] == "X" and not is_wait(e)]
         assert len(ops) == res.height
         kinds = res.group_by("kind").len()
         got = pl.DataFrame({"kind": [e["name"] for e in ops]}).group_by("kind").len()
@@ -128,9 +137,26 @@ def test_simulated_run_follows_the_format_and_matches_the_results(wse, cli, tmp_
             assert (e["pid"], e["tid"]) == (SIM_PID + r["sim_cpu"], r["tid"])
             assert e["args"].get("outcome") == r["outcome"] and e["args"].get("vma_id") == r["vma_id"]
             assert abs(e["ts"] * 1e3 - r["start_ns"]) <= 0.5 + 1e-6 and abs(e["dur"] * 1e3 - (r["end_ns"] - r["start_ns"])) <= 1
-        waits = [e for e in sim if e["name"] == "lock wait"]
-        assert len(waits) == res.filter(pl.col("lock_wait_ns").round() > 0).height
-        assert abs(sum(e["dur"] for e in waits) * 1e3 - res["lock_wait_ns"].sum()) <= len(waits)
+        # each wait of the waits table a slice at its own time, inside its op on the op's track
+        waits, table = [e for e in sim if is_wait(e)], waits_of(ws, runs[key])
+        assert len(waits) == table.height  # v1 (one CPU) has none; m4 has some (below)
+        op_of = {e["args"]["op_id"]: e for e in ops}
+        drawn, recorded = {}, {}  # per op, in the order written (time) and recorded (time: one wait at a time)
+        for e in waits:
+            drawn.setdefault(e["args"]["op_id"], []).append(e)
+        for w in table.iter_rows(named=True):
+            recorded.setdefault(w["op_id"], []).append(w)
+        assert drawn.keys() == recorded.keys()
+        for e, w in ((e, w) for j in drawn for e, w in zip(drawn[j], recorded[j], strict=True)):
+            o = op_of[e["args"]["op_id"]]
+            assert (e["pid"], e["tid"]) == (o["pid"], o["tid"])
+            assert o["ts"] <= e["ts"] and e["ts"] + e["dur"] <= o["ts"] + o["dur"] + 1e-9, (e, o)
+            assert abs(e["ts"] * 1e3 - w["start_ns"]) <= 0.5 + 1e-6 and abs(e["dur"] * 1e3 - w["wait_ns"]) <= 1
+            mode = f" ({w['mode']})" if w["mode"] else ""
+            assert e["name"] == w["lock_class"] + (" spin" if w["how"] == "spin" else " wait") + mode
+        lock = [e for e in waits if e["args"]["counted_in"] == "lock_wait_ns"]
+        assert abs(sum(e["dur"] for e in lock) * 1e3 - res["lock_wait_ns"].sum()) <= len(lock)
+        assert "placed" not in json.dumps(doc)
         assert len(by(doc, name="fallback", ph="i")) == res["fallback"].sum()
         for oc in ("retry", "miss"):
             assert len(by(doc, name=oc, ph="i")) == res.filter(pl.col("outcome") == oc).height
@@ -147,7 +173,34 @@ def test_simulated_run_follows_the_format_and_matches_the_results(wse, cli, tmp_
     tracks = {(e["pid"], e["tid"]) for e in doc["traceEvents"] if e["ph"] == "X"}
     assert {p for p, _ in tracks} == {SIM_PID} and len(tracks) == results(ws, runs["v1"])["tid"].n_unique() > 1
     m4 = json.loads((tmp_path / "m4.json").read_text())
-    assert by(m4, name="lock wait") and by(m4, name="fallback")  # the run has both
+    assert [e for e in m4["traceEvents"] if is_wait(e)] and by(m4, name="fallback")  # the run has both
+
+
+def test_a_wait_is_drawn_where_it_happened_not_at_its_ops_start(wse, cli, tmp_path):
+    """Some waits begin after their op did (a fault that tried the VMA lock first; a
+    writer's vma_start_write() after mmap_write_lock()): drawn there, not at the start."""
+    ws, runs = wse
+    doc, out = export(cli, ws, runs["m4"], tmp_path / "m4.json")
+    ops = {e["args"]["op_id"]: e for e in doc["traceEvents"] if e["ph"] == "X" and not is_wait(e)}
+    later = [e for e in doc["traceEvents"] if is_wait(e) and e["ts"] > ops[e["args"]["op_id"]]["ts"]]
+    table = waits_of(ws, runs["m4"]).join(results(ws, runs["m4"]).select("op_id", pl.col("start_ns").alias("op_s")),
+                                          on="op_id")
+    assert len(later) == table.filter(pl.col("start_ns").round() > pl.col("op_s").round()).height > 0
+    assert f"{len([e for e in doc['traceEvents'] if is_wait(e)]):,} lock waits" in out
+
+
+def test_a_run_without_a_waits_table_is_drawn_without_waits(wse, cli, tmp_path):
+    """A run replayed before the engine recorded waits: no wait slices, and otherData says why."""
+    import shutil
+
+    ws, runs = wse
+    old = tmp_path / "ws"
+    shutil.copytree(ws, old)
+    shutil.rmtree(old / "waits" / f"run_id={runs['m4']}")
+    doc, out = export(cli, old, runs["m4"], tmp_path / "old.json")
+    check_trace_events(doc)
+    assert not [e for e in doc["traceEvents"] if is_wait(e)] and "0 lock waits" in out
+    assert "replay run it again" in doc["otherData"]["simulated_waits"]
 
 
 def test_recorded_trace_beside_the_simulation(wse, cli, tmp_path):

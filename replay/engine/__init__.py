@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,17 @@ RESULTS_SCHEMA = {
     # the op's time off its CPU: asleep on a lock, then waiting to run again (the rest of
     # end - start is on-CPU time, which pft's faults/cpu counts)
     "sleep_ns": pl.Float64,
+}
+
+
+# the waits table: one row per wait of an op on a lock (engine/waits.py records them) - the
+# op, its thread and CPU, the lock as lock_stats names it, the mode (read or write; none
+# for a spinlock), asleep or spinning, when, and which results column it is part of: an
+# op's rows of one ``counted_in`` add up to that column of its results row
+WAITS_SCHEMA = {
+    "op_id": pl.Int64, "mm": pl.Utf8, "tid": pl.Int32, "sim_cpu": pl.Int32, "lock_class": pl.Utf8, "lock": pl.Utf8,
+    "mode": pl.Utf8, "how": pl.Utf8, "start_ns": pl.Float64, "end_ns": pl.Float64, "wait_ns": pl.Float64,
+    "counted_in": pl.Utf8,
 }
 
 
@@ -90,6 +102,8 @@ class Run:
     totals: Totals
     results_path: str | None = None
     line_cpu: pl.DataFrame | None = None  # per line and CPU that received it: transfers by kind (line_cpu_schema())
+    waits: pl.DataFrame | None = None  # one row per lock wait (WAITS_SCHEMA); None when streamed to waits_path
+    waits_path: str | None = None
 
     def summary(self) -> dict:
         t = self.totals
@@ -282,7 +296,9 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     """Replay ``ops`` (a DataFrame or LazyFrame, or the path of an ops Parquet file -
     read in column batches; one or more mms, in op_id order).  With
     ``results_path``, results stream to that Parquet file chunk by chunk instead of
-    being kept (``Run.results`` is then None): memory stays bounded whatever the size."""
+    being kept (``Run.results`` is then None), and the waits likewise to
+    ``waits.parquet`` beside it (``Run.waits_path``): memory stays bounded whatever
+    the size."""
     from .source import OpsSource
 
     if isinstance(ops, pl.DataFrame):
@@ -297,6 +313,9 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
     totals = Totals()
     frames: list = []
     writer = _ChunkWriter(results_path) if results_path is not None else None
+    waits_path = os.path.join(os.path.dirname(results_path), "waits.parquet") if results_path is not None else None
+    wwriter = _ChunkWriter(waits_path) if waits_path is not None else None
+    wframes: list = []
 
     def emit(df: pl.DataFrame) -> None:
         totals.add(df)
@@ -307,14 +326,24 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
         else:
             writer.put(df.to_arrow())
 
+    def emit_waits(df: pl.DataFrame) -> None:
+        df = df.with_columns(pl.lit(rid).alias("run_id"))
+        if wwriter is None:
+            wframes.append(df)
+        else:
+            wwriter.put(df.to_arrow())
+
     try:
         locks, lines, line_cpu, counters = _replay_mms(ops, mms, model, machine, cpus, placement, open_loop,
-                                                       service, seed, progress, emit, params["kernel"])
+                                                       service, seed, progress, emit, params["kernel"], emit_waits)
         if writer is not None and not writer.started:
             emit(pl.DataFrame(schema=RESULTS_SCHEMA))  # no ops: an empty file with the schema
+        if wwriter is not None and not wwriter.started:
+            emit_waits(pl.DataFrame(schema=WAITS_SCHEMA))  # no waits: an empty file with the schema
     finally:
-        if writer is not None:
-            writer.close()
+        for w in (writer, wwriter):
+            if w is not None:
+                w.close()
     res = None
     if results_path is None:
         res = pl.concat(frames) if frames else pl.DataFrame(schema=RESULTS_SCHEMA).with_columns(
@@ -329,8 +358,12 @@ def replay(ops, model, machine: Machine, cpus: int, seed: int = 0,
                    "invalidations": pl.Int64}
     line_df = pl.DataFrame(lines, schema=line_schema)
     line_cpu_df = pl.DataFrame(line_cpu, schema=line_cpu_schema())
+    waits = None
+    if waits_path is None:
+        waits = pl.concat(wframes) if wframes else pl.DataFrame(schema=WAITS_SCHEMA).with_columns(
+            pl.lit(rid).alias("run_id"))
     return Run(rid, params, res, lock_df, line_df, counters, time.perf_counter() - t0, totals, results_path,
-               line_cpu_df)
+               line_cpu_df, waits, waits_path)
 
 
 class _ChunkWriter:
@@ -382,7 +415,8 @@ def _mm_ops(ops, mm, mms):
     return OpsSource(ops, None if len(mms) == 1 else mm)
 
 
-def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, seed, progress, emit, release=None):
+def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, seed, progress, emit, release=None,
+                emit_waits=None):
     from ..jit import notice_compile
     from . import load, loop
 
@@ -399,7 +433,7 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, s
                 progress(base + k)
 
         lk, ln, lc, ctr = load.simulate(model, machine, cpus, sub, placement, open_loop, service, seed=seed,
-                                        sink=emit, progress=tick, mm=mm, release=release)
+                                        sink=emit, progress=tick, mm=mm, release=release, wait_sink=emit_waits)
         done += n
         locks += [{"mm": mm, **x} for x in lk]
         lines += [{"mm": mm, **x} for x in ln]

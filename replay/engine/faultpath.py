@@ -70,6 +70,7 @@ from numba import njit
 from .coherence import coh_write
 from .state import cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_fkind, op_service, res, thread
 from .variation import fault_service
+from .waits import H_SPIN, M_NONE, W_RES, record
 
 # ops fault_kind codes: replay/ops.py's (FAULT_KINDS order), the op builder's own
 from ..ops import FK_ANON as K_ANON, FK_COW as K_COW, FK_FILE as K_FILE, FK_ZERO as K_ZERO  # noqa: E402
@@ -135,6 +136,7 @@ def spin_lock_held(S, t, r, since, hold):
         rr.wait_total += waited
         rr.wait_max = max(rr.wait_max, waited)
         th.fp_rwait += waited
+        record(S, t, W_RES, r, M_NONE, H_SPIN, since, at)
     held = end - got
     rr.hold_total += held
     rr.hold_max = max(rr.hold_max, held)

@@ -375,10 +375,13 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
             a[f] = v
         return a
 
-    g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk)
+    # waits: a chunk's worth, and room for what one step can add past it - each thread
+    # woken by one wake_up_q(), and the stepping thread's own few (waits.py)
+    k["wait_cap"] = chunk + 2 * nt + 64
+    g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
@@ -389,6 +392,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
                                                  wc_head=-1, wc_tail=-1, unstarted=us_p[:-1]),
         cpus=table(st.CPU, len(mcpus), busy=-1, rq_head=-1, rq_tail=-1, socket=[c.socket for c in mcpus]),
         handoff=handoff.ravel(), hp=table(st.HEAP, hcap), out=table(st.OUT, cap), prog=prog,
+        wt=table(st.WAIT, k["wait_cap"]),
         slot_obj=np.full(max_obj, -1, np.int64), freelist=np.zeros(max_obj, np.int64),
         pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
         vid_order=np.zeros(nv, np.int64),
@@ -563,12 +567,58 @@ def results_frame(raw: dict, state, meta, mm: str):
     return df.cast(RESULTS_SCHEMA).select(list(RESULTS_SCHEMA))
 
 
+# waits.py's codes as the waits table names them (engine WAITS_SCHEMA)
+_HOWS = ("sleep", "spin")
+_CLASSES = ("mmap_lock", "vma_lock")  # an rwsem's lock_class: lock 0, lock k > 0 (lock_stats' names)
+
+
+def waits_frame(raw: np.ndarray, state, meta, mm: str):
+    """A chunk of WAIT records as rows of the waits schema: the op, its thread and CPU,
+    the lock as lock_stats names it (lock_class, lock), mode, asleep or spinning, when,
+    and which results column the wait is part of."""
+    import polars as pl
+
+    from . import WAITS_SCHEMA
+    from .waits import W_REFCNT, W_RES, W_RWSEM, W_WAIT_LOCK
+
+    j = raw["op"]
+    op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
+    what, k = raw["what"], raw["k"]
+    lk = (what == W_RWSEM) | (what == W_WAIT_LOCK)
+    # the VMA object of a per-VMA rwsem (lock k: object k - 1) or a vm_refcnt (object k)
+    obj = np.where(what == W_REFCNT, k, np.where(lk & (k > 0), k - 1, -1))
+    uniq = meta["uniq"]
+    vma = uniq[state["ob"]["vid"][np.maximum(obj, 0)]] if len(uniq) else np.zeros(len(j), np.int64)
+    res_names = meta["plan"].resource_names if meta.get("plan") is not None else [("", "")]
+    rc = pl.Series([c for c, _ in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
+    rk = pl.Series([n for _, n in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
+    df = pl.DataFrame({
+        "op_id": op_id.astype(np.int64), "tid": meta["tids"][raw["t"]].astype(np.int32),
+        "sim_cpu": raw["cpu"].astype(np.int32), "_what": what, "_k": k, "_vma": vma, "_rc": rc, "_rk": rk,
+        "mode": pl.Series(["read", "write", None], dtype=pl.Utf8).gather(np.where(raw["mode"] < 0, 2, raw["mode"])),
+        "how": pl.Series(_HOWS, dtype=pl.Utf8).gather(raw["how"]),
+        "start_ns": raw["start"], "end_ns": raw["end"], "wait_ns": raw["end"] - raw["start"],
+    })
+    w, kk = pl.col("_what"), pl.col("_k")
+    vkey = pl.lit("vma:") + pl.col("_vma").cast(pl.Utf8)
+    df = df.with_columns(
+        pl.lit(mm, pl.Utf8).alias("mm"),
+        pl.when(w == W_RES).then(pl.col("_rc")).when(w == W_REFCNT).then(pl.lit("vm_refcnt"))
+        .otherwise(pl.when(kk == 0).then(pl.lit(_CLASSES[0])).otherwise(pl.lit(_CLASSES[1]))
+                   + pl.when(w == W_WAIT_LOCK).then(pl.lit(".wait_lock")).otherwise(pl.lit(""))).alias("lock_class"),
+        pl.when(w == W_RES).then(pl.col("_rk")).when((w != W_REFCNT) & (kk == 0)).then(pl.lit("mm")).otherwise(vkey).alias("lock"),
+        pl.when(w == W_RES).then(pl.lit("resource_wait_ns")).otherwise(pl.lit("lock_wait_ns")).alias("counted_in"))
+    return df.cast(WAITS_SCHEMA).select(list(WAITS_SCHEMA))
+
+
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
              fault_service_ns=None, chunk: int = 1 << 18, sink=None, progress=None, mm=None, seed: int = 0,
-             release: str | None = None):
+             release: str | None = None, wait_sink=None):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
-    the results schema.  Returns (lock_stats, line_stats, line_cpu, counters)."""
+    the results schema; likewise each chunk of waits to ``wait_sink`` (the WAIT records,
+    or a frame in the waits schema), if given.  Returns (lock_stats, line_stats,
+    line_cpu, counters)."""
     import time
 
     t0 = time.perf_counter()
@@ -591,6 +641,12 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
             g["nout"][0] = 0
             if progress:
                 progress(done_n)
+        k = int(g[0]["nwait"])
+        if k:
+            if wait_sink is not None:
+                w = state["wt"][:k].copy()
+                wait_sink(w if mm is None else waits_frame(w, state, meta, mm))
+            g["nwait"][0] = 0
         if ended:
             break
     err = int(g[0]["err"])

@@ -267,7 +267,7 @@ def _step(S, t):
         if r < 0:  # blocked
             return
         if r > g.now:
-            if (g.heap_n == 0 or _heap_top(S) > r) and g.nout < g.chunk:
+            if (g.heap_n == 0 or _heap_top(S) > r) and g.nout < g.chunk and g.nwait < g.wait_chunk:
                 # The event would be pushed and popped straight back: nothing else is
                 # due before r (ties go to the older event, so strictly before).  Same
                 # order, same sequence and token numbers, no heap traffic.
@@ -300,12 +300,13 @@ def start(Sarr):
 @njit(cache=True, inline="always")
 def _events(S, n, chunked):
     """Pop and run at most n events in time order; with ``chunked``, stop when the result
-    buffer is full (it keeps room for a step's zero-time ops).  Returns True when the
-    simulation ended (no event left, or glob.err set)."""
+    buffer is full (it keeps room for a step's zero-time ops), or the waits buffer
+    (room for a step's waits: waits.py).  Returns True when the simulation ended (no
+    event left, or glob.err set)."""
     g = glob(S, 0)
     k = 0
     while g.heap_n > 0 and k < n:
-        if chunked and g.nout >= g.chunk:
+        if chunked and (g.nout >= g.chunk or g.nwait >= g.wait_chunk):
             return False
         when, t, tok = pop(S)
         g.now = when

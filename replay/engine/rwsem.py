@@ -53,6 +53,7 @@ from numba import njit
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block_at, wake_at
 from .state import cfg, cpu, glob, line, lock, thread
+from .waits import H_SPIN, M_NONE, M_WRITE, W_RWSEM, W_WAIT_LOCK, record
 
 RWSEM_WRITER_LOCKED = 1 << 0
 RWSEM_FLAG_WAITERS = 1 << 1
@@ -181,6 +182,7 @@ def wait_lock_lock(S, t, k, since):
     lk, th = lock(S, k), thread(S, t)
     begin = max(since, lk.wait_lock_until)
     th.wait += begin - since
+    record(S, t, W_WAIT_LOCK, k, M_NONE, H_SPIN, since, begin)
     return rmw_from(S, t, lk.wait_lock_line, True, begin)
 
 
@@ -525,6 +527,7 @@ def down_write(S, t, k):
             osq_del(S, k, t)
             lk.count |= RWSEM_WRITER_LOCKED
             th.wait += now - since
+            record(S, t, W_RWSEM, k, M_WRITE, H_SPIN, since, now)
             acquired(S, k, t)
             th.dw = DW_OWNER
             return rmw(S, t, lk.count_line, True), True
@@ -548,6 +551,7 @@ def down_write(S, t, k):
             return -1.0, True
         osq_del(S, k, t)
         th.wait += now - since
+        record(S, t, W_RWSEM, k, M_WRITE, H_SPIN, since, now)
         if gave_up:  # rwsem_set_nonspinnable(), then out of the loop to the slow path
             th.dw = DW_NONSPIN
             return rwsem_set_nonspinnable(S, t, k), True

@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit
 
 from .state import cfg, cpu, glob, heap, lock, thread
+from .waits import slept
 
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
 ERR_DEADLOCK, ERR_RUNQ, ERR_WAITER_READER = 1, 2, 3
@@ -235,6 +236,7 @@ def wake_at(S, t, k, when):
     when = max(when, th.blocked_at)  # not before it slept (block_at())
     waited = when - th.blocked_at
     th.wait += waited
+    slept(S, t, k, th.blocked_at, when)  # the waits table's record of it
     if k >= 0:
         lk = lock(S, k)
         lk.wait_total += waited

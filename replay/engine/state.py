@@ -50,6 +50,7 @@ GLOBALS = _rec(
     ("ws_n",),  # writers waiting for the faults before them to start
     ("writer_wakeups",), ("writer_drains",), ("cas_retries",),
     ("err",), ("nvorder",), ("chunk",),
+    ("nwait",), ("wait_chunk",),  # waits.py: records in the buffer; run_chunk() stops at wait_chunk of them
 )
 CONFIG = _rec(
     ("prefetch_pairs",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
@@ -74,6 +75,7 @@ CONFIG = _rec(
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
     ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
     ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.9, and the field it reads
+    ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
 )
 THREAD = _rec(
     # scheduling
@@ -104,6 +106,7 @@ THREAD = _rec(
     ("waking",),  # woken by a wake_up_q() step still to come: runnable when its event fires (sched.wake_at)
     ("retried",),  # its fault returned VM_FAULT_RETRY once (retry.py): FAULT_FLAG_TRIED, no second wait
     ("wait_due",),  # that retry's page-cache wait is still to be slept (retry.retry_wait_step)
+    ("wt_obj",),  # waits.py: the VMA object whose vm_refcnt it sleeps on (vma.py), -1: none
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -124,6 +127,9 @@ HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
            ("sleep", f8))
+# waits.py: one wait of an op - what it waited on (waits.W_*: an rwsem, its wait_lock, a VMA's
+# vm_refcnt, a fault-path spinlock; k indexes it), the mode (waits.M_*), asleep or spinning (waits.H_*)
+WAIT = _rec(("op",), ("t",), ("cpu",), ("what",), ("k",), ("mode",), ("how",), ("start", f8), ("end", f8))
 # faultpath.py: a spinlock of the fault path (zone->lock, lruvec->lru_lock, the rss
 # counter's lock) - its line, its data lines, when its last holder releases it, lockstat
 RES = _rec(("line",), ("data",), ("ndata",), ("free_at", f8), ("acquisitions",), ("contentions",),
@@ -137,7 +143,7 @@ INSN = _rec(("op",), ("a1",), ("a2",), ("a3",))
 RECORDS = {
     "glob": ("g", GLOBALS), "cfg": ("cfg", CONFIG), "thread": ("th", THREAD), "lock": ("lk", LOCK),
     "line": ("ln", LINE), "vobj": ("ob", VMA_OBJ), "vmaid": ("vid", VMA_ID), "cpu": ("cpus", CPU),
-    "heap": ("hp", HEAP), "out": ("out", OUT), "insn": ("prog", INSN), "res": ("res", RES), "fpcpu": ("fpcpu", FPCPU),
+    "heap": ("hp", HEAP), "out": ("out", OUT), "wrec": ("wt", WAIT), "insn": ("prog", INSN), "res": ("res", RES), "fpcpu": ("fpcpu", FPCPU),
 }
 # plain arrays: name -> element type
 ARRAYS = {
@@ -252,6 +258,7 @@ vmaid = _record_accessor("vid", VMA_ID)
 cpu = _record_accessor("cpus", CPU)
 heap = _record_accessor("hp", HEAP)
 out = _record_accessor("out", OUT)
+wrec = _record_accessor("wt", WAIT)
 insn = _record_accessor("prog", INSN)
 res = _record_accessor("res", RES)
 fpcpu = _record_accessor("fpcpu", FPCPU)

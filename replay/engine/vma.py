@@ -257,6 +257,7 @@ def vma_start_write_step(S, t):
             end = read(S, t, refcnt_line(S, o))
             if ob.vm_refcnt != wr + 1:
                 g.vma_writer_wait = t
+                thread(S, t).wt_obj = o  # what the waits table names this sleep after (waits.py)
                 block(S, t)
                 end = -1.0
                 again = True
@@ -333,6 +334,7 @@ def vma_commit(S, t):
             end = read(S, t, refcnt_line(S, o))
             if vobj(S, o).vm_refcnt != wr:
                 g.vma_writer_wait = t
+                thread(S, t).wt_obj = o  # what the waits table names this sleep after (waits.py)
                 block(S, t)
                 return -1.0, True
             g.commit_step = 3
