@@ -123,7 +123,7 @@ def spin_lock_held(S, t, r, since, hold):
     got = s + cost
     end = got
     for d in range(rr.ndata):  # the data written under the lock, in order
-        s, cost = coh_write(S, fp_lines(S)[rr.data + d], c, end, False, True)
+        s, cost = coh_write(S, fp_lines(S)[rr.data0 + d], c, end, False, True)
         end = s + cost
     end += hold
     s, cost = coh_write(S, rr.line, c, end, False, True)  # smp_store_release(&lock->locked, 0)
@@ -384,7 +384,7 @@ class Plan:
             lv = lines(4, f"lruvec[node{n}].lists", f"lruvec[node{n}].lru_lock",
                        f"mem_cgroup_per_node[node{n}].lru_zone_size", f"page[lruvec{n}.head].lru")
             r = res[nn + n]
-            r["line"], r["data"], r["ndata"] = lv + 1, len(data), 3
+            r["line"], r["data0"], r["ndata"] = lv + 1, len(data), 3
             data += [lv, lv + 2, lv + 3]
         mmf = layout.mm.fields
         if "rss_stat" in mmf:  # the mm_struct's own line

@@ -132,7 +132,7 @@ OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), 
 WAIT = _rec(("op",), ("t",), ("cpu",), ("what",), ("k",), ("mode",), ("how",), ("start", f8), ("end", f8))
 # faultpath.py: a spinlock of the fault path (zone->lock, lruvec->lru_lock, the rss
 # counter's lock) - its line, its data lines, when its last holder releases it, lockstat
-RES = _rec(("line",), ("data",), ("ndata",), ("free_at", f8), ("acquisitions",), ("contentions",),
+RES = _rec(("line",), ("data0",), ("ndata",), ("free_at", f8), ("acquisitions",), ("contentions",),
            ("wait_total", f8), ("wait_max", f8), ("hold_total", f8), ("hold_max", f8))
 # faultpath.py: per CPU - pages left on its pcp list, nr_pcp_alloc()'s alloc_factor, its
 # memcg stock, folios in its LRU batch, its rss counter's local count, its NUMA node
@@ -163,7 +163,7 @@ ARRAYS = {
     "op_retry": np.int8,  # per op: why its first handle_mm_fault() returns VM_FAULT_RETRY (retry.RETRY_*)
     "retry_ops": i8, "retry_wait": f8,  # the ops that wait in that call (sorted) and their waits, ns
     "fp_hold_b": f8, "fp_hold_ns": f8,  # zone->lock hold by refill size: pages, ns (interpolated)
-    "fp_lines": i8,  # the fault path's locks' data lines (res.data .. res.data + res.ndata index it)
+    "fp_lines": i8,  # the fault path's locks' data lines (res.data0 .. res.data0 + res.ndata index it)
     # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
     # kind (coherence.RX_NAMES); zeroed pages are mapped lazily, so only lines that move cost memory
     "line_cpu": i8,
