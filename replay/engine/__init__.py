@@ -126,7 +126,15 @@ MIN_SERVICE_SAMPLES = 20
 #    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
 #    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
 #    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
-REFERENCE_VERSION = 18
+# 19: rwsem_cond_wake_waiter() after a slow path queues (readers, and writers behind
+#    others): RWSEM_WAKE_READERS on a reader-held lock grants readers left at the head
+#    past MAX_READERS_WAKEUP, RWSEM_WAKE_ANY on a free one (with clear_nonspinnable()); a
+#    writer at the head is woken for RWSEM_WAKE_ANY only; __up_read()'s
+#    clear_nonspinnable() before rwsem_wake(), so writers spin again once the last reader
+#    leaves; rwsem_down_read_slowpath() reads sem->owner, and a stealing reader stores
+#    it (rwsem_set_reader_owned()); a writer entering its spin on a free lock tries it at
+#    once (rwsem_try_write_lock_unqueued() on the loop's first pass)
+REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
