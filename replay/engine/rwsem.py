@@ -12,8 +12,9 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   (rwsem_set_reader_owned()) before it wakes the readers behind it; else it queues, and
   a reader finding an empty queue and no writer keeps its bias.  Queued, it runs
   rwsem_cond_wake_waiter() on the count its add_return left.  down_read_trylock():
-  load + cmpxchg loop, failing at once on any bit of RWSEM_READ_FAILED_MASK.  up_read(): xadd -READER_BIAS; when only the waiters bit is
-  left, clear_nonspinnable() and rwsem_wake().
+  load + cmpxchg loop, failing at once on any bit of RWSEM_READ_FAILED_MASK.
+  up_read(): xadd -READER_BIAS; when only the waiters bit is left,
+  clear_nonspinnable() and rwsem_wake().
 * down_write() - cmpxchg 0 -> WRITER_LOCKED, else rwsem_optimistic_spin(): while a
   writer owner is on a CPU, or on a reader-owned lock for rwsem_rspin_threshold()
   (10 us + 0.5 us a reader, at most 25 us), taking the lock the moment it is free
@@ -373,8 +374,13 @@ def rwsem_cond_wake_waiter(S, t, k, count, since):
     so no writer can take the lock in between (the kernel's "a writer stole it" bail-out
     never runs here) - so that is the one state in which RWSEM_WAKE_READERS grants
     anything: the readers left over wait for the next slow-path arrival rather than for
-    the holders to leave (tests/test_rwsem_cond_wake.py).  kernel/locking/rwsem.c, the
-    same in v6.3, v6.4 and v6.18.  Returns when t is done (its wake_q still to empty)."""
+    the holders to leave (tests/test_rwsem_cond_wake.py).  On a free lock the
+    clear_nonspinnable() here finds the bit clear in this engine - the release that
+    freed a lock with waiters queued was __up_read()'s, which cleared it, or
+    up_write()'s, whose rwsem_clear_owner() did - so it costs its load of the owner's
+    line and no more.
+    kernel/locking/rwsem.c, the same in v6.3, v6.4 and v6.18.  Returns when t is done
+    (its wake_q still to empty)."""
     if count & RWSEM_WRITER_LOCKED:
         return since
     if count & RWSEM_READER_MASK:
