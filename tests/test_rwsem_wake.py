@@ -24,8 +24,9 @@ Broadwell profile (tens to a hundred ns), the wake-up latency WAKEUP_NS (2 us).
 
 import pytest
 
-from replay.engine.rwsem import (RWSEM_FLAG_WAITERS, RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED,
-                                 down_read, down_write, rwsem_wake, up_read, wait_lock_lock, waiter_add)
+from replay.engine.rwsem import (RWSEM_FLAG_WAITERS, RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WAKE_ANY,
+                                 RWSEM_WRITER_LOCKED, down_read, down_write, rwsem_wake, up_read, wait_lock_lock,
+                                 waiter_add)
 from replay.engine.sched import DW_NONSPIN, DW_WAIT
 from replay.engine.variation import BARRIER_WAKE_NS
 from replay.models import get_model
@@ -119,7 +120,7 @@ def test_a_cpu_taking_wait_lock_while_another_holds_it_spins_until_the_unlock():
     for i in (0, 1):
         waiter_add(r.S, 0, i, False)
         th[i]["blocked"] = True
-    end2 = rwsem_wake(r.S, 2, 0, False, 0.0)
+    end2 = rwsem_wake(r.S, 2, 0, RWSEM_WAKE_ANY, 0.0)
     until = float(lk["wait_lock_until"])
     assert 0 < until < end2 and r.waiters(0) == [] and not th[0]["blocked"] and not th[1]["blocked"]
     assert end2 == pytest.approx(until + 2 * W, abs=50)  # then its wake_up_q() of the two

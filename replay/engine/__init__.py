@@ -150,7 +150,15 @@ MIN_SERVICE_SAMPLES = 20
 # 20: clear_page()'s DRAM traffic (faultpath.CLEAR_DRAM_BYTES, the read for ownership and
 #    the write-back) queued FIFO on its NUMA node's memory channels at the profile's
 #    [fault_path] dram_gbps: a clear ends at the later of its per-core time and that
-REFERENCE_VERSION = 20
+# 21: rwsem_cond_wake_waiter() after a slow path queues (readers, and writers behind
+#    others): RWSEM_WAKE_READERS on a reader-held lock grants readers left at the head
+#    past MAX_READERS_WAKEUP, RWSEM_WAKE_ANY on a free one (with clear_nonspinnable()); a
+#    writer at the head is woken for RWSEM_WAKE_ANY only; __up_read()'s
+#    clear_nonspinnable() before rwsem_wake(), so writers spin again once the last reader
+#    leaves; rwsem_down_read_slowpath() reads sem->owner, and a stealing reader stores
+#    it (rwsem_set_reader_owned()); a writer entering its spin on a free lock tries it at
+#    once (rwsem_try_write_lock_unqueued() on the loop's first pass)
+REFERENCE_VERSION = 21
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -6,12 +6,15 @@
 RWSEM_READER_OWNED.  Lock 0 is the mm's mmap_lock; lock k > 0 is the rwsem of VMA
 object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
 
-* down_read() - xadd READER_BIAS; rwsem_down_read_slowpath() steals the lock when it is
-  neither writer-locked nor handed off (unless it is reader-owned with other readers,
-  rcnt > 1), else queues, and a reader finding an empty queue and no writer keeps its
-  bias.  down_read_trylock(): load + cmpxchg loop, failing at once on any bit of
-  RWSEM_READ_FAILED_MASK.  up_read(): xadd -READER_BIAS, waking when only the waiters
-  bit is left.
+* down_read() - xadd READER_BIAS; rwsem_down_read_slowpath() reads sem->owner and
+  steals the lock when it is neither writer-locked nor handed off (unless it is
+  reader-owned with other readers, rcnt > 1), storing the owner
+  (rwsem_set_reader_owned()) before it wakes the readers behind it; else it queues, and
+  a reader finding an empty queue and no writer keeps its bias.  Queued, it runs
+  rwsem_cond_wake_waiter() on the count its add_return left.  down_read_trylock():
+  load + cmpxchg loop, failing at once on any bit of RWSEM_READ_FAILED_MASK.
+  up_read(): xadd -READER_BIAS; when only the waiters bit is left,
+  clear_nonspinnable() and rwsem_wake().
 * down_write() - cmpxchg 0 -> WRITER_LOCKED, else rwsem_optimistic_spin(): while a
   writer owner is on a CPU, or on a reader-owned lock for rwsem_rspin_threshold()
   (10 us + 0.5 us a reader, at most 25 us), taking the lock the moment it is free
@@ -20,14 +23,22 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   runs out sets RWSEM_NONSPINNABLE in sem->owner (rwsem_set_nonspinnable()): no writer
   spins on the lock again (rwsem_can_spin_on_owner(), rwsem_spin_on_owner()) until a
   writer owns it (rwsem_set_owner() and rwsem_clear_owner() store the owner whole;
-  readers keep the bit, __rwsem_set_reader_owned()).  The threshold starts each time
-  the owner turns from a writer to readers ("prev_owner_state != OWNER_READER").
+  readers keep the bit, __rwsem_set_reader_owned()), or the last reader leaves with
+  waiters queued (__up_read()'s clear_nonspinnable()), or a slow path finds the lock
+  free (rwsem_cond_wake_waiter()).  The threshold starts each time the owner turns
+  from a writer to readers ("prev_owner_state != OWNER_READER").
   A queued writer that has waited RWSEM_WAIT_TIMEOUT (4 ms at HZ=1000) at the head sets
-  HANDOFF (rwsem_try_write_lock()).
+  HANDOFF (rwsem_try_write_lock()).  A writer queueing behind others runs
+  rwsem_cond_wake_waiter() on atomic_long_read(&sem->count), emptying its wake_q with
+  wait_lock dropped.
 * downgrade_write() - the writer becomes a reader and wakes the readers at the head.
-* rwsem_mark_wake() - a writer at the head is woken to retry; readers at the head get
-  the lock together - every queued reader, up to MAX_READERS_WAKEUP, writers skipped -
-  unless a writer holds it by then.
+* rwsem_mark_wake(wake_type) - a writer at the head is woken to retry (RWSEM_WAKE_ANY
+  only); readers at the head get the lock together - every queued reader, up to
+  MAX_READERS_WAKEUP, writers skipped - unless a writer holds it by then.
+  rwsem_wake() (up_read(), up_write()) wakes RWSEM_WAKE_ANY; rwsem_downgrade_wake()
+  and a stealing reader RWSEM_WAKE_READ_OWNED (they hold it for read);
+  rwsem_cond_wake_waiter() nobody on a writer-held lock, RWSEM_WAKE_READERS on a
+  reader-held one, RWSEM_WAKE_ANY on a free one.
 * sem->wait_lock (a raw spinlock, at the rwsem's offset 20: on the count's line for a
   40-byte rwsem at a line start, elsewhere in mm_struct - replay/models/kernels.py) is
   taken (an atomic on its line) by every change of the wait list: queueing in
@@ -35,7 +46,8 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   again at each retry - and rwsem_wake()/rwsem_downgrade_wake() (and a stealing reader
   waking the readers behind it) around rwsem_mark_wake(), whose atomics run under it.
   A CPU taking it while another holds it spins until the holder's unlock commits.
-  The same in v6.4 and v6.18 (kernel/locking/rwsem.c).
+  The same in v6.4 and v6.18 (kernel/locking/rwsem.c).  Everything here is the same in
+  6.3, 6.4 and 6.18 (the three releases' rwsem.c compared for these functions).
 * wake-ups go through a wake_q: rwsem_mark_wake() queues the waiters and the waker,
   after dropping wait_lock, runs wake_up_q() - one try_to_wake_up() per waiter, one
   after another, so waiter i is woken i wake costs after the first and the waker pays
@@ -67,6 +79,11 @@ RWSEM_READER_OWNED = -1  # sem->owner of a reader-owned lock (0: none; else the 
 MAX_READERS_WAKEUP = 0x100
 RWSEM_WAIT_TIMEOUT_NS = 4_000_000  # DIV_ROUND_UP(HZ, 250) jiffies at HZ=1000
 RSPIN_BASE_NS, RSPIN_PER_READER_NS, RSPIN_MAX_NS = 10_000.0, 500.0, 25_000.0  # rwsem_rspin_threshold()
+
+# enum rwsem_wake_type, rwsem_mark_wake()'s second argument: "RWSEM_WAKE_ANY, /* Wake
+# whatever's at head of wait list */ RWSEM_WAKE_READERS, /* Wake readers only */
+# RWSEM_WAKE_READ_OWNED /* Waker thread holds the read lock */"
+RWSEM_WAKE_ANY, RWSEM_WAKE_READERS, RWSEM_WAKE_READ_OWNED = 0, 1, 2
 
 # thread.try_state: down_read_trylock()'s load, cmpxchg, owner store
 TRY_NONE, TRY_CAS, TRY_OWNER = 0, 1, 2
@@ -238,25 +255,31 @@ def wake_up_q(S, t, k, since):
 
 # -- waking --------------------------------------------------------------------------------------------
 @njit(cache=True)
-def rwsem_mark_wake(S, t, k, read_owned, since):
-    """rwsem_mark_wake(), run by t holding sem->wait_lock from ``since``: the waiters to
-    wake go on the wake_q (wake_up_q() wakes them after the unlock).  Its atomics are
-    t's: for RWSEM_WAKE_ANY a reader grant starts with "oldcount =
-    atomic_long_fetch_add(adjustment, &sem->count)" (and gives the bias back with
-    atomic_long_add() if a writer got there first), then __rwsem_set_reader_owned()
-    stores the owner, and "if (adjustment) atomic_long_add(adjustment, &sem->count)"
-    settles the readers' biases and the flags.  Returns when t is done."""
+def rwsem_mark_wake(S, t, k, wake_type, since):
+    """rwsem_mark_wake(sem, wake_type, wake_q), run by t holding sem->wait_lock from
+    ``since``: the waiters to wake go on the wake_q (wake_up_q() wakes them after the
+    unlock).  A writer at the head is woken (to retry rwsem_try_write_lock()) only for
+    RWSEM_WAKE_ANY: "if (waiter->type == RWSEM_WAITING_FOR_WRITE) { if (wake_type ==
+    RWSEM_WAKE_ANY) wake_q_add(wake_q, waiter->task); return; }" - for RWSEM_WAKE_READERS
+    and RWSEM_WAKE_READ_OWNED nobody is woken.  Readers at the head get the lock; unless
+    the waker holds it for read already (RWSEM_WAKE_READ_OWNED: downgrade_write(), a
+    stealing reader), the grant starts with "oldcount = atomic_long_fetch_add(adjustment,
+    &sem->count)" (given back with atomic_long_add() if a writer got there first), then
+    __rwsem_set_reader_owned() stores the owner, and "if (adjustment)
+    atomic_long_add(adjustment, &sem->count)" settles the readers' biases and the flags -
+    RWSEM_WAKE_ANY and RWSEM_WAKE_READERS alike.  Its atomics are t's.  Returns when t is
+    done.  kernel/locking/rwsem.c, the same in v6.3, v6.4 and v6.18."""
     lk = lock(S, k)
     first = lk.wait_head
     if first < 0:
         return since
     end = since
     if thread(S, first).waiter_write:
-        if not read_owned and thread(S, first).blocked:
-            wake_q_add(S, k, first)  # it retries rwsem_try_write_lock()
+        if wake_type == RWSEM_WAKE_ANY:
+            wake_q_add(S, k, first)  # it retries rwsem_try_write_lock() (already awake: no cost, wake_up_q())
         return end
     c0 = lk.count
-    if not read_owned:
+    if wake_type != RWSEM_WAKE_READ_OWNED:
         end = rmw_from(S, t, lk.count_line, True, end)  # atomic_long_fetch_add(RWSEM_READER_BIAS)
         if lk.count & RWSEM_WRITER_LOCKED:
             # rwsem_mark_wake(): a writer took the lock before the readers could be granted
@@ -267,7 +290,7 @@ def rwsem_mark_wake(S, t, k, read_owned, since):
                 lk.count |= RWSEM_FLAG_HANDOFF
                 thread(S, first).waiter_handoff_set = True
             return rmw_from(S, t, lk.count_line, True, end)  # atomic_long_add(-adjustment)
-        end = store_from(S, t, lk.owner_line, end)  # __rwsem_set_reader_owned()
+        end = store_from(S, t, lk.owner_line, end)  # __rwsem_set_reader_owned(sem, waiter->task)
     # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
     n = 0
     w = first
@@ -281,30 +304,91 @@ def rwsem_mark_wake(S, t, k, read_owned, since):
             wake_q_add(S, k, w)
             n += 1
         w = nxt
-    if thread(S, first).waiter_handoff_set:
-        lk.count &= ~RWSEM_FLAG_HANDOFF
+    # "if (list_empty(&sem->wait_list)) { adjustment -= RWSEM_FLAG_WAITERS; if (oldcount &
+    # RWSEM_FLAG_HANDOFF) adjustment -= RWSEM_FLAG_HANDOFF; } else if (woken) { if
+    # (oldcount & RWSEM_FLAG_HANDOFF) adjustment -= RWSEM_FLAG_HANDOFF; }" - woken is at
+    # least 1 here, so HANDOFF goes whoever set it
+    lk.count &= ~RWSEM_FLAG_HANDOFF
     if lk.wait_head < 0:
         lk.count &= ~RWSEM_FLAG_WAITERS
     lk.owner = RWSEM_READER_OWNED
     # the count moved by more than the first reader's fetch_add: "if (adjustment)
     # atomic_long_add(adjustment, &sem->count)"
-    if lk.count - c0 != (0 if read_owned else RWSEM_READER_BIAS):
+    if lk.count - c0 != (0 if wake_type == RWSEM_WAKE_READ_OWNED else RWSEM_READER_BIAS):
         end = rmw_from(S, t, lk.count_line, True, end)
     return end
 
 
 @njit(cache=True)
-def rwsem_wake(S, t, k, read_owned, since):
-    """rwsem_wake() (from up_read() and up_write()) and rwsem_downgrade_wake()
-    (``read_owned``; also the stealing reader's wake-up in rwsem_down_read_slowpath()):
-    "raw_spin_lock_irqsave(&sem->wait_lock, flags); if (!list_empty(&sem->wait_list))
-    rwsem_mark_wake(sem, ..., &wake_q); raw_spin_unlock_irqrestore(&sem->wait_lock,
-    flags); wake_up_q(&wake_q);" - issued by t at ``since``; returns when t goes on."""
+def rwsem_wake(S, t, k, wake_type, since):
+    """rwsem_wake() (from up_read() and up_write(): RWSEM_WAKE_ANY) and
+    rwsem_downgrade_wake() (RWSEM_WAKE_READ_OWNED; also the stealing reader's wake-up in
+    rwsem_down_read_slowpath()): "raw_spin_lock_irqsave(&sem->wait_lock, flags); if
+    (!list_empty(&sem->wait_list)) rwsem_mark_wake(sem, ..., &wake_q);
+    raw_spin_unlock_irqrestore(&sem->wait_lock, flags); wake_up_q(&wake_q);" - issued by
+    t at ``since``; returns when t goes on."""
     end = wait_lock_lock(S, t, k, since)
     if lock(S, k).wait_head >= 0:
-        end = rwsem_mark_wake(S, t, k, read_owned, end)
+        end = rwsem_mark_wake(S, t, k, wake_type, end)
     end = wait_lock_unlock(S, t, k, end)
     return wake_up_q(S, t, k, end)
+
+
+@njit(cache=True)
+def clear_nonspinnable(S, t, k, since):
+    """clear_nonspinnable(), issued by t at ``since``: "if (unlikely(rwsem_test_oflags(sem,
+    RWSEM_NONSPINNABLE))) atomic_long_andnot(RWSEM_NONSPINNABLE, &sem->owner);" - a load
+    of the owner's line, and an atomic on it when the bit is set.  "This should only be
+    called when the reader count reaches 0": __up_read() calls it when the last reader
+    leaves with waiters queued, before rwsem_wake(); rwsem_cond_wake_waiter() on a free
+    lock.  The bit goes otherwise only with a writer owner (rwsem_set_owner(),
+    rwsem_clear_owner() store the owner whole); readers keep it
+    (__rwsem_set_reader_owned()).  kernel/locking/rwsem.c, v6.3 to v6.18 alike.
+    Returns when t goes on."""
+    lk = lock(S, k)
+    end = read_from(S, t, lk.owner_line, since)  # rwsem_test_oflags(): atomic_long_read(&sem->owner)
+    if lk.nonspinnable:
+        lk.nonspinnable = 0
+        end = rmw_from(S, t, lk.owner_line, True, end)
+    return end
+
+
+@njit(cache=True)
+def rwsem_cond_wake_waiter(S, t, k, count, since):
+    """rwsem_cond_wake_waiter(sem, count, wake_q), t holding wait_lock from ``since``,
+    right after queueing itself - in rwsem_down_read_slowpath() with "count =
+    atomic_long_add_return(adjustment, &sem->count)", in rwsem_down_write_slowpath() when
+    it is not the first waiter, with atomic_long_read(&sem->count):
+
+        if (count & RWSEM_WRITER_MASK) return;
+        if (count & RWSEM_READER_MASK) { wake_type = RWSEM_WAKE_READERS; }
+        else { wake_type = RWSEM_WAKE_ANY; clear_nonspinnable(sem); }
+        rwsem_mark_wake(sem, wake_type, wake_q);
+
+    A writer-held lock: nothing.  A free one (its holders left while t was queueing):
+    whoever is at the head - a writer woken to retry, or the readers granted.  A
+    reader-held one: readers at the head join the holders; a writer at the head is not
+    woken (RWSEM_WAKE_READERS), nor is the nonspinnable bit cleared.
+
+    Readers wait at the head of a reader-held lock only when more than
+    MAX_READERS_WAKEUP were queued - rwsem_mark_wake() grants every queued reader up to
+    that many, and in this engine a release and its rwsem_wake() happen at one instant,
+    so no writer can take the lock in between (the kernel's "a writer stole it" bail-out
+    never runs here) - so that is the one state in which RWSEM_WAKE_READERS grants
+    anything: the readers left over wait for the next slow-path arrival rather than for
+    the holders to leave (tests/test_rwsem_cond_wake.py).  On a free lock the
+    clear_nonspinnable() here finds the bit clear in this engine - the release that
+    freed a lock with waiters queued was __up_read()'s, which cleared it, or
+    up_write()'s, whose rwsem_clear_owner() did - so it costs its load of the owner's
+    line and no more.
+    kernel/locking/rwsem.c, the same in v6.3, v6.4 and v6.18.  Returns when t is done
+    (its wake_q still to empty)."""
+    if count & RWSEM_WRITER_LOCKED:
+        return since
+    if count & RWSEM_READER_MASK:
+        return rwsem_mark_wake(S, t, k, RWSEM_WAKE_READERS, since)
+    end = clear_nonspinnable(S, t, k, since)
+    return rwsem_mark_wake(S, t, k, RWSEM_WAKE_ANY, end)
 
 
 @njit(cache=True)
@@ -400,14 +484,23 @@ def down_read(S, t, k):
         acquired(S, k, t)
         th.dr = DR_OWNER
         return end, True
-    # rwsem_down_read_slowpath()
+    # rwsem_down_read_slowpath(): "if ((atomic_long_read(&sem->owner) & RWSEM_READER_OWNED)
+    # && (rcnt > 1) && !(count & RWSEM_WRITER_LOCKED)) goto queue;" - a load of the owner's
+    # line (on the count's in 6.3's mm_struct, its own line from 6.4)
     rcnt = cnt >> RWSEM_READER_SHIFT
+    end = read_from(S, t, lk.owner_line, end)
     if not (lk.owner == RWSEM_READER_OWNED and rcnt > 1 and not cnt & RWSEM_WRITER_LOCKED):
         if not cnt & (RWSEM_WRITER_LOCKED | RWSEM_FLAG_HANDOFF):  # reader optimistic lock stealing
+            # "rwsem_set_reader_owned(sem);": __rwsem_set_reader_owned()'s "val = (unsigned
+            # long)owner | RWSEM_READER_OWNED | (atomic_long_read(&sem->owner) &
+            # RWSEM_NONSPINNABLE); atomic_long_set(&sem->owner, val);" - the load hits the
+            # line just read, the store asks for ownership of it (the nonspinnable bit
+            # stays), before any wake-up, as on the fast path (DR_OWNER)
             acquired(S, k, t)
             lk.owner = RWSEM_READER_OWNED
+            end = store_from(S, t, lk.owner_line, end)
             if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS:  # "Wake up other readers in the wait queue
-                end = rwsem_wake(S, t, k, True, end)  # if it is the first reader", under wait_lock
+                end = rwsem_wake(S, t, k, RWSEM_WAKE_READ_OWNED, end)  # if it is the first reader"
             return end, False
     lk.contentions += 1
     # queue: "raw_spin_lock_irq(&sem->wait_lock); if (list_empty(&sem->wait_list)) ...;
@@ -425,8 +518,7 @@ def down_read(S, t, k):
     lk.count += adjustment
     end = rmw_from(S, t, lk.count_line, True, end)
     th.dr = DR_WAIT
-    if not lk.count & RWSEM_LOCK_MASK:
-        end = rwsem_mark_wake(S, t, k, False, end)
+    end = rwsem_cond_wake_waiter(S, t, k, lk.count, end)  # count: atomic_long_add_return()'s
     end = wait_lock_unlock(S, t, k, end)
     end = wake_up_q(S, t, k, end)
     if th.dr == DR_GRANTED:
@@ -442,8 +534,12 @@ def up_read(S, t, k):
     released(S, k, t)
     lk.count -= RWSEM_READER_BIAS
     end = rmw(S, t, lk.count_line, True)
+    # __up_read(): "if (unlikely((tmp & (RWSEM_LOCK_MASK|RWSEM_FLAG_WAITERS)) ==
+    # RWSEM_FLAG_WAITERS)) { clear_nonspinnable(sem); rwsem_wake(sem); }" - the last
+    # reader out lets writers spin again before it wakes the head
     if (lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_WAITERS)) == RWSEM_FLAG_WAITERS:
-        end = rwsem_wake(S, t, k, False, end)
+        end = clear_nonspinnable(S, t, k, end)
+        end = rwsem_wake(S, t, k, RWSEM_WAKE_ANY, end)
     _let_spinner_in(S, k)
     return end
 
@@ -517,7 +613,12 @@ def down_write(S, t, k):
             th.dw_deadline = deadline
             th.dw_since = now
             osq_add(S, k, t)
-            if deadline != np.inf:
+            if lk.osq_head == t and not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):
+                # a free lock with a stale reader owner (the last reader left, a woken
+                # waiter has not retried yet): the loop's first rwsem_spin_on_owner()
+                # returns OWNER_READER at once and rwsem_try_write_lock_unqueued() takes it
+                at(S, end, t)
+            elif deadline != np.inf:
                 at(S, max(deadline, end), t)
             return -1.0, True
         queue = True
@@ -570,6 +671,20 @@ def down_write(S, t, k):
         _queue_writer(S, t, k)
         if was_empty:
             end = rmw_from(S, t, lk.count_line, True, end)  # atomic_long_or(RWSEM_FLAG_WAITERS)
+        else:
+            # "if (rwsem_first_waiter(sem) != &waiter) { rwsem_cond_wake_waiter(sem,
+            # atomic_long_read(&sem->count), &wake_q); if (!wake_q_empty(&wake_q)) {
+            # raw_spin_unlock_irq(&sem->wait_lock); wake_up_q(&wake_q);
+            # raw_spin_lock_irq(&sem->wait_lock); } }" - on a free lock the head is woken
+            # (a writer that may be awake already: its try_to_wake_up() finds it running)
+            end = read_from(S, t, lk.count_line, end)
+            end = rwsem_cond_wake_waiter(S, t, k, lk.count, end)
+            if lk.wake_q_head >= 0:
+                end = wait_lock_unlock(S, t, k, end)
+                end = wake_up_q(S, t, k, end)
+                # t's own unlock was the last: wait_lock is free once it commits, which
+                # the cmpxchg waits for anyway (rmw_from: the store buffer drains first)
+                end = rmw_from(S, t, lk.wait_lock_line, True, end)
     before = lk.count
     if rwsem_try_write_lock(S, k, t):
         acquired(S, k, t)
@@ -598,7 +713,7 @@ def downgrade_write(S, t, k):
         th.dw = DW_NONE
         end = store(S, t, lk.owner_line)
         if lk.count & RWSEM_FLAG_WAITERS:
-            end = rwsem_wake(S, t, k, True, end)
+            end = rwsem_wake(S, t, k, RWSEM_WAKE_READ_OWNED, end)
         return end, False
     released(S, k, t)  # lockstat: the write hold ends, a read hold begins (lock_downgrade(): no new acquisition)
     hold_begins(S, k, t)
@@ -623,6 +738,6 @@ def up_write(S, t, k):
     lk.count -= RWSEM_WRITER_LOCKED
     end = rmw(S, t, lk.count_line, True)
     if lk.count & RWSEM_FLAG_WAITERS:
-        end = rwsem_wake(S, t, k, False, end)
+        end = rwsem_wake(S, t, k, RWSEM_WAKE_ANY, end)
     _let_spinner_in(S, k)
     return end
