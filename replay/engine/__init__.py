@@ -126,7 +126,10 @@ MIN_SERVICE_SAMPLES = 20
 #    woken writer, rwsem_wake()/rwsem_downgrade_wake() - with rwsem_mark_wake()'s atomics
 #    under it; waiters woken by the waker's wake_up_q(), one try_to_wake_up()
 #    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
-REFERENCE_VERSION = 18
+# 19: lock_vma_under_rcu()'s range check by address on the VMA locked (vm_start/vm_end as
+#     the writers leave them: ops range_*), not by whether the slot still holds the object
+#     the walk found; a writer that changes an existing VMA's range stores to its first line
+REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -179,9 +179,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w = src.writers(lambda df: df.select(
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
-                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
+                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
+                                                  "range_vmas", "range_start", "range_end"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
+    rng = {k: w[k].to_list() for k in ("range_vmas", "range_start", "range_end")}
     w_kind = w["kind"].to_list()
 
     vma = src.column("vma_id", np.int32, -1)
@@ -208,6 +210,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_freed_p, w_freed = _csr(freed, index)
     w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
     w_created_p, w_created = _csr(wl["vmas_created"], index)
+    # each writer's VMAs as it leaves them (ops range_*; none in ops without the columns)
+    w_rng_p, w_rng_vid = _csr([[x for x in (xs or []) if x in index] for xs in rng["range_vmas"]], index)
+    w_rng_start = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_start"])
+                              for x, a in zip(xs or [], ys or []) if x in index], np.int64)
+    w_rng_end = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_end"])
+                            for x, a in zip(xs or [], ys or []) if x in index], np.int64)
     gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
     w_gate_p, w_gate = _csr(gate, index)
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
@@ -259,6 +267,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     del tix
 
     think = src.column("think_ns", np.float64)
+    # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
+    op_addr = np.full(1, -1, np.int64)
+    has_addr = bool(prm.vma_lock) and "address" in src.names
+    if has_addr:
+        op_addr = src.column("address", np.int64, 0)
+        op_addr[~src.notnull("address")] = -1
     op_prog += 1
     flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
@@ -313,6 +327,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["prefetch_pairs"] = int(machine.adjacent_line_prefetch)
     k["vma_lock"] = {"rwsem": 1, "refcnt": 2}.get(prm.vma_lock, 0)
     k["ref_limit"] = prm.ref_limit
+    k["has_addr"] = int(has_addr)
     k["wake_last"] = int(prm.wake == "last")
     k["writer_ref"] = prm.writer_ref
     k["typesafe_by_rcu"] = int(prm.typesafe_by_rcu)
@@ -388,6 +403,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         vid_order=np.zeros(nv, np.int64),
         w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
+        w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),

@@ -21,7 +21,7 @@ from numba import njit
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
-from .state import (cfg, cpu, glob, heap, insn, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
+from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
                     th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, w_vma, waiting_writers)
 from .variation import start_offset
 from .vma import vma_start_write_step
@@ -132,6 +132,7 @@ def _next_op(S, t):
     fault = prog == PROG_FAULT or prog == PROG_KERNEL_FAULT
     th.vma = op_arg(S)[j] if fault else -1
     th.w = -1 if fault else op_arg(S)[j]
+    th.addr = op_addr(S)[j] if cfg(S, 0).has_addr else -1
     if prog == PROG_MADVISE:  # lock_vma_under_rcu(mm, range.start): the VMA there
         th.vma = w_vma(S)[th.w]
     th.pc = 0
