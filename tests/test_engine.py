@@ -256,6 +256,21 @@ def test_range_check_is_by_address_on_the_vma_locked():
             assert r[1]["outcome"] == outcome and r[1]["fallback"] == (outcome == "abort"), (model, hex(addr))
 
 
+def test_a_fault_waits_for_the_writer_that_grew_its_vma_over_its_address():
+    # the trace: mmap creates VMA 1000 [0x10000, 0x11000); an mremap in place grows it to
+    # 0x14000; then a fault at 0x12000 on it.  The closed loop would run the fault (thread 2,
+    # no gap) before the mremap (thread 1, 20 us gap) - at an address not mapped yet, which
+    # lock_vma_under_rcu()'s range check would abort; it waits for the growth instead
+    ops = mk([(1, "mmap", [], 0, 100), (1, "mremap", [1000], 20_000, 100), (2, "fault", 1000, 0, None)])
+    ops[0].update(range_vmas=[1000], range_start=[0x10000], range_end=[0x11000])
+    ops[1].update(range_vmas=[1000], range_start=[0x10000], range_end=[0x14000])
+    ops[2]["address"] = 0x12000
+    for model in PER_VMA:
+        r = by_op(Replay(model, BDW, 4, ops).run())
+        assert r[2]["outcome"] == "success" and not r[2]["fallback"], model
+        assert r[2]["start_ns"] > r[1]["start_ns"], model
+
+
 def test_a_writer_starved_4ms_at_the_head_sets_handoff():
     # readers keep mmap_lock read-held back to back (a slow fault service on mmap_lock);
     # a writer queued behind them sets RWSEM_FLAG_HANDOFF after RWSEM_WAIT_TIMEOUT (4 ms),

@@ -128,7 +128,8 @@ MIN_SERVICE_SAMPLES = 20
 #    (BARRIER_WAKE_NS) after another, paid by the waker; a slow path sleeps after its unlock
 # 19: lock_vma_under_rcu()'s range check by address on the VMA locked (vm_start/vm_end as
 #     the writers leave them: ops range_*), not by whether the slot still holds the object
-#     the walk found; a writer that changes an existing VMA's range stores to its first line
+#     the walk found; a writer that changes an existing VMA's range stores to its first line;
+#     a fault waits for the writer that grew or merged its VMA over its address
 REFERENCE_VERSION = 19
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the

@@ -72,6 +72,7 @@ CONFIG = _rec(
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
+    ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
 )
 THREAD = _rec(
     # scheduling
@@ -153,6 +154,8 @@ ARRAYS = {
     # per op: bits 0-2 program + 1, 3 start known, 4 end known, 5 started (loop.F_*); its VMA id or writer index
     "op_flags": np.int16, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "op_addr": i8,  # per op: its address (ops address), -1 unknown; [1] where no program checks one
+    "op_dep": np.int32,  # per op: the writer whose range a fault waits for (load._range_deps), -1 none
+    "w_done": i8,  # per writer: 1 once its commit (vma.vma_commit) has set its ranges
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
     "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
@@ -278,6 +281,8 @@ w_rng_vid = _array_accessor("w_rng_vid", i8)
 w_rng_start = _array_accessor("w_rng_start", i8)
 w_rng_end = _array_accessor("w_rng_end", i8)
 op_addr = _array_accessor("op_addr", i8)
+op_dep = _array_accessor("op_dep", np.int32)
+w_done = _array_accessor("w_done", i8)
 us_p = _array_accessor("us_p", i8)
 us_ops = _array_accessor("us_ops", np.int32)
 th_ops_p = _array_accessor("th_ops_p", i8)

@@ -28,7 +28,8 @@ from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .rwsem import down_write, up_write
 from .sched import block, wake
 from .state import (VM_UNKNOWN_END, cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid,
-                    vobj, w_created, w_created_p, w_freed, w_freed_p, w_rng_end, w_rng_p, w_rng_start, w_rng_vid, w_succ)
+                    vobj, w_created, w_created_p, w_done, w_freed, w_freed_p, w_rng_end, w_rng_p, w_rng_start,
+                    w_rng_vid, w_succ)
 
 VMA_LOCK_RWSEM, VMA_LOCK_REFCNT = 1, 2  # cfg.vma_lock (0: faults take mmap_lock)
 
@@ -377,4 +378,13 @@ def vma_commit(S, t):
             ob.vm_end = hi
             if known:  # an existing VMA's fields change; a new one's were stored above
                 end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
+    w_done(S)[w] = 1
+    for q in range(w_rng_p(S)[w], w_rng_p(S)[w + 1]):  # wake the faults waiting for these ranges (loop._gate)
+        v = vmaid(S, w_rng_vid(S)[q])
+        x = v.wc_head
+        v.wc_head = -1
+        while x >= 0:
+            nx = thread(S, x).wc_next
+            wake(S, x, -1)
+            x = nx
     return end, False
