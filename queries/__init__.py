@@ -106,6 +106,9 @@ COLUMN_DOCS = {
         "vma_id": "fault: the VMA it hit", "vma_ids": "writer: the VMAs it write-locks",
         "vmas_created": "writer: VMAs it created", "vmas_freed": "writer: VMAs it freed",
         "vmas_successor": "writer: for each freed VMA, the VMA that absorbed it (-1: none)",
+        "range_vmas": "writer (write mode): each VMA it locked or created that is still mapped after it",
+        "range_start": "writer: for each of range_vmas, its vm_start after the call",
+        "range_end": "writer: for each of range_vmas, its vm_end after the call",
         "write": "write fault", "kernel": "kernel-mode fault",
         "fault_kind": "fault: anon, zero, cow, file, file_io or other - the handle_pte_fault() path that served it "
                       "(replay/ops.py); null for writers and where the trace cannot tell",

@@ -196,7 +196,8 @@ MADV_VMA_CHANGING = {
 # and calls outside the user address space dropped.  3: service_ns.
 # 4: read_hold_ns.  5: read-mode madvise's VMAs, hold and advice.  6: fault_kind and
 # first_try_ns.  7: fault kind ``special`` (a special mapping's page not present).
-OPS_VERSION = 7
+# 8: range_vmas / range_start / range_end.
+OPS_VERSION = 8
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
@@ -214,6 +215,9 @@ OPS_SCHEMA = {
     "address": pl.UInt64, "length": pl.Int64, "ret": pl.Int64, "vma_id": pl.Int64,
     "vma_ids": pl.List(pl.Int64), "vmas_created": pl.List(pl.Int64), "vmas_freed": pl.List(pl.Int64),
     "vmas_successor": pl.List(pl.Int64),
+    # a writer's VMAs as it leaves them (``apply_writer()``): each VMA it locked or created
+    # that is still mapped, and its vm_start / vm_end after the call
+    "range_vmas": pl.List(pl.Int64), "range_start": pl.List(pl.UInt64), "range_end": pl.List(pl.UInt64),
     "write": pl.Boolean, "kernel": pl.Boolean, "fault_kind": pl.Enum(FAULT_KINDS), "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
     "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "first_try_ns": pl.Int64,
@@ -391,6 +395,7 @@ class AddressSpace:
         self.vmas: list[Vma] = []
         self.all: list[Vma] = []
         self.created: list[int] = []  # journal of the writer call being replayed
+        self.made: list[Vma] = []  # the same VMAs (created) as objects
         self.freed: list[int] = []
         self.successor: dict[int, int] = {}  # a VMA merged away -> the VMA that absorbed it
         self.brk_start: int | None = None  # what brk(0) reported
@@ -413,6 +418,7 @@ class AddressSpace:
         self.all.append(v)
         self._insert(v)
         self.created.append(v.id)
+        self.made.append(v)
         return v
 
     def overlapping(self, start: int, end: int) -> list[Vma]:
@@ -436,6 +442,7 @@ class AddressSpace:
         upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now)
         self.all.append(upper)
         self.created.append(upper.id)
+        self.made.append(upper)
         v.end = at
         self._insert(upper)
         return upper
@@ -597,26 +604,39 @@ def ops_summary(path) -> dict:
 def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildReport):
     """Replay one writer on ``asp`` at its exit (exit_mmap: at the event): (the VMAs it
     write-locks, the VMAs it created, freed, what each freed one merged into (-1: none),
-    its lock mode).  A failed call and one outside the user address space change nothing."""
-    asp.created, asp.freed = [], []
+    its ranges, its lock mode).  A failed call and one outside the user address space
+    change nothing.
+
+    Its ranges: (ids, vm_starts, vm_ends) of every VMA a write-mode call locked or
+    created that is still mapped after it, as the call leaves them - the vm_start/vm_end
+    a split (__split_vma()), a merge (vma_expand(), vma_merge_existing_range()), a
+    shrink or a growth (vma_shrink(), do_brk_flags(), mremap's vma_expand()) stores
+    (mm/vma.c vma_set_range(), v6.18) - so the engine knows each VMA's range as the
+    writers change it (lock_vma_under_rcu()'s range check: replay/engine/micro.py)."""
+    asp.created, asp.freed, asp.made = [], [], []
+    none = ([], [], [])
     if kind == "exit":
         locked = list(asp.vmas)
         for v in locked:
             asp._remove(v, now)
         ids = [v.id for v in locked]
-        return ids, [], list(ids), [-1] * len(locked), "write"
+        return ids, [], list(ids), [-1] * len(locked), none, "write"
     if is_err_value(ret):
         rep.failed_calls += 1
-        return [], [], [], [], "write"
+        return [], [], [], [], none, "write"
     try:
         locked, lock = _apply(asp, kind, a, ret, now)
     except _OutOfRange:
         rep.out_of_range_calls += 1
-        return [], [], [], [], "write"
+        return [], [], [], [], none, "write"
     both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
     created = [x for x in asp.created if x not in both]
     freed = [x for x in asp.freed if x not in both]
-    return sorted({v.id for v in locked}), created, freed, [asp.successor.get(x, -1) for x in freed], lock
+    gone = set(asp.freed)
+    left = {} if lock != "write" else {v.id: v for v in (*locked, *asp.made) if v.id not in gone}
+    ranged = [left[x] for x in sorted(left)]
+    ranges = ([v.id for v in ranged], [v.start for v in ranged], [v.end for v in ranged])
+    return sorted({v.id for v in locked}), created, freed, [asp.successor.get(x, -1) for x in freed], ranges, lock
 
 
 class _OutOfRange(Exception):

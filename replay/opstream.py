@@ -879,7 +879,8 @@ class Builder:
         self.n_rows, self.base = 0, 0
         self.late_ids = np.zeros(16, np.int64)
         self.n_late = 0
-        self.lists: dict[int, tuple] = {}  # writer op -> (vma_ids, created, freed, successor)
+        # writer op -> (vma_ids, created, freed, successor, range_vmas, range_start, range_end)
+        self.lists: dict[int, tuple] = {}
         self.advice: dict[int, int | None] = {}  # madvise op -> its behaviour argument
         self.layout = _Layout(len(self.space_names))
         self.private = np.zeros(1024, np.bool_)
@@ -1023,7 +1024,7 @@ class Builder:
                  "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
                  "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
             res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
-        vma_ids, created, freed, succ, lock = res
+        vma_ids, created, freed, succ, ranges, lock = res
         R[R_LOCK, k] = LOCK_MODES.index(lock)
         if kind == "madvise":
             self.advice[op] = a["flags"]
@@ -1032,7 +1033,7 @@ class Builder:
                 R[R_VMA, k] = v.id if v is not None else VMA_NONE
                 if R[R_START_OK, k] and R[R_END_OK, k]:
                     R[R_HOLD, k], R[R_HOLD_OK, k] = R[R_END, k] - R[R_START, k], True
-        self.lists[op] = (vma_ids, created, freed, succ)
+        self.lists[op] = (vma_ids, created, freed, succ, *ranges)
         R[R_PEND, k] -= 1
         self._mark(asp, created)
         if s >= 0:
@@ -1119,9 +1120,9 @@ class Builder:
         fb = seg.fb == 1
         fallback = fb & ~seg.first
         anon = fb & seg.first & ~kernel
-        lists = [[], [], [], []]
-        valid = [np.zeros(n, np.bool_) for _ in range(4)]
-        lengths = [np.zeros(n, np.int64) for _ in range(4)]
+        lists = [[] for _ in range(NLISTS)]
+        valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
+        lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
         advice = np.zeros(n, np.int64)
         advice_ok = np.zeros(n, np.bool_)
         for j in np.flatnonzero(~fault).tolist():
@@ -1131,17 +1132,17 @@ class Builder:
             if adv is not None:
                 advice[j], advice_ok[j] = adv, True
             got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
-            vals = got if got is not None else (None, [], [], [])
-            for c in range(4):
+            vals = got if got is not None else (None, *([],) * (NLISTS - 1))
+            for c in range(NLISTS):
                 if vals[c] is not None:
                     valid[c][j] = True
                     lengths[c][j] = len(vals[c])
                     lists[c].extend(vals[c])
 
-        def lst(c):
+        def lst(c, typ=pa.int64()):
             off = np.zeros(n + 1, np.int64)
             np.cumsum(lengths[c], out=off[1:])
-            return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], pa.int64()),
+            return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], typ),
                                                  mask=pa.array(~valid[c]))
 
         arr = _arrow
@@ -1167,6 +1168,7 @@ class Builder:
             "ret": arr(seg.ret, seg.ret_ok, pa.int64()),
             "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
             "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
+            "range_vmas": lst(4), "range_start": lst(5, pa.uint64()), "range_end": lst(6, pa.uint64()),
             "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
             "kernel": _arrow(kernel, None, pa.bool_()),
             "fault_kind": pa.DictionaryArray.from_arrays(
@@ -1223,6 +1225,7 @@ def _ops_arrow() -> pa.Schema:
 
 
 OPS_ARROW = _ops_arrow()
+NLISTS = 7  # a writer's list columns, in the order of Builder.lists' tuples
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
 FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
 

@@ -180,9 +180,12 @@ def test_processes_replay_independently():
     assert r1.equals(r2)
 
 
+@pytest.mark.parametrize("covers", [False, True])
 @pytest.mark.parametrize("model", ["v8", "mainline"])
-def test_typesafe_by_rcu_reuse_makes_a_stale_reader_abort(model):
-    sim = Replay(model, BDW, 4, mk([(2, "fault", 1, 0, None), (1, "mmap", [], 0, 100)]))
+def test_typesafe_by_rcu_reuse_makes_a_stale_reader_abort(model, covers):
+    ops = mk([(2, "fault", 1, 0, None), (1, "mmap", [], 0, 100)])
+    ops[0]["address"] = 0x20000
+    sim = Replay(model, BDW, 4, ops)
     t = sim.run_until(2, Op.WALK)  # the reader found VMA 1's object under RCU...
     v1 = sim.vma(1)
     v1["attached"], v1["vm_refcnt"] = False, 0  # ...munmap detaches and frees it (SLAB_TYPESAFE_BY_RCU: no grace period)
@@ -193,9 +196,14 @@ def test_typesafe_by_rcu_reuse_makes_a_stale_reader_abort(model):
     g["mm_lock_seq"] += 1
     v2 = sim.vma(1001)
     assert v2["slot"] == v1["slot"]
+    v2["vm_start"], v2["vm_end"] = (0x1F000, 0x21000) if covers else (0x30000, 0x31000)
     rec = sim.finish(t)
     # __refcount_inc_not_zero_limited() succeeds on the new VMA; vm_mm matches (same
-    # mm), so the range check in lock_vma_under_rcu() catches it: put, abort, fall back
+    # mm), so lock_vma_under_rcu()'s range check decides by address: the new VMA covers
+    # 0x20000 -> the fault goes on under it; it does not -> put, abort, fall back
+    if covers:
+        assert rec == {"outcome": "success", "fallback": False, "attempts": 1}
+        return
     assert rec == {"outcome": "abort", "fallback": True, "attempts": 1}
     assert v2["vm_refcnt"] == 1 and sim.state["th"][t]["ref_obj"] == -1
 
@@ -229,6 +237,38 @@ def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
         ops_unmapped[0]["vmas_successor"] = [-1]  # munmap instead: nothing covers it any more
         r2 = by_op(Replay(model, BDW, 4, ops_unmapped).run())
         assert r2[1]["outcome"] == "abort" and r2[1]["fallback"]
+
+
+def test_range_check_is_by_address_on_the_vma_locked():
+    # lock_vma_under_rcu(): "address < vma->vm_start || address >= vma->vm_end" on the VMA
+    # it locked.  The mprotect splits VMA 1 [0x10000, 0x14000) at 0x11000 (VMA 1 keeps the
+    # lower page, new VMA 2 the rest); a fault the walk sends to VMA 1 afterwards at 0x12000
+    # is outside it -> VMA_LOCK_ABORT and the mmap_lock path; at 0x10000 it succeeds
+    ops = mk([(1, "mprotect", [1], 0, 100), (2, "fault", 1, 50_000, None)])
+    ops[0].update(vmas_created=[2], range_vmas=[1, 2], range_start=[0x10000, 0x11000],
+                  range_end=[0x11000, 0x14000])
+    for model in PER_VMA:
+        for addr, outcome in ((0x12000, "abort"), (0x10000, "success")):
+            ops[1]["address"] = addr
+            sim = Replay(model, BDW, 4, ops)
+            r = by_op(sim.run())
+            assert (sim.vma(1)["vm_start"], sim.vma(1)["vm_end"]) == (0x10000, 0x11000)
+            assert r[1]["outcome"] == outcome and r[1]["fallback"] == (outcome == "abort"), (model, hex(addr))
+
+
+def test_a_fault_waits_for_the_writer_that_grew_its_vma_over_its_address():
+    # the trace: mmap creates VMA 1000 [0x10000, 0x11000); an mremap in place grows it to
+    # 0x14000; then a fault at 0x12000 on it.  The closed loop would run the fault (thread 2,
+    # no gap) before the mremap (thread 1, 20 us gap) - at an address not mapped yet, which
+    # lock_vma_under_rcu()'s range check would abort; it waits for the growth instead
+    ops = mk([(1, "mmap", [], 0, 100), (1, "mremap", [1000], 20_000, 100), (2, "fault", 1000, 0, None)])
+    ops[0].update(range_vmas=[1000], range_start=[0x10000], range_end=[0x11000])
+    ops[1].update(range_vmas=[1000], range_start=[0x10000], range_end=[0x14000])
+    ops[2]["address"] = 0x12000
+    for model in PER_VMA:
+        r = by_op(Replay(model, BDW, 4, ops).run())
+        assert r[2]["outcome"] == "success" and not r[2]["fallback"], model
+        assert r[2]["start_ns"] > r[1]["start_ns"], model
 
 
 def test_a_writer_starved_4ms_at_the_head_sets_handoff():

@@ -98,6 +98,13 @@ def test_pairing_vmas_and_fault_ids():
     # what each call created and freed (a failed call nothing)
     assert w["vmas_created"].to_list() == [[new], [mid, upper], [], []]
     assert w["vmas_freed"].to_list() == [[], [], [new, mid, upper], []]
+    # each call's VMAs as it leaves them (vma_set_range()): mmap the new one; mprotect the
+    # lower part it keeps, the middle and the upper piece; munmap and the failed call none
+    assert list(zip(w["range_vmas"].to_list(), w["range_start"].to_list(), w["range_end"].to_list())) == [
+        ([new], [0x7F0000000000], [0x7F0000004000]),
+        (sorted([new, mid, upper]), [0x7F0000000000, 0x7F0000001000, 0x7F0000002000],
+         [0x7F0000001000, 0x7F0000002000, 0x7F0000004000]),
+        ([], [], []), ([], [], [])]
     assert f["think_ns"].to_list()[0] == 100_000_000  # 1.2 s - the mmap's exit at 1.1 s
 
 

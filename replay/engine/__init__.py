@@ -158,7 +158,11 @@ MIN_SERVICE_SAMPLES = 20
 #    leaves; rwsem_down_read_slowpath() reads sem->owner, and a stealing reader stores
 #    it (rwsem_set_reader_owned()); a writer entering its spin on a free lock tries it at
 #    once (rwsem_try_write_lock_unqueued() on the loop's first pass)
-REFERENCE_VERSION = 21
+# 22: lock_vma_under_rcu()'s range check by address on the VMA locked (vm_start/vm_end as
+#     the writers leave them: ops range_*), not by whether the slot still holds the object
+#     the walk found; a writer that changes an existing VMA's range stores to its first line;
+#     a fault waits for the writer that grew or merged its VMA over its address
+REFERENCE_VERSION = 22
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

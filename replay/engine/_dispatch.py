@@ -53,7 +53,7 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_end(S, t, a1, a2, a3)
     if op == 22:  # WALK: mas_walk() under rcu_read_lock(): a pointer to the VMA's sla
         return h_walk(S, t, a1, a2, a3)
-    if op == 23:  # CHECK_RANGE: the address outside vma->vm_start..vm_end (the object was re
+    if op == 23:  # CHECK_RANGE: the address outside the locked VMA's vm_start..vm_end (split
         return h_check_range(S, t, a1, a2, a3)
     if op == 24:  # CHECK_DETACHED: vma->detached (before v6.15) -> goto
         return h_check_detached(S, t, a1, a2, a3)

@@ -113,8 +113,8 @@ MICRO_OPS = (
     MicroOp(Op.END, (), "none", "the op is done", "h_end"),
     MicroOp(Op.WALK, ("none?",), "labels", "mas_walk() under rcu_read_lock(): a pointer to the VMA's slab object; "
             "none -> goto", "h_walk"),
-    MicroOp(Op.CHECK_RANGE, ("outside?",), "labels", "the address outside vma->vm_start..vm_end (the object was "
-            "reused) -> goto (lock_vma_under_rcu())", "h_check_range"),
+    MicroOp(Op.CHECK_RANGE, ("outside?",), "labels", "the address outside the locked VMA's vm_start..vm_end (split, "
+            "shrunk, or its slot reused) -> goto (lock_vma_under_rcu())", "h_check_range"),
     MicroOp(Op.CHECK_DETACHED, ("detached?",), "labels", "vma->detached (before v6.15) -> goto", "h_check_detached"),
     MicroOp(Op.VMA_COMMIT, (), "none", "the writer's VMAs appear (attached, write-locked) and vanish (detached, "
             "freed)", "h_vma_commit"),

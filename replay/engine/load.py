@@ -146,6 +146,37 @@ def _longest_instant_run(order, starts, instant):
     return best
 
 
+@njit(cache=True)
+def _range_deps(n, us_ops, us_p, op_addr, h_p, h_w, h_row, h_start, h_end):
+    """Per op, the writer whose range change a fault needs before it may start (-1: none):
+    for a fault on VMA v at address a, in the trace's run of v's ranges up to the fault
+    that all cover a, the writer that began it - a growth or a merge that mapped a (a
+    creator, or the first range of a VMA the mm had already, is the run's start and no
+    dependency: loop._gate waits for creators itself, and the range before a VMA's first
+    writer is not known).  A fault whose VMA no longer covers its address at the last
+    change before it ran inside that writer's syscall (the tracker shows it the old
+    layout): it depends on nothing, and races the writer as it did."""
+    dep = np.full(n, -1, np.int32)
+    for v in range(us_p.shape[0] - 1):
+        lo, hi = h_p[v], h_p[v + 1]
+        if hi - lo < 2:
+            continue
+        k = lo - 1
+        for q in range(us_p[v], us_p[v + 1]):
+            j = us_ops[q]
+            while k + 1 < hi and h_row[k + 1] < j:
+                k += 1
+            a = op_addr[j]
+            if k < lo or a < 0 or not (h_start[k] <= a < h_end[k]):
+                continue
+            b = k
+            while b - 1 >= lo and h_start[b - 1] <= a < h_end[b - 1]:
+                b -= 1
+            if b > lo:
+                dep[j] = h_w[b]
+    return dep
+
+
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
          fault_service_ns=None, chunk: int = 1 << 18, seed: int = 0, release: str | None = None):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
@@ -181,9 +212,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w = src.writers(lambda df: df.select(
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
-                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor"))))
+                                                 ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
+                                                  "range_vmas", "range_start", "range_end"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
+    rng = {k: w[k].to_list() for k in ("range_vmas", "range_start", "range_end")}
     w_kind = w["kind"].to_list()
 
     vma = src.column("vma_id", np.int32, -1)
@@ -210,6 +243,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_freed_p, w_freed = _csr(freed, index)
     w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
     w_created_p, w_created = _csr(wl["vmas_created"], index)
+    # each writer's VMAs as it leaves them (ops range_*; none in ops without the columns)
+    w_rng_p, w_rng_vid = _csr([[x for x in (xs or []) if x in index] for xs in rng["range_vmas"]], index)
+    w_rng_start = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_start"])
+                              for x, a in zip(xs or [], ys or []) if x in index], np.int64)
+    w_rng_end = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_end"])
+                            for x, a in zip(xs or [], ys or []) if x in index], np.int64)
     gate = [sorted(set(a or []) | set(b or [])) for a, b in zip(wl["vma_ids"], wl["vmas_freed"])]
     w_gate_p, w_gate = _csr(gate, index)
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
@@ -261,6 +300,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     del tix
 
     think = src.column("think_ns", np.float64)
+    # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
+    op_addr = np.full(1, -1, np.int64)
+    has_addr = bool(prm.vma_lock) and "address" in src.names
+    if has_addr:
+        op_addr = src.column("address", np.int64, 0)
+        op_addr[~src.notnull("address")] = -1
     op_prog += 1
     flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
@@ -316,6 +361,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["prefetch_pairs"] = int(machine.adjacent_line_prefetch)
     k["vma_lock"] = {"rwsem": 1, "refcnt": 2}.get(prm.vma_lock, 0)
     k["ref_limit"] = prm.ref_limit
+    k["has_addr"] = int(has_addr)
+    op_dep = np.full(1, -1, np.int32)
+    if has_addr and len(w_rng_vid):  # each VMA's ranges in writer (= op) order
+        order = np.argsort(w_rng_vid, kind="stable")
+        wr = np.repeat(np.arange(len(w_rng_p) - 1), np.diff(w_rng_p))
+        h_p = np.zeros(nv + 1, np.int64)
+        np.cumsum(np.bincount(w_rng_vid, minlength=nv), out=h_p[1:])
+        op_dep = _range_deps(n, us_ops, us_p, op_addr, h_p, wr[order], nf_idx[wr[order]], w_rng_start[order],
+                             w_rng_end[order])
+    k["has_dep"] = int(len(op_dep) == n and bool((op_dep >= 0).any()))
     k["wake_last"] = int(prm.wake == "last")
     k["writer_ref"] = prm.writer_ref
     k["typesafe_by_rcu"] = int(prm.typesafe_by_rcu)
@@ -398,6 +453,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         vid_order=np.zeros(nv, np.int64),
         w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
+        w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
+        op_dep=op_dep, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),

@@ -6,7 +6,7 @@ the coherence model and the locks give it.  ``run_chunk`` pops events in time or
 until the result buffer is full or the simulation ends.
 
 Causal order the closed loop must keep (it drifts from the recorded timeline): a fault
-waits for the writer that created its VMA, and a writer waits until the faults on its
+waits for the writer that created its VMA (or grew it over its address), and a writer waits until the faults on its
 VMAs that the trace shows before it have started.  Both point from later to earlier
 trace order, so they cannot deadlock; races that really happened (a fault overlapping
 the writer) stay races.  Trace order is op order (op_id), which the op builder numbers
@@ -21,8 +21,9 @@ from numba import njit
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
-from .state import (cfg, cpu, glob, heap, insn, op_arg, op_flags, op_start, op_think, open_state, out, th_ops_p,
-                    th_order, thread, us_ops, us_p, vmaid, w_gate, w_gate_p, w_vma, waiting_writers)
+from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_dep, op_flags, op_start, op_think, open_state,
+                    out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
+                    waiting_writers)
 from .variation import start_offset
 from .vma import vma_start_write_step
 
@@ -58,6 +59,18 @@ def _gate(S, t):
     if _is_fault(op_flags(S)[j]):
         vid = op_arg(S)[j]
         if vid >= 0 and vmaid(S, vid).created and not vmaid(S, vid).ever:  # its creator has not run
+            v = vmaid(S, vid)
+            th.wc_next = -1
+            if v.wc_head < 0:
+                v.wc_head = t
+            else:
+                thread(S, v.wc_tail).wc_next = t
+            v.wc_tail = t
+            block(S, t)
+            return False
+        if cfg(S, 0).has_dep and op_dep(S)[j] >= 0 and not w_done(S)[op_dep(S)[j]]:
+            # the trace shows the address in this VMA only after a writer grew or merged it
+            # (load._range_deps): wait for that writer's commit, as for a creator
             v = vmaid(S, vid)
             th.wc_next = -1
             if v.wc_head < 0:
@@ -132,6 +145,7 @@ def _next_op(S, t):
     fault = prog == PROG_FAULT or prog == PROG_KERNEL_FAULT
     th.vma = op_arg(S)[j] if fault else -1
     th.w = -1 if fault else op_arg(S)[j]
+    th.addr = op_addr(S)[j] if cfg(S, 0).has_addr else -1
     if prog == PROG_MADVISE:  # lock_vma_under_rcu(mm, range.start): the VMA there
         th.vma = w_vma(S)[th.w]
     th.pc = 0

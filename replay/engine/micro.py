@@ -148,9 +148,18 @@ def h_walk(S, t, none, _a, _b):
 
 @njit(cache=True)
 def h_check_range(S, t, outside, _a, _b):
+    """lock_vma_under_rcu()'s check on the VMA it locked - ``if (unlikely(vma->vm_mm != mm
+    || address < vma->vm_start || address >= vma->vm_end)) goto inval_end_read;``
+    (mm/mmap_lock.c, v6.15; mm/memory.c v6.4-v6.14: ``/* Check since vm_start/vm_end
+    might change before we lock the VMA */``) - by address on whatever object is in the
+    slot now: a reused object (SLAB_TYPESAFE_BY_RCU) that covers the address passes, the
+    VMA the walk found fails if a split or a shrink has moved the address out of it.
+    vm_start/vm_end are the writers' (vma.vma_commit()); an op without an address passes."""
+    th = thread(S, t)
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
-    if current(S, t) != thread(S, t).found:
-        thread(S, t).pc = outside
+    ob = vobj(S, current(S, t))
+    if th.addr >= 0 and (th.addr < ob.vm_start or th.addr >= ob.vm_end):
+        th.pc = outside
     return end, False
 
 

@@ -76,6 +76,8 @@ CONFIG = _rec(
     ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
     ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.9, and the field it reads
     ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
+    ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
+    ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
 )
 THREAD = _rec(
     # scheduling
@@ -83,6 +85,7 @@ THREAD = _rec(
     ("think", f8),
     # the current op and its program
     ("i",), ("op",), ("prog",), ("pc",), ("w",), ("vma",), ("slot",), ("found",), ("rec",), ("finished",),
+    ("addr",),  # the op's address (a fault's; a madvise's range start), -1 unknown
     ("start", f8), ("wait", f8), ("cache", f8), ("transfers",), ("outcome",), ("misses",), ("fallback",), ("attempts",),
     ("prev_unknown", f8),
     # registers of multi-step micro-ops
@@ -120,7 +123,10 @@ LOCK = _rec(
     ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
 LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
-VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",))
+# vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
+# before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
+VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",))
+VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
@@ -153,10 +159,14 @@ ARRAYS = {
     # writers (CSR: w_X_p[w] .. w_X_p[w + 1] index w_X)
     "w_hold": i8, "w_hold_read": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
     "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
+    "w_rng_p": i8, "w_rng_vid": i8, "w_rng_start": i8, "w_rng_end": i8,  # ops range_vmas/range_start/range_end
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
     # per op: bits 0-2 program + 1, 3 start known, 4 end known, 5 started (loop.F_*); its VMA id or writer index
     "op_flags": np.int16, "op_arg": np.int32, "op_think": f8, "op_start": f8,
+    "op_addr": i8,  # per op: its address (ops address), -1 unknown; [1] where no program checks one
+    "op_dep": np.int32,  # per op: the writer whose range a fault waits for (load._range_deps), -1 none
+    "w_done": i8,  # per writer: 1 once its commit (vma.vma_commit) has set its ranges
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
     "op_fkind": np.int8,  # per op: its fault kind (faultpath.py KINDS; ops fault_kind)
@@ -280,6 +290,13 @@ w_created_p = _array_accessor("w_created_p", i8)
 w_created = _array_accessor("w_created", i8)
 w_gate_p = _array_accessor("w_gate_p", i8)
 w_gate = _array_accessor("w_gate", i8)
+w_rng_p = _array_accessor("w_rng_p", i8)
+w_rng_vid = _array_accessor("w_rng_vid", i8)
+w_rng_start = _array_accessor("w_rng_start", i8)
+w_rng_end = _array_accessor("w_rng_end", i8)
+op_addr = _array_accessor("op_addr", i8)
+op_dep = _array_accessor("op_dep", np.int32)
+w_done = _array_accessor("w_done", i8)
 us_p = _array_accessor("us_p", i8)
 us_ops = _array_accessor("us_ops", np.int32)
 th_ops_p = _array_accessor("th_ops_p", i8)

@@ -27,8 +27,9 @@ from ..models.kernels import VMA_LOCK_OFFSET
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .rwsem import down_write, up_write
 from .sched import block, wake
-from .state import (cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid, vobj, w_created,
-                    w_created_p, w_freed, w_freed_p, w_succ)
+from .state import (VM_UNKNOWN_END, cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid,
+                    vobj, w_created, w_created_p, w_done, w_freed, w_freed_p, w_rng_end, w_rng_p, w_rng_start,
+                    w_rng_vid, w_succ)
 
 VMA_LOCK_RWSEM, VMA_LOCK_REFCNT = 1, 2  # cfg.vma_lock (0: faults take mmap_lock)
 
@@ -90,6 +91,8 @@ def vma_alloc(S, vid):
     ob.vm_lock_seq = -1
     ob.vm_refcnt = 1
     ob.attached = True
+    ob.vm_start = 0  # until the creating writer's range (vma_commit()): covers every address
+    ob.vm_end = VM_UNKNOWN_END
     if k.vma_lock == VMA_LOCK_RWSEM:  # an rwsem: its own slab object, or inside the VMA
         lk = lock(S, o + 1)
         lk.count = 0
@@ -362,4 +365,28 @@ def vma_commit(S, t):
             wake(S, x, -1)
             x = nx
         end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
+    # vm_start/vm_end as the call leaves them (ops range_*): a split's or a shrink's new
+    # vm_end, a merge's or a growth's, a new VMA's range - vma_set_range() (mm/vma.h),
+    # stored under the VMA's write lock, so a reader sees it once it locks the VMA
+    for q in range(w_rng_p(S)[w], w_rng_p(S)[w + 1]):
+        o = vmaid(S, w_rng_vid(S)[q]).obj
+        if o < 0:
+            continue
+        ob = vobj(S, o)
+        lo, hi = w_rng_start(S)[q], w_rng_end(S)[q]
+        if ob.vm_start != lo or ob.vm_end != hi:
+            known = ob.vm_end != VM_UNKNOWN_END
+            ob.vm_start = lo
+            ob.vm_end = hi
+            if known:  # an existing VMA's fields change; a new one's were stored above
+                end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
+    w_done(S)[w] = 1
+    for q in range(w_rng_p(S)[w], w_rng_p(S)[w + 1]):  # wake the faults waiting for these ranges (loop._gate)
+        v = vmaid(S, w_rng_vid(S)[q])
+        x = v.wc_head
+        v.wc_head = -1
+        while x >= 0:
+            nx = thread(S, x).wc_next
+            wake(S, x, -1)
+            x = nx
     return end, False
