@@ -840,6 +840,35 @@ def _repeat(text: str, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b * n)])
 
 
+@njit(cache=True, nogil=True)
+def _fill_labels(idx, lab_off, lab_bytes, data):
+    """The bytes of label ``idx[r]`` for each row r, one after another, into ``data``."""
+    p = 0
+    for r in range(len(idx)):
+        for q in range(lab_off[idx[r]], lab_off[idx[r] + 1]):
+            data[p] = lab_bytes[q]
+            p += 1
+
+
+def _labels(labels: list, idx: np.ndarray) -> pa.Array:
+    """``labels[idx[r]]`` for each row r as a large_string array (None: null), built from
+    its buffers: what ``pa.array(labels).take(idx)`` gives, at a fraction of its cost."""
+    enc = [(x or "").encode() for x in labels]
+    lab_off = np.zeros(len(enc) + 1, np.int64)
+    np.cumsum([len(e) for e in enc], out=lab_off[1:])
+    lab_bytes = np.array(bytearray(b"".join(enc)), np.uint8)
+    n = len(idx)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.diff(lab_off)[idx], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), np.uint8)
+    _fill_labels(idx, lab_off, lab_bytes, data)
+    valid = np.array([x is not None for x in labels])[idx]
+    nulls = n - int(np.count_nonzero(valid))
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=nulls)
+
+
 def _pyint(v, ok):
     return int(v) if ok else None
 
@@ -1130,7 +1159,6 @@ class Builder:
         seen = np.zeros(len(self.space_names) + 1, np.bool_)
         seen[space] = True  # (-1, no space: the last)
         self.op_spaces.update(np.flatnonzero(seen[: len(self.space_names)]).tolist() + ([-1] if seen[-1] else []))
-        names = pa.array(self.space_names + [None], pa.large_string())
         # derived flags (ops docstring): a user fault's window fell back unless the
         # first-write trylock explains it; writers have none of these
         fb = seg.fb == 1
@@ -1155,11 +1183,13 @@ class Builder:
                     lengths[c][j] = len(vals[c])
                     lists[c].extend(vals[c])
 
-        def lst(c):
+        def lst(c):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
             off = np.zeros(n + 1, np.int64)
             np.cumsum(lengths[c], out=off[1:])
-            return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], pa.int64()),
-                                                 mask=pa.array(~valid[c]))
+            nulls = n - int(np.count_nonzero(valid[c]))
+            validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
+            return pa.Array.from_buffers(LIST_TYPE, n, [validity, pa.py_buffer(off)], null_count=nulls,
+                                         children=[pa.array(lists[c], pa.int64())])
 
         arr = _arrow
 
@@ -1171,7 +1201,7 @@ class Builder:
         cols = {
             "op_id": _arrow(ops, None, pa.int64()),
             "trace_id": _repeat(self.trace_id, n),
-            "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
+            "mm": _labels(self.space_names + [None], np.where(space < 0, len(self.space_names), space)),
             "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
             "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
             "kind": pa.DictionaryArray.from_arrays(_arrow(seg.kind.astype(np.uint8), None, pa.uint8()), KINDS,
@@ -1188,7 +1218,7 @@ class Builder:
             "kernel": _arrow(kernel, None, pa.bool_()),
             "fault_kind": pa.DictionaryArray.from_arrays(
                 _arrow(np.maximum(seg.fkind, 0).astype(np.uint8), seg.fkind >= 0, pa.uint8()), FAULT_KINDS, ordered=True),
-            "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg.lock.astype(np.int64))),
+            "lock_mode": _labels(list(LOCK_MODES), seg.lock.astype(np.int64)),
             "observed_fallback": arr(fallback, fault & ~kernel, pa.bool_()),
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
             "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
@@ -1242,6 +1272,8 @@ def _ops_arrow() -> pa.Schema:
 OPS_ARROW = _ops_arrow()
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
 FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
+LIST_TYPE = OPS_ARROW.field("vma_ids").type
+assert all(OPS_ARROW.field(c).type == LIST_TYPE for c in ("vmas_created", "vmas_freed", "vmas_successor"))
 
 
 def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:
