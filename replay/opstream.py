@@ -30,8 +30,8 @@ order); this module makes ops that way from a trace of any size without holding 
   Either way the row groups from the first such one on go to an Arrow IPC spill
   beside the ops file, and at the end through a second pass (``_Patch``) that puts the
   final values in place and appends them to the ops file; the row groups before it
-  are final and go straight in, so each op is Parquet-encoded once.  The writes run on
-  a thread of their own (``_Behind``), overlapping the step.  The files are written
+  are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
+  are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
   into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
@@ -874,8 +874,9 @@ def _pyint(v, ok):
 
 
 class Builder:
-    """One build: ``run()`` steps through the events and hands finished row groups to
-    ``sink``; ``finish()`` returns what the second pass needs."""
+    """One build: ``run()`` steps through the events and hands each finished row group to
+    ``sink(make, final)``: ``make()`` builds its table (on whichever thread calls it),
+    ``final``: no second pass needs it; ``finish()`` returns what the second pass needs."""
 
     def __init__(self, events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, sink):
         self.events, self.trace_id, self.maps, self.sink = events, trace_id, maps_snapshot, sink
@@ -909,6 +910,8 @@ class Builder:
         self.th["grp_op"] = -1
         self.th_tid = tids  # polars Series, th order
         self.th_pid = threads["pid"]
+        self.th_ids = (tids.is_null().to_numpy(), tids.fill_null(0).to_numpy().astype(np.int32),
+                       self.th_pid.is_null().to_numpy(), self.th_pid.fill_null(0).to_numpy().astype(np.int32))
         self.sc = np.zeros(T * NSYS, SC_DTYPE)
         self.sc["op"] = -1
         self.cap = min(max(events.rows, 16), 2 * ROW_GROUP + 1)  # rows[:cap] unwritten ops, then the late ones
@@ -1143,7 +1146,8 @@ class Builder:
             self.patch_from = (self.base, self.prev.copy(), self.prev_ok.copy())
         think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
-        self.sink(self.table(seg, ops, think, think_ok, pop=True), self.patch_from is None)
+        writers = self.writers(seg, ops, pop=True)
+        self.sink(lambda: self.make_table(seg, ops, think, think_ok, writers), self.patch_from is None)
         _shift(self.rows, k, self.n_rows)
         self.n_rows -= k
         self.base += k
@@ -1151,6 +1155,23 @@ class Builder:
 
     def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
         """Ops rows as the ops table (OPS_ARROW schema)."""
+        return self.make_table(seg, ops, think, think_ok, self.writers(seg, ops, pop))
+
+    def writers(self, seg: Ops, ops: np.ndarray, pop: bool) -> list:
+        """The writers among ops rows: (row, advice, VMA lists) of each; with ``pop``, those
+        of complete ones leave ``advice`` and ``lists`` (the step's thread owns both)."""
+        out = []
+        for j in np.flatnonzero(seg.kind != K_FAULT).tolist():
+            op = int(ops[j])
+            done = seg.pend[j] == 0
+            adv = self.advice.pop(op, None) if pop and done else self.advice.get(op)
+            got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
+            out.append((j, adv, got if got is not None else (None, [], [], [])))
+        return out
+
+    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, writers: list) -> pa.Table:
+        """``table`` from ``writers(...)``: reads nothing the step changes, so it runs on the
+        writer thread, beside the step."""
         n = len(seg.seq)
         fault = seg.kind == K_FAULT
         kernel = seg.kernel
@@ -1169,14 +1190,9 @@ class Builder:
         lengths = [np.zeros(n, np.int64) for _ in range(4)]
         advice = np.zeros(n, np.int64)
         advice_ok = np.zeros(n, np.bool_)
-        for j in np.flatnonzero(~fault).tolist():
-            op = int(ops[j])
-            done = seg.pend[j] == 0
-            adv = self.advice.pop(op, None) if pop and done else self.advice.get(op)
+        for j, adv, vals in writers:
             if adv is not None:
                 advice[j], advice_ok[j] = adv, True
-            got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
-            vals = got if got is not None else (None, [], [], [])
             for c in range(4):
                 if vals[c] is not None:
                     valid[c][j] = True
@@ -1193,10 +1209,7 @@ class Builder:
 
         arr = _arrow
 
-        tid_null = self.th_tid.is_null().to_numpy()
-        tid_vals = self.th_tid.fill_null(0).to_numpy().astype(np.int32)
-        pid_null = self.th_pid.is_null().to_numpy()
-        pid_vals = self.th_pid.fill_null(0).to_numpy().astype(np.int32)
+        tid_null, tid_vals, pid_null, pid_vals = self.th_ids
         vma = seg.vma
         cols = {
             "op_id": _arrow(ops, None, pa.int64()),
@@ -1429,10 +1442,12 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     files: dict[str, object] = {}
     behind = _Behind()
 
-    def write(t: pa.Table) -> None:
+    def write(t) -> None:  # a table, or a call that makes it
+        t = t if isinstance(t, pa.Table) else t()
         files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
 
-    def spill(t: pa.Table) -> None:
+    def spill(make) -> None:
+        t = make()
         if "spill" not in files:
             files["spill_file"] = pa.OSFile(spill_path, "wb")
             files["spill"] = pa.ipc.new_file(files["spill_file"], OPS_ARROW,
@@ -1446,7 +1461,7 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 
     try:
         files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
-        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda t, final: behind(write if final else spill, t))
+        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda make, final: behind(write if final else spill, make))
         b.run()
         behind(close_spill)
         if b.needs_patch():
@@ -1479,7 +1494,7 @@ def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same
     """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
     final: list[pa.Table] = []
     rest: list[pa.Table] = []
-    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda t, ok: (final if ok else rest).append(t))
+    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda make, ok: (final if ok else rest).append(make()))
     b.run()
     if rest:
         patch = _Patch(b)
