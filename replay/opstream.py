@@ -1394,7 +1394,8 @@ OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind
 class _Behind:
     """Calls run in order on one thread, at most one waiting: the Parquet and IPC writes
     (which release the GIL) overlap the step of the next events.  What a call writes must
-    be its own (``Builder.table`` copies out of the reused op buffer)."""
+    be its own (``_ops_slice`` copies out of the reused op buffer; ``Builder.make_table``
+    reads nothing else the step changes)."""
 
     def __init__(self):
         self.q: queue.Queue = queue.Queue(1)
