@@ -30,8 +30,8 @@ order); this module makes ops that way from a trace of any size without holding 
   Either way the row groups from the first such one on go to an Arrow IPC spill
   beside the ops file, and at the end through a second pass (``_Patch``) that puts the
   final values in place and appends them to the ops file; the row groups before it
-  are final and go straight in, so each op is Parquet-encoded once.  The writes run on
-  a thread of their own (``_Behind``), overlapping the step.  The files are written
+  are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
+  are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
   into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
@@ -436,6 +436,15 @@ def _done_prefix(pend, start, n):
 
 
 @njit(cache=True, nogil=True)
+def _shift(R, k, n):
+    """``R[:, :n - k] = R[:, k:n]`` in place: forward, so without the temporary copy numpy
+    makes of overlapping operands (half of the cost, at a row group of ~1 M ops)."""
+    for f in range(R.shape[0]):
+        for j in range(n - k):
+            R[f, j] = R[f, k + j]
+
+
+@njit(cache=True, nogil=True)
 def _finish(th, sc, rows, base, late_at, late_ids, counters):
     """The trace's end: every window closes; every enter still open never finished."""
     for t in range(len(th)):
@@ -831,13 +840,43 @@ def _repeat(text: str, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b * n)])
 
 
+@njit(cache=True, nogil=True)
+def _fill_labels(idx, lab_off, lab_bytes, data):
+    """The bytes of label ``idx[r]`` for each row r, one after another, into ``data``."""
+    p = 0
+    for r in range(len(idx)):
+        for q in range(lab_off[idx[r]], lab_off[idx[r] + 1]):
+            data[p] = lab_bytes[q]
+            p += 1
+
+
+def _labels(labels: list, idx: np.ndarray) -> pa.Array:
+    """``labels[idx[r]]`` for each row r as a large_string array (None: null), built from
+    its buffers: what ``pa.array(labels).take(idx)`` gives, at a fraction of its cost."""
+    enc = [(x or "").encode() for x in labels]
+    lab_off = np.zeros(len(enc) + 1, np.int64)
+    np.cumsum([len(e) for e in enc], out=lab_off[1:])
+    lab_bytes = np.array(bytearray(b"".join(enc)), np.uint8)
+    n = len(idx)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.diff(lab_off)[idx], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), np.uint8)
+    _fill_labels(idx, lab_off, lab_bytes, data)
+    valid = np.array([x is not None for x in labels])[idx]
+    nulls = n - int(np.count_nonzero(valid))
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=nulls)
+
+
 def _pyint(v, ok):
     return int(v) if ok else None
 
 
 class Builder:
-    """One build: ``run()`` steps through the events and hands finished row groups to
-    ``sink``; ``finish()`` returns what the second pass needs."""
+    """One build: ``run()`` steps through the events and hands each finished row group to
+    ``sink(make, final)``: ``make()`` builds its table (on whichever thread calls it),
+    ``final``: no second pass needs it; ``finish()`` returns what the second pass needs."""
 
     def __init__(self, events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, sink):
         self.events, self.trace_id, self.maps, self.sink = events, trace_id, maps_snapshot, sink
@@ -871,6 +910,8 @@ class Builder:
         self.th["grp_op"] = -1
         self.th_tid = tids  # polars Series, th order
         self.th_pid = threads["pid"]
+        self.th_ids = (tids.is_null().to_numpy(), tids.fill_null(0).to_numpy().astype(np.int32),
+                       self.th_pid.is_null().to_numpy(), self.th_pid.fill_null(0).to_numpy().astype(np.int32))
         self.sc = np.zeros(T * NSYS, SC_DTYPE)
         self.sc["op"] = -1
         self.cap = min(max(events.rows, 16), 2 * ROW_GROUP + 1)  # rows[:cap] unwritten ops, then the late ones
@@ -878,6 +919,7 @@ class Builder:
         self.done = 0  # rows[:done] are complete
         self.n_rows, self.base = 0, 0
         self.late_ids = np.zeros(16, np.int64)
+        self.late_end = np.zeros((2, 16), np.int64)  # each late op's end_ns and end_ok as written
         self.n_late = 0
         # writer op -> (vma_ids, created, freed, successor, range_vmas, range_start, range_end)
         self.lists: dict[int, tuple] = {}
@@ -1088,9 +1130,15 @@ class Builder:
                 grown[:, :width] = self.rows
                 self.rows = grown
             if need > len(self.late_ids):
-                self.late_ids = np.resize(self.late_ids, max(2 * len(self.late_ids), need))
+                size = max(2 * len(self.late_ids), need)
+                self.late_ids = np.resize(self.late_ids, size)
+                grown = np.zeros((2, size), np.int64)
+                grown[:, : self.n_late] = self.late_end[:, : self.n_late]
+                self.late_end = grown
             self.rows[:, self.cap + self.n_late:self.cap + need] = self.rows[:, inc]
             self.late_ids[self.n_late:need] = ops[inc]
+            self.late_end[0, self.n_late:need] = self.rows[R_END, inc]
+            self.late_end[1, self.n_late:need] = self.rows[R_END_OK, inc]
             self.n_late = need
         if self.patch_from is None and (len(inc) or (seg.vma == VMA_MISS).any()):
             # from this row group on the second pass has work: every op before it is final
@@ -1099,22 +1147,40 @@ class Builder:
             self.patch_from = (self.base, self.prev.copy(), self.prev_ok.copy())
         think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
-        self.sink(self.table(seg, ops, think, think_ok, pop=True), self.patch_from is None)
-        n = self.n_rows
-        self.rows[:, : n - k] = self.rows[:, k:n]
+        writers = self.writers(seg, ops, pop=True)
+        self.sink(lambda: self.make_table(seg, ops, think, think_ok, writers), self.patch_from is None)
+        _shift(self.rows, k, self.n_rows)
         self.n_rows -= k
         self.base += k
         self.done = max(self.done - k, 0)
 
     def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
         """Ops rows as the ops table (OPS_ARROW schema)."""
+        return self.make_table(seg, ops, think, think_ok, self.writers(seg, ops, pop))
+
+    def writers(self, seg: Ops, ops: np.ndarray, pop: bool) -> list:
+        """The writers among ops rows: (row, advice, VMA lists) of each; with ``pop``, those
+        of complete ones leave ``advice`` and ``lists`` (the step's thread owns both)."""
+        out = []
+        for j in np.flatnonzero(seg.kind != K_FAULT).tolist():
+            op = int(ops[j])
+            done = seg.pend[j] == 0
+            adv = self.advice.pop(op, None) if pop and done else self.advice.get(op)
+            got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
+            out.append((j, adv, got if got is not None else (None, *([],) * (NLISTS - 1))))
+        return out
+
+    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, writers: list) -> pa.Table:
+        """``table`` from ``writers(...)``: reads nothing the step changes, so it runs on the
+        writer thread, beside the step."""
         n = len(seg.seq)
         fault = seg.kind == K_FAULT
         kernel = seg.kernel
         th = seg.th.astype(np.int64)
         space = self.th["space"][th]
-        self.op_spaces.update(np.unique(space).tolist())
-        names = pa.array(self.space_names + [None], pa.large_string())
+        seen = np.zeros(len(self.space_names) + 1, np.bool_)
+        seen[space] = True  # (-1, no space: the last)
+        self.op_spaces.update(np.flatnonzero(seen[: len(self.space_names)]).tolist() + ([-1] if seen[-1] else []))
         # derived flags (ops docstring): a user fault's window fell back unless the
         # first-write trylock explains it; writers have none of these
         fb = seg.fb == 1
@@ -1125,37 +1191,31 @@ class Builder:
         lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
         advice = np.zeros(n, np.int64)
         advice_ok = np.zeros(n, np.bool_)
-        for j in np.flatnonzero(~fault).tolist():
-            op = int(ops[j])
-            done = seg.pend[j] == 0
-            adv = self.advice.pop(op, None) if pop and done else self.advice.get(op)
+        for j, adv, vals in writers:
             if adv is not None:
                 advice[j], advice_ok[j] = adv, True
-            got = (self.lists.pop(op, None) if pop and done else self.lists.get(op))
-            vals = got if got is not None else (None, *([],) * (NLISTS - 1))
             for c in range(NLISTS):
                 if vals[c] is not None:
                     valid[c][j] = True
                     lengths[c][j] = len(vals[c])
                     lists[c].extend(vals[c])
 
-        def lst(c, typ=pa.int64()):
+        def lst(c, typ=pa.int64()):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
             off = np.zeros(n + 1, np.int64)
             np.cumsum(lengths[c], out=off[1:])
-            return pa.LargeListArray.from_arrays(pa.array(off), pa.array(lists[c], typ),
-                                                 mask=pa.array(~valid[c]))
+            nulls = n - int(np.count_nonzero(valid[c]))
+            validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
+            return pa.Array.from_buffers(pa.large_list(typ), n, [validity, pa.py_buffer(off)], null_count=nulls,
+                                         children=[pa.array(lists[c], typ)])
 
         arr = _arrow
 
-        tid_null = self.th_tid.is_null().to_numpy()
-        tid_vals = self.th_tid.fill_null(0).to_numpy().astype(np.int32)
-        pid_null = self.th_pid.is_null().to_numpy()
-        pid_vals = self.th_pid.fill_null(0).to_numpy().astype(np.int32)
+        tid_null, tid_vals, pid_null, pid_vals = self.th_ids
         vma = seg.vma
         cols = {
             "op_id": _arrow(ops, None, pa.int64()),
             "trace_id": _repeat(self.trace_id, n),
-            "mm": names.take(pa.array(np.where(space < 0, len(self.space_names), space))),
+            "mm": _labels(self.space_names + [None], np.where(space < 0, len(self.space_names), space)),
             "pid": arr(pid_vals[th], ~pid_null[th], pa.int32()),
             "tid": arr(tid_vals[th], ~tid_null[th], pa.int32()),
             "kind": pa.DictionaryArray.from_arrays(_arrow(seg.kind.astype(np.uint8), None, pa.uint8()), KINDS,
@@ -1173,7 +1233,7 @@ class Builder:
             "kernel": _arrow(kernel, None, pa.bool_()),
             "fault_kind": pa.DictionaryArray.from_arrays(
                 _arrow(np.maximum(seg.fkind, 0).astype(np.uint8), seg.fkind >= 0, pa.uint8()), FAULT_KINDS, ordered=True),
-            "lock_mode": pa.array(list(LOCK_MODES), pa.large_string()).take(pa.array(seg.lock.astype(np.int64))),
+            "lock_mode": _labels(list(LOCK_MODES), seg.lock.astype(np.int64)),
             "observed_fallback": arr(fallback, fault & ~kernel, pa.bool_()),
             "observed_anon_prepare": arr(anon, fault, pa.bool_()),
             "observed_mmap_write": arr(seg.fbw, fault, pa.bool_()),
@@ -1228,6 +1288,8 @@ OPS_ARROW = _ops_arrow()
 NLISTS = 7  # a writer's list columns, in the order of Builder.lists' tuples
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
 FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
+LIST_TYPE = OPS_ARROW.field("vma_ids").type
+assert all(OPS_ARROW.field(c).type == LIST_TYPE for c in ("vmas_created", "vmas_freed", "vmas_successor"))
 
 
 def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:
@@ -1253,6 +1315,11 @@ class _Patch:
         self.late = _ops_slice(b.rows, b.cap, b.cap + n)
         self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
             if n else None
+        # think_ns depends on the ops' start and end only, and a late op's start is final
+        # when it is made: unless a late op's end moved after it was written, the think
+        # times written are the final ones
+        was_ok, now_ok = b.late_end[1, :n] != 0, self.late.end_ok
+        self.ends_moved = bool(((was_ok != now_ok) | (now_ok & (b.late_end[0, :n] != self.late.end))).any())
         _, self.prev, self.prev_ok = b.patch_from  # each thread's last end before the first row group it sees
 
     def __call__(self, t: pa.Table) -> pa.Table:
@@ -1265,8 +1332,13 @@ class _Patch:
             if hi > lo:
                 pos = self.late_ids[lo:hi] - a
                 part = self.late_table.slice(lo, hi - lo)
+                at = pa.array(pos)
+                # only the columns whose values moved since the late ops were written (a
+                # column put back as it was costs a copy of the row group)
                 t = pa.Table.from_arrays([_scatter(t.column(f.name), pos, part.column(f.name).combine_chunks())
-                                          if f.name not in ("op_id", "think_ns") else t.column(f.name)
+                                          if f.name not in ("op_id", "think_ns")
+                                          and not t.column(f.name).take(at).equals(part.column(f.name))
+                                          else t.column(f.name)
                                           for f in OPS_ARROW], schema=OPS_ARROW)
         if self.inferred:
             vma = _np(t.column("vma_id"), VMA_NONE, np.int64)
@@ -1298,7 +1370,7 @@ class _Patch:
                         "first_try_ns": pa.array(_np(try_, 0, np.int64), pa.int64(), mask=~_ok(try_) | first)}
                 t = pa.Table.from_arrays([_scatter(t.column(f.name), miss, cols[f.name]) if f.name in cols
                                           else t.column(f.name) for f in OPS_ARROW], schema=OPS_ARROW)
-        if self.late_table is not None:
+        if self.late_table is not None and self.ends_moved:
             tid = t.column("tid")
             th = np.searchsorted(b.tids, _np(tid, 0, np.int64)).astype(np.int32)
             if tid.null_count:
@@ -1325,7 +1397,8 @@ OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind
 class _Behind:
     """Calls run in order on one thread, at most one waiting: the Parquet and IPC writes
     (which release the GIL) overlap the step of the next events.  What a call writes must
-    be its own (``Builder.table`` copies out of the reused op buffer)."""
+    be its own (``_ops_slice`` copies out of the reused op buffer; ``Builder.make_table``
+    reads nothing else the step changes)."""
 
     def __init__(self):
         self.q: queue.Queue = queue.Queue(1)
@@ -1373,10 +1446,12 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     files: dict[str, object] = {}
     behind = _Behind()
 
-    def write(t: pa.Table) -> None:
+    def write(t) -> None:  # a table, or a call that makes it
+        t = t if isinstance(t, pa.Table) else t()
         files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
 
-    def spill(t: pa.Table) -> None:
+    def spill(make) -> None:
+        t = make()
         if "spill" not in files:
             files["spill_file"] = pa.OSFile(spill_path, "wb")
             files["spill"] = pa.ipc.new_file(files["spill_file"], OPS_ARROW,
@@ -1390,7 +1465,7 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 
     try:
         files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
-        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda t, final: behind(write if final else spill, t))
+        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda make, final: behind(write if final else spill, make))
         b.run()
         behind(close_spill)
         if b.needs_patch():
@@ -1423,7 +1498,7 @@ def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same
     """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
     final: list[pa.Table] = []
     rest: list[pa.Table] = []
-    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda t, ok: (final if ok else rest).append(t))
+    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda make, ok: (final if ok else rest).append(make()))
     b.run()
     if rest:
         patch = _Patch(b)
