@@ -58,19 +58,10 @@ def _gate(S, t):
     j = th.op
     if _is_fault(op_flags(S)[j]):
         vid = op_arg(S)[j]
-        if vid >= 0 and vmaid(S, vid).created and not vmaid(S, vid).ever:  # its creator has not run
-            v = vmaid(S, vid)
-            th.wc_next = -1
-            if v.wc_head < 0:
-                v.wc_head = t
-            else:
-                thread(S, v.wc_tail).wc_next = t
-            v.wc_tail = t
-            block(S, t)
-            return False
-        if cfg(S, 0).has_dep and op_dep(S)[j] >= 0 and not w_done(S)[op_dep(S)[j]]:
-            # the trace shows the address in this VMA only after a writer grew or merged it
-            # (load._range_deps): wait for that writer's commit, as for a creator
+        if (vid >= 0 and vmaid(S, vid).created and not vmaid(S, vid).ever  # its creator has not run
+                # the trace shows the address in this VMA only after a writer grew or merged it
+                # (load._range_deps): wait for that writer's commit, as for a creator
+                or cfg(S, 0).has_dep and op_dep(S)[j] >= 0 and not w_done(S)[op_dep(S)[j]]):
             v = vmaid(S, vid)
             th.wc_next = -1
             if v.wc_head < 0:

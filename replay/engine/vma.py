@@ -358,12 +358,7 @@ def vma_commit(S, t):
             continue
         o = vma_alloc(S, vid)
         vobj(S, o).vm_lock_seq = g.mm_lock_seq
-        x = v.wc_head
-        v.wc_head = -1
-        while x >= 0:
-            nx = thread(S, x).wc_next
-            wake(S, x, -1)
-            x = nx
+        _wake_waiting_faults(S, v)
         end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
     # vm_start/vm_end as the call leaves them (ops range_*): a split's or a shrink's new
     # vm_end, a merge's or a growth's, a new VMA's range - vma_set_range() (mm/vma.h),
@@ -382,11 +377,17 @@ def vma_commit(S, t):
                 end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
     w_done(S)[w] = 1
     for q in range(w_rng_p(S)[w], w_rng_p(S)[w + 1]):  # wake the faults waiting for these ranges (loop._gate)
-        v = vmaid(S, w_rng_vid(S)[q])
-        x = v.wc_head
-        v.wc_head = -1
-        while x >= 0:
-            nx = thread(S, x).wc_next
-            wake(S, x, -1)
-            x = nx
+        _wake_waiting_faults(S, vmaid(S, w_rng_vid(S)[q]))
     return end, False
+
+
+@njit(cache=True)
+def _wake_waiting_faults(S, v):
+    """Wake the faults waiting (loop._gate) on VMA id record v: for its creator or for the
+    writer that gave it their address."""
+    x = v.wc_head
+    v.wc_head = -1
+    while x >= 0:
+        nx = thread(S, x).wc_next
+        wake(S, x, -1)
+        x = nx
