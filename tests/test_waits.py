@@ -166,4 +166,4 @@ def test_a_run_writes_its_waits_table(tmp_path, cli):
     top = run_query(ws, "waits", {"run_id": rid, "top": "3"})
     longest = waits.sort("wait_ns", descending=True).head(3)
     assert top["op_id"].to_list() == longest["op_id"].to_list()
-    assert top["wait_us"].to_list() == (longest["wait_ns"] / 1e3).to_list()
+    assert top["wait_us"].to_list() == pytest.approx((longest["wait_ns"] / 1e3).to_list(), rel=1e-12)
