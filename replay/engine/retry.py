@@ -32,6 +32,9 @@ when returning VM_FAULT_RETRY or VM_FAULT_COMPLETED", Suren Baghdasaryan, v6.5):
 programs (replay/models/kernels.py) drop it, run ``RETRY_WAIT``, count RETRY and go to
 ``lock_mmap``.  Which faults return it (``retry_causes()``, read from the ops):
 
+Each op carries bits (``op_retry``); which are set depends on the release the design runs
+on (the coverage table below), as of 6.7:
+
 * ``RETRY_NO_MAP_PAGES`` - fault kind ``special`` (a special mapping's page not present:
   ``[vdso]``, ``[vvar]``): do_read_fault() / do_cow_fault() / do_shared_fault() call
   vmf_can_call_fault() (mm/memory.c), which under FAULT_FLAG_VMA_LOCK returns
@@ -52,6 +55,12 @@ programs (replay/models/kernels.py) drop it, run ``RETRY_WAIT``, count RETRY and
     (do_async_mmap_readahead(): folio_test_readahead() -> maybe_unlock_mmap_for_io()).
     What made it wait is the page cache's state, which the trace recorded and the lock
     design does not change: it is replayed as recorded, under every model.
+* ``NOT_ANON`` - before 6.6 (below): lock_vma_under_rcu() refuses the VMA, an ABORT
+  (``CHECK_ANON``), and the fault goes to mmap_lock, where a page-cache wait still drops it.
+
+Under the VMA lock ``RETRY_NO_MAP_PAGES`` comes first: a call that cannot run ->fault()
+there returns before it could wait (6.6 sets it for a major fault too, which then waits
+under mmap_lock).
 
 The wait (``RETRY_WAIT``) is the fault's first try as the trace recorded it (ops
 ``first_try_ns``: its entry to its first mmap_lock start_locking - lock_vma_under_rcu(),
