@@ -389,9 +389,9 @@ def lines(hot: pl.DataFrame, lc: pl.DataFrame, cw: pl.DataFrame, info: dict, out
     top_h = row_h * k + 2.0
     ncol = max(len(cols), 1)
     width = min(max(11.0, 5.2 + 0.22 * ncol + 3.2), 24.0)
-    H = top_h + 4.2
+    H = top_h + 3.6
     fig = plt.figure(figsize=(width, H))
-    gs = fig.add_gridspec(2, 1, height_ratios=[top_h, 3.0], hspace=1.6 / ((top_h + 3.0) / 2))
+    gs = fig.add_gridspec(2, 1, height_ratios=[top_h, 3.0], hspace=0.9 / ((top_h + 3.0) / 2))
     ax = fig.add_subplot(gs[0])
     ax2 = fig.add_subplot(gs[1])
     fig.subplots_adjust(left=0.36, right=0.80, top=1 - 0.8 / H, bottom=0.55 / H)
