@@ -240,20 +240,25 @@ def test_fault_after_its_vma_was_merged_away_walks_to_the_survivor():
 
 
 def test_range_check_is_by_address_on_the_vma_locked():
-    # lock_vma_under_rcu(): "address < vma->vm_start || address >= vma->vm_end" on the VMA
-    # it locked.  The mprotect splits VMA 1 [0x10000, 0x14000) at 0x11000 (VMA 1 keeps the
-    # lower page, new VMA 2 the rest); a fault the walk sends to VMA 1 afterwards at 0x12000
-    # is outside it -> VMA_LOCK_ABORT and the mmap_lock path; at 0x10000 it succeeds
+    # The mprotect splits VMA 1 [0x10000, 0x14000) at 0x11000 (VMA 1 keeps the lower page,
+    # new VMA 2 the rest).  A fault the trace gave VMA 1 runs after it: mas_walk() finds the
+    # VMA by address - at 0x12000 VMA 2, at 0x10000 VMA 1, both served under their VMA lock
+    # (the one locked is the one the walk found: VMA 2's lock taken, not VMA 1's).  At
+    # 0x14000 nothing covers the address: lock_vma_under_rcu()'s "address < vma->vm_start ||
+    # address >= vma->vm_end" on the VMA it has -> VMA_LOCK_ABORT and the mmap_lock path.
     ops = mk([(1, "mprotect", [1], 0, 100), (2, "fault", 1, 50_000, None)])
     ops[0].update(vmas_created=[2], range_vmas=[1, 2], range_start=[0x10000, 0x11000],
                   range_end=[0x11000, 0x14000])
     for model in PER_VMA:
-        for addr, outcome in ((0x12000, "abort"), (0x10000, "success")):
+        for addr, outcome, vma in ((0x12000, "success", 2), (0x10000, "success", 1), (0x14000, "abort", None)):
             ops[1]["address"] = addr
             sim = Replay(model, BDW, 4, ops)
             r = by_op(sim.run())
             assert (sim.vma(1)["vm_start"], sim.vma(1)["vm_end"]) == (0x10000, 0x11000)
             assert r[1]["outcome"] == outcome and r[1]["fallback"] == (outcome == "abort"), (model, hex(addr))
+            if model == "pervma" and vma:  # whose rwsem the fault read-locked (VMA 1's is also the writer's)
+                got = sim.lock_stats().get("vma:2", {"acquisitions": 0})["acquisitions"]
+                assert got == (1 if vma == 2 else 0), hex(addr)
 
 
 def test_a_fault_waits_for_the_writer_that_grew_its_vma_over_its_address():

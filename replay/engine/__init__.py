@@ -162,7 +162,11 @@ MIN_SERVICE_SAMPLES = 20
 #     the writers leave them: ops range_*), not by whether the slot still holds the object
 #     the walk found; a writer that changes an existing VMA's range stores to its first line;
 #     a fault waits for the writer that grew or merged its VMA over its address
-REFERENCE_VERSION = 22
+# 23: the walk finds the VMA by address (vma.vma_walk(): the live VMA covering it, where the
+#     op's own VMA id no longer does - a fault the trace saw in a VMA a writer has since split
+#     or shrunk), so the range check aborts only what no VMA covers, not the closed loop's
+#     stale VMA ids
+REFERENCE_VERSION = 23
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -17,7 +17,7 @@ from .faultpath import handle_mm_fault
 from .retry import check_anon, fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
-from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_resolve
+from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_walk
 
 OUTCOME_MISS = OUTCOMES.index("miss")
 WORK_ZAP = WORK_KINDS.index("zap")
@@ -137,7 +137,7 @@ def h_walk(S, t, none, _a, _b):
     """mas_walk(): the maple tree's line; the thread keeps the slot of the object found."""
     end = read(S, t, cfg(S, 0).mm_mt)
     th = thread(S, t)
-    o = vma_resolve(S, th.vma)
+    o = vma_walk(S, th.vma, th.addr)
     if o < 0:
         th.pc = none
     else:

@@ -134,6 +134,26 @@ def vma_resolve(S, vid):
     return o if o >= 0 and vobj(S, o).attached else -1
 
 
+@njit(cache=True)
+def vma_walk(S, vid, addr):
+    """mas_walk(&mas) for ``addr``: the live VMA whose range covers it now.  The op's own
+    VMA id (vma_resolve()) when its range covers the address or is not known; else the
+    live object whose known range does - a fault the trace shows in a VMA that a writer
+    has since split or shrunk (the op builder gives each fault the VMA its recording saw,
+    and the closed loop may run it after the writer) is found where the address now is,
+    as the maple tree finds it.  None covering it: the op's own, whose range check then
+    sends the fault to lock_mmap as lock_vma_under_rcu() does (``inval``)."""
+    o = vma_resolve(S, vid)
+    if addr < 0 or (o >= 0 and (vobj(S, o).vm_end == VM_UNKNOWN_END
+                                or vobj(S, o).vm_start <= addr < vobj(S, o).vm_end)):
+        return o
+    for x in range(glob(S, 0).nobj):
+        ob = vobj(S, x)
+        if ob.attached and ob.vm_end != VM_UNKNOWN_END and ob.vm_start <= addr < ob.vm_end:
+            return x
+    return o
+
+
 # -- vm_refcnt -------------------------------------------------------------------------------------------
 @njit(cache=True)
 def vma_refcount_get(S, t, fail, detached):
