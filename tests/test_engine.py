@@ -261,6 +261,28 @@ def test_range_check_is_by_address_on_the_vma_locked():
                 assert got == (1 if vma == 2 else 0), hex(addr)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_the_range_check_catches_a_split_between_the_walk_and_the_lock(split):
+    # lock_vma_under_rcu(): mas_walk() found VMA 1 [0x10000, 0x14000) for 0x12000 under RCU;
+    # before vma_start_read() an mprotect split it at 0x11000 and finished (VMA 1 keeps the
+    # lower page; mm_lock_seq moved on, so the VMA is not write-locked any more).  The
+    # check "address < vma->vm_start || address >= vma->vm_end" on the VMA it locked sends
+    # the fault to lock_mmap (VMA_LOCK_ABORT); without the split it is served there
+    for model in PER_VMA:
+        ops = mk([(2, "fault", 1, 0, None)])
+        ops[0]["address"] = 0x12000
+        sim = Replay(model, BDW, 4, ops)
+        v1 = sim.vma(1)
+        v1["vm_start"], v1["vm_end"] = 0x10000, 0x14000
+        t = sim.run_until(2, Op.WALK)
+        if split:
+            v1["vm_end"] = 0x11000
+            sim.g["mm_lock_seq"] += 2  # mmap_write_lock() ... mmap_write_unlock(): even again
+        rec = sim.finish(t)
+        want = {"outcome": "abort", "fallback": True} if split else {"outcome": "success", "fallback": False}
+        assert {k: rec[k] for k in want} == want, model
+
+
 def test_a_fault_waits_for_the_writer_that_grew_its_vma_over_its_address():
     # the trace: mmap creates VMA 1000 [0x10000, 0x11000); an mremap in place grows it to
     # 0x14000; then a fault at 0x12000 on it.  The closed loop would run the fault (thread 2,
