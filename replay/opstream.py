@@ -1288,8 +1288,6 @@ OPS_ARROW = _ops_arrow()
 NLISTS = 7  # a writer's list columns, in the order of Builder.lists' tuples
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
 FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
-LIST_TYPE = OPS_ARROW.field("vma_ids").type
-assert all(OPS_ARROW.field(c).type == LIST_TYPE for c in ("vmas_created", "vmas_freed", "vmas_successor"))
 
 
 def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:

@@ -147,22 +147,31 @@ def retry_causes(src, c, kinds: np.ndarray, release: str):
         cause[kinds == FK_SPECIAL] |= RETRY_NO_MAP_PAGES
     cause[kinds == FK_FILE_IO] |= RETRY_PAGE_CACHE
     is_fault = c("kind", pl.Utf8).cast(pl.Utf8) == "fault"
-    if "observed_fallback" in src.names:
-        cand = src.frame(["kind", "observed_fallback", "kernel", "vma_id", "start_ns", "end_ns"], lambda df: df.filter(
-            is_fault & c("observed_fallback", pl.Boolean).fill_null(False) & ~c("kernel", pl.Boolean).fill_null(False)
-        ).select("_j", c("vma_id"), c("start_ns"), c("end_ns")))
-        cand = cand.filter(pl.Series(kinds[cand["_j"].to_numpy()] == FK_FILE)) if cand is not None else None
-        if cand is not None and cand.height:
+    # the trace's fallbacks and the faults with a recorded first try (few; the op builder
+    # gives the first try to a user fault's fallback only): read here rather than as
+    # columns of every op
+    fb = None
+    if "observed_fallback" in src.names or "first_try_ns" in src.names:
+        fallback = c("observed_fallback", pl.Boolean).fill_null(False)
+        fb = src.frame(["kind", "observed_fallback", "kernel", "vma_id", "start_ns", "end_ns", "first_try_ns"],
+                       lambda df: df.filter(is_fault & (fallback | c("first_try_ns").is_not_null()))
+                       .select("_j", c("vma_id"), c("start_ns"), c("end_ns"), c("first_try_ns"),
+                               (fallback & ~c("kernel", pl.Boolean).fill_null(False)).alias("_fb")))
+    if fb is not None and fb.height:
+        cand = fb.filter(pl.col("_fb") & pl.Series(kinds[fb["_j"].to_numpy()] == FK_FILE))
+        if cand.height:
             w = src.writers(lambda df: df.select(c("lock_mode", pl.Utf8).cast(pl.Utf8), c("start_ns"), c("end_ns"),
                                                  c("vma_ids", pl.List(pl.Int64)).cast(pl.List(pl.Int64))))
             mine = cand.filter(~writer_in_flight(cand, w))["_j"].to_numpy().astype(np.int64)
             cause[mine] |= RETRY_PAGE_CACHE
     waits = np.flatnonzero(cause & RETRY_PAGE_CACHE).astype(np.int64)
     wait_ns = np.zeros(len(waits), np.float64)
-    if len(waits) and "first_try_ns" in src.names:
-        ft = src.column("first_try_ns", np.float64, 0)
-        ok = src.notnull("first_try_ns")
-        wait_ns = np.where(ok[waits], ft[waits], 0.0)
+    if len(waits) and fb is not None and fb.height:
+        known = fb.filter(pl.col("first_try_ns").is_not_null())
+        at = known["_j"].to_numpy().astype(np.int64)  # in op order, as src.frame() reads
+        i = np.searchsorted(at, waits)
+        hit = (i < len(at)) & (at[np.minimum(i, len(at) - 1)] == waits) if len(at) else np.zeros(len(waits), bool)
+        wait_ns[hit] = known["first_try_ns"].to_numpy().astype(np.float64)[i[hit]]
     return cause, waits, wait_ns
 
 
