@@ -166,7 +166,10 @@ MIN_SERVICE_SAMPLES = 20
 #     op's own VMA id no longer does - a fault the trace saw in a VMA a writer has since split
 #     or shrunk), so the range check aborts only what no VMA covers, not the closed loop's
 #     stale VMA ids
-REFERENCE_VERSION = 23
+# 24: as-recorded placement per op: each op runs on the CPU the trace recorded it on, the
+#     thread migrating to that CPU's run queue at the op boundary (loop._next_cpu()); no
+#     longer each thread on its most common CPU, nor recorded CPUs folded onto --cpus
+REFERENCE_VERSION = 24
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
