@@ -981,7 +981,12 @@ def write_doc(res: dict, doc: Path, image: Path | None, command: str) -> None:
          f"{res['iterations']} iterations (seeds) per point, and summarised as mmtests does (Hmean).", "",
          f"**Scaling.** The published regions (~100 GB, mmtests' MemTotal/5) are scaled down to "
          f"{res['pages']:,} faults per iteration (4 KiB pages, {res['pages'] * 4096 >> 20} MiB), split evenly "
-         "across the threads as pft splits its region; thread counts as published (above the profile's CPU "
+         "across the threads as pft splits its region - each thread touching the first pages of a slice "
+         f"of the published run's size ({PFT_REGION_BYTES >> 30} GiB / threads), so that threads meet in a PTE "
+         "page (2 MiB, one split PTE lock) only where the published slices do, at their ends and never at once: "
+         "packed as pft packs them, the scaled-down slices are under 512 pages from 33 threads and put 2 to 4 "
+         "threads in every PTE page, contending on its lock at every fault, which the published runs never do; "
+         "thread counts as published (above the profile's CPU "
          "count pft clips the threads to the CPUs: none of these tables' rows does). Faults/sec and faults/cpu "
          "as pft computes them: faults over the span of the touch loops (the first fault's start to the last "
          "fault's end), and over the faults' on-CPU time (time asleep on a lock, or waiting for a CPU, does "
