@@ -12,7 +12,6 @@ import pytest
 
 from engine_harness import BDW, Replay, by_op, mk
 from replay.ops import AddressSpace, BuildReport, IdSource, apply_writer
-from replay.engine.retry import ANON_VMA_PREPARE_NS
 
 NEW = 1000  # the VMA the first op (an mmap) creates
 
@@ -92,7 +91,9 @@ def test_6_18_prepares_the_anon_vma_under_the_vma_lock_after_mmap_read_trylock()
     assert lk["mm"]["acquisitions"] == 1 + 1  # the mmap, the trylock
     assert r.vma(NEW)["anon_vma"] == 1
     d = [res[i]["end_ns"] - res[i]["start_ns"] for i in (1, 2)]
-    assert d[0] - d[1] > ANON_VMA_PREPARE_NS  # its own work, plus the trylock's and unlock's line traffic
+    # __anon_vma_prepare()'s own work (retry.ANON_VMA_PREPARE_NS, est. 200 ns), plus the trylock's and the
+    # unlock's atomics and the store of vma->anon_vma
+    assert d[0] - d[1] > 200.0
     # a read (the zero page) needs no anon_vma: none prepared, no mmap_lock
     res, lk, _ = replay("mainline", numbered(mmap(), fault(1, NEW, "zero", False)))
     assert not res[1]["anon_prepare"] and lk["mm"]["acquisitions"] == 1
