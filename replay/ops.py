@@ -18,7 +18,11 @@ One op per page fault (a reader of the address space) and per address-space writ
   private mapping placed right after one with the same protection and flags extends it
   (``vma_merge_new_range()``), which is how glibc's arenas and the JVM's heap grow.
   A writer's new layout becomes visible at its ``sys_exit``.  Faults outside every known
-  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.
+  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.  Each
+  VMA a writer creates names the VMA it was copied from (``vmas_parent``: a split's
+  original, an mremap move's source - anon_vma_clone() gives it that VMA's anon_vma), and
+  each fault its VMA's class (``vma_class``: ``vma_class()`` below), which the engine's
+  anon_vma rules read (replay/engine/retry.py).
 * **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
   emits no mmap_lock event, so a user fault followed on the same thread, before that
   thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
