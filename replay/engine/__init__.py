@@ -170,14 +170,20 @@ MIN_SERVICE_SAMPLES = 20
 #     op's own VMA id no longer does - a fault the trace saw in a VMA a writer has since split
 #     or shrunk), so the range check aborts only what no VMA covers, not the closed loop's
 #     stale VMA ids
-# 24: the anon_vma per VMA object (retry.py): up to 6.9 lock_vma_under_rcu() aborts on an
+# 24: the writers' spinning on sem->owner as rwsem.c has it: a writer spins while the lock
+#     is held with no owner (OWNER_NULL), readers' owner stores starting its threshold;
+#     __up_write()'s rwsem_clear_owner() is a store to the owner's line, the release atomic
+#     issuing once it has committed (the lock held with no owner meanwhile); the first
+#     waiter with its handoff set spins on a writer owner between retries instead of
+#     sleeping, and retries at once on OWNER_NULL
+# 25: the anon_vma per VMA object (retry.py): up to 6.9 lock_vma_under_rcu() aborts on an
 #     anonymous VMA without one (6.4 before vma_start_read(), 6.5-6.9 after it); a fault that
 #     maps an anonymous page sets it (__anon_vma_prepare(), est. cost) - under the VMA lock from
 #     6.10 after vmf_anon_prepare()'s mmap_read_trylock() (failing: RETRY, then mmap_lock),
 #     a file-backed private VMA's CoW returning RETRY at once in 6.6-6.9; split-off and moved
 #     VMAs inherit it (ops vmas_parent), merges pass it on, new mappings start without; the
 #     6.4-6.5 coverage test knows a CoW on a file's private VMA (ops vma_class)
-REFERENCE_VERSION = 24
+REFERENCE_VERSION = 25
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
