@@ -16,7 +16,7 @@ from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .retry import check_anon, fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
-from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
+from .state import cfg, glob, line, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_walk
 
 OUTCOME_MISS = OUTCOMES.index("miss")
@@ -38,10 +38,13 @@ def h_read(S, t, obj, off, _):
 @njit(cache=True)
 def h_prefetchw(S, t, obj, off, _):
     """prefetchw(): the line moves (coherence.coh_prefetchw) while the thread goes on;
-    it spends an instruction, an L1 hit's time."""
+    it spends an instruction, an L1 hit's time, and waits only when it touches the line
+    before the fill arrives."""
     th = thread(S, t)
-    if coh_prefetchw(S, field_line(S, t, obj, off), th.cpu):
+    n = field_line(S, t, obj, off)
+    if coh_prefetchw(S, n, th.cpu, glob(S, 0).now):
         th.transfers += 1
+    th.pf_line, th.pf_until = n, line(S, n).fill_until
     k = cfg(S, 0)
     th.cache += k.l1_hit
     return glob(S, 0).now + k.l1_hit, False
@@ -161,6 +164,18 @@ def h_check_range(S, t, outside, _a, _b):
     if th.addr >= 0 and (th.addr < ob.vm_start or th.addr >= ob.vm_end):
         th.pc = outside
     return end, False
+
+
+@njit(cache=True)
+def h_check_mm_users(S, t, single, _a, _b):
+    """``atomic_read(&mm->mm_users) == 1`` (the READ of mm_users before it pays the load):
+    one user - the trace's only thread of this mm - goes to ``lock_mmap``.  mm_users
+    counts the mm's threads as the trace has them, all of them for the whole replay (a
+    thread that exits before another starts still counts; a transient mmget() - a
+    /proc reader - is not seen)."""
+    if cfg(S, 0).nthreads == 1:
+        thread(S, t).pc = single
+    return glob(S, 0).now, False
 
 
 @njit(cache=True)
