@@ -51,32 +51,6 @@ def test_every_user_fault_loads_mm_users_on_mmap_locks_count_line():
     assert not any(ins[0] == Op.CHECK_MM_USERS for ins in m.programs["kernel_fault"])
 
 
-def test_the_mm_users_load_waits_for_its_prefetch_and_is_served_by_it():
-    """Two threads' prefetchw of the count line at once, on CPUs of two sockets: the first
-    fill comes from the LLC, the second one cross-socket hand-off later.  The first
-    thread's mm_users load, issued before its fill arrived, is served by that fill though
-    the second's request has taken the line meanwhile; the second's waits for its own."""
-    from replay.engine import coherence as C
-    from replay.engine import micro
-
-    rows = mk([(1, "fault", 1, 0, None), (2, "fault", 2, 0, None)])
-    r = Replay("pvl-v2", BDW, 28, rows, service=1000.0)
-    lat = BDW.latency_ns
-    a, b = r.t(1), r.t(2)
-    r.thread(1)["cpu"], r.thread(2)["cpu"] = 0, 14
-    n = int(r.state["cfg"]["mm_count"][0])
-    assert int(r.state["cfg"]["mm_count"][0]) == get_model("pvl-v2").layout.mm.fields["mm_users"] // 64
-    micro.h_prefetchw(r.S, a, 0, n, 0)
-    micro.h_prefetchw(r.S, b, 0, n, 0)
-    assert float(r.thread(2)["pf_until"]) == pytest.approx(lat["llc_hit"] + lat["cross_socket_handoff"])
-    assert not C.holds(r.S, n, 0)  # CPU 14's request took it
-    assert C.read_from(r.S, a, n, 1.0) == pytest.approx(lat["llc_hit"] + lat["l1_hit"])
-    assert C.read_from(r.S, b, n, 1.0) == pytest.approx(lat["llc_hit"] + lat["cross_socket_handoff"]
-                                                      + lat["l1_hit"])
-    # issued after its fill came and went, CPU 0's next load fetches the line back
-    assert C.read_from(r.S, a, n, 500.0) == pytest.approx(500.0 + lat["cross_socket_handoff"])
-
-
 @pytest.mark.parametrize("model,line", [("pervma@6.2", 2), ("pervma", 3), ("pervma@6.13", 3)])
 def test_pervma_on_a_6_2_kernel_has_6_2s_mm_struct(model, line):
     """mm_lock_seq after mmlist: line 2 of 6.2's mm_struct; 6.4 moved mm_count to its own

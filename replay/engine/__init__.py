@@ -166,12 +166,8 @@ MIN_SERVICE_SAMPLES = 20
 #     op's own VMA id no longer does - a fault the trace saw in a VMA a writer has since split
 #     or shrunk), so the range check aborts only what no VMA covers, not the closed loop's
 #     stale VMA ids
-# 24: prefetchw is a transfer like any other (coherence.coh_prefetchw()): its request for
-#     ownership queues at the line and takes the hand-off time, other CPUs' requests queue
-#     behind it, and its CPU's own accesses wait for the fill (and are served by it, if a
-#     request behind has taken the line meanwhile) - where before the line moved at once,
-#     in no time, to whoever asked; pervma@RELEASE before 6.4 has 6.2's mm_struct
-#     (models.on_release_mm()); the pvl-v2 model (the v2 posting's mm_users test)
+# 24: pervma@RELEASE before 6.4 has 6.2's mm_struct (models.on_release_mm()); the pvl-v2
+#     model (the v2 posting's fault: the mm_users test, a validating re-walk)
 REFERENCE_VERSION = 24
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the

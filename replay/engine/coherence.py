@@ -106,9 +106,8 @@ def coh_read(S, n, c, now):
     k = cfg(S, 0)
     ln = line(S, n)
     start = max(now, ln.busy_until)
-    if holds(S, n, c):  # its own store in flight is forwarded from the store buffer; its
-        # own prefetchw's fill in flight is waited for
-        return (max(now, ln.fill_until) if ln.owner == c else start), k.l1_hit
+    if holds(S, n, c):  # its own store in flight is forwarded from the store buffer
+        return (now if ln.owner == c else start), k.l1_hit
     own = ln.owner
     sock = cpu(S, c).socket
     if own >= 0:
@@ -190,43 +189,22 @@ def _buddy(S, n, c):
 
 
 @njit(cache=True)
-def coh_prefetchw(S, n, c, now):
-    """PREFETCHW: "fetches the cache line ... and invalidates other cached instances of the
-    line" (Intel SDM vol. 2B, PREFETCHW) - a request for ownership that does not stall
-    the core: it issues it and goes on.  The request is a transfer like any other: it
-    waits for the access in flight on the line, takes the line's hand-off time
-    (``line.busy_until``, so other CPUs' requests queue behind it), and the line reaches
-    c at ``line.fill_until``; c's own access to it before then waits for the fill (a demand
-    access to a line whose fill is outstanding is served by that fill), another CPU's
-    takes it from c.  No value changes: an RMW's cmpxchg sees its version.  The buddy
-    comes as for a write (the spatial prefetcher), Shared at once - a simplification.
-    Returns whether the line moved to c."""
-    k = cfg(S, 0)
+def coh_prefetchw(S, n, c):
+    """PREFETCHW: a request for ownership that neither stalls the core nor holds the
+    line - the core issues it and goes on, and the line comes to c exclusively (other
+    copies invalidated, the buddy as for a write), with no value change and nothing for
+    an RMW in flight to wait on.  Returns whether the line moved to c."""
     ln = line(S, n)
     has = holds(S, n, c) != 0
-    own = ln.owner
-    nsh = ln.nsharers
-    if own == c and has and nsh == 1:
+    if ln.owner == c and has and ln.nsharers == 1:
         return False
-    start = max(now, ln.busy_until)
-    others = nsh - (1 if has else 0)
-    if own >= 0 and own != c:
-        cost = handoff(S)[own * k.ncpu + c]
-    elif others > 0:
-        far = nsh - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
-        inval = k.cross_socket_handoff if far else k.socket_read_exclusive
-        cost = inval if not has else inval / 2
-    else:
-        cost = k.llc_hit
-    moved = not has or (own != -1 and own != c)
+    moved = not has or (ln.owner != -1 and ln.owner != c)
     if moved:
         ln.transfers += 1
         _received(S, n, c, RX_PREFETCH)
-    ln.invalidations += others
+    ln.invalidations += ln.nsharers - (1 if has else 0)
     ln.owner = c
     _only_sharer(S, n, c)
-    ln.busy_until = start + cost
-    ln.fill_until = start + cost
     if not has:
         _buddy(S, n, c)
     return moved
@@ -248,28 +226,8 @@ def cost_since(S, t, start, cost, since):
 
 
 @njit(cache=True, inline="always")
-def _served_by_fill(S, t, n, since):
-    """When t's access to line n, issued at ``since``, is served by t's own prefetchw fill,
-    if a request queued behind that prefetch has taken the line meanwhile: an access
-    issued before the fill arrived completes with it, at its arrival (a demand access
-    that hits an outstanding fill of its line is served by that fill), and so does each
-    access issued the moment the one before it, served so, completed - the load and the
-    cmpxchg of down_read_trylock(), then its owner store - before the line passes on to
-    the request behind (whose hand-off is under way meanwhile; the few ns these take are
-    not added to it).  -1: not so - the line is still t's CPU's, or gone."""
-    th = thread(S, t)
-    if th.pf_line == n and since <= th.pf_until and not holds(S, n, th.cpu):
-        return max(since, th.pf_until)
-    return -1.0
-
-
-@njit(cache=True, inline="always")
 def read_from(S, t, n, since):
     """t loads from line n, issued at ``since``."""
-    f = _served_by_fill(S, t, n, since)
-    if f >= 0:
-        thread(S, t).pf_until = cost_since(S, t, f, cfg(S, 0).l1_hit, since)
-        return thread(S, t).pf_until
     s, c = coh_read(S, n, thread(S, t).cpu, since)
     return cost_since(S, t, s, c, since)
 
@@ -285,12 +243,6 @@ def rmw_from(S, t, n, changes, since):
     """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
     first waits for t's store buffer to drain (thread.sb_until)."""
     th = thread(S, t)
-    f = _served_by_fill(S, t, n, max(since, th.sb_until))
-    if f >= 0:  # the line arrives Modified: the locked op completes on it
-        if changes:
-            line(S, n).version += 1
-        th.pf_until = cost_since(S, t, f, cfg(S, 0).owned_atomic, since)
-        return th.pf_until
     s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
     return cost_since(S, t, s, c, since)
 
@@ -308,13 +260,7 @@ def store_from(S, t, n, since):
     its request for ownership occupies the line meanwhile (coh_write)."""
     k = cfg(S, 0)
     th = thread(S, t)
-    f = _served_by_fill(S, t, n, max(since, th.sb_until))
-    if f >= 0:
-        s, c = f, k.l1_hit
-        line(S, n).version += 1
-        th.pf_until = since + k.l1_hit
-    else:
-        s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), False, True)
+    s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), False, True)
     th.sb_until = s + c
     th.cache += k.l1_hit
     if c > k.l1_hit:

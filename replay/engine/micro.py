@@ -16,7 +16,7 @@ from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .retry import check_anon, fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
-from .state import cfg, glob, line, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
+from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_walk
 
 OUTCOME_MISS = OUTCOMES.index("miss")
@@ -38,13 +38,10 @@ def h_read(S, t, obj, off, _):
 @njit(cache=True)
 def h_prefetchw(S, t, obj, off, _):
     """prefetchw(): the line moves (coherence.coh_prefetchw) while the thread goes on;
-    it spends an instruction, an L1 hit's time, and waits only when it touches the line
-    before the fill arrives."""
+    it spends an instruction, an L1 hit's time."""
     th = thread(S, t)
-    n = field_line(S, t, obj, off)
-    if coh_prefetchw(S, n, th.cpu, glob(S, 0).now):
+    if coh_prefetchw(S, field_line(S, t, obj, off), th.cpu):
         th.transfers += 1
-    th.pf_line, th.pf_until = n, line(S, n).fill_until
     k = cfg(S, 0)
     th.cache += k.l1_hit
     return glob(S, 0).now + k.l1_hit, False

@@ -94,7 +94,6 @@ THREAD = _rec(
     # lockstat holdtime, and the VMA rwsem this writer owns
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
     ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
-    ("pf_line",), ("pf_until", f8),  # its prefetchw in flight: the line, when its fill arrives
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
@@ -123,10 +122,7 @@ LOCK = _rec(
     ("wait_lock_line",), ("wait_lock_until", f8),
     ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
-# busy_until: when the access in flight on the line (an RMW, a store's or a prefetchw's request
-# for ownership) is done; fill_until: when a prefetchw's fill reaches its owner (coh_prefetchw)
-LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8),
-            ("fill_until", f8))
+LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
 # vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
 # before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
 VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",))
