@@ -58,6 +58,7 @@ class Op(IntEnum):
     CHECK_ANON_VMA = 33
     ANON_VMA_CHECK = 34
     ANON_VMA_PREPARE = 35
+    CHECK_MM_USERS = 36
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -148,6 +149,9 @@ MICRO_OPS = (
             "(retry.py)", "h_anon_vma_check"),
     MicroOp(Op.ANON_VMA_PREPARE, (), "none", "__anon_vma_prepare(): vma->anon_vma set (retry.py)",
             "h_anon_vma_prepare"),
+    MicroOp(Op.CHECK_MM_USERS, ("single?",), "labels", "the per-VMA lock v2 posting's do_user_addr_fault(): \"if "
+            "(!(flags & FAULT_FLAG_USER) || atomic_read(&mm->mm_users) == 1) goto lock_mmap;\" - mm_users the mm's "
+            "threads in the trace (the load is the READ before it) -> goto", "h_check_mm_users"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
