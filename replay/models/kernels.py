@@ -344,6 +344,11 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
         (Op.READ, "mm", "mm_mt"),  # find_vma(): maple tree walk
         (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags
         (Op.READ, "vma", "anon_vma"),  # anon_vma, vm_ops
+        # the fault maps an anonymous page and the VMA has no anon_vma: __anon_vma_prepare()
+        # under mmap_lock (vmf_anon_prepare(); anon_vma_prepare() before 6.8: replay/engine/retry.py)
+        (Op.ANON_VMA_CHECK, "mmap_lock", f"anon_ok{tag}", f"anon_ok{tag}"),
+        (Op.ANON_VMA_PREPARE,),
+        (Op.LABEL, f"anon_ok{tag}"),
         (Op.FAULT_RETRY, "mmap_lock", f"mm_retry{tag}"),  # the first call drops mmap_lock: VM_FAULT_RETRY
         (Op.HANDLE_MM_FAULT,),
         (Op.RWSEM_UP_READ, "mmap_lock"),
@@ -394,7 +399,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
         (Op.LABEL, "walk"),
         (Op.ATTEMPT,),
         (Op.WALK, "abort"),  # mas_walk() under rcu_read_lock(); no VMA -> inval
-        (Op.CHECK_ANON, "abort"),  # up to 6.9: vm_ops, anon_vma; up to 6.5 not anonymous -> inval
+        (Op.CHECK_ANON, "abort"),  # up to 6.5: vm_ops (6.4: anon_vma too) -> inval
         (Op.READ, "vma", "vm_start"),  # the VMA's first line
         (Op.CHECK_SEQ, "abort"),  # vm_lock_seq == mm_lock_seq: write-locked, return NULL
     ]
@@ -403,6 +408,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
             (Op.READ, "vma", "vm_lock"),
             (Op.RWSEM_TRYLOCK_READ, "vma_lock", "abort"),  # down_read_trylock(&vma->vm_lock->lock)
             (Op.CHECK_SEQ, "abort_unlock"),  # re-check under the lock
+            (Op.CHECK_ANON_VMA, "abort_unlock"),  # 6.5-6.9: anonymous without anon_vma -> inval_end_read
             (Op.CHECK_RANGE, "abort_unlock"),  # vm_start/vm_end may have changed before we locked
             (Op.CHECK_DETACHED, "miss_unlock"),  # isolated after we found it: VMA_LOCK_MISS, retry
         ]
@@ -411,11 +417,19 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
             (Op.REF_GET, "abort", "detached"),  # __refcount_inc_not_zero_limited_acquire()
             (Op.CHECK_MM, "abort_put"),  # vma->vm_mm != mm: reused by another mm
             (Op.CHECK_SEQ, "abort_put"),  # re-check with acquire ordering
+            (Op.CHECK_ANON_VMA, "abort_put"),  # 6.5-6.9: anonymous without anon_vma -> inval_end_read
             (Op.CHECK_RANGE, "abort_put"),  # lock_vma_under_rcu(): reused for another range -> inval
         ]
     unlock = (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,)  # vma_end_read()
     p += [
         (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
+        # vmf_anon_prepare() (replay/engine/retry.py): an anon_vma to set - up to 6.9
+        # VM_FAULT_RETRY at once; from 6.10 mmap_read_trylock(), failing -> VM_FAULT_RETRY
+        (Op.ANON_VMA_CHECK, "vma_lock", "anon_ok", "retry"),
+        (Op.RWSEM_TRYLOCK_READ, "mmap_lock", "retry"),  # mmap_read_trylock(vma->vm_mm)
+        (Op.ANON_VMA_PREPARE,),  # __anon_vma_prepare(vma)
+        (Op.RWSEM_UP_READ, "mmap_lock"),  # mmap_read_unlock(vma->vm_mm)
+        (Op.LABEL, "anon_ok"),
         # handle_mm_fault(..., flags | FAULT_FLAG_VMA_LOCK) returns VM_FAULT_RETRY, the VMA
         # lock dropped (replay/engine/retry.py)
         (Op.FAULT_RETRY, "vma_lock", "retry"),
@@ -424,7 +438,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
         (Op.OUTCOME, "success"),
         (Op.END,),
         (Op.LABEL, "retry"),
-        unlock,  # vmf_can_call_fault() / release_fault_lock(): vma_end_read()
+        unlock,  # vmf_can_call_fault() / release_fault_lock() / vmf_anon_prepare(): vma_end_read()
         (Op.RETRY_WAIT,),  # the page cache's wait, lock dropped (none for vmf_can_call_fault())
         (Op.OUTCOME, "retry"),  # count_vm_vma_lock_event(VMA_LOCK_RETRY)
         (Op.FALLBACK,),  # lock_mmap:
