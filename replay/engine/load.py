@@ -21,7 +21,7 @@ from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SER
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
 from .faultpath import Plan
-from .retry import LVUR_ANON_CHECK_UNTIL, retry_causes
+from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
 from .retry import _release as retry_release
 from .vma import vma_alloc
 
@@ -217,7 +217,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
-                                                  "range_vmas", "range_start", "range_end"))))
+                                                  "range_vmas", "range_start", "range_end", "vmas_parent"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
     rng = {k: w[k].to_list() for k in ("range_vmas", "range_start", "range_end")}
@@ -247,6 +247,10 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_freed_p, w_freed = _csr(freed, index)
     w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
     w_created_p, w_created = _csr(wl["vmas_created"], index)
+    # per created VMA the one whose anon_vma it takes (ops vmas_parent, parallel to vmas_created)
+    w_parent = np.asarray([index.get(p, -1) if p is not None and p >= 0 else -1
+                           for xs, ps in zip(wl["vmas_created"], w["vmas_parent"].to_list())
+                           for _, p in zip(xs or [], list(ps or []) + [None] * len(xs or []))], np.int64)
     # each writer's VMAs as it leaves them (ops range_*; none in ops without the columns)
     w_rng_p, w_rng_vid = _csr([[x for x in (xs or []) if x in index] for xs in rng["range_vmas"]], index)
     w_rng_start = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_start"])
@@ -425,6 +429,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         k[name] = v
     k["nretry"] = len(retry_ops)
     k["lvur_anon_check"] = int(retry_release(release or model.release) < LVUR_ANON_CHECK_UNTIL)
+    k["lvur_anon_vma"], k["vmf_anon"] = anon_vma_modes(release or model.release)
     k["off_anon_vma"] = vma_st.fields.get("anon_vma", 0)
     k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
@@ -465,7 +470,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
         vid_order=np.zeros(nv, np.int64),
         w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
-        w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
+        w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
         w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
         op_dep=op_dep, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
@@ -491,10 +496,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
 @njit(cache=True)
 def _alloc_initial(Sarr, vids):
-    """The VMAs the mm has before the trace's first writer."""
+    """The VMAs the mm has before the trace's first writer - each with an anon_vma
+    (replay/engine/retry.py: exec wrote the stack and the data segments)."""
     S = st.open_state(Sarr)
     for v in vids:
-        vma_alloc(S, v)
+        st.vobj(S, vma_alloc(S, v)).anon_vma = 1
 
 
 def lock_stats(state, model, meta) -> list[dict]:
@@ -620,7 +626,7 @@ class EngineError(RuntimeError):
 OUT_COLUMNS = {"op": "op", "t": "t", "sim_cpu": "cpu", "start_ns": "start", "end_ns": "end", "lock_wait_ns": "wait",
                "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "misses": "misses",
                "fallback": "fallback", "attempts": "attempts", "service_ns": "svc", "resource_ns": "res",
-               "resource_wait_ns": "rwait", "sleep_ns": "sleep"}
+               "resource_wait_ns": "rwait", "sleep_ns": "sleep", "anon_prepare": "anon_prep"}
 _OUTCOME_NAMES = None
 LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
 
@@ -652,6 +658,7 @@ def results_frame(raw: dict, state, meta, mm: str):
         "misses": raw["misses"].astype(np.int32), "fallback": raw["fallback"].astype(bool),
         "attempts": raw["attempts"].astype(np.int32), "service_ns": raw["service_ns"],
         "resource_ns": raw["resource_ns"], "resource_wait_ns": raw["resource_wait_ns"], "sleep_ns": raw["sleep_ns"],
+        "anon_prepare": raw["anon_prepare"].astype(bool),
     }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
                     pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"),
                     pl.when(pl.col("_has_outcome")).then(pl.col("outcome")).alias("outcome"))

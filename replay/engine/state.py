@@ -78,7 +78,11 @@ CONFIG = _rec(
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
     ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
-    ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.9, and the field it reads
+    ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.5, and the field it reads
+    # retry.py: where lock_vma_under_rcu() refuses an anonymous VMA without an anon_vma
+    # (ANON_VMA_*: none, before or after vma_start_read()), and what vmf_anon_prepare() does
+    # under the VMA lock without one (VMF_ANON_*: RETRY at once, or mmap_read_trylock())
+    ("lvur_anon_vma",), ("vmf_anon",),
     ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
     ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
@@ -119,6 +123,7 @@ THREAD = _rec(
     # faultpath.py: the PTE lock (PTL record) its fault holds or spins on (-1: none), the
     # next spinner in that lock's queue, and since when it has spun
     ("ptl",), ("ptl_next",), ("ptl_since", f8),
+    ("anon_prep",),  # it set its VMA's anon_vma (retry.anon_vma_prepare(): __anon_vma_prepare())
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -134,14 +139,16 @@ LOCK = _rec(
 LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
 # vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
 # before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
-VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",))
+# anon_vma: whether vma->anon_vma is set (retry.py: lock_vma_under_rcu() up to 6.9, vmf_anon_prepare())
+VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",),
+               ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
-           ("sleep", f8))
+           ("sleep", f8), ("anon_prep",))
 # waits.py: one wait of an op - what it waited on (waits.W_*: an rwsem, its wait_lock, a VMA's
 # vm_refcnt, a fault-path spinlock; k indexes it), the mode (waits.M_*), asleep or spinning (waits.H_*)
 WAIT = _rec(("op",), ("t",), ("cpu",), ("what",), ("k",), ("mode",), ("how",), ("start", f8), ("end", f8))
@@ -175,6 +182,7 @@ ARRAYS = {
     # writers (CSR: w_X_p[w] .. w_X_p[w + 1] index w_X)
     "w_hold": i8, "w_hold_read": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
     "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
+    "w_parent": i8,  # per w_created entry: the VMA id whose anon_vma it takes (ops vmas_parent), -1 none
     "w_rng_p": i8, "w_rng_vid": i8, "w_rng_start": i8, "w_rng_end": i8,  # ops range_vmas/range_start/range_end
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
@@ -306,6 +314,7 @@ w_freed = _array_accessor("w_freed", i8)
 w_succ = _array_accessor("w_succ", i8)
 w_created_p = _array_accessor("w_created_p", i8)
 w_created = _array_accessor("w_created", i8)
+w_parent = _array_accessor("w_parent", i8)
 w_gate_p = _array_accessor("w_gate_p", i8)
 w_gate = _array_accessor("w_gate", i8)
 w_rng_p = _array_accessor("w_rng_p", i8)
