@@ -84,6 +84,13 @@ FIT_TABLES = {
 FITTED = ["fault_path.fixed_ns"]  # the parameters fitted to the development set and our measurements
 METRICS = ("faults/cpu", "faults/sec")  # the published rows the model predicts (compare.METRICS labels)
 FULL_PAGES = 16384  # faults per iteration, all threads together (the published regions scaled down)
+# The published runs' region (mmtests' MemTotal/5; "~100GB", Punit's table): each thread's
+# slice keeps the real run's size, bytes / threads, of which the scaled-down run touches the
+# first FULL_PAGES / threads pages - so threads meet in a PTE page (one per 2 MiB, its split
+# lock) only where the real slices do, at their ends: never at once.  Packed, as pft packs
+# its slices, the scaled-down slices would put 2 to 4 threads in every PTE page from 33
+# threads (16,384 / 33 < 512 pages), contending on its lock at every fault (docs/validation.md).
+PFT_REGION_BYTES = 100 << 30
 QUICK_PAGES = 2048
 LOCAL_THREADS = (1, 2)
 LOCAL_MB = 256  # pft.c's region at the local measurement, all threads together
@@ -165,18 +172,21 @@ def plan(published: list[dict], tables: list[str] | None = None, threads: list[i
     return out
 
 
-def _synth(ws, workload: str, threads: int, pages: int) -> str:
+def _synth(ws, workload: str, threads: int, pages: int, region_bytes: int = PFT_REGION_BYTES) -> str:
     """The benchmark's trace in the workspace (replay synth's generator through the
-    real ingester); its name says its parameters."""
+    real ingester), each thread's slice region_bytes / threads of which it touches
+    ``pages``; its name says its parameters."""
     from .ingesting import run_ingest
-    from .synth import generate
+    from .synth import PAGE, generate
 
-    name = f"val-{workload}-t{threads}-p{pages}"
+    slice_pages = max(pages, region_bytes // threads // PAGE)
+    name = f"val-{workload}-t{threads}-p{pages}" + (f"-s{slice_pages}" if slice_pages > pages else "")
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        _, maps = generate(workload, threads, pages, 1, out=f)
+        _, maps = generate(workload, threads, pages, 1, out=f, slice_pages=slice_pages)
         f.flush()
         run_ingest(f.name, name, "perf-script", ws.root, True, True, maps_snapshot=maps,
-                   source_label=f"synth: {workload} thread={threads} pages={pages} iterations=1 (replay validate)")
+                   source_label=f"synth: {workload} thread={threads} pages={pages} slice={slice_pages} pages "
+                                f"iterations=1 (replay validate)")
     return name
 
 
@@ -447,7 +457,7 @@ def predict_local(local: dict, ws, iterations: int, progress=None) -> list[dict]
     for pt in local["points"]:
         n = pt["threads"]
         pages = pt["mb_per_thread"] * 256
-        trace = _synth(ws, "pft", n, pages)
+        trace = _synth(ws, "pft", n, pages, n * pages * 4096)  # the measurement's own slices, touched whole
         if progress:
             progress(f"local: {LOCAL_MODEL} on {LOCAL_MACHINE}, {n} threads")
         runs = api.run(trace, model=LOCAL_MODEL, machine=LOCAL_MACHINE, iterations=iterations, workspace=ws.root)
@@ -995,7 +1005,12 @@ def write_doc(res: dict, doc: Path, image: Path | None, command: str) -> None:
          f"{res['iterations']} iterations (seeds) per point, and summarised as mmtests does (Hmean).", "",
          f"**Scaling.** The published regions (~100 GB, mmtests' MemTotal/5) are scaled down to "
          f"{res['pages']:,} faults per iteration (4 KiB pages, {res['pages'] * 4096 >> 20} MiB), split evenly "
-         "across the threads as pft splits its region; thread counts as published (above the profile's CPU "
+         "across the threads as pft splits its region - each thread touching the first pages of a slice "
+         f"of the published run's size ({PFT_REGION_BYTES >> 30} GiB / threads), so that threads meet in a PTE "
+         "page (2 MiB, one split PTE lock) only where the published slices do, at their ends and never at once: "
+         "packed as pft packs them, the scaled-down slices are under 512 pages from 33 threads and put 2 to 4 "
+         "threads in every PTE page, contending on its lock at every fault, which the published runs never do; "
+         "thread counts as published (above the profile's CPU "
          "count pft clips the threads to the CPUs: none of these tables' rows does). Faults/sec and faults/cpu "
          "as pft computes them: faults over the span of the touch loops (the first fault's start to the last "
          "fault's end), and over the faults' on-CPU time (time asleep on a lock, or waiting for a CPU, does "

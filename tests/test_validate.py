@@ -153,10 +153,13 @@ def test_validate_end_to_end_on_one_table_and_two_thread_counts(ws, tmp_path):
     assert r["predicted_pct"] == pytest.approx((r["predicted"] / base["predicted"] - 1) * 100)
     assert r["error_pp"] == pytest.approx(r["predicted_pct"] - r["published_pct"])
     assert r["abs_error_pct"] == pytest.approx((r["predicted"] / r["published"] - 1) * 100)
-    # the traces are the benchmark: 256 faults per iteration split across the threads, one VMA
-    ops = pl.read_parquet(ws / "ops" / "trace_id=val-pft-t4-p64")
-    assert ops.filter(pl.col("kind") == "fault").height == 256
-    assert ops.filter(pl.col("kind") == "fault")["vma_id"].n_unique() == 1
+    # the traces are the benchmark: 256 faults per iteration split across the threads, one VMA;
+    # each thread's slice the published run's (V.PFT_REGION_BYTES / 4), its first 64 pages touched
+    ops = pl.read_parquet(ws / "ops" / f"trace_id=val-pft-t4-p64-s{V.PFT_REGION_BYTES // 4 // 4096}")
+    f = ops.filter(pl.col("kind") == "fault")
+    assert f.height == 256 and f["vma_id"].n_unique() == 1
+    starts = sorted(f.group_by("tid").agg(pl.col("address").min())["address"].to_list())
+    assert [b - a for a, b in zip(starts, starts[1:])] == [V.PFT_REGION_BYTES // 4] * 3
 
     # the layout: compare-kernels' lines, published then predicted then the errors
     text = V.render_table(tb)

@@ -185,7 +185,12 @@ MIN_SERVICE_SAMPLES = 20
 #     a file-backed private VMA's CoW returning RETRY at once in 6.6-6.9; split-off and moved
 #     VMAs inherit it (ops vmas_parent), merges pass it on, new mappings start without; the
 #     6.4-6.5 coverage test knows a CoW on a file's private VMA (ops vma_class)
-REFERENCE_VERSION = 26
+# 27: the split PTE lock (faultpath.ptl_lock()/ptl_unlock()): a queued spinlock on its own
+#     line per PTE page - per 2 MiB of a fault's address (a thread's own where the address
+#     is unknown) - held across the rss add, the LRU add and faultpath.PTL_FIXED_SHARE of
+#     the fixed part (est.); a CoW takes it twice (do_wp_page()'s check, wp_page_copy()'s
+#     install); the fixed part outside it is the rest
+REFERENCE_VERSION = 27
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -30,6 +30,10 @@ MM_BASE = 0xFFFF888100000000
 VMA_SLAB_BASE = 0xFFFF888200000000
 VMA_LOCK_SLAB_BASE = 0xFFFF888300000000
 FAULT_PATH_BASE = 0xFFFF888400000000  # the fault path's own lines (zone, lruvec, page_counter)
+# offsetof(struct ptdesc, ptl) on x86-64 without lock debugging: pt_flags 8, the
+# rcu_head/pt_list union 16, __page_mapping 8, the pt_index union 8 (include/linux/mm_types.h
+# 6.18; struct page's ptl at the same 40 in 6.3, after _pt_pad_1, pmd_huge_pte, _pt_pad_2, pt_mm)
+PTDESC_PTL = 40
 
 
 def encode_programs(model) -> np.ndarray:
@@ -307,9 +311,20 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
     op_addr = np.full(1, -1, np.int64)
     has_addr = bool(prm.vma_lock) and "address" in src.names
-    if has_addr:
+    # the fault path runs where the service comes from the profile (engine.service_for);
+    # a trace's own times, a number given, or no Service (tests: one number) run none.
+    # Its PTE locks are per 2 MiB of address: it reads every fault's address too.
+    fp_run = machine.fault_path is not None and str(getattr(fault_service_ns, "source", "")).startswith("profile")
+    if has_addr or (fp_run and "address" in src.names):
         op_addr = src.column("address", np.int64, 0)
         op_addr[~src.notnull("address")] = -1
+    elif fp_run:
+        op_addr = np.full(n, -1, np.int64)
+    ptl_cap = 0
+    if fp_run:  # a PTL record for each 2 MiB region a fault touches, and one a thread for faults with no address
+        fa = op_addr[is_fault]
+        ptl_cap = len(np.unique(fa[fa >= 0] >> 21)) + (nt if (fa < 0).any() else 0)
+        del fa
     op_prog += 1
     flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
@@ -353,10 +368,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     nlines = LBASE + llines
     mcpus = machine.cpus()
     plan = None
-    # the fault path runs where the service comes from the profile (engine.service_for);
-    # a trace's own times, a number given, or no Service (tests: one number) run none
-    if machine.fault_path is not None and str(getattr(svc, "source", "")).startswith("profile"):
-        plan = Plan(machine, lay, release or model.release, nlines, len(mcpus), mcpus, len(mcpus))
+    if fp_run:
+        plan = Plan(machine, lay, release or model.release, nlines, len(mcpus), mcpus, len(mcpus), ptl_cap)
         nlines = plan.nlines
     W = (len(mcpus) + 63) // 64
     nsock = machine.sockets
@@ -441,7 +454,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan, wt_obj=-1)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
@@ -469,6 +482,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         res=plan.res if plan is not None else np.zeros(1, st.RES),
         fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
         fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),
+        ptl=plan.ptl if plan is not None else np.zeros(1, st.PTL),
+        ptl_hash=plan.ptl_hash if plan is not None else np.full(1, -1, np.int64),
         fp_hold_b=plan.hold_b if plan is not None else np.ones(1), fp_hold_ns=plan.hold_ns if plan is not None else np.ones(1),
         line_cpu=np.zeros(nlines * len(mcpus) * RX_KINDS, np.int64),  # calloc: pages mapped as lines move
     )
@@ -517,7 +532,22 @@ def lock_stats(state, model, meta) -> list[dict]:
                         "wait_total_ns": float(r["wait_total"]), "wait_max_ns": float(r["wait_max"]),
                         "wait_min_ns": None, "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
                         "hold_min_ns": None, "trylock_failures": 0, "con_bounces": int(ln[r["line"]]["transfers"])})
+        base = int(state["cfg"][0]["fp_ptl_line"])
+        for i, (r, key) in enumerate(zip(state["ptl"][:g["nptl"]], ptl_names(state, meta))):  # each PTE page's lock
+            out.append({"lock_class": plan.ptl_class, "lock": key, "acquisitions": int(r["acquisitions"]),
+                        "contentions": int(r["contentions"]), "wait_total_ns": float(r["wait_total"]),
+                        "wait_max_ns": float(r["wait_max"]), "wait_min_ns": None,
+                        "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
+                        "hold_min_ns": None, "trylock_failures": 0, "con_bounces": int(ln[base + i]["transfers"])})
     return out
+
+
+def ptl_names(state, meta) -> list[str]:
+    """The PTE locks made so far, in PTL record order, by the 2 MiB they cover:
+    ``pte:0x7f0000000000`` (its start), or ``pte:tid:N`` for thread N's faults with no address."""
+    keys = state["ptl"]["key"][:int(state.g["nptl"])].tolist()
+    tids = meta["tids"]
+    return [f"pte:{k << 21:#x}" if k >= 0 else f"pte:tid:{int(tids[-k - 1])}" for k in keys]
 
 
 def line_stats(state, model, meta) -> list[dict]:
@@ -541,6 +571,10 @@ def line_stats(state, model, meta) -> list[dict]:
     plan = meta.get("plan")
     for d, nm in (plan.names.items() if plan is not None else ()):  # the fault path's own lines
         put(d * 64, nm)
+    if plan is not None:  # the PTE pages' struct ptdesc, the lock at its offset
+        base = int(state["cfg"][0]["fp_ptl_line"])
+        for i, key in enumerate(ptl_names(state, meta)):
+            put((base + i) * 64 + PTDESC_PTL, f"ptdesc[{key}].ptl")
     ln = state["ln"]
     ln_tr, ln_inv = ln["transfers"], ln["invalidations"]
     hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
@@ -643,7 +677,7 @@ def waits_frame(raw: np.ndarray, state, meta, mm: str):
     import polars as pl
 
     from . import WAITS_SCHEMA
-    from .waits import W_REFCNT, W_RES, W_RWSEM, W_WAIT_LOCK
+    from .waits import W_PTL, W_REFCNT, W_RES, W_RWSEM, W_WAIT_LOCK
 
     j = raw["op"]
     op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
@@ -653,9 +687,15 @@ def waits_frame(raw: np.ndarray, state, meta, mm: str):
     obj = np.where(what == W_REFCNT, k, np.where(lk & (k > 0), k - 1, -1))
     uniq = meta["uniq"]
     vma = uniq[state["ob"]["vid"][np.maximum(obj, 0)]] if len(uniq) else np.zeros(len(j), np.int64)
-    res_names = meta["plan"].resource_names if meta.get("plan") is not None else [("", "")]
+    plan = meta.get("plan")
+    res_names = plan.resource_names if plan is not None else [("", "")]
     rc = pl.Series([c for c, _ in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
     rk = pl.Series([n for _, n in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
+    if plan is not None and (what == W_PTL).any():  # a PTE page's lock: its class, the region as lock_stats names it
+        pk = pl.Series(ptl_names(state, meta), dtype=pl.Utf8).gather(np.where(what == W_PTL, k, 0))
+        rc = pl.Series(np.where(what == W_PTL, plan.ptl_class, rc.to_numpy()), dtype=pl.Utf8)
+        rk = pl.Series(np.where(what == W_PTL, pk.to_numpy(), rk.to_numpy()), dtype=pl.Utf8)
+        what = np.where(what == W_PTL, W_RES, what)  # named like the other fault-path spinlocks from here on
     df = pl.DataFrame({
         "op_id": op_id.astype(np.int64), "tid": meta["tids"][raw["t"]].astype(np.int32),
         "sim_cpu": raw["cpu"].astype(np.int32), "_what": what, "_k": k, "_vma": vma, "_rc": rc, "_rk": rk,
