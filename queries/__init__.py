@@ -109,6 +109,10 @@ COLUMN_DOCS = {
         "range_vmas": "writer (write mode): each VMA it locked or created that is still mapped after it",
         "range_start": "writer: for each of range_vmas, its vm_start after the call",
         "range_end": "writer: for each of range_vmas, its vm_end after the call",
+        "vmas_parent": "writer: for each of vmas_created, the VMA whose anon_vma it takes (__split_vma(), mremap's "
+                       "copy_vma()); -1: a new mapping, without one",
+        "vma_class": "fault: its VMA as the fault path sees it - anon (private anonymous), file (a file's private "
+                     "mapping), shared (VM_MAYSHARE, shmem included) or special ([vdso], [vvar]); null: none known",
         "write": "write fault", "kernel": "kernel-mode fault",
         "fault_kind": "fault: anon, zero, cow, file, file_io or other - the handle_pte_fault() path that served it "
                       "(replay/ops.py); null for writers and where the trace cannot tell",
@@ -137,6 +141,9 @@ COLUMN_DOCS = {
         "resource_ns": "fault: time in the fault path's shared resources (zone->lock, lru_lock, rss, memcg, PTE page), waits included",
         "resource_wait_ns": "fault: the part of resource_ns spent waiting for another CPU's hold",
         "sleep_ns": "time off its CPU: asleep on a lock, then until it ran again (end - start - sleep_ns is on-CPU time)",
+        "anon_prepare": "fault: it set its VMA's anon_vma (__anon_vma_prepare(): under the VMA lock after "
+                        "vmf_anon_prepare()'s mmap_read_trylock() from 6.10, else under mmap_lock) - the simulated "
+                        "observed_anon_prepare",
         "model": "lock model", "machine": "machine profile", "cpus": "simulated CPUs",
     },
     "lock_stats": {

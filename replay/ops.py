@@ -18,7 +18,11 @@ One op per page fault (a reader of the address space) and per address-space writ
   private mapping placed right after one with the same protection and flags extends it
   (``vma_merge_new_range()``), which is how glibc's arenas and the JVM's heap grow.
   A writer's new layout becomes visible at its ``sys_exit``.  Faults outside every known
-  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.
+  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.  Each
+  VMA a writer creates names the VMA it was copied from (``vmas_parent``: a split's
+  original, an mremap move's source - anon_vma_clone() gives it that VMA's anon_vma), and
+  each fault its VMA's class (``vma_class``: ``vma_class()`` below), which the engine's
+  anon_vma rules read (replay/engine/retry.py).
 * **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
   emits no mmap_lock event, so a user fault followed on the same thread, before that
   thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
@@ -196,8 +200,9 @@ MADV_VMA_CHANGING = {
 # and calls outside the user address space dropped.  3: service_ns.
 # 4: read_hold_ns.  5: read-mode madvise's VMAs, hold and advice.  6: fault_kind and
 # first_try_ns.  7: fault kind ``special`` (a special mapping's page not present).
-# 8: range_vmas / range_start / range_end.
-OPS_VERSION = 8
+# 8: range_vmas / range_start / range_end.  9: vma_class (a fault's VMA, which the
+# engine's anon_vma rules need: replay/engine/retry.py) and vmas_parent.
+OPS_VERSION = 9
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
@@ -208,6 +213,8 @@ FK_ANON, FK_ZERO, FK_COW, FK_FILE, FK_FILE_IO, FK_OTHER, FK_SPECIAL = range(len(
 FK_NULL = -1
 # What a fault's VMA is, for its kind (``vma_class()``)
 VC_NONE, VC_ANON, VC_FILE, VC_SHARED, VC_SPECIAL = range(5)  # no VMA; anonymous private; file private; shared; special
+# ... as the ops' ``vma_class`` names them (VC_ANON.. in order; VC_NONE is null)
+VMA_CLASSES = ("anon", "file", "shared", "special")
 
 OPS_SCHEMA = {
     "op_id": pl.Int64, "trace_id": pl.Utf8, "mm": pl.Utf8, "pid": pl.Int32, "tid": pl.Int32,
@@ -218,6 +225,12 @@ OPS_SCHEMA = {
     # a writer's VMAs as it leaves them (``apply_writer()``): each VMA it locked or created
     # that is still mapped, and its vm_start / vm_end after the call
     "range_vmas": pl.List(pl.Int64), "range_start": pl.List(pl.UInt64), "range_end": pl.List(pl.UInt64),
+    # per VMA the call created (vmas_created, in order): the VMA whose anon_vma it takes -
+    # __split_vma()'s original, mremap's source (copy_vma()), both anon_vma_clone() - or -1
+    # for a new mapping, which starts without one
+    "vmas_parent": pl.List(pl.Int64),
+    # a fault's VMA as the fault path sees it (``vma_class()``: VMA_CLASSES); null: none known
+    "vma_class": pl.Enum(VMA_CLASSES),
     "write": pl.Boolean, "kernel": pl.Boolean, "fault_kind": pl.Enum(FAULT_KINDS), "lock_mode": pl.Utf8,
     "observed_fallback": pl.Boolean, "observed_anon_prepare": pl.Boolean, "observed_mmap_write": pl.Boolean,
     "hold_ns": pl.Int64, "read_hold_ns": pl.Int64, "service_ns": pl.Int64, "first_try_ns": pl.Int64,
@@ -398,6 +411,7 @@ class AddressSpace:
         self.made: list[Vma] = []  # the same VMAs (created) as objects
         self.freed: list[int] = []
         self.successor: dict[int, int] = {}  # a VMA merged away -> the VMA that absorbed it
+        self.parent: dict[int, int] = {}  # a VMA split off or moved -> the one it was copied from
         self.brk_start: int | None = None  # what brk(0) reported
 
     # -- primitives ------------------------------------------------------------
@@ -440,6 +454,7 @@ class AddressSpace:
     def split(self, v: Vma, at: int, now) -> Vma:
         """__split_vma(new_below=0): v keeps [start, at), a new VMA gets [at, end)."""
         upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now)
+        self.parent[upper.id] = self.parent.get(v.id, v.id) if v.id in self.created else v.id
         self.all.append(upper)
         self.created.append(upper.id)
         self.made.append(upper)
@@ -604,7 +619,8 @@ def ops_summary(path) -> dict:
 def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildReport):
     """Replay one writer on ``asp`` at its exit (exit_mmap: at the event): (the VMAs it
     write-locks, the VMAs it created, freed, what each freed one merged into (-1: none),
-    its ranges, its lock mode).  A failed call and one outside the user address space
+    its ranges, its lock mode, and per VMA created the VMA whose anon_vma it takes, -1
+    none: ops vmas_parent).  A failed call and one outside the user address space
     change nothing.
 
     Its ranges: (ids, vm_starts, vm_ends) of every VMA a write-mode call locked or
@@ -614,21 +630,22 @@ def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildRepo
     (mm/vma.c vma_set_range(), v6.18) - so the engine knows each VMA's range as the
     writers change it (lock_vma_under_rcu()'s range check: replay/engine/micro.py)."""
     asp.created, asp.freed, asp.made = [], [], []
+    asp.parent = {}
     none = ([], [], [])
     if kind == "exit":
         locked = list(asp.vmas)
         for v in locked:
             asp._remove(v, now)
         ids = [v.id for v in locked]
-        return ids, [], list(ids), [-1] * len(locked), none, "write"
+        return ids, [], list(ids), [-1] * len(locked), none, "write", []
     if is_err_value(ret):
         rep.failed_calls += 1
-        return [], [], [], [], none, "write"
+        return [], [], [], [], none, "write", []
     try:
         locked, lock = _apply(asp, kind, a, ret, now)
     except _OutOfRange:
         rep.out_of_range_calls += 1
-        return [], [], [], [], none, "write"
+        return [], [], [], [], none, "write", []
     both = set(asp.created) & set(asp.freed)  # split off and unmapped in the same call
     created = [x for x in asp.created if x not in both]
     freed = [x for x in asp.freed if x not in both]
@@ -636,7 +653,8 @@ def apply_writer(asp: AddressSpace, kind: str, a: dict, ret, now, rep: BuildRepo
     left = {} if lock != "write" else {v.id: v for v in (*locked, *asp.made) if v.id not in gone}
     ranged = [left[x] for x in sorted(left)]
     ranges = ([v.id for v in ranged], [v.start for v in ranged], [v.end for v in ranged])
-    return sorted({v.id for v in locked}), created, freed, [asp.successor.get(x, -1) for x in freed], ranges, lock
+    return (sorted({v.id for v in locked}), created, freed, [asp.successor.get(x, -1) for x in freed], ranges, lock,
+            [asp.parent.get(x, -1) for x in created])
 
 
 class _OutOfRange(Exception):
@@ -674,7 +692,13 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
         lo, hi = _range(ret, page_up(a["new_len"] or 0))  # moved: the old range goes, a new VMA takes the pages
         src = asp.find(old)
         prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
-        return asp.unmap(old, old_end, now) + (asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []), "write"
+        locked = asp.unmap(old, old_end, now)
+        moved = len(asp.created)
+        locked += asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []
+        for x in asp.created[moved:]:  # copy_vma(): anon_vma_clone(new_vma, vma)
+            if src is not None:
+                asp.parent[x] = asp.parent.get(src.id, src.id) if src.id in asp.created else src.id
+        return locked, "write"
     if kind == "brk":
         heap = next((v for v in asp.vmas if v.name == "[heap]"), None)
         req = a["address"] or 0

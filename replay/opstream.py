@@ -921,7 +921,7 @@ class Builder:
         self.late_ids = np.zeros(16, np.int64)
         self.late_end = np.zeros((2, 16), np.int64)  # each late op's end_ns and end_ok as written
         self.n_late = 0
-        # writer op -> (vma_ids, created, freed, successor, range_vmas, range_start, range_end)
+        # writer op -> (vma_ids, created, freed, successor, range_vmas, range_start, range_end, parent)
         self.lists: dict[int, tuple] = {}
         self.advice: dict[int, int | None] = {}  # madvise op -> its behaviour argument
         self.layout = _Layout(len(self.space_names))
@@ -1066,7 +1066,7 @@ class Builder:
                  "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
                  "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
             res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
-        vma_ids, created, freed, succ, ranges, lock = res
+        vma_ids, created, freed, succ, ranges, lock, parent = res
         R[R_LOCK, k] = LOCK_MODES.index(lock)
         if kind == "madvise":
             self.advice[op] = a["flags"]
@@ -1075,7 +1075,7 @@ class Builder:
                 R[R_VMA, k] = v.id if v is not None else VMA_NONE
                 if R[R_START_OK, k] and R[R_END_OK, k]:
                     R[R_HOLD, k], R[R_HOLD_OK, k] = R[R_END, k] - R[R_START, k], True
-        self.lists[op] = (vma_ids, created, freed, succ, *ranges)
+        self.lists[op] = (vma_ids, created, freed, succ, *ranges, parent)
         R[R_PEND, k] -= 1
         self._mark(asp, created)
         if s >= 0:
@@ -1229,6 +1229,10 @@ class Builder:
             "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
             "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
             "range_vmas": lst(4), "range_start": lst(5, pa.uint64()), "range_end": lst(6, pa.uint64()),
+            "vmas_parent": lst(7),
+            "vma_class": pa.DictionaryArray.from_arrays(
+                _arrow(np.maximum(seg.vclass.astype(np.int64) - 1, 0).astype(np.uint8), fault & (seg.vclass > 0),
+                       pa.uint8()), VMA_CLASSES, ordered=True),
             "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
             "kernel": _arrow(kernel, None, pa.bool_()),
             "fault_kind": pa.DictionaryArray.from_arrays(
@@ -1285,9 +1289,10 @@ def _ops_arrow() -> pa.Schema:
 
 
 OPS_ARROW = _ops_arrow()
-NLISTS = 7  # a writer's list columns, in the order of Builder.lists' tuples
+NLISTS = 8  # a writer's list columns, in the order of Builder.lists' tuples
 KINDS = pa.array(list(O.OP_KINDS), pa.large_string())
 FAULT_KINDS = pa.array(list(O.FAULT_KINDS), pa.large_string())
+VMA_CLASSES = pa.array(list(O.VMA_CLASSES), pa.large_string())
 
 
 def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Array:
@@ -1387,7 +1392,7 @@ class _Patch:
 # numbers: a 2 M-op pft ops file is 0.34 MB instead of 11.9 MB; on random addresses and
 # think times, measured on 2 M values, about the size of plain + zstd and 1.4-2.5x
 # faster to write.
-OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "fault_kind", "lock_mode", "pid", "tid"],
+OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "fault_kind", "vma_class", "lock_mode", "pid", "tid"],
                "column_encoding": {c: "DELTA_BINARY_PACKED" for c in (
                    "op_id", "seq", "start_ns", "end_ns", "address", "length", "ret", "vma_id", "hold_ns", "think_ns")}}
 

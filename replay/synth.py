@@ -121,13 +121,17 @@ def _munmap_args(addr: int, length: int) -> str:
 
 
 # -- mmtests pft ---------------------------------------------------------------------------
-def _pft_events(threads: int, pages_per_thread: int, iterations: int, gap_ns: int, multimap: bool):
+def _pft_events(threads: int, pages_per_thread: int, iterations: int, gap_ns: int, multimap: bool,
+                slice_pages: int | None = None):
     """pft -t N (and -M): the main thread maps, the threads touch their slices in
-    step, gap_ns apart, the main thread unmaps; per iteration."""
+    step, gap_ns apart, the main thread unmaps; per iteration.  ``slice_pages``: each
+    slice's size (pft's bytes_per_test) when the threads touch only its first
+    ``pages_per_thread`` pages - a scaled-down run that keeps the real run's spacing, so
+    that threads share a PTE page (2 MiB) only where the real run's slices would."""
     main = Task(PID, PID, MM, "pft")
     workers = tasks(threads, "thread", "pft")
     t = 1_000_000_000
-    bpt = pages_per_thread * PAGE
+    bpt = max(slice_pages or 0, pages_per_thread) * PAGE
     for it in range(iterations):
         if not multimap:
             size = threads * bpt
@@ -165,14 +169,16 @@ def _multimap_slices(threads: int, bpt: int) -> list[int]:
     return [BASE + PAGE + k * (bpt + PAGE) for k in range(threads)]
 
 
-def _pft(threads: int, pages: int, iterations: int = 1, mode: str = "thread", gap_ns: int = 200):
+def _pft(threads: int, pages: int, iterations: int = 1, mode: str = "thread", gap_ns: int = 200,
+         slice_pages: int | None = None):
     """mmtests pft-threads: ``pages`` per thread (pft's bytes_per_test / 4 KiB)."""
-    return _pft_events(threads, pages, iterations, gap_ns, multimap=False)
+    return _pft_events(threads, pages, iterations, gap_ns, multimap=False, slice_pages=slice_pages)
 
 
-def _pft_multimap(threads: int, pages: int, iterations: int = 1, mode: str = "thread", gap_ns: int = 200):
+def _pft_multimap(threads: int, pages: int, iterations: int = 1, mode: str = "thread", gap_ns: int = 200,
+                  slice_pages: int | None = None):
     """pft -M: one VMA per thread."""
-    return _pft_events(threads, pages, iterations, gap_ns, multimap=True)
+    return _pft_events(threads, pages, iterations, gap_ns, multimap=True, slice_pages=slice_pages)
 
 
 def pft(threads: int, pages_per_thread: int, iterations: int = 1, gap_ns: int = 200, out=None):
@@ -282,18 +288,25 @@ WORKLOADS = {w.name: w for w in (
 
 
 def generate(workload: str, threads: int, pages: int | None = None, iterations: int = 1, mode: str = "thread",
-             out=None, gap_ns: int = 200) -> tuple[str | None, str]:
+             out=None, gap_ns: int = 200, slice_pages: int | None = None) -> tuple[str | None, str]:
     """Returns (perf script text, /proc/PID/maps snapshot); with ``out`` (a text file)
     the text goes there as it is made, for traces bigger than memory, and None comes
-    back.  ``pages``: per task per iteration (default: the benchmark's)."""
+    back.  ``pages``: per task per iteration (default: the benchmark's); ``slice_pages``
+    (pft only): each thread's slice, of which it touches the first ``pages``."""
     w = WORKLOADS[workload]
     if mode not in w.modes:
         raise ValueError(f"{workload} is synthesised in {' or '.join(w.modes)} mode only, not {mode!r}")
+    kw = {"gap_ns": gap_ns}
+    if slice_pages is not None:
+        if not workload.startswith("pft"):
+            raise ValueError(f"slice_pages is pft's (bytes_per_test), not {workload}'s")
+        kw["slice_pages"] = slice_pages
     given = out is not None
     sink = out if given else io.StringIO()
-    for _, line in w.events(threads, pages or w.default_pages, iterations, mode, gap_ns=gap_ns):
+    for _, line in w.events(threads, pages or w.default_pages, iterations, mode, **kw):
         sink.write(line)
     pages = pages or w.default_pages
-    regions = tuple((a, a + pages * PAGE) for a in _multimap_slices(threads, pages * PAGE)) \
+    spacing = max(slice_pages or 0, pages)
+    regions = tuple((a, a + spacing * PAGE) for a in _multimap_slices(threads, spacing * PAGE)) \
         if workload == "pft-multimap" else ()
     return None if given else sink.getvalue(), _maps(w.comm, w.heap, regions)

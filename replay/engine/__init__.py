@@ -30,6 +30,10 @@ RESULTS_SCHEMA = {
     # the op's time off its CPU: asleep on a lock, then waiting to run again (the rest of
     # end - start is on-CPU time, which pft's faults/cpu counts)
     "sleep_ns": pl.Float64,
+    # the fault set its VMA's anon_vma (__anon_vma_prepare(): under the VMA lock after
+    # vmf_anon_prepare()'s mmap_read_trylock(), 6.10+, or under mmap_lock; engine/retry.py)
+    # - the simulated counterpart of the ops' observed_anon_prepare
+    "anon_prepare": pl.Boolean,
 }
 
 
@@ -172,10 +176,24 @@ MIN_SERVICE_SAMPLES = 20
 #     issuing once it has committed (the lock held with no owner meanwhile); the first
 #     waiter with its handoff set spins on a writer owner between retries instead of
 #     sleeping, and retries at once on OWNER_NULL
-# 25: as-recorded placement per op: each op runs on the CPU the trace recorded it on, the
+# 25: pervma@RELEASE before 6.4 has 6.2's mm_struct (models.on_release_mm()); the pvl-v2
+#     model (the v2 posting's fault: the mm_users test, a validating re-walk)
+# 26: the anon_vma per VMA object (retry.py): up to 6.9 lock_vma_under_rcu() aborts on an
+#     anonymous VMA without one (6.4 before vma_start_read(), 6.5-6.9 after it); a fault that
+#     maps an anonymous page sets it (__anon_vma_prepare(), est. cost) - under the VMA lock from
+#     6.10 after vmf_anon_prepare()'s mmap_read_trylock() (failing: RETRY, then mmap_lock),
+#     a file-backed private VMA's CoW returning RETRY at once in 6.6-6.9; split-off and moved
+#     VMAs inherit it (ops vmas_parent), merges pass it on, new mappings start without; the
+#     6.4-6.5 coverage test knows a CoW on a file's private VMA (ops vma_class)
+# 27: the split PTE lock (faultpath.ptl_lock()/ptl_unlock()): a queued spinlock on its own
+#     line per PTE page - per 2 MiB of a fault's address (a thread's own where the address
+#     is unknown) - held across the rss add, the LRU add and faultpath.PTL_FIXED_SHARE of
+#     the fixed part (est.); a CoW takes it twice (do_wp_page()'s check, wp_page_copy()'s
+#     install); the fixed part outside it is the rest
+# 28: as-recorded placement per op: each op runs on the CPU the trace recorded it on, the
 #     thread migrating to that CPU's run queue at the op boundary (loop._next_cpu()); no
 #     longer each thread on its most common CPU, nor recorded CPUs folded onto --cpus
-REFERENCE_VERSION = 25
+REFERENCE_VERSION = 28
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -2,7 +2,7 @@
 
 from numba import njit
 
-from .micro import (h_attempt, h_check_anon, h_check_detached, h_check_mm, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
+from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
 
 
 @njit(cache=True)
@@ -71,6 +71,14 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_fault_retry(S, t, a1, a2, a3)
     if op == 31:  # RETRY_WAIT: the wait inside that call with the lock dropped (__folio_loc
         return h_retry_wait(S, t, a1, a2, a3)
-    if op == 32:  # CHECK_ANON: lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and vma->an
+    if op == 32:  # CHECK_ANON: lock_vma_under_rcu() up to 6.5, before vma_start_read(): "if
         return h_check_anon(S, t, a1, a2, a3)
+    if op == 33:  # CHECK_ANON_VMA: lock_vma_under_rcu() 6.5-6.9, after vma_start_read(): "if (u
+        return h_check_anon_vma(S, t, a1, a2, a3)
+    if op == 34:  # ANON_VMA_CHECK: vmf_anon_prepare() under this lock: the VMA has an anon_vma,
+        return h_anon_vma_check(S, t, a1, a2, a3)
+    if op == 35:  # ANON_VMA_PREPARE: __anon_vma_prepare(): vma->anon_vma set (retry.py)
+        return h_anon_vma_prepare(S, t, a1, a2, a3)
+    if op == 36:  # CHECK_MM_USERS: the per-VMA lock v2 posting's do_user_addr_fault(): "if (!(f
+        return h_check_mm_users(S, t, a1, a2, a3)
     return -2.0, False  # not an op: the loop reports it

@@ -15,7 +15,7 @@ anonymous first write:
    ``atomic_long_add()`` on ``mm->pgtables_bytes``, which shares the mmap_lock count's
    line in the mm_struct layouts here).  One per ``PTRS_PER_PTE`` = 512 faults of a
    thread: each thread is taken to fault its own run of consecutive pages (pft's
-   slices); the engine does not see addresses.
+   slices).
 2. **the page** from the CPU's pcp list (``rmqueue_pcplist()``); an empty list is
    refilled under the node's ``zone->lock`` (``rmqueue_bulk()``), ``pcp->batch``
    pages before 6.7, ``nr_pcp_alloc()``'s growing refills (63 << alloc_factor, the
@@ -39,10 +39,15 @@ anonymous first write:
 6. **the LRU** (``folio_add_lru_vma()``): the CPU's folio batch, moved under the node's
    ``lruvec->lru_lock`` when full (``folio_batch_move_lru()``), the list head's line,
    ``lru_zone_size``'s and the previous head folio's struct page written under it.
+   Steps 5 and 6 run under **the PTE page's split lock** (``pte_offset_map_lock()``:
+   ``ptlock_ptr()``, a spinlock in the PTE page's struct ptdesc - struct page up to
+   6.5 - on its own line), one per 2 MiB of the fault's address (``ptl_of()``), with
+   ``PTL_FIXED_SHARE`` of the fixed part (est.: rmap, set_ptes()) held after them; a
+   CoW takes it a first time for do_wp_page()'s check.
 7. **the rest** - exception entry and exit, the page-table walk, rmap, ``set_pte_at()``,
    the user's own loop - as one per-fault time, ``[fault_path] fixed_ns``, the one
    fitted parameter (docs/validation.md), drawn per fault as the service time is
-   (variation.py).
+   (variation.py); the share held under the PTE lock is taken from it.
 
 A spinlock here is a queued spinlock taken in arrival order (qspinlock's MCS queue:
 kernel/locking/qspinlock.c): a CPU that finds it held spins until the holder releases
@@ -50,7 +55,9 @@ it, its lock word's line then coming over from the holder; with interrupts off
 (``spin_lock_irqsave()``), nothing preempts the holder.  The engine processes arrivals
 in time order, so taking the lock is one calculation: acquired at ``max(arrival,
 release of the one before)`` plus the line's transfer, held for its hold time and its
-data lines' transfers, released by a store.  Kinds without these steps skip them: the
+data lines' transfers, released by a store.  The PTE lock, whose hold has other
+locks' steps nested in it, is the queue itself: a CPU finding it held spins in its FIFO
+until the holder's unlock hands it over (``ptl_lock()``, ``ptl_unlock()``).  Kinds without these steps skip them: the
 zero page (a read of a never-touched anonymous page) maps a PTE and allocates nothing;
 a CoW allocates and copies but needs no page table; a file-backed fault (a page-cache
 hit, ``filemap_map_pages()``) maps existing pages.
@@ -68,23 +75,30 @@ from __future__ import annotations
 from numba import njit
 
 from .coherence import coh_write
-from .state import cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_fkind, op_service, res, thread
+from .sched import at
+from .state import (cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_addr, op_fkind, op_service, ptl, ptl_hash,
+                    res, thread)
 from .variation import fault_service
-from .waits import H_SPIN, M_NONE, W_RES, record
+from .waits import H_SPIN, M_NONE, W_PTL, W_RES, record
 
 # ops fault_kind codes: replay/ops.py's (FAULT_KINDS order), the op builder's own
 from ..ops import FK_ANON as K_ANON, FK_COW as K_COW, FK_FILE as K_FILE, FK_ZERO as K_ZERO  # noqa: E402
 
 # the steps, in kernel order (see the docstring); fp_step 0: not started
-S_PTE_ALLOC, S_PTE_CHARGE, S_PTE_CLEAR, S_PTE_INSTALL, S_ALLOC, S_CHARGE, S_CLEAR, S_RSS, S_LRU, S_FIXED, S_DONE = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+(S_WP_LOCK, S_WP_UNLOCK, S_PTE_ALLOC, S_PTE_CHARGE, S_PTE_CLEAR, S_PTE_INSTALL, S_ALLOC, S_CHARGE, S_CLEAR,
+ S_PTL_LOCK, S_RSS, S_LRU, S_PTL_HOLD, S_PTL_UNLOCK, S_FIXED, S_DONE) = range(1, 17)
+ERR_PTL_FULL = 6  # glob.err (after sched.py's 1-3 and waits.py's 4-5): more PTE pages than load counted
 
 
 @njit(cache=True, inline="always")
-def _has_step(kind, s):
-    """Which steps a fault kind takes."""
+def _has_step(kind, s, ptl_on):
+    """Which steps a fault kind takes (``ptl_on``: the PTE lock is modelled)."""
     if s == S_FIXED:
         return True
+    if s == S_WP_LOCK or s == S_WP_UNLOCK:  # handle_pte_fault()'s spin_lock(vmf->ptl) before do_wp_page()
+        return ptl_on and kind == K_COW
+    if s == S_PTL_LOCK or s == S_PTL_HOLD or s == S_PTL_UNLOCK:  # every kind maps its PTE under the lock
+        return ptl_on
     if s <= S_PTE_INSTALL:  # a missing PTE: anonymous, zero page, file
         return kind == K_ANON or kind == K_ZERO or kind == K_FILE
     if s == S_ALLOC or s == S_CHARGE or s == S_CLEAR or s == S_LRU:
@@ -141,6 +155,107 @@ def spin_lock_held(S, t, r, since, hold):
     rr.hold_total += held
     rr.hold_max = max(rr.hold_max, held)
     th.fp_res += end - since
+    return end
+
+
+# A 64-bit odd multiplier (Fibonacci hashing: 2^64 / phi, made odd and below 2^63 so
+# numba keeps it int64); ptl_hash's bucket is the product's low bits
+_PTL_MIX = 0x61C8864680B583EB
+
+
+@njit(cache=True)
+def ptl_of(S, t, j):
+    """The PTL record of fault op j's PTE page - pte_lockptr(mm, pmd) =
+    ptlock_ptr(page_ptdesc(pmd_page(*pmd))): one per 2 MiB of address space - made the
+    first time a fault there takes it.  A fault with no address takes its thread's own
+    (key -(t + 1)): it shares a PTE page with no other thread."""
+    k = cfg(S, 0)
+    a = op_addr(S)[j]
+    key = a >> 21 if a >= 0 else -(t + 1)
+    mask = k.fp_ptl_mask
+    b = (key * _PTL_MIX) & mask
+    while True:
+        r = ptl_hash(S)[b]
+        if r < 0:
+            g = glob(S, 0)
+            r = g.nptl
+            if r >= k.fp_ptl_cap:
+                g.err = ERR_PTL_FULL
+                return 0
+            g.nptl = r + 1
+            ptl_hash(S)[b] = r
+            ptl(S, r).key = key
+            return r
+        if ptl(S, r).key == key:
+            return r
+        b = (b + 1) & mask
+
+
+@njit(cache=True)
+def _ptl_take(S, t, r, since, when):
+    """t takes PTE lock r at ``when`` (its release by the holder before, or ``since`` if
+    it was free), having spun from ``since``: an atomic on the lock's line, which comes
+    from the CPU that released it.  Returns when t has it."""
+    th = thread(S, t)
+    p = ptl(S, r)
+    s, cost = coh_write(S, cfg(S, 0).fp_ptl_line + r, th.cpu, when, True, True)  # atomic_try_cmpxchg_acquire()
+    got = s + cost
+    p.holder = t
+    p.got = got
+    p.acquisitions += 1
+    waited = when - since
+    if waited > 0:
+        p.contentions += 1
+        p.wait_total += waited
+        p.wait_max = max(p.wait_max, waited)
+        th.fp_rwait += waited
+        record(S, t, W_PTL, r, M_NONE, H_SPIN, since, when)
+    th.fp_res += got - since
+    return got
+
+
+@njit(cache=True)
+def ptl_lock(S, t, r, now):
+    """spin_lock(ptl) (pte_offset_map_lock()) of PTE lock r by t at ``now``: when t has
+    it, or -1 when another thread holds it - t then spins in the lock's queue (FIFO, as
+    qspinlock's MCS queue is; it keeps its CPU) until ptl_unlock() hands it over."""
+    th = thread(S, t)
+    p = ptl(S, r)
+    th.ptl = r
+    if p.holder < 0:
+        return _ptl_take(S, t, r, now, max(now, p.free_at))  # free, or its release store still completing
+    th.ptl_next = -1
+    th.ptl_since = now
+    if p.head < 0:
+        p.head = t
+    else:
+        thread(S, p.tail).ptl_next = t
+    p.tail = t
+    return -1.0
+
+
+@njit(cache=True)
+def ptl_unlock(S, t, now):
+    """spin_unlock(ptl) (pte_unmap_unlock()) by t at ``now``: a store to the lock's line;
+    the first spinner in the queue then takes it.  Returns when t's store is done."""
+    th = thread(S, t)
+    r = th.ptl
+    p = ptl(S, r)
+    s, cost = coh_write(S, cfg(S, 0).fp_ptl_line + r, th.cpu, now, False, True)  # smp_store_release(&lock->locked, 0)
+    end = s + cost
+    held = end - p.got
+    p.hold_total += held
+    p.hold_max = max(p.hold_max, held)
+    p.free_at = end
+    p.holder = -1
+    th.ptl = -1
+    th.fp_res += end - now
+    h = p.head
+    if h >= 0:
+        p.head = thread(S, h).ptl_next
+        if p.head < 0:
+            p.tail = -1
+        at(S, _ptl_take(S, h, r, thread(S, h).ptl_since, end), h)
     return end
 
 
@@ -274,21 +389,32 @@ def handle_mm_fault(S, t):
             d = fault_service(S, j)
             th.fp_svc += d
             return now + d, False
-        th.fp_step = S_PTE_ALLOC
-        if _has_step(op_fkind(S)[j], S_PTE_ALLOC):  # a missing PTE: one more of the PTE page's
+        th.fp_step = S_WP_LOCK
+        if _has_step(op_fkind(S)[j], S_PTE_ALLOC, False):  # a missing PTE: one more of the PTE page's
             th.fp_pte_n += 1
             if th.fp_pte_n > k.fp_pte_ptrs:
                 th.fp_pte_n = 1
     kind = op_fkind(S)[j]
+    ptl_on = k.fp_ptl != 0
     s = th.fp_step
-    while s < S_DONE and not _has_step(kind, s):
+    while s < S_DONE and not _has_step(kind, s, ptl_on):
         s += 1
-    if s <= S_PTE_INSTALL and th.fp_pte_n != 1:
+    if S_PTE_ALLOC <= s <= S_PTE_INSTALL and th.fp_pte_n != 1:
         s = S_ALLOC  # the PMD already has its page table
-        while s < S_DONE and not _has_step(kind, s):
+        while s < S_DONE and not _has_step(kind, s, ptl_on):
             s += 1
     th.fp_step = s + 1
-    if s == S_PTE_ALLOC or s == S_ALLOC:
+    if s == S_WP_LOCK or s == S_PTL_LOCK:
+        end = ptl_lock(S, t, ptl_of(S, t, j), now)
+        if end < 0:  # spinning in the lock's queue: ptl_unlock() resumes t at the next step
+            return -1.0, True
+    elif s == S_WP_UNLOCK or s == S_PTL_UNLOCK:
+        end = ptl_unlock(S, t, now)
+    elif s == S_PTL_HOLD:  # the rest under the lock: rmap, statistics, set_ptes() (est.: PTL_FIXED_SHARE)
+        d = fault_service(S, j) * k.fp_ptl_share
+        th.fp_svc += d
+        end = now + d
+    elif s == S_PTE_ALLOC or s == S_ALLOC:
         end = _alloc(S, t, now)
     elif s == S_PTE_CHARGE or s == S_CHARGE:
         end = _charge(S, t, now)
@@ -308,6 +434,8 @@ def handle_mm_fault(S, t):
         end = _lru(S, t, now)
     elif s == S_FIXED:
         d = fault_service(S, j)
+        if ptl_on:  # its share under the PTE lock was S_PTL_HOLD's
+            d -= d * k.fp_ptl_share
         th.fp_svc += d
         end = now + d
     else:
@@ -347,12 +475,36 @@ COPY_DRAM_BYTES = 3 * 4096
 MEMCG_LEVELS = 4
 
 
+# est.: the share of the fault's fixed part (``[fault_path] fixed_ns``, the one fitted
+# part) that runs under the PTE lock.  Under it (do_anonymous_page(), mm/memory.c, 6.3 to
+# 6.18) are the PTE's recheck (vmf_pte_changed()), check_stable_address_space(),
+# the rss add and folio_add_lru_vma() - modelled steps of their own - and
+# folio_add_new_anon_rmap() with its statistics, and set_pte_at()/set_ptes(): these last
+# are in the fixed part.  Of icelake-2s's 569 ns, about 1050 cycles (Linus Torvalds, "The
+# cost of Linux's page fault handling", 2014, Haswell; ~350 ns at 3 GHz) are exception
+# entry and exit; of the ~220 ns left (the walk, the allocator's and charge's per-CPU
+# paths, rmap, set_pte, the user's store) a quarter is taken to be under the lock.  Not
+# measured, not fitted: a measurement (the lock's hold, e.g. lock_stat's holdtime for
+# ptlock_ptr(ptdesc) under a 1-thread pft) would replace it.
+PTL_FIXED_SHARE = 0.1
+
+
+def ptl_class(release: str) -> str:
+    """The PTE lock's name as lockdep's /proc/lock_stat gives it: ptlock_init()'s
+    spin_lock_init(ptlock_ptr(page)) up to 6.5, ptlock_ptr(ptdesc) once struct ptdesc
+    overlays struct page (absent in the 6.5 tree, present in 6.8; include/linux/mm.h)."""
+    from ..models.kernels import _release_key
+
+    return "ptlock_ptr(ptdesc)" if _release_key(release) >= (6, 6) else "ptlock_ptr(page)"
+
+
 class Plan:
     """The fault path of one replay as the engine's data: its config values, its
-    spinlocks (RES records), its per-CPU state and the cache lines it adds after
+    spinlocks (RES records), its PTE locks (PTL records, ``ptl_cap`` of them, made as
+    faults reach their PTE pages), its per-CPU state and the cache lines it adds after
     ``base`` (the lines the layouts already use), with their names for line_stats."""
 
-    def __init__(self, machine, layout, release: str, base: int, ncpu: int, cpus, online: int):
+    def __init__(self, machine, layout, release: str, base: int, ncpu: int, cpus, online: int, ptl_cap: int = 0):
         import numpy as np
 
         from ..models.kernels import MM_ANONPAGES_LOCK, TASK_RSS_EVENTS_THRESH, fault_path_kernel
@@ -399,6 +551,21 @@ class Plan:
                else lines(2, "mm_struct.pgtables_bytes"))  # not in this layout
         if line % 2:
             line += 1
+        # the PTE pages' locks, a line each: the ptl sits in the PTE page's struct page
+        # (struct ptdesc overlays it: include/linux/mm_types.h 6.18, `spinlock_t ptl` unless
+        # ALLOC_SPLIT_PTLOCKS - SPINLOCK_SIZE > BITS_PER_LONG/8, lock debugging -, when
+        # it is a pointer to one from ptlock_cache), 64 bytes in the vmemmap, one line.
+        # Named after the run (load.ptl_names): which region takes which is known then.
+        ptl_line = line
+        line += ptl_cap + (ptl_cap % 2)
+        buckets = 1
+        while buckets < 2 * ptl_cap:
+            buckets *= 2
+        self.ptl_cap = ptl_cap
+        self.ptl_class = ptl_class(release)
+        self.ptl = np.zeros(max(ptl_cap, 1), st.PTL)
+        self.ptl["holder"], self.ptl["head"], self.ptl["tail"] = -1, -1, -1
+        self.ptl_hash = np.full(buckets, -1, np.int64)
         self.nlines = line
         self.res = res
         self.lines = np.asarray(data or [0], np.int64)
@@ -424,6 +591,8 @@ class Plan:
             "fp_bw_copy_ns": COPY_DRAM_BYTES * nn / (machine.sockets * fp["dram_gbps"]),
             # the fold under fbc->lock: fbc->count += count (an add on the lock's own line, owned)
             "fp_fold_ns": L["owned_atomic"],
+            "fp_ptl": int(ptl_cap > 0), "fp_ptl_line": ptl_line, "fp_ptl_cap": ptl_cap,
+            "fp_ptl_mask": buckets - 1, "fp_ptl_share": PTL_FIXED_SHARE,
         }
         self.resource_names = ([("zone->lock", f"node{n}") for n in range(nn)]
                                + [("lruvec->lru_lock", f"node{n}") for n in range(nn)]

@@ -55,6 +55,10 @@ class Op(IntEnum):
     FAULT_RETRY = 30
     RETRY_WAIT = 31
     CHECK_ANON = 32
+    CHECK_ANON_VMA = 33
+    ANON_VMA_CHECK = 34
+    ANON_VMA_PREPARE = 35
+    CHECK_MM_USERS = 36
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -133,8 +137,21 @@ MICRO_OPS = (
             "first attempt only): retry.py -> goto", "h_fault_retry"),
     MicroOp(Op.RETRY_WAIT, (), "none", "the wait inside that call with the lock dropped (__folio_lock_killable(), "
             "the read): the fault sleeps off its CPU (retry.py)", "h_retry_wait"),
-    MicroOp(Op.CHECK_ANON, ("refused?",), "labels", "lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and "
-            "vma->anon_vma; up to 6.5 \"if (!vma_is_anonymous(vma)) goto inval;\" -> goto (retry.py)", "h_check_anon"),
+    MicroOp(Op.CHECK_ANON, ("refused?",), "labels", "lock_vma_under_rcu() up to 6.5, before vma_start_read(): "
+            "\"if (!vma_is_anonymous(vma)) goto inval;\", 6.4 also \"if (!vma->anon_vma) goto inval;\" -> goto "
+            "(retry.py)", "h_check_anon"),
+    MicroOp(Op.CHECK_ANON_VMA, ("refused?",), "labels", "lock_vma_under_rcu() 6.5-6.9, after vma_start_read(): "
+            "\"if (unlikely(vma_is_anonymous(vma) && !vma->anon_vma)) goto inval_end_read;\" -> goto (retry.py)",
+            "h_check_anon_vma"),
+    MicroOp(Op.ANON_VMA_CHECK, ("lock", "prepared?", "retry?"), "lock_labels", "vmf_anon_prepare() under this lock: "
+            "the VMA has an anon_vma, or the fault needs none -> goto prepared; up to 6.9 under the VMA lock "
+            "VM_FAULT_RETRY -> goto retry; else on to mmap_read_trylock() (6.10+) and __anon_vma_prepare() "
+            "(retry.py)", "h_anon_vma_check"),
+    MicroOp(Op.ANON_VMA_PREPARE, (), "none", "__anon_vma_prepare(): vma->anon_vma set (retry.py)",
+            "h_anon_vma_prepare"),
+    MicroOp(Op.CHECK_MM_USERS, ("single?",), "labels", "the per-VMA lock v2 posting's do_user_addr_fault(): \"if "
+            "(!(flags & FAULT_FLAG_USER) || atomic_read(&mm->mm_users) == 1) goto lock_mmap;\" - mm_users the mm's "
+            "threads in the trace (the load is the READ before it) -> goto", "h_check_mm_users"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"
@@ -168,7 +185,7 @@ def compile_program(prog: list[tuple]) -> list[tuple]:
 
 def encode(ins: tuple, layout) -> list[int]:
     """One compiled instruction as the engine's [op, a1, a2, a3]: mm fields become line
-    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's, WORK its index in
+    ids, VMA fields byte offsets, locks 0 = mmap_lock / 1 = the VMA's (before any labels), WORK its index in
     WORK_KINDS, outcomes their index, labels instruction indices."""
     row = BY_OP[Op(ins[0])]
     a = list(ins[1:])
@@ -190,6 +207,8 @@ def encode(ins: tuple, layout) -> list[int]:
         args = [OUTCOMES.index(a[0])]
     elif row.encoding == "labels":
         args = [int(x) for x in a]
+    elif row.encoding == "lock_labels":
+        args = [0 if a[0] == "mmap_lock" else 1] + [int(x) for x in a[1:]]
     else:
         args = []
     return [int(row.op)] + args + [0] * (3 - len(args))

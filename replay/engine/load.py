@@ -21,7 +21,7 @@ from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SER
 from .sched import ERR_DEADLOCK
 from .source import OpsSource
 from .faultpath import Plan
-from .retry import LVUR_ANON_CHECK_UNTIL, retry_causes
+from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
 from .retry import _release as retry_release
 from .vma import vma_alloc
 
@@ -30,6 +30,10 @@ MM_BASE = 0xFFFF888100000000
 VMA_SLAB_BASE = 0xFFFF888200000000
 VMA_LOCK_SLAB_BASE = 0xFFFF888300000000
 FAULT_PATH_BASE = 0xFFFF888400000000  # the fault path's own lines (zone, lruvec, page_counter)
+# offsetof(struct ptdesc, ptl) on x86-64 without lock debugging: pt_flags 8, the
+# rcu_head/pt_list union 16, __page_mapping 8, the pt_index union 8 (include/linux/mm_types.h
+# 6.18; struct page's ptl at the same 40 in 6.3, after _pt_pad_1, pmd_huge_pte, _pt_pad_2, pt_mm)
+PTDESC_PTL = 40
 
 
 def encode_programs(model) -> np.ndarray:
@@ -213,7 +217,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
-                                                  "range_vmas", "range_start", "range_end"))))
+                                                  "range_vmas", "range_start", "range_end", "vmas_parent"))))
     nf_idx = w["_j"].to_numpy().astype(np.int64)
     wl = {k: w[k].to_list() for k in ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor")}
     rng = {k: w[k].to_list() for k in ("range_vmas", "range_start", "range_end")}
@@ -243,6 +247,10 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     w_freed_p, w_freed = _csr(freed, index)
     w_succ = np.asarray([index[s] if s is not None and s >= 0 else -1 for ss in succ for s in ss], np.int64)
     w_created_p, w_created = _csr(wl["vmas_created"], index)
+    # per created VMA the one whose anon_vma it takes (ops vmas_parent, parallel to vmas_created)
+    w_parent = np.asarray([index.get(p, -1) if p is not None and p >= 0 else -1
+                           for xs, ps in zip(wl["vmas_created"], w["vmas_parent"].to_list())
+                           for _, p in zip(xs or [], list(ps or []) + [None] * len(xs or []))], np.int64)
     # each writer's VMAs as it leaves them (ops range_*; none in ops without the columns)
     w_rng_p, w_rng_vid = _csr([[x for x in (xs or []) if x in index] for xs in rng["range_vmas"]], index)
     w_rng_start = np.asarray([a for xs, ys in zip(rng["range_vmas"], rng["range_start"])
@@ -303,9 +311,20 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
     op_addr = np.full(1, -1, np.int64)
     has_addr = bool(prm.vma_lock) and "address" in src.names
-    if has_addr:
+    # the fault path runs where the service comes from the profile (engine.service_for);
+    # a trace's own times, a number given, or no Service (tests: one number) run none.
+    # Its PTE locks are per 2 MiB of address: it reads every fault's address too.
+    fp_run = machine.fault_path is not None and str(getattr(fault_service_ns, "source", "")).startswith("profile")
+    if has_addr or (fp_run and "address" in src.names):
         op_addr = src.column("address", np.int64, 0)
         op_addr[~src.notnull("address")] = -1
+    elif fp_run:
+        op_addr = np.full(n, -1, np.int64)
+    ptl_cap = 0
+    if fp_run:  # a PTL record for each 2 MiB region a fault touches, and one a thread for faults with no address
+        fa = op_addr[is_fault]
+        ptl_cap = len(np.unique(fa[fa >= 0] >> 21)) + (nt if (fa < 0).any() else 0)
+        del fa
     op_prog += 1
     flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
@@ -349,10 +368,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     nlines = LBASE + llines
     mcpus = machine.cpus()
     plan = None
-    # the fault path runs where the service comes from the profile (engine.service_for);
-    # a trace's own times, a number given, or no Service (tests: one number) run none
-    if machine.fault_path is not None and str(getattr(svc, "source", "")).startswith("profile"):
-        plan = Plan(machine, lay, release or model.release, nlines, len(mcpus), mcpus, len(mcpus))
+    if fp_run:
+        plan = Plan(machine, lay, release or model.release, nlines, len(mcpus), mcpus, len(mcpus), ptl_cap)
         nlines = plan.nlines
     W = (len(mcpus) + 63) // 64
     nsock = machine.sockets
@@ -413,6 +430,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         k[name] = v
     k["nretry"] = len(retry_ops)
     k["lvur_anon_check"] = int(retry_release(release or model.release) < LVUR_ANON_CHECK_UNTIL)
+    k["lvur_anon_vma"], k["vmf_anon"] = anon_vma_modes(release or model.release)
     k["off_anon_vma"] = vma_st.fields.get("anon_vma", 0)
     k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
@@ -437,7 +455,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan, wt_obj=-1)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
@@ -453,7 +471,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
         vid_order=np.zeros(nv, np.int64),
         w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
-        w_created_p=w_created_p, w_created=w_created, w_gate_p=w_gate_p, w_gate=w_gate,
+        w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
         w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
         op_dep=op_dep, op_cpu=op_cpu, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
@@ -465,6 +483,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         res=plan.res if plan is not None else np.zeros(1, st.RES),
         fpcpu=plan.fpcpu if plan is not None else np.zeros(1, st.FPCPU),
         fp_lines=plan.lines if plan is not None else np.zeros(1, np.int64),
+        ptl=plan.ptl if plan is not None else np.zeros(1, st.PTL),
+        ptl_hash=plan.ptl_hash if plan is not None else np.full(1, -1, np.int64),
         fp_hold_b=plan.hold_b if plan is not None else np.ones(1), fp_hold_ns=plan.hold_ns if plan is not None else np.ones(1),
         line_cpu=np.zeros(nlines * len(mcpus) * RX_KINDS, np.int64),  # calloc: pages mapped as lines move
     )
@@ -477,10 +497,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
 @njit(cache=True)
 def _alloc_initial(Sarr, vids):
-    """The VMAs the mm has before the trace's first writer."""
+    """The VMAs the mm has before the trace's first writer - each with an anon_vma
+    (replay/engine/retry.py: exec wrote the stack and the data segments)."""
     S = st.open_state(Sarr)
     for v in vids:
-        vma_alloc(S, v)
+        st.vobj(S, vma_alloc(S, v)).anon_vma = 1
 
 
 def lock_stats(state, model, meta) -> list[dict]:
@@ -512,7 +533,22 @@ def lock_stats(state, model, meta) -> list[dict]:
                         "wait_total_ns": float(r["wait_total"]), "wait_max_ns": float(r["wait_max"]),
                         "wait_min_ns": None, "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
                         "hold_min_ns": None, "trylock_failures": 0, "con_bounces": int(ln[r["line"]]["transfers"])})
+        base = int(state["cfg"][0]["fp_ptl_line"])
+        for i, (r, key) in enumerate(zip(state["ptl"][:g["nptl"]], ptl_names(state, meta))):  # each PTE page's lock
+            out.append({"lock_class": plan.ptl_class, "lock": key, "acquisitions": int(r["acquisitions"]),
+                        "contentions": int(r["contentions"]), "wait_total_ns": float(r["wait_total"]),
+                        "wait_max_ns": float(r["wait_max"]), "wait_min_ns": None,
+                        "hold_total_ns": float(r["hold_total"]), "hold_max_ns": float(r["hold_max"]),
+                        "hold_min_ns": None, "trylock_failures": 0, "con_bounces": int(ln[base + i]["transfers"])})
     return out
+
+
+def ptl_names(state, meta) -> list[str]:
+    """The PTE locks made so far, in PTL record order, by the 2 MiB they cover:
+    ``pte:0x7f0000000000`` (its start), or ``pte:tid:N`` for thread N's faults with no address."""
+    keys = state["ptl"]["key"][:int(state.g["nptl"])].tolist()
+    tids = meta["tids"]
+    return [f"pte:{k << 21:#x}" if k >= 0 else f"pte:tid:{int(tids[-k - 1])}" for k in keys]
 
 
 def line_stats(state, model, meta) -> list[dict]:
@@ -536,6 +572,10 @@ def line_stats(state, model, meta) -> list[dict]:
     plan = meta.get("plan")
     for d, nm in (plan.names.items() if plan is not None else ()):  # the fault path's own lines
         put(d * 64, nm)
+    if plan is not None:  # the PTE pages' struct ptdesc, the lock at its offset
+        base = int(state["cfg"][0]["fp_ptl_line"])
+        for i, key in enumerate(ptl_names(state, meta)):
+            put((base + i) * 64 + PTDESC_PTL, f"ptdesc[{key}].ptl")
     ln = state["ln"]
     ln_tr, ln_inv = ln["transfers"], ln["invalidations"]
     hot = np.flatnonzero((ln_tr > 0) | (ln_inv > 0))
@@ -587,7 +627,7 @@ class EngineError(RuntimeError):
 OUT_COLUMNS = {"op": "op", "t": "t", "sim_cpu": "cpu", "start_ns": "start", "end_ns": "end", "lock_wait_ns": "wait",
                "cache_ns": "cache", "line_transfers": "transfers", "outcome": "outcome", "misses": "misses",
                "fallback": "fallback", "attempts": "attempts", "service_ns": "svc", "resource_ns": "res",
-               "resource_wait_ns": "rwait", "sleep_ns": "sleep"}
+               "resource_wait_ns": "rwait", "sleep_ns": "sleep", "anon_prepare": "anon_prep"}
 _OUTCOME_NAMES = None
 LAST_TIMINGS: dict = {}  # the last simulate()'s load and simulation-loop seconds (benchmarks read it)
 
@@ -619,6 +659,7 @@ def results_frame(raw: dict, state, meta, mm: str):
         "misses": raw["misses"].astype(np.int32), "fallback": raw["fallback"].astype(bool),
         "attempts": raw["attempts"].astype(np.int32), "service_ns": raw["service_ns"],
         "resource_ns": raw["resource_ns"], "resource_wait_ns": raw["resource_wait_ns"], "sleep_ns": raw["sleep_ns"],
+        "anon_prepare": raw["anon_prepare"].astype(bool),
     }).with_columns(pl.lit(mm, pl.Utf8).alias("mm"),
                     pl.when(pl.col("_has_vma")).then(pl.col("vma_id")).alias("vma_id"),
                     pl.when(pl.col("_has_outcome")).then(pl.col("outcome")).alias("outcome"))
@@ -637,7 +678,7 @@ def waits_frame(raw: np.ndarray, state, meta, mm: str):
     import polars as pl
 
     from . import WAITS_SCHEMA
-    from .waits import W_REFCNT, W_RES, W_RWSEM, W_WAIT_LOCK
+    from .waits import W_PTL, W_REFCNT, W_RES, W_RWSEM, W_WAIT_LOCK
 
     j = raw["op"]
     op_id = meta["op_base"] + j if meta["op_base"] is not None else meta["op_ids"][j]
@@ -647,9 +688,15 @@ def waits_frame(raw: np.ndarray, state, meta, mm: str):
     obj = np.where(what == W_REFCNT, k, np.where(lk & (k > 0), k - 1, -1))
     uniq = meta["uniq"]
     vma = uniq[state["ob"]["vid"][np.maximum(obj, 0)]] if len(uniq) else np.zeros(len(j), np.int64)
-    res_names = meta["plan"].resource_names if meta.get("plan") is not None else [("", "")]
+    plan = meta.get("plan")
+    res_names = plan.resource_names if plan is not None else [("", "")]
     rc = pl.Series([c for c, _ in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
     rk = pl.Series([n for _, n in res_names], dtype=pl.Utf8).gather(np.where(what == W_RES, k, 0))
+    if plan is not None and (what == W_PTL).any():  # a PTE page's lock: its class, the region as lock_stats names it
+        pk = pl.Series(ptl_names(state, meta), dtype=pl.Utf8).gather(np.where(what == W_PTL, k, 0))
+        rc = pl.Series(np.where(what == W_PTL, plan.ptl_class, rc.to_numpy()), dtype=pl.Utf8)
+        rk = pl.Series(np.where(what == W_PTL, pk.to_numpy(), rk.to_numpy()), dtype=pl.Utf8)
+        what = np.where(what == W_PTL, W_RES, what)  # named like the other fault-path spinlocks from here on
     df = pl.DataFrame({
         "op_id": op_id.astype(np.int64), "tid": meta["tids"][raw["t"]].astype(np.int32),
         "sim_cpu": raw["cpu"].astype(np.int32), "_what": what, "_k": k, "_vma": vma, "_rc": rc, "_rk": rk,

@@ -162,6 +162,7 @@ def _next_op(S, t):
     th.fp_step = 0
     th.retried = False
     th.wait_due = False
+    th.anon_prep = False
     th.fp_res = 0.0
     th.fp_rwait = 0.0
     th.fp_svc = 0.0
@@ -228,6 +229,7 @@ def _finish(S, t):
     r.res = th.fp_res
     r.rwait = th.fp_rwait
     r.sleep = th.sleep
+    r.anon_prep = th.anon_prep
     th.prev_unknown = (end - th.start) if not (op_flags(S)[j] & F_END_KNOWN) else 0.0
 
 

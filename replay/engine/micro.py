@@ -14,7 +14,7 @@ from numba import njit
 from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
-from .retry import check_anon, fault_retry, retry_wait_step
+from .retry import anon_vma_check, anon_vma_prepare, check_anon, check_anon_vma, fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
 from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_walk
@@ -164,6 +164,18 @@ def h_check_range(S, t, outside, _a, _b):
 
 
 @njit(cache=True)
+def h_check_mm_users(S, t, single, _a, _b):
+    """``atomic_read(&mm->mm_users) == 1`` (the READ of mm_users before it pays the load):
+    one user - the trace's only thread of this mm - goes to ``lock_mmap``.  mm_users
+    counts the mm's threads as the trace has them, all of them for the whole replay (a
+    thread that exits before another starts still counts; a transient mmget() - a
+    /proc reader - is not seen)."""
+    if cfg(S, 0).nthreads == 1:
+        thread(S, t).pc = single
+    return glob(S, 0).now, False
+
+
+@njit(cache=True)
 def h_check_detached(S, t, detached, _a, _b):
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
     if not vobj(S, current(S, t)).attached:
@@ -280,3 +292,18 @@ def h_retry_wait(S, t, _a, _b, _c):
 @njit(cache=True)
 def h_check_anon(S, t, refused, _a, _b):
     return check_anon(S, t, refused)
+
+
+@njit(cache=True)
+def h_check_anon_vma(S, t, refused, _a, _b):
+    return check_anon_vma(S, t, refused)
+
+
+@njit(cache=True)
+def h_anon_vma_check(S, t, which, prepared, retry):
+    return anon_vma_check(S, t, which, prepared, retry)
+
+
+@njit(cache=True)
+def h_anon_vma_prepare(S, t, _a, _b, _c):
+    return anon_vma_prepare(S, t)

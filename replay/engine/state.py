@@ -51,6 +51,7 @@ GLOBALS = _rec(
     ("writer_wakeups",), ("writer_drains",), ("cas_retries",),
     ("err",), ("nvorder",), ("chunk",),
     ("nwait",), ("wait_chunk",),  # waits.py: records in the buffer; run_chunk() stops at wait_chunk of them
+    ("nptl",),  # faultpath.py: the PTE pages whose lock has been taken so far (PTL records in use)
 )
 CONFIG = _rec(
     ("prefetch_pairs",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
@@ -70,11 +71,18 @@ CONFIG = _rec(
     ("fp_r_zone",), ("fp_r_lru",), ("fp_r_rss",), ("fp_memcg_line",), ("fp_pgtables_line",),
     ("fp_clear_ns", f8), ("fp_copy_ns", f8), ("fp_lru_folio_ns", f8), ("fp_fold_ns", f8),
     ("fp_r_bw",), ("fp_bw_clear_ns", f8), ("fp_bw_copy_ns", f8),  # the nodes' DRAM: first RES, ns a clear/copy holds it
+    # faultpath.py: the split PTE lock - on (1), the first PTE page's lock line, the PTL
+    # records there are room for, ptl_hash's mask, the share of the fixed part held under it
+    ("fp_ptl",), ("fp_ptl_line",), ("fp_ptl_cap",), ("fp_ptl_mask",), ("fp_ptl_share", f8),
     # rwsem.py: sem->wait_lock's line (mmap_lock's, and its offset in a VMA's rwsem), and
     # what one wake_up_q() step costs the waker (variation.BARRIER_WAKE_NS)
     ("mm_wait_lock",), ("vl_off_wait_lock",), ("wake_q_ns", f8),
     ("nretry",),  # retry.py: how many ops have a retry wait (retry_ops, retry_wait)
-    ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.9, and the field it reads
+    ("lvur_anon_check",), ("off_anon_vma",),  # retry.check_anon: up to 6.5, and the field it reads
+    # retry.py: where lock_vma_under_rcu() refuses an anonymous VMA without an anon_vma
+    # (ANON_VMA_*: none, before or after vma_start_read()), and what vmf_anon_prepare() does
+    # under the VMA lock without one (VMF_ANON_*: RETRY at once, or mmap_read_trylock())
+    ("lvur_anon_vma",), ("vmf_anon",),
     ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
     ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
@@ -113,6 +121,10 @@ THREAD = _rec(
     ("retried",),  # its fault returned VM_FAULT_RETRY once (retry.py): FAULT_FLAG_TRIED, no second wait
     ("wait_due",),  # that retry's page-cache wait is still to be slept (retry.retry_wait_step)
     ("wt_obj",),  # waits.py: the VMA object whose vm_refcnt it sleeps on (vma.py), -1: none
+    # faultpath.py: the PTE lock (PTL record) its fault holds or spins on (-1: none), the
+    # next spinner in that lock's queue, and since when it has spun
+    ("ptl",), ("ptl_next",), ("ptl_since", f8),
+    ("anon_prep",),  # it set its VMA's anon_vma (retry.anon_vma_prepare(): __anon_vma_prepare())
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -128,14 +140,16 @@ LOCK = _rec(
 LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
 # vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
 # before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
-VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",))
+# anon_vma: whether vma->anon_vma is set (retry.py: lock_vma_under_rcu() up to 6.9, vmf_anon_prepare())
+VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached",), ("vm_start",), ("vm_end",),
+               ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
-           ("sleep", f8))
+           ("sleep", f8), ("anon_prep",))
 # waits.py: one wait of an op - what it waited on (waits.W_*: an rwsem, its wait_lock, a VMA's
 # vm_refcnt, a fault-path spinlock; k indexes it), the mode (waits.M_*), asleep or spinning (waits.H_*)
 WAIT = _rec(("op",), ("t",), ("cpu",), ("what",), ("k",), ("mode",), ("how",), ("start", f8), ("end", f8))
@@ -143,6 +157,12 @@ WAIT = _rec(("op",), ("t",), ("cpu",), ("what",), ("k",), ("mode",), ("how",), (
 # counter's lock) - its line, its data lines, when its last holder releases it, lockstat
 RES = _rec(("line",), ("data0",), ("ndata",), ("free_at", f8), ("acquisitions",), ("contentions",),
            ("wait_total", f8), ("wait_max", f8), ("hold_total", f8), ("hold_max", f8))
+# faultpath.py: one PTE page's split lock (ptlock_ptr()), made the first time a fault in its
+# 2 MiB takes it - the region (address >> 21; < 0: a thread's own, for faults with no
+# address), the thread holding it (-1 none), its queue of spinners (thread ids), when its
+# last holder's release completed and when the holder took it, lockstat
+PTL = _rec(("key",), ("holder",), ("head",), ("tail",), ("free_at", f8), ("got", f8), ("acquisitions",),
+           ("contentions",), ("wait_total", f8), ("wait_max", f8), ("hold_total", f8), ("hold_max", f8))
 # faultpath.py: per CPU - pages left on its pcp list, nr_pcp_alloc()'s alloc_factor, its
 # memcg stock, folios in its LRU batch, its rss counter's local count, its NUMA node
 FPCPU = _rec(("pcp",), ("alloc_factor",), ("stock",), ("lru_n",), ("rss_n",), ("node",))
@@ -153,6 +173,7 @@ RECORDS = {
     "glob": ("g", GLOBALS), "cfg": ("cfg", CONFIG), "thread": ("th", THREAD), "lock": ("lk", LOCK),
     "line": ("ln", LINE), "vobj": ("ob", VMA_OBJ), "vmaid": ("vid", VMA_ID), "cpu": ("cpus", CPU),
     "heap": ("hp", HEAP), "out": ("out", OUT), "wrec": ("wt", WAIT), "insn": ("prog", INSN), "res": ("res", RES), "fpcpu": ("fpcpu", FPCPU),
+    "ptl": ("ptl", PTL),
 }
 # plain arrays: name -> element type
 ARRAYS = {
@@ -162,6 +183,7 @@ ARRAYS = {
     # writers (CSR: w_X_p[w] .. w_X_p[w + 1] index w_X)
     "w_hold": i8, "w_hold_read": i8, "w_ids_p": i8, "w_ids": i8, "w_freed_p": i8, "w_freed": i8, "w_succ": i8,
     "w_created_p": i8, "w_created": i8, "w_gate_p": i8, "w_gate": i8,
+    "w_parent": i8,  # per w_created entry: the VMA id whose anon_vma it takes (ops vmas_parent), -1 none
     "w_rng_p": i8, "w_rng_vid": i8, "w_rng_start": i8, "w_rng_end": i8,  # ops range_vmas/range_start/range_end
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
@@ -178,6 +200,7 @@ ARRAYS = {
     "retry_ops": i8, "retry_wait": f8,  # the ops that wait in that call (sorted) and their waits, ns
     "fp_hold_b": f8, "fp_hold_ns": f8,  # zone->lock hold by refill size: pages, ns (interpolated)
     "fp_lines": i8,  # the fault path's locks' data lines (res.data0 .. res.data0 + res.ndata index it)
+    "ptl_hash": i8,  # open addressing, address >> 21 -> its PTL record (-1: empty); cfg.fp_ptl_mask + 1 buckets
     # [(line * ncpu + cpu) * coherence.RX_KINDS + kind]: transfers of each line into each CPU, by
     # kind (coherence.RX_NAMES); zeroed pages are mapped lazily, so only lines that move cost memory
     "line_cpu": i8,
@@ -276,6 +299,7 @@ wrec = _record_accessor("wt", WAIT)
 insn = _record_accessor("prog", INSN)
 res = _record_accessor("res", RES)
 fpcpu = _record_accessor("fpcpu", FPCPU)
+ptl = _record_accessor("ptl", PTL)
 sharers = _array_accessor("sharers", i8)
 handoff = _array_accessor("handoff", f8)
 slot_obj = _array_accessor("slot_obj", i8)
@@ -292,6 +316,7 @@ w_freed = _array_accessor("w_freed", i8)
 w_succ = _array_accessor("w_succ", i8)
 w_created_p = _array_accessor("w_created_p", i8)
 w_created = _array_accessor("w_created", i8)
+w_parent = _array_accessor("w_parent", i8)
 w_gate_p = _array_accessor("w_gate_p", i8)
 w_gate = _array_accessor("w_gate", i8)
 w_rng_p = _array_accessor("w_rng_p", i8)
@@ -319,6 +344,7 @@ retry_wait = _array_accessor("retry_wait", f8)
 fp_hold_b = _array_accessor("fp_hold_b", f8)
 fp_hold_ns = _array_accessor("fp_hold_ns", f8)
 fp_lines = _array_accessor("fp_lines", i8)
+ptl_hash = _array_accessor("ptl_hash", i8)
 line_cpu = _array_accessor("line_cpu", i8)
 w_advice = _array_accessor("w_advice", i8)
 w_vma = _array_accessor("w_vma", i8)

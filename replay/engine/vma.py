@@ -28,7 +28,7 @@ from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .rwsem import down_write, up_write
 from .sched import block, wake
 from .state import (VM_UNKNOWN_END, cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid,
-                    vobj, w_created, w_created_p, w_done, w_freed, w_freed_p, w_rng_end, w_rng_p, w_rng_start,
+                    vobj, w_created, w_created_p, w_done, w_parent, w_freed, w_freed_p, w_rng_end, w_rng_p, w_rng_start,
                     w_rng_vid, w_succ)
 
 VMA_LOCK_RWSEM, VMA_LOCK_REFCNT = 1, 2  # cfg.vma_lock (0: faults take mmap_lock)
@@ -93,6 +93,7 @@ def vma_alloc(S, vid):
     ob.attached = True
     ob.vm_start = 0  # until the creating writer's range (vma_commit()): covers every address
     ob.vm_end = VM_UNKNOWN_END
+    ob.anon_vma = 0  # vm_area_alloc(): none until a fault prepares it or it is copied (vma_commit())
     if k.vma_lock == VMA_LOCK_RWSEM:  # an rwsem: its own slab object, or inside the VMA
         lk = lock(S, o + 1)
         lk.count = 0
@@ -334,6 +335,9 @@ def vma_commit(S, t):
             succ = w_succ(S)[q]
             if succ >= 0:
                 vmaid(S, vid).successor = succ
+                so = vmaid(S, succ).obj  # vma_expand() -> dup_anon_vma(): the absorbing VMA takes it
+                if o >= 0 and so >= 0 and vobj(S, o).anon_vma:
+                    vobj(S, so).anon_vma = 1
             if o < 0 or not vobj(S, o).attached:
                 g.commit_q += 1
                 continue
@@ -378,6 +382,9 @@ def vma_commit(S, t):
             continue
         o = vma_alloc(S, vid)
         vobj(S, o).vm_lock_seq = g.mm_lock_seq
+        p = w_parent(S)[q]  # __split_vma() / copy_vma(): anon_vma_clone() - a new mapping has none
+        if p >= 0 and vmaid(S, p).obj >= 0:
+            vobj(S, o).anon_vma = vobj(S, vmaid(S, p).obj).anon_vma
         _wake_waiting_faults(S, v)
         end = store_from(S, t, vma_line(S, o, k.off_vm_start), end)
     # vm_start/vm_end as the call leaves them (ops range_*): a split's or a shrink's new

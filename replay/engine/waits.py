@@ -17,7 +17,9 @@ they were made, give that column exactly (tests/test_waits.py).  The places:
 * spinning on sem->wait_lock - rwsem.wait_lock_lock(), queued_spin_lock_slowpath() while
   another CPU holds the rwsem's raw spinlock.
 * spinning on a fault-path spinlock - faultpath.spin_lock_held() (zone->lock,
-  lruvec->lru_lock, the rss counter's lock): counted in ``resource_wait_ns``.
+  lruvec->lru_lock, the rss counter's lock), and a PTE page's split lock, from
+  faultpath.ptl_lock() until the holder's faultpath.ptl_unlock() lets it in: counted in
+  ``resource_wait_ns``.
 
 A wait of zero length is not recorded (it adds nothing); a sleep before the op started
 (the causal gate of loop._gate(): waiting for the writer that creates the VMA, or for
@@ -39,6 +41,7 @@ W_RWSEM = 0  # lock k: 0 the mm's mmap_lock, k > 0 VMA object k - 1's rw_semapho
 W_WAIT_LOCK = 1  # lock k's sem->wait_lock (a raw spinlock inside the rw_semaphore)
 W_REFCNT = 2  # VMA object k's vm_refcnt: a writer waiting for its readers to drain
 W_RES = 3  # fault-path spinlock k (faultpath.py RES; Plan.resource_names)
+W_PTL = 4  # PTE page k's split lock (faultpath.py PTL records; named by their key, load.ptl_names)
 # wrec.mode: the rwsem's or vm_refcnt's mode; a spinlock has none
 M_NONE, M_READ, M_WRITE = -1, 0, 1
 # wrec.how: asleep (schedule()) or spinning on a CPU
