@@ -458,7 +458,12 @@ def _require_faults(ws, trace: str, ops_path: Path) -> None:
 def _replay_failed(trace: str, ops_path: str, e: Exception) -> Fail:
     """The one line for a replay that could not finish.  A deadlock names its cause in
     the ops when they have one (a fault before the writer that creates its VMA); without
-    one it is the engine's defect."""
+    one it is the engine's defect.  A placement the trace cannot have on the CPUs asked
+    for (a recorded CPU beyond --cpus) is a usage error."""
+    from .machines import PlacementError
+
+    if isinstance(e, PlacementError):
+        return Fail(str(e), 2)
     if not str(e).startswith("simulation deadlocked"):
         return Fail(str(e))
     from .ops import causal_violation
@@ -492,7 +497,7 @@ def run(
     machine: str = typer.Option("broadwell-2s", "--machine", help=f"Machine profile: {CHOICES['machine']}, or a .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the run's service-time draws and start order: the same seed gives the same run, another seed another sample."),
-    placement: str = typer.Option("spread", "--placement", help=f"Thread placement: {CHOICES['placement']} (spread: like the scheduler)."),
+    placement: str = typer.Option("spread", "--placement", help=f"Thread placement: {CHOICES['placement']} (spread: like the scheduler; as-recorded: each op on the CPU the trace recorded it on)."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (the trace's fallen-back faults' holds, resampled per fault, if 20+), profile (log-normal around its figure), or ns."),
     iterations: int = typer.Option(1, "--iterations", "-k", help="Replay K times, seeds SEED..SEED+K-1 (each an ordinary run), and summarise across them as mmtests does."),

@@ -491,7 +491,7 @@ def write_json(path: Path, data) -> None:
 # the profile of that machine (its description says so).
 SAMPLES = REPO / "sample_traces"
 SAMPLE_MACHINE = "local-2vcpu"
-SAMPLE_PLACEMENT = "as-recorded"  # each thread on the CPU the trace shows it on, as it ran
+SAMPLE_PLACEMENT = "as-recorded"  # each op on the CPU the trace recorded it on, as it ran
 # The release a trace was recorded on -> the model of its fault path, newest first:
 # vm_refcnt and the regrouped vm_area_struct from v6.15 ("mm: replace vm_lock and detached
 # flag with a reference count"), per-VMA locks from v6.4 (commit 50ee32537206, "mm:

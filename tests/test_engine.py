@@ -16,6 +16,7 @@ from replay.engine.rwsem import RWSEM_FLAG_HANDOFF, RWSEM_WAIT_TIMEOUT_NS, RWSEM
 from replay.engine.sched import WAKEUP_NS
 from replay.engine.variation import BARRIER_WAKE_NS
 from replay.engine.vma import vma_alloc
+from replay.machines import PlacementError
 from replay.models import get_model
 
 from engine_harness import (BDW, PER_VMA, SLOW, Replay, WriteHolds, assert_one_writer_at_a_time, assert_quiescent,
@@ -375,6 +376,66 @@ def test_cache_time_never_exceeds_the_op(model):
 
 def _cpus_by_thread(res):
     return [sorted({x["sim_cpu"] for x in res if x["tid"] == tid}) for tid in sorted({x["tid"] for x in res})]
+
+
+def _per_op_cpus_toy():
+    """Two faulters and a writer on 2 CPUs, each faulter's ops on alternating CPUs, as
+    mprotect-race's migrate: W mprotects VMA 1 for 100 us from 20 us, on CPU 0.  A's
+    first fault (VMA 2) is on CPU 1, its second (VMA 1) on CPU 0; B's the other way
+    round (VMA 3 on CPU 0, then VMA 1 on CPU 1).  Both second faults come 30 us after
+    the first ends - inside W's window.  Each op's end is known, so its gap is
+    exactly its think_ns."""
+    ops = mk([(2, "fault", 2, 0, None), (3, "fault", 3, 0, None), (1, "mprotect", [1], 20_000, 100_000),
+              (2, "fault", 1, 30_000, None), (3, "fault", 1, 30_000, None)])
+    for o, c in zip(ops, (1, 0, 0, 0, 1)):
+        o["cpu"], o["start_ns"], o["end_ns"] = c, 0, 0
+    return ops
+
+
+@pytest.mark.parametrize("model", ["pervma", "v8", "mainline"])
+def test_as_recorded_runs_each_op_on_its_recorded_cpu(model):
+    # Per op (loop._next_cpu()): at t = 0 W (the first thread) has CPU 0 and leaves it for
+    # its 20 us gap, so B, queued there, runs its first fault on CPU 0 while A runs its
+    # own on CPU 1.  Each then migrates for its second fault: A to CPU 0, where W's
+    # mprotect is running by then - it waits in CPU 0's run queue (no preemption mid-op)
+    # and faults once W's op has ended, under the VMA lock; B to CPU 1, idle, so it
+    # faults during W's window, finds VMA 1 write-locked and falls back to mmap_lock.
+    # Kept on their first CPUs instead, it would be the other way round: A's second fault
+    # in the window, B's after it.
+    r = by_op(Replay(model, BDW, 2, _per_op_cpus_toy(), placement="as-recorded").run())
+    a0, b0, w, a1, b1 = (r[i] for i in range(5))
+    assert [x["sim_cpu"] for x in (a0, b0, w, a1, b1)] == [1, 0, 0, 0, 1]  # each where it was recorded
+    assert a0["start_ns"] == b0["start_ns"] == 0 and w["start_ns"] == 20_000
+    assert b1["start_ns"] == b0["end_ns"] + 30_000 < w["end_ns"]  # CPU 1 is free when its gap ends
+    assert not a1["fallback"] and a1["outcome"] == "success"
+    assert a1["start_ns"] == w["end_ns"]  # queued on CPU 0 behind W's op, run when it ended
+    assert b1["fallback"] and b1["end_ns"] > w["end_ns"]  # waited for W's mmap_lock
+
+
+def test_as_recorded_without_a_recorded_cpu_stays_put_and_beyond_cpus_is_an_error():
+    ops = _per_op_cpus_toy()
+    ops[3]["cpu"] = None  # A's second fault: no CPU recorded, so it stays on CPU 1
+    r = by_op(Replay("mainline", BDW, 2, ops, placement="as-recorded").run())
+    assert [r[i]["sim_cpu"] for i in range(5)] == [1, 0, 0, 1, 1]
+    assert r[3]["fallback"]  # in W's window on CPU 1 now; B queues behind it there
+    assert r[4]["start_ns"] > r[3]["start_ns"]
+    for o in ops:  # a thread with no CPU recorded at all starts on the i-th CPU, and stays
+        if o["tid"] == 3:
+            o["cpu"] = None
+    r = by_op(Replay("mainline", BDW, 3, ops, placement="as-recorded").run())
+    assert [r[i]["sim_cpu"] for i in range(5)] == [1, 2, 0, 1, 2]  # B: thread 2, CPU 2 of 3
+    # no gap between two ops on different CPUs: the thread goes straight to the other CPU's
+    # run queue, and waits there for the op running on it (W's, from 0 to its end)
+    ops = mk([(1, "mprotect", [1], 0, 100_000), (2, "fault", 2, 0, None), (2, "fault", 3, 0, None)])
+    for o, c in zip(ops, (0, 1, 0)):
+        o["cpu"], o["start_ns"], o["end_ns"] = c, 0, 0
+    r = by_op(Replay("mainline", BDW, 2, ops, placement="as-recorded").run())
+    assert [r[i]["sim_cpu"] for i in range(3)] == [0, 1, 0]
+    assert r[1]["end_ns"] < r[2]["start_ns"] == r[0]["end_ns"] and not r[2]["fallback"]
+    ops[0]["cpu"] = 2  # the trace ran on a third CPU: not folded onto one of the two
+    with pytest.raises(PlacementError, match=r"the trace ran on CPU 2, but only CPUs 0-1 are simulated; "
+                                             r"give --cpus 3 or more"):
+        Replay("mainline", BDW, 2, ops, placement="as-recorded")
 
 
 def test_placements_and_the_open_loop():

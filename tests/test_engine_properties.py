@@ -110,17 +110,21 @@ ops_strategy = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=ops_strategy, model=st.sampled_from(MODELS), cpus=st.integers(1, 6), machine=st.sampled_from(range(4)),
-       placement=st.sampled_from(["spread", "packed"]), open_loop=st.booleans(), chunk=st.integers(1, 9),
-       service=st.sampled_from([None, 0.0, 250.0, 50_000.0]))
-def test_random_op_streams_hold_the_invariants(rows, model, cpus, machine, placement, open_loop, chunk, service):
+       placement=st.sampled_from(["spread", "packed", "as-recorded"]), open_loop=st.booleans(),
+       chunk=st.integers(1, 9), service=st.sampled_from([None, 0.0, 250.0, 50_000.0]),
+       recorded=st.lists(st.one_of(st.none(), st.integers(0, 5)), min_size=40, max_size=40))
+def test_random_op_streams_hold_the_invariants(rows, model, cpus, machine, placement, open_loop, chunk, service,
+                                               recorded):
     ops = mk([(t, k, v if k == "fault" else [v], think, hold) for t, k, v, think, hold, _ in rows])
+    m = MACHINES[machine]
+    cpus = min(cpus, m.ncpus)
     clock = 0
-    for o, (*_, kernel) in zip(ops, rows):
+    for o, (*_, kernel), c in zip(ops, rows, recorded):
         o["kernel"] = kernel and o["kind"] == "fault"
         clock += o["think_ns"]
         o["start_ns"] = clock  # for the open loop
-    m = MACHINES[machine]
-    check(model, m, min(cpus, m.ncpus), ops, chunk, placement=placement, open_loop=open_loop, service=service)
+        o["cpu"] = None if c is None else c % cpus  # as-recorded: threads migrate between ops
+    check(model, m, cpus, ops, chunk, placement=placement, open_loop=open_loop, service=service)
 
 
 @st.composite
@@ -192,6 +196,36 @@ def test_sample_traces_replay_the_same_on_a_rerun(sample_ops, model):
     _same(a, b)
     assert a.results.height == sample_ops.height
     assert np.isfinite(b.results["end_ns"].to_numpy()).all()
+
+
+def test_as_recorded_replays_the_same_on_a_rerun_and_in_another_process(sample_ops, tmp_path):
+    """as-recorded placement on a real trace: each op on the CPU it was recorded on, and
+    the same results, statistics and run id on a re-run and in another interpreter."""
+    import pyarrow.parquet as pq
+
+    m = load_machine("local-2vcpu")
+    a = replay(sample_ops, get_model("mainline"), m, 2, placement="as-recorded")
+    _same(a, replay(sample_ops, get_model("mainline"), m, 2, placement="as-recorded"))
+    cpus = a.results.join(sample_ops.select("op_id", "cpu"), on="op_id")
+    assert cpus.filter(pl.col("cpu").is_not_null())["sim_cpu"].equals(
+        cpus.filter(pl.col("cpu").is_not_null())["cpu"].cast(pl.Int32), check_names=False)
+    p = tmp_path / "ops.parquet"
+    pq.write_table(sample_ops.to_arrow(), p)
+    code = textwrap.dedent("""
+        import pickle, sys
+        from replay.engine import replay
+        from replay.machines import load_machine
+        from replay.models import get_model
+        r = replay(sys.argv[1], get_model("mainline"), load_machine("local-2vcpu"), 2, placement="as-recorded")
+        pickle.dump((r.results.to_arrow(), r.lock_stats.to_arrow(), r.counters, r.run_id), open(sys.argv[2], "wb"))
+    """)
+    out = tmp_path / "run.pickle"
+    r = subprocess.run([sys.executable, "-c", code, str(p), str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONHASHSEED": "54321"}, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res, locks, counters, run_id = pickle.loads(out.read_bytes())
+    assert a.results.equals(pl.from_arrow(res)) and a.lock_stats.equals(pl.from_arrow(locks))
+    assert (a.counters, a.run_id) == (counters, run_id)
 
 
 _OTHER_PROCESS = """

@@ -81,11 +81,15 @@ def test_placements_and_open_loop(cli, ws):
     # --cpus 4 is the 4 CPUs spread would use - two cores on each socket (kernel/sched/fair.c,
     # see Machine.placement) - and the fifth thread goes back on the first
     assert _cpus_by_thread(outs[""]) == [[0], [14], [1], [15], [0]]
-    res = outs["--placement as-recorded"]
-    rec = ops.group_by("tid").agg(pl.col("cpu").mode().first().alias("rec"))
-    sim = res.group_by("tid").agg(pl.col("sim_cpu").first())
-    j = rec.join(sim, on="tid")
-    assert (j["rec"].cast(pl.Int32) % 4 == j["sim_cpu"]).all()  # kept on the CPU they ran on
+    # as-recorded: each op on the CPU the trace recorded it on - threads 6527 and 6532 migrate
+    j = outs["--placement as-recorded"].join(ops.select("op_id", "tid", "cpu"), on="op_id")
+    assert (j["cpu"].cast(pl.Int32) == j["sim_cpu"]).all()
+    assert j.group_by("tid").agg(pl.col("sim_cpu").n_unique().alias("k")).filter(pl.col("k") > 1).height == 2
+    # the trace ran on 2 CPUs: on 1, as-recorded cannot be (a usage error), and is not folded
+    rc, _, err = cli("run", "--model", "mainline", "--trace", "pft-ftrace", "--machine", "broadwell-2s",
+                     "--cpus", "1", "--placement", "as-recorded", "-w", ws)
+    assert rc == 2 and err.count("\n") == 1
+    assert "--placement as-recorded: the trace ran on CPU 1, but only CPU 0 is simulated; give --cpus 2" in err
     # open loop: each op starts at its recorded time (from the trace's first op) or, if
     # its thread is still busy with its previous op then, when that op ends - lock waits
     # and the closed loop's drift do not move it

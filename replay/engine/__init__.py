@@ -190,7 +190,10 @@ MIN_SERVICE_SAMPLES = 20
 #     is unknown) - held across the rss add, the LRU add and faultpath.PTL_FIXED_SHARE of
 #     the fixed part (est.); a CoW takes it twice (do_wp_page()'s check, wp_page_copy()'s
 #     install); the fixed part outside it is the rest
-REFERENCE_VERSION = 27
+# 28: as-recorded placement per op: each op runs on the CPU the trace recorded it on, the
+#     thread migrating to that CPU's run queue at the op boundary (loop._next_cpu()); no
+#     longer each thread on its most common CPU, nor recorded CPUs folded onto --cpus
+REFERENCE_VERSION = 28
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -293,17 +293,17 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     del tid, lut
     th_order, th_p = _group_order(tix, np.ones(len(tix), np.bool_), nt)
     recorded = None
+    op_cpu = np.full(1, -1, np.int16)
     if placement == "as-recorded":
-        per = src.frame(["tid", "cpu"], lambda df: df.select(
-            "_j", c("tid", pl.Int32).alias("t"), c("cpu", pl.Int16).alias("c")).filter(pl.col("c").is_not_null())
-            .group_by("t", "c").agg(pl.len().alias("k"), pl.col("_j").min().alias("first")))
-        per = per.group_by("t", "c").agg(pl.col("k").sum(), pl.col("first").min())
+        # each op on the CPU the trace recorded it on (its first event's), -1 where none
+        op_cpu = machine.as_recorded(src.column("cpu", np.int16, -1), ncpus)
+        # each thread starts on the CPU of its first op that has one
+        seen = np.flatnonzero(op_cpu[th_order] >= 0)  # positions in thread order
+        at_or_after = np.searchsorted(seen, th_p[:-1])
         recorded = []
-        for tid_v in tids.tolist():
-            rows = per.filter(pl.col("t") == tid_v).sort("first")
-            counts = dict(zip(rows["c"].to_list(), rows["k"].to_list()))
-            # max(set(seen), key=seen.count), exactly: the set built in first-seen order
-            recorded.append(max(set(counts), key=counts.get) if counts else None)
+        for t in range(nt):
+            f = int(seen[at_or_after[t]]) if at_or_after[t] < len(seen) else int(th_p[t + 1])
+            recorded.append(int(op_cpu[th_order[f]]) if f < th_p[t + 1] else None)
     cpus = machine.placement(nt, ncpus, placement, recorded)
     del tix
 
@@ -388,6 +388,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_dep = _range_deps(n, us_ops, us_p, op_addr, h_p, wr[order], nf_idx[wr[order]], w_rng_start[order],
                              w_rng_end[order])
     k["has_dep"] = int(len(op_dep) == n and bool((op_dep >= 0).any()))
+    k["has_op_cpu"] = int(len(op_cpu) == n and n > 0)
     k["wake_last"] = int(prm.wake == "last")
     k["writer_ref"] = prm.writer_ref
     k["typesafe_by_rcu"] = int(prm.typesafe_by_rcu)
@@ -472,7 +473,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
         w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
-        op_dep=op_dep, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
+        op_dep=op_dep, op_cpu=op_cpu, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
         us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),

@@ -21,8 +21,8 @@ from numba import njit
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
-from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_dep, op_flags, op_start, op_think, open_state,
-                    out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
+from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_cpu, op_dep, op_flags, op_start, op_think,
+                    open_state, out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
                     waiting_writers)
 from .variation import start_offset
 from .vma import vma_start_write_step
@@ -181,6 +181,30 @@ def _next_op(S, t):
     return True
 
 
+@njit(cache=True, inline="always")
+def _next_cpu(S, t):
+    """The CPU t's next op was recorded on (as-recorded placement), -1: none, or no next op.
+
+    The scheduler moved the thread between the two ops, in the gap the trace recorded:
+    woken on another CPU (try_to_wake_up(): select_task_rq(), set_task_cpu(), then
+    ttwu_do_activate() enqueues it there), or pulled there by load balancing
+    (detach_task() / attach_task(), kernel/sched/fair.c) or the migration stopper
+    (move_queued_task(), kernel/sched/core.c) - Linux 6.18.  Each ends the same way:
+    activate_task() on the destination rq, then wakeup_preempt() there, which does not
+    take the CPU from an op in progress (sched.py's docstring).  So the thread leaves
+    its CPU at the op's end (the first thread queued there runs), takes the new CPU
+    after the gap if it is idle, and otherwise waits in its run queue until the op
+    running there ends.  Its lines stay where they were: the coherence model moves them
+    as it touches them from the new CPU."""
+    if not cfg(S, 0).has_op_cpu:
+        return -1
+    th = thread(S, t)
+    k = th_ops_p(S)[t] + th.i + 1
+    if k >= th_ops_p(S)[t + 1]:
+        return -1
+    return op_cpu(S)[th_order(S)[k]]
+
+
 @njit(cache=True)
 def _finish(S, t):
     th = thread(S, t)
@@ -243,9 +267,16 @@ def _step(S, t):
         q.busy = t
     while True:
         if not th.rec or th.finished:
+            moved = False
             if th.rec:
                 _finish(S, t)
-                if q.rq_head >= 0:  # yield the CPU at op boundaries
+                nc = _next_cpu(S, t)
+                if nc >= 0 and nc != c:  # its next op ran on another CPU: it migrates there
+                    release_cpu(S, t)
+                    th.cpu = c = nc
+                    q = cpu(S, c)
+                    moved = True
+                elif q.rq_head >= 0:  # yield the CPU at op boundaries
                     rq_push(S, c, t)
                     release_cpu(S, t)
                     th.rec = False
@@ -260,6 +291,11 @@ def _step(S, t):
                 release_cpu(S, t)
                 at(S, g.now + th.think, t)
                 return
+            if moved:  # no gap: it wants its new CPU now, queued if that one is busy
+                if q.busy >= 0:
+                    rq_push(S, c, t)
+                    return
+                q.busy = t
         if np.isnan(th.start):
             if not _gate(S, t):
                 return

@@ -86,6 +86,7 @@ CONFIG = _rec(
     ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
     ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
+    ("has_op_cpu",),  # op_cpu holds every op's CPU (as-recorded placement: loop._step migrates by it)
 )
 THREAD = _rec(
     # scheduling
@@ -190,6 +191,7 @@ ARRAYS = {
     "op_flags": np.int16, "op_arg": np.int32, "op_think": f8, "op_start": f8,
     "op_addr": i8,  # per op: its address (ops address), -1 unknown; [1] where no program checks one
     "op_dep": np.int32,  # per op: the writer whose range a fault waits for (load._range_deps), -1 none
+    "op_cpu": np.int16,  # per op: the CPU it runs on (ops cpu), -1 its thread's current one; [1] unless as-recorded
     "w_done": i8,  # per writer: 1 once its commit (vma.vma_commit) has set its ranges
     "service_samples": f8,  # the trace's fallen-back faults' holds, sorted (variation.py)
     "op_service": f8,  # per op: its recorded handle_mm_fault() time (ops service_ns), NaN where none
@@ -323,6 +325,7 @@ w_rng_start = _array_accessor("w_rng_start", i8)
 w_rng_end = _array_accessor("w_rng_end", i8)
 op_addr = _array_accessor("op_addr", i8)
 op_dep = _array_accessor("op_dep", np.int32)
+op_cpu = _array_accessor("op_cpu", np.int16)
 w_done = _array_accessor("w_done", i8)
 us_p = _array_accessor("us_p", i8)
 us_ops = _array_accessor("us_ops", np.int32)

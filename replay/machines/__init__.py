@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 LATENCY_KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_read_shared",
                 "socket_read_exclusive", "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
 
@@ -45,6 +47,10 @@ FAULT_PATH_KEYS = ("fixed_ns", "clear_page_ns", "zone_lock_hold_ns", "lru_folio_
 
 class MachineError(ValueError):
     pass
+
+
+class PlacementError(MachineError):
+    """A placement these CPUs cannot give the trace (a usage error: the CLI exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -141,15 +147,17 @@ class Machine:
         on one node while they are under imb_numa_nr.)
         ``packed`` - the first ncpus CPUs socket by socket, a core's SMT siblings
         together (taskset on a contiguous list of one socket's CPUs).
-        ``as-recorded`` keeps each thread on the CPU it ran on most in the trace
-        (``recorded``), folded onto the first ncpus CPU ids."""
+        ``as-recorded`` - where each thread starts: the CPU of its first op with a
+        recorded CPU (``recorded``, by thread; ``as_recorded()`` maps it), or for a
+        thread with none, the i-th of the ncpus CPUs in turn.  From there each op runs
+        on the CPU the trace recorded it on (replay/engine/loop.py ``_step()``)."""
         n = ncpus or self.ncpus
         every = self.cpus()
         if policy == "as-recorded":
             if recorded is None:
                 raise MachineError("as-recorded placement needs the trace's CPUs")
-            cpus = every[:n]
-            return [cpus[(c if c is not None and c >= 0 else i) % len(cpus)].id for i, c in enumerate(recorded)]
+            ids = self.as_recorded(np.asarray([-1 if c is None else c for c in recorded], np.int64), n)
+            return [int(c) if c >= 0 else every[i % n].id for i, c in enumerate(ids.tolist())]
         if policy == "spread":
             per_ccd = self.cores_per_socket // self.ccds
             order = sorted(every, key=lambda c: (c.thread, c.core % per_ccd, c.ccd, c.socket))
@@ -159,6 +167,22 @@ class Machine:
             raise MachineError(f"unknown placement {policy!r}: spread, packed or as-recorded")
         chosen = order[:n]
         return [chosen[i % n].id for i in range(nthreads)]
+
+    def as_recorded(self, recorded, ncpus: int | None = None):
+        """The simulated CPU of each recorded CPU id (a numpy array; -1: none recorded):
+        CPU k of the trace is CPU k of the machine (``cpus()`` numbers them as Linux does
+        on these boxes), so the ids come back as they are, once checked.  A recorded CPU
+        beyond the ncpus simulated is an error, not folded onto another: folding would
+        put threads on one CPU that ran side by side."""
+        n = ncpus or self.ncpus
+        hi = int(recorded.max()) if len(recorded) else -1
+        if hi >= n:
+            more = (f"give --cpus {hi + 1} or more" if hi < self.ncpus
+                    else f"{self.name} has {self.ncpus}: give a machine with more")
+            only = "only CPU 0 is" if n == 1 else f"only CPUs 0-{n - 1} are"
+            raise PlacementError(f"--placement as-recorded: the trace ran on CPU {hi}, but {only} simulated; "
+                                 f"{more}, or another placement")
+        return recorded
 
     def handoff_ns(self, a: Cpu, b: Cpu) -> float:
         """One-way transfer of a Modified line from a's cache to b's."""
