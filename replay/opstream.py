@@ -41,6 +41,7 @@ group boundaries and the column encodings (``OPS_PARQUET``) of the Parquet file 
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -529,7 +530,7 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _np(col, fill=0, dtype=None):
-    a = pc.fill_null(col, fill).to_numpy(zero_copy_only=False)
+    a = (pc.fill_null(col, fill) if col.null_count else col).to_numpy(zero_copy_only=False)
     return a if dtype is None else a.astype(dtype, copy=False)
 
 
@@ -652,9 +653,11 @@ class _Tally:
 
     def add(self, k1: np.ndarray, k2: np.ndarray, sel: np.ndarray, row0: int) -> None:
         """Rows ``row0 + i`` of the trace: each one with ``sel`` counts once for its key."""
-        if len(self.ones) < len(k1):
-            self.ones = np.ones(len(k1), np.int64)
-        self._put(k1, k2, sel, self.ones[: len(k1)], np.arange(row0, row0 + len(k1), dtype=np.int64))
+        n = len(k1)
+        if len(self.ones) < n:
+            self.ones = np.ones(n, np.int64)
+            self.iota, self.rows = np.arange(n, dtype=np.int64), np.zeros(n, np.int64)
+        self._put(k1, k2, sel, self.ones[:n], np.add(self.iota[:n], row0, out=self.rows[:n]))
 
     def frame(self, value: str | None, typ: pa.DataType | None, count: bool):
         """The keys as a polars frame: tid (Int32, null for NO_TID), [value], [n], first."""
@@ -690,7 +693,7 @@ class Survey:
             n = b.num_rows
             seq = _np(b.column("seq"), 0, np.int64)
             # non-decreasing: a perf trace syscall's enter and exit share one seq (its line)
-            if n and ((last_seq is not None and seq[0] < last_seq) or (n > 1 and not (np.diff(seq) >= 0).all())):
+            if n and ((last_seq is not None and seq[0] < last_seq) or (n > 1 and not (seq[1:] >= seq[:-1]).all())):
                 self.seq_ascending = False
                 return
             last_seq = int(seq[-1]) if n else last_seq
@@ -721,7 +724,7 @@ class Survey:
                 self.in_time_order = False
             tsn = ts[rel]
             if len(tsn):
-                if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (np.diff(tsn) < 0).any()):
+                if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (tsn[1:] < tsn[:-1]).any()):
                     self.in_time_order = False
                 last_ts = int(tsn[-1])
             valid = tsn[ts_ok[rel]]
@@ -915,8 +918,10 @@ def _pyint(v, ok):
 
 class Builder:
     """One build: ``run()`` steps through the events and hands each finished row group to
-    ``sink(make, final, release)``: ``make()`` builds its table (on whichever thread calls it),
-    ``final``: no second pass needs it; ``finish()`` returns what the second pass needs."""
+    ``sink(part, final, release)``: ``part_table(part)`` builds its table (on whichever
+    thread calls it: it reads nothing the step changes), ``final``: no second pass needs
+    it, ``release()``: the part's Segment may be reused (call it once its table is written,
+    or never)."""
 
     def __init__(self, events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, sink):
         self.events, self.trace_id, self.maps, self.sink = events, trace_id, maps_snapshot, sink
@@ -1198,8 +1203,7 @@ class Builder:
         think, think_ok = room.think[:k], room.think_ok[:k]
         think[:], think_ok[:] = 0, False
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
-        writers = self.writers(seg, ops, pop=True)
-        self.sink(lambda: self.make_table(seg, ops, think, think_ok, writers), self.patch_from is None,
+        self.sink((seg, ops, think, think_ok, self.writers(seg, ops, pop=True)), self.patch_from is None,
                   lambda: self.free.put(room))
         _shift(self.rows, k, self.n_rows)
         _shift(self.flags, k, self.n_rows)
@@ -1209,7 +1213,7 @@ class Builder:
 
     def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
         """Ops rows as the ops table (OPS_ARROW schema)."""
-        return self.make_table(seg, ops, think, think_ok, self.writers(seg, ops, pop))
+        return self.make_table(seg, ops, think, think_ok, writer_columns(len(ops), self.writers(seg, ops, pop)))
 
     def writers(self, seg: Ops, ops: np.ndarray, pop: bool) -> list:
         """The writers among ops rows: (row, advice, VMA lists) of each; with ``pop``, those
@@ -1223,9 +1227,15 @@ class Builder:
             out.append((j, adv, got if got is not None else (None, *([],) * (NLISTS - 1))))
         return out
 
-    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, writers: list) -> pa.Table:
-        """``table`` from ``writers(...)``: reads nothing the step changes, so it runs on the
-        writer thread, beside the step."""
+    def part_table(self, part: tuple) -> pa.Table:
+        """A row group (``_write``'s part: the ops rows, op ids, think times, and the
+        writers as ``writers(...)`` lists them or as their columns) as the ops table."""
+        seg, ops, think, think_ok, w = part
+        return self.make_table(seg, ops, think, think_ok, w if isinstance(w, dict) else writer_columns(len(ops), w))
+
+    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, wcols: dict) -> pa.Table:
+        """``table`` from ``writer_columns(...)``: reads nothing the step changes, so it runs on
+        the writer thread, beside the step."""
         n = len(seg.seq)
         fault = seg.kind == K_FAULT
         kernel = seg.kernel
@@ -1239,28 +1249,6 @@ class Builder:
         fb = seg.fb == 1
         fallback = fb & ~seg.first
         anon = fb & seg.first & ~kernel
-        lists = [[] for _ in range(NLISTS)]
-        valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
-        lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
-        advice = np.zeros(n, np.int64)
-        advice_ok = np.zeros(n, np.bool_)
-        for j, adv, vals in writers:
-            if adv is not None:
-                advice[j], advice_ok[j] = adv, True
-            for c in range(NLISTS):
-                if vals[c] is not None:
-                    valid[c][j] = True
-                    lengths[c][j] = len(vals[c])
-                    lists[c].extend(vals[c])
-
-        def lst(c, typ=pa.int64()):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
-            off = np.zeros(n + 1, np.int64)
-            np.cumsum(lengths[c], out=off[1:])
-            nulls = n - int(np.count_nonzero(valid[c]))
-            validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
-            return pa.Array.from_buffers(pa.large_list(typ), n, [validity, pa.py_buffer(off)], null_count=nulls,
-                                         children=[pa.array(lists[c], typ)])
-
         arr = _arrow
 
         tid_null, tid_vals, pid_null, pid_vals = self.th_ids
@@ -1280,8 +1268,7 @@ class Builder:
             "length": arr(seg.length, seg.len_ok, pa.int64()),
             "ret": arr(seg.ret, seg.ret_ok, pa.int64()),
             "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
-            "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
-            "range_vmas": lst(4), "range_start": lst(5, pa.uint64()), "range_end": lst(6, pa.uint64()),
+            **wcols,
             "write": arr(seg.write == 1, seg.write >= 0, pa.bool_()),
             "kernel": _arrow(kernel, None, pa.bool_()),
             "fault_kind": pa.DictionaryArray.from_arrays(
@@ -1296,7 +1283,6 @@ class Builder:
             "first_try_ns": arr(seg.first_try, seg.first_try_ok & fallback & ~kernel, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
-            "advice": arr(advice, advice_ok, pa.int32()),
         }
         return pa.Table.from_arrays([cols[f.name] for f in OPS_ARROW], schema=OPS_ARROW)
 
@@ -1331,6 +1317,48 @@ class Builder:
             schema=O.VMAS_SCHEMA)
 
 
+WRITER_COLUMNS = ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor", "range_vmas", "range_start", "range_end",
+                  "advice")  # a writer's lists, in the order of Builder.lists' tuples, and its advice
+
+
+@functools.lru_cache(maxsize=4)
+def _no_writers(n: int) -> dict[str, pa.Array]:
+    return {c: pa.nulls(n, OPS_ARROW.field(c).type) for c in WRITER_COLUMNS}
+
+
+def writer_columns(n: int, writers: list) -> dict[str, pa.Array]:
+    """The ops table's writer columns for n ops rows from ``Builder.writers(...)``
+    (a row group of faults only: the same null columns every time)."""
+    if not writers:
+        return _no_writers(n)
+    lists = [[] for _ in range(NLISTS)]
+    valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
+    lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
+    advice = np.zeros(n, np.int64)
+    advice_ok = np.zeros(n, np.bool_)
+    for j, adv, vals in writers:
+        if adv is not None:
+            advice[j], advice_ok[j] = adv, True
+        for c in range(NLISTS):
+            if vals[c] is not None:
+                valid[c][j] = True
+                lengths[c][j] = len(vals[c])
+                lists[c].extend(vals[c])
+
+    def lst(c):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
+        typ = OPS_ARROW.field(WRITER_COLUMNS[c]).type
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths[c], out=off[1:])
+        nulls = n - int(np.count_nonzero(valid[c]))
+        validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
+        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(off)], null_count=nulls,
+                                     children=[pa.array(lists[c], typ.value_type)])
+
+    out = {WRITER_COLUMNS[c]: lst(c) for c in range(NLISTS)}
+    out["advice"] = _arrow(advice, advice_ok, pa.int32())
+    return out
+
+
 def _ops_arrow() -> pa.Schema:
     import polars as pl
 
@@ -1352,20 +1380,19 @@ def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Arra
 
 
 class _Patch:
-    """The second pass over a written ops file: the late ops' final values, the inferred
-    VMAs of faults outside every known VMA (and which of them is its VMA's first write
-    fault), and think times again when a late op's end moved."""
+    """The second pass over the row groups written before they were final: the late ops'
+    final values, the inferred VMAs of faults outside every known VMA (and which of them
+    is its VMA's first write fault), and think times again when a late op's end moved -
+    on a part's own arrays, before its table is made."""
 
     def __init__(self, b: Builder):
         self.b = b
         self.inferred = b.inferred()
-        self.space_of = {name: i for i, name in enumerate(b.space_names)}
         self.seen: set[int] = set()
-        n = b.n_late
+        n = self.n_late = b.n_late
         self.late_ids = b.late_ids[:n].copy()
         self.late = _ops_slice(b.rows, b.flags, b.cap, b.cap + n)
-        self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
-            if n else None
+        self.late_w = writer_columns(n, b.writers(self.late, self.late_ids, pop=False))
         # think_ns depends on the ops' start and end only, and a late op's start is final
         # when it is made: unless a late op's end moved after it was written, the think
         # times written are the final ones
@@ -1373,65 +1400,79 @@ class _Patch:
         self.ends_moved = bool(((was_ok != now_ok) | (now_ok & (b.late_end[0, :n] != self.late.end))).any())
         _, self.prev, self.prev_ok = b.patch_from  # each thread's last end before the first row group it sees
 
-    def __call__(self, t: pa.Table) -> pa.Table:
+    def __call__(self, part: tuple) -> tuple:
         b = self.b
-        t = t.cast(OPS_ARROW)  # as read back: dictionary<string>, list items named "element"
-        op = t.column("op_id").to_numpy()
-        a, z = int(op[0]), int(op[-1]) + 1
-        if self.late_table is not None:
+        seg, ops, think, think_ok, wcols = part
+        a, z = int(ops[0]), int(ops[-1]) + 1
+        if self.n_late:
             lo, hi = np.searchsorted(self.late_ids, [a, z])
             if hi > lo:
                 pos = self.late_ids[lo:hi] - a
-                part = self.late_table.slice(lo, hi - lo)
+                for col, late in zip(seg, self.late):
+                    col[pos] = late[lo:hi]
+                # a writer's lists: only those that moved since it was written (a column
+                # put back as it was costs a copy of the row group)
                 at = pa.array(pos)
-                # only the columns whose values moved since the late ops were written (a
-                # column put back as it was costs a copy of the row group)
-                t = pa.Table.from_arrays([_scatter(t.column(f.name), pos, part.column(f.name).combine_chunks())
-                                          if f.name not in ("op_id", "think_ns")
-                                          and not t.column(f.name).take(at).equals(part.column(f.name))
-                                          else t.column(f.name)
-                                          for f in OPS_ARROW], schema=OPS_ARROW)
+                wcols = {c: v if v.take(at).equals(self.late_w[c].slice(lo, hi - lo))
+                         else _scatter(v, pos, self.late_w[c].slice(lo, hi - lo)) for c, v in wcols.items()}
         if self.inferred:
-            vma = _np(t.column("vma_id"), VMA_NONE, np.int64)
-            miss = np.flatnonzero(vma == VMA_MISS)
+            miss = np.flatnonzero(seg.vma == VMA_MISS)
             if len(miss):
-                take = pa.array(miss)
-                mm = pc.dictionary_encode(t.column("mm").take(take)).combine_chunks()
-                code = mm.indices.to_numpy(zero_copy_only=False)
-                addr = _np(t.column("address").take(take), 0, np.uint64)
+                space = b.th["space"][seg.th[miss].astype(np.int64)]
+                addr = seg.address[miss]
                 ids = np.zeros(len(miss), np.int64)
-                for c, name in enumerate(mm.dictionary.to_pylist()):
-                    sel = code == c
-                    starts, _, vids = self.inferred[self.space_of[name]]
+                for s in np.unique(space).tolist():
+                    sel = space == s
+                    starts, _, vids = self.inferred[s]
                     ids[sel] = vids[np.searchsorted(starts, addr[sel], side="right") - 1]
-                write = _np(t.column("write").take(take), False, np.bool_)
-                fb = t.column("observed_fallback").take(take)
-                fbv = _np(fb, False, np.bool_)
-                # inferred VMAs are private: each one's first write fault (op order) may be the trylock
-                w = np.flatnonzero(write)
+                # inferred VMAs are private: each one's first write fault (op order) may be
+                # the trylock (make_table derives observed_fallback/anon_prepare from it)
+                w = np.flatnonzero(seg.write[miss] == 1)
                 uniq, at = np.unique(ids[w], return_index=True)
                 new = ~np.isin(uniq, np.fromiter(self.seen, np.int64, len(self.seen)))
                 first = np.zeros(len(miss), np.bool_)
                 first[w[at[new]]] = True
                 self.seen.update(uniq[new].tolist())
-                try_ = t.column("first_try_ns").take(take)  # a fallback's only (the trylock's is not)
-                cols = {"vma_id": pa.array(ids, pa.int64()),
-                        "observed_fallback": pa.array(fbv & ~first, pa.bool_(), mask=~_ok(fb)),
-                        "observed_anon_prepare": pa.array(fbv & first, pa.bool_()),
-                        "first_try_ns": pa.array(_np(try_, 0, np.int64), pa.int64(), mask=~_ok(try_) | first)}
-                t = pa.Table.from_arrays([_scatter(t.column(f.name), miss, cols[f.name]) if f.name in cols
-                                          else t.column(f.name) for f in OPS_ARROW], schema=OPS_ARROW)
-        if self.late_table is not None and self.ends_moved:
-            tid = t.column("tid")
-            th = np.searchsorted(b.tids, _np(tid, 0, np.int64)).astype(np.int32)
-            if tid.null_count:
-                th[~_ok(tid)] = len(b.tids)
-            s, e = t.column("start_ns"), t.column("end_ns")
-            think, think_ok = np.zeros(t.num_rows, np.int64), np.zeros(t.num_rows, np.bool_)
-            _think(th, _np(s, 0, np.int64), _ok(s), _np(e, 0, np.int64), _ok(e), self.prev, self.prev_ok, think, think_ok)
-            t = t.set_column(OPS_ARROW.get_field_index("think_ns"), OPS_ARROW.field("think_ns"),
-                             pa.array(think, pa.int64(), mask=~think_ok))
-        return t
+                seg.vma[miss] = ids
+                seg.first[miss] = first
+        if self.n_late and self.ends_moved:
+            think[:], think_ok[:] = 0, False
+            _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
+        return seg, ops, think, think_ok, wcols
+
+
+# A part as the spill keeps it: the ops rows as the op buffer holds them (flags as int8),
+# op ids, think times and the writer columns - 60% of its table's bytes, and no table is
+# made for it until the second pass.
+SPILL_SCHEMA = pa.schema(
+    [(name, pa.from_numpy_dtype(np.int8 if dt == np.bool_ else dt)) for name, dt in OP_FIELDS]
+    + [("op_id", pa.int64()), ("think", pa.int64()), ("think_ok", pa.int8())]
+    + [OPS_ARROW.field(c) for c in WRITER_COLUMNS])
+
+
+def _spill_batch(part: tuple) -> pa.RecordBatch:
+    """A part as a record batch over its own arrays (no copy)."""
+    seg, ops, think, think_ok, writers = part
+    cols = [_arrow(c.view(np.int8) if c.dtype == np.bool_ else c, None, SPILL_SCHEMA.field(i).type)
+            for i, c in enumerate(seg)]
+    cols += [_arrow(ops, None, pa.int64()), _arrow(think, None, pa.int64()), _arrow(think_ok.view(np.int8), None, pa.int8())]
+    w = writer_columns(len(ops), writers)
+    return pa.RecordBatch.from_arrays(cols + [w[c] for c in WRITER_COLUMNS], schema=SPILL_SCHEMA)
+
+
+def _unspill(batch: pa.RecordBatch, room: Segment) -> tuple:
+    """A spilled part back, its arrays copied into ``room`` (the second pass writes them)."""
+    n = batch.num_rows
+    seg = []
+    for i, (_, dt) in enumerate(OP_FIELDS):
+        dst = room.cols[i][:n]
+        np.copyto(dst.view(np.int8) if dt == np.bool_ else dst, batch.column(i).to_numpy())
+        seg.append(dst)
+    ops, think, think_ok = room.ops[:n], room.think[:n], room.think_ok[:n]
+    np.copyto(ops, batch.column("op_id").to_numpy())
+    np.copyto(think, batch.column("think").to_numpy())
+    np.copyto(think_ok.view(np.int8), batch.column("think_ok").to_numpy())
+    return Ops(*seg), ops, think, think_ok, {c: batch.column(c) for c in WRITER_COLUMNS}
 
 
 # How the ops file is encoded (its values do not depend on it): dictionary pages only
@@ -1492,8 +1533,9 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     """Build a trace's ops into ``ops_path`` and its VMAs into ``vmas_path`` (Parquet,
     ``metadata`` added to both schemas' key-value metadata).  Row groups that are final
     when made go straight into the ops file; from the first one the second pass must see,
-    they go to an Arrow IPC file beside it (lz4: cheap to write and read back, unlike a
-    Parquet encoding, which so happens once per op) and through the patch at the end.
+    they go to an Arrow IPC file beside it, as the op buffer's fields (SPILL_SCHEMA; lz4:
+    cheap to write and read back, unlike a Parquet encoding, which so happens once per
+    op), and through the patch at the end.
     Both files are written on a thread of their own."""
     meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
     schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
@@ -1501,21 +1543,20 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     files: dict[str, object] = {}
     behind = _Behind()
 
-    def write(t, release=None) -> None:  # a table, or a call that makes it; then its Segment is free
-        t = t if isinstance(t, pa.Table) else t()
+    def write(part, release) -> None:  # then its Segment is free
+        t = b.part_table(part)
         files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
         del t
-        if release is not None:
-            release()
+        release()
 
-    def spill(make, release) -> None:
-        t = make()
+    def spill(part, release) -> None:
+        batch = _spill_batch(part)
         if "spill" not in files:
             files["spill_file"] = pa.OSFile(spill_path, "wb")
-            files["spill"] = pa.ipc.new_file(files["spill_file"], OPS_ARROW,
+            files["spill"] = pa.ipc.new_file(files["spill_file"], SPILL_SCHEMA,
                                              options=pa.ipc.IpcWriteOptions(compression="lz4"))
-        files["spill"].write_table(t)
-        del t
+        files["spill"].write_batch(batch)
+        del batch
         release()
 
     def close_spill() -> None:
@@ -1526,7 +1567,7 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     try:
         files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
         b = Builder(events, trace_id, maps_snapshot, same_mm,
-                    lambda make, final, release: behind(write if final else spill, make, release))
+                    lambda part, final, release: behind(write if final else spill, part, release))
         b.run()
         behind(close_spill)
         if b.needs_patch():
@@ -1536,7 +1577,8 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
             with pa.OSFile(spill_path, "rb") as f:
                 r = pa.ipc.open_file(f)
                 for g in range(r.num_record_batches):
-                    behind(write, patch(pa.Table.from_batches([r.get_batch(g)])))
+                    room = b._segment()
+                    behind(write, patch(_unspill(r.get_batch(g), room)), lambda room=room: b.free.put(room))
                 behind.join()
         else:
             behind.join()
@@ -1558,14 +1600,14 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same_mm: bool):
     """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
     final: list[pa.Table] = []
-    rest: list[pa.Table] = []
+    rest: list[tuple] = []
     # (the tables keep their Segments: none is released)
     b = Builder(Events(ev), trace_id, maps_snapshot, same_mm,
-                lambda make, ok, release: (final if ok else rest).append(make()))
+                lambda part, ok, release: final.append(b.part_table(part)) if ok else rest.append(part))
     b.run()
     if rest:
         patch = _Patch(b)
-        rest = [patch(t) for t in rest]
+        rest = [b.part_table(patch(p)) for p in rest]
     _finish_report(b)
     parts = final + rest
     ops = pa.concat_tables(parts) if parts else OPS_ARROW.empty_table()
