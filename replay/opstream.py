@@ -28,8 +28,9 @@ order); this module makes ops that way from a trace of any size without holding 
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
   Either way the row groups from the first such one on go to an Arrow IPC spill
-  beside the ops file, and at the end through a second pass (``_Patch``) that puts the
-  final values in place and appends them to the ops file; the row groups before it
+  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``), and at the end through
+  a second pass (``_Patch``) that puts the final values in place before their tables are
+  made and appended to the ops file; the row groups before it
   are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
   are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
   into the caller's staging directory; the workspace renames them into place.
@@ -1442,8 +1443,8 @@ class _Patch:
 
 
 # A part as the spill keeps it: the ops rows as the op buffer holds them (flags as int8),
-# op ids, think times and the writer columns - 60% of its table's bytes, and no table is
-# made for it until the second pass.
+# op ids, think times and the writer columns; its table (the strings, the derived flags)
+# is made once, after the second pass.
 SPILL_SCHEMA = pa.schema(
     [(name, pa.from_numpy_dtype(np.int8 if dt == np.bool_ else dt)) for name, dt in OP_FIELDS]
     + [("op_id", pa.int64()), ("think", pa.int64()), ("think_ok", pa.int8())]
