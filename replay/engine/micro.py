@@ -105,7 +105,7 @@ def h_rwsem_down_write(S, t, which, _a, _b):
 
 @njit(cache=True)
 def h_rwsem_up_write(S, t, which, _a, _b):
-    return up_write(S, t, _lock_index(S, t, which)), False
+    return up_write(S, t, _lock_index(S, t, which))
 
 
 @njit(cache=True)
