@@ -8,7 +8,8 @@ temporary directory, after a first build of ``--warm`` (default pft-2t, which mu
 the workspace too) so that numba's one-time start-up (its type registries, the cached
 machine code) is not counted, and prints per thread the CPU time spent in each stage.
 Stages nest (``_write`` includes ``_ops_slice`` and ``_think``; ``table`` includes
-``make_table``); the rest of the
+``make_table``); ``_spill_batch`` and ``_unspill`` are the spill's two ends (a row group
+written before it is final); the rest of the
 process's CPU is pyarrow's own threads decoding the events.  CPU time rather than wall
 time because our machine is shared: wall time there depends on the other tenants.
 """
@@ -62,7 +63,7 @@ def main() -> None:
 
         setattr(owner, name, g)
 
-    for name in ("Survey", "attribute", "_advance", "_ops_slice", "_think"):
+    for name in ("Survey", "attribute", "_advance", "_ops_slice", "_think", "_spill_batch", "_unspill"):
         timed(S, name)
     for name in ("_batch", "_write", "_apply", "table", "make_table", "vmas"):
         timed(S.Builder, name)

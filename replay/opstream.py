@@ -28,8 +28,9 @@ order); this module makes ops that way from a trace of any size without holding 
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
   Either way the row groups from the first such one on go to an Arrow IPC spill
-  beside the ops file, and at the end through a second pass (``_Patch``) that puts the
-  final values in place and appends them to the ops file; the row groups before it
+  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``), and at the end through
+  a second pass (``_Patch``) that puts the final values in place before their tables are
+  made and appended to the ops file; the row groups before it
   are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
   are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
   into the caller's staging directory; the workspace renames them into place.
@@ -41,6 +42,7 @@ group boundaries and the column encodings (``OPS_PARQUET``) of the Parquet file 
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -107,15 +109,17 @@ EV_FIELDS = [
 Ev = namedtuple("Ev", [f for f, _ in EV_FIELDS])
 EV_TYPES = dict(EV_FIELDS)
 
-# Ops as they are being built: one int64 row per field of a [field, op] matrix (a
-# single array keeps the compiled helpers' calls cheap; each field's values stay
-# contiguous for writing).  ``fb``: the fault's raw fallback (a read start_locking on its
-# own mm in its window; -1 until the window closes), ``first``: the first write fault the
-# trace shows in its private VMA; ``pend``: parts still to come (a fault's window; a
-# writer's window and its exit).  ``address`` holds the uint64's bits.  A fault's
-# ``present``/``instr`` (its error code's bits: 1, 0, -1 unknown) and ``vclass`` (its VMA's
-# ops.VC_*) make its ``fkind`` when its window closes (ops.FAULT_KINDS index, -1 null);
-# ``first_try``: entry to the window's first mmap_lock start_locking.
+# Ops as they are being built: a [field, op] matrix per width - ``rows`` (int64) for the
+# numbers, ``flags`` (int8) for the fields of one byte, most of them (a fault's 35 fields
+# in 13 int64 and 22 int8 slots: 126 bytes where one int64 matrix took 280, so half the
+# stores, copies and shifts).  Two arrays keep the compiled helpers' calls cheap; each
+# field's values stay contiguous for writing.  ``fb``: the fault's raw fallback (a read
+# start_locking on its own mm in its window; -1 until the window closes), ``first``: the
+# first write fault the trace shows in its private VMA; ``pend``: parts still to come (a
+# fault's window; a writer's window and its exit).  ``address`` holds the uint64's bits.
+# A fault's ``present``/``instr`` (its error code's bits: 1, 0, -1 unknown) and ``vclass``
+# (its VMA's ops.VC_*) make its ``fkind`` when its window closes (ops.FAULT_KINDS index,
+# -1 null); ``first_try``: entry to the window's first mmap_lock start_locking.
 OP_FIELDS = [
     ("seq", np.int64), ("th", np.int32), ("kind", np.int8), ("start", np.int64), ("start_ok", np.bool_),
     ("end", np.int64), ("end_ok", np.bool_), ("address", np.uint64), ("addr_ok", np.bool_),
@@ -127,20 +131,58 @@ OP_FIELDS = [
     ("present", np.int8), ("instr", np.int8), ("vclass", np.int8), ("fkind", np.int8),
     ("first_try", np.int64), ("first_try_ok", np.bool_),
 ]
-(R_SEQ, R_TH, R_KIND, R_START, R_START_OK, R_END, R_END_OK, R_ADDRESS, R_ADDR_OK, R_LENGTH, R_LEN_OK, R_RET,
- R_RET_OK, R_WRITE, R_KERNEL, R_LOCK, R_FB, R_FBW, R_FIRST, R_VMA, R_HOLD, R_HOLD_OK, R_RHOLD, R_RHOLD_OK, R_CPU, R_CPU_OK,
- R_SVC, R_SVC_OK, R_PEND, R_PRESENT, R_INSTR, R_VCLASS, R_FKIND, R_TRY, R_TRY_OK) = range(len(OP_FIELDS))
-Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # columns of R, typed, for Python
+Ops = namedtuple("Ops", [f for f, _ in OP_FIELDS])  # the fields, typed, for Python
+# each field's matrix and row: (False, i) rows[i]; (True, i) flags[i]
+OP_SLOT = {}
+for _f, _dt in OP_FIELDS:
+    _narrow = np.dtype(_dt).itemsize == 1
+    OP_SLOT[_f] = (_narrow, sum(1 for g in OP_SLOT.values() if g[0] == _narrow))
+N_ROWS, N_FLAGS = (sum(1 for g in OP_SLOT.values() if g[0] == x) for x in (False, True))
+(R_SEQ, R_TH, R_START, R_END, R_ADDRESS, R_LENGTH, R_RET, R_VMA, R_HOLD, R_RHOLD, R_CPU, R_SVC,
+ R_TRY) = range(N_ROWS)
+(F_KIND, F_START_OK, F_END_OK, F_ADDR_OK, F_LEN_OK, F_RET_OK, F_WRITE, F_KERNEL, F_LOCK, F_FB, F_FBW, F_FIRST,
+ F_HOLD_OK, F_RHOLD_OK, F_CPU_OK, F_SVC_OK, F_PEND, F_PRESENT, F_INSTR, F_VCLASS, F_FKIND, F_TRY_OK) = range(N_FLAGS)
+assert [OP_SLOT[f] for f in ("seq", "th", "start", "end", "address", "length", "ret", "vma", "hold", "rhold", "cpu",
+                             "svc", "first_try")] == [(False, i) for i in range(N_ROWS)]
+assert [OP_SLOT[f] for f in ("kind", "start_ok", "end_ok", "addr_ok", "len_ok", "ret_ok", "write", "kernel", "lock",
+                             "fb", "fbw", "first", "hold_ok", "rhold_ok", "cpu_ok", "svc_ok", "pend", "present", "instr",
+                             "vclass", "fkind", "first_try_ok")] == [(True, i) for i in range(N_FLAGS)]
 
 
-def _ops_buffer(n: int) -> np.ndarray:
-    return np.zeros((len(OP_FIELDS), n), np.int64)
+def _ops_buffer(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, flags) matrices for n ops."""
+    return np.zeros((N_ROWS, n), np.int64), np.zeros((N_FLAGS, n), np.int8)
 
 
-def _ops_slice(R: np.ndarray, a: int, b: int) -> Ops:
-    """Rows a:b of the op buffer, typed, each column a copy of its own (the buffer is reused)."""
-    return Ops(*(R[i, a:b].view(np.uint64).copy() if dt == np.uint64 else R[i, a:b].astype(dt)
-                 for i, (_, dt) in enumerate(OP_FIELDS)))
+class Segment:
+    """Room for the typed copies of up to ``n`` ops (``Ops`` of arrays, their think times
+    and op ids), reused from row group to row group: fresh memory costs more than the
+    copy (each new page is zeroed by the kernel on first touch)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.cols = Ops(*(np.empty(n, dt) for _, dt in OP_FIELDS))
+        self.think, self.think_ok = np.empty(n, np.int64), np.empty(n, np.bool_)
+        self.ops = np.empty(n, np.int64)
+        self.iota = np.arange(n, dtype=np.int64)
+
+
+def _ops_slice(rows: np.ndarray, flags: np.ndarray, a: int, b: int, into: Segment | None = None) -> Ops:
+    """Ops a:b of the buffer, typed, each column a copy of its own (the buffer is reused):
+    into ``into``'s arrays (their first b - a values), or new ones."""
+    out = []
+    for i, (name, dt) in enumerate(OP_FIELDS):
+        narrow, j = OP_SLOT[name]
+        src = flags[j, a:b] if narrow else rows[j, a:b]
+        if dt == np.uint64 or dt == np.bool_:
+            src = src.view(dt)  # (the address's bits; the flags are 0 or 1)
+        if into is None:
+            out.append(src.astype(dt))
+        else:
+            dst = into.cols[i][: b - a]
+            np.copyto(dst, src, casting="unsafe")
+            out.append(dst)
+    return Ops(*out)
 
 
 # Per thread: its address space, its own mm (the mm it takes mmap_lock on most), and the
@@ -177,38 +219,38 @@ def _ref(op, base, late_at, late_ids):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _close_window(s, base, o, late_at, late_ids):
+def _close_window(s, base, rows, flags, late_at, late_ids):
     """A thread's fault or syscall window ends (its next fault or syscall, or the trace's
     end): what it saw becomes the op's fallback, end and hold time."""
     if s.grp_op < 0:
         return
     k = _ref(s.grp_op, base, late_at, late_ids)
     if s.grp_fault:
-        o[R_FB, k] = 1 if (s.has_start and s.fb_read) else 0
-        o[R_FBW, k] = s.has_start and s.fb_write
-        o[R_FKIND, k] = _fault_kind(o[R_PRESENT, k], o[R_WRITE, k], o[R_INSTR, k], o[R_VCLASS, k], s.major)
+        flags[F_FB, k] = 1 if (s.has_start and s.fb_read) else 0
+        flags[F_FBW, k] = s.has_start and s.fb_write
+        flags[F_FKIND, k] = _fault_kind(flags[F_PRESENT, k], flags[F_WRITE, k], flags[F_INSTR, k], flags[F_VCLASS, k], s.major)
         # a fallback's first try: from its entry to lock_mm_and_find_vma()'s trylock (the
         # table keeps it for observed fallbacks only: not a kernel-mode fault, not the trylock
         # of vmf_anon_prepare())
-        if s.fb_read and s.try_ok and o[R_START_OK, k]:
-            o[R_TRY, k], o[R_TRY_OK, k] = s.try_ts - o[R_START, k], True
+        if s.fb_read and s.try_ok and flags[F_START_OK, k]:
+            rows[R_TRY, k], flags[F_TRY_OK, k] = s.try_ts - rows[R_START, k], True
         if s.has_start:
             # a fallback ends at its mmap_read_unlock; it held the lock acquired -> released
-            o[R_END, k], o[R_END_OK, k] = s.rel_any, s.rel_any_ok
+            rows[R_END, k], flags[F_END_OK, k] = s.rel_any, s.rel_any_ok
             if s.rel_any_ok and s.acq_any_ok:
-                o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
+                rows[R_HOLD, k], flags[F_HOLD_OK, k] = s.rel_any - s.acq_any, True
     elif s.dg_ok and s.acq_w_ok:
         # mmap_write_downgrade(): write-locked from its acquire to the downgrade, then
         # read-locked to its mmap_read_unlock()
-        o[R_HOLD, k], o[R_HOLD_OK, k] = s.dg - s.acq_w, True
+        rows[R_HOLD, k], flags[F_HOLD_OK, k] = s.dg - s.acq_w, True
         if s.rel_r_ok:
-            o[R_RHOLD, k], o[R_RHOLD_OK, k] = s.rel_r - s.dg, True
+            rows[R_RHOLD, k], flags[F_RHOLD_OK, k] = s.rel_r - s.dg, True
     elif s.rel_w_ok and s.acq_w_ok:  # a writer held mmap_lock for write from its acquire to its release
-        o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_w - s.acq_w, True
-    elif o[R_KIND, k] == K_MADVISE and s.acq_any_ok and s.rel_any_ok and s.rel_any >= s.acq_any:
+        rows[R_HOLD, k], flags[F_HOLD_OK, k] = s.rel_w - s.acq_w, True
+    elif flags[F_KIND, k] == K_MADVISE and s.acq_any_ok and s.rel_any_ok and s.rel_any >= s.acq_any:
         # a read-mode madvise's mmap_read_lock() hold (before it, _apply gave it sys_enter -> sys_exit)
-        o[R_HOLD, k], o[R_HOLD_OK, k] = s.rel_any - s.acq_any, True
-    o[R_PEND, k] -= 1
+        rows[R_HOLD, k], flags[F_HOLD_OK, k] = s.rel_any - s.acq_any, True
+    flags[F_PEND, k] -= 1
     s.grp_op = -1
 
 
@@ -230,22 +272,22 @@ def _open_window(s, op, fault):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _new_op(o, k, ev, i, kind, pend):
-    o[R_SEQ, k], o[R_TH, k], o[R_KIND, k], o[R_PEND, k] = ev.seq[i], ev.th[i], kind, pend
-    o[R_START, k], o[R_START_OK, k], o[R_CPU, k], o[R_CPU_OK, k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
-    o[R_END_OK, k] = False
-    o[R_ADDR_OK, k] = False
-    o[R_LEN_OK, k] = False
-    o[R_RET_OK, k] = False
-    o[R_HOLD_OK, k] = False
-    o[R_RHOLD_OK, k] = False
-    o[R_SVC_OK, k] = False
-    o[R_KERNEL, k] = False
-    o[R_FBW, k] = False
-    o[R_FIRST, k] = False
-    o[R_TRY_OK, k] = False
-    o[R_WRITE, k], o[R_FB, k], o[R_LOCK, k], o[R_VMA, k] = -1, -1, M_WRITE, VMA_NONE
-    o[R_PRESENT, k], o[R_INSTR, k], o[R_VCLASS, k], o[R_FKIND, k] = -1, -1, O.VC_NONE, O.FK_NULL
+def _new_op(rows, flags, k, ev, i, kind, pend):
+    rows[R_SEQ, k], rows[R_TH, k], flags[F_KIND, k], flags[F_PEND, k] = ev.seq[i], ev.th[i], kind, pend
+    rows[R_START, k], flags[F_START_OK, k], rows[R_CPU, k], flags[F_CPU_OK, k] = ev.ts[i], ev.ts_ok[i], ev.cpu[i], ev.cpu_ok[i]
+    flags[F_END_OK, k] = False
+    flags[F_ADDR_OK, k] = False
+    flags[F_LEN_OK, k] = False
+    flags[F_RET_OK, k] = False
+    flags[F_HOLD_OK, k] = False
+    flags[F_RHOLD_OK, k] = False
+    flags[F_SVC_OK, k] = False
+    flags[F_KERNEL, k] = False
+    flags[F_FBW, k] = False
+    flags[F_FIRST, k] = False
+    flags[F_TRY_OK, k] = False
+    flags[F_WRITE, k], flags[F_FB, k], flags[F_LOCK, k], rows[R_VMA, k] = -1, -1, M_WRITE, VMA_NONE
+    flags[F_PRESENT, k], flags[F_INSTR, k], flags[F_VCLASS, k], flags[F_FKIND, k] = -1, -1, O.VC_NONE, O.FK_NULL
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -260,7 +302,7 @@ def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
 
 
 @njit(cache=True, nogil=True)
-def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
+def _advance(ev, i, th, sc, rows, flags, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
              private, seen_first, vclass, x86, miss_space, miss_page, n_miss, need_seed, counters):
     """Run events ``ev[i:]`` (time order) until one needs Python or the batch ends.
 
@@ -268,9 +310,9 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
     ----------
     ev : Ev, one batch in time order.
     th, sc : TH_DTYPE per thread; SC_DTYPE per thread and syscall (``th * NSYS + n``).
-    rows : Ops: rows[:late_at] the ops not yet written (row k is op ``base + k``; n_rows
-        used), then the late ones: written before they were complete, their op ids in
-        ``late_ids`` (ascending).
+    rows, flags : the op buffer's int64 and int8 fields (OP_SLOT): columns [:late_at] the
+        ops not yet written (column k is op ``base + k``; n_rows used), then the late ones:
+        written before they were complete, their op ids in ``late_ids`` (ascending).
     lay_* : every address space's VMAs, sorted by start: space s at lay_off[s], lay_n[s] of them.
     private, seen_first, vclass : per VMA id: a private mapping; its first write fault is
         seen; its ops.VC_* class.
@@ -279,7 +321,7 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
     need_seed : [1] while the maps snapshot waits for the first op's address space.
 
     Returns (status, next event, n_rows, n_miss, op): ST_APPLY after a writer's sys_exit
-    or exit_mmap (op: its id), ST_SEED before the first op, ST_FULL when ``rows`` is
+    or exit_mmap (op: its id), ST_SEED before the first op, ST_FULL when the buffer is
     full, ST_MISS when the miss buffer is, ST_DONE at the batch's end.
     """
     n = len(ev.code)
@@ -295,37 +337,37 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             if n_rows == cap:
                 return ST_FULL, i, n_rows, n_miss, -1
         if c == PF_USER or c == PF_KERNEL:
-            _close_window(s, base, rows, late_at, late_ids)
+            _close_window(s, base, rows, flags, late_at, late_ids)
             k = n_rows
-            _new_op(rows, k, ev, i, K_FAULT, 1)
+            _new_op(rows, flags, k, ev, i, K_FAULT, 1)
             addr = ev.address[i]
-            rows[R_ADDRESS, k], rows[R_ADDR_OK, k] = np.int64(addr), ev.addr_ok[i]
+            rows[R_ADDRESS, k], flags[F_ADDR_OK, k] = np.int64(addr), ev.addr_ok[i]
             kernel = c == PF_KERNEL
-            rows[R_KERNEL, k] = kernel
-            rows[R_LOCK, k] = M_READ
+            flags[F_KERNEL, k] = kernel
+            flags[F_LOCK, k] = M_READ
             write = -1  # the event's own write flag (ingest decodes it per architecture), else x86's bit 1
             if ev.write[i] >= 0:
                 write = ev.write[i]
             elif ev.ec_ok[i]:
                 write = 1 if (ev.error_code[i] & PF_WRITE) != 0 else 0
-            rows[R_WRITE, k] = write
+            flags[F_WRITE, k] = write
             if x86 and ev.ec_ok[i]:
-                rows[R_PRESENT, k] = 1 if (ev.error_code[i] & PF_PROT) != 0 else 0
-                rows[R_INSTR, k] = 1 if (ev.error_code[i] & PF_INSTR) != 0 else 0
+                flags[F_PRESENT, k] = 1 if (ev.error_code[i] & PF_PROT) != 0 else 0
+                flags[F_INSTR, k] = 1 if (ev.error_code[i] & PF_INSTR) != 0 else 0
             vid = -1
             if s.space >= 0 and ev.addr_ok[i]:
                 vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
             missed = False
             if vid >= 0:
                 rows[R_VMA, k] = vid
-                rows[R_VCLASS, k] = vclass[vid]
+                flags[F_VCLASS, k] = vclass[vid]
                 # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
                 if write == 1 and not kernel and private[vid] and not seen_first[vid]:
                     seen_first[vid] = True
-                    rows[R_FIRST, k] = True
+                    flags[F_FIRST, k] = True
             elif not kernel and ev.addr_ok[i] and s.space >= 0:
                 rows[R_VMA, k] = VMA_MISS
-                rows[R_VCLASS, k] = O.VC_ANON  # inferred VMAs are anonymous private
+                flags[F_VCLASS, k] = O.VC_ANON  # inferred VMAs are anonymous private
                 miss_space[n_miss] = s.space
                 miss_page[n_miss] = np.int64(addr & PAGE_MASK)
                 counters[C_MISSED] += 1
@@ -372,14 +414,14 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                     s.rel_r, s.rel_r_ok = ts, True
         elif ENTER0 <= c < ENTER0 + NSYS:
             x = c - ENTER0
-            _close_window(s, base, rows, late_at, late_ids)
+            _close_window(s, base, rows, flags, late_at, late_ids)
             q = sc[t * NSYS + x]
             if q.op >= 0:  # an enter with no exit before the next enter of that call: never finished
                 counters[C_UNPAIRED] += 1
-                rows[R_PEND, _ref(q.op, base, late_at, late_ids)] -= 1
+                flags[F_PEND, _ref(q.op, base, late_at, late_ids)] -= 1
             k = n_rows
-            _new_op(rows, k, ev, i, K_SYS0 + x, 2)
-            rows[R_ADDRESS, k], rows[R_ADDR_OK, k], rows[R_LENGTH, k], rows[R_LEN_OK, k] = \
+            _new_op(rows, flags, k, ev, i, K_SYS0 + x, 2)
+            rows[R_ADDRESS, k], flags[F_ADDR_OK, k], rows[R_LENGTH, k], flags[F_LEN_OK, k] = \
                 np.int64(ev.address[i]), ev.addr_ok[i], ev.len[i], ev.len_ok[i]
             q.op = base + k
             q.address, q.addr_ok, q.len, q.len_ok = ev.address[i], ev.addr_ok[i], ev.len[i], ev.len_ok[i]
@@ -395,17 +437,17 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
             k = -1
             if s.grp_op >= 0 and s.grp_fault and not s.ended and ev.ts_ok[i]:
                 k = _ref(s.grp_op, base, late_at, late_ids)
-                if ev.addr_ok[i] and rows[R_ADDR_OK, k] and np.uint64(rows[R_ADDRESS, k]) != ev.address[i]:
+                if ev.addr_ok[i] and flags[F_ADDR_OK, k] and np.uint64(rows[R_ADDRESS, k]) != ev.address[i]:
                     k = -1
             if k < 0:
                 counters[C_END_ALONE] += 1
             else:
                 s.ended = True
                 s.major = ev.major[i]
-                if s.acq_any_ok and not rows[R_FIRST, k]:  # (not vmf_anon_prepare()'s trylock)
-                    rows[R_SVC, k], rows[R_SVC_OK, k] = ev.ts[i] - s.acq_last, True
-                elif rows[R_START_OK, k]:
-                    rows[R_SVC, k], rows[R_SVC_OK, k] = ev.ts[i] - rows[R_START, k], True
+                if s.acq_any_ok and not flags[F_FIRST, k]:  # (not vmf_anon_prepare()'s trylock)
+                    rows[R_SVC, k], flags[F_SVC_OK, k] = ev.ts[i] - s.acq_last, True
+                elif flags[F_START_OK, k]:
+                    rows[R_SVC, k], flags[F_SVC_OK, k] = ev.ts[i] - rows[R_START, k], True
         elif EXIT0 <= c < EXIT0 + NSYS:
             q = sc[t * NSYS + (c - EXIT0)]
             if q.op < 0:
@@ -414,12 +456,12 @@ def _advance(ev, i, th, sc, rows, n_rows, base, late_at, late_ids, lay_start, la
                 op = q.op
                 q.op = -1  # the arguments stay for the caller to apply
                 j = _ref(op, base, late_at, late_ids)
-                rows[R_END, j], rows[R_END_OK, j], rows[R_RET, j], rows[R_RET_OK, j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
+                rows[R_END, j], flags[F_END_OK, j], rows[R_RET, j], flags[F_RET_OK, j] = ev.ts[i], ev.ts_ok[i], ev.ret[i], ev.ret_ok[i]
                 return ST_APPLY, i + 1, n_rows, n_miss, op
         elif c == EXIT_MMAP:
             k = n_rows
-            _new_op(rows, k, ev, i, K_EXIT, 1)
-            rows[R_END, k], rows[R_END_OK, k], rows[R_RET, k], rows[R_RET_OK, k] = ev.ts[i], ev.ts_ok[i], 0, True
+            _new_op(rows, flags, k, ev, i, K_EXIT, 1)
+            rows[R_END, k], flags[F_END_OK, k], rows[R_RET, k], flags[F_RET_OK, k] = ev.ts[i], ev.ts_ok[i], 0, True
             n_rows += 1
             return ST_APPLY, i + 1, n_rows, n_miss, base + k
         i += 1
@@ -445,14 +487,14 @@ def _shift(R, k, n):
 
 
 @njit(cache=True, nogil=True)
-def _finish(th, sc, rows, base, late_at, late_ids, counters):
+def _finish(th, sc, rows, flags, base, late_at, late_ids, counters):
     """The trace's end: every window closes; every enter still open never finished."""
     for t in range(len(th)):
-        _close_window(th[t], base, rows, late_at, late_ids)
+        _close_window(th[t], base, rows, flags, late_at, late_ids)
     for j in range(len(sc)):
         if sc[j].op >= 0:
             counters[C_UNPAIRED] += 1
-            rows[R_PEND, _ref(sc[j].op, base, late_at, late_ids)] -= 1
+            flags[F_PEND, _ref(sc[j].op, base, late_at, late_ids)] -= 1
             sc[j].op = -1
 
 
@@ -489,7 +531,7 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _np(col, fill=0, dtype=None):
-    a = pc.fill_null(col, fill).to_numpy(zero_copy_only=False)
+    a = (pc.fill_null(col, fill) if col.null_count else col).to_numpy(zero_copy_only=False)
     return a if dtype is None else a.astype(dtype, copy=False)
 
 
@@ -612,9 +654,11 @@ class _Tally:
 
     def add(self, k1: np.ndarray, k2: np.ndarray, sel: np.ndarray, row0: int) -> None:
         """Rows ``row0 + i`` of the trace: each one with ``sel`` counts once for its key."""
-        if len(self.ones) < len(k1):
-            self.ones = np.ones(len(k1), np.int64)
-        self._put(k1, k2, sel, self.ones[: len(k1)], np.arange(row0, row0 + len(k1), dtype=np.int64))
+        n = len(k1)
+        if len(self.ones) < n:
+            self.ones = np.ones(n, np.int64)
+            self.iota, self.rows = np.arange(n, dtype=np.int64), np.zeros(n, np.int64)
+        self._put(k1, k2, sel, self.ones[:n], np.add(self.iota[:n], row0, out=self.rows[:n]))
 
     def frame(self, value: str | None, typ: pa.DataType | None, count: bool):
         """The keys as a polars frame: tid (Int32, null for NO_TID), [value], [n], first."""
@@ -650,7 +694,7 @@ class Survey:
             n = b.num_rows
             seq = _np(b.column("seq"), 0, np.int64)
             # non-decreasing: a perf trace syscall's enter and exit share one seq (its line)
-            if n and ((last_seq is not None and seq[0] < last_seq) or (n > 1 and not (np.diff(seq) >= 0).all())):
+            if n and ((last_seq is not None and seq[0] < last_seq) or (n > 1 and not (seq[1:] >= seq[:-1]).all())):
                 self.seq_ascending = False
                 return
             last_seq = int(seq[-1]) if n else last_seq
@@ -681,7 +725,7 @@ class Survey:
                 self.in_time_order = False
             tsn = ts[rel]
             if len(tsn):
-                if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (np.diff(tsn) < 0).any()):
+                if (last_ts is not None and tsn[0] < last_ts) or (len(tsn) > 1 and (tsn[1:] < tsn[:-1]).any()):
                     self.in_time_order = False
                 last_ts = int(tsn[-1])
             valid = tsn[ts_ok[rel]]
@@ -875,8 +919,10 @@ def _pyint(v, ok):
 
 class Builder:
     """One build: ``run()`` steps through the events and hands each finished row group to
-    ``sink(make, final)``: ``make()`` builds its table (on whichever thread calls it),
-    ``final``: no second pass needs it; ``finish()`` returns what the second pass needs."""
+    ``sink(part, final, release)``: ``part_table(part)`` builds its table (on whichever
+    thread calls it: it reads nothing the step changes), ``final``: no second pass needs
+    it, ``release()``: the part's Segment may be reused (call it once its table is written,
+    or never)."""
 
     def __init__(self, events: Events, trace_id: str, maps_snapshot: str | None, same_mm: bool, sink):
         self.events, self.trace_id, self.maps, self.sink = events, trace_id, maps_snapshot, sink
@@ -915,7 +961,8 @@ class Builder:
         self.sc = np.zeros(T * NSYS, SC_DTYPE)
         self.sc["op"] = -1
         self.cap = min(max(events.rows, 16), 2 * ROW_GROUP + 1)  # rows[:cap] unwritten ops, then the late ones
-        self.rows = _ops_buffer(self.cap + 16)
+        self.rows, self.flags = _ops_buffer(self.cap + 16)
+        self.free: queue.SimpleQueue = queue.SimpleQueue()  # Segments the sink is done with
         self.done = 0  # rows[:done] are complete
         self.n_rows, self.base = 0, 0
         self.late_ids = np.zeros(16, np.int64)
@@ -983,7 +1030,7 @@ class Builder:
             i = 0
             while True:
                 st, i, self.n_rows, self.n_miss, op = _advance(
-                    ev, i, self.th, self.sc, self.rows, self.n_rows, self.base, self.cap,
+                    ev, i, self.th, self.sc, self.rows, self.flags, self.n_rows, self.base, self.cap,
                     self.late_ids[: self.n_late], self.layout.start, self.layout.end, self.layout.id, self.layout.off,
                     self.layout.n, self.private, self.seen_first, self.vclass, self.x86, self.miss_space, self.miss_page,
                     self.n_miss,
@@ -999,7 +1046,7 @@ class Builder:
                 elif st == ST_MISS:
                     self._merge_misses()
             self._flush()
-        _finish(self.th, self.sc, self.rows, self.base, self.cap, self.late_ids[: self.n_late],
+        _finish(self.th, self.sc, self.rows, self.flags, self.base, self.cap, self.late_ids[: self.n_late],
                 self.counters)
         self._merge_misses()
         self._flush(all_rows=True)
@@ -1052,31 +1099,31 @@ class Builder:
 
     def _apply(self, op: int) -> None:
         """A writer's change lands (its sys_exit, or exit_mmap): replay it on the tracker."""
-        R, k = self.rows, self._row(op)
-        kind = O.OP_KINDS[int(R[R_KIND, k])]
+        R, FL, k = self.rows, self.flags, self._row(op)
+        kind = O.OP_KINDS[int(FL[F_KIND, k])]
         t = int(R[R_TH, k])
         s = int(self.th[t]["space"])
         asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids))
-        now = _pyint(R[R_END, k], R[R_END_OK, k])
+        now = _pyint(R[R_END, k], FL[F_END_OK, k])
         if kind == "exit":
             res = O.apply_writer(asp, kind, {}, 0, now, self.rep)
         else:
-            q = self.sc[t * NSYS + int(R[R_KIND, k]) - K_SYS0]
+            q = self.sc[t * NSYS + int(FL[F_KIND, k]) - K_SYS0]
             a = {"address": _pyint(q["address"], q["addr_ok"]), "len": _pyint(q["len"], q["len_ok"]),
                  "new_len": _pyint(q["new_len"], q["new_len_ok"]), "new_addr": _pyint(q["new_addr"], q["new_addr_ok"]),
                  "prot": _pyint(q["prot"], q["prot_ok"]), "flags": _pyint(q["flags"], q["flags_ok"])}
-            res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], R[R_RET_OK, k]), now, self.rep)
+            res = O.apply_writer(asp, kind, a, _pyint(R[R_RET, k], FL[F_RET_OK, k]), now, self.rep)
         vma_ids, created, freed, succ, ranges, lock, parent = res
-        R[R_LOCK, k] = LOCK_MODES.index(lock)
+        FL[F_LOCK, k] = LOCK_MODES.index(lock)
         if kind == "madvise":
             self.advice[op] = a["flags"]
             if lock == "read":  # the VMA at its start; held sys_enter -> sys_exit unless a read hold shows
                 v = asp.find(O.page_down(a["address"])) if O.is_user_address(a["address"]) else None
                 R[R_VMA, k] = v.id if v is not None else VMA_NONE
-                if R[R_START_OK, k] and R[R_END_OK, k]:
-                    R[R_HOLD, k], R[R_HOLD_OK, k] = R[R_END, k] - R[R_START, k], True
+                if FL[F_START_OK, k] and FL[F_END_OK, k]:
+                    R[R_HOLD, k], FL[F_HOLD_OK, k] = R[R_END, k] - R[R_START, k], True
         self.lists[op] = (vma_ids, created, freed, succ, *ranges, parent)
-        R[R_PEND, k] -= 1
+        FL[F_PEND, k] -= 1
         self._mark(asp, created)
         if s >= 0:
             self.layout.set(s, asp)
@@ -1112,23 +1159,31 @@ class Builder:
         buffer is full): write the oldest row group whatever its state; ``all_rows``:
         the trace has ended, write everything."""
         while self.n_rows:
-            self.done = _done_prefix(self.rows[R_PEND], self.done, self.n_rows)
+            self.done = _done_prefix(self.flags[F_PEND], self.done, self.n_rows)
             if not (all_rows or force or self.done >= ROW_GROUP):
                 return
             force = False
             self._write(min(ROW_GROUP, self.n_rows))
 
+    def _segment(self) -> Segment:
+        try:
+            return self.free.get_nowait()
+        except queue.Empty:
+            return Segment(min(ROW_GROUP, self.cap))
+
     def _write(self, k: int) -> None:
-        seg = _ops_slice(self.rows, 0, k)
-        ops = np.arange(self.base, self.base + k, dtype=np.int64)
+        room = self._segment()
+        seg = _ops_slice(self.rows, self.flags, 0, k, room)
+        ops = room.ops[:k]
+        np.add(room.iota[:k], self.base, out=ops)
         inc = np.flatnonzero(seg.pend != 0)
         if len(inc):  # written before complete: kept aside, finished there, put in place by the second pass
             need = self.n_late + len(inc)
             width = self.rows.shape[1]
             if self.cap + need > width:
-                grown = _ops_buffer(self.cap + max(2 * (width - self.cap), need))
-                grown[:, :width] = self.rows
-                self.rows = grown
+                rows, flags = _ops_buffer(self.cap + max(2 * (width - self.cap), need))
+                rows[:, :width], flags[:, :width] = self.rows, self.flags
+                self.rows, self.flags = rows, flags
             if need > len(self.late_ids):
                 size = max(2 * len(self.late_ids), need)
                 self.late_ids = np.resize(self.late_ids, size)
@@ -1136,27 +1191,30 @@ class Builder:
                 grown[:, : self.n_late] = self.late_end[:, : self.n_late]
                 self.late_end = grown
             self.rows[:, self.cap + self.n_late:self.cap + need] = self.rows[:, inc]
+            self.flags[:, self.cap + self.n_late:self.cap + need] = self.flags[:, inc]
             self.late_ids[self.n_late:need] = ops[inc]
             self.late_end[0, self.n_late:need] = self.rows[R_END, inc]
-            self.late_end[1, self.n_late:need] = self.rows[R_END_OK, inc]
+            self.late_end[1, self.n_late:need] = self.flags[F_END_OK, inc]
             self.n_late = need
         if self.patch_from is None and (len(inc) or (seg.vma == VMA_MISS).any()):
             # from this row group on the second pass has work: every op before it is final
             # (a patch changes late ops, the faults in inferred VMAs and the think times
             # after a late op - all at or after the first of them)
             self.patch_from = (self.base, self.prev.copy(), self.prev_ok.copy())
-        think, think_ok = np.zeros(k, np.int64), np.zeros(k, np.bool_)
+        think, think_ok = room.think[:k], room.think_ok[:k]
+        think[:], think_ok[:] = 0, False
         _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
-        writers = self.writers(seg, ops, pop=True)
-        self.sink(lambda: self.make_table(seg, ops, think, think_ok, writers), self.patch_from is None)
+        self.sink((seg, ops, think, think_ok, self.writers(seg, ops, pop=True)), self.patch_from is None,
+                  lambda: self.free.put(room))
         _shift(self.rows, k, self.n_rows)
+        _shift(self.flags, k, self.n_rows)
         self.n_rows -= k
         self.base += k
         self.done = max(self.done - k, 0)
 
     def table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, pop: bool) -> pa.Table:
         """Ops rows as the ops table (OPS_ARROW schema)."""
-        return self.make_table(seg, ops, think, think_ok, self.writers(seg, ops, pop))
+        return self.make_table(seg, ops, think, think_ok, writer_columns(len(ops), self.writers(seg, ops, pop)))
 
     def writers(self, seg: Ops, ops: np.ndarray, pop: bool) -> list:
         """The writers among ops rows: (row, advice, VMA lists) of each; with ``pop``, those
@@ -1170,9 +1228,15 @@ class Builder:
             out.append((j, adv, got if got is not None else (None, *([],) * (NLISTS - 1))))
         return out
 
-    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, writers: list) -> pa.Table:
-        """``table`` from ``writers(...)``: reads nothing the step changes, so it runs on the
-        writer thread, beside the step."""
+    def part_table(self, part: tuple) -> pa.Table:
+        """A row group (``_write``'s part: the ops rows, op ids, think times, and the
+        writers as ``writers(...)`` lists them or as their columns) as the ops table."""
+        seg, ops, think, think_ok, w = part
+        return self.make_table(seg, ops, think, think_ok, w if isinstance(w, dict) else writer_columns(len(ops), w))
+
+    def make_table(self, seg: Ops, ops: np.ndarray, think: np.ndarray, think_ok: np.ndarray, wcols: dict) -> pa.Table:
+        """``table`` from ``writer_columns(...)``: reads nothing the step changes, so it runs on
+        the writer thread, beside the step."""
         n = len(seg.seq)
         fault = seg.kind == K_FAULT
         kernel = seg.kernel
@@ -1186,28 +1250,6 @@ class Builder:
         fb = seg.fb == 1
         fallback = fb & ~seg.first
         anon = fb & seg.first & ~kernel
-        lists = [[] for _ in range(NLISTS)]
-        valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
-        lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
-        advice = np.zeros(n, np.int64)
-        advice_ok = np.zeros(n, np.bool_)
-        for j, adv, vals in writers:
-            if adv is not None:
-                advice[j], advice_ok[j] = adv, True
-            for c in range(NLISTS):
-                if vals[c] is not None:
-                    valid[c][j] = True
-                    lengths[c][j] = len(vals[c])
-                    lists[c].extend(vals[c])
-
-        def lst(c, typ=pa.int64()):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
-            off = np.zeros(n + 1, np.int64)
-            np.cumsum(lengths[c], out=off[1:])
-            nulls = n - int(np.count_nonzero(valid[c]))
-            validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
-            return pa.Array.from_buffers(pa.large_list(typ), n, [validity, pa.py_buffer(off)], null_count=nulls,
-                                         children=[pa.array(lists[c], typ)])
-
         arr = _arrow
 
         tid_null, tid_vals, pid_null, pid_vals = self.th_ids
@@ -1227,9 +1269,7 @@ class Builder:
             "length": arr(seg.length, seg.len_ok, pa.int64()),
             "ret": arr(seg.ret, seg.ret_ok, pa.int64()),
             "vma_id": arr(vma, vma != VMA_NONE, pa.int64()),
-            "vma_ids": lst(0), "vmas_created": lst(1), "vmas_freed": lst(2), "vmas_successor": lst(3),
-            "range_vmas": lst(4), "range_start": lst(5, pa.uint64()), "range_end": lst(6, pa.uint64()),
-            "vmas_parent": lst(7),
+            **wcols,
             "vma_class": pa.DictionaryArray.from_arrays(
                 _arrow(np.maximum(seg.vclass.astype(np.int64) - 1, 0).astype(np.uint8), fault & (seg.vclass > 0),
                        pa.uint8()), VMA_CLASSES, ordered=True),
@@ -1247,7 +1287,6 @@ class Builder:
             "first_try_ns": arr(seg.first_try, seg.first_try_ok & fallback & ~kernel, pa.int64()),
             "think_ns": arr(think, think_ok, pa.int64()),
             "cpu": arr(seg.cpu, seg.cpu_ok, pa.int16()),
-            "advice": arr(advice, advice_ok, pa.int32()),
         }
         return pa.Table.from_arrays([cols[f.name] for f in OPS_ARROW], schema=OPS_ARROW)
 
@@ -1282,6 +1321,48 @@ class Builder:
             schema=O.VMAS_SCHEMA)
 
 
+WRITER_COLUMNS = ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor", "range_vmas", "range_start", "range_end",
+                  "vmas_parent", "advice")  # a writer's lists, in the order of Builder.lists' tuples, and its advice
+
+
+@functools.lru_cache(maxsize=4)
+def _no_writers(n: int) -> dict[str, pa.Array]:
+    return {c: pa.nulls(n, OPS_ARROW.field(c).type) for c in WRITER_COLUMNS}
+
+
+def writer_columns(n: int, writers: list) -> dict[str, pa.Array]:
+    """The ops table's writer columns for n ops rows from ``Builder.writers(...)``
+    (a row group of faults only: the same null columns every time)."""
+    if not writers:
+        return _no_writers(n)
+    lists = [[] for _ in range(NLISTS)]
+    valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
+    lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
+    advice = np.zeros(n, np.int64)
+    advice_ok = np.zeros(n, np.bool_)
+    for j, adv, vals in writers:
+        if adv is not None:
+            advice[j], advice_ok[j] = adv, True
+        for c in range(NLISTS):
+            if vals[c] is not None:
+                valid[c][j] = True
+                lengths[c][j] = len(vals[c])
+                lists[c].extend(vals[c])
+
+    def lst(c):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
+        typ = OPS_ARROW.field(WRITER_COLUMNS[c]).type
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths[c], out=off[1:])
+        nulls = n - int(np.count_nonzero(valid[c]))
+        validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
+        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(off)], null_count=nulls,
+                                     children=[pa.array(lists[c], typ.value_type)])
+
+    out = {WRITER_COLUMNS[c]: lst(c) for c in range(NLISTS)}
+    out["advice"] = _arrow(advice, advice_ok, pa.int32())
+    return out
+
+
 def _ops_arrow() -> pa.Schema:
     import polars as pl
 
@@ -1304,20 +1385,19 @@ def _scatter(col: pa.ChunkedArray, pos: np.ndarray, values: pa.Array) -> pa.Arra
 
 
 class _Patch:
-    """The second pass over a written ops file: the late ops' final values, the inferred
-    VMAs of faults outside every known VMA (and which of them is its VMA's first write
-    fault), and think times again when a late op's end moved."""
+    """The second pass over the row groups written before they were final: the late ops'
+    final values, the inferred VMAs of faults outside every known VMA (and which of them
+    is its VMA's first write fault), and think times again when a late op's end moved -
+    on a part's own arrays, before its table is made."""
 
     def __init__(self, b: Builder):
         self.b = b
         self.inferred = b.inferred()
-        self.space_of = {name: i for i, name in enumerate(b.space_names)}
         self.seen: set[int] = set()
-        n = b.n_late
+        n = self.n_late = b.n_late
         self.late_ids = b.late_ids[:n].copy()
-        self.late = _ops_slice(b.rows, b.cap, b.cap + n)
-        self.late_table = b.table(self.late, self.late_ids, np.zeros(n, np.int64), np.zeros(n, np.bool_), pop=False) \
-            if n else None
+        self.late = _ops_slice(b.rows, b.flags, b.cap, b.cap + n)
+        self.late_w = writer_columns(n, b.writers(self.late, self.late_ids, pop=False))
         # think_ns depends on the ops' start and end only, and a late op's start is final
         # when it is made: unless a late op's end moved after it was written, the think
         # times written are the final ones
@@ -1325,65 +1405,79 @@ class _Patch:
         self.ends_moved = bool(((was_ok != now_ok) | (now_ok & (b.late_end[0, :n] != self.late.end))).any())
         _, self.prev, self.prev_ok = b.patch_from  # each thread's last end before the first row group it sees
 
-    def __call__(self, t: pa.Table) -> pa.Table:
+    def __call__(self, part: tuple) -> tuple:
         b = self.b
-        t = t.cast(OPS_ARROW)  # as read back: dictionary<string>, list items named "element"
-        op = t.column("op_id").to_numpy()
-        a, z = int(op[0]), int(op[-1]) + 1
-        if self.late_table is not None:
+        seg, ops, think, think_ok, wcols = part
+        a, z = int(ops[0]), int(ops[-1]) + 1
+        if self.n_late:
             lo, hi = np.searchsorted(self.late_ids, [a, z])
             if hi > lo:
                 pos = self.late_ids[lo:hi] - a
-                part = self.late_table.slice(lo, hi - lo)
+                for col, late in zip(seg, self.late):
+                    col[pos] = late[lo:hi]
+                # a writer's lists: only those that moved since it was written (a column
+                # put back as it was costs a copy of the row group)
                 at = pa.array(pos)
-                # only the columns whose values moved since the late ops were written (a
-                # column put back as it was costs a copy of the row group)
-                t = pa.Table.from_arrays([_scatter(t.column(f.name), pos, part.column(f.name).combine_chunks())
-                                          if f.name not in ("op_id", "think_ns")
-                                          and not t.column(f.name).take(at).equals(part.column(f.name))
-                                          else t.column(f.name)
-                                          for f in OPS_ARROW], schema=OPS_ARROW)
+                wcols = {c: v if v.take(at).equals(self.late_w[c].slice(lo, hi - lo))
+                         else _scatter(v, pos, self.late_w[c].slice(lo, hi - lo)) for c, v in wcols.items()}
         if self.inferred:
-            vma = _np(t.column("vma_id"), VMA_NONE, np.int64)
-            miss = np.flatnonzero(vma == VMA_MISS)
+            miss = np.flatnonzero(seg.vma == VMA_MISS)
             if len(miss):
-                take = pa.array(miss)
-                mm = pc.dictionary_encode(t.column("mm").take(take)).combine_chunks()
-                code = mm.indices.to_numpy(zero_copy_only=False)
-                addr = _np(t.column("address").take(take), 0, np.uint64)
+                space = b.th["space"][seg.th[miss].astype(np.int64)]
+                addr = seg.address[miss]
                 ids = np.zeros(len(miss), np.int64)
-                for c, name in enumerate(mm.dictionary.to_pylist()):
-                    sel = code == c
-                    starts, _, vids = self.inferred[self.space_of[name]]
+                for s in np.unique(space).tolist():
+                    sel = space == s
+                    starts, _, vids = self.inferred[s]
                     ids[sel] = vids[np.searchsorted(starts, addr[sel], side="right") - 1]
-                write = _np(t.column("write").take(take), False, np.bool_)
-                fb = t.column("observed_fallback").take(take)
-                fbv = _np(fb, False, np.bool_)
-                # inferred VMAs are private: each one's first write fault (op order) may be the trylock
-                w = np.flatnonzero(write)
+                # inferred VMAs are private: each one's first write fault (op order) may be
+                # the trylock (make_table derives observed_fallback/anon_prepare from it)
+                w = np.flatnonzero(seg.write[miss] == 1)
                 uniq, at = np.unique(ids[w], return_index=True)
                 new = ~np.isin(uniq, np.fromiter(self.seen, np.int64, len(self.seen)))
                 first = np.zeros(len(miss), np.bool_)
                 first[w[at[new]]] = True
                 self.seen.update(uniq[new].tolist())
-                try_ = t.column("first_try_ns").take(take)  # a fallback's only (the trylock's is not)
-                cols = {"vma_id": pa.array(ids, pa.int64()),
-                        "observed_fallback": pa.array(fbv & ~first, pa.bool_(), mask=~_ok(fb)),
-                        "observed_anon_prepare": pa.array(fbv & first, pa.bool_()),
-                        "first_try_ns": pa.array(_np(try_, 0, np.int64), pa.int64(), mask=~_ok(try_) | first)}
-                t = pa.Table.from_arrays([_scatter(t.column(f.name), miss, cols[f.name]) if f.name in cols
-                                          else t.column(f.name) for f in OPS_ARROW], schema=OPS_ARROW)
-        if self.late_table is not None and self.ends_moved:
-            tid = t.column("tid")
-            th = np.searchsorted(b.tids, _np(tid, 0, np.int64)).astype(np.int32)
-            if tid.null_count:
-                th[~_ok(tid)] = len(b.tids)
-            s, e = t.column("start_ns"), t.column("end_ns")
-            think, think_ok = np.zeros(t.num_rows, np.int64), np.zeros(t.num_rows, np.bool_)
-            _think(th, _np(s, 0, np.int64), _ok(s), _np(e, 0, np.int64), _ok(e), self.prev, self.prev_ok, think, think_ok)
-            t = t.set_column(OPS_ARROW.get_field_index("think_ns"), OPS_ARROW.field("think_ns"),
-                             pa.array(think, pa.int64(), mask=~think_ok))
-        return t
+                seg.vma[miss] = ids
+                seg.first[miss] = first
+        if self.n_late and self.ends_moved:
+            think[:], think_ok[:] = 0, False
+            _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
+        return seg, ops, think, think_ok, wcols
+
+
+# A part as the spill keeps it: the ops rows as the op buffer holds them (flags as int8),
+# op ids, think times and the writer columns; its table (the strings, the derived flags)
+# is made once, after the second pass.
+SPILL_SCHEMA = pa.schema(
+    [(name, pa.from_numpy_dtype(np.int8 if dt == np.bool_ else dt)) for name, dt in OP_FIELDS]
+    + [("op_id", pa.int64()), ("think", pa.int64()), ("think_ok", pa.int8())]
+    + [OPS_ARROW.field(c) for c in WRITER_COLUMNS])
+
+
+def _spill_batch(part: tuple) -> pa.RecordBatch:
+    """A part as a record batch over its own arrays (no copy)."""
+    seg, ops, think, think_ok, writers = part
+    cols = [_arrow(c.view(np.int8) if c.dtype == np.bool_ else c, None, SPILL_SCHEMA.field(i).type)
+            for i, c in enumerate(seg)]
+    cols += [_arrow(ops, None, pa.int64()), _arrow(think, None, pa.int64()), _arrow(think_ok.view(np.int8), None, pa.int8())]
+    w = writer_columns(len(ops), writers)
+    return pa.RecordBatch.from_arrays(cols + [w[c] for c in WRITER_COLUMNS], schema=SPILL_SCHEMA)
+
+
+def _unspill(batch: pa.RecordBatch, room: Segment) -> tuple:
+    """A spilled part back, its arrays copied into ``room`` (the second pass writes them)."""
+    n = batch.num_rows
+    seg = []
+    for i, (_, dt) in enumerate(OP_FIELDS):
+        dst = room.cols[i][:n]
+        np.copyto(dst.view(np.int8) if dt == np.bool_ else dst, batch.column(i).to_numpy())
+        seg.append(dst)
+    ops, think, think_ok = room.ops[:n], room.think[:n], room.think_ok[:n]
+    np.copyto(ops, batch.column("op_id").to_numpy())
+    np.copyto(think, batch.column("think").to_numpy())
+    np.copyto(think_ok.view(np.int8), batch.column("think_ok").to_numpy())
+    return Ops(*seg), ops, think, think_ok, {c: batch.column(c) for c in WRITER_COLUMNS}
 
 
 # How the ops file is encoded (its values do not depend on it): dictionary pages only
@@ -1391,10 +1485,14 @@ class _Patch:
 # int64 column cost about half the write time), and delta encoding for the 64-bit
 # numbers: a 2 M-op pft ops file is 0.34 MB instead of 11.9 MB; on random addresses and
 # think times, measured on 2 M values, about the size of plain + zstd and 1.4-2.5x
-# faster to write.
+# faster to write.  Min/max statistics only on the integer columns (a reader can skip row
+# groups by op_id, time, address, thread): on the strings, dictionaries, flags and lists
+# they cost a sixth of the write (0.76-1.02 s instead of 1.05-1.23 s of CPU for the
+# 2 M-op pft file, alternately) and would serve no filter.
 OPS_PARQUET = {"compression": "zstd", "use_dictionary": ["trace_id", "mm", "kind", "fault_kind", "vma_class", "lock_mode", "pid", "tid"],
                "column_encoding": {c: "DELTA_BINARY_PACKED" for c in (
-                   "op_id", "seq", "start_ns", "end_ns", "address", "length", "ret", "vma_id", "hold_ns", "think_ns")}}
+                   "op_id", "seq", "start_ns", "end_ns", "address", "length", "ret", "vma_id", "hold_ns", "think_ns")},
+               "write_statistics": [f.name for f in OPS_ARROW if pa.types.is_integer(f.type)]}
 
 
 class _Behind:
@@ -1440,8 +1538,9 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     """Build a trace's ops into ``ops_path`` and its VMAs into ``vmas_path`` (Parquet,
     ``metadata`` added to both schemas' key-value metadata).  Row groups that are final
     when made go straight into the ops file; from the first one the second pass must see,
-    they go to an Arrow IPC file beside it (lz4: cheap to write and read back, unlike a
-    Parquet encoding, which so happens once per op) and through the patch at the end.
+    they go to an Arrow IPC file beside it, as the op buffer's fields (SPILL_SCHEMA; lz4:
+    cheap to write and read back, unlike a Parquet encoding, which so happens once per
+    op), and through the patch at the end.
     Both files are written on a thread of their own."""
     meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
     schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
@@ -1449,17 +1548,21 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     files: dict[str, object] = {}
     behind = _Behind()
 
-    def write(t) -> None:  # a table, or a call that makes it
-        t = t if isinstance(t, pa.Table) else t()
+    def write(part, release) -> None:  # then its Segment is free
+        t = b.part_table(part)
         files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
+        del t
+        release()
 
-    def spill(make) -> None:
-        t = make()
+    def spill(part, release) -> None:
+        batch = _spill_batch(part)
         if "spill" not in files:
             files["spill_file"] = pa.OSFile(spill_path, "wb")
-            files["spill"] = pa.ipc.new_file(files["spill_file"], OPS_ARROW,
+            files["spill"] = pa.ipc.new_file(files["spill_file"], SPILL_SCHEMA,
                                              options=pa.ipc.IpcWriteOptions(compression="lz4"))
-        files["spill"].write_table(t)
+        files["spill"].write_batch(batch)
+        del batch
+        release()
 
     def close_spill() -> None:
         if "spill" in files:
@@ -1468,7 +1571,8 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 
     try:
         files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
-        b = Builder(events, trace_id, maps_snapshot, same_mm, lambda make, final: behind(write if final else spill, make))
+        b = Builder(events, trace_id, maps_snapshot, same_mm,
+                    lambda part, final, release: behind(write if final else spill, part, release))
         b.run()
         behind(close_spill)
         if b.needs_patch():
@@ -1478,7 +1582,8 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
             with pa.OSFile(spill_path, "rb") as f:
                 r = pa.ipc.open_file(f)
                 for g in range(r.num_record_batches):
-                    behind(write, patch(pa.Table.from_batches([r.get_batch(g)])))
+                    room = b._segment()
+                    behind(write, patch(_unspill(r.get_batch(g), room)), lambda room=room: b.free.put(room))
                 behind.join()
         else:
             behind.join()
@@ -1500,12 +1605,14 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 def build_in_memory(ev: pa.Table, trace_id: str, maps_snapshot: str | None, same_mm: bool):
     """The same build with the ops kept in memory: (ops table, vmas frame, report)."""
     final: list[pa.Table] = []
-    rest: list[pa.Table] = []
-    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm, lambda make, ok: (final if ok else rest).append(make()))
+    rest: list[tuple] = []
+    # (the tables keep their Segments: none is released)
+    b = Builder(Events(ev), trace_id, maps_snapshot, same_mm,
+                lambda part, ok, release: final.append(b.part_table(part)) if ok else rest.append(part))
     b.run()
     if rest:
         patch = _Patch(b)
-        rest = [patch(t) for t in rest]
+        rest = [b.part_table(patch(p)) for p in rest]
     _finish_report(b)
     parts = final + rest
     ops = pa.concat_tables(parts) if parts else OPS_ARROW.empty_table()
