@@ -65,7 +65,7 @@ and none of the steps - it was measured with the recording machine's resources i
 
 from __future__ import annotations
 
-from numba import njit
+from ..jit import internal
 
 from .coherence import coh_write
 from .state import cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_fkind, op_service, res, thread
@@ -80,7 +80,7 @@ S_PTE_ALLOC, S_PTE_CHARGE, S_PTE_CLEAR, S_PTE_INSTALL, S_ALLOC, S_CHARGE, S_CLEA
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _has_step(kind, s):
     """Which steps a fault kind takes."""
     if s == S_FIXED:
@@ -94,7 +94,7 @@ def _has_step(kind, s):
     return False
 
 
-@njit(cache=True)
+@internal
 def zone_hold(S, pages):
     """The zone->lock hold of one refill of ``pages`` pages: the profile's table,
     linear between its points and beyond its ends (the published holds grow
@@ -109,7 +109,7 @@ def zone_hold(S, pages):
     return h[i - 1] + (h[i] - h[i - 1]) * (pages - b[i - 1]) / (b[i] - b[i - 1])
 
 
-@njit(cache=True)
+@internal
 def spin_lock_held(S, t, r, since, hold):
     """Thread t takes spinlock r at ``since``, holds it for ``hold`` ns plus its data
     lines' transfers, and releases it; returns when it releases.  FIFO: the lock is
@@ -144,7 +144,7 @@ def spin_lock_held(S, t, r, since, hold):
     return end
 
 
-@njit(cache=True)
+@internal
 def _clear(S, t, now, d, occ):
     """clear_page() (or a CoW's copy) on t's CPU at ``now``: ``d`` ns of the core's own,
     and ``occ`` ns of its node's memory channels, queued FIFO behind the clears before
@@ -170,7 +170,7 @@ def _clear(S, t, now, d, occ):
     return end
 
 
-@njit(cache=True)
+@internal
 def _alloc(S, t, now):
     """One order-0 page from t's CPU's pcp list; an empty list is refilled under the
     node's zone->lock first (rmqueue_bulk())."""
@@ -189,7 +189,7 @@ def _alloc(S, t, now):
     return end
 
 
-@njit(cache=True)
+@internal
 def _charge(S, t, now):
     """try_charge_memcg() for one page: the CPU's stock, else one page_counter walk
     charging MEMCG_CHARGE_BATCH - per level an atomic on usage (its own line) and the
@@ -215,7 +215,7 @@ def _charge(S, t, now):
     return end
 
 
-@njit(cache=True)
+@internal
 def _rss(S, t, now):
     """add_mm_counter(): percpu_counter_add_batch() folds the CPU's count into
     fbc->count under fbc->lock when it reaches the batch; before 6.2, the task's own
@@ -238,7 +238,7 @@ def _rss(S, t, now):
     return spin_lock_held(S, t, k.fp_r_rss, now, k.fp_fold_ns)
 
 
-@njit(cache=True)
+@internal
 def _lru(S, t, now):
     """folio_add_lru(): into the CPU's folio batch; a full batch moves to the node's
     lruvec under lru_lock (lruvec_add_folio() per folio)."""
@@ -251,7 +251,7 @@ def _lru(S, t, now):
     return spin_lock_held(S, t, k.fp_r_lru + p.node, now, k.fp_lru_batch * k.fp_lru_folio_ns)
 
 
-@njit(cache=True)
+@internal
 def _own_time(S, j):
     """Whether fault op j has its own recorded time (which the fault path would count
     twice: the recording machine's resources are in it)."""
@@ -261,7 +261,7 @@ def _own_time(S, j):
     return False
 
 
-@njit(cache=True)
+@internal
 def handle_mm_fault(S, t):
     """One step of handle_mm_fault() for t's fault: (when t continues, whether there
     are more steps).  Zero-time steps return now and come straight back."""

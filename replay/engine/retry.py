@@ -78,7 +78,7 @@ the fault's service time.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .coherence import read
 from .sched import sleep_for
@@ -175,7 +175,7 @@ def retry_causes(src, c, kinds: np.ndarray, release: str):
     return cause, waits, wait_ns
 
 
-@njit(cache=True)
+@internal
 def fault_retry(S, t, which, retry):
     """FAULT_RETRY: whether this call of handle_mm_fault() under lock ``which`` returns
     VM_FAULT_RETRY (-> goto retry).  Under the VMA lock a fault that cannot be served there
@@ -193,7 +193,7 @@ def fault_retry(S, t, which, retry):
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@internal
 def check_anon(S, t, refused):
     """CHECK_ANON: lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and vma->anon_vma (one
     line) before vma_start_read(); up to 6.5 a VMA that is not anonymous -> goto (abort)."""
@@ -208,7 +208,7 @@ def check_anon(S, t, refused):
     return end, False
 
 
-@njit(cache=True)
+@internal
 def wait_of(S, j):
     """The retry wait of op j (0 if it has none)."""
     ops = retry_ops(S)
@@ -224,7 +224,7 @@ def wait_of(S, j):
     return 0.0
 
 
-@njit(cache=True)
+@internal
 def retry_wait_step(S, t):
     """RETRY_WAIT: the fault sleeps its recorded wait off its CPU (sched.sleep_for)."""
     th = thread(S, t)

@@ -60,7 +60,7 @@ Multi-step operations keep where they are in thread registers (``try_state``, ``
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block_at, wake_at
@@ -92,13 +92,13 @@ DR_NONE, DR_OWNER, DR_WAIT, DR_GRANTED = 0, 1, 2, 3
 
 
 # -- lockstat ------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def acquired(S, k, t):
     lock(S, k).acquisitions += 1
     hold_begins(S, k, t)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def hold_begins(S, k, t):
     now = glob(S, 0).now
     th = thread(S, t)
@@ -109,7 +109,7 @@ def hold_begins(S, k, t):
         th.held_vlock = k
 
 
-@njit(cache=True)
+@internal
 def released(S, k, t):
     th = thread(S, t)
     since = np.nan
@@ -129,7 +129,7 @@ def released(S, k, t):
 
 
 # -- sem->wait_list and the OSQ of spinning writers: doubly linked through the threads -------------------
-@njit(cache=True)
+@internal
 def waiter_add(S, k, t, write):
     """rwsem_add_waiter(): t at the tail of the wait list."""
     lk, th = lock(S, k), thread(S, t)
@@ -146,7 +146,7 @@ def waiter_add(S, k, t, write):
     lk.wait_tail = t
 
 
-@njit(cache=True)
+@internal
 def waiter_del(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     p, n = th.waiter_prev, th.waiter_next
@@ -160,7 +160,7 @@ def waiter_del(S, k, t):
         lk.wait_tail = p
 
 
-@njit(cache=True)
+@internal
 def osq_add(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     last = lk.osq_tail
@@ -173,7 +173,7 @@ def osq_add(S, k, t):
     lk.osq_tail = t
 
 
-@njit(cache=True)
+@internal
 def osq_del(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     p, n = th.osq_prev, th.osq_next
@@ -188,7 +188,7 @@ def osq_del(S, k, t):
 
 
 # -- sem->wait_lock and the wake_q -----------------------------------------------------------------
-@njit(cache=True)
+@internal
 def wait_lock_lock(S, t, k, since):
     """raw_spin_lock_irq(&sem->wait_lock), issued at ``since``: queued_spin_lock()'s
     "atomic_try_cmpxchg_acquire(&lock->val, &val, _Q_LOCKED_VAL)"
@@ -203,7 +203,7 @@ def wait_lock_lock(S, t, k, since):
     return rmw_from(S, t, lk.wait_lock_line, True, begin)
 
 
-@njit(cache=True)
+@internal
 def wait_lock_unlock(S, t, k, since):
     """raw_spin_unlock_irq(): queued_spin_unlock() is "smp_store_release(&lock->locked,
     0)", a plain store on x86: t goes on at once (coherence.store_from), and the lock is
@@ -213,7 +213,7 @@ def wait_lock_unlock(S, t, k, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def wake_q_add(S, k, w):
     """wake_q_add(): w joins the waker's wake_q (kept on the lock: rwsem_mark_wake()
     fills it and wake_up_q() empties it in the same call)."""
@@ -226,7 +226,7 @@ def wake_q_add(S, k, w):
     lk.wake_q_tail = w
 
 
-@njit(cache=True)
+@internal
 def wake_up_q(S, t, k, since):
     """wake_up_q() (kernel/sched/core.c), run by the waker t after it dropped wait_lock:
     "while (node != WAKE_Q_TAIL) { ... wake_up_process(task); ... }" - one
@@ -254,7 +254,7 @@ def wake_up_q(S, t, k, since):
 
 
 # -- waking --------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def rwsem_mark_wake(S, t, k, wake_type, since):
     """rwsem_mark_wake(sem, wake_type, wake_q), run by t holding sem->wait_lock from
     ``since``: the waiters to wake go on the wake_q (wake_up_q() wakes them after the
@@ -319,7 +319,7 @@ def rwsem_mark_wake(S, t, k, wake_type, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def rwsem_wake(S, t, k, wake_type, since):
     """rwsem_wake() (from up_read() and up_write(): RWSEM_WAKE_ANY) and
     rwsem_downgrade_wake() (RWSEM_WAKE_READ_OWNED; also the stealing reader's wake-up in
@@ -334,7 +334,7 @@ def rwsem_wake(S, t, k, wake_type, since):
     return wake_up_q(S, t, k, end)
 
 
-@njit(cache=True)
+@internal
 def clear_nonspinnable(S, t, k, since):
     """clear_nonspinnable(), issued by t at ``since``: "if (unlikely(rwsem_test_oflags(sem,
     RWSEM_NONSPINNABLE))) atomic_long_andnot(RWSEM_NONSPINNABLE, &sem->owner);" - a load
@@ -353,7 +353,7 @@ def clear_nonspinnable(S, t, k, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def rwsem_cond_wake_waiter(S, t, k, count, since):
     """rwsem_cond_wake_waiter(sem, count, wake_q), t holding wait_lock from ``since``,
     right after queueing itself - in rwsem_down_read_slowpath() with "count =
@@ -391,7 +391,7 @@ def rwsem_cond_wake_waiter(S, t, k, count, since):
     return rwsem_mark_wake(S, t, k, RWSEM_WAKE_ANY, end)
 
 
-@njit(cache=True)
+@internal
 def _let_spinner_in(S, k):
     """The OSQ head (the one writer spinning on the owner; the rest spin on their own
     OSQ nodes) sees the release: a free lock it tries to take, and a lock readers now
@@ -406,14 +406,14 @@ def _let_spinner_in(S, k):
         at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, h)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _rspin_threshold(S, k):
     """rwsem_rspin_threshold(): (20 + readers) * NSEC_PER_USEC / 2, readers at most 30."""
     readers = lock(S, k).count >> RWSEM_READER_SHIFT
     return min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
 
 
-@njit(cache=True)
+@internal
 def rwsem_set_nonspinnable(S, t, k):
     """rwsem_set_nonspinnable(): cmpxchg RWSEM_NONSPINNABLE into sem->owner while it is
     still RWSEM_READER_OWNED; an atomic on the owner's line."""
@@ -424,7 +424,7 @@ def rwsem_set_nonspinnable(S, t, k):
     return rmw(S, t, lk.owner_line, True)
 
 
-@njit(cache=True)
+@internal
 def _owner_running(S, k):
     o = lock(S, k).owner
     if o == RWSEM_READER_OWNED or o == 0:  # reader-owned, or no owner recorded
@@ -433,7 +433,7 @@ def _owner_running(S, k):
 
 
 # -- readers -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def down_read_trylock(S, t, k, label):
     """rwsem_read_trylock()'s cmpxchg loop: load, then cmpxchg count -> count + BIAS
     unless a RWSEM_READ_FAILED_MASK bit is set (then goto label), then the owner store."""
@@ -463,7 +463,7 @@ def down_read_trylock(S, t, k, label):
     return rmw(S, t, ln, True) + extra, True
 
 
-@njit(cache=True)
+@internal
 def down_read(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     now = glob(S, 0).now
@@ -528,7 +528,7 @@ def down_read(S, t, k):
     return -1.0, True
 
 
-@njit(cache=True)
+@internal
 def up_read(S, t, k):
     lk = lock(S, k)
     released(S, k, t)
@@ -545,7 +545,7 @@ def up_read(S, t, k):
 
 
 # -- writers -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def rwsem_try_write_lock(S, k, w):
     lk = lock(S, k)
     first = lk.wait_head == w
@@ -565,7 +565,7 @@ def rwsem_try_write_lock(S, k, w):
     return True
 
 
-@njit(cache=True)
+@internal
 def _queue_writer(S, t, k):
     if lock(S, k).wait_head < 0:
         lock(S, k).count |= RWSEM_FLAG_WAITERS
@@ -573,7 +573,7 @@ def _queue_writer(S, t, k):
     thread(S, t).dw = DW_WAIT
 
 
-@njit(cache=True)
+@internal
 def down_write(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     now = glob(S, 0).now
@@ -699,7 +699,7 @@ def down_write(S, t, k):
     return -1.0, True
 
 
-@njit(cache=True)
+@internal
 def downgrade_write(S, t, k):
     """__downgrade_write(): "tmp = atomic_long_fetch_add_release(-RWSEM_WRITER_LOCKED +
     RWSEM_READER_BIAS, &sem->count); rwsem_set_reader_owned(sem); if (tmp &
@@ -727,7 +727,7 @@ def downgrade_write(S, t, k):
     return end, True
 
 
-@njit(cache=True)
+@internal
 def up_write(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     released(S, k, t)
