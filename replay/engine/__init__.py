@@ -166,7 +166,13 @@ MIN_SERVICE_SAMPLES = 20
 #     op's own VMA id no longer does - a fault the trace saw in a VMA a writer has since split
 #     or shrunk), so the range check aborts only what no VMA covers, not the closed loop's
 #     stale VMA ids
-REFERENCE_VERSION = 23
+# 24: the writers' spinning on sem->owner as rwsem.c has it: a writer spins while the lock
+#     is held with no owner (OWNER_NULL), readers' owner stores starting its threshold;
+#     __up_write()'s rwsem_clear_owner() is a store to the owner's line, the release atomic
+#     issuing once it has committed (the lock held with no owner meanwhile); the first
+#     waiter with its handoff set spins on a writer owner between retries instead of
+#     sleeping, and retries at once on OWNER_NULL
+REFERENCE_VERSION = 24
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -107,7 +107,7 @@ def h_rwsem_down_write(S, t, which, _a, _b):
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_up_write(S, t, which, _a, _b):
-    return up_write(S, t, _lock_index(S, t, which)), False
+    return up_write(S, t, _lock_index(S, t, which))
 
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own

@@ -16,10 +16,13 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   up_read(): xadd -READER_BIAS; when only the waiters bit is left,
   clear_nonspinnable() and rwsem_wake().
 * down_write() - cmpxchg 0 -> WRITER_LOCKED, else rwsem_optimistic_spin(): while a
-  writer owner is on a CPU, or on a reader-owned lock for rwsem_rspin_threshold()
+  writer owner is on a CPU, while there is no owner (OWNER_NULL: a writer releasing, a
+  taker yet to store itself), or on a reader-owned lock for rwsem_rspin_threshold()
   (10 us + 0.5 us a reader, at most 25 us), taking the lock the moment it is free
   (rwsem_try_write_lock_unqueued()); it stops when the owner sleeps or another task
-  wants the CPU (need_resched()), then queues.  A spinner whose reader-owned threshold
+  wants the CPU (need_resched()), then queues.  The first waiter, once it has set
+  HANDOFF (waiter.handoff_set), spins on a writer owner between its retries instead of
+  sleeping, and retries at once on OWNER_NULL (_handoff_spin()).  A spinner whose reader-owned threshold
   runs out sets RWSEM_NONSPINNABLE in sem->owner (rwsem_set_nonspinnable()): no writer
   spins on the lock again (rwsem_can_spin_on_owner(), rwsem_spin_on_owner()) until a
   writer owns it (rwsem_set_owner() and rwsem_clear_owner() store the owner whole;
@@ -31,6 +34,8 @@ object k - 1 (pervma's separate ``struct vma_lock``, or inside the VMA).
   HANDOFF (rwsem_try_write_lock()).  A writer queueing behind others runs
   rwsem_cond_wake_waiter() on atomic_long_read(&sem->count), emptying its wake_q with
   wait_lock dropped.
+* up_write() - rwsem_clear_owner()'s plain store to sem->owner (its line's request for
+  ownership), then the release atomic once it has committed, then rwsem_wake().
 * downgrade_write() - the writer becomes a reader and wakes the readers at the head.
 * rwsem_mark_wake(wake_type) - a writer at the head is woken to retry (RWSEM_WAKE_ANY
   only); readers at the head get the lock together - every queued reader, up to
@@ -63,7 +68,8 @@ import numpy as np
 from ..jit import internal
 
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
-from .sched import DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at, block_at, wake_at
+from .sched import (DW_CLEARED, DW_HSPIN, DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at,
+                    block_at, wake_at)
 from .state import cfg, cpu, glob, line, lock, thread
 from .waits import H_SPIN, M_NONE, M_WRITE, W_RWSEM, W_WAIT_LOCK, record
 
@@ -249,6 +255,12 @@ def wake_up_q(S, t, k, since):
         if w != t and thread(S, w).blocked:
             wake_at(S, w, k, when)
             when += cost
+        elif thread(S, w).dw == DW_HSPIN:
+            # the first waiter spinning on the owner with its handoff set: it is on its
+            # CPU in TASK_UNINTERRUPTIBLE (set_current_state(state) before the loop), so
+            # try_to_wake_up() makes it TASK_RUNNING and the schedule() it would next
+            # run returns at once (rwsem_down_write_slowpath(), _handoff_spin())
+            thread(S, w).dw_woken = True
         w = nxt
     return when
 
@@ -312,6 +324,7 @@ def rwsem_mark_wake(S, t, k, wake_type, since):
     if lk.wait_head < 0:
         lk.count &= ~RWSEM_FLAG_WAITERS
     lk.owner = RWSEM_READER_OWNED
+    _let_spinner_in(S, k)
     # the count moved by more than the first reader's fetch_add: "if (adjustment)
     # atomic_long_add(adjustment, &sem->count)"
     if lk.count - c0 != (0 if wake_type == RWSEM_WAKE_READ_OWNED else RWSEM_READER_BIAS):
@@ -394,9 +407,11 @@ def rwsem_cond_wake_waiter(S, t, k, count, since):
 @internal
 def _let_spinner_in(S, k):
     """The OSQ head (the one writer spinning on the owner; the rest spin on their own
-    OSQ nodes) sees the release: a free lock it tries to take, and a lock readers now
-    own starts its reader-owned threshold (rwsem_optimistic_spin()'s loop re-reads the
-    owner each time round)."""
+    OSQ nodes) sees the release or the readers' owner store: a free lock it tries to
+    take, and a lock readers now own - after a writer or no owner - starts its
+    reader-owned threshold (rwsem_optimistic_spin()'s loop re-reads the owner each time
+    round: "if (prev_owner_state != OWNER_READER) ... rspin_threshold =
+    rwsem_rspin_threshold(sem)")."""
     lk = lock(S, k)
     h = lk.osq_head
     if h < 0:
@@ -447,6 +462,7 @@ def down_read_trylock(S, t, k, label):
     if th.try_state == TRY_OWNER:  # rwsem_set_reader_owned()
         th.try_state = TRY_NONE
         lk.owner = RWSEM_READER_OWNED
+        _let_spinner_in(S, k)
         return store(S, t, lk.owner_line), False
     if lk.count & RWSEM_READ_FAILED_MASK:
         th.try_state = TRY_NONE
@@ -473,6 +489,7 @@ def down_read(S, t, k):
     if th.dr == DR_OWNER:
         th.dr = DR_NONE
         lk.owner = RWSEM_READER_OWNED
+        _let_spinner_in(S, k)
         return store(S, t, lk.owner_line), False
     if th.dr == DR_WAIT:
         glob(S, 0).err = ERR_WAITER_READER
@@ -498,6 +515,7 @@ def down_read(S, t, k):
             # stays), before any wake-up, as on the fast path (DR_OWNER)
             acquired(S, k, t)
             lk.owner = RWSEM_READER_OWNED
+            _let_spinner_in(S, k)
             end = store_from(S, t, lk.owner_line, end)
             if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS:  # "Wake up other readers in the wait queue
                 end = rwsem_wake(S, t, k, RWSEM_WAKE_READ_OWNED, end)  # if it is the first reader"
@@ -598,14 +616,17 @@ def down_write(S, t, k):
         lk.contentions += 1
         # rwsem_can_spin_on_owner() - not when need_resched(), nor "if ((flags &
         # RWSEM_NONSPINNABLE) || (owner && !(flags & RWSEM_READER_OWNED) &&
-        # !owner_on_cpu(owner)))" - then rwsem_rspin_threshold() on a reader-owned lock
+        # !owner_on_cpu(owner)))" - then rwsem_rspin_threshold() on a reader-owned lock.
+        # No owner (OWNER_NULL: a writer between up_write()'s rwsem_clear_owner() and its
+        # release, a reader or writer between its atomic and its owner store) passes:
+        # "owner &&" is false, so it spins (see DW_SPIN below)
         can = False
         deadline = 0.0
         if cpu(S, th.cpu).rq_head < 0 and not lk.nonspinnable:
             if lk.owner == RWSEM_READER_OWNED:
                 deadline = now + _rspin_threshold(S, k)
                 can = True
-            elif lk.owner != 0 and _owner_running(S, k):
+            elif _owner_running(S, k):  # a writer on its CPU, or no owner
                 deadline = np.inf
                 can = True
         if can:  # rwsem_optimistic_spin(): stay on the CPU
@@ -644,7 +665,13 @@ def down_write(S, t, k):
                 gave_up = spin
                 spin = False
         else:
-            th.dw_deadline = np.inf  # a writer owner: spin while it is on a CPU
+            # a writer owner: spin while it is on a CPU.  No owner: rwsem_spin_on_owner()
+            # returns OWNER_NULL at once, rwsem_try_write_lock_unqueued() fails (the count
+            # is held), and "if (owner_state != OWNER_WRITER) { if (need_resched())
+            # break; ... }" goes round again - it spins while the owner is NULL, until the
+            # lock is free (_let_spinner_in()) or has an owner; readers storing theirs
+            # start its threshold (prev_owner_state != OWNER_READER: _let_spinner_in())
+            th.dw_deadline = np.inf
             spin = spin and _owner_running(S, k)
         if spin:
             if th.dw_deadline != np.inf:
@@ -659,6 +686,8 @@ def down_write(S, t, k):
         queue = True
     elif th.dw == DW_NONSPIN:
         queue = True
+    elif th.dw == DW_HSPIN:  # the first waiter spinning on the owner, handoff set
+        return _handoff_spin_step(S, t, k)
     # rwsem_down_write_slowpath(), under sem->wait_lock: "raw_spin_lock_irq(&sem->wait_lock);
     # rwsem_add_waiter(sem, &waiter);" and, first in the queue, "atomic_long_or(
     # RWSEM_FLAG_WAITERS, &sem->count)"; then "for (;;) { if (rwsem_try_write_lock(sem,
@@ -695,7 +724,93 @@ def down_write(S, t, k):
         end = rmw_from(S, t, lk.count_line, True, end)
     else:  # atomic_long_read(&sem->count) and no cmpxchg
         end = read_from(S, t, lk.count_line, end)
-    block_at(S, t, wait_lock_unlock(S, t, k, end))
+    end = wait_lock_unlock(S, t, k, end)
+    if th.waiter_handoff_set:
+        return _handoff_spin(S, t, k, end)
+    block_at(S, t, end)
+    return -1.0, True
+
+
+# rwsem_owner_state()'s answers (enum owner_state)
+OWNER_NULL, OWNER_WRITER, OWNER_READER, OWNER_NONSPINNABLE = 1, 2, 4, 8
+
+
+@internal(inline=True)
+def _owner_state(S, k):
+    """rwsem_owner_state(owner, flags) of sem->owner as it is now."""
+    lk = lock(S, k)
+    if lk.nonspinnable:
+        return OWNER_NONSPINNABLE
+    if lk.owner == RWSEM_READER_OWNED:
+        return OWNER_READER
+    return OWNER_WRITER if lk.owner != 0 else OWNER_NULL
+
+
+@internal
+def _handoff_spin(S, t, k, since):
+    """rwsem_down_write_slowpath(), the first waiter t with its handoff set, wait_lock
+    dropped at ``since`` after another failed rwsem_try_write_lock():
+
+        if (waiter.handoff_set) {
+            enum owner_state owner_state;
+
+            owner_state = rwsem_spin_on_owner(sem);
+            if (owner_state == OWNER_NULL)
+                goto trylock_again;
+        }
+        schedule_preempt_disabled();
+
+    rwsem_spin_on_owner() reads sem->owner (a load of its line); anything but a writer
+    it returns at once - OWNER_NULL (the writer has just run rwsem_clear_owner()): t
+    takes wait_lock and tries again without sleeping; readers, or the nonspinnable bit:
+    it sleeps.  A writer: t spins on its CPU (DW_HSPIN, not in the OSQ) until the owner
+    word changes or the writer leaves its CPU or t's CPU wants another task
+    (need_resched()) - _handoff_spin_step().  The HANDOFF bit keeps every other taker
+    out (RWSEM_READ_FAILED_MASK, rwsem_try_write_lock_unqueued()), so the next owner is
+    t.  kernel/locking/rwsem.c since "locking/rwsem: Make handoff writer optimistically
+    spin on owner" (Waiman Long), with only the first waiter's handoff_set since
+    "locking/rwsem: Prevent non-first waiter from spinning in down_write() slowpath";
+    the code the same in v6.3, v6.4 and v6.18 (compared).  Returns (end, again) as
+    down_write()."""
+    lk, th = lock(S, k), thread(S, t)
+    end = read_from(S, t, lk.owner_line, since)  # rwsem_owner_flags(): atomic_long_read(&sem->owner)
+    state = _owner_state(S, k)
+    if state == OWNER_NULL:  # goto trylock_again
+        return end, True
+    if state == OWNER_WRITER and cpu(S, th.cpu).rq_head < 0 and _owner_running(S, k):
+        th.dw = DW_HSPIN
+        th.dw_owner = lk.owner
+        th.dw_since = end
+        th.dw_woken = False
+        return -1.0, True
+    block_at(S, t, end)
+    return -1.0, True
+
+
+@internal
+def _handoff_spin_step(S, t, k):
+    """rwsem_spin_on_owner()'s loop for the handoff writer t (DW_HSPIN), at an instant
+    its owner may have changed: "if ((new != owner) || (new_flags != flags)) { state =
+    rwsem_owner_state(new, new_flags); break; } ... if (need_resched() ||
+    !owner_on_cpu(owner)) { state = OWNER_NONSPINNABLE; break; }".  On OWNER_NULL it
+    tries again; otherwise it sleeps - unless a wake-up came while it spun
+    (wake_up_q(): TASK_RUNNING, so schedule() returns at once), when it tries again."""
+    lk, th = lock(S, k), thread(S, t)
+    now = max(glob(S, 0).now, th.dw_since)
+    if lk.owner == th.dw_owner and not lk.nonspinnable:
+        if cpu(S, th.cpu).rq_head < 0 and _owner_running(S, k):
+            return -1.0, True  # the owner runs on, unchanged: still spinning
+        state = OWNER_NONSPINNABLE
+    else:
+        state = _owner_state(S, k)
+    since = th.dw_since
+    th.wait += now - since
+    record(S, t, W_RWSEM, k, M_WRITE, H_SPIN, since, now)
+    th.dw = DW_WAIT
+    if state == OWNER_NULL or th.dw_woken:
+        th.dw_woken = False
+        return now, True  # trylock_again: wait_lock, rwsem_try_write_lock()
+    block_at(S, t, now)
     return -1.0, True
 
 
@@ -723,21 +838,53 @@ def downgrade_write(S, t, k):
     end = rmw(S, t, lk.count_line, True)
     lk.owner = RWSEM_READER_OWNED
     _let_spinner_in(S, k)
+    _owner_changed(S, k)
     th.dw = DW_OWNER
     return end, True
 
 
 @internal
+def _owner_changed(S, k):
+    """sem->owner has just changed from the writer a handoff waiter spins on
+    (DW_HSPIN): it sees the new word (rwsem_spin_on_owner()'s ``new != owner``)."""
+    h = lock(S, k).wait_head
+    if h >= 0 and thread(S, h).dw == DW_HSPIN:
+        at(S, glob(S, 0).now, h)
+
+
+@internal
 def up_write(S, t, k):
+    """__up_write(): "rwsem_clear_owner(sem); tmp = atomic_long_fetch_add_release(
+    -RWSEM_WRITER_LOCKED, &sem->count); if (unlikely(tmp & RWSEM_FLAG_WAITERS))
+    rwsem_wake(sem);" - rwsem_clear_owner() is "atomic_long_set(&sem->owner, 0)", a
+    plain store: its request for ownership of the owner's line occupies that line
+    (coherence.store_from), as the readers' owner store does, and the locked
+    fetch_add waits for it to commit (the store buffer drains first).  Two steps: the
+    owner store, then - when it has committed - the release and the wake-up.  Between
+    them the lock is still write-locked with no owner: a spinner sees OWNER_NULL
+    (rwsem_optimistic_spin() goes on spinning; the handoff waiter tries again).  With
+    the owner on the count's line (6.3's mm_struct) the store's fetch leaves the line
+    here for the atomic; from 6.4's layout they are two lines.  The hold ends at the
+    first step (lock_release() runs before __up_write()).  kernel/locking/rwsem.c, the
+    same in v6.3, v6.4 and v6.18.  Returns (end, again)."""
     lk, th = lock(S, k), thread(S, t)
+    if th.dw == DW_CLEARED:
+        th.dw = DW_NONE
+        lk.count -= RWSEM_WRITER_LOCKED
+        end = rmw(S, t, lk.count_line, True)
+        if lk.count & RWSEM_FLAG_WAITERS:
+            end = rwsem_wake(S, t, k, RWSEM_WAKE_ANY, end)
+        _let_spinner_in(S, k)
+        return end, False
     released(S, k, t)
     lk.owner = 0  # rwsem_clear_owner(): atomic_long_set(&sem->owner, 0)
     lk.nonspinnable = 0
     if k > 0 and th.wlock == k:
         th.wlock = 0
-    lk.count -= RWSEM_WRITER_LOCKED
-    end = rmw(S, t, lk.count_line, True)
-    if lk.count & RWSEM_FLAG_WAITERS:
-        end = rwsem_wake(S, t, k, RWSEM_WAKE_ANY, end)
-    _let_spinner_in(S, k)
-    return end
+    _owner_changed(S, k)
+    end = store(S, t, lk.owner_line)
+    # the fetch_add issues once the store has committed: t stalls at it until then
+    stall = max(end, th.sb_until)
+    th.cache += stall - end
+    th.dw = DW_CLEARED
+    return stall, True

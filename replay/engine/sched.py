@@ -43,8 +43,9 @@ from .waits import slept
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
 ERR_DEADLOCK, ERR_RUNQ, ERR_WAITER_READER = 1, 2, 3
 
-# thread.dw: where a down_write() is (see rwsem.py)
-DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, DW_NONSPIN = 0, 1, 2, 3, 4
+# thread.dw: where a down_write() is (see rwsem.py) - or, DW_CLEARED, an up_write() between
+# its owner store and its release atomic
+DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, DW_NONSPIN, DW_HSPIN, DW_CLEARED = 0, 1, 2, 3, 4, 5, 6
 
 
 # -- the heap -------------------------------------------------------------------------------------
@@ -192,18 +193,27 @@ def block_at(S, t, when):
     th.blocked = True
     th.blocked_at = when
     release_cpu_at(S, t, when)
-    # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu)
+    # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu): the
+    # OSQ's, and the first waiter spinning with its handoff set (DW_HSPIN, rwsem.py)
     if lock(S, 0).owner == t + 1:
-        sp = lock(S, 0).osq_head
-        while sp >= 0:
-            at(S, when, sp)
-            sp = thread(S, sp).osq_next
+        _owner_off_cpu(S, 0, when)
     k = th.wlock
     if k > 0 and lock(S, k).owner == t + 1:
-        sp = lock(S, k).osq_head
-        while sp >= 0:
-            at(S, when, sp)
-            sp = thread(S, sp).osq_next
+        _owner_off_cpu(S, k, when)
+
+
+@internal
+def _owner_off_cpu(S, k, when):
+    """Lock k's owner leaves its CPU at ``when``: every thread spinning on it
+    (rwsem_spin_on_owner()'s ``!owner_on_cpu(owner)``) looks again then."""
+    lk = lock(S, k)
+    sp = lk.osq_head
+    while sp >= 0:
+        at(S, when, sp)
+        sp = thread(S, sp).osq_next
+    h = lk.wait_head
+    if h >= 0 and thread(S, h).dw == DW_HSPIN:
+        at(S, when, h)
 
 
 @internal
@@ -273,5 +283,5 @@ def runnable(S, t):
         th.rq_woken = True
         rq_push(S, c, t)
         cur = q.busy
-        if thread(S, cur).dw == DW_SPIN:  # need_resched(): the spinner yields
+        if thread(S, cur).dw == DW_SPIN or thread(S, cur).dw == DW_HSPIN:  # need_resched(): a spinner yields
             at(S, now, cur)

@@ -89,7 +89,9 @@ THREAD = _rec(
     ("start", f8), ("wait", f8), ("cache", f8), ("transfers",), ("outcome",), ("misses",), ("fallback",), ("attempts",),
     ("prev_unknown", f8),
     # registers of multi-step micro-ops
-    ("try_state",), ("try_ver",), ("dr",), ("dw",), ("dw_deadline", f8), ("dw_since", f8), ("ref_has",),
+    ("try_state",), ("try_ver",), ("dr",), ("dw",), ("dw_deadline", f8), ("dw_since", f8),
+    ("dw_owner",), ("dw_woken",),  # the handoff writer's spin: the owner it spins on; woken meanwhile (rwsem.py)
+    ("ref_has",),
     ("ref_ver",), ("ref_obj",), ("seq_has",),
     # lockstat holdtime, and the VMA rwsem this writer owns
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),

@@ -264,7 +264,7 @@ def vma_start_write_step(S, t):
             ob.vm_lock_seq = g.mm_lock_seq
             end = store(S, t, seqline)
         else:
-            end = up_write(S, t, o + 1)
+            end, again = up_write(S, t, o + 1)
     else:
         wr = VMA_LOCK_OFFSET + k.writer_ref
         if step == 1:  # __vma_enter_locked()
