@@ -55,6 +55,14 @@ PFT_C = REPO / "sample_traces" / "programs" / "pft.c"
 # the README of published.json: design number -> model ("v8 / mainline": v9 onwards has
 # mainline's regrouped layout; the only design-4 table here measures v9)
 DESIGN_MODELS = {1: "mmap_lock", 2: "pervma", 3: "inline-rwsem", 4: "mainline", 5: None}
+# a design column that is one posting whose fault path differs from its design's merged
+# code, modelled as that posting: "pvl-v2" ran "[PATCH v2 00/33] Per-VMA locks" (every user
+# fault reads mm_users, a validating re-walk; replay/models/kernels.py _pvl_v2_fault()).
+# "pvl-v2+opt", the fixes Suren Baghdasaryan sent Punit Agrawal to test and posted as v3 the
+# same day ("[PATCH v3 00/35] Per-VMA locks": "remove mm->mm_users check", the vma->detached
+# flag, "to address pft-threads regression reported by Punit Agrawal"), is v3's - 6.4's -
+# logic on 6.2: pervma@6.2, which has 6.2's mm_struct (models.on_release_mm())
+POSTED_MODELS = {"pvl-v2": "pvl-v2"}
 # the machine a table was measured on -> its profile (matched in the table's machine.cpu)
 PROFILES = (("8336C", "icelake-2s"), ("Zen 5", "zen5-2s"), ("IvyBridge", "ivybridge-2s"))
 # the kernel each table's designs ran on (their fault path's batch sizes: the runs are
@@ -136,7 +144,7 @@ def plan(published: list[dict], tables: list[str] | None = None, threads: list[i
             continue
         designs = list(t["designs"])
         nos = {d: _design_number(t["designs"][d]) for d in designs}
-        models = {d: DESIGN_MODELS.get(nos[d]) for d in designs}
+        models = {d: POSTED_MODELS.get(d, DESIGN_MODELS.get(nos[d])) for d in designs}
         cpu = str(t["machine"].get("cpu", ""))
         prof = next((p for key, p in PROFILES if key in cpu), None)
         if machines and t["id"] in machines:

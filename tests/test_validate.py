@@ -104,7 +104,8 @@ def test_plan_maps_designs_to_models_and_machines_to_profiles():
     pub = V.load_published()
     tbs = {t.id: t for t in V.plan(pub)}
     ice = tbs[ICE]
-    assert ice.models == {"mm-unstable-20230210": "mmap_lock", "pvl-v2": "pervma", "pvl-v2+opt": "pervma"}
+    # pvl-v2 is the v2 posting (its mm_users test); +opt is v3's logic: pervma on 6.2
+    assert ice.models == {"mm-unstable-20230210": "mmap_lock", "pvl-v2": "pvl-v2", "pvl-v2+opt": "pervma"}
     assert ice.profile == "icelake-2s" and ice.workload == "pft"
     assert tbs[PERVMA_TABLE].workload == "pft-multimap"
     zen = tbs["shivank-2025-01-28-zen5-v9"]
@@ -142,7 +143,7 @@ def test_validate_end_to_end_on_one_table_and_two_thread_counts(ws, tmp_path):
     assert r["published"] == 2683651.5664 and r["published_pct"] == -9.51
     assert r["iterations"] == 2 and r["predicted"] > 0
     # the prediction is what the runs say: Hmean of the runs' faults/sec read back from the workspace
-    runs = tb.runs[("pervma", 4)]
+    runs = tb.runs[("pvl-v2", 4)]  # the pvl-v2 column is the v2 posting's model
     got = pl.concat([pl.read_parquet(ws / "results" / f"run_id={x}") for x in runs])
     # (pft's: the faults over the span of the touch loops, first fault's start to last fault's end)
     per = [f.height / (f["end_ns"].max() - f["start_ns"].min()) * 1e9
@@ -213,7 +214,7 @@ def test_quick_takes_the_first_three_thread_counts_and_json_says_so(cli, ws):
     assert j["faults_per_iteration"] == 2048 and j["iterations"] == 2 and j["fitted"] == ["fault_path.fixed_ns"]
     t = j["tables"][0]
     assert t["threads"] == [1, 4, 7] and t["status"] == "ok"
-    assert t["models"] == {"mm-unstable-20230210": "mmap_lock", "pvl-v2": "pervma", "pvl-v2+opt": "pervma"}
+    assert t["models"] == {"mm-unstable-20230210": "mmap_lock", "pvl-v2": "pvl-v2", "pvl-v2+opt": "pervma"}
     rc, out, err = cli("validate", "--quick", "--tables", ICE, "--threads", "1", "-f", "csv", "-w", ws)  # the rows
     lines = out.splitlines()
     assert rc == 0 and lines[0] == ",".join(V.ROW_COLUMNS), (err, out)

@@ -172,7 +172,9 @@ MIN_SERVICE_SAMPLES = 20
 #     issuing once it has committed (the lock held with no owner meanwhile); the first
 #     waiter with its handoff set spins on a writer owner between retries instead of
 #     sleeping, and retries at once on OWNER_NULL
-REFERENCE_VERSION = 24
+# 25: pervma@RELEASE before 6.4 has 6.2's mm_struct (models.on_release_mm()); the pvl-v2
+#     model (the v2 posting's fault: the mm_users test, a validating re-walk)
+REFERENCE_VERSION = 25
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -55,6 +55,7 @@ class Op(IntEnum):
     FAULT_RETRY = 30
     RETRY_WAIT = 31
     CHECK_ANON = 32
+    CHECK_MM_USERS = 33
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -135,6 +136,9 @@ MICRO_OPS = (
             "the read): the fault sleeps off its CPU (retry.py)", "h_retry_wait"),
     MicroOp(Op.CHECK_ANON, ("refused?",), "labels", "lock_vma_under_rcu() up to 6.9 reads vma->vm_ops and "
             "vma->anon_vma; up to 6.5 \"if (!vma_is_anonymous(vma)) goto inval;\" -> goto (retry.py)", "h_check_anon"),
+    MicroOp(Op.CHECK_MM_USERS, ("single?",), "labels", "the per-VMA lock v2 posting's do_user_addr_fault(): \"if "
+            "(!(flags & FAULT_FLAG_USER) || atomic_read(&mm->mm_users) == 1) goto lock_mmap;\" - mm_users the mm's "
+            "threads in the trace (the load is the READ before it) -> goto", "h_check_mm_users"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"

@@ -166,6 +166,18 @@ def h_check_range(S, t, outside, _a, _b):
 
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
+def h_check_mm_users(S, t, single, _a, _b):
+    """``atomic_read(&mm->mm_users) == 1`` (the READ of mm_users before it pays the load):
+    one user - the trace's only thread of this mm - goes to ``lock_mmap``.  mm_users
+    counts the mm's threads as the trace has them, all of them for the whole replay (a
+    thread that exits before another starts still counts; a transient mmget() - a
+    /proc reader - is not seen)."""
+    if cfg(S, 0).nthreads == 1:
+        thread(S, t).pc = single
+    return glob(S, 0).now, False
+
+
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_detached(S, t, detached, _a, _b):
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
     if not vobj(S, current(S, t)).attached:

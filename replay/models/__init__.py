@@ -45,7 +45,22 @@ def get_model(name: str) -> Model:
     except ValueError as e:
         raise ModelError(f"unknown model {name!r}: {e}") from None
     m = reg[base]
-    return dataclasses.replace(m, name=name, release=release)
+    layout = on_release_mm(m.layout, release)
+    return dataclasses.replace(m, name=name, release=release, layout=layout)
+
+
+def on_release_mm(layout, release: str):
+    """A per-VMA rwsem design's layout on ``release``: its mm_struct is that kernel's.
+    Before "mm: move mm_count into its own cache line" (v6.4) that is 6.2's/6.3's, with
+    the series' mm_lock_seq after mmlist (kernels.MM_62_PVL), not the 6.4 layout the
+    design merged with - the layout pervma's patches had when they were measured on 6.2."""
+    import dataclasses
+
+    from .kernels import MM_64, MM_62_PVL, _release_key
+
+    if layout.mm is MM_64 and _release_key(release) < _release_key("6.4"):
+        return dataclasses.replace(layout, mm=MM_62_PVL)
+    return layout
 
 
 __all__ = ["Layout", "Model", "ModelError", "get_model", "registry"]

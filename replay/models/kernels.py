@@ -92,6 +92,17 @@ MM_63 = Struct("mm_struct", 192, 64, {
 }, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
           "mmap_lock.wait_lock": 4, "mmlist": 16})
 
+# mm_struct under the per-VMA lock patches on 6.2 (the v2 posting, "[PATCH v2 00/33]
+# Per-VMA locks", Suren Baghdasaryan, 27 Jan 2023, <20230127194110.533103-1-surenb@google.com>,
+# and its successors until "mm: move mm_count into its own cache line" reached 6.4): 6.2's
+# layout - MM_63's offsets, 6.3's cid_lock at 92 falling in the hole before pgtables_bytes -
+# with CONFIG_PER_VMA_LOCK's ``int mm_lock_seq`` after mmlist (v2 09/33), at 168, line 2,
+# with mmap_lock's wait_lock and wait_list; mm_users (84), mm_count and mmap_lock's count
+# (112) and owner (120) share line 1.  Offsets from the 6.3.8 source less cid_lock, not
+# from pahole on a 6.2 build.
+MM_62_PVL = Struct("mm_struct", 192, 64, {**MM_63.fields, "mm_lock_seq": 168},
+                   sizes={**MM_63.sizes, "mm_lock_seq": 4})
+
 # mm_struct at v6.4: mm_count alone in line 0 (struct { atomic_t mm_count; }
 # ____cacheline_aligned_in_smp), mm_mt 64 (24), get_unmapped_area 88, mmap_base 96,
 # mmap_legacy_base 104, mmap_compat_base 112, mmap_compat_legacy_base 120, task_size 128,
@@ -176,6 +187,19 @@ VMA_PERVMA = _vma(184, 8, {
     "vm_lock": 48, "detached": 56, "shared.rb": 64, "anon_vma_chain": 96, "anon_vma": 112, "vm_ops": 120,
     "vm_pgoff": 128, "vm_file": 136, "vm_private_data": 144, "swap_readahead_info": 152, "vm_policy": 160,
     "numab_state": 168, "vm_userfaultfd_ctx": 176,
+}, slab_flags=PLAIN_SLAB)
+# vm_area_struct in the v2 posting with 33/33 ("mm: separate vma->lock from
+# vm_area_struct", <20230127194110.533103-34-surenb@google.com>) applied, on 6.2: vm_flags
+# 32, vm_lock_seq 40, vm_lock 48 (the pointer to its struct vma_lock), shared 56,
+# anon_vma_chain 88, anon_vma 104, vm_ops 112, vm_pgoff 120, vm_file 128, vm_private_data
+# 136, anon_name 144, swap_readahead_info 152, vm_policy 160, vm_userfaultfd_ctx 168 -> 176
+# bytes; no detached flag (v3 added it); KMEM_CACHE(), aligned to 8.  Computed from the
+# posting's types, not pahole.
+VMA_PVL_V2 = _vma(176, 8, {
+    "vm_start": 0, "vm_end": 8, "vm_mm": 16, "vm_page_prot": 24, "vm_flags": 32, "vm_lock_seq": 40,
+    "vm_lock": 48, "shared.rb": 56, "anon_vma_chain": 88, "anon_vma": 104, "vm_ops": 112, "vm_pgoff": 120,
+    "vm_file": 128, "vm_private_data": 136, "swap_readahead_info": 152, "vm_policy": 160,
+    "vm_userfaultfd_ctx": 168,
 }, slab_flags=PLAIN_SLAB)
 # struct vma_lock { struct rw_semaphore lock; }: 40 bytes, 102 per page, no alignment
 VMA_LOCK = Struct("vma_lock", 40, 8, {"lock.count": 0, "lock.owner": 8, "lock.wait_lock": 20},
@@ -417,6 +441,25 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
     return p
 
 
+def _pvl_v2_fault() -> list:
+    """The v2 posting's fault (patches 23, 24, 27 and 29 of 33: lock_vma_under_rcu() and
+    do_user_addr_fault(), <20230127194110.533103-24/25/28/30-surenb@google.com>): pervma's,
+    with two differences.  Every user fault first reads mm->mm_users, ``if (!(flags &
+    FAULT_FLAG_USER) || atomic_read(&mm->mm_users) == 1) goto lock_mmap;`` - a load of
+    the line prefetchw has just asked for, mmap_lock's count line on 6.2 - and a
+    single-threaded mm takes mmap_lock without trying the VMA lock and without counting a
+    VMA_LOCK_* event.  And after the range check ``validate = mas_walk(&mas); if (validate
+    != vma) { vma_end_read(vma); count_vm_vma_lock_event(VMA_LOCK_MISS); vma = validate;
+    goto retry; }`` stands where v3 and 6.4 test ``vma->detached`` - the same outcome for
+    a VMA isolated after the walk found it (CHECK_DETACHED); the re-walk re-reads the leaf
+    node the first walk left in the maple state (6.3.8 lib/maple_tree.c mas_start()), a
+    line nobody writes, as the detached test reads the VMA's first line."""
+    p = _vma_lock_fault("rwsem")
+    assert p[0][0] == Op.PREFETCHW
+    return [p[0], (Op.READ, "mm", "mm_users"), (Op.CHECK_MM_USERS, "single"), *p[1:],
+            (Op.LABEL, "single"), *_mmap_lock_fault(False, "_single")]
+
+
 def _detached(retry_walk: bool) -> list:
     if retry_walk:  # mainline: -EAGAIN -> VMA_LOCK_MISS, mas_set(), goto retry
         return [(Op.LABEL, "detached"), (Op.OUTCOME, "miss"), (Op.GOTO, "walk")]
@@ -508,6 +551,16 @@ _add(Model(
     fault=_vma_lock_fault("rwsem"), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
     # mm_lock_seq an int, as 6.4-6.13 have it (6.14 has the seqcount: see LockParams.mm_lock_seq)
     params={"vma_lock": "rwsem", "mm_lock_seq": "int"}, release="6.4",
+))
+_add(Model(
+    "pvl-v2", "the per-VMA lock as posted in v2 (Jan 2023, on 6.2): pervma's algorithm, every user fault "
+    "reads mm_users (one user: mmap_lock), a validating re-walk instead of a detached flag",
+    ["\"[PATCH v2 00/33] Per-VMA locks\" (Suren Baghdasaryan, 27 Jan 2023, "
+     "<20230127194110.533103-1-surenb@google.com>): 23/33 lock_vma_under_rcu(), 29/33 do_user_addr_fault(), "
+     "33/33 struct vma_lock"],
+    Layout(MM_62_PVL, VMA_PVL_V2, VMA_LOCK, vma_lock_in="vma_lock", free_after_gp=True),
+    fault=_pvl_v2_fault(), kernel_fault=KERNEL_FAULT, writer=_vma_writer(False),
+    params={"vma_lock": "rwsem", "mm_lock_seq": "int"}, release="6.2",
 ))
 _add(Model(
     "inline-rwsem", "pervma's algorithm with the rwsem in its own line of a 256-byte cache-aligned vm_area_struct",
