@@ -975,7 +975,7 @@ class Builder:
     def run(self) -> None:
         from .jit import notice_compile
 
-        notice_compile(_advance, "the op builder", "10")
+        notice_compile(_advance, "the op builder", "15")
         for t in _in_time_order(self.events, self.sv, self._keep):
             if not t.num_rows:
                 continue
