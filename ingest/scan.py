@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from replay.jit import internal
+
 # -- line status ---------------------------------------------------------------------
 PARSED, HEADER, BLANK, CALLCHAIN, LOST, MALFORMED = 0, 1, 2, 3, 4, 5
 
@@ -92,7 +94,7 @@ KEY_TABLES = (KEY_HASH, KEY_FIELD, KEY_HEX)
 
 
 # -- helpers -------------------------------------------------------------------------
-@njit(cache=True, nogil=True, inline="always")
+@internal(inline=True)
 def _hash(buf, s, e):
     h = np.uint64(0xCBF29CE484222325)
     p = np.uint64(0x100000001B3)
@@ -101,12 +103,12 @@ def _hash(buf, s, e):
     return h
 
 
-@njit(cache=True, nogil=True, inline="always")
+@internal(inline=True)
 def _isdigit(c):
     return 48 <= c <= 57
 
 
-@njit(cache=True, nogil=True, inline="always")
+@internal(inline=True)
 def _hexval(c):
     if 48 <= c <= 57:
         return c - 48
@@ -117,12 +119,12 @@ def _hexval(c):
     return -1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@internal(inline=True)
 def _isspace(c):
     return c == 32 or c == 9 or c == 13
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _parse_number(buf, s, e, bare_hex):
     """Parse buf[s:e] as 0x-hex, decimal (optionally negative), true/false, or bare hex.
 
@@ -232,7 +234,7 @@ def _parse_payload(buf, p, e, r, vals, present, key_hash, key_field, key_hex, ba
     present[r] = mask
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _parse_time(buf, s, dot, e):
     """secs[.frac] -> ns; frac of any width (µs from ftrace, ns from --ns/-t).  -1 when
     the time does not fit in int64 ns (past the year 2262): never a wrapped value."""
@@ -257,7 +259,7 @@ def _parse_time(buf, s, dot, e):
     return sec * 1000000000 + frac
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _starts_with(buf, s, e, lit):
     if e - s < lit.shape[0]:
         return False
@@ -267,7 +269,7 @@ def _starts_with(buf, s, e, lit):
     return True
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _find(buf, s, e, lit):
     n = lit.shape[0]
     for i in range(s, e - n + 1):
@@ -282,7 +284,7 @@ def _find(buf, s, e, lit):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _read_uint(buf, s, e):
     """Decimal digits at s -> (value, end); saturates at int64's maximum, never wraps."""
     v = np.int64(0)
@@ -293,13 +295,13 @@ def _read_uint(buf, s, e):
     return v, i
 
 
-@njit(cache=True, nogil=True, inline="always")
+@internal(inline=True)
 def _ids_fit(c, pid_v, tid_v):
     """cpu, pid and tid fit their columns (int16, int32): else the prefix is not one."""
     return c <= 32767 and pid_v <= 2147483647 and tid_v <= 2147483647
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _is_frame(buf, i, e):
     """Callchain frame: indented hex address then a space (``\\t ffffffff81 sym+0x1 (dso)``)."""
     j = i
@@ -623,7 +625,7 @@ def _ftrace_line(buf, s, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev
     return MALFORMED
 
 
-@njit(cache=True, nogil=True)
+@internal
 def _funcgraph_line(buf, s, i, e, r, ts, cpu, pid, tid, comm_s, comm_e, ev_s, ev_e, ev_h, hint, pay_s, pay_e,
                     present):
     """A function_graph tracer line (trace_functions_graph.c): `` 3)   4.429 us    |  func();``,

@@ -237,7 +237,7 @@ def scan_chunk(chunk: bytes | memoryview, dialect: int, pool: BufferPool | None 
     n += chunk.count(b"\n")
     owner = pool.take(n) if pool is not None else ScanBuffers(n)
     starts, ends = owner.starts[:n], owner.ends[:n]
-    notice_compile(scan.scanner(dialect), "the trace scanner", "10")
+    notice_compile(scan.scanner(dialect), "the trace scanner", "15")
     scan.split_lines(buf, starts, ends)
     # vals is passed whole ((fields, capacity), C-contiguous: rows stay contiguous when
     # sliced, and the compiled scan keeps its contiguous-array specialisation)

@@ -334,14 +334,16 @@ def _ensure_ops(ws, trace: str, same_mm: bool = False):
     use.  The hash is read before the ops, so a commit checked against it fails if the
     trace was replaced in between.  A trace without a page fault is refused: there is
     nothing to replay."""
-    from .ingest.sources import InputError
-
-    from .ingesting import run_ingest
     from .ops import ops_current
 
     if not ws.has_trace(trace):
         if trace != SAMPLE_TRACE or not (_sample_dir() / f"{trace}.txt.zst").exists():
             raise Fail(f"no trace {trace!r} in {ws.root} (replay traces lists them)")
+        # imported here: a run of a trace already ingested does not load the ingesters
+        # (their modules and their compiled scanners' dispatchers)
+        from .ingest.sources import InputError
+        from .ingesting import run_ingest
+
         try:
             run_ingest(str(_sample_dir() / f"{trace}.txt.zst"), trace, "auto", ws.root, False, False,
                        maps_snapshot=(_sample_dir() / f"{trace}.maps").read_text())

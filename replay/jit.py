@@ -88,3 +88,76 @@ def notice_compile(dispatcher, what: str, seconds: str) -> None:
         _said.add(what)
     print(f"replay: compiling {what} (first use only, ~{seconds} s; cached in {os.environ.get('NUMBA_CACHE_DIR')})",
           file=sys.stderr, flush=True)
+
+
+def internal(fn=None, *, inline: bool = False):
+    """Decorator for a compiled function that only compiled code calls (the engine's
+    steps, the scanners' and the op builder's helpers).  Against a plain
+    ``@njit(cache=True)`` it saves compile time three ways, and runs the same code:
+
+    - no Python or C entry wrapper is built for it (``no_cpython_wrapper``,
+      ``no_cfunc_wrapper``): numba lowers and optimises both for every ``@njit``
+      function, about a tenth of the engine's cold compile, for functions Python never
+      calls;
+    - it is compiled once per argument *type*: numba types a constant argument
+      (``rwsem_mark_wake(S, k, RWSEM_WAKE_ANY, now)``) as a literal and compiles a copy
+      of the callee per constant value (the engine had six of ``waits.record``); LLVM
+      still propagates the constant into an inlined call;
+    - ``inline=True`` asks LLVM to inline it everywhere (``forceinline``: the
+      ``alwaysinline`` attribute).  numba's own ``inline="always"`` splices a copy of
+      the function's IR into each caller and types it again there, so a helper called
+      from fifteen places was typed fifteen times; this types and lowers it once and
+      the machine code comes out as inlined as before.  (``inline=False`` is set
+      explicitly too: numba passes ``forceinline`` down to callees compiled inside a
+      force-inlined function unless they say otherwise.)
+
+    cache=True as for the rest: a later compile of another entry point (``run_events``
+    in the tests) links these from the cache instead of compiling them again.  Under
+    ``NUMBA_DISABLE_JIT=1`` the function is returned as it is.
+    """
+    from numba.core import config
+
+    def wrap(f):
+        if config.DISABLE_JIT:
+            return f
+        d = sys.modules[__name__].InternalDispatcher(py_func=f, locals={}, targetoptions={
+            "nopython": True, "no_cpython_wrapper": True, "no_cfunc_wrapper": True, "forceinline": inline})
+        d.enable_caching()
+        return d
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def __getattr__(name):
+    # InternalDispatcher subclasses numba's dispatcher, so it is made on first use: this
+    # module is imported before numba, to point numba's cache (use_user_cache).  Being an
+    # attribute of the module, it pickles by name like any class.
+    if name != "InternalDispatcher":
+        raise AttributeError(name)
+    from numba.core import types
+    from numba.core.registry import CPUDispatcher
+
+    class InternalDispatcher(CPUDispatcher):
+        """A CPU dispatcher whose callers' constant arguments are typed by their type,
+        not their value (numba.core.dispatcher.Dispatcher.get_call_template compiles for
+        the argument types it is given, literals included)."""
+
+        def get_call_template(self, args, kws):
+            return super().get_call_template(tuple(types.unliteral(a) for a in args),
+                                             {k: types.unliteral(v) for k, v in kws.items()})
+
+        def __call__(self, *args, **kws):
+            # A call from Python (the tests drive single steps by hand) needs the entry
+            # wrapper this one lacks: it goes through a plain @njit twin of the same
+            # source, compiled in this process (uncached: its cache entries would be
+            # this dispatcher's file names and keys).
+            twin = self.__dict__.get("_twin")
+            if twin is None:
+                from numba import njit
+
+                twin = self.__dict__["_twin"] = njit(self.py_func)
+            return twin(*args, **kws)
+
+    InternalDispatcher.__module__ = __name__
+    globals()["InternalDispatcher"] = InternalDispatcher
+    return InternalDispatcher

@@ -91,3 +91,52 @@ def test_numba_imported_first_still_caches_in_the_user_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import numba; import replay; from numba.core import config; "
                           "print(config.CACHE_DIR)"], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().startswith(str(tmp_path / "replay" / "numba")), out
+
+
+def test_internal_functions_compile_once_per_argument_type_and_stay_callable(tmp_path):
+    # replay.jit.internal: a constant argument from compiled code is typed by its type
+    # (numba alone compiles a copy per literal value), the caller gets the helper inlined
+    # by LLVM, and Python can still call it (through a plain twin: the tests step the
+    # engine by hand)
+    mod = tmp_path / "src" / "toy_internal.py"
+    mod.parent.mkdir()
+    mod.write_text(textwrap.dedent("""
+        from numba import njit
+        from replay.jit import internal
+
+        K = 7
+
+        @internal(inline=True)
+        def helper(a, b):
+            return a * 2 + b
+
+        @internal
+        def mid(a, flag):
+            return helper(a, 1) + helper(a, K) if flag else -1
+
+        @njit(cache=True)
+        def top(a):
+            return mid(a, True) + helper(a, 3) + mid(a, False)
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    env["PYTHONPATH"] = f"{mod.parent}{os.pathsep}{ROOT}"
+    code = """
+        import replay, toy_internal as m
+        print(m.top(5))
+        print(len(m.helper.signatures), len(m.mid.signatures))
+        ir = next(iter(m.top.inspect_llvm().values()))
+        print(sum("call" in l and "helper" in l for l in ir.splitlines()))
+        # inline=True is LLVM's alwaysinline on the helper (O3 would inline one this small anyway)
+        print("alwaysinline" in next(iter(m.helper.inspect_llvm().values())),
+              "alwaysinline" in next(iter(m.mid.inspect_llvm().values())))
+        print(m.helper(5, 1), m.mid(5, True))
+    """
+    r = _py(code, env)
+    assert r.returncode == 0, r.stderr
+    total, sigs, calls, forced, direct = r.stdout.strip().splitlines()
+    assert total == "40"  # (11 + 17) + 13 - 1
+    assert sigs == "1 1"  # helper once for int64 (not for the literals 1, 7, 3); mid once for bool
+    assert calls == "0"  # inlined into top: no call of helper left
+    assert forced == "True False"
+    assert direct == "11 28"

@@ -463,7 +463,7 @@ def _replay_mms(ops, mms, model, machine, cpus, placement, open_loop, service, s
     from ..jit import notice_compile
     from . import load, loop
 
-    notice_compile(loop.run_chunk, "the replay engine", "20")
+    notice_compile(loop.run_chunk, "the replay engine", "30")
     locks, lines, line_cpu = [], [], []
     counters: dict = {}
     done = 0

@@ -1,11 +1,13 @@
 """GENERATED from replay/engine/isa.py MICRO_OPS by `python -m replay.engine.isa`: do not edit."""
 
-from numba import njit
-
+from ..jit import internal
 from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
 
 
-@njit(cache=True)
+# One compile unit with the handlers spliced into it (micro.py), inlined by LLVM into
+# loop._step: not a unit per handler that LLVM would optimise and emit again in every
+# unit above it.
+@internal(inline=True)
 def dispatch(S, t, op, a1, a2, a3):
     """Run one micro-op: (the time the thread continues, or < 0 if it blocked;
     whether to run the same instruction again)."""

@@ -49,7 +49,7 @@ the line without an access perf could sample.  The kinds sum to ``line.transfers
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .state import cfg, cpu, glob, handoff, line, line_cpu, sharers, thread
 
@@ -59,19 +59,19 @@ RX_LCL_HITM, RX_RMT_HITM, RX_LCL_HIT, RX_RMT_HIT, RX_STORE, RX_PREFETCH = range(
 RX_KINDS = len(RX_NAMES)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _mask_word(S, n, c):
     k = cfg(S, 0)
     return n * k.sharer_stride + k.nsock + (c >> 6)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def holds(S, n, c):
     """Whether CPU c has a valid copy of line n."""
     return (sharers(S)[_mask_word(S, n, c)] >> (c & 63)) & 1
 
 
-@njit(cache=True)
+@internal
 def _only_sharer(S, n, c):
     k = cfg(S, 0)
     base = n * k.sharer_stride
@@ -82,13 +82,13 @@ def _only_sharer(S, n, c):
     sharers(S)[base + cpu(S, c).socket] = 1
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _received(S, n, c, kind):
     """Line n moved into CPU c (a transfer): counted on c, as ``kind`` (RX_*)."""
     line_cpu(S)[(n * cfg(S, 0).ncpu + c) * RX_KINDS + kind] += 1
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _load_kind(S, n, c):
     """The c2c class of a load by CPU c of line n, which c does not hold (before the line's
     state changes): HITM when another CPU has it Modified, else where a copy is."""
@@ -100,7 +100,7 @@ def _load_kind(S, n, c):
     return RX_LCL_HIT  # a Shared copy on c's socket, or only the LLC's
 
 
-@njit(cache=True)
+@internal
 def coh_read(S, n, c, now):
     """A load of line n by CPU c.  Returns (start, cost): it waits for an RMW in flight."""
     k = cfg(S, 0)
@@ -125,7 +125,7 @@ def coh_read(S, n, c, now):
     return start, cost
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _add_sharer(S, n, c):
     k = cfg(S, 0)
     sharers(S)[_mask_word(S, n, c)] |= np.int64(1) << (c & 63)
@@ -133,7 +133,7 @@ def _add_sharer(S, n, c):
     sharers(S)[n * k.sharer_stride + cpu(S, c).socket] += 1
 
 
-@njit(cache=True)
+@internal
 def coh_write(S, n, c, now, atomic, changes):
     """A store (atomic False) or an atomic RMW - xadd, cmpxchg - by CPU c: exclusive
     ownership, other copies invalidated; an atomic holds the line for its duration;
@@ -171,7 +171,7 @@ def coh_write(S, n, c, now, atomic, changes):
     return start, cost
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _buddy(S, n, c):
     """The spatial prefetcher: line n was fetched into CPU c's L2; its 128-byte pair
     (n ^ 1) comes too, as a read - Shared in c, a Modified copy elsewhere downgraded to
@@ -188,7 +188,7 @@ def _buddy(S, n, c):
         _add_sharer(S, b, c)
 
 
-@njit(cache=True)
+@internal
 def coh_prefetchw(S, n, c):
     """PREFETCHW: a request for ownership that neither stalls the core nor holds the
     line - the core issues it and goes on, and the line comes to c exclusively (other
@@ -211,7 +211,7 @@ def coh_prefetchw(S, n, c):
 
 
 # -- a thread's accesses: their cost is its cache time ---------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def cost_since(S, t, start, cost, since):
     """Account one access thread t began at ``since`` (any wait for the line included);
     returns when t continues.  A cost above an L1 hit that is not an owned atomic
@@ -225,20 +225,20 @@ def cost_since(S, t, start, cost, since):
     return end
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def read_from(S, t, n, since):
     """t loads from line n, issued at ``since``."""
     s, c = coh_read(S, n, thread(S, t).cpu, since)
     return cost_since(S, t, s, c, since)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def read(S, t, n):
     """t loads from line n."""
     return read_from(S, t, n, glob(S, 0).now)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def rmw_from(S, t, n, changes, since):
     """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
     first waits for t's store buffer to drain (thread.sb_until)."""
@@ -247,13 +247,13 @@ def rmw_from(S, t, n, changes, since):
     return cost_since(S, t, s, c, since)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def rmw(S, t, n, changes):
     """t's atomic read-modify-write on line n."""
     return rmw_from(S, t, n, changes, glob(S, 0).now)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def store_from(S, t, n, since):
     """t's plain store to line n, issued at ``since``: it retires into the store buffer
     (an instruction's time, an L1 hit) and commits in order after t's earlier stores;
@@ -268,7 +268,7 @@ def store_from(S, t, n, since):
     return since + k.l1_hit
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def store(S, t, n):
     """t's plain store to line n."""
     return store_from(S, t, n, glob(S, 0).now)

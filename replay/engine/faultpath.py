@@ -72,7 +72,7 @@ and none of the steps - it was measured with the recording machine's resources i
 
 from __future__ import annotations
 
-from numba import njit
+from ..jit import internal
 
 from .coherence import coh_write
 from .sched import at
@@ -90,7 +90,7 @@ from ..ops import FK_ANON as K_ANON, FK_COW as K_COW, FK_FILE as K_FILE, FK_ZERO
 ERR_PTL_FULL = 6  # glob.err (after sched.py's 1-3 and waits.py's 4-5): more PTE pages than load counted
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _has_step(kind, s, ptl_on):
     """Which steps a fault kind takes (``ptl_on``: the PTE lock is modelled)."""
     if s == S_FIXED:
@@ -108,7 +108,7 @@ def _has_step(kind, s, ptl_on):
     return False
 
 
-@njit(cache=True)
+@internal
 def zone_hold(S, pages):
     """The zone->lock hold of one refill of ``pages`` pages: the profile's table,
     linear between its points and beyond its ends (the published holds grow
@@ -123,7 +123,7 @@ def zone_hold(S, pages):
     return h[i - 1] + (h[i] - h[i - 1]) * (pages - b[i - 1]) / (b[i] - b[i - 1])
 
 
-@njit(cache=True)
+@internal
 def spin_lock_held(S, t, r, since, hold):
     """Thread t takes spinlock r at ``since``, holds it for ``hold`` ns plus its data
     lines' transfers, and releases it; returns when it releases.  FIFO: the lock is
@@ -163,7 +163,7 @@ def spin_lock_held(S, t, r, since, hold):
 _PTL_MIX = 0x61C8864680B583EB
 
 
-@njit(cache=True)
+@internal
 def ptl_of(S, t, j):
     """The PTL record of fault op j's PTE page - pte_lockptr(mm, pmd) =
     ptlock_ptr(page_ptdesc(pmd_page(*pmd))): one per 2 MiB of address space - made the
@@ -191,7 +191,7 @@ def ptl_of(S, t, j):
         b = (b + 1) & mask
 
 
-@njit(cache=True)
+@internal
 def _ptl_take(S, t, r, since, when):
     """t takes PTE lock r at ``when`` (its release by the holder before, or ``since`` if
     it was free), having spun from ``since``: an atomic on the lock's line, which comes
@@ -214,7 +214,7 @@ def _ptl_take(S, t, r, since, when):
     return got
 
 
-@njit(cache=True)
+@internal
 def ptl_lock(S, t, r, now):
     """spin_lock(ptl) (pte_offset_map_lock()) of PTE lock r by t at ``now``: when t has
     it, or -1 when another thread holds it - t then spins in the lock's queue (FIFO, as
@@ -234,7 +234,7 @@ def ptl_lock(S, t, r, now):
     return -1.0
 
 
-@njit(cache=True)
+@internal
 def ptl_unlock(S, t, now):
     """spin_unlock(ptl) (pte_unmap_unlock()) by t at ``now``: a store to the lock's line;
     the first spinner in the queue then takes it.  Returns when t's store is done."""
@@ -259,7 +259,7 @@ def ptl_unlock(S, t, now):
     return end
 
 
-@njit(cache=True)
+@internal
 def _clear(S, t, now, d, occ):
     """clear_page() (or a CoW's copy) on t's CPU at ``now``: ``d`` ns of the core's own,
     and ``occ`` ns of its node's memory channels, queued FIFO behind the clears before
@@ -285,7 +285,7 @@ def _clear(S, t, now, d, occ):
     return end
 
 
-@njit(cache=True)
+@internal
 def _alloc(S, t, now):
     """One order-0 page from t's CPU's pcp list; an empty list is refilled under the
     node's zone->lock first (rmqueue_bulk())."""
@@ -304,7 +304,7 @@ def _alloc(S, t, now):
     return end
 
 
-@njit(cache=True)
+@internal
 def _charge(S, t, now):
     """try_charge_memcg() for one page: the CPU's stock, else one page_counter walk
     charging MEMCG_CHARGE_BATCH - per level an atomic on usage (its own line) and the
@@ -330,7 +330,7 @@ def _charge(S, t, now):
     return end
 
 
-@njit(cache=True)
+@internal
 def _rss(S, t, now):
     """add_mm_counter(): percpu_counter_add_batch() folds the CPU's count into
     fbc->count under fbc->lock when it reaches the batch; before 6.2, the task's own
@@ -353,7 +353,7 @@ def _rss(S, t, now):
     return spin_lock_held(S, t, k.fp_r_rss, now, k.fp_fold_ns)
 
 
-@njit(cache=True)
+@internal
 def _lru(S, t, now):
     """folio_add_lru(): into the CPU's folio batch; a full batch moves to the node's
     lruvec under lru_lock (lruvec_add_folio() per folio)."""
@@ -366,7 +366,7 @@ def _lru(S, t, now):
     return spin_lock_held(S, t, k.fp_r_lru + p.node, now, k.fp_lru_batch * k.fp_lru_folio_ns)
 
 
-@njit(cache=True)
+@internal
 def _own_time(S, j):
     """Whether fault op j has its own recorded time (which the fault path would count
     twice: the recording machine's resources are in it)."""
@@ -376,7 +376,7 @@ def _own_time(S, j):
     return False
 
 
-@njit(cache=True)
+@internal
 def handle_mm_fault(S, t):
     """One step of handle_mm_fault() for t's fault: (when t continues, whether there
     are more steps).  Zero-time steps return now and come straight back."""

@@ -94,29 +94,30 @@ def _is_increasing(a):
     return True
 
 
-@njit(cache=True)
+_CHUNK = 1 << 20  # _distinct, _densify: numpy over this many values at a time (no temporaries of the ops' length)
+
+
 def _distinct(a):
-    """The distinct non-negative values of a (sorted), without sorting a copy of a."""
-    hi = -1
-    for x in a:
-        hi = max(hi, x)
+    """The distinct non-negative values of a (sorted), without sorting a copy of a.
+    numpy, not compiled: compiling np.unique's sort took a tenth of the engine's cold
+    compile, for a fallback that runs only on ids above 2**26."""
+    hi = int(a.max()) if a.shape[0] else -1
     if hi < 0:
         return np.zeros(0, np.int64)
     if hi < 1 << 26:
         seen = np.zeros(hi + 1, np.bool_)
-        for x in a:
-            if x >= 0:
-                seen[x] = True
+        for s in range(0, a.shape[0], _CHUNK):
+            c = a[s:s + _CHUNK]
+            seen[c[c >= 0]] = True
         return np.flatnonzero(seen).astype(np.int64)
     return np.unique(a[a >= 0]).astype(np.int64)
 
 
-@njit(cache=True)
 def _densify(a, uniq):
     """In place: each value becomes its index in the sorted uniq; negatives become -1."""
-    for i in range(a.shape[0]):
-        x = a[i]
-        a[i] = np.searchsorted(uniq, x) if x >= 0 else -1
+    for s in range(0, a.shape[0], _CHUNK):
+        c = a[s:s + _CHUNK]
+        c[:] = np.where(c >= 0, np.searchsorted(uniq, c), -1)
 
 
 @njit(cache=True)

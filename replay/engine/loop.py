@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..jit import internal
+
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
@@ -33,13 +35,13 @@ F_START_KNOWN, F_END_KNOWN, F_STARTED = 8, 16, 32
 PROG_FAULT, PROG_KERNEL_FAULT, PROG_WRITER, PROG_MADVISE = 0, 1, 2, 3  # Model.PROGRAMS order
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _is_fault(f):
     p = (f & F_PROG) - 1
     return p == PROG_FAULT or p == PROG_KERNEL_FAULT
 
 
-@njit(cache=True)
+@internal
 def _min_unstarted(S, vid):
     """The first fault on VMA id vid, in op order, that has not started."""
     v = vmaid(S, vid)
@@ -51,7 +53,7 @@ def _min_unstarted(S, vid):
     return us_ops(S)[pos] if pos < end else np.iinfo(np.int64).max
 
 
-@njit(cache=True)
+@internal
 def _gate(S, t):
     """Whether t's op may start now; if not, t sleeps until it may."""
     th = thread(S, t)
@@ -83,7 +85,7 @@ def _gate(S, t):
     return True
 
 
-@njit(cache=True)
+@internal
 def _started(S, t):
     """t's fault started: wake the writers that waited only for the faults before them."""
     j = thread(S, t).op
@@ -117,7 +119,7 @@ def _started(S, t):
         g.ws_n = k
 
 
-@njit(cache=True)
+@internal
 def _next_op(S, t):
     """t's next op (False: it has none left)."""
     th = thread(S, t)
@@ -181,7 +183,7 @@ def _next_op(S, t):
     return True
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _next_cpu(S, t):
     """The CPU t's next op was recorded on (as-recorded placement), -1: none, or no next op.
 
@@ -205,7 +207,7 @@ def _next_cpu(S, t):
     return op_cpu(S)[th_order(S)[k]]
 
 
-@njit(cache=True)
+@internal
 def _finish(S, t):
     th = thread(S, t)
     g = glob(S, 0)
@@ -248,7 +250,7 @@ def _exec(S, t):
     return end
 
 
-@njit(cache=True)
+@internal
 def _step(S, t):
     """Run t from now until it spends time, blocks, or runs out of ops."""
     th = thread(S, t)
@@ -322,7 +324,7 @@ def _step(S, t):
             return
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _heap_top(S):
     return heap(S, 0).when
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from numba import njit
 
+from ..jit import internal
+
 from .coherence import coh_prefetchw, read, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
@@ -24,18 +26,18 @@ WORK_ZAP = WORK_KINDS.index("zap")
 DEFAULT_WRITER_NS = 2000.0  # est.: a writer's work when the trace gives no hold time
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _lock_index(S, t, which):
     """Lock 0 is mmap_lock; the VMA's rwsem is lock object + 1."""
     return 0 if which == 0 else current(S, t) + 1
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_read(S, t, obj, off, _):
     return read(S, t, field_line(S, t, obj, off)), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_prefetchw(S, t, obj, off, _):
     """prefetchw(): the line moves (coherence.coh_prefetchw) while the thread goes on;
     it spends an instruction, an L1 hit's time."""
@@ -47,12 +49,12 @@ def h_prefetchw(S, t, obj, off, _):
     return glob(S, 0).now + k.l1_hit, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_store(S, t, obj, off, _):
     return store(S, t, field_line(S, t, obj, off)), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_work(S, t, what, _a, _b):
     now = glob(S, 0).now
     if what == WORK_ZAP:  # after mmap_write_downgrade(): the trace's read-locked hold
@@ -61,12 +63,12 @@ def h_work(S, t, what, _a, _b):
     return now + (h if h else DEFAULT_WRITER_NS), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_handle_mm_fault(S, t, _a, _b, _c):
     return handle_mm_fault(S, t)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_seq(S, t, locked, _a, _b):
     """vma_start_read(): READ_ONCE(vma->vm_lock_seq), then mm->mm_lock_seq; equal: the
     VMA is write-locked -> goto locked."""
@@ -83,32 +85,32 @@ def h_check_seq(S, t, locked, _a, _b):
     return end, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_trylock_read(S, t, which, failed, _):
     return down_read_trylock(S, t, _lock_index(S, t, which), failed)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_down_read(S, t, which, _a, _b):
     return down_read(S, t, _lock_index(S, t, which))
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_up_read(S, t, which, _a, _b):
     return up_read(S, t, _lock_index(S, t, which)), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_down_write(S, t, which, _a, _b):
     return down_write(S, t, _lock_index(S, t, which))
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_up_write(S, t, which, _a, _b):
     return up_write(S, t, _lock_index(S, t, which))
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_rwsem_downgrade_write(S, t, which, no_downgrade, _):
     """mmap_write_downgrade() if the writer did (the trace shows its read hold), else goto."""
     if w_hold_read(S)[thread(S, t).w] <= 0:
@@ -117,22 +119,22 @@ def h_rwsem_downgrade_write(S, t, which, no_downgrade, _):
     return downgrade_write(S, t, _lock_index(S, t, which))
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_ref_get(S, t, failed, detached, _):
     return vma_refcount_get(S, t, failed, detached)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_ref_put(S, t, _a, _b, _c):
     return vma_refcount_put(S, t), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_mm(S, t, _reused, off, _):
     return read(S, t, field_line(S, t, 1, off)), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_walk(S, t, none, _a, _b):
     """mas_walk(): the maple tree's line; the thread keeps the slot of the object found."""
     end = read(S, t, cfg(S, 0).mm_mt)
@@ -146,7 +148,7 @@ def h_walk(S, t, none, _a, _b):
     return end, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_range(S, t, outside, _a, _b):
     """lock_vma_under_rcu()'s check on the VMA it locked - ``if (unlikely(vma->vm_mm != mm
     || address < vma->vm_start || address >= vma->vm_end)) goto inval_end_read;``
@@ -163,7 +165,7 @@ def h_check_range(S, t, outside, _a, _b):
     return end, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_mm_users(S, t, single, _a, _b):
     """``atomic_read(&mm->mm_users) == 1`` (the READ of mm_users before it pays the load):
     one user - the trace's only thread of this mm - goes to ``lock_mmap``.  mm_users
@@ -175,7 +177,7 @@ def h_check_mm_users(S, t, single, _a, _b):
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_detached(S, t, detached, _a, _b):
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
     if not vobj(S, current(S, t)).attached:
@@ -183,7 +185,7 @@ def h_check_detached(S, t, detached, _a, _b):
     return end, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_vma_start_write_all(S, t, _a, _b, _c):
     """The writer's VMAs that are live now go to the pending list vma_start_write()
     works through (vma.vma_start_write_step)."""
@@ -202,18 +204,18 @@ def h_vma_start_write_all(S, t, _a, _b, _c):
     return g.now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_vma_commit(S, t, _a, _b, _c):
     return vma_commit(S, t)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_mm_seq_write(S, t, _a, _b, _c):
     glob(S, 0).mm_lock_seq += 1
     return store(S, t, cfg(S, 0).mm_lock_seq), False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_outcome(S, t, which, _a, _b):
     """count_vm_vma_lock_event(): VMA_LOCK_MISS once per re-walk in lock_vma_under_rcu(),
     kept beside the fault's one ABORT (lock_vma_under_rcu() failed), SUCCESS or RETRY
@@ -227,25 +229,25 @@ def h_outcome(S, t, which, _a, _b):
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_fallback(S, t, _a, _b, _c):
     thread(S, t).fallback = True
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_attempt(S, t, _a, _b, _c):
     thread(S, t).attempts += 1
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_goto(S, t, target, _a, _b):
     thread(S, t).pc = target
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_end(S, t, _a, _b, _c):
     thread(S, t).finished = True
     return glob(S, 0).now, False
@@ -257,7 +259,7 @@ def h_end(S, t, _a, _b, _c):
 MADV_DONTNEED, MADV_FREE, MADV_DONTNEED_LOCKED = 4, 8, 24
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_madv_vma_lock(S, t, mmap_lock, _a, _b):
     """get_lock_mode(): not MADVISE_VMA_READ_LOCK -> goto (the mmap_read_lock path)."""
     a = w_advice(S)[thread(S, t).w]
@@ -266,7 +268,7 @@ def h_madv_vma_lock(S, t, mmap_lock, _a, _b):
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_span(S, t, spans, _a, _b):
     """try_vma_read_lock(): ``range.end > vma->vm_end`` (vm_end is in the line the VMA lock's
     checks already read).  A successful madvise's range has no gap (madvise_walk_vmas()
@@ -279,17 +281,17 @@ def h_check_span(S, t, spans, _a, _b):
     return end, False
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_fault_retry(S, t, which, retry, _):
     return fault_retry(S, t, which, retry)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_retry_wait(S, t, _a, _b, _c):
     return retry_wait_step(S, t)
 
 
-@njit(cache=True)
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_anon(S, t, refused, _a, _b):
     return check_anon(S, t, refused)
 

@@ -82,7 +82,7 @@ the fault's service time.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .coherence import read, store_from
 from .sched import sleep_for
@@ -245,7 +245,7 @@ def retry_causes(src, c, kinds: np.ndarray, release: str):
     return cause, waits, wait_ns
 
 
-@njit(cache=True)
+@internal
 def fault_retry(S, t, which, retry):
     """FAULT_RETRY: whether this call of handle_mm_fault() under lock ``which`` returns
     VM_FAULT_RETRY (-> goto retry).  Under the VMA lock a fault that cannot be served there
@@ -263,7 +263,7 @@ def fault_retry(S, t, which, retry):
     return glob(S, 0).now, False
 
 
-@njit(cache=True)
+@internal
 def check_anon(S, t, refused):
     """CHECK_ANON: lock_vma_under_rcu() up to 6.5 reads vma->vm_ops (and 6.4 vma->anon_vma,
     on the same line) before vma_start_read(): a VMA that is not anonymous, or (6.4) has no
@@ -348,7 +348,7 @@ def anon_vma_prepare(S, t):
     return end, False
 
 
-@njit(cache=True)
+@internal
 def wait_of(S, j):
     """The retry wait of op j (0 if it has none)."""
     ops = retry_ops(S)
@@ -364,7 +364,7 @@ def wait_of(S, j):
     return 0.0
 
 
-@njit(cache=True)
+@internal
 def retry_wait_step(S, t):
     """RETRY_WAIT: the fault sleeps its recorded wait off its CPU (sched.sleep_for)."""
     th = thread(S, t)

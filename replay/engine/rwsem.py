@@ -65,7 +65,7 @@ Multi-step operations keep where they are in thread registers (``try_state``, ``
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
 from .sched import (DW_CLEARED, DW_HSPIN, DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at,
@@ -98,13 +98,13 @@ DR_NONE, DR_OWNER, DR_WAIT, DR_GRANTED = 0, 1, 2, 3
 
 
 # -- lockstat ------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def acquired(S, k, t):
     lock(S, k).acquisitions += 1
     hold_begins(S, k, t)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def hold_begins(S, k, t):
     now = glob(S, 0).now
     th = thread(S, t)
@@ -115,7 +115,7 @@ def hold_begins(S, k, t):
         th.held_vlock = k
 
 
-@njit(cache=True)
+@internal
 def released(S, k, t):
     th = thread(S, t)
     since = np.nan
@@ -135,7 +135,7 @@ def released(S, k, t):
 
 
 # -- sem->wait_list and the OSQ of spinning writers: doubly linked through the threads -------------------
-@njit(cache=True)
+@internal
 def waiter_add(S, k, t, write):
     """rwsem_add_waiter(): t at the tail of the wait list."""
     lk, th = lock(S, k), thread(S, t)
@@ -152,7 +152,7 @@ def waiter_add(S, k, t, write):
     lk.wait_tail = t
 
 
-@njit(cache=True)
+@internal
 def waiter_del(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     p, n = th.waiter_prev, th.waiter_next
@@ -166,7 +166,7 @@ def waiter_del(S, k, t):
         lk.wait_tail = p
 
 
-@njit(cache=True)
+@internal
 def osq_add(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     last = lk.osq_tail
@@ -179,7 +179,7 @@ def osq_add(S, k, t):
     lk.osq_tail = t
 
 
-@njit(cache=True)
+@internal
 def osq_del(S, k, t):
     lk, th = lock(S, k), thread(S, t)
     p, n = th.osq_prev, th.osq_next
@@ -194,7 +194,7 @@ def osq_del(S, k, t):
 
 
 # -- sem->wait_lock and the wake_q -----------------------------------------------------------------
-@njit(cache=True)
+@internal
 def wait_lock_lock(S, t, k, since):
     """raw_spin_lock_irq(&sem->wait_lock), issued at ``since``: queued_spin_lock()'s
     "atomic_try_cmpxchg_acquire(&lock->val, &val, _Q_LOCKED_VAL)"
@@ -209,7 +209,7 @@ def wait_lock_lock(S, t, k, since):
     return rmw_from(S, t, lk.wait_lock_line, True, begin)
 
 
-@njit(cache=True)
+@internal
 def wait_lock_unlock(S, t, k, since):
     """raw_spin_unlock_irq(): queued_spin_unlock() is "smp_store_release(&lock->locked,
     0)", a plain store on x86: t goes on at once (coherence.store_from), and the lock is
@@ -219,7 +219,7 @@ def wait_lock_unlock(S, t, k, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def wake_q_add(S, k, w):
     """wake_q_add(): w joins the waker's wake_q (kept on the lock: rwsem_mark_wake()
     fills it and wake_up_q() empties it in the same call)."""
@@ -232,7 +232,7 @@ def wake_q_add(S, k, w):
     lk.wake_q_tail = w
 
 
-@njit(cache=True)
+@internal
 def wake_up_q(S, t, k, since):
     """wake_up_q() (kernel/sched/core.c), run by the waker t after it dropped wait_lock:
     "while (node != WAKE_Q_TAIL) { ... wake_up_process(task); ... }" - one
@@ -266,7 +266,7 @@ def wake_up_q(S, t, k, since):
 
 
 # -- waking --------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def rwsem_mark_wake(S, t, k, wake_type, since):
     """rwsem_mark_wake(sem, wake_type, wake_q), run by t holding sem->wait_lock from
     ``since``: the waiters to wake go on the wake_q (wake_up_q() wakes them after the
@@ -332,7 +332,7 @@ def rwsem_mark_wake(S, t, k, wake_type, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def rwsem_wake(S, t, k, wake_type, since):
     """rwsem_wake() (from up_read() and up_write(): RWSEM_WAKE_ANY) and
     rwsem_downgrade_wake() (RWSEM_WAKE_READ_OWNED; also the stealing reader's wake-up in
@@ -347,7 +347,7 @@ def rwsem_wake(S, t, k, wake_type, since):
     return wake_up_q(S, t, k, end)
 
 
-@njit(cache=True)
+@internal
 def clear_nonspinnable(S, t, k, since):
     """clear_nonspinnable(), issued by t at ``since``: "if (unlikely(rwsem_test_oflags(sem,
     RWSEM_NONSPINNABLE))) atomic_long_andnot(RWSEM_NONSPINNABLE, &sem->owner);" - a load
@@ -366,7 +366,7 @@ def clear_nonspinnable(S, t, k, since):
     return end
 
 
-@njit(cache=True)
+@internal
 def rwsem_cond_wake_waiter(S, t, k, count, since):
     """rwsem_cond_wake_waiter(sem, count, wake_q), t holding wait_lock from ``since``,
     right after queueing itself - in rwsem_down_read_slowpath() with "count =
@@ -404,7 +404,7 @@ def rwsem_cond_wake_waiter(S, t, k, count, since):
     return rwsem_mark_wake(S, t, k, RWSEM_WAKE_ANY, end)
 
 
-@njit(cache=True)
+@internal
 def _let_spinner_in(S, k):
     """The OSQ head (the one writer spinning on the owner; the rest spin on their own
     OSQ nodes) sees the release or the readers' owner store: a free lock it tries to
@@ -421,14 +421,14 @@ def _let_spinner_in(S, k):
         at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, h)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _rspin_threshold(S, k):
     """rwsem_rspin_threshold(): (20 + readers) * NSEC_PER_USEC / 2, readers at most 30."""
     readers = lock(S, k).count >> RWSEM_READER_SHIFT
     return min(RSPIN_BASE_NS + RSPIN_PER_READER_NS * readers, RSPIN_MAX_NS)
 
 
-@njit(cache=True)
+@internal
 def rwsem_set_nonspinnable(S, t, k):
     """rwsem_set_nonspinnable(): cmpxchg RWSEM_NONSPINNABLE into sem->owner while it is
     still RWSEM_READER_OWNED; an atomic on the owner's line."""
@@ -439,7 +439,7 @@ def rwsem_set_nonspinnable(S, t, k):
     return rmw(S, t, lk.owner_line, True)
 
 
-@njit(cache=True)
+@internal
 def _owner_running(S, k):
     o = lock(S, k).owner
     if o == RWSEM_READER_OWNED or o == 0:  # reader-owned, or no owner recorded
@@ -448,7 +448,7 @@ def _owner_running(S, k):
 
 
 # -- readers -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def down_read_trylock(S, t, k, label):
     """rwsem_read_trylock()'s cmpxchg loop: load, then cmpxchg count -> count + BIAS
     unless a RWSEM_READ_FAILED_MASK bit is set (then goto label), then the owner store."""
@@ -479,7 +479,7 @@ def down_read_trylock(S, t, k, label):
     return rmw(S, t, ln, True) + extra, True
 
 
-@njit(cache=True)
+@internal
 def down_read(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     now = glob(S, 0).now
@@ -546,7 +546,7 @@ def down_read(S, t, k):
     return -1.0, True
 
 
-@njit(cache=True)
+@internal
 def up_read(S, t, k):
     lk = lock(S, k)
     released(S, k, t)
@@ -563,7 +563,7 @@ def up_read(S, t, k):
 
 
 # -- writers -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def rwsem_try_write_lock(S, k, w):
     lk = lock(S, k)
     first = lk.wait_head == w
@@ -583,7 +583,7 @@ def rwsem_try_write_lock(S, k, w):
     return True
 
 
-@njit(cache=True)
+@internal
 def _queue_writer(S, t, k):
     if lock(S, k).wait_head < 0:
         lock(S, k).count |= RWSEM_FLAG_WAITERS
@@ -591,7 +591,7 @@ def _queue_writer(S, t, k):
     thread(S, t).dw = DW_WAIT
 
 
-@njit(cache=True)
+@internal
 def down_write(S, t, k):
     lk, th = lock(S, k), thread(S, t)
     now = glob(S, 0).now
@@ -735,7 +735,7 @@ def down_write(S, t, k):
 OWNER_NULL, OWNER_WRITER, OWNER_READER, OWNER_NONSPINNABLE = 1, 2, 4, 8
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _owner_state(S, k):
     """rwsem_owner_state(owner, flags) of sem->owner as it is now."""
     lk = lock(S, k)
@@ -746,7 +746,7 @@ def _owner_state(S, k):
     return OWNER_WRITER if lk.owner != 0 else OWNER_NULL
 
 
-@njit(cache=True)
+@internal
 def _handoff_spin(S, t, k, since):
     """rwsem_down_write_slowpath(), the first waiter t with its handoff set, wait_lock
     dropped at ``since`` after another failed rwsem_try_write_lock():
@@ -787,7 +787,7 @@ def _handoff_spin(S, t, k, since):
     return -1.0, True
 
 
-@njit(cache=True)
+@internal
 def _handoff_spin_step(S, t, k):
     """rwsem_spin_on_owner()'s loop for the handoff writer t (DW_HSPIN), at an instant
     its owner may have changed: "if ((new != owner) || (new_flags != flags)) { state =
@@ -814,7 +814,7 @@ def _handoff_spin_step(S, t, k):
     return -1.0, True
 
 
-@njit(cache=True)
+@internal
 def downgrade_write(S, t, k):
     """__downgrade_write(): "tmp = atomic_long_fetch_add_release(-RWSEM_WRITER_LOCKED +
     RWSEM_READER_BIAS, &sem->count); rwsem_set_reader_owned(sem); if (tmp &
@@ -843,7 +843,7 @@ def downgrade_write(S, t, k):
     return end, True
 
 
-@njit(cache=True)
+@internal
 def _owner_changed(S, k):
     """sem->owner has just changed from the writer a handoff waiter spins on
     (DW_HSPIN): it sees the new word (rwsem_spin_on_owner()'s ``new != owner``)."""
@@ -852,7 +852,7 @@ def _owner_changed(S, k):
         at(S, glob(S, 0).now, h)
 
 
-@njit(cache=True)
+@internal
 def up_write(S, t, k):
     """__up_write(): "rwsem_clear_owner(sem); tmp = atomic_long_fetch_add_release(
     -RWSEM_WRITER_LOCKED, &sem->count); if (unlikely(tmp & RWSEM_FLAG_WAITERS))

@@ -35,7 +35,7 @@ CPU, where RUN_TO_PARITY would keep it running to the end of its slice.)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .state import cfg, cpu, glob, heap, lock, thread
 from .waits import slept
@@ -49,13 +49,13 @@ DW_NONE, DW_OWNER, DW_SPIN, DW_WAIT, DW_NONSPIN, DW_HSPIN, DW_CLEARED = 0, 1, 2,
 
 
 # -- the heap -------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _less(S, a, b):
     x, y = heap(S, a), heap(S, b)
     return x.when < y.when or (x.when == y.when and x.seq < y.seq)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _swap(S, a, b):
     x, y = heap(S, a), heap(S, b)
     x.when, y.when = y.when, x.when
@@ -64,7 +64,7 @@ def _swap(S, a, b):
     x.token, y.token = y.token, x.token
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _sift_down(S, i, n):
     while True:
         left = 2 * i + 1
@@ -80,7 +80,7 @@ def _sift_down(S, i, n):
             return
 
 
-@njit(cache=True)
+@internal
 def _compact_heap(S):
     """Drop entries whose token is stale (never popped as current anyway); re-heapify."""
     g = glob(S, 0)
@@ -96,7 +96,7 @@ def _compact_heap(S):
         _sift_down(S, i, k)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def at(S, when, t):
     """Schedule thread t's next step at ``when`` (superseding any it had)."""
     g = glob(S, 0)
@@ -118,7 +118,7 @@ def at(S, when, t):
             break
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def pop(S):
     g = glob(S, 0)
     n = g.heap_n - 1
@@ -133,7 +133,7 @@ def pop(S):
 
 
 # -- run queues -------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def rq_push(S, c, t):
     th = thread(S, t)
     if th.in_rq:
@@ -149,7 +149,7 @@ def rq_push(S, c, t):
     q.rq_tail = t
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _rq_pop(S, c):
     q = cpu(S, c)
     t = q.rq_head
@@ -159,7 +159,7 @@ def _rq_pop(S, c):
     return t
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def release_cpu_at(S, t, when):
     """t leaves its CPU at ``when`` (>= now); the first thread queued there runs then."""
     c = thread(S, t).cpu
@@ -177,13 +177,13 @@ def release_cpu_at(S, t, when):
         at(S, when, nxt)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def release_cpu(S, t):
     """t leaves its CPU; the first thread queued there runs."""
     release_cpu_at(S, t, glob(S, 0).now)
 
 
-@njit(cache=True)
+@internal
 def block_at(S, t, when):
     """t sleeps (schedule()) from ``when`` (>= now: the rest of its slow path - dropping
     sem->wait_lock - runs until then): it leaves its CPU until wake_at().  The time off
@@ -202,7 +202,7 @@ def block_at(S, t, when):
         _owner_off_cpu(S, k, when)
 
 
-@njit(cache=True)
+@internal
 def _owner_off_cpu(S, k, when):
     """Lock k's owner leaves its CPU at ``when``: every thread spinning on it
     (rwsem_spin_on_owner()'s ``!owner_on_cpu(owner)``) looks again then."""
@@ -216,7 +216,7 @@ def _owner_off_cpu(S, k, when):
         at(S, when, h)
 
 
-@njit(cache=True)
+@internal
 def sleep_for(S, t, d):
     """t sleeps ``d`` ns off its CPU on no lock (an I/O wait: io_schedule()), then wants
     its CPU back (runnable()); the time counts in ``thread.sleep``, not as a lock wait."""
@@ -228,13 +228,13 @@ def sleep_for(S, t, d):
     at(S, now + d, t)
 
 
-@njit(cache=True)
+@internal
 def block(S, t):
     """t sleeps (schedule()) now."""
     block_at(S, t, glob(S, 0).now)
 
 
-@njit(cache=True)
+@internal
 def wake_at(S, t, k, when):
     """try_to_wake_up() of t at ``when`` (>= now: a wake_up_q() step the waker reaches
     later, rwsem.wake_up_q()); its wait counts against lock k (-1: no lock).  Until then
@@ -260,13 +260,13 @@ def wake_at(S, t, k, when):
     runnable(S, t)
 
 
-@njit(cache=True)
+@internal
 def wake(S, t, k):
     """Wake t now (try_to_wake_up()); its wait counts against lock k (-1: no lock)."""
     wake_at(S, t, k, glob(S, 0).now)
 
 
-@njit(cache=True)
+@internal
 def runnable(S, t):
     """t, woken, wants its CPU: an idle CPU runs it after the wake-up latency; a busy
     one queues it - a spinning writer yields to it (rwsem_optimistic_spin()'s

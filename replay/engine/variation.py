@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .state import cfg, op_service, service_samples
 
@@ -49,7 +49,7 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _mix(x):
     """splitmix64's finaliser (Steele, Lea and Flood, "Fast splittable pseudorandom
     number generators", OOPSLA 2014)."""
@@ -58,14 +58,14 @@ def _mix(x):
     return x ^ (x >> _S31)
 
 
-@njit(cache=True)
+@internal
 def uniform(seed, stream, i):
     """A uniform draw in (0, 1), a pure function of (seed, stream, i)."""
     x = _mix(np.uint64(seed) * _GOLDEN + np.uint64(stream) * _STREAM + np.uint64(i))
     return (float(x >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@internal
 def fault_service(S, j):
     """handle_mm_fault()'s time for the fault that is op j."""
     k = cfg(S, 0)
@@ -84,7 +84,7 @@ def fault_service(S, j):
     return k.fault_service_ns
 
 
-@njit(cache=True)
+@internal
 def start_offset(S, t):
     """How late thread t leaves the start barrier."""
     k = cfg(S, 0)

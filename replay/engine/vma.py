@@ -21,7 +21,7 @@ them all at once.
 
 from __future__ import annotations
 
-from numba import njit
+from ..jit import internal
 
 from ..models.kernels import VMA_LOCK_OFFSET
 from .coherence import read, read_from, rmw, rmw_from, store, store_from
@@ -35,24 +35,24 @@ VMA_LOCK_RWSEM, VMA_LOCK_REFCNT = 1, 2  # cfg.vma_lock (0: faults take mmap_lock
 
 
 # -- addresses -------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _slot_offset(S, slot, per_page, stride):
     return (slot // per_page) * 4096 + (slot % per_page) * stride
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def vma_line(S, o, off):
     """The line of byte ``off`` of VMA object o."""
     k = cfg(S, 0)
     return k.vma_base + (_slot_offset(S, vobj(S, o).slot, k.vma_per_page, k.vma_stride) + off) // 64
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def refcnt_line(S, o):
     return vma_line(S, o, cfg(S, 0).off_vm_refcnt)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def current(S, t):
     """The VMA object t points at: whatever occupies the slot its walk found."""
     th = thread(S, t)
@@ -61,7 +61,7 @@ def current(S, t):
     return vmaid(S, th.vma).obj if th.vma >= 0 else -1
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def field_line(S, t, obj, off):
     """The line of a program's (obj, field): obj 0 = the mm (off is its line id), 1 = the VMA."""
     if obj == 0:
@@ -73,7 +73,7 @@ def field_line(S, t, obj, off):
 
 
 # -- objects -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def vma_alloc(S, vid):
     """vm_area_alloc(): a new object for VMA id vid, in a free slot (reused at once with
     SLAB_TYPESAFE_BY_RCU) or a new one; attached (vm_refcnt 1)."""
@@ -121,7 +121,7 @@ def vma_alloc(S, vid):
     return o
 
 
-@njit(cache=True)
+@internal
 def vma_resolve(S, vid):
     """The live object for VMA id vid, following merges to the VMA that absorbed it."""
     if vid < 0:
@@ -135,7 +135,7 @@ def vma_resolve(S, vid):
     return o if o >= 0 and vobj(S, o).attached else -1
 
 
-@njit(cache=True)
+@internal
 def vma_walk(S, vid, addr):
     """mas_walk(&mas) for ``addr``: the live VMA whose range covers it now.  The op's own
     VMA id (vma_resolve()) when its range covers the address or is not known; else the
@@ -156,7 +156,7 @@ def vma_walk(S, vid, addr):
 
 
 # -- vm_refcnt -------------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def vma_refcount_get(S, t, fail, detached):
     """vma_start_read()'s __refcount_inc_not_zero_limited_acquire(): load, then cmpxchg
     unless 0 (detached: goto ``detached``) or above ref_limit (a writer: goto ``fail``)."""
@@ -185,12 +185,12 @@ def vma_refcount_get(S, t, fail, detached):
     return rmw(S, t, ln, True) + extra, False
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def line_version(S, n):
     return line(S, n).version
 
 
-@njit(cache=True)
+@internal
 def vma_refcount_put(S, t):
     """vma_refcount_put(): decrement; wake the writer per the model's policy."""
     th = thread(S, t)
@@ -216,7 +216,7 @@ def vma_refcount_put(S, t):
 
 
 # -- vma_start_write() -------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def vma_enter_locked(S, t, o, since):
     """__vma_enter_locked()'s atomics on an attached VMA's vm_refcnt, issued at since:
     from v8 (and in v6.15) one refcount_add_not_zero(VMA_LOCK_OFFSET); in v7 (12/17,
@@ -233,7 +233,7 @@ def vma_enter_locked(S, t, o, since):
     return rmw_from(S, t, ln, True, end)
 
 
-@njit(cache=True)
+@internal
 def vma_start_write_step(S, t):
     """One step of vma_start_write() on the current VMA of the write holder's list
     (glob.pend_*): __is_vma_write_locked(); then the rwsem's down_write, the
@@ -303,7 +303,7 @@ def vma_start_write_step(S, t):
 
 
 # -- the writer's commit -------------------------------------------------------------------------------------
-@njit(cache=True)
+@internal
 def vma_commit(S, t):
     """The writer's VMAs vanish (detached: vm_refcnt to 0, or the rwsem's detached
     flag; freed - reused at once with SLAB_TYPESAFE_BY_RCU) and appear (allocated,
@@ -408,7 +408,7 @@ def vma_commit(S, t):
     return end, False
 
 
-@njit(cache=True)
+@internal
 def _wake_waiting_faults(S, v):
     """Wake the faults waiting (loop._gate) on VMA id record v: for its creator or for the
     writer that gave it their address."""

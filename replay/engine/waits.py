@@ -32,7 +32,7 @@ nears full), so memory stays bounded however many waits a run has.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from ..jit import internal
 
 from .state import cfg, glob, thread, wrec
 
@@ -51,7 +51,7 @@ H_SLEEP, H_SPIN = 0, 1
 ERR_WAITS_FULL, ERR_WAIT_UNNAMED = 4, 5
 
 
-@njit(cache=True)
+@internal
 def record(S, t, what, k, mode, how, start, end):
     """Thread t's op waited on (what, k) in ``mode``, ``how``, from start to end (ns)."""
     if not end > start:
@@ -74,7 +74,7 @@ def record(S, t, what, k, mode, how, start, end):
     r.end = end
 
 
-@njit(cache=True)
+@internal
 def slept(S, t, k, start, end):
     """sched.wake_at()'s piece of thread.wait: asleep on rwsem k (k >= 0), else on the
     vm_refcnt of the object in ``thread.wt_obj``.  Not before the op started."""
