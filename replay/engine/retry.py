@@ -282,7 +282,7 @@ def check_anon(S, t, refused):
     return end, False
 
 
-@njit(cache=True)
+@internal
 def check_anon_vma(S, t, refused):
     """CHECK_ANON_VMA: 6.5-6.9's lock_vma_under_rcu() after vma_start_read(): "if
     (unlikely(vma_is_anonymous(vma) && !vma->anon_vma)) goto inval_end_read;"."""
@@ -296,7 +296,7 @@ def check_anon_vma(S, t, refused):
     return end, False
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _vma_of_fault(S, t):
     """The VMA object the fault is on: the one it locked (or, after an abort, the walk
     found), else - under mmap_lock from the start - find_vma()'s, by address."""
@@ -306,13 +306,13 @@ def _vma_of_fault(S, t):
     return vma_walk(S, th.vma, th.addr)
 
 
-@njit(cache=True, inline="always")
+@internal(inline=True)
 def _has_anon_vma(S, t):
     o = _vma_of_fault(S, t)
     return o < 0 or vobj(S, o).anon_vma != 0  # a VMA the replay never had: taken as prepared
 
 
-@njit(cache=True)
+@internal
 def anon_vma_check(S, t, which, prepared, retry):
     """ANON_VMA_CHECK: vmf_anon_prepare()'s "if (likely(vma->anon_vma)) return 0;" (the
     line the fault read) - also when the fault maps no anonymous page, or under the VMA
@@ -333,7 +333,7 @@ def anon_vma_check(S, t, which, prepared, retry):
     return now, False
 
 
-@njit(cache=True)
+@internal
 def anon_vma_prepare(S, t):
     """ANON_VMA_PREPARE: __anon_vma_prepare() - its own work (ANON_VMA_PREPARE_NS, est.),
     then ``vma->anon_vma = anon_vma`` under mm->page_table_lock "if (likely(!vma->anon_vma))"
