@@ -123,6 +123,19 @@ def zone_hold(S, pages):
     return h[i - 1] + (h[i] - h[i - 1]) * (pages - b[i - 1]) / (b[i] - b[i - 1])
 
 
+
+@internal(inline=True)
+def _spun(S, t, lk, what, r, since, at):
+    """A fault-path spinlock's contention: t spun from ``since`` until it took lock ``lk``
+    (a RES or PTL record, r its index, ``what`` its waits-table class) at ``at``."""
+    waited = at - since
+    if waited > 0:
+        lk.contentions += 1
+        lk.wait_total += waited
+        lk.wait_max = max(lk.wait_max, waited)
+        thread(S, t).fp_rwait += waited
+        record(S, t, what, r, M_NONE, H_SPIN, since, at)
+
 @internal
 def spin_lock_held(S, t, r, since, hold):
     """Thread t takes spinlock r at ``since``, holds it for ``hold`` ns plus its data
@@ -144,13 +157,7 @@ def spin_lock_held(S, t, r, since, hold):
     end = s + cost
     rr.free_at = end
     rr.acquisitions += 1
-    waited = at - since
-    if waited > 0:
-        rr.contentions += 1
-        rr.wait_total += waited
-        rr.wait_max = max(rr.wait_max, waited)
-        th.fp_rwait += waited
-        record(S, t, W_RES, r, M_NONE, H_SPIN, since, at)
+    _spun(S, t, rr, W_RES, r, since, at)
     held = end - got
     rr.hold_total += held
     rr.hold_max = max(rr.hold_max, held)
@@ -203,13 +210,7 @@ def _ptl_take(S, t, r, since, when):
     p.holder = t
     p.got = got
     p.acquisitions += 1
-    waited = when - since
-    if waited > 0:
-        p.contentions += 1
-        p.wait_total += waited
-        p.wait_max = max(p.wait_max, waited)
-        th.fp_rwait += waited
-        record(S, t, W_PTL, r, M_NONE, H_SPIN, since, when)
+    _spun(S, t, p, W_PTL, r, since, when)
     th.fp_res += got - since
     return got
 
