@@ -28,7 +28,7 @@ fault_service_ns = 1000
 [fault_path]
 fixed_ns = 1000
 clear_page_ns = {clear}
-zone_lock_hold_ns = [[63, 2000]]
+zone_lock_hold_ns = [[63, {zone_hold}]]
 lru_folio_ns = 0
 dram_gbps = {dram}
 
@@ -46,9 +46,9 @@ KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_
         "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
 
 
-def toy(tmp_path, sockets=1, cores=1, nodes=0, clear=0, lat=0.001, dram=1e9):
-    p = tmp_path / f"toy-{sockets}-{cores}-{nodes}-{clear}-{dram:g}.toml"
-    p.write_text(TOY.format(sockets=sockets, cores=cores, clear=clear, dram=dram,
+def toy(tmp_path, sockets=1, cores=1, nodes=0, clear=0, lat=0.001, dram=1e9, zone_hold=2000):
+    p = tmp_path / f"toy-{sockets}-{cores}-{nodes}-{clear}-{dram:g}-{zone_hold}.toml"
+    p.write_text(TOY.format(sockets=sockets, cores=cores, clear=clear, dram=dram, zone_hold=zone_hold,
                             nodes=f"numa_nodes = {nodes}" if nodes else "",
                             lat="\n".join(f"{k} = {lat}" for k in KEYS),
                             src="\n".join(f'{k} = "test"\nfault_service_ns = "test"' if k == "l1_hit" else f'{k} = "test"'

@@ -9,40 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+import test_fault_path as fp
 from engine_harness import Replay, mk
-from replay.engine import Service, faultpath, load
-from replay.machines import load_machine
+from replay.engine import faultpath, load
 
-KEYS = ("l1_hit", "l2_hit", "llc_hit", "smt_handoff", "socket_handoff", "socket_read_shared", "socket_read_exclusive",
-        "cross_socket_handoff", "owned_atomic", "dram_local", "dram_remote")
-TOY = """
-name = "toy-ptl"
-sockets = 1
-cores_per_socket = 2
-smt = 1
-fault_service_ns = 1000
-[latency_ns]
-{lat}
-
-[fault_path]
-fixed_ns = 1000
-clear_page_ns = 0
-zone_lock_hold_ns = [[63, 1]]
-lru_folio_ns = 0
-dram_gbps = 1e9
-
-[sources]
-{src}
-fault_service_ns = "test"
-
-[sources.fault_path]
-fixed_ns = "test"
-clear_page_ns = "test"
-zone_lock_hold_ns = "test"
-lru_folio_ns = "test"
-dram_gbps = "test"
-"""
-PROFILE = Service(1000.0, "profile toy", None, 0.0)  # sigma 0: every fault's fixed part is exactly 1000 ns
+# the fault-path tests' toy machine (1 ps latencies), with two cores and a zone lock held 1 ns
+PROFILE = fp.PROFILE  # sigma 0: every fault's fixed part is exactly 1000 ns
 BASE = 0x7F0000000000  # 2 MiB-aligned
 N = 100  # faults a thread
 
@@ -50,10 +22,7 @@ N = 100  # faults a thread
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     monkeypatch.setattr(faultpath, "PTL_FIXED_SHARE", 1.0)
-    p = tmp_path / "toy-ptl.toml"
-    p.write_text(TOY.format(lat="\n".join(f"{k} = 0.001" for k in KEYS),
-                            src="\n".join(f'{k} = "test"' for k in KEYS)))
-    return load_machine(str(p))
+    return fp.toy(tmp_path, cores=2, zone_hold=1)
 
 
 def faults(starts):
