@@ -54,7 +54,7 @@ GLOBALS = _rec(
     ("nptl",),  # faultpath.py: the PTE pages whose lock has been taken so far (PTL records in use)
 )
 CONFIG = _rec(
-    ("prefetch_pairs",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
+    ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
     ("open_loop",), ("vma_per_page",), ("vma_stride",), ("vl_per_page",), ("vl_stride",), ("vma_base",),
     ("vl_base",), ("off_vm_start",), ("off_vm_lock_seq",), ("off_vm_refcnt",), ("vl_off_count",),
     ("vl_off_owner",), ("vl_in_vma",), ("mm_mt",), ("mm_count",), ("mm_owner",), ("mm_vma_writer_wait",),
@@ -105,6 +105,7 @@ THREAD = _rec(
     # lockstat holdtime, and the VMA rwsem this writer owns
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
     ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
+    ("pf_line",), ("pf_until", f8),  # its last prefetchw's line and when that fill lands (coherence.py)
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
@@ -232,9 +233,16 @@ SIM = np.dtype([(k, np.uint64) for k in NAMES] + [(f"layout_{LAYOUT}", np.uint64
 
 
 def _field_ptr(builder, s, S, name):
+    """An array's address, read from the state record.  The record is written once, by
+    State(), before any compiled code runs, so the load is marked ``invariant.load``:
+    without it LLVM must assume any store through a record pointer (numba emits no
+    type-based alias information) may have changed it, and reloads it at every
+    accessor call after a store."""
     off = S.offset(name)
     p = builder.gep(s, [cgutils.int32_t(0), cgutils.int32_t(off)], inbounds=True)
-    return builder.load(builder.bitcast(p, ir.IntType(64).as_pointer()))
+    ld = builder.load(builder.bitcast(p, ir.IntType(64).as_pointer()))
+    ld.set_metadata("invariant.load", builder.module.add_metadata([]))
+    return ld
 
 
 def _record_accessor(arr: str, dtype: np.dtype):
