@@ -195,8 +195,8 @@ def _next_cpu(S, t):
     ttwu_do_activate() enqueues it there), or pulled there by load balancing
     (detach_task() / attach_task(), kernel/sched/fair.c) or the migration stopper
     (move_queued_task(), kernel/sched/core.c) - Linux 6.18.  Each ends the same way:
-    activate_task() on the destination rq, then wakeup_preempt() there, which does not
-    take the CPU from an op in progress (sched.py's docstring).  So the thread leaves
+    activate_task() on the destination rq, then wakeup_preempt() there, which takes the
+    CPU from an op in progress only at a writer's cond_resched() (sched.py's docstring).  So the thread leaves
     its CPU at the op's end (the first thread queued there runs), takes the new CPU
     after the gap if it is idle, and otherwise waits in its run queue until the op
     running there ends.  Its lines stay where they were: the coherence model moves them

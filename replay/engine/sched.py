@@ -6,30 +6,26 @@ in time run in scheduling order (``glob.seq``), so a replay is deterministic.  E
 simulated CPU runs one thread at a time; a woken thread whose CPU is busy waits in that
 CPU's run queue, and a spinning writer yields to it (need_resched()).
 
-A woken thread does not preempt one that is in the middle of an op; it gets the CPU at
-that op's end (loop._step) or when the op sleeps (block_at()).  From the source (Linux
-6.18; the same in 6.6-6.17): try_to_wake_up() -> wakeup_preempt() ->
-check_preempt_wakeup_fair() (kernel/sched/fair.c) only sets TIF_NEED_RESCHED
-(resched_curr_lazy()), and only if __pick_eevdf() returns the wakee - with RUN_TO_PARITY
-(kernel/sched/features.h, on by default) __pick_eevdf() returns the running task while
-it is eligible and inside its protected slice (protect_slice(): se->vprot, set to its
-deadline by set_next_entity(); in 6.6-6.11 "curr->vlag == curr->deadline", "run a task
-until it either becomes non-eligible or until it gets a new slice"), and a slice
-(sysctl_sched_base_slice, 0.7 ms scaled by 1 + ilog2(CPUs), at most x4) is hundreds of
-our ops.  And the running thread is in the kernel - a page fault or an mm syscall is
-what an op is - where the flag is acted on only at a preemption point: with
-preempt=none (__sched_dynamic_update(): might_resched, preempt_schedule and
-irqentry_exit_cond_resched disabled; "Dynamic Preempt: none" on the kernel the sample
-traces were recorded on) only at cond_resched() or schedule() - the op sleeping - and at
-the return to user mode (exit_to_user_mode_loop(), kernel/entry/common.c: "if (ti_work
-& (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZY)) schedule();"), the op's end; with
-preempt=lazy the fair class sets TIF_NEED_RESCHED_LAZY (get_lazy_tif_bit()), which
-waits for the same return or the next tick.  So the engine preempts nothing mid-op
-(tests/test_rwsem_wake.py pins it).  Not modelled: preempt=voluntary's
-might_resched() points and preempt=full, where a running task that is no longer
-eligible can lose its CPU to a wakee at once.  (The other way round, the engine is
-more eager than EEVDF: a thread yields at every op end while another waits for its
-CPU, where RUN_TO_PARITY would keep it running to the end of its slice.)
+A woken thread does not take the CPU from one in the middle of an op at once; it gets
+the CPU at that op's end (loop._step), when the op sleeps (block_at()), or - a writer's
+call that walks page tables - at its next cond_resched() once TIF_NEED_RESCHED is set
+(cond_resched(), below).  With preempt=none (__sched_dynamic_update(): might_resched,
+preempt_schedule and irqentry_exit_cond_resched disabled; "Dynamic Preempt: none" on the
+kernel the sample traces were recorded on) a task in the kernel acts on the flag only at
+cond_resched(), at schedule(), and at the return to user mode (exit_to_user_mode_loop(),
+kernel/entry/common.c: "if (ti_work & (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZY))
+schedule();"), the op's end.  The flag itself is EEVDF's (Linux 6.18, kernel/sched/fair.c):
+update_curr() from the tick and from check_preempt_wakeup_fair() sets it once the running
+task's request (sysctl_sched_base_slice) is used up, or after a renewal while it runs,
+with another task queued (account(), _wakeup_preempt(); the section below has the
+citations); a task inside its request is protected (RUN_TO_PARITY: protect_slice(),
+se->vprot set by set_next_entity()).  Faults have no cond_resched() on their path here and
+are never preempted (tests/test_rwsem_wake.py pins it; tests/test_cond_resched.py the
+writer's).  Not modelled: pick_eevdf()'s eligibility test (an ineligible current task is
+not protected), preempt=voluntary's might_resched() points and preempt=full.  (The other
+way round, the engine is more eager than EEVDF: a thread yields at every op end while
+another waits for its CPU, where RUN_TO_PARITY would keep it running to the end of its
+request.)
 """
 
 from __future__ import annotations
