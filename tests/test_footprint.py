@@ -101,7 +101,7 @@ def test_every_model_has_its_cache_flags_and_free_rule():
 def test_cache_flags_leave_run_ids_alone():
     """The slab data describes the allocator, not the simulation: model digests (and so
     run ids) do not depend on it, nor on the field sizes (which only the layout check
-    reads).  (The digests pinned here last changed with semantics 30 - the writer program's
+    reads).  (The digests pinned here last changed with semantics 31 - the writer program's
     VMA walk, VMA_START_WRITE_NEXT in a loop where VMA_START_WRITE_ALL was; before that 29,
     the fault programs' mm->pgd load and the mm_struct layouts' pgd field; the slab flags
     were already there.)"""
