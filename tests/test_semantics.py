@@ -213,7 +213,7 @@ class Box:
 
     def start_write_detached(self, vid):
         """Detach VMA vid (vm_refcnt 0) and run vma_start_write() on it to the end, as
-        thread 0 holding mmap_lock for write would (VMA_START_WRITE_ALL's pending list)."""
+        thread 0 holding mmap_lock for write would (VMA_START_WRITE_NEXT's pending list)."""
         r, g = self.r, self.r.g
         o = r.obj(vid)
         r.vma(vid)["vm_refcnt"] = 0
@@ -371,7 +371,7 @@ def test_vma_mark_detached_waits_for_a_readers_passing_reference(model):
     from replay.engine.vma import vma_refcount_put
 
     r = Replay(model, BDW, 2, mk([(1, "munmap", [1], 0, 1_000), (2, "fault", 1, 500_000, None)]))
-    w, reader = r.run_until(1, Op.VMA_START_WRITE_ALL), r.t(2)
+    w, reader = r.run_until(1, Op.VMA_START_WRITE_NEXT), r.t(2)
     while r.next_insn(w) != Op.VMA_COMMIT or r.g["pend_i"] < r.g["pend_n"]:
         r.exec(w)  # vma_start_write()'s steps, the writer's work
     o = r.obj(1)
