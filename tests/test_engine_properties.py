@@ -30,7 +30,7 @@ from engine_harness import (BDW, MODELS, REFCNT, SLOW, Replay, WriteHolds, asser
                             assert_quiescent, kernel_faults, mk)
 
 ROOT = Path(__file__).resolve().parent.parent
-BIG = 1 << 18  # the default result chunk: a toy's results come in one
+BIG = 1 << 18  # more than any toy's ops (load.RESULT_CHUNK is 1 << 16): a toy's results come in one
 
 
 def outcome(r: Replay):
@@ -284,6 +284,26 @@ def test_replay_from_a_many_row_group_file_equals_in_memory(sample_ops, tmp_path
         OpsSource.BATCH = old
     assert a.results.equals(b.results)
     assert a.lock_stats.equals(b.lock_stats) and a.summary() | {"wall_s": 0} == b.summary() | {"wall_s": 0}
+
+
+def test_writers_read_from_a_file_a_row_group_at_a_time_are_the_frames(sample_ops, tmp_path):
+    """The loader's writers (every non-fault op) from an ops file - read a row group at a
+    time, the columns only of row groups with a writer - are the frame's, row indices
+    included."""
+    import pyarrow.parquet as pq
+
+    from replay.engine.source import OpsSource
+
+    p = tmp_path / "ops.parquet"
+    pq.write_table(sample_ops.to_arrow(), p, row_group_size=500)  # some with writers, some without
+    assert pq.ParquetFile(p).metadata.num_row_groups > 3
+
+    def fn(df):
+        return df.select("_j", pl.col("kind").cast(pl.Utf8), "hold_ns", "vma_id", "vma_ids", "vmas_freed")
+
+    a, b = OpsSource(sample_ops).writers(fn), OpsSource(str(p)).writers(fn)
+    assert a.height == (sample_ops["kind"].cast(pl.Utf8) != "fault").sum() > 0
+    assert a.equals(b)
 
 
 def test_file_with_two_mms_replays_each_as_alone(sample_ops, tmp_path):

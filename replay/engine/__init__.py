@@ -70,7 +70,8 @@ class Totals:
     def add(self, r: pl.DataFrame) -> None:
         if not r.height:
             return
-        f = r.filter(pl.col("kind") == "fault")
+        # the five columns read, not a filtered copy of the whole chunk
+        f = r.select("kind", "fallback", "outcome", "misses", "start_ns", "end_ns").filter(pl.col("kind") == "fault")
         a = f.select(pl.col("fallback").sum(), (pl.col("outcome") == "abort").sum().alias("a"),
                      (pl.col("outcome") == "retry").sum().alias("r"), pl.col("misses").sum().alias("m"),
                      (pl.col("end_ns") - pl.col("start_ns")).sum().alias("d"),
@@ -436,7 +437,9 @@ class _ChunkWriter:
         import threading
 
         self.path = path
-        self.q: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays a few chunks
+        # bounded: one table waiting while one is written (a load.RESULT_CHUNK of rows,
+        # ~13 MB of results), so memory stays at a few chunks
+        self.q: queue.Queue = queue.Queue(maxsize=1)
         self.started = False
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, daemon=True)

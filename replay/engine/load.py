@@ -20,7 +20,7 @@ from .loop import F_END_KNOWN, F_PROG, F_START_KNOWN, run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
 from .micro import PMD_SHIFT
 from .sched import ERR_DEADLOCK, TICK_NS, base_slice_ns
-from .source import OpsSource
+from .source import OpsSource, trim_heap
 from .faultpath import Plan
 from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
 from .retry import _release as retry_release
@@ -146,6 +146,19 @@ def _densify(a, uniq):
         c[:] = np.where(c >= 0, np.searchsorted(uniq, c), -1)
 
 
+def _ptl_regions(op_addr, is_fault, nt: int) -> int:
+    """How many PTL records the faults need: one per distinct 2 MiB region (address >>
+    21) of a fault with an address, and one a thread if any fault has none - counted a
+    chunk at a time, so no copy of every fault's address is made."""
+    regions = np.zeros(0, np.int64)
+    unknown = False
+    for s in range(0, op_addr.shape[0], _CHUNK):
+        fa = op_addr[s:s + _CHUNK][is_fault[s:s + _CHUNK]]
+        unknown = unknown or bool((fa < 0).any())
+        regions = np.union1d(regions, fa[fa >= 0] >> 21)
+    return len(regions) + (nt if unknown else 0)
+
+
 @njit(cache=True)
 def _group_order(key, mask, nkeys):
     """Stable counting sort: the indices i with mask[i] and key[i] >= 0, grouped by key
@@ -208,8 +221,15 @@ def _range_deps(n, us_ops, us_p, op_addr, h_p, h_w, h_row, h_start, h_end):
     return dep
 
 
+# results rows (and waits) a run_chunk() call hands back at most: the engine's out and
+# wait buffers and every stage of a chunk's way to Parquet (the raw copy, the polars
+# frame, its Arrow table queued for and in the writer thread) are this size, ~200 bytes
+# a row each; the replay is the same whatever it is (tests/test_engine_properties.py)
+RESULT_CHUNK = 1 << 16
+
+
 def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-         fault_service_ns=None, chunk: int = 1 << 18, seed: int = 0, release: str | None = None):
+         fault_service_ns=None, chunk: int = RESULT_CHUNK, seed: int = 0, release: str | None = None):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
     with the ops schema's columns.  Columns are read one at a time and kept in compact
     arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
@@ -238,6 +258,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         del op_id
     if known is not None and not known[0]:
         raise ValueError("ops must be in op_id order")
+    # the per-op arrays in an order that keeps the fewest alive at once (a 50 M-op load
+    # peaks at its kept arrays, ~32 bytes an op, not at their temporaries): the small
+    # ones first, the two 8-byte columns (think_ns, address) last
+    op_prog += 1
+    flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
+    del op_prog
+    flags[src.take("start_ns", lambda: src.notnull("start_ns"))] |= F_START_KNOWN
+    flags[src.take("end_ns", lambda: src.notnull("end_ns"))] |= F_END_KNOWN
+    op_fkind = fault_kinds(src, c)
+    op_retry, retry_ops, retry_wait = retry_causes(src, c, op_fkind, release or model.release)
 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
@@ -301,7 +331,12 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     created = {index[x] for xs in wl["vmas_created"] for x in (xs or [])}
     vid_created = np.zeros(nv, np.int64)
     vid_created[list(created)] = 1
-    every = set(np.unique(op_arg[is_fault & (op_arg >= 0)]).tolist())
+    seen = np.zeros(nv, np.bool_)  # the VMAs faults name (no copy of every fault's VMA to sort)
+    for s in range(0, n, _CHUNK):
+        c_ = op_arg[s:s + _CHUNK]
+        seen[c_[is_fault[s:s + _CHUNK] & (c_ >= 0)]] = True
+    every = set(np.flatnonzero(seen).tolist())
+    del seen
     for k in ("vma_ids", "vmas_freed"):
         for xs in wl[k]:
             every.update(index[x] for x in (xs or []))
@@ -314,13 +349,16 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     us_ops, us_p = _group_order(op_arg, is_fault, nv)
 
     tid = src.column("tid", np.int32)
-    tids = np.unique(tid)
+    # the distinct tids as np.unique gives them, without its sorted copy of every op's tid
+    tids = _distinct(tid).astype(np.int32) if n and int(tid.min()) >= 0 else np.unique(tid)
     nt = len(tids)
     tmin = int(tids.min()) if nt else 0
     lut = np.full(int(tids.max()) - tmin + 1 if nt else 1, -1, np.int32)
     lut[tids - tmin] = np.arange(nt)
-    tid -= np.int32(tmin)
-    tix = lut[tid]
+    tix = tid  # each op's thread index, in place of its tid (a chunk at a time: no temporaries of the ops' length)
+    for s in range(0, n, _CHUNK):
+        c_ = tix[s:s + _CHUNK]
+        c_[:] = lut[c_ - np.int32(tmin)]
     del tid, lut
     th_order, th_p = _group_order(tix, np.ones(len(tix), np.bool_), nt)
     recorded = None
@@ -338,7 +376,6 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     cpus = machine.placement(nt, ncpus, placement, recorded)
     del tix
 
-    think = src.column("think_ns", np.float64)
     # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
     op_addr = np.full(1, -1, np.int64)
     has_addr = bool(prm.vma_lock) and "address" in src.names
@@ -348,19 +385,14 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     fp_run = machine.fault_path is not None and str(getattr(fault_service_ns, "source", "")).startswith("profile")
     if has_addr or (fp_run and "address" in src.names):
         op_addr = src.column("address", np.int64, 0)
-        op_addr[~src.notnull("address")] = -1
+        known_addr = src.notnull("address")
+        op_addr[np.logical_not(known_addr, out=known_addr)] = -1
+        del known_addr
     elif fp_run:
         op_addr = np.full(n, -1, np.int64)
     ptl_cap = 0
     if fp_run:  # a PTL record for each 2 MiB region a fault touches, and one a thread for faults with no address
-        fa = op_addr[is_fault]
-        ptl_cap = len(np.unique(fa[fa >= 0] >> 21)) + (nt if (fa < 0).any() else 0)
-        del fa
-    op_prog += 1
-    flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
-    del op_prog
-    flags[src.take("start_ns", lambda: src.notnull("start_ns"))] |= F_START_KNOWN
-    flags[src.take("end_ns", lambda: src.notnull("end_ns"))] |= F_END_KNOWN
+        ptl_cap = _ptl_regions(op_addr, is_fault, nt)
     if open_loop:
         starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
         t0 = starts["start_ns"].min() if starts is not None else None
@@ -383,8 +415,6 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_service[~src.notnull("service_ns")] = np.nan
     if recorded and not np.isnan(op_service).all():
         min_service = min(min_service, float(np.nanmin(op_service)))
-    op_fkind = fault_kinds(src, c)
-    op_retry, retry_ops, retry_wait = retry_causes(src, c, op_fkind, release or model.release)
     instant = (flags & F_PROG) == 0  # no program, no time
     if not min_service:
         instant |= is_fault
@@ -420,6 +450,10 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         op_dep = _range_deps(n, us_ops, us_p, op_addr, h_p, wr[order], nf_idx[wr[order]], w_rng_start[order],
                              w_rng_end[order])
     k["has_dep"] = int(len(op_dep) == n and bool((op_dep >= 0).any()))
+    if not k["has_dep"]:  # no fault waits for a writer: the loop never reads op_dep (4 bytes an op saved)
+        op_dep = np.full(1, -1, np.int32)
+    trim_heap()  # before the last big column: what the ones before it freed, back to the OS
+    think = src.column("think_ns", np.float64)
     k["has_op_cpu"] = int(len(op_cpu) == n and n > 0)
     k["wake_last"] = int(prm.wake == "last")
     k["writer_ref"] = prm.writer_ref
@@ -507,7 +541,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
         w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
         op_dep=op_dep, op_cpu=op_cpu, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
-        us_p=us_p, us_ops=us_ops.astype(np.int32), th_ops_p=th_p, th_order=th_order,
+        us_p=us_p, us_ops=us_ops, th_ops_p=th_p, th_order=th_order,
         op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
         op_service=op_service, op_fkind=op_fkind, w_advice=w_advice, w_vma=w_vma,
@@ -522,7 +556,9 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         line_cpu=np.zeros(nlines * len(mcpus) * RX_KINDS, np.int64),  # calloc: pages mapped as lines move
     )
     state = st.State(arrays)
+    del arrays
     _alloc_initial(state.S, np.asarray(initial, np.int64))
+    trim_heap()  # the loader's freed temporaries and the Parquet reader's buffers, back to the OS
     meta = {"uniq": uniq, "chunk": chunk, "tids": tids, "op_base": op_base, "op_ids": op_ids, "vlines": vlines,
             "llines": llines, "w_kind": w_kind, "plan": plan}
     return state, meta
@@ -750,7 +786,7 @@ def waits_frame(raw: np.ndarray, state, meta, mm: str):
 
 
 def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: bool = False,
-             fault_service_ns=None, chunk: int = 1 << 18, sink=None, progress=None, mm=None, seed: int = 0,
+             fault_service_ns=None, chunk: int = RESULT_CHUNK, sink=None, progress=None, mm=None, seed: int = 0,
              release: str | None = None, wait_sink=None):
     """Replay one mm.  Each chunk of results goes to ``sink`` as it is produced: a dict
     of numpy columns (op = the op's index in ``ops``), or with ``mm`` given, a frame in
@@ -765,7 +801,7 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
     LAST_TIMINGS["run_s"] = 0.0
     start(state.S)
     g = state.arrays["g"]
-    done_n = 0
+    done_n = nchunks = 0
     while True:
         t0 = time.perf_counter()
         ended = run_chunk(state.S)
@@ -777,6 +813,9 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
             sink(raw if mm is None else results_frame(raw, state, meta, mm))
             done_n += k
             g["nout"][0] = 0
+            nchunks += 1
+            if nchunks % 16 == 0:  # what the chunks' frames and tables freed, back to the OS
+                trim_heap()
             if progress:
                 progress(done_n)
         k = int(g[0]["nwait"])

@@ -83,6 +83,7 @@ class OpsSource:
             v = df.select(expr).to_series().to_numpy()
             out[pos:pos + len(v)] = v
             pos += len(v)
+        trim_heap()
         return out
 
     def column(self, name: str, dtype, fill=0) -> np.ndarray:
@@ -101,6 +102,7 @@ class OpsSource:
             v = a.to_numpy(zero_copy_only=False)
             out[pos:pos + len(v)] = v
             pos += len(v)
+        trim_heap()  # the decoded batches' buffers: glibc keeps them otherwise (~100 MB a column at 50 M ops)
         return out
 
     def notnull(self, name: str) -> np.ndarray:
@@ -113,6 +115,7 @@ class OpsSource:
             v = a.is_valid().to_numpy(zero_copy_only=False)
             out[pos:pos + len(v)] = v
             pos += len(v)
+        trim_heap()
         return out
 
     def frame(self, roots, fn):
@@ -179,16 +182,23 @@ class OpsSource:
                  "range_end", "vmas_parent", "address", "length"]
         if self.path is None or self.mm is not None:
             return self.frame(roots, lambda df: fn(df.filter(pl.col("kind").cast(pl.Utf8) != "fault")))
+        import pyarrow as pa
+
         cols = [x for x in roots if x in self.names]
         parts = []
-        for pos, b in self._file_batches(cols):
-            keep = ~self._codes(b.column(0), "fault")
+        pos = 0
+        # a row group at a time: its kind column first, the other columns (lists among them)
+        # only for a row group that has a writer - most of a big trace's have none
+        for i in range(self.pf.metadata.num_row_groups):
+            kind = self.pf.read_row_group(i, columns=["kind"]).column(0)
+            m = len(kind)
+            keep = ~np.concatenate([self._codes(c, "fault") for c in kind.chunks]) if m else np.zeros(0, bool)
             if keep.any():
-                import pyarrow as pa
-
                 rows = np.flatnonzero(keep)
-                sub = b.filter(pa.array(keep))
+                sub = self.pf.read_row_group(i, columns=cols).filter(pa.array(keep))
                 parts.append(fn(pl.from_arrow(sub).with_columns(pl.Series("_j", rows + pos, dtype=pl.UInt32))))
+            pos += m
+        trim_heap()
         if parts:
             return pl.concat(parts, how="vertical_relaxed")
         # no writer at all (a faults-only trace): fn still selects every column it reads
@@ -242,7 +252,7 @@ class OpsSource:
             del get, b
         self._cache = {"prog": prog, "start_ns": start_ok, "end_ns": end_ok}
         self._order = order
-        _trim()
+        trim_heap()
 
     def order(self, name: str):
         """(increasing, first value if it runs first, first+1, ... else None) for op_id;
@@ -291,7 +301,7 @@ class OpsSource:
         return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
 
 
-def _trim() -> None:
+def trim_heap() -> None:
     """Give the C heap's free memory back to the OS (glibc keeps what the Parquet
     reader's many small buffers freed: hundreds of MB after a 50 M-row pass)."""
     try:
