@@ -123,3 +123,40 @@ def test_a_kernel_mode_write_fault_prepares_the_anon_vma(code, prepared):
     f, _, _ = build(text)
     user = f.filter(~pl.col("kernel")).row(0, named=True)
     assert (user["observed_fallback"], user["observed_anon_prepare"]) == (prepared, not prepared)
+
+
+@pytest.mark.parametrize("written, merged", [(False, True), (True, False)])
+def test_vm_account_as_mprotect_leaves_it_decides_a_merge(written, merged):
+    """A = mmap(PROT_READ|PROT_WRITE) at X+0x2000 is accounted (VM_ACCOUNT: __mmap_setup()'s
+    accountable_mapping()); mprotect(A, PROT_NONE) drops VM_ACCOUNT only while A has no
+    anon_vma (mprotect_fixup(): ``(oldflags & VM_ACCOUNT) && vma_is_anonymous(vma) &&
+    !vma->anon_vma``).  Then B = mmap(PROT_NONE) right below, never accounted, merges into
+    A only if A lost it - if A was never written."""
+    text = (mmap(100, 1.00, 1.01, 0x2000, X + 0x2000)
+            + (pf(100, 1.1, X + 0x2000) + trylock(100, 1.1) if written else "")
+            + sc(100, 1.2, 1.21, "mprotect", f"start: {X + 0x2000:#x}, len: 0x00002000, prot: 0x00000000")
+            + mmap(100, 1.3, 1.31, 0x2000, X, prot=0))
+    _, w, vmas = build(text)
+    a = w["vmas_created"].to_list()[0][0]
+    assert (w["vmas_created"].to_list()[2] == [], w["vma_ids"].to_list()[2] == [a]) == (merged, merged)
+    assert vmas.filter(pl.col("vma_id") == a)["start"][0] == (X if merged else X + 0x2000)
+
+
+def test_a_vma_prepared_beside_one_with_an_anon_vma_shares_it():
+    """R = mmap(RW) [X, X+0x2000); mprotect(X+0x1000, PROT_READ|PROT_WRITE|PROT_EXEC) splits
+    off U, before any write (no anon_vma to clone).  L's first write prepares a new anon_vma;
+    U's finds L beside it, anon_vma_compatible() (flags equal but for VM_ACCESS_FLAGS,
+    pgoffs contiguous), and find_mergeable_anon_vma() gives U L's anon_vma - so
+    mprotect(U, RW) merges U back into L (is_mergeable_anon_vma(): one anon_vma, the
+    flags equal again).  With an anon_vma of U's own the merge would be refused."""
+    text = (mmap(100, 1.00, 1.01, 0x2000, X)
+            + sc(100, 1.1, 1.11, "mprotect", f"start: {X + 0x1000:#x}, len: 0x00001000, prot: 0x00000007")
+            + pf(100, 1.2, X) + trylock(100, 1.2)  # L: a new anon_vma
+            + pf(100, 1.3, X + 0x1000) + trylock(100, 1.3)  # U: L's
+            + sc(100, 1.4, 1.41, "mprotect", f"start: {X + 0x1000:#x}, len: 0x00001000, prot: 0x00000003"))
+    f, w, vmas = build(text)
+    l_, u = w["vmas_created"].to_list()[0][0], w["vmas_created"].to_list()[1][0]
+    assert f["vma_id"].to_list() == [l_, u]
+    assert f["observed_anon_prepare"].to_list() == [True, True]  # both prepared (U's trylock all the same)
+    assert w["vmas_freed"].to_list()[2] == [u] and w["vmas_successor"].to_list()[2] == [l_]
+    assert vmas.filter(pl.col("vma_id") == l_)[["start", "end"]].row(0) == (X, X + 0x2000)
