@@ -14,15 +14,27 @@ One op per page fault (a reader of the address space) and per address-space writ
   ``/proc/PID/maps`` snapshot when the trace has one, so every fault gets the id of the
   VMA it hits and every writer the ids of the VMAs it write-locks.  Splits keep the
   lower part in the original vm_area_struct and put the upper part in a new one, as
-  ``__split_vma()`` does for the common new_below=0 case (mm/vma.c); an anonymous
-  private mapping placed right after one with the same protection and flags extends it
-  (``vma_merge_new_range()``), which is how glibc's arenas and the JVM's heap grow.
-  A writer's new layout becomes visible at its ``sys_exit``.  Faults outside every known
-  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.  Each
-  VMA a writer creates names the VMA it was copied from (``vmas_parent``: a split's
-  original, an mremap move's source - anon_vma_clone() gives it that VMA's anon_vma), and
-  each fault its VMA's class (``vma_class``: ``vma_class()`` below), which the engine's
-  anon_vma rules read (replay/engine/retry.py).
+  ``__split_vma()`` does for the common new_below=0 case (mm/vma.c); a new anonymous
+  private mapping merges with the VMA before it and/or the one after it as 6.18's
+  ``vma_merge_new_range()`` does (``AddressSpace.mmap``: the vm_flags mmap()'s prot and
+  flags give it - ``mmap_vm_flags()`` -, vm_pgoff, the anon_vmas), which is how glibc's
+  arenas and the JVM's heap grow, and how a thread stack's PROT_NONE mapping joins the
+  guard page above it; a file mapping is never merged (the trace has the fd, not the
+  file).  A writer's new layout becomes visible at its ``sys_exit``.  Faults outside
+  every known VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1
+  MiB.  Each VMA a writer creates names the VMA it was copied from (``vmas_parent``: a
+  split's original, an mremap move's source - anon_vma_clone() gives it that VMA's
+  anon_vma), and each fault its VMA's class (``vma_class``: ``vma_class()`` below), which
+  the engine's anon_vma rules read (replay/engine/retry.py).  Not tracked: madvise's
+  flag changes (MADV_DONTFORK, MADV_HUGEPAGE, ...: a VMA-changing madvise splits, its
+  pieces keep their flags), mbind()'s mempolicy, userfaultfd, fork.
+* **the anon_vma** (``AnonVmas``).  Which VMAs have one, as far as the trace shows: none
+  to begin with (a maps snapshot's VMAs included); a write fault in a private VMA
+  without one prepares one (vmf_anon_prepare() -> __anon_vma_prepare(), mm/memory.c and
+  mm/rmap.c) - a user-mode fault under the VMA lock, a kernel-mode one under mmap_lock
+  - sharing an adjacent anonymous VMA's where find_mergeable_anon_vma() would (mm/vma.c);
+  a split-off or moved VMA has its source's (anon_vma_clone()); a merge keeps one
+  (dup_anon_vma()) and is refused between two different ones (is_mergeable_anon_vma()).
 * **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
   emits no mmap_lock event, so a user fault followed on the same thread, before that
   thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
@@ -31,8 +43,9 @@ One op per page fault (a reader of the address space) and per address-space writ
   too - include/linux/mmap_lock.h).  One exception looks the same: since v6.10 the
   first write fault in a private VMA without an anon_vma takes mmap_read_trylock() in
   vmf_anon_prepare() (mm/memory.c) and may still complete under the VMA lock.  Such a
-  fault - the first write fault the trace shows in a private VMA - is counted as
-  ``observed_anon_prepare``, not as a fallback.  ``acquire_returned`` with no
+  fault - a user-mode write fault in a private VMA that has no anon_vma yet (the anon_vma,
+  above: not a split-off piece of a VMA that had one, nor a VMA a kernel-mode write
+  fault already prepared) - is counted as ``observed_anon_prepare``, not as a fallback.  ``acquire_returned`` with no
   start_locking is mmap_write_downgrade() (munmap, brk, mremap), not a fault.  A fault
   that takes the lock for write (stack expansion, lock_mm_and_find_vma()) is counted
   in ``observed_mmap_write``.  Kernel-mode faults never try the VMA lock
