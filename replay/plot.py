@@ -56,10 +56,19 @@ def _cpu_axis(ax, cpus: list[int]) -> None:
     """Ticks at the CPU counts measured; log2 spacing when they span 8x or more."""
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
+    labels = [str(c) for c in cpus]
     if min(cpus) > 0 and max(cpus) / min(cpus) >= 8:
         ax.set_xscale("log", base=2)
+        # on log2 spacing two counts under a third of an octave apart (110 and 128) print
+        # over each other: keep the tick, drop the label of the one before, from the right
+        shown = None
+        for i in sorted(range(len(cpus)), key=lambda i: -cpus[i]):
+            if shown is not None and math.log2(shown / cpus[i]) < 1 / 3:
+                labels[i] = ""
+            else:
+                shown = cpus[i]
     ax.xaxis.set_major_locator(FixedLocator(cpus))
-    ax.xaxis.set_major_formatter(FixedFormatter([str(c) for c in cpus]))
+    ax.xaxis.set_major_formatter(FixedFormatter(labels))
     ax.xaxis.set_minor_locator(NullLocator())
 
 

@@ -218,3 +218,22 @@ def test_throughput_query_is_compare_run_metrics(wsp):
         m = C.run_metrics(res.filter(pl.col("run_id") == r["run_id"]))
         assert math.isclose(r["faults_per_sec"], m["faults_per_sec"], rel_tol=1e-9), r["run_id"]
         assert math.isclose(r["faults_per_cpu_sec"], m["faults_per_cpu"], rel_tol=1e-9), r["run_id"]
+
+
+def test_cpu_axis_labels_do_not_overlap():
+    """Ice Lake's thread list ends 110, 128: a fifth of an octave apart on log2 spacing, their
+    labels printed over each other.  The tick stays, the label of the smaller goes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from replay.plot import _cpu_axis
+
+    fig, ax = plt.subplots()
+    ticks = [1, 4, 7, 12, 21, 30, 48, 79, 110, 128]
+    _cpu_axis(ax, ticks)
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == ticks
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "7", "12", "21", "30", "48", "79", "", "128"]
+    plt.close(fig)
