@@ -410,7 +410,7 @@ def mmap_vm_flags(prot: int, flags: int) -> int:
     MAP_GROWSDOWN, MAP_LOCKED, MAP_STACK -> VM_NOHUGEPAGE with CONFIG_TRANSPARENT_HUGEPAGE, taken
     as set), MAP_DROPPABLE's VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP, MAP_NORESERVE's
     VM_NORESERVE (unless vm.overcommit_memory is 2, which a trace does not show: taken as not) -
-    and __mmap_setup()'s VM_ACCOUNT for an accountable_mapping() (mm/vma.c: private, writable,
+    and __mmap_prepare()'s VM_ACCOUNT for an accountable_mapping() (mm/vma.c: private, writable,
     not VM_NORESERVE).  mm->def_flags (mlockall(MCL_FUTURE)) is the same for every mapping of
     the mm, so it changes no comparison."""
     vm = 0

@@ -127,7 +127,7 @@ def test_a_kernel_mode_write_fault_prepares_the_anon_vma(code, prepared):
 
 @pytest.mark.parametrize("written, merged", [(False, True), (True, False)])
 def test_vm_account_as_mprotect_leaves_it_decides_a_merge(written, merged):
-    """A = mmap(PROT_READ|PROT_WRITE) at X+0x2000 is accounted (VM_ACCOUNT: __mmap_setup()'s
+    """A = mmap(PROT_READ|PROT_WRITE) at X+0x2000 is accounted (VM_ACCOUNT: __mmap_prepare()'s
     accountable_mapping()); mprotect(A, PROT_NONE) drops VM_ACCOUNT only while A has no
     anon_vma (mprotect_fixup(): ``(oldflags & VM_ACCOUNT) && vma_is_anonymous(vma) &&
     !vma->anon_vma``).  Then B = mmap(PROT_NONE) right below, never accounted, merges into
