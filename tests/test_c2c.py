@@ -65,7 +65,7 @@ def test_loads_stores_and_prefetchw_by_where_the_line_was():
     C.coh_read(S, n, 15, 400.0)  # held: no transfer
     C.coh_write(S, n, 14, 500.0, True, True)  # an upgrade of a held line: invalidations, no transfer
     C.coh_read(S, n, 0, 600.0)  # CPU 0 loads it back from CPU 14's Modified copy: a remote HITM
-    assert C.coh_prefetchw(S, n, 2)  # CPU 2's prefetchw takes it: a prefetch
+    assert C.coh_prefetchw(S, n, 2, 700.0)[0]  # CPU 2's prefetchw takes it: a prefetch
     assert _received(st, n) == {0: {"store_miss": 1, "rmt_hitm": 1}, 1: {"lcl_hitm": 1}, 14: {"rmt_hit": 1},
                                 15: {"lcl_hit": 1}, 2: {"prefetch": 1}}
     assert int(ln["transfers"][n]) == 6 == sum(sum(v.values()) for v in _received(st, n).values())

@@ -310,3 +310,24 @@ def test_fallbacks_cli_rows_and_tables_alone(cli, ws):
     assert rc == 0 and out.startswith("fallbacks: observed in the sample traces") and "mprotect-race" in out, err
     rc, out, _ = cli("validate", "--quick", "--tables", ICE, "--threads", "1", "-f", "json", "-w", ws)
     assert json.loads(out)["fallbacks"] is None  # --tables alone: not the fallbacks
+
+
+def test_a_borrowed_fitted_value_is_the_one_it_names():
+    """A profile whose fixed part is "est.: NAME's fitted value" carries NAME's current
+    value, not a copy from an earlier fit (skylake-2s and spr-1s had 569 where icelake-2s
+    had been re-fitted to 560)."""
+    import re
+
+    from replay.machines import builtin_names, load_machine
+
+    borrowed = 0
+    for name in builtin_names():
+        m = load_machine(name)
+        src = m.sources.get("fault_path.fixed_ns", "")
+        hit = re.match(r"est\.: (\S+)'s fitted value", src)
+        if hit:
+            borrowed += 1
+            other = load_machine(hit.group(1))
+            assert "fault_path.fixed_ns" in other.fitted, (name, hit.group(1))
+            assert m.fault_path["fixed_ns"] == other.fault_path["fixed_ns"], (name, hit.group(1))
+    assert borrowed >= 4

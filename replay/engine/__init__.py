@@ -193,7 +193,13 @@ MIN_SERVICE_SAMPLES = 20
 # 28: as-recorded placement per op: each op runs on the CPU the trace recorded it on, the
 #     thread migrating to that CPU's run queue at the op boundary (loop._next_cpu()); no
 #     longer each thread on its most common CPU, nor recorded CPUs folded onto --cpus
-REFERENCE_VERSION = 28
+# 29: a line serves one request at a time (coherence.py): a load that moves it occupies it as
+#     an RMW does; prefetchw is a queued request for ownership whose fill the prefetching
+#     CPU's own accesses before it lands are served by (coherence.served_by_fill()), and
+#     a read prefetch (PREFETCHT0) on a CPU without PRFCHW (Machine.prefetchw: Ivy Bridge);
+#     every fault loads mm->pgd (__handle_mm_fault()'s pgd_offset(): models.kernels.PGD_READ),
+#     in mmap_lock's count line up to 6.10's mm_struct
+REFERENCE_VERSION = 29
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

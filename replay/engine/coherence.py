@@ -10,6 +10,15 @@ other copy.  An atomic read-modify-write occupies the line for its service time
 line serves about one operation per hand-off time whatever N is - the contention this
 tool is about.
 
+Every request that moves a line - a load's, an RFO, a prefetch's - is served by the line
+one at a time, each for its hand-off time: "requests to the same address are not allowed
+to pass each other up in the Cbo ... if there is an outstanding request to a given
+address, one cannot issue another request to that address until it is complete" (Intel's
+uncore event UNC_C_RxR_IRQ_RETRY.ADDR_CONFLICT, Ivy Bridge-EP and Broadwell-EP,
+tools/perf/pmu-events/arch/x86/{ivytown,broadwellx}/uncore-cache.json; Skylake-SP and Ice
+Lake-SP reject the same way, PA_MATCH).  So a load that misses waits for the request in
+flight before it, and occupies the line meanwhile, as an RMW does; a hit does neither.
+
 A plain store's request for ownership occupies the line as an atomic's does, but the
 store itself retires into the store buffer: the storing thread goes on at once, its
 stores commit in order, and its next locked instruction waits for them to drain (Intel
@@ -102,12 +111,19 @@ def _load_kind(S, n, c):
 
 @internal
 def coh_read(S, n, c, now):
-    """A load of line n by CPU c.  Returns (start, cost): it waits for an RMW in flight."""
+    """A load of line n by CPU c.  Returns (start, cost): it waits for the request in flight."""
+    return _fetch_shared(S, n, c, now, False)
+
+
+@internal
+def _fetch_shared(S, n, c, now, prefetch):
+    """A load (or, ``prefetch``, a read prefetch) of line n by CPU c: (start, cost)."""
     k = cfg(S, 0)
     ln = line(S, n)
+    if holds(S, n, c):  # a hit, at once (its own store in flight is forwarded from the store
+        # buffer; another CPU's load queued at the line does not delay it)
+        return now, k.l1_hit
     start = max(now, ln.busy_until)
-    if holds(S, n, c):  # its own store in flight is forwarded from the store buffer
-        return (now if ln.owner == c else start), k.l1_hit
     own = ln.owner
     sock = cpu(S, c).socket
     if own >= 0:
@@ -117,11 +133,12 @@ def coh_read(S, n, c, now):
     else:
         cost = k.llc_hit
     ln.transfers += 1
-    _received(S, n, c, _load_kind(S, n, c))
+    _received(S, n, c, RX_PREFETCH if prefetch else _load_kind(S, n, c))
     if own >= 0:  # M -> S in the old owner
         ln.owner = -1
     _add_sharer(S, n, c)
     _buddy(S, n, c)
+    ln.busy_until = start + cost  # the next request to the line waits for this one
     return start, cost
 
 
@@ -189,25 +206,50 @@ def _buddy(S, n, c):
 
 
 @internal
-def coh_prefetchw(S, n, c):
-    """PREFETCHW: a request for ownership that neither stalls the core nor holds the
-    line - the core issues it and goes on, and the line comes to c exclusively (other
-    copies invalidated, the buddy as for a write), with no value change and nothing for
-    an RMW in flight to wait on.  Returns whether the line moved to c."""
+def coh_prefetchw(S, n, c, now):
+    """PREFETCHW: "fetches the cache line of data from memory that contains the byte
+    specified with the source operand to a location in the 1st or 2nd level cache and
+    invalidates other cached instances of the line" (Intel SDM vol. 2B, PREFETCHW) - a
+    request for ownership that does not stall the core: it issues it and goes on (Ice
+    Lake-SP counts it as a demand RFO: OFFCORE_REQUESTS.DEMAND_RFO).  It is a request like
+    any other: it waits for the one in flight on the line and occupies the line for its
+    hand-off time, so other CPUs' requests queue behind it, and the line reaches c at the
+    returned time (its fill); c's own access before then is served by that fill
+    (``served_by_fill``).  No value changes.  The buddy comes as for a write (the spatial
+    prefetcher).  Returns (moved, when the fill lands)."""
+    k = cfg(S, 0)
     ln = line(S, n)
     has = holds(S, n, c) != 0
-    if ln.owner == c and has and ln.nsharers == 1:
-        return False
-    moved = not has or (ln.owner != -1 and ln.owner != c)
+    if not k.prfchw:  # no PRFCHW: Linux's prefetchw() is PREFETCHT0, a read prefetch, queued as a load
+        if has:
+            return False, now
+        start, cost = _fetch_shared(S, n, c, now, True)
+        return True, start + cost
+    own = ln.owner
+    nsh = ln.nsharers
+    if own == c and has and nsh == 1:  # already exclusive here (perhaps its own request in flight)
+        return False, max(now, ln.busy_until)
+    start = max(now, ln.busy_until)
+    others = nsh - (1 if has else 0)
+    if own >= 0 and own != c:
+        cost = handoff(S)[own * k.ncpu + c]
+    elif others > 0:
+        far = nsh - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
+        inval = k.cross_socket_handoff if far else k.socket_read_exclusive
+        cost = inval if not has else inval / 2
+    else:
+        cost = k.llc_hit
+    moved = not has or (own != -1 and own != c)
     if moved:
         ln.transfers += 1
         _received(S, n, c, RX_PREFETCH)
-    ln.invalidations += ln.nsharers - (1 if has else 0)
+    ln.invalidations += others
     ln.owner = c
     _only_sharer(S, n, c)
+    ln.busy_until = start + cost
     if not has:
         _buddy(S, n, c)
-    return moved
+    return moved, start + cost
 
 
 # -- a thread's accesses: their cost is its cache time ---------------------------------------------
@@ -226,8 +268,30 @@ def cost_since(S, t, start, cost, since):
 
 
 @internal(inline=True)
+def served_by_fill(S, t, n, since):
+    """When t's access to line n, issued at ``since``, completes on the fill of t's own
+    prefetchw of n still in flight - a demand access to a line whose software prefetch is
+    outstanding is served by that prefetch's fill buffer, not sent as a second request
+    (Intel's core event LOAD_HIT_PRE.SW_PF: "Demand load dispatches that hit L1D fill
+    buffer (FB) allocated for software prefetch", and "some lock instructions") - and
+    so does each access t issues the moment the one before it, served so, completed (the
+    load and the cmpxchg of down_read_trylock(), then its owner store), before the line
+    passes to the request queued behind (whose hand-off the few ns these take do not
+    delay here).  -1: not so."""
+    th = thread(S, t)
+    if th.pf_line == n and since <= th.pf_until:
+        return th.pf_until
+    return -1.0
+
+
+@internal(inline=True)
 def read_from(S, t, n, since):
     """t loads from line n, issued at ``since``."""
+    f = served_by_fill(S, t, n, since)
+    if f >= 0:
+        th = thread(S, t)
+        th.pf_until = cost_since(S, t, f, cfg(S, 0).l1_hit, since)
+        return th.pf_until
     s, c = coh_read(S, n, thread(S, t).cpu, since)
     return cost_since(S, t, s, c, since)
 
@@ -243,6 +307,14 @@ def rmw_from(S, t, n, changes, since):
     """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
     first waits for t's store buffer to drain (thread.sb_until)."""
     th = thread(S, t)
+    # the line arrives Modified: the locked op completes on it (a PREFETCHT0's Shared fill
+    # does not serve it: the RMW sends its own request for ownership, queued behind the fill)
+    f = served_by_fill(S, t, n, max(since, th.sb_until)) if cfg(S, 0).prfchw else -1.0
+    if f >= 0:
+        if changes:
+            line(S, n).version += 1
+        th.pf_until = cost_since(S, t, f, cfg(S, 0).owned_atomic, since)
+        return th.pf_until
     s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
     return cost_since(S, t, s, c, since)
 
@@ -260,7 +332,13 @@ def store_from(S, t, n, since):
     its request for ownership occupies the line meanwhile (coh_write)."""
     k = cfg(S, 0)
     th = thread(S, t)
-    s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), False, True)
+    f = served_by_fill(S, t, n, max(since, th.sb_until)) if k.prfchw else -1.0
+    if f >= 0:  # commits into the arriving line
+        line(S, n).version += 1
+        s, c = f, k.l1_hit
+        th.pf_until = f + c
+    else:
+        s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), False, True)
     th.sb_until = s + c
     th.cache += k.l1_hit
     if c > k.l1_hit:

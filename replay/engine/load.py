@@ -377,6 +377,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
 
     k = np.zeros(1, st.CONFIG)[0]
     k["prefetch_pairs"] = int(machine.adjacent_line_prefetch)
+    k["prfchw"] = int(machine.prefetchw)
     k["vma_lock"] = {"rwsem": 1, "refcnt": 2}.get(prm.vma_lock, 0)
     k["ref_limit"] = prm.ref_limit
     k["has_addr"] = int(has_addr)
@@ -456,7 +457,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1, pf_line=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]

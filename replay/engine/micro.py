@@ -39,11 +39,15 @@ def h_read(S, t, obj, off, _):
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_prefetchw(S, t, obj, off, _):
-    """prefetchw(): the line moves (coherence.coh_prefetchw) while the thread goes on;
-    it spends an instruction, an L1 hit's time."""
+    """prefetchw(): the line's request is queued (coherence.coh_prefetchw) while the thread
+    goes on; it spends an instruction, an L1 hit's time."""
     th = thread(S, t)
-    if coh_prefetchw(S, field_line(S, t, obj, off), th.cpu):
+    n = field_line(S, t, obj, off)
+    moved, fill = coh_prefetchw(S, n, th.cpu, glob(S, 0).now)
+    if moved:
         th.transfers += 1
+    th.pf_line = n
+    th.pf_until = fill
     k = cfg(S, 0)
     th.cache += k.l1_hit
     return glob(S, 0).now + k.l1_hit, False

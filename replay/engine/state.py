@@ -54,7 +54,7 @@ GLOBALS = _rec(
     ("nptl",),  # faultpath.py: the PTE pages whose lock has been taken so far (PTL records in use)
 )
 CONFIG = _rec(
-    ("prefetch_pairs",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
+    ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
     ("open_loop",), ("vma_per_page",), ("vma_stride",), ("vl_per_page",), ("vl_stride",), ("vma_base",),
     ("vl_base",), ("off_vm_start",), ("off_vm_lock_seq",), ("off_vm_refcnt",), ("vl_off_count",),
     ("vl_off_owner",), ("vl_in_vma",), ("mm_mt",), ("mm_count",), ("mm_owner",), ("mm_vma_writer_wait",),
@@ -105,6 +105,7 @@ THREAD = _rec(
     # lockstat holdtime, and the VMA rwsem this writer owns
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
     ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
+    ("pf_line",), ("pf_until", f8),  # its last prefetchw's line and when that fill lands (coherence.py)
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),

@@ -38,7 +38,7 @@ DEFAULT_RCU_GP_NS = 4.5e6
 
 
 # parameters besides the latencies that carry a provenance (a source, or what they were fitted to)
-SOURCED_SCALARS = ("fault_service_ns", "rcu_grace_period_ns")
+SOURCED_SCALARS = ("fault_service_ns", "rcu_grace_period_ns", "prefetchw")
 # [fault_path]: handle_mm_fault()'s costs on this machine (replay/engine/faultpath.py); each
 # needs a provenance under its dotted name ("fault_path.fixed_ns") in [sources] or [fitted]
 # (dram_gbps: a socket's DRAM bandwidth in GB/s = bytes per ns, which its NUMA nodes split)
@@ -81,6 +81,10 @@ class Machine:
     # or None: a fault is one service time (fault_service_ns), nothing in it shared
     fault_path: dict | None = None
     numa_nodes: int = 0  # 0: one per socket
+    # the CPU has PREFETCHW (CPUID PRFCHW, X86_FEATURE_3DNOWPREFETCH: Broadwell and later,
+    # AMD); without it Linux's prefetchw() is the alternative's BASE_PREFETCH, "prefetcht0"
+    # on x86-64 (arch/x86/include/asm/processor.h prefetchw(), v6.3-v6.14): a read prefetch
+    prefetchw: bool = True
 
     def __post_init__(self):
         if not self.numa_nodes:
@@ -95,6 +99,8 @@ class Machine:
                                            "adjacent_line_prefetch", "fault_service_ns", "ccds")}
         if self.fault_path is not None:  # so profiles without one keep their digest
             d |= {"fault_path": self.fault_path, "numa_nodes": self.numa_nodes}
+        if not self.prefetchw:  # likewise
+            d["prefetchw"] = False
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def provenance(self, key: str) -> str:
@@ -107,6 +113,8 @@ class Machine:
         """Every modelled number with its provenance, as ``replay machines NAME`` shows them."""
         vals = dict(self.latency_ns, adjacent_line_prefetch=self.adjacent_line_prefetch,
                     fault_service_ns=self.fault_service_ns, rcu_grace_period_ns=self.rcu_grace_period_ns)
+        if "prefetchw" in self.sources:  # stated where the profile says (the default: it has it)
+            vals["prefetchw"] = self.prefetchw
         for k, v in (self.fault_path or {}).items():
             vals[f"fault_path.{k}"] = ", ".join(f"{int(b)}: {h:g}" for b, h in v) if k == "zone_lock_hold_ns" else v
         return [{"parameter": k, "value": v, "fitted": k in self.fitted, "source": self.provenance(k)}
@@ -218,7 +226,7 @@ def _load(text: str, path: str) -> Machine:
                     ccds=int(d.get("ccds", 1)), path=path,
                     rcu_grace_period_ns=float(d.get("rcu_grace_period_ns", DEFAULT_RCU_GP_NS)),
                     fitted=_flat(d.get("fitted", {})), fault_path=_fault_path(d.get("fault_path"), path),
-                    numa_nodes=int(d.get("numa_nodes", 0)))
+                    numa_nodes=int(d.get("numa_nodes", 0)), prefetchw=bool(d.get("prefetchw", True)))
     except KeyError as e:
         raise MachineError(f"{path}: missing key {e.args[0]!r}") from None
     if min(m.sockets, m.cores_per_socket, m.smt, m.ccds) < 1:

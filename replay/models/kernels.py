@@ -87,10 +87,10 @@ VMA_LOCK_OFFSET = 0x40000000
 # No mm_lock_seq (CONFIG_PER_VMA_LOCK came with 6.4).  size: the 192 bytes through mmlist's
 # line, the part modelled - mm_struct is one object per mm, so nothing packs after it.
 MM_63 = Struct("mm_struct", 192, 64, {
-    "mm_mt": 0, "mm_users": 84, "mm_count": 88, "pgtables_bytes": 96, "mmap_lock.count": 112, "mmap_lock.owner": 120,
+    "mm_mt": 0, "pgd": 72, "mm_users": 84, "mm_count": 88, "pgtables_bytes": 96, "mmap_lock.count": 112, "mmap_lock.owner": 120,
     "mmap_lock.wait_lock": 132, "mmlist": 152,
-}, sizes={"mm_mt": 24, "mm_users": 4, "mm_count": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
-          "mmap_lock.wait_lock": 4, "mmlist": 16})
+}, sizes={"mm_mt": 24, "pgd": 8, "mm_users": 4, "mm_count": 4, "pgtables_bytes": 8, "mmap_lock.count": 8,
+          "mmap_lock.owner": 8, "mmap_lock.wait_lock": 4, "mmlist": 16})
 
 # mm_struct under the per-VMA lock patches on 6.2 (the v2 posting, "[PATCH v2 00/33]
 # Per-VMA locks", Suren Baghdasaryan, 27 Jan 2023, <20230127194110.533103-1-surenb@google.com>,
@@ -116,9 +116,9 @@ MM_62_PVL = Struct("mm_struct", 192, 64, {**MM_63.fields, "mm_lock_seq": 168},
 # mmlist 224 and mm_lock_seq (now a seqcount_t) 240 too, as does 6.18's BTF below.
 # 6.4-6.14 have no vma_writer_wait.  size: through mm_lock_seq's line.
 MM_64 = Struct("mm_struct", 256, 64, {
-    "mm_count": 0, "mm_mt": 64, "mm_users": 148, "pgtables_bytes": 168, "mmap_lock.count": 184,
+    "mm_count": 0, "mm_mt": 64, "pgd": 136, "mm_users": 148, "pgtables_bytes": 168, "mmap_lock.count": 184,
     "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204, "mmlist": 224, "mm_lock_seq": 240,
-}, sizes={"mm_count": 4, "mm_mt": 24, "mm_users": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
+}, sizes={"mm_count": 4, "mm_mt": 24, "pgd": 8, "mm_users": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
           "mmap_lock.wait_lock": 4, "mmlist": 16, "mm_lock_seq": 4})
 
 # mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
@@ -136,9 +136,9 @@ MM_64 = Struct("mm_struct", 256, 64, {
 # offsets above; their rss_stat offset was not derived, so the fault path gives it a line
 # of its own there.
 MM = Struct("mm_struct", 1472, 64, {
-    "mm_mt": 64, "pgtables_bytes": 168, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204,
+    "mm_mt": 64, "pgd": 120, "pgtables_bytes": 168, "mmap_lock.count": 184, "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204,
     "mmlist": 224, "vma_writer_wait": 240, "mm_lock_seq": 248, "rss_stat": 968,
-}, sizes={"mm_mt": 16, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmap_lock.wait_lock": 4,
+}, sizes={"mm_mt": 16, "pgd": 8, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8, "mmap_lock.wait_lock": 4,
           "mmlist": 16, "vma_writer_wait": 8, "mm_lock_seq": 4, "rss_stat": 160})
 MM_ANONPAGES_LOCK = 40  # offsetof rss_stat[MM_ANONPAGES].lock within rss_stat
 
@@ -324,6 +324,16 @@ def fault_path_kernel(release: str) -> FaultPathKernel:
 
 
 # -- the mmap_lock path (a fault that never tries, or gave up on, the VMA lock) --------------
+# __handle_mm_fault(): ``pgd = pgd_offset(mm, address);`` - a load of mm->pgd on every
+# fault, before the p4d/pud/pmd walk and handle_pte_fault() (and so before
+# do_anonymous_page()'s vmf_anon_prepare() and a file fault's VM_FAULT_RETRY: mm/memory.c,
+# v6.3-v6.18).  pgd sits in the line of mmap_lock's count from 6.2 to 6.10 (72 in 6.3's
+# mm_struct, 136 in 6.4's, 128 in 6.8's), and in the line before it from 6.11 (120 in 6.18's,
+# BTF): with prefetchw(&mm->mmap_lock) at every fault's entry, the load finds that line
+# wherever the last faulting CPU's prefetch took it.
+PGD_READ = (Op.READ, "mm", "pgd")
+
+
 def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
     """do_user_addr_fault()'s ``lock_mmap: retry:`` -> lock_mm_and_find_vma():
     mmap_read_trylock(), else mmap_read_lock_killable(); find_vma(); handle_mm_fault();
@@ -344,6 +354,7 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
         (Op.READ, "mm", "mm_mt"),  # find_vma(): maple tree walk
         (Op.READ, "vma", "vm_start"),  # vm_start, vm_end, vm_flags
         (Op.READ, "vma", "anon_vma"),  # anon_vma, vm_ops
+        PGD_READ,
         # the fault maps an anonymous page and the VMA has no anon_vma: __anon_vma_prepare()
         # under mmap_lock (vmf_anon_prepare(); anon_vma_prepare() before 6.8: replay/engine/retry.py)
         (Op.ANON_VMA_CHECK, "mmap_lock", f"anon_ok{tag}", f"anon_ok{tag}"),
@@ -423,6 +434,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
     unlock = (Op.RWSEM_UP_READ, "vma_lock") if kind == "rwsem" else (Op.REF_PUT,)  # vma_end_read()
     p += [
         (Op.READ, "vma", "anon_vma"),  # range check done; the fault reads anon_vma, vm_ops
+        PGD_READ,
         # vmf_anon_prepare() (replay/engine/retry.py): an anon_vma to set - up to 6.9
         # VM_FAULT_RETRY at once; from 6.10 mmap_read_trylock(), failing -> VM_FAULT_RETRY
         (Op.ANON_VMA_CHECK, "vma_lock", "anon_ok", "retry"),
