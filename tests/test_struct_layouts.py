@@ -90,3 +90,29 @@ def test_offsets_the_engine_uses_per_kernel():
     # the lock words: their own line in both cache-aligned designs
     assert m["inline-rwsem"].layout.vma.fields["lock.count"] == 192 == m["v8"].layout.vma.fields["vm_refcnt"]
     assert m["inline-rwsem"].lock.lock_offset == 192
+
+
+@pytest.mark.parametrize("release, pgd, count, owner, seq", [
+    ("6.2", 72, 112, 120, 168), ("6.4", 136, 184, 192, 240), ("6.5", 136, 184, 192, 240),
+    ("6.9", 128, 176, 184, 232), ("6.11", 120, 168, 176, 224), ("6.12", 120, 168, 176, 224),
+    ("6.13", 120, 184, 192, 240), ("6.14", 120, 184, 192, 240)])
+def test_pervma_has_each_releases_mm_struct(release, pgd, count, owner, seq):
+    """pervma@RELEASE's mm_struct is that release's (6.8 shrank the maple tree, 6.11 dropped
+    get_unmapped_area, 6.13 added SCHED_MM_CID's fields): where pgd, mmap_lock's count and
+    owner and mm_lock_seq sit decides which of them share the line prefetchw takes."""
+    from replay.models import get_model
+
+    f = get_model(f"pervma@{release}").layout.mm.fields
+    assert (f["pgd"], f["mmap_lock.count"], f["mmap_lock.owner"], f["mm_lock_seq"]) == (pgd, count, owner, seq)
+    for st in (K.MM_64, K.MM_68, K.MM_611, K.MM_613):  # disjoint, inside, like every shipped struct
+        spans = sorted((off, off + st.sizes[k]) for k, off in st.fields.items())
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= st.size
+
+
+def test_inline_rwsem_has_the_6_13_mm_struct():
+    """The v8 02/16 posting applied alone is on Jan 2025 mm-unstable (6.13): pgd in line 1,
+    not in the count's line as in 6.4-6.10."""
+    from replay.models import get_model
+
+    f = get_model("inline-rwsem").layout.mm.fields
+    assert f["pgd"] // 64 == 1 and f["mmap_lock.count"] // 64 == 2

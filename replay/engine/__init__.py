@@ -199,7 +199,9 @@ MIN_SERVICE_SAMPLES = 20
 #     a read prefetch (PREFETCHT0) on a CPU without PRFCHW (Machine.prefetchw: Ivy Bridge);
 #     every fault loads mm->pgd (__handle_mm_fault()'s pgd_offset(): models.kernels.PGD_READ),
 #     in mmap_lock's count line up to 6.10's mm_struct
-REFERENCE_VERSION = 29
+# 30: each release's mm_struct for pervma@6.8-6.14 (models.kernels.MM_BY_RELEASE: pgd and
+#     mmap_lock's count move with 6.8, 6.11 and 6.13) and the 6.13 one for inline-rwsem
+REFERENCE_VERSION = 30
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -233,9 +233,16 @@ SIM = np.dtype([(k, np.uint64) for k in NAMES] + [(f"layout_{LAYOUT}", np.uint64
 
 
 def _field_ptr(builder, s, S, name):
+    """An array's address, read from the state record.  The record is written once, by
+    State(), before any compiled code runs, so the load is marked ``invariant.load``:
+    without it LLVM must assume any store through a record pointer (numba emits no
+    type-based alias information) may have changed it, and reloads it at every
+    accessor call after a store."""
     off = S.offset(name)
     p = builder.gep(s, [cgutils.int32_t(0), cgutils.int32_t(off)], inbounds=True)
-    return builder.load(builder.bitcast(p, ir.IntType(64).as_pointer()))
+    ld = builder.load(builder.bitcast(p, ir.IntType(64).as_pointer()))
+    ld.set_metadata("invariant.load", builder.module.add_metadata([]))
+    return ld
 
 
 def _record_accessor(arr: str, dtype: np.dtype):

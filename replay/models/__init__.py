@@ -53,14 +53,20 @@ def on_release_mm(layout, release: str):
     """A per-VMA rwsem design's layout on ``release``: its mm_struct is that kernel's.
     Before "mm: move mm_count into its own cache line" (v6.4) that is 6.2's/6.3's, with
     the series' mm_lock_seq after mmlist (kernels.MM_62_PVL), not the 6.4 layout the
-    design merged with - the layout pervma's patches had when they were measured on 6.2."""
+    design merged with - the layout pervma's patches had when they were measured on 6.2;
+    from 6.8 the releases' own (kernels.MM_BY_RELEASE: 6.8, 6.11 and 6.13 moved mmap_lock
+    and pgd)."""
     import dataclasses
 
-    from .kernels import MM_64, MM_62_PVL, _release_key
+    from .kernels import MM_62_PVL, MM_BY_RELEASE, _release_key
 
-    if layout.mm is MM_64 and _release_key(release) < _release_key("6.4"):
+    if not any(layout.mm is m for _, m in MM_BY_RELEASE):  # v7, v8, mainline: their own
+        return layout
+    want = _release_key(release)
+    if want < _release_key("6.4"):
         return dataclasses.replace(layout, mm=MM_62_PVL)
-    return layout
+    mm = [m for r, m in MM_BY_RELEASE if _release_key(r) <= want][-1]
+    return layout if mm is layout.mm else dataclasses.replace(layout, mm=mm)
 
 
 __all__ = ["Layout", "Model", "ModelError", "get_model", "registry"]

@@ -110,16 +110,47 @@ MM_62_PVL = Struct("mm_struct", 192, 64, {**MM_63.fields, "mm_lock_seq": 168},
 # pgtables_bytes 168, map_count 176, page_table_lock 180, mmap_lock 184 (count 184 in line
 # 2, owner 192 and wait_lock 204 in line 3), mmlist 224, mm_lock_seq 240 (int,
 # CONFIG_PER_VMA_LOCK) - so wait_lock shares a line with mm_lock_seq, which every
-# per-VMA fault reads.  Later
-# releases change the fields before mmap_lock but not where it lands: v6.14 (mm_mt 16
-# bytes, no get_unmapped_area, three more SCHED_MM_CID fields) has count 184, owner 192,
-# mmlist 224 and mm_lock_seq (now a seqcount_t) 240 too, as does 6.18's BTF below.
-# 6.4-6.14 have no vma_writer_wait.  size: through mm_lock_seq's line.
+# per-VMA fault reads.  6.5 has the same offsets; 6.6 and 6.7 are taken to (not checked:
+# the maple tree shrank somewhere in 6.6-6.8).  Later releases move mmap_lock and pgd:
+# MM_68, MM_611, MM_613 below.  6.4-6.14 have no vma_writer_wait.  size: through
+# mm_lock_seq's line.
 MM_64 = Struct("mm_struct", 256, 64, {
     "mm_count": 0, "mm_mt": 64, "pgd": 136, "mm_users": 148, "pgtables_bytes": 168, "mmap_lock.count": 184,
     "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204, "mmlist": 224, "mm_lock_seq": 240,
 }, sizes={"mm_count": 4, "mm_mt": 24, "pgd": 8, "mm_users": 4, "pgtables_bytes": 8, "mmap_lock.count": 8, "mmap_lock.owner": 8,
           "mmap_lock.wait_lock": 4, "mmlist": 16, "mm_lock_seq": 4})
+
+# mm_struct from 6.8 to 6.14, where the fields before mmap_lock moved it (offsets computed
+# from each release's include/linux/mm_types.h and include/linux/maple_tree.h with the
+# config of our 6.18 kernel - CONFIG_MEMCG, CONFIG_PER_VMA_LOCK, CONFIG_SCHED_MM_CID,
+# CONFIG_MEMBARRIER, no debug options - by a C copy of the struct's head checked against
+# 6.18's BTF, where it gives every offset pahole gives; not from pahole on these builds):
+# struct maple_tree is 16 bytes by 6.8 (ma_flags before ma_root), so everything after mm_mt
+# moves up 8.
+# 6.8-6.10 (6.8.1 and 6.9 sources; 6.10 taken to be 6.9): pgd 128, mm_users 140,
+# pgtables_bytes 160, mmap_lock count 176 and owner 184 - both in line 2, with pgd - its
+# wait_lock 196, mmlist 216, mm_lock_seq 232 in line 3.
+MM_68 = Struct("mm_struct", 256, 64, {
+    "mm_count": 0, "mm_mt": 64, "pgd": 128, "mm_users": 140, "pgtables_bytes": 160, "mmap_lock.count": 176,
+    "mmap_lock.owner": 184, "mmap_lock.wait_lock": 196, "mmlist": 216, "mm_lock_seq": 232,
+}, sizes={**MM_64.sizes, "mm_mt": 16})
+# 6.11-6.12 (6.11.11 and 6.12.19 sources): get_unmapped_area gone from mm_struct, so pgd
+# 120 (line 1, with the maple tree's root), mm_users 132, pgtables_bytes 152, mmap_lock's
+# count 168, owner 176 and wait_lock 188 all in line 2, mmlist 208, mm_lock_seq 224.
+MM_611 = Struct("mm_struct", 256, 64, {
+    "mm_count": 0, "mm_mt": 64, "pgd": 120, "mm_users": 132, "pgtables_bytes": 152, "mmap_lock.count": 168,
+    "mmap_lock.owner": 176, "mmap_lock.wait_lock": 188, "mmlist": 208, "mm_lock_seq": 224,
+}, sizes={**MM_64.sizes, "mm_mt": 16})
+# 6.13-6.14 (6.13.7 and 6.14 sources): SCHED_MM_CID's nr_cpus_allowed, max_nr_cid and
+# cpus_allowed_lock after mm_cid_next_scan put mmap_lock back at 184 (count, line 2;
+# owner 192 and wait_lock 204, line 3), pgtables_bytes 168, mmlist 224, mm_lock_seq 240
+# (a seqcount_t from 6.14, an int before: the same 4 bytes); pgd stays at 120 (line 1).
+MM_613 = Struct("mm_struct", 256, 64, {
+    "mm_count": 0, "mm_mt": 64, "pgd": 120, "mm_users": 132, "pgtables_bytes": 168, "mmap_lock.count": 184,
+    "mmap_lock.owner": 192, "mmap_lock.wait_lock": 204, "mmlist": 224, "mm_lock_seq": 240,
+}, sizes={**MM_64.sizes, "mm_mt": 16})
+# the mm_struct of each release from 6.4 (the first release a key names, to the next's)
+MM_BY_RELEASE = (("6.4", MM_64), ("6.8", MM_68), ("6.11", MM_611), ("6.13", MM_613))
 
 # mm_struct as the kernel on our machines lays it out (pahole -C mm_struct
 # /sys/kernel/btf/vmlinux, Linux 6.18.44, x86-64): the maple tree root in line 1 (struct
@@ -593,7 +624,7 @@ _add(Model(
     ["\"[PATCH v8 02/16] mm: move per-vma lock into vm_area_struct\" (Suren Baghdasaryan, Jan 2025, "
      "<20250109023025.2242447-3-surenb@google.com>) applied alone: struct vma_lock vm_lock "
      "____cacheline_aligned_in_smp in vm_area_struct, freed through call_rcu()"],
-    Layout(MM_64, VMA_INLINE_RWSEM, vma_lock_in="vma", free_after_gp=True),
+    Layout(MM_613, VMA_INLINE_RWSEM, vma_lock_in="vma", free_after_gp=True),
     # the patch applies over "mm: convert mm_lock_seq to a proper seqcount": its context lines
     # are ``READ_ONCE(vma->vm_mm->mm_lock_seq.sequence)`` and ``raw_read_seqcount(&vma->vm_mm->
     # mm_lock_seq)`` (v4 2/5, <20241120000826.335387-3-surenb@google.com>, as in v8 02/16)
