@@ -55,7 +55,7 @@ COLS = {"op_id": pl.Int64, "tid": pl.Int32, "kind": pl.Utf8, "vma_id": pl.Int64,
         "read_hold_ns": pl.Int64, "seq": pl.Int64,
         "start_ns": pl.Int64, "end_ns": pl.Int64, "cpu": pl.Int16, "mm": pl.Utf8, "write": pl.Boolean,
         "advice": pl.Int32, "fault_kind": pl.Utf8, "observed_fallback": pl.Boolean, "first_try_ns": pl.Int64,
-        "address": pl.UInt64, "range_vmas": pl.List(pl.Int64),
+        "address": pl.UInt64, "length": pl.Int64, "range_vmas": pl.List(pl.Int64),
         "range_start": pl.List(pl.UInt64), "range_end": pl.List(pl.UInt64),
         "vmas_parent": pl.List(pl.Int64), "vma_class": pl.Utf8}
 

@@ -201,7 +201,17 @@ MIN_SERVICE_SAMPLES = 20
 #     in mmap_lock's count line up to 6.10's mm_struct
 # 30: each release's mm_struct for pervma@6.8-6.14 (models.kernels.MM_BY_RELEASE: pgd and
 #     mmap_lock's count move with 6.8, 6.11 and 6.13) and the 6.13 one for inline-rwsem
-REFERENCE_VERSION = 30
+# 31: the writer's call as the kernel runs it (preempt=none, Linux 6.18): its WORK where it
+#     walks page tables (mprotect, mremap; munmap/brk's zap) passes cond_resched() once per
+#     PMD of its range (load._resched_points; the hold in equal parts, est.), and yields its
+#     CPU there, its locks held, when TIF_NEED_RESCHED is set - by the tick (HZ=250) or a
+#     wake-up onto its CPU once its EEVDF request (sysctl_sched_base_slice) is used up, or it
+#     is unprotected after a renewal (sched.account(), cond_resched()); a preempted owner is
+#     off its CPU for the spinners.  And vma_start_write() where the walk reaches each VMA:
+#     the call's VMAs in its range locked one at a time in address order, each followed by
+#     its share of the hold by bytes in the range (est.), a merge's neighbours with the
+#     first / last (micro.h_vma_start_write_next(), Op.VMA_START_WRITE_NEXT)
+REFERENCE_VERSION = 31
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -1,7 +1,7 @@
 """GENERATED from replay/engine/isa.py MICRO_OPS by `python -m replay.engine.isa`: do not edit."""
 
 from ..jit import internal
-from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_all, h_walk, h_work)  # noqa: F401
+from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_next, h_walk, h_work)  # noqa: F401
 
 
 # One compile unit with the handlers spliced into it (micro.py), inlined by LLVM into
@@ -37,8 +37,8 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_ref_put(S, t, a1, a2, a3)
     if op == 13:  # CHECK_MM: vma->vm_mm != mm: reused by another mm (SLAB_TYPESAFE_BY_RCU
         return h_check_mm(S, t, a1, a2, a3)
-    if op == 14:  # VMA_START_WRITE_ALL: vma_start_write() on each VMA the writer modifies
-        return h_vma_start_write_all(S, t, a1, a2, a3)
+    if op == 14:  # VMA_START_WRITE_NEXT: the call's walk reaches its next VMA: vma_start_write() on i
+        return h_vma_start_write_next(S, t, a1, a2, a3)
     if op == 15:  # MM_SEQ_WRITE_BEGIN: mmap_write_lock()'s mm_lock_seqcount_begin() (a seqcount mm_
         return h_mm_seq_write(S, t, a1, a2, a3)
     if op == 16:  # MM_SEQ_WRITE_END: mmap_write_unlock() -> vma_end_write_all(): the mm_lock_seq 

@@ -36,7 +36,7 @@ class Op(IntEnum):
     REF_GET = 11
     REF_PUT = 12
     CHECK_MM = 13
-    VMA_START_WRITE_ALL = 14
+    VMA_START_WRITE_NEXT = 14
     MM_SEQ_WRITE_BEGIN = 15
     MM_SEQ_WRITE_END = 16
     OUTCOME = 17
@@ -102,8 +102,9 @@ MICRO_OPS = (
             "h_ref_put"),
     MicroOp(Op.CHECK_MM, ("reused?",), "vm_mm", "vma->vm_mm != mm: reused by another mm (SLAB_TYPESAFE_BY_RCU); "
             "each mm replays alone, so only the load", "h_check_mm"),
-    MicroOp(Op.VMA_START_WRITE_ALL, (), "none", "vma_start_write() on each VMA the writer modifies",
-            "h_vma_start_write_all"),
+    MicroOp(Op.VMA_START_WRITE_NEXT, ("walked?",), "labels", "the call's walk reaches its next VMA: "
+            "vma_start_write() on it (and on the neighbours a merge takes with it), its share of the WORK "
+            "to come (micro.h_vma_start_write_next); none left -> goto", "h_vma_start_write_next"),
     MicroOp(Op.MM_SEQ_WRITE_BEGIN, (), "none", "mmap_write_lock()'s mm_lock_seqcount_begin() (a seqcount "
             "mm_lock_seq: v6.14+, the v7/v8 postings)",
             "h_mm_seq_write"),

@@ -18,7 +18,8 @@ from .coherence import RX_KINDS, RX_NAMES
 from .isa import OUTCOMES, encode
 from .loop import F_END_KNOWN, F_PROG, F_START_KNOWN, run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
-from .sched import ERR_DEADLOCK
+from .micro import PMD_SHIFT
+from .sched import ERR_DEADLOCK, TICK_NS, base_slice_ns
 from .source import OpsSource
 from .faultpath import Plan
 from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
@@ -66,6 +67,31 @@ def fault_kinds(src, c) -> np.ndarray:
         {k: i for i, k in enumerate(FAULT_KINDS)}, default=None, return_dtype=pl.Int8)
     return src.col(pl.coalesce(e, by_write) if "write" in src.names else e.fill_null(FAULT_KINDS.index("anon")),
                    np.int8)
+
+
+# the calls whose WORK walks the page tables of their range (cond_resched() per PMD), and
+# whether the walk comes after mmap_write_downgrade() when the trace shows one
+WALKS = {"mprotect": False, "mremap": False, "munmap": True, "brk": True}
+
+
+def _resched_points(kinds, addresses, lengths, hold_read) -> np.ndarray:
+    """Per writer, the cond_resched() points in the WORK that walks its range's page tables:
+    one per PMD the range [address, address + length) spans - mm/mprotect.c (6.18)
+    change_pmd_range(): ``next: cond_resched();`` per PMD, under change_protection() from
+    mprotect_fixup(); mm/memory.c zap_pmd_range(): ``} while (pmd++, cond_resched(), addr
+    != end);`` under unmap_region() (munmap, brk shrinking); mm/mremap.c move_page_tables():
+    ``cond_resched();`` per extent (at most a PMD).  Positive: in the write-locked WORK
+    (mprotect, mremap, and a munmap/brk that did not downgrade); negative: in the zap WORK
+    after mmap_write_downgrade().  0: none (mmap, madvise, an unknown range).  Counts the
+    PMD entries the range covers, present or not (an empty PMD skips the walk below it but
+    still passes cond_resched() in zap_pmd_range(); change_pmd_range() too, via ``goto next``)."""
+    out = np.zeros(len(kinds), np.int64)
+    for i, (kd, a, n) in enumerate(zip(kinds, addresses, lengths)):
+        if kd not in WALKS or a is None or n is None or n <= 0 or a < 0:
+            continue
+        pts = ((a + n - 1) >> PMD_SHIFT) - (a >> PMD_SHIFT) + 1
+        out[i] = -pts if WALKS[kd] and hold_read[i] > 0 else pts
+    return out
 
 
 def _csr(lists, index) -> tuple[np.ndarray, np.ndarray]:
@@ -216,6 +242,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
+        c("address", pl.UInt64).cast(pl.Int64), c("length"),
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
                                                   "range_vmas", "range_start", "range_end", "vmas_parent"))))
@@ -263,6 +290,9 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
     hold_read = w["read_hold_ns"].fill_null(0).to_numpy().astype(np.int64)  # after mmap_write_downgrade()
     w_advice = w["advice"].fill_null(-1).to_numpy().astype(np.int64)
+    w_resched = _resched_points(w_kind, w["address"].to_list(), w["length"].to_list(), hold_read)
+    w_addr = w["address"].fill_null(-1).to_numpy().astype(np.int64)
+    w_len = w["length"].fill_null(0).to_numpy().astype(np.int64)
     w_vma = np.asarray([index.get(int(x), -1) if x is not None else -1 for x in w["vma_id"].to_list()], np.int64)
     op_arg = op_vma
     op_arg[nf_idx] = np.arange(len(nf_idx), dtype=np.int32)  # non-faults: their writer index
@@ -434,6 +464,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["lvur_anon_check"] = int(retry_release(release or model.release) < LVUR_ANON_CHECK_UNTIL)
     k["lvur_anon_vma"], k["vmf_anon"] = anon_vma_modes(release or model.release)
     k["off_anon_vma"] = vma_st.fields.get("anon_vma", 0)
+    k["slice_ns"], k["tick_ns"] = base_slice_ns(len(mcpus)), TICK_NS
     k["wake_q_ns"] = BARRIER_WAKE_NS  # the same wake_up_q() step, paid by an rwsem's waker (rwsem.wake_up_q())
     handoff = np.array([[machine.handoff_ns(a, b) for b in mcpus] for a in mcpus], np.float64)
 
@@ -457,7 +488,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1, pf_line=-1)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1, pf_line=-1, wk_n=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
@@ -472,7 +503,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         slot_obj=np.full(max_obj, -1, np.int64), freelist=np.zeros(max_obj, np.int64),
         pend_obj=np.zeros(max_w + 1, np.int64), waiting_writers=np.zeros(nt + 1, np.int64),
         vid_order=np.zeros(nv, np.int64),
-        w_hold=hold, w_hold_read=hold_read, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
+        w_hold=hold, w_hold_read=hold_read, w_resched=w_resched, w_addr=w_addr, w_len=w_len, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
         w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
         op_dep=op_dep, op_cpu=op_cpu, w_done=np.zeros(max(len(nf_idx), 1), np.int64),

@@ -22,7 +22,7 @@ from ..jit import internal
 
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
-from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, wake
+from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, take, wake
 from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_cpu, op_dep, op_flags, op_start, op_think,
                     open_state, out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
                     waiting_writers)
@@ -169,6 +169,9 @@ def _next_op(S, t):
     th.fp_rwait = 0.0
     th.fp_svc = 0.0
     th.sleep = 0.0
+    th.wk_i = 0
+    th.wv = 0
+    th.wk_n = -1
     # The trace's gap since the previous op ended; where that op's end is unknown (a
     # fault served under the VMA lock traces no end), the gap also holds the real
     # fault's duration, which the simulated fault has just replaced: subtract it.
@@ -192,8 +195,8 @@ def _next_cpu(S, t):
     ttwu_do_activate() enqueues it there), or pulled there by load balancing
     (detach_task() / attach_task(), kernel/sched/fair.c) or the migration stopper
     (move_queued_task(), kernel/sched/core.c) - Linux 6.18.  Each ends the same way:
-    activate_task() on the destination rq, then wakeup_preempt() there, which does not
-    take the CPU from an op in progress (sched.py's docstring).  So the thread leaves
+    activate_task() on the destination rq, then wakeup_preempt() there, which takes the
+    CPU from an op in progress only at a writer's cond_resched() (sched.py's docstring).  So the thread leaves
     its CPU at the op's end (the first thread queued there runs), takes the new CPU
     after the gap if it is idle, and otherwise waits in its run queue until the op
     running there ends.  Its lines stay where they were: the coherence model moves them
@@ -267,6 +270,7 @@ def _step(S, t):
             rq_push(S, c, t)
             return
         q.busy = t
+        take(S, t, g.now)
     while True:
         if not th.rec or th.finished:
             moved = False
@@ -298,6 +302,7 @@ def _step(S, t):
                     rq_push(S, c, t)
                     return
                 q.busy = t
+                take(S, t, g.now)
         if np.isnan(th.start):
             if not _gate(S, t):
                 return

@@ -18,11 +18,15 @@ from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .retry import anon_vma_check, anon_vma_prepare, check_anon, check_anon_vma, fault_retry, retry_wait_step
 from .rwsem import down_read, down_read_trylock, down_write, downgrade_write, up_read, up_write
-from .state import cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p
+from .sched import cond_resched
+from .state import (cfg, glob, pend_obj, thread, vmaid, vobj, w_advice, w_hold, w_hold_read, w_ids, w_ids_p,
+                    w_addr, w_len, w_resched)
 from .vma import current, field_line, vma_commit, vma_refcount_get, vma_refcount_put, vma_walk
 
 OUTCOME_MISS = OUTCOMES.index("miss")
 WORK_ZAP = WORK_KINDS.index("zap")
+WORK_WRITER = WORK_KINDS.index("writer")
+PMD_SHIFT = 21  # x86-64, 4-level or 5-level paging: a PMD entry maps 2 MiB
 DEFAULT_WRITER_NS = 2000.0  # est.: a writer's work when the trace gives no hold time
 
 
@@ -60,11 +64,40 @@ def h_store(S, t, obj, off, _):
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_work(S, t, what, _a, _b):
+    """The op's recorded hold; where the call walks its range's page tables
+    (load._resched_points: one cond_resched() per PMD), in as many equal parts (est.: no
+    kernel figure splits the hold), each followed by cond_resched() (sched.cond_resched()),
+    where the writer may lose its CPU, its locks held, and resume later (thread.wk_i: the
+    part it is at, even, or the cond_resched() after it, odd)."""
     now = glob(S, 0).now
+    th = thread(S, t)
+    w = th.w
+    pts = w_resched(S)[w]
     if what == WORK_ZAP:  # after mmap_write_downgrade(): the trace's read-locked hold
-        return now + w_hold_read(S)[thread(S, t).w], False
-    h = w_hold(S)[thread(S, t).w]  # a writer, or a read-mode madvise: the op's hold_ns
-    return now + (h if h else DEFAULT_WRITER_NS), False
+        h = float(w_hold_read(S)[w])
+        pts = -pts if pts < 0 else 0
+    elif what == WORK_WRITER and th.wk_n >= 0:  # a step of the VMA walk (h_vma_start_write_next())
+        h = th.wk_h
+        pts = th.wk_n
+    else:
+        h = float(w_hold(S)[w])  # a writer, or a read-mode madvise: the op's hold_ns
+        h = h if h else DEFAULT_WRITER_NS
+        pts = pts if pts > 0 and what == WORK_WRITER else 0
+    if pts == 0:
+        return now + h, False
+    i = th.wk_i
+    if i >= 2 * pts:  # resumed after yielding at the last cond_resched()
+        th.wk_i = 0
+        return now, False
+    th.wk_i = i + 1
+    if i % 2 == 0:  # the work up to the next cond_resched()
+        return now + h / pts, True
+    if cond_resched(S, t):
+        return -1.0, True
+    if i + 1 >= 2 * pts:
+        th.wk_i = 0
+        return now, False
+    return now, True
 
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
@@ -189,18 +222,93 @@ def h_check_detached(S, t, detached, _a, _b):
     return end, False
 
 
-@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
-def h_vma_start_write_all(S, t, _a, _b, _c):
-    """The writer's VMAs that are live now go to the pending list vma_start_write()
-    works through (vma.vma_start_write_step)."""
+@internal(inline=True)
+def _overlap(S, o, lo, hi):
+    """Bytes of VMA object o inside [lo, hi) (a VMA whose range is not known yet covers all)."""
+    ob = vobj(S, o)
+    return max(0, min(hi, ob.vm_end) - max(lo, ob.vm_start))
+
+
+@internal
+def h_vma_start_write_next(S, t, walked, _a, _b):
+    """The call's walk reaches its next VMA (thread.wv: the step): vma_start_write() on it
+    (the pending list vma.vma_start_write_step() works through) and its share of the WORK
+    that follows (thread.wk_h, wk_n); none left: goto ``walked``.
+
+    mm/mprotect.c do_mprotect_pkey() (6.18): ``for_each_vma_range(vmi, vma, end) { ...
+    error = mprotect_fixup(&vmi, &tlb, vma, &prev, nstart, tmp, newflags); ... }`` -
+    mprotect_fixup() write-locks the VMA through vma_modify_flags() (mm/vma.c
+    vma_merge_existing_range(): ``vma_start_write(middle)``, then next, then prev;
+    __split_vma(): ``vma_start_write(vma); vma_start_write(new);``) and again directly
+    (``vma_start_write(vma);``), then runs change_protection() on it alone; munmap's
+    vms_gather_munmap_vmas() write-locks each VMA as for_each_vma_range() gathers it.  So
+    VMA i is write-locked only from when the walk reaches it.  The steps are the call's
+    VMAs that overlap its range [address, address + length), in address order; a VMA of
+    the call outside the range - the neighbour a merge takes - is locked with the first
+    step if below the range (prev: merged at the first mprotect_fixup()), with the last if
+    above (next).  Each step's share of the recorded hold is its bytes in the range over
+    all the steps' (est.: change_protection()'s work goes by pages; no kernel figure splits
+    the rest - the split, the merge, the TLB flush), and its cond_resched() points the
+    PMDs its part of the range spans (load._resched_points).  With no VMA in the range
+    (mmap, an unknown range): one step, every VMA of the call and the whole hold, as before."""
     g = glob(S, 0)
-    w = thread(S, t).w
-    n = 0
-    for q in range(w_ids_p(S)[w], w_ids_p(S)[w + 1]):
+    th = thread(S, t)
+    w = th.w
+    lo = w_addr(S)[w]
+    hi = lo + w_len(S)[w] if lo >= 0 and w_len(S)[w] > 0 else lo
+    q0, q1 = w_ids_p(S)[w], w_ids_p(S)[w + 1]
+    m = 0
+    total = 0
+    for q in range(q0, q1):
         o = vmaid(S, w_ids(S)[q]).obj
-        if o >= 0 and vobj(S, o).attached:
-            pend_obj(S)[n] = o
-            n += 1
+        if o >= 0 and vobj(S, o).attached and hi > lo:
+            ov = _overlap(S, o, lo, hi)
+            if ov > 0:
+                m += 1
+                total += ov
+    i = th.wv
+    if i >= max(m, 1):
+        th.wv = 0
+        th.pc = walked
+        return g.now, False
+    th.wv = i + 1
+    h = float(w_hold(S)[w])
+    h = h if h else DEFAULT_WRITER_NS
+    pts = w_resched(S)[w]
+    n = 0
+    if m == 0:
+        for q in range(q0, q1):
+            o = vmaid(S, w_ids(S)[q]).obj
+            if o >= 0 and vobj(S, o).attached:
+                pend_obj(S)[n] = o
+                n += 1
+        th.wk_h = h
+        th.wk_n = pts if pts > 0 else 0
+    else:
+        for q in range(q0, q1):
+            o = vmaid(S, w_ids(S)[q]).obj
+            if o < 0 or not vobj(S, o).attached:
+                continue
+            ov = _overlap(S, o, lo, hi)
+            if ov == 0:  # a merge's neighbour: with the first step below the range, the last above
+                if (i == 0 and vobj(S, o).vm_end <= lo) or (i == m - 1 and vobj(S, o).vm_start >= hi):
+                    pend_obj(S)[n] = o
+                    n += 1
+                continue
+            rank = 0  # its place in address order among the steps (ties: the call's order)
+            for q2 in range(q0, q1):
+                o2 = vmaid(S, w_ids(S)[q2]).obj
+                if o2 >= 0 and vobj(S, o2).attached and _overlap(S, o2, lo, hi) > 0 and (
+                        vobj(S, o2).vm_start < vobj(S, o).vm_start
+                        or (vobj(S, o2).vm_start == vobj(S, o).vm_start and q2 < q)):
+                    rank += 1
+            if rank == i:
+                pend_obj(S)[n] = o
+                n += 1
+                th.wk_h = h * ov / total
+                a = max(lo, vobj(S, o).vm_start)
+                b = min(hi, vobj(S, o).vm_end)
+                th.wk_n = ((b - 1) >> PMD_SHIFT) - (a >> PMD_SHIFT) + 1 if pts > 0 else 0
     g.pend_t = t
     g.pend_n = n
     g.pend_i = 0

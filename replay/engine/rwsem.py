@@ -444,7 +444,8 @@ def _owner_running(S, k):
     o = lock(S, k).owner
     if o == RWSEM_READER_OWNED or o == 0:  # reader-owned, or no owner recorded
         return True
-    return not thread(S, o - 1).blocked
+    # owner_on_cpu(): off its CPU asleep, or preempted at a cond_resched() (sched.cond_resched())
+    return not thread(S, o - 1).blocked and not thread(S, o - 1).preempted
 
 
 # -- readers -------------------------------------------------------------------------------------------

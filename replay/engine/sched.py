@@ -6,30 +6,26 @@ in time run in scheduling order (``glob.seq``), so a replay is deterministic.  E
 simulated CPU runs one thread at a time; a woken thread whose CPU is busy waits in that
 CPU's run queue, and a spinning writer yields to it (need_resched()).
 
-A woken thread does not preempt one that is in the middle of an op; it gets the CPU at
-that op's end (loop._step) or when the op sleeps (block_at()).  From the source (Linux
-6.18; the same in 6.6-6.17): try_to_wake_up() -> wakeup_preempt() ->
-check_preempt_wakeup_fair() (kernel/sched/fair.c) only sets TIF_NEED_RESCHED
-(resched_curr_lazy()), and only if __pick_eevdf() returns the wakee - with RUN_TO_PARITY
-(kernel/sched/features.h, on by default) __pick_eevdf() returns the running task while
-it is eligible and inside its protected slice (protect_slice(): se->vprot, set to its
-deadline by set_next_entity(); in 6.6-6.11 "curr->vlag == curr->deadline", "run a task
-until it either becomes non-eligible or until it gets a new slice"), and a slice
-(sysctl_sched_base_slice, 0.7 ms scaled by 1 + ilog2(CPUs), at most x4) is hundreds of
-our ops.  And the running thread is in the kernel - a page fault or an mm syscall is
-what an op is - where the flag is acted on only at a preemption point: with
-preempt=none (__sched_dynamic_update(): might_resched, preempt_schedule and
-irqentry_exit_cond_resched disabled; "Dynamic Preempt: none" on the kernel the sample
-traces were recorded on) only at cond_resched() or schedule() - the op sleeping - and at
-the return to user mode (exit_to_user_mode_loop(), kernel/entry/common.c: "if (ti_work
-& (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZY)) schedule();"), the op's end; with
-preempt=lazy the fair class sets TIF_NEED_RESCHED_LAZY (get_lazy_tif_bit()), which
-waits for the same return or the next tick.  So the engine preempts nothing mid-op
-(tests/test_rwsem_wake.py pins it).  Not modelled: preempt=voluntary's
-might_resched() points and preempt=full, where a running task that is no longer
-eligible can lose its CPU to a wakee at once.  (The other way round, the engine is
-more eager than EEVDF: a thread yields at every op end while another waits for its
-CPU, where RUN_TO_PARITY would keep it running to the end of its slice.)
+A woken thread does not take the CPU from one in the middle of an op at once; it gets
+the CPU at that op's end (loop._step), when the op sleeps (block_at()), or - a writer's
+call that walks page tables - at its next cond_resched() once TIF_NEED_RESCHED is set
+(cond_resched(), below).  With preempt=none (__sched_dynamic_update(): might_resched,
+preempt_schedule and irqentry_exit_cond_resched disabled; "Dynamic Preempt: none" on the
+kernel the sample traces were recorded on) a task in the kernel acts on the flag only at
+cond_resched(), at schedule(), and at the return to user mode (exit_to_user_mode_loop(),
+kernel/entry/common.c: "if (ti_work & (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZY))
+schedule();"), the op's end.  The flag itself is EEVDF's (Linux 6.18, kernel/sched/fair.c):
+update_curr() from the tick and from check_preempt_wakeup_fair() sets it once the running
+task's request (sysctl_sched_base_slice) is used up, or after a renewal while it runs,
+with another task queued (account(), _wakeup_preempt(); the section below has the
+citations); a task inside its request is protected (RUN_TO_PARITY: protect_slice(),
+se->vprot set by set_next_entity()).  Faults have no cond_resched() on their path here and
+are never preempted (tests/test_rwsem_wake.py pins it; tests/test_cond_resched.py the
+writer's).  Not modelled: pick_eevdf()'s eligibility test (an ineligible current task is
+not protected), preempt=voluntary's might_resched() points and preempt=full.  (The other
+way round, the engine is more eager than EEVDF: a thread yields at every op end while
+another waits for its CPU, where RUN_TO_PARITY would keep it running to the end of its
+request.)
 """
 
 from __future__ import annotations
@@ -41,6 +37,22 @@ from .state import cfg, cpu, glob, heap, lock, thread
 from .waits import slept
 
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
+# The scheduler tick: CONFIG_HZ=250 on the kernel the sample traces were recorded on
+# (6.18.44, /proc/config.gz; HZ_250 is also the x86 defconfig's choice); TICK_NSEC =
+# (NSEC_PER_SEC + HZ/2) / HZ.  Every CPU ticks at the same instants (tick_setup_sched_timer()
+# offsets them only with the skew_tick boot option), from the replay's time 0 - the
+# recording's phase is not known.  The same HZ for every machine profile: an assumption.
+CONFIG_HZ = 250
+TICK_NS = float((1_000_000_000 + CONFIG_HZ // 2) // CONFIG_HZ)
+NORMALIZED_BASE_SLICE_NS = 700_000  # kernel/sched/fair.c normalized_sysctl_sched_base_slice (6.18)
+
+
+def base_slice_ns(ncpus: int) -> float:
+    """sysctl_sched_base_slice: update_sysctl() scales the normalized 0.7 ms by
+    get_update_sysctl_factor() = 1 + ilog2(min(num_online_cpus(), 8)) (SCHED_TUNABLESCALING_LOG,
+    the default): 1.4 ms on 2 CPUs, 2.8 ms from 8."""
+    n = max(1, min(int(ncpus), 8))
+    return float(NORMALIZED_BASE_SLICE_NS * (1 + n.bit_length() - 1))
 ERR_DEADLOCK, ERR_RUNQ, ERR_WAITER_READER = 1, 2, 3
 
 # thread.dw: where a down_write() is (see rwsem.py) - or, DW_CLEARED, an up_write() between
@@ -132,9 +144,79 @@ def pop(S):
     return when, t, tok
 
 
+# -- EEVDF's request and TIF_NEED_RESCHED ------------------------------------------------------------
+# kernel/sched/fair.c (6.18), nice-0 tasks only (calc_delta_fair() is then the identity, so
+# vruntime advances with CPU time): each task runs against a request of
+# sysctl_sched_base_slice, its deadline.  update_curr() - from the tick (task_tick_fair() ->
+# entity_tick()) and from check_preempt_wakeup_fair() - calls update_deadline(), which on a
+# used-up request gives a new one (deadline = vruntime + slice) and returns true; then ``if
+# (cfs_rq->nr_queued == 1) return; if (resched || !protect_slice(curr)) resched_curr_lazy(rq)``.
+# With equal slices set_next_entity() -> set_protect_slice() puts se->vprot at the deadline,
+# so a task is protected until its request is used up, and after a renewal while it runs (vprot
+# is not moved on) it is not protected until it is picked again (``unprot``).  With
+# preempt=none resched_curr_lazy() sets TIF_NEED_RESCHED itself (get_lazy_tif_bit():
+# dynamic_preempt_lazy() is false), which the task acts on at cond_resched() or at the
+# return to user mode.  A task's CPU time counts from when it takes its CPU (_take) to
+# when it leaves it (release_cpu_at); think time is off the CPU here (loop.py), so a
+# thread's user time does not use up its request.  Not modelled: eligibility (lag
+# against avg_vruntime), which can also make pick_eevdf() pass over an unprotected or
+# ineligible current task - a wake-up here preempts exactly when the current task's request
+# is used up or it is unprotected, and the wakee is taken to be the pick.
+@internal(inline=True)
+def take(S, t, when):
+    """t takes its CPU at ``when``: set_next_entity() -> set_protect_slice()."""
+    th = thread(S, t)
+    th.ran_at = when
+    th.unprot = False
+    th.resched = False
+    th.preempted = False
+
+
+@internal
+def account(S, t, when):
+    """update_curr() for t, running since ran_at, up to ``when``, with the ticks in between
+    (the run queue of t's CPU has only grown meanwhile: nothing left it while t ran, so it
+    held someone at tick T iff it does now and went non-empty by T)."""
+    th = thread(S, t)
+    if when <= th.ran_at:
+        return
+    k = cfg(S, 0)
+    q = cpu(S, th.cpu)
+    if k.tick_ns > 0:
+        tick = (np.floor(th.ran_at / k.tick_ns) + 1.0) * k.tick_ns
+        while tick <= when:
+            th.ran += tick - th.ran_at
+            th.ran_at = tick
+            renewed = th.ran >= k.slice_ns
+            if renewed:  # update_deadline(): a new request
+                th.ran = 0.0
+            if q.rq_head >= 0 and q.rq_since <= tick and (renewed or th.unprot):
+                th.resched = True  # resched_curr_lazy()
+            th.unprot = th.unprot or renewed
+            tick += k.tick_ns
+    th.ran += when - th.ran_at
+    th.ran_at = when
+
+
+@internal(inline=True)
+def _wakeup_preempt(S, cur, when):
+    """check_preempt_wakeup_fair() on the CPU ``cur`` runs, a task just queued there."""
+    th = thread(S, cur)
+    if th.resched:
+        return
+    account(S, cur, when)
+    if th.ran >= cfg(S, 0).slice_ns:
+        th.ran = 0.0
+        th.unprot = True
+        th.resched = True
+    elif th.unprot:
+        th.resched = True
+
+
 # -- run queues -------------------------------------------------------------------------------------
 @internal(inline=True)
 def rq_push(S, c, t):
+    """t joins CPU c's run queue (enqueue_task(), then wakeup_preempt() for the task on c)."""
     th = thread(S, t)
     if th.in_rq:
         glob(S, 0).err = ERR_RUNQ
@@ -144,9 +226,12 @@ def rq_push(S, c, t):
     q = cpu(S, c)
     if q.rq_head < 0:
         q.rq_head = t
+        q.rq_since = glob(S, 0).now
     else:
         thread(S, q.rq_tail).rq_next = t
     q.rq_tail = t
+    if q.busy >= 0 and q.busy != t:
+        _wakeup_preempt(S, q.busy, glob(S, 0).now)
 
 
 @internal(inline=True)
@@ -166,10 +251,13 @@ def release_cpu_at(S, t, when):
     q = cpu(S, c)
     if q.busy != t:
         return
+    account(S, t, when)
+    thread(S, t).resched = False  # __schedule(): clear_tsk_need_resched(prev)
     q.busy = -1
     if q.rq_head >= 0:
         nxt = _rq_pop(S, c)
         q.busy = nxt
+        take(S, nxt, when)
         tn = thread(S, nxt)
         if tn.rq_woken:  # woken mid-op onto a busy CPU: off it until it runs now
             tn.rq_woken = False
@@ -277,6 +365,7 @@ def runnable(S, t):
     q = cpu(S, c)
     if q.busy < 0:
         q.busy = t
+        take(S, t, now + WAKEUP_NS)
         th.sleep += now + WAKEUP_NS - th.blocked_at  # off its CPU until it runs
         at(S, now + WAKEUP_NS, t)
     else:
@@ -285,3 +374,30 @@ def runnable(S, t):
         cur = q.busy
         if thread(S, cur).dw == DW_SPIN or thread(S, cur).dw == DW_HSPIN:  # need_resched(): a spinner yields
             at(S, now, cur)
+
+
+@internal
+def cond_resched(S, t):
+    """cond_resched() in t's op (include/linux/sched.h -> __cond_resched(), kernel/sched/core.c
+    6.18: ``if (should_resched(0) && !irqs_disabled()) { preempt_schedule_common(); return
+    1; }``): with TIF_NEED_RESCHED set (account()) and another task queued on its CPU, t
+    leaves its CPU now, still runnable and still holding its locks, queued behind the
+    others; it resumes the op where it left it when it runs again.  Returns whether it
+    yielded.  Spinners on a lock it owns stop (owner->on_cpu is 0: block_at())."""
+    now = glob(S, 0).now
+    th = thread(S, t)
+    account(S, t, now)
+    q = cpu(S, th.cpu)
+    if not th.resched or q.rq_head < 0:
+        return False
+    th.preempted = True
+    th.rq_woken = True  # off its CPU from now until it runs again (thread.sleep)
+    th.blocked_at = now
+    rq_push(S, th.cpu, t)
+    release_cpu_at(S, t, now)
+    if lock(S, 0).owner == t + 1:
+        _owner_off_cpu(S, 0, now)
+    k = th.wlock
+    if k > 0 and lock(S, k).owner == t + 1:
+        _owner_off_cpu(S, k, now)
+    return True

@@ -176,7 +176,7 @@ class OpsSource:
 
         roots = ["kind", "lock_mode", "hold_ns", "read_hold_ns", "advice", "vma_id", "vma_ids", "vmas_created",
                  "vmas_freed", "vmas_successor", "start_ns", "end_ns", "range_vmas", "range_start",
-                 "range_end", "vmas_parent"]
+                 "range_end", "vmas_parent", "address", "length"]
         if self.path is None or self.mm is not None:
             return self.frame(roots, lambda df: fn(df.filter(pl.col("kind").cast(pl.Utf8) != "fault")))
         cols = [x for x in roots if x in self.names]

@@ -87,6 +87,8 @@ CONFIG = _rec(
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
     ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
     ("has_op_cpu",),  # op_cpu holds every op's CPU (as-recorded placement: loop._step migrates by it)
+    # sched.py: EEVDF's request (sysctl_sched_base_slice) and the scheduler tick (TICK_NSEC), ns
+    ("slice_ns", f8), ("tick_ns", f8),
 )
 THREAD = _rec(
     # scheduling
@@ -126,6 +128,14 @@ THREAD = _rec(
     # next spinner in that lock's queue, and since when it has spun
     ("ptl",), ("ptl_next",), ("ptl_since", f8),
     ("anon_prep",),  # it set its VMA's anon_vma (retry.anon_vma_prepare(): __anon_vma_prepare())
+    # sched.py: its CPU time in its current EEVDF request (vruntime - (deadline - slice)), counted
+    # up to ran_at while it has its CPU; TIF_NEED_RESCHED; off its CPU at a cond_resched() of an
+    # op in progress (its locks still held); micro.h_work: the part of a WORK it is at
+    ("ran", f8), ("ran_at", f8), ("resched",), ("preempted",), ("wk_i",),
+    ("unprot",),  # its request was renewed while it ran (update_deadline()): se->vprot is behind it
+    # micro.h_vma_start_write_next(): the step of the call's VMA walk it is at, and that
+    # step's share of the hold and its cond_resched() points (wk_n -1: no walk, the whole WORK)
+    ("wv",), ("wk_h", f8), ("wk_n",),
 )
 LOCK = _rec(
     ("count",), ("owner",),  # sem->count, sem->owner: 0 none, READER_OWNED, else thread + 1
@@ -146,7 +156,8 @@ VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached
                ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
-CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",))
+CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",),
+           ("rq_since", f8))  # when its run queue last went from empty to not (sched.rq_push)
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
@@ -208,6 +219,9 @@ ARRAYS = {
     # per writer (every non-fault op): a madvise's behaviour (ops advice, -1: none) and the VMA
     # id at its range's start (ops vma_id, -1: none) - the read-mode madvise program's
     "w_advice": i8, "w_vma": i8,
+    # per writer: the cond_resched() points in its WORK - one per PMD its range spans (load._resched_points)
+    "w_resched": i8,
+    "w_addr": i8, "w_len": i8,  # per writer: its range (ops address, length; -1 / 0 unknown)
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -317,6 +331,9 @@ waiting_writers = _array_accessor("waiting_writers", i8)
 vid_order = _array_accessor("vid_order", i8)
 w_hold = _array_accessor("w_hold", i8)
 w_hold_read = _array_accessor("w_hold_read", i8)
+w_resched = _array_accessor("w_resched", i8)
+w_addr = _array_accessor("w_addr", i8)
+w_len = _array_accessor("w_len", i8)
 w_ids_p = _array_accessor("w_ids_p", i8)
 w_ids = _array_accessor("w_ids", i8)
 w_freed_p = _array_accessor("w_freed_p", i8)

@@ -215,7 +215,7 @@ MADVISE_MMAP_READ = [
 _IMPLICIT = {
     Op.WALK: (("mm", "mm_mt"),),
     Op.CHECK_SEQ: (("vma", "vm_lock_seq"), ("mm", "mm_lock_seq")),
-    Op.VMA_START_WRITE_ALL: (("vma", "vm_lock_seq"), ("mm", "mm_lock_seq")),
+    Op.VMA_START_WRITE_NEXT: (("vma", "vm_lock_seq"), ("mm", "mm_lock_seq")),
     Op.MM_SEQ_WRITE_BEGIN: (("mm", "mm_lock_seq"),),
     Op.MM_SEQ_WRITE_END: (("mm", "mm_lock_seq"),),
     Op.CHECK_RANGE: (("vma", "vm_start"),),

@@ -529,8 +529,15 @@ def _vma_writer(seqcount: bool) -> list:
         p.append((Op.MM_SEQ_WRITE_BEGIN,))  # mmap_write_lock(): mm_lock_seqcount_begin()
     return p + [
         (Op.READ, "mm", "mm_mt"),
-        (Op.VMA_START_WRITE_ALL,),  # vma_start_write() on every VMA the call modifies
-        (Op.WORK, "writer"),
+        # do_mprotect_pkey(): for_each_vma_range() -> mprotect_fixup() -> vma_modify_flags()
+        # (vma_merge_existing_range(), __split_vma(): vma_start_write()) and vma_start_write(),
+        # then change_protection() on that VMA; munmap: vms_gather_munmap_vmas()'s
+        # vma_start_write() per VMA gathered (mm/mprotect.c, mm/vma.c, 6.18)
+        (Op.LABEL, "walk_next"),
+        (Op.VMA_START_WRITE_NEXT, "walked"),
+        (Op.WORK, "writer"),  # that VMA's share of the call's hold
+        (Op.GOTO, "walk_next"),
+        (Op.LABEL, "walked"),
         (Op.VMA_COMMIT,),  # new VMAs attached write-locked; removed ones detached and freed
         (Op.MM_SEQ_WRITE_END,),  # mmap_write_unlock() / mmap_write_downgrade() -> vma_end_write_all()
         *_unlock_or_downgrade(),
