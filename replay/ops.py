@@ -14,15 +14,27 @@ One op per page fault (a reader of the address space) and per address-space writ
   ``/proc/PID/maps`` snapshot when the trace has one, so every fault gets the id of the
   VMA it hits and every writer the ids of the VMAs it write-locks.  Splits keep the
   lower part in the original vm_area_struct and put the upper part in a new one, as
-  ``__split_vma()`` does for the common new_below=0 case (mm/vma.c); an anonymous
-  private mapping placed right after one with the same protection and flags extends it
-  (``vma_merge_new_range()``), which is how glibc's arenas and the JVM's heap grow.
-  A writer's new layout becomes visible at its ``sys_exit``.  Faults outside every known
-  VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1 MiB.  Each
-  VMA a writer creates names the VMA it was copied from (``vmas_parent``: a split's
-  original, an mremap move's source - anon_vma_clone() gives it that VMA's anon_vma), and
-  each fault its VMA's class (``vma_class``: ``vma_class()`` below), which the engine's
-  anon_vma rules read (replay/engine/retry.py).
+  ``__split_vma()`` does for the common new_below=0 case (mm/vma.c); a new anonymous
+  private mapping merges with the VMA before it and/or the one after it as 6.18's
+  ``vma_merge_new_range()`` does (``AddressSpace.mmap``: the vm_flags mmap()'s prot and
+  flags give it - ``mmap_vm_flags()`` -, vm_pgoff, the anon_vmas), which is how glibc's
+  arenas and the JVM's heap grow, and how a thread stack's PROT_NONE mapping joins the
+  guard page above it; a file mapping is never merged (the trace has the fd, not the
+  file).  A writer's new layout becomes visible at its ``sys_exit``.  Faults outside
+  every known VMA get inferred VMAs: their pages clustered per mm, split at gaps over 1
+  MiB.  Each VMA a writer creates names the VMA it was copied from (``vmas_parent``: a
+  split's original, an mremap move's source - anon_vma_clone() gives it that VMA's
+  anon_vma), and each fault its VMA's class (``vma_class``: ``vma_class()`` below), which
+  the engine's anon_vma rules read (replay/engine/retry.py).  Not tracked: madvise's
+  flag changes (MADV_DONTFORK, MADV_HUGEPAGE, ...: a VMA-changing madvise splits, its
+  pieces keep their flags), mbind()'s mempolicy, userfaultfd, fork.
+* **the anon_vma** (``AnonVmas``).  Which VMAs have one, as far as the trace shows: none
+  to begin with (a maps snapshot's VMAs included); a write fault in a private VMA
+  without one prepares one (vmf_anon_prepare() -> __anon_vma_prepare(), mm/memory.c and
+  mm/rmap.c) - a user-mode fault under the VMA lock, a kernel-mode one under mmap_lock
+  - sharing an adjacent anonymous VMA's where find_mergeable_anon_vma() would (mm/vma.c);
+  a split-off or moved VMA has its source's (anon_vma_clone()); a merge keeps one
+  (dup_anon_vma()) and is refused between two different ones (is_mergeable_anon_vma()).
 * **observed fallback.**  In per-VMA-lock kernels a fault served under the VMA lock
   emits no mmap_lock event, so a user fault followed on the same thread, before that
   thread's next fault or syscall, by ``mmap_lock_start_locking write=false`` on its own
@@ -31,8 +43,9 @@ One op per page fault (a reader of the address space) and per address-space writ
   too - include/linux/mmap_lock.h).  One exception looks the same: since v6.10 the
   first write fault in a private VMA without an anon_vma takes mmap_read_trylock() in
   vmf_anon_prepare() (mm/memory.c) and may still complete under the VMA lock.  Such a
-  fault - the first write fault the trace shows in a private VMA - is counted as
-  ``observed_anon_prepare``, not as a fallback.  ``acquire_returned`` with no
+  fault - a user-mode write fault in a private VMA that has no anon_vma yet (the anon_vma,
+  above: not a split-off piece of a VMA that had one, nor a VMA a kernel-mode write
+  fault already prepared) - is counted as ``observed_anon_prepare``, not as a fallback.  ``acquire_returned`` with no
   start_locking is mmap_write_downgrade() (munmap, brk, mremap), not a fault.  A fault
   that takes the lock for write (stack expansion, lock_mm_and_find_vma()) is counted
   in ``observed_mmap_write``.  Kernel-mode faults never try the VMA lock
@@ -184,9 +197,16 @@ TASK_SIZE_MAX = (1 << 56) - PAGE
 MAX_ERRNO = 4095  # include/linux/err.h
 
 
-# include/uapi/asm-generic/mman-common.h
+# include/uapi/asm-generic/mman-common.h, include/uapi/linux/mman.h (MAP_DROPPABLE),
+# arch/x86/include/uapi/asm/mman.h (MAP_GROWSDOWN, MAP_LOCKED, MAP_NORESERVE)
 MAP_ANONYMOUS = 0x20
 MAP_SHARED = 0x01
+MAP_TYPE, MAP_DROPPABLE = 0x0F, 0x08
+MAP_GROWSDOWN, MAP_LOCKED, MAP_NORESERVE, MAP_STACK, MAP_HUGETLB = 0x100, 0x2000, 0x4000, 0x20000, 0x40000
+# the vm_flags a VMA merge compares beyond its protection (include/linux/mm.h, v6.18; VM_READ,
+# VM_WRITE, VM_EXEC and VM_SHARED are the tracker's ``prot`` string)
+VM_GROWSDOWN, VM_LOCKED, VM_ACCOUNT, VM_NORESERVE = 0x100, 0x2000, 0x00100000, 0x00200000
+VM_WIPEONFORK, VM_DONTDUMP, VM_NOHUGEPAGE, VM_DROPPABLE = 0x02000000, 0x04000000, 0x40000000, 1 << 40
 # madvise behaviours that change vm_flags, so split/merge VMAs under mmap_write_lock
 # (mm/madvise.c, madvise_need_mmap_write() and madvise_update_vma())
 MADV_VMA_CHANGING = {
@@ -201,8 +221,12 @@ MADV_VMA_CHANGING = {
 # 4: read_hold_ns.  5: read-mode madvise's VMAs, hold and advice.  6: fault_kind and
 # first_try_ns.  7: fault kind ``special`` (a special mapping's page not present).
 # 8: range_vmas / range_start / range_end.  9: vma_class (a fault's VMA, which the
-# engine's anon_vma rules need: replay/engine/retry.py) and vmas_parent.
-OPS_VERSION = 9
+# engine's anon_vma rules need: replay/engine/retry.py) and vmas_parent.  10: a new mapping
+# merges with the next VMA too, by the kernel's rule (flags, pgoff, anon_vma:
+# ``AddressSpace.mmap``), and a VMA's anon_vma is tracked (``AnonVmas``): a split-off or
+# moved VMA inherits it, a merge passes it on, a kernel-mode write fault prepares it - so
+# the first write fault in a VMA that has one is no observed_anon_prepare.
+OPS_VERSION = 10
 
 OP_KINDS = ("fault", "mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "exit")
 
@@ -373,6 +397,73 @@ class Vma:
     inferred: bool = False
     created_ns: int | None = None
     freed_ns: int | None = None
+    # vm_flags beyond the protection (VM_* above: ``mmap_vm_flags()``), None unknown (a file
+    # mapping: never merged, as the tracker cannot tell its file); vm_pgoff, for an anonymous
+    # VMA the page its pages were first mapped at (None: unknown)
+    flags: int | None = None
+    pgoff: int | None = None
+
+
+def mmap_vm_flags(prot: int, flags: int) -> int:
+    """The vm_flags beyond VM_READ/WRITE/EXEC/SHARED that mmap(prot, flags) gives a private
+    anonymous mapping in 6.18: do_mmap() (mm/mmap.c) - calc_vm_flag_bits() (include/linux/mman.h:
+    MAP_GROWSDOWN, MAP_LOCKED, MAP_STACK -> VM_NOHUGEPAGE with CONFIG_TRANSPARENT_HUGEPAGE, taken
+    as set), MAP_DROPPABLE's VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP, MAP_NORESERVE's
+    VM_NORESERVE (unless vm.overcommit_memory is 2, which a trace does not show: taken as not) -
+    and __mmap_prepare()'s VM_ACCOUNT for an accountable_mapping() (mm/vma.c: private, writable,
+    not VM_NORESERVE).  mm->def_flags (mlockall(MCL_FUTURE)) is the same for every mapping of
+    the mm, so it changes no comparison."""
+    vm = 0
+    if flags & MAP_GROWSDOWN:
+        vm |= VM_GROWSDOWN
+    if flags & MAP_LOCKED:
+        vm |= VM_LOCKED
+    if flags & MAP_STACK:
+        vm |= VM_NOHUGEPAGE
+    if flags & MAP_TYPE == MAP_DROPPABLE:
+        vm |= VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP
+    if flags & MAP_NORESERVE:
+        vm |= VM_NORESERVE
+    if prot & 2 and not vm & VM_NORESERVE:
+        vm |= VM_ACCOUNT
+    return vm
+
+
+def maps_vm_flags(perms: str, anon: bool, name: str) -> int | None:
+    """A maps snapshot's VMA's vm_flags beyond its protection, as far as maps shows them:
+    an anonymous private VMA is taken as a plain mmap()'s (maps does not show VM_NORESERVE,
+    VM_LOCKED, VM_NOHUGEPAGE: smaps' VmFlags would); ``[stack]`` is VM_STACK_FLAGS'
+    VM_GROWSDOWN | VM_ACCOUNT (include/linux/mm.h), ``[heap]`` do_brk_flags()'s VM_ACCOUNT
+    (mm/vma.c).  None for every other VMA (file, shared, special: never merged)."""
+    if vma_class(anon, perms, name) != VC_ANON:
+        return None
+    if name == "[stack]":
+        return VM_GROWSDOWN | VM_ACCOUNT
+    return mmap_vm_flags(2 if perms[1] == "w" else 0, MAP_ANONYMOUS)
+
+
+def anon_name(name: str) -> str:
+    """The anon_vma_name() a merge compares (is_mergeable_vma(): anon_vma_name_eq()): prctl's
+    ``[anon:NAME]``; ``[heap]`` and ``[stack]`` are maps' names for address ranges, no VMA's."""
+    return name if name.startswith("[anon:") else ""
+
+
+class AnonVmas:
+    """Each VMA's anon_vma, by VMA id: 0 none, else the id of the VMA that prepared it - the
+    kernel's ``vma->anon_vma`` as far as the trace shows it.  The op builder's step sets it at
+    a VMA's first write fault (``opstream._advance``: __anon_vma_prepare()); the tracker copies
+    it to a split-off or moved VMA (anon_vma_clone()) and to the VMA a merge keeps
+    (dup_anon_vma()), and compares it before merging (is_mergeable_anon_vma()).  This one is a
+    dict; the builder's reads and writes the step's array."""
+
+    def __init__(self):
+        self.of: dict[int, int] = {}
+
+    def get(self, vid: int) -> int:
+        return self.of.get(vid, 0)
+
+    def set(self, vid: int, av: int) -> None:
+        self.of[vid] = av
 
 
 def prot_str(prot: int, shared: bool = False) -> str:
@@ -402,8 +493,9 @@ def parse_maps(text: str) -> list[tuple[int, int, str, bool, str]]:
 class AddressSpace:
     """One mm's VMAs as a sorted, non-overlapping interval map."""
 
-    def __init__(self, ids: "IdSource"):
+    def __init__(self, ids: "IdSource", anon: AnonVmas | None = None):
         self.ids = ids
+        self.anon = anon if anon is not None else AnonVmas()
         self.starts: list[int] = []
         self.vmas: list[Vma] = []
         self.all: list[Vma] = []
@@ -427,8 +519,8 @@ class AddressSpace:
         v.freed_ns = now
         self.freed.append(v.id)
 
-    def new(self, start, end, prot, anon, name="", now=None, inferred=False) -> Vma:
-        v = Vma(self.ids.next(), start, end, prot, anon, name, inferred, created_ns=now)
+    def new(self, start, end, prot, anon, name="", now=None, inferred=False, flags=None, pgoff=None) -> Vma:
+        v = Vma(self.ids.next(), start, end, prot, anon, name, inferred, created_ns=now, flags=flags, pgoff=pgoff)
         self.all.append(v)
         self._insert(v)
         self.created.append(v.id)
@@ -452,9 +544,14 @@ class AddressSpace:
         return None
 
     def split(self, v: Vma, at: int, now) -> Vma:
-        """__split_vma(new_below=0): v keeps [start, at), a new VMA gets [at, end)."""
-        upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now)
+        """__split_vma(new_below=0): v keeps [start, at), a new VMA gets [at, end) - a copy
+        (vm_area_dup(): flags; ``new->vm_pgoff += ((addr - vma->vm_start) >> PAGE_SHIFT)``)
+        with v's anon_vma (anon_vma_clone()), mm/vma.c v6.18."""
+        pgoff = None if v.pgoff is None else v.pgoff + (at - v.start) // PAGE
+        upper = Vma(self.ids.next(), at, v.end, v.prot, v.anon, v.name, v.inferred, created_ns=now, flags=v.flags,
+                    pgoff=pgoff)
         self.parent[upper.id] = self.parent.get(v.id, v.id) if v.id in self.created else v.id
+        self.anon.set(upper.id, self.anon.get(v.id))
         self.all.append(upper)
         self.created.append(upper.id)
         self.made.append(upper)
@@ -482,32 +579,108 @@ class AddressSpace:
             self._remove(v, now)
         return locked
 
-    def mmap(self, start: int, end: int, prot: str, anon: bool, name: str, now) -> list[Vma]:
+    # -- merging (mm/vma.c, v6.18) ----------------------------------------------------------
+    def _mergeable(self, v: Vma, prot: str, flags: int | None, name: str, anon_vma: int) -> bool:
+        """is_mergeable_vma() and is_mergeable_anon_vma() of existing VMA ``v`` with a range of
+        this protection, flags, name and anon_vma (0 none): both anonymous private (no
+        vm_file; a file's mapping never merges here - the trace has its fd, not its file -
+        nor a shared anonymous one, whose shmem file is its own), equal vm_flags (the
+        protection and ``Vma.flags``; VM_SOFTDIRTY is not tracked), equal anon_vma_name(),
+        and anon_vmas that are one or where one side has none (the fork child test
+        vma_is_fork_child() never applies: fork is not traced).  The mempolicy (mbind())
+        and userfaultfd context are not traced: taken as equal."""
+        if v.inferred or v.flags is None or flags is None or vma_class(v.anon, v.prot, v.name) != VC_ANON:
+            return False
+        if v.prot != prot or v.flags != flags or anon_name(v.name) != anon_name(name):
+            return False
+        mine = self.anon.get(v.id)
+        return not mine or not anon_vma or mine == anon_vma
+
+    def _absorb(self, keep: Vma, gone: Vma, now) -> None:
+        """vma_expand() / commit_merge(): ``keep`` takes ``gone``'s range and, having no
+        anon_vma of its own, its anon_vma (dup_anon_vma()); ``gone`` is freed."""
+        keep.start, keep.end = min(keep.start, gone.start), max(keep.end, gone.end)
+        if not self.anon.get(keep.id):
+            self.anon.set(keep.id, self.anon.get(gone.id))
+        self._remove(gone, now)
+        self.successor[gone.id] = keep.id
+
+    def mmap(self, start: int, end: int, prot: str, anon: bool, name: str, now, flags: int | None = None,
+             pgoff: int | None = None, anon_vma: int = 0, hugetlb: bool = False) -> list[Vma]:
+        """A new mapping of [start, end) (mmap, and mremap's copy): what it replaces is
+        unmapped (MAP_FIXED), then __mmap_region() tries vma_merge_new_range() before
+        __mmap_new_vma().  ``flags``: ``Vma.flags`` (None: never merged); ``pgoff``: the
+        range's vm_pgoff (an anonymous mmap's is ``addr >> PAGE_SHIFT``, do_mmap()); ``anon_vma``:
+        the one it brings (mremap's copy_vma(): the source's), 0 none; ``hugetlb``:
+        MAP_HUGETLB, a hugetlbfs file (ksys_mmap_pgoff()), never merged.
+
+        vma_merge_new_range(): with the previous VMA if it ends at ``start`` and
+        can_vma_merge_after() (mergeable, ``prev->vm_pgoff + vma_pages(prev) == pgoff``); with
+        the next if it starts at ``end`` and can_vma_merge_before() (mergeable,
+        ``next->vm_pgoff == pgoff + pglen``) and, merging both, can_vma_merge_right()'s
+        ``!prev->anon_vma || !next->anon_vma || prev->anon_vma == next->anon_vma``.  Both: prev
+        grows over the range and next (vma_expand(), next freed, its anon_vma passed on
+        by dup_anon_vma()); prev only: prev grows; next only: next grows down
+        (``vmg->target = next``) and takes ``pgoff``.  The VMAs grown or freed are
+        write-locked (vma_expand(): vma_start_write(target), vma_start_write(next))."""
         locked = self.unmap(start, end, now)  # MAP_FIXED over existing mappings
-        prev = self.find(start - 1)
-        if anon and prev is not None and prev.end == start and prev.anon and prev.prot == prot and not prev.inferred:
-            prev.end = end  # vma_merge_new_range(): extend the previous VMA
-            return locked + [prev]
-        self.new(start, end, prot, anon, name, now)
+        if anon and pgoff is None:
+            pgoff = start // PAGE  # do_mmap(): "Set pgoff according to addr for anon_vma"
+        if anon and not hugetlb and flags is not None and pgoff is not None:
+            prev, nxt = self.find(start - 1), self.find(end)
+            left = (prev is not None and prev.end == start and self._mergeable(prev, prot, flags, name, anon_vma)
+                    and prev.pgoff is not None and prev.pgoff + (prev.end - prev.start) // PAGE == pgoff)
+            right = (nxt is not None and nxt.start == end and self._mergeable(nxt, prot, flags, name, anon_vma)
+                     and nxt.pgoff == pgoff + (end - start) // PAGE)
+            if left and right:
+                a, b = self.anon.get(prev.id), self.anon.get(nxt.id)
+                right = not a or not b or a == b
+            target = prev if left else nxt if right else None
+            if target is not None:
+                target.start, target.end = min(target.start, start), max(target.end, end)
+                if target is nxt:
+                    target.pgoff = pgoff
+                    self.starts[self.vmas.index(nxt)] = start
+                if anon_vma and not self.anon.get(target.id):  # vma_expand(): dup_anon_vma(target, copied_from)
+                    self.anon.set(target.id, anon_vma)
+                if left and right:
+                    self._absorb(prev, nxt, now)
+                    return locked + [prev, nxt]
+                return locked + [target]
+        v = self.new(start, end, prot, anon, name, now, flags=flags, pgoff=pgoff)
+        if anon_vma:
+            self.anon.set(v.id, anon_vma)
         return locked
 
     def mprotect(self, start: int, end: int, prot: str, now) -> list[Vma]:
+        """mprotect_fixup() (mm/mprotect.c, v6.18) on each piece of [start, end): the new
+        protection, and VM_ACCOUNT as it changes it - charged when a piece first becomes
+        writable (``if (!(oldflags & (VM_ACCOUNT|VM_WRITE|VM_HUGETLB|VM_SHARED|VM_NORESERVE)))
+        newflags |= VM_ACCOUNT``), dropped when an anonymous one without an anon_vma stops
+        being (``else if ((oldflags & VM_ACCOUNT) && vma_is_anonymous(vma) && !vma->anon_vma)``);
+        then merges with the neighbours that now match (vma_modify_flags() ->
+        vma_merge_existing_range(): the same tests as a new mapping's, ``_mergeable()``, and
+        contiguous pgoffs)."""
         locked, inside = self.carve(start, end, now)
+        write = prot[1] == "w"
         for v in inside:
+            if v.flags is not None:
+                if write and v.prot[1] != "w" and not v.flags & (VM_ACCOUNT | VM_NORESERVE):
+                    v.flags |= VM_ACCOUNT
+                elif not write and v.flags & VM_ACCOUNT and v.anon and not self.anon.get(v.id):
+                    v.flags &= ~VM_ACCOUNT
             v.prot = prot[:3] + v.prot[3]
-        # merge with neighbours that now match (vma_modify_flags() -> vma_merge_existing_range())
         around = self.overlapping(start - 1, end + 1)
         v = around[0] if around else None
         while v is not None and v.start <= end:
             nxt = self.find(v.end)
-            if nxt is not None and nxt.start == v.end and nxt.prot == v.prot and nxt.anon and v.anon \
-                    and v.name == nxt.name and not v.inferred and not nxt.inferred:
+            if nxt is not None and nxt.start == v.end and self._mergeable(v, nxt.prot, nxt.flags, nxt.name,
+                                                                         self.anon.get(nxt.id)) \
+                    and v.pgoff is not None and v.pgoff + (v.end - v.start) // PAGE == nxt.pgoff:
                 for x in (v, nxt):
                     if x not in locked:
                         locked.append(x)
-                v.end = nxt.end
-                self._remove(nxt, now)
-                self.successor[nxt.id] = v.id
+                self._absorb(v, nxt, now)
             else:
                 v = nxt
         return locked
@@ -521,7 +694,7 @@ class AddressSpace:
         if new_end < old_end:
             return self.unmap(new_end, old_end, now)
         v = self.find(addr) or self.find(old_end - 1)
-        if v is None:
+        if v is None:  # a VMA the trace never showed: its flags unknown, never merged
             self.new(page_down(addr), new_end, "rw-p", True, "", now)
             return []
         v.end = max(v.end, new_end)
@@ -676,7 +849,10 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
         lo, hi = _range(ret, a["len"])
         flags = a["flags"] or 0
         prot = prot_str(a["prot"] or 0, bool(flags & MAP_SHARED))
-        return (asp.mmap(lo, hi, prot, bool(flags & MAP_ANONYMOUS), "", now) if lo < hi else []), "write"
+        anon = bool(flags & MAP_ANONYMOUS)
+        vm = mmap_vm_flags(a["prot"] or 0, flags) if anon and not flags & MAP_SHARED else None
+        return (asp.mmap(lo, hi, prot, anon, "", now, flags=vm, hugetlb=bool(flags & MAP_HUGETLB))
+                if lo < hi else []), "write"
     if kind in ("munmap", "mprotect"):
         lo, hi = _range(a["address"], a["len"])
         if lo == hi:
@@ -692,9 +868,15 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
         lo, hi = _range(ret, page_up(a["new_len"] or 0))  # moved: the old range goes, a new VMA takes the pages
         src = asp.find(old)
         prot, anon = (src.prot, src.anon) if src else ("rw-p", True)
+        # copy_vma(): the source's flags, name, anon_vma and pgoff (of the page at ``old``)
+        flags, name = (src.flags, src.name) if src else (None, "")
+        pgoff = src.pgoff + (old - src.start) // PAGE if src is not None and src.pgoff is not None else None
+        av = asp.anon.get(src.id) if src is not None else 0
         locked = asp.unmap(old, old_end, now)
         moved = len(asp.created)
-        locked += asp.mmap(lo, hi, prot, anon, "", now) if lo < hi else []
+        if src is not None and src.pgoff is None:
+            flags = None  # pgoff unknown: never merged
+        locked += asp.mmap(lo, hi, prot, anon, name, now, flags=flags, pgoff=pgoff, anon_vma=av) if lo < hi else []
         for x in asp.created[moved:]:  # copy_vma(): anon_vma_clone(new_vma, vma)
             if src is not None:
                 asp.parent[x] = asp.parent.get(src.id, src.id) if src.id in asp.created else src.id
@@ -712,8 +894,8 @@ def _apply(asp: AddressSpace, kind: str, a: dict, ret: int, now) -> tuple[list[V
             return asp.resize(heap.start, heap.end, new_end, now), "write"
         if asp.brk_start:
             _, hi = _range(asp.brk_start, ret - asp.brk_start)
-            if asp.brk_start < hi:
-                asp.new(asp.brk_start, hi, "rw-p", True, "[heap]", now)
+            if asp.brk_start < hi:  # do_brk_flags(): VM_DATA_DEFAULT_FLAGS | VM_ACCOUNT, pgoff addr >> PAGE_SHIFT
+                asp.new(asp.brk_start, hi, "rw-p", True, "[heap]", now, flags=VM_ACCOUNT, pgoff=asp.brk_start // PAGE)
         return [], "write"
     if kind == "madvise":
         if a["flags"] not in MADV_VMA_CHANGING:

@@ -114,8 +114,9 @@ EV_TYPES = dict(EV_FIELDS)
 # in 13 int64 and 22 int8 slots: 126 bytes where one int64 matrix took 280, so half the
 # stores, copies and shifts).  Two arrays keep the compiled helpers' calls cheap; each
 # field's values stay contiguous for writing.  ``fb``: the fault's raw fallback (a read
-# start_locking on its own mm in its window; -1 until the window closes), ``first``: the
-# first write fault the trace shows in its private VMA; ``pend``: parts still to come (a
+# start_locking on its own mm in its window; -1 until the window closes), ``first``: a
+# user-mode write fault in a private VMA that has no anon_vma yet (ops.AnonVmas), which
+# prepares it (vmf_anon_prepare()'s trylock); ``pend``: parts still to come (a
 # fault's window; a writer's window and its exit).  ``address`` holds the uint64's bits.
 # A fault's ``present``/``instr`` (its error code's bits: 1, 0, -1 unknown) and ``vclass``
 # (its VMA's ops.VC_*) make its ``fkind`` when its window closes (ops.FAULT_KINDS index,
@@ -291,19 +292,45 @@ def _new_op(rows, flags, k, ev, i, kind, pend):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _find_vma(addr, lo, n, lay_start, lay_end, lay_id):
-    """The id of the VMA holding ``addr`` among a space's n VMAs at lay_*[lo:lo+n], or -1."""
+def _find_at(addr, lo, n, lay_start, lay_end):
+    """The index (from ``lo``) of the VMA holding ``addr`` among a space's n VMAs at
+    lay_*[lo:lo+n], or -1."""
     if n == 0:
         return -1
     j = np.searchsorted(lay_start[lo:lo + n], addr, side="right") - 1
     if j >= 0 and addr < lay_end[lo + j]:
-        return lay_id[lo + j]
+        return j
     return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prepare_anon_vma(vid, j, lo, n, lay_start, lay_end, lay_id, vclass, anon_vma):
+    """__anon_vma_prepare() (mm/rmap.c, v6.18) for VMA ``vid``, at index j of its space's
+    layout: find_mergeable_anon_vma() (mm/vma.c) takes the anon_vma of an adjacent VMA - the
+    next, then the previous - that reusable_anon_vma() accepts (anon_vma_compatible(): it
+    touches this one, same vm_file, equal vm_flags but for VM_ACCESS_FLAGS, contiguous
+    pgoffs; the neighbour's anon_vma_chain singular, which only fork breaks); otherwise
+    a new one (named by ``vid``).  Only anonymous private neighbours of an anonymous private
+    VMA are taken as compatible here; their flags and pgoffs are not compared (the tracker
+    compares them again before any merge, so a wrong match here changes no layout unless
+    the two differ only in VM_ACCOUNT or a madvise flag)."""
+    if vclass[vid] == O.VC_ANON:
+        if j + 1 < n and lay_start[lo + j + 1] == lay_end[lo + j]:
+            nb = lay_id[lo + j + 1]
+            if vclass[nb] == O.VC_ANON and anon_vma[nb] != 0:
+                anon_vma[vid] = anon_vma[nb]
+                return
+        if j > 0 and lay_end[lo + j - 1] == lay_start[lo + j]:
+            nb = lay_id[lo + j - 1]
+            if vclass[nb] == O.VC_ANON and anon_vma[nb] != 0:
+                anon_vma[vid] = anon_vma[nb]
+                return
+    anon_vma[vid] = vid
 
 
 @njit(cache=True, nogil=True)
 def _advance(ev, i, th, sc, rows, flags, n_rows, base, late_at, late_ids, lay_start, lay_end, lay_id, lay_off, lay_n,
-             private, seen_first, vclass, x86, miss_space, miss_page, n_miss, need_seed, counters):
+             private, anon_vma, vclass, x86, miss_space, miss_page, n_miss, need_seed, counters):
     """Run events ``ev[i:]`` (time order) until one needs Python or the batch ends.
 
     Parameters
@@ -314,8 +341,8 @@ def _advance(ev, i, th, sc, rows, flags, n_rows, base, late_at, late_ids, lay_st
         ops not yet written (column k is op ``base + k``; n_rows used), then the late ones:
         written before they were complete, their op ids in ``late_ids`` (ascending).
     lay_* : every address space's VMAs, sorted by start: space s at lay_off[s], lay_n[s] of them.
-    private, seen_first, vclass : per VMA id: a private mapping; its first write fault is
-        seen; its ops.VC_* class.
+    private, anon_vma, vclass : per VMA id: a private mapping; its anon_vma (ops.AnonVmas: 0
+        none, set at its first write fault); its ops.VC_* class.
     x86 : the error codes carry x86's X86_PF_PROT and X86_PF_INSTR bits.
     miss_space, miss_page : user faults outside every known VMA (n_miss so far).
     need_seed : [1] while the maps snapshot waits for the first op's address space.
@@ -355,16 +382,23 @@ def _advance(ev, i, th, sc, rows, flags, n_rows, base, late_at, late_ids, lay_st
                 flags[F_PRESENT, k] = 1 if (ev.error_code[i] & PF_PROT) != 0 else 0
                 flags[F_INSTR, k] = 1 if (ev.error_code[i] & PF_INSTR) != 0 else 0
             vid = -1
+            j = -1
             if s.space >= 0 and ev.addr_ok[i]:
-                vid = _find_vma(addr, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id)
+                lo = lay_off[s.space]
+                j = _find_at(addr, lo, lay_n[s.space], lay_start, lay_end)
+                if j >= 0:
+                    vid = lay_id[lo + j]
             missed = False
             if vid >= 0:
                 rows[R_VMA, k] = vid
                 flags[F_VCLASS, k] = vclass[vid]
-                # vmf_anon_prepare(): the first write fault in a private VMA may trylock mmap_lock
-                if write == 1 and not kernel and private[vid] and not seen_first[vid]:
-                    seen_first[vid] = True
-                    flags[F_FIRST, k] = True
+                # vmf_anon_prepare(): a write fault in a private VMA without an anon_vma
+                # prepares one; a user-mode one under the VMA lock may trylock mmap_lock for
+                # it (a kernel-mode one holds mmap_lock already: no fallback to mistake)
+                if write == 1 and private[vid] and anon_vma[vid] == 0:
+                    _prepare_anon_vma(vid, j, lay_off[s.space], lay_n[s.space], lay_start, lay_end, lay_id, vclass,
+                                      anon_vma)
+                    flags[F_FIRST, k] = not kernel
             elif not kernel and ev.addr_ok[i] and s.space >= 0:
                 rows[R_VMA, k] = VMA_MISS
                 flags[F_VCLASS, k] = O.VC_ANON  # inferred VMAs are anonymous private
@@ -830,6 +864,22 @@ def _in_time_order(events: Events, sv: Survey, keep_fn):
         yield pending
 
 
+class _StepAnonVmas(O.AnonVmas):
+    """ops.AnonVmas over the builder's ``anon_vma`` array, which the compiled step sets
+    (the array is replaced as it grows: read through the builder)."""
+
+    def __init__(self, b: "Builder"):
+        self.b = b
+
+    def get(self, vid: int) -> int:
+        a = self.b.anon_vma
+        return int(a[vid]) if vid < len(a) else 0
+
+    def set(self, vid: int, av: int) -> None:
+        self.b._ids_fit()
+        self.b.anon_vma[vid] = av
+
+
 class _Layout:
     """Every address space's VMAs as flat sorted arrays the compiled step searches; a
     space's slot is rewritten in place after each writer, moved to the end when it outgrows it."""
@@ -973,7 +1023,7 @@ class Builder:
         self.advice: dict[int, int | None] = {}  # madvise op -> its behaviour argument
         self.layout = _Layout(len(self.space_names))
         self.private = np.zeros(1024, np.bool_)
-        self.seen_first = np.zeros(1024, np.bool_)
+        self.anon_vma = np.zeros(1024, np.int64)  # per VMA id: its anon_vma (ops.AnonVmas), set by the step
         self.vclass = np.zeros(1024, np.int8)
         self.x86 = error_code_is_x86(events.arch)
         self.miss_space = np.zeros(MISS_CAP, np.int32)
@@ -1032,7 +1082,7 @@ class Builder:
                 st, i, self.n_rows, self.n_miss, op = _advance(
                     ev, i, self.th, self.sc, self.rows, self.flags, self.n_rows, self.base, self.cap,
                     self.late_ids[: self.n_late], self.layout.start, self.layout.end, self.layout.id, self.layout.off,
-                    self.layout.n, self.private, self.seen_first, self.vclass, self.x86, self.miss_space, self.miss_page,
+                    self.layout.n, self.private, self.anon_vma, self.vclass, self.x86, self.miss_space, self.miss_page,
                     self.n_miss,
                     self.need_seed, self.counters)
                 if st == ST_DONE:
@@ -1059,12 +1109,12 @@ class Builder:
         return int(_ref(op, self.base, self.cap, self.late_ids[: self.n_late]))
 
     def _space(self, s: int) -> O.AddressSpace:
-        return self.spaces.setdefault(self.space_names[s], O.AddressSpace(self.ids))
+        return self.spaces.setdefault(self.space_names[s], O.AddressSpace(self.ids, _StepAnonVmas(self)))
 
     def _ids_fit(self) -> None:
         if self.ids.n >= len(self.private):
             size = max(2 * len(self.private), self.ids.n + 1)
-            for name in ("private", "seen_first", "vclass"):
+            for name in ("private", "anon_vma", "vclass"):
                 a = np.zeros(size, getattr(self, name).dtype)
                 a[: len(getattr(self, name))] = getattr(self, name)
                 setattr(self, name, a)
@@ -1083,13 +1133,18 @@ class Builder:
         self.need_seed[0] = False
         s = int(self.th[t]["space"])
         if s < 0:
-            asp = self.spaces.setdefault(None, O.AddressSpace(self.ids))
+            asp = self.spaces.setdefault(None, O.AddressSpace(self.ids, _StepAnonVmas(self)))
         else:
             asp = self._space(s)
         for lo, hi, perms, anon, name in O.parse_maps(self.maps):
             if O.user_range(lo, hi - lo) is None:  # [vsyscall]: not in the mm's VMA tree
                 continue
-            v = asp.new(lo, hi, perms, anon, name, None)
+            # flags as maps shows them; an anonymous VMA's pgoff taken as its start's page
+            # (maps prints 0 for one: show_map_vma(), fs/proc/task_mmu.c), the stack's unknown
+            # (relocated by setup_arg_pages())
+            flags = O.maps_vm_flags(perms, anon, name)
+            pgoff = lo // O.PAGE if flags is not None and name != "[stack]" else None
+            v = asp.new(lo, hi, perms, anon, name, None, flags=flags, pgoff=pgoff)
             self.rep.seeded_vmas += 1
             self._ids_fit()
             self.private[v.id] = perms.endswith("p")
@@ -1103,7 +1158,7 @@ class Builder:
         kind = O.OP_KINDS[int(FL[F_KIND, k])]
         t = int(R[R_TH, k])
         s = int(self.th[t]["space"])
-        asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids))
+        asp = self._space(s) if s >= 0 else self.spaces.setdefault(None, O.AddressSpace(self.ids, _StepAnonVmas(self)))
         now = _pyint(R[R_END, k], FL[F_END_OK, k])
         if kind == "exit":
             res = O.apply_writer(asp, kind, {}, 0, now, self.rep)

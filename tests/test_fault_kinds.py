@@ -108,7 +108,8 @@ def test_first_try_is_entry_to_the_first_start_locking_of_a_fallback():
             + end(100, 2.000001, A + 0x1000) + lock(100, 2.0000011, "released", False)
             + lock(100, 2.0000020, "start_locking", False)  # after its fault_end: not the fault's
             + pf(100, 2.1, A + 0x2000, 0x4) + end(100, 2.100001, A + 0x2000)  # served under the VMA lock
-            + L(100, 2.2, "exceptions:page_fault_kernel", "address=0x7f0000003000 ip=0xffffffff81000000 error_code=0x2")
+            # (a read: a kernel-mode write would prepare the anon_vma - test_ops.py)
+            + L(100, 2.2, "exceptions:page_fault_kernel", "address=0x7f0000003000 ip=0xffffffff81000000 error_code=0x0")
             + lock(100, 2.2000004, "start_locking", False)  # kernel mode: lock_mmap at once, no first try
             + lock(100, 2.2000006, "acquire_returned", False, success=True) + lock(100, 2.2000009, "released", False)
             + pf(100, 2.3, A, 0x6)  # the VMA's first write fault: vmf_anon_prepare()'s trylock, inside the call
@@ -233,4 +234,6 @@ def test_sample_trace_kinds(sample_ops):
     assert (f.filter(pl.col("observed_fallback"))["first_try_ns"] > 0).all()
     if name == "mprotect-race":  # mprotect's write-locked anonymous window
         fb = f.filter(pl.col("observed_fallback"))
-        assert dict(fb["fault_kind"].value_counts().rows()) == {"anon": 531, "file": 1, "special": 1}
+        # (550 since ops version 10: 19 first write faults in VMAs an mprotect split off, which
+        # inherit their parent's anon_vma, fell back - aborts, not vmf_anon_prepare()'s trylock)
+        assert dict(fb["fault_kind"].value_counts().rows()) == {"anon": 550, "file": 1, "special": 1}

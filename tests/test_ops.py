@@ -5,7 +5,9 @@ import polars as pl
 
 from replay.ingest import scan
 from replay.ingest.text import TextDecoder
-from replay.ops import AddressSpace, IdSource, build_ops, parse_maps
+from replay.ops import AddressSpace, IdSource, build_ops, mmap_vm_flags, parse_maps
+
+RW_ANON = mmap_vm_flags(3, 0x22)  # a private anonymous read-write mmap's flags (VM_ACCOUNT)
 
 MAPS = """# /proc/100/maps at exec of: ./prog
 55550000-55551000 r-xp 00000000 fe:00 1 /usr/bin/prog
@@ -45,7 +47,7 @@ def sc(tid, t0, t1, name, args, ret=0):
 
 def test_address_space_split_and_merge():
     a = AddressSpace(IdSource())
-    v = a.new(0x10000, 0x20000, "rw-p", True)
+    v = a.new(0x10000, 0x20000, "rw-p", True, flags=RW_ANON, pgoff=0x10)
     assert v.id == 1
     locked = a.mprotect(0x14000, 0x16000, "r--p", 5)
     # __split_vma keeps the lower part in the original VMA: [1: 10000-14000][2: 14000-16000][3: 16000-20000]
@@ -60,7 +62,7 @@ def test_address_space_split_and_merge():
     assert [(hex(x.start), hex(x.end)) for x in a.vmas] == [("0x10000", "0x18000"), ("0x19000", "0x20000")]
     assert [x.id for x in locked] == [1]
     # an anonymous mapping right after one with the same protection extends it
-    locked = a.mmap(0x20000, 0x22000, "rw-p", True, "", 8)
+    locked = a.mmap(0x20000, 0x22000, "rw-p", True, "", 8, flags=RW_ANON)
     assert [(hex(x.start), hex(x.end)) for x in a.vmas][-1] == ("0x19000", "0x22000") and len(a.vmas) == 2
     assert a.find(0x21fff).id == a.find(0x19000).id and a.find(0x22000) is None
 
