@@ -281,11 +281,17 @@ def block_at(S, t, when):
     th.blocked = True
     th.blocked_at = when
     release_cpu_at(S, t, when)
-    # spinners on a lock this task owns stop once it is off the CPU (owner->on_cpu): the
-    # OSQ's, and the first waiter spinning with its handoff set (DW_HSPIN, rwsem.py)
+    _locks_owner_off_cpu(S, t, when)
+
+
+@internal
+def _locks_owner_off_cpu(S, t, when):
+    """Spinners on a lock t owns stop once t is off its CPU (owner->on_cpu): the OSQ's, and
+    the first waiter spinning with its handoff set (DW_HSPIN, rwsem.py) - mmap_lock and
+    the VMA rwsem t holds for write."""
     if lock(S, 0).owner == t + 1:
         _owner_off_cpu(S, 0, when)
-    k = th.wlock
+    k = thread(S, t).wlock
     if k > 0 and lock(S, k).owner == t + 1:
         _owner_off_cpu(S, k, when)
 
@@ -395,9 +401,5 @@ def cond_resched(S, t):
     th.blocked_at = now
     rq_push(S, th.cpu, t)
     release_cpu_at(S, t, now)
-    if lock(S, 0).owner == t + 1:
-        _owner_off_cpu(S, 0, now)
-    k = th.wlock
-    if k > 0 and lock(S, k).owner == t + 1:
-        _owner_off_cpu(S, k, now)
+    _locks_owner_off_cpu(S, t, now)
     return True
