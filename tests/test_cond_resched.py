@@ -88,3 +88,18 @@ def _wakeup(back):
     r = Replay("mainline", SLOW, 1, _ops([(1, "fault", 2, 0, None), (2, "mprotect", 1, 50_000, int(3.7 * MS)),
                                           (1, "fault", 1, int(back), None)]))
     return by_op(r.run())
+
+
+def test_a_range_far_beyond_what_is_mapped_is_not_walked_pmd_by_pmd():
+    """A munmap of 2^63 bytes walks only its VMAs' page tables (unmap_single_vma() clamps
+    to each VMA; zap_pud_range() skips empty PUDs): its cond_resched() points are bounded
+    by its recorded time (load.PMD_STEP_MIN_NS a PMD at least), not counted from the range
+    in the trillions - which hung the fuzzed trace test_odd_inputs' munmap-len case."""
+    import numpy as np
+
+    from replay.engine import load as L
+
+    pts = L._resched_points(["munmap", "mprotect", "mprotect"], [0x7f0000000000, 0x7f0000000000, None],
+                            [0x7ffffffffffff000, 4 << 20, 4096], np.array([5_000, 1_000_000, 1_000]),
+                            np.array([0, 0, 0]))
+    assert list(pts) == [5_000 // L.PMD_STEP_MIN_NS, 2, 0]  # bounded; 4 MiB from a PMD boundary: 2; no range: none

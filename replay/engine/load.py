@@ -18,7 +18,7 @@ from .coherence import RX_KINDS, RX_NAMES
 from .isa import OUTCOMES, encode
 from .loop import F_END_KNOWN, F_PROG, F_START_KNOWN, run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
-from .micro import PMD_SHIFT
+from .micro import DEFAULT_WRITER_NS, PMD_SHIFT
 from .sched import ERR_DEADLOCK, TICK_NS, base_slice_ns
 from .source import OpsSource, trim_heap
 from .faultpath import Plan
@@ -74,7 +74,16 @@ def fault_kinds(src, c) -> np.ndarray:
 WALKS = {"mprotect": False, "mremap": False, "munmap": True, "brk": True}
 
 
-def _resched_points(kinds, addresses, lengths, hold_read) -> np.ndarray:
+# est.: the least a page-table walk spends per PMD entry - an empty entry's pmd_none()
+# test and cond_resched()'s need-resched test, a few instructions - so a walk that the
+# trace shows taking h ns passed at most h / PMD_STEP_MIN_NS cond_resched() points.  It
+# bounds ranges far larger than what is mapped in them (a munmap of 2^63 bytes walks only
+# its VMAs' page tables: unmap_single_vma() clamps to each VMA, zap_pud_range() skips
+# empty PUDs), which the range alone would count in the trillions.
+PMD_STEP_MIN_NS = 2
+
+
+def _resched_points(kinds, addresses, lengths, hold, hold_read) -> np.ndarray:
     """Per writer, the cond_resched() points in the WORK that walks its range's page tables:
     one per PMD the range [address, address + length) spans - mm/mprotect.c (6.18)
     change_pmd_range(): ``next: cond_resched();`` per PMD, under change_protection() from
@@ -90,7 +99,10 @@ def _resched_points(kinds, addresses, lengths, hold_read) -> np.ndarray:
         if kd not in WALKS or a is None or n is None or n <= 0 or a < 0:
             continue
         pts = ((a + n - 1) >> PMD_SHIFT) - (a >> PMD_SHIFT) + 1
-        out[i] = -pts if WALKS[kd] and hold_read[i] > 0 else pts
+        after = WALKS[kd] and hold_read[i] > 0
+        h = hold_read[i] if after else (hold[i] if hold[i] > 0 else DEFAULT_WRITER_NS)  # micro.h_work()'s
+        pts = max(1, min(pts, int(h // PMD_STEP_MIN_NS)))
+        out[i] = -pts if after else pts
     return out
 
 
@@ -272,7 +284,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     # writers (every non-fault op): few, read whole
     w = src.writers(lambda df: df.select(
         "_j", kind.alias("kind"), c("hold_ns"), c("read_hold_ns"), c("advice"), c("vma_id"),
-        c("address", pl.UInt64).cast(pl.Int64), c("length"),
+        c("address", pl.UInt64).cast(pl.Int64, strict=False), c("length"),  # above 2^63: no user range (null)
         *(c(k, pl.List(pl.Int64)).cast(pl.List(pl.Int64)) for k in
                                                  ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor",
                                                   "range_vmas", "range_start", "range_end", "vmas_parent"))))
@@ -320,7 +332,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     hold = w["hold_ns"].fill_null(0).to_numpy().astype(np.int64)
     hold_read = w["read_hold_ns"].fill_null(0).to_numpy().astype(np.int64)  # after mmap_write_downgrade()
     w_advice = w["advice"].fill_null(-1).to_numpy().astype(np.int64)
-    w_resched = _resched_points(w_kind, w["address"].to_list(), w["length"].to_list(), hold_read)
+    w_resched = _resched_points(w_kind, w["address"].to_list(), w["length"].to_list(), hold, hold_read)
     w_addr = w["address"].fill_null(-1).to_numpy().astype(np.int64)
     w_len = w["length"].fill_null(0).to_numpy().astype(np.int64)
     w_vma = np.asarray([index.get(int(x), -1) if x is not None else -1 for x in w["vma_id"].to_list()], np.int64)
