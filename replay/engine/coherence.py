@@ -150,6 +150,21 @@ def _add_sharer(S, n, c):
     sharers(S)[n * k.sharer_stride + cpu(S, c).socket] += 1
 
 
+@internal(inline=True)
+def _rfo_cost(S, n, c, has, own, others):
+    """What a request for ownership of line n by CPU c costs, before the access itself:
+    the hand-off from its owner, else invalidating the other sharers (an upgrade of a
+    held copy half that), else a fetch from the LLC."""
+    k = cfg(S, 0)
+    if own >= 0 and own != c:
+        return handoff(S)[own * k.ncpu + c]
+    if others > 0:
+        far = line(S, n).nsharers - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
+        inval = k.cross_socket_handoff if far else k.socket_read_exclusive
+        return inval if not has else inval / 2
+    return k.llc_hit
+
+
 @internal
 def coh_write(S, n, c, now, atomic, changes):
     """A store (atomic False) or an atomic RMW - xadd, cmpxchg - by CPU c: exclusive
@@ -166,14 +181,7 @@ def coh_write(S, n, c, now, atomic, changes):
         cost = base  # already exclusive here: the sharer set stays {c}
     else:
         others = nsh - (1 if has else 0)
-        if own >= 0 and own != c:
-            cost = handoff(S)[own * k.ncpu + c] + base
-        elif others > 0:
-            far = nsh - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
-            inval = k.cross_socket_handoff if far else k.socket_read_exclusive
-            cost = (inval if not has else inval / 2) + base
-        else:
-            cost = k.llc_hit + base
+        cost = _rfo_cost(S, n, c, has, own, others) + base
         if not has or (own != -1 and own != c):
             ln.transfers += 1
             _received(S, n, c, _load_kind(S, n, c) if atomic else RX_STORE)
@@ -231,14 +239,7 @@ def coh_prefetchw(S, n, c, now):
         return False, max(now, ln.busy_until)
     start = max(now, ln.busy_until)
     others = nsh - (1 if has else 0)
-    if own >= 0 and own != c:
-        cost = handoff(S)[own * k.ncpu + c]
-    elif others > 0:
-        far = nsh - sharers(S)[n * k.sharer_stride + cpu(S, c).socket] > 0
-        inval = k.cross_socket_handoff if far else k.socket_read_exclusive
-        cost = inval if not has else inval / 2
-    else:
-        cost = k.llc_hit
+    cost = _rfo_cost(S, n, c, has, own, others)
     moved = not has or (own != -1 and own != c)
     if moved:
         ln.transfers += 1
