@@ -76,7 +76,8 @@ from ..jit import internal
 
 from .coherence import coh_write
 from .sched import at
-from .state import (cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_addr, op_fkind, op_service, ptl, ptl_hash,
+from .narrow import op_address
+from .state import (cfg, fp_hold_b, fp_hold_ns, fp_lines, fpcpu, glob, op_arg, op_fkind, op_service, ptl, ptl_hash,
                     res, thread)
 from .variation import fault_service
 from .waits import H_SPIN, M_NONE, W_PTL, W_RES, record
@@ -177,7 +178,7 @@ def ptl_of(S, t, j):
     first time a fault there takes it.  A fault with no address takes its thread's own
     (key -(t + 1)): it shares a PTE page with no other thread."""
     k = cfg(S, 0)
-    a = op_addr(S)[j]
+    a = op_address(S, j, op_arg(S)[j])  # j is a fault: op_arg its VMA index
     key = a >> 21 if a >= 0 else -(t + 1)
     mask = k.fp_ptl_mask
     b = (key * _PTL_MIX) & mask

@@ -1,8 +1,9 @@
 """Loading one mm's ops into the engine's state, and reading results and statistics
 back out.
 
-Columns are read one at a time and kept in compact arrays (about 25 bytes an op), so a
-large trace on Parquet never sits in memory whole; the per-VMA, per-thread and
+Columns are read one at a time and kept in compact arrays (24 bytes an op for v8 with
+the fault path; think times and addresses in 4 bytes each, narrow.py), so a large
+trace on Parquet never sits in memory whole; the per-VMA, per-thread and
 per-writer tables are small.  Cache lines get dense ids: the mm_struct's page, then the
 VMA slab, then the vma_lock slab, each region an even number of lines so ``line ^ 1``
 is still the 128-byte buddy.
@@ -20,6 +21,7 @@ from .loop import F_END_KNOWN, F_PROG, F_START_KNOWN, run_chunk, start
 from .variation import BARRIER_WAKE_NS, SERVICE_CONSTANT, SERVICE_LOGNORMAL, SERVICE_SAMPLES
 from .micro import DEFAULT_WRITER_NS, PMD_SHIFT
 from .sched import ERR_DEADLOCK, TICK_NS, base_slice_ns
+from . import narrow
 from .source import OpsSource, trim_heap
 from .faultpath import Plan
 from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
@@ -158,14 +160,15 @@ def _densify(a, uniq):
         c[:] = np.where(c >= 0, np.searchsorted(uniq, c), -1)
 
 
-def _ptl_regions(op_addr, is_fault, nt: int) -> int:
+def _ptl_regions(addr, op_arg, is_fault, nt: int) -> int:
     """How many PTL records the faults need: one per distinct 2 MiB region (address >>
     21) of a fault with an address, and one a thread if any fault has none - counted a
     chunk at a time, so no copy of every fault's address is made."""
     regions = np.zeros(0, np.int64)
     unknown = False
-    for s in range(0, op_addr.shape[0], _CHUNK):
-        fa = op_addr[s:s + _CHUNK][is_fault[s:s + _CHUNK]]
+    for s in range(0, is_fault.shape[0], _CHUNK):
+        e = min(s + _CHUNK, is_fault.shape[0])
+        fa = narrow.addresses(addr, op_arg, is_fault, s, e)[is_fault[s:e]]
         unknown = unknown or bool((fa < 0).any())
         regions = np.union1d(regions, fa[fa >= 0] >> 21)
     return len(regions) + (nt if unknown else 0)
@@ -203,7 +206,7 @@ def _longest_instant_run(order, starts, instant):
 
 
 @njit(cache=True)
-def _range_deps(n, us_ops, us_p, op_addr, h_p, h_w, h_row, h_start, h_end):
+def _range_deps(n, us_ops, us_p, A, h_p, h_w, h_row, h_start, h_end):
     """Per op, the writer whose range change a fault needs before it may start (-1: none):
     for a fault on VMA v at address a, in the trace's run of v's ranges up to the fault
     that all cover a, the writer that began it - a growth or a merge that mapped a (a
@@ -212,7 +215,7 @@ def _range_deps(n, us_ops, us_p, op_addr, h_p, h_w, h_row, h_start, h_end):
     writer is not known).  A fault whose VMA no longer covers its address at the last
     change before it ran inside that writer's syscall (the tracker shows it the old
     layout): it depends on nothing, and races the writer as it did."""
-    dep = np.full(n, -1, np.int32)
+    dep = np.full(1, -1, np.int32)  # [1] while no fault has one (most traces: no 4-byte array of -1s)
     for v in range(us_p.shape[0] - 1):
         lo, hi = h_p[v], h_p[v + 1]
         if hi - lo < 2:
@@ -222,13 +225,15 @@ def _range_deps(n, us_ops, us_p, op_addr, h_p, h_w, h_row, h_start, h_end):
             j = us_ops[q]
             while k + 1 < hi and h_row[k + 1] < j:
                 k += 1
-            a = op_addr[j]
+            a = narrow.addr_at(A, j, v)  # j: a fault on VMA v
             if k < lo or a < 0 or not (h_start[k] <= a < h_end[k]):
                 continue
             b = k
             while b - 1 >= lo and h_start[b - 1] <= a < h_end[b - 1]:
                 b -= 1
             if b > lo:
+                if dep.shape[0] != n:
+                    dep = np.full(n, -1, np.int32)
                 dep[j] = h_w[b]
     return dep
 
@@ -244,8 +249,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
          fault_service_ns=None, chunk: int = RESULT_CHUNK, seed: int = 0, release: str | None = None):
     """Build the state for one mm's ops: a polars DataFrame or LazyFrame in op_id order
     with the ops schema's columns.  Columns are read one at a time and kept in compact
-    arrays (about 25 bytes an op), so a large trace on Parquet never sits in memory
-    whole.  Returns ((I, F, P), meta)."""
+    arrays (24 bytes an op for v8 with the fault path), so a large trace on Parquet
+    never sits in memory whole.  Returns ((I, F, P), meta)."""
     import polars as pl
 
     lay = model.layout
@@ -271,8 +276,8 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     if known is not None and not known[0]:
         raise ValueError("ops must be in op_id order")
     # the per-op arrays in an order that keeps the fewest alive at once (a 50 M-op load
-    # peaks at its kept arrays, ~32 bytes an op, not at their temporaries): the small
-    # ones first, the two 8-byte columns (think_ns, address) last
+    # peaks at its kept arrays, 24 bytes an op, not at their temporaries): the small
+    # ones first, the two that narrow.py packs from 8 bytes (address, think_ns) last
     op_prog += 1
     flags = op_prog.astype(np.int16)  # program + 1 in the F_PROG bits; then whether the start and end are known
     del op_prog
@@ -389,22 +394,19 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     del tix
 
     # lock_vma_under_rcu(mm, address)'s address (micro.h_check_range), where a program checks one
-    op_addr = np.full(1, -1, np.int64)
+    addr = narrow.no_addresses(0)
     has_addr = bool(prm.vma_lock) and "address" in src.names
     # the fault path runs where the service comes from the profile (engine.service_for);
     # a trace's own times, a number given, or no Service (tests: one number) run none.
     # Its PTE locks are per 2 MiB of address: it reads every fault's address too.
     fp_run = machine.fault_path is not None and str(getattr(fault_service_ns, "source", "")).startswith("profile")
     if has_addr or (fp_run and "address" in src.names):
-        op_addr = src.column("address", np.int64, 0)
-        known_addr = src.notnull("address")
-        op_addr[np.logical_not(known_addr, out=known_addr)] = -1
-        del known_addr
+        addr = narrow.read_addresses(src, op_arg, is_fault)  # 4 bytes an op (narrow.py)
     elif fp_run:
-        op_addr = np.full(n, -1, np.int64)
+        addr = narrow.no_addresses(n)
     ptl_cap = 0
     if fp_run:  # a PTL record for each 2 MiB region a fault touches, and one a thread for faults with no address
-        ptl_cap = _ptl_regions(op_addr, is_fault, nt)
+        ptl_cap = _ptl_regions(addr, op_arg, is_fault, nt)
     if open_loop:
         starts = src.frame(["start_ns"], lambda df: df.select(c("start_ns").min()))
         t0 = starts["start_ns"].min() if starts is not None else None
@@ -459,13 +461,15 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         wr = np.repeat(np.arange(len(w_rng_p) - 1), np.diff(w_rng_p))
         h_p = np.zeros(nv + 1, np.int64)
         np.cumsum(np.bincount(w_rng_vid, minlength=nv), out=h_p[1:])
-        op_dep = _range_deps(n, us_ops, us_p, op_addr, h_p, wr[order], nf_idx[wr[order]], w_rng_start[order],
-                             w_rng_end[order])
+        op_dep = _range_deps(n, us_ops, us_p, narrow.addr_tuple(addr), h_p, wr[order], nf_idx[wr[order]],
+                             w_rng_start[order], w_rng_end[order])
     k["has_dep"] = int(len(op_dep) == n and bool((op_dep >= 0).any()))
     if not k["has_dep"]:  # no fault waits for a writer: the loop never reads op_dep (4 bytes an op saved)
         op_dep = np.full(1, -1, np.int32)
     trim_heap()  # before the last big column: what the ones before it freed, back to the OS
-    think = src.column("think_ns", np.float64)
+    think, think_xj, think_xv = narrow.read_think(src)  # 4 bytes an op (narrow.py)
+    k["nthink_x"] = len(think_xj)
+    k["addr_wide"], k["addr_seg"], k["naddr_x"] = addr["addr_wide"], addr["addr_seg"], addr["naddr_x"]
     k["has_op_cpu"] = int(len(op_cpu) == n and n > 0)
     k["wake_last"] = int(prm.wake == "last")
     k["writer_ref"] = prm.writer_ref
@@ -551,10 +555,11 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
         vid_order=np.zeros(nv, np.int64),
         w_hold=hold, w_hold_read=hold_read, w_resched=w_resched, w_addr=w_addr, w_len=w_len, w_ids_p=w_ids_p, w_ids=w_ids, w_freed_p=w_freed_p, w_freed=w_freed, w_succ=w_succ,
         w_created_p=w_created_p, w_created=w_created, w_parent=w_parent, w_gate_p=w_gate_p, w_gate=w_gate,
-        w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end, op_addr=op_addr,
+        w_rng_p=w_rng_p, w_rng_vid=w_rng_vid, w_rng_start=w_rng_start, w_rng_end=w_rng_end,
+        **{a: addr[a] for a in ("op_addr", "op_addr_seg", "addr_base", "addr_xj", "addr_xv", "op_addr_wide")},
         op_dep=op_dep, op_cpu=op_cpu, w_done=np.zeros(max(len(nf_idx), 1), np.int64),
         us_p=us_p, us_ops=us_ops, th_ops_p=th_p, th_order=th_order,
-        op_flags=flags, op_arg=op_arg, op_think=think, op_start=op_rel_start,
+        op_flags=flags, op_arg=op_arg, op_think=think, think_xj=think_xj, think_xv=think_xv, op_start=op_rel_start,
         service_samples=samples if samples is not None and len(samples) else np.zeros(1),
         op_service=op_service, op_fkind=op_fkind, w_advice=w_advice, w_vma=w_vma,
         op_retry=op_retry, retry_ops=retry_ops if len(retry_ops) else np.full(1, -1, np.int64),

@@ -23,7 +23,8 @@ from ..jit import internal
 from ._dispatch import dispatch
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, take, wake
-from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_cpu, op_dep, op_flags, op_start, op_think,
+from .narrow import op_address, op_think_ns
+from .state import (cfg, cpu, glob, heap, insn, op_arg, op_cpu, op_dep, op_flags, op_start,
                     open_state, out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
                     waiting_writers)
 from .variation import start_offset
@@ -138,7 +139,7 @@ def _next_op(S, t):
     fault = prog == PROG_FAULT or prog == PROG_KERNEL_FAULT
     th.vma = op_arg(S)[j] if fault else -1
     th.w = -1 if fault else op_arg(S)[j]
-    th.addr = op_addr(S)[j] if cfg(S, 0).has_addr else -1
+    th.addr = op_address(S, j, th.vma) if cfg(S, 0).has_addr else -1
     if prog == PROG_MADVISE:  # lock_vma_under_rcu(mm, range.start): the VMA there
         th.vma = w_vma(S)[th.w]
     th.pc = 0
@@ -179,7 +180,7 @@ def _next_op(S, t):
     if cfg(S, 0).open_loop and (f & F_START_KNOWN):
         think = op_start(S)[j] - glob(S, 0).now
     else:
-        think = op_think(S)[j] - th.prev_unknown
+        think = op_think_ns(S, j) - th.prev_unknown
     if i == 0 and not cfg(S, 0).open_loop:  # its first op: it leaves the start barrier (variation.py);
         think += start_offset(S, t)  # open loop keeps the recorded start instead
     th.think = max(0.0, think)

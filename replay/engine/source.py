@@ -91,19 +91,38 @@ class OpsSource:
         file this goes pyarrow -> numpy a batch at a time, without polars."""
         if self.path is None or self.mm is not None or name not in self.names:
             return self.col(self.expr(name).fill_null(fill), dtype)
-        import pyarrow.compute as pc
-
         out = np.empty(self.n, dtype)
-        pos = 0
-        for b in self.pf.iter_batches(batch_size=self.BATCH, columns=[name], use_threads=True):
-            a = b.column(0)
-            if a.null_count:
-                a = pc.fill_null(a, fill)
-            v = a.to_numpy(zero_copy_only=False)
+        for pos, v, _ in self.column_chunks(name, fill, valid=False):
             out[pos:pos + len(v)] = v
-            pos += len(v)
         trim_heap()  # the decoded batches' buffers: glibc keeps them otherwise (~100 MB a column at 50 M ops)
         return out
+
+    def column_chunks(self, name: str, fill=0, valid: bool = True):
+        """One plain column a batch at a time: (its first op's index, its values with
+        nulls as ``fill`` - numpy, the column's own type -, which are not null or None
+        where all are), for whoever packs the values narrower than the column
+        (narrow.py).  From a file: pyarrow -> numpy, without polars."""
+        if name not in self.names:
+            if self.n:
+                yield 0, np.full(self.n, fill), None
+            return
+        if self.path is None or self.mm is not None:
+            pos = 0
+            for df in self.batches([name]):
+                c = df[name]
+                ok = c.is_not_null().to_numpy() if valid and c.null_count() else None
+                v = c.fill_null(fill).to_numpy()
+                yield pos, v, ok
+                pos += len(v)
+            return
+        import pyarrow.compute as pc
+
+        for pos, b in self._file_batches([name]):
+            a = b.column(0)
+            ok = a.is_valid().to_numpy(zero_copy_only=False) if valid and a.null_count else None
+            if a.null_count:
+                a = pc.fill_null(a, fill)
+            yield pos, a.to_numpy(zero_copy_only=False), ok
 
     def notnull(self, name: str) -> np.ndarray:
         if self.path is None or self.mm is not None or name not in self.names:

@@ -85,6 +85,8 @@ CONFIG = _rec(
     ("lvur_anon_vma",), ("vmf_anon",),
     ("wait_cap",),  # waits.py: the WAIT buffer's size (wait_chunk and room for one step's records)
     ("has_addr",),  # op_addr holds every op's address (a model whose faults take the VMA lock)
+    # narrow.py: the ops kept aside from op_think and op_addr, and whether op_addr_wide holds the addresses
+    ("nthink_x",), ("naddr_x",), ("addr_wide",), ("addr_seg",),
     ("has_dep",),  # op_dep holds every op's range dependency (load._range_deps)
     ("has_op_cpu",),  # op_cpu holds every op's CPU (as-recorded placement: loop._step migrates by it)
     # sched.py: EEVDF's request (sysctl_sched_base_slice) and the scheduler tick (TICK_NSEC), ns
@@ -200,8 +202,14 @@ ARRAYS = {
     "us_p": i8, "us_ops": np.int32,  # faults per VMA id in op order (CSR)
     "th_ops_p": i8, "th_order": np.int32,  # each thread's ops (CSR)
     # per op: bits 0-2 program + 1, 3 start known, 4 end known, 5 started (loop.F_*); its VMA id or writer index
-    "op_flags": np.int16, "op_arg": np.int32, "op_think": f8, "op_start": f8,
-    "op_addr": i8,  # per op: its address (ops address), -1 unknown; [1] where no program checks one
+    "op_flags": np.int16, "op_arg": np.int32, "op_start": f8,
+    # per op, 4 bytes each (narrow.py: decoded by op_think_ns(), op_address()): its think
+    # time (ops think_ns), those that do not fit in think_xj/think_xv; its address (ops
+    # address) less its VMA's addr_base (the low 32 bits; the rest in op_addr_seg where
+    # cfg.addr_seg), those that do not fit in addr_xj/addr_xv, or all in op_addr_wide
+    # (cfg.addr_wide); [1] where no program reads one
+    "op_think": np.int32, "think_xj": i8, "think_xv": f8,
+    "op_addr": np.uint32, "op_addr_seg": np.uint8, "addr_base": i8, "addr_xj": i8, "addr_xv": i8, "op_addr_wide": i8,
     "op_dep": np.int32,  # per op: the writer whose range a fault waits for (load._range_deps), -1 none
     "op_cpu": np.int16,  # per op: the CPU it runs on (ops cpu), -1 its thread's current one; [1] unless as-recorded
     "w_done": i8,  # per writer: 1 once its commit (vma.vma_commit) has set its ranges
@@ -348,7 +356,12 @@ w_rng_p = _array_accessor("w_rng_p", i8)
 w_rng_vid = _array_accessor("w_rng_vid", i8)
 w_rng_start = _array_accessor("w_rng_start", i8)
 w_rng_end = _array_accessor("w_rng_end", i8)
-op_addr = _array_accessor("op_addr", i8)
+op_addr = _array_accessor("op_addr", np.uint32)
+op_addr_seg = _array_accessor("op_addr_seg", np.uint8)
+addr_base = _array_accessor("addr_base", i8)
+addr_xj = _array_accessor("addr_xj", i8)
+addr_xv = _array_accessor("addr_xv", i8)
+op_addr_wide = _array_accessor("op_addr_wide", i8)
 op_dep = _array_accessor("op_dep", np.int32)
 op_cpu = _array_accessor("op_cpu", np.int16)
 w_done = _array_accessor("w_done", i8)
@@ -358,7 +371,9 @@ th_ops_p = _array_accessor("th_ops_p", i8)
 th_order = _array_accessor("th_order", np.int32)
 op_flags = _array_accessor("op_flags", np.int16)
 op_arg = _array_accessor("op_arg", np.int32)
-op_think = _array_accessor("op_think", f8)
+op_think = _array_accessor("op_think", np.int32)
+think_xj = _array_accessor("think_xj", i8)
+think_xv = _array_accessor("think_xv", f8)
 op_start = _array_accessor("op_start", f8)
 service_samples = _array_accessor("service_samples", f8)
 op_service = _array_accessor("op_service", f8)
