@@ -761,25 +761,26 @@ class Survey:
                 return
             last_seq = int(seq[-1]) if n else last_seq
             ts_col, tid_col, pid_col, mm_col = (b.column(c) for c in ("ts_ns", "tid", "pid", "mm"))
-            ts_ok = _ok(ts_col)
-            ts = _np(ts_col, 0, np.int64)
-            tid = _np(tid_col, -1, np.int64)
+            ones = np.ones(n, np.bool_)
+            ts, ts_ok = _np_ok(ts_col, 0, np.int64, ones)
+            tid, tid_ok = _np_ok(tid_col, -1, np.int64, ones)
             # as TimeOrder.feed_table: rows without a timestamp are skipped
             sel = (lambda x: x) if ts_ok.all() else (lambda x: x[ts_ok])
             if n:
                 self.order.feed(sel(seq), sel(ts), sel(_np(b.column("cpu"), -1, np.int64)), sel(tid))
             code = _codes(b.column("event"))
-            addr = b.column("address")
+            addr, addr_ok = _np_ok(b.column("address"), 0, np.uint64, ones)
             fault = (code == PF_USER) | (code == PF_KERNEL)
-            out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+            out = fault & addr_ok & (addr >= np.uint64(O.TASK_SIZE_MAX))
             self.outside += int(out.sum())
             keep = ~out
-            thread = np.where(_ok(tid_col), tid, NO_TID)
+            thread = np.where(tid_ok, tid, NO_TID)
             tids.add(thread, np.zeros(n, np.int64), keep, row0)
-            pid = _np(pid_col, 0, np.int64)
-            pids.add(thread, pid, keep & _ok(pid_col) & (pid > 0), row0)
+            pid, pid_ok = _np_ok(pid_col, 0, np.int64, ones)
+            pids.add(thread, pid, keep & pid_ok & (pid > 0), row0)
             lock = (code >= LOCK_START) & (code <= LOCK_REL)
-            mms.add(thread, _np(mm_col, 0, np.uint64).view(np.int64), keep & lock & _ok(mm_col), row0)
+            mm, mm_ok = _np_ok(mm_col, 0, np.uint64, ones)
+            mms.add(thread, mm.view(np.int64), keep & lock & mm_ok, row0)
             row0 += n
             # the events pass 2 steps through, for the time-order merge
             rel = keep & (code <= RELEVANT)
@@ -1073,9 +1074,9 @@ class Builder:
     # -- the stepping loop --
     def _keep(self, b: pa.RecordBatch) -> np.ndarray:
         code = _codes(b.column("event"))
-        addr = b.column("address")
+        addr, addr_ok = _np_ok(b.column("address"), 0, np.uint64, np.ones(b.num_rows, np.bool_))
         fault = (code == PF_USER) | (code == PF_KERNEL)
-        out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+        out = fault & addr_ok & (addr >= np.uint64(O.TASK_SIZE_MAX))
         return ~out & (code <= RELEVANT)
 
     def _batch(self, t: pa.Table) -> Ev:
