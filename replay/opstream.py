@@ -28,11 +28,14 @@ order); this module makes ops that way from a trace of any size without holding 
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
   Either way the row groups from the first such one on go to an Arrow IPC spill
-  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``), and at the end through
+  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``; their writers' rows, if
+  any, to a second one, ``SPILL_WRITERS_SCHEMA``), and at the end through
   a second pass (``_Patch``) that puts the final values in place before their tables are
   made and appended to the ops file; the row groups before it
   are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
-  are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
+  are built and written on a thread of their own (``_Behind``), overlapping the step (in
+  the second pass the tables are made on the step's thread, the writer thread encoding
+  the one before).  The files are written
   into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
