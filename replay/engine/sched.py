@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from ..jit import internal
 
-from .state import cfg, cpu, glob, heap, lock, thread
+from .state import cfg, cpu, glob, heap, line, lock, thread
 from .waits import slept
 
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
@@ -92,6 +92,14 @@ def _sift_down(S, i, n):
             return
 
 
+@internal(inline=True)
+def current(S, t, tok):
+    """Whether a heap entry for t with token tok is still current: t < nthreads is a thread,
+    t - nthreads a line's arbiter (coherence.arbitrate(), at_line())."""
+    n = cfg(S, 0).nthreads
+    return tok == (thread(S, t).token if t < n else line(S, t - n).arb_tok)
+
+
 @internal
 def _compact_heap(S):
     """Drop entries whose token is stale (never popped as current anyway); re-heapify."""
@@ -99,7 +107,7 @@ def _compact_heap(S):
     k = 0
     for i in range(g.heap_n):
         e = heap(S, i)
-        if e.token == thread(S, e.t).token:
+        if current(S, e.t, e.token):
             d = heap(S, k)
             d.when, d.seq, d.t, d.token = e.when, e.seq, e.t, e.token
             k += 1
@@ -109,18 +117,15 @@ def _compact_heap(S):
 
 
 @internal(inline=True)
-def at(S, when, t):
-    """Schedule thread t's next step at ``when`` (superseding any it had)."""
+def _push(S, when, t, token):
     g = glob(S, 0)
     g.seq += 1
-    th = thread(S, t)
-    th.token += 1
     if g.heap_n == cfg(S, 0).heap_cap:
         _compact_heap(S)
     i = g.heap_n
     g.heap_n = i + 1
     e = heap(S, i)
-    e.when, e.seq, e.t, e.token = when, g.seq, t, th.token
+    e.when, e.seq, e.t, e.token = when, g.seq, t, token
     while i > 0:
         p = (i - 1) // 2
         if _less(S, i, p):
@@ -128,6 +133,23 @@ def at(S, when, t):
             i = p
         else:
             break
+
+
+@internal(inline=True)
+def at(S, when, t):
+    """Schedule thread t's next step at ``when`` (superseding any it had)."""
+    th = thread(S, t)
+    th.token += 1
+    _push(S, when, t, th.token)
+
+
+@internal(inline=True)
+def at_line(S, when, n):
+    """Schedule line n's arbiter at ``when`` (superseding any it had): coherence.arbitrate()."""
+    ln = line(S, n)
+    ln.arb_tok += 1
+    ln.arb_when = when
+    _push(S, when, cfg(S, 0).nthreads + n, ln.arb_tok)
 
 
 @internal(inline=True)

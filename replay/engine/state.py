@@ -52,6 +52,7 @@ GLOBALS = _rec(
     ("err",), ("nvorder",), ("chunk",),
     ("nwait",), ("wait_chunk",),  # waits.py: records in the buffer; run_chunk() stops at wait_chunk of them
     ("nptl",),  # faultpath.py: the PTE pages whose lock has been taken so far (PTL records in use)
+    ("lq_free",),  # coherence.py: the first free request record (lq_next chains them), -1 none
 )
 CONFIG = _rec(
     ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
@@ -108,6 +109,10 @@ THREAD = _rec(
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
     ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
     ("pf_line",), ("pf_until", f8),  # its last prefetchw's line and when that fill lands (coherence.py)
+    # coherence.py: its prefetchw still queued at the line (pf_until unknown); its stores whose
+    # request is still queued, and the line of the last; what its access waits for (LQ_*), on
+    # which line, issued when
+    ("pf_pending",), ("sb_pending",), ("sb_line",), ("lq_state",), ("lq_line",), ("lq_since", f8),
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
@@ -148,7 +153,11 @@ LOCK = _rec(
     ("wait_lock_line",), ("wait_lock_until", f8),
     ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
-LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
+# coherence.py: the requests waiting for the line (a list of request records: q_head .. q_tail,
+# q_n of them), its arbiter's event (arb_tok, arb_when: -1 none), the thread granted the line
+# whose access has not run yet (-1 none), and the CPU the last request served was from
+LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8),
+            ("q_head",), ("q_tail",), ("q_n",), ("arb_tok",), ("arb_when", f8), ("reserved",), ("last_cpu",))
 # vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
 # before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
 # anon_vma: whether vma->anon_vma is set (retry.py: lock_vma_under_rcu() up to 6.9, vmf_anon_prepare())
@@ -156,7 +165,9 @@ VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached
                ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
-CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",),
+# llc: its last-level cache's domain (socket, or CCD/CCX where a socket has several L3s):
+# the line's arbiter serves its own domain's requests first (coherence.arbitrate())
+CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",), ("llc",),
            ("rq_since", f8))  # when its run queue last went from empty to not (sched.rq_push)
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
@@ -222,6 +233,9 @@ ARRAYS = {
     # per writer: the cond_resched() points in its WORK - one per PMD its range spans (load._resched_points)
     "w_resched": i8,
     "w_addr": i8, "w_len": i8,  # per writer: its range (ops address, length; -1 / 0 unknown)
+    # coherence.py: request records - the thread, what it asks for (coherence.RQ_*), the next
+    # in its line's queue (or in the free list); three a thread (an access, a prefetch, a store)
+    "lq_t": i8, "lq_kind": i8, "lq_next": i8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -373,6 +387,9 @@ ptl_hash = _array_accessor("ptl_hash", i8)
 line_cpu = _array_accessor("line_cpu", i8)
 w_advice = _array_accessor("w_advice", i8)
 w_vma = _array_accessor("w_vma", i8)
+lq_t = _array_accessor("lq_t", i8)
+lq_kind = _array_accessor("lq_kind", i8)
+lq_next = _array_accessor("lq_next", i8)
 
 
 class State:
