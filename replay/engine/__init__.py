@@ -212,7 +212,15 @@ MIN_SERVICE_SAMPLES = 20
 #     the call's VMAs in its range locked one at a time in address order, each followed by
 #     its share of the hold by bytes in the range (est.), a merge's neighbours with the
 #     first / last (micro.h_vma_start_write_next(), Op.VMA_START_WRITE_NEXT)
-REFERENCE_VERSION = 31
+# 32: EEVDF's eligibility and lag (sched.py; kernel/sched/fair.c, 6.18, nice-0): each thread's
+#     vruntime, deadline, vprot and vlag, each CPU's cfs_rq sums and avg_vruntime(); a woken
+#     thread placed by place_entity() with its lag (PLACE_LAG); a sleeper that is not eligible
+#     stays queued, delayed (DELAY_DEQUEUE, DELAY_ZERO); a wake-up preempts only when
+#     pick_eevdf() picks the wakee (check_preempt_wakeup_fair()), passing over a current task
+#     that is not eligible even inside its request; cond_resched() with TIF_NEED_RESCHED set
+#     yields only if pick_eevdf() picks another; the next thread to run is pick_eevdf()'s, not
+#     the run queue's first
+REFERENCE_VERSION = 32
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
