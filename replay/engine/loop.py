@@ -24,7 +24,7 @@ from ._dispatch import dispatch
 from .coherence import LQ_GRANTED, LQ_READY, arbitrate, stalled, still_waiting
 from .coherence import abandon as abandon_access
 from .rwsem import DR_NONE, TRY_NONE
-from .sched import DW_NONE, ERR_DEADLOCK, at, block, current, pop, release_cpu, rq_push, runnable, take, wake
+from .sched import DW_NONE, ERR_DEADLOCK, at, block, current, pop, release_cpu, rq_push, run_idle, runnable, wake
 from .state import (cfg, cpu, glob, heap, insn, op_addr, op_arg, op_cpu, op_dep, op_flags, op_start, op_think,
                     open_state, out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
                     waiting_writers)
@@ -284,8 +284,7 @@ def _step(S, t):
         if q.busy >= 0 and q.busy != t:
             rq_push(S, c, t)
             return
-        q.busy = t
-        take(S, t, g.now)
+        run_idle(S, c, t, g.now)
     while True:
         if not th.rec or th.finished:
             moved = False
@@ -316,8 +315,7 @@ def _step(S, t):
                 if q.busy >= 0:
                     rq_push(S, c, t)
                     return
-                q.busy = t
-                take(S, t, g.now)
+                run_idle(S, c, t, g.now)
         if np.isnan(th.start):
             if not _gate(S, t):
                 return
@@ -356,7 +354,7 @@ def start(Sarr):
     for t in range(cfg(S, 0).nthreads):
         c = thread(S, t).cpu
         if cpu(S, c).busy < 0:
-            cpu(S, c).busy = t
+            run_idle(S, c, t, 0.0)
             at(S, 0.0, t)
         else:
             rq_push(S, c, t)

@@ -133,11 +133,14 @@ THREAD = _rec(
     # next spinner in that lock's queue, and since when it has spun
     ("ptl",), ("ptl_next",), ("ptl_since", f8),
     ("anon_prep",),  # it set its VMA's anon_vma (retry.anon_vma_prepare(): __anon_vma_prepare())
-    # sched.py: its CPU time in its current EEVDF request (vruntime - (deadline - slice)), counted
-    # up to ran_at while it has its CPU; TIF_NEED_RESCHED; off its CPU at a cond_resched() of an
-    # op in progress (its locks still held); micro.h_work: the part of a WORK it is at
-    ("ran", f8), ("ran_at", f8), ("resched",), ("preempted",), ("wk_i",),
-    ("unprot",),  # its request was renewed while it ran (update_deadline()): se->vprot is behind it
+    # sched.py: its CPU time counted up to ran_at while it has its CPU; TIF_NEED_RESCHED; off its
+    # CPU at a cond_resched() of an op in progress (its locks still held); micro.h_work: the part
+    # of a WORK it is at
+    ("ran_at", f8), ("resched",), ("preempted",), ("wk_i",),
+    # sched.py: its sched_entity, integer ns - se->vruntime, se->deadline (its request's end),
+    # se->vprot (RUN_TO_PARITY's protection), se->vlag (its lag, kept across a sleep); its
+    # dequeue delayed (se->sched_delayed: DELAY_DEQUEUE) on CPU dl_cpu, next in that CPU's list
+    ("vruntime",), ("deadline",), ("vprot",), ("vlag",), ("sched_delayed",), ("dl_cpu",), ("dl_next",),
     # micro.h_vma_start_write_next(): the step of the call's VMA walk it is at, and that
     # step's share of the hold and its cond_resched() points (wk_n -1: no walk, the whole WORK)
     ("wv",), ("wk_h", f8), ("wk_n",),
@@ -165,10 +168,13 @@ VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached
                ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
-# llc: its last-level cache's domain (socket, or CCD/CCX where a socket has several L3s):
-# the line's arbiter serves its own domain's requests first (coherence.arbitrate())
+# busy: cfs_rq->curr (-1: idle); its run queue (rq_head .. rq_tail); sched.py: its cfs_rq's
+# zero_vruntime, sum_w_vruntime and sum_weight over the tree (kernel/sched/fair.c, integer ns;
+# every weight 1), and its delayed entities (dl_head list: DELAY_DEQUEUE); llc: its last-level
+# cache's domain (socket, or CCD/CCX where a socket has several L3s): the line's arbiter serves
+# its own domain's requests first (coherence.arbitrate())
 CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",), ("llc",),
-           ("rq_since", f8))  # when its run queue last went from empty to not (sched.rq_push)
+           ("zero_vruntime",), ("sum_w_vruntime",), ("sum_weight",), ("dl_head",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
