@@ -28,11 +28,14 @@ order); this module makes ops that way from a trace of any size without holding 
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
   Either way the row groups from the first such one on go to an Arrow IPC spill
-  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``), and at the end through
+  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``; their writers' rows, if
+  any, to a second one, ``SPILL_WRITERS_SCHEMA``), and at the end through
   a second pass (``_Patch``) that puts the final values in place before their tables are
   made and appended to the ops file; the row groups before it
   are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
-  are built and written on a thread of their own (``_Behind``), overlapping the step.  The files are written
+  are built and written on a thread of their own (``_Behind``), overlapping the step (in
+  the second pass the tables are made on the step's thread, the writer thread encoding
+  the one before).  The files are written
   into the caller's staging directory; the workspace renames them into place.
 
 The output is the same, row for row and type for type, as building the ops in one
@@ -42,6 +45,7 @@ group boundaries and the column encodings (``OPS_PARQUET``) of the Parquet file 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
@@ -565,16 +569,43 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _np(col, fill=0, dtype=None):
+    n = len(col)
+    if n and col.null_count == n:  # no value at all (a syscall argument in a batch of faults): no fill_null copy
+        dt = dtype if dtype is not None else col.type.to_pandas_dtype()
+        return np.zeros(n, dt) if fill == 0 else np.full(n, fill, dt)
     a = (pc.fill_null(col, fill) if col.null_count else col).to_numpy(zero_copy_only=False)
     return a if dtype is None else a.astype(dtype, copy=False)
 
 
 def _ok(col) -> np.ndarray:
-    return pc.is_valid(col).to_numpy(zero_copy_only=False) if col.null_count else np.ones(len(col), np.bool_)
+    n = len(col)
+    if not col.null_count:
+        return np.ones(n, np.bool_)
+    return np.zeros(n, np.bool_) if col.null_count == n else pc.is_valid(col).to_numpy(zero_copy_only=False)
+
+
+def _np_ok(col, fill, dtype, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(_np(col, fill, dtype), _ok(col))`` (``ones``: n True values the caller keeps),
+    from an integer column's own buffers where it has some nulls (one copy instead of
+    fill_null's and is_valid's)."""
+    n = len(col)
+    if not col.null_count:
+        return _np(col, fill, dtype), ones
+    a = col.chunks[0] if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1 else col
+    if col.null_count == n or not isinstance(a, pa.Array) or not pa.types.is_integer(a.type):
+        return _np(col, fill, dtype), _ok(col)
+    validity, data = a.buffers()[:2]
+    off = a.offset
+    ok = np.unpackbits(np.frombuffer(validity, np.uint8), count=off + n, bitorder="little")[off:].view(np.bool_)
+    v = np.frombuffer(data, a.type.to_pandas_dtype(), count=off + n)[off:].astype(dtype)
+    np.copyto(v, fill, where=~ok)  # (a null's slot holds whatever the writer left there)
+    return v, ok
 
 
 def _tri(col) -> np.ndarray:
     """A boolean column as int8: 1, 0, or -1 for null."""
+    if len(col) and col.null_count == len(col):
+        return np.full(len(col), -1, np.int8)
     v = _np(col, False).astype(np.int8)
     if col.null_count:
         v[~_ok(col)] = -1
@@ -733,25 +764,26 @@ class Survey:
                 return
             last_seq = int(seq[-1]) if n else last_seq
             ts_col, tid_col, pid_col, mm_col = (b.column(c) for c in ("ts_ns", "tid", "pid", "mm"))
-            ts_ok = _ok(ts_col)
-            ts = _np(ts_col, 0, np.int64)
-            tid = _np(tid_col, -1, np.int64)
+            ones = np.ones(n, np.bool_)
+            ts, ts_ok = _np_ok(ts_col, 0, np.int64, ones)
+            tid, tid_ok = _np_ok(tid_col, -1, np.int64, ones)
             # as TimeOrder.feed_table: rows without a timestamp are skipped
             sel = (lambda x: x) if ts_ok.all() else (lambda x: x[ts_ok])
             if n:
                 self.order.feed(sel(seq), sel(ts), sel(_np(b.column("cpu"), -1, np.int64)), sel(tid))
             code = _codes(b.column("event"))
-            addr = b.column("address")
+            addr, addr_ok = _np_ok(b.column("address"), 0, np.uint64, ones)
             fault = (code == PF_USER) | (code == PF_KERNEL)
-            out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+            out = fault & addr_ok & (addr >= np.uint64(O.TASK_SIZE_MAX))
             self.outside += int(out.sum())
             keep = ~out
-            thread = np.where(_ok(tid_col), tid, NO_TID)
+            thread = np.where(tid_ok, tid, NO_TID)
             tids.add(thread, np.zeros(n, np.int64), keep, row0)
-            pid = _np(pid_col, 0, np.int64)
-            pids.add(thread, pid, keep & _ok(pid_col) & (pid > 0), row0)
+            pid, pid_ok = _np_ok(pid_col, 0, np.int64, ones)
+            pids.add(thread, pid, keep & pid_ok & (pid > 0), row0)
             lock = (code >= LOCK_START) & (code <= LOCK_REL)
-            mms.add(thread, _np(mm_col, 0, np.uint64).view(np.int64), keep & lock & _ok(mm_col), row0)
+            mm, mm_ok = _np_ok(mm_col, 0, np.uint64, ones)
+            mms.add(thread, mm.view(np.int64), keep & lock & mm_ok, row0)
             row0 += n
             # the events pass 2 steps through, for the time-order merge
             rel = keep & (code <= RELEVANT)
@@ -947,6 +979,8 @@ def _fill_labels(idx, lab_off, lab_bytes, data):
 def _labels(labels: list, idx: np.ndarray) -> pa.Array:
     """``labels[idx[r]]`` for each row r as a large_string array (None: null), built from
     its buffers: what ``pa.array(labels).take(idx)`` gives, at a fraction of its cost."""
+    if len(idx) and labels[idx[0]] is not None and not (idx != idx[0]).any():
+        return _repeat(labels[idx[0]], len(idx))  # one label (one address space; a part of faults)
     enc = [(x or "").encode() for x in labels]
     lab_off = np.zeros(len(enc) + 1, np.int64)
     np.cumsum([len(e) for e in enc], out=lab_off[1:])
@@ -1043,9 +1077,9 @@ class Builder:
     # -- the stepping loop --
     def _keep(self, b: pa.RecordBatch) -> np.ndarray:
         code = _codes(b.column("event"))
-        addr = b.column("address")
+        addr, addr_ok = _np_ok(b.column("address"), 0, np.uint64, np.ones(b.num_rows, np.bool_))
         fault = (code == PF_USER) | (code == PF_KERNEL)
-        out = fault & _ok(addr) & (_np(addr, 0, np.uint64) >= np.uint64(O.TASK_SIZE_MAX))
+        out = fault & addr_ok & (addr >= np.uint64(O.TASK_SIZE_MAX))
         return ~out & (code <= RELEVANT)
 
     def _batch(self, t: pa.Table) -> Ev:
@@ -1065,8 +1099,7 @@ class Builder:
                               ("len", "len", "len_ok"), ("new_len", "new_len", "new_len_ok"),
                               ("new_addr", "new_addr", "new_addr_ok"), ("prot", "prot", "prot_ok"),
                               ("flags", "flags", "flags_ok"), ("ret", "ret", "ret_ok")):
-            f[name] = _np(c[col], 0, EV_TYPES[name])
-            f[ok] = _ok(c[col]) if c[col].null_count else ones
+            f[name], f[ok] = _np_ok(c[col], 0, EV_TYPES[name], ones)
         return Ev(**f)
 
     def run(self) -> None:
@@ -1382,7 +1415,48 @@ WRITER_COLUMNS = ("vma_ids", "vmas_created", "vmas_freed", "vmas_successor", "ra
 
 @functools.lru_cache(maxsize=4)
 def _no_writers(n: int) -> dict[str, pa.Array]:
-    return {c: pa.nulls(n, OPS_ARROW.field(c).type) for c in WRITER_COLUMNS}
+    """The writer columns of n rows of faults: all null, over one shared zeroed buffer
+    (offsets and validity alike; ``pa.nulls`` of a list type costs ~10 ms per column at
+    a row group)."""
+    zeros = pa.py_buffer(np.zeros(n + 1, np.int64))
+    out = {}
+    for c in WRITER_COLUMNS:
+        typ = OPS_ARROW.field(c).type
+        if pa.types.is_large_list(typ):
+            out[c] = pa.Array.from_buffers(typ, n, [zeros, zeros], null_count=n,
+                                           children=[pa.array([], typ.value_type)])
+        else:
+            out[c] = pa.nulls(n, typ)
+    return out
+
+
+def _list_column(c: int, n: int, rows: np.ndarray, lengths: np.ndarray, valid: np.ndarray,
+                 values: pa.Array, shared: dict) -> pa.Array:
+    """Writer list column ``c`` for n ops rows: at ``rows`` the lists of ``lengths``
+    (where ``valid``) whose values follow one another in ``values``, null elsewhere;
+    from its buffers (LargeListArray.from_arrays with a mask costs 10x).  ``shared``:
+    the buffers already made for the other columns of these rows, by content (most
+    writers' lists are empty or of one VMA: a part's eight columns share two or three)."""
+    typ = OPS_ARROW.field(WRITER_COLUMNS[c]).type
+    # rows ascend: the offsets are the running totals after each row, each repeated
+    # until the next row (a cumsum over all n rows cost 10 ms a column at a row group)
+    cum = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(np.where(valid, lengths, 0), out=cum[1:])
+    key = ("off", cum.tobytes())
+    if key not in shared:
+        shared[key] = pa.py_buffer(np.repeat(cum, np.diff(np.concatenate(([0], rows + 1, [n + 1])))))
+    nulls = n - int(np.count_nonzero(valid))
+    validity = None
+    if nulls:
+        key = ("valid", valid.tobytes())
+        if key not in shared:
+            bits = np.zeros((n + 7) // 8, np.uint8)
+            at = rows[valid]
+            np.bitwise_or.at(bits, at >> 3, (1 << (at & 7)).astype(np.uint8))
+            shared[key] = pa.py_buffer(bits)
+        validity = shared[key]
+    return pa.Array.from_buffers(typ, n, [validity, shared[("off", cum.tobytes())]], null_count=nulls,
+                                 children=[values.cast(typ.value_type)])
 
 
 def writer_columns(n: int, writers: list) -> dict[str, pa.Array]:
@@ -1390,30 +1464,53 @@ def writer_columns(n: int, writers: list) -> dict[str, pa.Array]:
     (a row group of faults only: the same null columns every time)."""
     if not writers:
         return _no_writers(n)
+    k = len(writers)
+    rows = np.fromiter((j for j, _, _ in writers), np.int64, k)
     lists = [[] for _ in range(NLISTS)]
-    valid = [np.zeros(n, np.bool_) for _ in range(NLISTS)]
-    lengths = [np.zeros(n, np.int64) for _ in range(NLISTS)]
+    valid = np.zeros((NLISTS, k), np.bool_)
+    lengths = np.zeros((NLISTS, k), np.int64)
     advice = np.zeros(n, np.int64)
     advice_ok = np.zeros(n, np.bool_)
-    for j, adv, vals in writers:
+    for r, (j, adv, vals) in enumerate(writers):
         if adv is not None:
             advice[j], advice_ok[j] = adv, True
         for c in range(NLISTS):
             if vals[c] is not None:
-                valid[c][j] = True
-                lengths[c][j] = len(vals[c])
+                valid[c, r] = True
+                lengths[c, r] = len(vals[c])
                 lists[c].extend(vals[c])
+    shared: dict = {}
+    out = {WRITER_COLUMNS[c]: _list_column(c, n, rows, lengths[c], valid[c],
+                                           pa.array(lists[c], OPS_ARROW.field(WRITER_COLUMNS[c]).type.value_type),
+                                           shared)
+           for c in range(NLISTS)}
+    out["advice"] = _arrow(advice, advice_ok, pa.int32())
+    return out
 
-    def lst(c):  # from its buffers (LargeListArray.from_arrays with a mask costs 10x)
-        typ = OPS_ARROW.field(WRITER_COLUMNS[c]).type
-        off = np.zeros(n + 1, np.int64)
-        np.cumsum(lengths[c], out=off[1:])
-        nulls = n - int(np.count_nonzero(valid[c]))
-        validity = pa.py_buffer(np.packbits(valid[c], bitorder="little")) if nulls else None
-        return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(off)], null_count=nulls,
-                                     children=[pa.array(lists[c], typ.value_type)])
 
-    out = {WRITER_COLUMNS[c]: lst(c) for c in range(NLISTS)}
+def _writer_rows(writers: list) -> pa.RecordBatch | None:
+    """A part's writers (``Builder.writers(...)``) as the spill keeps them: their rows
+    only (``row``: the op's row in the part), none when it has none."""
+    if not writers:
+        return None
+    w = writer_columns(len(writers), [(r, adv, vals) for r, (_, adv, vals) in enumerate(writers)])
+    return pa.RecordBatch.from_arrays([pa.array([j for j, _, _ in writers], pa.int64())] + [w[c] for c in WRITER_COLUMNS],
+                                      schema=SPILL_WRITERS_SCHEMA)
+
+
+def _writer_columns_of(wb: pa.RecordBatch | None, n: int) -> dict[str, pa.Array]:
+    """``_writer_rows``' batch back as the writer columns of the part's n rows."""
+    if wb is None:
+        return _no_writers(n)
+    rows = wb.column("row").to_numpy()
+    out, shared = {}, {}
+    for c in range(NLISTS):
+        col = wb.column(WRITER_COLUMNS[c])
+        out[WRITER_COLUMNS[c]] = _list_column(c, n, rows, _np(pc.list_value_length(col), 0, np.int64), _ok(col),
+                                              col.flatten(), shared)
+    adv = wb.column("advice")
+    advice, advice_ok = np.zeros(n, np.int64), np.zeros(n, np.bool_)
+    advice[rows], advice_ok[rows] = _np(adv, 0, np.int64), _ok(adv)
     out["advice"] = _arrow(advice, advice_ok, pa.int32())
     return out
 
@@ -1468,8 +1565,10 @@ class _Patch:
             lo, hi = np.searchsorted(self.late_ids, [a, z])
             if hi > lo:
                 pos = self.late_ids[lo:hi] - a
-                for col, late in zip(seg, self.late):
-                    col[pos] = late[lo:hi]
+                # only the fields that moved are copied and put right (a part's arrays
+                # may be read-only views of the spill)
+                seg = seg._make(col if np.array_equal(col[pos], late[lo:hi]) else _put(col, pos, late[lo:hi])
+                                for col, late in zip(seg, self.late))
                 # a writer's lists: only those that moved since it was written (a column
                 # put back as it was costs a copy of the row group)
                 at = pa.array(pos)
@@ -1493,46 +1592,53 @@ class _Patch:
                 first = np.zeros(len(miss), np.bool_)
                 first[w[at[new]]] = True
                 self.seen.update(uniq[new].tolist())
-                seg.vma[miss] = ids
-                seg.first[miss] = first
+                seg = seg._replace(vma=_put(seg.vma, miss, ids), first=_put(seg.first, miss, first))
         if self.n_late and self.ends_moved:
-            think[:], think_ok[:] = 0, False
+            think, think_ok = np.zeros(len(think), np.int64), np.zeros(len(think), np.bool_)
             _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
         return seg, ops, think, think_ok, wcols
 
 
+def _put(col: np.ndarray, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A copy of ``col`` with ``values`` at ``pos``."""
+    out = col.copy()
+    out[pos] = values
+    return out
+
+
 # A part as the spill keeps it: the ops rows as the op buffer holds them (flags as int8),
-# op ids, think times and the writer columns; its table (the strings, the derived flags)
-# is made once, after the second pass.
+# op ids and think times; its table (the strings, the derived flags) is made once, after
+# the second pass.  Its writers, if any, go to a file of their own, their rows only
+# (SPILL_WRITERS_SCHEMA): a part's eight list columns, null on every fault, cost more to
+# spill and read back than all its other fields (0.9 s of 1.4 s of CPU for a 2 M-op pft).
 SPILL_SCHEMA = pa.schema(
     [(name, pa.from_numpy_dtype(np.int8 if dt == np.bool_ else dt)) for name, dt in OP_FIELDS]
-    + [("op_id", pa.int64()), ("think", pa.int64()), ("think_ok", pa.int8())]
-    + [OPS_ARROW.field(c) for c in WRITER_COLUMNS])
+    + [("op_id", pa.int64()), ("think", pa.int64()), ("think_ok", pa.int8())])
+SPILL_WRITERS_SCHEMA = pa.schema([("row", pa.int64())] + [OPS_ARROW.field(c) for c in WRITER_COLUMNS])
 
 
-def _spill_batch(part: tuple) -> pa.RecordBatch:
-    """A part as a record batch over its own arrays (no copy)."""
+def _spill_batch(part: tuple) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
+    """A part as a record batch over its own arrays (no copy), and its writers' rows."""
     seg, ops, think, think_ok, writers = part
     cols = [_arrow(c.view(np.int8) if c.dtype == np.bool_ else c, None, SPILL_SCHEMA.field(i).type)
             for i, c in enumerate(seg)]
     cols += [_arrow(ops, None, pa.int64()), _arrow(think, None, pa.int64()), _arrow(think_ok.view(np.int8), None, pa.int8())]
-    w = writer_columns(len(ops), writers)
-    return pa.RecordBatch.from_arrays(cols + [w[c] for c in WRITER_COLUMNS], schema=SPILL_SCHEMA)
+    return pa.RecordBatch.from_arrays(cols, schema=SPILL_SCHEMA), _writer_rows(writers)
 
 
-def _unspill(batch: pa.RecordBatch, room: Segment) -> tuple:
-    """A spilled part back, its arrays copied into ``room`` (the second pass writes them)."""
+def _unspill(batch: pa.RecordBatch, wb: pa.RecordBatch | None) -> tuple:
+    """A spilled part (and its writers' rows) back, as read-only views of the batch's own
+    buffers (no copy: ``_Patch`` copies the few columns it changes)."""
     n = batch.num_rows
-    seg = []
-    for i, (_, dt) in enumerate(OP_FIELDS):
-        dst = room.cols[i][:n]
-        np.copyto(dst.view(np.int8) if dt == np.bool_ else dst, batch.column(i).to_numpy())
-        seg.append(dst)
-    ops, think, think_ok = room.ops[:n], room.think[:n], room.think_ok[:n]
-    np.copyto(ops, batch.column("op_id").to_numpy())
-    np.copyto(think, batch.column("think").to_numpy())
-    np.copyto(think_ok.view(np.int8), batch.column("think_ok").to_numpy())
-    return Ops(*seg), ops, think, think_ok, {c: batch.column(c) for c in WRITER_COLUMNS}
+
+    def col(i, dt):
+        a = batch.column(i).to_numpy()
+        return a.view(dt) if dt == np.bool_ else a
+
+    seg = [col(i, dt) for i, (_, dt) in enumerate(OP_FIELDS)]
+    ops, think = batch.column("op_id").to_numpy(), batch.column("think").to_numpy()
+    think_ok = batch.column("think_ok").to_numpy().view(np.bool_)
+    return Ops(*seg), ops, think, think_ok, _writer_columns_of(wb, n)
 
 
 # How the ops file is encoded (its values do not depend on it): dictionary pages only
@@ -1599,30 +1705,39 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     Both files are written on a thread of their own."""
     meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
     schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
-    spill_path = ops_path + ".spill"
+    spill_path, spill_w_path = ops_path + ".spill", ops_path + ".spill-writers"
     files: dict[str, object] = {}
     behind = _Behind()
 
     def write(part, release) -> None:  # then its Segment is free
-        t = b.part_table(part)
-        files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
-        del t
+        put(b.part_table(part))
         release()
 
+    def put(t: pa.Table) -> None:
+        files["ops"].write_table(t.replace_schema_metadata(schema.metadata))
+
+    spilled: list[bool] = []  # per spilled part: it has writers (a batch in the writers' spill)
+
+    def spill_to(name: str, path: str, sch: pa.Schema, batch: pa.RecordBatch) -> None:
+        if name not in files:
+            files[name + "_file"] = pa.OSFile(path, "wb")
+            files[name] = pa.ipc.new_file(files[name + "_file"], sch, options=pa.ipc.IpcWriteOptions(compression="lz4"))
+        files[name].write_batch(batch)
+
     def spill(part, release) -> None:
-        batch = _spill_batch(part)
-        if "spill" not in files:
-            files["spill_file"] = pa.OSFile(spill_path, "wb")
-            files["spill"] = pa.ipc.new_file(files["spill_file"], SPILL_SCHEMA,
-                                             options=pa.ipc.IpcWriteOptions(compression="lz4"))
-        files["spill"].write_batch(batch)
-        del batch
+        batch, wb = _spill_batch(part)
+        spill_to("spill", spill_path, SPILL_SCHEMA, batch)
+        if wb is not None:
+            spill_to("spill_w", spill_w_path, SPILL_WRITERS_SCHEMA, wb)
+        spilled.append(wb is not None)
+        del batch, wb
         release()
 
     def close_spill() -> None:
-        if "spill" in files:
-            files.pop("spill").close()
-            files.pop("spill_file").close()
+        for name in ("spill", "spill_w"):
+            if name in files:
+                files.pop(name).close()
+                files.pop(name + "_file").close()
 
     try:
         files["ops"] = pq.ParquetWriter(ops_path, schema, **OPS_PARQUET)
@@ -1634,11 +1749,18 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
             patch = _Patch(b)
             behind.join()
             behind = _Behind()
-            with pa.OSFile(spill_path, "rb") as f:
+            with pa.OSFile(spill_path, "rb") as f, \
+                    (pa.OSFile(spill_w_path, "rb") if any(spilled) else contextlib.nullcontext()) as fw:
                 r = pa.ipc.open_file(f)
+                rw = pa.ipc.open_file(fw) if fw is not None else None
+                w = 0
                 for g in range(r.num_record_batches):
-                    room = b._segment()
-                    behind(write, patch(_unspill(r.get_batch(g), room)), lambda room=room: b.free.put(room))
+                    wb = None
+                    if spilled[g]:
+                        wb, w = rw.get_batch(w), w + 1
+                    # the table is made here: in this pass the step's thread has nothing
+                    # else to do, and the writer thread's encoding is the longer part
+                    behind(put, b.part_table(patch(_unspill(r.get_batch(g), wb))))
                 behind.join()
         else:
             behind.join()
@@ -1648,8 +1770,9 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
         close_spill()
         if "ops" in files:
             files.pop("ops").close()
-        if os.path.exists(spill_path):
-            os.unlink(spill_path)
+        for path in (spill_path, spill_w_path):
+            if os.path.exists(path):
+                os.unlink(path)
     _finish_report(b)
     vt = b.vmas().to_arrow()
     pq.write_table(vt.replace_schema_metadata({**(vt.schema.metadata or {}), **(metadata or {})}), vmas_path,

@@ -338,3 +338,23 @@ def assert_one_writer_at_a_time(holds: WriteHolds, nwriters: int) -> None:
     assert all(a[1] is not None and a[1] <= b[0] for a, b in zip(w, w[1:])), w
     assert all(x[1] is not None for x in w), w
     assert all(len(o) == 1 for o in holds.owners), holds.owners
+
+
+def served(r: Replay, t: int, call):
+    """``call()`` - a white-box micro-op step of thread t, e.g. ``lambda: down_write(r.S, t, 0)``
+    - until its first access is served: while t stalls at a busy line (coherence.wait_line()),
+    the clock moves to when the line comes free and its arbiter runs (coherence.arbitrate()),
+    as the event loop would do, and the step runs again.  Returns the step's result."""
+    from replay.engine import coherence
+
+    th = r.state["th"]
+    for _ in range(64):
+        out = call()
+        if int(th[t]["lq_state"]) != coherence.LQ_QUEUED:
+            return out
+        n = int(th[t]["lq_line"])
+        while int(th[t]["lq_state"]) == coherence.LQ_QUEUED:
+            r.g["now"] = max(float(r.g["now"]), float(r.line(n)["busy_until"]))
+            coherence.arbitrate(r.S, n)
+        th[t]["token"] += 1  # the grant's wake-up event is this run of the step (the loop pops it)
+    raise AssertionError(f"thread {t} never served")

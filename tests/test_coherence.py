@@ -14,7 +14,7 @@ loader built (replay/engine/coherence.py; costs from the Broadwell profile).
 
 import pytest
 
-from replay.engine.coherence import holds, read, rmw, store
+from replay.engine.coherence import arbitrate, holds, read, rmw, store
 
 from engine_harness import BDW, Replay, mk
 
@@ -49,12 +49,16 @@ def test_a_store_retires_at_once_its_rfo_occupies_the_line_and_a_locked_op_drain
     # thread 1's next atomic, on a line it has to itself, first waits for the store to commit
     g["now"] = end
     assert rmw(r.S, 1, 12, True) == pytest.approx(committed + k["owned_atomic"])
-    # CPU a reading L meanwhile waits for the RFO in flight, then pays the hand-off back
+    # CPU a reading L meanwhile waits for the RFO in flight (it stalls at the busy line,
+    # coherence.wait_line()), then - the arbiter's turn for it - pays the hand-off back
     r, (a, b, _), k = _box()
     r.g["now"] = 0.0
     rmw(r.S, 0, L, True)
     r.g["now"] = 1_000.0
     store(r.S, 1, L)
+    assert read(r.S, 0, L) == -1.0
+    r.g["now"] = committed
+    arbitrate(r.S, L)
     assert read(r.S, 0, L) == pytest.approx(committed + _handoff(r, b, a))
 
 

@@ -1,5 +1,5 @@
 """A writer preempted at cond_resched() inside its call (replay/engine/sched.py account(),
-cond_resched(); micro.h_work; load._resched_points), Linux 6.18 with preempt=none:
+_pick_eevdf(), cond_resched(); micro.h_work; load._resched_points), Linux 6.18 with preempt=none:
 
 * mm/mprotect.c change_pmd_range() passes ``cond_resched()`` once per PMD of the range;
   the engine splits the call's hold into that many equal parts, a cond_resched() after
@@ -65,9 +65,11 @@ def test_a_wakeup_preempts_a_writer_whose_request_is_used_up():
     # t1 faults on VMA 2 (0 - 0.1 ms) and yields to t2, which thinks 50 us and leaves the
     # CPU to t1; t1 thinks until 3.2 ms (the trace's gap, less the fault's 0.1 ms).  t2's
     # mprotect runs from 0.15 ms, 3.7 ms hold, cond_resched() at 2.0 and 3.85 ms - before
-    # the first tick (4 ms).  t1 is queued again at 3.2 ms: check_preempt_wakeup_fair() ->
-    # update_curr() finds t2's 3.05 ms past its 2.8 ms request - resched.  t2 yields at
-    # 3.85 ms and t1's fault on VMA 1 aborts.
+    # the first tick (4 ms).  t1 is queued again at 3.2 ms: enqueue_entity()'s update_curr()
+    # finds t2's 3.05 ms past its 2.8 ms request and renews it (no resched: t2 was alone),
+    # so t2 is unprotected; t1, placed at the average (no lag), has a deadline no later
+    # than t2's new one, and check_preempt_wakeup_fair()'s pick_eevdf() picks it - resched.
+    # t2 yields at 3.85 ms and t1's fault on VMA 1 aborts.
     res = _wakeup(3.2 * MS)
     assert res[1]["start_ns"] == pytest.approx(0.15 * MS, abs=1_000)
     assert res[2]["start_ns"] == pytest.approx(3.85 * MS, abs=1_000) and res[2]["outcome"] == "abort"
@@ -103,3 +105,28 @@ def test_a_range_far_beyond_what_is_mapped_is_not_walked_pmd_by_pmd():
                             [0x7ffffffffffff000, 4 << 20, 4096], np.array([5_000, 1_000_000, 1_000]),
                             np.array([0, 0, 0]))
     assert list(pts) == [5_000 // L.PMD_STEP_MIN_NS, 2, 0]  # bounded; 4 MiB from a PMD boundary: 2; no range: none
+
+
+def test_a_woken_task_with_lag_preempts_an_ineligible_writer_inside_its_request():
+    """pick_eevdf()'s eligibility and place_entity()'s lag (kernel/sched/fair.c, 6.18).
+
+    t1 faults 0 - 0.1 ms (vruntime 0.1 ms) and yields to t2, whose mprotect of VMA 3 runs
+    0.1 - 0.6 ms (vruntime 0.5 ms).  At 0.6 ms t1 runs and goes at once to sleep (its next
+    op's 0.3 ms gap): avg_vruntime() is (0.1 + 0.5) / 2 = 0.3 ms, so its lag is +0.2 ms
+    (update_entity_lag()).  t2 runs its mprotect of VMA 1 from 0.6 ms, 2 ms hold,
+    cond_resched() at 1.6 and 2.6 ms; its request (0 - 2.8 ms) is far from used up and no
+    tick comes before 4 ms, so it is protected (RUN_TO_PARITY).  t1 wakes at 0.9 ms:
+    place_entity() puts it at 0.8 - 0.2 x (1 + 1) / 1 = 0.4 ms, the average drops to
+    0.6 ms, and t2 (0.8 ms) is no longer eligible: pick_eevdf() passes over it for t1 -
+    TIF_NEED_RESCHED.  t2 yields at 1.6 ms, its locks held, and t1's fault on VMA 1 aborts.
+    (With no eligibility test, or no lag kept, t2 keeps its CPU to the call's end and
+    the fault succeeds: tests/README.md.)"""
+    r = Replay("mainline", SLOW, 1, _ops([(1, "fault", 2, 0, None), (2, "mprotect", 3, 0, int(0.5 * MS)),
+                                          (2, "mprotect", 1, 0, 2 * MS),
+                                          (1, "fault", 1, int(0.3 * MS), None)]))
+    res = by_op(r.run())
+    w, f = res[2], res[3]
+    assert w["start_ns"] == pytest.approx(0.6 * MS, abs=1_000)
+    assert f["start_ns"] == pytest.approx(1.6 * MS, abs=1_000), "t1 runs at the writer's first cond_resched()"
+    assert f["outcome"] == "abort" and f["fallback"]
+    assert w["sleep_ns"] > 0 and w["end_ns"] > f["start_ns"]

@@ -2,6 +2,7 @@
 Small hand-built traces (real line formats) so every expected value can be checked by eye."""
 
 import polars as pl
+import pytest
 
 from replay.ingest import scan
 from replay.ingest.text import TextDecoder
@@ -255,3 +256,31 @@ def test_a_read_mode_madvise_holds_its_mmap_read_lock_or_else_its_call():
     bare = "".join(ln + "\n" for ln in JVM_DONTNEED.splitlines() if "mmap_lock:" not in ln)
     m = build_ops(events(bare), "t")[0].filter(pl.col("kind") == "madvise").row(0, named=True)
     assert m["hold_ns"] == 48_537
+
+
+def test_ops_summary_is_the_ops_files_group_by(sample_ops, tmp_path):
+    """``ops_summary`` (what `replay ops` prints, counted on the dictionary codes a batch at a
+    time) against polars over the whole ops file of each sample trace."""
+    import importlib
+
+    summary = importlib.import_module("replay.ops").ops_summary
+    path = tmp_path / "ops.parquet"
+    sample_ops.write_parquet(path)
+    o = pl.read_parquet(path)
+    s = summary(path)
+    fault = pl.col("kind") == "fault"
+    user = o.filter(fault & ~pl.col("kernel"))
+    assert s["ops"] == o.height and s["faults_with_service"] == o["service_ns"].is_not_null().sum()
+    assert s["user_faults"] == user.height and s["kernel_faults"] == o["kernel"].sum()
+    assert (s["observed_fallbacks"], s["observed_anon_prepare"], s["faults_taking_mmap_write"]) == tuple(
+        int(user[c].sum()) for c in ("observed_fallback", "observed_anon_prepare", "observed_mmap_write"))
+    g = o.with_columns(dur=pl.col("end_ns") - pl.col("start_ns")).group_by("kind").agg(
+        pl.len().alias("n"), pl.col("dur").mean().alias("mean"))
+    want = {str(r["kind"]): (r["n"], r["mean"]) for r in g.to_dicts()}
+    assert s["kinds"].keys() == want.keys()
+    for k, (n, mean) in s["kinds"].items():
+        assert n == want[k][0] and (mean is None) == (want[k][1] is None)
+        assert mean is None or mean == pytest.approx(want[k][1], rel=1e-12)
+    fk = o.filter(fault)["fault_kind"].cast(pl.Utf8).fill_null("unknown").value_counts()
+    assert s["fault_kinds"] == {r["fault_kind"]: r["count"] for r in fk.to_dicts()}
+    assert len(s["kinds"]) > 1 and len(s["fault_kinds"]) >= 1

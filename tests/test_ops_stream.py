@@ -196,3 +196,24 @@ def test_survey_tallies_are_a_group_by():
     assert got.height > 8 * 50  # grown many times
     assert got.schema == {"tid": pl.Int32, "mm": pl.UInt64, "n": pl.Int64, "first": pl.Int64}
     assert got.sort("tid", "mm").equals(want.sort("tid", "mm"))
+
+
+def test_event_columns_read_from_their_buffers_are_as_fill_null_gives():
+    """``opstream._np_ok`` reads an integer column with some nulls from its own buffers:
+    the values at nulls must be the fill whatever the buffer holds there (Arrow leaves a
+    null's slot undefined), in a slice or a one-chunk ChunkedArray too."""
+    import numpy as np
+    import pyarrow as pa
+
+    import replay.opstream as S
+
+    data = np.array([7, -3, 1 << 40, 5, 9, 11, 13, 2], np.int64)  # every slot holds a value
+    valid = np.array([1, 0, 1, 0, 0, 1, 1, 0], np.bool_)
+    arr = pa.Array.from_buffers(pa.int64(), len(data), [pa.py_buffer(np.packbits(valid, bitorder="little")),
+                                                        pa.py_buffer(data)], null_count=int((~valid).sum()))
+    for col in (arr, arr.slice(1), arr.slice(3, 4), pa.chunked_array([arr.slice(2)])):
+        want = [0 if v is None else v for v in col.to_pylist()]
+        for dt in (np.int64, np.uint64):
+            v, ok = S._np_ok(col, 0, dt, np.ones(len(col), np.bool_))
+            assert v.dtype == dt and v.tolist() == np.array(want, dt).tolist()
+            assert ok.tolist() == [x is not None for x in col.to_pylist()]

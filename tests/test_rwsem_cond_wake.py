@@ -31,7 +31,7 @@ from replay.engine.rwsem import (DR_GRANTED, DR_WAIT, MAX_READERS_WAKEUP, RWSEM_
 from replay.engine.sched import DW_SPIN, DW_WAIT
 from replay.engine.variation import BARRIER_WAKE_NS
 
-from engine_harness import SLOW, Replay, mk
+from engine_harness import served, SLOW, Replay, mk
 
 
 def _toy(model="mmap_lock", n=4):
@@ -169,11 +169,12 @@ def test_the_last_reader_out_lets_writers_spin_again():
     up_read(r.S, 0, 0)
     assert lk["nonspinnable"] == 0 and lk["owner"] == RWSEM_READER_OWNED and lk["count"] == RWSEM_FLAG_WAITERS
     assert not th[1]["blocked"] and th[1]["waking"]
-    end, again = down_write(r.S, 2, 0)
+    # its cmpxchg waits for the count line while the up_read()'s xadd holds it (served then)
+    end, again = served(r, 2, lambda: down_write(r.S, 2, 0))
     assert (end, again) == (-1.0, True) and th[2]["dw"] == DW_SPIN and r.spinners(0) == [2]
     assert r.waiters(0) == [1]
     hp = r.state["hp"][: int(r.g["heap_n"])]
-    mine = hp[hp["t"] == 2]
+    mine = hp[(hp["t"] == 2) & (hp["token"] == th[2]["token"])]  # its current event
     assert len(mine) == 1 and mine["when"][0] < 1_000, mine  # its trylock: after the failed cmpxchg
     r.g["now"] = float(mine["when"][0])
     end, again = down_write(r.S, 2, 0)  # rwsem_try_write_lock_unqueued() on the free lock

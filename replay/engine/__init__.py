@@ -212,7 +212,24 @@ MIN_SERVICE_SAMPLES = 20
 #     the call's VMAs in its range locked one at a time in address order, each followed by
 #     its share of the hold by bytes in the range (est.), a merge's neighbours with the
 #     first / last (micro.h_vma_start_write_next(), Op.VMA_START_WRITE_NEXT)
-REFERENCE_VERSION = 31
+# 32: EEVDF's eligibility and lag (sched.py; kernel/sched/fair.c, 6.18, nice-0): each thread's
+#     vruntime, deadline, vprot and vlag, each CPU's cfs_rq sums and avg_vruntime(); a woken
+#     thread placed by place_entity() with its lag (PLACE_LAG); a sleeper that is not eligible
+#     stays queued, delayed (DELAY_DEQUEUE, DELAY_ZERO); a wake-up preempts only when
+#     pick_eevdf() picks the wakee (check_preempt_wakeup_fair()), passing over a current task
+#     that is not eligible even inside its request; cond_resched() with TIF_NEED_RESCHED set
+#     yields only if pick_eevdf() picks another; the next thread to run is pick_eevdf()'s, not
+#     the run queue's first
+# 33: a request that finds its line busy waits at the line, and the line's arbiter picks the
+#     next when it comes free (coherence.wait_line(), arbitrate()): a request from the LLC
+#     domain (socket, CCD) the line was last served to first, oldest first within it, not
+#     arrival order.  A load or an atomic stalls its thread (its micro-op runs again when
+#     its turn comes; its lock state changes then, not when it was issued); a store's
+#     request and a prefetchw's wait at the line while the thread goes on, and a locked
+#     instruction waits for the thread's queued stores (the store buffer drains).  The
+#     accesses a step chains after its first, and the fault path's own locks
+#     (faultpath.py), still take the line in arrival order
+REFERENCE_VERSION = 33
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

@@ -60,7 +60,8 @@ from __future__ import annotations
 import numpy as np
 from ..jit import internal
 
-from .state import cfg, cpu, glob, handoff, line, line_cpu, sharers, thread
+from .sched import at, at_line
+from .state import cfg, cpu, glob, handoff, line, line_cpu, lq_kind, lq_next, lq_t, sharers, thread
 
 # what each transfer into a CPU was (line_cpu's kinds, and the line_cpu table's columns)
 RX_NAMES = ("lcl_hitm", "rmt_hitm", "lcl_hit", "rmt_hit", "store_miss", "prefetch")
@@ -139,6 +140,7 @@ def _fetch_shared(S, n, c, now, prefetch):
     _add_sharer(S, n, c)
     _buddy(S, n, c)
     ln.busy_until = start + cost  # the next request to the line waits for this one
+    _served(S, n, c)
     return start, cost
 
 
@@ -191,6 +193,7 @@ def coh_write(S, n, c, now, atomic, changes):
         if not has:  # fetched: the spatial prefetcher completes the pair
             _buddy(S, n, c)
     ln.busy_until = start + cost  # an atomic holds the line; a store's RFO occupies it as long
+    _served(S, n, c)
     if changes:
         ln.version += 1
     return start, cost
@@ -225,18 +228,33 @@ def coh_prefetchw(S, n, c, now):
     returned time (its fill); c's own access before then is served by that fill
     (``served_by_fill``).  No value changes.  The buddy comes as for a write (the spatial
     prefetcher).  Returns (moved, when the fill lands)."""
+    if _prefetch_needless(S, n, c):
+        return False, max(now, line(S, n).busy_until) if cfg(S, 0).prfchw else now
+    return _prefetch_serve(S, n, c, now)
+
+
+@internal(inline=True)
+def _prefetch_needless(S, n, c):
+    """A prefetchw that sends no request: the line is exclusive in c already (perhaps its own
+    request in flight), or - no PRFCHW, a read prefetch - c has a copy."""
+    has = holds(S, n, c) != 0
+    if not cfg(S, 0).prfchw:
+        return has
+    ln = line(S, n)
+    return ln.owner == c and has and ln.nsharers == 1
+
+
+@internal
+def _prefetch_serve(S, n, c, now):
+    """coh_prefetchw()'s request, served from ``now`` (it waits for the one in flight)."""
     k = cfg(S, 0)
     ln = line(S, n)
     has = holds(S, n, c) != 0
     if not k.prfchw:  # no PRFCHW: Linux's prefetchw() is PREFETCHT0, a read prefetch, queued as a load
-        if has:
-            return False, now
         start, cost = _fetch_shared(S, n, c, now, True)
         return True, start + cost
     own = ln.owner
     nsh = ln.nsharers
-    if own == c and has and nsh == 1:  # already exclusive here (perhaps its own request in flight)
-        return False, max(now, ln.busy_until)
     start = max(now, ln.busy_until)
     others = nsh - (1 if has else 0)
     cost = _rfo_cost(S, n, c, has, own, others)
@@ -248,9 +266,309 @@ def coh_prefetchw(S, n, c, now):
     ln.owner = c
     _only_sharer(S, n, c)
     ln.busy_until = start + cost
+    _served(S, n, c)
     if not has:
         _buddy(S, n, c)
     return moved, start + cost
+
+
+# -- requests waiting at a line, and the arbiter that picks the next -------------------------------
+# A request that finds its line busy - a request in flight, others waiting, or one granted whose
+# access has not run yet - waits at the line (a list of request records) rather than being
+# given a start time at once: when the line comes free, the arbiter (arbitrate(), an event of
+# the line) picks which waiting request is served next.  A load or an atomic stalls its
+# thread until then (thread.lq_state); a store (it retires into the store buffer) and a
+# prefetchw leave it running, and are served by the arbiter itself.
+RQ_LOAD, RQ_RMW, RQ_STORE, RQ_PREFETCH = 0, 1, 2, 3  # what a request asks for (lq_kind's low bits)
+RQ_KIND_BITS = 2  # lq_kind = kind | cpu << RQ_KIND_BITS: the CPU it was issued from
+# thread.lq_state: its access waits at lq_line (QUEUED), was picked and is to run (GRANTED),
+# waits for its own prefetchw's fill (FILL) or for its stores to commit (DRAIN), or has waited
+# and is to run (READY: issued at lq_since)
+LQ_NONE, LQ_QUEUED, LQ_GRANTED, LQ_FILL, LQ_DRAIN, LQ_READY = 0, 1, 2, 3, 4, 5
+
+
+@internal(inline=True)
+def _busy(S, n, now):
+    """Whether a request for line n issued at ``now`` has to wait its turn."""
+    ln = line(S, n)
+    return ln.q_n > 0 or ln.reserved >= 0 or ln.busy_until > now
+
+
+@internal(inline=True)
+def _served(S, n, c):
+    """Line n has just been given to a request from CPU c, until its busy_until: the arbiter
+    runs then if others wait (unless a grant's access is still to run: it will come here)."""
+    ln = line(S, n)
+    ln.last_cpu = c
+    if ln.q_n > 0 and ln.reserved < 0 and ln.arb_when < ln.busy_until:
+        at_line(S, ln.busy_until, n)
+
+
+@internal
+def _enqueue(S, n, t, kind):
+    """t's request for line n waits at the line.  False: no request record is free (then
+    the caller serves it in arrival order, as if it had found the line free)."""
+    g = glob(S, 0)
+    r = g.lq_free
+    if r < 0:
+        return False
+    g.lq_free = lq_next(S)[r]
+    lq_t(S)[r] = t
+    lq_kind(S)[r] = kind | (thread(S, t).cpu << RQ_KIND_BITS)
+    lq_next(S)[r] = -1
+    ln = line(S, n)
+    if ln.q_tail >= 0:
+        lq_next(S)[ln.q_tail] = r
+    else:
+        ln.q_head = r
+    ln.q_tail = r
+    ln.q_n += 1
+    if ln.reserved < 0 and ln.arb_when < 0:
+        at_line(S, max(g.now, ln.busy_until), n)
+    return True
+
+
+@internal(inline=True)
+def _unlink(S, n, prev, r):
+    """Take request record r (after ``prev``, -1: the head) off line n's list and free it."""
+    ln = line(S, n)
+    nxt = lq_next(S)[r]
+    if prev < 0:
+        ln.q_head = nxt
+    else:
+        lq_next(S)[prev] = nxt
+    if ln.q_tail == r:
+        ln.q_tail = prev
+    ln.q_n -= 1
+    g = glob(S, 0)
+    lq_next(S)[r] = g.lq_free
+    g.lq_free = r
+
+
+@internal
+def abandon(S, t):
+    """t's step went another way than the access it waited for (it was run again by
+    someone else's wake-up, or its lock state changed while it waited): its queued access
+    is withdrawn, a grant it did not use goes to the next request."""
+    th = thread(S, t)
+    n = th.lq_line
+    st = th.lq_state
+    th.lq_state = LQ_NONE
+    th.lq_line = -1
+    if n < 0:
+        return
+    ln = line(S, n)
+    if st == LQ_QUEUED:
+        prev = -1
+        r = ln.q_head
+        while r >= 0:
+            if lq_t(S)[r] == t and (lq_kind(S)[r] & 3) <= RQ_RMW:
+                _unlink(S, n, prev, r)
+                break
+            prev = r
+            r = lq_next(S)[r]
+    elif st == LQ_GRANTED and ln.reserved == t:
+        ln.reserved = -1
+        if ln.q_n > 0 and ln.arb_when < 0:
+            at_line(S, max(glob(S, 0).now, ln.busy_until), n)
+
+
+@internal
+def arbitrate(S, n):
+    """Line n is free: serve a waiting request from the last-level cache domain the line
+    was last served to (its socket; its CCD on a part with several L3s a socket), the
+    oldest first; with none there, the oldest from the nearest other domain (least
+    hand-off: another CCD of the socket before the other socket).
+
+    Why.  Requests to one address are served one at a time, and the ones that find it
+    busy are not queued in arrival order: core requests wait in the LLC slice's ingress
+    queue (IRQ) and are retried, "requests to the same address are not allowed to pass
+    each other up in the Cbo ... [a request] will then sit in the IRQ and get retried"
+    (Ivy Bridge-EP / Broadwell-EP UNC_C_RxR_IRQ_RETRY.ADDR_CONFLICT; Skylake-SP and Ice
+    Lake-SP CHA: UNC_CHA_RxC_IRQ1_REJECT.PA_MATCH, UNC_CHA_RxC_OTHER1_RETRY.PA_MATCH),
+    while snoops from the other socket wait in another queue (the IPQ, "snoops from Intel
+    QPI", Intel Xeon E5-2600 uncore performance monitoring guide 327043-001 section
+    2.3.4.2) and are retried when they meet an outstanding local request
+    (UNC_C_RxR_IPQ_RETRY.ADDR_CONFLICT).  A request its own socket can serve by snooping
+    its own cores never leaves the socket (Skylake-SP UNC_CHA_TOR_INSERTS.MISS: "If only
+    IDI snoops were required, it is not a miss"): the socket holding the line passes it
+    among its cores, and the other socket's request gets it when none of them is
+    waiting.  Within a domain the order is not documented (est.: oldest first); an SMT
+    sibling is one of its domain's cores here (the home arbitrates between cores' requests,
+    and a snoop waiting for the line takes it from the core after the locked op in
+    progress).  Zen's L3 serves its CCX's cores the same way (Zen 5 counts those fills
+    apart: ls_any_fills_from_sys.local_ccx against near_cache / far_cache).  Ivy
+    Bridge-EP and Broadwell-EP count that the IPQ or the IRQ can be starved
+    (UNC_C_RxR_EXT_STARVED, UNC_C_RxR_INT_STARVED), so hardware bounds a far request's
+    wait somehow; no source gives the bound, and none is modelled (est.).  Sources and
+    what could not be found: docs/validation.md, "How the line's next owner is chosen"."""
+    g = glob(S, 0)
+    ln = line(S, n)
+    ln.arb_when = -1.0
+    if ln.q_n == 0 or ln.reserved >= 0:
+        return
+    now = g.now
+    if ln.busy_until > now:  # a request served in arrival order (a chained access) took it meanwhile
+        at_line(S, ln.busy_until, n)
+        return
+    k = cfg(S, 0)
+    last = ln.last_cpu
+    dom = cpu(S, last).llc if last >= 0 else -1
+    best, bprev = -1, -1
+    bcost = np.inf
+    prev = -1
+    r = ln.q_head
+    while r >= 0:
+        c = lq_kind(S)[r] >> RQ_KIND_BITS
+        d = 0.0 if last < 0 or cpu(S, c).llc == dom else handoff(S)[last * k.ncpu + c]
+        if d < bcost:
+            best, bprev, bcost = r, prev, d
+            if d == 0.0:  # the oldest of its domain
+                break
+        prev = r
+        r = lq_next(S)[r]
+    t = lq_t(S)[best]
+    kind = lq_kind(S)[best] & 3
+    c = lq_kind(S)[best] >> RQ_KIND_BITS
+    _unlink(S, n, bprev, best)
+    th = thread(S, t)
+    if kind == RQ_PREFETCH:
+        moved, fill = _prefetch_serve(S, n, c, now)
+        if moved:
+            th.transfers += 1
+        if th.pf_pending and th.pf_line == n:
+            th.pf_pending = False
+            th.pf_until = fill
+            if th.lq_state == LQ_FILL and th.lq_line == n:
+                at(S, fill, t)
+    elif kind == RQ_STORE:
+        s, cost = coh_write(S, n, c, now, False, True)
+        th.sb_until = max(th.sb_until, s + cost)
+        th.sb_pending -= 1
+        if th.sb_pending == 0:
+            th.sb_line = -1
+            if th.lq_state == LQ_DRAIN:
+                at(S, max(now, th.sb_until), t)
+    else:  # a load or an atomic: t runs its access now
+        ln.reserved = t
+        th.lq_state = LQ_GRANTED
+        at(S, now, t)
+
+
+@internal
+def _stall(S, t, n, state, since):
+    th = thread(S, t)
+    th.lq_state = state
+    th.lq_line = n
+    th.lq_since = since
+    return True
+
+
+@internal
+def wait_line(S, t, n, kind):
+    """Whether t's access to line n (RQ_LOAD or RQ_RMW), the first of its step, has to wait:
+    then t stalls on its CPU (it is not descheduled) and its step runs again when the wait
+    is over - the caller returns at once, before changing anything.  An access waits
+    its turn at a busy line (the arbiter), for t's own prefetchw of the line still queued
+    (its fill serves the access: served_by_fill()), or - an atomic - for t's stores still
+    queued (a locked instruction drains the store buffer first).  A hit, or an atomic on
+    a line t owns exclusively, does not wait."""
+    th = thread(S, t)
+    g = glob(S, 0)
+    now = g.now
+    since = now
+    st = th.lq_state
+    if st != LQ_NONE:
+        if th.lq_line == n:
+            if st == LQ_GRANTED or st == LQ_READY:
+                return False
+            if st == LQ_QUEUED or (st == LQ_FILL and th.pf_pending) or (st == LQ_DRAIN and th.sb_pending > 0):
+                return True  # run early (a wake-up for something else): still waiting
+            since = th.lq_since
+        else:
+            abandon(S, t)
+    c = th.cpu
+    k = cfg(S, 0)
+    ln = line(S, n)
+    if th.pf_pending and th.pf_line == n and (kind == RQ_LOAD or k.prfchw):
+        return _stall(S, t, n, LQ_FILL, since)
+    if kind == RQ_RMW and th.sb_pending > 0:
+        return _stall(S, t, n, LQ_DRAIN, since)
+    has = holds(S, n, c) != 0
+    if kind == RQ_LOAD and (has or (th.sb_pending > 0 and th.sb_line == n)):
+        pass  # a hit (or forwarded from its own store)
+    elif (kind == RQ_LOAD or k.prfchw) and served_by_fill(S, t, n, since) >= 0:
+        pass
+    elif kind == RQ_RMW and has and ln.owner == c and ln.nsharers == 1:
+        pass  # exclusive here: the atomic is done in its cache
+    elif _busy(S, n, now) and _enqueue(S, n, t, kind):
+        return _stall(S, t, n, LQ_QUEUED, since)
+    if since != now:
+        th.lq_state = LQ_READY
+        th.lq_line = n
+        th.lq_since = since
+    else:
+        th.lq_state = LQ_NONE
+    return False
+
+
+@internal(inline=True)
+def stalled(S, t):
+    """Whether t's step stopped at an access that waits (wait_line())."""
+    st = thread(S, t).lq_state
+    return st == LQ_QUEUED or st == LQ_FILL or st == LQ_DRAIN
+
+
+@internal(inline=True)
+def still_waiting(S, t):
+    """Whether t's access waits still (it is run before its wait is over: a wake-up for
+    something else - a spinner let in - finds it stalled at the line)."""
+    th = thread(S, t)
+    st = th.lq_state
+    return st == LQ_QUEUED or (st == LQ_FILL and th.pf_pending) or (st == LQ_DRAIN and th.sb_pending > 0)
+
+
+@internal(inline=True)
+def _issue(S, t, n, since):
+    """(when t's access to line n issues, when its time counts from): an access that waited
+    (wait_line()) issues now, counted from when it was first issued."""
+    th = thread(S, t)
+    st = th.lq_state
+    if (st == LQ_GRANTED or st == LQ_READY) and th.lq_line == n:
+        th.lq_state = LQ_NONE
+        th.lq_line = -1
+        now = glob(S, 0).now
+        if st == LQ_GRANTED:
+            ln = line(S, n)
+            ln.reserved = -1
+            # the next request's turn: after this access if it moves the line (_served() moves the
+            # arbiter on), at once if it is a hit now (a copy came meanwhile: the buddy of a fill)
+            if ln.q_n > 0 and ln.arb_when < 0:
+                at_line(S, max(now, ln.busy_until), n)
+        return now, th.lq_since
+    return since, since
+
+
+@internal
+def prefetchw(S, t, n):
+    """t's prefetchw() of line n (coh_prefetchw): sent at once to a free line; one that
+    finds it busy waits at the line (the arbiter serves it) while t goes on.  Returns
+    whether it moved the line now (a queued one counts when served)."""
+    th = thread(S, t)
+    now = glob(S, 0).now
+    c = th.cpu
+    if th.pf_pending and th.pf_line == n:
+        return False  # its request is already waiting
+    th.pf_pending = False  # one to another line, still queued, is left to land unwaited-for
+    if not _prefetch_needless(S, n, c) and _busy(S, n, now) and _enqueue(S, n, t, RQ_PREFETCH):
+        th.pf_line = n
+        th.pf_pending = True
+        th.pf_until = np.inf
+        return False
+    moved, fill = coh_prefetchw(S, n, c, now)
+    th.pf_line = n
+    th.pf_until = fill
+    return moved
 
 
 # -- a thread's accesses: their cost is its cache time ---------------------------------------------
@@ -280,7 +598,7 @@ def served_by_fill(S, t, n, since):
     passes to the request queued behind (whose hand-off the few ns these take do not
     delay here).  -1: not so."""
     th = thread(S, t)
-    if th.pf_line == n and since <= th.pf_until:
+    if th.pf_line == n and since <= th.pf_until and not th.pf_pending:
         return th.pf_until
     return -1.0
 
@@ -288,18 +606,23 @@ def served_by_fill(S, t, n, since):
 @internal(inline=True)
 def read_from(S, t, n, since):
     """t loads from line n, issued at ``since``."""
+    since, acct = _issue(S, t, n, since)
+    th = thread(S, t)
     f = served_by_fill(S, t, n, since)
     if f >= 0:
-        th = thread(S, t)
-        th.pf_until = cost_since(S, t, f, cfg(S, 0).l1_hit, since)
+        th.pf_until = cost_since(S, t, f, cfg(S, 0).l1_hit, acct)
         return th.pf_until
-    s, c = coh_read(S, n, thread(S, t).cpu, since)
-    return cost_since(S, t, s, c, since)
+    if th.sb_pending > 0 and th.sb_line == n:  # forwarded from its own store still waiting at the line
+        return cost_since(S, t, since, cfg(S, 0).l1_hit, acct)
+    s, c = coh_read(S, n, th.cpu, since)
+    return cost_since(S, t, s, c, acct)
 
 
 @internal(inline=True)
 def read(S, t, n):
-    """t loads from line n."""
+    """t loads from line n, the first access of its step: -1 if it waits (wait_line())."""
+    if wait_line(S, t, n, RQ_LOAD):
+        return -1.0
     return read_from(S, t, n, glob(S, 0).now)
 
 
@@ -307,6 +630,7 @@ def read(S, t, n):
 def rmw_from(S, t, n, changes, since):
     """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
     first waits for t's store buffer to drain (thread.sb_until)."""
+    since, acct = _issue(S, t, n, since)
     th = thread(S, t)
     # the line arrives Modified: the locked op completes on it (a PREFETCHT0's Shared fill
     # does not serve it: the RMW sends its own request for ownership, queued behind the fill)
@@ -314,15 +638,18 @@ def rmw_from(S, t, n, changes, since):
     if f >= 0:
         if changes:
             line(S, n).version += 1
-        th.pf_until = cost_since(S, t, f, cfg(S, 0).owned_atomic, since)
+        th.pf_until = cost_since(S, t, f, cfg(S, 0).owned_atomic, acct)
         return th.pf_until
     s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
-    return cost_since(S, t, s, c, since)
+    return cost_since(S, t, s, c, acct)
 
 
 @internal(inline=True)
 def rmw(S, t, n, changes):
-    """t's atomic read-modify-write on line n."""
+    """t's atomic read-modify-write on line n, the first access of its step: -1 if it
+    waits (wait_line())."""
+    if wait_line(S, t, n, RQ_RMW):
+        return -1.0
     return rmw_from(S, t, n, changes, glob(S, 0).now)
 
 
@@ -334,6 +661,16 @@ def store_from(S, t, n, since):
     k = cfg(S, 0)
     th = thread(S, t)
     f = served_by_fill(S, t, n, max(since, th.sb_until)) if k.prfchw else -1.0
+    g = glob(S, 0)
+    if f < 0 and since == g.now and not (holds(S, n, th.cpu) and line(S, n).owner == th.cpu
+                                         and line(S, n).nsharers == 1) and _busy(S, n, since):
+        # its request for ownership waits at the busy line (the arbiter commits it) while t goes on
+        if _enqueue(S, n, t, RQ_STORE):
+            th.sb_pending += 1
+            th.sb_line = n
+            th.cache += k.l1_hit
+            th.transfers += 1
+            return since + k.l1_hit
     if f >= 0:  # commits into the arriving line
         line(S, n).version += 1
         s, c = f, k.l1_hit

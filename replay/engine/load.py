@@ -522,7 +522,9 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["sharer_stride"] = nsock + W
     cap = chunk + slack
     max_w = int(np.diff(w_ids_p).max()) if len(w_ids_p) > 1 else 0
-    hcap = 4 * nt + 64
+    # the heap: an event per thread, one per line with requests waiting (at most one a request
+    # record), and superseded ones until a compaction (sched._compact_heap)
+    hcap = 8 * nt + 64
     prog, plen = encode_programs(model)
     k["ncpu"], k["plen"], k["heap_cap"], k["nthreads"] = len(mcpus), plen, hcap, nt
 
@@ -538,16 +540,20 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     g = table(st.GLOBALS, 1, vma_writer_wait=-1, pend_t=-1, commit_q=-1, chunk=chunk, wait_chunk=chunk)
     th = table(st.THREAD, nt, cpu=np.asarray(cpus), i=-1, rq_next=-1, slot=-1, found=-1, ref_obj=-1, held_vlock=-1,
                wc_next=-1, vma=-1, w=-1, waiter_next=-1, waiter_prev=-1, osq_next=-1, osq_prev=-1, start=np.nan,
-               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1, pf_line=-1, wk_n=-1)
+               held_mm=np.nan, held_v=np.nan, wt_obj=-1, ptl=-1, ptl_next=-1, pf_line=-1, wk_n=-1, dl_cpu=-1, dl_next=-1,
+               sb_line=-1, lq_line=-1)
     lk = table(st.LOCK, nlk, wait_head=-1, wait_tail=-1, osq_head=-1, osq_tail=-1, wait_min=np.nan, hold_min=np.nan,
                wake_q_head=-1, wake_q_tail=-1)
     lk[0]["count_line"], lk[0]["owner_line"], lk[0]["wait_lock_line"] = k["mm_count"], k["mm_owner"], k["mm_wait_lock"]
     arrays = dict(
         g=g, cfg=np.array([k]), th=th, lk=lk,
-        ln=table(st.LINE, nlines, owner=-1), sharers=np.zeros(nlines * (nsock + W), np.int64),
+        ln=table(st.LINE, nlines, owner=-1, q_head=-1, q_tail=-1, arb_when=-1.0, reserved=-1, last_cpu=-1),
+        lq_t=np.zeros(3 * nt, np.int64), lq_kind=np.zeros(3 * nt, np.int64),
+        lq_next=np.append(np.arange(1, 3 * nt, dtype=np.int64), -1), sharers=np.zeros(nlines * (nsock + W), np.int64),
         ob=table(st.VMA_OBJ, max_obj), vid=table(st.VMA_ID, nv, obj=-1, created=vid_created, successor=-1,
                                                  wc_head=-1, wc_tail=-1, unstarted=us_p[:-1]),
-        cpus=table(st.CPU, len(mcpus), busy=-1, rq_head=-1, rq_tail=-1, socket=[c.socket for c in mcpus]),
+        cpus=table(st.CPU, len(mcpus), busy=-1, rq_head=-1, rq_tail=-1, dl_head=-1, socket=[c.socket for c in mcpus],
+                   llc=[c.socket * max(1, machine.ccds) + c.ccd for c in mcpus]),
         handoff=handoff.ravel(), hp=table(st.HEAP, hcap), out=table(st.OUT, cap), prog=prog,
         wt=table(st.WAIT, k["wait_cap"]),
         slot_obj=np.full(max_obj, -1, np.int64), freelist=np.zeros(max_obj, np.int64),

@@ -21,8 +21,10 @@ from numba import njit
 from ..jit import internal
 
 from ._dispatch import dispatch
+from .coherence import LQ_GRANTED, LQ_READY, arbitrate, stalled, still_waiting
+from .coherence import abandon as abandon_access
 from .rwsem import DR_NONE, TRY_NONE
-from .sched import DW_NONE, ERR_DEADLOCK, at, block, pop, release_cpu, rq_push, runnable, take, wake
+from .sched import DW_NONE, ERR_DEADLOCK, at, block, current, pop, release_cpu, rq_push, run_idle, runnable, wake
 from .narrow import op_address, op_think_ns
 from .state import (cfg, cpu, glob, heap, insn, op_arg, op_cpu, op_dep, op_flags, op_start,
                     open_state, out, th_ops_p, th_order, thread, us_ops, us_p, vmaid, w_done, w_gate, w_gate_p, w_vma,
@@ -241,16 +243,29 @@ def _finish(S, t):
 
 @njit(cache=True, inline="always")
 def _exec(S, t):
-    """One micro-op of t: when t continues (< 0: it blocked)."""
+    """One micro-op of t: when t continues (< 0: it blocked, or stalls at an access that
+    waits for its line - coherence.wait_line(): the same micro-op runs again when the
+    wait is over)."""
     g = glob(S, 0)
-    if g.pend_t == t and g.pend_i < g.pend_n:
-        return vma_start_write_step(S, t)
     th = thread(S, t)
-    ins = insn(S, th.prog * cfg(S, 0).plen + th.pc)
-    th.pc += 1
-    end, again = dispatch(S, t, ins.op, ins.a1, ins.a2, ins.a3)
-    if again:
-        th.pc -= 1
+    if still_waiting(S, t):  # run by a wake-up meant for something else: its access still waits
+        return -1.0
+    if g.pend_t == t and g.pend_i < g.pend_n:
+        end = vma_start_write_step(S, t)
+    else:
+        pc = th.pc
+        ins = insn(S, th.prog * cfg(S, 0).plen + pc)
+        th.pc = pc + 1
+        end, again = dispatch(S, t, ins.op, ins.a1, ins.a2, ins.a3)
+        if stalled(S, t):
+            th.pc = pc
+            return -1.0
+        if again:
+            th.pc -= 1
+    if stalled(S, t):
+        return -1.0
+    if th.lq_state == LQ_GRANTED or th.lq_state == LQ_READY:  # its step went another way
+        abandon_access(S, t)
     return end
 
 
@@ -270,8 +285,7 @@ def _step(S, t):
         if q.busy >= 0 and q.busy != t:
             rq_push(S, c, t)
             return
-        q.busy = t
-        take(S, t, g.now)
+        run_idle(S, c, t, g.now)
     while True:
         if not th.rec or th.finished:
             moved = False
@@ -302,8 +316,7 @@ def _step(S, t):
                 if q.busy >= 0:
                     rq_push(S, c, t)
                     return
-                q.busy = t
-                take(S, t, g.now)
+                run_idle(S, c, t, g.now)
         if np.isnan(th.start):
             if not _gate(S, t):
                 return
@@ -342,7 +355,7 @@ def start(Sarr):
     for t in range(cfg(S, 0).nthreads):
         c = thread(S, t).cpu
         if cpu(S, c).busy < 0:
-            cpu(S, c).busy = t
+            run_idle(S, c, t, 0.0)
             at(S, 0.0, t)
         else:
             rq_push(S, c, t)
@@ -362,7 +375,10 @@ def _events(S, n, chunked):
         when, t, tok = pop(S)
         g.now = when
         k += 1
-        if tok != thread(S, t).token:  # superseded (a spinner's timeout after it was let in)
+        if not current(S, t, tok):  # superseded (a spinner's timeout after it was let in)
+            continue
+        if t >= cfg(S, 0).nthreads:  # a line came free with requests waiting
+            arbitrate(S, t - cfg(S, 0).nthreads)
             continue
         _step(S, t)
         if g.err:

@@ -13,7 +13,7 @@ from numba import njit
 
 from ..jit import internal
 
-from .coherence import coh_prefetchw, read, store
+from .coherence import prefetchw, read, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .retry import anon_vma_check, anon_vma_prepare, check_anon, check_anon_vma, fault_retry, retry_wait_step
@@ -43,15 +43,11 @@ def h_read(S, t, obj, off, _):
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_prefetchw(S, t, obj, off, _):
-    """prefetchw(): the line's request is queued (coherence.coh_prefetchw) while the thread
-    goes on; it spends an instruction, an L1 hit's time."""
+    """prefetchw(): the line's request is sent (coherence.prefetchw: at once, or to wait at
+    a busy line) while the thread goes on; it spends an instruction, an L1 hit's time."""
     th = thread(S, t)
-    n = field_line(S, t, obj, off)
-    moved, fill = coh_prefetchw(S, n, th.cpu, glob(S, 0).now)
-    if moved:
+    if prefetchw(S, t, field_line(S, t, obj, off)):
         th.transfers += 1
-    th.pf_line = n
-    th.pf_until = fill
     k = cfg(S, 0)
     th.cache += k.l1_hit
     return glob(S, 0).now + k.l1_hit, False
@@ -113,10 +109,15 @@ def h_check_seq(S, t, locked, _a, _b):
     o = current(S, t)
     k = cfg(S, 0)
     if not th.seq_has:
+        end = read(S, t, field_line(S, t, 1, k.off_vm_lock_seq))
+        if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+            return end, True
         th.seq_has = True
-        return read(S, t, field_line(S, t, 1, k.off_vm_lock_seq)), True
-    th.seq_has = False
+        return end, True
     end = read(S, t, k.mm_lock_seq)
+    if end < 0:
+        return end, True
+    th.seq_has = False
     if vobj(S, o).vm_lock_seq == glob(S, 0).mm_lock_seq:
         th.pc = locked
     return end, False
@@ -175,6 +176,8 @@ def h_check_mm(S, t, _reused, off, _):
 def h_walk(S, t, none, _a, _b):
     """mas_walk(): the maple tree's line; the thread keeps the slot of the object found."""
     end = read(S, t, cfg(S, 0).mm_mt)
+    if end < 0:
+        return end, True
     th = thread(S, t)
     o = vma_walk(S, th.vma, th.addr)
     if o < 0:
@@ -196,6 +199,8 @@ def h_check_range(S, t, outside, _a, _b):
     vm_start/vm_end are the writers' (vma.vma_commit()); an op without an address passes."""
     th = thread(S, t)
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if end < 0:
+        return end, True
     ob = vobj(S, current(S, t))
     if th.addr >= 0 and (th.addr < ob.vm_start or th.addr >= ob.vm_end):
         th.pc = outside
@@ -217,6 +222,8 @@ def h_check_mm_users(S, t, single, _a, _b):
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
 def h_check_detached(S, t, detached, _a, _b):
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if end < 0:
+        return end, True
     if not vobj(S, current(S, t)).attached:
         thread(S, t).pc = detached
     return end, False
@@ -388,6 +395,8 @@ def h_check_span(S, t, spans, _a, _b):
     than one VMA."""
     w = thread(S, t).w
     end = read(S, t, field_line(S, t, 1, cfg(S, 0).off_vm_start))
+    if end < 0:
+        return end, True
     if w_ids_p(S)[w + 1] - w_ids_p(S)[w] > 1:
         thread(S, t).pc = spans
     return end, False

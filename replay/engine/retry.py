@@ -274,6 +274,8 @@ def check_anon(S, t, refused):
     if not k.lvur_anon_check:
         return now, False
     end = read(S, t, field_line(S, t, 1, k.off_anon_vma))
+    if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+        return end, True
     c = op_retry(S)[th.op]
     if c & NOT_ANON:
         th.pc = refused
@@ -291,6 +293,8 @@ def check_anon_vma(S, t, refused):
     if k.lvur_anon_vma != ANON_VMA_AFTER_LOCK:
         return glob(S, 0).now, False
     end = read(S, t, field_line(S, t, 1, k.off_anon_vma))
+    if end < 0:
+        return end, True
     if (op_retry(S)[th.op] & ANONYMOUS) and not _has_anon_vma(S, t):
         th.pc = refused
     return end, False

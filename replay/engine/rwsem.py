@@ -67,7 +67,7 @@ from __future__ import annotations
 import numpy as np
 from ..jit import internal
 
-from .coherence import read, read_from, rmw, rmw_from, store, store_from
+from .coherence import RQ_RMW, read, read_from, rmw, rmw_from, store, store_from, wait_line
 from .sched import (DW_CLEARED, DW_HSPIN, DW_NONE, DW_NONSPIN, DW_OWNER, DW_SPIN, DW_WAIT, ERR_WAITER_READER, at,
                     block_at, wake_at)
 from .state import cfg, cpu, glob, line, lock, thread
@@ -433,10 +433,11 @@ def rwsem_set_nonspinnable(S, t, k):
     """rwsem_set_nonspinnable(): cmpxchg RWSEM_NONSPINNABLE into sem->owner while it is
     still RWSEM_READER_OWNED; an atomic on the owner's line."""
     lk = lock(S, k)
+    now = glob(S, 0).now  # in arrival order at the line, not through its arbiter (a slow path's)
     if lk.owner != RWSEM_READER_OWNED or lk.nonspinnable:
-        return read(S, t, lk.owner_line)
+        return read_from(S, t, lk.owner_line, now)
     lk.nonspinnable = 1
-    return rmw(S, t, lk.owner_line, True)
+    return rmw_from(S, t, lk.owner_line, True, now)
 
 
 @internal
@@ -457,9 +458,13 @@ def down_read_trylock(S, t, k, label):
     ln = lk.count_line
     now = glob(S, 0).now
     if th.try_state == TRY_NONE:  # the load
+        ver = line(S, ln).version
+        end = read(S, t, ln)
+        if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+            return end, True
         th.try_state = TRY_CAS
-        th.try_ver = line(S, ln).version
-        return read(S, t, ln), True
+        th.try_ver = ver
+        return end, True
     if th.try_state == TRY_OWNER:  # rwsem_set_reader_owned()
         th.try_state = TRY_NONE
         lk.owner = RWSEM_READER_OWNED
@@ -470,6 +475,8 @@ def down_read_trylock(S, t, k, label):
         th.pc = label
         lk.trylock_failures += 1
         return now, False
+    if wait_line(S, t, ln, RQ_RMW):  # the cmpxchg waits for the line: this step runs again
+        return -1.0, True
     extra = 0.0
     if line(S, ln).version != th.try_ver:  # the line changed since the load: the cmpxchg fails once
         glob(S, 0).cas_retries += 1
@@ -494,6 +501,8 @@ def down_read(S, t, k):
         return store(S, t, lk.owner_line), False
     if th.dr == DR_WAIT:
         glob(S, 0).err = ERR_WAITER_READER
+        return -1.0, True
+    if wait_line(S, t, lk.count_line, RQ_RMW):  # the xadd waits for the line: this step runs again
         return -1.0, True
     lk.count += RWSEM_READER_BIAS
     end = rmw(S, t, lk.count_line, True)
@@ -550,6 +559,8 @@ def down_read(S, t, k):
 @internal
 def up_read(S, t, k):
     lk = lock(S, k)
+    if wait_line(S, t, lk.count_line, RQ_RMW):  # the xadd waits for the line: this step runs again
+        return -1.0
     released(S, k, t)
     lk.count -= RWSEM_READER_BIAS
     end = rmw(S, t, lk.count_line, True)
@@ -608,6 +619,8 @@ def down_write(S, t, k):
     if th.dw == DW_NONE:  # rwsem_write_trylock(): cmpxchg 0 -> WRITER_LOCKED
         free = lk.count == 0
         end = rmw(S, t, lk.count_line, free)
+        if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+            return end, True
         issued = end
         if lk.count == 0:
             lk.count = RWSEM_WRITER_LOCKED
@@ -647,6 +660,8 @@ def down_write(S, t, k):
     elif th.dw == DW_SPIN:
         since = th.dw_since
         if not lk.count & (RWSEM_LOCK_MASK | RWSEM_FLAG_HANDOFF):  # rwsem_try_write_lock_unqueued()
+            if wait_line(S, t, lk.count_line, RQ_RMW):  # its cmpxchg waits for the line: runs again
+                return -1.0, True
             osq_del(S, k, t)
             lk.count |= RWSEM_WRITER_LOCKED
             th.wait += now - since
@@ -831,6 +846,8 @@ def downgrade_write(S, t, k):
         if lk.count & RWSEM_FLAG_WAITERS:
             end = rwsem_wake(S, t, k, RWSEM_WAKE_READ_OWNED, end)
         return end, False
+    if wait_line(S, t, lk.count_line, RQ_RMW):  # the xadd waits for the line: this step runs again
+        return -1.0, True
     released(S, k, t)  # lockstat: the write hold ends, a read hold begins (lock_downgrade(): no new acquisition)
     hold_begins(S, k, t)
     if k > 0 and th.wlock == k:
@@ -870,6 +887,8 @@ def up_write(S, t, k):
     same in v6.3, v6.4 and v6.18.  Returns (end, again)."""
     lk, th = lock(S, k), thread(S, t)
     if th.dw == DW_CLEARED:
+        if wait_line(S, t, lk.count_line, RQ_RMW):  # the fetch_add waits for the line: runs again
+            return -1.0, True
         th.dw = DW_NONE
         lk.count -= RWSEM_WRITER_LOCKED
         end = rmw(S, t, lk.count_line, True)

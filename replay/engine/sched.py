@@ -17,15 +17,19 @@ kernel/entry/common.c: "if (ti_work & (_TIF_NEED_RESCHED | _TIF_NEED_RESCHED_LAZ
 schedule();"), the op's end.  The flag itself is EEVDF's (Linux 6.18, kernel/sched/fair.c):
 update_curr() from the tick and from check_preempt_wakeup_fair() sets it once the running
 task's request (sysctl_sched_base_slice) is used up, or after a renewal while it runs,
-with another task queued (account(), _wakeup_preempt(); the section below has the
+with another task queued (account(), update_curr(); the section below has the
 citations); a task inside its request is protected (RUN_TO_PARITY: protect_slice(),
-se->vprot set by set_next_entity()).  Faults have no cond_resched() on their path here and
-are never preempted (tests/test_rwsem_wake.py pins it; tests/test_cond_resched.py the
-writer's).  Not modelled: pick_eevdf()'s eligibility test (an ineligible current task is
-not protected), preempt=voluntary's might_resched() points and preempt=full.  (The other
-way round, the engine is more eager than EEVDF: a thread yields at every op end while
-another waits for its CPU, where RUN_TO_PARITY would keep it running to the end of its
-request.)
+se->vprot set by set_next_entity()) - unless it is not eligible: each thread's vruntime
+and lag and each CPU's avg_vruntime() are kept as fair.c keeps them, a woken thread is
+placed with its lag (place_entity()), and pick_eevdf() decides a wake-up's preemption
+(check_preempt_wakeup_fair()), whether a flagged task at cond_resched() yields, and who
+runs next.  Faults have no cond_resched() on their path here and are never preempted
+(tests/test_rwsem_wake.py pins it; tests/test_cond_resched.py the writer's).  Not
+modelled: preempt=voluntary's might_resched() points and preempt=full; nice levels,
+cgroups and custom slices (every weight and slice equal); load balancing beyond the
+recorded CPUs.  (The other way round, the engine is more eager than EEVDF: a thread
+yields at every op end while another waits for its CPU, where RUN_TO_PARITY would keep
+it running to the end of its request.)
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from ..jit import internal
 
-from .state import cfg, cpu, glob, heap, lock, thread
+from .state import cfg, cpu, glob, heap, line, lock, thread
 from .waits import slept
 
 WAKEUP_NS = 2000.0  # est.: try_to_wake_up() until the woken task runs on an idle CPU
@@ -92,6 +96,14 @@ def _sift_down(S, i, n):
             return
 
 
+@internal(inline=True)
+def current(S, t, tok):
+    """Whether a heap entry for t with token tok is still current: t < nthreads is a thread,
+    t - nthreads a line's arbiter (coherence.arbitrate(), at_line())."""
+    n = cfg(S, 0).nthreads
+    return tok == (thread(S, t).token if t < n else line(S, t - n).arb_tok)
+
+
 @internal
 def _compact_heap(S):
     """Drop entries whose token is stale (never popped as current anyway); re-heapify."""
@@ -99,7 +111,7 @@ def _compact_heap(S):
     k = 0
     for i in range(g.heap_n):
         e = heap(S, i)
-        if e.token == thread(S, e.t).token:
+        if current(S, e.t, e.token):
             d = heap(S, k)
             d.when, d.seq, d.t, d.token = e.when, e.seq, e.t, e.token
             k += 1
@@ -109,18 +121,15 @@ def _compact_heap(S):
 
 
 @internal(inline=True)
-def at(S, when, t):
-    """Schedule thread t's next step at ``when`` (superseding any it had)."""
+def _push(S, when, t, token):
     g = glob(S, 0)
     g.seq += 1
-    th = thread(S, t)
-    th.token += 1
     if g.heap_n == cfg(S, 0).heap_cap:
         _compact_heap(S)
     i = g.heap_n
     g.heap_n = i + 1
     e = heap(S, i)
-    e.when, e.seq, e.t, e.token = when, g.seq, t, th.token
+    e.when, e.seq, e.t, e.token = when, g.seq, t, token
     while i > 0:
         p = (i - 1) // 2
         if _less(S, i, p):
@@ -128,6 +137,23 @@ def at(S, when, t):
             i = p
         else:
             break
+
+
+@internal(inline=True)
+def at(S, when, t):
+    """Schedule thread t's next step at ``when`` (superseding any it had)."""
+    th = thread(S, t)
+    th.token += 1
+    _push(S, when, t, th.token)
+
+
+@internal(inline=True)
+def at_line(S, when, n):
+    """Schedule line n's arbiter at ``when`` (superseding any it had): coherence.arbitrate()."""
+    ln = line(S, n)
+    ln.arb_tok += 1
+    ln.arb_when = when
+    _push(S, when, cfg(S, 0).nthreads + n, ln.arb_tok)
 
 
 @internal(inline=True)
@@ -144,39 +170,165 @@ def pop(S):
     return when, t, tok
 
 
-# -- EEVDF's request and TIF_NEED_RESCHED ------------------------------------------------------------
-# kernel/sched/fair.c (6.18), nice-0 tasks only (calc_delta_fair() is then the identity, so
-# vruntime advances with CPU time): each task runs against a request of
-# sysctl_sched_base_slice, its deadline.  update_curr() - from the tick (task_tick_fair() ->
-# entity_tick()) and from check_preempt_wakeup_fair() - calls update_deadline(), which on a
-# used-up request gives a new one (deadline = vruntime + slice) and returns true; then ``if
-# (cfs_rq->nr_queued == 1) return; if (resched || !protect_slice(curr)) resched_curr_lazy(rq)``.
-# With equal slices set_next_entity() -> set_protect_slice() puts se->vprot at the deadline,
-# so a task is protected until its request is used up, and after a renewal while it runs (vprot
-# is not moved on) it is not protected until it is picked again (``unprot``).  With
-# preempt=none resched_curr_lazy() sets TIF_NEED_RESCHED itself (get_lazy_tif_bit():
-# dynamic_preempt_lazy() is false), which the task acts on at cond_resched() or at the
-# return to user mode.  A task's CPU time counts from when it takes its CPU (_take) to
-# when it leaves it (release_cpu_at); think time is off the CPU here (loop.py), so a
-# thread's user time does not use up its request.  Not modelled: eligibility (lag
-# against avg_vruntime), which can also make pick_eevdf() pass over an unprotected or
-# ineligible current task - a wake-up here preempts exactly when the current task's request
-# is used up or it is unprotected, and the wakee is taken to be the pick.
+# -- EEVDF: vruntime, lag, eligibility, the request and TIF_NEED_RESCHED -----------------------------
+# kernel/sched/fair.c (6.18), nice-0 tasks only: calc_delta_fair() is then the identity
+# (vruntime advances with CPU time) and every weight is NICE_0_LOAD, which cancels in each
+# formula below, so the engine counts each entity as weight 1.  Times are the kernel's:
+# integer ns (_ns(): rq_clock_task() ticks in whole ns).  Each CPU's cfs_rq holds its
+# running task (``cpu.busy``: cfs_rq->curr, kept out of the tree) and the tree - the tasks
+# in its run queue (``rq_head`` list: runnable, waiting) and those whose dequeue is delayed
+# (``dl_head`` list: DELAY_DEQUEUE, asleep but still competing).  The tree's sums are
+# cfs_rq->sum_w_vruntime (the keys v - zero_vruntime) and cfs_rq->sum_weight
+# (sum_w_vruntime_add()/_sub() in __enqueue_entity()/__dequeue_entity()); avg_vruntime()
+# adds curr.  sched_feat defaults (kernel/sched/features.h, 6.18): PLACE_LAG,
+# RUN_TO_PARITY, DELAY_DEQUEUE, DELAY_ZERO, WAKEUP_PREEMPTION on; NEXT_BUDDY off (so
+# PICK_BUDDY's cfs_rq->next is never set here); PREEMPT_SHORT has nothing to do with equal
+# slices; PLACE_DEADLINE_INITIAL is for forked tasks (the replay's threads exist at its start).
+#
+# The request: update_curr() - from the tick (task_tick_fair() -> entity_tick()), from
+# enqueue_entity()/dequeue_entity()/put_prev_entity() and pick_task_fair() - adds the CPU
+# time to vruntime and calls update_deadline(), which on a used-up request (vruntime >=
+# deadline) gives a new one (deadline = vruntime + sysctl_sched_base_slice) and returns
+# true; then ``if (cfs_rq->nr_queued == 1) return; if (resched || !protect_slice(curr))
+# resched_curr_lazy(rq)``.  set_next_entity() -> set_protect_slice() puts se->vprot at the
+# deadline (equal slices), so a task is protected until its request is used up, and not
+# after a renewal while it runs until it is picked again.  With preempt=none
+# resched_curr_lazy() sets TIF_NEED_RESCHED itself (get_lazy_tif_bit(): dynamic_preempt_lazy()
+# is false), which the task acts on at cond_resched() or at the return to user mode; then
+# __schedule() -> pick_task_fair() -> pick_eevdf() chooses, and may choose the task again.
+#
+# Eligibility: pick_eevdf() passes over a current task that is not eligible - vruntime past
+# the queue's weighted average, entity_eligible() - even inside its request, and picks the
+# eligible entity with the earliest deadline; a wake-up (check_preempt_wakeup_fair())
+# preempts only if that pick is the woken task.  A task's lag (vlag = avg_vruntime() -
+# vruntime, update_entity_lag(), clamped to the slice plus TICK_NSEC) is kept across a sleep
+# and restored by place_entity() when it wakes (PLACE_LAG); a task going to sleep
+# ineligible stays queued (DELAY_DEQUEUE) until picked - then dequeued, its lag clipped to
+# 0 (DELAY_ZERO) - or woken (requeue_delayed_entity()).  A task's CPU time counts from when
+# it takes its CPU (take()) to when it leaves it (release_cpu_at()); think time is off the
+# CPU here (loop.py): a sleep, whose user time does not advance vruntime.
+@internal(inline=True)
+def _ns(x):
+    """The kernel's clock: whole ns."""
+    return np.int64(np.floor(x))
+
+
+@internal(inline=True)
+def _div_s64(a, b):
+    """div_s64(): truncating division (b > 0); numba's // floors, as Python's does."""
+    return a // b if a >= 0 else -((-a) // b)
+
+
+@internal(inline=True)
+def _key(S, c, t):
+    """entity_key(): t's vruntime relative to its cfs_rq's zero_vruntime."""
+    return thread(S, t).vruntime - cpu(S, c).zero_vruntime
+
+
+@internal(inline=True)
+def _tree_add(S, c, t):
+    """__enqueue_entity() -> sum_w_vruntime_add()."""
+    q = cpu(S, c)
+    q.sum_w_vruntime += _key(S, c, t)
+    q.sum_weight += 1
+
+
+@internal(inline=True)
+def _tree_sub(S, c, t):
+    """__dequeue_entity() -> sum_w_vruntime_sub()."""
+    q = cpu(S, c)
+    q.sum_w_vruntime -= _key(S, c, t)
+    q.sum_weight -= 1
+
+
+@internal
+def avg_vruntime(S, c):
+    """avg_vruntime(): the weighted average of the tree's and curr's vruntimes, moving
+    zero_vruntime there (update_zero_vruntime()).  The kernel floors a negative sum
+    (``runtime -= (weight - 1)`` before div_s64()), so a task placed at the average is
+    eligible; numba's // floors both ways."""
+    q = cpu(S, c)
+    cur = q.busy
+    weight = q.sum_weight
+    delta = 0
+    if weight > 0:
+        runtime = q.sum_w_vruntime
+        if cur >= 0:
+            runtime += _key(S, c, cur)
+            weight += 1
+        delta = runtime // weight
+    elif cur >= 0:
+        delta = _key(S, c, cur)  # one entity: it is the average
+    q.sum_w_vruntime -= q.sum_weight * delta
+    q.zero_vruntime += delta
+    return q.zero_vruntime
+
+
+@internal
+def vruntime_eligible(S, c, v):
+    """vruntime_eligible(): lag >= 0 at vruntime v, ``avg >= (v - zero_vruntime) * load``
+    over the tree and curr (no division: exact)."""
+    q = cpu(S, c)
+    avg = q.sum_w_vruntime
+    load = q.sum_weight
+    if q.busy >= 0:
+        avg += _key(S, c, q.busy)
+        load += 1
+    return avg >= (v - q.zero_vruntime) * load
+
+
+@internal
+def update_entity_lag(S, c, t):
+    """update_entity_lag(): vlag = avg_vruntime() - vruntime, within +-(max slice +
+    TICK_NSEC) (cfs_rq_max_slice(): every slice is sysctl_sched_base_slice here)."""
+    k = cfg(S, 0)
+    limit = np.int64(k.slice_ns) + np.int64(k.tick_ns)
+    th = thread(S, t)
+    th.vlag = min(max(avg_vruntime(S, c) - th.vruntime, -limit), limit)
+
+
+@internal
+def place_entity(S, c, t):
+    """place_entity() for t joining CPU c's cfs_rq (not its curr): at avg_vruntime() less
+    its lag, the lag inflated by (load + 1) / load so that it survives t's own effect on
+    the average (PLACE_LAG: ``lag *= load + w; lag = div_s64(lag, load)``) - none on an
+    empty cfs_rq (``cfs_rq->nr_queued && se->vlag``); a new request from there."""
+    q = cpu(S, c)
+    th = thread(S, t)
+    v = avg_vruntime(S, c)
+    load = q.sum_weight + (1 if q.busy >= 0 else 0)  # cfs_rq->nr_queued; curr's weight
+    lag = np.int64(0)
+    if load > 0 and th.vlag != 0:
+        lag = _div_s64(th.vlag * (load + 1), load)
+    th.vruntime = v - lag
+    th.deadline = th.vruntime + np.int64(cfg(S, 0).slice_ns)
+
+
+@internal(inline=True)
+def _protected(th):
+    """protect_slice(): vruntime < vprot."""
+    return th.vruntime < th.vprot
+
+
 @internal(inline=True)
 def take(S, t, when):
-    """t takes its CPU at ``when``: set_next_entity() -> set_protect_slice()."""
+    """t takes its CPU at ``when``: set_next_entity() - out of the tree, and
+    set_protect_slice(): vprot at its deadline (RUN_TO_PARITY, equal slices)."""
     th = thread(S, t)
+    _tree_sub(S, th.cpu, t)
+    th.vprot = th.deadline
     th.ran_at = when
-    th.unprot = False
     th.resched = False
     th.preempted = False
 
 
 @internal
 def account(S, t, when):
-    """update_curr() for t, running since ran_at, up to ``when``, with the ticks in between
-    (the run queue of t's CPU has only grown meanwhile: nothing left it while t ran, so it
-    held someone at tick T iff it does now and went non-empty by T)."""
+    """The ticks of t, running since ran_at, up to ``when``: at each, update_curr() from
+    entity_tick() - vruntime, update_deadline(), and TIF_NEED_RESCHED with another entity
+    on the cfs_rq; then t's CPU time up to ``when`` (no update_curr() there: its deadline is
+    looked at by the next).  Every change to the cfs_rq of t's CPU accounts t first, so
+    the cfs_rq held at tick T what it holds now."""
     th = thread(S, t)
     if when <= th.ran_at:
         return
@@ -185,38 +337,182 @@ def account(S, t, when):
     if k.tick_ns > 0:
         tick = (np.floor(th.ran_at / k.tick_ns) + 1.0) * k.tick_ns
         while tick <= when:
-            th.ran += tick - th.ran_at
+            th.vruntime += _ns(tick) - _ns(th.ran_at)
             th.ran_at = tick
-            renewed = th.ran >= k.slice_ns
-            if renewed:  # update_deadline(): a new request
-                th.ran = 0.0
-            if q.rq_head >= 0 and q.rq_since <= tick and (renewed or th.unprot):
-                th.resched = True  # resched_curr_lazy()
-            th.unprot = th.unprot or renewed
+            if _update_deadline(S, t) or not _protected(th):
+                if q.sum_weight > 0:  # cfs_rq->nr_queued > 1
+                    th.resched = True  # resched_curr_lazy()
             tick += k.tick_ns
-    th.ran += when - th.ran_at
+    th.vruntime += _ns(when) - _ns(th.ran_at)
     th.ran_at = when
 
 
 @internal(inline=True)
-def _wakeup_preempt(S, cur, when):
-    """check_preempt_wakeup_fair() on the CPU ``cur`` runs, a task just queued there."""
+def _update_deadline(S, t):
+    """update_deadline(): a used-up request renewed, returning true."""
+    th = thread(S, t)
+    if th.vruntime < th.deadline:
+        return False
+    th.deadline = th.vruntime + np.int64(cfg(S, 0).slice_ns)
+    avg_vruntime(S, th.cpu)
+    return True
+
+
+@internal
+def update_curr(S, t, when):
+    """update_curr() for t, its CPU's curr, at ``when``: the ticks since it last ran
+    (account()), then update_deadline() and, had it run meanwhile, resched as at a tick."""
+    th = thread(S, t)
+    ran = when > th.ran_at
+    account(S, t, when)
+    renewed = _update_deadline(S, t)
+    if ran and cpu(S, th.cpu).sum_weight > 0 and (renewed or not _protected(th)):
+        th.resched = True
+
+
+@internal
+def _pick_eevdf(S, c, cur, protect, excl):
+    """pick_eevdf() on CPU c with curr ``cur`` (-1: none on_rq): curr if it is the only
+    entity; curr dropped if not eligible; curr if protected (``protect``, RUN_TO_PARITY);
+    else the eligible entity of the tree with the earliest deadline - the augmented
+    rb-tree's search, here a walk of the run queue then the delayed list, ties to the
+    first - or curr if its deadline is earlier (entity_before()).  ``excl``: a tree entity
+    not to pick (the engine's own yield at an op's end: the yielder), -1 none.  -1: none."""
+    q = cpu(S, c)
+    if q.sum_weight + (1 if cur >= 0 else 0) == 1 and excl < 0:  # cfs_rq->nr_queued == 1
+        if cur >= 0:
+            return cur
+        return q.rq_head if q.rq_head >= 0 else q.dl_head
+    if cur >= 0 and not vruntime_eligible(S, c, thread(S, cur).vruntime):
+        cur = -1
+    if cur >= 0 and protect and _protected(thread(S, cur)):
+        return cur
+    best = -1
+    for lst in range(2):
+        s = q.rq_head if lst == 0 else q.dl_head
+        while s >= 0:
+            ts = thread(S, s)
+            if s != excl and vruntime_eligible(S, c, ts.vruntime) and (
+                    best < 0 or ts.deadline < thread(S, best).deadline):
+                best = s
+            s = ts.rq_next if lst == 0 else ts.dl_next
+    if best < 0 or (cur >= 0 and thread(S, cur).deadline < thread(S, best).deadline):
+        best = cur
+    return best
+
+
+@internal
+def _pick_next(S, c, cur, protect, excl):
+    """pick_next_entity(): pick_eevdf(), and a delayed entity picked is dequeued
+    (dequeue_entities(DEQUEUE_DELAYED)) and the pick made again."""
+    while True:
+        se = _pick_eevdf(S, c, cur, protect, excl)
+        if se < 0 or se == cur or not thread(S, se).sched_delayed:
+            return se
+        _finish_delayed(S, c, se)
+
+
+@internal
+def _finish_delayed(S, c, t):
+    """dequeue_entity() of t, delayed on CPU c's cfs_rq: update_entity_lag(), out of the
+    tree, then finish_delayed_dequeue_entity(): a positive lag clipped to 0 (DELAY_ZERO)."""
+    update_entity_lag(S, c, t)
+    th = thread(S, t)
+    if th.vlag > 0:
+        th.vlag = 0
+    _tree_sub(S, c, t)
+    _dl_unlink(S, c, t)
+
+
+@internal
+def _dl_unlink(S, c, t):
+    q = cpu(S, c)
+    th = thread(S, t)
+    p = -1
+    s = q.dl_head
+    while s >= 0 and s != t:
+        p = s
+        s = thread(S, s).dl_next
+    if s == t:
+        if p < 0:
+            q.dl_head = th.dl_next
+        else:
+            thread(S, p).dl_next = th.dl_next
+    th.sched_delayed = False
+    th.dl_next = -1
+
+
+@internal
+def enqueue(S, c, t, when):
+    """enqueue_entity() of t, woken onto CPU c (t is not its curr): update_curr() of curr,
+    then place_entity() and into the tree; a task whose dequeue was delayed there is
+    requeue_delayed_entity()'d instead - its lag looked at again, and a positive one
+    dropped (DELAY_ZERO: placed at the average) - and one delayed on another CPU is
+    dequeued there first (its lag carried over, as a migration's is)."""
+    th = thread(S, t)
+    q = cpu(S, c)
+    if th.sched_delayed:
+        d = th.dl_cpu
+        if q.busy >= 0 and q.busy != t:
+            account(S, q.busy, when)
+        if d == c:
+            update_entity_lag(S, c, t)
+            if th.vlag > 0:
+                _tree_sub(S, c, t)
+                th.vlag = 0
+                place_entity(S, c, t)
+                _tree_add(S, c, t)
+            _dl_unlink(S, c, t)
+            return
+        od = cpu(S, d).busy
+        if od >= 0:
+            account(S, od, when)
+        _finish_delayed(S, d, t)
+    if q.busy >= 0 and q.busy != t:
+        update_curr(S, q.busy, when)
+    place_entity(S, c, t)
+    _tree_add(S, c, t)
+
+
+@internal
+def dequeue(S, t, when):
+    """t, its CPU's curr, leaves the cfs_rq asleep (dequeue_entity(DEQUEUE_SLEEP)): an
+    ineligible one stays in the tree, delayed (DELAY_DEQUEUE), else update_entity_lag();
+    a thread that is done (TASK_DEAD: is_special_task_state(), so DEQUEUE_SPECIAL, no
+    delay - try_to_block_task(), kernel/sched/core.c) just leaves."""
+    th = thread(S, t)
+    c = th.cpu
+    if not th.done and not vruntime_eligible(S, c, th.vruntime):
+        q = cpu(S, c)
+        _tree_add(S, c, t)
+        th.sched_delayed = True
+        th.dl_cpu = c
+        th.dl_next = q.dl_head
+        q.dl_head = t
+    else:
+        update_entity_lag(S, c, t)
+
+
+@internal(inline=True)
+def _wakeup_preempt(S, cur, pse):
+    """check_preempt_wakeup_fair() on the CPU ``cur`` runs, pse just enqueued there (its
+    update_curr() is enqueue()'s: no time has passed since): TIF_NEED_RESCHED if the pick
+    - protected curr kept - is pse; else update_protect_slice() (RUN_TO_PARITY)."""
     th = thread(S, cur)
-    if th.resched:
+    if th.resched:  # test_tsk_need_resched(rq->curr)
         return
-    account(S, cur, when)
-    if th.ran >= cfg(S, 0).slice_ns:
-        th.ran = 0.0
-        th.unprot = True
-        th.resched = True
-    elif th.unprot:
-        th.resched = True
+    if _pick_next(S, th.cpu, cur, True, -1) == pse:
+        th.resched = True  # resched_curr_lazy()
+    else:
+        th.vprot = min(th.vprot, th.vruntime + np.int64(cfg(S, 0).slice_ns))
 
 
 # -- run queues -------------------------------------------------------------------------------------
 @internal(inline=True)
 def rq_push(S, c, t):
-    """t joins CPU c's run queue (enqueue_task(), then wakeup_preempt() for the task on c)."""
+    """t joins CPU c's run queue: woken there (enqueue(), then wakeup_preempt() for the task
+    on c), or - t is c's running task - put back by its yield (put_prev_entity():
+    release_cpu_at() puts it in the tree)."""
     th = thread(S, t)
     if th.in_rq:
         glob(S, 0).err = ERR_RUNQ
@@ -226,36 +522,70 @@ def rq_push(S, c, t):
     q = cpu(S, c)
     if q.rq_head < 0:
         q.rq_head = t
-        q.rq_since = glob(S, 0).now
     else:
         thread(S, q.rq_tail).rq_next = t
     q.rq_tail = t
-    if q.busy >= 0 and q.busy != t:
-        _wakeup_preempt(S, q.busy, glob(S, 0).now)
+    if q.busy == t:
+        return
+    now = glob(S, 0).now
+    enqueue(S, c, t, now)
+    if q.busy >= 0:
+        _wakeup_preempt(S, q.busy, t)
 
 
 @internal(inline=True)
-def _rq_pop(S, c):
+def run_idle(S, c, t, when):
+    """t, woken onto CPU c, which is idle, runs there from ``when``: enqueue() on the empty
+    cfs_rq (at zero_vruntime, its lag unused), then set_next_entity()."""
+    enqueue(S, c, t, glob(S, 0).now)
+    cpu(S, c).busy = t
+    take(S, t, when)
+
+
+@internal(inline=True)
+def _rq_remove(S, c, t):
+    """t out of CPU c's run queue, wherever it is in it."""
     q = cpu(S, c)
-    t = q.rq_head
     th = thread(S, t)
-    q.rq_head = th.rq_next
+    p = -1
+    s = q.rq_head
+    while s != t:
+        p = s
+        s = thread(S, s).rq_next
+    if p < 0:
+        q.rq_head = th.rq_next
+    else:
+        thread(S, p).rq_next = th.rq_next
+    if q.rq_tail == t:
+        q.rq_tail = p
     th.in_rq = False
-    return t
 
 
 @internal(inline=True)
 def release_cpu_at(S, t, when):
-    """t leaves its CPU at ``when`` (>= now); the first thread queued there runs then."""
+    """t leaves its CPU at ``when`` (>= now): update_curr(), then back in the tree if it
+    yielded (its run queue place kept) or dequeue()'d; the thread pick_eevdf() picks runs
+    then - not t (the engine's yield at an op's end gives the CPU away), and where no
+    other is eligible then, the first queued."""
     c = thread(S, t).cpu
     q = cpu(S, c)
     if q.busy != t:
         return
-    account(S, t, when)
-    thread(S, t).resched = False  # __schedule(): clear_tsk_need_resched(prev)
+    th = thread(S, t)
+    update_curr(S, t, when)
+    th.resched = False  # __schedule(): clear_tsk_need_resched(prev)
+    if th.in_rq:
+        _tree_add(S, c, t)
+    else:
+        dequeue(S, t, when)
     q.busy = -1
-    if q.rq_head >= 0:
-        nxt = _rq_pop(S, c)
+    nxt = _pick_next(S, c, -1, True, t if th.in_rq else -1)
+    if nxt < 0:  # none eligible but the yielder, or the cfs_rq emptied
+        nxt = q.rq_head
+        if nxt == t and th.rq_next >= 0:
+            nxt = th.rq_next
+    if nxt >= 0:
+        _rq_remove(S, c, nxt)
         q.busy = nxt
         take(S, nxt, when)
         tn = thread(S, nxt)
@@ -370,8 +700,7 @@ def runnable(S, t):
     c = th.cpu
     q = cpu(S, c)
     if q.busy < 0:
-        q.busy = t
-        take(S, t, now + WAKEUP_NS)
+        run_idle(S, c, t, now + WAKEUP_NS)
         th.sleep += now + WAKEUP_NS - th.blocked_at  # off its CPU until it runs
         at(S, now + WAKEUP_NS, t)
     else:
@@ -386,15 +715,21 @@ def runnable(S, t):
 def cond_resched(S, t):
     """cond_resched() in t's op (include/linux/sched.h -> __cond_resched(), kernel/sched/core.c
     6.18: ``if (should_resched(0) && !irqs_disabled()) { preempt_schedule_common(); return
-    1; }``): with TIF_NEED_RESCHED set (account()) and another task queued on its CPU, t
-    leaves its CPU now, still runnable and still holding its locks, queued behind the
-    others; it resumes the op where it left it when it runs again.  Returns whether it
-    yielded.  Spinners on a lock it owns stop (owner->on_cpu is 0: block_at())."""
+    1; }``): with TIF_NEED_RESCHED set (account(), _wakeup_preempt()) and pick_eevdf()
+    picking another task, t leaves its CPU now, still runnable and still holding its
+    locks; it resumes the op where it left it when it runs again.  Picked again, it goes
+    on, the flag cleared.  Returns whether it yielded.  Spinners on a lock it owns stop (owner->on_cpu is 0: block_at())."""
     now = glob(S, 0).now
     th = thread(S, t)
     account(S, t, now)
-    q = cpu(S, th.cpu)
-    if not th.resched or q.rq_head < 0:
+    if not th.resched:
+        return False
+    # __schedule() -> pick_task_fair(): update_curr(), pick_next_entity(); then
+    # clear_tsk_need_resched(prev) (``picked:``) - t again, and it goes on
+    update_curr(S, t, now)
+    th.resched = False
+    nxt = _pick_next(S, th.cpu, t, True, -1)
+    if nxt < 0 or nxt == t:
         return False
     th.preempted = True
     th.rq_woken = True  # off its CPU from now until it runs again (thread.sleep)

@@ -52,6 +52,7 @@ GLOBALS = _rec(
     ("err",), ("nvorder",), ("chunk",),
     ("nwait",), ("wait_chunk",),  # waits.py: records in the buffer; run_chunk() stops at wait_chunk of them
     ("nptl",),  # faultpath.py: the PTE pages whose lock has been taken so far (PTL records in use)
+    ("lq_free",),  # coherence.py: the first free request record (lq_next chains them), -1 none
 )
 CONFIG = _rec(
     ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
@@ -110,6 +111,10 @@ THREAD = _rec(
     ("held_mm", f8), ("held_v", f8), ("held_vlock",), ("wlock",),
     ("sb_until", f8),  # when its store buffer has drained (coherence.store_from)
     ("pf_line",), ("pf_until", f8),  # its last prefetchw's line and when that fill lands (coherence.py)
+    # coherence.py: its prefetchw still queued at the line (pf_until unknown); its stores whose
+    # request is still queued, and the line of the last; what its access waits for (LQ_*), on
+    # which line, issued when
+    ("pf_pending",), ("sb_pending",), ("sb_line",), ("lq_state",), ("lq_line",), ("lq_since", f8),
     # its rwsem_waiter (a thread waits on one lock at a time) and its OSQ node
     ("waiter_write",), ("waiter_handoff_set",), ("waiter_since", f8), ("waiter_next",), ("waiter_prev",),
     ("osq_next",), ("osq_prev",),
@@ -130,11 +135,14 @@ THREAD = _rec(
     # next spinner in that lock's queue, and since when it has spun
     ("ptl",), ("ptl_next",), ("ptl_since", f8),
     ("anon_prep",),  # it set its VMA's anon_vma (retry.anon_vma_prepare(): __anon_vma_prepare())
-    # sched.py: its CPU time in its current EEVDF request (vruntime - (deadline - slice)), counted
-    # up to ran_at while it has its CPU; TIF_NEED_RESCHED; off its CPU at a cond_resched() of an
-    # op in progress (its locks still held); micro.h_work: the part of a WORK it is at
-    ("ran", f8), ("ran_at", f8), ("resched",), ("preempted",), ("wk_i",),
-    ("unprot",),  # its request was renewed while it ran (update_deadline()): se->vprot is behind it
+    # sched.py: its CPU time counted up to ran_at while it has its CPU; TIF_NEED_RESCHED; off its
+    # CPU at a cond_resched() of an op in progress (its locks still held); micro.h_work: the part
+    # of a WORK it is at
+    ("ran_at", f8), ("resched",), ("preempted",), ("wk_i",),
+    # sched.py: its sched_entity, integer ns - se->vruntime, se->deadline (its request's end),
+    # se->vprot (RUN_TO_PARITY's protection), se->vlag (its lag, kept across a sleep); its
+    # dequeue delayed (se->sched_delayed: DELAY_DEQUEUE) on CPU dl_cpu, next in that CPU's list
+    ("vruntime",), ("deadline",), ("vprot",), ("vlag",), ("sched_delayed",), ("dl_cpu",), ("dl_next",),
     # micro.h_vma_start_write_next(): the step of the call's VMA walk it is at, and that
     # step's share of the hold and its cond_resched() points (wk_n -1: no walk, the whole WORK)
     ("wv",), ("wk_h", f8), ("wk_n",),
@@ -150,7 +158,11 @@ LOCK = _rec(
     ("wait_lock_line",), ("wait_lock_until", f8),
     ("wake_q_head",), ("wake_q_tail",),  # the waker's wake_q, filled by rwsem_mark_wake(), emptied by wake_up_q()
 )
-LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8))
+# coherence.py: the requests waiting for the line (a list of request records: q_head .. q_tail,
+# q_n of them), its arbiter's event (arb_tok, arb_when: -1 none), the thread granted the line
+# whose access has not run yet (-1 none), and the CPU the last request served was from
+LINE = _rec(("owner",), ("nsharers",), ("version",), ("transfers",), ("invalidations",), ("busy_until", f8),
+            ("q_head",), ("q_tail",), ("q_n",), ("arb_tok",), ("arb_when", f8), ("reserved",), ("last_cpu",))
 # vm_start/vm_end: the range as the writers leave it (ops range_*); a VMA the mm had
 # before the trace's first writer has [0, VM_UNKNOWN_END) until a writer sets its range
 # anon_vma: whether vma->anon_vma is set (retry.py: lock_vma_under_rcu() up to 6.9, vmf_anon_prepare())
@@ -158,8 +170,13 @@ VMA_OBJ = _rec(("vid",), ("slot",), ("vm_lock_seq",), ("vm_refcnt",), ("attached
                ("anon_vma",))
 VM_UNKNOWN_END = np.iinfo(np.int64).max
 VMA_ID = _rec(("obj",), ("ever",), ("created",), ("successor",), ("wc_head",), ("wc_tail",), ("unstarted",))
-CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",),
-           ("rq_since", f8))  # when its run queue last went from empty to not (sched.rq_push)
+# busy: cfs_rq->curr (-1: idle); its run queue (rq_head .. rq_tail); sched.py: its cfs_rq's
+# zero_vruntime, sum_w_vruntime and sum_weight over the tree (kernel/sched/fair.c, integer ns;
+# every weight 1), and its delayed entities (dl_head list: DELAY_DEQUEUE); llc: its last-level
+# cache's domain (socket, or CCD/CCX where a socket has several L3s): the line's arbiter serves
+# its own domain's requests first (coherence.arbitrate())
+CPU = _rec(("busy",), ("rq_head",), ("rq_tail",), ("socket",), ("llc",),
+           ("zero_vruntime",), ("sum_w_vruntime",), ("sum_weight",), ("dl_head",))
 HEAP = _rec(("when", f8), ("seq",), ("t",), ("token",))
 OUT = _rec(("op",), ("t",), ("cpu",), ("start", f8), ("end", f8), ("wait", f8), ("cache", f8), ("transfers",),
            ("outcome",), ("misses",), ("fallback",), ("attempts",), ("svc", f8), ("res", f8), ("rwait", f8),
@@ -230,6 +247,9 @@ ARRAYS = {
     # per writer: the cond_resched() points in its WORK - one per PMD its range spans (load._resched_points)
     "w_resched": i8,
     "w_addr": i8, "w_len": i8,  # per writer: its range (ops address, length; -1 / 0 unknown)
+    # coherence.py: request records - the thread, what it asks for (coherence.RQ_*), the next
+    # in its line's queue (or in the free list); three a thread (an access, a prefetch, a store)
+    "lq_t": i8, "lq_kind": i8, "lq_next": i8,
 }
 NAMES = tuple(a for a, _ in RECORDS.values()) + tuple(ARRAYS)
 
@@ -388,6 +408,9 @@ ptl_hash = _array_accessor("ptl_hash", i8)
 line_cpu = _array_accessor("line_cpu", i8)
 w_advice = _array_accessor("w_advice", i8)
 w_vma = _array_accessor("w_vma", i8)
+lq_t = _array_accessor("lq_t", i8)
+lq_kind = _array_accessor("lq_kind", i8)
+lq_next = _array_accessor("lq_next", i8)
 
 
 class State:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from ..jit import internal
 
 from ..models.kernels import VMA_LOCK_OFFSET
-from .coherence import read, read_from, rmw, rmw_from, store, store_from
+from .coherence import RQ_RMW, read, read_from, rmw, rmw_from, stalled, store, store_from, wait_line
 from .rwsem import down_write, up_write
 from .sched import block, wake
 from .state import (VM_UNKNOWN_END, cfg, freelist, glob, line, lock, pend_obj, slot_obj, thread, vid_order, vmaid,
@@ -165,17 +165,25 @@ def vma_refcount_get(S, t, fail, detached):
     ln = refcnt_line(S, o)
     g = glob(S, 0)
     if not th.ref_has:  # old = refcount_read(r)
+        ver = line_version(S, ln)
+        end = read(S, t, ln)
+        if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+            return end, True
         th.ref_has = True
-        th.ref_ver = line_version(S, ln)
-        return read(S, t, ln), True
+        th.ref_ver = ver
+        return end, True
     old = vobj(S, o).vm_refcnt
-    th.ref_has = False
     if old == 0:
+        th.ref_has = False
         th.pc = detached
         return g.now, False
     if old + 1 > cfg(S, 0).ref_limit:
+        th.ref_has = False
         th.pc = fail
         return g.now, False
+    if wait_line(S, t, ln, RQ_RMW):  # the cmpxchg waits for the line: this step runs again
+        return -1.0, True
+    th.ref_has = False
     extra = 0.0
     if line_version(S, ln) != th.ref_ver:
         g.cas_retries += 1
@@ -195,6 +203,8 @@ def vma_refcount_put(S, t):
     """vma_refcount_put(): decrement; wake the writer per the model's policy."""
     th = thread(S, t)
     o = th.ref_obj
+    if wait_line(S, t, refcnt_line(S, o), RQ_RMW):  # waits for the line: this step runs again
+        return -1.0
     th.ref_obj = -1
     ob = vobj(S, o)
     ob.vm_refcnt -= 1
@@ -256,6 +266,8 @@ def vma_start_write_step(S, t):
     seqline = vma_line(S, o, k.off_vm_lock_seq)
     if step == 0:  # __is_vma_write_locked()
         end = read(S, t, seqline)
+        if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+            return end
         if ob.vm_lock_seq == g.mm_lock_seq:
             step = nsteps - 1  # the rest of this VMA's steps go
     elif rwsem:
@@ -279,6 +291,8 @@ def vma_start_write_step(S, t):
                 end = vma_enter_locked(S, t, o, now)
         elif step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt)
             end = read(S, t, refcnt_line(S, o))
+            if end < 0:
+                return end
             if ob.vm_refcnt != wr + 1:
                 g.vma_writer_wait = t
                 thread(S, t).wt_obj = o  # what the waits table names this sleep after (waits.py)
@@ -289,10 +303,14 @@ def vma_start_write_step(S, t):
             ob.vm_lock_seq = g.mm_lock_seq
             end = store(S, t, seqline)
         elif g.pend_locked:  # __vma_exit_locked()
+            if wait_line(S, t, refcnt_line(S, o), RQ_RMW):
+                return -1.0
             ob.vm_refcnt -= wr
             end = rmw(S, t, refcnt_line(S, o), True)
         else:
             end = now
+    if stalled(S, t):  # a step's access waits for its line (coherence.wait_line): it runs again
+        return -1.0
     if not again:
         step += 1
         if step >= nsteps:
@@ -359,6 +377,8 @@ def vma_commit(S, t):
                 return vma_enter_locked(S, t, o, end), True
         elif g.commit_step == 2:  # rcuwait_wait_event(..., vm_refcnt == tgt_refcnt)
             end = read(S, t, refcnt_line(S, o))
+            if end < 0:  # waits for the line (coherence.wait_line): this step runs again
+                return end, True
             if vobj(S, o).vm_refcnt != wr:
                 g.vma_writer_wait = t
                 thread(S, t).wt_obj = o  # what the waits table names this sleep after (waits.py)
