@@ -400,8 +400,8 @@ def arbitrate(S, n):
     apart: ls_any_fills_from_sys.local_ccx against near_cache / far_cache).  Ivy
     Bridge-EP and Broadwell-EP count that the IPQ or the IRQ can be starved
     (UNC_C_RxR_EXT_STARVED, UNC_C_RxR_INT_STARVED), so hardware bounds a far request's
-    wait somehow; no source gives the bound, and none is modelled (est.).  Sources and
-    what could not be found: docs/validation.md, "How the line's next owner is chosen"."""
+    wait somehow; no source gives the bound, and none is modelled (est.).  README, *The
+    cost model* ("Which request goes next") and *Validation* say what it moved."""
     g = glob(S, 0)
     ln = line(S, n)
     ln.arb_when = -1.0
