@@ -1246,6 +1246,9 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     pass  # the help is the app's; this callback only holds --version
 
 
+INTERRUPTED = "replay: interrupted; nothing was written to the workspace or to -o FILE"
+
+
 def main(argv: List[str] | None = None) -> int:
     from .ingest.sources import InputError
 
@@ -1264,7 +1267,7 @@ def main(argv: List[str] | None = None) -> int:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:
-        err.print("replay: interrupted; nothing was written to the workspace or to -o FILE", markup=False)
+        err.print(INTERRUPTED, markup=False)
         return 130
     except BrokenPipeError:
         return 0
@@ -1281,6 +1284,11 @@ def main(argv: List[str] | None = None) -> int:
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # UsageError, BadParameter, ...
             e.show()
             return e.exit_code
+        # the SIGINT that reached DuckDB mid-query: its InterruptException, or - a streaming
+        # fetch interrupted (duckdb 2.0) - a RuntimeError "Query interrupted"
+        if kind == "InterruptException" or (isinstance(e, RuntimeError) and str(e) == "Query interrupted"):
+            err.print(INTERRUPTED, markup=False)
+            return 130
         if os.environ.get("REPLAY_DEBUG"):
             raise
         err.print(f"replay: internal error: {type(e).__name__}: {e} (set REPLAY_DEBUG=1 for the traceback)",

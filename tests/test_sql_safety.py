@@ -253,3 +253,19 @@ def test_output_formats_stream_and_follow_the_suffix(wss, cli, tmp_path, monkeyp
     assert rc == 0 and json.loads(out) == [{"answer": 42}]
     rc, out, _ = cli("sql", "SELECT 1 AS a WHERE false", "-w", wss, "-f", "json")
     assert rc == 0 and json.loads(out) == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("Query interrupted"), duckdb.InterruptException("INTERRUPT Error")])
+def test_an_interrupt_duckdb_reports_is_an_interrupt(exc, monkeypatch, capsys):
+    """Ctrl-C during a query reaches DuckDB, which raises it as its own error - an
+    InterruptException, or from a streaming fetch a RuntimeError "Query interrupted"
+    (duckdb 2.0; test_ctrl_c_stops_a_query met it on CI): exit 130 with the one line, not
+    an internal error."""
+    from replay import cli
+
+    def boom(**_):
+        raise exc
+
+    monkeypatch.setattr(cli, "app", boom)
+    assert cli.main(["sql", "SELECT 1"]) == 130
+    assert capsys.readouterr().err.strip() == cli.INTERRUPTED
