@@ -1626,6 +1626,13 @@ def _spill_batch(part: tuple) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
     return pa.RecordBatch.from_arrays(cols, schema=SPILL_SCHEMA), _writer_rows(writers)
 
 
+def _spilled_batch(path: str, g: int) -> pa.RecordBatch:
+    """Part ``g`` of the spill, over a memory map of its own: the part's arrays are the
+    page cache's pages, neither copied nor decompressed, and the map goes (its pages
+    leave the process's RSS) once the part's table is written and its arrays dropped."""
+    return pa.ipc.open_file(pa.memory_map(path)).get_batch(g)
+
+
 def _unspill(batch: pa.RecordBatch, wb: pa.RecordBatch | None) -> tuple:
     """A spilled part (and its writers' rows) back, as read-only views of the batch's own
     buffers (no copy: ``_Patch`` copies the few columns it changes)."""
@@ -1718,17 +1725,18 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
 
     spilled: list[bool] = []  # per spilled part: it has writers (a batch in the writers' spill)
 
-    def spill_to(name: str, path: str, sch: pa.Schema, batch: pa.RecordBatch) -> None:
+    def spill_to(name: str, path: str, sch: pa.Schema, batch: pa.RecordBatch, compression: str | None) -> None:
         if name not in files:
             files[name + "_file"] = pa.OSFile(path, "wb")
-            files[name] = pa.ipc.new_file(files[name + "_file"], sch, options=pa.ipc.IpcWriteOptions(compression="lz4"))
+            files[name] = pa.ipc.new_file(files[name + "_file"], sch,
+                                          options=pa.ipc.IpcWriteOptions(compression=compression))
         files[name].write_batch(batch)
 
     def spill(part, release) -> None:
         batch, wb = _spill_batch(part)
-        spill_to("spill", spill_path, SPILL_SCHEMA, batch)
+        spill_to("spill", spill_path, SPILL_SCHEMA, batch, None)
         if wb is not None:
-            spill_to("spill_w", spill_w_path, SPILL_WRITERS_SCHEMA, wb)
+            spill_to("spill_w", spill_w_path, SPILL_WRITERS_SCHEMA, wb, "lz4")
         spilled.append(wb is not None)
         del batch, wb
         release()
@@ -1749,18 +1757,16 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
             patch = _Patch(b)
             behind.join()
             behind = _Behind()
-            with pa.OSFile(spill_path, "rb") as f, \
-                    (pa.OSFile(spill_w_path, "rb") if any(spilled) else contextlib.nullcontext()) as fw:
-                r = pa.ipc.open_file(f)
+            with pa.OSFile(spill_w_path, "rb") if any(spilled) else contextlib.nullcontext() as fw:
                 rw = pa.ipc.open_file(fw) if fw is not None else None
                 w = 0
-                for g in range(r.num_record_batches):
+                for g in range(len(spilled)):
                     wb = None
                     if spilled[g]:
                         wb, w = rw.get_batch(w), w + 1
                     # the table is made here: in this pass the step's thread has nothing
                     # else to do, and the writer thread's encoding is the longer part
-                    behind(put, b.part_table(patch(_unspill(r.get_batch(g), wb))))
+                    behind(put, b.part_table(patch(_unspill(_spilled_batch(spill_path, g), wb))))
                 behind.join()
         else:
             behind.join()
