@@ -657,7 +657,7 @@ class Events:
         if self.table is not None:
             yield from self.table.select(columns).to_batches(max_chunksize=BATCH)
         else:
-            yield from self.file.iter_batches(batch_size=BATCH, columns=columns)
+            yield from self.file.iter_batches(batch_size=BATCH, columns=columns, use_threads=False)
 
 
 # -- pass 1: the survey -----------------------------------------------------------------------
