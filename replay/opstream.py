@@ -27,9 +27,10 @@ order); this module makes ops that way from a trace of any size without holding 
   oldest row group is written with what is known and the incomplete ops in it are kept
   aside (``late``) and finished there.  Faults outside every known VMA get their
   inferred VMA only at the end (the clusters depend on every such fault's page).
-  Either way the row groups from the first such one on go to an Arrow IPC spill
-  beside the ops file (as their typed arrays, ``SPILL_SCHEMA``; their writers' rows, if
-  any, to a second one, ``SPILL_WRITERS_SCHEMA``), and at the end through
+  Either way the row groups from the first such one on go to an uncompressed Arrow IPC
+  spill beside the ops file (as their typed arrays, ``SPILL_SCHEMA``, 133 bytes an op;
+  their writers' rows, if any, to a second one, lz4, ``SPILL_WRITERS_SCHEMA``), read
+  back over memory maps, and at the end through
   a second pass (``_Patch``) that puts the final values in place before their tables are
   made and appended to the ops file; the row groups before it
   are final and go straight in, so each op is Parquet-encoded once.  The Arrow tables
@@ -657,6 +658,8 @@ class Events:
         if self.table is not None:
             yield from self.table.select(columns).to_batches(max_chunksize=BATCH)
         else:
+            # decoded on the caller's thread: for these batches of narrow columns pyarrow's
+            # thread pool cost more CPU than it saved wall time (bench/opstages.py, README)
             yield from self.file.iter_batches(batch_size=BATCH, columns=columns, use_threads=False)
 
 
@@ -1706,9 +1709,11 @@ def build(events: Events, trace_id: str, maps_snapshot: str | None, same_mm: boo
     """Build a trace's ops into ``ops_path`` and its VMAs into ``vmas_path`` (Parquet,
     ``metadata`` added to both schemas' key-value metadata).  Row groups that are final
     when made go straight into the ops file; from the first one the second pass must see,
-    they go to an Arrow IPC file beside it, as the op buffer's fields (SPILL_SCHEMA; lz4:
-    cheap to write and read back, unlike a Parquet encoding, which so happens once per
-    op), and through the patch at the end.
+    they go to an Arrow IPC file beside it, as the op buffer's fields (SPILL_SCHEMA,
+    uncompressed: written with one copy into the page cache and read back as its pages,
+    unlike a Parquet encoding, which so happens once per op; lz4 cost ~0.35 s of CPU per
+    2 M spilled ops, both ways and in the decompressed buffers' fresh pages, for 16.5
+    bytes an op on disk instead of 133), and through the patch at the end.
     Both files are written on a thread of their own."""
     meta = {**(metadata or {}), O.OPS_VERSION_KEY: str(O.OPS_VERSION).encode()}
     schema = OPS_ARROW.with_metadata({**(OPS_ARROW.metadata or {}), **meta})
