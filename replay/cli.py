@@ -633,8 +633,14 @@ def sweep(
     if workers is not None and workers < 1:
         raise Fail("--workers must be at least 1", 2)
     ws = Workspace(workspace)
-    jobs = S.plan(ws, spec)
-    done = S.finished(ws)
+    ex = None if plan_only else S.start(executor, scheduler, workers, spec)  # its workers start while we plan
+    try:
+        jobs = S.plan(ws, spec)
+        done = S.finished(ws)
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     todo = [j for j in jobs if j.run_id not in done]
     if plan_only:
         for line in S.plan_commands(todo, spec, str(ws.root)):
@@ -645,16 +651,15 @@ def sweep(
         return
     status = {j.run_id: "skipped" for j in jobs if j.run_id in done}
     failed = []
-    ex = None
+    metrics = {}  # each replayed run's, from its worker
     try:
         if todo:
-            ex = (S.DaskExecutor(scheduler, workers) if executor == "dask"
-                  else S.LocalExecutor(min(workers or S.default_workers(), len(todo))))
             for res in S.execute(ex, todo, len(jobs), len(jobs) - len(todo)):
                 if "error" in res:
                     failed.append(res)
                 else:
                     status[res["run_id"]] = "replayed"
+                    metrics[res["run_id"]] = res["metrics"]
     except (KeyboardInterrupt, S.WorkerLost) as e:
         if ex is not None:
             ex.close()  # first: a worker may commit the run it was finishing
@@ -668,7 +673,7 @@ def sweep(
     finally:
         if ex is not None:
             ex.close()
-    rep = S.report(ws, [j for j in jobs if j.run_id in status], status)
+    rep = S.report(ws, [j for j in jobs if j.run_id in status], status, metrics)
     if output is Fmt.json:
         print(json.dumps({**rep, "replayed": sum(v == "replayed" for v in status.values()),
                           "skipped": sum(v == "skipped" for v in status.values()), "failed": len(failed)}, indent=2))

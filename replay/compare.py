@@ -55,14 +55,19 @@ def run_metrics(res: pl.DataFrame) -> dict:
             "fallback_pct": 100 * float(tried["fallback"].mean()) if tried.height else None}
 
 
-def iteration_metrics(ws, run_ids) -> pl.DataFrame:
-    """``run_metrics`` of each run (reading only the columns they need: a sweep
+def metrics_of(ws, run_id: str) -> dict:
+    """``run_metrics`` of a committed run, reading only the columns it needs (a sweep
     compares runs of millions of ops)."""
-    rows = []
-    for r in dict.fromkeys(run_ids):
-        res = pl.read_parquet(ws.partition("results", r, "run_id") / "part-0.parquet",
-                              columns=["kind", "start_ns", "end_ns", "fallback", "outcome", "sleep_ns"])
-        rows.append({"run_id": r, **run_metrics(res)})
+    res = pl.read_parquet(ws.partition("results", run_id, "run_id") / "part-0.parquet",
+                          columns=["kind", "start_ns", "end_ns", "fallback", "outcome", "sleep_ns"])
+    return run_metrics(res)
+
+
+def iteration_metrics(ws, run_ids, known: dict[str, dict] | None = None) -> pl.DataFrame:
+    """``metrics_of`` each run, a row per run in ``run_ids``' order; ``known``: runs'
+    metrics already computed (a sweep's workers compute their runs' own, in parallel)."""
+    known = known or {}
+    rows = [{"run_id": r, **(known[r] if r in known else metrics_of(ws, r))} for r in dict.fromkeys(run_ids)]
     return pl.DataFrame(rows, schema={"run_id": pl.Utf8, **{m[0]: pl.Float64 for m in METRICS}})
 
 

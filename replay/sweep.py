@@ -96,29 +96,50 @@ def read_sweep_file(path: Path) -> dict:
 # -- the job ------------------------------------------------------------------------------
 
 def run_job(job: Job) -> dict:
-    """Replay and commit one run; return ``{"run_id", "summary"}`` or, for a failure the
-    user can act on (a bad parameter, a full disk, a trace replaced), ``{"run_id",
-    "error", "code"}``.  A pure function of the job: any worker may run it."""
+    """Replay and commit one run; return ``{"run_id", "summary", "metrics"}`` (metrics:
+    the run's ``compare.metrics_of``, for the end-of-sweep comparison - computed here, in
+    parallel, rather than by the sweep after the last run) or, for a failure the user
+    can act on (a bad parameter, a full disk, a trace replaced), ``{"run_id", "error",
+    "code"}``.  A pure function of the job: any worker may run it."""
+    import importlib
+
     from .ingest.sources import InputError
 
     from .cli import Fail, model_and_machine, run_one
     from .workspace import Workspace, WorkspaceError
 
+    compare = importlib.import_module("replay.compare")  # the attribute replay.compare is the API function
+    ws = Workspace(job.workspace)
     try:
         mdl, mach = model_and_machine(job.model, job.machine)
-        _, s = run_one(Workspace(job.workspace), job.trace, mdl, mach, job.cpus, job.seed, job.placement,
+        _, s = run_one(ws, job.trace, mdl, mach, job.cpus, job.seed, job.placement,
                        job.open_loop, job.fault_service, bar=False, expect_sha=job.trace_sha256)
     except (Fail, InputError, WorkspaceError) as e:
         return {"run_id": job.run_id, "error": str(e), "code": getattr(e, "code", 1)}
     if s["run_id"] != job.run_id:  # the planner and the engine disagree on what the run is: a defect
         raise RuntimeError(f"run {s['run_id']} replayed for planned run {job.run_id}")
-    return {"run_id": job.run_id, "summary": s}
+    # read back from the committed run (the page cache has it): the same reader as for a
+    # run the sweep skipped, so the comparison is the same whichever replayed it
+    return {"run_id": job.run_id, "summary": s, "metrics": compare.metrics_of(ws, job.run_id)}
 
 
 def _worker_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group; the sweep (the parent) decides what stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_die_with, args=(parent,), daemon=True).start()
+    warm_worker()
+
+
+def warm_worker() -> None:
+    """What a worker's first job would spend before replaying - importing the CLI and
+    the engine, loading the compiled engine from numba's cache (1-2 s) - done as the
+    worker starts, while the sweep is still planning.  Only from a warm cache: a cold
+    one the planner compiles, once, and the first job loads."""
+    from . import cli  # noqa: F401  (run_job's imports)
+    from .engine import warm
+
+    if warm.is_warm():
+        warm.compile_now()
 
 
 def _die_with(parent: int) -> None:
@@ -161,8 +182,13 @@ class LocalExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(workers or default_workers(), mp_context=multiprocessing.get_context("spawn"),
+        n = workers or default_workers()
+        self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_worker_init, initargs=(os.getpid(),))
+        # start every worker now (the pool starts one per task submitted while none is
+        # idle): each warms itself (warm_worker) while the sweep plans
+        for _ in range(n):
+            self.pool.submit(os.getpid)
 
     def map(self, jobs: Sequence[Job]) -> Iterator[dict]:
         from concurrent.futures import as_completed
@@ -204,6 +230,7 @@ class DaskExecutor:
                 self.client = Client(scheduler, timeout="20s")
             except (OSError, TimeoutError) as e:
                 raise Fail(f"cannot reach the Dask scheduler at {scheduler}: {e}")
+            self._warm()
             return
         env = {}
         if os.environ.get("NUMBA_CACHE_DIR"):  # the cache the planner warmed
@@ -211,6 +238,13 @@ class DaskExecutor:
         self.cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
                                     dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR, env=env)
         self.client = Client(self.cluster)
+        self._warm()
+
+    def _warm(self) -> None:
+        """``warm_worker`` on every worker, as a task pinned to it (fire and forget: the
+        futures are only kept, so that dask does not cancel them), while the sweep plans."""
+        self.warming = [self.client.submit(warm_worker, workers=[w], allow_other_workers=False, pure=False)
+                        for w in self.client.scheduler_info()["workers"]]
 
     def map(self, jobs: Sequence[Job]) -> Iterator[dict]:
         from dask.distributed import as_completed
@@ -230,6 +264,17 @@ class DaskExecutor:
             self.cluster.close()
 
 
+def start(executor: str, scheduler: str | None, workers: int | None, spec: Spec) -> Executor:
+    """The sweep's executor, started before the plan so that its workers start, and warm
+    themselves (``warm_worker``), while the sweep plans: local, ``workers`` processes
+    (default every core) but no more than the sweep can have jobs; or dask."""
+    if executor == "dask":
+        return DaskExecutor(scheduler, workers)
+    most = (len(spec.traces) * len(set(spec.models)) * len(set(spec.machines)) * len(set(spec.cpus))
+            * max(spec.iterations, 1))
+    return LocalExecutor(min(workers or default_workers(), most))
+
+
 # -- planning -----------------------------------------------------------------------------
 
 def plan(ws, spec: Spec) -> list[Job]:
@@ -237,7 +282,6 @@ def plan(ws, spec: Spec) -> list[Job]:
     Builds each trace's ops now, once, and compiles the engine now, once, so that the workers neither race to build the same ops nor each compile."""
     from .cli import Fail, _ensure_ops, check_run_options, model_and_machine
     from .engine import run_id_for, run_params, warm
-    from .engine.source import OpsSource
 
     check_run_options(spec.placement)
     if spec.iterations < 1:
@@ -247,7 +291,7 @@ def plan(ws, spec: Spec) -> list[Job]:
     jobs = []
     for trace in spec.traces:
         ops, sha = _ensure_ops(ws, trace)
-        src = OpsSource(ops)
+        src = _planning_source(ops)
         for x in spec.machines:
             # a machine given as a .toml path must name the same file from a worker's directory
             mach_arg = str(Path(x).resolve()) if x.endswith(".toml") else x
@@ -268,6 +312,35 @@ def plan(ws, spec: Spec) -> list[Job]:
         err.print("compiling the replay engine once for the workers (numba caches it)", markup=False)
         warm.compile_now()
     return jobs
+
+
+def _planning_source(ops: str):
+    """The ops file as an ``OpsSource`` whose ``frame`` answers are kept: the planner
+    asks ``run_params`` (and so ``service_for``: the trace's fallen-back holds) the same
+    questions of the same file for every job, and read anew each is a pass over the
+    file per job - most of a 24-run plan's time.  An answer is keyed by all it depends
+    on: the columns read and the function (its code, defaults and the values it closes
+    over); a function that cannot be keyed is asked again.  What is kept is the answers
+    (a few rows or an aggregate), not the columns."""
+    from .engine.source import OpsSource
+
+    class PlanningSource(OpsSource):
+        def __init__(self, path):
+            super().__init__(path)
+            self.answers: dict = {}
+
+        def frame(self, roots, fn):
+            try:
+                key = (tuple(roots), fn.__code__, fn.__defaults__,
+                       tuple(c.cell_contents for c in fn.__closure__ or ()))
+                hash(key)
+            except (AttributeError, TypeError, ValueError):  # not a plain function, or unhashable values
+                return super().frame(roots, fn)
+            if key not in self.answers:
+                self.answers[key] = super().frame(roots, fn)
+            return self.answers[key]
+
+    return PlanningSource(ops)
 
 
 def finished(ws) -> set[str]:
@@ -307,10 +380,11 @@ def execute(executor: Executor, jobs: Sequence[Job], total: int, done_before: in
 
 # -- the end-of-sweep report ----------------------------------------------------------------
 
-def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
+def report(ws, jobs: Sequence[Job], status: dict[str, str], metrics: dict[str, dict] | None = None) -> dict:
     """Every run of the sweep (from the workspace, so skipped and replayed runs alike)
     and the mmtests comparison of the models per trace, machine and CPU count, each
-    cell the sweep's iterations pooled."""
+    cell the sweep's iterations pooled.  ``metrics``: the runs' ``compare.metrics_of``
+    their workers computed (``run_job``); the others' are read here."""
     import math
 
     import polars as pl
@@ -333,7 +407,7 @@ def report(ws, jobs: Sequence[Job], status: dict[str, str]) -> dict:
             columns = [[j.run_id for j in group if j.model == m and j.cpus == c] for m in models]
             if not all(columns):
                 continue
-            stats = compare.compare_stats(compare.iteration_metrics(ws, [r for col in columns for r in col]),
+            stats = compare.compare_stats(compare.iteration_metrics(ws, [r for col in columns for r in col], metrics),
                                           columns, models, c)
             for st in stats:
                 for k in ("value", "pct_change"):

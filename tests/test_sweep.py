@@ -258,3 +258,123 @@ def test_dask_executor_starts_its_own_local_cluster(cli, sws, local_ftrace):
     rc, out, err = cli(*DASK_SWEEP, "--executor", "dask", "-w", sws, "-f", "json")
     assert rc == 0, err
     _same_runs(local_ftrace, sws)
+
+
+# -- the sweep's serial parts, cut (bench/sweep_serial.py measures them) --------------------
+
+def test_worker_metrics_give_the_comparison_the_workspace_gives(cli, sws):
+    """The comparison of a sweep that replayed its runs (each run's metrics computed by
+    its worker) is the one a sweep of the same runs, all skipped (every run's metrics
+    read by the sweep itself), prints - in JSON and as text."""
+    rc, fresh, err = cli(*SWEEP, "--iterations", "2", "-w", sws, "-f", "json")
+    assert rc == 0, err
+    rc, again, err = cli(*SWEEP, "--iterations", "2", "-w", sws, "-f", "json")
+    assert rc == 0, err
+    fresh, again = json.loads(fresh), json.loads(again)
+    assert (fresh["replayed"], again["skipped"]) == (8, 8)
+    assert fresh["compare"] == again["compare"] and fresh["compare"]
+
+
+def test_report_uses_the_workers_metrics_and_reads_the_rest(clean):
+    """``report`` takes a run's metrics from its worker when it has them (a sentinel
+    given for one run shows in that run's column) and reads the others' from the
+    workspace; given exactly what the workspace holds, it is the report without them."""
+    import replay.sweep as S
+    from replay.compare import metrics_of
+    from replay.workspace import Workspace
+
+    ws = Workspace(clean)
+    jobs = S.plan(ws, S.Spec(traces=["tiny"], models=["v8", "mmap_lock"], machines=["broadwell-2s"], cpus=[1, 2]))
+    status = {j.run_id: "replayed" for j in jobs}
+    read = S.report(ws, jobs, status)
+    assert S.report(ws, jobs, status, {j.run_id: metrics_of(ws, j.run_id) for j in jobs}) == read
+    one = jobs[0]
+    sentinel = {"faults_per_sec": 1234.0, "faults_per_cpu": 5678.0, "fault_ns": 9.0, "fallback_pct": 1.5}
+    rep = S.report(ws, jobs, status, {one.run_id: sentinel})
+    block = next(b for b in rep["compare"] if b["cpus"] == one.cpus)
+    col = block["models"].index(one.model)
+    mine = {s["metric"]: s["value"] for s in block["stats"] if s["label"] == block["models"][col]
+            and s["kind"] in ("Hmean", "Amean")}
+    assert mine == {"faults/sec": 1234.0, "faults/cpu": 5678.0, "fault-ns": 9.0, "fallback-pct": 1.5}
+    others = [b for b in rep["compare"] if b["cpus"] != one.cpus]
+    assert others and others == [b for b in read["compare"] if b["cpus"] != one.cpus]
+
+
+@pytest.fixture(scope="module")
+def race_ops(tmp_path_factory):
+    """The mprotect-race sample's ops: hundreds of faults that fell back, so ``--fault-service
+    trace`` resamples their holds (the planner's questions have answers to read)."""
+    from replay.cli import main
+    from replay.workspace import Workspace
+
+    ws = tmp_path_factory.mktemp("sweep-race") / "ws"
+    assert main(["ingest", str(SAMPLES / "mprotect-race.txt.zst"), "-w", str(ws), "--maps",
+                 str(SAMPLES / "mprotect-race.maps")]) == 0
+    assert main(["ops", "mprotect-race", "-w", str(ws), "-f", "json"]) == 0
+    return str(Workspace(ws).ops_file("mprotect-race"))
+
+
+def test_planning_source_reads_each_question_once_and_answers_as_the_file(race_ops):
+    """The planner's ops source gives every job the parameters (so the run id) a plain
+    source gives, reading the file once per question however many jobs ask it."""
+    from replay.engine import run_params
+    from replay.engine.source import OpsSource
+    from replay.machines import load_machine
+    from replay.models import get_model
+    from replay.sweep import _planning_source
+
+    src = _planning_source(race_ops)
+    reads = []
+    plain_batches = src.batches
+    src.batches = lambda cols: (reads.append(tuple(cols)), plain_batches(cols))[1]
+    mach = load_machine("broadwell-2s")
+    n = 0
+    for how in ("trace", "profile", "1500"):
+        for m in ("v8", "mmap_lock", "pervma"):
+            for cpus, seed in ((1, 0), (4, 1), (8, 2)):
+                args = (get_model(m), mach, cpus, seed, "spread", "mprotect-race", "sha", False, how)
+                assert run_params(src, *args) == run_params(OpsSource(race_ops), *args)
+                n += 1
+    assert "trace: median mmap_lock hold of " in run_params(src, get_model("v8"), mach, 1, 0, "spread", "t", "s",
+                                                               False, "trace")["fault_service_source"]
+    assert n == 27 and 1 <= len(reads) == len(set(reads))  # each question read once, for 28 plans
+
+
+def test_planning_source_keys_an_answer_by_the_function_and_its_values(race_ops):
+    """Two questions of the same columns, or one question closing over two values, are
+    answered apart."""
+    import polars as pl
+
+    from replay.sweep import _planning_source
+
+    src = _planning_source(race_ops)
+
+    def faults_over(ns):
+        return lambda df: df.filter((pl.col("kind").cast(pl.Utf8) == "fault") & (pl.col("hold_ns") > ns)).select(
+            pl.len().alias("n"))
+
+    count = src.frame(["kind", "hold_ns"], lambda df: df.select(pl.len().alias("n")))["n"].sum()
+    faults = src.frame(["kind", "hold_ns"], lambda df: df.filter(pl.col("kind").cast(pl.Utf8) == "fault").select(
+        pl.len().alias("n")))["n"].sum()
+    assert count == src.n and 0 < faults < count
+    over = [src.frame(["kind", "hold_ns"], faults_over(ns))["n"].sum() for ns in (0, 10_000, 0)]
+    assert over[0] == over[2] and over[0] > over[1] and count > over[0]
+
+
+def _engine_loaded() -> bool:
+    """Run in a pool worker: has it loaded the compiled engine?"""
+    m = sys.modules.get("replay.engine.loop")
+    return m is not None and len(m.run_chunk.overloads) > 0
+
+
+def test_local_executor_starts_its_workers_warm():
+    """The pool's workers start when the executor does (before any job: the sweep plans
+    meanwhile) and have loaded the compiled engine before their first task."""
+    import replay.sweep as S
+
+    ex = S.LocalExecutor(2)
+    try:
+        assert len(ex.pool._processes) == 2
+        assert ex.pool.submit(_engine_loaded).result(timeout=120)
+    finally:
+        ex.close()
