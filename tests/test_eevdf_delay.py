@@ -32,7 +32,8 @@ def _cfs(vruntimes: dict, curr: int | None):
     q["zero_vruntime"] = q["sum_w_vruntime"] = q["sum_weight"] = 0
     q["busy"], q["rq_head"], q["rq_tail"], q["dl_head"] = -1, -1, -1, -1
     slice_ns = int(r.state["cfg"][0]["slice_ns"])
-    for tid, th in ((tid, r.thread(tid)) for tid in (1, 2, 3)):
+    for tid in (1, 2, 3):
+        th = r.thread(tid)
         assert th["cpu"] == 0
         th["vruntime"] = vruntimes.get(tid, 0)
         th["deadline"] = th["vruntime"] + slice_ns
