@@ -375,6 +375,15 @@ def abandon(S, t):
 
 @internal
 def arbitrate(S, n):
+    """Line n is free: its arbiter serves the next request (serve_next()); a load or an
+    atomic it grants runs its access now, an event of its thread."""
+    t = serve_next(S, n)
+    if t >= 0:
+        at(S, glob(S, 0).now, t)
+
+
+@internal
+def serve_next(S, n):
     """Line n is free: serve a waiting request from the last-level cache domain the line
     was last served to (its socket; its CCD on a part with several L3s a socket), the
     oldest first; with none there, the oldest from the nearest other domain (least
@@ -401,16 +410,20 @@ def arbitrate(S, n):
     Bridge-EP and Broadwell-EP count that the IPQ or the IRQ can be starved
     (UNC_C_RxR_EXT_STARVED, UNC_C_RxR_INT_STARVED), so hardware bounds a far request's
     wait somehow; no source gives the bound, and none is modelled (est.).  README, *The
-    cost model* ("Which request goes next") and *Validation* say what it moved."""
+    cost model* ("Which request goes next") and *Validation* say what it moved.
+
+    Returns the thread whose load or atomic it granted, to run its access now (-1: none):
+    arbitrate() schedules it, the event loop runs it at once when nothing else is due
+    first (loop._events)."""
     g = glob(S, 0)
     ln = line(S, n)
     ln.arb_when = -1.0
     if ln.q_n == 0 or ln.reserved >= 0:
-        return
+        return -1
     now = g.now
     if ln.busy_until > now:  # a request served in arrival order (a chained access) took it meanwhile
         at_line(S, ln.busy_until, n)
-        return
+        return -1
     k = cfg(S, 0)
     last = ln.last_cpu
     dom = cpu(S, last).llc if last >= 0 else -1
@@ -452,7 +465,8 @@ def arbitrate(S, n):
     else:  # a load or an atomic: t runs its access now
         ln.reserved = t
         th.lq_state = LQ_GRANTED
-        at(S, now, t)
+        return t
+    return -1
 
 
 @internal

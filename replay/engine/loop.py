@@ -21,7 +21,7 @@ from numba import njit
 from ..jit import internal
 
 from ._dispatch import dispatch
-from .coherence import LQ_GRANTED, LQ_READY, arbitrate, stalled, still_waiting
+from .coherence import LQ_GRANTED, LQ_READY, serve_next, stalled, still_waiting
 from .coherence import abandon as abandon_access
 from .rwsem import DR_NONE, TRY_NONE
 from .sched import DW_NONE, ERR_DEADLOCK, at, block, current, pop, release_cpu, rq_push, run_idle, runnable, wake
@@ -378,8 +378,18 @@ def _events(S, n, chunked):
         if not current(S, t, tok):  # superseded (a spinner's timeout after it was let in)
             continue
         if t >= cfg(S, 0).nthreads:  # a line came free with requests waiting
-            arbitrate(S, t - cfg(S, 0).nthreads)
-            continue
+            t = serve_next(S, t - cfg(S, 0).nthreads)
+            if t < 0:
+                continue
+            # A load or an atomic granted: its thread runs the access now (coherence.arbitrate()
+            # would schedule it).  With nothing else due first (ties go to the older event) and
+            # room in the buffers, that event would be pushed and popped straight back: run it
+            # here, with its sequence and token numbers, as _step's shortcut does.
+            if not (g.nout < g.chunk and g.nwait < g.wait_chunk and (g.heap_n == 0 or _heap_top(S) > g.now)):
+                at(S, g.now, t)
+                continue
+            g.seq += 1
+            thread(S, t).token += 1
         _step(S, t)
         if g.err:
             return True
