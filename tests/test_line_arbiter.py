@@ -79,6 +79,33 @@ def test_the_line_goes_to_its_own_socket_first():
     assert int(ln["reserved"][n]) == 1 and int(ln["q_n"][n]) == 0
 
 
+def test_a_granted_access_schedules_the_arbiter_once():
+    """The access a grant runs moves the line: the arbiter's next turn is scheduled once,
+    when the line comes free again (_served()), not also at the grant (where the access
+    moving the line would supersede it: a dead heap event per grant)."""
+    st = _state()
+    S, ln = _S(st), st["ln"]
+    n = int(st["cfg"]["mm_count"][0]) + 4
+    nt = int(st["cfg"]["nthreads"][0])
+    s, cost = C.coh_write(S, n, 0, 0.0, True, True)
+    free = s + cost
+    _at(st, 1.0)
+    assert C.rmw(S, 1, n, True) == -1.0
+    _at(st, 2.0)
+    assert C.rmw(S, 2, n, True) == -1.0
+
+    def line_entries():  # the heap's entries for n's arbiter, current or superseded
+        return sum(int(e["t"]) == nt + n for e in st["hp"][: int(st["g"]["heap_n"][0])])
+
+    _at(st, free)
+    C.arbitrate(S, n)
+    assert int(ln["reserved"][n]) == 2
+    before = line_entries()
+    end = C.rmw(S, 2, n, True)
+    assert (end, "line", n) in _events(st)  # thread 1 still waits: the arbiter again at the end
+    assert line_entries() == before + 1
+
+
 def test_a_store_waits_at_the_line_and_the_next_atomic_waits_for_it():
     """A store to a busy line retires at once (its request waits at the line); a locked
     instruction after it waits until the arbiter has committed it (the store buffer

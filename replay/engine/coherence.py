@@ -544,23 +544,30 @@ def still_waiting(S, t):
 
 @internal(inline=True)
 def _issue(S, t, n, since):
-    """(when t's access to line n issues, when its time counts from): an access that waited
-    (wait_line()) issues now, counted from when it was first issued."""
+    """(when t's access to line n issues, when its time counts from, whether the arbiter
+    granted it the line: then _granted() after it): an access that waited (wait_line())
+    issues now, counted from when it was first issued."""
     th = thread(S, t)
     st = th.lq_state
     if (st == LQ_GRANTED or st == LQ_READY) and th.lq_line == n:
         th.lq_state = LQ_NONE
         th.lq_line = -1
-        now = glob(S, 0).now
         if st == LQ_GRANTED:
-            ln = line(S, n)
-            ln.reserved = -1
-            # the next request's turn: after this access if it moves the line (_served() moves the
-            # arbiter on), at once if it is a hit now (a copy came meanwhile: the buddy of a fill)
-            if ln.q_n > 0 and ln.arb_when < 0:
-                at_line(S, max(now, ln.busy_until), n)
-        return now, th.lq_since
-    return since, since
+            line(S, n).reserved = -1
+        return glob(S, 0).now, th.lq_since, st == LQ_GRANTED
+    return since, since, False
+
+
+@internal(inline=True)
+def _granted(S, n):
+    """The access line n was granted for has run: the next request's turn - after it if it
+    moved the line (_served() has moved the arbiter on), at once if it was a hit (a copy
+    came meanwhile: the buddy of a fill).  Decided after the access, not before it: an
+    arbiter event scheduled at the grant would be superseded by _served()'s at every
+    access that moves the line."""
+    ln = line(S, n)
+    if ln.q_n > 0 and ln.arb_when < 0:
+        at_line(S, max(glob(S, 0).now, ln.busy_until), n)
 
 
 @internal
@@ -620,16 +627,20 @@ def served_by_fill(S, t, n, since):
 @internal(inline=True)
 def read_from(S, t, n, since):
     """t loads from line n, issued at ``since``."""
-    since, acct = _issue(S, t, n, since)
+    since, acct, granted = _issue(S, t, n, since)
     th = thread(S, t)
     f = served_by_fill(S, t, n, since)
     if f >= 0:
-        th.pf_until = cost_since(S, t, f, cfg(S, 0).l1_hit, acct)
-        return th.pf_until
-    if th.sb_pending > 0 and th.sb_line == n:  # forwarded from its own store still waiting at the line
-        return cost_since(S, t, since, cfg(S, 0).l1_hit, acct)
-    s, c = coh_read(S, n, th.cpu, since)
-    return cost_since(S, t, s, c, acct)
+        end = cost_since(S, t, f, cfg(S, 0).l1_hit, acct)
+        th.pf_until = end
+    elif th.sb_pending > 0 and th.sb_line == n:  # forwarded from its own store still waiting at the line
+        end = cost_since(S, t, since, cfg(S, 0).l1_hit, acct)
+    else:
+        s, c = coh_read(S, n, th.cpu, since)
+        end = cost_since(S, t, s, c, acct)
+    if granted:
+        _granted(S, n)
+    return end
 
 
 @internal(inline=True)
@@ -644,7 +655,7 @@ def read(S, t, n):
 def rmw_from(S, t, n, changes, since):
     """t's atomic read-modify-write on line n, issued at ``since``: a locked instruction
     first waits for t's store buffer to drain (thread.sb_until)."""
-    since, acct = _issue(S, t, n, since)
+    since, acct, granted = _issue(S, t, n, since)
     th = thread(S, t)
     # the line arrives Modified: the locked op completes on it (a PREFETCHT0's Shared fill
     # does not serve it: the RMW sends its own request for ownership, queued behind the fill)
@@ -652,10 +663,14 @@ def rmw_from(S, t, n, changes, since):
     if f >= 0:
         if changes:
             line(S, n).version += 1
-        th.pf_until = cost_since(S, t, f, cfg(S, 0).owned_atomic, acct)
-        return th.pf_until
-    s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
-    return cost_since(S, t, s, c, acct)
+        end = cost_since(S, t, f, cfg(S, 0).owned_atomic, acct)
+        th.pf_until = end
+    else:
+        s, c = coh_write(S, n, th.cpu, max(since, th.sb_until), True, changes)
+        end = cost_since(S, t, s, c, acct)
+    if granted:
+        _granted(S, n)
+    return end
 
 
 @internal(inline=True)
