@@ -72,28 +72,35 @@ def _less(S, a, b):
 
 
 @internal(inline=True)
-def _swap(S, a, b):
-    x, y = heap(S, a), heap(S, b)
-    x.when, y.when = y.when, x.when
-    x.seq, y.seq = y.seq, x.seq
-    x.t, y.t = y.t, x.t
-    x.token, y.token = y.token, x.token
+def _put(S, i, when, seq, t, token):
+    e = heap(S, i)
+    e.when, e.seq, e.t, e.token = when, seq, t, token
+
+
+@internal(inline=True)
+def _place_down(S, i, n, when, seq, t, token):
+    """The entry (when, seq, t, token) into the hole at i of a heap of n, moved down to its
+    place: each smaller child moves up into the hole, the entry is written once."""
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            break
+        m = left
+        if left + 1 < n and _less(S, left + 1, left):
+            m = left + 1
+        c = heap(S, m)
+        if c.when < when or (c.when == when and c.seq < seq):
+            _put(S, i, c.when, c.seq, c.t, c.token)
+            i = m
+        else:
+            break
+    _put(S, i, when, seq, t, token)
 
 
 @internal(inline=True)
 def _sift_down(S, i, n):
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            return
-        m = left
-        if left + 1 < n and _less(S, left + 1, left):
-            m = left + 1
-        if _less(S, m, i):
-            _swap(S, m, i)
-            i = m
-        else:
-            return
+    e = heap(S, i)
+    _place_down(S, i, n, e.when, e.seq, e.t, e.token)
 
 
 @internal(inline=True)
@@ -128,15 +135,17 @@ def _push(S, when, t, token):
         _compact_heap(S)
     i = g.heap_n
     g.heap_n = i + 1
-    e = heap(S, i)
-    e.when, e.seq, e.t, e.token = when, g.seq, t, token
+    # the hole at the end moved up to the entry's place: its seq is the newest, so it goes
+    # above a parent only when earlier in time
     while i > 0:
         p = (i - 1) // 2
-        if _less(S, i, p):
-            _swap(S, i, p)
+        e = heap(S, p)
+        if when < e.when:
+            _put(S, i, e.when, e.seq, e.t, e.token)
             i = p
         else:
             break
+    _put(S, i, when, g.seq, t, token)
 
 
 @internal(inline=True)
@@ -163,10 +172,9 @@ def pop(S):
     top = heap(S, 0)
     when, t, tok = top.when, top.t, top.token
     g.heap_n = n
-    if n > 0:
+    if n > 0:  # the last entry into the hole at the top
         last = heap(S, n)
-        top.when, top.seq, top.t, top.token = last.when, last.seq, last.t, last.token
-        _sift_down(S, 0, n)
+        _place_down(S, 0, n, last.when, last.seq, last.t, last.token)
     return when, t, tok
 
 
