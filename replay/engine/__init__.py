@@ -229,7 +229,12 @@ MIN_SERVICE_SAMPLES = 20
 #     instruction waits for the thread's queued stores (the store buffer drains).  The
 #     accesses a step chains after its first, and the fault path's own locks
 #     (faultpath.py), still take the line in arrival order
-REFERENCE_VERSION = 33
+# 34: every fault ends with the exception's IRET (Op.IRET, coherence.serialize()), a
+#     serializing instruction: the thread goes on when its entry prefetchw's fill has landed
+#     and its queued stores have committed; and a model run on a release before 6.16 has
+#     exc_page_fault()'s prefetchw whatever its design, one on 6.16 or later none
+#     (models.kernels.on_release_entry(): mainline@6.13 prefetches, pervma@6.18 does not)
+REFERENCE_VERSION = 34
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a
