@@ -1,7 +1,7 @@
 """Start-up benchmark: what a command costs before it does its work, as ratios to a
 baseline measured in the same run.
 
-    python bench/startup.py [--rounds 7] [--against PYTHON] [--skip-breakdown]
+    python bench/startup.py [--rounds 7] [--against PYTHON] [--skip-breakdown] [--breakdown-runs 5]
 
 Each command runs in a fresh process, in rounds (every command once per round, so a
 load that comes and goes on a shared machine touches them all alike); for each, the
@@ -19,11 +19,12 @@ median and the least CPU time (user+sys, from the child's rusage) and wall time:
 another checkout (e.g. a venv with the previous commit installed), in the same rounds,
 with its own workspace: before/after on the same minutes.
 
-Then (unless ``--skip-breakdown``) one warm run's CPU and wall per phase, in one
-process with marks: the CLI's imports, numba's import, the workspace's checks, the
-engine's modules, the load (with numba's first dispatch of each compiled entry point:
-its type registries and the cached machine code), the simulation loop, the results
-and the commit, and the interpreter's exit; the cyclic GC's share of it.
+Then (unless ``--skip-breakdown``) a warm run's CPU per phase (the median of
+``--breakdown-runs`` runs, each side alternately), in one process with marks: the CLI's
+imports, the engine package's, typer's parsing and the workspace's checks, numba's
+import, the engine's modules, the load (with numba's first dispatch of each compiled
+entry point: its type registries and the cached machine code), the simulation loop,
+the results and the commit, and the interpreter's start and exit; the cyclic GC's share.
 
 Outputs under bench/out/ (ignored by git); timings are this machine's.
 """
@@ -90,7 +91,7 @@ def patch_numba():
     D._DispatcherBase._compile_for_args = cfa
 orp = E.run_params
 def rp(*a, **k):
-    mark("the workspace's checks, the ops snapshot")
+    mark("typer's parsing (pydantic), the workspace's checks, the ops snapshot")
     import numba
     mark("numba's import")
     patch_numba()
@@ -142,6 +143,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--against", help="another interpreter whose replay is another checkout (before/after)")
     ap.add_argument("--skip-breakdown", action="store_true")
+    ap.add_argument("--breakdown-runs", type=int, default=5)
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # a user's shell writes .pyc
@@ -201,21 +203,36 @@ def main() -> None:
             t, b = med(times[("this", k)], 0), med(times[("against", k)], 0)
             print(f"  {k:34s} CPU this / against = {t / b:.2f}  ({t:.3f} s against {b:.3f} s)")
     if not a.skip_breakdown:
-        print("\none warm `replay run --model v8` by phase (this side; cumulative, from the interpreter's start "
-              "of the CLI's imports):")
-        d = breakdown(sys.executable, env, wss["this"])
-        prev_w = prev_c = 0.0
-        print(f"  {'phase':62s} {'CPU s':>6s} {'wall s':>7s}")
-        for n, w, c in d["marks"]:
-            print(f"  {n:62s} {c - prev_c:6.3f} {w - prev_w:7.3f}")
-            prev_w, prev_c = w, c
-        py_start = med(times[("baseline", "python -c pass")], 0)
-        exit_cpu = d["total_cpu"] - prev_c - py_start
-        print(f"  {'the interpreter start and exit (total less the above)':62s} {exit_cpu + py_start:6.3f}")
-        print(f"  {'total (the process)':62s} {d['total_cpu']:6.3f} {d['total_wall']:7.3f}")
-        print(f"  of which numba's first dispatches ({d['dispatch']['n']} entry points): {d['dispatch']['cpu']:.3f} s; "
-              f"the cyclic GC during the command: {d['gc_cpu']:.3f} s")
-        report["breakdown"] = d
+        k = a.breakdown_runs
+        print(f"\na warm `replay run --model v8` by phase: CPU s, the median of {k} runs per side, alternately "
+              "(one process each, with marks)")
+        runs: dict = {s: [] for s in sides}
+        for _ in range(k):
+            for s, py in sides.items():
+                runs[s].append(breakdown(py, env, wss[s]))
+        names = [n for n, _, _ in runs["this"][0]["marks"]]
+
+        def phases(d: dict) -> dict:
+            out, prev = {}, 0.0
+            for n, _, c in d["marks"]:
+                out[n] = c - prev
+                prev = c
+            out["the interpreter's start and exit (the process less the above)"] = d["total_cpu"] - prev
+            out["total (the process's user+sys)"] = d["total_cpu"]
+            out["  of which numba's first dispatches (its type registries, the cached code)"] = d["dispatch"]["cpu"]
+            out["  of which the cyclic GC while the command ran"] = d["gc_cpu"]
+            return out
+
+        table = {s: [phases(d) for d in v] for s, v in runs.items()}
+        rows_b = list(table["this"][0])
+        print(f"  {'phase':70s} " + " ".join(f"{s:>8s}" for s in sides))
+        summary = {}
+        for n in rows_b:
+            vals = {s: statistics.median(t[n] for t in table[s] if n in t) if any(n in t for t in table[s]) else None
+                    for s in sides}
+            summary[n] = vals
+            print(f"  {n:70s} " + " ".join(f"{v:8.3f}" if v is not None else f"{'-':>8s}" for v in vals.values()))
+        report["breakdown"] = {"runs": k, "median_cpu_s": summary, "raw": runs}
     (OUT / "startup.json").write_text(json.dumps(report, indent=2))
     print(f"written {OUT / 'startup.json'}")
     import shutil
