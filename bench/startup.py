@@ -146,8 +146,11 @@ def main() -> None:
     ap.add_argument("--breakdown-runs", type=int, default=5)
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # a user's shell writes .pyc
-    env["PYTHONPATH"] = ""
+    # a user's shell writes .pyc files; this checkout's children import it first on their
+    # path (whatever the interpreter has installed), the other side's its own install
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+    envs = {"this": {**env, "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])},
+            "against": env, "baseline": env}
     sides = {"this": sys.executable}
     if a.against:
         sides["against"] = a.against
@@ -156,11 +159,11 @@ def main() -> None:
     # and each side must import its own checkout's replay
     for s, py in sides.items():  # the warm-up: ingests the sample, builds its ops, fills numba's cache
         where = subprocess.run([py, "-c", "import replay; print(replay.__file__)"], capture_output=True, text=True,
-                               env=env, cwd=OUT, check=True).stdout.strip()
+                               env=envs[s], cwd=OUT, check=True).stdout.strip()
         print(f"{s}: {py}: {where}", flush=True)
         t = time.perf_counter()
         subprocess.run([py, "-m", "replay", "run", "--model", "v8", "-w", str(wss[s]), "-f", "json"], check=True,
-                       capture_output=True, env=env, cwd=OUT)
+                       capture_output=True, env=envs[s], cwd=OUT)
         print(f"warm-up run ({s}: {py}) {time.perf_counter() - t:.1f} s", flush=True)
 
     def commands(side: str, py: str):
@@ -177,7 +180,7 @@ def main() -> None:
     times: dict = {(s, k): [] for s, k, _ in jobs}
     for r in range(a.rounds):
         for s, k, cmd in jobs:
-            cpu, wall, _ = child_cpu(lambda: timed(cmd, env, OUT))
+            cpu, wall, _ = child_cpu(lambda: timed(cmd, envs[s], OUT))
             times[(s, k)].append((cpu, wall))
         print(f"round {r + 1}/{a.rounds} done (load average {os.getloadavg()[0]:.2f})", flush=True)
 
@@ -209,7 +212,7 @@ def main() -> None:
         runs: dict = {s: [] for s in sides}
         for _ in range(k):
             for s, py in sides.items():
-                runs[s].append(breakdown(py, env, wss[s]))
+                runs[s].append(breakdown(py, envs[s], wss[s]))
         names = [n for n, _, _ in runs["this"][0]["marks"]]
 
         def phases(d: dict) -> dict:
