@@ -16,7 +16,8 @@
 4. Memory: the trace repeated as pft's iterations up to ``--memory-ops`` ops, replayed
    in a child process with results streamed to Parquet; its peak RSS.
 5. Startup: ``replay run`` on the bundled sample in a fresh workspace with an empty numba
-   cache (a fresh install), then again: seconds until the summary is printed.
+   cache (a fresh install), then again: seconds until the summary is printed.  (Later
+   runs' start-up alone, by phase and against a baseline: ``bench/startup.py``.)
 
 Outputs go under bench/out/ (ignored by git).  Deterministic inputs; timings are this
 machine's (see `lscpu`).
