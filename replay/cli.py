@@ -1099,7 +1099,7 @@ def plot(
             if baseline and baseline not in set(tp["model"].to_list()):
                 raise Fail(f"--baseline {baseline}: no run of that model among these "
                            f"({', '.join(sorted(set(tp['model'].to_list())))})", 2)
-            params = rs.select("run_id", "seed", "placement", "loop", "fault_service_ns")
+            params = rs.select("run_id", "seed", "placement", "loop", "fault_service_ns", "semantics")
             P.throughput(tp.join(params, on="run_id"), output, baseline)
         elif kind == "latency":
             surv = pl.concat([run_query(ws.root, "latency_survival", {"run_id": r}) for r in run_ids])
