@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _host import host_cpu  # bench/_host.py: run as python bench/NAME.py, bench/ is on sys.path
+
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +137,7 @@ def main() -> None:
     ws = OUT / "ws"
     machine = load_machine(a.machine)
     cpus = min(56, machine.ncpus)
-    report: dict = {"machine": a.machine, "cpus": cpus, "host_cpu": _host_cpu()}
+    report: dict = {"machine": a.machine, "cpus": cpus, "host_cpu": host_cpu()}
 
     print(f"[1] trace: pft, {a.threads} threads, {a.faults:,} faults", flush=True)
     name, ops_path = make_trace(ws, a.threads, a.faults)
@@ -223,16 +225,6 @@ def main() -> None:
     if "startup" in report:  # the fresh-install stand-ins are not needed afterwards
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _host_cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
 
 
 if __name__ == "__main__":

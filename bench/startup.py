@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _host import host_cpu  # bench/_host.py: run as python bench/NAME.py, bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 
@@ -189,7 +191,7 @@ def main() -> None:
 
     ref = med(times[("baseline", 'python -c "import polars"')], 0)
     rows = []
-    print(f"\n{a.rounds} rounds on {_host_cpu()} ({os.cpu_count()} CPUs); CPU = user+sys of the process\n")
+    print(f"\n{a.rounds} rounds on {host_cpu()} ({os.cpu_count()} CPUs); CPU = user+sys of the process\n")
     print(f"{'side':8s} {'command':34s} {'CPU s med':>9s} {'min':>6s} {'wall med':>9s} {'min':>6s} "
           f"{'CPU / import polars':>20s}")
     for (s, k), v in times.items():
@@ -199,7 +201,7 @@ def main() -> None:
         rows.append(row)
         print(f"{s:8s} {k:34s} {row['cpu_median_s']:9.3f} {row['cpu_min_s']:6.3f} {row['wall_median_s']:9.3f} "
               f"{row['wall_min_s']:6.3f} {row['cpu_ratio_to_import_polars']:19.2f}x")
-    report = {"host_cpu": _host_cpu(), "rounds": a.rounds, "sides": sides, "rows": rows}
+    report = {"host_cpu": host_cpu(), "rounds": a.rounds, "sides": sides, "rows": rows}
     if a.against:
         print()
         for k in commands("this", "").keys():
@@ -242,16 +244,6 @@ def main() -> None:
 
     for w in wss.values():
         shutil.rmtree(w, ignore_errors=True)
-
-
-def _host_cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
 
 
 if __name__ == "__main__":

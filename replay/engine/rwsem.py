@@ -441,6 +441,20 @@ def reader_owner_stores(S, k):
 
 
 @internal(inline=True)
+def set_reader_owned(S, t, k):
+    """t's rwsem_set_reader_owned() on lock k, the first access of its step: the owner's
+    store (it goes into the store buffer), or before 4.20 on a lock readers own already
+    its load alone.  Returns when t goes on; < 0: the load waits for the line and the
+    step runs again."""
+    lk = lock(S, k)
+    if not reader_owner_stores(S, k):
+        return read(S, t, lk.owner_line)
+    lk.owner = RWSEM_READER_OWNED
+    _let_spinner_in(S, k)
+    return store(S, t, lk.owner_line)
+
+
+@internal(inline=True)
 def _rspin_threshold(S, k):
     """rwsem_rspin_threshold(): (20 + readers) * NSEC_PER_USEC / 2, readers at most 30."""
     readers = lock(S, k).count >> RWSEM_READER_SHIFT
@@ -485,16 +499,11 @@ def down_read_trylock(S, t, k, label):
         th.try_ver = ver
         return end, True
     if th.try_state == TRY_OWNER:  # rwsem_set_reader_owned()
-        if not reader_owner_stores(S, k):  # before 4.20, owner already RWSEM_READER_OWNED: a load
-            end = read(S, t, lk.owner_line)
-            if end < 0:
-                return end, True
-            th.try_state = TRY_NONE
-            return end, False
+        end = set_reader_owned(S, t, k)
+        if end < 0:
+            return end, True
         th.try_state = TRY_NONE
-        lk.owner = RWSEM_READER_OWNED
-        _let_spinner_in(S, k)
-        return store(S, t, lk.owner_line), False
+        return end, False
     if lk.count & RWSEM_READ_FAILED_MASK:
         th.try_state = TRY_NONE
         th.pc = label
@@ -519,17 +528,12 @@ def down_read(S, t, k):
     if th.dr == DR_GRANTED:
         th.dr = DR_NONE
         return now, False
-    if th.dr == DR_OWNER:
-        if not reader_owner_stores(S, k):  # before 4.20, owner already RWSEM_READER_OWNED: a load
-            end = read(S, t, lk.owner_line)
-            if end < 0:
-                return end, True
-            th.dr = DR_NONE
-            return end, False
+    if th.dr == DR_OWNER:  # rwsem_set_reader_owned()
+        end = set_reader_owned(S, t, k)
+        if end < 0:
+            return end, True
         th.dr = DR_NONE
-        lk.owner = RWSEM_READER_OWNED
-        _let_spinner_in(S, k)
-        return store(S, t, lk.owner_line), False
+        return end, False
     if th.dr == DR_WAIT:
         glob(S, 0).err = ERR_WAITER_READER
         return -1.0, True
