@@ -16,7 +16,8 @@
 4. Memory: the trace repeated as pft's iterations up to ``--memory-ops`` ops, replayed
    in a child process with results streamed to Parquet; its peak RSS.
 5. Startup: ``replay run`` on the bundled sample in a fresh workspace with an empty numba
-   cache (a fresh install), then again: seconds until the summary is printed.
+   cache (a fresh install), then again: seconds until the summary is printed.  (Later
+   runs' start-up alone, by phase and against a baseline: ``bench/startup.py``.)
 
 Outputs go under bench/out/ (ignored by git).  Deterministic inputs; timings are this
 machine's (see `lscpu`).
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _host import host_cpu  # bench/_host.py: run as python bench/NAME.py, bench/ is on sys.path
 
 import polars as pl
 
@@ -134,7 +137,7 @@ def main() -> None:
     ws = OUT / "ws"
     machine = load_machine(a.machine)
     cpus = min(56, machine.ncpus)
-    report: dict = {"machine": a.machine, "cpus": cpus, "host_cpu": _host_cpu()}
+    report: dict = {"machine": a.machine, "cpus": cpus, "host_cpu": host_cpu()}
 
     print(f"[1] trace: pft, {a.threads} threads, {a.faults:,} faults", flush=True)
     name, ops_path = make_trace(ws, a.threads, a.faults)
@@ -222,16 +225,6 @@ def main() -> None:
     if "startup" in report:  # the fresh-install stand-ins are not needed afterwards
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _host_cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from . import __version__
 from .api import ReplayError
@@ -486,20 +487,33 @@ def _choices() -> dict[str, str]:
         models = ", ".join(registry())
     except ModelError:  # a broken plugin: replay models says which
         models = "see replay models"
-    return {"model": models, "machine": ", ".join(builtin_names()), "placement": ", ".join(PLACEMENTS)}
+    return {"{MODELS}": models, "{MACHINES}": ", ".join(builtin_names()), "{PLACEMENTS}": ", ".join(PLACEMENTS)}
 
 
-CHOICES = _choices()
+class ChoicesCommand(TyperCommand):
+    """A command whose options' help names the registries' choices ({MODELS}, {MACHINES},
+    {PLACEMENTS} in the help text), filled in when the help is shown: the model registry
+    imports the model definitions and the engine package (polars, numpy), which a
+    command that never simulates - or a run, before it has parsed its options - has no
+    use for (tests/test_startup.py)."""
+
+    def format_help(self, ctx, formatter):
+        choices = _choices()
+        for p in self.params:
+            if p.help and "{" in p.help:
+                for k, v in choices.items():
+                    p.help = p.help.replace(k, v)
+        return super().format_help(ctx, formatter)
 
 
-@app.command(epilog="Example: replay run --model v8 --trace mprotect-race --machine local-2vcpu --cpus 2 -f json")
+@app.command(cls=ChoicesCommand, epilog="Example: replay run --model v8 --trace mprotect-race --machine local-2vcpu --cpus 2 -f json")
 def run(
-    model: str = typer.Option(..., "--model", "-m", help=f"Lock model: {CHOICES['model']} (replay models says what each follows)."),
+    model: str = typer.Option(..., "--model", "-m", help="Lock model: {MODELS} (replay models says what each follows)."),
     trace: str = typer.Option(SAMPLE_TRACE, "--trace", "-t", help="Trace name (default: the bundled sample, ingested on first use)."),
-    machine: str = typer.Option("broadwell-2s", "--machine", help=f"Machine profile: {CHOICES['machine']}, or a .toml path."),
+    machine: str = typer.Option("broadwell-2s", "--machine", help="Machine profile: {MACHINES}, or a .toml path."),
     cpus: Optional[int] = typer.Option(None, "--cpus", "-c", help="Simulated CPUs (default: all of the machine's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the run's service-time draws and start order: the same seed gives the same run, another seed another sample."),
-    placement: str = typer.Option("spread", "--placement", help=f"Thread placement: {CHOICES['placement']} (spread: like the scheduler; as-recorded: each op on the CPU the trace recorded it on)."),
+    placement: str = typer.Option("spread", "--placement", help="Thread placement: {PLACEMENTS} (spread: like the scheduler; as-recorded: each op on the CPU the trace recorded it on)."),
     open_loop: bool = typer.Option(False, "--open-loop", help="Start each op at its recorded time instead of after the recorded gap."),
     fault_service: str = typer.Option("trace", "--fault-service", help="Fault service time: trace (the trace's fallen-back faults' holds, resampled per fault, if 20+), profile (log-normal around its figure), or ns."),
     iterations: int = typer.Option(1, "--iterations", "-k", help="Replay K times, seeds SEED..SEED+K-1 (each an ordinary run), and summarise across them as mmtests does."),
@@ -582,16 +596,16 @@ def _csv_list(value: str | None, what: str, as_int: bool = False) -> list | None
     return items
 
 
-@app.command(epilog="Example: replay sweep --trace pft-t56 --models mmap_lock,pervma,v8 --cpus 1,14,28,56")
+@app.command(cls=ChoicesCommand, epilog="Example: replay sweep --trace pft-t56 --models mmap_lock,pervma,v8 --cpus 1,14,28,56")
 def sweep(
     sweep_file: Optional[Path] = typer.Argument(None, help="A TOML sweep file (traces, models, machines, cpus, iterations, seed, placement, fault_service, open_loop); options given here override it."),
     traces: Optional[str] = typer.Option(None, "--traces", "--trace", "-t", help="Comma-separated traces (default: the bundled sample)."),
-    models_: Optional[str] = typer.Option(None, "--models", help=f"Comma-separated lock models: {CHOICES['model']}."),
-    machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help=f"Comma-separated machine profiles ({CHOICES['machine']}) or .toml paths (default: broadwell-2s)."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Comma-separated lock models: {MODELS}."),
+    machines_: Optional[str] = typer.Option(None, "--machines", "--machine", help="Comma-separated machine profiles ({MACHINES}) or .toml paths (default: broadwell-2s)."),
     cpus: Optional[str] = typer.Option(None, "--cpus", "-c", help="Comma-separated CPU counts, e.g. 1,4,14,28,56."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-k", help="Runs per combination, seeds SEED, SEED+1, ... (default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (default 0)."),
-    placement: Optional[str] = typer.Option(None, "--placement", help=f"{CHOICES['placement']} (default spread)."),
+    placement: Optional[str] = typer.Option(None, "--placement", help="{PLACEMENTS} (default spread)."),
     open_loop: Optional[bool] = typer.Option(None, "--open-loop/--closed-loop", help="As for replay run (default closed)."),
     fault_service: Optional[str] = typer.Option(None, "--fault-service", help="trace (default), profile or ns, as for replay run."),
     executor: str = typer.Option("local", "--executor", "-x", help="local (a process pool on this machine) or dask."),
@@ -939,12 +953,12 @@ def shell(workspace: Optional[Path] = WorkspaceOpt):
             buf = ""
 
 
-@app.command(epilog="Example: replay compare --models mmap_lock,pervma,v8 --trace pft-t56 --machine broadwell-2s")
+@app.command(cls=ChoicesCommand, epilog="Example: replay compare --models mmap_lock,pervma,v8 --trace pft-t56 --machine broadwell-2s")
 def compare(
     run_ids: List[str] = typer.Argument(None, help="Runs to compare (replay runs lists them); the first is the baseline. Each stands for its iterations: the runs that differ from it only in the seed."),
-    models_: Optional[str] = typer.Option(None, "--models", help=f"Instead of run ids: compare these models (comma-separated: {CHOICES['model']}), a line per CPU count."),
+    models_: Optional[str] = typer.Option(None, "--models", help="Instead of run ids: compare these models (comma-separated: {MODELS}), a line per CPU count."),
     trace: Optional[str] = typer.Option(None, "--trace", "-t", help="With --models: the trace."),
-    machine: Optional[str] = typer.Option(None, "--machine", help=f"With --models: the machine profile ({CHOICES['machine']})."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="With --models: the machine profile ({MACHINES})."),
     workspace: Optional[Path] = WorkspaceOpt,
     fmt: Optional[Fmt] = FormatOpt,
     output: Optional[Path] = OutOpt,
@@ -1085,7 +1099,7 @@ def plot(
             if baseline and baseline not in set(tp["model"].to_list()):
                 raise Fail(f"--baseline {baseline}: no run of that model among these "
                            f"({', '.join(sorted(set(tp['model'].to_list())))})", 2)
-            params = rs.select("run_id", "seed", "placement", "loop", "fault_service_ns")
+            params = rs.select("run_id", "seed", "placement", "loop", "fault_service_ns", "semantics")
             P.throughput(tp.join(params, on="run_id"), output, baseline)
         elif kind == "latency":
             surv = pl.concat([run_query(ws.root, "latency_survival", {"run_id": r}) for r in run_ids])
@@ -1207,8 +1221,8 @@ def models(fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
     _emit(api.models().to_dicts(), ["model", "description", "follows"], resolve(fmt, output), dest=output)
 
 
-@app.command(epilog="Example: replay machines broadwell-2s")
-def machines(show: Optional[str] = typer.Argument(None, help=f"A profile ({CHOICES['machine']}) or .toml path to show in full."),
+@app.command(cls=ChoicesCommand, epilog="Example: replay machines broadwell-2s")
+def machines(show: Optional[str] = typer.Argument(None, help="A profile ({MACHINES}) or .toml path to show in full."),
              fmt: Optional[Fmt] = FormatOpt, output: Optional[Path] = OutOpt):
     """List the machine profiles (topology, hand-off latencies, prefetcher, estimated and fitted counts); or show one with each number's source or what it was fitted to."""
     from .machines import all_machines
@@ -1254,11 +1268,19 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
 INTERRUPTED = "replay: interrupted; nothing was written to the workspace or to -o FILE"
 
 
+def _user_errors() -> tuple:
+    """The exceptions that are the user's one line: the API's, and the ingesters' and the
+    workspace's if those modules were imported (a command that never imported them
+    cannot have raised theirs; importing the workspace's would import pyarrow)."""
+    found = [ReplayError]
+    for module, name in (("replay.ingest.sources", "InputError"), ("replay.workspace", "WorkspaceError")):
+        m = sys.modules.get(module)
+        if m is not None:
+            found.append(getattr(m, name))
+    return tuple(found)
+
+
 def main(argv: List[str] | None = None) -> int:
-    from .ingest.sources import InputError
-
-    from .workspace import WorkspaceError
-
     try:
         rc = app(args=argv, standalone_mode=False)
         if rc == 130:  # click turns KeyboardInterrupt into Abort, typer into 130
@@ -1268,7 +1290,7 @@ def main(argv: List[str] | None = None) -> int:
     except OutputError as e:
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return 2
-    except (ReplayError, InputError, WorkspaceError) as e:
+    except _user_errors() as e:  # evaluated when an exception reaches it
         err.print(f"replay: error: {e}", markup=False, highlight=False)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:
@@ -1303,4 +1325,18 @@ def main(argv: List[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The ``replay`` command.  Everything the imports made so far (typer, rich, this
+    module's commands) lives until the process exits, so it is moved out of the cyclic
+    garbage collector's sight (``gc.freeze()``): the collections that numba's and
+    polars' imports would trigger no longer walk it again and again.  Once the command
+    is done, everything is frozen: the interpreter's shutdown would otherwise walk the
+    whole heap (numba's typing registries, the engine's dispatchers: ~0.4 s of CPU after
+    a replay) only to free memory the exit frees anyway.  Nothing is left to collect
+    that matters: every file a command writes is closed and committed before it
+    returns, and atexit handlers and stdout's flush run as before."""
+    import gc
+
+    gc.freeze()
+    rc = main()
+    gc.freeze()
+    sys.exit(rc)

@@ -186,7 +186,11 @@ def table_out(dest: Path | None) -> Iterator:
 def print_table(con, rows: list[dict], columns: list[str], title: str | None = None) -> None:
     """A table on ``con``: boxed and fitted to a terminal's width, plain text elsewhere."""
     if con.is_terminal:
-        con.print(_rich_table(rows, columns, title, con.width))
+        if title:  # its own line, as wide as it is: a table's own title wraps to the table's width
+            from rich.text import Text
+
+            con.print(Text(title, style="table.title"), soft_wrap=True)
+        con.print(_rich_table(rows, columns, None, con.width))
         return
     for line in plain_table(rows, columns, title):
         con.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -76,9 +76,16 @@ def throughput_points(tp: pl.DataFrame, baseline: str | None = None) -> tuple[pl
     """Per line (LINE_KEY) and CPU count: the iterations, their Hmean and 95% interval
     for faults/sec and faults/cpu, and the % change against the same line of the
     baseline model.  ``tp``: the throughput query's rows joined with their ``runs``
-    rows (seed, placement, loop, fault_service_ns).  Returns the points and the baseline."""
+    rows (seed, placement, loop, fault_service_ns; semantics, if given: then each point is
+    drawn from its runs at the newest engine semantics the workspace holds for it).
+    Returns the points and the baseline."""
     from .compare import stat
 
+    if "semantics" in tp.columns:  # a workspace older than the engine holds a point at several
+        # engine semantics (the run ids differ): each point is drawn from its newest runs
+        newest = tp.group_by(LINE_KEY + ["cpus"]).agg(pl.col("semantics").max().alias("_newest"))
+        tp = tp.join(newest, on=LINE_KEY + ["cpus"], nulls_equal=True).filter(
+            pl.col("semantics") == pl.col("_newest")).drop("_newest")
     models = sorted(tp["model"].unique().to_list())
     base = baseline or ("mmap_lock" if "mmap_lock" in models else models[0])
     if base not in models:
@@ -87,7 +94,7 @@ def throughput_points(tp: pl.DataFrame, baseline: str | None = None) -> tuple[pl
     for key, g in tp.group_by(LINE_KEY + ["cpus"]):
         d = dict(zip(LINE_KEY + ["cpus"], key))
         seeds = g["seed"].to_list()
-        if len(set(seeds)) != len(seeds):  # cannot happen: same parameters and seed = same run id
+        if len(set(seeds)) != len(seeds):  # cannot happen: same parameters, semantics and seed = same run id
             raise ValueError(f"two runs of {d} with one seed")
         for col, name in (("faults_per_sec", "fps"), ("faults_per_cpu_sec", "fpc")):
             s = stat(g[col].to_list(), "Hmean")

@@ -270,12 +270,18 @@ def start(executor: str, scheduler: str | None, workers: int | None, spec: Spec)
     (default every core) but no more than the sweep can have jobs; or dask."""
     if executor == "dask":
         return DaskExecutor(scheduler, workers)
-    most = (len(spec.traces) * len(set(spec.models)) * len(set(spec.machines)) * len(set(spec.cpus))
-            * max(spec.iterations, 1))
-    return LocalExecutor(min(workers or default_workers(), most))
+    return LocalExecutor(max(1, min(workers or default_workers(), len(grid(spec)))))
 
 
 # -- planning -----------------------------------------------------------------------------
+
+def grid(spec: Spec) -> list[tuple]:
+    """The sweep's combinations in plan order, each once: (trace, machine, model, CPUs,
+    seed) - what plan() makes a job of, and what bounds the executor's workers."""
+    return list(dict.fromkeys(
+        (t, x, m, c, seed) for t in spec.traces for x in spec.machines for m in spec.models for c in spec.cpus
+        for seed in range(spec.seed, spec.seed + spec.iterations)))
+
 
 def plan(ws, spec: Spec) -> list[Job]:
     """The sweep's jobs in order (trace, machine, model, CPUs, seed), with their run ids.
@@ -289,23 +295,22 @@ def plan(ws, spec: Spec) -> list[Job]:
     loaded = {(m, x): model_and_machine(m, x) for m in spec.models for x in spec.machines}
     root = str(Path(ws.root).resolve())
     jobs = []
-    for trace in spec.traces:
-        ops, sha = _ensure_ops(ws, trace)
-        src = _planning_source(ops)
-        for x in spec.machines:
-            # a machine given as a .toml path must name the same file from a worker's directory
-            mach_arg = str(Path(x).resolve()) if x.endswith(".toml") else x
-            for m in spec.models:
-                for c in spec.cpus:
-                    for seed in range(spec.seed, spec.seed + spec.iterations):
-                        try:
-                            p = run_params(src, *loaded[m, x], c, seed, spec.placement, trace, sha,
-                                           spec.open_loop, spec.fault_service)
-                        except ValueError as e:
-                            raise Fail(str(e))
-                        jobs.append(Job(root, trace, m, mach_arg, c, seed, spec.placement, spec.open_loop,
-                                        spec.fault_service, sha, run_id_for(p)))
-    jobs = list({j.run_id: j for j in jobs}.values())  # a model or count named twice is one run
+    sources: dict = {}
+    for trace, x, m, c, seed in grid(spec):
+        if trace not in sources:
+            ops, sha = _ensure_ops(ws, trace)
+            sources[trace] = (_planning_source(ops), sha)
+        src, sha = sources[trace]
+        # a machine given as a .toml path must name the same file from a worker's directory
+        mach_arg = str(Path(x).resolve()) if x.endswith(".toml") else x
+        try:
+            p = run_params(src, *loaded[m, x], c, seed, spec.placement, trace, sha, spec.open_loop,
+                           spec.fault_service)
+        except ValueError as e:
+            raise Fail(str(e))
+        jobs.append(Job(root, trace, m, mach_arg, c, seed, spec.placement, spec.open_loop,
+                        spec.fault_service, sha, run_id_for(p)))
+    jobs = list({j.run_id: j for j in jobs}.values())  # two names for one run (a profile by name and by path) are one
     if jobs and not warm.is_warm():
         from .cli import err
 

@@ -214,7 +214,10 @@ class Workspace:
     def trace_sha(self, trace_id: str) -> str | None:
         """The committed trace's content hash (None when there is no such trace)."""
         try:
-            return pq.read_table(self.partition("traces", trace_id) / PART, columns=["sha256"])["sha256"][0].as_py()
+            # ParquetFile, not read_table: read_table's first call imports pyarrow.dataset
+            # (~50 ms of a replay's start-up) to read this one-row file
+            with pq.ParquetFile(self.partition("traces", trace_id) / PART) as f:
+                return f.read(columns=["sha256"])["sha256"][0].as_py()
         except FileNotFoundError:
             return None
 

@@ -237,3 +237,23 @@ def test_cpu_axis_labels_do_not_overlap():
     assert list(ax.get_xticks()) == ticks
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "7", "12", "21", "30", "48", "79", "", "128"]
     plt.close(fig)
+
+
+def test_a_point_with_runs_of_two_engine_semantics_is_drawn_from_the_newest(wsp):
+    """A workspace that outlived an engine upgrade holds the same run (parameters, seed) at
+    two semantics, under two run ids: the point is the newest semantics' runs, not an
+    error and not a mean of both."""
+    from replay.plot import throughput_points
+    from replay.queries import run_query
+
+    tp = run_query(wsp, "throughput", {}).join(pq(wsp, "runs").select("run_id", "seed", "placement", "loop",
+                                                                      "fault_service_ns", "semantics"), on="run_id")
+    one = tp.filter((pl.col("trace_id") == "pft-ftrace") & (pl.col("model") == "mainline") & (pl.col("seed") == 0)
+                    & (pl.col("cpus") == 1))
+    assert one.height == 1
+    sem = int(one["semantics"][0])
+    old = one.with_columns(pl.lit(sem - 1, one["semantics"].dtype).alias("semantics"),
+                           (pl.col("faults_per_sec") * 2).alias("faults_per_sec"))
+    p = throughput_points(pl.concat([old, one]))[0].row(0, named=True)
+    assert p["n"] == 1 and p["fps"] == one["faults_per_sec"][0]
+

@@ -32,7 +32,7 @@ import pytest
 
 from replay.engine.rwsem import (DR_OWNER, RSPIN_BASE_NS, RSPIN_PER_READER_NS, RWSEM_FLAG_HANDOFF,
                                  RWSEM_FLAG_WAITERS, RWSEM_READER_BIAS, RWSEM_READER_OWNED, RWSEM_WRITER_LOCKED,
-                                 down_read, down_write, up_write)
+                                 TRY_NONE, TRY_OWNER, down_read, down_read_trylock, down_write, up_write)
 from replay.engine.sched import DW_CLEARED, DW_NONE, DW_SPIN
 
 from engine_harness import served, BDW, SLOW, Replay, mk
@@ -226,3 +226,36 @@ def test_a_handoff_spinner_woken_while_it_spins_does_not_sleep():
         assert th[2]["dw"] == DW_WAIT and again
         assert bool(th[2]["blocked"]) == (not woken), woken
         assert end == (1_000.0 if woken else -1.0)
+
+
+# -- the reader's owner store by release ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model,stores", [("mmap_lock", True), ("mmap_lock@6.2", True), ("mmap_lock@4.19", False),
+                                          ("mmap_lock@4.15", False)])
+def test_a_reader_before_4_20_stores_the_owner_only_when_it_changes(model, stores):
+    """rwsem_set_reader_owned() before 925b9cd1b89a ("locking/rwsem: Make owner store task
+    pointer of last owning reader", after v4.19): "if (READ_ONCE(sem->owner) !=
+    RWSEM_READER_OWNED) WRITE_ONCE(sem->owner, RWSEM_READER_OWNED);" - a reader joining
+    readers loads the owner and writes nothing; from it every reader stores its task.
+    After a writer (owner cleared) both store.  Thread 2's down_read() has taken the count
+    (DR_OWNER, the fast path's xadd done) and its owner step runs."""
+    for owner_before, want in ((RWSEM_READER_OWNED, stores), (0, True)):
+        r = _toy(model)
+        lk, th, ln = r.mmap_lock, r.state["th"], r.state["ln"]
+        lk["count"], lk["owner"] = 2 * RWSEM_READER_BIAS, owner_before
+        n = int(lk["owner_line"])
+        ver = int(ln["version"][n])
+        th[2]["dr"] = DR_OWNER
+        end, again = served(r, 2, lambda: down_read(r.S, 2, 0))
+        assert not again and end >= 0 and int(th[2]["dr"]) == 0
+        assert (int(ln["version"][n]) == ver + 1) == want, (model, owner_before)
+        assert int(lk["owner"]) == RWSEM_READER_OWNED
+        # the same after down_read_trylock()'s cmpxchg (the fault's fast path): thread 3
+        lk["owner"] = owner_before
+        r.g["now"] = max(float(r.g["now"]), float(ln["busy_until"][n])) + 1.0  # thread 2's store served
+        ver = int(ln["version"][n])
+        th[3]["try_state"] = TRY_OWNER
+        end, again = served(r, 3, lambda: down_read_trylock(r.S, 3, 0, 0))
+        assert not again and end >= 0 and int(th[3]["try_state"]) == TRY_NONE
+        assert (int(ln["version"][n]) == ver + 1) == want, (model, owner_before, "trylock")

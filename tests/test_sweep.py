@@ -378,3 +378,24 @@ def test_local_executor_starts_its_workers_warm():
         assert ex.pool.submit(_engine_loaded).result(timeout=120)
     finally:
         ex.close()
+
+
+def test_one_grid_gives_the_plan_and_the_executors_worker_bound(clean, monkeypatch):
+    """A model, count or seed named twice is one combination (sweep.grid()); the plan
+    makes one job of each, in grid order, and the local executor starts no more workers
+    than there are combinations."""
+    import replay.sweep as S
+    from replay.workspace import Workspace
+
+    spec = S.Spec(traces=["tiny"], models=["v8", "mmap_lock", "v8"], machines=["broadwell-2s"], cpus=[2, 1, 2],
+                  iterations=2)
+    g = S.grid(spec)
+    assert g == [("tiny", "broadwell-2s", m, c, s) for m in ("v8", "mmap_lock") for c in (2, 1) for s in (0, 1)]
+    jobs = S.plan(Workspace(clean), spec)
+    assert [(j.trace, j.machine, j.model, j.cpus, j.seed) for j in jobs] == g
+    made = []
+    monkeypatch.setattr(S, "LocalExecutor", lambda n: made.append(n))
+    monkeypatch.setattr(S, "default_workers", lambda: 64)
+    S.start("local", None, None, spec)
+    S.start("local", None, 3, spec)
+    assert made == [len(g), 3]

@@ -229,7 +229,15 @@ MIN_SERVICE_SAMPLES = 20
 #     instruction waits for the thread's queued stores (the store buffer drains).  The
 #     accesses a step chains after its first, and the fault path's own locks
 #     (faultpath.py), still take the line in arrival order
-REFERENCE_VERSION = 33
+# 34: every fault ends with the exception's IRET (Op.IRET, coherence.serialize()), a
+#     serializing instruction: the thread goes on when its entry prefetchw's fill has landed
+#     and its queued stores have committed; and a model run on a release before 6.16 has
+#     exc_page_fault()'s prefetchw whatever its design, one on 6.16 or later none
+#     (models.kernels.on_release_entry(): mainline@6.13 prefetches, pervma@6.18 does not)
+# 35: a reader's rwsem_set_reader_owned() as its release has it: before 4.20 (925b9cd1b89a)
+#     a load of sem->owner and a store only when it is not RWSEM_READER_OWNED already
+#     (rwsem.reader_owner_stores()); from it, a store every time, as before
+REFERENCE_VERSION = 35
 # 3: a writer's commit counts its cache time once, not once per VMA
 # 4: VMA lock events as count_vm_vma_lock_event() counts them (misses kept beside the
 #    final event; kernel-mode faults and mmap_lock count none); vma_start_write() on a

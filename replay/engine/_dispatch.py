@@ -1,7 +1,7 @@
 """GENERATED from replay/engine/isa.py MICRO_OPS by `python -m replay.engine.isa`: do not edit."""
 
 from ..jit import internal
-from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_next, h_walk, h_work)  # noqa: F401
+from .micro import (h_anon_vma_check, h_anon_vma_prepare, h_attempt, h_check_anon, h_check_anon_vma, h_check_detached, h_check_mm, h_check_mm_users, h_check_range, h_check_seq, h_check_span, h_end, h_fallback, h_fault_retry, h_goto, h_handle_mm_fault, h_iret, h_madv_vma_lock, h_mm_seq_write, h_outcome, h_prefetchw, h_read, h_ref_get, h_ref_put, h_retry_wait, h_rwsem_down_read, h_rwsem_down_write, h_rwsem_downgrade_write, h_rwsem_trylock_read, h_rwsem_up_read, h_rwsem_up_write, h_store, h_vma_commit, h_vma_start_write_next, h_walk, h_work)  # noqa: F401
 
 
 # One compile unit with the handlers spliced into it (micro.py), inlined by LLVM into
@@ -83,4 +83,6 @@ def dispatch(S, t, op, a1, a2, a3):
         return h_anon_vma_prepare(S, t, a1, a2, a3)
     if op == 36:  # CHECK_MM_USERS: the per-VMA lock v2 posting's do_user_addr_fault(): "if (!(f
         return h_check_mm_users(S, t, a1, a2, a3)
+    if op == 37:  # IRET: the exception's return to the faulting context, IRET (arch/x
+        return h_iret(S, t, a1, a2, a3)
     return -2.0, False  # not an op: the loop reports it

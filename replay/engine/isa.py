@@ -59,6 +59,7 @@ class Op(IntEnum):
     ANON_VMA_CHECK = 34
     ANON_VMA_PREPARE = 35
     CHECK_MM_USERS = 36
+    IRET = 37
 
 
 OUTCOMES = ("success", "abort", "retry", "miss")
@@ -153,6 +154,11 @@ MICRO_OPS = (
     MicroOp(Op.CHECK_MM_USERS, ("single?",), "labels", "the per-VMA lock v2 posting's do_user_addr_fault(): \"if "
             "(!(flags & FAULT_FLAG_USER) || atomic_read(&mm->mm_users) == 1) goto lock_mmap;\" - mm_users the mm's "
             "threads in the trace (the load is the READ before it) -> goto", "h_check_mm_users"),
+    MicroOp(Op.IRET, (), "none", "the exception's return to the faulting context, IRET (arch/x86/entry/entry_64.S "
+            "native_irq_return_iret), a serializing instruction: it completes when the CPU's memory transactions "
+            "still pending have - its prefetchw's fill, its queued stores (Intel SDM vol. 3A, \"Serializing "
+            "Instructions\"; PREFETCHh and PREFETCHW: \"ordered with respect to serializing instructions\")",
+            "h_iret"),
 )
 BY_OP = {m.op: m for m in MICRO_OPS}
 assert set(BY_OP) == set(Op), "every Op has its row"

@@ -26,6 +26,7 @@ from .source import OpsSource, trim_heap
 from .faultpath import Plan
 from .retry import LVUR_ANON_CHECK_UNTIL, anon_vma_modes, retry_causes
 from .retry import _release as retry_release
+from .rwsem import READER_OWNER_STORES_FROM
 from .vma import vma_alloc
 
 # where the simulated objects sit (only for line_stats' addresses)
@@ -472,6 +473,7 @@ def load(model, machine, ncpus: int, ops, placement: str = "spread", open_loop: 
     k["addr_wide"], k["addr_seg"], k["naddr_x"] = addr["addr_wide"], addr["addr_seg"], addr["naddr_x"]
     k["has_op_cpu"] = int(len(op_cpu) == n and n > 0)
     k["wake_last"] = int(prm.wake == "last")
+    k["reader_owner_store"] = int(retry_release(release or model.release) >= READER_OWNER_STORES_FROM)
     k["writer_ref"] = prm.writer_ref
     k["typesafe_by_rcu"] = int(prm.typesafe_by_rcu)
     k["open_loop"] = int(open_loop)

@@ -13,7 +13,7 @@ from numba import njit
 
 from ..jit import internal
 
-from .coherence import prefetchw, read, store
+from .coherence import prefetchw, read, serialize, store
 from .isa import OUTCOMES, WORK_KINDS
 from .faultpath import handle_mm_fault
 from .retry import anon_vma_check, anon_vma_prepare, check_anon, check_anon_vma, fault_retry, retry_wait_step
@@ -364,6 +364,14 @@ def h_attempt(S, t, _a, _b, _c):
 def h_goto(S, t, target, _a, _b):
     thread(S, t).pc = target
     return glob(S, 0).now, False
+
+
+@njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own
+def h_iret(S, t, _a, _b, _c):
+    """The fault's IRET back to where it was raised (coherence.serialize()): t goes on when
+    its prefetchw's fill has landed and its queued stores have committed; < 0: it stalls
+    on its CPU until then, and this runs again."""
+    return serialize(S, t), False
 
 
 @njit(inline="always")  # spliced into dispatch (its one caller): no compile unit of its own

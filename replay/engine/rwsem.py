@@ -302,7 +302,8 @@ def rwsem_mark_wake(S, t, k, wake_type, since):
                 lk.count |= RWSEM_FLAG_HANDOFF
                 thread(S, first).waiter_handoff_set = True
             return rmw_from(S, t, lk.count_line, True, end)  # atomic_long_add(-adjustment)
-        end = store_from(S, t, lk.owner_line, end)  # __rwsem_set_reader_owned(sem, waiter->task)
+        if reader_owner_stores(S, k):  # __rwsem_set_reader_owned(sem, waiter->task)
+            end = store_from(S, t, lk.owner_line, end)
     # readers at the head and behind queued writers, up to MAX_READERS_WAKEUP
     n = 0
     w = first
@@ -421,6 +422,38 @@ def _let_spinner_in(S, k):
         at(S, glob(S, 0).now + cfg(S, 0).socket_read_shared, h)
 
 
+# Whether a reader writes sem->owner every time.  From 925b9cd1b89a ("locking/rwsem: Make
+# owner store task pointer of last owning reader", after v4.19) __rwsem_set_reader_owned()
+# stores the reader's task pointer each time, so every reader's store changes the line;
+# before it kernel/locking/rwsem.h's rwsem_set_reader_owned() was "We check the owner value
+# first to make sure that we will only do a write to the rwsem cacheline when it is really
+# necessary to minimize cacheline contention. if (READ_ONCE(sem->owner) != RWSEM_READER_OWNED)
+# WRITE_ONCE(sem->owner, RWSEM_READER_OWNED);" - a load, and a store only after a writer
+# (which sets or clears the owner) or on a fresh lock (load.py sets cfg.reader_owner_store by
+# the run's release: READER_OWNER_STORES_FROM).
+READER_OWNER_STORES_FROM = (4, 20)
+
+
+@internal(inline=True)
+def reader_owner_stores(S, k):
+    """Whether rwsem_set_reader_owned() on lock k stores (else it only loads the owner)."""
+    return cfg(S, 0).reader_owner_store != 0 or lock(S, k).owner != RWSEM_READER_OWNED
+
+
+@internal(inline=True)
+def set_reader_owned(S, t, k):
+    """t's rwsem_set_reader_owned() on lock k, the first access of its step: the owner's
+    store (it goes into the store buffer), or before 4.20 on a lock readers own already
+    its load alone.  Returns when t goes on; < 0: the load waits for the line and the
+    step runs again."""
+    lk = lock(S, k)
+    if not reader_owner_stores(S, k):
+        return read(S, t, lk.owner_line)
+    lk.owner = RWSEM_READER_OWNED
+    _let_spinner_in(S, k)
+    return store(S, t, lk.owner_line)
+
+
 @internal(inline=True)
 def _rspin_threshold(S, k):
     """rwsem_rspin_threshold(): (20 + readers) * NSEC_PER_USEC / 2, readers at most 30."""
@@ -466,10 +499,11 @@ def down_read_trylock(S, t, k, label):
         th.try_ver = ver
         return end, True
     if th.try_state == TRY_OWNER:  # rwsem_set_reader_owned()
+        end = set_reader_owned(S, t, k)
+        if end < 0:
+            return end, True
         th.try_state = TRY_NONE
-        lk.owner = RWSEM_READER_OWNED
-        _let_spinner_in(S, k)
-        return store(S, t, lk.owner_line), False
+        return end, False
     if lk.count & RWSEM_READ_FAILED_MASK:
         th.try_state = TRY_NONE
         th.pc = label
@@ -494,11 +528,12 @@ def down_read(S, t, k):
     if th.dr == DR_GRANTED:
         th.dr = DR_NONE
         return now, False
-    if th.dr == DR_OWNER:
+    if th.dr == DR_OWNER:  # rwsem_set_reader_owned()
+        end = set_reader_owned(S, t, k)
+        if end < 0:
+            return end, True
         th.dr = DR_NONE
-        lk.owner = RWSEM_READER_OWNED
-        _let_spinner_in(S, k)
-        return store(S, t, lk.owner_line), False
+        return end, False
     if th.dr == DR_WAIT:
         glob(S, 0).err = ERR_WAITER_READER
         return -1.0, True
@@ -524,9 +559,10 @@ def down_read(S, t, k):
             # line just read, the store asks for ownership of it (the nonspinnable bit
             # stays), before any wake-up, as on the fast path (DR_OWNER)
             acquired(S, k, t)
-            lk.owner = RWSEM_READER_OWNED
-            _let_spinner_in(S, k)
-            end = store_from(S, t, lk.owner_line, end)
+            if reader_owner_stores(S, k):
+                lk.owner = RWSEM_READER_OWNED
+                _let_spinner_in(S, k)
+                end = store_from(S, t, lk.owner_line, end)
             if rcnt == 1 and cnt & RWSEM_FLAG_WAITERS:  # "Wake up other readers in the wait queue
                 end = rwsem_wake(S, t, k, RWSEM_WAKE_READ_OWNED, end)  # if it is the first reader"
             return end, False

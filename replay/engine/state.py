@@ -55,7 +55,7 @@ GLOBALS = _rec(
     ("lq_free",),  # coherence.py: the first free request record (lq_next chains them), -1 none
 )
 CONFIG = _rec(
-    ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",),
+    ("prefetch_pairs",), ("prfchw",), ("vma_lock",), ("ref_limit",), ("wake_last",), ("writer_ref",), ("typesafe_by_rcu",), ("reader_owner_store",),
     ("open_loop",), ("vma_per_page",), ("vma_stride",), ("vl_per_page",), ("vl_stride",), ("vma_base",),
     ("vl_base",), ("off_vm_start",), ("off_vm_lock_seq",), ("off_vm_refcnt",), ("vl_off_count",),
     ("vl_off_owner",), ("vl_in_vma",), ("mm_mt",), ("mm_count",), ("mm_owner",), ("mm_vma_writer_wait",),

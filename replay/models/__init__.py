@@ -28,11 +28,13 @@ def registry() -> dict[str, Model]:
 
 def get_model(name: str) -> Model:
     """A model by name; ``NAME@RELEASE`` (``pervma@6.2``) is that lock design on another
-    release's fault path (replay/models/kernels.py FAULT_PATH_KERNELS: batch sizes), as
-    when a design was measured as patches on another kernel."""
+    release's fault path (replay/models/kernels.py FAULT_PATH_KERNELS: batch sizes), its
+    x86 fault entry (kernels.on_release_entry(): prefetchw before 6.16) and, for the
+    per-VMA rwsem designs, its mm_struct (on_release_mm()), as when a design was measured
+    as patches on another kernel."""
     import dataclasses
 
-    from .kernels import fault_path_kernel
+    from .kernels import fault_path_kernel, on_release_entry
 
     base, _, release = name.partition("@")
     reg = registry()
@@ -46,7 +48,9 @@ def get_model(name: str) -> Model:
         raise ModelError(f"unknown model {name!r}: {e}") from None
     m = reg[base]
     layout = on_release_mm(m.layout, release)
-    return dataclasses.replace(m, name=name, release=release, layout=layout)
+    return dataclasses.replace(m, name=name, release=release, layout=layout,
+                               fault=on_release_entry(m.fault, release),
+                               kernel_fault=on_release_entry(m.kernel_fault, release))
 
 
 def on_release_mm(layout, release: str):

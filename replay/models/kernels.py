@@ -6,11 +6,14 @@ semantic parameters say what differs between designs.  Sources:
 * mmap_lock: arch/x86/mm/fault.c do_user_addr_fault() up to v6.3 (mmap_read_trylock,
   then mmap_read_lock).
 * Every x86 fault, user or kernel mode and whatever the lock design, starts in
-  exc_page_fault() with ``prefetchw(&current->mm->mmap_lock)``, until "x86/mm: stop
-  prefetching the mmap semaphore on page faults" (Mateusz Guzik, posted 1 Apr 2025,
-  merged after v6.15): so every model but mainline (whose layouts are 6.18's)
-  prefetches mmap_lock's count line at each fault's entry - the per-VMA designs too,
-  where it moves a line the fault then never uses.
+  exc_page_fault() with ``prefetchw(&current->mm->mmap_lock)``, until "x86/mm: Stop
+  prefetching current->mm->mmap_lock on page faults" (Mateusz Guzik, posted 1 Apr 2025
+  <20250401143520.1113572-1-mjguzik@gmail.com>; commit 1701771d3069, pulled for v6.16 in
+  "[GIT PULL] x86 core updates for v6.16" <aDL35MA4vH0wQ6Gb@gmail.com>): so a model run
+  on a release before 6.16 prefetches mmap_lock's count line at each fault's entry - the
+  per-VMA designs too, where it moves a line the fault then never uses - and one on 6.16
+  or later does not, whatever its lock design (on_release_entry(): mainline@6.13, as
+  the Zen 5 table's v9 kernel ran, has it; pervma@6.18 has not).
   kernel/locking/rwsem.c since commit 64489e78004c ("locking/rwsem: Implement a new
   locking scheme", v5.3) for the rw_semaphore.
 * pervma: commit 50ee32537206 ("mm: introduce lock_vma_under_rcu to be used from arch-
@@ -363,6 +366,10 @@ def fault_path_kernel(release: str) -> FaultPathKernel:
 # BTF): with prefetchw(&mm->mmap_lock) at every fault's entry, the load finds that line
 # wherever the last faulting CPU's prefetch took it.
 PGD_READ = (Op.READ, "mm", "pgd")
+# A fault's end: the exception returns (irqentry_exit(), then IRET: arch/x86/entry/entry_64.S
+# native_irq_return_iret, to user space or to the kernel), which waits for the memory
+# transactions still pending - the entry prefetchw's fill among them (coherence.serialize())
+FAULT_RETURN = [(Op.IRET,), (Op.END,)]
 
 
 def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
@@ -394,7 +401,7 @@ def _mmap_lock_fault(prefetchw: bool, tag: str = "") -> list:
         (Op.FAULT_RETRY, "mmap_lock", f"mm_retry{tag}"),  # the first call drops mmap_lock: VM_FAULT_RETRY
         (Op.HANDLE_MM_FAULT,),
         (Op.RWSEM_UP_READ, "mmap_lock"),
-        (Op.END,),
+        *FAULT_RETURN,
         (Op.LABEL, f"mm_retry{tag}"),
         (Op.RWSEM_UP_READ, "mmap_lock"),  # release_fault_lock(): mmap_read_unlock()
         (Op.RETRY_WAIT,),  # the page cache's wait, lock dropped
@@ -429,9 +436,25 @@ MMAP_WRITER = [
 ]
 
 
+ENTRY_PREFETCH = (Op.PREFETCHW, "mm", "mmap_lock.count")  # exc_page_fault()'s prefetchw(&current->mm->mmap_lock)
+PREFETCHW_DROPPED = "6.16"  # "x86/mm: Stop prefetching current->mm->mmap_lock on page faults" (module docstring)
+
+
+def has_entry_prefetch(release: str) -> bool:
+    """Whether a fault on ``release`` starts with exc_page_fault()'s prefetchw (before 6.16)."""
+    return _release_key(release) < _release_key(PREFETCHW_DROPPED)
+
+
 def _entry(prefetchw: bool) -> list:
     """exc_page_fault()'s ``prefetchw(&current->mm->mmap_lock)`` (see the module docstring)."""
-    return [(Op.PREFETCHW, "mm", "mmap_lock.count")] if prefetchw else []
+    return [ENTRY_PREFETCH] if prefetchw else []
+
+
+def on_release_entry(program: list, release: str) -> list:
+    """A fault program as it starts on ``release``: exc_page_fault()'s prefetchw first
+    before 6.16, none from 6.16 (has_entry_prefetch()), the rest unchanged."""
+    body = list(program[1:]) if program and tuple(program[0]) == ENTRY_PREFETCH else list(program)
+    return _entry(has_entry_prefetch(release)) + body
 
 
 def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
@@ -479,7 +502,7 @@ def _vma_lock_fault(kind: str, prefetchw: bool = True) -> list:
         (Op.HANDLE_MM_FAULT,),
         unlock,
         (Op.OUTCOME, "success"),
-        (Op.END,),
+        *FAULT_RETURN,
         (Op.LABEL, "retry"),
         unlock,  # vmf_can_call_fault() / release_fault_lock() / vmf_anon_prepare(): vma_end_read()
         (Op.RETRY_WAIT,),  # the page cache's wait, lock dropped (none for vmf_can_call_fault())
