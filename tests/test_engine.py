@@ -472,3 +472,36 @@ def test_placements_and_the_open_loop():
         if open_loop:  # both cases occur: the previous op's end, and the recorded time
             assert all(res[i]["start_ns"] == res[i - 5]["end_ns"] > ops[i]["start_ns"] - t0 for i in range(5, 10))
             assert all(res[i]["start_ns"] == ops[i]["start_ns"] - t0 > res[i - 5]["end_ns"] for i in range(10, 15))
+
+
+def test_a_replay_frees_its_per_op_arrays_before_the_statistics():
+    """simulate() releases the per-op arrays once the last chunk is out (the statistics
+    read only per-lock, -line, -VMA and -CPU arrays): each becomes one element and the
+    compiled code's record points at it; the statistics are the same as with them."""
+    import numpy as np
+    import polars as pl
+
+    from replay.engine import load as L
+    from replay.engine import state as st
+    from replay.machines import load_machine
+    from replay.models import get_model
+
+    assert L.PER_OP_ARRAYS and set(L.PER_OP_ARRAYS) <= set(st.NAMES)
+    ops = pl.DataFrame({"op_id": list(range(6)), "tid": [1, 2] * 3, "mm": ["pid:1"] * 6, "kind": ["fault"] * 6,
+                        "vma_id": [1] * 6, "kernel": [False] * 6, "think_ns": [100] * 6})
+    state, _ = L.load(get_model("v8"), load_machine("broadwell-2s"), 4, ops, "spread", False, None, 64)
+    assert state["op_flags"].size == 6
+    state.release(L.PER_OP_ARRAYS)
+    for k in L.PER_OP_ARRAYS:
+        assert state[k].size == 1, k
+        if not isinstance(state.S, np.ndarray):
+            continue
+        assert int(state.S[0][k]) == state[k].ctypes.data, k
+    got = L.simulate(get_model("v8"), load_machine("broadwell-2s"), 4, ops, sink=lambda c: None)
+    kept = L.PER_OP_ARRAYS
+    try:
+        L.PER_OP_ARRAYS = ()
+        want = L.simulate(get_model("v8"), load_machine("broadwell-2s"), 4, ops, sink=lambda c: None)
+    finally:
+        L.PER_OP_ARRAYS = kept
+    assert got == want

@@ -860,4 +860,15 @@ def simulate(model, machine, ncpus: int, ops, placement: str = "spread", open_lo
     gg = state.g
     counters = {"writer_wakeups": int(gg["writer_wakeups"]), "writer_drains": int(gg["writer_drains"]),
                 "cas_retries": int(gg["cas_retries"])}
+    # The statistics read what is per lock, line, VMA and CPU; the per-op arrays (~30 bytes
+    # an op: most of a big replay's memory) go before they are built - a 50 M-op replay
+    # peaked there, the statistics' frames beside the whole state (bench/replay_rss.py)
+    state.release(PER_OP_ARRAYS)
+    meta["op_ids"] = None
+    trim_heap()
     return lock_stats(state, model, meta), line_stats(state, model, meta), line_cpu_stats(state, meta), counters
+
+
+# the state's per-op arrays and result buffers (state.ARRAYS, RECORDS), which nothing reads
+# once the last chunk is out
+PER_OP_ARRAYS = tuple(k for k in st.ARRAYS if k.startswith("op_")) + ("th_order", "us_ops", "out", "wt")

@@ -369,6 +369,19 @@ class State:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
+    def release(self, names) -> None:
+        """Free arrays the simulation is done with (each left as one element, so the
+        record's pointer still points at memory): after the last chunk, what is left to
+        read is per lock, line, VMA and CPU."""
+        for k in names:
+            a = self.arrays[k]
+            if a.size > 1:
+                self.arrays[k] = np.zeros(1, a.dtype)
+                if isinstance(self.S, SimpleNamespace):
+                    setattr(self.S, k, self.arrays[k].view(np.recarray) if a.dtype.names else self.arrays[k])
+                else:
+                    self.S[k] = self.arrays[k].ctypes.data
+
     @property
     def g(self):
         return self.arrays["g"][0]
