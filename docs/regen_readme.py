@@ -86,9 +86,8 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="regen-readme-"))
     shutil.copy(REPO / "tests" / "data" / "perf_trace.txt", work / "pt.txt")
     ids: dict[str, str] = {}
-    found = list(blocks(lines))
     two = next(i for i, ln in enumerate(lines) if ln.startswith("## Two commands"))
-    main_block = next((s, e) for s, e in found if s > two and lines[s].startswith("run "))
+    main_block = next((s, e) for s, e in blocks(lines) if s > two and lines[s].startswith("run "))
 
     def width(s, e):
         return max(80, max(len(x) for x in lines[s:e]))
@@ -104,7 +103,6 @@ def main(argv: list[str]) -> int:
     old_main = RUN_ID.match(lines[s]).group(1)
     new_main = setup("replay run --model v8", old_main)
     lines[s:e] = new_main[next(i for i, x in enumerate(new_main) if RUN_ID.match(x)):]  # the summary, not ingest's notes
-    found = list(blocks(lines))
     old_pervma = re.search(r"After `replay run --model pervma`\s*\(run `([0-9a-f]{12})`", "\n".join(lines))
     setup("replay run --model pervma", old_pervma.group(1) if old_pervma else None)
     setup("replay synth pft --threads 56 --pages 1000")
