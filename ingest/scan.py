@@ -41,7 +41,7 @@ NOTE_LOST, NOTE_RAW_CLOCK, NNOTES = 0, 1, 2
 # -- typed payload fields (row index into the ``vals`` matrix) ------------------------
 FIELDS = (
     "address", "ip", "error_code", "mm", "write", "success", "len", "new_len",
-    "new_addr", "prot", "flags", "fd", "off", "ret",
+    "new_addr", "prot", "flags", "fd", "off", "ret", "next_tid",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 NFIELDS = len(FIELDS)
@@ -68,6 +68,10 @@ KEY_TO_FIELD = {
     "flags": F["flags"], "behavior": F["flags"], "fd": F["fd"], "off": F["off"],
     "pgoff": F["off"], "ret": F["ret"],
     "memcg_id": -1, "__syscall_nr": -1,
+    # sched_switch ("prev_comm=%s prev_pid=%d prev_prio=%d prev_state=%s ==> next_comm=%s
+    # next_pid=%d next_prio=%d", include/trace/events/sched.h): the switched-in task;
+    # prev_state is text, taken from the payload (ingest/text.py)
+    "next_pid": F["next_tid"],
 }
 KEY_HEX_ALWAYS = {"mm"}  # ftrace prints the hashed mm pointer as bare hex
 

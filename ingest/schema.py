@@ -29,6 +29,9 @@ EVENTS = (
     # mm_account_fault() emits one as the completing handle_mm_fault() call returns
     "fault_end",
     "vm_unmapped_area",
+    # sched:sched_switch (kernel/sched/core.c __schedule()): the line's task is the one
+    # switched out (prev); prev_state says whether it was still runnable (R, R+: preempted)
+    "sched_switch",
     "other",
 )
 EVENT_CODE = {name: i for i, name in enumerate(EVENTS)}
@@ -95,6 +98,9 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("fd", pa.int32()),
         pa.field("off", pa.int64()),
         pa.field("ret", pa.int64(), metadata={"doc": "syscall return value (negative errno on failure)"}),
+        pa.field("next_tid", pa.int32(), metadata={"doc": "sched_switch: next_pid, the task switched in"}),
+        pa.field("prev_state", STR_DICT, metadata={
+            "doc": "sched_switch: prev_state as printed (R, R+ = preempted while runnable; S, D, ... = asleep)"}),
         pa.field("raw", pa.string(), metadata={"doc": "payload, kept where part of it has no typed column"}),
     ]
 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replay.jit import notice_compile
 
@@ -106,6 +107,23 @@ class Counts:
 
     def accounted(self) -> int:
         return self.parsed + self.header + self.blank + self.callchain + self.lost_records + self.malformed
+
+
+_SCHED_SWITCH = EVENT_CODE["sched_switch"]
+PREV_STATE_TYPE = EVENTS_SCHEMA.field("prev_state").type
+
+
+def _prev_state(raw: pa.Array, ev_code: np.ndarray) -> pa.Array:
+    """sched_switch's prev_state, as printed ("R", "R+", "S", "D", "D|K"...), from its
+    payload (a sched_switch payload always lands in ``raw``: prev_comm and the prios have
+    no typed column); null for every other event and where the payload has none."""
+    sw = ev_code == _SCHED_SWITCH
+    if not sw.any():
+        return pa.nulls(len(ev_code), PREV_STATE_TYPE)
+    got = pc.extract_regex(raw.filter(pa.array(sw)), r"(?:^|\s)prev_state=(?P<s>\S+)")
+    state = np.full(len(ev_code), None, dtype=object)
+    state[np.flatnonzero(sw)] = pc.struct_field(got, [0]).to_numpy(zero_copy_only=False)
+    return pa.array(state, pa.string()).dictionary_encode().cast(PREV_STATE_TYPE)
 
 
 def _decode(b: bytes) -> str:
@@ -436,6 +454,8 @@ class TextDecoder:
             col("fd", pa.int32(), int32),
             col("off", pa.int64(), signed),
             col("ret", pa.int64(), signed),
+            col("next_tid", pa.int32(), int32),
+            _prev_state(raw, ev_code),
             raw,
         ]
         return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)

@@ -26,6 +26,8 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
+from replay.ingest.schema import EVENTS_SCHEMA as _EVENTS_SCHEMA
+
 DATASETS = {
     "events": "trace_id", "traces": "trace_id", "rejects": "trace_id", "ops": "trace_id", "vmas": "trace_id",
     "footprint": "trace_id",
@@ -96,6 +98,8 @@ COLUMN_DOCS = {
         "new_addr": "mremap new_addr", "prot": "PROT_* bits", "flags": "mmap/mremap flags; madvise behavior",
         "fd": "mmap fd", "off": "mmap offset", "ret": "syscall return value (negative errno on failure)",
         "raw": "payload, where part of it has no typed column",
+        # the schema's own words (ingest/schema.py)
+        **{c: _EVENTS_SCHEMA.field(c).metadata[b"doc"].decode() for c in ("next_tid", "prev_state")},
     },
     "ops": {
         "trace_id": "trace name (partition)", "op_id": "op number within the trace", "mm": "address space key",

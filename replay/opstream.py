@@ -538,21 +538,90 @@ def _finish(th, sc, rows, flags, base, late_at, late_ids, counters):
 
 
 @njit(cache=True, nogil=True)
-def _think(th, start, start_ok, end, end_ok, prev, prev_ok, out, out_ok):
+def _runnable_in(t, a, b, rq_off, rq_s, rq_e):
+    """How long thread ``t`` was off its CPU though runnable between ``a`` and ``b``: the
+    overlap of [a, b) with its run-queue intervals (``runq_intervals``: sorted, disjoint)."""
+    lo, hi = rq_off[t], rq_off[t + 1]
+    while lo < hi:  # the first interval that ends after a
+        mid = (lo + hi) // 2
+        if rq_e[mid] <= a:
+            lo = mid + 1
+        else:
+            hi = mid
+    total = 0
+    i = lo
+    while i < rq_off[t + 1] and rq_s[i] < b:
+        total += min(rq_e[i], b) - max(rq_s[i], a)
+        i += 1
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _think(th, start, start_ok, end, end_ok, prev, prev_ok, out, out_ok, rq_off, rq_s, rq_e):
     """think_ns in op order: the gap since the thread's previous op ended (its start when
-    it has no end), at least 0; none for a thread's first op.  ``prev``/``prev_ok`` carry
-    each thread's last end across calls (prev_ok: -1 no op yet, 0 an op without a time)."""
+    it has no end), less the time the thread spent in it runnable but off its CPU (its
+    run-queue intervals: the replay's scheduler makes that wait itself), at least 0; none
+    for a thread's first op.  ``prev``/``prev_ok`` carry each thread's last end across
+    calls (prev_ok: -1 no op yet, 0 an op without a time)."""
     for k in range(len(th)):
         t = th[k]
         out_ok[k] = start_ok[k] and prev_ok[t] == 1
         if out_ok[k]:
-            out[k] = max(start[k] - prev[t], 0)
+            gap = start[k] - prev[t]
+            if gap > 0:
+                gap -= _runnable_in(t, prev[t], start[k], rq_off, rq_s, rq_e)
+            out[k] = max(gap, 0)
         if end_ok[k]:
             prev[t], prev_ok[t] = end[k], 1
         elif start_ok[k]:
             prev[t], prev_ok[t] = start[k], 1
         else:
             prev_ok[t] = 0
+
+
+def runq_intervals(tids: np.ndarray, out_tid, out_ts, out_runnable, in_tid, in_ts):
+    """Per thread (``tids``: the threads' tids ascending, their index the op builder's
+    thread index), the intervals it was off its CPU though runnable, from the trace's
+    sched_switch events (include/trace/events/sched.h; the line's task is the one
+    switched out): each starts where the thread was switched out with prev_state R or R+
+    (__trace_sched_switch_state(): still TASK_RUNNING, or preempted) and ends where it
+    is next seen to have run again - switched in (next_pid) or switched out once more -
+    else it stays open (its gaps end it: the thread's next op shows it running).  A
+    perf recording of a task sees only the switches of its own threads out, so a switch
+    in from a task outside it is bounded that way.  Returns (offsets per thread, starts,
+    ends) for ``_think``."""
+    T = len(tids)
+    off = np.zeros(T + 2, np.int64)
+    if not len(out_ts):
+        return off, np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+    def index(tid):
+        th = np.searchsorted(tids, tid).clip(0, max(T - 1, 0))
+        ok = (tids[th] == tid) if T else np.zeros(len(tid), np.bool_)
+        return th, ok
+
+    th_o, ok_o = index(out_tid)
+    th_i, ok_i = index(in_tid)
+    ran_th = np.concatenate([th_o[ok_o], th_i[ok_i]])
+    ran_ts = np.concatenate([out_ts[ok_o], in_ts[ok_i]])
+    o = np.lexsort((ran_ts, ran_th))
+    ran_th, ran_ts = ran_th[o], ran_ts[o]
+    sel = ok_o & out_runnable
+    s_th, s_ts = th_o[sel], out_ts[sel]
+    o = np.lexsort((s_ts, s_th))
+    s_th, s_ts = s_th[o], s_ts[o]
+    s_e = np.full(len(s_ts), np.iinfo(np.int64).max, np.int64)
+    r_off = np.searchsorted(ran_th, np.arange(T + 1))
+    s_off = np.searchsorted(s_th, np.arange(T + 1))
+    for t in np.flatnonzero(np.diff(s_off)):
+        r = ran_ts[r_off[t]:r_off[t + 1]]
+        j = np.searchsorted(r, s_ts[s_off[t]:s_off[t + 1]], side="right")
+        e = s_e[s_off[t]:s_off[t + 1]]
+        has = j < len(r)
+        e[has] = r[j[has]]
+    off[:T + 1] = s_off
+    off[T + 1] = s_off[T]  # the thread index of events without a tid (never a sched_switch's)
+    return off, s_ts.astype(np.int64), s_e
 
 
 # -- reading events --------------------------------------------------------------------------
@@ -614,6 +683,8 @@ def _tri(col) -> np.ndarray:
 
 
 SURVEY_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "pid", "event", "mm", "address"]
+SWITCH_COLUMNS = ["next_tid", "prev_state"]  # sched_switch's (events written before they were added have none)
+SCHED_SWITCH = EVENT_CODE["sched_switch"]
 STEP_COLUMNS = ["seq", "ts_ns", "cpu", "tid", "event", "mm", "write", "success", "address", "error_code", "len",
                 "new_len", "new_addr", "prot", "flags", "ret", "tracepoint"]
 
@@ -649,6 +720,7 @@ class Events:
         self.rows = self.table.num_rows if self.table is not None else self.file.metadata.num_rows
         meta = (self.table.schema if self.table is not None else self.file.schema_arrow).metadata or {}
         self.arch = _arch(meta.get(b"replay.arch", b"").decode())  # ingest/pipeline.py writes it
+        self.columns = set((self.table.schema if self.table is not None else self.file.schema_arrow).names)
 
     def sort_by_seq(self) -> None:
         t = self.table if self.table is not None else self.file.read()
@@ -758,7 +830,9 @@ class Survey:
         self.seq_ascending = True
         last_ts, last_seq, row0 = None, None, 0
         tids, pids, mms = _Tally(), _Tally(), _Tally()
-        for b in events.batches(SURVEY_COLUMNS):
+        self._sw: list[tuple] = []  # per batch with sched_switch events: (tid, ts, runnable, next_tid, ts)
+        switch_cols = [c for c in SWITCH_COLUMNS if c in events.columns]
+        for b in events.batches(SURVEY_COLUMNS + (switch_cols if len(switch_cols) == len(SWITCH_COLUMNS) else [])):
             n = b.num_rows
             seq = _np(b.column("seq"), 0, np.int64)
             # non-decreasing: a perf trace syscall's enter and exit share one seq (its line)
@@ -781,13 +855,26 @@ class Survey:
             self.outside += int(out.sum())
             keep = ~out
             thread = np.where(tid_ok, tid, NO_TID)
-            tids.add(thread, np.zeros(n, np.int64), keep, row0)
+            # a sched_switch names a thread only as the one switched out: in an ftrace
+            # recording, it may be a task outside the traced ones (set_event_pid lets a
+            # switch in to a traced task through) - no thread of the trace for that
+            keep_thread = keep & (code != SCHED_SWITCH)
+            tids.add(thread, np.zeros(n, np.int64), keep_thread, row0)
             pid, pid_ok = _np_ok(pid_col, 0, np.int64, ones)
-            pids.add(thread, pid, keep & pid_ok & (pid > 0), row0)
+            pids.add(thread, pid, keep_thread & pid_ok & (pid > 0), row0)
             lock = (code >= LOCK_START) & (code <= LOCK_REL)
             mm, mm_ok = _np_ok(mm_col, 0, np.uint64, ones)
             mms.add(thread, mm.view(np.int64), keep & lock & mm_ok, row0)
             row0 += n
+            sw = (code == SCHED_SWITCH) & ts_ok
+            if b.num_columns > len(SURVEY_COLUMNS) and sw.any():
+                k = np.flatnonzero(sw)
+                state = b.column("prev_state").take(pa.array(k))
+                if pa.types.is_dictionary(state.type):
+                    state = state.cast(pa.string())
+                runnable = pc.fill_null(pc.starts_with(state, "R"), False).to_numpy(zero_copy_only=False)
+                nxt, nxt_ok = _np_ok(b.column("next_tid").take(pa.array(k)), 0, np.int64, np.ones(len(k), np.bool_))
+                self._sw.append((tid[k][tid_ok[k]], ts[k][tid_ok[k]], runnable[tid_ok[k]], nxt[nxt_ok], ts[k][nxt_ok]))
             # the events pass 2 steps through, for the time-order merge
             rel = keep & (code <= RELEVANT)
             if not ts_ok[rel].all():
@@ -803,6 +890,13 @@ class Survey:
         self.tids = tids.frame(None, None, False)
         self.pids = pids.frame("pid", pa.int32(), True)
         self.mms = mms.frame("mm", pa.uint64(), True)
+
+
+    def switches(self) -> tuple:
+        """The sched_switch events: (switched-out tid, time, runnable, switched-in tid, time)."""
+        cat = [np.concatenate([x[i] for x in self._sw]) if self._sw else np.zeros(0, np.bool_ if i == 2 else np.int64)
+               for i in range(5)]
+        return tuple(cat)
 
 
 def _mode(counts, key: str, value: str):
@@ -1042,6 +1136,7 @@ class Builder:
         self.th["own_mm"] = own.fill_null(0).to_numpy().astype(np.uint64)
         self.th["grp_op"] = -1
         self.th_tid = tids  # polars Series, th order
+        self.runq = runq_intervals(self.tids, *sv.switches())
         self.th_pid = threads["pid"]
         self.th_ids = (tids.is_null().to_numpy(), tids.fill_null(0).to_numpy().astype(np.int32),
                        self.th_pid.is_null().to_numpy(), self.th_pid.fill_null(0).to_numpy().astype(np.int32))
@@ -1294,7 +1389,7 @@ class Builder:
             self.patch_from = (self.base, self.prev.copy(), self.prev_ok.copy())
         think, think_ok = room.think[:k], room.think_ok[:k]
         think[:], think_ok[:] = 0, False
-        _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
+        _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok, *self.runq)
         self.sink((seg, ops, think, think_ok, self.writers(seg, ops, pop=True)), self.patch_from is None,
                   lambda: self.free.put(room))
         _shift(self.rows, k, self.n_rows)
@@ -1598,7 +1693,8 @@ class _Patch:
                 seg = seg._replace(vma=_put(seg.vma, miss, ids), first=_put(seg.first, miss, first))
         if self.n_late and self.ends_moved:
             think, think_ok = np.zeros(len(think), np.int64), np.zeros(len(think), np.bool_)
-            _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok)
+            _think(seg.th, seg.start, seg.start_ok, seg.end, seg.end_ok, self.prev, self.prev_ok, think, think_ok,
+                   *self.b.runq)
         return seg, ops, think, think_ok, wcols
 
 

@@ -47,6 +47,10 @@ DEFAULT_EVENTS = [
     "mmap_lock:mmap_lock_released",
     *(f"syscalls:sys_{d}_{s}" for s in ("mmap", "munmap", "mprotect", "mremap", "brk", "madvise") for d in ("enter", "exit")),
     "mmap:exit_mmap",
+    # when a thread was off its CPU though runnable (prev_state R/R+): the op builder takes
+    # that run-queue wait out of its think times, which the replay's own scheduler
+    # reproduces (replay/opstream.py _think)
+    "sched:sched_switch",
 ]
 # perf record's switches for the fault-end events: every event sampled (-c 1: a
 # software event is otherwise sampled at perf's default frequency) with its address (-d)

@@ -160,10 +160,10 @@ def test_required_fields_make_malformed():
 
 
 def test_other_events_keep_tracepoint_and_payload():
-    line = b"         python3  2097 [000]    95.358489:     sched:sched_switch: prev_comm=python3 prev_pid=2097\n"
+    line = b"         python3  2097 [000]    95.358489:     sched:sched_wakeup: comm=python3 pid=2097 prio=120 target_cpu=001\n"
     _, df, _ = decode(line)
     r = df.to_dicts()[0]
-    assert (r["event"], r["tracepoint"], r["raw"]) == ("other", "sched:sched_switch", "prev_comm=python3 prev_pid=2097")
+    assert (r["event"], r["tracepoint"], r["raw"]) == ("other", "sched:sched_wakeup", "comm=python3 pid=2097 prio=120 target_cpu=001")
 
 
 def test_sample_period_column_events():

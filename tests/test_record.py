@@ -22,12 +22,16 @@ def _check(ws, name, fmt):
     assert os.path.realpath(sys.executable) in snap or "python" in snap
     assert "[stack]" in snap and "ld-linux" in snap and "libc.so" not in snap
     ev = pl.read_parquet(ws / "events" / f"trace_id={name}")
-    assert ev["tid"][0] == pid  # the trace starts with the child itself
+    # the trace starts with the child itself (a sched_switch's task is the one switched
+    # out: tracefs's set_event_pid lets a switch to the child from another task through)
+    own = ev.filter(pl.col("event") != "sched_switch")
+    assert own["tid"][0] == pid
     faults = ev.filter((pl.col("event") == "page_fault_user") & (pl.col("tid") == pid))
     # the 4 MiB loop faults 1024 pages; the rest is the interpreter starting up
     assert faults.height > 1024
     assert ev.filter(pl.col("event") == "sys_enter_mmap").height > 5
-    assert (ev["pid"] == pid).all()
+    assert (own["pid"] == pid).all()
+    assert ev.filter(pl.col("event") == "sched_switch").height > 0
     return tr
 
 
