@@ -540,18 +540,21 @@ def _finish(th, sc, rows, flags, base, late_at, late_ids, counters):
 @njit(cache=True, nogil=True)
 def _runnable_in(t, a, b, rq_off, rq_s, rq_e):
     """How long thread ``t`` was off its CPU though runnable between ``a`` and ``b``: the
-    overlap of [a, b) with its run-queue intervals (``runq_intervals``: sorted, disjoint)."""
+    overlap of [a, b) with its run-queue intervals (``runq_intervals``: sorted, disjoint)
+    that begin in it.  The thread ran at ``a`` (an op of it ended then), so an interval
+    begun before had ended by then, whatever end the trace showed it (an open one's end
+    is the thread's next op)."""
     lo, hi = rq_off[t], rq_off[t + 1]
-    while lo < hi:  # the first interval that ends after a
+    while lo < hi:  # the first interval that begins at a or later
         mid = (lo + hi) // 2
-        if rq_e[mid] <= a:
+        if rq_s[mid] < a:
             lo = mid + 1
         else:
             hi = mid
     total = 0
     i = lo
     while i < rq_off[t + 1] and rq_s[i] < b:
-        total += min(rq_e[i], b) - max(rq_s[i], a)
+        total += min(rq_e[i], b) - rq_s[i]
         i += 1
     return total
 

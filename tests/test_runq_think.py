@@ -58,6 +58,16 @@ def test_a_switch_in_the_trace_does_not_see_is_bounded_by_the_thread_running_aga
     assert (plain[1] - bounded[1], plain[1] - open_[1]) == (50_000, 80_000)
 
 
+def test_an_open_wait_ends_at_the_threads_next_op():
+    # preempted at +20 us and never seen switched in: the fault at +100 us ends the wait
+    # (80 us); the gap after that fault is all think time
+    lines = pf(101, 1.0, 0x7FFF0000) + switch(101, 1.00002, "R+", 102) + pf(101, 1.0001, 0x7FFF1000) \
+        + pf(101, 1.0002, 0x7FFF0000)
+    plain = pf(101, 1.0, 0x7FFF0000) + pf(101, 1.0001, 0x7FFF1000) + pf(101, 1.0002, 0x7FFF0000)
+    got, want = ops_of(lines)["think_ns"].to_list(), ops_of(plain)["think_ns"].to_list()
+    assert (want[1] - got[1], want[2] - got[2]) == (80_000, 0)
+
+
 def test_sched_switch_names_no_thread():
     # an ftrace recording lets through a switch from a task outside the trace (here tid
     # 7) to a traced one: that task is no thread of the trace
